@@ -246,11 +246,7 @@ impl<'a> NameAddr<'a> {
         match open {
             Some(open) => {
                 let display = value[..open].trim();
-                if !quoted_display
-                    && !display
-                        .bytes()
-                        .all(|b| is_token_char(b) || is_lws(b))
-                {
+                if !quoted_display && !display.bytes().all(|b| is_token_char(b) || is_lws(b)) {
                     return Err(Malformed);
                 }
                 if quoted_display && !value[i..open].trim().is_empty() {
@@ -315,7 +311,9 @@ impl<'a> CSeq<'a> {
     /// Parses `1*DIGIT LWS Method`; the number must fit in 32 bits (RFC 3261 §8.1.1.5).
     pub fn parse(value: &'a str) -> Result<CSeq<'a>, Malformed> {
         let value = value.trim();
-        let split = value.find(|c: char| c == ' ' || c == '\t').ok_or(Malformed)?;
+        let split = value
+            .find(|c: char| c == ' ' || c == '\t')
+            .ok_or(Malformed)?;
         let (number, method) = (&value[..split], value[split..].trim());
         if number.is_empty()
             || number.len() > 10
@@ -358,8 +356,8 @@ mod tests {
 
     #[test]
     fn via_ipv6_and_faults() {
-        let via = Via::parse("SIP/2.0/UDP [2001:db8::9:1]:5070;branch=z9hG4bKas3-111")
-            .expect("valid");
+        let via =
+            Via::parse("SIP/2.0/UDP [2001:db8::9:1]:5070;branch=z9hG4bKas3-111").expect("valid");
         assert_eq!(via.host, "[2001:db8::9:1]");
         assert_eq!(via.port, Some(5070));
         assert!(Via::parse("SIP/2.0/UDP 192.0.2.15;;").is_err());
@@ -369,8 +367,7 @@ mod tests {
 
     #[test]
     fn list_split_respects_quotes_and_brackets() {
-        let items: Vec<&str> =
-            split_list(r#""a, b" <sip:x@y;p=1,2>;q=1, <sip:z@w> , "#).collect();
+        let items: Vec<&str> = split_list(r#""a, b" <sip:x@y;p=1,2>;q=1, <sip:z@w> , "#).collect();
         assert_eq!(items, [r#""a, b" <sip:x@y;p=1,2>;q=1"#, "<sip:z@w>", ""]);
     }
 

@@ -6,6 +6,7 @@
 //! needs live in [`header`] and [`uri`] and are parsed on demand. Nothing in this module panics on
 //! input, whatever the bytes.
 
+pub mod check;
 pub mod header;
 pub mod transaction;
 pub mod uri;
@@ -772,11 +773,13 @@ fn parse_start_line(line: &[u8]) -> Result<(StartLine, Option<Fault>), ParseErro
     let fault = if parts.len() != 3 || parts.iter().any(|p| p.is_empty()) {
         Some(Fault::StartLine)
     } else if !parts[2].eq_ignore_ascii_case("SIP/2.0") {
-        Some(if parts[2].len() > 4 && parts[2][..4].eq_ignore_ascii_case("SIP/") {
-            Fault::Version
-        } else {
-            Fault::StartLine
-        })
+        Some(
+            if parts[2].len() > 4 && parts[2][..4].eq_ignore_ascii_case("SIP/") {
+                Fault::Version
+            } else {
+                Fault::StartLine
+            },
+        )
     } else if !uri::is_plausible_request_uri(parts[1]) {
         Some(Fault::RequestUri)
     } else {
@@ -864,8 +867,7 @@ mod tests {
         let err = parse("OPTIONS sip:a@b SIP/2.0\r\nl: 1\r\nContent-Length: 2\r\n\r\nab")
             .expect_err("conflict");
         assert_eq!(err.fault, Fault::ContentLength);
-        let err =
-            parse("OPTIONS sip:a@b SIP/2.0\r\nl: -999\r\n\r\n").expect_err("negative length");
+        let err = parse("OPTIONS sip:a@b SIP/2.0\r\nl: -999\r\n\r\n").expect_err("negative length");
         assert_eq!(err.fault, Fault::ContentLength);
     }
 
@@ -906,13 +908,16 @@ mod tests {
         let mut full = text.to_vec();
         full.extend_from_slice(b"cNEXT");
         assert_eq!(frame_stream(&full), Ok(Some(text.len() + 1)));
-        assert_eq!(frame_stream(b"OPTIONS sip:a@b SIP/2.0\r\nl: x\r\n\r\n"), Err(Fault::ContentLength));
+        assert_eq!(
+            frame_stream(b"OPTIONS sip:a@b SIP/2.0\r\nl: x\r\n\r\n"),
+            Err(Fault::ContentLength)
+        );
     }
 
     #[test]
     fn set_header_replaces_all_values_in_place() {
-        let mut msg = parse("OPTIONS sip:a@b SIP/2.0\r\nX-A: 1\r\nX-B: 2\r\nX-A: 3\r\n\r\n")
-            .expect("valid");
+        let mut msg =
+            parse("OPTIONS sip:a@b SIP/2.0\r\nX-A: 1\r\nX-B: 2\r\nX-A: 3\r\n\r\n").expect("valid");
         let name = HeaderName::parse("x-a");
         msg.set_header(name.clone(), "9");
         let values: Vec<(&str, &str)> = msg

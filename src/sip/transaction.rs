@@ -200,7 +200,8 @@ impl ClientTransaction {
                 }
                 out.push(TxnAction::Arm(TimerKind::E, now + self.interval));
             }
-            (TimerKind::B, ClientState::Calling) | (TimerKind::F, ClientState::Calling)
+            (TimerKind::B, ClientState::Calling)
+            | (TimerKind::F, ClientState::Calling)
             | (TimerKind::F, ClientState::Proceeding) => {
                 self.state = ClientState::Terminated;
                 out.push(TxnAction::Timeout);

@@ -67,9 +67,10 @@ impl<'a> Uri<'a> {
             let end = rest.find(';').unwrap_or(rest.len());
             let number = &rest[..end];
             if number.is_empty()
-                || !number
-                    .bytes()
-                    .all(|b| b.is_ascii_hexdigit() || matches!(b, b'+' | b'-' | b'.' | b'(' | b')' | b'*' | b'#'))
+                || !number.bytes().all(|b| {
+                    b.is_ascii_hexdigit()
+                        || matches!(b, b'+' | b'-' | b'.' | b'(' | b')' | b'*' | b'#')
+                })
             {
                 return Err(Malformed);
             }
@@ -149,6 +150,8 @@ mod tests {
         assert!(Uri::parse("sip:@example.com").is_err());
         assert!(Uri::parse("sip:").is_err());
         assert!(!is_plausible_request_uri("<sip:user@example.com>"));
-        assert!(is_plausible_request_uri("sip:user@example.com?Route=%3Csip:a%3E"));
+        assert!(is_plausible_request_uri(
+            "sip:user@example.com?Route=%3Csip:a%3E"
+        ));
     }
 }

@@ -1,0 +1,298 @@
+//! Message builders of the B2BUA: responses to a request, requests inside a dialog, the ACK and
+//! CANCEL of an INVITE. Pure functions over messages; no state.
+
+use super::Dialog;
+use crate::config::{Listener, Transport};
+use crate::sip::header::{param, NameAddr};
+use crate::sip::{reason_phrase, Header, HeaderName, Message, Method, StartLine};
+use bytes::Bytes;
+
+/// Methods Bridgehead accepts, as advertised in Allow.
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, NOTIFY";
+/// Option tags Bridgehead supports (none yet: 100rel and timers arrive with interworking).
+pub const SUPPORTED: &str = "";
+/// Body types Bridgehead accepts.
+pub const ACCEPT: &str = "application/sdp";
+
+/// True for headers the B2BUA writes itself on each leg: they never cross from the other leg and
+/// rules cannot edit them directly.
+pub fn is_b2bua_owned(name: &HeaderName) -> bool {
+    matches!(
+        name,
+        HeaderName::Via
+            | HeaderName::From
+            | HeaderName::To
+            | HeaderName::CallId
+            | HeaderName::CSeq
+            | HeaderName::MaxForwards
+            | HeaderName::Contact
+            | HeaderName::Route
+            | HeaderName::RecordRoute
+            | HeaderName::ContentLength
+            | HeaderName::ContentType
+            | HeaderName::Supported
+            | HeaderName::Require
+            | HeaderName::ProxyRequire
+            | HeaderName::Unsupported
+            | HeaderName::Allow
+            | HeaderName::RSeq
+            | HeaderName::RAck
+    )
+}
+
+/// A response to `req`: Via, From, To (with `to_tag` added when To has none), Call-ID and CSeq
+/// copied from the request.
+pub fn response_to(
+    req: &Message,
+    status: u16,
+    reason: Option<&str>,
+    to_tag: Option<&str>,
+) -> Message {
+    let mut headers = Vec::with_capacity(12);
+    for header in &req.headers {
+        match header.name {
+            HeaderName::Via | HeaderName::From | HeaderName::CallId | HeaderName::CSeq => {
+                headers.push(header.clone())
+            }
+            HeaderName::To => {
+                let value = match (to_tag, header.value_str()) {
+                    (Some(tag), Some(value)) if status > 100 && !has_tag(value) => {
+                        Bytes::from(format!("{value};tag={tag}"))
+                    }
+                    _ => header.value.clone(),
+                };
+                headers.push(Header {
+                    name: HeaderName::To,
+                    value,
+                });
+            }
+            _ => {}
+        }
+    }
+    Message {
+        start: StartLine::Response {
+            status,
+            reason: reason.unwrap_or(reason_phrase(status)).to_string(),
+        },
+        headers,
+        body: Bytes::new(),
+    }
+}
+
+fn has_tag(value: &str) -> bool {
+    NameAddr::parse(value).is_ok_and(|addr| addr.tag().is_some())
+}
+
+/// A header value with its `;tag=` parameter removed.
+pub fn without_tag(value: &str) -> String {
+    let Ok(addr) = NameAddr::parse(value) else {
+        return value.to_string();
+    };
+    if addr.tag().is_none() {
+        return value.to_string();
+    }
+    let params_at = addr.params.as_ptr() as usize - value.as_ptr() as usize;
+    let mut out = value[..params_at].trim_end().to_string();
+    for (name, val) in crate::sip::header::params(addr.params).map_while(Result::ok) {
+        if name.eq_ignore_ascii_case("tag") {
+            continue;
+        }
+        out.push(';');
+        out.push_str(name);
+        if let Some(val) = val {
+            out.push('=');
+            out.push_str(val);
+        }
+    }
+    out
+}
+
+/// The tag of a From/To header value.
+pub fn tag_of(value: &str) -> Option<String> {
+    NameAddr::parse(value)
+        .ok()
+        .and_then(|addr| addr.tag().map(str::to_string))
+}
+
+/// A Via value for a request Bridgehead sends from this listener.
+pub fn via_value(listener: &Listener, transport: Transport, branch: &str) -> String {
+    format!(
+        "SIP/2.0/{} {}:{};branch={};rport",
+        transport.as_via_token(),
+        listener.advertise,
+        listener.address.port(),
+        branch
+    )
+}
+
+/// Bridgehead's Contact on a leg.
+pub fn contact_value(user: Option<&str>, listener: &Listener, transport: Transport) -> String {
+    let transport = match transport {
+        Transport::Udp => "",
+        Transport::Tcp => ";transport=tcp",
+    };
+    match user {
+        Some(user) => format!(
+            "<sip:{user}@{}:{}{transport}>",
+            listener.advertise,
+            listener.address.port()
+        ),
+        None => format!(
+            "<sip:{}:{}{transport}>",
+            listener.advertise,
+            listener.address.port()
+        ),
+    }
+}
+
+/// A request inside `dialog` (or the dialog-creating INVITE when it has no remote tag yet).
+pub fn dialog_request(
+    method: Method,
+    dialog: &Dialog,
+    via: String,
+    cseq: u32,
+    max_forwards: u8,
+) -> Message {
+    let mut headers = Vec::with_capacity(16);
+    headers.push(Header::new(HeaderName::Via, via));
+    for route in &dialog.route_set {
+        headers.push(Header::new(HeaderName::Route, route.clone()));
+    }
+    headers.push(Header::new(
+        HeaderName::MaxForwards,
+        max_forwards.to_string(),
+    ));
+    headers.push(Header::new(
+        HeaderName::From,
+        format!("{};tag={}", dialog.local_party, dialog.local_tag),
+    ));
+    let to = match &dialog.remote_tag {
+        Some(tag) => format!("{};tag={tag}", dialog.remote_party),
+        None => dialog.remote_party.clone(),
+    };
+    headers.push(Header::new(HeaderName::To, to));
+    headers.push(Header::new(HeaderName::CallId, dialog.call_id.clone()));
+    headers.push(Header::new(HeaderName::CSeq, format!("{cseq} {method}")));
+    Message {
+        start: StartLine::Request {
+            method,
+            uri: dialog.remote_target.clone(),
+        },
+        headers,
+        body: Bytes::new(),
+    }
+}
+
+/// The hop-by-hop ACK for a non-2xx final response to `invite` (RFC 3261 §17.1.1.3).
+pub fn ack_for(invite: &Message, response: &Message) -> Message {
+    derived_request(invite, Method::Ack, response.header(&HeaderName::To))
+}
+
+/// The CANCEL of a pending `invite` (RFC 3261 §9.1).
+pub fn cancel_for(invite: &Message) -> Message {
+    derived_request(invite, Method::Cancel, None)
+}
+
+fn derived_request(invite: &Message, method: Method, to: Option<&Bytes>) -> Message {
+    let uri = match &invite.start {
+        StartLine::Request { uri, .. } => uri.clone(),
+        StartLine::Response { .. } => String::new(),
+    };
+    let mut headers = Vec::with_capacity(8);
+    let mut via_done = false;
+    for header in &invite.headers {
+        match header.name {
+            HeaderName::Via if !via_done => {
+                via_done = true;
+                headers.push(header.clone());
+            }
+            HeaderName::Route | HeaderName::From | HeaderName::CallId | HeaderName::MaxForwards => {
+                headers.push(header.clone())
+            }
+            HeaderName::To => headers.push(Header {
+                name: HeaderName::To,
+                value: to.cloned().unwrap_or_else(|| header.value.clone()),
+            }),
+            HeaderName::CSeq => {
+                let number = header
+                    .value_str()
+                    .and_then(|v| crate::sip::header::CSeq::parse(v).ok())
+                    .map_or(1, |c| c.number);
+                headers.push(Header::new(HeaderName::CSeq, format!("{number} {method}")));
+            }
+            _ => {}
+        }
+    }
+    Message {
+        start: StartLine::Request { method, uri },
+        headers,
+        body: Bytes::new(),
+    }
+}
+
+/// Appends the headers of `from` that are not B2BUA-owned to `to` (the policy filter comes
+/// later, after the rules ran), and carries the body with its Content-Type.
+pub fn copy_crossing(from: &Message, to: &mut Message) {
+    for header in &from.headers {
+        if !is_b2bua_owned(&header.name) {
+            to.headers.push(header.clone());
+        }
+    }
+    if !from.body.is_empty() {
+        if let Some(ct) = from.header(&HeaderName::ContentType) {
+            to.headers.push(Header {
+                name: HeaderName::ContentType,
+                value: ct.clone(),
+            });
+        }
+        to.body = from.body.clone();
+    }
+}
+
+/// The user part of the URI in a name-addr header value.
+pub fn user_of(value: &str) -> Option<String> {
+    let addr = NameAddr::parse(value).ok()?;
+    crate::sip::uri::Uri::parse(addr.uri)
+        .ok()?
+        .user
+        .map(str::to_string)
+}
+
+/// The URI of a name-addr header value (e.g. a Contact's target).
+pub fn uri_of(value: &str) -> Option<String> {
+    NameAddr::parse(value).ok().map(|addr| addr.uri.to_string())
+}
+
+/// The value of the `branch` parameter of a Via header value.
+pub fn branch_of(via: &str) -> Option<&str> {
+    let params_at = via.find(';')?;
+    param(&via[params_at..], "branch")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_tag_keeps_other_params() {
+        assert_eq!(
+            without_tag("\"A\" <sip:a@h>;tag=12;foo=bar"),
+            "\"A\" <sip:a@h>;foo=bar"
+        );
+        assert_eq!(without_tag("<sip:a@h>"), "<sip:a@h>");
+        assert_eq!(tag_of("sip:a@h;tag=9"), Some("9".into()));
+    }
+
+    #[test]
+    fn response_adds_to_tag_once() {
+        let req = Message::parse(&Bytes::from_static(
+            b"INVITE sip:b@h SIP/2.0\r\nVia: SIP/2.0/UDP x;branch=z9hG4bK1\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nX-Other: y\r\n\r\n",
+        ))
+        .expect("valid");
+        let resp = response_to(&req, 180, None, Some("t9"));
+        assert_eq!(resp.header_str(&HeaderName::To), Some("<sip:b@h>;tag=t9"));
+        assert!(resp.header(&HeaderName::Other("X-Other".into())).is_none());
+        let trying = response_to(&req, 100, None, Some("t9"));
+        assert_eq!(trying.header_str(&HeaderName::To), Some("<sip:b@h>"));
+    }
+}

@@ -1,0 +1,1118 @@
+//! The B2BUA: a call is two dialogs (the A-leg toward the caller, the B-leg toward the callee)
+//! joined by the engine. Each leg has its own Call-ID, tags, Via, Contact and CSeq space; what
+//! crosses from one leg to the other is the body and the headers the trunk's policy lets through
+//! (after the Lua rules ran). Topology headers (Via, Contact, Record-Route, Route, Call-ID) never
+//! cross.
+
+pub mod build;
+
+pub use build::is_b2bua_owned;
+
+use crate::config::{HeaderPolicy, TrunkId};
+use crate::engine::{Engine, Peer, TxnId};
+use crate::script::{HookCall, HookMessage, RouteDecision, ScriptId};
+use crate::sip::check::{check_request, check_response, RequestInfo};
+use crate::sip::header::split_list;
+use crate::sip::uri::{Scheme, Uri};
+use crate::sip::{HeaderName, Message, Method, StartLine};
+use build::{
+    contact_value, copy_crossing, dialog_request, response_to, tag_of, uri_of, user_of, via_value,
+    without_tag, ACCEPT, ALLOW, SUPPORTED,
+};
+use bytes::Bytes;
+use std::time::Instant;
+
+/// Identifies a call inside one engine.
+pub type CallKey = u64;
+
+/// The two legs of a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Leg {
+    /// Toward the caller.
+    A,
+    /// Toward the callee.
+    B,
+}
+
+impl Leg {
+    /// The other leg.
+    pub fn other(self) -> Leg {
+        match self {
+            Leg::A => Leg::B,
+            Leg::B => Leg::A,
+        }
+    }
+
+    /// "a" or "b", as rules see it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Leg::A => "a",
+            Leg::B => "b",
+        }
+    }
+}
+
+/// Who waits for a server transaction's outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerOwner {
+    /// Answered locally.
+    Local,
+    /// The INVITE that created a call.
+    Invite(CallKey),
+    /// An in-dialog request relayed to the other leg.
+    Dialog(CallKey, Leg),
+}
+
+/// Who waits for a client transaction's outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientOwner {
+    /// The B-leg INVITE of a call.
+    Invite(CallKey),
+    /// An in-dialog request relayed from the other leg's server transaction.
+    Relay { call: CallKey, server: TxnId },
+    /// A request Bridgehead sent on its own (CANCEL, BYE): nobody waits.
+    Local,
+}
+
+/// One leg's dialog state, from Bridgehead's side.
+#[derive(Clone, Debug)]
+pub struct Dialog {
+    pub trunk: TrunkId,
+    /// Where requests on this leg go (the trunk peer, or where the caller's INVITE came from).
+    pub peer: Peer,
+    pub call_id: String,
+    pub local_tag: String,
+    pub remote_tag: Option<String>,
+    /// Our party (From on our requests), without tag.
+    pub local_party: String,
+    /// Their party (To on our requests), without tag.
+    pub remote_party: String,
+    /// Request-URI of our requests: the peer's Contact.
+    pub remote_target: String,
+    pub route_set: Vec<String>,
+    pub local_cseq: u32,
+    pub remote_cseq: u32,
+    /// CSeq of the last INVITE sent on this leg (its ACK uses it).
+    pub invite_cseq: u32,
+    /// Bridgehead's Contact on this leg.
+    pub contact: String,
+}
+
+/// An ACK Bridgehead is waiting for: a 2xx to an INVITE was sent on `from`.
+#[derive(Clone, Copy, Debug)]
+struct PendingAck {
+    from: Leg,
+    server: TxnId,
+}
+
+/// A call: two legs and where it stands.
+#[derive(Clone, Debug)]
+pub struct Call {
+    /// The A-leg Call-ID, used in logs and as `call.id` in rules.
+    pub id: String,
+    pub ingress: TrunkId,
+    pub script: Option<ScriptId>,
+    pub a: Dialog,
+    pub b: Dialog,
+    a_invite: TxnId,
+    b_invite: TxnId,
+    answered: bool,
+    b_provisional: bool,
+    cancel_pending: bool,
+    canceled: bool,
+    invite_pending: bool,
+    pending_ack: Option<PendingAck>,
+    /// The last end-to-end ACK sent, by leg, repeated when a 2xx is retransmitted.
+    last_ack: Option<(Leg, Bytes)>,
+}
+
+impl Call {
+    fn leg(&self, leg: Leg) -> &Dialog {
+        match leg {
+            Leg::A => &self.a,
+            Leg::B => &self.b,
+        }
+    }
+
+    fn leg_mut(&mut self, leg: Leg) -> &mut Dialog {
+        match leg {
+            Leg::A => &mut self.a,
+            Leg::B => &mut self.b,
+        }
+    }
+}
+
+/// Requests that refresh the remote target and carry our Contact.
+fn is_target_refresh(method: &Method) -> bool {
+    matches!(
+        method,
+        Method::Invite | Method::Update | Method::Subscribe | Method::Notify | Method::Refer
+    )
+}
+
+/// Removes the headers the policy does not let cross, unless a rule set them.
+fn apply_policy(msg: &mut Message, touched: &[HeaderName], policy: &HeaderPolicy) {
+    msg.headers.retain(|h| {
+        is_b2bua_owned(&h.name) || touched.contains(&h.name) || policy.allows(h.name.as_str())
+    });
+}
+
+/// The Record-Route values of a message, in order.
+fn record_routes(msg: &Message) -> Vec<String> {
+    msg.headers_named(&HeaderName::RecordRoute)
+        .filter_map(|v| std::str::from_utf8(v).ok())
+        .flat_map(split_list)
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The URI of the first Contact of a message.
+fn contact_uri(msg: &Message) -> Option<String> {
+    let value = msg.header_str(&HeaderName::Contact)?;
+    uri_of(split_list(value).next()?)
+}
+
+/// A Request-URI for a trunk peer: the user and parameters of `uri`, the peer's address.
+fn retarget(uri: &str, peer: &Peer) -> String {
+    let parsed = Uri::parse(uri).ok();
+    let user = parsed.as_ref().and_then(|u| u.user);
+    let mut out = String::with_capacity(64);
+    out.push_str("sip:");
+    if let Some(user) = user {
+        out.push_str(user);
+        out.push('@');
+    }
+    out.push_str(&match peer.addr {
+        std::net::SocketAddr::V4(a) => a.to_string(),
+        std::net::SocketAddr::V6(a) => a.to_string(),
+    });
+    if let Some(parsed) = &parsed {
+        for (name, value) in crate::sip::header::params(parsed.params).map_while(Result::ok) {
+            if ["transport", "maddr", "lr", "phone-context"]
+                .iter()
+                .any(|skip| name.eq_ignore_ascii_case(skip))
+            {
+                continue;
+            }
+            out.push(';');
+            out.push_str(name);
+            if let Some(value) = value {
+                out.push('=');
+                out.push_str(value);
+            }
+        }
+        if parsed.scheme == Scheme::Tel {
+            out.push_str(";user=phone");
+        }
+    }
+    if peer.transport == crate::config::Transport::Tcp {
+        out.push_str(";transport=tcp");
+    }
+    out
+}
+
+impl Engine {
+    fn trunk_name(&self, trunk: TrunkId) -> String {
+        self.profile.trunks[trunk].name.clone()
+    }
+
+    fn hook_call(&self, call: Option<&Call>) -> Option<HookCall> {
+        call.map(|c| {
+            HookCall::new(
+                c.id.clone(),
+                self.trunk_name(c.ingress),
+                self.rules.trunk_names(),
+            )
+        })
+    }
+
+    /// Runs the per-message hooks on a message about to be sent toward `trunk`, then applies
+    /// the trunk's header policy.
+    fn outgoing(
+        &mut self,
+        call: Option<CallKey>,
+        script: Option<ScriptId>,
+        leg: Leg,
+        trunk: TrunkId,
+        msg: Message,
+    ) -> Message {
+        let mut hooked = HookMessage::new(msg, leg.name(), String::new());
+        if self.rules.has_message_hooks(script) {
+            hooked.trunk = self.trunk_name(trunk);
+            let mut hook_call = self.hook_call(call.and_then(|k| self.calls.get(&k)));
+            let result = if hooked.msg.is_request() {
+                self.rules
+                    .on_request(script, hook_call.as_mut(), &mut hooked)
+            } else {
+                self.rules
+                    .on_response(script, hook_call.as_mut(), &mut hooked)
+            };
+            if let Err(err) = result {
+                let id = hook_call.map(|c| c.id).unwrap_or_default();
+                tracing::warn!(call = %id, "script error: {err}");
+            }
+        }
+        let policy = &self.profile.trunks[trunk].headers;
+        apply_policy(&mut hooked.msg, &hooked.touched, policy);
+        hooked.msg
+    }
+
+    /// Answers a request locally through a new server transaction.
+    fn answer(
+        &mut self,
+        req: Message,
+        key: String,
+        from: Peer,
+        trunk: TrunkId,
+        status: u16,
+        extra: &[(HeaderName, String)],
+        now: Instant,
+    ) {
+        let to_tag = self.new_tag();
+        let mut response = response_to(&req, status, None, Some(&to_tag));
+        for (name, value) in extra {
+            response.push_header(name.clone(), value.clone());
+        }
+        let script = self.rules.script_of(trunk);
+        let response = self.outgoing(None, script, Leg::A, trunk, response);
+        let id = self.create_server(key, req, from, ServerOwner::Local);
+        self.send_response(id, &response, now);
+    }
+
+    /// A request arrived.
+    pub(crate) fn on_request(&mut self, msg: Message, from: Peer, now: Instant) {
+        let Some(method) = msg.method().cloned() else {
+            return;
+        };
+        let info = match check_request(&msg) {
+            Ok(info) => info,
+            Err(fault) => {
+                self.stats.malformed += 1;
+                tracing::debug!(peer = %from.addr, %fault, "malformed request");
+                if method != Method::Ack {
+                    self.reject_stateless(&msg, from, fault.status(), &fault.to_string(), now);
+                }
+                return;
+            }
+        };
+        let Some(key) = Engine::server_key(&msg, &method) else {
+            return;
+        };
+        if method == Method::Ack {
+            match self.find_server(&key) {
+                Some(id) => {
+                    self.server_ack(id, now);
+                }
+                None => self.on_dialog_ack(msg, &info, now),
+            }
+            return;
+        }
+        if let Some(id) = self.find_server(&key) {
+            self.server_retransmission(id, now);
+            return;
+        }
+        let Some(trunk) = self.profile.trunk_for(from.listener, from.addr.ip()) else {
+            tracing::info!(peer = %from.addr, "request from a source that belongs to no trunk");
+            self.reject_stateless(&msg, from, 403, "source belongs to no trunk", now);
+            return;
+        };
+        if method == Method::Cancel {
+            self.on_cancel(msg, key, from, trunk, now);
+            return;
+        }
+        if info.to_tag.is_some() {
+            self.on_dialog_request(msg, method, info, key, from, trunk, now);
+            return;
+        }
+        match method {
+            Method::Invite => self.on_new_invite(msg, info, key, from, trunk, now),
+            Method::Options => {
+                let extra = [
+                    (HeaderName::Allow, ALLOW.to_string()),
+                    (HeaderName::Accept, ACCEPT.to_string()),
+                    (HeaderName::Supported, SUPPORTED.to_string()),
+                ];
+                self.answer(msg, key, from, trunk, 200, &extra, now);
+            }
+            Method::Extension(_) => {
+                let extra = [(HeaderName::Allow, ALLOW.to_string())];
+                self.answer(msg, key, from, trunk, 501, &extra, now);
+            }
+            Method::Register | Method::Message | Method::Subscribe | Method::Publish => {
+                let extra = [(HeaderName::Allow, ALLOW.to_string())];
+                self.answer(msg, key, from, trunk, 405, &extra, now);
+            }
+            _ => self.answer(msg, key, from, trunk, 481, &[], now),
+        }
+    }
+
+    /// Checks what a new INVITE asks for that Bridgehead cannot give; returns the refusal.
+    fn refuse_invite(
+        msg: &Message,
+        info: &RequestInfo,
+    ) -> Option<(u16, Vec<(HeaderName, String)>)> {
+        let required: Vec<&str> = msg
+            .headers_named(&HeaderName::Require)
+            .filter_map(|v| std::str::from_utf8(v).ok())
+            .flat_map(split_list)
+            .filter(|t| !t.is_empty())
+            .collect();
+        if !required.is_empty() {
+            return Some((420, vec![(HeaderName::Unsupported, required.join(", "))]));
+        }
+        if let StartLine::Request { uri, .. } = &msg.start {
+            if Uri::parse(uri).is_ok_and(|u| u.scheme == Scheme::Other) {
+                return Some((416, vec![]));
+            }
+        }
+        if !msg.body.is_empty() {
+            let sdp = msg.header_str(&HeaderName::ContentType).is_some_and(|ct| {
+                ct.trim()
+                    .to_ascii_lowercase()
+                    .starts_with("application/sdp")
+            });
+            if !sdp {
+                return Some((415, vec![(HeaderName::Accept, ACCEPT.to_string())]));
+            }
+        }
+        let accepts: Vec<String> = msg
+            .headers_named(&HeaderName::Accept)
+            .filter_map(|v| std::str::from_utf8(v).ok())
+            .flat_map(split_list)
+            .map(|t| {
+                t.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase()
+            })
+            .collect();
+        let has_accept = msg.header(&HeaderName::Accept).is_some();
+        if has_accept
+            && !accepts
+                .iter()
+                .any(|t| t == "application/sdp" || t == "application/*" || t == "*/*")
+        {
+            return Some((406, vec![(HeaderName::Accept, ACCEPT.to_string())]));
+        }
+        if info.max_forwards == Some(0) {
+            return Some((483, vec![]));
+        }
+        if contact_uri(msg).is_none() {
+            return Some((
+                400,
+                vec![(
+                    HeaderName::Warning,
+                    "399 bridgehead \"missing Contact\"".to_string(),
+                )],
+            ));
+        }
+        None
+    }
+
+    fn on_new_invite(
+        &mut self,
+        msg: Message,
+        info: RequestInfo,
+        key: String,
+        from: Peer,
+        trunk: TrunkId,
+        now: Instant,
+    ) {
+        if let Some((status, extra)) = Engine::refuse_invite(&msg, &info) {
+            self.answer(msg, key, from, trunk, status, &extra, now);
+            return;
+        }
+        let script = self.rules.script_of(trunk);
+        let a_invite = self.create_server(key, msg.clone(), from, ServerOwner::Local);
+        let a_tag = self.new_tag();
+        let trying = response_to(&msg, 100, None, None);
+        let trying = self.outgoing(None, script, Leg::A, trunk, trying);
+        self.send_response(a_invite, &trying, now);
+
+        let a_from = msg.header_str(&HeaderName::From).unwrap_or_default();
+        let a_to = msg.header_str(&HeaderName::To).unwrap_or_default();
+        let listener = &self.profile.listeners[from.listener];
+        let a = Dialog {
+            trunk,
+            peer: from,
+            call_id: info.call_id.clone(),
+            local_tag: a_tag,
+            remote_tag: info.from_tag.clone(),
+            local_party: without_tag(a_to),
+            remote_party: without_tag(a_from),
+            remote_target: contact_uri(&msg).unwrap_or_default(),
+            route_set: record_routes(&msg),
+            local_cseq: 0,
+            remote_cseq: info.cseq,
+            invite_cseq: 0,
+            contact: contact_value(user_of(a_to).as_deref(), listener, from.transport),
+        };
+
+        // The B-leg INVITE as the rules see it: identity and body, no routing yet.
+        let b_call_id = self.new_call_id();
+        let b_tag = self.new_tag();
+        let uri = match &msg.start {
+            StartLine::Request { uri, .. } => uri.clone(),
+            StartLine::Response { .. } => String::new(),
+        };
+        let mut draft = Message {
+            start: StartLine::Request {
+                method: Method::Invite,
+                uri,
+            },
+            headers: Vec::with_capacity(msg.headers.len() + 4),
+            body: Bytes::new(),
+        };
+        let max_forwards = info.max_forwards.unwrap_or(70).saturating_sub(1);
+        draft.push_header(HeaderName::MaxForwards, max_forwards.to_string());
+        draft.push_header(HeaderName::From, format!("{};tag={b_tag}", a.remote_party));
+        draft.push_header(HeaderName::To, a.local_party.clone());
+        draft.push_header(HeaderName::CallId, b_call_id.clone());
+        draft.push_header(HeaderName::CSeq, "1 INVITE".to_string());
+        copy_crossing(&msg, &mut draft);
+
+        let mut hook_call = HookCall::new(
+            info.call_id.clone(),
+            self.trunk_name(trunk),
+            self.rules.trunk_names(),
+        );
+        let mut hooked = HookMessage::new(draft, Leg::B.name(), String::new());
+        if let Err(err) = self.rules.on_invite(script, &mut hook_call, &mut hooked) {
+            tracing::warn!(call = %info.call_id, "script error in on_invite: {err}");
+        }
+        let decision = hook_call
+            .decision
+            .clone()
+            .or_else(|| self.profile.trunks[trunk].route.map(RouteDecision::Route));
+        let dest = match decision {
+            Some(RouteDecision::Route(dest)) => dest,
+            Some(RouteDecision::Reject { status, reason }) => {
+                self.stats.calls_failed += 1;
+                let mut response = response_to(&msg, status, Some(&reason), Some(&a.local_tag));
+                response = self.outgoing(None, script, Leg::A, trunk, response);
+                self.send_response(a_invite, &response, now);
+                return;
+            }
+            None => {
+                self.stats.calls_failed += 1;
+                let response = response_to(&msg, 404, Some("No Route"), Some(&a.local_tag));
+                let response = self.outgoing(None, script, Leg::A, trunk, response);
+                self.send_response(a_invite, &response, now);
+                return;
+            }
+        };
+
+        // Route: address the callee's trunk, add Via and Contact, let the rules see it once more.
+        let dest_trunk = &self.profile.trunks[dest];
+        let Some(peer_addr) = dest_trunk.peers.first().copied() else {
+            return;
+        };
+        let peer = Peer {
+            listener: dest_trunk.listener,
+            transport: dest_trunk.transport,
+            addr: peer_addr,
+            conn: None,
+        };
+        let mut invite = hooked.msg;
+        let touched = hooked.touched;
+        if let StartLine::Request { uri, .. } = &mut invite.start {
+            *uri = retarget(uri, &peer);
+        }
+        let branch = self.new_branch();
+        let listener = &self.profile.listeners[peer.listener];
+        invite.headers.insert(
+            0,
+            crate::sip::Header::new(
+                HeaderName::Via,
+                via_value(listener, peer.transport, &branch),
+            ),
+        );
+        let b_from = invite
+            .header_str(&HeaderName::From)
+            .unwrap_or_default()
+            .to_string();
+        let b_to = invite
+            .header_str(&HeaderName::To)
+            .unwrap_or_default()
+            .to_string();
+        let b_contact = contact_value(user_of(&b_from).as_deref(), listener, peer.transport);
+        invite.push_header(HeaderName::Contact, b_contact.clone());
+        invite.push_header(HeaderName::Allow, ALLOW.to_string());
+        let remote_target = match &invite.start {
+            StartLine::Request { uri, .. } => uri.clone(),
+            StartLine::Response { .. } => String::new(),
+        };
+        let b = Dialog {
+            trunk: dest,
+            peer,
+            call_id: b_call_id,
+            local_tag: b_tag,
+            remote_tag: None,
+            local_party: without_tag(&b_from),
+            remote_party: without_tag(&b_to),
+            remote_target,
+            route_set: Vec::new(),
+            local_cseq: 1,
+            remote_cseq: 0,
+            invite_cseq: 1,
+            contact: b_contact,
+        };
+        let call_key = self.next_id();
+        let call = Call {
+            id: info.call_id,
+            ingress: trunk,
+            script,
+            a,
+            b,
+            a_invite,
+            b_invite: 0,
+            answered: false,
+            b_provisional: false,
+            cancel_pending: false,
+            canceled: false,
+            invite_pending: true,
+            pending_ack: None,
+            last_ack: None,
+        };
+        self.dialogs
+            .insert(call.a.call_id.clone(), (call_key, Leg::A));
+        self.dialogs
+            .insert(call.b.call_id.clone(), (call_key, Leg::B));
+        self.calls.insert(call_key, call);
+        if let Some(entry) = self.servers.get_mut(&a_invite) {
+            entry.owner = ServerOwner::Invite(call_key);
+        }
+        self.stats.calls_started += 1;
+
+        let mut hooked = HookMessage::new(invite, Leg::B.name(), String::new());
+        hooked.touched = touched;
+        let invite = {
+            // Per-message hooks see the routed INVITE; edits from on_invite stay exempt from policy.
+            let mut msg = hooked.msg;
+            let touched = std::mem::take(&mut hooked.touched);
+            if self.rules.has_message_hooks(script) {
+                let mut again = HookMessage::new(msg, Leg::B.name(), self.trunk_name(dest));
+                again.touched = touched;
+                let mut hook_call = self.hook_call(self.calls.get(&call_key));
+                if let Err(err) = self
+                    .rules
+                    .on_request(script, hook_call.as_mut(), &mut again)
+                {
+                    tracing::warn!(call = %hook_call.map(|c| c.id).unwrap_or_default(), "script error: {err}");
+                }
+                msg = again.msg;
+                apply_policy(&mut msg, &again.touched, &self.profile.trunks[dest].headers);
+            } else {
+                apply_policy(&mut msg, &touched, &self.profile.trunks[dest].headers);
+            }
+            msg
+        };
+        let b_invite = self.start_client(invite, peer, ClientOwner::Invite(call_key), now);
+        if let Some(call) = self.calls.get_mut(&call_key) {
+            call.b_invite = b_invite;
+        }
+    }
+
+    /// A response arrived.
+    pub(crate) fn on_response(&mut self, msg: Message, from: Peer, now: Instant) {
+        let info = match check_response(&msg) {
+            Ok(info) => info,
+            Err(fault) => {
+                self.stats.malformed += 1;
+                tracing::debug!(peer = %from.addr, %fault, "malformed response dropped");
+                return;
+            }
+        };
+        let Some(id) = self.find_client(&info.branch, &info.cseq_method) else {
+            self.on_stray_response(&msg, &info.call_id, &info.cseq_method);
+            return;
+        };
+        let Some(owner) = self.clients.get(&id).map(|e| e.owner) else {
+            return;
+        };
+        if !self.client_response(id, &msg, now) {
+            return;
+        }
+        match owner {
+            ClientOwner::Invite(call) => self.on_b_invite_response(call, msg, now),
+            ClientOwner::Relay { call, server } => self.on_relay_response(call, server, msg, now),
+            ClientOwner::Local => {}
+        }
+    }
+
+    /// A 2xx to an INVITE whose transaction is over: repeat the ACK we sent (RFC 3261 §13.2.2.4).
+    fn on_stray_response(&mut self, msg: &Message, call_id: &str, cseq_method: &str) {
+        let is_2xx = msg.status().is_some_and(|s| (200..300).contains(&s));
+        if !is_2xx || cseq_method != "INVITE" {
+            return;
+        }
+        let Some((key, leg)) = self.dialogs.get(call_id).copied() else {
+            return;
+        };
+        let Some(call) = self.calls.get(&key) else {
+            return;
+        };
+        if let Some((ack_leg, bytes)) = &call.last_ack {
+            if *ack_leg == leg {
+                let (peer, bytes) = (call.leg(leg).peer, bytes.clone());
+                self.transmit(peer, bytes);
+            }
+        }
+    }
+
+    /// Records what a response from the callee says about the B-leg dialog.
+    fn learn_b_dialog(call: &mut Call, msg: &Message) {
+        if call.b.remote_tag.is_none() {
+            call.b.remote_tag = msg.header_str(&HeaderName::To).and_then(tag_of);
+        }
+        if let Some(target) = contact_uri(msg) {
+            call.b.remote_target = target;
+        }
+        let mut routes = record_routes(msg);
+        if !routes.is_empty() {
+            routes.reverse();
+            call.b.route_set = routes;
+        }
+    }
+
+    fn on_b_invite_response(&mut self, key: CallKey, msg: Message, now: Instant) {
+        let Some(status) = msg.status() else {
+            return;
+        };
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        if status < 200 {
+            call.b_provisional = true;
+            if call.cancel_pending {
+                call.cancel_pending = false;
+                self.cancel_b_invite(key, now);
+                return;
+            }
+            if status == 100 || call.canceled {
+                return;
+            }
+            Engine::learn_b_dialog(call, &msg);
+        } else if status < 300 {
+            Engine::learn_b_dialog(call, &msg);
+            call.invite_pending = false;
+            if call.canceled {
+                // The caller gave up first: acknowledge and hang up the callee.
+                self.ack_leg(key, Leg::B, None);
+                self.send_bye(key, Leg::B, now);
+                self.end_call(key);
+                return;
+            }
+            call.answered = true;
+            call.pending_ack = Some(PendingAck {
+                from: Leg::A,
+                server: call.a_invite,
+            });
+            self.stats.calls_answered += 1;
+        } else {
+            call.invite_pending = false;
+            let canceled = call.canceled;
+            if !canceled {
+                self.stats.calls_failed += 1;
+            }
+            if canceled {
+                self.end_call(key);
+                return;
+            }
+        }
+        let Some(call) = self.calls.get(&key) else {
+            return;
+        };
+        let server = call.a_invite;
+        self.relay_response_to(key, Leg::A, server, &msg, now);
+        if status >= 300 {
+            self.end_call(key);
+        }
+    }
+
+    /// Relays a response from one leg to the server transaction `server` on leg `to`.
+    fn relay_response_to(
+        &mut self,
+        key: CallKey,
+        to: Leg,
+        server: TxnId,
+        msg: &Message,
+        now: Instant,
+    ) {
+        let Some(request) = self.servers.get(&server).and_then(|e| e.request.as_ref()) else {
+            return;
+        };
+        let Some(call) = self.calls.get(&key) else {
+            return;
+        };
+        let Some(status) = msg.status() else {
+            return;
+        };
+        let reason = match &msg.start {
+            StartLine::Response { reason, .. } => reason.clone(),
+            StartLine::Request { .. } => String::new(),
+        };
+        let dialog = call.leg(to);
+        let method = request.method().cloned().unwrap_or(Method::Ack);
+        let mut response = response_to(request, status, Some(&reason), Some(&dialog.local_tag));
+        if status > 100 && status < 300 && is_target_refresh(&method) {
+            response.push_header(HeaderName::Contact, dialog.contact.clone());
+        }
+        if (200..300).contains(&status) && matches!(method, Method::Invite | Method::Update) {
+            response.push_header(HeaderName::Allow, ALLOW.to_string());
+        }
+        copy_crossing(msg, &mut response);
+        let (script, trunk) = (call.script, dialog.trunk);
+        let response = self.outgoing(Some(key), script, to, trunk, response);
+        self.send_response(server, &response, now);
+    }
+
+    fn on_relay_response(&mut self, key: CallKey, server: TxnId, msg: Message, now: Instant) {
+        let Some(status) = msg.status() else {
+            return;
+        };
+        let Some(entry) = self.servers.get(&server) else {
+            return;
+        };
+        let ServerOwner::Dialog(_, to) = entry.owner else {
+            return;
+        };
+        let method = entry
+            .request
+            .as_ref()
+            .and_then(|r| r.method().cloned())
+            .unwrap_or(Method::Ack);
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        let from_leg = to.other();
+        if (200..300).contains(&status) && is_target_refresh(&method) {
+            if let Some(target) = contact_uri(&msg) {
+                call.leg_mut(from_leg).remote_target = target;
+            }
+        }
+        if method == Method::Invite && status >= 200 {
+            call.invite_pending = false;
+            if status < 300 {
+                call.pending_ack = Some(PendingAck { from: to, server });
+            }
+        }
+        self.relay_response_to(key, to, server, &msg, now);
+        if method == Method::Bye && status >= 200 {
+            self.end_call(key);
+        }
+    }
+
+    /// An ACK outside any transaction: the end-to-end ACK of a 2xx.
+    fn on_dialog_ack(&mut self, msg: Message, info: &RequestInfo, now: Instant) {
+        let Some((key, leg)) = self.dialogs.get(&info.call_id).copied() else {
+            return;
+        };
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        let Some(pending) = call.pending_ack.filter(|p| p.from == leg) else {
+            return;
+        };
+        call.pending_ack = None;
+        self.server_ack(pending.server, now);
+        self.ack_leg(key, leg.other(), Some(&msg));
+    }
+
+    /// Sends the ACK of the last INVITE on `leg`, carrying the body of `from` (late offer).
+    fn ack_leg(&mut self, key: CallKey, leg: Leg, from: Option<&Message>) {
+        let branch = self.new_branch();
+        let Some(call) = self.calls.get(&key) else {
+            return;
+        };
+        let dialog = call.leg(leg);
+        let listener = &self.profile.listeners[dialog.peer.listener];
+        let via = via_value(listener, dialog.peer.transport, &branch);
+        let mut ack = dialog_request(Method::Ack, dialog, via, dialog.invite_cseq, 70);
+        if let Some(from) = from {
+            copy_crossing(from, &mut ack);
+        }
+        let (peer, trunk, script) = (dialog.peer, dialog.trunk, call.script);
+        let ack = self.outgoing(Some(key), script, leg, trunk, ack);
+        let bytes = Bytes::from(ack.to_bytes());
+        if let Some(call) = self.calls.get_mut(&key) {
+            call.last_ack = Some((leg, bytes.clone()));
+        }
+        self.transmit(peer, bytes);
+    }
+
+    /// Sends a BYE on a leg (Bridgehead hangs up that side).
+    fn send_bye(&mut self, key: CallKey, leg: Leg, now: Instant) {
+        let branch = self.new_branch();
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        let dialog = call.leg_mut(leg);
+        if dialog.remote_tag.is_none() {
+            return;
+        }
+        dialog.local_cseq += 1;
+        let dialog = call.leg(leg);
+        let listener = &self.profile.listeners[dialog.peer.listener];
+        let via = via_value(listener, dialog.peer.transport, &branch);
+        let bye = dialog_request(Method::Bye, dialog, via, dialog.local_cseq, 70);
+        let (peer, trunk, script) = (dialog.peer, dialog.trunk, call.script);
+        let bye = self.outgoing(Some(key), script, leg, trunk, bye);
+        self.start_client(bye, peer, ClientOwner::Local, now);
+    }
+
+    fn cancel_b_invite(&mut self, key: CallKey, now: Instant) {
+        let Some(call) = self.calls.get(&key) else {
+            return;
+        };
+        let Some(entry) = self.clients.get(&call.b_invite) else {
+            return;
+        };
+        let cancel = build::cancel_for(&entry.request);
+        let (peer, trunk, script) = (entry.peer, call.b.trunk, call.script);
+        let cancel = self.outgoing(Some(key), script, Leg::B, trunk, cancel);
+        self.start_client(cancel, peer, ClientOwner::Local, now);
+    }
+
+    fn on_cancel(&mut self, msg: Message, key: String, from: Peer, trunk: TrunkId, now: Instant) {
+        let invite_key = Engine::server_key(&msg, &Method::Invite);
+        let invite = invite_key.as_deref().and_then(|k| self.find_server(k));
+        let Some(invite) = invite else {
+            self.answer(msg, key, from, trunk, 481, &[], now);
+            return;
+        };
+        let (owner, final_sent, request) = match self.servers.get(&invite) {
+            Some(e) => (e.owner, e.txn.is_final_sent(), e.request.clone()),
+            None => return,
+        };
+        // The CANCEL itself is answered 200 whatever happens to the INVITE (RFC 3261 §9.2).
+        let call_key = match owner {
+            ServerOwner::Invite(k) => Some(k),
+            _ => None,
+        };
+        let to_tag = call_key
+            .and_then(|k| self.calls.get(&k))
+            .map(|c| c.a.local_tag.clone());
+        let ok = response_to(&msg, 200, None, to_tag.as_deref());
+        let script = self.rules.script_of(trunk);
+        let ok = self.outgoing(call_key, script, Leg::A, trunk, ok);
+        let id = self.create_server(key, msg, from, ServerOwner::Local);
+        self.send_response(id, &ok, now);
+        if final_sent {
+            return;
+        }
+        let (Some(call_key), Some(request)) = (call_key, request) else {
+            return;
+        };
+        let Some(call) = self.calls.get_mut(&call_key) else {
+            return;
+        };
+        call.canceled = true;
+        let send_cancel = call.b_provisional;
+        call.cancel_pending = !send_cancel;
+        let terminated = response_to(&request, 487, None, Some(&call.a.local_tag));
+        let terminated = self.outgoing(Some(call_key), script, Leg::A, trunk, terminated);
+        self.send_response(invite, &terminated, now);
+        if send_cancel {
+            self.cancel_b_invite(call_key, now);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_dialog_request(
+        &mut self,
+        msg: Message,
+        method: Method,
+        info: RequestInfo,
+        key: String,
+        from: Peer,
+        trunk: TrunkId,
+        now: Instant,
+    ) {
+        let Some((call_key, leg)) = self.dialogs.get(&info.call_id).copied() else {
+            self.answer(msg, key, from, trunk, 481, &[], now);
+            return;
+        };
+        let Some(call) = self.calls.get_mut(&call_key) else {
+            self.answer(msg, key, from, trunk, 481, &[], now);
+            return;
+        };
+        let dialog = call.leg_mut(leg);
+        let tags_match = info.to_tag.as_deref() == Some(dialog.local_tag.as_str())
+            && (dialog.remote_tag.is_none() || info.from_tag == dialog.remote_tag);
+        if !tags_match {
+            self.answer(msg, key, from, trunk, 481, &[], now);
+            return;
+        }
+        if dialog.remote_cseq != 0 && info.cseq <= dialog.remote_cseq {
+            let extra = [(
+                HeaderName::Warning,
+                "399 bridgehead \"CSeq out of order\"".to_string(),
+            )];
+            self.answer(msg, key, from, trunk, 500, &extra, now);
+            return;
+        }
+        dialog.remote_cseq = info.cseq;
+        if info.max_forwards == Some(0) {
+            self.answer(msg, key, from, trunk, 483, &[], now);
+            return;
+        }
+        if method == Method::Invite && call.invite_pending {
+            let extra = [(HeaderName::Other("Retry-After".into()), "1".to_string())];
+            self.answer(msg, key, from, trunk, 491, &extra, now);
+            return;
+        }
+        if is_target_refresh(&method) {
+            if let Some(target) = contact_uri(&msg) {
+                call.leg_mut(leg).remote_target = target;
+            }
+        }
+        if method == Method::Invite {
+            call.invite_pending = true;
+        }
+        let to = leg.other();
+        let branch = self.new_branch();
+        let Some(call) = self.calls.get_mut(&call_key) else {
+            return;
+        };
+        let other = call.leg_mut(to);
+        other.local_cseq += 1;
+        if method == Method::Invite {
+            other.invite_cseq = other.local_cseq;
+        }
+        let other = call.leg(to);
+        let listener = &self.profile.listeners[other.peer.listener];
+        let via = via_value(listener, other.peer.transport, &branch);
+        let max_forwards = info.max_forwards.unwrap_or(70).saturating_sub(1);
+        let mut request =
+            dialog_request(method.clone(), other, via, other.local_cseq, max_forwards);
+        if is_target_refresh(&method) {
+            request.push_header(HeaderName::Contact, other.contact.clone());
+        }
+        if matches!(method, Method::Invite | Method::Update) {
+            request.push_header(HeaderName::Allow, ALLOW.to_string());
+        }
+        copy_crossing(&msg, &mut request);
+        let (peer, dest_trunk, script) = (other.peer, other.trunk, call.script);
+        let server = self.create_server(key, msg, from, ServerOwner::Dialog(call_key, leg));
+        let request = self.outgoing(Some(call_key), script, to, dest_trunk, request);
+        self.start_client(
+            request,
+            peer,
+            ClientOwner::Relay {
+                call: call_key,
+                server,
+            },
+            now,
+        );
+    }
+
+    /// A client transaction got no final response in time.
+    pub(crate) fn on_client_timeout(&mut self, id: TxnId, now: Instant) {
+        let Some(owner) = self.clients.get(&id).map(|e| e.owner) else {
+            return;
+        };
+        match owner {
+            ClientOwner::Invite(key) => {
+                let Some(call) = self.calls.get(&key) else {
+                    return;
+                };
+                let server = call.a_invite;
+                let canceled = call.canceled;
+                tracing::info!(call = %call.id, "no answer from the callee: 408");
+                if !canceled {
+                    self.stats.calls_failed += 1;
+                    self.reply_local(key, Leg::A, server, 408, now);
+                }
+                self.end_call(key);
+            }
+            ClientOwner::Relay { call: key, server } => {
+                let Some(entry) = self.servers.get(&server) else {
+                    return;
+                };
+                let ServerOwner::Dialog(_, requester) = entry.owner else {
+                    return;
+                };
+                let is_bye = entry
+                    .request
+                    .as_ref()
+                    .is_some_and(|r| r.method() == Some(&Method::Bye));
+                self.reply_local(key, requester, server, 408, now);
+                if !is_bye {
+                    // The dialog is gone on the silent side (RFC 5057): hang up the requester.
+                    self.send_bye(key, requester, now);
+                }
+                self.end_call(key);
+            }
+            ClientOwner::Local => {}
+        }
+    }
+
+    /// A server transaction timed out: a 2xx was never acknowledged.
+    pub(crate) fn on_server_timeout(&mut self, id: TxnId, now: Instant) {
+        let Some(owner) = self.servers.get(&id).map(|e| e.owner) else {
+            return;
+        };
+        let key = match owner {
+            ServerOwner::Invite(key) | ServerOwner::Dialog(key, _) => key,
+            ServerOwner::Local => return,
+        };
+        let Some(call) = self.calls.get(&key) else {
+            return;
+        };
+        if call.pending_ack.is_some_and(|p| p.server == id) {
+            tracing::info!(call = %call.id, "2xx never acknowledged: hanging up both legs");
+            self.send_bye(key, Leg::A, now);
+            self.send_bye(key, Leg::B, now);
+            self.end_call(key);
+        }
+    }
+
+    /// Answers a request of a call locally (408, 487…).
+    fn reply_local(&mut self, key: CallKey, leg: Leg, server: TxnId, status: u16, now: Instant) {
+        let Some(request) = self.servers.get(&server).and_then(|e| e.request.as_ref()) else {
+            return;
+        };
+        let Some(call) = self.calls.get(&key) else {
+            return;
+        };
+        let dialog = call.leg(leg);
+        let response = response_to(request, status, None, Some(&dialog.local_tag));
+        let (script, trunk) = (call.script, dialog.trunk);
+        let response = self.outgoing(Some(key), script, leg, trunk, response);
+        self.send_response(server, &response, now);
+    }
+
+    fn end_call(&mut self, key: CallKey) {
+        if let Some(call) = self.calls.remove(&key) {
+            tracing::debug!(call = %call.id, "call ended");
+            self.dialogs.remove(&call.a.call_id);
+            self.dialogs.remove(&call.b.call_id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retarget_keeps_user_and_params() {
+        let peer = Peer {
+            listener: 0,
+            transport: crate::config::Transport::Tcp,
+            addr: "127.0.0.1:5080".parse().unwrap(),
+            conn: None,
+        };
+        assert_eq!(
+            retarget("sip:+15550100@example.com;user=phone;transport=udp", &peer),
+            "sip:+15550100@127.0.0.1:5080;user=phone;transport=tcp"
+        );
+        assert_eq!(
+            retarget("tel:+15550100", &peer),
+            "sip:+15550100@127.0.0.1:5080;user=phone;transport=tcp"
+        );
+    }
+}

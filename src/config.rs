@@ -1,0 +1,456 @@
+//! Profiles: listeners, trunks and routes, read from YAML and validated as a whole.
+//!
+//! A profile either loads completely or not at all: every error names the file and line it
+//! comes from, so `bridgehead check` and a refused reload point at the fault.
+
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+/// Index of a listener in [`Profile::listeners`].
+pub type ListenerId = usize;
+/// Index of a trunk in [`Profile::trunks`].
+pub type TrunkId = usize;
+
+/// A SIP transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl Transport {
+    /// The token used in Via and in `transport=` URI parameters.
+    pub fn as_via_token(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+        }
+    }
+
+    /// True for stream transports (no retransmissions).
+    pub fn is_reliable(self) -> bool {
+        self == Transport::Tcp
+    }
+}
+
+/// A validated profile.
+#[derive(Clone, Debug)]
+pub struct Profile {
+    /// The file the profile was read from.
+    pub path: PathBuf,
+    pub listeners: Vec<Listener>,
+    pub trunks: Vec<Trunk>,
+    /// Worker shards (one engine each); 0 means one per core.
+    pub shards: usize,
+}
+
+/// A named address Bridgehead listens on, for one or more transports.
+#[derive(Clone, Debug)]
+pub struct Listener {
+    pub name: String,
+    pub address: SocketAddr,
+    pub transports: Vec<Transport>,
+    /// Host written into Via and Contact (defaults to the address's IP).
+    pub advertise: String,
+}
+
+/// A SIP trunk: a set of peers reached through one listener, with the rules that govern them.
+#[derive(Clone, Debug)]
+pub struct Trunk {
+    pub name: String,
+    pub listener: ListenerId,
+    pub peers: Vec<SocketAddr>,
+    /// How Bridgehead sends requests to the peers.
+    pub transport: Transport,
+    /// The Lua rules for calls arriving on this trunk.
+    pub script: Option<PathBuf>,
+    /// Where calls arriving on this trunk go unless a rule routes them.
+    pub route: Option<TrunkId>,
+    /// Which headers cross to this trunk from the other leg.
+    pub headers: HeaderPolicy,
+}
+
+/// Which headers of the other leg cross onto a trunk's leg. B2BUA-owned headers never cross;
+/// explicit edits made by a rule always win.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HeaderPolicy {
+    /// Headers that never cross (`P-*` style prefixes allowed).
+    pub strip: Vec<HeaderPattern>,
+    /// When not empty, only these headers cross.
+    pub copy: Vec<HeaderPattern>,
+}
+
+impl HeaderPolicy {
+    /// True when a header with this name may cross onto the trunk.
+    pub fn allows(&self, name: &str) -> bool {
+        if self.strip.iter().any(|p| p.matches(name)) {
+            return false;
+        }
+        self.copy.is_empty() || self.copy.iter().any(|p| p.matches(name))
+    }
+}
+
+/// A header name, or a prefix when written with a trailing `*` (`X-*`). Case-insensitive.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeaderPattern {
+    text: String,
+    prefix: bool,
+}
+
+impl HeaderPattern {
+    /// Parses `Name` or `Prefix*`.
+    pub fn new(pattern: &str) -> HeaderPattern {
+        match pattern.strip_suffix('*') {
+            Some(prefix) => HeaderPattern {
+                text: prefix.to_ascii_lowercase(),
+                prefix: true,
+            },
+            None => HeaderPattern {
+                text: pattern.to_ascii_lowercase(),
+                prefix: false,
+            },
+        }
+    }
+
+    /// True when `name` matches.
+    pub fn matches(&self, name: &str) -> bool {
+        if self.prefix {
+            name.len() >= self.text.len()
+                && name.as_bytes()[..self.text.len()].eq_ignore_ascii_case(self.text.as_bytes())
+        } else {
+            name.eq_ignore_ascii_case(&self.text)
+        }
+    }
+}
+
+/// A profile error, with the place it comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{}: {}", self.file.display(), line, self.message),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProfile {
+    listeners: Vec<RawListener>,
+    trunks: Vec<RawTrunk>,
+    #[serde(default)]
+    shards: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    name: String,
+    address: String,
+    #[serde(default = "default_transports")]
+    transports: Vec<Transport>,
+    advertise: Option<String>,
+}
+
+fn default_transports() -> Vec<Transport> {
+    vec![Transport::Udp]
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrunk {
+    name: String,
+    listener: String,
+    peers: Vec<String>,
+    #[serde(default = "default_transport")]
+    transport: Transport,
+    script: Option<PathBuf>,
+    route: Option<String>,
+    #[serde(default)]
+    headers: RawHeaderPolicy,
+}
+
+fn default_transport() -> Transport {
+    Transport::Udp
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHeaderPolicy {
+    #[serde(default)]
+    strip: Vec<String>,
+    #[serde(default)]
+    copy: Vec<String>,
+}
+
+impl Profile {
+    /// Reads and validates a profile file.
+    pub fn load(path: &Path) -> Result<Profile, Vec<ConfigError>> {
+        let text = std::fs::read_to_string(path).map_err(|err| {
+            vec![ConfigError {
+                file: path.to_path_buf(),
+                line: None,
+                message: format!("cannot read profile: {err}"),
+            }]
+        })?;
+        Profile::parse(path, &text)
+    }
+
+    /// Validates profile text; `path` names it in errors and anchors relative script paths.
+    pub fn parse(path: &Path, text: &str) -> Result<Profile, Vec<ConfigError>> {
+        let error = |line: Option<usize>, message: String| ConfigError {
+            file: path.to_path_buf(),
+            line,
+            message,
+        };
+        let raw: RawProfile = serde_yaml::from_str(text).map_err(|err| {
+            let line = err.location().map(|l| l.line());
+            let message = err.to_string();
+            // serde_yaml appends " at line N column M"; the place is already in front.
+            let message = message
+                .split(" at line ")
+                .next()
+                .unwrap_or(&message)
+                .to_string();
+            vec![error(line, message)]
+        })?;
+        let line_of = |needle: &str| {
+            text.lines()
+                .position(|l| l.contains(needle))
+                .map(|index| index + 1)
+        };
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut errors = Vec::new();
+
+        let mut listeners = Vec::new();
+        let mut names = HashSet::new();
+        for raw in &raw.listeners {
+            if !names.insert(raw.name.as_str()) {
+                errors.push(error(
+                    line_of(&format!("name: {}", raw.name)),
+                    format!("listener '{}' is defined twice", raw.name),
+                ));
+            }
+            let address = match raw.address.parse::<SocketAddr>() {
+                Ok(address) => address,
+                Err(_) => {
+                    errors.push(error(
+                        line_of(&raw.address),
+                        format!(
+                            "listener '{}': address '{}' is not IP:port",
+                            raw.name, raw.address
+                        ),
+                    ));
+                    continue;
+                }
+            };
+            if raw.transports.is_empty() {
+                errors.push(error(
+                    line_of(&format!("name: {}", raw.name)),
+                    format!("listener '{}' has no transports", raw.name),
+                ));
+            }
+            let advertise = raw.advertise.clone().unwrap_or_else(|| match address.ip() {
+                IpAddr::V6(ip) => format!("[{ip}]"),
+                IpAddr::V4(ip) => ip.to_string(),
+            });
+            listeners.push(Listener {
+                name: raw.name.clone(),
+                address,
+                transports: raw.transports.clone(),
+                advertise,
+            });
+        }
+
+        let trunk_names: Vec<&str> = raw.trunks.iter().map(|t| t.name.as_str()).collect();
+        let mut trunks = Vec::new();
+        let mut seen = HashSet::new();
+        for raw in &raw.trunks {
+            let at = line_of(&format!("name: {}", raw.name));
+            if !seen.insert(raw.name.as_str()) {
+                errors.push(error(at, format!("trunk '{}' is defined twice", raw.name)));
+            }
+            let Some(listener) = listeners.iter().position(|l| l.name == raw.listener) else {
+                errors.push(error(
+                    line_of(&format!("listener: {}", raw.listener)).or(at),
+                    format!("trunk '{}': no listener named '{}'", raw.name, raw.listener),
+                ));
+                continue;
+            };
+            if !listeners[listener].transports.contains(&raw.transport) {
+                errors.push(error(
+                    at,
+                    format!(
+                        "trunk '{}': listener '{}' has no {:?} transport",
+                        raw.name, raw.listener, raw.transport
+                    ),
+                ));
+            }
+            let mut peers = Vec::new();
+            for peer in &raw.peers {
+                match peer.parse::<SocketAddr>() {
+                    Ok(addr) => peers.push(addr),
+                    Err(_) => errors.push(error(
+                        line_of(peer).or(at),
+                        format!("trunk '{}': peer '{}' is not IP:port", raw.name, peer),
+                    )),
+                }
+            }
+            if raw.peers.is_empty() {
+                errors.push(error(at, format!("trunk '{}' has no peers", raw.name)));
+            }
+            let route = match &raw.route {
+                None => None,
+                Some(target) => match trunk_names.iter().position(|n| n == target) {
+                    Some(index) => Some(index),
+                    None => {
+                        errors.push(error(
+                            line_of(&format!("route: {target}")).or(at),
+                            format!("trunk '{}': route to unknown trunk '{}'", raw.name, target),
+                        ));
+                        None
+                    }
+                },
+            };
+            let script = raw.script.as_ref().map(|script| base.join(script));
+            if let Some(script) = &script {
+                if !script.is_file() {
+                    errors.push(error(
+                        raw.script
+                            .as_ref()
+                            .and_then(|s| line_of(&s.display().to_string()))
+                            .or(at),
+                        format!(
+                            "trunk '{}': script {} not found",
+                            raw.name,
+                            script.display()
+                        ),
+                    ));
+                }
+            }
+            trunks.push(Trunk {
+                name: raw.name.clone(),
+                listener,
+                peers,
+                transport: raw.transport,
+                script,
+                route,
+                headers: HeaderPolicy {
+                    strip: raw
+                        .headers
+                        .strip
+                        .iter()
+                        .map(|p| HeaderPattern::new(p))
+                        .collect(),
+                    copy: raw
+                        .headers
+                        .copy
+                        .iter()
+                        .map(|p| HeaderPattern::new(p))
+                        .collect(),
+                },
+            });
+        }
+        if errors.is_empty() {
+            Ok(Profile {
+                path: path.to_path_buf(),
+                listeners,
+                trunks,
+                shards: raw.shards,
+            })
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// The trunk with this name.
+    pub fn trunk_by_name(&self, name: &str) -> Option<TrunkId> {
+        self.trunks.iter().position(|t| t.name == name)
+    }
+
+    /// The trunk a message belongs to: one using this listener whose peers include the source IP.
+    pub fn trunk_for(&self, listener: ListenerId, source: IpAddr) -> Option<TrunkId> {
+        self.trunks
+            .iter()
+            .position(|t| t.listener == listener && t.peers.iter().any(|p| p.ip() == source))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "\
+listeners:
+  - name: core
+    address: 127.0.0.1:5060
+    transports: [udp, tcp]
+  - name: teams
+    address: 127.0.0.1:5070
+trunks:
+  - name: core
+    listener: core
+    peers: [\"127.0.0.1:5090\"]
+    route: teams
+  - name: teams
+    listener: teams
+    peers: [\"127.0.0.2:5080\"]
+    route: core
+    headers:
+      strip: [\"P-*\"]
+";
+
+    #[test]
+    fn a_good_profile_loads() {
+        let profile = Profile::parse(Path::new("p.yaml"), GOOD).expect("valid");
+        assert_eq!(profile.trunks[0].route, Some(1));
+        assert_eq!(profile.trunk_for(1, "127.0.0.2".parse().unwrap()), Some(1));
+        assert_eq!(profile.trunk_for(0, "127.0.0.2".parse().unwrap()), None);
+        let policy = &profile.trunks[1].headers;
+        assert!(!policy.allows("P-Asserted-Identity"));
+        assert!(policy.allows("X-Custom"));
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let bad = GOOD.replace("listener: teams", "listener: nowhere");
+        let errors = Profile::parse(Path::new("p.yaml"), &bad).expect_err("invalid");
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].line, Some(15));
+        assert!(errors[0]
+            .to_string()
+            .starts_with("p.yaml:15: trunk 'teams': no listener"));
+    }
+
+    #[test]
+    fn syntax_and_unknown_fields_are_reported_with_line() {
+        let bad = GOOD.replace("    route: core", "    rout: core");
+        let errors = Profile::parse(Path::new("p.yaml"), &bad).expect_err("invalid");
+        assert_eq!(errors[0].line, Some(17));
+        assert!(errors[0].message.contains("unknown field `rout`"));
+    }
+
+    #[test]
+    fn copy_list_is_a_whitelist() {
+        let policy = HeaderPolicy {
+            strip: vec![],
+            copy: vec![HeaderPattern::new("X-*"), HeaderPattern::new("Subject")],
+        };
+        assert!(policy.allows("x-ms-fmc"));
+        assert!(policy.allows("subject"));
+        assert!(!policy.allows("P-Asserted-Identity"));
+    }
+}

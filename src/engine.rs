@@ -1,0 +1,528 @@
+//! The sans-IO engine: one per shard, driven by the tokio runtime in production and by tests
+//! (and later the replay harness) on virtual time.
+//!
+//! Shaped like quinn-proto's `Connection`: `handle_*` for what happened (a datagram, a parsed
+//! message, the clock reaching a deadline), then `poll_transmit` / `poll_timeout` for what the
+//! driver must do now. The engine owns transactions, timers and calls; it never touches a
+//! socket, a clock or a file.
+
+use crate::call::{Call, CallKey, ClientOwner, Leg, ServerOwner};
+use crate::config::{ListenerId, Profile, Transport};
+use crate::script::Rules;
+use crate::sip::header::{split_list, Via};
+use crate::sip::transaction::{
+    ClientTransaction, ServerTransaction, TimerConfig, TimerKind, TxnAction,
+};
+use crate::sip::{parse_message, Framing, HeaderName, Message};
+use bytes::Bytes;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Identifies a stream connection in the transport layer.
+pub type ConnId = u64;
+/// Identifies a transaction inside one engine.
+pub type TxnId = u64;
+
+/// Where a message came from, or where one goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Peer {
+    pub listener: ListenerId,
+    pub transport: Transport,
+    pub addr: SocketAddr,
+    /// The stream connection a message arrived on (responses go back on it); `None` lets the
+    /// transport pick or open one.
+    pub conn: Option<ConnId>,
+}
+
+/// Bytes the driver must send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    pub peer: Peer,
+    pub bytes: Bytes,
+}
+
+/// Counters of what the engine did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    pub messages_in: u64,
+    pub messages_out: u64,
+    /// Requests answered 4xx/5xx for being malformed, and malformed responses dropped.
+    pub malformed: u64,
+    pub calls_started: u64,
+    pub calls_answered: u64,
+    pub calls_failed: u64,
+    pub script_errors: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerTarget {
+    Server(TxnId, TimerKind),
+    Client(TxnId, TimerKind),
+}
+
+/// A server transaction and what Bridgehead knows about it.
+pub(crate) struct ServerEntry {
+    pub txn: ServerTransaction,
+    pub peer: Peer,
+    /// The request, kept until the final response is sent (responses are built from it).
+    pub request: Option<Message>,
+    index_key: String,
+    pub owner: ServerOwner,
+}
+
+/// A client transaction and what Bridgehead knows about it.
+pub(crate) struct ClientEntry {
+    pub txn: ClientTransaction,
+    pub peer: Peer,
+    pub request: Message,
+    index_key: String,
+    pub owner: ClientOwner,
+}
+
+/// Hashes a Call-ID to a shard (FNV-1a). The dispatcher and the engine must agree on it: the
+/// engine picks B-leg Call-IDs that hash to its own shard so both legs of a call stay together.
+pub fn shard_for_call_id(call_id: &[u8], shards: usize) -> usize {
+    if shards <= 1 {
+        return 0;
+    }
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in call_id {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (hash % shards as u64) as usize
+}
+
+/// The sans-IO SIP engine of one shard.
+pub struct Engine {
+    pub(crate) profile: Arc<Profile>,
+    pub(crate) rules: Rules,
+    pub(crate) timer_config: TimerConfig,
+    shard: usize,
+    shards: usize,
+    pub(crate) servers: HashMap<TxnId, ServerEntry>,
+    server_index: HashMap<String, TxnId>,
+    pub(crate) clients: HashMap<TxnId, ClientEntry>,
+    client_index: HashMap<String, TxnId>,
+    pub(crate) calls: HashMap<CallKey, Call>,
+    /// Call-ID of each leg → the call and which leg it is.
+    pub(crate) dialogs: HashMap<String, (CallKey, Leg)>,
+    timers: BinaryHeap<Reverse<(Instant, u64, TimerTarget)>>,
+    timer_seq: u64,
+    transmits: VecDeque<Transmit>,
+    next_id: u64,
+    rng: u64,
+    actions: Vec<TxnAction>,
+    pub(crate) stats: EngineStats,
+}
+
+impl Engine {
+    /// An engine for shard `shard` of `shards`, with a profile and its loaded rules.
+    pub fn new(profile: Arc<Profile>, rules: Rules, shard: usize, shards: usize) -> Engine {
+        let seed = {
+            use std::hash::{BuildHasher, Hasher};
+            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+            hasher.write_usize(shard);
+            hasher.finish() | 1
+        };
+        Engine {
+            profile,
+            rules,
+            timer_config: TimerConfig::default(),
+            shard,
+            shards: shards.max(1),
+            servers: HashMap::new(),
+            server_index: HashMap::new(),
+            clients: HashMap::new(),
+            client_index: HashMap::new(),
+            calls: HashMap::new(),
+            dialogs: HashMap::new(),
+            timers: BinaryHeap::new(),
+            timer_seq: 0,
+            transmits: VecDeque::new(),
+            next_id: 1,
+            rng: seed,
+            actions: Vec::new(),
+            stats: EngineStats::default(),
+        }
+    }
+
+    /// What the engine did so far.
+    pub fn stats(&self) -> EngineStats {
+        EngineStats {
+            script_errors: self.rules.errors,
+            ..self.stats
+        }
+    }
+
+    /// Calls in progress.
+    pub fn active_calls(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// Transactions in progress (server + client).
+    pub fn active_transactions(&self) -> usize {
+        self.servers.len() + self.clients.len()
+    }
+
+    /// The profile in force.
+    pub fn profile(&self) -> &Profile {
+        &self.profile
+    }
+
+    /// A datagram (UDP) arrived from `from`.
+    pub fn handle_datagram(&mut self, bytes: Bytes, from: Peer, now: Instant) {
+        match parse_message(&bytes, Framing::Datagram) {
+            Ok((msg, _)) => self.handle_message(msg, from, now),
+            Err(err) => self.handle_malformed(err, from, now),
+        }
+    }
+
+    /// A message arrived that could not be parsed as it is: answer it if it is a request that
+    /// can be answered, drop it otherwise.
+    pub fn handle_malformed(&mut self, err: crate::sip::ParseError, from: Peer, now: Instant) {
+        self.stats.messages_in += 1;
+        self.stats.malformed += 1;
+        tracing::debug!(peer = %from.addr, fault = %err.fault, "malformed message");
+        if let Some(partial) = err.partial {
+            if partial.is_request() && partial.method() != Some(&crate::sip::Method::Ack) {
+                self.reject_stateless(
+                    &partial,
+                    from,
+                    err.fault.status(),
+                    &err.fault.to_string(),
+                    now,
+                );
+            }
+        }
+    }
+
+    /// A parsed message arrived from `from`.
+    pub fn handle_message(&mut self, msg: Message, from: Peer, now: Instant) {
+        self.stats.messages_in += 1;
+        if msg.is_request() {
+            self.on_request(msg, from, now);
+        } else {
+            self.on_response(msg, from, now);
+        }
+    }
+
+    /// The clock reached a deadline returned by [`Engine::poll_timeout`].
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Reverse((at, _, target))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            match target {
+                TimerTarget::Server(id, kind) => {
+                    if let Some(entry) = self.servers.get_mut(&id) {
+                        entry.txn.on_timer(kind, now, &mut self.actions);
+                        self.apply_server_actions(id, now);
+                    }
+                }
+                TimerTarget::Client(id, kind) => {
+                    if let Some(entry) = self.clients.get_mut(&id) {
+                        entry.txn.on_timer(kind, now, &mut self.actions);
+                        self.apply_client_actions(id, now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next instant at which [`Engine::handle_timeout`] must be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((at, _, _))| *at)
+    }
+
+    /// The next message to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    // ----- plumbing used by the B2BUA -----
+
+    pub(crate) fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn random(&mut self) -> u64 {
+        // xorshift64*: fast, and unpredictable enough for tags and branches.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A fresh tag.
+    pub(crate) fn new_tag(&mut self) -> String {
+        format!("{:016x}", self.random())
+    }
+
+    /// A fresh branch with the RFC 3261 magic cookie.
+    pub(crate) fn new_branch(&mut self) -> String {
+        format!("z9hG4bK{:016x}", self.random())
+    }
+
+    /// A fresh Call-ID that hashes to this shard.
+    pub(crate) fn new_call_id(&mut self) -> String {
+        loop {
+            let id = format!("bh{:016x}{:08x}", self.random(), self.next_id());
+            if shard_for_call_id(id.as_bytes(), self.shards) == self.shard {
+                return id;
+            }
+        }
+    }
+
+    pub(crate) fn transmit(&mut self, peer: Peer, bytes: Bytes) {
+        self.stats.messages_out += 1;
+        self.transmits.push_back(Transmit { peer, bytes });
+    }
+
+    fn arm(&mut self, at: Instant, target: TimerTarget) {
+        self.timer_seq += 1;
+        self.timers.push(Reverse((at, self.timer_seq, target)));
+    }
+
+    /// The key matching requests to server transactions: branch, sent-by and method (ACK
+    /// matches its INVITE). Requests without an RFC 3261 branch fall back to RFC 2543 matching.
+    pub(crate) fn server_key(msg: &Message, method: &crate::sip::Method) -> Option<String> {
+        let top = msg.header_str(&HeaderName::Via)?;
+        let top = split_list(top).next()?;
+        let via = Via::parse(top).ok()?;
+        let method = match method {
+            crate::sip::Method::Ack => "INVITE",
+            other => other.as_str(),
+        };
+        let sent_by = format!("{}:{}", via.host, via.port.unwrap_or(0));
+        match via.branch() {
+            Some(branch) if branch.starts_with("z9hG4bK") => {
+                Some(format!("{branch}|{sent_by}|{method}"))
+            }
+            _ => {
+                let call_id = msg.header_str(&HeaderName::CallId)?;
+                let cseq = msg.header_str(&HeaderName::CSeq)?;
+                let number = cseq.split_whitespace().next()?;
+                let from = msg.header_str(&HeaderName::From)?;
+                Some(format!("2543|{call_id}|{number}|{from}|{sent_by}|{method}"))
+            }
+        }
+    }
+
+    pub(crate) fn find_server(&self, key: &str) -> Option<TxnId> {
+        self.server_index.get(key).copied()
+    }
+
+    pub(crate) fn find_client(&self, branch: &str, method: &str) -> Option<TxnId> {
+        self.client_index
+            .get(&format!("{branch}|{method}"))
+            .copied()
+    }
+
+    /// Registers a server transaction for a request that just arrived.
+    pub(crate) fn create_server(
+        &mut self,
+        key: String,
+        request: Message,
+        peer: Peer,
+        owner: ServerOwner,
+    ) -> TxnId {
+        let id = self.next_id();
+        let invite = request.method() == Some(&crate::sip::Method::Invite);
+        let txn = ServerTransaction::new(invite, peer.transport.is_reliable(), self.timer_config);
+        self.server_index.insert(key.clone(), id);
+        self.servers.insert(
+            id,
+            ServerEntry {
+                txn,
+                peer,
+                request: Some(request),
+                index_key: key,
+                owner,
+            },
+        );
+        id
+    }
+
+    /// Sends a response through a server transaction.
+    pub(crate) fn send_response(&mut self, id: TxnId, response: &Message, now: Instant) {
+        let Some(status) = response.status() else {
+            return;
+        };
+        let Some(entry) = self.servers.get_mut(&id) else {
+            return;
+        };
+        let bytes = Bytes::from(response.to_bytes());
+        entry
+            .txn
+            .send_response(status, bytes, now, &mut self.actions);
+        if status >= 200 {
+            entry.request = None;
+        }
+        self.apply_server_actions(id, now);
+    }
+
+    /// Answers a request without keeping a transaction (for requests that will not be
+    /// retransmitted into a transaction, or cannot be matched to one).
+    pub(crate) fn reject_stateless(
+        &mut self,
+        req: &Message,
+        peer: Peer,
+        status: u16,
+        warning: &str,
+        _now: Instant,
+    ) {
+        if req.header(&HeaderName::Via).is_none() {
+            return;
+        }
+        let mut response = crate::call::build::response_to(req, status, None, None);
+        let tag = self.new_tag();
+        if let Some(to) = response
+            .headers
+            .iter_mut()
+            .find(|h| h.name == HeaderName::To)
+        {
+            if let Some(value) = to.value_str() {
+                if crate::call::build::tag_of(value).is_none() {
+                    to.value = Bytes::from(format!("{value};tag={tag}"));
+                }
+            }
+        }
+        response.push_header(
+            HeaderName::Warning,
+            format!("399 bridgehead \"{}\"", warning.replace('"', "'")),
+        );
+        let bytes = Bytes::from(response.to_bytes());
+        self.transmit(peer, bytes);
+    }
+
+    /// Starts a client transaction sending `request` to `peer`.
+    pub(crate) fn start_client(
+        &mut self,
+        request: Message,
+        peer: Peer,
+        owner: ClientOwner,
+        now: Instant,
+    ) -> TxnId {
+        let id = self.next_id();
+        let method = request
+            .method()
+            .map(|m| m.as_str().to_string())
+            .unwrap_or_default();
+        let branch = request
+            .header_str(&HeaderName::Via)
+            .and_then(crate::call::build::branch_of)
+            .unwrap_or_default()
+            .to_string();
+        let index_key = format!("{branch}|{method}");
+        let invite = request.method() == Some(&crate::sip::Method::Invite);
+        let bytes = Bytes::from(request.to_bytes());
+        let txn = ClientTransaction::start(
+            invite,
+            peer.transport.is_reliable(),
+            bytes,
+            self.timer_config,
+            now,
+            &mut self.actions,
+        );
+        self.client_index.insert(index_key.clone(), id);
+        self.clients.insert(
+            id,
+            ClientEntry {
+                txn,
+                peer,
+                request,
+                index_key,
+                owner,
+            },
+        );
+        self.apply_client_actions(id, now);
+        id
+    }
+
+    /// Feeds a response to a client transaction; returns true when it must go up to the owner.
+    pub(crate) fn client_response(&mut self, id: TxnId, response: &Message, now: Instant) -> bool {
+        let Some(status) = response.status() else {
+            return false;
+        };
+        let Some(entry) = self.clients.get_mut(&id) else {
+            return false;
+        };
+        let request = &entry.request;
+        let pass = entry.txn.on_response(
+            status,
+            now,
+            || Bytes::from(crate::call::build::ack_for(request, response).to_bytes()),
+            &mut self.actions,
+        );
+        self.apply_client_actions(id, now);
+        pass
+    }
+
+    /// Feeds an ACK to an INVITE server transaction; returns true when it acknowledged a 2xx.
+    pub(crate) fn server_ack(&mut self, id: TxnId, now: Instant) -> bool {
+        let Some(entry) = self.servers.get_mut(&id) else {
+            return false;
+        };
+        let acked_2xx = entry.txn.on_ack(now, &mut self.actions);
+        self.apply_server_actions(id, now);
+        acked_2xx
+    }
+
+    /// A request retransmission matched a server transaction.
+    pub(crate) fn server_retransmission(&mut self, id: TxnId, now: Instant) {
+        if let Some(entry) = self.servers.get_mut(&id) {
+            entry.txn.on_request_retransmission(&mut self.actions);
+            self.apply_server_actions(id, now);
+        }
+    }
+
+    fn apply_server_actions(&mut self, id: TxnId, now: Instant) {
+        let mut actions = std::mem::take(&mut self.actions);
+        let peer = self.servers.get(&id).map(|e| e.peer);
+        for action in actions.drain(..) {
+            match action {
+                TxnAction::Send(bytes) => {
+                    if let Some(peer) = peer {
+                        self.transmit(peer, bytes);
+                    }
+                }
+                TxnAction::Arm(kind, at) => self.arm(at, TimerTarget::Server(id, kind)),
+                TxnAction::Timeout => self.on_server_timeout(id, now),
+                TxnAction::Terminated => {
+                    if let Some(entry) = self.servers.remove(&id) {
+                        self.server_index.remove(&entry.index_key);
+                    }
+                }
+            }
+        }
+        self.actions = actions;
+    }
+
+    fn apply_client_actions(&mut self, id: TxnId, now: Instant) {
+        let mut actions = std::mem::take(&mut self.actions);
+        let peer = self.clients.get(&id).map(|e| e.peer);
+        for action in actions.drain(..) {
+            match action {
+                TxnAction::Send(bytes) => {
+                    if let Some(peer) = peer {
+                        self.transmit(peer, bytes);
+                    }
+                }
+                TxnAction::Arm(kind, at) => self.arm(at, TimerTarget::Client(id, kind)),
+                TxnAction::Timeout => self.on_client_timeout(id, now),
+                TxnAction::Terminated => {
+                    if let Some(entry) = self.clients.remove(&id) {
+                        self.client_index.remove(&entry.index_key);
+                    }
+                }
+            }
+        }
+        self.actions = actions;
+    }
+}

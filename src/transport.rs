@@ -1,0 +1,290 @@
+//! UDP and TCP transports on tokio. Receivers parse each message and hand it to the shard its
+//! Call-ID hashes to (so all messages of a call are handled, in order, by one engine); senders
+//! take the engine's [`Transmit`]s. TLS plugs in as another stream transport beside TCP: a
+//! stream only needs [`spawn_stream`] with its reader and writer halves.
+
+use crate::config::{ListenerId, Profile, Transport};
+use crate::engine::{shard_for_call_id, ConnId, Peer, Transmit};
+use crate::sip::{frame_stream, parse_message, Framing, HeaderName, Message, ParseError};
+use bytes::{Bytes, BytesMut};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+
+/// What a shard receives from the transports.
+#[derive(Debug)]
+pub enum ShardInput {
+    Message(Message, Peer),
+    Malformed(ParseError, Peer),
+}
+
+/// The bound sockets and open connections, shared by receivers and shards.
+pub struct Hub {
+    udp: Vec<Option<Arc<UdpSocket>>>,
+    conns: Mutex<HashMap<ConnId, mpsc::UnboundedSender<Bytes>>>,
+    outbound: Mutex<HashMap<(ListenerId, SocketAddr), ConnId>>,
+    next_conn: AtomicU64,
+    shards: Vec<mpsc::UnboundedSender<ShardInput>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Hub {
+    /// Binds every listener of the profile; fails before anything runs if one cannot be bound.
+    pub async fn bind(
+        profile: &Profile,
+        shards: Vec<mpsc::UnboundedSender<ShardInput>>,
+    ) -> anyhow::Result<(Arc<Hub>, Vec<(ListenerId, TcpListener)>)> {
+        let mut udp = Vec::new();
+        let mut tcp = Vec::new();
+        for (id, listener) in profile.listeners.iter().enumerate() {
+            let socket = if listener.transports.contains(&Transport::Udp) {
+                let socket = UdpSocket::bind(listener.address).await.map_err(|err| {
+                    anyhow::anyhow!(
+                        "listener '{}': cannot bind UDP {}: {err}",
+                        listener.name,
+                        listener.address
+                    )
+                })?;
+                Some(Arc::new(socket))
+            } else {
+                None
+            };
+            udp.push(socket);
+            if listener.transports.contains(&Transport::Tcp) {
+                let bound = TcpListener::bind(listener.address).await.map_err(|err| {
+                    anyhow::anyhow!(
+                        "listener '{}': cannot bind TCP {}: {err}",
+                        listener.name,
+                        listener.address
+                    )
+                })?;
+                tcp.push((id, bound));
+            }
+        }
+        let hub = Arc::new(Hub {
+            udp,
+            conns: Mutex::new(HashMap::new()),
+            outbound: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            shards,
+        });
+        Ok((hub, tcp))
+    }
+
+    /// Starts the receive loops.
+    pub fn start(self: &Arc<Hub>, tcp: Vec<(ListenerId, TcpListener)>) {
+        for (id, socket) in self.udp.iter().enumerate() {
+            if let Some(socket) = socket {
+                tokio::spawn(udp_receive(self.clone(), id, socket.clone()));
+            }
+        }
+        for (id, listener) in tcp {
+            tokio::spawn(tcp_accept(self.clone(), id, listener));
+        }
+    }
+
+    /// Hands a parsed (or malformed) message to its shard.
+    fn dispatch(&self, parsed: Result<Message, ParseError>, peer: Peer) {
+        let call_id = |msg: &Message| {
+            msg.header(&HeaderName::CallId)
+                .map_or(0, |id| shard_for_call_id(trim_bytes(id), self.shards.len()))
+        };
+        let (shard, input) = match parsed {
+            Ok(msg) => (call_id(&msg), ShardInput::Message(msg, peer)),
+            Err(err) => (
+                err.partial.as_deref().map_or(0, call_id),
+                ShardInput::Malformed(err, peer),
+            ),
+        };
+        if let Some(tx) = self.shards.get(shard) {
+            let _ = tx.send(input);
+        }
+    }
+
+    /// Sends what an engine produced.
+    pub async fn send(self: &Arc<Hub>, transmit: Transmit) {
+        let Transmit { peer, bytes } = transmit;
+        match peer.transport {
+            Transport::Udp => {
+                let Some(Some(socket)) = self.udp.get(peer.listener) else {
+                    return;
+                };
+                if let Err(err) = socket.send_to(&bytes, peer.addr).await {
+                    tracing::debug!(peer = %peer.addr, "UDP send failed: {err}");
+                }
+            }
+            Transport::Tcp => self.send_stream(peer, bytes),
+        }
+    }
+
+    fn send_stream(self: &Arc<Hub>, peer: Peer, bytes: Bytes) {
+        let conn = peer.conn.or_else(|| {
+            lock(&self.outbound)
+                .get(&(peer.listener, peer.addr))
+                .copied()
+        });
+        if let Some(conn) = conn {
+            if let Some(tx) = lock(&self.conns).get(&conn) {
+                if tx.send(bytes.clone()).is_ok() {
+                    return;
+                }
+            }
+            if peer.conn.is_some() {
+                // The connection a request came on is gone; the response cannot follow it.
+                tracing::debug!(peer = %peer.addr, "connection closed before the response");
+                return;
+            }
+        }
+        // Open a connection; queue the message until it is up.
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = tx.send(bytes);
+        lock(&self.conns).insert(id, tx);
+        lock(&self.outbound).insert((peer.listener, peer.addr), id);
+        let hub = self.clone();
+        tokio::spawn(async move {
+            match TcpStream::connect(peer.addr).await {
+                Ok(stream) => {
+                    let _ = stream.set_nodelay(true);
+                    let (reader, writer) = stream.into_split();
+                    spawn_stream(hub, id, peer.listener, peer.addr, reader, writer, rx);
+                }
+                Err(err) => {
+                    tracing::warn!(peer = %peer.addr, "TCP connect failed: {err}");
+                    hub.forget(id, peer.listener, peer.addr);
+                }
+            }
+        });
+    }
+
+    fn forget(&self, id: ConnId, listener: ListenerId, addr: SocketAddr) {
+        lock(&self.conns).remove(&id);
+        let mut outbound = lock(&self.outbound);
+        if outbound.get(&(listener, addr)) == Some(&id) {
+            outbound.remove(&(listener, addr));
+        }
+    }
+}
+
+fn trim_bytes(bytes: &[u8]) -> &[u8] {
+    let start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |p| p + 1);
+    &bytes[start..end.max(start)]
+}
+
+async fn udp_receive(hub: Arc<Hub>, listener: ListenerId, socket: Arc<UdpSocket>) {
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let (len, addr) = match socket.recv_from(&mut buf).await {
+            Ok(received) => received,
+            Err(err) => {
+                // ICMP port unreachable and friends surface here on some systems: keep going.
+                tracing::debug!("UDP receive error: {err}");
+                continue;
+            }
+        };
+        let bytes = Bytes::copy_from_slice(&buf[..len]);
+        if bytes.iter().all(|b| *b == b'\r' || *b == b'\n') {
+            continue; // keep-alive (RFC 5626 CRLF ping)
+        }
+        let peer = Peer {
+            listener,
+            transport: Transport::Udp,
+            addr,
+            conn: None,
+        };
+        hub.dispatch(
+            parse_message(&bytes, Framing::Datagram).map(|(m, _)| m),
+            peer,
+        );
+    }
+}
+
+async fn tcp_accept(hub: Arc<Hub>, listener: ListenerId, socket: TcpListener) {
+    loop {
+        let (stream, addr) = match socket.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                tracing::warn!("TCP accept failed: {err}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let id = hub.next_conn.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&hub.conns).insert(id, tx);
+        let (reader, writer) = stream.into_split();
+        spawn_stream(hub.clone(), id, listener, addr, reader, writer, rx);
+    }
+}
+
+/// Runs a stream connection: frames and dispatches what it reads, writes what is queued.
+pub fn spawn_stream<R, W>(
+    hub: Arc<Hub>,
+    id: ConnId,
+    listener: ListenerId,
+    addr: SocketAddr,
+    mut reader: R,
+    mut writer: W,
+    mut outgoing: mpsc::UnboundedReceiver<Bytes>,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        while let Some(bytes) = outgoing.recv().await {
+            if writer.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let peer = Peer {
+            listener,
+            transport: Transport::Tcp,
+            addr,
+            conn: Some(id),
+        };
+        let mut buf = BytesMut::with_capacity(8192);
+        'read: loop {
+            loop {
+                match frame_stream(&buf) {
+                    Ok(Some(len)) => {
+                        let bytes = buf.split_to(len).freeze();
+                        match parse_message(&bytes, Framing::Stream) {
+                            Ok((msg, _)) => hub.dispatch(Ok(msg), peer),
+                            Err(err) if err.fault == crate::sip::Fault::Empty => {}
+                            Err(err) => hub.dispatch(Err(err), peer),
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(fault) => {
+                        tracing::info!(peer = %addr, %fault, "closing a stream that cannot be framed");
+                        break 'read;
+                    }
+                }
+            }
+            match reader.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        hub.forget(id, listener, addr);
+    });
+}
