@@ -1,0 +1,683 @@
+//! Whole call flows through the sans-IO engine on virtual time: no sockets, no clock.
+
+use bridgehead::config::{Profile, Transport};
+use bridgehead::engine::{Engine, Peer};
+use bridgehead::script::Rules;
+use bridgehead::sip::{HeaderName, Message};
+use bytes::Bytes;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const CORE_PEER: &str = "127.0.0.1:5090";
+const TEAMS_PEER: &str = "127.0.0.2:5080";
+
+fn profile_text(extra_teams: &str) -> String {
+    format!(
+        "listeners:
+  - name: core
+    address: 127.0.0.1:5060
+  - name: teams
+    address: 127.0.0.1:5070
+trunks:
+  - name: core
+    listener: core
+    peers: [\"{CORE_PEER}\"]
+    script: {script}
+    route: teams
+  - name: teams
+    listener: teams
+    peers: [\"{TEAMS_PEER}\"]
+    script: {script}
+    route: core
+{extra_teams}",
+        script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/default.lua"),
+    )
+}
+
+/// The engine plus a virtual clock and what it sent.
+struct Sim {
+    engine: Engine,
+    start: Instant,
+    now: Instant,
+}
+
+impl Sim {
+    fn new() -> Sim {
+        Sim::with_profile(&profile_text(""))
+    }
+
+    fn with_profile(text: &str) -> Sim {
+        let profile = Profile::parse(Path::new("test.yaml"), text).expect("profile");
+        let rules = Rules::load(&profile).expect("rules");
+        let engine = Engine::new(Arc::new(profile), rules, 0, 1);
+        let start = Instant::now();
+        Sim {
+            engine,
+            start,
+            now: start,
+        }
+    }
+
+    fn peer(listener: usize, addr: &str) -> Peer {
+        Peer {
+            listener,
+            transport: Transport::Udp,
+            addr: addr.parse().expect("addr"),
+            conn: None,
+        }
+    }
+
+    /// A message arrives from the core peer (listener 0) or the Teams peer (listener 1).
+    fn from_core(&mut self, text: &str) -> Vec<(Peer, Message)> {
+        self.deliver(Sim::peer(0, CORE_PEER), text)
+    }
+
+    fn from_teams(&mut self, text: &str) -> Vec<(Peer, Message)> {
+        self.deliver(Sim::peer(1, TEAMS_PEER), text)
+    }
+
+    fn deliver(&mut self, peer: Peer, text: &str) -> Vec<(Peer, Message)> {
+        let text = with_length(text);
+        self.engine
+            .handle_datagram(Bytes::from(text), peer, self.now);
+        self.sent()
+    }
+
+    fn advance(&mut self, by: Duration) -> Vec<(Peer, Message)> {
+        let until = self.now + by;
+        let mut out = Vec::new();
+        while let Some(at) = self.engine.poll_timeout() {
+            if at > until {
+                break;
+            }
+            self.now = at.max(self.now);
+            self.engine.handle_timeout(self.now);
+            out.extend(self.sent());
+        }
+        self.now = until;
+        out
+    }
+
+    fn sent(&mut self) -> Vec<(Peer, Message)> {
+        let mut out = Vec::new();
+        while let Some(t) = self.engine.poll_transmit() {
+            let msg = Message::parse(&t.bytes).expect("engine sends valid SIP");
+            out.push((t.peer, msg));
+        }
+        out
+    }
+
+    fn elapsed_ms(&self) -> u128 {
+        (self.now - self.start).as_millis()
+    }
+}
+
+/// Fills in Content-Length and CRLF line ends.
+fn with_length(text: &str) -> String {
+    let text = text.replace("\r\n", "\n").replace('\n', "\r\n");
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    format!("{head}\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+}
+
+fn h<'a>(msg: &'a Message, name: &str) -> Option<&'a str> {
+    msg.header_str(&HeaderName::parse(name))
+}
+
+fn status(msg: &Message) -> u16 {
+    msg.status().unwrap_or(0)
+}
+
+fn method(msg: &Message) -> String {
+    msg.method().map(|m| m.to_string()).unwrap_or_default()
+}
+
+fn summary(out: &[(Peer, Message)]) -> Vec<String> {
+    out.iter()
+        .map(|(p, m)| {
+            let what = match m.status() {
+                Some(s) => s.to_string(),
+                None => method(m),
+            };
+            format!("{}->{}", what, p.addr)
+        })
+        .collect()
+}
+
+const SDP: &str = "v=0\no=- 1 1 IN IP4 192.0.2.10\ns=-\nc=IN IP4 192.0.2.10\nt=0 0\nm=audio 4000 RTP/AVP 8 101\na=rtpmap:8 PCMA/8000\n";
+
+fn invite(call_id: &str, branch: &str, extra: &str) -> String {
+    format!(
+        "INVITE sip:+15550100@sbc.example.com SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.1:5090;branch={branch}
+Via: SIP/2.0/UDP 10.1.1.1:5060;branch=z9hG4bKinner
+Record-Route: <sip:10.1.1.1;lr>
+Max-Forwards: 70
+From: \"Alice\" <sip:+15550199@core.example.com>;tag=a1
+To: <sip:+15550100@sbc.example.com>
+Call-ID: {call_id}
+CSeq: 10 INVITE
+Contact: <sip:alice@127.0.0.1:5090>
+Supported: 100rel, timer
+Allow: INVITE, ACK, BYE, CANCEL, PRACK
+P-Asserted-Identity: <sip:+15550199@core.example.com>
+X-Trace: keep-me
+{extra}Content-Type: application/sdp
+
+{SDP}"
+    )
+}
+
+/// The callee's response to the B-leg INVITE `b`.
+fn answer(b: &Message, code: u16, reason: &str, to_tag: &str, body: &str) -> String {
+    let mut text = format!("SIP/2.0 {code} {reason}\n");
+    for name in ["Via", "From"] {
+        for v in b.headers_named(&HeaderName::parse(name)) {
+            text.push_str(&format!("{name}: {}\n", String::from_utf8_lossy(v)));
+        }
+    }
+    let to = h(b, "To").unwrap_or_default();
+    let to = if to.contains("tag=") || code == 100 {
+        to.to_string()
+    } else {
+        format!("{to};tag={to_tag}")
+    };
+    text.push_str(&format!(
+        "To: {to}\nCall-ID: {}\nCSeq: {}\nContact: <sip:teams@127.0.0.2:5080>\nServer: TeamsProxy\n",
+        h(b, "Call-ID").unwrap_or_default(),
+        h(b, "CSeq").unwrap_or_default()
+    ));
+    if !body.is_empty() {
+        text.push_str("Content-Type: application/sdp\n");
+    }
+    text.push('\n');
+    text.push_str(body);
+    text
+}
+
+/// Sets up an answered call; returns the B-leg INVITE and the 200 the caller got.
+fn answered_call(sim: &mut Sim, call_id: &str) -> (Message, Message) {
+    let out = sim.from_core(&invite(call_id, "z9hG4bKc1", ""));
+    let b_invite = out
+        .iter()
+        .find(|(_, m)| method(m) == "INVITE")
+        .map(|(_, m)| m.clone())
+        .expect("B-leg INVITE");
+    let out = sim.from_teams(&answer(&b_invite, 200, "OK", "t1", SDP));
+    let ok = out
+        .iter()
+        .find(|(_, m)| status(m) == 200)
+        .map(|(_, m)| m.clone())
+        .expect("200 to caller");
+    let ack = format!(
+        "ACK sip:alice@127.0.0.1:5060 SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bKack1
+Max-Forwards: 70
+From: \"Alice\" <sip:+15550199@core.example.com>;tag=a1
+To: {}
+Call-ID: {call_id}
+CSeq: 10 ACK
+
+",
+        h(&ok, "To").unwrap_or_default()
+    );
+    let out = sim.from_core(&ack);
+    assert_eq!(summary(&out), [format!("ACK->{TEAMS_PEER}")]);
+    assert_eq!(h(&out[0].1, "CSeq"), Some("1 ACK"));
+    assert_eq!(h(&out[0].1, "Call-ID"), h(&b_invite, "Call-ID"));
+    (b_invite, ok)
+}
+
+#[test]
+fn basic_call_hides_topology_and_tags_teams() {
+    let mut sim = Sim::new();
+    let out = sim.from_core(&invite("call-1@10.1.1.1", "z9hG4bKc1", ""));
+    assert_eq!(
+        summary(&out),
+        [format!("100->{CORE_PEER}"), format!("INVITE->{TEAMS_PEER}")]
+    );
+    let b = &out[1].1;
+    let text = String::from_utf8(b.to_bytes()).unwrap();
+    // Nothing of the A-leg's topology crosses.
+    for leak in ["call-1", "10.1.1.1", "z9hG4bKc1", "alice@127.0.0.1:5090"] {
+        assert!(!text.contains(leak), "B-leg INVITE leaks {leak}:\n{text}");
+    }
+    assert_eq!(b.headers_named(&HeaderName::Via).count(), 1);
+    assert!(h(b, "Via")
+        .unwrap()
+        .starts_with("SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK"));
+    assert_eq!(h(b, "Contact"), Some("<sip:+15550199@127.0.0.1:5070>"));
+    assert_eq!(h(b, "Max-Forwards"), Some("69"));
+    assert_eq!(h(b, "CSeq"), Some("1 INVITE"));
+    assert!(h(b, "Record-Route").is_none());
+    assert_eq!(
+        h(b, "X-MS-SBC"),
+        Some(concat!("Bridgehead/SBC/", env!("CARGO_PKG_VERSION")))
+    );
+    // Other headers cross unchanged; B2BUA-owned ones are Bridgehead's own.
+    assert_eq!(h(b, "X-Trace"), Some("keep-me"));
+    assert_eq!(
+        h(b, "P-Asserted-Identity"),
+        Some("<sip:+15550199@core.example.com>")
+    );
+    assert!(
+        h(b, "Supported").is_none(),
+        "Supported must say what Bridgehead supports"
+    );
+    assert_eq!(
+        h(b, "Allow"),
+        Some("INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, NOTIFY")
+    );
+    assert_eq!(String::from_utf8_lossy(&b.body), SDP.replace('\n', "\r\n"));
+    match &b.start {
+        bridgehead::sip::StartLine::Request { uri, .. } => {
+            assert_eq!(uri, "sip:+15550100@127.0.0.2:5080")
+        }
+        _ => unreachable!(),
+    }
+    // Nothing toward core carries X-MS-SBC.
+    assert!(h(&out[0].1, "X-MS-SBC").is_none());
+
+    let out = sim.from_teams(&answer(b, 180, "Ringing", "t1", ""));
+    assert_eq!(summary(&out), [format!("180->{CORE_PEER}")]);
+    let ringing = &out[0].1;
+    assert_eq!(
+        ringing.headers_named(&HeaderName::Via).count(),
+        2,
+        "caller's Vias restored"
+    );
+    assert_eq!(h(ringing, "Call-ID"), Some("call-1@10.1.1.1"));
+    assert_eq!(h(ringing, "CSeq"), Some("10 INVITE"));
+    assert!(h(ringing, "To").unwrap().contains(";tag="));
+    assert!(
+        !h(ringing, "To").unwrap().contains("t1"),
+        "callee's tag must not cross"
+    );
+    assert_eq!(
+        h(ringing, "Contact"),
+        Some("<sip:+15550100@127.0.0.1:5060>")
+    );
+    assert_eq!(h(ringing, "Server"), Some("TeamsProxy"));
+    assert!(h(ringing, "X-MS-SBC").is_none());
+
+    let out = sim.from_teams(&answer(b, 200, "OK", "t1", SDP));
+    assert_eq!(summary(&out), [format!("200->{CORE_PEER}")]);
+    let ok = out[0].1.clone();
+    assert_eq!(ok.body.len(), SDP.replace('\n', "\r\n").len());
+    assert_eq!(h(&ok, "To"), h(ringing, "To"));
+
+    // The 200 is retransmitted to the caller until it ACKs.
+    let out = sim.advance(Duration::from_millis(500));
+    assert_eq!(summary(&out), [format!("200->{CORE_PEER}")]);
+    let ack = format!(
+        "ACK sip:+15550100@127.0.0.1:5060 SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bKack1
+Max-Forwards: 70
+From: \"Alice\" <sip:+15550199@core.example.com>;tag=a1
+To: {}
+Call-ID: call-1@10.1.1.1
+CSeq: 10 ACK
+
+",
+        h(&ok, "To").unwrap()
+    );
+    let out = sim.from_core(&ack);
+    assert_eq!(summary(&out), [format!("ACK->{TEAMS_PEER}")]);
+    assert_eq!(
+        h(&out[0].1, "To"),
+        Some("<sip:+15550100@sbc.example.com>;tag=t1")
+    );
+    match &out[0].1.start {
+        bridgehead::sip::StartLine::Request { uri, .. } => {
+            assert_eq!(uri, "sip:teams@127.0.0.2:5080")
+        }
+        _ => unreachable!(),
+    }
+    assert!(
+        sim.advance(Duration::from_secs(40)).is_empty(),
+        "no more 200 retransmissions"
+    );
+
+    // BYE from the callee is relayed; its 200 comes back; the call is gone.
+    let bye = format!(
+        "BYE sip:+15550199@127.0.0.1:5070 SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.2:5080;branch=z9hG4bKbye1
+Max-Forwards: 70
+From: <sip:+15550100@sbc.example.com>;tag=t1
+To: {}
+Call-ID: {}
+CSeq: 5 BYE
+
+",
+        h(b, "From").unwrap(),
+        h(b, "Call-ID").unwrap()
+    );
+    let out = sim.from_teams(&bye);
+    assert_eq!(summary(&out), [format!("BYE->{CORE_PEER}")]);
+    let a_bye = out[0].1.clone();
+    assert_eq!(h(&a_bye, "Call-ID"), Some("call-1@10.1.1.1"));
+    assert_eq!(
+        h(&a_bye, "Route"),
+        Some("<sip:10.1.1.1;lr>"),
+        "caller's route set is used"
+    );
+    assert_eq!(
+        h(&a_bye, "To"),
+        Some("\"Alice\" <sip:+15550199@core.example.com>;tag=a1")
+    );
+    match &a_bye.start {
+        bridgehead::sip::StartLine::Request { uri, .. } => {
+            assert_eq!(uri, "sip:alice@127.0.0.1:5090")
+        }
+        _ => unreachable!(),
+    }
+    let ok = answer_request(&a_bye, 200, "OK");
+    let out = sim.from_core(&ok);
+    assert_eq!(summary(&out), [format!("200->{TEAMS_PEER}")]);
+    assert_eq!(h(&out[0].1, "CSeq"), Some("5 BYE"));
+    assert!(h(&out[0].1, "X-MS-SBC").is_some());
+    assert_eq!(sim.engine.active_calls(), 0);
+}
+
+/// A UA's response to a request Bridgehead sent it.
+fn answer_request(req: &Message, code: u16, reason: &str) -> String {
+    let mut text = format!("SIP/2.0 {code} {reason}\n");
+    for name in ["Via", "From", "To", "Call-ID", "CSeq"] {
+        text.push_str(&format!("{name}: {}\n", h(req, name).unwrap_or_default()));
+    }
+    text.push('\n');
+    text
+}
+
+#[test]
+fn unanswered_invite_retransmits_on_rfc_schedule_then_408() {
+    let mut sim = Sim::new();
+    let out = sim.from_core(&invite("call-2", "z9hG4bKc2", ""));
+    assert_eq!(out.len(), 2);
+    let mut sends = vec![sim.elapsed_ms()];
+    let mut timeout_at = None;
+    for _ in 0..400 {
+        for (peer, msg) in sim.advance(Duration::from_millis(100)) {
+            if method(&msg) == "INVITE" {
+                sends.push(sim.elapsed_ms());
+            } else if status(&msg) == 408 {
+                assert_eq!(peer.addr.to_string(), CORE_PEER);
+                timeout_at = timeout_at.or(Some(sim.elapsed_ms()));
+            }
+        }
+    }
+    assert_eq!(sends, [0, 500, 1500, 3500, 7500, 15500, 31500]);
+    assert_eq!(timeout_at, Some(32000));
+    assert_eq!(sim.engine.active_calls(), 0);
+}
+
+#[test]
+fn cancel_before_answer() {
+    let mut sim = Sim::new();
+    let out = sim.from_core(&invite("call-3", "z9hG4bKc3", ""));
+    let b = out[1].1.clone();
+    sim.from_teams(&answer(&b, 180, "Ringing", "t3", ""));
+    let cancel = "CANCEL sip:+15550100@sbc.example.com SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bKc3
+Max-Forwards: 70
+From: \"Alice\" <sip:+15550199@core.example.com>;tag=a1
+To: <sip:+15550100@sbc.example.com>
+Call-ID: call-3
+CSeq: 10 CANCEL
+
+";
+    let out = sim.from_core(cancel);
+    assert_eq!(
+        summary(&out),
+        [
+            format!("200->{CORE_PEER}"),
+            format!("487->{CORE_PEER}"),
+            format!("CANCEL->{TEAMS_PEER}")
+        ]
+    );
+    let b_cancel = &out[2].1;
+    assert_eq!(
+        h(b_cancel, "Via"),
+        h(&b, "Via"),
+        "CANCEL matches the B-leg INVITE"
+    );
+    assert_eq!(h(b_cancel, "CSeq"), Some("1 CANCEL"));
+    assert_eq!(h(&out[1].1, "CSeq"), Some("10 INVITE"));
+    sim.from_teams(&answer_request(b_cancel, 200, "OK"));
+    let out = sim.from_teams(&answer(&b, 487, "Request Terminated", "t3", ""));
+    assert_eq!(
+        summary(&out),
+        [format!("ACK->{TEAMS_PEER}")],
+        "hop-by-hop ACK, nothing to caller"
+    );
+    assert_eq!(sim.engine.active_calls(), 0);
+}
+
+#[test]
+fn busy_is_relayed_and_acked_hop_by_hop() {
+    let mut sim = Sim::new();
+    let out = sim.from_core(&invite("call-4", "z9hG4bKc4", ""));
+    let b = out[1].1.clone();
+    let out = sim.from_teams(&answer(&b, 486, "Busy Here", "t4", ""));
+    assert_eq!(
+        summary(&out),
+        [format!("ACK->{TEAMS_PEER}"), format!("486->{CORE_PEER}")]
+    );
+    let busy = out[1].1.clone();
+    // A retransmitted 486 is ACKed again and not relayed twice.
+    let out = sim.from_teams(&answer(&b, 486, "Busy Here", "t4", ""));
+    assert_eq!(summary(&out), [format!("ACK->{TEAMS_PEER}")]);
+    // The caller's ACK is absorbed by the server transaction.
+    let ack = format!(
+        "ACK sip:+15550100@sbc.example.com SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bKc4
+Max-Forwards: 70
+From: \"Alice\" <sip:+15550199@core.example.com>;tag=a1
+To: {}
+Call-ID: call-4
+CSeq: 10 ACK
+
+",
+        h(&busy, "To").unwrap()
+    );
+    assert!(sim.from_core(&ack).is_empty());
+    assert!(
+        sim.advance(Duration::from_secs(40)).is_empty(),
+        "no 486 retransmission after ACK"
+    );
+}
+
+#[test]
+fn reinvite_hold_is_relayed_and_acked_end_to_end() {
+    let mut sim = Sim::new();
+    let (b_invite, ok) = answered_call(&mut sim, "call-5");
+    let hold_sdp = SDP.replace("m=audio", "a=sendonly\nm=audio");
+    let reinvite = format!(
+        "INVITE sip:+15550100@127.0.0.1:5060 SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bKre1
+Max-Forwards: 70
+From: \"Alice\" <sip:+15550199@core.example.com>;tag=a1
+To: {}
+Call-ID: call-5
+CSeq: 11 INVITE
+Contact: <sip:alice@127.0.0.1:5090>
+Content-Type: application/sdp
+
+{hold_sdp}",
+        h(&ok, "To").unwrap()
+    );
+    let out = sim.from_core(&reinvite);
+    assert_eq!(summary(&out), [format!("INVITE->{TEAMS_PEER}")]);
+    let b_re = out[0].1.clone();
+    assert_eq!(h(&b_re, "CSeq"), Some("2 INVITE"));
+    assert_eq!(h(&b_re, "Call-ID"), h(&b_invite, "Call-ID"));
+    assert!(String::from_utf8_lossy(&b_re.body).contains("a=sendonly"));
+    // A second re-INVITE while the first is pending gets 491.
+    let glare = reinvite
+        .replace("z9hG4bKre1", "z9hG4bKre2")
+        .replace("CSeq: 11", "CSeq: 12");
+    let out = sim.from_core(&glare);
+    assert_eq!(summary(&out), [format!("491->{CORE_PEER}")]);
+    let out = sim.from_teams(&answer(&b_re, 200, "OK", "t1", SDP));
+    assert_eq!(summary(&out), [format!("200->{CORE_PEER}")]);
+    assert_eq!(h(&out[0].1, "CSeq"), Some("11 INVITE"));
+    let ack = format!(
+        "ACK sip:+15550100@127.0.0.1:5060 SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bKack2
+Max-Forwards: 70
+From: \"Alice\" <sip:+15550199@core.example.com>;tag=a1
+To: {}
+Call-ID: call-5
+CSeq: 11 ACK
+
+",
+        h(&ok, "To").unwrap()
+    );
+    let out = sim.from_core(&ack);
+    assert_eq!(summary(&out), [format!("ACK->{TEAMS_PEER}")]);
+    assert_eq!(h(&out[0].1, "CSeq"), Some("2 ACK"));
+}
+
+#[test]
+fn in_dialog_timeout_answers_408_and_hangs_up_the_requester() {
+    let mut sim = Sim::new();
+    let (_, ok) = answered_call(&mut sim, "call-6");
+    let info = format!(
+        "INFO sip:+15550100@127.0.0.1:5060 SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bKinfo1
+Max-Forwards: 70
+From: \"Alice\" <sip:+15550199@core.example.com>;tag=a1
+To: {}
+Call-ID: call-6
+CSeq: 11 INFO
+Content-Type: application/dtmf-relay
+
+Signal=5
+Duration=160
+",
+        h(&ok, "To").unwrap()
+    );
+    let out = sim.from_core(&info);
+    assert_eq!(summary(&out), [format!("INFO->{TEAMS_PEER}")]);
+    assert_eq!(h(&out[0].1, "Content-Type"), Some("application/dtmf-relay"));
+    let later: Vec<String> = summary(&sim.advance(Duration::from_millis(32_100)))
+        .into_iter()
+        .filter(|s| !s.starts_with("INFO"))
+        .collect();
+    assert_eq!(
+        later,
+        [format!("408->{CORE_PEER}"), format!("BYE->{CORE_PEER}")]
+    );
+    assert_eq!(sim.engine.active_calls(), 0);
+}
+
+#[test]
+fn unacknowledged_2xx_hangs_up_both_legs() {
+    let mut sim = Sim::new();
+    let out = sim.from_core(&invite("call-7", "z9hG4bKc7", ""));
+    let b = out[1].1.clone();
+    sim.from_teams(&answer(&b, 200, "OK", "t7", SDP));
+    let out: Vec<String> = summary(&sim.advance(Duration::from_millis(32_100)))
+        .into_iter()
+        .filter(|s| s.starts_with("BYE"))
+        .collect();
+    assert_eq!(
+        out,
+        [format!("BYE->{CORE_PEER}"), format!("BYE->{TEAMS_PEER}")]
+    );
+    assert_eq!(sim.engine.active_calls(), 0);
+}
+
+#[test]
+fn local_answers() {
+    let mut sim = Sim::new();
+    let options = "OPTIONS sip:sbc.example.com SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.2:5080;branch=z9hG4bKopt
+Max-Forwards: 70
+From: <sip:sip.pstnhub.microsoft.com>;tag=o1
+To: <sip:sbc.example.com>
+Call-ID: opt-1
+CSeq: 1 OPTIONS
+
+";
+    let out = sim.from_teams(options);
+    assert_eq!(summary(&out), [format!("200->{TEAMS_PEER}")]);
+    let ok = &out[0].1;
+    assert!(h(ok, "Allow").unwrap().contains("INVITE"));
+    assert_eq!(h(ok, "Accept"), Some("application/sdp"));
+    assert!(ok.header(&HeaderName::Supported).is_some());
+    assert!(h(ok, "X-MS-SBC").is_some(), "toward Teams");
+    // A retransmission gets the same answer from the transaction.
+    let again = sim.from_teams(options);
+    assert_eq!(again[0].1.to_bytes(), ok.to_bytes());
+
+    let bye = "BYE sip:x@127.0.0.1:5060 SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bKnodialog
+Max-Forwards: 70
+From: <sip:a@h>;tag=1
+To: <sip:b@h>;tag=2
+Call-ID: nosuchcall
+CSeq: 1 BYE
+
+";
+    assert_eq!(summary(&sim.from_core(bye)), [format!("481->{CORE_PEER}")]);
+    let zero = invite("call-8", "z9hG4bKc8", "").replace("Max-Forwards: 70", "Max-Forwards: 0");
+    assert_eq!(
+        summary(&sim.from_core(&zero)),
+        [format!("483->{CORE_PEER}")]
+    );
+    let require = invite("call-9", "z9hG4bKc9", "Require: foo, 100rel\n");
+    let out = sim.from_core(&require);
+    assert_eq!(summary(&out), [format!("420->{CORE_PEER}")]);
+    assert_eq!(h(&out[0].1, "Unsupported"), Some("foo, 100rel"));
+    let stranger = Peer {
+        listener: 0,
+        transport: Transport::Udp,
+        addr: "127.0.0.9:5000".parse().unwrap(),
+        conn: None,
+    };
+    let out = sim.deliver(stranger, &invite("call-10", "z9hG4bKc10", ""));
+    assert_eq!(status(&out[0].1), 403);
+}
+
+#[test]
+fn fmc_anchored_call_from_core_is_refused_by_the_default_rules() {
+    let mut sim = Sim::new();
+    let out = sim.from_core(&invite("call-11", "z9hG4bKc11", "X-MS-FMC: MT\n"));
+    assert_eq!(
+        summary(&out),
+        [format!("100->{CORE_PEER}"), format!("482->{CORE_PEER}")]
+    );
+}
+
+#[test]
+fn header_policy_strips_at_the_trust_boundary() {
+    let mut sim = Sim::with_profile(&profile_text(
+        "    headers:\n      strip: [\"P-*\", \"X-Trace\"]\n",
+    ));
+    let out = sim.from_core(&invite(
+        "call-12",
+        "z9hG4bKc12",
+        "P-Charging-Vector: icid=1\n",
+    ));
+    let b = &out[1].1;
+    assert!(h(b, "P-Asserted-Identity").is_none());
+    assert!(h(b, "P-Charging-Vector").is_none());
+    assert!(h(b, "X-Trace").is_none());
+    assert!(
+        h(b, "X-MS-SBC").is_some(),
+        "a rule's explicit edit wins over the policy"
+    );
+}
+
+#[test]
+fn malformed_requests_get_400_naming_the_fault() {
+    let mut sim = Sim::new();
+    let bad = invite("call-13", "z9hG4bKc13", "").replace("CSeq: 10 INVITE", "CSeq: 10 OPTIONS");
+    let out = sim.from_core(&bad);
+    assert_eq!(summary(&out), [format!("400->{CORE_PEER}")]);
+    assert!(h(&out[0].1, "Warning").unwrap().contains("CSeq method"));
+    let garbage = "this is not SIP\r\n\r\n";
+    assert!(sim.from_core(garbage).is_empty());
+    assert_eq!(sim.engine.stats().malformed, 2);
+}
