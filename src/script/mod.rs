@@ -48,10 +48,29 @@ impl std::error::Error for ScriptError {}
 impl ScriptError {
     fn from_lua(err: &mlua::Error) -> ScriptError {
         // Lua runtime errors carry "file:line: message" first; keep that line, drop the traceback.
-        let text = match err {
-            mlua::Error::CallbackError { cause, .. } => return ScriptError::from_lua(cause),
-            other => other.to_string(),
-        };
+        // An error raised by a Rust API function has no place of its own: take the script line
+        // that called it from the traceback.
+        if let mlua::Error::CallbackError { traceback, cause } = err {
+            let inner = ScriptError::from_lua(cause);
+            let caller = traceback
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.starts_with("[C]") && !l.starts_with("stack traceback"))
+                .find_map(|l| {
+                    let (place, _) = l.split_once(": in ")?;
+                    place
+                        .rsplit_once(':')
+                        .map(|(_, n)| n.parse::<u32>().is_ok())?
+                        .then_some(place)
+                });
+            return match caller {
+                Some(place) if !inner.message.starts_with(place) => ScriptError {
+                    message: format!("{place}: {}", inner.message),
+                },
+                _ => inner,
+            };
+        }
+        let text = err.to_string();
         let first = text.lines().next().unwrap_or_default();
         let first = first
             .strip_prefix("runtime error: ")
