@@ -429,17 +429,17 @@ trunks:
         let bad = GOOD.replace("listener: teams", "listener: nowhere");
         let errors = Profile::parse(Path::new("p.yaml"), &bad).expect_err("invalid");
         assert_eq!(errors.len(), 1);
-        assert_eq!(errors[0].line, Some(15));
+        assert_eq!(errors[0].line, Some(13));
         assert!(errors[0]
             .to_string()
-            .starts_with("p.yaml:15: trunk 'teams': no listener"));
+            .starts_with("p.yaml:13: trunk 'teams': no listener"));
     }
 
     #[test]
     fn syntax_and_unknown_fields_are_reported_with_line() {
         let bad = GOOD.replace("    route: core", "    rout: core");
         let errors = Profile::parse(Path::new("p.yaml"), &bad).expect_err("invalid");
-        assert_eq!(errors[0].line, Some(17));
+        assert_eq!(errors[0].line, Some(15));
         assert!(errors[0].message.contains("unknown field `rout`"));
     }
 

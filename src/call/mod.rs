@@ -290,8 +290,14 @@ impl Engine {
             Err(fault) => {
                 self.stats.malformed += 1;
                 tracing::debug!(peer = %from.addr, %fault, "malformed request");
+                // An unknown method is answered 501 even when its CSeq does not match (RFC 4475
+                // §3.1.2.18): the method is the first thing Bridgehead cannot serve.
+                let status = match (&method, &fault) {
+                    (Method::Extension(_), crate::sip::Fault::CSeqMethod) => 501,
+                    _ => fault.status(),
+                };
                 if method != Method::Ack {
-                    self.reject_stateless(&msg, from, fault.status(), &fault.to_string(), now);
+                    self.reject_stateless(&msg, from, status, &fault.to_string(), now);
                 }
                 return;
             }
@@ -321,6 +327,10 @@ impl Engine {
             self.on_cancel(msg, key, from, trunk, now);
             return;
         }
+        if let Some((status, extra)) = Engine::refuse_request(&msg) {
+            self.answer(msg, key, from, trunk, status, &extra, now);
+            return;
+        }
         if info.to_tag.is_some() {
             self.on_dialog_request(msg, method, info, key, from, trunk, now);
             return;
@@ -347,11 +357,9 @@ impl Engine {
         }
     }
 
-    /// Checks what a new INVITE asks for that Bridgehead cannot give; returns the refusal.
-    fn refuse_invite(
-        msg: &Message,
-        info: &RequestInfo,
-    ) -> Option<(u16, Vec<(HeaderName, String)>)> {
+    /// Checks what any request asks for that Bridgehead cannot give (an option it does not
+    /// support, a URI scheme it cannot route); returns the refusal.
+    fn refuse_request(msg: &Message) -> Option<(u16, Vec<(HeaderName, String)>)> {
         let required: Vec<&str> = msg
             .headers_named(&HeaderName::Require)
             .filter_map(|v| std::str::from_utf8(v).ok())
@@ -366,6 +374,14 @@ impl Engine {
                 return Some((416, vec![]));
             }
         }
+        None
+    }
+
+    /// Checks what a new INVITE asks for that Bridgehead cannot give; returns the refusal.
+    fn refuse_invite(
+        msg: &Message,
+        info: &RequestInfo,
+    ) -> Option<(u16, Vec<(HeaderName, String)>)> {
         if !msg.body.is_empty() {
             let sdp = msg.header_str(&HeaderName::ContentType).is_some_and(|ct| {
                 ct.trim()
@@ -398,15 +414,6 @@ impl Engine {
         }
         if info.max_forwards == Some(0) {
             return Some((483, vec![]));
-        }
-        if contact_uri(msg).is_none() {
-            return Some((
-                400,
-                vec![(
-                    HeaderName::Warning,
-                    "399 bridgehead \"missing Contact\"".to_string(),
-                )],
-            ));
         }
         None
     }
@@ -442,7 +449,10 @@ impl Engine {
             remote_tag: info.from_tag.clone(),
             local_party: without_tag(a_to),
             remote_party: without_tag(a_from),
-            remote_target: contact_uri(&msg).unwrap_or_default(),
+            // An RFC 2543 caller may send no Contact: its From URI is the target then.
+            remote_target: contact_uri(&msg)
+                .or_else(|| uri_of(a_from))
+                .unwrap_or_default(),
             route_set: record_routes(&msg),
             local_cseq: 0,
             remote_cseq: info.cseq,

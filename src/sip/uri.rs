@@ -84,14 +84,16 @@ impl<'a> Uri<'a> {
                 headers: None,
             });
         }
-        let (body, headers) = match rest.split_once('?') {
-            Some((body, headers)) => (body, Some(headers)),
-            None => (rest, None),
+        // The user part may itself contain '?' and ';' (RFC 3261 user-unreserved), but never an
+        // unescaped '@': split there first, then look for ?headers in the host part.
+        let (user, after) = match rest.rfind('@') {
+            Some(0) => return Err(Malformed),
+            Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
+            None => (None, rest),
         };
-        let (user, hostpart) = match body.split_once('@') {
-            Some((user, hostpart)) if !user.is_empty() => (Some(user), hostpart),
-            Some(_) => return Err(Malformed),
-            None => (None, body),
+        let (hostpart, headers) = match after.split_once('?') {
+            Some((hostpart, headers)) => (hostpart, Some(headers)),
+            None => (after, None),
         };
         let end = hostpart.find(';').unwrap_or(hostpart.len());
         let (host, port) = split_host_port(&hostpart[..end])?;
@@ -126,6 +128,17 @@ mod tests {
         assert_eq!(uri.host, "[2001:db8::10]");
         assert_eq!(uri.port, Some(5070));
         assert_eq!(uri.param("transport"), Some("tcp"));
+    }
+
+    #[test]
+    fn question_mark_in_user_part_is_not_headers() {
+        let uri = Uri::parse("sip:1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*:&it+has=1,weird!*pas$wo~d_too.(doesn't-it)@example.com")
+            .expect("valid");
+        assert_eq!(uri.host, "example.com");
+        assert_eq!(uri.headers, None);
+        let with_headers =
+            Uri::parse("sip:user@example.com?Route=%3Csip:example.com%3E").expect("valid");
+        assert_eq!(with_headers.headers, Some("Route=%3Csip:example.com%3E"));
     }
 
     #[test]
