@@ -290,8 +290,14 @@ impl Engine {
     }
 
     /// The key matching requests to server transactions: branch, sent-by and method (ACK
-    /// matches its INVITE). Requests without an RFC 3261 branch fall back to RFC 2543 matching.
-    pub(crate) fn server_key(msg: &Message, method: &crate::sip::Method) -> Option<String> {
+    /// matches its INVITE), plus the source address: a retransmission comes from where the
+    /// original came from, and two peers that happen to pick the same branch stay apart.
+    /// Requests without an RFC 3261 branch fall back to RFC 2543 matching.
+    pub(crate) fn server_key(
+        msg: &Message,
+        method: &crate::sip::Method,
+        source: &Peer,
+    ) -> Option<String> {
         let top = msg.header_str(&HeaderName::Via)?;
         let top = split_list(top).next()?;
         let via = Via::parse(top).ok()?;
@@ -299,7 +305,7 @@ impl Engine {
             crate::sip::Method::Ack => "INVITE",
             other => other.as_str(),
         };
-        let sent_by = format!("{}:{}", via.host, via.port.unwrap_or(0));
+        let sent_by = format!("{}:{}|{}", via.host, via.port.unwrap_or(0), source.addr);
         match via.branch() {
             Some(branch) if branch.starts_with("z9hG4bK") => {
                 Some(format!("{branch}|{sent_by}|{method}"))

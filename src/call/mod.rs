@@ -302,7 +302,7 @@ impl Engine {
                 return;
             }
         };
-        let Some(key) = Engine::server_key(&msg, &method) else {
+        let Some(key) = Engine::server_key(&msg, &method, &from) else {
             return;
         };
         if method == Method::Ack {
@@ -887,7 +887,7 @@ impl Engine {
     }
 
     fn on_cancel(&mut self, msg: Message, key: String, from: Peer, trunk: TrunkId, now: Instant) {
-        let invite_key = Engine::server_key(&msg, &Method::Invite);
+        let invite_key = Engine::server_key(&msg, &Method::Invite, &from);
         let invite = invite_key.as_deref().and_then(|k| self.find_server(k));
         let Some(invite) = invite else {
             self.answer(msg, key, from, trunk, 481, &[], now);

@@ -1,0 +1,155 @@
+//! Test harness shared by the end-to-end tests: runs the real `bridgehead` binary on a profile
+//! written for the test, on free loopback ports, and stops it by PID when the test ends
+//! (also when it fails).
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::{TcpListener, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+static DIRS: AtomicUsize = AtomicUsize::new(0);
+
+/// A loopback port free for both UDP and TCP right now.
+pub fn free_udp_port() -> u16 {
+    loop {
+        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind tcp");
+        let port = tcp.local_addr().expect("addr").port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// The bundled default rules.
+pub fn default_script() -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/default.lua").to_string()
+}
+
+/// A fresh scratch directory for one test.
+pub fn scratch_dir(label: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "bridgehead-{label}-{}-{}",
+        std::process::id(),
+        DIRS.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// A running SBC; killed and reaped on drop.
+pub struct Sbc {
+    child: Child,
+    pub dir: PathBuf,
+    ports: HashMap<String, u16>,
+}
+
+impl Sbc {
+    /// Starts the SBC on `template`: each `{name}` placeholder becomes a free port (ask for it
+    /// with [`Sbc::port`]), `{script}` the bundled default rules. Waits until it answers OPTIONS.
+    pub fn start(template: &str) -> Sbc {
+        let mut ports = HashMap::new();
+        let mut profile = template.replace("{script}", &default_script());
+        while let Some(open) = profile.find('{') {
+            let close = profile[open..].find('}').expect("closing brace") + open;
+            let name = profile[open + 1..close].to_string();
+            let port = *ports.entry(name.clone()).or_insert_with(free_udp_port);
+            profile.replace_range(open..=close, &port.to_string());
+        }
+        let dir = scratch_dir("sbc");
+        let path = dir.join("profile.yaml");
+        std::fs::write(&path, &profile).expect("write profile");
+        let log = std::fs::File::create(dir.join("sbc.log")).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_bridgehead"))
+            .args(["run", "--profile"])
+            .arg(&path)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start bridgehead");
+        let sbc = Sbc { child, dir, ports };
+        let first = sbc.ports.keys().next().cloned().expect("a listener port");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sbc.options(&first) == 0 {
+            assert!(sbc.is_running(), "bridgehead exited:\n{}", sbc.log());
+            assert!(
+                Instant::now() < deadline,
+                "bridgehead not ready:\n{}",
+                sbc.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        sbc
+    }
+
+    /// The port chosen for `{name}`.
+    pub fn port(&self, name: &str) -> u16 {
+        self.ports[name]
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&self) -> bool {
+        // try_wait needs &mut; /proc tells the same without reaping.
+        std::path::Path::new(&format!("/proc/{}", self.child.id())).exists()
+            && !std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+                .map(|s| s.contains(") Z "))
+                .unwrap_or(true)
+    }
+
+    /// What the SBC logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("sbc.log")).unwrap_or_default()
+    }
+
+    /// Sends an out-of-dialog OPTIONS over UDP to the listener on `{name}`; returns the status
+    /// of the answer, or 0 when none came within 500 ms.
+    pub fn options(&self, name: &str) -> u16 {
+        let port = self.port(name);
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let local = socket.local_addr().expect("addr");
+        let request = format!(
+            "OPTIONS sip:ping@127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{}\r\nMax-Forwards: 70\r\nFrom: <sip:probe@127.0.0.1>;tag=p\r\nTo: <sip:ping@127.0.0.1>\r\nCall-ID: probe-{}@127.0.0.1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+            local.port(),
+            local.port()
+        );
+        if socket
+            .send_to(request.as_bytes(), ("127.0.0.1", port))
+            .is_err()
+        {
+            return 0;
+        }
+        socket
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("timeout");
+        let mut buf = [0u8; 4096];
+        match socket.recv(&mut buf) {
+            Ok(len) => String::from_utf8_lossy(&buf[..len])
+                .strip_prefix("SIP/2.0 ")
+                .and_then(|r| r.get(..3))
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0),
+            Err(_) => 0,
+        }
+    }
+}
+
+impl Drop for Sbc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
