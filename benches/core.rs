@@ -1,1 +1,163 @@
-fn main() {}
+//! Hot-path benchmarks: SIP parse + serialize, and one whole call through the sans-IO engine
+//! (INVITE → 100/180/200 → ACK → BYE → 200, default rules running on every message).
+
+use bridgehead::call::build::response_to;
+use bridgehead::config::{Profile, Transport};
+use bridgehead::engine::{Engine, Peer};
+use bridgehead::script::Rules;
+use bridgehead::sip::{HeaderName, Message};
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const INVITE: &str = "INVITE sip:+15550100@sbc.example.com;user=phone SIP/2.0\r\n\
+Via: SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bK-CALL\r\n\
+Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKupstream\r\n\
+Max-Forwards: 70\r\n\
+From: \"Alice\" <sip:+15550199@core.example.com>;tag=a-CALL\r\n\
+To: <sip:+15550100@sbc.example.com>\r\n\
+Call-ID: CALL@core.example.com\r\n\
+CSeq: 1 INVITE\r\n\
+Contact: <sip:+15550199@127.0.0.1:5090>\r\n\
+Supported: 100rel, timer\r\n\
+Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, PRACK\r\n\
+P-Asserted-Identity: <sip:+15550199@core.example.com>\r\n\
+User-Agent: core-softswitch/1.0\r\n\
+Content-Type: application/sdp\r\n\
+Content-Length: LEN\r\n\r\n\
+v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\n\
+m=audio 4000 RTP/AVP 8 0 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:0 PCMU/8000\r\n\
+a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=ptime:20\r\na=sendrecv\r\n";
+
+/// The INVITE with its Content-Length filled in.
+fn invite() -> String {
+    let body = INVITE
+        .split_once("\r\n\r\n")
+        .map_or(0, |(_, body)| body.len());
+    INVITE.replace("LEN", &body.to_string())
+}
+
+fn parse_serialize(c: &mut Criterion) {
+    let bytes = Bytes::from(invite());
+    let mut group = c.benchmark_group("sip");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("parse", |b| {
+        b.iter(|| Message::parse(&bytes).map(|m| m.headers.len()))
+    });
+    group.bench_function("parse+serialize", |b| {
+        let mut out = Vec::with_capacity(2048);
+        b.iter(|| {
+            out.clear();
+            if let Ok(msg) = Message::parse(&bytes) {
+                msg.encode(&mut out);
+            }
+            out.len()
+        })
+    });
+    group.finish();
+}
+
+fn engine() -> Engine {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/default.lua");
+    let text = format!(
+        "listeners:\n  - name: core\n    address: 127.0.0.1:5060\n  - name: teams\n    address: 127.0.0.1:5070\ntrunks:\n  - name: core\n    listener: core\n    peers: [\"127.0.0.1:5090\"]\n    script: {script}\n    route: teams\n  - name: teams\n    listener: teams\n    peers: [\"127.0.0.2:5080\"]\n    script: {script}\n    route: core\n"
+    );
+    let profile = Profile::parse(Path::new("bench.yaml"), &text).expect("profile");
+    let rules = Rules::load(&profile).expect("rules");
+    Engine::new(Arc::new(profile), rules, 0, 1)
+}
+
+fn peer(listener: usize, addr: &str) -> Peer {
+    Peer {
+        listener,
+        transport: Transport::Udp,
+        addr: addr.parse().expect("addr"),
+        conn: None,
+    }
+}
+
+/// Feeds `bytes` and returns the messages the engine sent.
+fn feed(engine: &mut Engine, bytes: Bytes, from: Peer, now: Instant) -> Vec<Message> {
+    engine.handle_datagram(bytes, from, now);
+    std::iter::from_fn(|| engine.poll_transmit())
+        .filter_map(|t| Message::parse(&t.bytes).ok())
+        .collect()
+}
+
+fn find(msgs: &[Message], what: impl Fn(&Message) -> bool) -> Message {
+    msgs.iter()
+        .find(|m| what(m))
+        .cloned()
+        .expect("expected message")
+}
+
+fn is(method: &str) -> impl Fn(&Message) -> bool + '_ {
+    move |m| m.method().is_some_and(|x| x.as_str() == method)
+}
+
+fn with_tag(mut msg: Message, tag: &str) -> Bytes {
+    if let Some(to) = msg.headers.iter_mut().find(|h| h.name == HeaderName::To) {
+        let value = format!("{};tag={tag}", to.value_str().unwrap_or_default());
+        to.value = Bytes::from(value);
+    }
+    Bytes::from(msg.to_bytes())
+}
+
+fn one_call(engine: &mut Engine, n: u64, now: Instant) {
+    let (a, b) = (peer(0, "127.0.0.1:5090"), peer(1, "127.0.0.2:5080"));
+    let call = format!("c{n}");
+    let out = feed(engine, Bytes::from(invite().replace("CALL", &call)), a, now);
+    let b_invite = find(&out, is("INVITE"));
+    feed(
+        engine,
+        with_tag(response_to(&b_invite, 180, None, None), "t"),
+        b,
+        now,
+    );
+    let mut ok = response_to(&b_invite, 200, None, None);
+    ok.push_header(HeaderName::Contact, "<sip:teams@127.0.0.2:5080>");
+    let out = feed(engine, with_tag(ok, "t"), b, now);
+    let a_ok = out.into_iter().next().expect("200 to caller");
+    let to = a_ok
+        .header_str(&HeaderName::To)
+        .unwrap_or_default()
+        .to_string();
+    let dialog = |method: &str, cseq: u32, branch: &str| {
+        Bytes::from(format!(
+            "{method} sip:+15550100@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bK{branch}{call}\r\nMax-Forwards: 70\r\nFrom: \"Alice\" <sip:+15550199@core.example.com>;tag=a-{call}\r\nTo: {to}\r\nCall-ID: {call}@core.example.com\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n"
+        ))
+    };
+    feed(engine, dialog("ACK", 1, "ack"), a, now);
+    let out = feed(engine, dialog("BYE", 2, "bye"), a, now);
+    let b_bye = find(&out, is("BYE"));
+    feed(
+        engine,
+        Bytes::from(response_to(&b_bye, 200, None, None).to_bytes()),
+        b,
+        now,
+    );
+}
+
+fn whole_call(c: &mut Criterion) {
+    let mut engine = engine();
+    let mut now = Instant::now();
+    let mut n = 0u64;
+    let mut group = c.benchmark_group("engine");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("whole_call", |bench| {
+        bench.iter(|| {
+            n += 1;
+            // Virtual time moves on so transaction timers expire as they would in production.
+            now += Duration::from_millis(1);
+            engine.handle_timeout(now);
+            one_call(&mut engine, n, now);
+        })
+    });
+    group.finish();
+    assert_eq!(engine.active_calls(), 0, "every call ended");
+}
+
+criterion_group!(benches, parse_serialize, whole_call);
+criterion_main!(benches);

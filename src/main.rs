@@ -3,7 +3,7 @@
 use bridgehead::config::Profile;
 use bridgehead::script::Rules;
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Bridgehead: a programmable SBC with Lua interworking rules.
@@ -30,7 +30,7 @@ enum Command {
     },
 }
 
-fn load(path: &PathBuf) -> Result<(Profile, Rules), Vec<String>> {
+fn load(path: &Path) -> Result<(Profile, Rules), Vec<String>> {
     let profile = Profile::load(path)
         .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?;
     let rules = Rules::load(&profile)

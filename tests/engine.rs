@@ -69,11 +69,11 @@ impl Sim {
     }
 
     /// A message arrives from the core peer (listener 0) or the Teams peer (listener 1).
-    fn from_core(&mut self, text: &str) -> Vec<(Peer, Message)> {
+    fn core_sends(&mut self, text: &str) -> Vec<(Peer, Message)> {
         self.deliver(Sim::peer(0, CORE_PEER), text)
     }
 
-    fn from_teams(&mut self, text: &str) -> Vec<(Peer, Message)> {
+    fn teams_sends(&mut self, text: &str) -> Vec<(Peer, Message)> {
         self.deliver(Sim::peer(1, TEAMS_PEER), text)
     }
 
@@ -197,13 +197,13 @@ fn answer(b: &Message, code: u16, reason: &str, to_tag: &str, body: &str) -> Str
 
 /// Sets up an answered call; returns the B-leg INVITE and the 200 the caller got.
 fn answered_call(sim: &mut Sim, call_id: &str) -> (Message, Message) {
-    let out = sim.from_core(&invite(call_id, "z9hG4bKc1", ""));
+    let out = sim.core_sends(&invite(call_id, "z9hG4bKc1", ""));
     let b_invite = out
         .iter()
         .find(|(_, m)| method(m) == "INVITE")
         .map(|(_, m)| m.clone())
         .expect("B-leg INVITE");
-    let out = sim.from_teams(&answer(&b_invite, 200, "OK", "t1", SDP));
+    let out = sim.teams_sends(&answer(&b_invite, 200, "OK", "t1", SDP));
     let ok = out
         .iter()
         .find(|(_, m)| status(m) == 200)
@@ -221,7 +221,7 @@ CSeq: 10 ACK
 ",
         h(&ok, "To").unwrap_or_default()
     );
-    let out = sim.from_core(&ack);
+    let out = sim.core_sends(&ack);
     assert_eq!(summary(&out), [format!("ACK->{TEAMS_PEER}")]);
     assert_eq!(h(&out[0].1, "CSeq"), Some("1 ACK"));
     assert_eq!(h(&out[0].1, "Call-ID"), h(&b_invite, "Call-ID"));
@@ -231,7 +231,7 @@ CSeq: 10 ACK
 #[test]
 fn basic_call_hides_topology_and_tags_teams() {
     let mut sim = Sim::new();
-    let out = sim.from_core(&invite("call-1@10.1.1.1", "z9hG4bKc1", ""));
+    let out = sim.core_sends(&invite("call-1@10.1.1.1", "z9hG4bKc1", ""));
     assert_eq!(
         summary(&out),
         [format!("100->{CORE_PEER}"), format!("INVITE->{TEAMS_PEER}")]
@@ -278,7 +278,7 @@ fn basic_call_hides_topology_and_tags_teams() {
     // Nothing toward core carries X-MS-SBC.
     assert!(h(&out[0].1, "X-MS-SBC").is_none());
 
-    let out = sim.from_teams(&answer(b, 180, "Ringing", "t1", ""));
+    let out = sim.teams_sends(&answer(b, 180, "Ringing", "t1", ""));
     assert_eq!(summary(&out), [format!("180->{CORE_PEER}")]);
     let ringing = &out[0].1;
     assert_eq!(
@@ -300,7 +300,7 @@ fn basic_call_hides_topology_and_tags_teams() {
     assert_eq!(h(ringing, "Server"), Some("TeamsProxy"));
     assert!(h(ringing, "X-MS-SBC").is_none());
 
-    let out = sim.from_teams(&answer(b, 200, "OK", "t1", SDP));
+    let out = sim.teams_sends(&answer(b, 200, "OK", "t1", SDP));
     assert_eq!(summary(&out), [format!("200->{CORE_PEER}")]);
     let ok = out[0].1.clone();
     assert_eq!(ok.body.len(), SDP.replace('\n', "\r\n").len());
@@ -321,7 +321,7 @@ CSeq: 10 ACK
 ",
         h(&ok, "To").unwrap()
     );
-    let out = sim.from_core(&ack);
+    let out = sim.core_sends(&ack);
     assert_eq!(summary(&out), [format!("ACK->{TEAMS_PEER}")]);
     assert_eq!(
         h(&out[0].1, "To"),
@@ -352,7 +352,7 @@ CSeq: 5 BYE
         h(b, "From").unwrap(),
         h(b, "Call-ID").unwrap()
     );
-    let out = sim.from_teams(&bye);
+    let out = sim.teams_sends(&bye);
     assert_eq!(summary(&out), [format!("BYE->{CORE_PEER}")]);
     let a_bye = out[0].1.clone();
     assert_eq!(h(&a_bye, "Call-ID"), Some("call-1@10.1.1.1"));
@@ -372,7 +372,7 @@ CSeq: 5 BYE
         _ => unreachable!(),
     }
     let ok = answer_request(&a_bye, 200, "OK");
-    let out = sim.from_core(&ok);
+    let out = sim.core_sends(&ok);
     assert_eq!(summary(&out), [format!("200->{TEAMS_PEER}")]);
     assert_eq!(h(&out[0].1, "CSeq"), Some("5 BYE"));
     assert!(h(&out[0].1, "X-MS-SBC").is_some());
@@ -392,7 +392,7 @@ fn answer_request(req: &Message, code: u16, reason: &str) -> String {
 #[test]
 fn unanswered_invite_retransmits_on_rfc_schedule_then_408() {
     let mut sim = Sim::new();
-    let out = sim.from_core(&invite("call-2", "z9hG4bKc2", ""));
+    let out = sim.core_sends(&invite("call-2", "z9hG4bKc2", ""));
     assert_eq!(out.len(), 2);
     let mut sends = vec![sim.elapsed_ms()];
     let mut timeout_at = None;
@@ -414,9 +414,9 @@ fn unanswered_invite_retransmits_on_rfc_schedule_then_408() {
 #[test]
 fn cancel_before_answer() {
     let mut sim = Sim::new();
-    let out = sim.from_core(&invite("call-3", "z9hG4bKc3", ""));
+    let out = sim.core_sends(&invite("call-3", "z9hG4bKc3", ""));
     let b = out[1].1.clone();
-    sim.from_teams(&answer(&b, 180, "Ringing", "t3", ""));
+    sim.teams_sends(&answer(&b, 180, "Ringing", "t3", ""));
     let cancel = "CANCEL sip:+15550100@sbc.example.com SIP/2.0
 Via: SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bKc3
 Max-Forwards: 70
@@ -426,7 +426,7 @@ Call-ID: call-3
 CSeq: 10 CANCEL
 
 ";
-    let out = sim.from_core(cancel);
+    let out = sim.core_sends(cancel);
     assert_eq!(
         summary(&out),
         [
@@ -443,8 +443,8 @@ CSeq: 10 CANCEL
     );
     assert_eq!(h(b_cancel, "CSeq"), Some("1 CANCEL"));
     assert_eq!(h(&out[1].1, "CSeq"), Some("10 INVITE"));
-    sim.from_teams(&answer_request(b_cancel, 200, "OK"));
-    let out = sim.from_teams(&answer(&b, 487, "Request Terminated", "t3", ""));
+    sim.teams_sends(&answer_request(b_cancel, 200, "OK"));
+    let out = sim.teams_sends(&answer(&b, 487, "Request Terminated", "t3", ""));
     assert_eq!(
         summary(&out),
         [format!("ACK->{TEAMS_PEER}")],
@@ -456,16 +456,16 @@ CSeq: 10 CANCEL
 #[test]
 fn busy_is_relayed_and_acked_hop_by_hop() {
     let mut sim = Sim::new();
-    let out = sim.from_core(&invite("call-4", "z9hG4bKc4", ""));
+    let out = sim.core_sends(&invite("call-4", "z9hG4bKc4", ""));
     let b = out[1].1.clone();
-    let out = sim.from_teams(&answer(&b, 486, "Busy Here", "t4", ""));
+    let out = sim.teams_sends(&answer(&b, 486, "Busy Here", "t4", ""));
     assert_eq!(
         summary(&out),
         [format!("ACK->{TEAMS_PEER}"), format!("486->{CORE_PEER}")]
     );
     let busy = out[1].1.clone();
     // A retransmitted 486 is ACKed again and not relayed twice.
-    let out = sim.from_teams(&answer(&b, 486, "Busy Here", "t4", ""));
+    let out = sim.teams_sends(&answer(&b, 486, "Busy Here", "t4", ""));
     assert_eq!(summary(&out), [format!("ACK->{TEAMS_PEER}")]);
     // The caller's ACK is absorbed by the server transaction.
     let ack = format!(
@@ -480,7 +480,7 @@ CSeq: 10 ACK
 ",
         h(&busy, "To").unwrap()
     );
-    assert!(sim.from_core(&ack).is_empty());
+    assert!(sim.core_sends(&ack).is_empty());
     assert!(
         sim.advance(Duration::from_secs(40)).is_empty(),
         "no 486 retransmission after ACK"
@@ -506,7 +506,7 @@ Content-Type: application/sdp
 {hold_sdp}",
         h(&ok, "To").unwrap()
     );
-    let out = sim.from_core(&reinvite);
+    let out = sim.core_sends(&reinvite);
     assert_eq!(summary(&out), [format!("INVITE->{TEAMS_PEER}")]);
     let b_re = out[0].1.clone();
     assert_eq!(h(&b_re, "CSeq"), Some("2 INVITE"));
@@ -516,9 +516,9 @@ Content-Type: application/sdp
     let glare = reinvite
         .replace("z9hG4bKre1", "z9hG4bKre2")
         .replace("CSeq: 11", "CSeq: 12");
-    let out = sim.from_core(&glare);
+    let out = sim.core_sends(&glare);
     assert_eq!(summary(&out), [format!("491->{CORE_PEER}")]);
-    let out = sim.from_teams(&answer(&b_re, 200, "OK", "t1", SDP));
+    let out = sim.teams_sends(&answer(&b_re, 200, "OK", "t1", SDP));
     assert_eq!(summary(&out), [format!("200->{CORE_PEER}")]);
     assert_eq!(h(&out[0].1, "CSeq"), Some("11 INVITE"));
     let ack = format!(
@@ -533,7 +533,7 @@ CSeq: 11 ACK
 ",
         h(&ok, "To").unwrap()
     );
-    let out = sim.from_core(&ack);
+    let out = sim.core_sends(&ack);
     assert_eq!(summary(&out), [format!("ACK->{TEAMS_PEER}")]);
     assert_eq!(h(&out[0].1, "CSeq"), Some("2 ACK"));
 }
@@ -557,7 +557,7 @@ Duration=160
 ",
         h(&ok, "To").unwrap()
     );
-    let out = sim.from_core(&info);
+    let out = sim.core_sends(&info);
     assert_eq!(summary(&out), [format!("INFO->{TEAMS_PEER}")]);
     assert_eq!(h(&out[0].1, "Content-Type"), Some("application/dtmf-relay"));
     let later: Vec<String> = summary(&sim.advance(Duration::from_millis(32_100)))
@@ -574,9 +574,9 @@ Duration=160
 #[test]
 fn unacknowledged_2xx_hangs_up_both_legs() {
     let mut sim = Sim::new();
-    let out = sim.from_core(&invite("call-7", "z9hG4bKc7", ""));
+    let out = sim.core_sends(&invite("call-7", "z9hG4bKc7", ""));
     let b = out[1].1.clone();
-    sim.from_teams(&answer(&b, 200, "OK", "t7", SDP));
+    sim.teams_sends(&answer(&b, 200, "OK", "t7", SDP));
     let out: Vec<String> = summary(&sim.advance(Duration::from_millis(32_100)))
         .into_iter()
         .filter(|s| s.starts_with("BYE"))
@@ -600,7 +600,7 @@ Call-ID: opt-1
 CSeq: 1 OPTIONS
 
 ";
-    let out = sim.from_teams(options);
+    let out = sim.teams_sends(options);
     assert_eq!(summary(&out), [format!("200->{TEAMS_PEER}")]);
     let ok = &out[0].1;
     assert!(h(ok, "Allow").unwrap().contains("INVITE"));
@@ -608,7 +608,7 @@ CSeq: 1 OPTIONS
     assert!(ok.header(&HeaderName::Supported).is_some());
     assert!(h(ok, "X-MS-SBC").is_some(), "toward Teams");
     // A retransmission gets the same answer from the transaction.
-    let again = sim.from_teams(options);
+    let again = sim.teams_sends(options);
     assert_eq!(again[0].1.to_bytes(), ok.to_bytes());
 
     let bye = "BYE sip:x@127.0.0.1:5060 SIP/2.0
@@ -620,14 +620,14 @@ Call-ID: nosuchcall
 CSeq: 1 BYE
 
 ";
-    assert_eq!(summary(&sim.from_core(bye)), [format!("481->{CORE_PEER}")]);
+    assert_eq!(summary(&sim.core_sends(bye)), [format!("481->{CORE_PEER}")]);
     let zero = invite("call-8", "z9hG4bKc8", "").replace("Max-Forwards: 70", "Max-Forwards: 0");
     assert_eq!(
-        summary(&sim.from_core(&zero)),
+        summary(&sim.core_sends(&zero)),
         [format!("483->{CORE_PEER}")]
     );
     let require = invite("call-9", "z9hG4bKc9", "Require: foo, 100rel\n");
-    let out = sim.from_core(&require);
+    let out = sim.core_sends(&require);
     assert_eq!(summary(&out), [format!("420->{CORE_PEER}")]);
     assert_eq!(h(&out[0].1, "Unsupported"), Some("foo, 100rel"));
     let stranger = Peer {
@@ -643,7 +643,7 @@ CSeq: 1 BYE
 #[test]
 fn fmc_anchored_call_from_core_is_refused_by_the_default_rules() {
     let mut sim = Sim::new();
-    let out = sim.from_core(&invite("call-11", "z9hG4bKc11", "X-MS-FMC: MT\n"));
+    let out = sim.core_sends(&invite("call-11", "z9hG4bKc11", "X-MS-FMC: MT\n"));
     assert_eq!(
         summary(&out),
         [format!("100->{CORE_PEER}"), format!("482->{CORE_PEER}")]
@@ -655,7 +655,7 @@ fn header_policy_strips_at_the_trust_boundary() {
     let mut sim = Sim::with_profile(&profile_text(
         "    headers:\n      strip: [\"P-*\", \"X-Trace\"]\n",
     ));
-    let out = sim.from_core(&invite(
+    let out = sim.core_sends(&invite(
         "call-12",
         "z9hG4bKc12",
         "P-Charging-Vector: icid=1\n",
@@ -674,10 +674,10 @@ fn header_policy_strips_at_the_trust_boundary() {
 fn malformed_requests_get_400_naming_the_fault() {
     let mut sim = Sim::new();
     let bad = invite("call-13", "z9hG4bKc13", "").replace("CSeq: 10 INVITE", "CSeq: 10 OPTIONS");
-    let out = sim.from_core(&bad);
+    let out = sim.core_sends(&bad);
     assert_eq!(summary(&out), [format!("400->{CORE_PEER}")]);
     assert!(h(&out[0].1, "Warning").unwrap().contains("CSeq method"));
     let garbage = "this is not SIP\r\n\r\n";
-    assert!(sim.from_core(garbage).is_empty());
+    assert!(sim.core_sends(garbage).is_empty());
     assert_eq!(sim.engine.stats().malformed, 2);
 }

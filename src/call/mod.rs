@@ -142,6 +142,15 @@ impl Call {
     }
 }
 
+/// A request that arrived and is being handled: the message, the key of its server
+/// transaction, where it came from and the trunk that is.
+struct Incoming {
+    msg: Message,
+    key: String,
+    from: Peer,
+    trunk: TrunkId,
+}
+
 /// Requests that refresh the remote target and carry our Contact.
 fn is_target_refresh(method: &Method) -> bool {
     matches!(
@@ -261,14 +270,17 @@ impl Engine {
     /// Answers a request locally through a new server transaction.
     fn answer(
         &mut self,
-        req: Message,
-        key: String,
-        from: Peer,
-        trunk: TrunkId,
+        incoming: Incoming,
         status: u16,
         extra: &[(HeaderName, String)],
         now: Instant,
     ) {
+        let Incoming {
+            msg: req,
+            key,
+            from,
+            trunk,
+        } = incoming;
         let to_tag = self.new_tag();
         let mut response = response_to(&req, status, None, Some(&to_tag));
         for (name, value) in extra {
@@ -324,36 +336,113 @@ impl Engine {
             return;
         };
         if method == Method::Cancel {
-            self.on_cancel(msg, key, from, trunk, now);
+            self.on_cancel(
+                Incoming {
+                    msg,
+                    key,
+                    from,
+                    trunk,
+                },
+                now,
+            );
             return;
         }
         if let Some((status, extra)) = Engine::refuse_request(&msg) {
-            self.answer(msg, key, from, trunk, status, &extra, now);
+            self.answer(
+                Incoming {
+                    msg,
+                    key,
+                    from,
+                    trunk,
+                },
+                status,
+                &extra,
+                now,
+            );
             return;
         }
         if info.to_tag.is_some() {
-            self.on_dialog_request(msg, method, info, key, from, trunk, now);
+            self.on_dialog_request(
+                Incoming {
+                    msg,
+                    key,
+                    from,
+                    trunk,
+                },
+                method,
+                info,
+                now,
+            );
             return;
         }
         match method {
-            Method::Invite => self.on_new_invite(msg, info, key, from, trunk, now),
+            Method::Invite => self.on_new_invite(
+                Incoming {
+                    msg,
+                    key,
+                    from,
+                    trunk,
+                },
+                info,
+                now,
+            ),
             Method::Options => {
                 let extra = [
                     (HeaderName::Allow, ALLOW.to_string()),
                     (HeaderName::Accept, ACCEPT.to_string()),
                     (HeaderName::Supported, SUPPORTED.to_string()),
                 ];
-                self.answer(msg, key, from, trunk, 200, &extra, now);
+                self.answer(
+                    Incoming {
+                        msg,
+                        key,
+                        from,
+                        trunk,
+                    },
+                    200,
+                    &extra,
+                    now,
+                );
             }
             Method::Extension(_) => {
                 let extra = [(HeaderName::Allow, ALLOW.to_string())];
-                self.answer(msg, key, from, trunk, 501, &extra, now);
+                self.answer(
+                    Incoming {
+                        msg,
+                        key,
+                        from,
+                        trunk,
+                    },
+                    501,
+                    &extra,
+                    now,
+                );
             }
             Method::Register | Method::Message | Method::Subscribe | Method::Publish => {
                 let extra = [(HeaderName::Allow, ALLOW.to_string())];
-                self.answer(msg, key, from, trunk, 405, &extra, now);
+                self.answer(
+                    Incoming {
+                        msg,
+                        key,
+                        from,
+                        trunk,
+                    },
+                    405,
+                    &extra,
+                    now,
+                );
             }
-            _ => self.answer(msg, key, from, trunk, 481, &[], now),
+            _ => self.answer(
+                Incoming {
+                    msg,
+                    key,
+                    from,
+                    trunk,
+                },
+                481,
+                &[],
+                now,
+            ),
         }
     }
 
@@ -418,17 +507,25 @@ impl Engine {
         None
     }
 
-    fn on_new_invite(
-        &mut self,
-        msg: Message,
-        info: RequestInfo,
-        key: String,
-        from: Peer,
-        trunk: TrunkId,
-        now: Instant,
-    ) {
+    fn on_new_invite(&mut self, incoming: Incoming, info: RequestInfo, now: Instant) {
+        let Incoming {
+            msg,
+            key,
+            from,
+            trunk,
+        } = incoming;
         if let Some((status, extra)) = Engine::refuse_invite(&msg, &info) {
-            self.answer(msg, key, from, trunk, status, &extra, now);
+            self.answer(
+                Incoming {
+                    msg,
+                    key,
+                    from,
+                    trunk,
+                },
+                status,
+                &extra,
+                now,
+            );
             return;
         }
         let script = self.rules.script_of(trunk);
@@ -886,11 +983,27 @@ impl Engine {
         self.start_client(cancel, peer, ClientOwner::Local, now);
     }
 
-    fn on_cancel(&mut self, msg: Message, key: String, from: Peer, trunk: TrunkId, now: Instant) {
+    fn on_cancel(&mut self, incoming: Incoming, now: Instant) {
+        let Incoming {
+            msg,
+            key,
+            from,
+            trunk,
+        } = incoming;
         let invite_key = Engine::server_key(&msg, &Method::Invite, &from);
         let invite = invite_key.as_deref().and_then(|k| self.find_server(k));
         let Some(invite) = invite else {
-            self.answer(msg, key, from, trunk, 481, &[], now);
+            self.answer(
+                Incoming {
+                    msg,
+                    key,
+                    from,
+                    trunk,
+                },
+                481,
+                &[],
+                now,
+            );
             return;
         };
         let (owner, final_sent, request) = match self.servers.get(&invite) {
@@ -930,30 +1043,62 @@ impl Engine {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn on_dialog_request(
         &mut self,
-        msg: Message,
+        incoming: Incoming,
         method: Method,
         info: RequestInfo,
-        key: String,
-        from: Peer,
-        trunk: TrunkId,
         now: Instant,
     ) {
+        let Incoming {
+            msg,
+            key,
+            from,
+            trunk,
+        } = incoming;
         let Some((call_key, leg)) = self.dialogs.get(&info.call_id).copied() else {
-            self.answer(msg, key, from, trunk, 481, &[], now);
+            self.answer(
+                Incoming {
+                    msg,
+                    key,
+                    from,
+                    trunk,
+                },
+                481,
+                &[],
+                now,
+            );
             return;
         };
         let Some(call) = self.calls.get_mut(&call_key) else {
-            self.answer(msg, key, from, trunk, 481, &[], now);
+            self.answer(
+                Incoming {
+                    msg,
+                    key,
+                    from,
+                    trunk,
+                },
+                481,
+                &[],
+                now,
+            );
             return;
         };
         let dialog = call.leg_mut(leg);
         let tags_match = info.to_tag.as_deref() == Some(dialog.local_tag.as_str())
             && (dialog.remote_tag.is_none() || info.from_tag == dialog.remote_tag);
         if !tags_match {
-            self.answer(msg, key, from, trunk, 481, &[], now);
+            self.answer(
+                Incoming {
+                    msg,
+                    key,
+                    from,
+                    trunk,
+                },
+                481,
+                &[],
+                now,
+            );
             return;
         }
         if dialog.remote_cseq != 0 && info.cseq <= dialog.remote_cseq {
@@ -961,17 +1106,47 @@ impl Engine {
                 HeaderName::Warning,
                 "399 bridgehead \"CSeq out of order\"".to_string(),
             )];
-            self.answer(msg, key, from, trunk, 500, &extra, now);
+            self.answer(
+                Incoming {
+                    msg,
+                    key,
+                    from,
+                    trunk,
+                },
+                500,
+                &extra,
+                now,
+            );
             return;
         }
         dialog.remote_cseq = info.cseq;
         if info.max_forwards == Some(0) {
-            self.answer(msg, key, from, trunk, 483, &[], now);
+            self.answer(
+                Incoming {
+                    msg,
+                    key,
+                    from,
+                    trunk,
+                },
+                483,
+                &[],
+                now,
+            );
             return;
         }
         if method == Method::Invite && call.invite_pending {
             let extra = [(HeaderName::Other("Retry-After".into()), "1".to_string())];
-            self.answer(msg, key, from, trunk, 491, &extra, now);
+            self.answer(
+                Incoming {
+                    msg,
+                    key,
+                    from,
+                    trunk,
+                },
+                491,
+                &extra,
+                now,
+            );
             return;
         }
         if is_target_refresh(&method) {

@@ -14,7 +14,7 @@ fn load(script: &str) -> Result<Rules, Vec<ScriptError>> {
     ));
     std::fs::create_dir_all(&dir).expect("temp dir");
     std::fs::write(dir.join("rules.lua"), script).expect("write script");
-    let profile = format!(
+    let profile = String::from(
         "listeners:\n  - name: l\n    address: 127.0.0.1:5060\ntrunks:\n  - name: core\n    listener: l\n    peers: [\"127.0.0.1:5090\"]\n    script: rules.lua\n  - name: teams\n    listener: l\n    peers: [\"127.0.0.2:5080\"]\n"
     );
     let profile = Profile::parse(&dir.join("p.yaml"), &profile).expect("profile");

@@ -55,7 +55,7 @@ pub fn split_list(value: &str) -> impl Iterator<Item = &str> {
 /// Iterates over `;name[=value]` parameters; the text may start with `;` or not.
 /// Yields `Err` for an empty parameter name or an unterminated quoted value.
 pub fn params(text: &str) -> impl Iterator<Item = Result<(&str, Option<&str>), Malformed>> {
-    let mut rest = text.trim_start_matches(|c: char| c == ' ' || c == '\t');
+    let mut rest = text.trim_start_matches([' ', '\t']);
     let mut failed = false;
     std::iter::from_fn(move || {
         if failed {
@@ -132,9 +132,7 @@ impl<'a> Via<'a> {
         let mut fields = [""; 3];
         for (index, field) in fields.iter_mut().enumerate() {
             rest = rest.trim_start();
-            let end = rest
-                .find(|c: char| c == '/' || c == ' ' || c == '\t')
-                .unwrap_or(rest.len());
+            let end = rest.find(['/', ' ', '\t']).unwrap_or(rest.len());
             *field = &rest[..end];
             rest = rest[end..].trim_start();
             if index < 2 {
@@ -311,9 +309,7 @@ impl<'a> CSeq<'a> {
     /// Parses `1*DIGIT LWS Method`; the number must fit in 32 bits (RFC 3261 §8.1.1.5).
     pub fn parse(value: &'a str) -> Result<CSeq<'a>, Malformed> {
         let value = value.trim();
-        let split = value
-            .find(|c: char| c == ' ' || c == '\t')
-            .ok_or(Malformed)?;
+        let split = value.find([' ', '\t']).ok_or(Malformed)?;
         let (number, method) = (&value[..split], value[split..].trim());
         if number.is_empty()
             || number.len() > 10

@@ -437,11 +437,11 @@ mod tests {
             &mut out,
         );
         out.clear();
-        assert!(txn.on_response(180, now, || Bytes::new(), &mut out));
+        assert!(txn.on_response(180, now, Bytes::new, &mut out));
         assert!(txn.on_response(486, now, || Bytes::from_static(b"ACK"), &mut out));
         assert_eq!(out[0], TxnAction::Send(Bytes::from_static(b"ACK")));
         out.clear();
-        assert!(!txn.on_response(486, now, || Bytes::new(), &mut out));
+        assert!(!txn.on_response(486, now, Bytes::new, &mut out));
         assert_eq!(out, [TxnAction::Send(Bytes::from_static(b"ACK"))]);
         // Timer A no longer retransmits the INVITE once a response arrived.
         out.clear();
