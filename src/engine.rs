@@ -456,14 +456,17 @@ impl Engine {
         let Some(status) = response.status() else {
             return false;
         };
+        let ack = self.hop_by_hop_ack(id, status, response);
         let Some(entry) = self.clients.get_mut(&id) else {
             return false;
         };
-        let request = &entry.request;
         let pass = entry.txn.on_response(
             status,
             now,
-            || Bytes::from(crate::call::build::ack_for(request, response).to_bytes()),
+            || {
+                ack.map(|ack| Bytes::from(ack.to_bytes()))
+                    .unwrap_or_default()
+            },
             &mut self.actions,
         );
         self.apply_client_actions(id, now);

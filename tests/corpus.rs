@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 fn corpus_dir() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/corpus"))
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data"))
 }
 
 /// (file, expected first response status; None = dropped without an answer).

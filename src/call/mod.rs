@@ -13,6 +13,7 @@ use crate::engine::{Engine, Peer, TxnId};
 use crate::script::{HookCall, HookMessage, RouteDecision, ScriptId};
 use crate::sip::check::{check_request, check_response, RequestInfo};
 use crate::sip::header::split_list;
+use crate::sip::transaction::ClientState;
 use crate::sip::uri::{Scheme, Uri};
 use crate::sip::{HeaderName, Message, Method, StartLine};
 use build::{
@@ -265,6 +266,39 @@ impl Engine {
         let policy = &self.profile.trunks[trunk].headers;
         apply_policy(&mut hooked.msg, &hooked.touched, policy);
         hooked.msg
+    }
+
+    /// The ACK for a non-2xx final response to a client INVITE transaction (RFC 3261
+    /// §17.1.1.3), when the transaction needs one now; it goes through the leg's hooks and header
+    /// policy like every other message Bridgehead sends toward a trunk.
+    pub(crate) fn hop_by_hop_ack(
+        &mut self,
+        id: TxnId,
+        status: u16,
+        response: &Message,
+    ) -> Option<Message> {
+        let entry = self.clients.get(&id)?;
+        let waiting = matches!(
+            entry.txn.state(),
+            ClientState::Calling | ClientState::Proceeding
+        );
+        if status < 300 || !waiting || entry.request.method() != Some(&Method::Invite) {
+            return None;
+        }
+        let ack = build::ack_for(&entry.request, response);
+        let (key, leg) = match entry.owner {
+            ClientOwner::Invite(key) => (key, Leg::B),
+            ClientOwner::Relay { call, server } => match self.servers.get(&server)?.owner {
+                ServerOwner::Dialog(_, requester) => (call, requester.other()),
+                _ => return Some(ack),
+            },
+            ClientOwner::Local => return Some(ack),
+        };
+        let Some(call) = self.calls.get(&key) else {
+            return Some(ack);
+        };
+        let (script, trunk) = (call.script, call.leg(leg).trunk);
+        Some(self.outgoing(Some(key), script, leg, trunk, ack))
     }
 
     /// Answers a request locally through a new server transaction.

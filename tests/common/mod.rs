@@ -46,17 +46,21 @@ pub struct Sbc {
     child: Child,
     pub dir: PathBuf,
     ports: HashMap<String, u16>,
+    first: String,
 }
 
 impl Sbc {
     /// Starts the SBC on `template`: each `{name}` placeholder becomes a free port (ask for it
-    /// with [`Sbc::port`]), `{script}` the bundled default rules. Waits until it answers OPTIONS.
+    /// with [`Sbc::port`]), `{script}` the bundled default rules. Waits until the listener on
+    /// the first placeholder answers OPTIONS.
     pub fn start(template: &str) -> Sbc {
         let mut ports = HashMap::new();
+        let mut first = None;
         let mut profile = template.replace("{script}", &default_script());
         while let Some(open) = profile.find('{') {
             let close = profile[open..].find('}').expect("closing brace") + open;
             let name = profile[open + 1..close].to_string();
+            first.get_or_insert_with(|| name.clone());
             let port = *ports.entry(name.clone()).or_insert_with(free_udp_port);
             profile.replace_range(open..=close, &port.to_string());
         }
@@ -76,10 +80,15 @@ impl Sbc {
             .stderr(log)
             .spawn()
             .expect("start bridgehead");
-        let sbc = Sbc { child, dir, ports };
-        let first = sbc.ports.keys().next().cloned().expect("a listener port");
+        let first = first.expect("a listener port placeholder");
+        let sbc = Sbc {
+            child,
+            dir,
+            ports,
+            first,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while sbc.options(&first) == 0 {
+        while sbc.options(&sbc.first) == 0 {
             assert!(sbc.is_running(), "bridgehead exited:\n{}", sbc.log());
             assert!(
                 Instant::now() < deadline,

@@ -1,0 +1,573 @@
+//! End to end with SIPp as both far ends: a SIPp caller and a SIPp callee on loopback, the
+//! real `bridgehead` binary between them, over UDP and TCP, in both directions (operator core
+//! to Teams and back). Every flow asserts what each far end actually received: its own dialog
+//! identifiers only (topology hidden), `X-MS-SBC` on everything toward Teams, nothing toward
+//! the core.
+//!
+//! SIPp must be installed (Debian `sip-tester`; `tests/run.sh` installs it): these tests fail,
+//! they do not skip, without it.
+
+mod common;
+
+use common::{free_udp_port, scratch_dir, Sbc};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Both trunks use `{transport}`; the core trunk's peer (the softswitch) listens on
+/// `{softswitch}`, the Teams trunk's peer on `{teams_peer}`.
+const PROFILE: &str = "\
+listeners:
+  - name: core
+    address: 127.0.0.1:{core}
+    transports: [udp, tcp]
+  - name: teams
+    address: 127.0.0.1:{teams}
+    transports: [udp, tcp]
+trunks:
+  - name: core
+    listener: core
+    peers: [\"127.0.0.1:{softswitch}\"]
+    transport: TRANSPORT
+    script: {script}
+    route: teams
+  - name: teams
+    listener: teams
+    peers: [\"127.0.0.1:{teams_peer}\"]
+    transport: TRANSPORT
+    script: {script}
+    route: core
+";
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl Transport {
+    fn profile_name(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        }
+    }
+
+    /// SIPp's `-t` mode: one socket for all calls.
+    fn sipp_mode(self) -> &'static str {
+        match self {
+            Transport::Udp => "u1",
+            Transport::Tcp => "t1",
+        }
+    }
+}
+
+/// Which side places the call.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Direction {
+    /// The softswitch calls into listener `core`; the call leaves toward Teams.
+    CoreToTeams,
+    /// Teams calls into listener `teams`; the call leaves toward the softswitch.
+    TeamsToCore,
+}
+
+/// One SIP message a far end sent or received, as SIPp's `-trace_msg` logged it.
+#[derive(Debug)]
+struct Traced {
+    received: bool,
+    text: String,
+}
+
+impl Traced {
+    fn first_line(&self) -> &str {
+        self.text.lines().next().unwrap_or("")
+    }
+
+    /// Values of every header named `name` (long form, case-insensitive).
+    fn headers(&self, name: &str) -> Vec<&str> {
+        let head = self.text.split("\n\n").next().unwrap_or("");
+        head.lines()
+            .skip(1)
+            .filter_map(|line| line.split_once(':'))
+            .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim())
+            .collect()
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers(name).first().copied()
+    }
+
+    fn is_request(&self, method: &str) -> bool {
+        self.first_line().starts_with(&format!("{method} "))
+    }
+
+    fn is_response(&self, status: u16) -> bool {
+        self.first_line().starts_with(&format!("SIP/2.0 {status} "))
+    }
+
+    fn body(&self) -> &str {
+        self.text.split_once("\n\n").map(|(_, b)| b).unwrap_or("")
+    }
+}
+
+/// Parses a SIPp `-message_file`: blocks that start with a dashed timestamp line, then
+/// `UDP message received [N] bytes :` or `TCP message sent (N bytes):`, a blank line, the message.
+fn read_trace(path: &Path) -> Vec<Traced> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.split("----------------------------------------------- ")
+        .filter_map(|block| {
+            let mut lines = block.lines();
+            lines.next()?; // timestamp
+            let what = lines.next()?;
+            let received = what.contains("message received");
+            if !received && !what.contains("message sent") {
+                return None;
+            }
+            let message: Vec<&str> = lines.skip_while(|l| l.trim().is_empty()).collect();
+            let text = message.join("\n").trim_end().replace('\r', "");
+            Some(Traced { received, text })
+        })
+        .collect()
+}
+
+/// A SIPp process, killed by PID if it is still running when dropped.
+struct Sipp {
+    child: Child,
+    name: String,
+    dir: PathBuf,
+}
+
+impl Sipp {
+    fn start(dir: &Path, name: &str, args: &[String]) -> Sipp {
+        let sipp = which_sipp();
+        let out = std::fs::File::create(dir.join(format!("{name}.out"))).expect("sipp log");
+        let err = out.try_clone().expect("sipp log");
+        let child = Command::new(sipp)
+            .args(args)
+            .args(["-nostdin", "-trace_msg", "-trace_err", "-message_file"])
+            .arg(dir.join(format!("{name}.msg")))
+            .arg("-error_file")
+            .arg(dir.join(format!("{name}.err")))
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("start sipp");
+        Sipp {
+            child,
+            name: name.to_string(),
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Waits for the exit status (SIPp: 0 = every call succeeded); kills it at the deadline.
+    fn wait(&mut self, deadline: Instant) -> Option<i32> {
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait sipp") {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn trace(&self) -> Vec<Traced> {
+        read_trace(&self.dir.join(format!("{}.msg", self.name)))
+    }
+
+    /// Its console output and error log, for failure messages.
+    fn report(&self) -> String {
+        let read = |ext: &str| {
+            std::fs::read_to_string(self.dir.join(format!("{}.{ext}", self.name)))
+                .unwrap_or_default()
+        };
+        let out = read("out");
+        let tail: Vec<&str> = out.lines().rev().take(30).collect();
+        format!(
+            "--- {} output (tail) ---\n{}\n--- {} errors ---\n{}",
+            self.name,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+            self.name,
+            read("err")
+        )
+    }
+}
+
+impl Drop for Sipp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn which_sipp() -> PathBuf {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join("sipp"))
+        .find(|path| path.is_file())
+        .expect("sipp not found: install Debian package sip-tester (tests/run.sh does)")
+}
+
+fn scenario(name: &str) -> String {
+    format!("{}/tests/sipp/{name}.xml", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// One call flow: which scenarios, how many calls, how fast.
+struct Flow {
+    caller: &'static str,
+    callee: &'static str,
+    transport: Transport,
+    direction: Direction,
+    calls: u32,
+    rate: u32,
+}
+
+impl Flow {
+    fn new(caller: &'static str, callee: &'static str) -> Flow {
+        Flow {
+            caller,
+            callee,
+            transport: Transport::Udp,
+            direction: Direction::CoreToTeams,
+            calls: 1,
+            rate: 10,
+        }
+    }
+
+    fn over(mut self, transport: Transport) -> Flow {
+        self.transport = transport;
+        self
+    }
+
+    fn teams_calls(mut self) -> Flow {
+        self.direction = Direction::TeamsToCore;
+        self
+    }
+
+    fn load(mut self, calls: u32, rate: u32) -> Flow {
+        self.calls = calls;
+        self.rate = rate;
+        self
+    }
+
+    /// Runs the flow against a fresh SBC, asserts both SIPp ends succeeded and that topology
+    /// hiding and the X-MS-SBC rule held, and returns what each end saw.
+    fn run(&self) -> Outcome {
+        let profile = PROFILE.replace("TRANSPORT", self.transport.profile_name());
+        let sbc = Sbc::start(&profile);
+        let (listener, callee_port) = match self.direction {
+            Direction::CoreToTeams => (sbc.port("core"), sbc.port("teams_peer")),
+            Direction::TeamsToCore => (sbc.port("teams"), sbc.port("softswitch")),
+        };
+        let dir = scratch_dir("sipp");
+        let caller_port = free_udp_port();
+        let common_args = |port: u16| -> Vec<String> {
+            [
+                "-i",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-t",
+                self.transport.sipp_mode(),
+                "-m",
+                &self.calls.to_string(),
+                "-d",
+                "200",
+                "-timeout",
+                "30s",
+                "-timeout_error",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+        };
+        let mut callee_args = vec!["-sf".to_string(), scenario(self.callee)];
+        callee_args.extend(common_args(callee_port));
+        let mut callee = Sipp::start(&dir, "callee", &callee_args);
+        wait_listening(callee_port, self.transport);
+
+        let mut caller_args = vec![
+            "-sf".to_string(),
+            scenario(self.caller),
+            format!("127.0.0.1:{listener}"),
+            "-r".to_string(),
+            self.rate.to_string(),
+        ];
+        caller_args.extend(common_args(caller_port));
+        let mut caller = Sipp::start(&dir, "caller", &caller_args);
+
+        let deadline = Instant::now() + Duration::from_secs(40);
+        let caller_status = caller.wait(deadline);
+        let callee_status = callee.wait(deadline);
+        let context = || {
+            format!(
+                "{}\n{}\n--- sbc log ---\n{}",
+                caller.report(),
+                callee.report(),
+                sbc.log()
+            )
+        };
+        assert_eq!(caller_status, Some(0), "caller failed\n{}", context());
+        assert_eq!(callee_status, Some(0), "callee failed\n{}", context());
+        assert!(sbc.is_running(), "the SBC died\n{}", context());
+
+        let outcome = Outcome {
+            caller: caller.trace(),
+            callee: callee.trace(),
+            caller_port,
+            callee_port,
+            listener,
+        };
+        outcome.assert_topology_hidden();
+        let (teams_side, core_side) = match self.direction {
+            Direction::CoreToTeams => (&outcome.callee, &outcome.caller),
+            Direction::TeamsToCore => (&outcome.caller, &outcome.callee),
+        };
+        for message in teams_side.iter().filter(|m| m.received) {
+            let value = message
+                .header("X-MS-SBC")
+                .unwrap_or_else(|| panic!("no X-MS-SBC toward Teams in:\n{}", message.text));
+            assert!(value.starts_with("Bridgehead/SBC/"), "X-MS-SBC: {value}");
+        }
+        for message in core_side.iter().filter(|m| m.received) {
+            assert!(
+                message.header("X-MS-SBC").is_none(),
+                "X-MS-SBC toward the core in:\n{}",
+                message.text
+            );
+        }
+        outcome
+    }
+}
+
+/// Waits until SIPp's listening socket is bound (UDP or TCP) so the first INVITE is not lost.
+fn wait_listening(port: u16, transport: Transport) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let bound = match transport {
+            Transport::Udp => std::net::UdpSocket::bind(("127.0.0.1", port)).is_err(),
+            Transport::Tcp => std::net::TcpListener::bind(("127.0.0.1", port)).is_err(),
+        };
+        if bound {
+            return;
+        }
+        assert!(Instant::now() < deadline, "SIPp never bound port {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// What the two far ends exchanged with the SBC.
+struct Outcome {
+    caller: Vec<Traced>,
+    callee: Vec<Traced>,
+    caller_port: u16,
+    callee_port: u16,
+    listener: u16,
+}
+
+impl Outcome {
+    fn callee_got(&self) -> impl Iterator<Item = &Traced> {
+        self.callee.iter().filter(|m| m.received)
+    }
+
+    fn caller_got(&self) -> impl Iterator<Item = &Traced> {
+        self.caller.iter().filter(|m| m.received)
+    }
+
+    /// Nothing of one side's Call-ID, tags, Via, Contact or address reaches the other; no
+    /// Record-Route or Route reaches either; the SBC's own Via and Contact are what each side
+    /// sees.
+    fn assert_topology_hidden(&self) {
+        let caller_call_ids: Vec<&str> = self
+            .caller
+            .iter()
+            .filter(|m| !m.received)
+            .filter_map(|m| m.header("Call-ID"))
+            .collect();
+        let callee_address = format!("127.0.0.1:{}", self.callee_port);
+        let caller_address = format!("127.0.0.1:{}", self.caller_port);
+        assert!(self.callee_got().count() > 0, "the callee got nothing");
+        assert!(self.caller_got().count() > 0, "the caller got nothing");
+        for message in self.callee_got() {
+            let text = &message.text;
+            let call_id = message.header("Call-ID").expect("Call-ID");
+            assert!(
+                !caller_call_ids.contains(&call_id),
+                "caller's Call-ID reached the callee:\n{text}"
+            );
+            assert!(
+                !text.contains(&caller_address),
+                "caller's address reached the callee:\n{text}"
+            );
+            assert!(
+                !text.contains("SIPpTag00"),
+                "caller's tag reached the callee:\n{text}"
+            );
+            assert!(message.header("Record-Route").is_none(), "{text}");
+            assert!(message.header("Route").is_none(), "{text}");
+            if message.first_line().ends_with("SIP/2.0") {
+                let vias = message.headers("Via");
+                assert_eq!(vias.len(), 1, "one Via, the SBC's:\n{text}");
+                assert!(
+                    !vias[0].contains(&format!(":{}", self.listener)),
+                    "the callee sees the SBC's other listener:\n{text}"
+                );
+            }
+        }
+        for message in self.caller_got() {
+            let text = &message.text;
+            assert!(
+                !text.contains(&callee_address),
+                "callee's address reached the caller:\n{text}"
+            );
+            assert!(
+                !text.contains("SIPpTag01"),
+                "callee's tag reached the caller:\n{text}"
+            );
+            assert!(message.header("Record-Route").is_none(), "{text}");
+            if let Some(contact) = message.header("Contact") {
+                assert!(
+                    contact.contains(&format!("127.0.0.1:{}", self.listener)),
+                    "the caller's Contact is the SBC's listener:\n{text}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn basic_call_core_to_teams_over_udp() {
+    let outcome = Flow::new("caller", "callee").run();
+    let invite = outcome
+        .callee_got()
+        .find(|m| m.is_request("INVITE"))
+        .expect("the callee got the INVITE");
+    assert_eq!(invite.header("Subject"), Some("Bridgehead e2e"));
+    assert!(
+        invite.body().contains("m=audio"),
+        "the SDP offer crossed: {}",
+        invite.text
+    );
+    assert!(outcome.callee_got().any(|m| m.is_request("ACK")));
+    assert!(outcome.callee_got().any(|m| m.is_request("BYE")));
+    assert!(outcome
+        .caller_got()
+        .any(|m| m.is_response(200) && m.body().contains("m=audio")));
+}
+
+#[test]
+fn basic_call_teams_to_core_over_udp() {
+    let outcome = Flow::new("caller", "callee").teams_calls().run();
+    assert!(outcome.callee_got().any(|m| m.is_request("BYE")));
+}
+
+#[test]
+fn basic_call_both_ways_over_tcp() {
+    Flow::new("caller", "callee").over(Transport::Tcp).run();
+    Flow::new("caller", "callee")
+        .over(Transport::Tcp)
+        .teams_calls()
+        .run();
+}
+
+#[test]
+fn callee_hangs_up() {
+    for flow in [
+        Flow::new("caller_hungup", "callee_hangs_up"),
+        Flow::new("caller_hungup", "callee_hangs_up")
+            .over(Transport::Tcp)
+            .teams_calls(),
+    ] {
+        let outcome = flow.run();
+        assert!(outcome.caller_got().any(|m| m.is_request("BYE")));
+        assert!(outcome.callee_got().any(|m| m.is_response(200)));
+    }
+}
+
+#[test]
+fn cancel_before_answer() {
+    for transport in [Transport::Udp, Transport::Tcp] {
+        let outcome = Flow::new("caller_cancel", "callee_cancel")
+            .over(transport)
+            .run();
+        assert!(outcome.callee_got().any(|m| m.is_request("CANCEL")));
+        assert!(outcome.caller_got().any(|m| m.is_response(487)));
+    }
+}
+
+#[test]
+fn busy_and_not_found_reach_the_caller() {
+    let busy = Flow::new("caller_rejected", "callee_busy").run();
+    assert!(busy.caller_got().any(|m| m.is_response(486)));
+    assert!(busy.callee_got().any(|m| m.is_request("ACK")));
+    let not_found = Flow::new("caller_rejected", "callee_not_found")
+        .over(Transport::Tcp)
+        .teams_calls()
+        .run();
+    assert!(not_found.caller_got().any(|m| m.is_response(404)));
+}
+
+#[test]
+fn hold_and_resume() {
+    for transport in [Transport::Udp, Transport::Tcp] {
+        let outcome = Flow::new("caller_hold", "callee_hold")
+            .over(transport)
+            .run();
+        let offers: Vec<&str> = outcome
+            .callee_got()
+            .filter(|m| m.is_request("INVITE"))
+            .map(|m| m.body())
+            .collect();
+        assert_eq!(offers.len(), 3, "initial INVITE, hold, resume");
+        assert!(offers[1].contains("a=sendonly"), "{}", offers[1]);
+        assert!(offers[2].contains("a=sendrecv"), "{}", offers[2]);
+        let answers: Vec<&str> = outcome
+            .caller_got()
+            .filter(|m| {
+                m.is_response(200) && m.header("CSeq").is_some_and(|c| c.ends_with("INVITE"))
+            })
+            .map(|m| m.body())
+            .collect();
+        assert_eq!(answers.len(), 3);
+        assert!(answers[1].contains("a=recvonly"), "{}", answers[1]);
+        // The caller numbers its INVITEs 1, 20, 30; the B-leg keeps its own CSeq space.
+        let cseqs: Vec<&str> = outcome
+            .callee_got()
+            .filter(|m| m.is_request("INVITE"))
+            .filter_map(|m| m.header("CSeq"))
+            .collect();
+        assert_eq!(cseqs, ["1 INVITE", "2 INVITE", "3 INVITE"]);
+    }
+}
+
+#[test]
+fn five_hundred_calls_at_100_per_second() {
+    for transport in [Transport::Udp, Transport::Tcp] {
+        let outcome = Flow::new("caller", "callee")
+            .over(transport)
+            .load(500, 100)
+            .run();
+        let invites: std::collections::HashSet<&str> = outcome
+            .callee_got()
+            .filter(|m| m.is_request("INVITE"))
+            .filter_map(|m| m.header("Call-ID"))
+            .collect();
+        assert_eq!(
+            invites.len(),
+            500,
+            "500 distinct B-leg calls over {transport:?}"
+        );
+        let byes_answered = outcome
+            .caller_got()
+            .filter(|m| m.is_response(200) && m.header("CSeq") == Some("5 BYE"))
+            .count();
+        assert_eq!(byes_answered, 500);
+    }
+}
