@@ -4,7 +4,7 @@
 use bridgehead::call::build::response_to;
 use bridgehead::config::{Profile, Transport};
 use bridgehead::engine::{Engine, Peer};
-use bridgehead::script::Rules;
+use bridgehead::script::RuleSet;
 use bridgehead::sip::{HeaderName, Message};
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -65,8 +65,8 @@ fn engine() -> Engine {
         "listeners:\n  - name: core\n    address: 127.0.0.1:5060\n  - name: teams\n    address: 127.0.0.1:5070\ntrunks:\n  - name: core\n    listener: core\n    peers: [\"127.0.0.1:5090\"]\n    script: {script}\n    route: teams\n  - name: teams\n    listener: teams\n    peers: [\"127.0.0.2:5080\"]\n    script: {script}\n    route: core\n"
     );
     let profile = Profile::parse(Path::new("bench.yaml"), &text).expect("profile");
-    let rules = Rules::load(&profile).expect("rules");
-    Engine::new(Arc::new(profile), rules, 0, 1)
+    let rules = RuleSet::load(Arc::new(profile), 1, Default::default()).expect("rules");
+    Engine::new(rules, 0, 1)
 }
 
 fn peer(listener: usize, addr: &str) -> Peer {

@@ -7,7 +7,7 @@ local X_MS_SBC = "Bridgehead/" .. bh.model .. "/" .. bh.version
 
 function rules.on_invite(call, req)
   -- A call already anchored in Teams Phone Mobile must never loop back to Teams.
-  if call.trunk == "core" and req:has_header("X-MS-FMC") then
+  if call.trunk.name == "core" and req:has_header("X-MS-FMC") then
     return call:reject(482, "Loop Detected")
   end
 end

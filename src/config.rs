@@ -4,7 +4,7 @@
 //! comes from, so `bridgehead check` and a refused reload point at the fault.
 
 use serde::Deserialize;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -46,6 +46,8 @@ pub struct Profile {
     pub trunks: Vec<Trunk>,
     /// Worker shards (one engine each); 0 means one per core.
     pub shards: usize,
+    /// Limits of the rule engine.
+    pub limits: Limits,
 }
 
 /// A named address Bridgehead listens on, for one or more transports.
@@ -72,6 +74,10 @@ pub struct Trunk {
     pub route: Option<TrunkId>,
     /// Which headers cross to this trunk from the other leg.
     pub headers: HeaderPolicy,
+    /// What a hook failure does to a call arriving on this trunk.
+    pub on_script_error: ScriptErrorPolicy,
+    /// Free-form parameters rules read as `call.trunk.params` (values as strings).
+    pub params: BTreeMap<String, String>,
 }
 
 /// Which headers of the other leg cross onto a trunk's leg. B2BUA-owned headers never cross;
@@ -153,6 +159,54 @@ struct RawProfile {
     trunks: Vec<RawTrunk>,
     #[serde(default)]
     shards: usize,
+    #[serde(default)]
+    limits: Limits,
+}
+
+/// Resource limits of the rule engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Lua instructions one hook call may run before it is stopped.
+    pub script_instructions: u32,
+    /// Memory one Lua state (one shard's rule set) may use, in MiB.
+    pub script_memory_mb: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            script_instructions: 1_000_000,
+            script_memory_mb: 64,
+        }
+    }
+}
+
+/// What happens to a call when one of its hooks fails (error, budget or memory limit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScriptErrorPolicy {
+    /// Log, count, and carry on as if the hook had not run past the error.
+    Continue,
+    /// Refuse a call that is being set up with this status.
+    Reject(u16),
+}
+
+impl ScriptErrorPolicy {
+    fn parse(text: &str) -> Option<ScriptErrorPolicy> {
+        let mut words = text.split_whitespace();
+        let policy = match words.next()? {
+            "continue" => ScriptErrorPolicy::Continue,
+            "reject" => match words.next() {
+                None => ScriptErrorPolicy::Reject(500),
+                Some(code) => match code.parse::<u16>() {
+                    Ok(code) if (400..=699).contains(&code) => ScriptErrorPolicy::Reject(code),
+                    _ => return None,
+                },
+            },
+            _ => return None,
+        };
+        words.next().is_none().then_some(policy)
+    }
 }
 
 #[derive(Deserialize)]
@@ -181,6 +235,9 @@ struct RawTrunk {
     route: Option<String>,
     #[serde(default)]
     headers: RawHeaderPolicy,
+    on_script_error: Option<String>,
+    #[serde(default)]
+    params: BTreeMap<String, serde_yaml::Value>,
 }
 
 fn default_transport() -> Transport {
@@ -341,8 +398,42 @@ impl Profile {
                     ));
                 }
             }
+            let on_script_error = match raw.on_script_error.as_deref() {
+                None => ScriptErrorPolicy::Continue,
+                Some(text) => ScriptErrorPolicy::parse(text).unwrap_or_else(|| {
+                    errors.push(error(
+                        line_of(&format!("on_script_error: {text}")).or(at),
+                        format!(
+                            "trunk '{}': on_script_error must be 'continue', 'reject' or 'reject <400-699>', not '{text}'",
+                            raw.name
+                        ),
+                    ));
+                    ScriptErrorPolicy::Continue
+                }),
+            };
+            let mut params = BTreeMap::new();
+            for (key, value) in &raw.params {
+                let text = match value {
+                    serde_yaml::Value::String(s) => s.clone(),
+                    serde_yaml::Value::Number(n) => n.to_string(),
+                    serde_yaml::Value::Bool(b) => b.to_string(),
+                    _ => {
+                        errors.push(error(
+                            line_of(&format!("{key}:")).or(at),
+                            format!(
+                                "trunk '{}': param '{key}' must be a string, number or boolean",
+                                raw.name
+                            ),
+                        ));
+                        continue;
+                    }
+                };
+                params.insert(key.clone(), text);
+            }
             trunks.push(Trunk {
                 name: raw.name.clone(),
+                on_script_error,
+                params,
                 listener,
                 peers,
                 transport: raw.transport,
@@ -370,6 +461,7 @@ impl Profile {
                 listeners,
                 trunks,
                 shards: raw.shards,
+                limits: raw.limits,
             })
         } else {
             Err(errors)

@@ -8,7 +8,7 @@
 
 use crate::call::{Call, CallKey, ClientOwner, Leg, ServerOwner};
 use crate::config::{ListenerId, Profile, Transport};
-use crate::script::Rules;
+use crate::script::{HookArgs, MediaEvent, RuleSet};
 use crate::sip::header::{split_list, Via};
 use crate::sip::transaction::{
     ClientTransaction, ServerTransaction, TimerConfig, TimerKind, TxnAction,
@@ -98,8 +98,8 @@ pub fn shard_for_call_id(call_id: &[u8], shards: usize) -> usize {
 
 /// The sans-IO SIP engine of one shard.
 pub struct Engine {
-    pub(crate) profile: Arc<Profile>,
-    pub(crate) rules: Rules,
+    /// The rule-set version new calls take; calls in progress keep their own.
+    pub(crate) current: Arc<RuleSet>,
     pub(crate) timer_config: TimerConfig,
     shard: usize,
     shards: usize,
@@ -120,8 +120,9 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// An engine for shard `shard` of `shards`, with a profile and its loaded rules.
-    pub fn new(profile: Arc<Profile>, rules: Rules, shard: usize, shards: usize) -> Engine {
+    /// An engine for shard `shard` of `shards`, running one rule-set version (a profile and
+    /// its rules compiled for this shard).
+    pub fn new(rules: Arc<RuleSet>, shard: usize, shards: usize) -> Engine {
         let seed = {
             use std::hash::{BuildHasher, Hasher};
             let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
@@ -129,8 +130,7 @@ impl Engine {
             hasher.finish() | 1
         };
         Engine {
-            profile,
-            rules,
+            current: rules,
             timer_config: TimerConfig::default(),
             shard,
             shards: shards.max(1),
@@ -152,10 +152,43 @@ impl Engine {
 
     /// What the engine did so far.
     pub fn stats(&self) -> EngineStats {
-        EngineStats {
-            script_errors: self.rules.errors,
-            ..self.stats
+        self.stats
+    }
+
+    /// Makes `rules` the version new calls take. Calls in progress finish on theirs.
+    pub fn reload(&mut self, rules: Arc<RuleSet>) {
+        tracing::info!(
+            shard = self.shard,
+            version = rules.version,
+            previous = self.current.version,
+            "rule set now current"
+        );
+        self.current = rules;
+    }
+
+    /// The version new calls take.
+    pub fn version(&self) -> u64 {
+        self.current.version
+    }
+
+    /// Calls in progress per rule-set version, oldest first.
+    pub fn calls_by_version(&self) -> Vec<(u64, usize)> {
+        let mut counts = std::collections::BTreeMap::new();
+        for call in self.calls.values() {
+            *counts.entry(call.rules.version).or_insert(0) += 1;
         }
+        counts.into_iter().collect()
+    }
+
+    /// A media event for the call whose A-leg Call-ID is `call_id` (fires `on_media`). The
+    /// media plane reports DTMF, RTP timeouts and quality this way; returns false when no such
+    /// call exists.
+    pub fn handle_media_event(&mut self, call_id: &str, event: &MediaEvent) -> bool {
+        let Some((key, _)) = self.dialogs.get(call_id).copied() else {
+            return false;
+        };
+        self.run_call_hook(key, crate::script::Hook::Media, HookArgs::Media(event));
+        true
     }
 
     /// Calls in progress.
@@ -168,9 +201,9 @@ impl Engine {
         self.servers.len() + self.clients.len()
     }
 
-    /// The profile in force.
+    /// The profile new calls take.
     pub fn profile(&self) -> &Profile {
-        &self.profile
+        &self.current.profile
     }
 
     /// A datagram (UDP) arrived from `from`.

@@ -6,5 +6,6 @@ pub mod config;
 pub mod engine;
 pub mod runtime;
 pub mod script;
+pub mod sdp;
 pub mod sip;
 pub mod transport;

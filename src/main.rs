@@ -1,10 +1,11 @@
 //! The `bridgehead` command: run the SBC, or check a profile and its scripts.
 
 use bridgehead::config::Profile;
-use bridgehead::script::Rules;
+use bridgehead::script::{RuleMetrics, Rules};
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 /// Bridgehead: a programmable SBC with Lua interworking rules.
 #[derive(Parser)]
@@ -30,12 +31,13 @@ enum Command {
     },
 }
 
-fn load(path: &Path) -> Result<(Profile, Rules), Vec<String>> {
+/// Loads a profile and compiles its rules once, to report every error before anything runs.
+fn load(path: &Path) -> Result<Profile, Vec<String>> {
     let profile = Profile::load(path)
         .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?;
-    let rules = Rules::load(&profile)
+    Rules::load(&profile, Arc::new(RuleMetrics::default()))
         .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?;
-    Ok((profile, rules))
+    Ok(profile)
 }
 
 fn main() -> ExitCode {
@@ -49,7 +51,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { profile } => match load(&profile) {
-            Ok((profile, _)) => {
+            Ok(profile) => {
                 println!(
                     "{}: ok ({} listeners, {} trunks)",
                     profile.path.display(),
@@ -67,7 +69,7 @@ fn main() -> ExitCode {
         },
         Command::Run { profile } => {
             let profile = match load(&profile) {
-                Ok((profile, _)) => profile,
+                Ok(profile) => profile,
                 Err(errors) => {
                     for error in errors {
                         eprintln!("{error}");

@@ -1,13 +1,19 @@
-//! The tokio driver: binds the transports, runs one engine per shard and moves messages and
-//! timers between them. All SIP logic lives in the sans-IO [`Engine`].
+//! The tokio driver: binds the transports, runs one engine per shard, moves messages and
+//! timers between them, and reloads rule sets (on file changes and on SIGHUP). All SIP logic
+//! lives in the sans-IO [`Engine`].
 
 use crate::config::Profile;
 use crate::engine::Engine;
-use crate::script::Rules;
+use crate::script::reload::{self, Compiled};
+use crate::script::{RuleMetrics, RuleSet};
 use crate::transport::{Hub, ShardInput};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+
+/// Quiet time after a file event before reloading: one editor save makes several events.
+const DEBOUNCE: Duration = Duration::from_millis(200);
 
 /// Loads the profile and its rules, binds every listener and serves until the process is
 /// stopped. Nothing is bound unless the whole profile and every script are valid.
@@ -19,17 +25,18 @@ pub fn run(profile: Profile) -> anyhow::Result<()> {
     } else {
         profile.shards
     };
+    let metrics = Arc::new(RuleMetrics::default());
     // Each shard has its own Lua state; load them all before binding anything.
     let mut engines = Vec::with_capacity(shards);
     for shard in 0..shards {
-        let rules = Rules::load(&profile).map_err(|errors| {
+        let rules = RuleSet::load(profile.clone(), 1, metrics.clone()).map_err(|errors| {
             anyhow::anyhow!(errors
                 .iter()
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join("\n"))
         })?;
-        engines.push(Engine::new(profile.clone(), rules, shard, shards));
+        engines.push(Engine::new(rules, shard, shards));
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cores)
@@ -43,7 +50,7 @@ pub fn run(profile: Profile) -> anyhow::Result<()> {
             senders.push(tx);
             receivers.push(rx);
         }
-        let (hub, tcp) = Hub::bind(&profile, senders).await?;
+        let (hub, tcp) = Hub::bind(&profile, senders.clone()).await?;
         for (engine, rx) in engines.into_iter().zip(receivers) {
             tokio::spawn(run_shard(engine, rx, hub.clone()));
         }
@@ -56,11 +63,104 @@ pub fn run(profile: Profile) -> anyhow::Result<()> {
                 "listening"
             );
         }
+        let (reload_tx, reload_rx) = mpsc::unbounded_channel();
+        let watch_tx = reload_tx.clone();
+        let _watcher = reload::watch(&profile, move || {
+            let _ = watch_tx.send(());
+        })
+        .map_err(|err| tracing::warn!("not watching rule files ({err}): reload with SIGHUP"))
+        .ok();
+        tokio::spawn(reloader(
+            profile.clone(),
+            shards,
+            metrics,
+            senders,
+            reload_rx,
+        ));
         tracing::info!(shards, profile = %profile.path.display(), "ready");
-        tokio::signal::ctrl_c().await?;
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = hangup.recv() => {
+                    tracing::info!("SIGHUP: reloading");
+                    let _ = reload_tx.send(());
+                }
+                result = tokio::signal::ctrl_c() => {
+                    result?;
+                    break;
+                }
+            }
+        }
         tracing::info!("shutting down");
         Ok(())
     })
+}
+
+/// Reloads on request (debounced): compiles the next version off the shards' threads and
+/// hands it to every shard; a version that fails to compile is refused and the running one
+/// stays.
+async fn reloader(
+    running: Arc<Profile>,
+    shards: usize,
+    metrics: Arc<RuleMetrics>,
+    senders: Vec<mpsc::UnboundedSender<ShardInput>>,
+    mut requests: mpsc::UnboundedReceiver<()>,
+) {
+    let mut version = 1;
+    while requests.recv().await.is_some() {
+        // Wait for the burst of events of one save to settle.
+        loop {
+            tokio::time::sleep(DEBOUNCE).await;
+            let mut more = false;
+            while requests.try_recv().is_ok() {
+                more = true;
+            }
+            if !more {
+                break;
+            }
+        }
+        let next = version + 1;
+        let (running, compile_metrics) = (running.clone(), metrics.clone());
+        let started = Instant::now();
+        let compiled = tokio::task::spawn_blocking(move || {
+            reload::compile(&running.path, &running, shards, next, &compile_metrics)
+        })
+        .await;
+        match compiled {
+            Ok(Ok(Compiled {
+                shards: sets,
+                restart_needed,
+            })) => {
+                for (sender, set) in senders.iter().zip(sets) {
+                    let _ = sender.send(ShardInput::Reload(set));
+                }
+                version = next;
+                metrics.reloads.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    version,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "reload: new calls take version {version}"
+                );
+                for change in restart_needed {
+                    tracing::warn!("reload: {change}: needs a restart, running as before");
+                }
+            }
+            Ok(Err(errors)) => {
+                metrics.reload_failures.fetch_add(1, Ordering::Relaxed);
+                for error in &errors {
+                    tracing::error!("reload refused: {error}");
+                }
+                tracing::error!(
+                    version,
+                    "reload refused: version {version} stays in service"
+                );
+            }
+            Err(err) => {
+                metrics.reload_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!("reload failed: {err}");
+            }
+        }
+    }
 }
 
 async fn run_shard(
@@ -99,5 +199,6 @@ fn handle(engine: &mut Engine, input: ShardInput) {
     match input {
         ShardInput::Message(msg, peer) => engine.handle_message(msg, peer, now),
         ShardInput::Malformed(err, peer) => engine.handle_malformed(err, peer, now),
+        ShardInput::Reload(rules) => engine.reload(rules),
     }
 }

@@ -20,6 +20,8 @@ use tokio::sync::mpsc;
 pub enum ShardInput {
     Message(Message, Peer),
     Malformed(ParseError, Peer),
+    /// A new rule-set version for new calls.
+    Reload(Arc<crate::script::RuleSet>),
 }
 
 /// The bound sockets and open connections, shared by receivers and shards.

@@ -2,7 +2,7 @@
 
 use bridgehead::config::{Profile, Transport};
 use bridgehead::engine::{Engine, Peer};
-use bridgehead::script::Rules;
+use bridgehead::script::{MediaEvent, RuleMetrics, RuleSet};
 use bridgehead::sip::{HeaderName, Message};
 use bytes::Bytes;
 use std::path::Path;
@@ -48,9 +48,12 @@ impl Sim {
     }
 
     fn with_profile(text: &str) -> Sim {
-        let profile = Profile::parse(Path::new("test.yaml"), text).expect("profile");
-        let rules = Rules::load(&profile).expect("rules");
-        let engine = Engine::new(Arc::new(profile), rules, 0, 1);
+        Sim::with_rules(text, Default::default())
+    }
+
+    /// An engine on `text`, counting rule metrics into `metrics`.
+    fn with_rules(text: &str, metrics: Arc<RuleMetrics>) -> Sim {
+        let engine = Engine::new(rule_set(text, 1, metrics), 0, 1);
         let start = Instant::now();
         Sim {
             engine,
@@ -111,6 +114,68 @@ impl Sim {
     fn elapsed_ms(&self) -> u128 {
         (self.now - self.start).as_millis()
     }
+}
+
+/// Compiles profile text as rule-set version `version`.
+fn rule_set(text: &str, version: u64, metrics: Arc<RuleMetrics>) -> Arc<RuleSet> {
+    let profile = Profile::parse(Path::new("test.yaml"), text).expect("profile");
+    RuleSet::load(Arc::new(profile), version, metrics).expect("rules")
+}
+
+/// Writes a rules file into a fresh directory; returns its path.
+fn rules_file(lua: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "bh-engine-rules-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("rules.lua");
+    std::fs::write(&path, lua).expect("rules");
+    path.display().to_string()
+}
+
+/// Core and Teams trunks running `script` (plus a `backup` trunk toward 127.0.0.3:5080).
+fn profile_with_script(script: &str, core_extra: &str) -> String {
+    format!(
+        "listeners:
+  - name: core
+    address: 127.0.0.1:5060
+  - name: teams
+    address: 127.0.0.1:5070
+trunks:
+  - name: core
+    listener: core
+    peers: [\"{CORE_PEER}\"]
+    script: {script}
+    route: teams
+{core_extra}
+  - name: teams
+    listener: teams
+    peers: [\"{TEAMS_PEER}\"]
+    script: {script}
+    route: core
+  - name: backup
+    listener: teams
+    peers: [\"127.0.0.3:5080\"]
+    script: {script}
+"
+    )
+}
+
+/// Counter value a rule incremented with `bh.metric.inc(name, labels)`.
+fn user_counter(metrics: &RuleMetrics, name: &str, labels: &[(&str, &str)]) -> u64 {
+    metrics
+        .user_counters()
+        .into_iter()
+        .filter(|(n, l, _)| {
+            n == name
+                && l.len() == labels.len()
+                && l.iter().zip(labels).all(|(a, b)| a.0 == b.0 && a.1 == b.1)
+        })
+        .map(|(_, _, v)| v)
+        .sum()
 }
 
 /// Fills in Content-Length and CRLF line ends.
@@ -680,4 +745,261 @@ fn malformed_requests_get_400_naming_the_fault() {
     let garbage = "this is not SIP\r\n\r\n";
     assert!(sim.core_sends(garbage).is_empty());
     assert_eq!(sim.engine.stats().malformed, 2);
+}
+
+const LIFECYCLE_RULES: &str = r#"
+local r = {}
+function r.on_invite(call, req)
+  call.vars.started = "yes"
+end
+function r.on_early_media(call, resp)
+  bh.metric.inc("early_media", { status = tostring(resp.status) })
+end
+function r.on_answer(call, resp)
+  assert(call.vars.started == "yes")
+  bh.metric.inc("answered", { trunk = resp.trunk })
+end
+function r.on_failure(call, resp)
+  bh.metric.inc("failure", { status = tostring(resp.status) })
+  if resp.status == 503 and not call.vars.failed_over then
+    call.vars.failed_over = true
+    call:route("backup")
+  elseif resp.status == 480 then
+    call:reject(404, "Nobody Here", { ["X-Why"] = "480 upstream" })
+  end
+end
+function r.on_media(call, ev)
+  bh.metric.inc("media", { kind = ev.kind, digit = ev.digit or "" })
+end
+function r.on_call_end(call, info)
+  bh.metric.inc("ended", { reason = info.reason, by = info.by, status = tostring(info.status),
+                           answered = tostring(info.answered) })
+end
+return r
+"#;
+
+#[test]
+fn failover_routes_the_call_again_and_hooks_see_its_life() {
+    let metrics = Arc::new(RuleMetrics::default());
+    let script = rules_file(LIFECYCLE_RULES);
+    let mut sim = Sim::with_rules(&profile_with_script(&script, ""), metrics.clone());
+    let out = sim.core_sends(&invite("fo-1@10.1.1.1", "z9hG4bKfo1", ""));
+    let first = out
+        .iter()
+        .find(|(_, m)| method(m) == "INVITE")
+        .map(|(_, m)| m.clone())
+        .expect("B-leg INVITE");
+    let out = sim.teams_sends(&answer(&first, 183, "Session Progress", "t1", SDP));
+    assert_eq!(summary(&out), [format!("183->{CORE_PEER}")]);
+    assert_eq!(
+        user_counter(&metrics, "early_media", &[("status", "183")]),
+        1
+    );
+
+    // The first callee fails with 503: the SBC acknowledges it and tries the backup trunk,
+    // with a fresh B-leg; the caller hears nothing of the 503.
+    let out = sim.teams_sends(&answer(&first, 503, "Service Unavailable", "t1", ""));
+    assert_eq!(
+        summary(&out),
+        [
+            format!("ACK->{TEAMS_PEER}"),
+            "INVITE->127.0.0.3:5080".to_string()
+        ]
+    );
+    let second = out[1].1.clone();
+    assert_ne!(h(&second, "Call-ID"), h(&first, "Call-ID"));
+    assert_ne!(h(&second, "From"), h(&first, "From"), "fresh From-tag");
+    assert_eq!(h(&second, "X-Trace"), Some("keep-me"));
+    assert_eq!(user_counter(&metrics, "failure", &[("status", "503")]), 1);
+
+    let backup = |text: &str, sim: &mut Sim| sim.deliver(Sim::peer(1, "127.0.0.3:5080"), text);
+    let out = backup(&answer(&second, 200, "OK", "t2", SDP), &mut sim);
+    assert_eq!(summary(&out), [format!("200->{CORE_PEER}")]);
+    assert_eq!(
+        user_counter(&metrics, "answered", &[("trunk", "backup")]),
+        1
+    );
+
+    // DTMF from the media plane reaches on_media.
+    let dtmf = MediaEvent::Dtmf {
+        leg: "a",
+        digit: '5',
+        duration_ms: 120,
+    };
+    assert!(sim.engine.handle_media_event("fo-1@10.1.1.1", &dtmf));
+    assert!(!sim.engine.handle_media_event("nope", &dtmf));
+    assert_eq!(
+        user_counter(&metrics, "media", &[("digit", "5"), ("kind", "dtmf")]),
+        1
+    );
+
+    // The callee hangs up: on_call_end says so.
+    let bye = format!(
+        "BYE sip:alice@127.0.0.1:5070 SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.3:5080;branch=z9hG4bKbye9
+Max-Forwards: 70
+From: {};tag=t2
+To: {}
+Call-ID: {}
+CSeq: 1 BYE
+
+",
+        h(&second, "To").unwrap_or_default(),
+        h(&second, "From").unwrap_or_default(),
+        h(&second, "Call-ID").unwrap_or_default()
+    );
+    let out = backup(&bye, &mut sim);
+    let relayed = out
+        .iter()
+        .find(|(_, m)| method(m) == "BYE")
+        .expect("BYE to caller");
+    let ok = answer_request(&relayed.1, 200, "OK");
+    sim.core_sends(&ok);
+    assert_eq!(
+        user_counter(
+            &metrics,
+            "ended",
+            &[
+                ("answered", "true"),
+                ("by", "b"),
+                ("reason", "bye"),
+                ("status", "200")
+            ]
+        ),
+        1
+    );
+    assert_eq!(sim.engine.active_calls(), 0);
+}
+
+#[test]
+fn failure_hook_may_turn_the_failure_into_another_answer() {
+    let metrics = Arc::new(RuleMetrics::default());
+    let script = rules_file(LIFECYCLE_RULES);
+    let mut sim = Sim::with_rules(&profile_with_script(&script, ""), metrics.clone());
+    let out = sim.core_sends(&invite("fo-2@10.1.1.1", "z9hG4bKfo2", ""));
+    let b = out
+        .iter()
+        .find(|(_, m)| method(m) == "INVITE")
+        .expect("INVITE")
+        .1
+        .clone();
+    let out = sim.teams_sends(&answer(&b, 480, "Temporarily Unavailable", "t1", ""));
+    let to_caller = out
+        .iter()
+        .find(|(p, _)| p.addr.to_string() == CORE_PEER)
+        .expect("answer to caller");
+    assert_eq!(status(&to_caller.1), 404);
+    assert_eq!(h(&to_caller.1, "X-Why"), Some("480 upstream"));
+    assert_eq!(
+        user_counter(
+            &metrics,
+            "ended",
+            &[
+                ("answered", "false"),
+                ("by", "b"),
+                ("reason", "rejected"),
+                ("status", "404")
+            ]
+        ),
+        1
+    );
+}
+
+#[test]
+fn script_error_policy_rejects_or_continues() {
+    let script = rules_file("return { on_invite = function(call, req) error('boom') end }");
+    let mut sim = Sim::with_profile(&profile_with_script(
+        &script,
+        "    on_script_error: reject 503",
+    ));
+    let out = sim.core_sends(&invite("err-1@10.1.1.1", "z9hG4bKe1", ""));
+    assert_eq!(
+        summary(&out),
+        [format!("100->{CORE_PEER}"), format!("503->{CORE_PEER}")]
+    );
+    assert_eq!(sim.engine.stats().script_errors, 1);
+
+    let mut sim = Sim::with_profile(&profile_with_script(&script, ""));
+    let out = sim.core_sends(&invite("err-2@10.1.1.1", "z9hG4bKe2", ""));
+    assert_eq!(
+        summary(&out),
+        [format!("100->{CORE_PEER}"), format!("INVITE->{TEAMS_PEER}")],
+        "continue is the default"
+    );
+}
+
+#[test]
+fn runaway_rule_in_one_call_leaves_the_next_call_alone() {
+    let script = rules_file(
+        "return { on_invite = function(call, req)\n  if req:has_header('X-Evil') then while true do pcall(function() while true do end end) end end\nend }",
+    );
+    let mut sim = Sim::with_profile(&profile_with_script(
+        &script,
+        "    on_script_error: reject 500",
+    ));
+    let out = sim.core_sends(&invite("evil@10.1.1.1", "z9hG4bKev", "X-Evil: 1\n"));
+    assert_eq!(
+        status(&out[1].1),
+        500,
+        "the runaway call follows the policy"
+    );
+    let out = sim.core_sends(&invite("good@10.1.1.1", "z9hG4bKgd", ""));
+    assert_eq!(
+        summary(&out),
+        [format!("100->{CORE_PEER}"), format!("INVITE->{TEAMS_PEER}")]
+    );
+}
+
+#[test]
+fn reload_pins_calls_in_progress_to_their_version() {
+    let version_rules = |value: &str| {
+        rules_file(&format!(
+            "return {{ on_request = function(call, msg) if msg.trunk == 'teams' then msg:set_header('X-Version', '{value}') end end }}"
+        ))
+    };
+    let metrics = Arc::new(RuleMetrics::default());
+    let v1 = profile_with_script(&version_rules("one"), "");
+    let mut sim = Sim::with_rules(&v1, metrics.clone());
+    let (first_b, first_ok) = answered_call(&mut sim, "v-1@10.1.1.1");
+    assert_eq!(h(&first_b, "X-Version"), Some("one"));
+
+    let v2 = profile_with_script(&version_rules("two"), "");
+    sim.engine.reload(rule_set(&v2, 2, metrics));
+    assert_eq!(sim.engine.version(), 2);
+    let out = sim.core_sends(&invite("v-2@10.1.1.1", "z9hG4bKv2", ""));
+    let second_b = out
+        .iter()
+        .find(|(_, m)| method(m) == "INVITE")
+        .expect("INVITE")
+        .1
+        .clone();
+    assert_eq!(
+        h(&second_b, "X-Version"),
+        Some("two"),
+        "new calls take the new version"
+    );
+    assert_eq!(sim.engine.calls_by_version(), [(1, 1), (2, 1)]);
+
+    // The first call's BYE toward Teams still runs version one; when it ends, only version
+    // two is in use.
+    let bye = format!(
+        "BYE sip:teams@127.0.0.1:5060 SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bKbyev1
+Max-Forwards: 70
+From: \"Alice\" <sip:+15550199@core.example.com>;tag=a1
+To: {}
+Call-ID: v-1@10.1.1.1
+CSeq: 11 BYE
+
+",
+        h(&first_ok, "To").unwrap_or_default()
+    );
+    let out = sim.core_sends(&bye);
+    let relayed = out
+        .iter()
+        .find(|(_, m)| method(m) == "BYE")
+        .expect("BYE to Teams");
+    assert_eq!(h(&relayed.1, "X-Version"), Some("one"));
+    sim.teams_sends(&answer_request(&relayed.1, 200, "OK"));
+    assert_eq!(sim.engine.calls_by_version(), [(2, 1)]);
 }

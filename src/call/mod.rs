@@ -8,9 +8,11 @@ pub mod build;
 
 pub use build::is_b2bua_owned;
 
-use crate::config::{HeaderPolicy, TrunkId};
+use crate::config::{HeaderPolicy, ScriptErrorPolicy, TrunkId};
 use crate::engine::{Engine, Peer, TxnId};
-use crate::script::{HookCall, HookMessage, RouteDecision, ScriptId};
+use crate::script::{
+    CallEndInfo, Hook, HookArgs, HookCall, HookMessage, RouteDecision, RuleSet, ScriptId,
+};
 use crate::sip::check::{check_request, check_response, RequestInfo};
 use crate::sip::header::split_list;
 use crate::sip::transaction::ClientState;
@@ -21,7 +23,12 @@ use build::{
     without_tag, ACCEPT, ALLOW, SUPPORTED,
 };
 use bytes::Bytes;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
+
+/// Serial failover attempts one call may make from `on_failure`.
+const MAX_ATTEMPTS: u8 = 5;
 
 /// Identifies a call inside one engine.
 pub type CallKey = u64;
@@ -107,12 +114,23 @@ struct PendingAck {
 }
 
 /// A call: two legs and where it stands.
-#[derive(Clone, Debug)]
 pub struct Call {
     /// The A-leg Call-ID, used in logs and as `call.id` in rules.
     pub id: String,
     pub ingress: TrunkId,
+    /// The rule-set version the call started on; it keeps it to the end.
+    pub rules: Arc<RuleSet>,
     pub script: Option<ScriptId>,
+    /// `call.vars`, once a hook used them.
+    vars: Option<mlua::Table>,
+    /// The B-leg INVITE as `on_invite` left it (and the headers it edited), kept when the
+    /// script has `on_failure` so the call can be routed again.
+    b_template: Option<(Message, Vec<HeaderName>)>,
+    /// B-leg INVITEs sent so far (serial failover).
+    attempts: u8,
+    answered_at: Option<Instant>,
+    /// The final status the caller got for its INVITE (0 until then).
+    a_status: u16,
     pub a: Dialog,
     pub b: Dialog,
     a_invite: TxnId,
@@ -150,6 +168,22 @@ struct Incoming {
     key: String,
     from: Peer,
     trunk: TrunkId,
+}
+
+/// Where a call is routed: a trunk, optionally one of its peers or another address, and
+/// optionally a Request-URI chosen by a rule.
+struct Route {
+    trunk: TrunkId,
+    peer: Option<SocketAddr>,
+    uri: Option<String>,
+}
+
+/// What a hook run decided.
+pub(crate) struct HookOutcome {
+    pub(crate) decision: Option<RouteDecision>,
+    /// `call.vars` created by a hook that ran before the call existed (`on_invite`).
+    vars: Option<mlua::Table>,
+    failed: bool,
 }
 
 /// Requests that refresh the remote target and carry our Contact.
@@ -223,22 +257,85 @@ fn retarget(uri: &str, peer: &Peer) -> String {
 }
 
 impl Engine {
-    fn trunk_name(&self, trunk: TrunkId) -> String {
-        self.profile.trunks[trunk].name.clone()
+    /// The rule set of a call, or the current one outside calls.
+    fn rules_of(&self, call: Option<CallKey>) -> Arc<RuleSet> {
+        call.and_then(|k| self.calls.get(&k))
+            .map_or_else(|| self.current.clone(), |c| c.rules.clone())
     }
 
-    fn hook_call(&self, call: Option<&Call>) -> Option<HookCall> {
-        call.map(|c| {
-            HookCall::new(
-                c.id.clone(),
-                self.trunk_name(c.ingress),
-                self.rules.trunk_names(),
-            )
-        })
+    /// Runs `hook` of `script` for the call `key` (or, with `key` None, for a call being set
+    /// up when the hook is `on_invite`, and for a message outside calls otherwise: `call` is
+    /// nil then). Failures are logged with the call id and counted.
+    #[allow(clippy::too_many_arguments)]
+    fn run_hook(
+        &mut self,
+        rules: &RuleSet,
+        key: Option<CallKey>,
+        call_id: &str,
+        ingress: TrunkId,
+        script: Option<ScriptId>,
+        hook: Hook,
+        args: HookArgs<'_>,
+    ) -> HookOutcome {
+        let vars = key
+            .and_then(|k| self.calls.get_mut(&k))
+            .and_then(|c| c.vars.take());
+        let mut call = HookCall::new(call_id.to_string(), ingress, vars);
+        let in_call = key.is_some() || hook == Hook::Invite;
+        let result = rules
+            .rules
+            .run(script, hook, in_call.then_some(&mut call), args);
+        let mut vars = call.vars.take();
+        if let Some(c) = key.and_then(|k| self.calls.get_mut(&k)) {
+            c.vars = vars.take();
+        }
+        let failed = match result {
+            Ok(()) => false,
+            Err(err) => {
+                self.stats.script_errors += 1;
+                tracing::warn!(call = %call_id, hook = hook.name(), "script error: {err}");
+                true
+            }
+        };
+        HookOutcome {
+            decision: call.decision,
+            vars,
+            failed,
+        }
     }
 
-    /// Runs the per-message hooks on a message about to be sent toward `trunk`, then applies
-    /// the trunk's header policy.
+    /// Runs a hook of a call's own script on its own rule-set version.
+    pub(crate) fn run_call_hook(
+        &mut self,
+        key: CallKey,
+        hook: Hook,
+        args: HookArgs<'_>,
+    ) -> HookOutcome {
+        let Some(call) = self.calls.get(&key) else {
+            return HookOutcome {
+                decision: None,
+                vars: None,
+                failed: false,
+            };
+        };
+        let (rules, id, ingress, script) = (
+            call.rules.clone(),
+            call.id.clone(),
+            call.ingress,
+            call.script,
+        );
+        if !rules.rules.has_hook(script, hook) {
+            return HookOutcome {
+                decision: None,
+                vars: None,
+                failed: false,
+            };
+        }
+        self.run_hook(&rules, Some(key), &id, ingress, script, hook, args)
+    }
+
+    /// Runs the per-message hook on a message about to be sent toward `trunk`, then applies
+    /// the trunk's header policy (of the call's rule-set version).
     fn outgoing(
         &mut self,
         call: Option<CallKey>,
@@ -247,25 +344,43 @@ impl Engine {
         trunk: TrunkId,
         msg: Message,
     ) -> Message {
+        self.outgoing_edited(call, script, leg, trunk, msg, Vec::new())
+            .0
+    }
+
+    /// [`Engine::outgoing`] for a message some headers of which a rule already edited (they
+    /// bypass the policy); also tells whether the hook failed.
+    fn outgoing_edited(
+        &mut self,
+        call: Option<CallKey>,
+        script: Option<ScriptId>,
+        leg: Leg,
+        trunk: TrunkId,
+        msg: Message,
+        touched: Vec<HeaderName>,
+    ) -> (Message, bool) {
+        let rules = self.rules_of(call);
+        let hook = if msg.is_request() {
+            Hook::Request
+        } else {
+            Hook::Response
+        };
         let mut hooked = HookMessage::new(msg, leg.name(), String::new());
-        if self.rules.has_message_hooks(script) {
-            hooked.trunk = self.trunk_name(trunk);
-            let mut hook_call = self.hook_call(call.and_then(|k| self.calls.get(&k)));
-            let result = if hooked.msg.is_request() {
-                self.rules
-                    .on_request(script, hook_call.as_mut(), &mut hooked)
-            } else {
-                self.rules
-                    .on_response(script, hook_call.as_mut(), &mut hooked)
-            };
-            if let Err(err) = result {
-                let id = hook_call.map(|c| c.id).unwrap_or_default();
-                tracing::warn!(call = %id, "script error: {err}");
-            }
+        hooked.touched = touched;
+        let mut failed = false;
+        if rules.rules.has_hook(script, hook) {
+            hooked.trunk = rules.profile.trunks[trunk].name.clone();
+            let (call_id, ingress) = call
+                .and_then(|k| self.calls.get(&k))
+                .map_or((String::new(), trunk), |c| (c.id.clone(), c.ingress));
+            let args = HookArgs::Message(&mut hooked);
+            failed = self
+                .run_hook(&rules, call, &call_id, ingress, script, hook, args)
+                .failed;
         }
-        let policy = &self.profile.trunks[trunk].headers;
+        let policy = &rules.profile.trunks[trunk].headers;
         apply_policy(&mut hooked.msg, &hooked.touched, policy);
-        hooked.msg
+        (hooked.msg, failed)
     }
 
     /// The ACK for a non-2xx final response to a client INVITE transaction (RFC 3261
@@ -320,7 +435,7 @@ impl Engine {
         for (name, value) in extra {
             response.push_header(name.clone(), value.clone());
         }
-        let script = self.rules.script_of(trunk);
+        let script = self.current.rules.script_of(trunk);
         let response = self.outgoing(None, script, Leg::A, trunk, response);
         let id = self.create_server(key, req, from, ServerOwner::Local);
         self.send_response(id, &response, now);
@@ -364,7 +479,11 @@ impl Engine {
             self.server_retransmission(id, now);
             return;
         }
-        let Some(trunk) = self.profile.trunk_for(from.listener, from.addr.ip()) else {
+        let Some(trunk) = self
+            .current
+            .profile
+            .trunk_for(from.listener, from.addr.ip())
+        else {
             tracing::info!(peer = %from.addr, "request from a source that belongs to no trunk");
             self.reject_stateless(&msg, from, 403, "source belongs to no trunk", now);
             return;
@@ -562,7 +681,8 @@ impl Engine {
             );
             return;
         }
-        let script = self.rules.script_of(trunk);
+        let rules = self.current.clone();
+        let script = rules.rules.script_of(trunk);
         let a_invite = self.create_server(key, msg.clone(), from, ServerOwner::Local);
         let a_tag = self.new_tag();
         let trying = response_to(&msg, 100, None, None);
@@ -571,7 +691,7 @@ impl Engine {
 
         let a_from = msg.header_str(&HeaderName::From).unwrap_or_default();
         let a_to = msg.header_str(&HeaderName::To).unwrap_or_default();
-        let listener = &self.profile.listeners[from.listener];
+        let listener = &rules.profile.listeners[from.listener];
         let a = Dialog {
             trunk,
             peer: from,
@@ -592,8 +712,6 @@ impl Engine {
         };
 
         // The B-leg INVITE as the rules see it: identity and body, no routing yet.
-        let b_call_id = self.new_call_id();
-        let b_tag = self.new_tag();
         let uri = match &msg.start {
             StartLine::Request { uri, .. } => uri.clone(),
             StartLine::Response { .. } => String::new(),
@@ -608,32 +726,55 @@ impl Engine {
         };
         let max_forwards = info.max_forwards.unwrap_or(70).saturating_sub(1);
         draft.push_header(HeaderName::MaxForwards, max_forwards.to_string());
-        draft.push_header(HeaderName::From, format!("{};tag={b_tag}", a.remote_party));
+        draft.push_header(HeaderName::From, a.remote_party.clone());
         draft.push_header(HeaderName::To, a.local_party.clone());
-        draft.push_header(HeaderName::CallId, b_call_id.clone());
+        draft.push_header(HeaderName::CallId, String::new());
         draft.push_header(HeaderName::CSeq, "1 INVITE".to_string());
         copy_crossing(&msg, &mut draft);
+        let (b_call_id, b_tag) = self.fresh_b_identity(&mut draft);
 
-        let mut hook_call = HookCall::new(
-            info.call_id.clone(),
-            self.trunk_name(trunk),
-            self.rules.trunk_names(),
-        );
         let mut hooked = HookMessage::new(draft, Leg::B.name(), String::new());
-        if let Err(err) = self.rules.on_invite(script, &mut hook_call, &mut hooked) {
-            tracing::warn!(call = %info.call_id, "script error in on_invite: {err}");
-        }
-        let decision = hook_call
-            .decision
-            .clone()
-            .or_else(|| self.profile.trunks[trunk].route.map(RouteDecision::Route));
-        let dest = match decision {
-            Some(RouteDecision::Route(dest)) => dest,
-            Some(RouteDecision::Reject { status, reason }) => {
+        let outcome = self.run_hook(
+            &rules,
+            None,
+            &info.call_id,
+            trunk,
+            script,
+            Hook::Invite,
+            HookArgs::Message(&mut hooked),
+        );
+        let policy = rules.profile.trunks[trunk].on_script_error;
+        let decision = match (outcome.failed, policy) {
+            (true, ScriptErrorPolicy::Reject(status)) => Some(RouteDecision::Reject {
+                status,
+                reason: crate::sip::reason_phrase(status).to_string(),
+                headers: Vec::new(),
+            }),
+            _ => outcome.decision.or_else(|| {
+                rules.profile.trunks[trunk]
+                    .route
+                    .map(|trunk| RouteDecision::Route {
+                        trunk,
+                        peer: None,
+                        uri: None,
+                    })
+            }),
+        };
+        let route = match decision {
+            Some(RouteDecision::Route { trunk, peer, uri }) => Route { trunk, peer, uri },
+            Some(RouteDecision::Reject {
+                status,
+                reason,
+                headers,
+            }) => {
                 self.stats.calls_failed += 1;
                 let mut response = response_to(&msg, status, Some(&reason), Some(&a.local_tag));
-                response = self.outgoing(None, script, Leg::A, trunk, response);
-                self.send_response(a_invite, &response, now);
+                for (name, value) in headers {
+                    response.push_header(name, value);
+                }
+                let response =
+                    self.outgoing_edited(None, script, Leg::A, trunk, response, Vec::new());
+                self.send_response(a_invite, &response.0, now);
                 return;
             }
             None => {
@@ -644,67 +785,29 @@ impl Engine {
                 return;
             }
         };
-
-        // Route: address the callee's trunk, add Via and Contact, let the rules see it once more.
-        let dest_trunk = &self.profile.trunks[dest];
-        let Some(peer_addr) = dest_trunk.peers.first().copied() else {
+        let HookMessage {
+            msg: draft,
+            touched,
+            ..
+        } = hooked;
+        let b_template = rules
+            .rules
+            .has_hook(script, Hook::Failure)
+            .then(|| (draft.clone(), touched.clone()));
+        let Some((b, invite)) = self.address_b_leg(&rules, draft, &route, b_call_id, b_tag) else {
             return;
-        };
-        let peer = Peer {
-            listener: dest_trunk.listener,
-            transport: dest_trunk.transport,
-            addr: peer_addr,
-            conn: None,
-        };
-        let mut invite = hooked.msg;
-        let touched = hooked.touched;
-        if let StartLine::Request { uri, .. } = &mut invite.start {
-            *uri = retarget(uri, &peer);
-        }
-        let branch = self.new_branch();
-        let listener = &self.profile.listeners[peer.listener];
-        invite.headers.insert(
-            0,
-            crate::sip::Header::new(
-                HeaderName::Via,
-                via_value(listener, peer.transport, &branch),
-            ),
-        );
-        let b_from = invite
-            .header_str(&HeaderName::From)
-            .unwrap_or_default()
-            .to_string();
-        let b_to = invite
-            .header_str(&HeaderName::To)
-            .unwrap_or_default()
-            .to_string();
-        let b_contact = contact_value(user_of(&b_from).as_deref(), listener, peer.transport);
-        invite.push_header(HeaderName::Contact, b_contact.clone());
-        invite.push_header(HeaderName::Allow, ALLOW.to_string());
-        let remote_target = match &invite.start {
-            StartLine::Request { uri, .. } => uri.clone(),
-            StartLine::Response { .. } => String::new(),
-        };
-        let b = Dialog {
-            trunk: dest,
-            peer,
-            call_id: b_call_id,
-            local_tag: b_tag,
-            remote_tag: None,
-            local_party: without_tag(&b_from),
-            remote_party: without_tag(&b_to),
-            remote_target,
-            route_set: Vec::new(),
-            local_cseq: 1,
-            remote_cseq: 0,
-            invite_cseq: 1,
-            contact: b_contact,
         };
         let call_key = self.next_id();
         let call = Call {
             id: info.call_id,
             ingress: trunk,
+            rules,
             script,
+            vars: outcome.vars,
+            b_template,
+            attempts: 1,
+            answered_at: None,
+            a_status: 0,
             a,
             b,
             a_invite,
@@ -726,34 +829,146 @@ impl Engine {
             entry.owner = ServerOwner::Invite(call_key);
         }
         self.stats.calls_started += 1;
+        self.send_b_invite(call_key, invite, touched, now);
+    }
 
-        let mut hooked = HookMessage::new(invite, Leg::B.name(), String::new());
-        hooked.touched = touched;
-        let invite = {
-            // Per-message hooks see the routed INVITE; edits from on_invite stay exempt from policy.
-            let mut msg = hooked.msg;
-            let touched = std::mem::take(&mut hooked.touched);
-            if self.rules.has_message_hooks(script) {
-                let mut again = HookMessage::new(msg, Leg::B.name(), self.trunk_name(dest));
-                again.touched = touched;
-                let mut hook_call = self.hook_call(self.calls.get(&call_key));
-                if let Err(err) = self
-                    .rules
-                    .on_request(script, hook_call.as_mut(), &mut again)
-                {
-                    tracing::warn!(call = %hook_call.map(|c| c.id).unwrap_or_default(), "script error: {err}");
-                }
-                msg = again.msg;
-                apply_policy(&mut msg, &again.touched, &self.profile.trunks[dest].headers);
-            } else {
-                apply_policy(&mut msg, &touched, &self.profile.trunks[dest].headers);
-            }
-            msg
+    /// Gives a B-leg INVITE draft a fresh Call-ID and From-tag; returns them.
+    fn fresh_b_identity(&mut self, draft: &mut Message) -> (String, String) {
+        let call_id = self.new_call_id();
+        let tag = self.new_tag();
+        let from = without_tag(draft.header_str(&HeaderName::From).unwrap_or_default());
+        draft.set_header(HeaderName::From, format!("{from};tag={tag}"));
+        draft.set_header(HeaderName::CallId, call_id.clone());
+        (call_id, tag)
+    }
+
+    /// Addresses a B-leg INVITE to a route: Request-URI, Via, Contact and Allow. Returns the
+    /// B-leg dialog and the INVITE, or None when the trunk has no peer.
+    fn address_b_leg(
+        &mut self,
+        rules: &RuleSet,
+        mut invite: Message,
+        route: &Route,
+        call_id: String,
+        local_tag: String,
+    ) -> Option<(Dialog, Message)> {
+        let dest = &rules.profile.trunks[route.trunk];
+        let peer = Peer {
+            listener: dest.listener,
+            transport: dest.transport,
+            addr: route.peer.or_else(|| dest.peers.first().copied())?,
+            conn: None,
         };
-        let b_invite = self.start_client(invite, peer, ClientOwner::Invite(call_key), now);
-        if let Some(call) = self.calls.get_mut(&call_key) {
+        if let StartLine::Request { uri, .. } = &mut invite.start {
+            *uri = match &route.uri {
+                Some(chosen) => chosen.clone(),
+                None => retarget(uri, &peer),
+            };
+        }
+        let branch = self.new_branch();
+        let listener = &rules.profile.listeners[peer.listener];
+        invite.headers.insert(
+            0,
+            crate::sip::Header::new(
+                HeaderName::Via,
+                via_value(listener, peer.transport, &branch),
+            ),
+        );
+        let b_from = invite
+            .header_str(&HeaderName::From)
+            .unwrap_or_default()
+            .to_string();
+        let b_to = invite
+            .header_str(&HeaderName::To)
+            .unwrap_or_default()
+            .to_string();
+        let contact = contact_value(user_of(&b_from).as_deref(), listener, peer.transport);
+        invite.push_header(HeaderName::Contact, contact.clone());
+        invite.push_header(HeaderName::Allow, ALLOW.to_string());
+        let remote_target = match &invite.start {
+            StartLine::Request { uri, .. } => uri.clone(),
+            StartLine::Response { .. } => String::new(),
+        };
+        let dialog = Dialog {
+            trunk: route.trunk,
+            peer,
+            call_id,
+            local_tag,
+            remote_tag: None,
+            local_party: without_tag(&b_from),
+            remote_party: without_tag(&b_to),
+            remote_target,
+            route_set: Vec::new(),
+            local_cseq: 1,
+            remote_cseq: 0,
+            invite_cseq: 1,
+            contact,
+        };
+        Some((dialog, invite))
+    }
+
+    /// Sends a call's B-leg INVITE after the per-message hook and the header policy (edits
+    /// from `on_invite` stay exempt from the policy). A failing hook on a trunk whose policy is
+    /// `reject` refuses the call instead.
+    fn send_b_invite(
+        &mut self,
+        key: CallKey,
+        invite: Message,
+        touched: Vec<HeaderName>,
+        now: Instant,
+    ) {
+        let Some(call) = self.calls.get(&key) else {
+            return;
+        };
+        let (script, peer, dest, ingress) = (call.script, call.b.peer, call.b.trunk, call.ingress);
+        let policy = call.rules.profile.trunks[ingress].on_script_error;
+        let (invite, failed) =
+            self.outgoing_edited(Some(key), script, Leg::B, dest, invite, touched);
+        if let (true, ScriptErrorPolicy::Reject(status)) = (failed, policy) {
+            self.stats.calls_failed += 1;
+            if let Some(server) = self.calls.get(&key).map(|c| c.a_invite) {
+                self.reply_local(key, Leg::A, server, status, now);
+            }
+            self.end_call(key, "error", "sbc", now);
+            return;
+        }
+        let b_invite = self.start_client(invite, peer, ClientOwner::Invite(key), now);
+        if let Some(call) = self.calls.get_mut(&key) {
             call.b_invite = b_invite;
         }
+    }
+
+    /// Serial failover: sends the call's INVITE again, as `on_invite` left it, on a fresh
+    /// B-leg toward `route`. Returns false when the call cannot be routed again.
+    fn reroute(&mut self, key: CallKey, route: &Route, now: Instant) -> bool {
+        let Some(call) = self.calls.get(&key) else {
+            return false;
+        };
+        if call.attempts >= MAX_ATTEMPTS {
+            tracing::info!(call = %call.id, attempts = call.attempts, "failover limit reached");
+            return false;
+        }
+        let Some((mut draft, touched)) = call.b_template.clone() else {
+            return false;
+        };
+        let rules = call.rules.clone();
+        let (call_id, tag) = self.fresh_b_identity(&mut draft);
+        let Some((b, invite)) = self.address_b_leg(&rules, draft, route, call_id, tag) else {
+            return false;
+        };
+        let Some(call) = self.calls.get_mut(&key) else {
+            return false;
+        };
+        tracing::info!(call = %call.id, trunk = %rules.profile.trunks[route.trunk].name, "failover");
+        let old = std::mem::replace(&mut call.b, b);
+        call.attempts += 1;
+        call.b_provisional = false;
+        call.invite_pending = true;
+        let new_id = call.b.call_id.clone();
+        self.dialogs.remove(&old.call_id);
+        self.dialogs.insert(new_id, (key, Leg::B));
+        self.send_b_invite(key, invite, touched, now);
+        true
     }
 
     /// A response arrived.
@@ -836,6 +1051,9 @@ impl Engine {
                 return;
             }
             Engine::learn_b_dialog(call, &msg);
+            if !msg.body.is_empty() {
+                self.lifecycle_hook(key, Hook::EarlyMedia, &msg);
+            }
         } else if status < 300 {
             Engine::learn_b_dialog(call, &msg);
             call.invite_pending = false;
@@ -843,34 +1061,107 @@ impl Engine {
                 // The caller gave up first: acknowledge and hang up the callee.
                 self.ack_leg(key, Leg::B, None);
                 self.send_bye(key, Leg::B, now);
-                self.end_call(key);
+                self.end_call(key, "cancel", "a", now);
                 return;
             }
             call.answered = true;
+            call.answered_at = Some(now);
             call.pending_ack = Some(PendingAck {
                 from: Leg::A,
                 server: call.a_invite,
             });
             self.stats.calls_answered += 1;
+            self.lifecycle_hook(key, Hook::Answer, &msg);
         } else {
             call.invite_pending = false;
-            let canceled = call.canceled;
-            if !canceled {
-                self.stats.calls_failed += 1;
-            }
-            if canceled {
-                self.end_call(key);
+            if call.canceled {
+                self.end_call(key, "cancel", "a", now);
                 return;
             }
+            match self.lifecycle_hook(key, Hook::Failure, &msg) {
+                Some(RouteDecision::Route { trunk, peer, uri })
+                    if self.reroute(
+                        key,
+                        &Route {
+                            trunk,
+                            peer,
+                            uri: uri.clone(),
+                        },
+                        now,
+                    ) =>
+                {
+                    return;
+                }
+                Some(RouteDecision::Reject {
+                    status,
+                    reason,
+                    headers,
+                }) => {
+                    self.stats.calls_failed += 1;
+                    self.reject_call(key, status, &reason, headers, now);
+                    self.end_call(key, "rejected", "b", now);
+                    return;
+                }
+                _ => {}
+            }
+            self.stats.calls_failed += 1;
         }
-        let Some(call) = self.calls.get(&key) else {
+        let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
         let server = call.a_invite;
+        if status >= 200 {
+            call.a_status = status;
+        }
         self.relay_response_to(key, Leg::A, server, &msg, now);
         if status >= 300 {
-            self.end_call(key);
+            self.end_call(key, "rejected", "b", now);
         }
+    }
+
+    /// Runs a lifecycle hook (`on_early_media`, `on_answer`, `on_failure`) with the callee's
+    /// response and returns the rule's decision (only `on_failure` acts on it).
+    fn lifecycle_hook(&mut self, key: CallKey, hook: Hook, msg: &Message) -> Option<RouteDecision> {
+        let call = self.calls.get(&key)?;
+        if !call.rules.rules.has_hook(call.script, hook) {
+            return None;
+        }
+        let trunk = call.rules.profile.trunks[call.b.trunk].name.clone();
+        let mut hooked = HookMessage::new(msg.clone(), Leg::B.name(), trunk);
+        self.run_call_hook(key, hook, HookArgs::Message(&mut hooked))
+            .decision
+    }
+
+    /// Answers the caller's INVITE with a rule's rejection.
+    fn reject_call(
+        &mut self,
+        key: CallKey,
+        status: u16,
+        reason: &str,
+        headers: Vec<(HeaderName, String)>,
+        now: Instant,
+    ) {
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        call.a_status = status;
+        let (server, tag, script, trunk) = (
+            call.a_invite,
+            call.a.local_tag.clone(),
+            call.script,
+            call.a.trunk,
+        );
+        let Some(request) = self.servers.get(&server).and_then(|e| e.request.as_ref()) else {
+            return;
+        };
+        let mut response = response_to(request, status, Some(reason), Some(&tag));
+        let touched = headers.iter().map(|(name, _)| name.clone()).collect();
+        for (name, value) in headers {
+            response.push_header(name, value);
+        }
+        let (response, _) =
+            self.outgoing_edited(Some(key), script, Leg::A, trunk, response, touched);
+        self.send_response(server, &response, now);
     }
 
     /// Relays a response from one leg to the server transaction `server` on leg `to`.
@@ -942,7 +1233,7 @@ impl Engine {
         }
         self.relay_response_to(key, to, server, &msg, now);
         if method == Method::Bye && status >= 200 {
-            self.end_call(key);
+            self.end_call(key, "bye", to.name(), now);
         }
     }
 
@@ -969,7 +1260,7 @@ impl Engine {
             return;
         };
         let dialog = call.leg(leg);
-        let listener = &self.profile.listeners[dialog.peer.listener];
+        let listener = &self.current.profile.listeners[dialog.peer.listener];
         let via = via_value(listener, dialog.peer.transport, &branch);
         let mut ack = dialog_request(Method::Ack, dialog, via, dialog.invite_cseq, 70);
         if let Some(from) = from {
@@ -996,7 +1287,7 @@ impl Engine {
         }
         dialog.local_cseq += 1;
         let dialog = call.leg(leg);
-        let listener = &self.profile.listeners[dialog.peer.listener];
+        let listener = &self.current.profile.listeners[dialog.peer.listener];
         let via = via_value(listener, dialog.peer.transport, &branch);
         let bye = dialog_request(Method::Bye, dialog, via, dialog.local_cseq, 70);
         let (peer, trunk, script) = (dialog.peer, dialog.trunk, call.script);
@@ -1053,7 +1344,9 @@ impl Engine {
             .and_then(|k| self.calls.get(&k))
             .map(|c| c.a.local_tag.clone());
         let ok = response_to(&msg, 200, None, to_tag.as_deref());
-        let script = self.rules.script_of(trunk);
+        let script = call_key
+            .and_then(|k| self.calls.get(&k))
+            .map_or_else(|| self.current.rules.script_of(trunk), |c| c.script);
         let ok = self.outgoing(call_key, script, Leg::A, trunk, ok);
         let id = self.create_server(key, msg, from, ServerOwner::Local);
         self.send_response(id, &ok, now);
@@ -1069,6 +1362,7 @@ impl Engine {
         call.canceled = true;
         let send_cancel = call.b_provisional;
         call.cancel_pending = !send_cancel;
+        call.a_status = 487;
         let terminated = response_to(&request, 487, None, Some(&call.a.local_tag));
         let terminated = self.outgoing(Some(call_key), script, Leg::A, trunk, terminated);
         self.send_response(invite, &terminated, now);
@@ -1202,7 +1496,7 @@ impl Engine {
             other.invite_cseq = other.local_cseq;
         }
         let other = call.leg(to);
-        let listener = &self.profile.listeners[other.peer.listener];
+        let listener = &self.current.profile.listeners[other.peer.listener];
         let via = via_value(listener, other.peer.transport, &branch);
         let max_forwards = info.max_forwards.unwrap_or(70).saturating_sub(1);
         let mut request =
@@ -1245,7 +1539,7 @@ impl Engine {
                     self.stats.calls_failed += 1;
                     self.reply_local(key, Leg::A, server, 408, now);
                 }
-                self.end_call(key);
+                self.end_call(key, "timeout", "sbc", now);
             }
             ClientOwner::Relay { call: key, server } => {
                 let Some(entry) = self.servers.get(&server) else {
@@ -1263,7 +1557,7 @@ impl Engine {
                     // The dialog is gone on the silent side (RFC 5057): hang up the requester.
                     self.send_bye(key, requester, now);
                 }
-                self.end_call(key);
+                self.end_call(key, "timeout", "sbc", now);
             }
             ClientOwner::Local => {}
         }
@@ -1285,7 +1579,7 @@ impl Engine {
             tracing::info!(call = %call.id, "2xx never acknowledged: hanging up both legs");
             self.send_bye(key, Leg::A, now);
             self.send_bye(key, Leg::B, now);
-            self.end_call(key);
+            self.end_call(key, "timeout", "sbc", now);
         }
     }
 
@@ -1294,9 +1588,12 @@ impl Engine {
         let Some(request) = self.servers.get(&server).and_then(|e| e.request.as_ref()) else {
             return;
         };
-        let Some(call) = self.calls.get(&key) else {
+        let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
+        if server == call.a_invite {
+            call.a_status = status;
+        }
         let dialog = call.leg(leg);
         let response = response_to(request, status, None, Some(&dialog.local_tag));
         let (script, trunk) = (call.script, dialog.trunk);
@@ -1304,9 +1601,24 @@ impl Engine {
         self.send_response(server, &response, now);
     }
 
-    fn end_call(&mut self, key: CallKey) {
+    /// Forgets a call after telling its rules how it ended (`on_call_end`).
+    fn end_call(&mut self, key: CallKey, reason: &'static str, by: &'static str, now: Instant) {
+        if let Some(call) = self.calls.get(&key) {
+            if call.rules.rules.has_hook(call.script, Hook::CallEnd) {
+                let info = CallEndInfo {
+                    reason,
+                    by,
+                    status: call.a_status,
+                    answered: call.answered,
+                    duration: call
+                        .answered_at
+                        .map_or(0.0, |at| now.saturating_duration_since(at).as_secs_f64()),
+                };
+                self.run_call_hook(key, Hook::CallEnd, HookArgs::CallEnd(&info));
+            }
+        }
         if let Some(call) = self.calls.remove(&key) {
-            tracing::debug!(call = %call.id, "call ended");
+            tracing::debug!(call = %call.id, reason, by, "call ended");
             self.dialogs.remove(&call.a.call_id);
             self.dialogs.remove(&call.b.call_id);
         }

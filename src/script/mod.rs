@@ -1,42 +1,53 @@
-//! Lua rules (mlua, Lua 5.4): loading, sandboxing and hook dispatch.
+//! Lua rules (mlua, Lua 5.4): loading, sandboxing, hook dispatch and per-hook metrics.
 //!
 //! Each trunk may name a script: a Lua chunk that returns a table of hook functions. One
-//! [`Rules`] holds one Lua state (per shard) with every script of a profile loaded into it.
-//! Hooks receive a `call` object and the message that is about to be sent, as userdata borrowed
-//! for the duration of the call: they can read and edit the message and decide where a new call
-//! goes. An error in a hook is reported with the script's file:line and the call id and never
-//! stops the engine: the call continues with default behaviour.
+//! [`Rules`] is one shard's copy of one rule-set version: a sandboxed Lua state with every
+//! script of a profile loaded into it, each script in its own environment. Hooks receive a
+//! `call` object and what the hook is about (a message, an SDP, a media event), as userdata
+//! borrowed for the duration of the call. An error, an exhausted instruction budget or the
+//! memory limit stops only that hook call: it is logged with the script's file:line and the
+//! call id, counted, and the call follows its trunk's `on_script_error` policy.
 
 mod api;
+mod pattern;
+pub mod reload;
+mod sandbox;
 
-pub use api::{HookCall, HookMessage, RouteDecision};
+pub use api::{CallEndInfo, HookCall, HookMessage, MediaEvent, RouteDecision};
+pub use sandbox::BUDGET_EXCEEDED;
 
 use crate::config::{Profile, TrunkId};
-use mlua::{Function, HookTriggers, Lua, LuaOptions, StdLib, Table, Value, VmState};
-use std::collections::HashMap;
+use mlua::{Function, Lua, Table, Value};
+use sandbox::{Budget, Modules};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
-
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 /// Product model and version, as Lua sees them in `bh.model` and `bh.version`.
 pub const MODEL: &str = "SBC";
 /// The running version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// Memory one Lua state may use.
-const MEMORY_LIMIT: usize = 64 * 1024 * 1024;
-/// Instructions one hook call may run (checked every [`BUDGET_STEP`] instructions).
-const INSTRUCTION_BUDGET: u32 = 5_000_000;
-const BUDGET_STEP: u32 = 1000;
+/// What stopped a hook or a load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A Lua error (raised by the script or by an API function it called).
+    Error,
+    /// The hook call ran out of instructions.
+    Budget,
+    /// The Lua state ran out of memory.
+    Memory,
+}
 
 /// A script that failed to load, or a hook that failed to run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ScriptError {
     /// `file:line: message` as Lua reports it (or the file alone when there is no line).
     pub message: String,
+    pub kind: ErrorKind,
 }
-
 impl fmt::Display for ScriptError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)
@@ -46,6 +57,13 @@ impl fmt::Display for ScriptError {
 impl std::error::Error for ScriptError {}
 
 impl ScriptError {
+    fn new(message: String) -> ScriptError {
+        ScriptError {
+            message,
+            kind: ErrorKind::Error,
+        }
+    }
+
     fn from_lua(err: &mlua::Error) -> ScriptError {
         // Lua runtime errors carry "file:line: message" first; keep that line, drop the traceback.
         // An error raised by a Rust API function has no place of its own: take the script line
@@ -66,10 +84,16 @@ impl ScriptError {
             return match caller {
                 Some(place) if !inner.message.starts_with(place) => ScriptError {
                     message: format!("{place}: {}", inner.message),
+                    kind: inner.kind,
                 },
                 _ => inner,
             };
         }
+        let kind = match err {
+            mlua::Error::MemoryError(_) => ErrorKind::Memory,
+            _ if err.to_string().contains(BUDGET_EXCEEDED) => ErrorKind::Budget,
+            _ => ErrorKind::Error,
+        };
         let text = err.to_string();
         let first = text.lines().next().unwrap_or_default();
         let first = first
@@ -78,37 +102,215 @@ impl ScriptError {
             .unwrap_or(first);
         ScriptError {
             message: first.to_string(),
+            kind,
         }
     }
 }
 
-/// The hooks one script defines.
-#[derive(Default)]
-struct ScriptHooks {
-    on_invite: Option<Function>,
-    on_request: Option<Function>,
-    on_response: Option<Function>,
+/// A hook a script may define.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Hook {
+    /// `on_invite(call, req)`: a new call, before it is routed.
+    Invite,
+    /// `on_request(call, req)`: a request about to be sent.
+    Request,
+    /// `on_response(call, resp)`: a response about to be sent.
+    Response,
+    /// `on_early_media(call, resp)`: the callee sent a provisional response with SDP.
+    EarlyMedia,
+    /// `on_answer(call, resp)`: the callee answered.
+    Answer,
+    /// `on_failure(call, resp)`: the callee refused; a rule may route the call again.
+    Failure,
+    /// `on_media(call, ev)`: a media event (DTMF, RTP timeout, quality report).
+    Media,
+    /// `on_call_end(call, info)`: the call is over.
+    CallEnd,
+}
+
+impl Hook {
+    /// Every hook, in declaration order.
+    pub const ALL: [Hook; 8] = [
+        Hook::Invite,
+        Hook::Request,
+        Hook::Response,
+        Hook::EarlyMedia,
+        Hook::Answer,
+        Hook::Failure,
+        Hook::Media,
+        Hook::CallEnd,
+    ];
+
+    /// The function name a script defines.
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::Invite => "on_invite",
+            Hook::Request => "on_request",
+            Hook::Response => "on_response",
+            Hook::EarlyMedia => "on_early_media",
+            Hook::Answer => "on_answer",
+            Hook::Failure => "on_failure",
+            Hook::Media => "on_media",
+            Hook::CallEnd => "on_call_end",
+        }
+    }
+}
+
+/// Upper bounds (µs) of the hook latency histogram buckets; the last bucket is unbounded.
+pub const LATENCY_BUCKETS_US: [u64; 8] = [5, 10, 50, 100, 500, 1_000, 10_000, 100_000];
+
+/// Counters of one hook of one script, shared by every shard and kept across reloads.
+#[derive(Debug, Default)]
+pub struct HookCounters {
+    pub calls: AtomicU64,
+    pub errors: AtomicU64,
+    pub budget_hits: AtomicU64,
+    pub memory_hits: AtomicU64,
+    pub total_ns: AtomicU64,
+    /// Hook calls per latency bucket ([`LATENCY_BUCKETS_US`], then one for slower ones).
+    pub buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
+}
+
+impl HookCounters {
+    fn record(&self, elapsed_ns: u64, error: Option<ErrorKind>) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.total_ns.fetch_add(elapsed_ns, Ordering::Relaxed);
+        let bucket = LATENCY_BUCKETS_US
+            .iter()
+            .position(|limit| elapsed_ns <= limit * 1000)
+            .unwrap_or(LATENCY_BUCKETS_US.len());
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        let counter = match error {
+            None => return,
+            Some(ErrorKind::Error) => &self.errors,
+            Some(ErrorKind::Budget) => &self.budget_hits,
+            Some(ErrorKind::Memory) => &self.memory_hits,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Label pairs of a rule-defined counter, sorted by name.
+pub type Labels = Vec<(String, String)>;
+
+/// Metrics of the rule engine: per script and hook, plus the counters rules increment with
+/// `bh.metric.inc`. One registry serves every shard and every rule-set version.
+#[derive(Debug, Default)]
+pub struct RuleMetrics {
+    hooks: Mutex<BTreeMap<(PathBuf, Hook), Arc<HookCounters>>>,
+    user: Mutex<BTreeMap<(String, Labels), u64>>,
+    /// Reloads that became current, and reloads refused.
+    pub reloads: AtomicU64,
+    pub reload_failures: AtomicU64,
+}
+
+impl RuleMetrics {
+    fn counters(&self, script: &Path, hook: Hook) -> Arc<HookCounters> {
+        let mut hooks = self.hooks.lock().unwrap_or_else(|e| e.into_inner());
+        hooks
+            .entry((script.to_path_buf(), hook))
+            .or_default()
+            .clone()
+    }
+
+    /// The counters of every script and hook that has been loaded.
+    pub fn hooks(&self) -> Vec<(PathBuf, Hook, Arc<HookCounters>)> {
+        let hooks = self.hooks.lock().unwrap_or_else(|e| e.into_inner());
+        hooks
+            .iter()
+            .map(|((path, hook), counters)| (path.clone(), *hook, counters.clone()))
+            .collect()
+    }
+
+    /// Counters incremented by rules (`bh.metric.inc(name, labels)`), with sorted labels.
+    pub fn user_counters(&self) -> Vec<(String, Labels, u64)> {
+        let user = self.user.lock().unwrap_or_else(|e| e.into_inner());
+        user.iter()
+            .map(|((name, labels), value)| (name.clone(), labels.clone(), *value))
+            .collect()
+    }
+
+    pub(crate) fn inc_user(&self, name: String, labels: Labels, by: u64) {
+        let mut user = self.user.lock().unwrap_or_else(|e| e.into_inner());
+        *user.entry((name, labels)).or_default() += by;
+    }
+}
+
+/// One rule-set version as one shard runs it: the profile and the rules compiled from it.
+/// Calls keep the version they started with; it is freed when the last of them ends.
+pub struct RuleSet {
+    /// Increases with every reload that became current (the first version is 1).
+    pub version: u64,
+    pub profile: Arc<Profile>,
+    pub rules: Rules,
+}
+
+impl fmt::Debug for RuleSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RuleSet")
+            .field("version", &self.version)
+            .field("profile", &self.profile.path)
+            .finish()
+    }
+}
+
+impl RuleSet {
+    /// Compiles a profile's rules into a version for one shard.
+    pub fn load(
+        profile: Arc<Profile>,
+        version: u64,
+        metrics: Arc<RuleMetrics>,
+    ) -> Result<Arc<RuleSet>, Vec<ScriptError>> {
+        let rules = Rules::load(&profile, metrics)?;
+        Ok(Arc::new(RuleSet {
+            version,
+            profile,
+            rules,
+        }))
+    }
+}
+
+/// One loaded script: its hooks and their counters.
+struct Script {
+    hooks: [Option<Function>; Hook::ALL.len()],
+    counters: [Arc<HookCounters>; Hook::ALL.len()],
 }
 
 /// Index of a loaded script.
 pub type ScriptId = usize;
 
-/// Every script of a profile, loaded into one sandboxed Lua state.
+/// What a hook is called with, besides the call.
+pub enum HookArgs<'a> {
+    /// A SIP message (on_invite, on_request, on_response, on_early_media, on_answer,
+    /// on_failure).
+    Message(&'a mut HookMessage),
+    /// A media event (on_media).
+    Media(&'a MediaEvent),
+    /// How the call ended (on_call_end).
+    CallEnd(&'a CallEndInfo),
+}
+
+/// One shard's copy of one rule-set version: every script of a profile, loaded into one
+/// sandboxed Lua state.
 pub struct Rules {
     lua: Lua,
-    scripts: Vec<ScriptHooks>,
+    budget: Budget,
+    scripts: Vec<Script>,
     /// Script of each trunk, by trunk index.
     trunk_script: Vec<Option<ScriptId>>,
-    trunk_names: Arc<[String]>,
-    instructions: Arc<AtomicU32>,
-    /// Hook calls that raised an error or ran out of budget.
-    pub errors: u64,
+    metrics: Arc<RuleMetrics>,
 }
 
 impl Rules {
-    /// Loads the scripts a profile names. Every failing script is reported.
-    pub fn load(profile: &Profile) -> Result<Rules, Vec<ScriptError>> {
-        let (lua, instructions) = sandbox().map_err(|e| vec![ScriptError::from_lua(&e)])?;
+    /// Loads the scripts a profile names, counting into `metrics`. Every failing script is
+    /// reported with file:line.
+    pub fn load(profile: &Profile, metrics: Arc<RuleMetrics>) -> Result<Rules, Vec<ScriptError>> {
+        let lua_error = |e: mlua::Error| vec![ScriptError::from_lua(&e)];
+        let (lua, budget) = sandbox::new_state(&profile.limits).map_err(lua_error)?;
+        pattern::install(&lua, &budget).map_err(lua_error)?;
+        let bh = api::bh_table(&lua).map_err(lua_error)?;
+        api::install_app_data(&lua, profile, metrics.clone()).map_err(lua_error)?;
+        lua.set_app_data(Modules::new());
         let mut scripts = Vec::new();
         let mut by_path: HashMap<PathBuf, ScriptId> = HashMap::new();
         let mut trunk_script = Vec::new();
@@ -122,9 +324,11 @@ impl Rules {
                 trunk_script.push(Some(*id));
                 continue;
             }
-            match load_script(&lua, path) {
+            budget.refill();
+            match load_script(&lua, &bh, path) {
                 Ok(hooks) => {
-                    scripts.push(hooks);
+                    let counters = Hook::ALL.map(|hook| metrics.counters(path, hook));
+                    scripts.push(Script { hooks, counters });
                     by_path.insert(path.clone(), scripts.len() - 1);
                     trunk_script.push(Some(scripts.len() - 1));
                 }
@@ -137,13 +341,15 @@ impl Rules {
         if !errors.is_empty() {
             return Err(errors);
         }
+        if let Some(mut modules) = lua.app_data_mut::<Modules>() {
+            modules.loading = false;
+        }
         Ok(Rules {
             lua,
+            budget,
             scripts,
             trunk_script,
-            trunk_names: profile.trunks.iter().map(|t| t.name.clone()).collect(),
-            instructions,
-            errors: 0,
+            metrics,
         })
     }
 
@@ -152,162 +358,124 @@ impl Rules {
         self.trunk_script.get(trunk).copied().flatten()
     }
 
-    /// Names of the profile's trunks, for `call:route`.
-    pub fn trunk_names(&self) -> Arc<[String]> {
-        self.trunk_names.clone()
+    /// True when the script defines this hook (lets the engine skip building hook objects
+    /// when nothing listens).
+    pub fn has_hook(&self, script: Option<ScriptId>, hook: Hook) -> bool {
+        script
+            .and_then(|s| self.scripts.get(s))
+            .is_some_and(|s| s.hooks[hook as usize].is_some())
     }
 
-    /// Runs `on_invite(call, req)` for a new call.
-    pub fn on_invite(
-        &mut self,
+    /// The metrics registry these rules count into.
+    pub fn metrics(&self) -> &Arc<RuleMetrics> {
+        &self.metrics
+    }
+
+    /// Runs a hook if the script defines it. `call` is nil outside calls.
+    pub fn run(
+        &self,
         script: Option<ScriptId>,
-        call: &mut HookCall,
-        msg: &mut HookMessage,
-    ) -> Result<(), ScriptError> {
-        let hook = script.and_then(|s| self.scripts[s].on_invite.clone());
-        self.run(hook, Some(call), msg)
-    }
-
-    /// Runs `on_request(call, req)` for a request about to be sent; `call` is nil outside calls.
-    pub fn on_request(
-        &mut self,
-        script: Option<ScriptId>,
+        hook: Hook,
         call: Option<&mut HookCall>,
-        msg: &mut HookMessage,
+        args: HookArgs<'_>,
     ) -> Result<(), ScriptError> {
-        let hook = script.and_then(|s| self.scripts[s].on_request.clone());
-        self.run(hook, call, msg)
-    }
-
-    /// Runs `on_response(call, resp)` for a response about to be sent.
-    pub fn on_response(
-        &mut self,
-        script: Option<ScriptId>,
-        call: Option<&mut HookCall>,
-        msg: &mut HookMessage,
-    ) -> Result<(), ScriptError> {
-        let hook = script.and_then(|s| self.scripts[s].on_response.clone());
-        self.run(hook, call, msg)
-    }
-
-    /// True when the script defines any per-message hook (lets the engine skip building the
-    /// hook objects when nothing listens).
-    pub fn has_message_hooks(&self, script: Option<ScriptId>) -> bool {
-        script.is_some_and(|s| {
-            self.scripts[s].on_request.is_some() || self.scripts[s].on_response.is_some()
-        })
-    }
-
-    fn run(
-        &mut self,
-        hook: Option<Function>,
-        call: Option<&mut HookCall>,
-        msg: &mut HookMessage,
-    ) -> Result<(), ScriptError> {
-        let Some(hook) = hook else {
+        let Some(script) = script.and_then(|s| self.scripts.get(s)) else {
             return Ok(());
         };
-        self.instructions.store(0, Ordering::Relaxed);
+        let Some(function) = &script.hooks[hook as usize] else {
+            return Ok(());
+        };
+        let mut call = call;
+        if let Some(call) = call.as_mut().filter(|c| c.vars.is_none()) {
+            call.vars = Some(
+                self.lua
+                    .create_table()
+                    .map_err(|e| ScriptError::from_lua(&e))?,
+            );
+        }
+        let call_id = call.as_ref().map(|c| c.id.clone()).unwrap_or_default();
+        self.lua.set_app_data(api::CurrentCall(call_id));
+        self.budget.refill();
+        let started = Instant::now();
         let result = self.lua.scope(|scope| {
             let call = match call {
                 Some(call) => Value::UserData(scope.create_userdata_ref_mut(call)?),
                 None => Value::Nil,
             };
-            let msg = scope.create_userdata_ref_mut(msg)?;
-            hook.call::<()>((call, msg))
-        });
-        result.map_err(|err| {
-            self.errors += 1;
-            ScriptError::from_lua(&err)
-        })
-    }
-}
-
-/// A fresh Lua state with only safe libraries, a memory limit and an instruction budget.
-fn sandbox() -> mlua::Result<(Lua, Arc<AtomicU32>)> {
-    let lua = Lua::new_with(
-        StdLib::TABLE | StdLib::STRING | StdLib::MATH | StdLib::UTF8 | StdLib::COROUTINE,
-        LuaOptions::default(),
-    )?;
-    lua.set_memory_limit(MEMORY_LIMIT)?;
-    let globals = lua.globals();
-    for name in [
-        "dofile",
-        "loadfile",
-        "load",
-        "require",
-        "collectgarbage",
-        "print",
-    ] {
-        globals.raw_set(name, Value::Nil)?;
-    }
-    globals.raw_set("bh", api::bh_table(&lua)?)?;
-    let instructions = Arc::new(AtomicU32::new(0));
-    let counter = instructions.clone();
-    lua.set_hook(
-        HookTriggers::new().every_nth_instruction(BUDGET_STEP),
-        move |_, _| {
-            let used = counter.fetch_add(BUDGET_STEP, Ordering::Relaxed) + BUDGET_STEP;
-            if used > INSTRUCTION_BUDGET {
-                Err(mlua::Error::runtime("instruction budget exceeded"))
-            } else {
-                Ok(VmState::Continue)
+            match args {
+                HookArgs::Message(msg) => {
+                    function.call::<()>((call, scope.create_userdata_ref_mut(msg)?))
+                }
+                HookArgs::Media(event) => function.call::<()>((call, event.to_lua(&self.lua)?)),
+                HookArgs::CallEnd(info) => function.call::<()>((call, info.to_lua(&self.lua)?)),
             }
-        },
-    )?;
-    Ok((lua, instructions))
+        });
+        let elapsed = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let result = result.map_err(|err| {
+            let mut error = ScriptError::from_lua(&err);
+            if self.budget.exhausted() {
+                error.kind = ErrorKind::Budget;
+            }
+            error
+        });
+        script.counters[hook as usize].record(elapsed, result.as_ref().err().map(|e| e.kind));
+        result
+    }
 }
 
-fn load_script(lua: &Lua, path: &Path) -> Result<ScriptHooks, ScriptError> {
-    let source = std::fs::read(path).map_err(|err| ScriptError {
-        message: format!("{}: cannot read script: {err}", path.display()),
+fn load_script(
+    lua: &Lua,
+    bh: &Table,
+    path: &Path,
+) -> Result<[Option<Function>; Hook::ALL.len()], ScriptError> {
+    let source = std::fs::read(path).map_err(|err| {
+        ScriptError::new(format!("{}: cannot read script: {err}", path.display()))
     })?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let env = sandbox::script_env(lua, bh, dir).map_err(|e| ScriptError::from_lua(&e))?;
     let module: Value = lua
         .load(&source[..])
         .set_name(format!("@{}", path.display()))
+        .set_environment(env)
         .eval()
         .map_err(|e| ScriptError::from_lua(&e))?;
     let Value::Table(module) = module else {
-        return Err(ScriptError {
-            message: format!(
-                "{}: the script must return a table of hook functions",
-                path.display()
-            ),
-        });
-    };
-    let hook = |name: &str| -> Result<Option<Function>, ScriptError> {
-        match module.raw_get::<Value>(name) {
-            Ok(Value::Nil) => Ok(None),
-            Ok(Value::Function(f)) => Ok(Some(f)),
-            _ => Err(ScriptError {
-                message: format!("{}: '{name}' must be a function", path.display()),
-            }),
-        }
+        return Err(ScriptError::new(format!(
+            "{}: the script must return a table of hook functions",
+            path.display()
+        )));
     };
     check_hook_names(&module, path)?;
-    Ok(ScriptHooks {
-        on_invite: hook("on_invite")?,
-        on_request: hook("on_request")?,
-        on_response: hook("on_response")?,
-    })
+    let mut hooks: [Option<Function>; Hook::ALL.len()] = Default::default();
+    for hook in Hook::ALL {
+        hooks[hook as usize] = match module.raw_get::<Value>(hook.name()) {
+            Ok(Value::Nil) => None,
+            Ok(Value::Function(f)) => Some(f),
+            _ => {
+                return Err(ScriptError::new(format!(
+                    "{}: '{}' must be a function",
+                    path.display(),
+                    hook.name()
+                )))
+            }
+        };
+    }
+    Ok(hooks)
 }
 
-/// Hook names a script may define; anything else starting with `on_` is a typo worth reporting.
-const HOOKS: [&str; 3] = ["on_invite", "on_request", "on_response"];
-
+/// Anything starting with `on_` that is not a hook is a typo worth reporting.
 fn check_hook_names(module: &Table, path: &Path) -> Result<(), ScriptError> {
     for pair in module.pairs::<Value, Value>() {
         let (key, _) = pair.map_err(|e| ScriptError::from_lua(&e))?;
         if let Value::String(key) = key {
             let key = key.to_string_lossy();
-            if key.starts_with("on_") && !HOOKS.contains(&key.as_str()) {
-                return Err(ScriptError {
-                    message: format!(
-                        "{}: unknown hook '{key}' (known: {})",
-                        path.display(),
-                        HOOKS.join(", ")
-                    ),
-                });
+            if key.starts_with("on_") && !Hook::ALL.iter().any(|h| h.name() == key) {
+                let known: Vec<&str> = Hook::ALL.iter().map(|h| h.name()).collect();
+                return Err(ScriptError::new(format!(
+                    "{}: unknown hook '{key}' (known: {})",
+                    path.display(),
+                    known.join(", ")
+                )));
             }
         }
     }

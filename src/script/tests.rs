@@ -2,6 +2,7 @@ use super::*;
 use crate::sip::{HeaderName, Message};
 use bytes::Bytes;
 use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -18,7 +19,7 @@ fn load(script: &str) -> Result<Rules, Vec<ScriptError>> {
         "listeners:\n  - name: l\n    address: 127.0.0.1:5060\ntrunks:\n  - name: core\n    listener: l\n    peers: [\"127.0.0.1:5090\"]\n    script: rules.lua\n  - name: teams\n    listener: l\n    peers: [\"127.0.0.2:5080\"]\n"
     );
     let profile = Profile::parse(&dir.join("p.yaml"), &profile).expect("profile");
-    Rules::load(&profile)
+    Rules::load(&profile, Arc::new(RuleMetrics::default()))
 }
 
 fn message() -> HookMessage {
@@ -29,18 +30,28 @@ fn message() -> HookMessage {
     HookMessage::new(msg, "b", "teams".to_string())
 }
 
-fn call(rules: &Rules) -> HookCall {
-    HookCall::new("c".to_string(), "core".to_string(), rules.trunk_names())
+fn call(_rules: &Rules) -> HookCall {
+    HookCall::new("c".to_string(), 0, None)
+}
+
+/// Runs `on_invite`.
+fn invite(rules: &Rules, call: &mut HookCall, msg: &mut HookMessage) -> Result<(), ScriptError> {
+    rules.run(
+        rules.script_of(0),
+        Hook::Invite,
+        Some(call),
+        HookArgs::Message(msg),
+    )
 }
 
 /// Runs `on_invite` with the body given and returns the message and call afterwards.
 fn run_invite(body: &str) -> (Result<(), ScriptError>, HookMessage, HookCall) {
     let script =
         format!("local r = {{}}\nfunction r.on_invite(call, req)\n{body}\nend\nreturn r\n");
-    let mut rules = load(&script).expect("loads");
+    let rules = load(&script).expect("loads");
     let mut msg = message();
     let mut call = call(&rules);
-    let result = rules.on_invite(rules.script_of(0), &mut call, &mut msg);
+    let result = invite(&rules, &mut call, &mut msg);
     (result, msg, call)
 }
 
@@ -65,7 +76,7 @@ fn reads_headers_and_fields() {
         assert(req:to_user() == "+15550100")
         assert(req:uri() == "sip:+15550100@example.com;user=phone")
         assert(req:uri_user() == "+15550100")
-        assert(call.id == "c" and call.trunk == "core")
+        assert(call.id == "c" and call.trunk.name == "core")
         req:set_header("X-Result", "ok")
     "#,
     );
@@ -112,13 +123,33 @@ fn edits_headers_uri_and_users() {
 #[test]
 fn route_and_reject_decide() {
     let (_, _, call) = run_invite(r#"call:route("teams")"#);
-    assert_eq!(call.decision, Some(RouteDecision::Route(1)));
-    let (_, _, call) = run_invite(r#"call:reject(403, "Not Allowed")"#);
+    assert_eq!(
+        call.decision,
+        Some(RouteDecision::Route {
+            trunk: 1,
+            peer: None,
+            uri: None
+        })
+    );
+    let (result, _, call) = run_invite(
+        r#"call:route("teams", { peer = "127.0.0.9:5099", uri = "sip:+1555@sip.pstnhub.microsoft.com" })"#,
+    );
+    assert_eq!(result, Ok(()));
+    assert_eq!(
+        call.decision,
+        Some(RouteDecision::Route {
+            trunk: 1,
+            peer: Some("127.0.0.9:5099".parse().unwrap()),
+            uri: Some("sip:+1555@sip.pstnhub.microsoft.com".into())
+        })
+    );
+    let (_, _, call) = run_invite(r#"call:reject(403, "Not Allowed", { ["Retry-After"] = "60" })"#);
     assert_eq!(
         call.decision,
         Some(RouteDecision::Reject {
             status: 403,
-            reason: "Not Allowed".into()
+            reason: "Not Allowed".into(),
+            headers: vec![(HeaderName::parse("Retry-After"), "60".into())],
         })
     );
     let (_, _, call) = run_invite(r#"call:reject(486)"#);
@@ -126,9 +157,302 @@ fn route_and_reject_decide() {
         call.decision,
         Some(RouteDecision::Reject {
             status: 486,
-            reason: "Busy Here".into()
+            reason: "Busy Here".into(),
+            headers: Vec::new(),
         })
     );
+    for bad in [
+        r#"call:route("teams", { peer = "nowhere" })"#,
+        r#"call:route("teams", { uri = "not a uri" })"#,
+        r#"call:reject(486, "Busy", { Via = "x" })"#,
+        r#"call:reject(486, "Busy", { ["X-A"] = "a\r\nInjected: 1" })"#,
+    ] {
+        let (result, _, call) = run_invite(bad);
+        assert!(result.is_err(), "{bad} must fail");
+        assert_eq!(call.decision, None, "{bad}");
+    }
+}
+
+#[test]
+fn call_object_has_trunk_params_and_vars() {
+    let dir = std::env::temp_dir().join(format!(
+        "bh-script-params-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(
+        dir.join("rules.lua"),
+        "return { on_invite = function(call, req)
+  assert(call.trunk.name == 'core' and tostring(call.trunk) == 'core')
+  assert(call.trunk.params.region == 'emea' and call.trunk.params.max == '30')
+  call.vars.seen = (call.vars.seen or 0) + 1
+  req:set_header('X-Seen', tostring(call.vars.seen))
+end }
+",
+    )
+    .expect("script");
+    let profile = "listeners:\n  - name: l\n    address: 127.0.0.1:5060\ntrunks:\n  - name: core\n    listener: l\n    peers: [\"127.0.0.1:5090\"]\n    script: rules.lua\n    params: { region: emea, max: 30 }\n";
+    let profile = Profile::parse(&dir.join("p.yaml"), profile).expect("profile");
+    let rules = Rules::load(&profile, Arc::new(RuleMetrics::default())).expect("loads");
+    let mut call = call(&rules);
+    for expected in ["1", "2"] {
+        let mut msg = message();
+        invite(&rules, &mut call, &mut msg).expect("runs");
+        assert_eq!(
+            header(&msg, "X-Seen"),
+            [expected],
+            "vars persist across hooks"
+        );
+    }
+}
+
+#[test]
+fn name_addr_parts_body_and_content_type() {
+    let (result, msg, _) = run_invite(
+        r#"
+        local from = req:name_addr("From")
+        assert(from.display == "Alice" and from.user == "+15550199" and from.host == "example.com")
+        assert(from.params.tag == "a")
+        local to = req:name_addr("To")
+        assert(to.user == "+15550100" and to.display == nil)
+        assert(req:name_addr("P-Asserted-Identity") == nil)
+        req:set_display("From", 'Bob "B"')
+        req:set_host("From", "operator.example")
+        req:add_header("P-Asserted-Identity", "<sip:+15550111@pai.example>")
+        req:set_user("P-Asserted-Identity", "+15550112")
+        assert(req:body() == "" and req:content_type() == nil)
+        req:set_body("v=0\r\n", "application/sdp")
+        assert(req:body() == "v=0\r\n" and req:content_type() == "application/sdp")
+    "#,
+    );
+    assert_eq!(result, Ok(()));
+    assert_eq!(
+        header(&msg, "From"),
+        [r#""Bob \"B\"" <sip:+15550199@operator.example>;tag=a"#]
+    );
+    assert_eq!(
+        header(&msg, "P-Asserted-Identity"),
+        ["<sip:+15550112@pai.example>"]
+    );
+    assert_eq!(&msg.msg.body[..], b"v=0\r\n");
+    let (result, _, _) = run_invite(r#"req:set_host("Contact", "x")"#);
+    assert!(result.is_err(), "Contact is the B2BUA's");
+}
+
+#[test]
+fn bh_metric_and_log_and_re() {
+    let script = r#"
+        local r = {}
+        function r.on_invite(call, req)
+          bh.metric.inc("calls_from", { trunk = call.trunk.name })
+          bh.metric.inc("calls_from", { trunk = call.trunk.name }, 2)
+          bh.log.info("hello from " .. call.id)
+          assert(bh.re.test("+15550100123", [[^\+1\d{10}$]]))
+          assert(not bh.re.test("15550100", [[^\+1\d{10}$]]))
+          local s, e = bh.re.find("abc123", [[\d+]])
+          assert(s == 4 and e == 6)
+          local user, host = bh.re.match("sip:alice@example.com", [[^sip:([^@]+)@(.+)$]])
+          assert(user == "alice" and host == "example.com")
+          assert(bh.re.match("x", "y") == nil)
+          local out, n = bh.re.gsub("a-b-c", "-", "+")
+          assert(out == "a+b+c" and n == 2)
+          local ok, err = pcall(bh.re.test, "x", "(")
+          assert(not ok and tostring(err):find("bh.re", 1, true))
+        end
+        return r
+    "#;
+    let rules = load(script).expect("loads");
+    let mut msg = message();
+    let mut c = call(&rules);
+    invite(&rules, &mut c, &mut msg).expect("runs");
+    let user = rules.metrics().user_counters();
+    assert_eq!(
+        user,
+        [(
+            "calls_from".to_string(),
+            vec![("trunk".to_string(), "core".to_string())],
+            3
+        )]
+    );
+    let hooks = rules.metrics().hooks();
+    let invite_counters = hooks
+        .iter()
+        .find(|(_, hook, _)| *hook == Hook::Invite)
+        .expect("counters");
+    assert_eq!(invite_counters.2.calls.load(Ordering::Relaxed), 1);
+    assert_eq!(invite_counters.2.errors.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn sandbox_escapes_are_refused() {
+    for attempt in [
+        "return io.open('/etc/passwd')",
+        "return os.execute('true')",
+        "return load('return 1')()",
+        "return loadfile('/etc/passwd')",
+        "return dofile('/etc/passwd')",
+        "return require('os')",
+        "return require('../../etc/passwd')",
+        "return debug.getinfo(1)",
+        "return string.dump(function() end) and load",
+        "return collectgarbage('count')",
+        "string.rep = nil",
+        "getmetatable('').__index = {}",
+        "bh.version = 'evil'",
+        "return package.loadlib",
+        "local mt = getmetatable(req); mt.__index = nil",
+        "setmetatable(string, {})",
+    ] {
+        let (result, _, _) = run_invite(attempt);
+        let refused = match &result {
+            Err(_) => true,
+            // `return string.dump(...) and load` evaluates to nil: load is gone.
+            Ok(()) => attempt.ends_with("and load"),
+        };
+        assert!(refused, "{attempt}: {result:?}");
+    }
+    // The shared libraries are intact for the next script.
+    let (result, _, _) =
+        run_invite("assert(string.rep('a', 2) == 'aa' and ('x'):rep(2) == 'xx' and bh.version)");
+    assert_eq!(result, Ok(()));
+}
+
+#[test]
+fn require_loads_modules_from_the_rule_directory_only() {
+    let dir = std::env::temp_dir().join(format!(
+        "bh-script-require-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(dir.join("lib")).expect("dir");
+    std::fs::write(
+        dir.join("lib/numbers.lua"),
+        "return { e164 = function(n) return '+' .. n end }",
+    )
+    .expect("module");
+    std::fs::write(
+        dir.join("rules.lua"),
+        "local numbers = require('lib.numbers')
+return { on_invite = function(call, req)
+  req:set_header('X-Number', numbers.e164('15550100'))
+  assert(require('lib.numbers') == numbers)
+  assert(not pcall(require, 'lib.other'))
+end }
+",
+    )
+    .expect("script");
+    std::fs::write(dir.join("lib/other.lua"), "return {}").expect("module");
+    let profile = "listeners:\n  - name: l\n    address: 127.0.0.1:5060\ntrunks:\n  - name: core\n    listener: l\n    peers: [\"127.0.0.1:5090\"]\n    script: rules.lua\n";
+    let profile = Profile::parse(&dir.join("p.yaml"), profile).expect("profile");
+    let rules = Rules::load(&profile, Arc::new(RuleMetrics::default())).expect("loads");
+    let mut msg = message();
+    invite(&rules, &mut call(&rules), &mut msg).expect("runs");
+    assert_eq!(header(&msg, "X-Number"), ["+15550100"]);
+}
+
+/// A hook body that must be stopped by the budget, within a bounded time, leaving the state
+/// usable for the next call.
+fn assert_stopped(body: &str) {
+    let script = format!(
+        "local r = {{}}\nfunction r.on_invite(call, req)\n  if req:has_header('X-Bad') then\n{body}\n  end\n  req:set_header('X-Fine', '1')\nend\nreturn r\n"
+    );
+    let rules = load(&script).expect("loads");
+    let mut msg = message();
+    msg.msg.push_header(HeaderName::parse("X-Bad"), "1");
+    let started = std::time::Instant::now();
+    let err = invite(&rules, &mut call(&rules), &mut msg).expect_err("stopped");
+    let took = started.elapsed();
+    assert!(
+        matches!(err.kind, ErrorKind::Budget | ErrorKind::Memory),
+        "{body}: {err:?}"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "{body}: took {took:?}"
+    );
+    let mut msg = message();
+    invite(&rules, &mut call(&rules), &mut msg).expect("the next call runs");
+    assert_eq!(header(&msg, "X-Fine"), ["1"]);
+}
+
+#[test]
+fn runaway_code_is_stopped_even_inside_pcall() {
+    assert_stopped("while true do end");
+    assert_stopped("while true do pcall(function() while true do end end) end");
+    assert_stopped(
+        "while true do xpcall(function() while true do end end, function(e) return e end) end",
+    );
+    assert_stopped("local co = coroutine.wrap(function() while true do end end) co()");
+    assert_stopped(
+        "while true do coroutine.resume(coroutine.create(function() while true do end end)) end",
+    );
+    assert_stopped("local t = {3, 2, 1} while true do pcall(table.sort, t, function(a, b) while true do end end) end");
+    assert_stopped(
+        "while true do pcall(string.gsub, 'aaa', 'a', function() while true do end end) end",
+    );
+}
+
+#[test]
+fn catastrophic_patterns_are_stopped() {
+    assert_stopped("local s = string.rep('a', 3000) return s:find('.-.-.-.-b')");
+    assert_stopped(
+        "local s = string.rep('a', 3000) while true do pcall(string.match, s, '.-.-.-.-b') end",
+    );
+    assert_stopped("for w in string.rep('a', 5000):gmatch('(.-)(.-)(.-)b') do end");
+    assert_stopped("return (string.rep('a', 3000)):gsub('.-.-.-b', 'x')");
+}
+
+#[test]
+fn lua_patterns_keep_their_semantics() {
+    let (result, _, _) = run_invite(
+        r#"
+        assert(("hello world"):find("wor") == 7)
+        assert(select(2, ("hello world"):find("wor")) == 9)
+        assert(("hello"):find("l", 1, true) == 3)
+        assert(("a.b"):find(".", 1, true) == 2)
+        assert(("abc"):find("", 2) == 2)
+        assert(("abc"):find("x") == nil)
+        assert(("abc"):find("b", -1) == nil)
+        assert(("key = value"):match("(%w+)%s*=%s*(%w+)") == "key")
+        assert(select(2, ("key = value"):match("(%w+)%s*=%s*(%w+)")) == "value")
+        assert(("  trim  "):match("^%s*(.-)%s*$") == "trim")
+        assert(("sip:+15550100@x"):match("^sip:(%+?%d+)@") == "+15550100")
+        assert(("THE (quick) fox"):find("%((%a+)%)") == 5)
+        assert(("f(a(b)c)d"):match("%b()") == "(a(b)c)")
+        assert(("THE (quick) fox"):match("%f[%a]%a+", 5) == "quick")
+        assert(("hello"):match("()ll()") == 3)
+        assert(("abcabc"):match("(abc)%1") == "abc")
+        assert(("[x]"):match("[]]") == "]")
+        assert(("a-b"):match("[a%-]+") == "a-")
+        assert(("x9y"):match("[^%a]") == "9")
+        assert(("aaa"):match("a-b") == nil)
+        assert(("aaab"):match("a-b") == "aaab")
+        assert(("ab"):match("a?b") == "ab" and ("b"):match("a?b") == "b")
+        assert(("end$"):match("d%$") == "d$" and ("end"):match("d$") == "d")
+        local out, n = ("hello world"):gsub("o", "0")
+        assert(out == "hell0 w0rld" and n == 2)
+        assert(("hello world"):gsub("(%w+)", "<%1>") == "<hello> <world>")
+        assert(("hello"):gsub("", "-") == "-h-e-l-l-o-")
+        assert(("abc"):gsub("%w", "%0%0") == "aabbcc")
+        assert(("abc"):gsub("b", { b = "B" }) == "aBc")
+        assert(("abc"):gsub("%w", function(c) if c == "b" then return false end return c:upper() end) == "AbC")
+        assert(("abc"):gsub("^a", "x") == "xbc")
+        assert(select(2, ("aaa"):gsub("a", "b", 2)) == 2)
+        local words = {}
+        for k, v in ("a=1, b=2"):gmatch("(%w+)=(%w+)") do words[#words + 1] = k .. v end
+        assert(#words == 2 and words[1] == "a1" and words[2] == "b2")
+        local count = 0
+        for _ in ("abc"):gmatch("") do count = count + 1 end
+        assert(count == 4)
+        assert(not pcall(string.find, "a", "%"))
+        assert(not pcall(string.find, "a", "[a"))
+        assert(not pcall(string.find, "a", "(a"))
+        assert(not pcall(string.match, "a", "%1"))
+        assert(not pcall(string.gsub, "a", "a", "%2"))
+    "#,
+    );
+    assert_eq!(result, Ok(()));
 }
 
 #[test]
@@ -163,7 +487,7 @@ fn sandbox_has_no_escape_hatches() {
     let (result, _, _) = run_invite(
         r#"
         assert(io == nil and os == nil and debug == nil and package == nil)
-        assert(load == nil and loadfile == nil and dofile == nil and require == nil)
+        assert(load == nil and loadfile == nil and dofile == nil and type(require) == "function")
         assert(collectgarbage == nil)
         assert(string.dump ~= nil)
     "#,
@@ -174,24 +498,26 @@ fn sandbox_has_no_escape_hatches() {
 #[test]
 fn runaway_loop_hits_the_budget_and_the_state_stays_usable() {
     let script = "local r = {}\nfunction r.on_invite(call, req)\n  if req:has_header('X-Loop') then while true do end end\n  req:set_header('X-Fine', '1')\nend\nreturn r\n";
-    let mut rules = load(script).expect("loads");
+    let rules = load(script).expect("loads");
     let mut msg = message();
     msg.msg.push_header(HeaderName::parse("X-Loop"), "1");
     let mut hook_call = call(&rules);
-    let err = rules
-        .on_invite(rules.script_of(0), &mut hook_call, &mut msg)
-        .expect_err("budget");
+    let err = invite(&rules, &mut hook_call, &mut msg).expect_err("budget");
     assert!(
         err.message.contains("instruction budget exceeded"),
         "{}",
         err.message
     );
-    assert_eq!(rules.errors, 1);
+    let budget_hits: u64 = rules
+        .metrics()
+        .hooks()
+        .iter()
+        .map(|(_, _, c)| c.budget_hits.load(Ordering::Relaxed))
+        .sum();
+    assert_eq!(budget_hits, 1);
     let mut msg = message();
     let mut hook_call = call(&rules);
-    rules
-        .on_invite(rules.script_of(0), &mut hook_call, &mut msg)
-        .expect("next call runs");
+    invite(&rules, &mut hook_call, &mut msg).expect("next call runs");
     assert_eq!(header(&msg, "X-Fine"), ["1"]);
 }
 

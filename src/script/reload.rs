@@ -1,0 +1,160 @@
+//! Versioned hot reload: compile a whole new version (profile and every script, one Lua state
+//! per shard) before anything changes, and watch the profile and rule directories.
+//!
+//! A version becomes current only when everything in it loads. What cannot change while
+//! running (listeners, the number of shards) is reported as needing a restart and kept as it
+//! runs; trunks, peers, routes, header policies, scripts and limits take effect for new calls.
+
+use super::{RuleMetrics, RuleSet};
+use crate::config::Profile;
+use notify::{EventKind, RecursiveMode, Watcher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A compiled version, one rule set per shard, and what it could not apply live.
+pub struct Compiled {
+    pub shards: Vec<Arc<RuleSet>>,
+    /// Changes that need a restart (they are not applied).
+    pub restart_needed: Vec<String>,
+}
+
+/// Compiles the profile at `path` as version `version` for `shards` shards, keeping the
+/// listeners of `running`. Errors are `file:line: message`.
+pub fn compile(
+    path: &Path,
+    running: &Profile,
+    shards: usize,
+    version: u64,
+    metrics: &Arc<RuleMetrics>,
+) -> Result<Compiled, Vec<String>> {
+    let mut profile = Profile::load(path).map_err(|errors| strings(&errors))?;
+    let mut restart_needed = Vec::new();
+    for listener in &profile.listeners {
+        match running.listeners.iter().find(|l| l.name == listener.name) {
+            None => restart_needed.push(format!("new listener '{}'", listener.name)),
+            Some(old)
+                if old.address != listener.address
+                    || old.transports != listener.transports
+                    || old.advertise != listener.advertise =>
+            {
+                restart_needed.push(format!("listener '{}' changed", listener.name));
+            }
+            Some(_) => {}
+        }
+    }
+    for old in &running.listeners {
+        if !profile.listeners.iter().any(|l| l.name == old.name) {
+            restart_needed.push(format!("listener '{}' removed", old.name));
+        }
+    }
+    // Trunks name listeners; point them at the running ones (same order as the sockets).
+    let mut errors = Vec::new();
+    for trunk in &mut profile.trunks {
+        let name = &profile.listeners[trunk.listener].name;
+        match running.listeners.iter().position(|l| &l.name == name) {
+            Some(index) => {
+                let running_listener = &running.listeners[index];
+                if !running_listener.transports.contains(&trunk.transport) {
+                    errors.push(format!(
+                        "{}: trunk '{}': running listener '{}' has no {:?} transport (restart to change listeners)",
+                        path.display(),
+                        trunk.name,
+                        name,
+                        trunk.transport
+                    ));
+                }
+                trunk.listener = index;
+            }
+            None => errors.push(format!(
+                "{}: trunk '{}' uses listener '{}', which is not running (restart to add listeners)",
+                path.display(),
+                trunk.name,
+                name
+            )),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    profile.listeners = running.listeners.clone();
+    if profile.shards != running.shards {
+        restart_needed.push("shards changed".to_string());
+        profile.shards = running.shards;
+    }
+    let profile = Arc::new(profile);
+    let mut sets = Vec::with_capacity(shards);
+    for _ in 0..shards {
+        sets.push(
+            RuleSet::load(profile.clone(), version, metrics.clone()).map_err(|e| strings(&e))?,
+        );
+    }
+    Ok(Compiled {
+        shards: sets,
+        restart_needed,
+    })
+}
+
+fn strings<E: ToString>(errors: &[E]) -> Vec<String> {
+    errors.iter().map(ToString::to_string).collect()
+}
+
+/// Directories to watch for a profile: its own, and each script's (recursively, for modules).
+pub fn watched_dirs(profile: &Profile) -> Vec<(PathBuf, RecursiveMode)> {
+    let mut dirs: Vec<(PathBuf, RecursiveMode)> = Vec::new();
+    let mut add = |dir: &Path, mode| {
+        let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+        match dirs.iter_mut().find(|(d, _)| *d == dir) {
+            Some(entry) if mode == RecursiveMode::Recursive => entry.1 = mode,
+            Some(_) => {}
+            None => dirs.push((dir, mode)),
+        }
+    };
+    if let Some(dir) = profile.path.parent() {
+        add(dir, RecursiveMode::NonRecursive);
+    }
+    for trunk in &profile.trunks {
+        if let Some(dir) = trunk.script.as_ref().and_then(|s| s.parent()) {
+            add(dir, RecursiveMode::Recursive);
+        }
+    }
+    dirs
+}
+
+/// True for an event that may change a rule set: a profile or Lua file written, created,
+/// renamed or removed (editor temp and swap files are ignored; their rename onto the real name
+/// is what counts).
+fn is_relevant(event: &notify::Event) -> bool {
+    let kind_matters = matches!(
+        event.kind,
+        EventKind::Create(_)
+            | EventKind::Modify(_)
+            | EventKind::Remove(_)
+            | EventKind::Access(notify::event::AccessKind::Close(
+                notify::event::AccessMode::Write
+            ))
+    );
+    kind_matters
+        && event.paths.iter().any(|path| {
+            matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("lua" | "yaml" | "yml")
+            )
+        })
+}
+
+/// Watches the directories of `profile`; `changed` is called (from the watcher's thread) for
+/// every relevant event. The watcher stops when the returned value is dropped.
+pub fn watch(
+    profile: &Profile,
+    changed: impl Fn() + Send + 'static,
+) -> notify::Result<notify::RecommendedWatcher> {
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|event| is_relevant(&event)) {
+            changed();
+        }
+    })?;
+    for (dir, mode) in watched_dirs(profile) {
+        watcher.watch(&dir, mode)?;
+    }
+    Ok(watcher)
+}
