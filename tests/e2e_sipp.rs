@@ -9,9 +9,8 @@
 
 mod common;
 
+use common::sipp::{scenario, wait_listening, Sipp, Traced, Transport};
 use common::{free_udp_port, scratch_dir, Sbc};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Both trunks use `{transport}`; the core trunk's peer (the softswitch) listens on
@@ -39,29 +38,6 @@ trunks:
     route: core
 ";
 
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Transport {
-    Udp,
-    Tcp,
-}
-
-impl Transport {
-    fn profile_name(self) -> &'static str {
-        match self {
-            Transport::Udp => "udp",
-            Transport::Tcp => "tcp",
-        }
-    }
-
-    /// SIPp's `-t` mode: one socket for all calls.
-    fn sipp_mode(self) -> &'static str {
-        match self {
-            Transport::Udp => "u1",
-            Transport::Tcp => "t1",
-        }
-    }
-}
-
 /// Which side places the call.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Direction {
@@ -69,154 +45,6 @@ enum Direction {
     CoreToTeams,
     /// Teams calls into listener `teams`; the call leaves toward the softswitch.
     TeamsToCore,
-}
-
-/// One SIP message a far end sent or received, as SIPp's `-trace_msg` logged it.
-#[derive(Debug)]
-struct Traced {
-    received: bool,
-    text: String,
-}
-
-impl Traced {
-    fn first_line(&self) -> &str {
-        self.text.lines().next().unwrap_or("")
-    }
-
-    /// Values of every header named `name` (long form, case-insensitive).
-    fn headers(&self, name: &str) -> Vec<&str> {
-        let head = self.text.split("\n\n").next().unwrap_or("");
-        head.lines()
-            .skip(1)
-            .filter_map(|line| line.split_once(':'))
-            .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.trim())
-            .collect()
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers(name).first().copied()
-    }
-
-    fn is_request(&self, method: &str) -> bool {
-        self.first_line().starts_with(&format!("{method} "))
-    }
-
-    fn is_response(&self, status: u16) -> bool {
-        self.first_line().starts_with(&format!("SIP/2.0 {status} "))
-    }
-
-    fn body(&self) -> &str {
-        self.text.split_once("\n\n").map(|(_, b)| b).unwrap_or("")
-    }
-}
-
-/// Parses a SIPp `-message_file`: blocks that start with a dashed timestamp line, then
-/// `UDP message received [N] bytes :` or `TCP message sent (N bytes):`, a blank line, the message.
-fn read_trace(path: &Path) -> Vec<Traced> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.split("----------------------------------------------- ")
-        .filter_map(|block| {
-            let mut lines = block.lines();
-            lines.next()?; // timestamp
-            let what = lines.next()?;
-            let received = what.contains("message received");
-            if !received && !what.contains("message sent") {
-                return None;
-            }
-            let message: Vec<&str> = lines.skip_while(|l| l.trim().is_empty()).collect();
-            let text = message.join("\n").trim_end().replace('\r', "");
-            Some(Traced { received, text })
-        })
-        .collect()
-}
-
-/// A SIPp process, killed by PID if it is still running when dropped.
-struct Sipp {
-    child: Child,
-    name: String,
-    dir: PathBuf,
-}
-
-impl Sipp {
-    fn start(dir: &Path, name: &str, args: &[String]) -> Sipp {
-        let sipp = which_sipp();
-        let out = std::fs::File::create(dir.join(format!("{name}.out"))).expect("sipp log");
-        let err = out.try_clone().expect("sipp log");
-        let child = Command::new(sipp)
-            .args(args)
-            .args(["-nostdin", "-trace_msg", "-trace_err", "-message_file"])
-            .arg(dir.join(format!("{name}.msg")))
-            .arg("-error_file")
-            .arg(dir.join(format!("{name}.err")))
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("start sipp");
-        Sipp {
-            child,
-            name: name.to_string(),
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    /// Waits for the exit status (SIPp: 0 = every call succeeded); kills it at the deadline.
-    fn wait(&mut self, deadline: Instant) -> Option<i32> {
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait sipp") {
-                return status.code();
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn trace(&self) -> Vec<Traced> {
-        read_trace(&self.dir.join(format!("{}.msg", self.name)))
-    }
-
-    /// Its console output and error log, for failure messages.
-    fn report(&self) -> String {
-        let read = |ext: &str| {
-            std::fs::read_to_string(self.dir.join(format!("{}.{ext}", self.name)))
-                .unwrap_or_default()
-        };
-        let out = read("out");
-        let tail: Vec<&str> = out.lines().rev().take(30).collect();
-        format!(
-            "--- {} output (tail) ---\n{}\n--- {} errors ---\n{}",
-            self.name,
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
-            self.name,
-            read("err")
-        )
-    }
-}
-
-impl Drop for Sipp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn which_sipp() -> PathBuf {
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
-        .map(|dir| dir.join("sipp"))
-        .find(|path| path.is_file())
-        .expect("sipp not found: install Debian package sip-tester (tests/run.sh does)")
-}
-
-fn scenario(name: &str) -> String {
-    format!("{}/tests/sipp/{name}.xml", env!("CARGO_MANIFEST_DIR"))
 }
 
 /// One call flow: which scenarios, how many calls, how fast.
@@ -344,22 +172,6 @@ impl Flow {
             );
         }
         outcome
-    }
-}
-
-/// Waits until SIPp's listening socket is bound (UDP or TCP) so the first INVITE is not lost.
-fn wait_listening(port: u16, transport: Transport) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let bound = match transport {
-            Transport::Udp => std::net::UdpSocket::bind(("127.0.0.1", port)).is_err(),
-            Transport::Tcp => std::net::TcpListener::bind(("127.0.0.1", port)).is_err(),
-        };
-        if bound {
-            return;
-        }
-        assert!(Instant::now() < deadline, "SIPp never bound port {port}");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

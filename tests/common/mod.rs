@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod sipp;
+
 use std::collections::HashMap;
 use std::net::{TcpListener, UdpSocket};
 use std::path::PathBuf;
