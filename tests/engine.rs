@@ -1003,3 +1003,70 @@ CSeq: 11 BYE
     sim.teams_sends(&answer_request(&relayed.1, 200, "OK"));
     assert_eq!(sim.engine.calls_by_version(), [(2, 1)]);
 }
+
+#[test]
+fn on_sdp_edits_offers_and_answers_on_each_leg() {
+    let metrics = Arc::new(RuleMetrics::default());
+    let script = rules_file(
+        r#"
+return { on_sdp = function(call, sdp, ctx)
+  bh.metric.inc("sdp", { kind = ctx.kind, leg = ctx.leg, method = ctx.msg.method or tostring(ctx.msg.status) })
+  local audio = sdp:media("audio")[1]
+  if ctx.leg == "b" and ctx.kind == "offer" then
+    audio:keep_codecs({ "PCMA", 101 })
+    audio:set_attribute("ptime", "20")
+    ctx.msg:set_header("X-Codecs", tostring(#audio:codecs()))
+  elseif ctx.leg == "a" and ctx.kind == "answer" then
+    sdp:set_attribute("x-anchored", true)
+  end
+end }
+"#,
+    );
+    let mut sim = Sim::with_rules(&profile_with_script(&script, ""), metrics.clone());
+    let offer = "v=0\no=- 1 1 IN IP4 192.0.2.10\ns=-\nc=IN IP4 192.0.2.10\nt=0 0\nm=audio 4000 RTP/AVP 0 8 9 101\na=rtpmap:0 PCMU/8000\na=rtpmap:8 PCMA/8000\na=rtpmap:9 G722/8000\na=rtpmap:101 telephone-event/8000\na=fmtp:101 0-16\n";
+    let text = invite("sdp-1@10.1.1.1", "z9hG4bKsdp", "").replace(SDP, offer);
+    let out = sim.core_sends(&text);
+    let b = out
+        .iter()
+        .find(|(_, m)| method(m) == "INVITE")
+        .expect("INVITE")
+        .1
+        .clone();
+    let body = String::from_utf8_lossy(&b.body).into_owned();
+    assert!(body.contains("m=audio 4000 RTP/AVP 8 101\r\n"), "{body}");
+    assert!(!body.contains("PCMU") && !body.contains("G722"), "{body}");
+    assert!(
+        body.contains("a=fmtp:101 0-16\r\na=ptime:20\r\n") || body.contains("a=ptime:20"),
+        "{body}"
+    );
+    assert_eq!(h(&b, "X-Codecs"), Some("2"));
+    assert_eq!(
+        h(&b, "Content-Length"),
+        Some(b.body.len().to_string().as_str())
+    );
+
+    let out = sim.teams_sends(&answer(&b, 200, "OK", "t1", SDP));
+    let ok = out
+        .iter()
+        .find(|(_, m)| status(m) == 200)
+        .expect("200")
+        .1
+        .clone();
+    assert!(String::from_utf8_lossy(&ok.body).contains("a=x-anchored\r\n"));
+    assert_eq!(
+        user_counter(
+            &metrics,
+            "sdp",
+            &[("kind", "offer"), ("leg", "b"), ("method", "INVITE")]
+        ),
+        1
+    );
+    assert_eq!(
+        user_counter(
+            &metrics,
+            "sdp",
+            &[("kind", "answer"), ("leg", "a"), ("method", "200")]
+        ),
+        1
+    );
+}

@@ -11,8 +11,9 @@ pub use build::is_b2bua_owned;
 use crate::config::{HeaderPolicy, ScriptErrorPolicy, TrunkId};
 use crate::engine::{Engine, Peer, TxnId};
 use crate::script::{
-    CallEndInfo, Hook, HookArgs, HookCall, HookMessage, RouteDecision, RuleSet, ScriptId,
+    CallEndInfo, Hook, HookArgs, HookCall, HookMessage, RouteDecision, RuleSet, ScriptId, SharedSdp,
 };
+use crate::sdp::Sdp;
 use crate::sip::check::{check_request, check_response, RequestInfo};
 use crate::sip::header::split_list;
 use crate::sip::transaction::ClientState;
@@ -24,7 +25,7 @@ use build::{
 };
 use bytes::Bytes;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// Serial failover attempts one call may make from `on_failure`.
@@ -186,6 +187,27 @@ pub(crate) struct HookOutcome {
     failed: bool,
 }
 
+/// True when a message carries an SDP body.
+fn carries_sdp(msg: &Message) -> bool {
+    !msg.body.is_empty()
+        && msg.header_str(&HeaderName::ContentType).is_some_and(|t| {
+            t.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/sdp")
+        })
+}
+
+/// What an SDP body is in offer/answer terms (RFC 3264): requests offer, except ACK and PRACK
+/// which answer; responses answer, unless their request carried no offer (delayed offer).
+fn sdp_kind(msg: &Message, request_had_sdp: Option<bool>) -> &'static str {
+    match msg.method() {
+        Some(Method::Ack | Method::Prack) => "answer",
+        Some(_) => "offer",
+        None if request_had_sdp == Some(false) => "offer",
+        None => "answer",
+    }
+}
+
 /// Requests that refresh the remote target and carry our Contact.
 fn is_target_refresh(method: &Method) -> bool {
     matches!(
@@ -334,8 +356,9 @@ impl Engine {
         self.run_hook(&rules, Some(key), &id, ingress, script, hook, args)
     }
 
-    /// Runs the per-message hook on a message about to be sent toward `trunk`, then applies
-    /// the trunk's header policy (of the call's rule-set version).
+    /// Runs the rules on a message about to be sent toward `trunk` (`on_sdp` for an SDP body,
+    /// then `on_request` or `on_response`), then applies the trunk's header policy (of the
+    /// call's rule-set version).
     fn outgoing(
         &mut self,
         call: Option<CallKey>,
@@ -344,12 +367,14 @@ impl Engine {
         trunk: TrunkId,
         msg: Message,
     ) -> Message {
-        self.outgoing_edited(call, script, leg, trunk, msg, Vec::new())
+        self.outgoing_edited(call, script, leg, trunk, msg, Vec::new(), None)
             .0
     }
 
     /// [`Engine::outgoing`] for a message some headers of which a rule already edited (they
-    /// bypass the policy); also tells whether the hook failed.
+    /// bypass the policy), and for a response whose request did or did not carry an SDP offer
+    /// (`request_had_sdp`). Also tells whether a hook failed.
+    #[allow(clippy::too_many_arguments)]
     fn outgoing_edited(
         &mut self,
         call: Option<CallKey>,
@@ -358,6 +383,7 @@ impl Engine {
         trunk: TrunkId,
         msg: Message,
         touched: Vec<HeaderName>,
+        request_had_sdp: Option<bool>,
     ) -> (Message, bool) {
         let rules = self.rules_of(call);
         let hook = if msg.is_request() {
@@ -365,18 +391,44 @@ impl Engine {
         } else {
             Hook::Response
         };
+        let wants_sdp = rules.rules.has_hook(script, Hook::Sdp) && carries_sdp(&msg);
+        let wants_message = rules.rules.has_hook(script, hook);
         let mut hooked = HookMessage::new(msg, leg.name(), String::new());
         hooked.touched = touched;
         let mut failed = false;
-        if rules.rules.has_hook(script, hook) {
+        if wants_sdp || wants_message {
             hooked.trunk = rules.profile.trunks[trunk].name.clone();
             let (call_id, ingress) = call
                 .and_then(|k| self.calls.get(&k))
                 .map_or((String::new(), trunk), |c| (c.id.clone(), c.ingress));
-            let args = HookArgs::Message(&mut hooked);
-            failed = self
-                .run_hook(&rules, call, &call_id, ingress, script, hook, args)
-                .failed;
+            if wants_sdp {
+                match Sdp::parse(&hooked.msg.body) {
+                    Ok(sdp) => {
+                        let shared: SharedSdp = Arc::new(Mutex::new(sdp));
+                        let kind = sdp_kind(&hooked.msg, request_had_sdp);
+                        let args = HookArgs::Sdp {
+                            sdp: shared.clone(),
+                            kind,
+                            leg: leg.name(),
+                            msg: &mut hooked,
+                        };
+                        failed |= self
+                            .run_hook(&rules, call, &call_id, ingress, script, Hook::Sdp, args)
+                            .failed;
+                        let sdp = shared.lock().unwrap_or_else(|e| e.into_inner());
+                        hooked.msg.body = Bytes::from(sdp.to_bytes());
+                    }
+                    Err(err) => {
+                        tracing::debug!(call = %call_id, "SDP not parsed, on_sdp skipped: {err}");
+                    }
+                }
+            }
+            if wants_message {
+                let args = HookArgs::Message(&mut hooked);
+                failed |= self
+                    .run_hook(&rules, call, &call_id, ingress, script, hook, args)
+                    .failed;
+            }
         }
         let policy = &rules.profile.trunks[trunk].headers;
         apply_policy(&mut hooked.msg, &hooked.touched, policy);
@@ -769,12 +821,13 @@ impl Engine {
             }) => {
                 self.stats.calls_failed += 1;
                 let mut response = response_to(&msg, status, Some(&reason), Some(&a.local_tag));
+                let touched = headers.iter().map(|(name, _)| name.clone()).collect();
                 for (name, value) in headers {
                     response.push_header(name, value);
                 }
-                let response =
-                    self.outgoing_edited(None, script, Leg::A, trunk, response, Vec::new());
-                self.send_response(a_invite, &response.0, now);
+                let (response, _) =
+                    self.outgoing_edited(None, script, Leg::A, trunk, response, touched, None);
+                self.send_response(a_invite, &response, now);
                 return;
             }
             None => {
@@ -923,7 +976,7 @@ impl Engine {
         let (script, peer, dest, ingress) = (call.script, call.b.peer, call.b.trunk, call.ingress);
         let policy = call.rules.profile.trunks[ingress].on_script_error;
         let (invite, failed) =
-            self.outgoing_edited(Some(key), script, Leg::B, dest, invite, touched);
+            self.outgoing_edited(Some(key), script, Leg::B, dest, invite, touched, None);
         if let (true, ScriptErrorPolicy::Reject(status)) = (failed, policy) {
             self.stats.calls_failed += 1;
             if let Some(server) = self.calls.get(&key).map(|c| c.a_invite) {
@@ -1160,7 +1213,7 @@ impl Engine {
             response.push_header(name, value);
         }
         let (response, _) =
-            self.outgoing_edited(Some(key), script, Leg::A, trunk, response, touched);
+            self.outgoing_edited(Some(key), script, Leg::A, trunk, response, touched, None);
         self.send_response(server, &response, now);
     }
 
@@ -1197,7 +1250,9 @@ impl Engine {
         }
         copy_crossing(msg, &mut response);
         let (script, trunk) = (call.script, dialog.trunk);
-        let response = self.outgoing(Some(key), script, to, trunk, response);
+        let offered = Some(!request.body.is_empty());
+        let (response, _) =
+            self.outgoing_edited(Some(key), script, to, trunk, response, Vec::new(), offered);
         self.send_response(server, &response, now);
     }
 

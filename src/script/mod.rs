@@ -12,9 +12,11 @@ mod api;
 mod pattern;
 pub mod reload;
 mod sandbox;
+mod sdp_api;
 
 pub use api::{CallEndInfo, HookCall, HookMessage, MediaEvent, RouteDecision};
 pub use sandbox::BUDGET_EXCEEDED;
+pub use sdp_api::SharedSdp;
 
 use crate::config::{Profile, TrunkId};
 use mlua::{Function, Lua, Table, Value};
@@ -116,6 +118,8 @@ pub enum Hook {
     Request,
     /// `on_response(call, resp)`: a response about to be sent.
     Response,
+    /// `on_sdp(call, sdp, ctx)`: an SDP offer or answer about to be sent on a leg.
+    Sdp,
     /// `on_early_media(call, resp)`: the callee sent a provisional response with SDP.
     EarlyMedia,
     /// `on_answer(call, resp)`: the callee answered.
@@ -130,10 +134,11 @@ pub enum Hook {
 
 impl Hook {
     /// Every hook, in declaration order.
-    pub const ALL: [Hook; 8] = [
+    pub const ALL: [Hook; 9] = [
         Hook::Invite,
         Hook::Request,
         Hook::Response,
+        Hook::Sdp,
         Hook::EarlyMedia,
         Hook::Answer,
         Hook::Failure,
@@ -147,6 +152,7 @@ impl Hook {
             Hook::Invite => "on_invite",
             Hook::Request => "on_request",
             Hook::Response => "on_response",
+            Hook::Sdp => "on_sdp",
             Hook::EarlyMedia => "on_early_media",
             Hook::Answer => "on_answer",
             Hook::Failure => "on_failure",
@@ -284,6 +290,14 @@ pub enum HookArgs<'a> {
     /// A SIP message (on_invite, on_request, on_response, on_early_media, on_answer,
     /// on_failure).
     Message(&'a mut HookMessage),
+    /// An SDP offer or answer (on_sdp): the SDP, "offer" or "answer", the leg it is sent on,
+    /// and the message carrying it.
+    Sdp {
+        sdp: SharedSdp,
+        kind: &'static str,
+        leg: &'static str,
+        msg: &'a mut HookMessage,
+    },
     /// A media event (on_media).
     Media(&'a MediaEvent),
     /// How the call ended (on_call_end).
@@ -405,6 +419,18 @@ impl Rules {
             match args {
                 HookArgs::Message(msg) => {
                     function.call::<()>((call, scope.create_userdata_ref_mut(msg)?))
+                }
+                HookArgs::Sdp {
+                    sdp,
+                    kind,
+                    leg,
+                    msg,
+                } => {
+                    let ctx = self.lua.create_table()?;
+                    ctx.raw_set("kind", kind)?;
+                    ctx.raw_set("leg", leg)?;
+                    ctx.raw_set("msg", scope.create_userdata_ref_mut(msg)?)?;
+                    function.call::<()>((call, sdp_api::LuaSdp(sdp), ctx))
                 }
                 HookArgs::Media(event) => function.call::<()>((call, event.to_lua(&self.lua)?)),
                 HookArgs::CallEnd(info) => function.call::<()>((call, info.to_lua(&self.lua)?)),

@@ -558,3 +558,86 @@ fn load_errors_name_file_and_line() {
         .expect("typo");
     assert!(err[0].message.contains("unknown hook 'on_invnite'"));
 }
+
+#[test]
+fn sdp_api_reads_and_edits_every_part() {
+    let script = r#"
+local r = {}
+function r.on_sdp(call, sdp, ctx)
+  assert(ctx.kind == "offer" and ctx.leg == "b" and ctx.msg.method == "INVITE")
+  assert(sdp:connection() == "192.0.2.10" and sdp:origin_address() == "192.0.2.10")
+  assert(sdp:attribute("ice-lite") == true and sdp:attribute("group") == nil)
+  sdp:set_connection("203.0.113.5")
+  sdp:set_origin_address("203.0.113.5")
+  sdp:set_bandwidth("AS", 64)
+  assert(sdp:bandwidth("AS") == 64)
+  local all = sdp:media()
+  assert(#all == 2 and #sdp:media("video") == 1)
+  local audio = sdp:media("audio")[1]
+  assert(audio.kind == "audio" and audio.port == 4000 and audio.proto == "RTP/SAVP")
+  local codecs = audio:codecs()
+  assert(#codecs == 4 and codecs[1].name == "PCMU" and codecs[1].clock == 8000 and codecs[4].fmtp == "0-16")
+  assert(audio:direction() == "sendrecv")
+  audio:set_direction("sendonly")
+  assert(audio:direction() == "sendonly")
+  local crypto = audio:crypto()
+  assert(#crypto == 2 and crypto[1].tag == 1 and crypto[1].suite == "AES_CM_128_HMAC_SHA1_80")
+  assert(audio:attribute("rtcp-mux") == true and audio:attribute("ptime") == "20")
+  assert(#audio:attributes("crypto") == 2)
+  audio:remove_attribute("crypto")
+  audio:add_attribute("crypto", "1 AES_CM_128_HMAC_SHA1_80 inline:AAAA")
+  assert(audio:reorder_codecs({ "PCMA" }) == 1)
+  assert(audio:remove_codecs({ "G722" }) == 1)
+  assert(audio:keep_codecs({ "pcma", "101" }) == 2)
+  assert(not pcall(audio.keep_codecs, audio, { "opus" }), "removing every codec is refused")
+  audio:keep_only_attributes({ "rtpmap", "fmtp", "crypto", "sendonly" })
+  assert(audio:attribute("rtcp-mux") == nil)
+  audio:set_port(5000)
+  local video = sdp:media("video")[1]
+  assert(video:is_rejected())
+  assert(not pcall(audio.set_attribute, audio, "x", "a\r\nb=evil"), "no line injection")
+  assert(not pcall(audio.set_direction, audio, "sideways"))
+  ctx.msg:set_header("X-Sdp", "edited")
+end
+return r
+"#;
+    let rules = load(script).expect("loads");
+    let offer = "v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\na=ice-lite\r\nm=audio 4000 RTP/SAVP 0 8 9 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:9 G722/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz|2^20|1:4\r\na=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:NzB4d1BINUAvLEw6UzF3WSJ+PSdFcGdUJShpX1Zj|2^20|1:32\r\na=rtcp-mux\r\na=ptime:20\r\na=sendrecv\r\nm=video 0 RTP/AVP 96\r\n";
+    let sdp: SharedSdp = Arc::new(std::sync::Mutex::new(
+        crate::sdp::Sdp::parse(offer.as_bytes()).expect("offer"),
+    ));
+    let mut msg = message();
+    let mut c = call(&rules);
+    rules
+        .run(
+            rules.script_of(0),
+            Hook::Sdp,
+            Some(&mut c),
+            HookArgs::Sdp {
+                sdp: sdp.clone(),
+                kind: "offer",
+                leg: "b",
+                msg: &mut msg,
+            },
+        )
+        .expect("runs");
+    let text = String::from_utf8(sdp.lock().unwrap().to_bytes()).unwrap();
+    assert!(text.contains("c=IN IP4 203.0.113.5\r\n"), "{text}");
+    assert!(text.contains("o=- 1 1 IN IP4 203.0.113.5\r\n"), "{text}");
+    assert!(text.contains("b=AS:64\r\n"), "{text}");
+    assert!(text.contains("m=audio 5000 RTP/SAVP 8 101\r\n"), "{text}");
+    assert!(
+        text.contains("a=sendonly\r\n") && !text.contains("a=sendrecv"),
+        "{text}"
+    );
+    assert!(
+        text.contains("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:AAAA\r\n"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("rtcp-mux") && !text.contains("G722"),
+        "{text}"
+    );
+    assert!(text.contains("m=video 0 RTP/AVP 96\r\n"), "{text}");
+    assert_eq!(header(&msg, "X-Sdp"), ["edited"]);
+}
