@@ -1,10 +1,11 @@
-//! Hot-path benchmarks: SIP parse + serialize, and one whole call through the sans-IO engine
-//! (INVITE → 100/180/200 → ACK → BYE → 200, default rules running on every message).
+//! Hot-path benchmarks: SIP parse + serialize, one whole call through the sans-IO engine
+//! (INVITE → 100/180/200 → ACK → BYE → 200, default rules running on every message), the cost
+//! of one rule hook per message, and a rule-set reload.
 
 use bridgehead::call::build::response_to;
 use bridgehead::config::{Profile, Transport};
 use bridgehead::engine::{Engine, Peer};
-use bridgehead::script::RuleSet;
+use bridgehead::script::{Hook, HookArgs, HookCall, HookMessage, RuleMetrics, RuleSet, Rules};
 use bridgehead::sip::{HeaderName, Message};
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -159,5 +160,75 @@ fn whole_call(c: &mut Criterion) {
     assert_eq!(engine.active_calls(), 0, "every call ended");
 }
 
-criterion_group!(benches, parse_serialize, whole_call);
+/// A scratch directory holding `count` scripts and a profile with one trunk per script.
+fn rules_dir(count: usize, script: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("bh-bench-rules-{}-{count}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mut profile =
+        String::from("listeners:\n  - name: l\n    address: 127.0.0.1:5060\ntrunks:\n");
+    for i in 0..count {
+        std::fs::write(dir.join(format!("rules{i}.lua")), script).expect("script");
+        profile.push_str(&format!(
+            "  - name: t{i}\n    listener: l\n    peers: [\"127.0.0.{}:5060\"]\n    script: rules{i}.lua\n",
+            i + 1
+        ));
+    }
+    std::fs::write(dir.join("profile.yaml"), profile).expect("profile");
+    dir
+}
+
+/// A hook that reads From and sets two headers, against the same message with no hook: the
+/// per-message cost rules add to the core.
+fn hooks(c: &mut Criterion) {
+    let script = "local r = {}\nfunction r.on_request(call, msg)\n  local user = msg:from_user()\n  msg:set_header('X-Caller', user or 'anonymous')\n  msg:set_header('X-MS-SBC', 'Bridgehead/SBC/0.1.0')\nend\nreturn r\n";
+    let dir = rules_dir(1, script);
+    let profile = Profile::load(&dir.join("profile.yaml")).expect("profile");
+    let rules = Rules::load(&profile, Arc::new(RuleMetrics::default())).expect("rules");
+    let message = Message::parse(&Bytes::from(invite())).expect("invite");
+    let mut group = c.benchmark_group("script");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("hook_reads_from_sets_two_headers", |b| {
+        let mut call = HookCall::new("bench".into(), 0, None);
+        b.iter(|| {
+            let mut hooked = HookMessage::new(message.clone(), "b", "t0".into());
+            rules
+                .run(
+                    rules.script_of(0),
+                    Hook::Request,
+                    Some(&mut call),
+                    HookArgs::Message(&mut hooked),
+                )
+                .expect("hook runs");
+            hooked.msg.headers.len()
+        })
+    });
+    group.bench_function("no_hook_baseline", |b| {
+        b.iter(|| {
+            let hooked = HookMessage::new(message.clone(), "b", "t0".into());
+            hooked.msg.headers.len()
+        })
+    });
+    group.finish();
+}
+
+/// Compiling a new version of a profile with 10 scripts (what a reload does per shard).
+fn reload(c: &mut Criterion) {
+    let script = include_str!("../scripts/default.lua");
+    let dir = rules_dir(10, script);
+    let path = dir.join("profile.yaml");
+    let metrics = Arc::new(RuleMetrics::default());
+    let mut group = c.benchmark_group("script");
+    group.sample_size(20);
+    group.bench_function("reload_10_scripts", |b| {
+        b.iter(|| {
+            let profile = Arc::new(Profile::load(&path).expect("profile"));
+            RuleSet::load(profile, 2, metrics.clone())
+                .expect("compiles")
+                .version
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, parse_serialize, whole_call, hooks, reload);
 criterion_main!(benches);

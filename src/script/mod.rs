@@ -313,6 +313,8 @@ pub struct Rules {
     /// Script of each trunk, by trunk index.
     trunk_script: Vec<Option<ScriptId>>,
     metrics: Arc<RuleMetrics>,
+    /// Memory use (bytes) at which the next full collection runs; see [`Rules::collect`].
+    collect_at: AtomicU64,
 }
 
 impl Rules {
@@ -358,12 +360,14 @@ impl Rules {
         if let Some(mut modules) = lua.app_data_mut::<Modules>() {
             modules.loading = false;
         }
+        let collect_at = AtomicU64::new(next_collection(lua.used_memory()));
         Ok(Rules {
             lua,
             budget,
             scripts,
             trunk_script,
             metrics,
+            collect_at,
         })
     }
 
@@ -445,8 +449,30 @@ impl Rules {
             error
         });
         script.counters[hook as usize].record(elapsed, result.as_ref().err().map(|e| e.kind));
+        self.collect();
         result
     }
+
+    /// Runs a full garbage collection once memory use doubled since the last one. The objects
+    /// hooks see are userdata with finalizers, which Lua's emergency collection (the one the
+    /// memory limit triggers) cannot free: without this, a busy state would hit its memory
+    /// limit with nothing but garbage in it.
+    fn collect(&self) {
+        let used = self.lua.used_memory() as u64;
+        if used < self.collect_at.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Err(err) = self.lua.gc_collect() {
+            tracing::warn!("Lua garbage collection failed: {err}");
+        }
+        self.collect_at
+            .store(next_collection(self.lua.used_memory()), Ordering::Relaxed);
+    }
+}
+
+/// Memory use at which to collect next: twice the live data, at least 4 MiB.
+fn next_collection(live: usize) -> u64 {
+    (live as u64 * 2).max(4 * 1024 * 1024)
 }
 
 fn load_script(
