@@ -1,0 +1,270 @@
+---@meta
+-- LuaLS (lua-language-server) definitions for Bridgehead rules: add this directory to
+-- `workspace.library` in .luarc.json and editors complete and type-check hooks and the API.
+-- The reference with examples is docs/lua-api.md.
+
+---@class bh
+---@field version string Bridgehead's version, e.g. "0.1.0".
+---@field model string The product model, "SBC".
+---@field log bh.log
+---@field metric bh.metric
+---@field re bh.re
+bh = {}
+
+---Logging into Bridgehead's log (tracing), tagged with the id of the call whose hook runs.
+---@class bh.log
+bh.log = {}
+---@param text string
+function bh.log.debug(text) end
+---@param text string
+function bh.log.info(text) end
+---@param text string
+function bh.log.warn(text) end
+---@param text string
+function bh.log.error(text) end
+
+---Counters rules define; read with the rule metrics.
+---@class bh.metric
+bh.metric = {}
+---Adds `by` (default 1) to the counter `name` with these labels.
+---@param name string letters, digits and _
+---@param labels? table<string, string>
+---@param by? integer
+function bh.metric.inc(name, labels, by) end
+
+---Linear-time regular expressions (Rust `regex` syntax): safe on untrusted input.
+---@class bh.re
+bh.re = {}
+---@param subject string
+---@param pattern string
+---@return boolean
+function bh.re.test(subject, pattern) end
+---@param subject string
+---@param pattern string
+---@return integer|nil start 1-based
+---@return integer|nil finish inclusive
+function bh.re.find(subject, pattern) end
+---The capture groups of the first match (the whole match when there are none), or nil.
+---A group that did not take part is `false`.
+---@param subject string
+---@param pattern string
+---@return string|false|nil ...
+function bh.re.match(subject, pattern) end
+---Replaces every match; `$1`, `${name}` refer to groups.
+---@param subject string
+---@param pattern string
+---@param replacement string
+---@return string result
+---@return integer count
+function bh.re.gsub(subject, pattern, replacement) end
+
+---@class bh.Trunk
+---@field name string
+---@field params table<string, string> The trunk's `params` from the profile.
+
+---@class bh.RouteOptions
+---@field peer? string "IP:port" instead of the trunk's first peer.
+---@field uri? string The Request-URI to send, instead of the caller's user at the peer.
+
+---@class bh.Call
+---@field id string The Call-ID of the A-leg.
+---@field trunk bh.Trunk The trunk the call arrived on.
+---@field vars table Per-call variables shared by every hook of the call.
+local Call = {}
+---Routes the call (in on_invite), or routes it again (in on_failure).
+---@param trunk string
+---@param opts? bh.RouteOptions
+function Call:route(trunk, opts) end
+---Refuses the call with a final status (300-699).
+---@param status integer
+---@param reason? string
+---@param headers? table<string, string>
+function Call:reject(status, reason, headers) end
+
+---@class bh.NameAddr
+---@field display? string
+---@field uri string
+---@field user? string
+---@field host? string
+---@field port? integer
+---@field params table<string, string|true>
+
+---@class bh.Message
+---@field method? string The request method (nil for responses).
+---@field status? integer The response status (nil for requests).
+---@field reason? string The reason phrase (responses).
+---@field leg "a"|"b" The leg the message is sent on: "a" toward the caller, "b" toward the callee.
+---@field trunk string The trunk the message is sent to.
+local Message = {}
+---@param name string
+---@return string|nil
+function Message:header(name) end
+---@param name string
+---@return string[]
+function Message:headers(name) end
+---@param name string
+---@return boolean
+function Message:has_header(name) end
+---@param name string
+---@param value string
+function Message:set_header(name, value) end
+---@param name string
+---@param value string
+function Message:add_header(name, value) end
+---@param name string
+function Message:remove_header(name) end
+---@return string|nil
+function Message:uri() end
+---@param uri string
+function Message:set_uri(uri) end
+---@return string|nil
+function Message:uri_user() end
+---@param user string
+function Message:set_uri_user(user) end
+---@return string|nil
+function Message:from_user() end
+---@return string|nil
+function Message:to_user() end
+---@param user string
+function Message:set_from_user(user) end
+---@param user string
+function Message:set_to_user(user) end
+---@param header string From, To, P-Asserted-Identity, Contact...
+---@return bh.NameAddr|nil
+function Message:name_addr(header) end
+---@param header string
+---@param display string|nil nil removes the display name
+function Message:set_display(header, display) end
+---@param header string
+---@param user string
+function Message:set_user(header, user) end
+---@param header string
+---@param host string
+function Message:set_host(header, host) end
+---@return string
+function Message:body() end
+---@return string|nil
+function Message:content_type() end
+---@param body string
+---@param content_type? string
+function Message:set_body(body, content_type) end
+
+---@class bh.Codec
+---@field pt string
+---@field name string
+---@field clock? integer
+---@field channels? integer
+---@field fmtp? string
+
+---@class bh.Crypto
+---@field tag integer
+---@field suite string
+---@field key string
+---@field params? string
+
+---Methods shared by the SDP session and its media sections.
+---@class bh.SdpSection
+local Section = {}
+---@param name string
+---@return string|true|nil value, true for a flag attribute
+function Section:attribute(name) end
+---@param name string
+---@return (string|true)[]
+function Section:attributes(name) end
+---@param name string
+---@param value? string|true
+function Section:set_attribute(name, value) end
+---@param name string
+---@param value? string|true
+function Section:add_attribute(name, value) end
+---@param name string
+---@return integer removed
+function Section:remove_attribute(name) end
+---@return string|nil address
+function Section:connection() end
+---@param address string
+function Section:set_connection(address) end
+---@param kind string AS, TIAS, CT...
+---@return integer|nil
+function Section:bandwidth(kind) end
+---@param kind string
+---@param value integer
+function Section:set_bandwidth(kind, value) end
+---@param kind string
+---@return integer removed
+function Section:remove_bandwidth(kind) end
+
+---@class bh.Sdp: bh.SdpSection
+local Sdp = {}
+---@param kind? string "audio", "video"...
+---@return bh.Media[]
+function Sdp:media(kind) end
+---@return string|nil
+function Sdp:origin_address() end
+---@param address string
+function Sdp:set_origin_address(address) end
+---@return string
+function Sdp:tostring() end
+
+---@class bh.Media: bh.SdpSection
+---@field kind string
+---@field port integer
+---@field proto string
+local Media = {}
+---@param port integer
+function Media:set_port(port) end
+---@return boolean
+function Media:is_rejected() end
+---@return bh.Codec[]
+function Media:codecs() end
+---@param selectors (string|integer)[] names or payload types
+---@return integer kept
+function Media:keep_codecs(selectors) end
+---@param selectors (string|integer)[]
+---@return integer removed
+function Media:remove_codecs(selectors) end
+---@param selectors (string|integer)[]
+---@return integer moved
+function Media:reorder_codecs(selectors) end
+---@param names string[]
+---@return integer removed
+function Media:keep_only_attributes(names) end
+---@return "sendrecv"|"sendonly"|"recvonly"|"inactive"
+function Media:direction() end
+---@param direction "sendrecv"|"sendonly"|"recvonly"|"inactive"
+function Media:set_direction(direction) end
+---@return bh.Crypto[]
+function Media:crypto() end
+
+---@class bh.SdpContext
+---@field kind "offer"|"answer"
+---@field leg "a"|"b"
+---@field msg bh.Message The message carrying the SDP.
+
+---@class bh.MediaEvent
+---@field kind "dtmf"|"rtp_timeout"|"quality"
+---@field leg "a"|"b"
+---@field digit? string dtmf
+---@field duration? integer dtmf, milliseconds
+---@field seconds? integer rtp_timeout
+---@field loss? number quality, percent
+---@field jitter? number quality, milliseconds
+
+---@class bh.CallEnd
+---@field reason "bye"|"cancel"|"rejected"|"timeout"|"error"
+---@field by "a"|"b"|"sbc"
+---@field status integer The final status the caller got (200 when answered).
+---@field answered boolean
+---@field duration number Seconds from answer to end.
+
+---The table a rules file returns: every field is optional.
+---@class bh.Rules
+---@field on_invite? fun(call: bh.Call, req: bh.Message)
+---@field on_request? fun(call: bh.Call|nil, req: bh.Message)
+---@field on_response? fun(call: bh.Call|nil, resp: bh.Message)
+---@field on_sdp? fun(call: bh.Call|nil, sdp: bh.Sdp, ctx: bh.SdpContext)
+---@field on_early_media? fun(call: bh.Call, resp: bh.Message)
+---@field on_answer? fun(call: bh.Call, resp: bh.Message)
+---@field on_failure? fun(call: bh.Call, resp: bh.Message)
+---@field on_media? fun(call: bh.Call, ev: bh.MediaEvent)
+---@field on_call_end? fun(call: bh.Call, info: bh.CallEnd)
