@@ -860,21 +860,3 @@ fn truncated_and_mutated_offers_never_panic() {
         body[i] = original;
     }
 }
-
-#[test]
-#[ignore = "timing; run with --release -- --ignored"]
-fn parse_and_serialize_speed() {
-    let body = TEAMS_OFFER.as_bytes();
-    let rounds = 200_000;
-    let start = std::time::Instant::now();
-    let mut total = 0;
-    for _ in 0..rounds {
-        let sdp = Sdp::parse(std::hint::black_box(body)).unwrap();
-        total += sdp.to_bytes().len();
-    }
-    let per = start.elapsed() / rounds;
-    eprintln!(
-        "{} bytes: {per:?} per parse+serialize ({total})",
-        body.len()
-    );
-}
