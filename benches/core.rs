@@ -231,44 +231,7 @@ fn reload(c: &mut Criterion) {
 }
 
 /// A Teams-style offer (SRTP, ICE, telephone-event, CN): parse and write back.
-const SDP_OFFER: &str = "v=0\r\n\
-o=- 1713273932 0 IN IP4 52.114.1.10\r\n\
-s=session\r\n\
-c=IN IP4 52.114.1.10\r\n\
-b=CT:10000000\r\n\
-t=0 0\r\n\
-a=x-mediabw:main-video send=12000;recv=12000\r\n\
-m=audio 50010 RTP/SAVP 104 9 111 18 0 8 103 101 13 118\r\n\
-c=IN IP4 52.114.1.10\r\n\
-a=rtcp:50011\r\n\
-a=ice-ufrag:Rs1K\r\n\
-a=ice-pwd:mpIM3vE6rMi6HbqMD1dRJy6S\r\n\
-a=candidate:1 1 UDP 2130706431 52.114.1.10 50010 typ host \r\n\
-a=candidate:1 2 UDP 2130705918 52.114.1.10 50011 typ host \r\n\
-a=crypto:2 AES_CM_128_HMAC_SHA1_80 inline:ozdjQIVYgwNkBQCaTDdlfDZX4k2CPvMqXrZm/ia6|2^31|1:1\r\n\
-a=crypto:3 AES_CM_128_HMAC_SHA1_80 inline:3k6+NwqJ3g2YlkB7GlnXvtTF5fC1tXNUbGl14mFu|2^31 KDR=1\r\n\
-a=label:main-audio\r\n\
-a=mid:1\r\n\
-a=rtcp-mux\r\n\
-a=rtpmap:104 SILK/16000\r\n\
-a=fmtp:104 usedtx=0\r\n\
-a=rtpmap:9 G722/8000\r\n\
-a=rtpmap:111 SIREN/16000\r\n\
-a=fmtp:111 bitrate=16000\r\n\
-a=rtpmap:18 G729/8000\r\n\
-a=fmtp:18 annexb=no\r\n\
-a=rtpmap:0 PCMU/8000\r\n\
-a=rtpmap:8 PCMA/8000\r\n\
-a=rtpmap:103 SILK/8000\r\n\
-a=rtpmap:101 telephone-event/8000\r\n\
-a=fmtp:101 0-16\r\n\
-a=rtcp-fb:101 nack\r\n\
-a=rtpmap:13 CN/8000\r\n\
-a=rtpmap:118 CN/16000\r\n\
-a=ptime:20\r\n\
-a=sendrecv\r\n\
-m=video 0 RTP/SAVP 122\r\n\
-a=rtpmap:122 X-H264UC/90000\r\n";
+const SDP_OFFER: &str = include_str!("../tests/data/sdp/teams-offer.sdp");
 
 /// SDP parse + serialize of the offer.
 fn sdp(c: &mut Criterion) {

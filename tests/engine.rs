@@ -12,27 +12,11 @@ use std::time::{Duration, Instant};
 const CORE_PEER: &str = "127.0.0.1:5090";
 const TEAMS_PEER: &str = "127.0.0.2:5080";
 
+/// The default profile's trunks running the bundled rules, `extra_teams` appended to the
+/// Teams trunk.
 fn profile_text(extra_teams: &str) -> String {
-    format!(
-        "listeners:
-  - name: core
-    address: 127.0.0.1:5060
-  - name: teams
-    address: 127.0.0.1:5070
-trunks:
-  - name: core
-    listener: core
-    peers: [\"{CORE_PEER}\"]
-    script: {script}
-    route: teams
-  - name: teams
-    listener: teams
-    peers: [\"{TEAMS_PEER}\"]
-    script: {script}
-    route: core
-{extra_teams}",
-        script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/default.lua"),
-    )
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/default.lua");
+    profile_with_script(script, "", extra_teams)
 }
 
 /// The engine plus a virtual clock and what it sent.
@@ -136,8 +120,9 @@ fn rules_file(lua: &str) -> String {
     path.display().to_string()
 }
 
-/// Core and Teams trunks running `script` (plus a `backup` trunk toward 127.0.0.3:5080).
-fn profile_with_script(script: &str, core_extra: &str) -> String {
+/// Core and Teams trunks running `script` (plus a `backup` trunk toward 127.0.0.3:5080), with
+/// extra lines for the core and Teams trunks.
+fn profile_with_script(script: &str, core_extra: &str, teams_extra: &str) -> String {
     format!(
         "listeners:
   - name: core
@@ -156,6 +141,7 @@ trunks:
     peers: [\"{TEAMS_PEER}\"]
     script: {script}
     route: core
+{teams_extra}
   - name: backup
     listener: teams
     peers: [\"127.0.0.3:5080\"]
@@ -782,7 +768,7 @@ return r
 fn failover_routes_the_call_again_and_hooks_see_its_life() {
     let metrics = Arc::new(RuleMetrics::default());
     let script = rules_file(LIFECYCLE_RULES);
-    let mut sim = Sim::with_rules(&profile_with_script(&script, ""), metrics.clone());
+    let mut sim = Sim::with_rules(&profile_with_script(&script, "", ""), metrics.clone());
     let out = sim.core_sends(&invite("fo-1@10.1.1.1", "z9hG4bKfo1", ""));
     let first = out
         .iter()
@@ -875,7 +861,7 @@ CSeq: 1 BYE
 fn failure_hook_may_turn_the_failure_into_another_answer() {
     let metrics = Arc::new(RuleMetrics::default());
     let script = rules_file(LIFECYCLE_RULES);
-    let mut sim = Sim::with_rules(&profile_with_script(&script, ""), metrics.clone());
+    let mut sim = Sim::with_rules(&profile_with_script(&script, "", ""), metrics.clone());
     let out = sim.core_sends(&invite("fo-2@10.1.1.1", "z9hG4bKfo2", ""));
     let b = out
         .iter()
@@ -911,6 +897,7 @@ fn script_error_policy_rejects_or_continues() {
     let mut sim = Sim::with_profile(&profile_with_script(
         &script,
         "    on_script_error: reject 503",
+        "",
     ));
     let out = sim.core_sends(&invite("err-1@10.1.1.1", "z9hG4bKe1", ""));
     assert_eq!(
@@ -919,7 +906,7 @@ fn script_error_policy_rejects_or_continues() {
     );
     assert_eq!(sim.engine.stats().script_errors, 1);
 
-    let mut sim = Sim::with_profile(&profile_with_script(&script, ""));
+    let mut sim = Sim::with_profile(&profile_with_script(&script, "", ""));
     let out = sim.core_sends(&invite("err-2@10.1.1.1", "z9hG4bKe2", ""));
     assert_eq!(
         summary(&out),
@@ -936,6 +923,7 @@ fn runaway_rule_in_one_call_leaves_the_next_call_alone() {
     let mut sim = Sim::with_profile(&profile_with_script(
         &script,
         "    on_script_error: reject 500",
+        "",
     ));
     let out = sim.core_sends(&invite("evil@10.1.1.1", "z9hG4bKev", "X-Evil: 1\n"));
     assert_eq!(
@@ -958,12 +946,12 @@ fn reload_pins_calls_in_progress_to_their_version() {
         ))
     };
     let metrics = Arc::new(RuleMetrics::default());
-    let v1 = profile_with_script(&version_rules("one"), "");
+    let v1 = profile_with_script(&version_rules("one"), "", "");
     let mut sim = Sim::with_rules(&v1, metrics.clone());
     let (first_b, first_ok) = answered_call(&mut sim, "v-1@10.1.1.1");
     assert_eq!(h(&first_b, "X-Version"), Some("one"));
 
-    let v2 = profile_with_script(&version_rules("two"), "");
+    let v2 = profile_with_script(&version_rules("two"), "", "");
     sim.engine.reload(rule_set(&v2, 2, metrics));
     assert_eq!(sim.engine.version(), 2);
     let out = sim.core_sends(&invite("v-2@10.1.1.1", "z9hG4bKv2", ""));
@@ -1022,7 +1010,7 @@ return { on_sdp = function(call, sdp, ctx)
 end }
 "#,
     );
-    let mut sim = Sim::with_rules(&profile_with_script(&script, ""), metrics.clone());
+    let mut sim = Sim::with_rules(&profile_with_script(&script, "", ""), metrics.clone());
     let offer = "v=0\no=- 1 1 IN IP4 192.0.2.10\ns=-\nc=IN IP4 192.0.2.10\nt=0 0\nm=audio 4000 RTP/AVP 0 8 9 101\na=rtpmap:0 PCMU/8000\na=rtpmap:8 PCMA/8000\na=rtpmap:9 G722/8000\na=rtpmap:101 telephone-event/8000\na=fmtp:101 0-16\n";
     let text = invite("sdp-1@10.1.1.1", "z9hG4bKsdp", "").replace(SDP, offer);
     let out = sim.core_sends(&text);

@@ -171,6 +171,9 @@ struct Incoming {
     trunk: TrunkId,
 }
 
+/// A local answer to a request Bridgehead refuses: the status and extra headers.
+type Refusal = (u16, Vec<(HeaderName, String)>);
+
 /// Where a call is routed: a trunk, optionally one of its peers or another address, and
 /// optionally a Request-URI chosen by a rule.
 struct Route {
@@ -540,120 +543,46 @@ impl Engine {
             self.reject_stateless(&msg, from, 403, "source belongs to no trunk", now);
             return;
         };
+        let incoming = Incoming {
+            msg,
+            key,
+            from,
+            trunk,
+        };
         if method == Method::Cancel {
-            self.on_cancel(
-                Incoming {
-                    msg,
-                    key,
-                    from,
-                    trunk,
-                },
-                now,
-            );
+            self.on_cancel(incoming, now);
             return;
         }
-        if let Some((status, extra)) = Engine::refuse_request(&msg) {
-            self.answer(
-                Incoming {
-                    msg,
-                    key,
-                    from,
-                    trunk,
-                },
-                status,
-                &extra,
-                now,
-            );
+        if let Some((status, extra)) = Engine::refuse_request(&incoming.msg) {
+            self.answer(incoming, status, &extra, now);
             return;
         }
         if info.to_tag.is_some() {
-            self.on_dialog_request(
-                Incoming {
-                    msg,
-                    key,
-                    from,
-                    trunk,
-                },
-                method,
-                info,
-                now,
-            );
+            self.on_dialog_request(incoming, method, info, now);
             return;
         }
-        match method {
-            Method::Invite => self.on_new_invite(
-                Incoming {
-                    msg,
-                    key,
-                    from,
-                    trunk,
-                },
-                info,
-                now,
-            ),
-            Method::Options => {
-                let extra = [
+        let (status, extra) = match method {
+            Method::Invite => return self.on_new_invite(incoming, info, now),
+            Method::Options => (
+                200,
+                vec![
                     (HeaderName::Allow, ALLOW.to_string()),
                     (HeaderName::Accept, ACCEPT.to_string()),
                     (HeaderName::Supported, SUPPORTED.to_string()),
-                ];
-                self.answer(
-                    Incoming {
-                        msg,
-                        key,
-                        from,
-                        trunk,
-                    },
-                    200,
-                    &extra,
-                    now,
-                );
-            }
-            Method::Extension(_) => {
-                let extra = [(HeaderName::Allow, ALLOW.to_string())];
-                self.answer(
-                    Incoming {
-                        msg,
-                        key,
-                        from,
-                        trunk,
-                    },
-                    501,
-                    &extra,
-                    now,
-                );
-            }
-            Method::Register | Method::Message | Method::Subscribe | Method::Publish => {
-                let extra = [(HeaderName::Allow, ALLOW.to_string())];
-                self.answer(
-                    Incoming {
-                        msg,
-                        key,
-                        from,
-                        trunk,
-                    },
-                    405,
-                    &extra,
-                    now,
-                );
-            }
-            _ => self.answer(
-                Incoming {
-                    msg,
-                    key,
-                    from,
-                    trunk,
-                },
-                481,
-                &[],
-                now,
+                ],
             ),
-        }
+            Method::Extension(_) => (501, vec![(HeaderName::Allow, ALLOW.to_string())]),
+            Method::Register | Method::Message | Method::Subscribe | Method::Publish => {
+                (405, vec![(HeaderName::Allow, ALLOW.to_string())])
+            }
+            _ => (481, Vec::new()),
+        };
+        self.answer(incoming, status, &extra, now);
     }
 
     /// Checks what any request asks for that Bridgehead cannot give (an option it does not
     /// support, a URI scheme it cannot route); returns the refusal.
-    fn refuse_request(msg: &Message) -> Option<(u16, Vec<(HeaderName, String)>)> {
+    fn refuse_request(msg: &Message) -> Option<Refusal> {
         let required: Vec<&str> = msg
             .headers_named(&HeaderName::Require)
             .filter_map(|v| std::str::from_utf8(v).ok())
@@ -672,10 +601,7 @@ impl Engine {
     }
 
     /// Checks what a new INVITE asks for that Bridgehead cannot give; returns the refusal.
-    fn refuse_invite(
-        msg: &Message,
-        info: &RequestInfo,
-    ) -> Option<(u16, Vec<(HeaderName, String)>)> {
+    fn refuse_invite(msg: &Message, info: &RequestInfo) -> Option<Refusal> {
         if !msg.body.is_empty() {
             let sdp = msg.header_str(&HeaderName::ContentType).is_some_and(|ct| {
                 ct.trim()
@@ -713,26 +639,16 @@ impl Engine {
     }
 
     fn on_new_invite(&mut self, incoming: Incoming, info: RequestInfo, now: Instant) {
+        if let Some((status, extra)) = Engine::refuse_invite(&incoming.msg, &info) {
+            self.answer(incoming, status, &extra, now);
+            return;
+        }
         let Incoming {
             msg,
             key,
             from,
             trunk,
         } = incoming;
-        if let Some((status, extra)) = Engine::refuse_invite(&msg, &info) {
-            self.answer(
-                Incoming {
-                    msg,
-                    key,
-                    from,
-                    trunk,
-                },
-                status,
-                &extra,
-                now,
-            );
-            return;
-        }
         let rules = self.current.clone();
         let script = rules.rules.script_of(trunk);
         let a_invite = self.create_server(key, msg.clone(), from, ServerOwner::Local);
@@ -1364,28 +1280,18 @@ impl Engine {
     }
 
     fn on_cancel(&mut self, incoming: Incoming, now: Instant) {
+        let invite_key = Engine::server_key(&incoming.msg, &Method::Invite, &incoming.from);
+        let invite = invite_key.as_deref().and_then(|k| self.find_server(k));
+        let Some(invite) = invite else {
+            self.answer(incoming, 481, &[], now);
+            return;
+        };
         let Incoming {
             msg,
             key,
             from,
             trunk,
         } = incoming;
-        let invite_key = Engine::server_key(&msg, &Method::Invite, &from);
-        let invite = invite_key.as_deref().and_then(|k| self.find_server(k));
-        let Some(invite) = invite else {
-            self.answer(
-                Incoming {
-                    msg,
-                    key,
-                    from,
-                    trunk,
-                },
-                481,
-                &[],
-                now,
-            );
-            return;
-        };
         let (owner, final_sent, request) = match self.servers.get(&invite) {
             Some(e) => (e.owner, e.txn.is_final_sent(), e.request.clone()),
             None => return,
@@ -1426,6 +1332,49 @@ impl Engine {
         }
     }
 
+    /// Checks an in-dialog request against its dialog (RFC 3261 §12.2.2) and records what it
+    /// changes; returns the call and the leg it came on, or the status to refuse it with.
+    fn accept_dialog_request(
+        &mut self,
+        msg: &Message,
+        method: &Method,
+        info: &RequestInfo,
+    ) -> Result<(CallKey, Leg), Refusal> {
+        let (call_key, leg) = self
+            .dialogs
+            .get(&info.call_id)
+            .copied()
+            .ok_or((481, Vec::new()))?;
+        let call = self.calls.get_mut(&call_key).ok_or((481, Vec::new()))?;
+        let dialog = call.leg_mut(leg);
+        let tags_match = info.to_tag.as_deref() == Some(dialog.local_tag.as_str())
+            && (dialog.remote_tag.is_none() || info.from_tag == dialog.remote_tag);
+        if !tags_match {
+            return Err((481, Vec::new()));
+        }
+        if dialog.remote_cseq != 0 && info.cseq <= dialog.remote_cseq {
+            let warning = "399 bridgehead \"CSeq out of order\"".to_string();
+            return Err((500, vec![(HeaderName::Warning, warning)]));
+        }
+        dialog.remote_cseq = info.cseq;
+        if info.max_forwards == Some(0) {
+            return Err((483, Vec::new()));
+        }
+        if *method == Method::Invite && call.invite_pending {
+            let retry = (HeaderName::Other("Retry-After".into()), "1".to_string());
+            return Err((491, vec![retry]));
+        }
+        if is_target_refresh(method) {
+            if let Some(target) = contact_uri(msg) {
+                call.leg_mut(leg).remote_target = target;
+            }
+        }
+        if *method == Method::Invite {
+            call.invite_pending = true;
+        }
+        Ok((call_key, leg))
+    }
+
     fn on_dialog_request(
         &mut self,
         incoming: Incoming,
@@ -1433,113 +1382,14 @@ impl Engine {
         info: RequestInfo,
         now: Instant,
     ) {
-        let Incoming {
-            msg,
-            key,
-            from,
-            trunk,
-        } = incoming;
-        let Some((call_key, leg)) = self.dialogs.get(&info.call_id).copied() else {
-            self.answer(
-                Incoming {
-                    msg,
-                    key,
-                    from,
-                    trunk,
-                },
-                481,
-                &[],
-                now,
-            );
-            return;
-        };
-        let Some(call) = self.calls.get_mut(&call_key) else {
-            self.answer(
-                Incoming {
-                    msg,
-                    key,
-                    from,
-                    trunk,
-                },
-                481,
-                &[],
-                now,
-            );
-            return;
-        };
-        let dialog = call.leg_mut(leg);
-        let tags_match = info.to_tag.as_deref() == Some(dialog.local_tag.as_str())
-            && (dialog.remote_tag.is_none() || info.from_tag == dialog.remote_tag);
-        if !tags_match {
-            self.answer(
-                Incoming {
-                    msg,
-                    key,
-                    from,
-                    trunk,
-                },
-                481,
-                &[],
-                now,
-            );
-            return;
-        }
-        if dialog.remote_cseq != 0 && info.cseq <= dialog.remote_cseq {
-            let extra = [(
-                HeaderName::Warning,
-                "399 bridgehead \"CSeq out of order\"".to_string(),
-            )];
-            self.answer(
-                Incoming {
-                    msg,
-                    key,
-                    from,
-                    trunk,
-                },
-                500,
-                &extra,
-                now,
-            );
-            return;
-        }
-        dialog.remote_cseq = info.cseq;
-        if info.max_forwards == Some(0) {
-            self.answer(
-                Incoming {
-                    msg,
-                    key,
-                    from,
-                    trunk,
-                },
-                483,
-                &[],
-                now,
-            );
-            return;
-        }
-        if method == Method::Invite && call.invite_pending {
-            let extra = [(HeaderName::Other("Retry-After".into()), "1".to_string())];
-            self.answer(
-                Incoming {
-                    msg,
-                    key,
-                    from,
-                    trunk,
-                },
-                491,
-                &extra,
-                now,
-            );
-            return;
-        }
-        if is_target_refresh(&method) {
-            if let Some(target) = contact_uri(&msg) {
-                call.leg_mut(leg).remote_target = target;
+        let (call_key, leg) = match self.accept_dialog_request(&incoming.msg, &method, &info) {
+            Ok(found) => found,
+            Err((status, extra)) => {
+                self.answer(incoming, status, &extra, now);
+                return;
             }
-        }
-        if method == Method::Invite {
-            call.invite_pending = true;
-        }
+        };
+        let Incoming { msg, key, from, .. } = incoming;
         let to = leg.other();
         let branch = self.new_branch();
         let Some(call) = self.calls.get_mut(&call_key) else {

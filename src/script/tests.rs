@@ -664,3 +664,37 @@ fn garbage_from_many_hook_calls_is_collected() {
     }
     assert!(peak < 6 * 1024 * 1024, "peak Lua memory {peak} bytes");
 }
+
+#[test]
+fn lua_patterns_never_panic_on_arbitrary_input() {
+    // Random patterns and subjects over the characters that matter to the matcher: any input
+    // gives a result or a Lua error, never a panic.
+    let rules = load(
+        "local r = {}\nfunction r.on_invite(call, req)\n  local s, p = req:header('X-S'), req:header('X-P')\n  pcall(string.find, s, p)\n  pcall(string.find, s, p, -3)\n  pcall(string.match, s, p, 2)\n  pcall(string.gsub, s, p, '%0%1')\n  pcall(string.gsub, s, p, { a = 'b' })\n  pcall(function() for a, b in s:gmatch(p) do end end)\nend\nreturn r\n",
+    )
+    .expect("loads");
+    let alphabet = b"%[]^$()*+-?.ab1 fdb";
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for _ in 0..3000 {
+        let mut pick = |max: u64| -> String {
+            let len = next() % max;
+            (0..len)
+                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize] as char)
+                .collect()
+        };
+        let (subject, pattern) = (pick(12), pick(8));
+        let mut msg = message();
+        msg.msg
+            .push_header(HeaderName::parse("X-S"), subject.clone());
+        msg.msg
+            .push_header(HeaderName::parse("X-P"), pattern.clone());
+        let result = invite(&rules, &mut call(&rules), &mut msg);
+        assert!(result.is_ok(), "{subject:?} {pattern:?}: {result:?}");
+    }
+}
