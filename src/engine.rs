@@ -8,7 +8,7 @@
 
 use crate::call::{Call, CallKey, ClientOwner, Leg, ServerOwner};
 use crate::config::{ListenerId, Profile, Transport};
-use crate::script::{HookArgs, MediaEvent, RuleSet};
+use crate::script::{HookArgs, MediaAction, MediaEvent, RuleSet};
 use crate::sip::header::{split_list, Via};
 use crate::sip::transaction::{
     ClientTransaction, ServerTransaction, TimerConfig, TimerKind, TxnAction,
@@ -117,6 +117,8 @@ pub struct Engine {
     rng: u64,
     actions: Vec<TxnAction>,
     pub(crate) stats: EngineStats,
+    /// Media actions rules asked for, by A-leg Call-ID, for the media plane.
+    pub(crate) media_actions: VecDeque<(String, MediaAction)>,
 }
 
 impl Engine {
@@ -147,6 +149,7 @@ impl Engine {
             rng: seed,
             actions: Vec::new(),
             stats: EngineStats::default(),
+            media_actions: VecDeque::new(),
         }
     }
 
@@ -178,6 +181,12 @@ impl Engine {
             *counts.entry(call.rules.version).or_insert(0) += 1;
         }
         counts.into_iter().collect()
+    }
+
+    /// The next media action a rule asked for (`call:play_ringback`, `call:send_dtmf`), with
+    /// the A-leg Call-ID of its call: the media plane polls these.
+    pub fn poll_media_action(&mut self) -> Option<(String, MediaAction)> {
+        self.media_actions.pop_front()
     }
 
     /// A media event for the call whose A-leg Call-ID is `call_id` (fires `on_media`). The

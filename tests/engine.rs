@@ -2,7 +2,7 @@
 
 use bridgehead::config::{Profile, Transport};
 use bridgehead::engine::{Engine, Peer};
-use bridgehead::script::{MediaEvent, RuleMetrics, RuleSet};
+use bridgehead::script::{MediaAction, MediaEvent, RuleMetrics, RuleSet};
 use bridgehead::sip::{HeaderName, Message};
 use bytes::Bytes;
 use std::path::Path;
@@ -740,9 +740,11 @@ function r.on_invite(call, req)
 end
 function r.on_early_media(call, resp)
   bh.metric.inc("early_media", { status = tostring(resp.status) })
+  call:play_ringback()
 end
 function r.on_answer(call, resp)
-  assert(call.vars.started == "yes")
+  assert(call.vars.started == "yes" and call.leg == "b")
+  call:send_dtmf("1#", "b")
   bh.metric.inc("answered", { trunk = resp.trunk })
 end
 function r.on_failure(call, resp)
@@ -755,6 +757,7 @@ function r.on_failure(call, resp)
   end
 end
 function r.on_media(call, ev)
+  assert(call.leg == ev.leg)
   bh.metric.inc("media", { kind = ev.kind, digit = ev.digit or "" })
 end
 function r.on_call_end(call, info)
@@ -805,6 +808,18 @@ fn failover_routes_the_call_again_and_hooks_see_its_life() {
         user_counter(&metrics, "answered", &[("trunk", "backup")]),
         1
     );
+    // What the rules asked of the media plane, in order.
+    let call_id = "fo-1@10.1.1.1".to_string();
+    assert_eq!(
+        sim.engine.poll_media_action(),
+        Some((call_id.clone(), MediaAction::PlayRingback { leg: "a" }))
+    );
+    let dtmf_action = MediaAction::SendDtmf {
+        leg: "b",
+        digits: "1#".into(),
+    };
+    assert_eq!(sim.engine.poll_media_action(), Some((call_id, dtmf_action)));
+    assert_eq!(sim.engine.poll_media_action(), None);
 
     // DTMF from the media plane reaches on_media.
     let dtmf = MediaEvent::Dtmf {

@@ -70,7 +70,15 @@ function bh.re.gsub(subject, pattern, replacement) end
 ---@field id string The Call-ID of the A-leg.
 ---@field trunk bh.Trunk The trunk the call arrived on.
 ---@field vars table Per-call variables shared by every hook of the call.
+---@field leg "a"|"b"|nil The leg the hook is about (nil in on_call_end).
 local Call = {}
+---Asks the media plane to play ringback to a leg (default "a").
+---@param leg? "a"|"b"
+function Call:play_ringback(leg) end
+---Asks the media plane to send RFC 4733 DTMF digits (0-9, *, #, A-D) to a leg (default "b").
+---@param digits string
+---@param leg? "a"|"b"
+function Call:send_dtmf(digits, leg) end
 ---Routes the call (in on_invite), or routes it again (in on_failure).
 ---@param trunk string
 ---@param opts? bh.RouteOptions

@@ -314,6 +314,9 @@ impl Engine {
         if let Some(c) = key.and_then(|k| self.calls.get_mut(&k)) {
             c.vars = vars.take();
         }
+        for action in call.media_actions.drain(..) {
+            self.media_actions.push_back((call_id.to_string(), action));
+        }
         let failed = match result {
             Ok(()) => false,
             Err(err) => {

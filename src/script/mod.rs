@@ -14,7 +14,7 @@ pub mod reload;
 mod sandbox;
 mod sdp_api;
 
-pub use api::{CallEndInfo, HookCall, HookMessage, MediaEvent, RouteDecision};
+pub use api::{CallEndInfo, HookCall, HookMessage, MediaAction, MediaEvent, RouteDecision};
 pub use sandbox::BUDGET_EXCEEDED;
 pub use sdp_api::SharedSdp;
 
@@ -304,6 +304,18 @@ pub enum HookArgs<'a> {
     CallEnd(&'a CallEndInfo),
 }
 
+impl HookArgs<'_> {
+    /// The leg the hook is about, as `call.leg` shows it.
+    fn leg(&self) -> Option<&'static str> {
+        match self {
+            HookArgs::Message(msg) => Some(msg.leg),
+            HookArgs::Sdp { leg, .. } => Some(leg),
+            HookArgs::Media(event) => Some(event.leg()),
+            HookArgs::CallEnd(_) => None,
+        }
+    }
+}
+
 /// One shard's copy of one rule-set version: every script of a profile, loaded into one
 /// sandboxed Lua state.
 pub struct Rules {
@@ -404,12 +416,12 @@ impl Rules {
             return Ok(());
         };
         let mut call = call;
-        if let Some(call) = call.as_mut().filter(|c| c.vars.is_none()) {
-            call.vars = Some(
-                self.lua
-                    .create_table()
-                    .map_err(|e| ScriptError::from_lua(&e))?,
-            );
+        if let Some(call) = call.as_mut() {
+            if call.vars.is_none() {
+                let vars = self.lua.create_table();
+                call.vars = Some(vars.map_err(|e| ScriptError::from_lua(&e))?);
+            }
+            call.leg = args.leg();
         }
         let call_id = call.as_ref().map(|c| c.id.clone()).unwrap_or_default();
         self.lua.set_app_data(api::CurrentCall(call_id));

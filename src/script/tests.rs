@@ -698,3 +698,33 @@ fn lua_patterns_never_panic_on_arbitrary_input() {
         assert!(result.is_ok(), "{subject:?} {pattern:?}: {result:?}");
     }
 }
+
+#[test]
+fn media_actions_are_validated_and_queued() {
+    let (result, _, call) = run_invite(
+        r#"
+        assert(call.leg == "b")
+        call:play_ringback()
+        call:send_dtmf("12*#ab")
+        call:send_dtmf("9", "a")
+        assert(not pcall(call.send_dtmf, call, "12x"))
+        assert(not pcall(call.send_dtmf, call, ""))
+        assert(not pcall(call.play_ringback, call, "c"))
+    "#,
+    );
+    assert_eq!(result, Ok(()));
+    assert_eq!(
+        call.media_actions,
+        [
+            MediaAction::PlayRingback { leg: "a" },
+            MediaAction::SendDtmf {
+                leg: "b",
+                digits: "12*#AB".into()
+            },
+            MediaAction::SendDtmf {
+                leg: "a",
+                digits: "9".into()
+            },
+        ]
+    );
+}
