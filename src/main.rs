@@ -1,4 +1,4 @@
-//! The `bridgehead` command: run the SBC, or check a profile and its scripts.
+//! The `bridgehead` command: run the SBC, check a profile and its scripts, replay scenarios.
 
 use bridgehead::config::Profile;
 use bridgehead::script::{RuleMetrics, Rules};
@@ -29,6 +29,18 @@ enum Command {
         #[arg(long, default_value = "profiles/default.yaml")]
         profile: PathBuf,
     },
+    /// Replay scenarios (YAML files, or directories of them) through the rules offline.
+    Replay {
+        /// Scenario files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Write what Bridgehead sent as each step's expectations (review before committing).
+        #[arg(long)]
+        record: bool,
+        /// Also write a JUnit XML report.
+        #[arg(long)]
+        junit: Option<PathBuf>,
+    },
 }
 
 /// Loads a profile and compiles its rules once, to report every error before anything runs.
@@ -41,14 +53,19 @@ fn load(path: &Path) -> Result<Profile, Vec<String>> {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Offline commands print their own report; the log only says what went wrong.
+    let level = match cli.command {
+        Command::Run { .. } => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     match cli.command {
         Command::Check { profile } => match load(&profile) {
             Ok(profile) => {
@@ -67,6 +84,11 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Replay {
+            paths,
+            record,
+            junit,
+        } => replay(&paths, record, junit.as_deref()),
         Command::Run { profile } => {
             let profile = match load(&profile) {
                 Ok(profile) => profile,
@@ -86,5 +108,57 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// `bridgehead replay`: runs every scenario, prints failures and a summary.
+fn replay(paths: &[PathBuf], record: bool, junit: Option<&Path>) -> ExitCode {
+    let files = match bridgehead::replay::collect(paths) {
+        Ok(files) if !files.is_empty() => files,
+        Ok(_) => {
+            eprintln!("no scenarios found (YAML files with a top-level `steps:` list)");
+            return ExitCode::FAILURE;
+        }
+        Err(err) => {
+            eprintln!("{err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let started = std::time::Instant::now();
+    let outcomes: Vec<_> = files
+        .iter()
+        .map(|file| bridgehead::replay::run_file(file, record))
+        .collect();
+    let steps: usize = outcomes.iter().map(|o| o.steps).sum();
+    let mut failed = 0;
+    for outcome in &outcomes {
+        if outcome.passed() {
+            let verb = if record { "recorded" } else { "ok" };
+            println!("{verb:>8}  {} ({} steps)", outcome.name, outcome.steps);
+        } else {
+            failed += 1;
+            println!("  FAILED  {}", outcome.name);
+            for failure in &outcome.failures {
+                println!("{failure}");
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "{} passed, {failed} failed ({steps} steps in {:.1} ms, {:.0} steps/s)",
+        outcomes.len() - failed,
+        elapsed.as_secs_f64() * 1000.0,
+        steps as f64 / elapsed.as_secs_f64().max(1e-9)
+    );
+    if let Some(path) = junit {
+        if let Err(err) = std::fs::write(path, bridgehead::replay::junit(&outcomes)) {
+            eprintln!("{}: {err}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }

@@ -1,0 +1,289 @@
+//! Replay scenarios: the YAML model, reading it with line numbers for errors, and writing it
+//! back (record mode).
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// A scenario file.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// What the scenario shows (defaults to the file name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The profile, relative to the scenario (default: `profile.yaml` beside it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<PathBuf>,
+    /// Variables for `${name}` (`${version}` is Bridgehead's version).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vars: BTreeMap<String, String>,
+    pub steps: Vec<Step>,
+}
+
+/// One step: an action, then what Bridgehead must send in response.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    /// A message arrives at Bridgehead from a trunk's peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send: Option<Send>,
+    /// A response arrives to a request Bridgehead sent (saved with `save:`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<Reply>,
+    /// Virtual time passes (`500ms`, `2s`, `1m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<String>,
+    /// A media event for a call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<MediaStep>,
+    /// A new rule-set version becomes current.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reload: Option<ReloadStep>,
+    /// What Bridgehead sends after the action, in order, and nothing else; `any` skips the
+    /// check. No `expect` means nothing may be sent.
+    #[serde(default, skip_serializing_if = "Expectations::is_none")]
+    pub expect: Expectations,
+}
+
+/// The expectations of a step.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum Expectations {
+    /// Nothing may be sent.
+    #[default]
+    None,
+    /// `expect: any`: anything may be sent.
+    Any(AnyKeyword),
+    /// Exactly these messages, in order.
+    List(Vec<Expect>),
+}
+
+impl Expectations {
+    fn is_none(&self) -> bool {
+        matches!(self, Expectations::None)
+    }
+}
+
+/// The keyword `any`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AnyKeyword {
+    Any,
+}
+
+/// A message arriving at Bridgehead.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Send {
+    /// The trunk it comes from (its first peer is the source unless `peer` says otherwise).
+    pub from: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    /// The SIP text (line ends and Content-Length are fixed up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sip: Option<String>,
+    /// Or a file holding it, relative to the scenario.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+}
+
+/// A response from the peer a saved request was sent to.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reply {
+    /// The saved request it answers.
+    pub to: String,
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The To-tag (default `replay`; none on 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// An SDP body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sdp: Option<String>,
+}
+
+/// A media event (`on_media`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaStep {
+    /// `dtmf`, `rtp_timeout` or `quality`.
+    pub kind: String,
+    /// The A-leg Call-ID (default: the last call started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call: Option<String>,
+    /// `a` or `b` (default `a`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leg: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<f64>,
+}
+
+/// A reload: the profile (default: the scenario's) is compiled again as a new version.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadStep {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<PathBuf>,
+    /// The new version must be refused (the running one stays).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fails: bool,
+}
+
+/// One message Bridgehead must send.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// The trunk it goes to.
+    pub to: String,
+    /// A request with this method...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+    /// ...or a response with this status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<u16>,
+    /// The peer address, when the trunk has several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    /// The Request-URI, exactly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+    /// Headers whose (first) value must equal this.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Headers whose (first) value must match this regex.
+    #[serde(default, rename = "match", skip_serializing_if = "BTreeMap::is_empty")]
+    pub matches: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub present: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub absent: Vec<String>,
+    /// Checks of the SDP body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sdp: Option<SdpExpect>,
+    /// Keep the message under this name (`${name.Call-ID}`, `reply: {to: name}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub save: Option<String>,
+    /// Variables from this message: name → `Header` or `Header;param` (e.g. `To;tag`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub capture: BTreeMap<String, String>,
+}
+
+/// Checks of an SDP body (first audio section unless `media` says otherwise).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SdpExpect {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<String>,
+    /// Codec names in m= order, exactly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub codecs: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<String>,
+    /// The connection address (c=).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<String>,
+    /// Attributes present (media or session level).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attributes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub absent_attributes: Vec<String>,
+    /// At least one a=crypto (true) or none (false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crypto: Option<bool>,
+}
+
+/// A scenario as read: the model, its file, and the line of each step.
+pub struct Loaded {
+    pub path: PathBuf,
+    pub scenario: Scenario,
+    pub step_lines: Vec<usize>,
+}
+
+/// Reads a scenario; errors are `file:line: message`.
+pub fn load(path: &Path) -> Result<Loaded, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| format!("{}: cannot read scenario: {err}", path.display()))?;
+    let scenario: Scenario = serde_yaml::from_str(&text).map_err(|err| {
+        let line = err.location().map_or(0, |l| l.line());
+        let message = err.to_string();
+        let message = message.split(" at line ").next().unwrap_or(&message);
+        format!("{}:{line}: {message}", path.display())
+    })?;
+    let step_lines = step_lines(&text);
+    for (index, step) in scenario.steps.iter().enumerate() {
+        let actions = [
+            step.send.is_some(),
+            step.reply.is_some(),
+            step.wait.is_some(),
+            step.media.is_some(),
+            step.reload.is_some(),
+        ]
+        .iter()
+        .filter(|a| **a)
+        .count();
+        if actions != 1 {
+            return Err(format!(
+                "{}:{}: step {} must have exactly one of send, reply, wait, media, reload",
+                path.display(),
+                step_lines.get(index).copied().unwrap_or(0),
+                index + 1
+            ));
+        }
+    }
+    Ok(Loaded {
+        path: path.to_path_buf(),
+        scenario,
+        step_lines,
+    })
+}
+
+/// The line (1-based) where each item of the top-level `steps:` list starts.
+fn step_lines(text: &str) -> Vec<usize> {
+    let mut lines = Vec::new();
+    let mut in_steps = false;
+    let mut indent = None;
+    for (index, line) in text.lines().enumerate() {
+        if line.starts_with("steps:") {
+            in_steps = true;
+            continue;
+        }
+        if !in_steps || line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
+        let spaces = line.len() - line.trim_start().len();
+        if spaces == 0 && !line.starts_with('-') {
+            in_steps = false;
+            continue;
+        }
+        if line.trim_start().starts_with("- ") || line.trim() == "-" {
+            let item_indent = *indent.get_or_insert(spaces);
+            if spaces == item_indent {
+                lines.push(index + 1);
+            }
+        }
+    }
+    lines
+}
+
+/// Writes a scenario back (record mode). Comments are not kept.
+pub fn save(path: &Path, scenario: &Scenario) -> Result<(), String> {
+    let text = serde_yaml::to_string(scenario)
+        .map_err(|err| format!("{}: cannot write scenario: {err}", path.display()))?;
+    let header =
+        "# Recorded by `bridgehead replay --record`: review the expectations before committing.\n";
+    std::fs::write(path, format!("{header}{text}"))
+        .map_err(|err| format!("{}: cannot write scenario: {err}", path.display()))
+}

@@ -1,0 +1,5 @@
+local rules = {}
+function rules.on_request(call, msg)
+  if then
+end
+return rules
