@@ -243,5 +243,38 @@ fn sdp(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, parse_serialize, whole_call, hooks, reload, sdp);
+/// The project's replay scenarios (`tests/replay`), one after another on one core: the
+/// harness's steps per second, scenario setup (profile, Lua state, scripts) included.
+fn replay(c: &mut Criterion) {
+    let dir = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/replay"));
+    let files = bridgehead::replay::collect(&[dir]).expect("scenarios");
+    let steps: usize = files
+        .iter()
+        .map(|f| bridgehead::replay::run_file(f, false).steps)
+        .sum();
+    let mut group = c.benchmark_group("replay");
+    group.throughput(Throughput::Elements(steps as u64));
+    group.bench_function("project_scenarios_one_core", |b| {
+        b.iter(|| {
+            files
+                .iter()
+                .map(|f| bridgehead::replay::run_file(f, false).steps)
+                .sum::<usize>()
+        })
+    });
+    group.bench_function("project_scenarios_all_cores", |b| {
+        b.iter(|| bridgehead::replay::run_all(&files, false).len())
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    parse_serialize,
+    whole_call,
+    hooks,
+    reload,
+    sdp,
+    replay
+);
 criterion_main!(benches);

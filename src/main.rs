@@ -125,10 +125,7 @@ fn replay(paths: &[PathBuf], record: bool, junit: Option<&Path>) -> ExitCode {
         }
     };
     let started = std::time::Instant::now();
-    let outcomes: Vec<_> = files
-        .iter()
-        .map(|file| bridgehead::replay::run_file(file, record))
-        .collect();
+    let outcomes = bridgehead::replay::run_all(&files, record);
     let steps: usize = outcomes.iter().map(|o| o.steps).sum();
     let mut failed = 0;
     for outcome in &outcomes {

@@ -141,6 +141,31 @@ pub fn run_file(path: &Path, record: bool) -> Outcome {
     outcome
 }
 
+/// Runs scenario files on every core (each scenario has its own engine); outcomes come back
+/// in the order of `files`.
+pub fn run_all(files: &[PathBuf], record: bool) -> Vec<Outcome> {
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(files.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut outcomes: Vec<Option<Outcome>> = files.iter().map(|_| None).collect();
+    let results = std::sync::Mutex::new(&mut outcomes);
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(file) = files.get(index) else {
+                    break;
+                };
+                let outcome = run_file(file, record);
+                let mut results = results.lock().unwrap_or_else(|e| e.into_inner());
+                results[index] = Some(outcome);
+            });
+        }
+    });
+    outcomes.into_iter().flatten().collect()
+}
+
 /// A message Bridgehead sent, with where it went.
 struct Sent {
     peer: Peer,
@@ -512,8 +537,7 @@ impl Replay {
         }
         for (name, pattern) in &exp.matches {
             let pattern = self.expand(pattern)?;
-            let re = regex::Regex::new(&pattern)
-                .map_err(|err| format!("match {name}: bad regex: {err}"))?;
+            let re = compiled(&pattern).map_err(|err| format!("match {name}: bad regex: {err}"))?;
             match got.msg.header_str(&HeaderName::parse(name)) {
                 Some(v) if re.is_match(v) => {}
                 Some(v) => problems.push(format!("{name}: {v} does not match {pattern}")),
@@ -597,6 +621,23 @@ impl Replay {
         }
         problems
     }
+}
+
+thread_local! {
+    /// Regexes of `match:` expectations, compiled once per thread (scenarios repeat them).
+    static REGEXES: std::cell::RefCell<HashMap<String, regex::Regex>> =
+        std::cell::RefCell::new(HashMap::new());
+}
+
+fn compiled(pattern: &str) -> Result<regex::Regex, regex::Error> {
+    REGEXES.with(|cache| {
+        if let Some(re) = cache.borrow().get(pattern) {
+            return Ok(re.clone());
+        }
+        let re = regex::Regex::new(pattern)?;
+        cache.borrow_mut().insert(pattern.to_string(), re.clone());
+        Ok(re)
+    })
 }
 
 fn clone_sent(sent: &Sent) -> Sent {
