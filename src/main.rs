@@ -41,6 +41,15 @@ enum Command {
         #[arg(long)]
         junit: Option<PathBuf>,
     },
+    /// Run the rule unit tests (`*_test.lua` files) under a directory.
+    Test {
+        /// Where the rules and their tests are.
+        #[arg(default_value = "scripts")]
+        dir: PathBuf,
+        /// The profile whose trunks the tests use.
+        #[arg(long, default_value = "profiles/default.yaml")]
+        profile: PathBuf,
+    },
 }
 
 /// Loads a profile and compiles its rules once, to report every error before anything runs.
@@ -89,6 +98,7 @@ fn main() -> ExitCode {
             record,
             junit,
         } => replay(&paths, record, junit.as_deref()),
+        Command::Test { dir, profile } => rule_tests(&dir, &profile),
         Command::Run { profile } => {
             let profile = match load(&profile) {
                 Ok(profile) => profile,
@@ -153,6 +163,45 @@ fn replay(paths: &[PathBuf], record: bool, junit: Option<&Path>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// `bridgehead test`: runs every `*_test.lua` under `dir`.
+fn rule_tests(dir: &Path, profile: &Path) -> ExitCode {
+    let profile = match Profile::load(profile) {
+        Ok(profile) => profile,
+        Err(errors) => {
+            for error in errors {
+                eprintln!("{error}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let files = bridgehead::script::unit::find_tests(dir);
+    if files.is_empty() {
+        eprintln!("no *_test.lua files under {}", dir.display());
+        return ExitCode::FAILURE;
+    }
+    let (mut passed, mut failed) = (0, 0);
+    for file in &files {
+        for outcome in bridgehead::script::unit::run_test_file(file, &profile) {
+            match &outcome.failure {
+                None => {
+                    passed += 1;
+                    println!("      ok  {}: {}", file.display(), outcome.name);
+                }
+                Some(failure) => {
+                    failed += 1;
+                    println!("  FAILED  {}: {}\n{failure}", file.display(), outcome.name);
+                }
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
     if failed == 0 {
         ExitCode::SUCCESS
     } else {

@@ -127,3 +127,54 @@ fn record_writes_expectations_that_then_pass() {
     let again = run_file(&path, false);
     assert!(again.passed(), "{:?}", again.failures);
 }
+
+#[test]
+fn rule_unit_tests_run_and_failures_name_the_line() {
+    let profile = bridgehead::config::Profile::load(Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/profiles/default.yaml"
+    )))
+    .expect("profile");
+    let scripts = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts"));
+    let files = bridgehead::script::unit::find_tests(&scripts);
+    assert!(!files.is_empty());
+    for file in &files {
+        for outcome in bridgehead::script::unit::run_test_file(file, &profile) {
+            assert_eq!(
+                outcome.failure,
+                None,
+                "{}: {}",
+                file.display(),
+                outcome.name
+            );
+        }
+    }
+
+    let dir = scratch("unit");
+    std::fs::copy(scripts.join("default.lua"), dir.join("default.lua")).expect("rules");
+    let test = write(
+        &dir,
+        "broken_test.lua",
+        "local rules = require('default')\nreturn {\n  test_a_wrong_sum = function() t.eq(1 + 1, 3, 'sum') end,\n  test_runaway = function() while true do end end,\n  test_fine = function() t.ok(rules.on_invite) end,\n}\n",
+    );
+    let outcomes = bridgehead::script::unit::run_test_file(&test, &profile);
+    let failures: Vec<(&str, Option<&str>)> = outcomes
+        .iter()
+        .map(|o| (o.name.as_str(), o.failure.as_deref()))
+        .collect();
+    assert_eq!(failures.len(), 3, "{failures:?}");
+    assert_eq!(failures[0].0, "test_a_wrong_sum");
+    assert!(
+        failures[0]
+            .1
+            .is_some_and(|f| f.contains("broken_test.lua:3: sum: expected 3, got 2")),
+        "{failures:?}"
+    );
+    assert_eq!(failures[1], ("test_fine", None));
+    assert!(
+        failures[2]
+            .1
+            .is_some_and(|f| f.contains("broken_test.lua:4: instruction budget exceeded")),
+        "{failures:?}"
+    );
+}

@@ -362,7 +362,7 @@ impl Replay {
     }
 
     fn deliver(&mut self, peer: Peer, text: &str) -> Result<(), String> {
-        let bytes = Bytes::from(with_content_length(text));
+        let bytes = Bytes::from(crate::sip::wire_text(text));
         if let Ok(msg) = Message::parse(&bytes) {
             let new_call = msg.method() == Some(&crate::sip::Method::Invite)
                 && msg
@@ -826,7 +826,7 @@ fn response_text(
     }
     match sdp {
         Some(body) => {
-            let body = crlf(body);
+            let body = crate::sip::crlf_lines(body);
             let _ = write!(
                 text,
                 "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
@@ -836,32 +836,6 @@ fn response_text(
         None => text.push_str("Content-Length: 0\r\n\r\n"),
     }
     text
-}
-
-/// CRLF line ends, every line terminated.
-fn crlf(text: &str) -> String {
-    let mut out = text.replace("\r\n", "\n").replace('\n', "\r\n");
-    if !out.ends_with("\r\n") && !out.is_empty() {
-        out.push_str("\r\n");
-    }
-    out
-}
-
-/// SIP text with CRLF line ends and, when it has none, a Content-Length for its body.
-fn with_content_length(text: &str) -> String {
-    let text = text.replace("\r\n", "\n");
-    let (head, body) = text.split_once("\n\n").unwrap_or((&text, ""));
-    let head = head.trim_end_matches('\n').replace('\n', "\r\n");
-    let body = crlf(body);
-    let has_length = head.lines().any(|l| {
-        let name = l.split(':').next().unwrap_or("").trim();
-        name.eq_ignore_ascii_case("Content-Length") || name.eq_ignore_ascii_case("l")
-    });
-    if has_length {
-        format!("{head}\r\n\r\n{body}")
-    } else {
-        format!("{head}\r\nContent-Length: {}\r\n\r\n{body}", body.len())
-    }
 }
 
 /// `250ms`, `2s`, `1.5s`, `1m`.
@@ -947,17 +921,6 @@ mod tests {
     }
 
     #[test]
-    fn content_length_is_filled_when_missing() {
-        let text = with_content_length("OPTIONS sip:a SIP/2.0\nVia: x\n\nbody\n");
-        assert_eq!(
-            text,
-            "OPTIONS sip:a SIP/2.0\r\nVia: x\r\nContent-Length: 6\r\n\r\nbody\r\n"
-        );
-        let kept = with_content_length("OPTIONS sip:a SIP/2.0\nContent-Length: 99\n\n");
-        assert!(kept.contains("Content-Length: 99\r\n"));
-    }
-
-    #[test]
     fn fields_of_messages() {
         let msg = Message::parse(&Bytes::from_static(
             b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1;rport\r\nTo: <sip:b@h;user=phone>;tag=t9\r\nFrom: a <sip:a@h>;tag=f1\r\nCall-ID: c1\r\nCSeq: 1 INVITE\r\n\r\n",
@@ -992,7 +955,7 @@ mod tests {
         ];
         let xml = junit(&outcomes);
         assert!(xml.contains("tests=\"2\" failures=\"1\""));
-        assert!(xml.contains("name=\"a &lt;ok&gt;\"/>"));
+        assert!(xml.contains("name=\"a &lt;ok&gt;\" time=\"0.000\"/>"));
         assert!(xml.contains("&quot;x&quot; &amp; y"));
     }
 }

@@ -97,6 +97,18 @@ pub(super) struct RuleContext {
     regexes: HashMap<String, Regex>,
 }
 
+impl RuleContext {
+    /// The index of the trunk with this name.
+    pub(super) fn trunk_index(&self, name: &str) -> Option<TrunkId> {
+        self.trunk_names.iter().position(|n| n == name)
+    }
+
+    /// The name of a trunk.
+    pub(super) fn trunk_name(&self, trunk: TrunkId) -> Option<String> {
+        self.trunk_names.get(trunk).cloned()
+    }
+}
+
 /// The id of the call whose hook is running (for `bh.log`).
 pub(super) struct CurrentCall(pub String);
 
@@ -144,9 +156,7 @@ fn context(lua: &Lua) -> mlua::Result<mlua::AppDataRef<'_, RuleContext>> {
 
 fn trunk_index(lua: &Lua, name: &str, function: &str) -> mlua::Result<TrunkId> {
     context(lua)?
-        .trunk_names
-        .iter()
-        .position(|n| n == name)
+        .trunk_index(name)
         .ok_or_else(|| mlua::Error::runtime(format!("{function}: no trunk named '{name}'")))
 }
 

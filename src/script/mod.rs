@@ -13,6 +13,7 @@ mod pattern;
 pub mod reload;
 mod sandbox;
 mod sdp_api;
+pub mod unit;
 
 pub use api::{CallEndInfo, HookCall, HookMessage, MediaAction, MediaEvent, RouteDecision};
 pub use sandbox::BUDGET_EXCEEDED;
@@ -333,12 +334,8 @@ impl Rules {
     /// Loads the scripts a profile names, counting into `metrics`. Every failing script is
     /// reported with file:line.
     pub fn load(profile: &Profile, metrics: Arc<RuleMetrics>) -> Result<Rules, Vec<ScriptError>> {
-        let lua_error = |e: mlua::Error| vec![ScriptError::from_lua(&e)];
-        let (lua, budget) = sandbox::new_state(&profile.limits).map_err(lua_error)?;
-        pattern::install(&lua, &budget).map_err(lua_error)?;
-        let bh = api::bh_table(&lua).map_err(lua_error)?;
-        api::install_app_data(&lua, profile, metrics.clone()).map_err(lua_error)?;
-        lua.set_app_data(Modules::new());
+        let (lua, budget, bh) =
+            rule_state(profile, &metrics).map_err(|e| vec![ScriptError::from_lua(&e)])?;
         let mut scripts = Vec::new();
         let mut by_path: HashMap<PathBuf, ScriptId> = HashMap::new();
         let mut trunk_script = Vec::new();
@@ -480,6 +477,17 @@ impl Rules {
         self.collect_at
             .store(next_collection(self.lua.used_memory()), Ordering::Relaxed);
     }
+}
+
+/// A sandboxed Lua state ready for a profile's scripts: budgeted patterns, the `bh` table, the
+/// profile's trunks for the API, and an empty module registry.
+fn rule_state(profile: &Profile, metrics: &Arc<RuleMetrics>) -> mlua::Result<(Lua, Budget, Table)> {
+    let (lua, budget) = sandbox::new_state(&profile.limits)?;
+    pattern::install(&lua, &budget)?;
+    let bh = api::bh_table(&lua)?;
+    api::install_app_data(&lua, profile, metrics.clone())?;
+    lua.set_app_data(Modules::new());
+    Ok((lua, budget, bh))
 }
 
 /// Memory use at which to collect next: twice the live data, at least 4 MiB.

@@ -86,13 +86,18 @@ pub fn new_state(limits: &Limits) -> mlua::Result<(Lua, Budget)> {
     // A global hook also covers coroutines: Lua threads inherit their creator's hook.
     lua.set_global_hook(
         HookTriggers::new().every_nth_instruction(BUDGET_STEP as u32),
-        move |_, _| {
+        move |_, debug| {
             let used = counter.fetch_add(BUDGET_STEP, Ordering::Relaxed) + BUDGET_STEP;
-            if used > limit {
-                Err(mlua::Error::runtime(BUDGET_EXCEEDED))
-            } else {
-                Ok(VmState::Continue)
+            if used <= limit {
+                return Ok(VmState::Continue);
             }
+            // Say where the script was when it ran out, as Lua errors do.
+            let source = debug.source();
+            let place = match (source.short_src, debug.current_line()) {
+                (Some(file), Some(line)) => format!("{file}:{line}: "),
+                _ => String::new(),
+            };
+            Err(mlua::Error::runtime(format!("{place}{BUDGET_EXCEEDED}")))
         },
     )?;
     let spent = budget.clone();

@@ -788,8 +788,47 @@ fn parse_start_line(line: &[u8]) -> Result<(StartLine, Option<Fault>), ParseErro
     Ok((request, fault))
 }
 
+/// CRLF line ends, every line terminated.
+pub fn crlf_lines(text: &str) -> String {
+    let mut out = text.replace("\r\n", "\n").replace('\n', "\r\n");
+    if !out.ends_with("\r\n") && !out.is_empty() {
+        out.push_str("\r\n");
+    }
+    out
+}
+
+/// SIP text as a person writes it (LF line ends, no Content-Length) in wire form: CRLF line
+/// ends and, when the text has none, a Content-Length for its body.
+pub fn wire_text(text: &str) -> String {
+    let text = text.replace("\r\n", "\n");
+    let (head, body) = text.split_once("\n\n").unwrap_or((&text, ""));
+    let head = head.trim_end_matches('\n').replace('\n', "\r\n");
+    let body = crlf_lines(body);
+    let has_length = head.lines().any(|l| {
+        let name = l.split(':').next().unwrap_or("").trim();
+        name.eq_ignore_ascii_case("Content-Length") || name.eq_ignore_ascii_case("l")
+    });
+    if has_length {
+        format!("{head}\r\n\r\n{body}")
+    } else {
+        format!("{head}\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn wire_text_fills_content_length_when_missing() {
+        let text = super::wire_text("OPTIONS sip:a SIP/2.0\nVia: x\n\nbody\n");
+        assert_eq!(
+            text,
+            "OPTIONS sip:a SIP/2.0\r\nVia: x\r\nContent-Length: 6\r\n\r\nbody\r\n"
+        );
+        let kept = super::wire_text("OPTIONS sip:a SIP/2.0\nContent-Length: 99\n\n");
+        assert!(kept.contains("Content-Length: 99\r\n"));
+    }
+
     use super::*;
 
     fn parse(text: &str) -> Result<Message, ParseError> {
