@@ -189,11 +189,17 @@ impl Engine {
         self.media_actions.pop_front()
     }
 
-    /// A media event for the call whose A-leg Call-ID is `call_id` (fires `on_media`). The
-    /// media plane reports DTMF, RTP timeouts and quality this way; returns false when no such
-    /// call exists.
+    /// A media event for the call whose A-leg Call-ID is `call_id` (the newest such call, when
+    /// a caller reused its Call-ID) fires `on_media`. The media plane reports DTMF, RTP
+    /// timeouts and quality this way; returns false when no such call exists.
     pub fn handle_media_event(&mut self, call_id: &str, event: &MediaEvent) -> bool {
-        let Some((key, _)) = self.dialogs.get(call_id).copied() else {
+        let newest = self
+            .calls
+            .iter()
+            .filter(|(_, call)| call.id == call_id)
+            .map(|(key, _)| *key)
+            .max();
+        let Some(key) = newest else {
             return false;
         };
         self.run_call_hook(key, crate::script::Hook::Media, HookArgs::Media(event));

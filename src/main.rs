@@ -29,10 +29,11 @@ enum Command {
         #[arg(long, default_value = "profiles/default.yaml")]
         profile: PathBuf,
     },
-    /// Replay scenarios (YAML files, or directories of them) through the rules offline.
+    /// Replay scenarios (YAML files, or directories of them) through the rules offline, or
+    /// one side of a capture (`--pcap`).
     Replay {
         /// Scenario files or directories.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "pcap")]
         paths: Vec<PathBuf>,
         /// Write what Bridgehead sent as each step's expectations (review before committing).
         #[arg(long)]
@@ -40,6 +41,18 @@ enum Command {
         /// Also write a JUnit XML report.
         #[arg(long)]
         junit: Option<PathBuf>,
+        /// A capture (pcap or pcapng): feed the SIP one side sent through the rules.
+        #[arg(long, conflicts_with_all = ["paths", "record", "junit"])]
+        pcap: Option<PathBuf>,
+        /// Which capture address is which trunk's peer: NAME=IP[:port] (repeat for both sides).
+        #[arg(long = "trunk", requires = "pcap")]
+        trunks: Vec<String>,
+        /// The profile for --pcap.
+        #[arg(long, default_value = "profiles/default.yaml")]
+        profile: PathBuf,
+        /// With --pcap: print every message in full.
+        #[arg(long, short)]
+        verbose: bool,
     },
     /// Run the rule unit tests (`*_test.lua` files) under a directory.
     Test {
@@ -94,9 +107,17 @@ fn main() -> ExitCode {
             }
         },
         Command::Replay {
+            pcap: Some(capture),
+            trunks,
+            profile,
+            verbose,
+            ..
+        } => replay_capture(&capture, &profile, &trunks, verbose),
+        Command::Replay {
             paths,
             record,
             junit,
+            ..
         } => replay(&paths, record, junit.as_deref()),
         Command::Test { dir, profile } => rule_tests(&dir, &profile),
         Command::Run { profile } => {
@@ -206,5 +227,30 @@ fn rule_tests(dir: &Path, profile: &Path) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// `bridgehead replay --pcap`: one side of a capture through the rules, as a call flow.
+fn replay_capture(capture: &Path, profile: &Path, trunks: &[String], verbose: bool) -> ExitCode {
+    if trunks.is_empty() {
+        eprintln!("--pcap needs at least one --trunk NAME=IP[:port] (whose messages to replay)");
+        return ExitCode::FAILURE;
+    }
+    let sides: Result<Vec<_>, _> = trunks
+        .iter()
+        .map(|t| bridgehead::replay::pcap::TrunkSide::parse(t))
+        .collect();
+    let result = sides.and_then(|sides| {
+        bridgehead::replay::pcap::replay_capture(capture, profile, &sides, verbose)
+    });
+    match result {
+        Ok(flow) => {
+            print!("{flow}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("{err}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -178,3 +178,63 @@ fn rule_unit_tests_run_and_failures_name_the_line() {
         "{failures:?}"
     );
 }
+
+#[test]
+fn one_side_of_a_capture_replays_as_a_call_flow() {
+    use bridgehead::replay::pcap::{replay_capture, TrunkSide};
+    let pcap = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/pcap"));
+    let profile = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/replay/profile.yaml"
+    ));
+    // SIP over TCP, the caller's side: its INVITE goes to Teams; nobody answers there, so the
+    // caller gets 408 at 32 s, once (no retransmission over TCP).
+    let core = TrunkSide::parse("core=10.33.6.100").expect("side");
+    let flow =
+        replay_capture(&pcap.join("sip-over-tcp.pcap"), profile, &[core], false).expect("replays");
+    let lines: Vec<&str> = flow.lines().collect();
+    assert!(
+        lines[0].ends_with("core     -> SBC       INVITE sip:201@10.33.6.101;user=phone"),
+        "{flow}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("SBC      -> teams     INVITE sip:201@127.0.0.1:5080")),
+        "{flow}"
+    );
+    let timeouts: Vec<&&str> = lines.iter().filter(|l| l.contains("408")).collect();
+    assert_eq!(timeouts.len(), 1, "{flow}");
+    assert!(timeouts[0].trim_start().starts_with("32.000"), "{flow}");
+
+    // pcapng, both sides named: each side's requests are fed in capture time.
+    let sides = [
+        TrunkSide::parse("core=192.168.8.13").expect("side"),
+        TrunkSide::parse("teams=192.168.8.183:5060").expect("side"),
+    ];
+    let flow = replay_capture(
+        &pcap.join("sip-488-codec-reject.pcapng"),
+        profile,
+        &sides,
+        true,
+    )
+    .expect("replays");
+    assert!(flow.contains("-> SBC"), "{flow}");
+    assert!(
+        flow.contains("           | "),
+        "verbose prints messages: {flow}"
+    );
+
+    // A side that sent nothing: the error lists who did.
+    let nobody = TrunkSide::parse("core=192.0.2.1").expect("side");
+    let err = replay_capture(&pcap.join("sip-proxy.pcap"), profile, &[nobody], false)
+        .expect_err("no SIP from that side");
+    assert!(err.contains("no SIP sent from core=192.0.2.1"), "{err}");
+    assert!(err.contains("10.33.6.101:5060 (3)"), "{err}");
+
+    assert!(TrunkSide::parse("core").is_err());
+    assert_eq!(
+        TrunkSide::parse("teams=[2001:db8::1]:5061").map(|s| s.port),
+        Ok(Some(5061))
+    );
+}

@@ -146,6 +146,19 @@ pub struct Call {
     last_ack: Option<(Leg, Bytes)>,
 }
 
+/// The key of a dialog in [`Engine::dialogs`]: its Call-ID and Bridgehead's tag. The Call-ID
+/// alone is not enough: a caller that retries an INVITE after a 401/407 keeps its Call-ID, and
+/// a call of the first attempt may still be up.
+fn dialog_key(call_id: &str, local_tag: Option<&str>) -> String {
+    format!("{call_id};{}", local_tag.unwrap_or_default())
+}
+
+impl Dialog {
+    fn dialog_key(&self) -> String {
+        dialog_key(&self.call_id, Some(&self.local_tag))
+    }
+}
+
 impl Call {
     fn leg(&self, leg: Leg) -> &Dialog {
         match leg {
@@ -792,10 +805,8 @@ impl Engine {
             pending_ack: None,
             last_ack: None,
         };
-        self.dialogs
-            .insert(call.a.call_id.clone(), (call_key, Leg::A));
-        self.dialogs
-            .insert(call.b.call_id.clone(), (call_key, Leg::B));
+        self.dialogs.insert(call.a.dialog_key(), (call_key, Leg::A));
+        self.dialogs.insert(call.b.dialog_key(), (call_key, Leg::B));
         self.calls.insert(call_key, call);
         if let Some(entry) = self.servers.get_mut(&a_invite) {
             entry.owner = ServerOwner::Invite(call_key);
@@ -936,9 +947,9 @@ impl Engine {
         call.attempts += 1;
         call.b_provisional = false;
         call.invite_pending = true;
-        let new_id = call.b.call_id.clone();
-        self.dialogs.remove(&old.call_id);
-        self.dialogs.insert(new_id, (key, Leg::B));
+        let new_key = call.b.dialog_key();
+        self.dialogs.remove(&old.dialog_key());
+        self.dialogs.insert(new_key, (key, Leg::B));
         self.send_b_invite(key, invite, touched, now);
         true
     }
@@ -976,7 +987,13 @@ impl Engine {
         if !is_2xx || cseq_method != "INVITE" {
             return;
         }
-        let Some((key, leg)) = self.dialogs.get(call_id).copied() else {
+        // Our tag is the From-tag of a response to our request.
+        let our_tag = msg.header_str(&HeaderName::From).and_then(tag_of);
+        let Some((key, leg)) = self
+            .dialogs
+            .get(&dialog_key(call_id, our_tag.as_deref()))
+            .copied()
+        else {
             return;
         };
         let Some(call) = self.calls.get(&key) else {
@@ -1213,7 +1230,8 @@ impl Engine {
 
     /// An ACK outside any transaction: the end-to-end ACK of a 2xx.
     fn on_dialog_ack(&mut self, msg: Message, info: &RequestInfo, now: Instant) {
-        let Some((key, leg)) = self.dialogs.get(&info.call_id).copied() else {
+        let key = dialog_key(&info.call_id, info.to_tag.as_deref());
+        let Some((key, leg)) = self.dialogs.get(&key).copied() else {
             return;
         };
         let Some(call) = self.calls.get_mut(&key) else {
@@ -1345,7 +1363,7 @@ impl Engine {
     ) -> Result<(CallKey, Leg), Refusal> {
         let (call_key, leg) = self
             .dialogs
-            .get(&info.call_id)
+            .get(&dialog_key(&info.call_id, info.to_tag.as_deref()))
             .copied()
             .ok_or((481, Vec::new()))?;
         let call = self.calls.get_mut(&call_key).ok_or((481, Vec::new()))?;
@@ -1527,8 +1545,8 @@ impl Engine {
         }
         if let Some(call) = self.calls.remove(&key) {
             tracing::debug!(call = %call.id, reason, by, "call ended");
-            self.dialogs.remove(&call.a.call_id);
-            self.dialogs.remove(&call.b.call_id);
+            self.dialogs.remove(&call.a.dialog_key());
+            self.dialogs.remove(&call.b.dialog_key());
         }
     }
 }

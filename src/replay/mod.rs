@@ -2,6 +2,8 @@
 //! virtual clock, with no sockets. Scenarios (YAML) say what arrives from which trunk and what
 //! Bridgehead must send; `--record` writes what it sent as expectations.
 
+pub mod capture;
+pub mod pcap;
 pub mod scenario;
 
 use crate::config::{Profile, TrunkId};
