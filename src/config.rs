@@ -48,6 +48,8 @@ pub struct Profile {
     pub shards: usize,
     /// Limits of the rule engine.
     pub limits: Limits,
+    /// Media anchoring; without it SDP passes through unchanged and media flows end to end.
+    pub media: Option<MediaConfig>,
 }
 
 /// A named address Bridgehead listens on, for one or more transports.
@@ -161,6 +163,31 @@ struct RawProfile {
     shards: usize,
     #[serde(default)]
     limits: Limits,
+    media: Option<RawMedia>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMedia {
+    address: String,
+    #[serde(default)]
+    advertise: Option<String>,
+    ports: String,
+    #[serde(default)]
+    strict_source: bool,
+}
+
+/// Media anchoring: where the relay binds its RTP/RTCP ports and what it writes into SDP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MediaConfig {
+    /// The IP the relay binds.
+    pub address: IpAddr,
+    /// The address written into c= and o= (defaults to `address`).
+    pub advertise: String,
+    /// The first and last port of the range (RTP on even ports, RTCP on the next odd one).
+    pub ports: (u16, u16),
+    /// Only accept media from the address the far end's SDP names (no latching).
+    pub strict_source: bool,
 }
 
 /// Resource limits of the rule engine.
@@ -455,6 +482,42 @@ impl Profile {
                 },
             });
         }
+        let media = raw.media.as_ref().and_then(|raw| {
+            let at = line_of("media:");
+            let address = match raw.address.parse::<IpAddr>() {
+                Ok(address) => address,
+                Err(_) => {
+                    errors.push(error(
+                        line_of(&raw.address).or(at),
+                        format!("media: address '{}' is not an IP address", raw.address),
+                    ));
+                    return None;
+                }
+            };
+            let ports = raw
+                .ports
+                .split_once('-')
+                .and_then(|(a, b)| {
+                    Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?))
+                })
+                .filter(|(first, last)| first < last && *first >= 1024);
+            let Some(ports) = ports else {
+                errors.push(error(
+                    line_of(&raw.ports).or(at),
+                    format!(
+                        "media: ports '{}' is not a range FIRST-LAST of ports from 1024",
+                        raw.ports
+                    ),
+                ));
+                return None;
+            };
+            Some(MediaConfig {
+                address,
+                advertise: raw.advertise.clone().unwrap_or_else(|| address.to_string()),
+                ports,
+                strict_source: raw.strict_source,
+            })
+        });
         if errors.is_empty() {
             Ok(Profile {
                 path: path.to_path_buf(),
@@ -462,6 +525,7 @@ impl Profile {
                 trunks,
                 shards: raw.shards,
                 limits: raw.limits,
+                media,
             })
         } else {
             Err(errors)

@@ -8,6 +8,7 @@
 
 use crate::call::{Call, CallKey, ClientOwner, Leg, ServerOwner};
 use crate::config::{ListenerId, Profile, Transport};
+use crate::media::{MediaCommand, PortPool};
 use crate::script::{HookArgs, MediaAction, MediaEvent, RuleSet};
 use crate::sip::header::{split_list, Via};
 use crate::sip::transaction::{
@@ -55,6 +56,8 @@ pub struct EngineStats {
     pub calls_answered: u64,
     pub calls_failed: u64,
     pub script_errors: u64,
+    /// SDPs that could not be anchored (no media ports left).
+    pub media_failures: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -119,6 +122,10 @@ pub struct Engine {
     pub(crate) stats: EngineStats,
     /// Media actions rules asked for, by A-leg Call-ID, for the media plane.
     pub(crate) media_actions: VecDeque<(String, MediaAction)>,
+    /// This shard's media ports (when the profile anchors media).
+    pub(crate) media_ports: Option<PortPool>,
+    /// What the relay must do, in order.
+    pub(crate) media_commands: VecDeque<MediaCommand>,
 }
 
 impl Engine {
@@ -131,7 +138,14 @@ impl Engine {
             hasher.write_usize(shard);
             hasher.finish() | 1
         };
+        let media_ports = rules
+            .profile
+            .media
+            .as_ref()
+            .map(|media| PortPool::new(media.ports, shard, shards.max(1)));
         Engine {
+            media_ports,
+            media_commands: VecDeque::new(),
             current: rules,
             timer_config: TimerConfig::default(),
             shard,
@@ -181,6 +195,16 @@ impl Engine {
             *counts.entry(call.rules.version).or_insert(0) += 1;
         }
         counts.into_iter().collect()
+    }
+
+    /// The next command for the media relay (streams to relay, calls to close).
+    pub fn poll_media(&mut self) -> Option<MediaCommand> {
+        self.media_commands.pop_front()
+    }
+
+    /// The relay's id of a call: unique across shards.
+    pub(crate) fn media_call_id(&self, key: CallKey) -> u64 {
+        ((self.shard as u64) << 48) | key
     }
 
     /// The next media action a rule asked for (`call:play_ringback`, `call:send_dtmf`), with

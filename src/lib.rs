@@ -4,6 +4,7 @@
 pub mod call;
 pub mod config;
 pub mod engine;
+pub mod media;
 pub mod replay;
 pub mod runtime;
 pub mod script;

@@ -4,6 +4,7 @@
 
 use crate::config::Profile;
 use crate::engine::Engine;
+use crate::media::relay::Relay;
 use crate::script::reload::{self, Compiled};
 use crate::script::{RuleMetrics, RuleSet};
 use crate::transport::{Hub, ShardInput};
@@ -51,8 +52,16 @@ pub fn run(profile: Profile) -> anyhow::Result<()> {
             receivers.push(rx);
         }
         let (hub, tcp) = Hub::bind(&profile, senders.clone()).await?;
+        let relay = profile.media.as_ref().map(Relay::new);
+        if let Some(media) = &profile.media {
+            tracing::info!(
+                address = %media.address,
+                ports = format!("{}-{}", media.ports.0, media.ports.1),
+                "anchoring media"
+            );
+        }
         for (engine, rx) in engines.into_iter().zip(receivers) {
-            tokio::spawn(run_shard(engine, rx, hub.clone()));
+            tokio::spawn(run_shard(engine, rx, hub.clone(), relay.clone()));
         }
         hub.start(tcp);
         for listener in &profile.listeners {
@@ -167,6 +176,7 @@ async fn run_shard(
     mut engine: Engine,
     mut inputs: mpsc::UnboundedReceiver<ShardInput>,
     hub: Arc<Hub>,
+    relay: Option<Arc<Relay>>,
 ) {
     loop {
         let deadline = engine.poll_timeout();
@@ -188,6 +198,12 @@ async fn run_shard(
             () = sleep => {}
         }
         engine.handle_timeout(Instant::now());
+        // Media commands first, so the relay starts binding before the far end hears the SDP.
+        while let Some(command) = engine.poll_media() {
+            if let Some(relay) = &relay {
+                relay.apply(command);
+            }
+        }
         while let Some(transmit) = engine.poll_transmit() {
             hub.send(transmit).await;
         }

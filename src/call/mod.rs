@@ -10,6 +10,7 @@ pub use build::is_b2bua_owned;
 
 use crate::config::{HeaderPolicy, ScriptErrorPolicy, TrunkId};
 use crate::engine::{Engine, Peer, TxnId};
+use crate::media::MediaCommand;
 use crate::script::{
     CallEndInfo, Hook, HookArgs, HookCall, HookMessage, RouteDecision, RuleSet, ScriptId, SharedSdp,
 };
@@ -132,6 +133,8 @@ pub struct Call {
     answered_at: Option<Instant>,
     /// The final status the caller got for its INVITE (0 until then).
     a_status: u16,
+    /// Anchored media streams, by m= line.
+    streams: Vec<crate::media::Stream>,
     pub a: Dialog,
     pub b: Dialog,
     a_invite: TxnId,
@@ -410,19 +413,27 @@ impl Engine {
         } else {
             Hook::Response
         };
-        let wants_sdp = rules.rules.has_hook(script, Hook::Sdp) && carries_sdp(&msg);
+        let has_sdp = carries_sdp(&msg);
+        let anchoring = has_sdp && call.is_some() && self.media_ports.is_some();
+        let wants_sdp = has_sdp && rules.rules.has_hook(script, Hook::Sdp);
         let wants_message = rules.rules.has_hook(script, hook);
         let mut hooked = HookMessage::new(msg, leg.name(), String::new());
         hooked.touched = touched;
         let mut failed = false;
+        let (call_id, ingress) = call
+            .and_then(|k| self.calls.get(&k))
+            .map_or((String::new(), trunk), |c| (c.id.clone(), c.ingress));
         if wants_sdp || wants_message {
             hooked.trunk = rules.profile.trunks[trunk].name.clone();
-            let (call_id, ingress) = call
-                .and_then(|k| self.calls.get(&k))
-                .map_or((String::new(), trunk), |c| (c.id.clone(), c.ingress));
-            if wants_sdp {
-                match Sdp::parse(&hooked.msg.body) {
-                    Ok(sdp) => {
+        }
+        // The offer/answer hand-off: media anchoring, then the rules' own edits.
+        if anchoring || wants_sdp {
+            match Sdp::parse(&hooked.msg.body) {
+                Ok(mut sdp) => {
+                    if let Some(key) = call.filter(|_| anchoring) {
+                        self.anchor_media(key, leg, &mut sdp);
+                    }
+                    if wants_sdp {
                         let shared: SharedSdp = Arc::new(Mutex::new(sdp));
                         let kind = sdp_kind(&hooked.msg, request_had_sdp);
                         let args = HookArgs::Sdp {
@@ -436,18 +447,20 @@ impl Engine {
                             .failed;
                         let sdp = shared.lock().unwrap_or_else(|e| e.into_inner());
                         hooked.msg.body = Bytes::from(sdp.to_bytes());
-                    }
-                    Err(err) => {
-                        tracing::debug!(call = %call_id, "SDP not parsed, on_sdp skipped: {err}");
+                    } else {
+                        hooked.msg.body = Bytes::from(sdp.to_bytes());
                     }
                 }
+                Err(err) => {
+                    tracing::warn!(call = %call_id, "SDP not parsed, sent as it is: {err}");
+                }
             }
-            if wants_message {
-                let args = HookArgs::Message(&mut hooked);
-                failed |= self
-                    .run_hook(&rules, call, &call_id, ingress, script, hook, args)
-                    .failed;
-            }
+        }
+        if wants_message {
+            let args = HookArgs::Message(&mut hooked);
+            failed |= self
+                .run_hook(&rules, call, &call_id, ingress, script, hook, args)
+                .failed;
         }
         let policy = &rules.profile.trunks[trunk].headers;
         apply_policy(&mut hooked.msg, &hooked.touched, policy);
@@ -793,6 +806,7 @@ impl Engine {
             attempts: 1,
             answered_at: None,
             a_status: 0,
+            streams: Vec::new(),
             a,
             b,
             a_invite,
@@ -1527,6 +1541,33 @@ impl Engine {
         self.send_response(server, &response, now);
     }
 
+    /// Anchors an SDP about to be sent on `leg` of a call: Bridgehead's ports facing that leg,
+    /// the other leg's addresses learned; the relay is told what changed.
+    fn anchor_media(&mut self, key: CallKey, leg: Leg, sdp: &mut Sdp) {
+        let media_id = self.media_call_id(key);
+        let advertise = match &self.current.profile.media {
+            Some(media) => media.advertise.clone(),
+            None => return,
+        };
+        let (Some(call), Some(pool)) = (self.calls.get_mut(&key), self.media_ports.as_mut()) else {
+            return;
+        };
+        match crate::media::anchor(sdp, &mut call.streams, leg == Leg::A, pool, &advertise) {
+            Ok(changed) => {
+                for index in changed {
+                    self.media_commands.push_back(MediaCommand::Stream {
+                        call: media_id,
+                        stream: call.streams[index],
+                    });
+                }
+            }
+            Err(err) => {
+                self.stats.media_failures += 1;
+                tracing::error!(call = %call.id, "media not anchored: {err}");
+            }
+        }
+    }
+
     /// Forgets a call after telling its rules how it ended (`on_call_end`).
     fn end_call(&mut self, key: CallKey, reason: &'static str, by: &'static str, now: Instant) {
         if let Some(call) = self.calls.get(&key) {
@@ -1545,6 +1586,17 @@ impl Engine {
         }
         if let Some(call) = self.calls.remove(&key) {
             tracing::debug!(call = %call.id, reason, by, "call ended");
+            if !call.streams.is_empty() {
+                self.media_commands.push_back(MediaCommand::Close {
+                    call: self.media_call_id(key),
+                });
+                if let Some(pool) = self.media_ports.as_mut() {
+                    for stream in &call.streams {
+                        pool.give(stream.a.local);
+                        pool.give(stream.b.local);
+                    }
+                }
+            }
             self.dialogs.remove(&call.a.dialog_key());
             self.dialogs.remove(&call.b.dialog_key());
         }

@@ -722,6 +722,11 @@ fn sdp_mismatches(exp: &SdpExpect, msg: &Message) -> Vec<String> {
             problems.push(format!("connection {got}, not {address}"));
         }
     }
+    if let Some(port) = exp.port {
+        if media.port() != port {
+            problems.push(format!("port {}, not {port}", media.port()));
+        }
+    }
     for name in &exp.attributes {
         if media.attribute(name).is_none() && sdp.attribute(name).is_none() {
             problems.push(format!("no a={name}"));

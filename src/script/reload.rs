@@ -77,6 +77,10 @@ pub fn compile(
         return Err(errors);
     }
     profile.listeners = running.listeners.clone();
+    if profile.media != running.media {
+        restart_needed.push("media changed".to_string());
+        profile.media = running.media.clone();
+    }
     if profile.shards != running.shards {
         restart_needed.push("shards changed".to_string());
         profile.shards = running.shards;

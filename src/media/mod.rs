@@ -1,0 +1,254 @@
+//! The media plane. The engine (sans-IO) anchors media: it allocates Bridgehead's RTP/RTCP
+//! ports for each leg of a call, rewrites every SDP offer and answer it sends so that media
+//! flows through those ports, and tells the relay what to connect with [`MediaCommand`]s. The
+//! relay ([`relay`], tokio) owns the sockets and moves the packets.
+
+pub mod relay;
+
+use crate::sdp::Sdp;
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+
+/// The RTP ports of one shard's slice of the profile's range: every port pair (even RTP port,
+/// RTCP on the next) whose index modulo the number of shards is the shard's, so shards never
+/// hand out the same port.
+#[derive(Debug)]
+pub struct PortPool {
+    free: VecDeque<u16>,
+}
+
+impl PortPool {
+    /// The pool of shard `shard` of `shards` in the range `first..=last`.
+    pub fn new((first, last): (u16, u16), shard: usize, shards: usize) -> PortPool {
+        let first = first + first % 2;
+        let free = (first..last)
+            .step_by(2)
+            .enumerate()
+            .filter(|(index, _)| index % shards.max(1) == shard)
+            .map(|(_, port)| port)
+            .collect();
+        PortPool { free }
+    }
+
+    /// An RTP port (its RTCP port is the next one), or None when the slice is used up.
+    pub fn take(&mut self) -> Option<u16> {
+        self.free.pop_front()
+    }
+
+    /// Gives a port back (last in line: a freed port is not reused at once, so late packets of
+    /// the old call do not reach a new one).
+    pub fn give(&mut self, port: u16) {
+        if port != 0 {
+            self.free.push_back(port);
+        }
+    }
+
+    /// Ports left.
+    pub fn available(&self) -> usize {
+        self.free.len()
+    }
+}
+
+/// One side of a media stream: Bridgehead's port facing that leg, and where that leg's media
+/// goes (from its SDP; the relay may latch onto the real source).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Side {
+    /// Bridgehead's RTP port facing the leg (RTCP on the next port); 0 until allocated.
+    pub local: u16,
+    /// The leg's RTP address from its SDP.
+    pub remote: Option<SocketAddr>,
+    /// The leg's RTCP address (its `a=rtcp`, its RTP address with `a=rtcp-mux`, or RTP + 1).
+    pub remote_rtcp: Option<SocketAddr>,
+}
+
+/// One media stream (an `m=` line) of a call: what the relay joins.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stream {
+    /// The `m=` line's index in the SDP.
+    pub index: usize,
+    /// The caller's side.
+    pub a: Side,
+    /// The callee's side.
+    pub b: Side,
+}
+
+/// What the engine asks of the media plane.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MediaCommand {
+    /// Relay this stream of a call (new, or with new addresses).
+    Stream { call: u64, stream: Stream },
+    /// The call is over: close its sockets.
+    Close { call: u64 },
+}
+
+/// Why an SDP could not be anchored.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AnchorError {
+    #[error("no media ports left in this shard's range")]
+    NoPorts,
+    #[error("cannot write the SDP: {0}")]
+    Sdp(String),
+}
+
+/// Anchors an SDP crossing to leg `to_a` (true: toward the caller): learns where the other leg
+/// wants media (its addresses in this SDP), and points every media section at Bridgehead's
+/// ports facing the receiving leg. Returns the indexes of the streams that changed.
+pub fn anchor(
+    sdp: &mut Sdp,
+    streams: &mut Vec<Stream>,
+    to_a: bool,
+    pool: &mut PortPool,
+    advertise: &str,
+) -> Result<Vec<usize>, AnchorError> {
+    let sdp_error = |e: crate::sdp::SdpError| AnchorError::Sdp(e.to_string());
+    let mut changed = Vec::new();
+    for index in 0..sdp.media().len() {
+        while streams.len() <= index {
+            let index = streams.len();
+            streams.push(Stream {
+                index,
+                ..Stream::default()
+            });
+        }
+        let media = &mut sdp.media_mut()[index];
+        if media.is_rejected() {
+            continue;
+        }
+        let ip = media
+            .connection()
+            .and_then(|c| c.address.parse::<IpAddr>().ok());
+        let remote = ip.map(|ip| SocketAddr::new(ip, media.port()));
+        let remote_rtcp = match media.attribute("rtcp").flatten() {
+            Some(value) => rtcp_address(value, ip),
+            None if media.attribute("rtcp-mux").is_some() => remote,
+            None => ip.map(|ip| SocketAddr::new(ip, media.port().saturating_add(1))),
+        };
+        let stream = &mut streams[index];
+        let before = *stream;
+        let (from, to) = if to_a {
+            (&mut stream.b, &mut stream.a)
+        } else {
+            (&mut stream.a, &mut stream.b)
+        };
+        from.remote = remote;
+        from.remote_rtcp = remote_rtcp;
+        if to.local == 0 {
+            to.local = pool.take().ok_or(AnchorError::NoPorts)?;
+        }
+        media.set_port(to.local);
+        media.set_connection(advertise).map_err(sdp_error)?;
+        // Our RTCP is on the RTP port + 1, the default: no a=rtcp line needed.
+        media.remove_attribute("rtcp");
+        if *stream != before {
+            changed.push(index);
+        }
+    }
+    if sdp.connection().is_some() {
+        sdp.set_connection(advertise).map_err(sdp_error)?;
+    }
+    if sdp.origin().is_some() {
+        sdp.set_origin_address(advertise).map_err(sdp_error)?;
+    }
+    Ok(changed)
+}
+
+/// `a=rtcp:PORT [IN IP4 ADDR]` (RFC 3605).
+fn rtcp_address(value: &str, rtp_ip: Option<IpAddr>) -> Option<SocketAddr> {
+    let mut words = value.split_whitespace();
+    let port = words.next()?.parse::<u16>().ok()?;
+    let ip = match (words.next(), words.next(), words.next()) {
+        (Some(_), Some(_), Some(address)) => address.parse::<IpAddr>().ok(),
+        _ => rtp_ip,
+    }?;
+    Some(SocketAddr::new(ip, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OFFER: &str = "v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\nm=audio 4000 RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000\r\na=rtcp:4005\r\nm=video 0 RTP/AVP 96\r\n";
+
+    #[test]
+    fn pools_split_the_range_between_shards() {
+        let mut zero = PortPool::new((20000, 20011), 0, 2);
+        let mut one = PortPool::new((20000, 20011), 1, 2);
+        assert_eq!(zero.available() + one.available(), 6);
+        let mut all: Vec<u16> = std::iter::from_fn(|| zero.take())
+            .chain(std::iter::from_fn(|| one.take()))
+            .collect();
+        all.sort();
+        assert_eq!(all, [20000, 20002, 20004, 20006, 20008, 20010]);
+        let mut odd_start = PortPool::new((20001, 20004), 0, 1);
+        assert_eq!(odd_start.take(), Some(20002));
+        assert_eq!(odd_start.take(), None);
+        odd_start.give(20002);
+        assert_eq!(odd_start.take(), Some(20002));
+    }
+
+    #[test]
+    fn anchoring_points_each_leg_at_bridgehead() {
+        let mut pool = PortPool::new((30000, 30099), 0, 1);
+        let mut streams = Vec::new();
+        // The caller's offer goes to the callee (leg B).
+        let mut offer = Sdp::parse(OFFER.as_bytes()).expect("offer");
+        let changed =
+            anchor(&mut offer, &mut streams, false, &mut pool, "203.0.113.1").expect("anchors");
+        assert_eq!(changed, [0]);
+        let text = String::from_utf8(offer.to_bytes()).expect("utf8");
+        assert!(text.contains("o=- 1 1 IN IP4 203.0.113.1\r\n"), "{text}");
+        assert!(text.contains("m=audio 30000 RTP/AVP 8 101\r\n"), "{text}");
+        assert!(
+            !text.contains("192.0.2.10") && !text.contains("a=rtcp:"),
+            "{text}"
+        );
+        assert!(
+            text.contains("m=video 0 RTP/AVP 96\r\n"),
+            "rejected stays rejected: {text}"
+        );
+        assert_eq!(
+            streams[0].a.remote,
+            Some("192.0.2.10:4000".parse().unwrap())
+        );
+        assert_eq!(
+            streams[0].a.remote_rtcp,
+            Some("192.0.2.10:4005".parse().unwrap())
+        );
+        assert_eq!(streams[0].b.local, 30000);
+        assert_eq!(streams[0].a.local, 0);
+
+        // The callee's answer goes to the caller (leg A), with rtcp-mux.
+        let answer = "v=0\r\no=- 2 2 IN IP4 198.51.100.7\r\ns=-\r\nc=IN IP4 198.51.100.7\r\nt=0 0\r\nm=audio 5000 RTP/AVP 8\r\na=rtcp-mux\r\nm=video 0 RTP/AVP 96\r\n";
+        let mut answer = Sdp::parse(answer.as_bytes()).expect("answer");
+        anchor(&mut answer, &mut streams, true, &mut pool, "203.0.113.1").expect("anchors");
+        let text = String::from_utf8(answer.to_bytes()).expect("utf8");
+        assert!(text.contains("m=audio 30002 RTP/AVP 8\r\n"), "{text}");
+        assert_eq!(
+            streams[0].b.remote,
+            Some("198.51.100.7:5000".parse().unwrap())
+        );
+        assert_eq!(
+            streams[0].b.remote_rtcp,
+            Some("198.51.100.7:5000".parse().unwrap())
+        );
+        assert_eq!(streams[0].a.local, 30002);
+
+        // A re-offer keeps the ports; nothing changed, nothing to tell the relay.
+        let mut again = Sdp::parse(OFFER.as_bytes()).expect("offer");
+        let changed =
+            anchor(&mut again, &mut streams, false, &mut pool, "203.0.113.1").expect("anchors");
+        assert!(changed.is_empty());
+        assert!(String::from_utf8(again.to_bytes())
+            .unwrap()
+            .contains("m=audio 30000 "));
+    }
+
+    #[test]
+    fn an_empty_pool_is_an_error() {
+        let mut pool = PortPool::new((30000, 30001), 0, 1);
+        assert_eq!(pool.take(), Some(30000));
+        let mut offer = Sdp::parse(OFFER.as_bytes()).expect("offer");
+        let result = anchor(&mut offer, &mut Vec::new(), false, &mut pool, "203.0.113.1");
+        assert_eq!(result, Err(AnchorError::NoPorts));
+    }
+}

@@ -1,0 +1,269 @@
+//! Media anchoring end to end: SIPp signals the calls through the real `bridgehead` binary,
+//! and real UDP sockets (or SIPp's pcap player) are the media endpoints. Every packet must
+//! reach the other leg from Bridgehead's own ports, both ways, RTP and RTCP, and the ports
+//! must close when the call ends.
+
+mod common;
+
+use common::sipp::{scenario, wait_listening, Sipp, Transport};
+use common::{free_udp_port, scratch_dir, Sbc};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// A media port range for one test: ten ports from a free even port (one shard, so the first
+/// call's ports are known: the callee side gets the first pair, the caller side the second).
+fn media_range() -> u16 {
+    loop {
+        let port = free_udp_port();
+        let base = port - port % 2;
+        if base < 60000 && (base..base + 10).all(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok()) {
+            return base;
+        }
+    }
+}
+
+fn profile(base: u16) -> String {
+    format!(
+        "shards: 1
+media:
+  address: 127.0.0.1
+  ports: {base}-{}
+listeners:
+  - name: core
+    address: 127.0.0.1:{{core}}
+  - name: teams
+    address: 127.0.0.1:{{teams}}
+trunks:
+  - name: core
+    listener: core
+    peers: [\"127.0.0.1:{{softswitch}}\"]
+    script: {{script}}
+    route: teams
+  - name: teams
+    listener: teams
+    peers: [\"127.0.0.1:{{teams_peer}}\"]
+    script: {{script}}
+    route: core
+",
+        base + 9
+    )
+}
+
+fn rtp(seq: u16, payload_type: u8) -> Vec<u8> {
+    let mut packet = vec![0x80, payload_type, (seq >> 8) as u8, seq as u8];
+    packet.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+    packet.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+    packet.extend(std::iter::repeat_n(0xd5, 160));
+    packet
+}
+
+/// Receives datagrams until `count` arrived or `wait` passed; returns (payload type, sequence,
+/// source) of each.
+fn receive(socket: &UdpSocket, count: usize, wait: Duration) -> Vec<(u8, u16, SocketAddr)> {
+    socket
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("timeout");
+    let deadline = Instant::now() + wait;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 2048];
+    while out.len() < count && Instant::now() < deadline {
+        if let Ok((n, from)) = socket.recv_from(&mut buf) {
+            if n >= 4 {
+                out.push((buf[1] & 0x7f, u16::from_be_bytes([buf[2], buf[3]]), from));
+            }
+        }
+    }
+    out
+}
+
+fn callee_args(port: u16, rtp_port: u16, calls: u32) -> Vec<String> {
+    [
+        "-sf",
+        &scenario("callee_media"),
+        "-i",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-set",
+        "rtp_port",
+        &rtp_port.to_string(),
+        "-m",
+        &calls.to_string(),
+        "-timeout",
+        "30s",
+        "-timeout_error",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+#[test]
+fn rtp_and_rtcp_flow_both_ways_through_bridgehead_ports_and_stop_at_bye() {
+    let base = media_range();
+    let sbc = Sbc::start(&profile(base));
+    let dir = scratch_dir("media");
+    let caller_rtp = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
+    // The callee's RTP and RTCP sockets on a port pair.
+    let (callee_rtp, callee_rtcp) = loop {
+        let rtp = UdpSocket::bind("127.0.0.1:0").expect("callee rtp");
+        let port = rtp.local_addr().expect("addr").port();
+        if let Ok(rtcp) = UdpSocket::bind(("127.0.0.1", port.wrapping_add(1))) {
+            break (rtp, rtcp);
+        }
+    };
+    let callee_rtp_port = callee_rtp.local_addr().expect("addr").port();
+    let callee_port = sbc.port("teams_peer");
+    let mut callee = Sipp::start(
+        &dir,
+        "callee",
+        &callee_args(callee_port, callee_rtp_port, 1),
+    );
+    wait_listening(callee_port, Transport::Udp);
+    let caller_args: Vec<String> = [
+        "-sf",
+        &scenario("caller_media"),
+        &format!("127.0.0.1:{}", sbc.port("core")),
+        "-i",
+        "127.0.0.1",
+        "-p",
+        &free_udp_port().to_string(),
+        "-set",
+        "rtp_port",
+        &caller_rtp.local_addr().expect("addr").port().to_string(),
+        "-m",
+        "1",
+        "-d",
+        "2500",
+        "-timeout",
+        "30s",
+        "-timeout_error",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut caller = Sipp::start(&dir, "caller", &caller_args);
+
+    // One shard: the offer to the callee took the first port pair, the answer to the caller
+    // the second.
+    let toward_callee: SocketAddr = ("127.0.0.1".parse::<std::net::IpAddr>().unwrap(), base).into();
+    let toward_caller: SocketAddr =
+        ("127.0.0.1".parse::<std::net::IpAddr>().unwrap(), base + 2).into();
+    std::thread::sleep(Duration::from_millis(800));
+    for seq in 0..50 {
+        caller_rtp
+            .send_to(&rtp(seq, 8), toward_caller)
+            .expect("send");
+    }
+    let got = receive(&callee_rtp, 50, Duration::from_secs(3));
+    let context = || format!("{}\n{}\n{}", caller.report(), callee.report(), sbc.log());
+    assert_eq!(got.len(), 50, "caller -> callee RTP\n{}", context());
+    assert!(
+        got.iter()
+            .all(|(pt, _, from)| *pt == 8 && *from == toward_callee),
+        "{got:?}"
+    );
+    assert_eq!(
+        got.iter().map(|(_, seq, _)| *seq).collect::<Vec<_>>(),
+        (0..50).collect::<Vec<_>>()
+    );
+
+    // The callee answers to where the media came from: it reaches the caller from the port
+    // the caller was told.
+    for seq in 100..120 {
+        callee_rtp
+            .send_to(&rtp(seq, 101), toward_callee)
+            .expect("send");
+    }
+    let back = receive(&caller_rtp, 20, Duration::from_secs(3));
+    assert_eq!(back.len(), 20, "callee -> caller RTP\n{}", context());
+    assert!(
+        back.iter()
+            .all(|(pt, _, from)| *pt == 101 && *from == toward_caller),
+        "{back:?}"
+    );
+
+    // RTCP on its own port: caller's RTCP to Bridgehead's RTCP port reaches the callee's.
+    let report = [0x80u8, 200, 0, 6, 0x12, 0x34, 0x56, 0x78];
+    caller_rtp
+        .send_to(&report, (toward_caller.ip(), base + 3))
+        .expect("send rtcp");
+    let got = receive(&callee_rtcp, 1, Duration::from_secs(2));
+    assert_eq!(got.len(), 1, "RTCP\n{}", context());
+    assert_eq!(got[0].2, SocketAddr::new(toward_callee.ip(), base + 1));
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (caller_status, callee_status) = (caller.wait(deadline), callee.wait(deadline));
+    let context = || format!("{}\n{}\n{}", caller.report(), callee.report(), sbc.log());
+    assert_eq!(caller_status, Some(0), "caller\n{}", context());
+    assert_eq!(callee_status, Some(0), "callee\n{}", context());
+    // The call is over: its ports are closed, nothing is relayed any more.
+    std::thread::sleep(Duration::from_millis(300));
+    for seq in 200..210 {
+        let _ = caller_rtp.send_to(&rtp(seq, 8), toward_caller);
+    }
+    let late = receive(&callee_rtp, 1, Duration::from_millis(500));
+    assert!(late.is_empty(), "relayed after BYE: {late:?}");
+    assert!(
+        (base..base + 4).all(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok()),
+        "the call's ports are free again"
+    );
+}
+
+#[test]
+fn sipp_pcap_audio_and_rfc2833_digit_reach_the_callee() {
+    let base = media_range();
+    let sbc = Sbc::start(&profile(base));
+    let dir = scratch_dir("media-pcap");
+    // SIPp's built-in uac_pcap plays pcap/g711a.pcap (236 PCMA packets) and an RFC 2833 '1'.
+    let pcaps = dir.join("pcap");
+    std::fs::create_dir_all(&pcaps).expect("pcap dir");
+    for file in ["g711a.pcap", "dtmf_2833_1.pcap"] {
+        let source = Path::new("/usr/share/sip-tester").join(file);
+        std::fs::copy(&source, pcaps.join(file)).unwrap_or_else(|err| {
+            panic!("{}: {err} (Debian sip-tester ships it)", source.display())
+        });
+    }
+    let callee_rtp = UdpSocket::bind("127.0.0.1:0").expect("callee rtp");
+    let callee_port = sbc.port("teams_peer");
+    let rtp_port = callee_rtp.local_addr().expect("addr").port();
+    let mut callee = Sipp::start(&dir, "callee", &callee_args(callee_port, rtp_port, 1));
+    wait_listening(callee_port, Transport::Udp);
+    let caller_args: Vec<String> = [
+        "-sn",
+        "uac_pcap",
+        &format!("127.0.0.1:{}", sbc.port("core")),
+        "-i",
+        "127.0.0.1",
+        "-mi",
+        "127.0.0.1",
+        "-p",
+        &free_udp_port().to_string(),
+        "-m",
+        "1",
+        "-timeout",
+        "40s",
+        "-timeout_error",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut caller = Sipp::start(&dir, "caller", &caller_args);
+    let got = receive(&callee_rtp, 246, Duration::from_secs(20));
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let caller_status = caller.wait(deadline);
+    let callee_status = callee.wait(deadline);
+    let context = || format!("{}\n{}\n{}", caller.report(), callee.report(), sbc.log());
+    assert_eq!(caller_status, Some(0), "caller\n{}", context());
+    assert_eq!(callee_status, Some(0), "callee\n{}", context());
+    let audio = got.iter().filter(|(pt, _, _)| *pt == 8).count();
+    let digits = got.iter().filter(|(pt, _, _)| *pt == 101).count();
+    assert!(audio >= 230, "PCMA packets relayed: {audio}\n{}", context());
+    assert!(digits >= 1, "RFC 2833 packets relayed: {digits}");
+    let from_sbc: SocketAddr = ("127.0.0.1".parse::<std::net::IpAddr>().unwrap(), base).into();
+    assert!(
+        got.iter().all(|(_, _, from)| *from == from_sbc),
+        "all from Bridgehead's port"
+    );
+}
