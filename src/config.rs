@@ -175,6 +175,12 @@ struct RawMedia {
     ports: String,
     #[serde(default)]
     strict_source: bool,
+    #[serde(default = "default_rtp_timeout")]
+    rtp_timeout: u32,
+}
+
+fn default_rtp_timeout() -> u32 {
+    60
 }
 
 /// Media anchoring: where the relay binds its RTP/RTCP ports and what it writes into SDP.
@@ -188,6 +194,9 @@ pub struct MediaConfig {
     pub ports: (u16, u16),
     /// Only accept media from the address the far end's SDP names (no latching).
     pub strict_source: bool,
+    /// Seconds without RTP from a sending leg before `on_media` hears `rtp_timeout` and the
+    /// call is hung up; 0 turns it off.
+    pub rtp_timeout: u32,
 }
 
 /// Resource limits of the rule engine.
@@ -516,6 +525,7 @@ impl Profile {
                 advertise: raw.advertise.clone().unwrap_or_else(|| address.to_string()),
                 ports,
                 strict_source: raw.strict_source,
+                rtp_timeout: raw.rtp_timeout,
             })
         });
         if errors.is_empty() {

@@ -202,6 +202,20 @@ impl Engine {
         self.media_commands.pop_front()
     }
 
+    /// A media event the relay reported for a call (by its relay id): `on_media` hears it, and
+    /// an RTP timeout then hangs the call up on both legs.
+    pub fn handle_relay_event(&mut self, call: u64, event: &MediaEvent, now: Instant) {
+        let key = call & ((1 << 48) - 1);
+        if call >> 48 != self.shard as u64 || !self.calls.contains_key(&key) {
+            return;
+        }
+        self.run_call_hook(key, crate::script::Hook::Media, HookArgs::Media(event));
+        if let MediaEvent::RtpTimeout { leg, seconds } = event {
+            tracing::info!(leg, seconds, "no RTP: hanging up");
+            self.hang_up(key, now);
+        }
+    }
+
     /// The relay's id of a call: unique across shards.
     pub(crate) fn media_call_id(&self, key: CallKey) -> u64 {
         ((self.shard as u64) << 48) | key

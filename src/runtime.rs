@@ -52,7 +52,17 @@ pub fn run(profile: Profile) -> anyhow::Result<()> {
             receivers.push(rx);
         }
         let (hub, tcp) = Hub::bind(&profile, senders.clone()).await?;
-        let relay = profile.media.as_ref().map(Relay::new);
+        let shard_inputs = senders.clone();
+        let events: crate::media::relay::EventSink = Arc::new(move |call, event| {
+            // The relay id carries the shard that owns the call.
+            if let Some(shard) = shard_inputs.get((call >> 48) as usize) {
+                let _ = shard.send(ShardInput::Media(call, event));
+            }
+        });
+        let relay = profile
+            .media
+            .as_ref()
+            .map(|media| Relay::new(media, events));
         if let Some(media) = &profile.media {
             tracing::info!(
                 address = %media.address,
@@ -216,5 +226,6 @@ fn handle(engine: &mut Engine, input: ShardInput) {
         ShardInput::Message(msg, peer) => engine.handle_message(msg, peer, now),
         ShardInput::Malformed(err, peer) => engine.handle_malformed(err, peer, now),
         ShardInput::Reload(rules) => engine.reload(rules),
+        ShardInput::Media(call, event) => engine.handle_relay_event(call, &event, now),
     }
 }

@@ -22,6 +22,8 @@ pub enum ShardInput {
     Malformed(ParseError, Peer),
     /// A new rule-set version for new calls.
     Reload(Arc<crate::script::RuleSet>),
+    /// A media event from the relay, for a call by its relay id.
+    Media(u64, crate::script::MediaEvent),
 }
 
 /// The bound sockets and open connections, shared by receivers and shards.

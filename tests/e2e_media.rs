@@ -24,11 +24,17 @@ fn media_range() -> u16 {
 }
 
 fn profile(base: u16) -> String {
+    profile_with(base, "", &common::default_script())
+}
+
+/// The media profile with extra `media:` lines and another script.
+fn profile_with(base: u16, media_extra: &str, script: &str) -> String {
     format!(
         "shards: 1
 media:
   address: 127.0.0.1
   ports: {base}-{}
+{media_extra}
 listeners:
   - name: core
     address: 127.0.0.1:{{core}}
@@ -38,16 +44,59 @@ trunks:
   - name: core
     listener: core
     peers: [\"127.0.0.1:{{softswitch}}\"]
-    script: {{script}}
+    script: {script}
     route: teams
   - name: teams
     listener: teams
     peers: [\"127.0.0.1:{{teams_peer}}\"]
-    script: {{script}}
+    script: {script}
     route: core
 ",
         base + 9
     )
+}
+
+/// Rules that note media events in the call and show them on the BYE toward Teams.
+const MEDIA_RULES: &str = r#"
+local r = {}
+function r.on_media(call, ev)
+  if ev.kind == "dtmf" then
+    call.vars.digits = (call.vars.digits or "") .. ev.digit
+  elseif ev.kind == "rtp_timeout" then
+    call.vars.timeout = ev.leg .. "/" .. ev.seconds
+  end
+end
+function r.on_request(call, msg)
+  if call and msg.method == "BYE" and msg.trunk == "teams" then
+    if call.vars.digits then msg:set_header("X-Digits", call.vars.digits) end
+    if call.vars.timeout then msg:set_header("X-RTP-Timeout", call.vars.timeout) end
+  end
+end
+return r
+"#;
+
+fn media_rules() -> String {
+    let dir = scratch_dir("media-rules");
+    let path = dir.join("rules.lua");
+    std::fs::write(&path, MEDIA_RULES).expect("rules");
+    path.display().to_string()
+}
+
+/// RFC 4733 packets of one digit: three updates, then the end three times.
+fn digit_packets(event: u8, seq: u16, timestamp: u32) -> Vec<Vec<u8>> {
+    (0..6u16)
+        .map(|i| {
+            let end = i >= 3;
+            let mut packet = vec![0x80, 101, 0, 0];
+            packet[2..4].copy_from_slice(&(seq + i).to_be_bytes());
+            packet.extend_from_slice(&timestamp.to_be_bytes());
+            packet.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+            let duration = 160 * (i.min(3) + 1);
+            packet.extend_from_slice(&[event, if end { 0x8a } else { 0x0a }]);
+            packet.extend_from_slice(&duration.to_be_bytes());
+            packet
+        })
+        .collect()
 }
 
 fn rtp(seq: u16, payload_type: u8) -> Vec<u8> {
@@ -265,5 +314,145 @@ fn sipp_pcap_audio_and_rfc2833_digit_reach_the_callee() {
     assert!(
         got.iter().all(|(_, _, from)| *from == from_sbc),
         "all from Bridgehead's port"
+    );
+}
+
+#[test]
+fn rfc4733_digits_reach_the_rules_once_each() {
+    let base = media_range();
+    let sbc = Sbc::start(&profile_with(base, "", &media_rules()));
+    let dir = scratch_dir("media-dtmf");
+    let caller_rtp = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
+    let callee_rtp = UdpSocket::bind("127.0.0.1:0").expect("callee rtp");
+    let callee_port = sbc.port("teams_peer");
+    let rtp_port = callee_rtp.local_addr().expect("addr").port();
+    let mut callee = Sipp::start(&dir, "callee", &callee_args(callee_port, rtp_port, 1));
+    wait_listening(callee_port, Transport::Udp);
+    let caller_args: Vec<String> = [
+        "-sf",
+        &scenario("caller_media"),
+        &format!("127.0.0.1:{}", sbc.port("core")),
+        "-i",
+        "127.0.0.1",
+        "-p",
+        &free_udp_port().to_string(),
+        "-set",
+        "rtp_port",
+        &caller_rtp.local_addr().expect("addr").port().to_string(),
+        "-m",
+        "1",
+        "-d",
+        "2000",
+        "-timeout",
+        "30s",
+        "-timeout_error",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut caller = Sipp::start(&dir, "caller", &caller_args);
+    std::thread::sleep(Duration::from_millis(800));
+    let toward_caller = ("127.0.0.1", base + 2);
+    for packet in digit_packets(4, 10, 8000)
+        .into_iter()
+        .chain(digit_packets(2, 20, 9600))
+    {
+        caller_rtp.send_to(&packet, toward_caller).expect("send");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let relayed = receive(&callee_rtp, 12, Duration::from_secs(3));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (caller_status, callee_status) = (caller.wait(deadline), callee.wait(deadline));
+    let context = || format!("{}\n{}\n{}", caller.report(), callee.report(), sbc.log());
+    assert_eq!(caller_status, Some(0), "caller\n{}", context());
+    assert_eq!(callee_status, Some(0), "callee\n{}", context());
+    assert_eq!(
+        relayed.len(),
+        12,
+        "every DTMF packet is relayed\n{}",
+        context()
+    );
+    let bye = callee
+        .trace()
+        .into_iter()
+        .find(|m| m.received && m.is_request("BYE"))
+        .expect("BYE at the callee");
+    assert_eq!(bye.header("X-Digits"), Some("42"), "{}", bye.text);
+}
+
+#[test]
+fn silence_times_out_and_bridgehead_hangs_up_both_legs() {
+    let base = media_range();
+    let sbc = Sbc::start(&profile_with(base, "  rtp_timeout: 2", &media_rules()));
+    let dir = scratch_dir("media-timeout");
+    let callee_port = sbc.port("teams_peer");
+    // SIPp's own media ports are in the SDP; nobody sends RTP.
+    let callee_args: Vec<String> = [
+        "-sf",
+        &scenario("callee"),
+        "-i",
+        "127.0.0.1",
+        "-p",
+        &callee_port.to_string(),
+        "-m",
+        "1",
+        "-timeout",
+        "20s",
+        "-timeout_error",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut callee = Sipp::start(&dir, "callee", &callee_args);
+    wait_listening(callee_port, Transport::Udp);
+    let caller_args: Vec<String> = [
+        "-sf",
+        &scenario("caller_hungup"),
+        &format!("127.0.0.1:{}", sbc.port("core")),
+        "-i",
+        "127.0.0.1",
+        "-p",
+        &free_udp_port().to_string(),
+        "-m",
+        "1",
+        "-timeout",
+        "20s",
+        "-timeout_error",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let started = Instant::now();
+    let mut caller = Sipp::start(&dir, "caller", &caller_args);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (caller_status, callee_status) = (caller.wait(deadline), callee.wait(deadline));
+    let context = || format!("{}\n{}\n{}", caller.report(), callee.report(), sbc.log());
+    assert_eq!(
+        caller_status,
+        Some(0),
+        "the caller got Bridgehead's BYE\n{}",
+        context()
+    );
+    assert_eq!(
+        callee_status,
+        Some(0),
+        "the callee got Bridgehead's BYE\n{}",
+        context()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let bye = callee
+        .trace()
+        .into_iter()
+        .find(|m| m.received && m.is_request("BYE"))
+        .expect("BYE at the callee");
+    let timeout = bye.header("X-RTP-Timeout").unwrap_or_default().to_string();
+    assert!(timeout == "a/2" || timeout == "b/2", "{}", bye.text);
+    assert!(
+        (base..base + 4).all(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok()),
+        "the call's ports are free again"
     );
 }

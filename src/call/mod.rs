@@ -1517,9 +1517,7 @@ impl Engine {
         };
         if call.pending_ack.is_some_and(|p| p.server == id) {
             tracing::info!(call = %call.id, "2xx never acknowledged: hanging up both legs");
-            self.send_bye(key, Leg::A, now);
-            self.send_bye(key, Leg::B, now);
-            self.end_call(key, "timeout", "sbc", now);
+            self.hang_up(key, now);
         }
     }
 
@@ -1539,6 +1537,13 @@ impl Engine {
         let (script, trunk) = (call.script, dialog.trunk);
         let response = self.outgoing(Some(key), script, leg, trunk, response);
         self.send_response(server, &response, now);
+    }
+
+    /// Bridgehead ends an answered call: BYE on both legs.
+    pub(crate) fn hang_up(&mut self, key: CallKey, now: Instant) {
+        self.send_bye(key, Leg::A, now);
+        self.send_bye(key, Leg::B, now);
+        self.end_call(key, "timeout", "sbc", now);
     }
 
     /// Anchors an SDP about to be sent on `leg` of a call: Bridgehead's ports facing that leg,

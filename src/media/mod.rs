@@ -59,6 +59,10 @@ pub struct Side {
     pub remote: Option<SocketAddr>,
     /// The leg's RTCP address (its `a=rtcp`, its RTP address with `a=rtcp-mux`, or RTP + 1).
     pub remote_rtcp: Option<SocketAddr>,
+    /// The RFC 4733 telephone-event payload type the leg uses.
+    pub dtmf_pt: Option<u8>,
+    /// False while the leg said it will not send (recvonly, inactive, port 0): no RTP timeout.
+    pub sends: bool,
 }
 
 /// One media stream (an `m=` line) of a call: what the relay joins.
@@ -123,6 +127,15 @@ pub fn anchor(
             None if media.attribute("rtcp-mux").is_some() => remote,
             None => ip.map(|ip| SocketAddr::new(ip, media.port().saturating_add(1))),
         };
+        let dtmf_pt = media
+            .codecs()
+            .iter()
+            .find(|c| c.name.eq_ignore_ascii_case("telephone-event"))
+            .and_then(|c| c.pt.parse::<u8>().ok());
+        let sends = matches!(
+            media.direction(),
+            crate::sdp::Direction::SendRecv | crate::sdp::Direction::SendOnly
+        );
         let stream = &mut streams[index];
         let before = *stream;
         let (from, to) = if to_a {
@@ -132,6 +145,8 @@ pub fn anchor(
         };
         from.remote = remote;
         from.remote_rtcp = remote_rtcp;
+        from.dtmf_pt = dtmf_pt;
+        from.sends = sends;
         if to.local == 0 {
             to.local = pool.take().ok_or(AnchorError::NoPorts)?;
         }

@@ -6,6 +6,7 @@
 
 use super::{MediaCommand, Side, Stream};
 use crate::config::MediaConfig;
+use crate::script::MediaEvent;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,20 +33,29 @@ struct Running {
     task: Option<JoinHandle<()>>,
 }
 
+/// Where the relay reports media events: the call's relay id and the event.
+pub type EventSink = Arc<dyn Fn(u64, MediaEvent) + Send + Sync>;
+
 /// The relay of one process.
 pub struct Relay {
     address: IpAddr,
     strict: bool,
+    rtp_timeout: u32,
     calls: Mutex<HashMap<u64, Vec<Running>>>,
+    events: EventSink,
     pub stats: Arc<RelayStats>,
 }
 
 impl Relay {
-    pub fn new(config: &MediaConfig) -> Arc<Relay> {
+    /// A relay on the profile's media address; events (DTMF digits, RTP timeouts) go to
+    /// `events`.
+    pub fn new(config: &MediaConfig, events: EventSink) -> Arc<Relay> {
         Arc::new(Relay {
             address: config.address,
             strict: config.strict_source,
+            rtp_timeout: config.rtp_timeout,
             calls: Mutex::new(HashMap::new()),
+            events,
             stats: Arc::new(RelayStats::default()),
         })
     }
@@ -73,11 +83,18 @@ impl Relay {
                 // Both legs' ports are known once the answer is anchored: start relaying.
                 if running.task.is_none() && stream.a.local != 0 && stream.b.local != 0 {
                     let updates = running.update.subscribe();
+                    let events = self.events.clone();
+                    let report: Box<dyn Fn(MediaEvent) + Send + Sync> =
+                        Box::new(move |event| events(call, event));
                     running.task = Some(tokio::spawn(relay_stream(
-                        self.address,
-                        self.strict,
+                        Settings {
+                            address: self.address,
+                            strict: self.strict,
+                            rtp_timeout: self.rtp_timeout,
+                        },
                         updates,
                         self.stats.clone(),
+                        report,
                     )));
                     self.stats.streams.fetch_add(1, Ordering::Relaxed);
                 }
@@ -86,24 +103,96 @@ impl Relay {
     }
 }
 
-/// The sockets facing one leg, and where that leg's media really comes from.
+/// What every stream task runs with.
+#[derive(Clone, Copy)]
+struct Settings {
+    address: IpAddr,
+    strict: bool,
+    rtp_timeout: u32,
+}
+
+/// The sockets facing one leg, and what the relay saw of that leg.
 struct Leg {
+    name: &'static str,
     rtp: UdpSocket,
     rtcp: UdpSocket,
     /// The source of the leg's last RTP packet (symmetric RTP).
     latched: Option<SocketAddr>,
     latched_rtcp: Option<SocketAddr>,
+    /// When the leg last sent RTP (or started to be expected to).
+    last_rtp: tokio::time::Instant,
+    timed_out: bool,
+    /// RTP timestamp of the last DTMF event reported (its end is sent three times).
+    last_digit: Option<u32>,
 }
 
 impl Leg {
-    async fn bind(address: IpAddr, port: u16) -> std::io::Result<Leg> {
+    async fn bind(name: &'static str, address: IpAddr, port: u16) -> std::io::Result<Leg> {
         Ok(Leg {
+            name,
             rtp: UdpSocket::bind((address, port)).await?,
             rtcp: UdpSocket::bind((address, port.wrapping_add(1))).await?,
             latched: None,
             latched_rtcp: None,
+            last_rtp: tokio::time::Instant::now(),
+            timed_out: false,
+            last_digit: None,
         })
     }
+
+    /// An RTP timeout of this leg, once: it should send and has not for `timeout` seconds.
+    fn timeout(&mut self, side: &Side, timeout: u32) -> Option<MediaEvent> {
+        let silent = self.last_rtp.elapsed() >= std::time::Duration::from_secs(u64::from(timeout));
+        if timeout == 0 || !side.sends || self.timed_out || !silent {
+            return None;
+        }
+        self.timed_out = true;
+        Some(MediaEvent::RtpTimeout {
+            leg: self.name,
+            seconds: timeout,
+        })
+    }
+
+    /// A DTMF digit that ended in this RFC 4733 packet, reported once per event.
+    fn digit(&mut self, packet: &[u8], side: &Side) -> Option<MediaEvent> {
+        let (payload_type, timestamp, payload) = rtp_parts(packet)?;
+        if Some(payload_type) != side.dtmf_pt || payload.len() < 4 || payload[1] & 0x80 == 0 {
+            return None;
+        }
+        if self.last_digit == Some(timestamp) {
+            return None;
+        }
+        self.last_digit = Some(timestamp);
+        let digit = match payload[0] {
+            event @ 0..=9 => char::from(b'0' + event),
+            10 => '*',
+            11 => '#',
+            event @ 12..=15 => char::from(b'A' + event - 12),
+            _ => return None,
+        };
+        let duration = u16::from_be_bytes([payload[2], payload[3]]);
+        Some(MediaEvent::Dtmf {
+            leg: self.name,
+            digit,
+            // telephone-event runs at 8 kHz.
+            duration_ms: u32::from(duration) / 8,
+        })
+    }
+}
+
+/// Payload type, timestamp and payload of an RTP packet (CSRCs and extension skipped).
+fn rtp_parts(packet: &[u8]) -> Option<(u8, u32, &[u8])> {
+    let first = *packet.first()?;
+    if first >> 6 != 2 {
+        return None;
+    }
+    let mut header = 12 + 4 * usize::from(first & 0x0f);
+    if first & 0x10 != 0 {
+        let words = packet.get(header + 2..header + 4)?;
+        header += 4 + 4 * usize::from(u16::from_be_bytes([words[0], words[1]]));
+    }
+    let timestamp = u32::from_be_bytes(packet.get(4..8)?.try_into().ok()?);
+    Some((packet.get(1)? & 0x7f, timestamp, packet.get(header..)?))
 }
 
 /// RTCP packet types 200-204 (SR, RR, SDES, BYE, APP) and 205-207 (feedback, XR) sit where
@@ -118,15 +207,15 @@ fn accepted(strict: bool, expected: Option<SocketAddr>, source: SocketAddr) -> b
 }
 
 async fn relay_stream(
-    address: IpAddr,
-    strict: bool,
+    settings: Settings,
     mut updates: watch::Receiver<Stream>,
     stats: Arc<RelayStats>,
+    report: Box<dyn Fn(MediaEvent) + Send + Sync>,
 ) {
     let stream = *updates.borrow_and_update();
     let (mut a, mut b) = match (
-        Leg::bind(address, stream.a.local).await,
-        Leg::bind(address, stream.b.local).await,
+        Leg::bind("a", settings.address, stream.a.local).await,
+        Leg::bind("b", settings.address, stream.b.local).await,
     ) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(err), _) | (_, Err(err)) => {
@@ -139,32 +228,49 @@ async fn relay_stream(
             return;
         }
     };
+    let strict = settings.strict;
     let mut sides = (stream.a, stream.b);
     let mut from_a = [0u8; 2048];
     let mut from_b = [0u8; 2048];
     let mut rtcp_a = [0u8; 2048];
     let mut rtcp_b = [0u8; 2048];
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
-        tokio::select! {
+        let event = tokio::select! {
             changed = updates.changed() => {
                 if changed.is_err() {
                     return;
                 }
                 let stream = *updates.borrow_and_update();
+                // A leg that starts sending again (resumed from hold) gets a fresh timeout.
+                for (leg, old, new) in [(&mut a, &sides.0, &stream.a), (&mut b, &sides.1, &stream.b)] {
+                    if new.sends && !old.sends {
+                        leg.last_rtp = tokio::time::Instant::now();
+                        leg.timed_out = false;
+                    }
+                }
                 sides = (stream.a, stream.b);
+                None
+            }
+            _ = tick.tick() => {
+                a.timeout(&sides.0, settings.rtp_timeout)
+                    .or_else(|| b.timeout(&sides.1, settings.rtp_timeout))
             }
             Ok((n, source)) = a.rtp.recv_from(&mut from_a) => {
-                forward(&from_a[..n], source, false, (&mut a, &sides.0), (&b, &sides.1), strict, &stats).await;
+                forward(&from_a[..n], source, false, (&mut a, &sides.0), (&b, &sides.1), strict, &stats).await
             }
             Ok((n, source)) = b.rtp.recv_from(&mut from_b) => {
-                forward(&from_b[..n], source, false, (&mut b, &sides.1), (&a, &sides.0), strict, &stats).await;
+                forward(&from_b[..n], source, false, (&mut b, &sides.1), (&a, &sides.0), strict, &stats).await
             }
             Ok((n, source)) = a.rtcp.recv_from(&mut rtcp_a) => {
-                forward(&rtcp_a[..n], source, true, (&mut a, &sides.0), (&b, &sides.1), strict, &stats).await;
+                forward(&rtcp_a[..n], source, true, (&mut a, &sides.0), (&b, &sides.1), strict, &stats).await
             }
             Ok((n, source)) = b.rtcp.recv_from(&mut rtcp_b) => {
-                forward(&rtcp_b[..n], source, true, (&mut b, &sides.1), (&a, &sides.0), strict, &stats).await;
+                forward(&rtcp_b[..n], source, true, (&mut b, &sides.1), (&a, &sides.0), strict, &stats).await
             }
+        };
+        if let Some(event) = event {
+            report(event);
         }
     }
 }
@@ -178,7 +284,7 @@ async fn forward(
     (to, to_side): (&Leg, &Side),
     strict: bool,
     stats: &RelayStats,
-) {
+) -> Option<MediaEvent> {
     let rtcp = on_rtcp_port || is_rtcp(packet);
     let expected = if rtcp {
         from_side.remote_rtcp
@@ -187,12 +293,15 @@ async fn forward(
     };
     if !accepted(strict, expected, source) {
         stats.dropped.fetch_add(1, Ordering::Relaxed);
-        return;
+        return None;
     }
+    let mut event = None;
     if on_rtcp_port {
         from.latched_rtcp = Some(source);
     } else if !rtcp {
         from.latched = Some(source);
+        from.last_rtp = tokio::time::Instant::now();
+        event = from.digit(packet, from_side);
     }
     // Where the other leg wants it: where its media comes from, else what its SDP says.
     let (socket, destination) = if rtcp {
@@ -205,15 +314,15 @@ async fn forward(
     } else {
         (&to.rtp, to.latched.or(to_side.remote))
     };
-    let Some(destination) = destination else {
-        return;
-    };
-    if socket.send_to(packet, destination).await.is_ok() {
-        stats.packets.fetch_add(1, Ordering::Relaxed);
-        stats
-            .bytes
-            .fetch_add(packet.len() as u64, Ordering::Relaxed);
+    if let Some(destination) = destination {
+        if socket.send_to(packet, destination).await.is_ok() {
+            stats.packets.fetch_add(1, Ordering::Relaxed);
+            stats
+                .bytes
+                .fetch_add(packet.len() as u64, Ordering::Relaxed);
+        }
     }
+    event
 }
 
 #[cfg(test)]
@@ -227,6 +336,97 @@ mod tests {
         assert!(!is_rtcp(&[0x80, 8, 0, 1]));
         assert!(!is_rtcp(&[0x80, 0x80 | 101, 0, 1]));
         assert!(!is_rtcp(&[0x80]));
+    }
+
+    #[test]
+    fn rtp_parts_skip_csrcs_and_extensions() {
+        let mut packet = vec![
+            0x82, 101, 0, 1, 0, 0, 0, 160, 1, 2, 3, 4, 9, 9, 9, 9, 8, 8, 8, 8,
+        ];
+        packet.extend_from_slice(&[5, 0x80, 0, 160]);
+        let (pt, ts, payload) = rtp_parts(&packet).expect("rtp");
+        assert_eq!((pt, ts, payload), (101, 160, &[5u8, 0x80, 0, 160][..]));
+        let mut with_extension = vec![
+            0x90, 8, 0, 1, 0, 0, 0, 1, 1, 2, 3, 4, 0xbe, 0xde, 0, 1, 7, 7, 7, 7,
+        ];
+        with_extension.push(0xd5);
+        assert_eq!(rtp_parts(&with_extension).map(|p| p.2), Some(&[0xd5u8][..]));
+        assert_eq!(rtp_parts(&[0x80, 8, 0]), None);
+        assert_eq!(rtp_parts(&[0x40, 8, 0, 1, 0, 0, 0, 1, 1, 2, 3, 4]), None);
+    }
+
+    #[tokio::test]
+    async fn dtmf_ends_are_reported_once_and_silence_times_out_once() {
+        let side = Side {
+            dtmf_pt: Some(101),
+            sends: true,
+            ..Side::default()
+        };
+        let mut leg = Leg::bind("a", "127.0.0.1".parse().unwrap(), 0)
+            .await
+            .expect("bind");
+        let event = |end: bool, ts: u8| {
+            vec![
+                0x80,
+                101,
+                0,
+                1,
+                0,
+                0,
+                0,
+                ts,
+                1,
+                2,
+                3,
+                4,
+                11,
+                if end { 0x8a } else { 0x0a },
+                0x03,
+                0x20,
+            ]
+        };
+        assert_eq!(leg.digit(&event(false, 1), &side), None, "not the end yet");
+        let digit = leg.digit(&event(true, 1), &side);
+        assert_eq!(
+            digit,
+            Some(MediaEvent::Dtmf {
+                leg: "a",
+                digit: '#',
+                duration_ms: 100
+            })
+        );
+        assert_eq!(leg.digit(&event(true, 1), &side), None, "retransmitted end");
+        assert!(
+            leg.digit(&event(true, 2), &side).is_some(),
+            "the next digit"
+        );
+        let not_dtmf = Side {
+            dtmf_pt: Some(96),
+            ..side
+        };
+        assert_eq!(leg.digit(&event(true, 3), &not_dtmf), None);
+
+        assert_eq!(leg.timeout(&side, 1), None, "not silent long enough");
+        leg.last_rtp -= std::time::Duration::from_secs(2);
+        assert_eq!(
+            leg.timeout(&side, 1),
+            Some(MediaEvent::RtpTimeout {
+                leg: "a",
+                seconds: 1
+            })
+        );
+        assert_eq!(leg.timeout(&side, 1), None, "once");
+        let on_hold = Side {
+            sends: false,
+            ..side
+        };
+        leg.timed_out = false;
+        assert_eq!(
+            leg.timeout(&on_hold, 1),
+            None,
+            "a leg that does not send never times out"
+        );
+        assert_eq!(leg.timeout(&side, 0), None, "0 turns it off");
     }
 
     #[test]
