@@ -80,6 +80,8 @@ pub struct Trunk {
     pub on_script_error: ScriptErrorPolicy,
     /// Free-form parameters rules read as `call.trunk.params` (values as strings).
     pub params: BTreeMap<String, String>,
+    /// SRTP toward the trunk (with media anchored).
+    pub srtp: SrtpPolicy,
 }
 
 /// Which headers of the other leg cross onto a trunk's leg. B2BUA-owned headers never cross;
@@ -274,6 +276,21 @@ struct RawTrunk {
     on_script_error: Option<String>,
     #[serde(default)]
     params: BTreeMap<String, serde_yaml::Value>,
+    #[serde(default)]
+    srtp: SrtpPolicy,
+}
+
+/// Whether media toward a trunk is SRTP (SDES keys, RFC 4568), when media is anchored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SrtpPolicy {
+    /// Plain RTP toward the trunk (SRTP from the other leg is decrypted).
+    #[default]
+    Off,
+    /// SRTP toward the trunk when the other leg uses it or the trunk offered it.
+    Optional,
+    /// Always SRTP toward the trunk (Microsoft Teams).
+    Required,
 }
 
 fn default_transport() -> Transport {
@@ -468,6 +485,7 @@ impl Profile {
             }
             trunks.push(Trunk {
                 name: raw.name.clone(),
+                srtp: raw.srtp,
                 on_script_error,
                 params,
                 listener,

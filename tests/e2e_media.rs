@@ -456,3 +456,146 @@ fn silence_times_out_and_bridgehead_hangs_up_both_legs() {
         "the call's ports are free again"
     );
 }
+
+/// An SRTP context from base64 SDES key material (30 bytes).
+fn srtp_context(material_b64: &str, decrypting: bool) -> webrtc_srtp::context::Context {
+    use base64::Engine as _;
+    let material = base64::engine::general_purpose::STANDARD
+        .decode(material_b64)
+        .expect("base64 key");
+    let replay = decrypting.then(|| webrtc_srtp::option::srtp_replay_protection(64));
+    webrtc_srtp::context::Context::new(
+        &material[..16],
+        &material[16..30],
+        webrtc_srtp::protection_profile::ProtectionProfile::Aes128CmHmacSha1_80,
+        replay,
+        None,
+    )
+    .expect("context")
+}
+
+#[test]
+fn plain_rtp_from_the_core_is_srtp_toward_teams_and_back() {
+    use base64::Engine as _;
+    let base = media_range();
+    let profile =
+        profile(base).replace("    route: core\n", "    route: core\n    srtp: required\n");
+    let sbc = Sbc::start(&profile);
+    let dir = scratch_dir("media-srtp");
+    let caller_rtp = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
+    let callee_rtp = UdpSocket::bind("127.0.0.1:0").expect("callee rtp");
+    let callee_key = base64::engine::general_purpose::STANDARD.encode([0x5au8; 30]);
+    let callee_port = sbc.port("teams_peer");
+    let rtp_port = callee_rtp.local_addr().expect("addr").port();
+    let mut args = callee_args(callee_port, rtp_port, 1);
+    args[1] = scenario("callee_srtp");
+    args.extend(["-set".to_string(), "key".to_string(), callee_key.clone()]);
+    let mut callee = Sipp::start(&dir, "callee", &args);
+    wait_listening(callee_port, Transport::Udp);
+    let caller_args: Vec<String> = [
+        "-sf",
+        &scenario("caller_media"),
+        &format!("127.0.0.1:{}", sbc.port("core")),
+        "-i",
+        "127.0.0.1",
+        "-p",
+        &free_udp_port().to_string(),
+        "-set",
+        "rtp_port",
+        &caller_rtp.local_addr().expect("addr").port().to_string(),
+        "-m",
+        "1",
+        "-d",
+        "2500",
+        "-timeout",
+        "30s",
+        "-timeout_error",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut caller = Sipp::start(&dir, "caller", &caller_args);
+    std::thread::sleep(Duration::from_millis(800));
+    let toward_caller = ("127.0.0.1", base + 2);
+    let toward_teams: SocketAddr = ("127.0.0.1".parse::<std::net::IpAddr>().unwrap(), base).into();
+
+    // Core -> Teams: plain RTP in, SRTP out (collected now, decrypted once the key is read).
+    let sent: Vec<Vec<u8>> = (0..30).map(|seq| rtp(seq, 8)).collect();
+    for packet in &sent {
+        caller_rtp.send_to(packet, toward_caller).expect("send");
+    }
+    callee_rtp
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("timeout");
+    let mut encrypted = Vec::new();
+    let mut buf = [0u8; 2048];
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while encrypted.len() < sent.len() && Instant::now() < deadline {
+        if let Ok((n, from)) = callee_rtp.recv_from(&mut buf) {
+            assert_eq!(from, toward_teams);
+            encrypted.push(buf[..n].to_vec());
+        }
+    }
+
+    // Teams -> core: SRTP with Teams' key in, plain RTP out; a tampered packet is dropped.
+    let mut teams_context = srtp_context(&callee_key, false);
+    for seq in 500..510u16 {
+        let secret = teams_context.encrypt_rtp(&rtp(seq, 8)).expect("encrypt");
+        let mut secret = secret.to_vec();
+        if seq == 505 {
+            let last = secret.len() - 1;
+            secret[last] ^= 0xff;
+        }
+        callee_rtp.send_to(&secret, toward_teams).expect("send");
+    }
+    let clear = receive(&caller_rtp, 10, Duration::from_secs(2));
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (caller_status, callee_status) = (caller.wait(deadline), callee.wait(deadline));
+    let context = || format!("{}\n{}\n{}", caller.report(), callee.report(), sbc.log());
+    assert_eq!(caller_status, Some(0), "caller\n{}", context());
+    assert_eq!(callee_status, Some(0), "callee\n{}", context());
+
+    // What Teams was offered: SAVP and exactly one key, Bridgehead's own.
+    let invite = callee
+        .trace()
+        .into_iter()
+        .find(|m| m.received && m.is_request("INVITE"))
+        .expect("INVITE at Teams");
+    let body = invite.body().to_string();
+    assert!(
+        body.contains(&format!("m=audio {base} RTP/SAVP 8 101")),
+        "{body}"
+    );
+    let keys: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:"))
+        .collect();
+    assert_eq!(keys.len(), 1, "{body}");
+    let mut ours = srtp_context(keys[0], true);
+    assert_eq!(
+        encrypted.len(),
+        sent.len(),
+        "SRTP toward Teams\n{}",
+        context()
+    );
+    for (secret, original) in encrypted.iter().zip(&sent) {
+        assert_eq!(secret.len(), original.len() + 10, "an 80-bit tag");
+        let plain = ours.decrypt_rtp(secret).expect("Teams can decrypt");
+        assert_eq!(&plain[..], &original[..]);
+    }
+    // What the core got: plain RTP, without the tampered packet.
+    let answer = caller
+        .trace()
+        .into_iter()
+        .find(|m| m.received && m.is_response(200))
+        .expect("200 at the core");
+    assert!(answer.body().contains("RTP/AVP 8 101"), "{}", answer.text);
+    assert!(!answer.body().contains("crypto"), "{}", answer.text);
+    let seqs: Vec<u16> = clear.iter().map(|(_, seq, _)| *seq).collect();
+    assert_eq!(
+        seqs,
+        [500, 501, 502, 503, 504, 506, 507, 508, 509],
+        "{clear:?}"
+    );
+}

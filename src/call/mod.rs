@@ -1557,7 +1557,15 @@ impl Engine {
         let (Some(call), Some(pool)) = (self.calls.get_mut(&key), self.media_ports.as_mut()) else {
             return;
         };
-        match crate::media::anchor(sdp, &mut call.streams, leg == Leg::A, pool, &advertise) {
+        let srtp = call.rules.profile.trunks[call.leg(leg).trunk].srtp;
+        match crate::media::anchor(
+            sdp,
+            &mut call.streams,
+            leg == Leg::A,
+            srtp,
+            pool,
+            &advertise,
+        ) {
             Ok(changed) => {
                 for index in changed {
                     self.media_commands.push_back(MediaCommand::Stream {

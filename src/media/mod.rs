@@ -5,7 +5,9 @@
 
 pub mod relay;
 
-use crate::sdp::Sdp;
+use crate::config::SrtpPolicy;
+use crate::sdp::{Crypto, Media, Sdp};
+use base64::Engine as _;
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 
@@ -63,6 +65,104 @@ pub struct Side {
     pub dtmf_pt: Option<u8>,
     /// False while the leg said it will not send (recvonly, inactive, port 0): no RTP timeout.
     pub sends: bool,
+    /// The SRTP key Bridgehead gave the leg: media toward it is encrypted with it.
+    pub local_key: Option<SrtpKey>,
+    /// The leg's SRTP key from its SDP: media from it is decrypted with it.
+    pub remote_key: Option<SrtpKey>,
+}
+
+/// An SRTP crypto suite Bridgehead terminates (SDES, RFC 4568).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Suite {
+    AesCm128HmacSha1_80,
+    AesCm128HmacSha1_32,
+}
+
+impl Suite {
+    pub fn name(self) -> &'static str {
+        match self {
+            Suite::AesCm128HmacSha1_80 => "AES_CM_128_HMAC_SHA1_80",
+            Suite::AesCm128HmacSha1_32 => "AES_CM_128_HMAC_SHA1_32",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Suite> {
+        [Suite::AesCm128HmacSha1_80, Suite::AesCm128HmacSha1_32]
+            .into_iter()
+            .find(|s| s.name().eq_ignore_ascii_case(name))
+    }
+}
+
+/// One SDES key: its a=crypto tag, suite, master key and salt.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct SrtpKey {
+    pub tag: u32,
+    pub suite: Suite,
+    pub key: [u8; 16],
+    pub salt: [u8; 14],
+}
+
+impl std::fmt::Debug for SrtpKey {
+    // Keys never reach logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SrtpKey({} {})", self.tag, self.suite.name())
+    }
+}
+
+impl SrtpKey {
+    /// A fresh random key from the operating system's CSPRNG.
+    pub fn generate(tag: u32, suite: Suite) -> Option<SrtpKey> {
+        let mut material = [0u8; 30];
+        getrandom::fill(&mut material).ok()?;
+        Some(SrtpKey::from_material(tag, suite, &material))
+    }
+
+    fn from_material(tag: u32, suite: Suite, material: &[u8; 30]) -> SrtpKey {
+        let mut key = [0u8; 16];
+        let mut salt = [0u8; 14];
+        key.copy_from_slice(&material[..16]);
+        salt.copy_from_slice(&material[16..]);
+        SrtpKey {
+            tag,
+            suite,
+            key,
+            salt,
+        }
+    }
+
+    /// The key of an a=crypto line, when Bridgehead supports its suite. A lifetime is
+    /// accepted; a key with an MKI is not (packets would carry it).
+    pub fn from_crypto(crypto: &Crypto) -> Option<SrtpKey> {
+        let suite = Suite::parse(&crypto.suite)?;
+        let inline = crypto
+            .key_params
+            .split(';')
+            .next()?
+            .strip_prefix("inline:")?;
+        let mut parts = inline.split('|');
+        let encoded = parts.next()?;
+        if parts.any(|p| p.contains(':')) {
+            return None;
+        }
+        let material = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .ok()?;
+        let material: [u8; 30] = material.try_into().ok()?;
+        Some(SrtpKey::from_material(crypto.tag, suite, &material))
+    }
+
+    /// The value of the a=crypto line that gives this key.
+    pub fn attribute(&self) -> String {
+        let mut material = [0u8; 30];
+        material[..16].copy_from_slice(&self.key);
+        material[16..].copy_from_slice(&self.salt);
+        format!(
+            "{} {} inline:{}",
+            self.tag,
+            self.suite.name(),
+            base64::engine::general_purpose::STANDARD.encode(material)
+        )
+    }
 }
 
 /// One media stream (an `m=` line) of a call: what the relay joins.
@@ -92,6 +192,8 @@ pub enum AnchorError {
     NoPorts,
     #[error("cannot write the SDP: {0}")]
     Sdp(String),
+    #[error("no randomness for an SRTP key")]
+    Random,
 }
 
 /// Anchors an SDP crossing to leg `to_a` (true: toward the caller): learns where the other leg
@@ -101,6 +203,7 @@ pub fn anchor(
     sdp: &mut Sdp,
     streams: &mut Vec<Stream>,
     to_a: bool,
+    srtp: SrtpPolicy,
     pool: &mut PortPool,
     advertise: &str,
 ) -> Result<Vec<usize>, AnchorError> {
@@ -147,6 +250,17 @@ pub fn anchor(
         from.remote_rtcp = remote_rtcp;
         from.dtmf_pt = dtmf_pt;
         from.sends = sends;
+        from.remote_key = if media.proto().contains("SAVP") {
+            media.crypto().iter().find_map(SrtpKey::from_crypto)
+        } else {
+            None
+        };
+        let secure = match srtp {
+            SrtpPolicy::Off => false,
+            SrtpPolicy::Required => true,
+            SrtpPolicy::Optional => from.remote_key.is_some() || to.remote_key.is_some(),
+        };
+        terminate_srtp(media, to, secure)?;
         if to.local == 0 {
             to.local = pool.take().ok_or(AnchorError::NoPorts)?;
         }
@@ -165,6 +279,39 @@ pub fn anchor(
         sdp.set_origin_address(advertise).map_err(sdp_error)?;
     }
     Ok(changed)
+}
+
+/// Bridgehead's own keys toward a leg: the other leg's a=crypto never crosses; toward a secure
+/// leg the m= line says SAVP and carries Bridgehead's key (matching the leg's own offer when it
+/// made one), toward a plain leg AVP.
+fn terminate_srtp(media: &mut Media, to: &mut Side, secure: bool) -> Result<(), AnchorError> {
+    let sdp_error = |e: crate::sdp::SdpError| AnchorError::Sdp(e.to_string());
+    media.remove_attribute("crypto");
+    let feedback = if media.proto().ends_with('F') {
+        "F"
+    } else {
+        ""
+    };
+    if !secure {
+        to.local_key = None;
+        return media
+            .set_proto(&format!("RTP/AVP{feedback}"))
+            .map_err(sdp_error);
+    }
+    let wanted = to
+        .remote_key
+        .map_or((1, Suite::AesCm128HmacSha1_80), |k| (k.tag, k.suite));
+    let key = match to.local_key {
+        Some(key) if (key.tag, key.suite) == wanted => key,
+        _ => SrtpKey::generate(wanted.0, wanted.1).ok_or(AnchorError::Random)?,
+    };
+    to.local_key = Some(key);
+    media
+        .set_proto(&format!("RTP/SAVP{feedback}"))
+        .map_err(sdp_error)?;
+    media
+        .add_attribute("crypto", Some(&key.attribute()))
+        .map_err(sdp_error)
 }
 
 /// `a=rtcp:PORT [IN IP4 ADDR]` (RFC 3605).
@@ -207,8 +354,15 @@ mod tests {
         let mut streams = Vec::new();
         // The caller's offer goes to the callee (leg B).
         let mut offer = Sdp::parse(OFFER.as_bytes()).expect("offer");
-        let changed =
-            anchor(&mut offer, &mut streams, false, &mut pool, "203.0.113.1").expect("anchors");
+        let changed = anchor(
+            &mut offer,
+            &mut streams,
+            false,
+            SrtpPolicy::Off,
+            &mut pool,
+            "203.0.113.1",
+        )
+        .expect("anchors");
         assert_eq!(changed, [0]);
         let text = String::from_utf8(offer.to_bytes()).expect("utf8");
         assert!(text.contains("o=- 1 1 IN IP4 203.0.113.1\r\n"), "{text}");
@@ -235,7 +389,15 @@ mod tests {
         // The callee's answer goes to the caller (leg A), with rtcp-mux.
         let answer = "v=0\r\no=- 2 2 IN IP4 198.51.100.7\r\ns=-\r\nc=IN IP4 198.51.100.7\r\nt=0 0\r\nm=audio 5000 RTP/AVP 8\r\na=rtcp-mux\r\nm=video 0 RTP/AVP 96\r\n";
         let mut answer = Sdp::parse(answer.as_bytes()).expect("answer");
-        anchor(&mut answer, &mut streams, true, &mut pool, "203.0.113.1").expect("anchors");
+        anchor(
+            &mut answer,
+            &mut streams,
+            true,
+            SrtpPolicy::Off,
+            &mut pool,
+            "203.0.113.1",
+        )
+        .expect("anchors");
         let text = String::from_utf8(answer.to_bytes()).expect("utf8");
         assert!(text.contains("m=audio 30002 RTP/AVP 8\r\n"), "{text}");
         assert_eq!(
@@ -250,8 +412,15 @@ mod tests {
 
         // A re-offer keeps the ports; nothing changed, nothing to tell the relay.
         let mut again = Sdp::parse(OFFER.as_bytes()).expect("offer");
-        let changed =
-            anchor(&mut again, &mut streams, false, &mut pool, "203.0.113.1").expect("anchors");
+        let changed = anchor(
+            &mut again,
+            &mut streams,
+            false,
+            SrtpPolicy::Off,
+            &mut pool,
+            "203.0.113.1",
+        )
+        .expect("anchors");
         assert!(changed.is_empty());
         assert!(String::from_utf8(again.to_bytes())
             .unwrap()
@@ -259,11 +428,80 @@ mod tests {
     }
 
     #[test]
+    fn srtp_is_terminated_with_fresh_keys_per_leg() {
+        let mut pool = PortPool::new((30000, 30099), 0, 1);
+        let mut streams = Vec::new();
+        // Plain RTP from the core, toward Teams where SRTP is required.
+        let mut offer = Sdp::parse(OFFER.as_bytes()).expect("offer");
+        anchor(
+            &mut offer,
+            &mut streams,
+            false,
+            SrtpPolicy::Required,
+            &mut pool,
+            "203.0.113.1",
+        )
+        .expect("anchors");
+        let text = String::from_utf8(offer.to_bytes()).expect("utf8");
+        assert!(text.contains("m=audio 30000 RTP/SAVP 8 101\r\n"), "{text}");
+        let ours = offer.media()[0].crypto();
+        assert_eq!(ours.len(), 1);
+        assert_eq!(ours[0].suite, "AES_CM_128_HMAC_SHA1_80");
+        let key = streams[0].b.local_key.expect("our key toward Teams");
+        assert_eq!(SrtpKey::from_crypto(&ours[0]), Some(key));
+
+        // Teams answers with its own key and the 32-bit tag suite; the core gets plain RTP.
+        let answer = format!(
+            "v=0\r\no=- 2 2 IN IP4 52.114.1.10\r\ns=-\r\nc=IN IP4 52.114.1.10\r\nt=0 0\r\nm=audio 5000 RTP/SAVP 8\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{}|2^31\r\n",
+            base64::engine::general_purpose::STANDARD.encode([7u8; 30])
+        );
+        let mut answer = Sdp::parse(answer.as_bytes()).expect("answer");
+        anchor(
+            &mut answer,
+            &mut streams,
+            true,
+            SrtpPolicy::Off,
+            &mut pool,
+            "203.0.113.1",
+        )
+        .expect("anchors");
+        let text = String::from_utf8(answer.to_bytes()).expect("utf8");
+        assert!(text.contains("m=audio 30002 RTP/AVP 8\r\n"), "{text}");
+        assert!(
+            !text.contains("crypto"),
+            "no key crosses to a plain leg: {text}"
+        );
+        let teams = streams[0].b.remote_key.expect("Teams' key");
+        assert_eq!((teams.key, teams.salt), ([7u8; 16], [7u8; 14]));
+        assert_eq!(streams[0].a.local_key, None);
+
+        // A key with an MKI, or an unknown suite, is not taken.
+        let mki = Crypto::parse(
+            "1 AES_CM_128_HMAC_SHA1_80 inline:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA|2^20|1:4",
+        )
+        .expect("crypto line");
+        assert_eq!(SrtpKey::from_crypto(&mki), None);
+        let gcm = Crypto::parse("2 AEAD_AES_256_GCM inline:AAAA").expect("crypto line");
+        assert_eq!(SrtpKey::from_crypto(&gcm), None);
+        assert!(
+            format!("{key:?}").starts_with("SrtpKey(1 AES_CM"),
+            "keys stay out of logs"
+        );
+    }
+
+    #[test]
     fn an_empty_pool_is_an_error() {
         let mut pool = PortPool::new((30000, 30001), 0, 1);
         assert_eq!(pool.take(), Some(30000));
         let mut offer = Sdp::parse(OFFER.as_bytes()).expect("offer");
-        let result = anchor(&mut offer, &mut Vec::new(), false, &mut pool, "203.0.113.1");
+        let result = anchor(
+            &mut offer,
+            &mut Vec::new(),
+            false,
+            SrtpPolicy::Off,
+            &mut pool,
+            "203.0.113.1",
+        );
         assert_eq!(result, Err(AnchorError::NoPorts));
     }
 }

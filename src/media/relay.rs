@@ -4,7 +4,7 @@
 //! strict sources. RTCP multiplexed on the RTP port (RFC 5761) on one leg and on its own port
 //! on the other is sorted by payload type.
 
-use super::{MediaCommand, Side, Stream};
+use super::{MediaCommand, Side, SrtpKey, Stream, Suite};
 use crate::config::MediaConfig;
 use crate::script::MediaEvent;
 use std::collections::HashMap;
@@ -14,6 +14,9 @@ use std::sync::{Arc, Mutex};
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use webrtc_srtp::context::Context;
+use webrtc_srtp::option;
+use webrtc_srtp::protection_profile::ProtectionProfile;
 
 /// What the relay moved.
 #[derive(Debug, Default)]
@@ -24,6 +27,8 @@ pub struct RelayStats {
     pub dropped: AtomicU64,
     /// Streams that could not bind their ports.
     pub bind_failures: AtomicU64,
+    /// SRTP/SRTCP packets that failed authentication or replay checks (dropped).
+    pub srtp_failures: AtomicU64,
     /// Streams running now.
     pub streams: AtomicU64,
 }
@@ -124,6 +129,35 @@ struct Leg {
     timed_out: bool,
     /// RTP timestamp of the last DTMF event reported (its end is sent three times).
     last_digit: Option<u32>,
+    /// SRTP from the leg (its key) and toward it (ours), with the keys they were made from.
+    decrypt: Option<(SrtpKey, Context)>,
+    encrypt: Option<(SrtpKey, Context)>,
+}
+
+/// An SRTP context for a key: replay protection when it decrypts.
+fn context(key: &SrtpKey, decrypting: bool) -> Option<Context> {
+    let profile = match key.suite {
+        Suite::AesCm128HmacSha1_80 => ProtectionProfile::Aes128CmHmacSha1_80,
+        Suite::AesCm128HmacSha1_32 => ProtectionProfile::Aes128CmHmacSha1_32,
+    };
+    let (rtp, rtcp) = if decrypting {
+        (
+            Some(option::srtp_replay_protection(64)),
+            Some(option::srtcp_replay_protection(64)),
+        )
+    } else {
+        (None, None)
+    };
+    Context::new(&key.key, &key.salt, profile, rtp, rtcp).ok()
+}
+
+/// Keeps a context matching the key (a new key, on a re-INVITE, gets a new context).
+fn rekey(slot: &mut Option<(SrtpKey, Context)>, key: Option<SrtpKey>, decrypting: bool) {
+    match key {
+        None => *slot = None,
+        Some(key) if slot.as_ref().is_some_and(|(k, _)| *k == key) => {}
+        Some(key) => *slot = context(&key, decrypting).map(|c| (key, c)),
+    }
 }
 
 impl Leg {
@@ -137,7 +171,15 @@ impl Leg {
             last_rtp: tokio::time::Instant::now(),
             timed_out: false,
             last_digit: None,
+            decrypt: None,
+            encrypt: None,
         })
+    }
+
+    /// Follows the leg's keys (ours toward it, its own).
+    fn rekey(&mut self, side: &Side) {
+        rekey(&mut self.decrypt, side.remote_key, true);
+        rekey(&mut self.encrypt, side.local_key, false);
     }
 
     /// An RTP timeout of this leg, once: it should send and has not for `timeout` seconds.
@@ -230,6 +272,8 @@ async fn relay_stream(
     };
     let strict = settings.strict;
     let mut sides = (stream.a, stream.b);
+    a.rekey(&sides.0);
+    b.rekey(&sides.1);
     let mut from_a = [0u8; 2048];
     let mut from_b = [0u8; 2048];
     let mut rtcp_a = [0u8; 2048];
@@ -250,6 +294,8 @@ async fn relay_stream(
                     }
                 }
                 sides = (stream.a, stream.b);
+                a.rekey(&sides.0);
+                b.rekey(&sides.1);
                 None
             }
             _ = tick.tick() => {
@@ -257,16 +303,16 @@ async fn relay_stream(
                     .or_else(|| b.timeout(&sides.1, settings.rtp_timeout))
             }
             Ok((n, source)) = a.rtp.recv_from(&mut from_a) => {
-                forward(&from_a[..n], source, false, (&mut a, &sides.0), (&b, &sides.1), strict, &stats).await
+                forward(&from_a[..n], source, false, (&mut a, &sides.0), (&mut b, &sides.1), strict, &stats).await
             }
             Ok((n, source)) = b.rtp.recv_from(&mut from_b) => {
-                forward(&from_b[..n], source, false, (&mut b, &sides.1), (&a, &sides.0), strict, &stats).await
+                forward(&from_b[..n], source, false, (&mut b, &sides.1), (&mut a, &sides.0), strict, &stats).await
             }
             Ok((n, source)) = a.rtcp.recv_from(&mut rtcp_a) => {
-                forward(&rtcp_a[..n], source, true, (&mut a, &sides.0), (&b, &sides.1), strict, &stats).await
+                forward(&rtcp_a[..n], source, true, (&mut a, &sides.0), (&mut b, &sides.1), strict, &stats).await
             }
             Ok((n, source)) = b.rtcp.recv_from(&mut rtcp_b) => {
-                forward(&rtcp_b[..n], source, true, (&mut b, &sides.1), (&a, &sides.0), strict, &stats).await
+                forward(&rtcp_b[..n], source, true, (&mut b, &sides.1), (&mut a, &sides.0), strict, &stats).await
             }
         };
         if let Some(event) = event {
@@ -281,7 +327,7 @@ async fn forward(
     source: SocketAddr,
     on_rtcp_port: bool,
     (from, from_side): (&mut Leg, &Side),
-    (to, to_side): (&Leg, &Side),
+    (to, to_side): (&mut Leg, &Side),
     strict: bool,
     stats: &RelayStats,
 ) -> Option<MediaEvent> {
@@ -295,6 +341,25 @@ async fn forward(
         stats.dropped.fetch_add(1, Ordering::Relaxed);
         return None;
     }
+    // SRTP from the leg is decrypted (a packet that fails authentication goes no further).
+    let decrypted = match &mut from.decrypt {
+        Some((_, context)) => {
+            let clear = if rtcp {
+                context.decrypt_rtcp(packet)
+            } else {
+                context.decrypt_rtp(packet)
+            };
+            match clear {
+                Ok(clear) => Some(clear),
+                Err(_) => {
+                    stats.srtp_failures.fetch_add(1, Ordering::Relaxed);
+                    return None;
+                }
+            }
+        }
+        None => None,
+    };
+    let packet = decrypted.as_deref().unwrap_or(packet);
     let mut event = None;
     if on_rtcp_port {
         from.latched_rtcp = Some(source);
@@ -304,16 +369,32 @@ async fn forward(
         event = from.digit(packet, from_side);
     }
     // Where the other leg wants it: where its media comes from, else what its SDP says.
-    let (socket, destination) = if rtcp {
-        let muxed = to_side.remote_rtcp.is_some() && to_side.remote_rtcp == to_side.remote;
-        if muxed {
-            (&to.rtp, to.latched.or(to_side.remote))
-        } else {
-            (&to.rtcp, to.latched_rtcp.or(to_side.remote_rtcp))
-        }
+    let muxed = to_side.remote_rtcp.is_some() && to_side.remote_rtcp == to_side.remote;
+    let (use_rtcp_socket, destination) = if rtcp && !muxed {
+        (true, to.latched_rtcp.or(to_side.remote_rtcp))
     } else {
-        (&to.rtp, to.latched.or(to_side.remote))
+        (false, to.latched.or(to_side.remote))
     };
+    // Toward an SRTP leg, encrypted with the key Bridgehead gave it.
+    let encrypted = match &mut to.encrypt {
+        Some((_, context)) => {
+            let secret = if rtcp {
+                context.encrypt_rtcp(packet)
+            } else {
+                context.encrypt_rtp(packet)
+            };
+            match secret {
+                Ok(secret) => Some(secret),
+                Err(_) => {
+                    stats.srtp_failures.fetch_add(1, Ordering::Relaxed);
+                    return event;
+                }
+            }
+        }
+        None => None,
+    };
+    let packet = encrypted.as_deref().unwrap_or(packet);
+    let socket = if use_rtcp_socket { &to.rtcp } else { &to.rtp };
     if let Some(destination) = destination {
         if socket.send_to(packet, destination).await.is_ok() {
             stats.packets.fetch_add(1, Ordering::Relaxed);

@@ -223,6 +223,25 @@ impl Media {
         &self.proto
     }
 
+    /// Sets the transport protocol (`RTP/AVP` ↔ `RTP/SAVP` when SRTP is terminated).
+    pub fn set_proto(&mut self, proto: &str) -> Result<(), SdpError> {
+        if proto.is_empty()
+            || proto
+                .bytes()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        {
+            return Err(SdpError::InvalidValue {
+                what: "protocol",
+                value: proto.to_string(),
+            });
+        }
+        if self.proto != proto {
+            self.proto = proto.to_string();
+            self.rebuild_m();
+        }
+        Ok(())
+    }
+
     /// The formats from the `m=` line (RTP payload types for RTP protocols).
     pub fn formats(&self) -> &[String] {
         &self.formats
