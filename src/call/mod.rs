@@ -1570,7 +1570,7 @@ impl Engine {
                 for index in changed {
                     self.media_commands.push_back(MediaCommand::Stream {
                         call: media_id,
-                        stream: call.streams[index],
+                        stream: Box::new(call.streams[index]),
                     });
                 }
             }

@@ -179,8 +179,8 @@ pub struct Stream {
 /// What the engine asks of the media plane.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MediaCommand {
-    /// Relay this stream of a call (new, or with new addresses).
-    Stream { call: u64, stream: Stream },
+    /// Relay this stream of a call (new, or with new addresses or keys).
+    Stream { call: u64, stream: Box<Stream> },
     /// The call is over: close its sockets.
     Close { call: u64 },
 }

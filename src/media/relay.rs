@@ -84,6 +84,7 @@ impl Relay {
                     streams.push(Running { update, task: None });
                 }
                 let running = &mut streams[stream.index];
+                let stream = *stream;
                 running.update.send_replace(stream);
                 // Both legs' ports are known once the answer is anchored: start relaying.
                 if running.task.is_none() && stream.a.local != 0 && stream.b.local != 0 {
