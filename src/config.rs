@@ -60,6 +60,8 @@ pub struct Listener {
     pub transports: Vec<Transport>,
     /// Host written into Via and Contact (defaults to the address's IP).
     pub advertise: String,
+    /// DSCP of the signalling Bridgehead sends from this listener (default CS3, 24).
+    pub dscp: u8,
 }
 
 /// A SIP trunk: a set of peers reached through one listener, with the rules that govern them.
@@ -82,6 +84,8 @@ pub struct Trunk {
     pub params: BTreeMap<String, String>,
     /// SRTP toward the trunk (with media anchored).
     pub srtp: SrtpPolicy,
+    /// DSCP of the media Bridgehead sends toward the trunk (default EF, 46).
+    pub media_dscp: u8,
 }
 
 /// Which headers of the other leg cross onto a trunk's leg. B2BUA-owned headers never cross;
@@ -255,6 +259,18 @@ struct RawListener {
     #[serde(default = "default_transports")]
     transports: Vec<Transport>,
     advertise: Option<String>,
+    #[serde(default = "default_signalling_dscp")]
+    dscp: u8,
+}
+
+/// CS3, the usual class for call signalling.
+fn default_signalling_dscp() -> u8 {
+    24
+}
+
+/// EF, expedited forwarding, for voice.
+fn default_media_dscp() -> u8 {
+    46
 }
 
 fn default_transports() -> Vec<Transport> {
@@ -278,6 +294,8 @@ struct RawTrunk {
     params: BTreeMap<String, serde_yaml::Value>,
     #[serde(default)]
     srtp: SrtpPolicy,
+    #[serde(default = "default_media_dscp")]
+    media_dscp: u8,
 }
 
 /// Whether media toward a trunk is SRTP (SDES keys, RFC 4568), when media is anchored.
@@ -377,11 +395,18 @@ impl Profile {
                 IpAddr::V6(ip) => format!("[{ip}]"),
                 IpAddr::V4(ip) => ip.to_string(),
             });
+            if raw.dscp > 63 {
+                errors.push(error(
+                    line_of(&format!("dscp: {}", raw.dscp)),
+                    format!("listener '{}': dscp {} is above 63", raw.name, raw.dscp),
+                ));
+            }
             listeners.push(Listener {
                 name: raw.name.clone(),
                 address,
                 transports: raw.transports.clone(),
                 advertise,
+                dscp: raw.dscp,
             });
         }
 
@@ -483,9 +508,19 @@ impl Profile {
                 };
                 params.insert(key.clone(), text);
             }
+            if raw.media_dscp > 63 {
+                errors.push(error(
+                    line_of(&format!("media_dscp: {}", raw.media_dscp)).or(at),
+                    format!(
+                        "trunk '{}': media_dscp {} is above 63",
+                        raw.name, raw.media_dscp
+                    ),
+                ));
+            }
             trunks.push(Trunk {
                 name: raw.name.clone(),
                 srtp: raw.srtp,
+                media_dscp: raw.media_dscp,
                 on_script_error,
                 params,
                 listener,

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpSocket, UdpSocket};
 use tokio::sync::mpsc;
 
 /// What a shard receives from the transports.
@@ -29,10 +29,39 @@ pub enum ShardInput {
 /// The bound sockets and open connections, shared by receivers and shards.
 pub struct Hub {
     udp: Vec<Option<Arc<UdpSocket>>>,
+    /// DSCP of each listener, for the connections it opens.
+    dscp: Vec<u8>,
     conns: Mutex<HashMap<ConnId, mpsc::UnboundedSender<Bytes>>>,
     outbound: Mutex<HashMap<(ListenerId, SocketAddr), ConnId>>,
     next_conn: AtomicU64,
     shards: Vec<mpsc::UnboundedSender<ShardInput>>,
+}
+
+/// The IP TOS / IPv6 traffic class byte of a DSCP.
+fn tos(dscp: u8) -> u32 {
+    u32::from(dscp) << 2
+}
+
+/// Marks what a UDP socket sends with a DSCP (IPv4 TOS or IPv6 traffic class).
+pub fn mark_udp(socket: &UdpSocket, dscp: u8) -> std::io::Result<()> {
+    if socket.local_addr()?.is_ipv4() {
+        socket.set_tos_v4(tos(dscp))
+    } else {
+        socket.set_tclass_v6(tos(dscp))
+    }
+}
+
+/// A TCP socket of the address's family, marked with a DSCP.
+fn tcp_socket(address: SocketAddr, dscp: u8) -> std::io::Result<TcpSocket> {
+    if address.is_ipv4() {
+        let socket = TcpSocket::new_v4()?;
+        socket.set_tos_v4(tos(dscp))?;
+        Ok(socket)
+    } else {
+        let socket = TcpSocket::new_v6()?;
+        socket.set_tclass_v6(tos(dscp))?;
+        Ok(socket)
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -58,23 +87,34 @@ impl Hub {
                         listener.address
                     )
                 })?;
+                if let Err(err) = mark_udp(&socket, listener.dscp) {
+                    tracing::warn!(listener = %listener.name, "cannot set DSCP: {err}");
+                }
                 Some(Arc::new(socket))
             } else {
                 None
             };
             udp.push(socket);
             if listener.transports.contains(&Transport::Tcp) {
-                let bound = TcpListener::bind(listener.address).await.map_err(|err| {
-                    anyhow::anyhow!(
-                        "listener '{}': cannot bind TCP {}: {err}",
-                        listener.name,
-                        listener.address
-                    )
-                })?;
+                // Accepted connections inherit the listening socket's DSCP.
+                let bound = tcp_socket(listener.address, listener.dscp)
+                    .and_then(|socket| {
+                        socket.set_reuseaddr(true)?;
+                        socket.bind(listener.address)?;
+                        socket.listen(1024)
+                    })
+                    .map_err(|err| {
+                        anyhow::anyhow!(
+                            "listener '{}': cannot bind TCP {}: {err}",
+                            listener.name,
+                            listener.address
+                        )
+                    })?;
                 tcp.push((id, bound));
             }
         }
         let hub = Arc::new(Hub {
+            dscp: profile.listeners.iter().map(|l| l.dscp).collect(),
             udp,
             conns: Mutex::new(HashMap::new()),
             outbound: Mutex::new(HashMap::new()),
@@ -155,8 +195,13 @@ impl Hub {
         lock(&self.conns).insert(id, tx);
         lock(&self.outbound).insert((peer.listener, peer.addr), id);
         let hub = self.clone();
+        let dscp = self.dscp.get(peer.listener).copied().unwrap_or_default();
         tokio::spawn(async move {
-            match TcpStream::connect(peer.addr).await {
+            let connected = match tcp_socket(peer.addr, dscp) {
+                Ok(socket) => socket.connect(peer.addr).await,
+                Err(err) => Err(err),
+            };
+            match connected {
                 Ok(stream) => {
                     let _ = stream.set_nodelay(true);
                     let (reader, writer) = stream.into_split();
@@ -291,4 +336,22 @@ pub fn spawn_stream<R, W>(
         }
         hub.forget(id, listener, addr);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sockets_carry_the_dscp() {
+        let udp = UdpSocket::bind("127.0.0.1:0").await.expect("udp");
+        mark_udp(&udp, 24).expect("mark");
+        assert_eq!(udp.tos_v4().ok(), Some(96), "CS3");
+        let tcp = tcp_socket("127.0.0.1:5060".parse().expect("addr"), 46).expect("tcp");
+        assert_eq!(tcp.tos_v4().ok(), Some(184), "EF");
+        let v6 = tcp_socket("[::1]:5060".parse().expect("addr"), 26);
+        if let Ok(v6) = v6 {
+            assert_eq!(v6.tclass_v6().ok(), Some(104), "AF31");
+        }
+    }
 }

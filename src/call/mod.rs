@@ -1557,12 +1557,13 @@ impl Engine {
         let (Some(call), Some(pool)) = (self.calls.get_mut(&key), self.media_ports.as_mut()) else {
             return;
         };
-        let srtp = call.rules.profile.trunks[call.leg(leg).trunk].srtp;
+        let trunk = &call.rules.profile.trunks[call.leg(leg).trunk];
+        let policy = (trunk.srtp, trunk.media_dscp);
         match crate::media::anchor(
             sdp,
             &mut call.streams,
             leg == Leg::A,
-            srtp,
+            policy,
             pool,
             &advertise,
         ) {

@@ -69,6 +69,8 @@ pub struct Side {
     pub local_key: Option<SrtpKey>,
     /// The leg's SRTP key from its SDP: media from it is decrypted with it.
     pub remote_key: Option<SrtpKey>,
+    /// DSCP of the media sent toward the leg (its trunk's `media_dscp`).
+    pub dscp: u8,
 }
 
 /// An SRTP crypto suite Bridgehead terminates (SDES, RFC 4568).
@@ -203,7 +205,7 @@ pub fn anchor(
     sdp: &mut Sdp,
     streams: &mut Vec<Stream>,
     to_a: bool,
-    srtp: SrtpPolicy,
+    (srtp, dscp): (SrtpPolicy, u8),
     pool: &mut PortPool,
     advertise: &str,
 ) -> Result<Vec<usize>, AnchorError> {
@@ -261,6 +263,7 @@ pub fn anchor(
             SrtpPolicy::Optional => from.remote_key.is_some() || to.remote_key.is_some(),
         };
         terminate_srtp(media, to, secure)?;
+        to.dscp = dscp;
         if to.local == 0 {
             to.local = pool.take().ok_or(AnchorError::NoPorts)?;
         }
@@ -358,7 +361,7 @@ mod tests {
             &mut offer,
             &mut streams,
             false,
-            SrtpPolicy::Off,
+            (SrtpPolicy::Off, 46),
             &mut pool,
             "203.0.113.1",
         )
@@ -393,7 +396,7 @@ mod tests {
             &mut answer,
             &mut streams,
             true,
-            SrtpPolicy::Off,
+            (SrtpPolicy::Off, 46),
             &mut pool,
             "203.0.113.1",
         )
@@ -416,7 +419,7 @@ mod tests {
             &mut again,
             &mut streams,
             false,
-            SrtpPolicy::Off,
+            (SrtpPolicy::Off, 46),
             &mut pool,
             "203.0.113.1",
         )
@@ -437,7 +440,7 @@ mod tests {
             &mut offer,
             &mut streams,
             false,
-            SrtpPolicy::Required,
+            (SrtpPolicy::Required, 46),
             &mut pool,
             "203.0.113.1",
         )
@@ -460,7 +463,7 @@ mod tests {
             &mut answer,
             &mut streams,
             true,
-            SrtpPolicy::Off,
+            (SrtpPolicy::Off, 46),
             &mut pool,
             "203.0.113.1",
         )
@@ -498,7 +501,7 @@ mod tests {
             &mut offer,
             &mut Vec::new(),
             false,
-            SrtpPolicy::Off,
+            (SrtpPolicy::Off, 46),
             &mut pool,
             "203.0.113.1",
         );

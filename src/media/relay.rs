@@ -177,6 +177,15 @@ impl Leg {
         })
     }
 
+    /// Marks what the relay sends toward the leg with its trunk's DSCP.
+    fn mark(&self, dscp: u8) {
+        for socket in [&self.rtp, &self.rtcp] {
+            if let Err(err) = crate::transport::mark_udp(socket, dscp) {
+                tracing::warn!("media: cannot set DSCP {dscp}: {err}");
+            }
+        }
+    }
+
     /// Follows the leg's keys (ours toward it, its own).
     fn rekey(&mut self, side: &Side) {
         rekey(&mut self.decrypt, side.remote_key, true);
@@ -275,6 +284,8 @@ async fn relay_stream(
     let mut sides = (stream.a, stream.b);
     a.rekey(&sides.0);
     b.rekey(&sides.1);
+    a.mark(sides.0.dscp);
+    b.mark(sides.1.dscp);
     let mut from_a = [0u8; 2048];
     let mut from_b = [0u8; 2048];
     let mut rtcp_a = [0u8; 2048];
