@@ -209,6 +209,11 @@ impl Engine {
         if call >> 48 != self.shard as u64 || !self.calls.contains_key(&key) {
             return;
         }
+        if let (MediaEvent::Quality { leg, mos, .. }, Some(call)) =
+            (event, self.calls.get_mut(&key))
+        {
+            call.mos[usize::from(*leg == "b")] = Some(*mos);
+        }
         self.run_call_hook(key, crate::script::Hook::Media, HookArgs::Media(event));
         if let MediaEvent::RtpTimeout { leg, seconds } = event {
             tracing::info!(leg, seconds, "no RTP: hanging up");

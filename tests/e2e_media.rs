@@ -64,12 +64,15 @@ function r.on_media(call, ev)
     call.vars.digits = (call.vars.digits or "") .. ev.digit
   elseif ev.kind == "rtp_timeout" then
     call.vars.timeout = ev.leg .. "/" .. ev.seconds
+  elseif ev.kind == "quality" then
+    call.vars.quality = string.format("%s loss=%.1f jitter=%.0f mos=%.2f", ev.leg, ev.loss, ev.jitter, ev.mos)
   end
 end
 function r.on_request(call, msg)
   if call and msg.method == "BYE" and msg.trunk == "teams" then
     if call.vars.digits then msg:set_header("X-Digits", call.vars.digits) end
     if call.vars.timeout then msg:set_header("X-RTP-Timeout", call.vars.timeout) end
+    if call.vars.quality then msg:set_header("X-Quality", call.vars.quality) end
   end
 end
 return r
@@ -318,7 +321,7 @@ fn sipp_pcap_audio_and_rfc2833_digit_reach_the_callee() {
 }
 
 #[test]
-fn rfc4733_digits_reach_the_rules_once_each() {
+fn rfc4733_digits_and_rtcp_quality_reach_the_rules() {
     let base = media_range();
     let sbc = Sbc::start(&profile_with(base, "", &media_rules()));
     let dir = scratch_dir("media-dtmf");
@@ -361,6 +364,14 @@ fn rfc4733_digits_reach_the_rules_once_each() {
         std::thread::sleep(Duration::from_millis(5));
     }
     let relayed = receive(&callee_rtp, 12, Duration::from_secs(3));
+    // A receiver report from the caller: 10/256 lost, jitter 160 (20 ms at 8 kHz).
+    let mut report = vec![
+        0x81, 201, 0, 7, 0, 0, 0, 1, 0x12, 0x34, 0x56, 0x78, 10, 0, 0, 5,
+    ];
+    report.extend_from_slice(&[0, 0, 0x10, 0, 0, 0, 0, 160, 0, 0, 0, 0, 0, 0, 0, 0]);
+    caller_rtp
+        .send_to(&report, ("127.0.0.1", base + 3))
+        .expect("send rtcp");
     let deadline = Instant::now() + Duration::from_secs(30);
     let (caller_status, callee_status) = (caller.wait(deadline), callee.wait(deadline));
     let context = || format!("{}\n{}\n{}", caller.report(), callee.report(), sbc.log());
@@ -378,6 +389,13 @@ fn rfc4733_digits_reach_the_rules_once_each() {
         .find(|m| m.received && m.is_request("BYE"))
         .expect("BYE at the callee");
     assert_eq!(bye.header("X-Digits"), Some("42"), "{}", bye.text);
+    // G.711 with 3.9 % loss and a 40 ms jitter buffer: R = 79.4, MOS 4.00 (E-model).
+    assert_eq!(
+        bye.header("X-Quality"),
+        Some("a loss=3.9 jitter=20 mos=4.00"),
+        "{}",
+        bye.text
+    );
 }
 
 #[test]

@@ -257,6 +257,8 @@ function Media:crypto() end
 ---@field seconds? integer rtp_timeout
 ---@field loss? number quality, percent
 ---@field jitter? number quality, milliseconds
+---@field rtt? number quality, round trip to the leg in milliseconds (when timed)
+---@field mos? number quality, estimated MOS (ITU-T G.107 E-model)
 
 ---@class bh.CallEnd
 ---@field reason "bye"|"cancel"|"rejected"|"timeout"|"error"
@@ -264,6 +266,7 @@ function Media:crypto() end
 ---@field status integer The final status the caller got (200 when answered).
 ---@field answered boolean
 ---@field duration number Seconds from answer to end.
+---@field mos? number The lowest MOS of the legs' last quality reports.
 
 ---The table a rules file returns: every field is optional.
 ---@class bh.Rules

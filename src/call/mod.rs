@@ -135,6 +135,8 @@ pub struct Call {
     a_status: u16,
     /// Anchored media streams, by m= line.
     streams: Vec<crate::media::Stream>,
+    /// The estimated MOS of each leg's last quality report (A, B).
+    pub(crate) mos: [Option<f64>; 2],
     pub a: Dialog,
     pub b: Dialog,
     a_invite: TxnId,
@@ -807,6 +809,7 @@ impl Engine {
             answered_at: None,
             a_status: 0,
             streams: Vec::new(),
+            mos: [None, None],
             a,
             b,
             a_invite,
@@ -1594,6 +1597,7 @@ impl Engine {
                     duration: call
                         .answered_at
                         .map_or(0.0, |at| now.saturating_duration_since(at).as_secs_f64()),
+                    mos: call.mos.iter().flatten().copied().reduce(f64::min),
                 };
                 self.run_call_hook(key, Hook::CallEnd, HookArgs::CallEnd(&info));
             }

@@ -3,6 +3,7 @@
 //! flows through those ports, and tells the relay what to connect with [`MediaCommand`]s. The
 //! relay ([`relay`], tokio) owns the sockets and moves the packets.
 
+pub mod quality;
 pub mod relay;
 
 use crate::config::SrtpPolicy;

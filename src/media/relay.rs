@@ -4,10 +4,11 @@
 //! strict sources. RTCP multiplexed on the RTP port (RFC 5761) on one leg and on its own port
 //! on the other is sorted by payload type.
 
-use super::{MediaCommand, Side, SrtpKey, Stream, Suite};
+use super::{quality, MediaCommand, Side, SrtpKey, Stream, Suite};
 use crate::config::MediaConfig;
 use crate::script::MediaEvent;
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -133,7 +134,12 @@ struct Leg {
     /// SRTP from the leg (its key) and toward it (ours), with the keys they were made from.
     decrypt: Option<(SrtpKey, Context)>,
     encrypt: Option<(SrtpKey, Context)>,
+    /// Sender reports relayed to the leg (NTP middle bits, when), to time its round trip.
+    reports_sent: VecDeque<(u32, tokio::time::Instant)>,
 }
+
+/// Sender reports remembered per leg (reports come every few seconds).
+const REPORTS_KEPT: usize = 8;
 
 /// An SRTP context for a key: replay protection when it decrypts.
 fn context(key: &SrtpKey, decrypting: bool) -> Option<Context> {
@@ -174,6 +180,36 @@ impl Leg {
             last_digit: None,
             decrypt: None,
             encrypt: None,
+            reports_sent: VecDeque::with_capacity(REPORTS_KEPT),
+        })
+    }
+
+    /// The leg's reception quality from the report blocks of its RTCP.
+    fn quality(&self, rtcp: &quality::Rtcp) -> Option<MediaEvent> {
+        let block = rtcp.blocks.first()?;
+        let now = tokio::time::Instant::now();
+        let rtt = self
+            .reports_sent
+            .iter()
+            .find(|(ntp, _)| *ntp == block.last_sr)
+            .and_then(|(_, sent)| {
+                let held = std::time::Duration::from_micros(
+                    u64::from(block.delay_since_last_sr) * 1_000_000 / 65_536,
+                );
+                now.saturating_duration_since(*sent).checked_sub(held)
+            });
+        let loss_percent = f64::from(block.fraction_lost) * 100.0 / 256.0;
+        // Audio at 8 kHz: jitter in timestamp units / 8 = ms.
+        let jitter_ms = f64::from(block.jitter) / 8.0;
+        let rtt_ms = rtt.map(|d| d.as_secs_f64() * 1000.0);
+        // One-way delay: half the round trip plus a jitter buffer of twice the jitter.
+        let one_way = rtt_ms.unwrap_or(0.0) / 2.0 + 2.0 * jitter_ms;
+        Some(MediaEvent::Quality {
+            leg: self.name,
+            loss_percent,
+            jitter_ms,
+            rtt_ms,
+            mos: quality::mos(one_way, loss_percent),
         })
     }
 
@@ -373,6 +409,20 @@ async fn forward(
     };
     let packet = decrypted.as_deref().unwrap_or(packet);
     let mut event = None;
+    if rtcp {
+        if let Some(report) = quality::parse_rtcp(packet) {
+            // The leg's report blocks say how it hears us; its SRs, relayed on, let the
+            // other leg's later reports time that leg's round trip.
+            event = from.quality(&report);
+            let now = tokio::time::Instant::now();
+            for ntp in report.sender_reports {
+                if to.reports_sent.len() == REPORTS_KEPT {
+                    to.reports_sent.pop_front();
+                }
+                to.reports_sent.push_back((ntp, now));
+            }
+        }
+    }
     if on_rtcp_port {
         from.latched_rtcp = Some(source);
     } else if !rtcp {

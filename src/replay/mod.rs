@@ -301,11 +301,16 @@ impl Replay {
                     leg,
                     seconds: media.seconds.unwrap_or(30),
                 },
-                "quality" => MediaEvent::Quality {
-                    leg,
-                    loss_percent: media.loss.unwrap_or(0.0),
-                    jitter_ms: media.jitter.unwrap_or(0.0),
-                },
+                "quality" => {
+                    let (loss, jitter) = (media.loss.unwrap_or(0.0), media.jitter.unwrap_or(0.0));
+                    MediaEvent::Quality {
+                        leg,
+                        loss_percent: loss,
+                        jitter_ms: jitter,
+                        rtt_ms: None,
+                        mos: crate::media::quality::mos(2.0 * jitter, loss),
+                    }
+                }
                 other => {
                     return Err(format!(
                         "media kind must be dtmf, rtp_timeout or quality, not '{other}'"

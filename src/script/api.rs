@@ -267,11 +267,15 @@ pub enum MediaEvent {
     },
     /// No RTP arrived on a leg for `seconds`.
     RtpTimeout { leg: &'static str, seconds: u32 },
-    /// A receive quality report for a leg (from RTCP or Bridgehead's own counters).
+    /// A leg's reception quality, from its RTCP reports.
     Quality {
         leg: &'static str,
         loss_percent: f64,
         jitter_ms: f64,
+        /// Round trip between Bridgehead and the leg, when it could be timed.
+        rtt_ms: Option<f64>,
+        /// Estimated MOS (ITU-T G.107 E-model).
+        mos: f64,
     },
 }
 
@@ -307,11 +311,15 @@ impl MediaEvent {
                 leg,
                 loss_percent,
                 jitter_ms,
+                rtt_ms,
+                mos,
             } => {
                 table.raw_set("kind", "quality")?;
                 table.raw_set("leg", *leg)?;
                 table.raw_set("loss", *loss_percent)?;
                 table.raw_set("jitter", *jitter_ms)?;
+                table.raw_set("rtt", *rtt_ms)?;
+                table.raw_set("mos", *mos)?;
             }
         }
         Ok(table)
@@ -331,6 +339,8 @@ pub struct CallEndInfo {
     pub answered: bool,
     /// Seconds from answer to end (0 when never answered).
     pub duration: f64,
+    /// The lowest estimated MOS of the legs' last quality reports, when there were any.
+    pub mos: Option<f64>,
 }
 
 impl CallEndInfo {
@@ -341,6 +351,7 @@ impl CallEndInfo {
         table.raw_set("status", self.status)?;
         table.raw_set("answered", self.answered)?;
         table.raw_set("duration", self.duration)?;
+        table.raw_set("mos", self.mos)?;
         Ok(table)
     }
 }
