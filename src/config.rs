@@ -86,6 +86,8 @@ pub struct Trunk {
     pub srtp: SrtpPolicy,
     /// DSCP of the media Bridgehead sends toward the trunk (default EF, 46).
     pub media_dscp: u8,
+    /// Codecs offered toward the trunk, in this order (names or payload types); empty: all.
+    pub codecs: Vec<String>,
 }
 
 /// Which headers of the other leg cross onto a trunk's leg. B2BUA-owned headers never cross;
@@ -296,6 +298,8 @@ struct RawTrunk {
     srtp: SrtpPolicy,
     #[serde(default = "default_media_dscp")]
     media_dscp: u8,
+    #[serde(default)]
+    codecs: Vec<String>,
 }
 
 /// Whether media toward a trunk is SRTP (SDES keys, RFC 4568), when media is anchored.
@@ -521,6 +525,7 @@ impl Profile {
                 name: raw.name.clone(),
                 srtp: raw.srtp,
                 media_dscp: raw.media_dscp,
+                codecs: raw.codecs.clone(),
                 on_script_error,
                 params,
                 listener,

@@ -218,6 +218,23 @@ fn carries_sdp(msg: &Message) -> bool {
         })
 }
 
+/// Keeps only a trunk's codecs in an offer toward it, in its order. A media section with none
+/// of them is left as it is (the far end refuses it, as it would without the list).
+fn offer_codecs(sdp: &mut Sdp, codecs: &[String], call_id: &str) {
+    let wanted: Vec<&str> = codecs.iter().map(String::as_str).collect();
+    for media in sdp.media_mut() {
+        if media.is_rejected() || media.kind() != "audio" {
+            continue;
+        }
+        match media.keep_codecs(&wanted) {
+            Ok(_) => {
+                media.reorder_codecs(&wanted);
+            }
+            Err(err) => tracing::info!(call = %call_id, "codec list not applied: {err}"),
+        }
+    }
+}
+
 /// What an SDP body is in offer/answer terms (RFC 3264): requests offer, except ACK and PRACK
 /// which answer; responses answer, unless their request carried no offer (delayed offer).
 fn sdp_kind(msg: &Message, request_had_sdp: Option<bool>) -> &'static str {
@@ -417,6 +434,10 @@ impl Engine {
         };
         let has_sdp = carries_sdp(&msg);
         let anchoring = has_sdp && call.is_some() && self.media_ports.is_some();
+        let codecs = &rules.profile.trunks[trunk].codecs;
+        let filtering = has_sdp
+            && !codecs.is_empty()
+            && sdp_kind(&msg, request_had_sdp) == "offer";
         let wants_sdp = has_sdp && rules.rules.has_hook(script, Hook::Sdp);
         let wants_message = rules.rules.has_hook(script, hook);
         let mut hooked = HookMessage::new(msg, leg.name(), String::new());
@@ -428,10 +449,14 @@ impl Engine {
         if wants_sdp || wants_message {
             hooked.trunk = rules.profile.trunks[trunk].name.clone();
         }
-        // The offer/answer hand-off: media anchoring, then the rules' own edits.
-        if anchoring || wants_sdp {
+        // The offer/answer hand-off: the trunk's codecs, media anchoring, then the rules' own
+        // edits.
+        if anchoring || wants_sdp || filtering {
             match Sdp::parse(&hooked.msg.body) {
                 Ok(mut sdp) => {
+                    if filtering {
+                        offer_codecs(&mut sdp, codecs, &call_id);
+                    }
                     if let Some(key) = call.filter(|_| anchoring) {
                         self.anchor_media(key, leg, &mut sdp);
                     }
