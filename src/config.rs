@@ -88,6 +88,8 @@ pub struct Trunk {
     pub media_dscp: u8,
     /// Codecs offered toward the trunk, in this order (names or payload types); empty: all.
     pub codecs: Vec<String>,
+    /// How the trunk carries DTMF.
+    pub dtmf: DtmfMode,
 }
 
 /// Which headers of the other leg cross onto a trunk's leg. B2BUA-owned headers never cross;
@@ -300,6 +302,21 @@ struct RawTrunk {
     media_dscp: u8,
     #[serde(default)]
     codecs: Vec<String>,
+    #[serde(default)]
+    dtmf: DtmfMode,
+}
+
+/// How a trunk carries DTMF.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DtmfMode {
+    /// RFC 4733 telephone-events in the RTP stream.
+    #[default]
+    Rfc4733,
+    /// Tones in the audio (detected by the relay when media is anchored).
+    Inband,
+    /// SIP INFO (application/dtmf-relay or application/dtmf).
+    Info,
 }
 
 /// Whether media toward a trunk is SRTP (SDES keys, RFC 4568), when media is anchored.
@@ -526,6 +543,7 @@ impl Profile {
                 srtp: raw.srtp,
                 media_dscp: raw.media_dscp,
                 codecs: raw.codecs.clone(),
+                dtmf: raw.dtmf,
                 on_script_error,
                 params,
                 listener,

@@ -62,6 +62,7 @@ local r = {}
 function r.on_media(call, ev)
   if ev.kind == "dtmf" then
     call.vars.digits = (call.vars.digits or "") .. ev.digit
+    call.vars.dtmf_method = ev.method
   elseif ev.kind == "rtp_timeout" then
     call.vars.timeout = ev.leg .. "/" .. ev.seconds
   elseif ev.kind == "quality" then
@@ -70,7 +71,10 @@ function r.on_media(call, ev)
 end
 function r.on_request(call, msg)
   if call and msg.method == "BYE" and msg.trunk == "teams" then
-    if call.vars.digits then msg:set_header("X-Digits", call.vars.digits) end
+    if call.vars.digits then
+      msg:set_header("X-Digits", call.vars.digits)
+      msg:set_header("X-DTMF-Method", call.vars.dtmf_method)
+    end
     if call.vars.timeout then msg:set_header("X-RTP-Timeout", call.vars.timeout) end
     if call.vars.quality then msg:set_header("X-Quality", call.vars.quality) end
   end
@@ -389,6 +393,7 @@ fn rfc4733_digits_and_rtcp_quality_reach_the_rules() {
         .find(|m| m.received && m.is_request("BYE"))
         .expect("BYE at the callee");
     assert_eq!(bye.header("X-Digits"), Some("42"), "{}", bye.text);
+    assert_eq!(bye.header("X-DTMF-Method"), Some("rfc4733"), "{}", bye.text);
     // G.711 with 3.9 % loss and a 40 ms jitter buffer: R = 79.4, MOS 4.00 (E-model).
     assert_eq!(
         bye.header("X-Quality"),
@@ -616,4 +621,78 @@ fn plain_rtp_from_the_core_is_srtp_toward_teams_and_back() {
         [500, 501, 502, 503, 504, 506, 507, 508, 509],
         "{clear:?}"
     );
+}
+
+#[test]
+fn inband_tones_from_the_core_are_heard_once_each() {
+    use bridgehead::media::dsp::{dtmf_frequencies, linear_to_alaw, tones};
+    let base = media_range();
+    let profile = profile_with(base, "", &media_rules())
+        .replace("    route: teams\n", "    route: teams\n    dtmf: inband\n");
+    let sbc = Sbc::start(&profile);
+    let dir = scratch_dir("media-inband");
+    let caller_rtp = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
+    let callee_rtp = UdpSocket::bind("127.0.0.1:0").expect("callee rtp");
+    let callee_port = sbc.port("teams_peer");
+    let rtp_port = callee_rtp.local_addr().expect("addr").port();
+    let mut callee = Sipp::start(&dir, "callee", &callee_args(callee_port, rtp_port, 1));
+    wait_listening(callee_port, Transport::Udp);
+    let caller_args: Vec<String> = [
+        "-sf",
+        &scenario("caller_media"),
+        &format!("127.0.0.1:{}", sbc.port("core")),
+        "-i",
+        "127.0.0.1",
+        "-p",
+        &free_udp_port().to_string(),
+        "-set",
+        "rtp_port",
+        &caller_rtp.local_addr().expect("addr").port().to_string(),
+        "-m",
+        "1",
+        "-d",
+        "2500",
+        "-timeout",
+        "30s",
+        "-timeout_error",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut caller = Sipp::start(&dir, "caller", &caller_args);
+    std::thread::sleep(Duration::from_millis(800));
+    // "7", "3" as PCMA audio: 100 ms tones, 60 ms silence, 20 ms packets.
+    let mut audio = Vec::new();
+    for digit in ['7', '3'] {
+        let (row, column) = dtmf_frequencies(digit).expect("digit");
+        audio.extend(tones(&[row, column], &[6000.0, 6000.0], 800, audio.len()));
+        audio.extend(std::iter::repeat_n(0i16, 480));
+    }
+    for (seq, frame) in audio.chunks(160).enumerate() {
+        let mut packet = rtp(seq as u16, 8);
+        packet.truncate(12);
+        packet.extend(frame.iter().map(|s| linear_to_alaw(*s)));
+        caller_rtp
+            .send_to(&packet, ("127.0.0.1", base + 2))
+            .expect("send");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let relayed = receive(&callee_rtp, audio.len() / 160, Duration::from_secs(3));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (caller_status, callee_status) = (caller.wait(deadline), callee.wait(deadline));
+    let context = || format!("{}\n{}\n{}", caller.report(), callee.report(), sbc.log());
+    assert_eq!(caller_status, Some(0), "caller\n{}", context());
+    assert_eq!(callee_status, Some(0), "callee\n{}", context());
+    assert_eq!(
+        relayed.len(),
+        audio.len() / 160,
+        "the audio itself is relayed"
+    );
+    let bye = callee
+        .trace()
+        .into_iter()
+        .find(|m| m.received && m.is_request("BYE"))
+        .expect("BYE at the callee");
+    assert_eq!(bye.header("X-Digits"), Some("73"), "{}", bye.text);
+    assert_eq!(bye.header("X-DTMF-Method"), Some("inband"), "{}", bye.text);
 }

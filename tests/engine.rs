@@ -826,6 +826,7 @@ fn failover_routes_the_call_again_and_hooks_see_its_life() {
         leg: "a",
         digit: '5',
         duration_ms: 120,
+        method: "rfc4733",
     };
     assert!(sim.engine.handle_media_event("fo-1@10.1.1.1", &dtmf));
     assert!(!sim.engine.handle_media_event("nope", &dtmf));

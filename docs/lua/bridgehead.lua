@@ -254,6 +254,7 @@ function Media:crypto() end
 ---@field leg "a"|"b"
 ---@field digit? string dtmf
 ---@field duration? integer dtmf, milliseconds
+---@field method? "rfc4733"|"inband"|"info" dtmf, how the digit came
 ---@field seconds? integer rtp_timeout
 ---@field loss? number quality, percent
 ---@field jitter? number quality, milliseconds

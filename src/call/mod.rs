@@ -218,6 +218,47 @@ fn carries_sdp(msg: &Message) -> bool {
         })
 }
 
+/// The DTMF digit a SIP INFO carries (`application/dtmf-relay`: `Signal=5`, `Duration=160`;
+/// `application/dtmf`: `5`), as a media event of the leg it came from.
+fn info_digit(msg: &Message, leg: Leg) -> Option<crate::script::MediaEvent> {
+    let kind = msg
+        .header_str(&HeaderName::ContentType)?
+        .trim()
+        .to_ascii_lowercase();
+    let body = std::str::from_utf8(&msg.body).ok()?;
+    let (signal, duration) = if kind.starts_with("application/dtmf-relay") {
+        let field = |name: &str| {
+            body.lines().find_map(|line| {
+                let (key, value) = line.split_once('=')?;
+                key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
+            })
+        };
+        (
+            field("Signal")?,
+            field("Duration").and_then(|d| d.parse().ok()),
+        )
+    } else if kind.starts_with("application/dtmf") {
+        (body.trim(), None)
+    } else {
+        return None;
+    };
+    let digit = match signal {
+        "10" => '*',
+        "11" => '#',
+        s if s.len() == 1 => s.chars().next()?.to_ascii_uppercase(),
+        _ => return None,
+    };
+    if !(digit.is_ascii_digit() || "*#ABCD".contains(digit)) {
+        return None;
+    }
+    Some(crate::script::MediaEvent::Dtmf {
+        leg: leg.name(),
+        digit,
+        duration_ms: duration.unwrap_or(100),
+        method: "info",
+    })
+}
+
 /// Keeps only a trunk's codecs in an offer toward it, in its order. A media section with none
 /// of them is left as it is (the far end refuses it, as it would without the list).
 fn offer_codecs(sdp: &mut Sdp, codecs: &[String], call_id: &str) {
@@ -435,9 +476,7 @@ impl Engine {
         let has_sdp = carries_sdp(&msg);
         let anchoring = has_sdp && call.is_some() && self.media_ports.is_some();
         let codecs = &rules.profile.trunks[trunk].codecs;
-        let filtering = has_sdp
-            && !codecs.is_empty()
-            && sdp_kind(&msg, request_had_sdp) == "offer";
+        let filtering = has_sdp && !codecs.is_empty() && sdp_kind(&msg, request_had_sdp) == "offer";
         let wants_sdp = has_sdp && rules.rules.has_hook(script, Hook::Sdp);
         let wants_message = rules.rules.has_hook(script, hook);
         let mut hooked = HookMessage::new(msg, leg.name(), String::new());
@@ -1453,6 +1492,11 @@ impl Engine {
             }
         };
         let Incoming { msg, key, from, .. } = incoming;
+        if method == Method::Info {
+            if let Some(event) = info_digit(&msg, leg) {
+                self.run_call_hook(call_key, Hook::Media, HookArgs::Media(&event));
+            }
+        }
         let to = leg.other();
         let branch = self.new_branch();
         let Some(call) = self.calls.get_mut(&call_key) else {
@@ -1587,6 +1631,10 @@ impl Engine {
         };
         let trunk = &call.rules.profile.trunks[call.leg(leg).trunk];
         let policy = (trunk.srtp, trunk.media_dscp);
+        let inband = |trunk: TrunkId| {
+            call.rules.profile.trunks[trunk].dtmf == crate::config::DtmfMode::Inband
+        };
+        let (a_inband, b_inband) = (inband(call.a.trunk), inband(call.b.trunk));
         match crate::media::anchor(
             sdp,
             &mut call.streams,
@@ -1596,6 +1644,10 @@ impl Engine {
             &advertise,
         ) {
             Ok(changed) => {
+                for stream in &mut call.streams {
+                    stream.a.inband = a_inband;
+                    stream.b.inband = b_inband;
+                }
                 for index in changed {
                     self.media_commands.push_back(MediaCommand::Stream {
                         call: media_id,

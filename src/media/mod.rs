@@ -3,6 +3,7 @@
 //! flows through those ports, and tells the relay what to connect with [`MediaCommand`]s. The
 //! relay ([`relay`], tokio) owns the sockets and moves the packets.
 
+pub mod dsp;
 pub mod quality;
 pub mod relay;
 
@@ -72,6 +73,8 @@ pub struct Side {
     pub remote_key: Option<SrtpKey>,
     /// DSCP of the media sent toward the leg (its trunk's `media_dscp`).
     pub dscp: u8,
+    /// The leg sends DTMF as tones in the audio: the relay listens for them.
+    pub inband: bool,
 }
 
 /// An SRTP crypto suite Bridgehead terminates (SDES, RFC 4568).

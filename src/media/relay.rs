@@ -4,7 +4,7 @@
 //! strict sources. RTCP multiplexed on the RTP port (RFC 5761) on one leg and on its own port
 //! on the other is sorted by payload type.
 
-use super::{quality, MediaCommand, Side, SrtpKey, Stream, Suite};
+use super::{dsp, quality, MediaCommand, Side, SrtpKey, Stream, Suite};
 use crate::config::MediaConfig;
 use crate::script::MediaEvent;
 use std::collections::HashMap;
@@ -136,6 +136,9 @@ struct Leg {
     encrypt: Option<(SrtpKey, Context)>,
     /// Sender reports relayed to the leg (NTP middle bits, when), to time its round trip.
     reports_sent: VecDeque<(u32, tokio::time::Instant)>,
+    /// Inband DTMF: the detector, and a buffer for one decoded frame (reused).
+    detector: dsp::DtmfDetector,
+    pcm: Vec<i16>,
 }
 
 /// Sender reports remembered per leg (reports come every few seconds).
@@ -181,6 +184,8 @@ impl Leg {
             decrypt: None,
             encrypt: None,
             reports_sent: VecDeque::with_capacity(REPORTS_KEPT),
+            detector: dsp::DtmfDetector::default(),
+            pcm: Vec::with_capacity(320),
         })
     }
 
@@ -264,6 +269,29 @@ impl Leg {
             digit,
             // telephone-event runs at 8 kHz.
             duration_ms: u32::from(duration) / 8,
+            method: "rfc4733",
+        })
+    }
+
+    /// A DTMF digit heard in the audio (G.711) of this leg, when the leg's trunk sends tones.
+    fn inband_digit(&mut self, packet: &[u8], side: &Side) -> Option<MediaEvent> {
+        if !side.inband {
+            return None;
+        }
+        let (payload_type, _, payload) = rtp_parts(packet)?;
+        let decode = match payload_type {
+            0 => dsp::ulaw_to_linear,
+            8 => dsp::alaw_to_linear,
+            _ => return None,
+        };
+        self.pcm.clear();
+        self.pcm.extend(payload.iter().map(|b| decode(*b)));
+        let (digit, duration_ms) = self.detector.push(&self.pcm)?;
+        Some(MediaEvent::Dtmf {
+            leg: self.name,
+            digit,
+            duration_ms,
+            method: "inband",
         })
     }
 }
@@ -428,7 +456,9 @@ async fn forward(
     } else if !rtcp {
         from.latched = Some(source);
         from.last_rtp = tokio::time::Instant::now();
-        event = from.digit(packet, from_side);
+        event = from
+            .digit(packet, from_side)
+            .or_else(|| from.inband_digit(packet, from_side));
     }
     // Where the other leg wants it: where its media comes from, else what its SDP says.
     let muxed = to_side.remote_rtcp.is_some() && to_side.remote_rtcp == to_side.remote;
@@ -535,7 +565,8 @@ mod tests {
             Some(MediaEvent::Dtmf {
                 leg: "a",
                 digit: '#',
-                duration_ms: 100
+                duration_ms: 100,
+                method: "rfc4733",
             })
         );
         assert_eq!(leg.digit(&event(true, 1), &side), None, "retransmitted end");

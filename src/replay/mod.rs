@@ -296,6 +296,7 @@ impl Replay {
                         .and_then(|d| d.chars().next())
                         .ok_or("a dtmf event needs a digit")?,
                     duration_ms: media.duration.unwrap_or(100),
+                    method: "rfc4733",
                 },
                 "rtp_timeout" => MediaEvent::RtpTimeout {
                     leg,

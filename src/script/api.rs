@@ -264,6 +264,8 @@ pub enum MediaEvent {
         leg: &'static str,
         digit: char,
         duration_ms: u32,
+        /// How it came: "rfc4733", "inband" or "info".
+        method: &'static str,
     },
     /// No RTP arrived on a leg for `seconds`.
     RtpTimeout { leg: &'static str, seconds: u32 },
@@ -296,11 +298,13 @@ impl MediaEvent {
                 leg,
                 digit,
                 duration_ms,
+                method,
             } => {
                 table.raw_set("kind", "dtmf")?;
                 table.raw_set("leg", *leg)?;
                 table.raw_set("digit", digit.to_string())?;
                 table.raw_set("duration", *duration_ms)?;
+                table.raw_set("method", *method)?;
             }
             MediaEvent::RtpTimeout { leg, seconds } => {
                 table.raw_set("kind", "rtp_timeout")?;
