@@ -42,7 +42,7 @@ pub fn linear_to_ulaw(sample: i16) -> u8 {
     let value = value.min(CLIP) + BIAS;
     let exponent = (0..8).rev().find(|e| value & (0x80 << e) != 0).unwrap_or(0);
     let mantissa = (value >> (exponent + 3)) & 0x0f;
-    !(sign | ((exponent as i32) << 4) as u8 | mantissa as u8)
+    !(sign | (exponent << 4) as u8 | mantissa as u8)
 }
 
 /// Encodes 16-bit linear to G.711 A-law.
