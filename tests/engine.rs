@@ -1074,3 +1074,29 @@ end }
         1
     );
 }
+
+#[test]
+fn in_dialog_requests_still_reach_a_call_after_its_peer_left_the_profile() {
+    let metrics = Arc::new(RuleMetrics::default());
+    let mut sim = Sim::with_rules(&profile_text(""), metrics.clone());
+    let (b_invite, _) = answered_call(&mut sim, "moved@10.1.1.1");
+    // The Teams peer moves to another address in a new version.
+    let moved = profile_text("").replace(TEAMS_PEER, "127.0.0.9:5080");
+    sim.engine.reload(rule_set(&moved, 2, metrics));
+    let bye = format!(
+        "BYE sip:+15550199@127.0.0.1:5070 SIP/2.0
+Via: SIP/2.0/UDP {TEAMS_PEER};branch=z9hG4bKmoved
+Max-Forwards: 70
+From: {};tag=t1
+To: {}
+Call-ID: {}
+CSeq: 9 BYE
+
+",
+        h(&b_invite, "To").unwrap_or_default(),
+        h(&b_invite, "From").unwrap_or_default(),
+        h(&b_invite, "Call-ID").unwrap_or_default()
+    );
+    let out = sim.teams_sends(&bye);
+    assert_eq!(summary(&out), [format!("BYE->{CORE_PEER}")], "not a 403");
+}

@@ -586,7 +586,9 @@ impl Engine {
             response.push_header(name.clone(), value.clone());
         }
         let script = self.current.rules.script_of(trunk);
-        let response = self.outgoing(None, script, Leg::A, trunk, response);
+        // Headers Bridgehead adds to its own answers are not subject to the header policy.
+        let own = extra.iter().map(|(name, _)| name.clone()).collect();
+        let (response, _) = self.outgoing_edited(None, script, Leg::A, trunk, response, own, None);
         let id = self.create_server(key, req, from, ServerOwner::Local);
         self.send_response(id, &response, now);
     }
@@ -629,11 +631,22 @@ impl Engine {
             self.server_retransmission(id, now);
             return;
         }
-        let Some(trunk) = self
+        // A request inside a dialog belongs to that leg's trunk, even when its source is not one
+        // of the trunk's peers any more (a reload removed it) or never was (a rule routed the
+        // call to another address).
+        // (Local answers use the current version's trunks: the index must exist there too.)
+        let trunks = self.current.profile.trunks.len();
+        let trunk = self
             .current
             .profile
             .trunk_for(from.listener, from.addr.ip())
-        else {
+            .or_else(|| {
+                let tag = info.to_tag.as_deref()?;
+                let (key, leg) = self.dialogs.get(&dialog_key(&info.call_id, Some(tag)))?;
+                let trunk = self.calls.get(key)?.leg(*leg).trunk;
+                (trunk < trunks).then_some(trunk)
+            });
+        let Some(trunk) = trunk else {
             tracing::info!(peer = %from.addr, "request from a source that belongs to no trunk");
             self.reject_stateless(&msg, from, 403, "source belongs to no trunk", now);
             return;
@@ -1407,9 +1420,11 @@ impl Engine {
             .and_then(|k| self.calls.get(&k))
             .map(|c| c.a.local_tag.clone());
         let ok = response_to(&msg, 200, None, to_tag.as_deref());
-        let script = call_key
-            .and_then(|k| self.calls.get(&k))
-            .map_or_else(|| self.current.rules.script_of(trunk), |c| c.script);
+        // Within a call, its own version's trunk and script (a reload may have renumbered them).
+        let (trunk, script) = call_key.and_then(|k| self.calls.get(&k)).map_or_else(
+            || (trunk, self.current.rules.script_of(trunk)),
+            |c| (c.a.trunk, c.script),
+        );
         let ok = self.outgoing(call_key, script, Leg::A, trunk, ok);
         let id = self.create_server(key, msg, from, ServerOwner::Local);
         self.send_response(id, &ok, now);

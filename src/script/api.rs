@@ -1,5 +1,6 @@
 //! The objects Lua rules see: `call`, the message (`req` / `resp`) and the `bh` library table.
 
+use super::sandbox::read_only;
 use super::RuleMetrics;
 use crate::call::is_b2bua_owned;
 use crate::config::{Profile, TrunkId};
@@ -127,16 +128,18 @@ pub(super) fn install_app_data(
         for (key, value) in &trunk.params {
             params.raw_set(key.as_str(), value.as_str())?;
         }
+        // Shared by every call of the shard: read-only, so no rule can change it for others.
         let table = lua.create_table()?;
         table.raw_set("name", trunk.name.as_str())?;
-        table.raw_set("params", params)?;
-        let meta = lua.create_table()?;
-        let name = trunk.name.clone();
-        meta.raw_set(
-            "__tostring",
-            lua.create_function(move |_, _: Value| Ok(name.clone()))?,
-        )?;
-        table.set_metatable(Some(meta))?;
+        table.raw_set("params", read_only(lua, params, "call.trunk.params")?)?;
+        let table = read_only(lua, table, "call.trunk")?;
+        if let Some(meta) = table.metatable() {
+            let name = trunk.name.clone();
+            meta.raw_set(
+                "__tostring",
+                lua.create_function(move |_, _: Value| Ok(name.clone()))?,
+            )?;
+        }
         trunk_tables.push(table);
     }
     lua.set_app_data(RuleContext {
@@ -796,7 +799,7 @@ pub fn bh_table(lua: &Lua) -> mlua::Result<Table> {
             })?,
         )?;
     }
-    bh.set("log", log)?;
+    bh.set("log", read_only(lua, log, "bh.log")?)?;
 
     let metric = lua.create_table()?;
     metric.set(
@@ -821,7 +824,7 @@ pub fn bh_table(lua: &Lua) -> mlua::Result<Table> {
             },
         )?,
     )?;
-    bh.set("metric", metric)?;
+    bh.set("metric", read_only(lua, metric, "bh.metric")?)?;
 
     let re = lua.create_table()?;
     re.set(
@@ -888,7 +891,7 @@ pub fn bh_table(lua: &Lua) -> mlua::Result<Table> {
             },
         )?,
     )?;
-    bh.set("re", re)?;
+    bh.set("re", read_only(lua, re, "bh.re")?)?;
     Ok(bh)
 }
 

@@ -132,7 +132,7 @@ pub fn new_state(limits: &Limits) -> mlua::Result<(Lua, Budget)> {
 }
 
 /// A read-only view of `table`: reads go through, writes raise an error.
-fn read_only(lua: &Lua, table: Table, name: &str) -> mlua::Result<Table> {
+pub(super) fn read_only(lua: &Lua, table: Table, name: &str) -> mlua::Result<Table> {
     let proxy = lua.create_table()?;
     let meta = lua.create_table()?;
     meta.set("__index", table)?;
