@@ -68,6 +68,7 @@ async fn main() {
         ports: (FIRST_PORT, FIRST_PORT + 4 * calls + 3),
         strict_source: false,
         rtp_timeout: 0,
+        ringback: Default::default(),
     };
     let relay = Relay::new(&config, Arc::new(|_, _| {}));
     let sent = Arc::new(AtomicU64::new(0));

@@ -187,6 +187,8 @@ struct RawMedia {
     strict_source: bool,
     #[serde(default = "default_rtp_timeout")]
     rtp_timeout: u32,
+    #[serde(default)]
+    ringback: crate::media::player::TonePlan,
 }
 
 fn default_rtp_timeout() -> u32 {
@@ -207,6 +209,8 @@ pub struct MediaConfig {
     /// Seconds without RTP from a sending leg before `on_media` hears `rtp_timeout` and the
     /// call is hung up; 0 turns it off.
     pub rtp_timeout: u32,
+    /// The ringback cadence `call:play_ringback` plays.
+    pub ringback: crate::media::player::TonePlan,
 }
 
 /// Resource limits of the rule engine.
@@ -602,6 +606,7 @@ impl Profile {
                 ports,
                 strict_source: raw.strict_source,
                 rtp_timeout: raw.rtp_timeout,
+                ringback: raw.ringback,
             })
         });
         if errors.is_empty() {

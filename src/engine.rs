@@ -9,7 +9,7 @@
 use crate::call::{Call, CallKey, ClientOwner, Leg, ServerOwner};
 use crate::config::{ListenerId, Profile, Transport};
 use crate::media::{MediaCommand, PortPool};
-use crate::script::{HookArgs, MediaAction, MediaEvent, RuleSet};
+use crate::script::{HookArgs, MediaEvent, RuleSet};
 use crate::sip::header::{split_list, Via};
 use crate::sip::transaction::{
     ClientTransaction, ServerTransaction, TimerConfig, TimerKind, TxnAction,
@@ -120,8 +120,6 @@ pub struct Engine {
     rng: u64,
     actions: Vec<TxnAction>,
     pub(crate) stats: EngineStats,
-    /// Media actions rules asked for, by A-leg Call-ID, for the media plane.
-    pub(crate) media_actions: VecDeque<(String, MediaAction)>,
     /// This shard's media ports (when the profile anchors media).
     pub(crate) media_ports: Option<PortPool>,
     /// What the relay must do, in order.
@@ -163,7 +161,6 @@ impl Engine {
             rng: seed,
             actions: Vec::new(),
             stats: EngineStats::default(),
-            media_actions: VecDeque::new(),
         }
     }
 
@@ -215,6 +212,16 @@ impl Engine {
             call.mos[usize::from(*leg == "b")] = Some(*mos);
         }
         self.run_call_hook(key, crate::script::Hook::Media, HookArgs::Media(event));
+        if let MediaEvent::Dtmf {
+            leg,
+            digit,
+            duration_ms,
+            ..
+        } = event
+        {
+            let from = if *leg == "a" { Leg::A } else { Leg::B };
+            self.digit_as_info(key, from, *digit, *duration_ms, now);
+        }
         if let MediaEvent::RtpTimeout { leg, seconds } = event {
             tracing::info!(leg, seconds, "no RTP: hanging up");
             self.hang_up(key, now);
@@ -224,12 +231,6 @@ impl Engine {
     /// The relay's id of a call: unique across shards.
     pub(crate) fn media_call_id(&self, key: CallKey) -> u64 {
         ((self.shard as u64) << 48) | key
-    }
-
-    /// The next media action a rule asked for (`call:play_ringback`, `call:send_dtmf`), with
-    /// the A-leg Call-ID of its call: the media plane polls these.
-    pub fn poll_media_action(&mut self) -> Option<(String, MediaAction)> {
-        self.media_actions.pop_front()
     }
 
     /// A media event for the call whose A-leg Call-ID is `call_id` (the newest such call, when

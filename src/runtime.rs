@@ -214,10 +214,6 @@ async fn run_shard(
                 relay.apply(command);
             }
         }
-        // Ringback and DTMF generation are not in the relay yet: say so, keep nothing queued.
-        while let Some((call, action)) = engine.poll_media_action() {
-            tracing::debug!(%call, ?action, "media action not supported yet: ignored");
-        }
         while let Some(transmit) = engine.poll_transmit() {
             hub.send(transmit).await;
         }

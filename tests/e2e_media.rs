@@ -696,3 +696,99 @@ fn inband_tones_from_the_core_are_heard_once_each() {
     assert_eq!(bye.header("X-Digits"), Some("73"), "{}", bye.text);
     assert_eq!(bye.header("X-DTMF-Method"), Some("inband"), "{}", bye.text);
 }
+
+#[test]
+fn rules_play_ringback_and_send_dtmf_through_the_relay() {
+    let base = media_range();
+    let dir = scratch_dir("media-play-rules");
+    let rules = dir.join("rules.lua");
+    std::fs::write(
+        &rules,
+        "return { on_answer = function(call, resp)\n  call:play_ringback('a')\n  call:send_dtmf('12', 'b')\nend }\n",
+    )
+    .expect("rules");
+    let sbc = Sbc::start(&profile_with(base, "", &rules.display().to_string()));
+    let dir = scratch_dir("media-play");
+    let caller_rtp = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
+    let callee_rtp = UdpSocket::bind("127.0.0.1:0").expect("callee rtp");
+    let callee_port = sbc.port("teams_peer");
+    let rtp_port = callee_rtp.local_addr().expect("addr").port();
+    let mut callee = Sipp::start(&dir, "callee", &callee_args(callee_port, rtp_port, 1));
+    wait_listening(callee_port, Transport::Udp);
+    let caller_args: Vec<String> = [
+        "-sf",
+        &scenario("caller_media"),
+        &format!("127.0.0.1:{}", sbc.port("core")),
+        "-i",
+        "127.0.0.1",
+        "-p",
+        &free_udp_port().to_string(),
+        "-set",
+        "rtp_port",
+        &caller_rtp.local_addr().expect("addr").port().to_string(),
+        "-m",
+        "1",
+        "-d",
+        "2500",
+        "-timeout",
+        "30s",
+        "-timeout_error",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut caller = Sipp::start(&dir, "caller", &caller_args);
+
+    // The callee hears the two digits as RFC 4733 events (payload type 101 from its SDP).
+    callee_rtp
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("timeout");
+    let mut events = Vec::new();
+    let mut buf = [0u8; 2048];
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while events.len() < 16 && Instant::now() < deadline {
+        if let Ok((n, from)) = callee_rtp.recv_from(&mut buf) {
+            assert_eq!(from.port(), base, "from Bridgehead's port");
+            if n >= 16 && buf[1] & 0x7f == 101 {
+                events.push((buf[12], buf[13] & 0x80 != 0));
+            }
+        }
+    }
+    let digits: Vec<u8> = events
+        .iter()
+        .filter(|(_, end)| *end)
+        .map(|(event, _)| *event)
+        .collect::<Vec<_>>()
+        .chunks(4)
+        .map(|ends| ends[0])
+        .collect();
+    // The caller hears ringback (PCMA) until the callee's own media arrives.
+    let ringback = receive(&caller_rtp, 10, Duration::from_secs(2));
+    for seq in 0..5 {
+        callee_rtp
+            .send_to(&rtp(seq, 0), ("127.0.0.1", base))
+            .expect("send");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let after = receive(&caller_rtp, 40, Duration::from_millis(500));
+
+    let end = Instant::now() + Duration::from_secs(30);
+    let (caller_status, callee_status) = (caller.wait(end), callee.wait(end));
+    let context = || format!("{}\n{}\n{}", caller.report(), callee.report(), sbc.log());
+    assert_eq!(caller_status, Some(0), "caller\n{}", context());
+    assert_eq!(callee_status, Some(0), "callee\n{}", context());
+    assert_eq!(digits, [1, 2], "events {events:?}\n{}", context());
+    assert_eq!(ringback.len(), 10, "ringback\n{}", context());
+    assert!(ringback
+        .iter()
+        .all(|(pt, _, from)| *pt == 8 && from.port() == base + 2));
+    assert!(
+        after.iter().any(|(pt, _, _)| *pt == 0),
+        "the callee's media got through"
+    );
+    let last_real = after.iter().rposition(|(pt, _, _)| *pt == 0).unwrap_or(0);
+    assert!(
+        after[last_real..].iter().all(|(pt, _, _)| *pt != 8),
+        "ringback stopped once real media flowed: {after:?}"
+    );
+}

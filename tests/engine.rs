@@ -2,7 +2,9 @@
 
 use bridgehead::config::{Profile, Transport};
 use bridgehead::engine::{Engine, Peer};
-use bridgehead::script::{MediaAction, MediaEvent, RuleMetrics, RuleSet};
+use bridgehead::media::player::{Sound, TonePlan};
+use bridgehead::media::MediaCommand;
+use bridgehead::script::{MediaEvent, RuleMetrics, RuleSet};
 use bridgehead::sip::{HeaderName, Message};
 use bytes::Bytes;
 use std::path::Path;
@@ -808,18 +810,20 @@ fn failover_routes_the_call_again_and_hooks_see_its_life() {
         user_counter(&metrics, "answered", &[("trunk", "backup")]),
         1
     );
-    // What the rules asked of the media plane, in order.
-    let call_id = "fo-1@10.1.1.1".to_string();
+    // What the rules asked of the media plane, in order, for this call.
+    let plays: Vec<(bool, Sound)> = std::iter::from_fn(|| sim.engine.poll_media())
+        .filter_map(|command| match command {
+            MediaCommand::Play { to_a, sound, .. } => Some((to_a, sound)),
+            _ => None,
+        })
+        .collect();
     assert_eq!(
-        sim.engine.poll_media_action(),
-        Some((call_id.clone(), MediaAction::PlayRingback { leg: "a" }))
+        plays,
+        [
+            (true, Sound::Ringback(TonePlan::Itu)),
+            (false, Sound::Digits("1#".into())),
+        ]
     );
-    let dtmf_action = MediaAction::SendDtmf {
-        leg: "b",
-        digits: "1#".into(),
-    };
-    assert_eq!(sim.engine.poll_media_action(), Some((call_id, dtmf_action)));
-    assert_eq!(sim.engine.poll_media_action(), None);
 
     // DTMF from the media plane reaches on_media.
     let dtmf = MediaEvent::Dtmf {
@@ -1099,4 +1103,74 @@ CSeq: 9 BYE
     );
     let out = sim.teams_sends(&bye);
     assert_eq!(summary(&out), [format!("BYE->{CORE_PEER}")], "not a 403");
+}
+
+#[test]
+fn dtmf_is_converted_between_rfc4733_and_sip_info() {
+    let text = format!(
+        "media:\n  address: 127.0.0.1\n  ports: 30000-30099\n{}",
+        profile_text("    dtmf: info")
+    );
+    let mut sim = Sim::with_profile(&text);
+    let (b_invite, ok) = answered_call(&mut sim, "dtmf@10.1.1.1");
+    let anchored: Vec<MediaCommand> = std::iter::from_fn(|| sim.engine.poll_media()).collect();
+    let call = anchored
+        .into_iter()
+        .find_map(|command| match command {
+            MediaCommand::Stream { call, .. } => Some(call),
+            _ => None,
+        })
+        .expect("anchored");
+
+    // An RFC 4733 digit from the core's media goes to Teams as SIP INFO.
+    let digit = MediaEvent::Dtmf {
+        leg: "a",
+        digit: '5',
+        duration_ms: 120,
+        method: "rfc4733",
+    };
+    sim.engine.handle_relay_event(call, &digit, sim.now);
+    let out = sim.sent();
+    assert_eq!(summary(&out), [format!("INFO->{TEAMS_PEER}")]);
+    let info = &out[0].1;
+    assert_eq!(h(info, "Content-Type"), Some("application/dtmf-relay"));
+    assert_eq!(&info.body[..], b"Signal=5\r\nDuration=120\r\n");
+    assert_eq!(h(info, "Call-ID"), h(&b_invite, "Call-ID"));
+    assert_eq!(h(info, "CSeq"), Some("2 INFO"));
+
+    // SIP INFO from Teams becomes RFC 4733 toward the core: answered here, played there.
+    let info = format!(
+        "INFO sip:+15550199@127.0.0.1:5070 SIP/2.0
+Via: SIP/2.0/UDP {TEAMS_PEER};branch=z9hG4bKinfo9
+Max-Forwards: 70
+From: {};tag=t1
+To: {}
+Call-ID: {}
+CSeq: 5 INFO
+Content-Type: application/dtmf-relay
+
+Signal=9
+Duration=160
+",
+        h(&b_invite, "To").unwrap_or_default(),
+        h(&b_invite, "From").unwrap_or_default(),
+        h(&b_invite, "Call-ID").unwrap_or_default()
+    );
+    let out = sim.teams_sends(&info);
+    assert_eq!(
+        summary(&out),
+        [format!("200->{TEAMS_PEER}")],
+        "not relayed as INFO"
+    );
+    assert_eq!(h(&out[0].1, "CSeq"), Some("5 INFO"));
+    let plays: Vec<MediaCommand> = std::iter::from_fn(|| sim.engine.poll_media()).collect();
+    assert_eq!(
+        plays,
+        [MediaCommand::Play {
+            call,
+            to_a: true,
+            sound: Sound::Digits("9".into())
+        }]
+    );
+    drop(ok);
 }

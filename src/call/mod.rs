@@ -205,6 +205,8 @@ pub(crate) struct HookOutcome {
     pub(crate) decision: Option<RouteDecision>,
     /// `call.vars` created by a hook that ran before the call existed (`on_invite`).
     vars: Option<mlua::Table>,
+    /// Media actions asked for before the call existed (`on_invite`).
+    media: Vec<crate::script::MediaAction>,
     failed: bool,
 }
 
@@ -390,8 +392,11 @@ impl Engine {
         if let Some(c) = key.and_then(|k| self.calls.get_mut(&k)) {
             c.vars = vars.take();
         }
-        for action in call.media_actions.drain(..) {
-            self.media_actions.push_back((call_id.to_string(), action));
+        let media = std::mem::take(&mut call.media_actions);
+        if let Some(key) = key {
+            for action in &media {
+                self.play(key, action);
+            }
         }
         let failed = match result {
             Ok(()) => false,
@@ -404,8 +409,83 @@ impl Engine {
         HookOutcome {
             decision: call.decision,
             vars,
+            // Asked for before the call existed (on_invite): played once it does.
+            media: if key.is_some() { Vec::new() } else { media },
             failed,
         }
+    }
+
+    /// True when DTMF toward `leg` must be converted from SIP INFO into media: its trunk takes
+    /// RFC 4733 or tones, and the call's media is anchored.
+    fn converts_info(&self, key: CallKey, leg: Leg) -> bool {
+        self.calls.get(&key).is_some_and(|call| {
+            !call.streams.is_empty()
+                && call.rules.profile.trunks[call.leg(leg).trunk].dtmf
+                    != crate::config::DtmfMode::Info
+        })
+    }
+
+    /// Sends a DTMF digit heard in one leg's media to the other leg as SIP INFO, when that leg's
+    /// trunk takes DTMF that way.
+    pub(crate) fn digit_as_info(
+        &mut self,
+        key: CallKey,
+        from: Leg,
+        digit: char,
+        duration_ms: u32,
+        now: Instant,
+    ) {
+        let branch = self.new_branch();
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        let to = from.other();
+        if call.rules.profile.trunks[call.leg(to).trunk].dtmf != crate::config::DtmfMode::Info
+            || call.leg(to).remote_tag.is_none()
+        {
+            return;
+        }
+        let dialog = call.leg_mut(to);
+        dialog.local_cseq += 1;
+        let dialog = call.leg(to);
+        let listener = &self.current.profile.listeners[dialog.peer.listener];
+        let via = via_value(listener, dialog.peer.transport, &branch);
+        let mut info = dialog_request(Method::Info, dialog, via, dialog.local_cseq, 70);
+        info.push_header(
+            HeaderName::ContentType,
+            "application/dtmf-relay".to_string(),
+        );
+        info.body = Bytes::from(format!("Signal={digit}\r\nDuration={duration_ms}\r\n"));
+        let (peer, trunk, script) = (dialog.peer, dialog.trunk, call.script);
+        let info = self.outgoing(Some(key), script, to, trunk, info);
+        self.start_client(info, peer, ClientOwner::Local, now);
+    }
+
+    /// Hands a rule's media action to the relay.
+    fn play(&mut self, key: CallKey, action: &crate::script::MediaAction) {
+        let Some(call) = self.calls.get(&key) else {
+            return;
+        };
+        let plan = call
+            .rules
+            .profile
+            .media
+            .as_ref()
+            .map(|m| m.ringback)
+            .unwrap_or_default();
+        let (leg, sound) = match action {
+            crate::script::MediaAction::PlayRingback { leg } => {
+                (*leg, crate::media::player::Sound::Ringback(plan))
+            }
+            crate::script::MediaAction::SendDtmf { leg, digits } => {
+                (*leg, crate::media::player::Sound::Digits(digits.clone()))
+            }
+        };
+        self.media_commands.push_back(MediaCommand::Play {
+            call: self.media_call_id(key),
+            to_a: leg == "a",
+            sound,
+        });
     }
 
     /// Runs a hook of a call's own script on its own rule-set version.
@@ -419,6 +499,7 @@ impl Engine {
             return HookOutcome {
                 decision: None,
                 vars: None,
+                media: Vec::new(),
                 failed: false,
             };
         };
@@ -432,6 +513,7 @@ impl Engine {
             return HookOutcome {
                 decision: None,
                 vars: None,
+                media: Vec::new(),
                 failed: false,
             };
         }
@@ -906,6 +988,9 @@ impl Engine {
             entry.owner = ServerOwner::Invite(call_key);
         }
         self.stats.calls_started += 1;
+        for action in &outcome.media {
+            self.play(call_key, action);
+        }
         self.send_b_invite(call_key, invite, touched, now);
     }
 
@@ -1510,6 +1595,19 @@ impl Engine {
         if method == Method::Info {
             if let Some(event) = info_digit(&msg, leg) {
                 self.run_call_hook(call_key, Hook::Media, HookArgs::Media(&event));
+                if self.converts_info(call_key, leg.other()) {
+                    // The other leg takes DTMF in its media: play the digit there, answer here.
+                    if let crate::script::MediaEvent::Dtmf { digit, .. } = event {
+                        let action = crate::script::MediaAction::SendDtmf {
+                            leg: leg.other().name(),
+                            digits: digit.to_string(),
+                        };
+                        self.play(call_key, &action);
+                    }
+                    let server = self.create_server(key, msg, from, ServerOwner::Local);
+                    self.reply_local(call_key, leg, server, 200, now);
+                    return;
+                }
             }
         }
         let to = leg.other();
@@ -1646,10 +1744,8 @@ impl Engine {
         };
         let trunk = &call.rules.profile.trunks[call.leg(leg).trunk];
         let policy = (trunk.srtp, trunk.media_dscp);
-        let inband = |trunk: TrunkId| {
-            call.rules.profile.trunks[trunk].dtmf == crate::config::DtmfMode::Inband
-        };
-        let (a_inband, b_inband) = (inband(call.a.trunk), inband(call.b.trunk));
+        let dtmf = |trunk: TrunkId| call.rules.profile.trunks[trunk].dtmf;
+        let (a_dtmf, b_dtmf) = (dtmf(call.a.trunk), dtmf(call.b.trunk));
         match crate::media::anchor(
             sdp,
             &mut call.streams,
@@ -1659,9 +1755,12 @@ impl Engine {
             &advertise,
         ) {
             Ok(changed) => {
+                use crate::config::DtmfMode;
                 for stream in &mut call.streams {
-                    stream.a.inband = a_inband;
-                    stream.b.inband = b_inband;
+                    stream.a.inband = a_dtmf == DtmfMode::Inband;
+                    stream.b.inband = b_dtmf == DtmfMode::Inband;
+                    stream.a.info_dtmf = a_dtmf == DtmfMode::Info;
+                    stream.b.info_dtmf = b_dtmf == DtmfMode::Info;
                 }
                 for index in changed {
                     self.media_commands.push_back(MediaCommand::Stream {

@@ -4,6 +4,7 @@
 //! relay ([`relay`], tokio) owns the sockets and moves the packets.
 
 pub mod dsp;
+pub mod player;
 pub mod quality;
 pub mod relay;
 
@@ -75,6 +76,11 @@ pub struct Side {
     pub dscp: u8,
     /// The leg sends DTMF as tones in the audio: the relay listens for them.
     pub inband: bool,
+    /// The leg takes DTMF as SIP INFO: RFC 4733 packets toward it are not relayed (Bridgehead
+    /// sends INFO instead).
+    pub info_dtmf: bool,
+    /// The G.711 payload type the leg's SDP lists first (what generated audio toward it uses).
+    pub audio_pt: Option<u8>,
 }
 
 /// An SRTP crypto suite Bridgehead terminates (SDES, RFC 4568).
@@ -187,6 +193,12 @@ pub struct Stream {
 pub enum MediaCommand {
     /// Relay this stream of a call (new, or with new addresses or keys).
     Stream { call: u64, stream: Box<Stream> },
+    /// Play a sound toward one leg of a call (its first stream).
+    Play {
+        call: u64,
+        to_a: bool,
+        sound: player::Sound,
+    },
     /// The call is over: close its sockets.
     Close { call: u64 },
 }
@@ -241,6 +253,11 @@ pub fn anchor(
             .iter()
             .find(|c| c.name.eq_ignore_ascii_case("telephone-event"))
             .and_then(|c| c.pt.parse::<u8>().ok());
+        let audio_pt = media
+            .codecs()
+            .iter()
+            .find(|c| c.name.eq_ignore_ascii_case("PCMU") || c.name.eq_ignore_ascii_case("PCMA"))
+            .and_then(|c| c.pt.parse::<u8>().ok());
         let sends = matches!(
             media.direction(),
             crate::sdp::Direction::SendRecv | crate::sdp::Direction::SendOnly
@@ -255,6 +272,7 @@ pub fn anchor(
         from.remote = remote;
         from.remote_rtcp = remote_rtcp;
         from.dtmf_pt = dtmf_pt;
+        from.audio_pt = audio_pt;
         from.sends = sends;
         from.remote_key = if media.proto().contains("SAVP") {
             media.crypto().iter().find_map(SrtpKey::from_crypto)

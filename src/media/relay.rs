@@ -4,6 +4,7 @@
 //! strict sources. RTCP multiplexed on the RTP port (RFC 5761) on one leg and on its own port
 //! on the other is sorted by payload type.
 
+use super::player::{Player, Sound, Step};
 use super::{dsp, quality, MediaCommand, Side, SrtpKey, Stream, Suite};
 use crate::config::MediaConfig;
 use crate::script::MediaEvent;
@@ -13,7 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::net::UdpSocket;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use webrtc_srtp::context::Context;
 use webrtc_srtp::option;
@@ -36,7 +37,23 @@ pub struct RelayStats {
 
 struct Running {
     update: watch::Sender<Stream>,
+    /// Sounds to play (queued until the task runs).
+    plays: mpsc::UnboundedSender<(bool, Sound)>,
+    queued: Option<mpsc::UnboundedReceiver<(bool, Sound)>>,
     task: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    fn new() -> Running {
+        let (update, _) = watch::channel(Stream::default());
+        let (plays, queued) = mpsc::unbounded_channel();
+        Running {
+            update,
+            plays,
+            queued: Some(queued),
+            task: None,
+        }
+    }
 }
 
 /// Where the relay reports media events: the call's relay id and the event.
@@ -70,6 +87,13 @@ impl Relay {
     pub fn apply(&self, command: MediaCommand) {
         let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
         match command {
+            MediaCommand::Play { call, to_a, sound } => {
+                let streams = calls.entry(call).or_default();
+                if streams.is_empty() {
+                    streams.push(Running::new());
+                }
+                let _ = streams[0].plays.send((to_a, sound));
+            }
             MediaCommand::Close { call } => {
                 for running in calls.remove(&call).into_iter().flatten() {
                     if let Some(task) = running.task {
@@ -81,8 +105,7 @@ impl Relay {
             MediaCommand::Stream { call, stream } => {
                 let streams = calls.entry(call).or_default();
                 while streams.len() <= stream.index {
-                    let (update, _) = watch::channel(Stream::default());
-                    streams.push(Running { update, task: None });
+                    streams.push(Running::new());
                 }
                 let running = &mut streams[stream.index];
                 let stream = *stream;
@@ -90,6 +113,10 @@ impl Relay {
                 // Both legs' ports are known once the answer is anchored: start relaying.
                 if running.task.is_none() && stream.a.local != 0 && stream.b.local != 0 {
                     let updates = running.update.subscribe();
+                    let plays = running
+                        .queued
+                        .take()
+                        .unwrap_or_else(|| mpsc::unbounded_channel().1);
                     let events = self.events.clone();
                     let report: Box<dyn Fn(MediaEvent) + Send + Sync> =
                         Box::new(move |event| events(call, event));
@@ -100,6 +127,7 @@ impl Relay {
                             rtp_timeout: self.rtp_timeout,
                         },
                         updates,
+                        plays,
                         self.stats.clone(),
                         report,
                     )));
@@ -139,6 +167,8 @@ struct Leg {
     /// Inband DTMF: the detector, and a buffer for one decoded frame (reused).
     detector: dsp::DtmfDetector,
     pcm: Vec<i16>,
+    /// What Bridgehead plays toward the leg, if anything.
+    player: Option<Player>,
 }
 
 /// Sender reports remembered per leg (reports come every few seconds).
@@ -186,6 +216,7 @@ impl Leg {
             reports_sent: VecDeque::with_capacity(REPORTS_KEPT),
             detector: dsp::DtmfDetector::default(),
             pcm: Vec::with_capacity(320),
+            player: None,
         })
     }
 
@@ -325,6 +356,7 @@ fn accepted(strict: bool, expected: Option<SocketAddr>, source: SocketAddr) -> b
 async fn relay_stream(
     settings: Settings,
     mut updates: watch::Receiver<Stream>,
+    mut plays: mpsc::UnboundedReceiver<(bool, Sound)>,
     stats: Arc<RelayStats>,
     report: Box<dyn Fn(MediaEvent) + Send + Sync>,
 ) {
@@ -355,8 +387,22 @@ async fn relay_stream(
     let mut rtcp_a = [0u8; 2048];
     let mut rtcp_b = [0u8; 2048];
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut frames = tokio::time::interval(std::time::Duration::from_millis(20));
+    let mut seed = u32::from(stream.a.local) << 16 | u32::from(stream.b.local);
     loop {
+        let playing = a.player.is_some() || b.player.is_some();
         let event = tokio::select! {
+            Some((to_a, sound)) = plays.recv() => {
+                seed = seed.wrapping_mul(0x9e37_79b9).wrapping_add(1);
+                let leg = if to_a { &mut a } else { &mut b };
+                leg.player = Some(Player::new(sound, seed));
+                None
+            }
+            _ = frames.tick(), if playing => {
+                play(&mut a, &sides.0, &stats).await;
+                play(&mut b, &sides.1, &stats).await;
+                None
+            }
             changed = updates.changed() => {
                 if changed.is_err() {
                     return;
@@ -393,6 +439,36 @@ async fn relay_stream(
         };
         if let Some(event) = event {
             report(event);
+        }
+    }
+}
+
+/// Sends the leg the next 20 ms of what Bridgehead plays it.
+async fn play(leg: &mut Leg, side: &Side, stats: &RelayStats) {
+    let Some(player) = &mut leg.player else {
+        return;
+    };
+    let packet = match player.next(side.audio_pt, side.dtmf_pt) {
+        Step::Packet(packet) => packet,
+        Step::Silence => return,
+        Step::Done => {
+            leg.player = None;
+            return;
+        }
+    };
+    let packet = match &mut leg.encrypt {
+        Some((_, context)) => match context.encrypt_rtp(&packet) {
+            Ok(secret) => secret.to_vec(),
+            Err(_) => {
+                stats.srtp_failures.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        },
+        None => packet,
+    };
+    if let Some(destination) = leg.latched.or(side.remote) {
+        if leg.rtp.send_to(&packet, destination).await.is_ok() {
+            stats.packets.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -459,6 +535,17 @@ async fn forward(
         event = from
             .digit(packet, from_side)
             .or_else(|| from.inband_digit(packet, from_side));
+    }
+    if !rtcp {
+        // Real media toward a leg replaces the ringback Bridgehead plays it.
+        if to.player.as_ref().is_some_and(Player::is_ringback) {
+            to.player = None;
+        }
+        // A leg that takes DTMF as SIP INFO gets no telephone-events (it gets INFO instead).
+        let payload_type = packet.get(1).map(|b| b & 0x7f);
+        if to_side.info_dtmf && payload_type.is_some() && payload_type == from_side.dtmf_pt {
+            return event;
+        }
     }
     // Where the other leg wants it: where its media comes from, else what its SDP says.
     let muxed = to_side.remote_rtcp.is_some() && to_side.remote_rtcp == to_side.remote;

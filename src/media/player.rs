@@ -1,0 +1,308 @@
+//! Sounds the relay plays toward a leg, 20 ms at a time: ringback (tone plans) and DTMF digits
+//! (RFC 4733 events when the leg takes telephone-event, tones in its G.711 audio otherwise).
+
+use super::dsp;
+use serde::Deserialize;
+use std::collections::VecDeque;
+
+/// A ringback cadence.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TonePlan {
+    /// ITU-T E.180: 425 Hz, 1 s on, 4 s off (most of Europe).
+    #[default]
+    Itu,
+    /// North America: 440 + 480 Hz, 2 s on, 4 s off.
+    NorthAmerica,
+}
+
+impl TonePlan {
+    fn tone(self) -> (&'static [f32], &'static [f32], usize, usize) {
+        // (frequencies, amplitudes, samples on, samples in a whole cycle) at 8 kHz.
+        match self {
+            TonePlan::Itu => (&[425.0], &[4000.0], 8000, 40000),
+            TonePlan::NorthAmerica => (&[440.0, 480.0], &[2500.0, 2500.0], 16000, 48000),
+        }
+    }
+}
+
+/// What to play.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Sound {
+    Ringback(TonePlan),
+    Digits(String),
+}
+
+/// One 20 ms step of a player.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Send this RTP packet.
+    Packet(Vec<u8>),
+    /// Nothing to send this time (a gap between digits).
+    Silence,
+    /// The sound is over.
+    Done,
+}
+
+const FRAME: usize = 160;
+/// A digit lasts 100 ms (5 packets); its end is sent 3 times; 60 ms pass before the next.
+const DIGIT_PACKETS: u16 = 5;
+const END_REPEATS: u16 = 3;
+const GAP_PACKETS: u16 = 3;
+
+#[derive(Debug)]
+enum State {
+    Ringback {
+        plan: TonePlan,
+        sample: usize,
+    },
+    Digits {
+        digits: VecDeque<char>,
+        /// Packets sent for the current digit (including ends and gap).
+        step: u16,
+        event_timestamp: u32,
+    },
+}
+
+/// Plays one sound toward a leg as its own RTP stream.
+#[derive(Debug)]
+pub struct Player {
+    state: State,
+    ssrc: u32,
+    seq: u16,
+    timestamp: u32,
+}
+
+impl Player {
+    /// A player with its own SSRC and random-looking sequence start from `seed`.
+    pub fn new(sound: Sound, seed: u32) -> Player {
+        let state = match sound {
+            Sound::Ringback(plan) => State::Ringback { plan, sample: 0 },
+            Sound::Digits(digits) => State::Digits {
+                digits: digits.chars().collect(),
+                step: 0,
+                event_timestamp: 0,
+            },
+        };
+        Player {
+            state,
+            ssrc: seed | 1,
+            seq: (seed >> 16) as u16,
+            timestamp: seed.rotate_left(7),
+        }
+    }
+
+    /// True while it plays ringback (which real media from the other leg replaces).
+    pub fn is_ringback(&self) -> bool {
+        matches!(self.state, State::Ringback { .. })
+    }
+
+    /// The next 20 ms toward a leg whose G.711 payload type is `audio_pt` and whose
+    /// telephone-event payload type is `dtmf_pt`.
+    pub fn next(&mut self, audio_pt: Option<u8>, dtmf_pt: Option<u8>) -> Step {
+        match &mut self.state {
+            State::Ringback { plan, sample } => {
+                let Some(pt) = audio_pt else {
+                    return Step::Done;
+                };
+                let (frequencies, amplitudes, on, cycle) = plan.tone();
+                let position = *sample % cycle;
+                let pcm = if position < on {
+                    dsp::tones(frequencies, amplitudes, FRAME, position)
+                } else {
+                    vec![0; FRAME]
+                };
+                *sample += FRAME;
+                let packet = self.audio(pt, &pcm);
+                Step::Packet(packet)
+            }
+            State::Digits {
+                digits,
+                step,
+                event_timestamp,
+            } => {
+                let Some(&digit) = digits.front() else {
+                    return Step::Done;
+                };
+                let total = DIGIT_PACKETS + END_REPEATS + GAP_PACKETS;
+                let current = *step;
+                *step += 1;
+                if *step == total {
+                    digits.pop_front();
+                    *step = 0;
+                }
+                if current == 0 {
+                    *event_timestamp = self.timestamp;
+                }
+                let event_timestamp = *event_timestamp;
+                if current >= DIGIT_PACKETS + END_REPEATS {
+                    self.timestamp = self.timestamp.wrapping_add(FRAME as u32);
+                    return Step::Silence;
+                }
+                match (dtmf_pt, audio_pt) {
+                    (Some(pt), _) => {
+                        let end = current >= DIGIT_PACKETS - 1;
+                        let duration = (current.min(DIGIT_PACKETS - 1) + 1) * FRAME as u16;
+                        let Some(event) = event_code(digit) else {
+                            return Step::Silence;
+                        };
+                        let payload = [
+                            event,
+                            if end { 0x80 | 10 } else { 10 },
+                            (duration >> 8) as u8,
+                            duration as u8,
+                        ];
+                        if current < DIGIT_PACKETS {
+                            self.timestamp = self.timestamp.wrapping_add(FRAME as u32);
+                        }
+                        Step::Packet(self.rtp(pt, current == 0, event_timestamp, &payload))
+                    }
+                    (None, Some(pt)) => {
+                        let pcm = if current < DIGIT_PACKETS {
+                            match dsp::dtmf_frequencies(digit) {
+                                Some((row, column)) => dsp::tones(
+                                    &[row, column],
+                                    &[6000.0, 6000.0],
+                                    FRAME,
+                                    usize::from(current) * FRAME,
+                                ),
+                                None => vec![0; FRAME],
+                            }
+                        } else {
+                            vec![0; FRAME]
+                        };
+                        Step::Packet(self.audio(pt, &pcm))
+                    }
+                    (None, None) => Step::Done,
+                }
+            }
+        }
+    }
+
+    fn audio(&mut self, pt: u8, pcm: &[i16]) -> Vec<u8> {
+        let encode = if pt == 0 {
+            dsp::linear_to_ulaw
+        } else {
+            dsp::linear_to_alaw
+        };
+        let payload: Vec<u8> = pcm.iter().map(|s| encode(*s)).collect();
+        let timestamp = self.timestamp;
+        self.timestamp = self.timestamp.wrapping_add(FRAME as u32);
+        self.rtp(pt, false, timestamp, &payload)
+    }
+
+    fn rtp(&mut self, pt: u8, marker: bool, timestamp: u32, payload: &[u8]) -> Vec<u8> {
+        let mut packet = Vec::with_capacity(12 + payload.len());
+        packet.push(0x80);
+        packet.push(if marker { 0x80 | pt } else { pt });
+        packet.extend_from_slice(&self.seq.to_be_bytes());
+        packet.extend_from_slice(&timestamp.to_be_bytes());
+        packet.extend_from_slice(&self.ssrc.to_be_bytes());
+        packet.extend_from_slice(payload);
+        self.seq = self.seq.wrapping_add(1);
+        packet
+    }
+}
+
+/// The RFC 4733 event code of a digit.
+fn event_code(digit: char) -> Option<u8> {
+    match digit.to_ascii_uppercase() {
+        d @ '0'..='9' => Some(d as u8 - b'0'),
+        '*' => Some(10),
+        '#' => Some(11),
+        d @ 'A'..='D' => Some(d as u8 - b'A' + 12),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all(player: &mut Player, audio: Option<u8>, dtmf: Option<u8>) -> Vec<Step> {
+        let mut out = Vec::new();
+        loop {
+            match player.next(audio, dtmf) {
+                Step::Done => return out,
+                step => out.push(step),
+            }
+            assert!(out.len() < 1000, "a digit player ends");
+        }
+    }
+
+    #[test]
+    fn digits_as_rfc4733_events() {
+        let mut player = Player::new(Sound::Digits("5#".into()), 0x1234_5678);
+        let steps = all(&mut player, Some(8), Some(101));
+        assert_eq!(steps.len(), 22, "two digits of 11 steps");
+        let packets: Vec<&Vec<u8>> = steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Packet(p) => Some(p),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(packets.len(), 16);
+        assert!(packets.iter().all(|p| p[1] & 0x7f == 101 && p.len() == 16));
+        assert_eq!(
+            packets[0][1],
+            0x80 | 101,
+            "marker on the first packet of an event"
+        );
+        assert_eq!(packets[0][12], 5);
+        let ends: Vec<_> = packets[..8].iter().filter(|p| p[13] & 0x80 != 0).collect();
+        assert_eq!(ends.len(), 4, "the last packet and three repeats say end");
+        let timestamps: Vec<&[u8]> = packets[..8].iter().map(|p| &p[4..8]).collect();
+        assert!(
+            timestamps.windows(2).all(|w| w[0] == w[1]),
+            "one event, one timestamp"
+        );
+        assert_eq!(u16::from_be_bytes([packets[7][14], packets[7][15]]), 800);
+        assert_eq!(packets[8][12], 11, "then #");
+        let seqs: Vec<u16> = packets
+            .iter()
+            .map(|p| u16::from_be_bytes([p[2], p[3]]))
+            .collect();
+        assert!(seqs.windows(2).all(|w| w[1] == w[0].wrapping_add(1)));
+    }
+
+    #[test]
+    fn digits_as_tones_are_heard_by_the_detector() {
+        let mut player = Player::new(Sound::Digits("73".into()), 99);
+        let mut detector = dsp::DtmfDetector::default();
+        let mut heard = String::new();
+        for step in all(&mut player, Some(8), None) {
+            if let Step::Packet(packet) = step {
+                let pcm: Vec<i16> = packet[12..]
+                    .iter()
+                    .map(|b| dsp::alaw_to_linear(*b))
+                    .collect();
+                heard.extend(detector.push(&pcm).map(|(d, _)| d));
+            }
+        }
+        heard.extend(detector.push(&[0; 160]).map(|(d, _)| d));
+        assert_eq!(heard, "73");
+    }
+
+    #[test]
+    fn ringback_follows_its_cadence() {
+        let mut player = Player::new(Sound::Ringback(TonePlan::Itu), 1);
+        assert!(player.is_ringback());
+        let loud = |step: Step| match step {
+            Step::Packet(p) => p[12..]
+                .iter()
+                .map(|b| i32::from(dsp::ulaw_to_linear(*b)).abs())
+                .max()
+                .unwrap_or(0),
+            _ => -1,
+        };
+        let levels: Vec<i32> = (0..250).map(|_| loud(player.next(Some(0), None))).collect();
+        assert!(levels[..50].iter().all(|l| *l > 1000), "1 s of tone");
+        assert!(levels[50..250].iter().all(|l| *l < 10), "4 s of silence");
+        assert!(loud(player.next(Some(0), None)) > 1000, "and again");
+        assert_eq!(
+            Player::new(Sound::Ringback(TonePlan::NorthAmerica), 1).next(None, None),
+            Step::Done
+        );
+    }
+}
