@@ -792,3 +792,91 @@ fn rules_play_ringback_and_send_dtmf_through_the_relay() {
         "ringback stopped once real media flowed: {after:?}"
     );
 }
+
+#[test]
+fn pcmu_from_the_core_is_transcoded_to_pcma_for_teams_and_back() {
+    use bridgehead::media::dsp::transcode;
+    let base = media_range();
+    let profile = profile(base).replace(
+        "    route: core\n",
+        "    route: core\n    codecs: [PCMA, telephone-event]\n",
+    );
+    let sbc = Sbc::start(&profile);
+    let dir = scratch_dir("media-transcode");
+    let caller_rtp = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
+    let callee_rtp = UdpSocket::bind("127.0.0.1:0").expect("callee rtp");
+    let callee_port = sbc.port("teams_peer");
+    let rtp_port = callee_rtp.local_addr().expect("addr").port();
+    let mut callee = Sipp::start(&dir, "callee", &callee_args(callee_port, rtp_port, 1));
+    wait_listening(callee_port, Transport::Udp);
+    let caller_args: Vec<String> = [
+        "-sf",
+        &scenario("caller_pcmu"),
+        &format!("127.0.0.1:{}", sbc.port("core")),
+        "-i",
+        "127.0.0.1",
+        "-p",
+        &free_udp_port().to_string(),
+        "-set",
+        "rtp_port",
+        &caller_rtp.local_addr().expect("addr").port().to_string(),
+        "-m",
+        "1",
+        "-d",
+        "2000",
+        "-timeout",
+        "30s",
+        "-timeout_error",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut caller = Sipp::start(&dir, "caller", &caller_args);
+    std::thread::sleep(Duration::from_millis(800));
+    let payload: Vec<u8> = (0..160u16).map(|i| (i * 7 % 256) as u8).collect();
+    let packet = |pt: u8, seq: u16| {
+        let mut p = rtp(seq, pt);
+        p.truncate(12);
+        p.extend_from_slice(&payload);
+        p
+    };
+    caller_rtp
+        .send_to(&packet(0, 1), ("127.0.0.1", base + 2))
+        .expect("send");
+    callee_rtp
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let mut buf = [0u8; 2048];
+    let (n, _) = callee_rtp.recv_from(&mut buf).expect("PCMA at Teams");
+    assert_eq!(buf[1] & 0x7f, 8, "PCMA");
+    let expected: Vec<u8> = payload.iter().map(|b| transcode(*b, true)).collect();
+    assert_eq!(&buf[12..n], &expected[..]);
+    callee_rtp
+        .send_to(&packet(8, 2), ("127.0.0.1", base))
+        .expect("send");
+    caller_rtp
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let (n, _) = caller_rtp.recv_from(&mut buf).expect("PCMU at the core");
+    assert_eq!(buf[1] & 0x7f, 0, "PCMU");
+    let expected: Vec<u8> = payload.iter().map(|b| transcode(*b, false)).collect();
+    assert_eq!(&buf[12..n], &expected[..]);
+
+    let end = Instant::now() + Duration::from_secs(30);
+    let (caller_status, callee_status) = (caller.wait(end), callee.wait(end));
+    let context = || format!("{}\n{}\n{}", caller.report(), callee.report(), sbc.log());
+    assert_eq!(caller_status, Some(0), "caller\n{}", context());
+    assert_eq!(callee_status, Some(0), "callee\n{}", context());
+    let offer = callee
+        .trace()
+        .into_iter()
+        .find(|m| m.received && m.is_request("INVITE"))
+        .expect("INVITE at Teams");
+    assert!(offer.body().contains("RTP/AVP 8 101"), "{}", offer.text);
+    let answer = caller
+        .trace()
+        .into_iter()
+        .find(|m| m.received && m.is_response(200))
+        .expect("200 at the core");
+    assert!(answer.body().contains("RTP/AVP 0 101"), "{}", answer.text);
+}

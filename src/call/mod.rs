@@ -261,15 +261,45 @@ fn info_digit(msg: &Message, leg: Leg) -> Option<crate::script::MediaEvent> {
     })
 }
 
-/// Keeps only a trunk's codecs in an offer toward it, in its order. A media section with none
-/// of them is left as it is (the far end refuses it, as it would without the list).
-fn offer_codecs(sdp: &mut Sdp, codecs: &[String], call_id: &str) {
+/// Keeps only a trunk's codecs in an offer toward it, in its order. When nothing is in common
+/// but G.711 (the offer has PCMU, the trunk takes PCMA, or the reverse) and media is anchored,
+/// the other G.711 is offered and the relay transcodes. Otherwise a media section with none of
+/// the trunk's codecs is left as it is (the far end refuses it, as it would without the list).
+fn offer_codecs(sdp: &mut Sdp, codecs: &[String], anchored: bool, call_id: &str) {
     let wanted: Vec<&str> = codecs.iter().map(String::as_str).collect();
+    let takes = |name: &str| wanted.iter().any(|w| w.eq_ignore_ascii_case(name));
     for media in sdp.media_mut() {
         if media.is_rejected() || media.kind() != "audio" {
             continue;
         }
-        match media.keep_codecs(&wanted) {
+        // Voice codecs in common (telephone-event and comfort noise do not carry a call).
+        let voice = |name: &str| {
+            !name.eq_ignore_ascii_case("telephone-event") && !name.eq_ignore_ascii_case("CN")
+        };
+        let common = media
+            .codecs()
+            .iter()
+            .any(|c| voice(&c.name) && takes(&c.name));
+        if !common && anchored {
+            let has = |name: &str| {
+                media
+                    .codecs()
+                    .iter()
+                    .any(|c| c.name.eq_ignore_ascii_case(name))
+            };
+            let renamed = if has("PCMU") && takes("PCMA") {
+                media.replace_codec("PCMU", "8", "PCMA/8000")
+            } else if has("PCMA") && takes("PCMU") {
+                media.replace_codec("PCMA", "0", "PCMU/8000")
+            } else {
+                false
+            };
+            if renamed {
+                tracing::info!(call = %call_id, "no codec in common: transcoding G.711");
+            }
+        }
+        let kept = media.keep_codecs(&wanted);
+        match kept {
             Ok(_) => {
                 media.reorder_codecs(&wanted);
             }
@@ -575,11 +605,12 @@ impl Engine {
         if anchoring || wants_sdp || filtering {
             match Sdp::parse(&hooked.msg.body) {
                 Ok(mut sdp) => {
-                    if filtering {
-                        offer_codecs(&mut sdp, codecs, &call_id);
-                    }
+                    // Anchoring first: it learns the sender's own codecs before any filter.
                     if let Some(key) = call.filter(|_| anchoring) {
                         self.anchor_media(key, leg, &mut sdp);
+                    }
+                    if filtering {
+                        offer_codecs(&mut sdp, codecs, anchoring, &call_id);
                     }
                     if wants_sdp {
                         let shared: SharedSdp = Arc::new(Mutex::new(sdp));

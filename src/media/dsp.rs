@@ -64,6 +64,26 @@ pub fn linear_to_alaw(sample: i16) -> u8 {
     (sign | encoded) ^ 0x55
 }
 
+/// Transcodes one G.711 byte between µ-law and A-law (`to_alaw`: µ-law in, A-law out), through
+/// tables built once.
+pub fn transcode(byte: u8, to_alaw: bool) -> u8 {
+    static TABLES: std::sync::OnceLock<([u8; 256], [u8; 256])> = std::sync::OnceLock::new();
+    let (u_to_a, a_to_u) = TABLES.get_or_init(|| {
+        let mut u_to_a = [0u8; 256];
+        let mut a_to_u = [0u8; 256];
+        for byte in 0..=255u8 {
+            u_to_a[usize::from(byte)] = linear_to_alaw(ulaw_to_linear(byte));
+            a_to_u[usize::from(byte)] = linear_to_ulaw(alaw_to_linear(byte));
+        }
+        (u_to_a, a_to_u)
+    });
+    if to_alaw {
+        u_to_a[usize::from(byte)]
+    } else {
+        a_to_u[usize::from(byte)]
+    }
+}
+
 /// The DTMF rows and columns (Hz) and the keypad.
 const ROWS: [f32; 4] = [697.0, 770.0, 852.0, 941.0];
 const COLUMNS: [f32; 4] = [1209.0, 1336.0, 1477.0, 1633.0];
@@ -196,6 +216,26 @@ mod tests {
                 (*seed as f32 / u32::MAX as f32 - 0.5) * 2.0 * amplitude
             })
             .collect()
+    }
+
+    #[test]
+    fn transcoding_keeps_the_signal() {
+        for byte in 0..=255u8 {
+            let there = ulaw_to_linear(byte);
+            let back = alaw_to_linear(transcode(byte, true));
+            // A-law's step at that level bounds the error.
+            let step = (i32::from(there).abs() / 16).max(16);
+            assert!(
+                (i32::from(there) - i32::from(back)).abs() <= step,
+                "{byte:#x}"
+            );
+        }
+        assert_eq!(transcode(0xd5, false), 0xfe, "A-law +8 is µ-law +8");
+        assert_eq!(
+            transcode(0xff, true),
+            0xd5,
+            "µ-law zero is A-law's smallest positive"
+        );
     }
 
     #[test]

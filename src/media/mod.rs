@@ -81,6 +81,9 @@ pub struct Side {
     pub info_dtmf: bool,
     /// The G.711 payload type the leg's SDP lists first (what generated audio toward it uses).
     pub audio_pt: Option<u8>,
+    /// The G.711 variants the leg's SDP accepts (PCMU, PCMA): the relay transcodes toward a
+    /// leg that takes only the other one.
+    pub accepts: (bool, bool),
 }
 
 /// An SRTP crypto suite Bridgehead terminates (SDES, RFC 4568).
@@ -273,6 +276,23 @@ pub fn anchor(
         from.remote_rtcp = remote_rtcp;
         from.dtmf_pt = dtmf_pt;
         from.audio_pt = audio_pt;
+        let has = |name: &str| {
+            media
+                .codecs()
+                .iter()
+                .any(|c| c.name.eq_ignore_ascii_case(name))
+        };
+        from.accepts = (has("PCMU"), has("PCMA"));
+        // Toward a leg that takes only the other G.711: rename it (the relay transcodes).
+        match (from.accepts, to.accepts) {
+            ((false, true), (true, false)) => {
+                media.replace_codec("PCMA", "0", "PCMU/8000");
+            }
+            ((true, false), (false, true)) => {
+                media.replace_codec("PCMU", "8", "PCMA/8000");
+            }
+            _ => {}
+        }
         from.sends = sends;
         from.remote_key = if media.proto().contains("SAVP") {
             media.crypto().iter().find_map(SrtpKey::from_crypto)

@@ -169,6 +169,8 @@ struct Leg {
     pcm: Vec<i16>,
     /// What Bridgehead plays toward the leg, if anything.
     player: Option<Player>,
+    /// Reused buffer for packets from the leg that must be transcoded.
+    scratch: Vec<u8>,
 }
 
 /// Sender reports remembered per leg (reports come every few seconds).
@@ -217,6 +219,7 @@ impl Leg {
             detector: dsp::DtmfDetector::default(),
             pcm: Vec::with_capacity(320),
             player: None,
+            scratch: Vec::with_capacity(2048),
         })
     }
 
@@ -443,6 +446,32 @@ async fn relay_stream(
     }
 }
 
+/// Whether an RTP packet must be transcoded toward a leg: `Some(true)` µ-law to A-law,
+/// `Some(false)` A-law to µ-law.
+fn transcoding(packet: &[u8], rtcp: bool, to: &Side) -> Option<bool> {
+    if rtcp {
+        return None;
+    }
+    match (packet.get(1).map(|b| b & 0x7f)?, to.accepts) {
+        (0, (false, true)) => Some(true),
+        (8, (true, false)) => Some(false),
+        _ => None,
+    }
+}
+
+/// Writes the transcoded packet into `out` (header kept, payload type changed).
+fn transcode_into(packet: &[u8], to_alaw: bool, out: &mut Vec<u8>) {
+    out.clear();
+    let Some((_, _, payload)) = rtp_parts(packet) else {
+        out.extend_from_slice(packet);
+        return;
+    };
+    let header = packet.len() - payload.len();
+    out.extend_from_slice(&packet[..header]);
+    out[1] = (out[1] & 0x80) | if to_alaw { 8 } else { 0 };
+    out.extend(payload.iter().map(|b| dsp::transcode(*b, to_alaw)));
+}
+
 /// Sends the leg the next 20 ms of what Bridgehead plays it.
 async fn play(leg: &mut Leg, side: &Side, stats: &RelayStats) {
     let Some(player) = &mut leg.player else {
@@ -547,6 +576,14 @@ async fn forward(
             return event;
         }
     }
+    // G.711 toward a leg that takes only the other variant is transcoded.
+    let packet = match transcoding(packet, rtcp, to_side) {
+        Some(to_alaw) => {
+            transcode_into(packet, to_alaw, &mut from.scratch);
+            &from.scratch[..]
+        }
+        None => packet,
+    };
     // Where the other leg wants it: where its media comes from, else what its SDP says.
     let muxed = to_side.remote_rtcp.is_some() && to_side.remote_rtcp == to_side.remote;
     let (use_rtcp_socket, destination) = if rtcp && !muxed {
@@ -688,6 +725,31 @@ mod tests {
             "a leg that does not send never times out"
         );
         assert_eq!(leg.timeout(&side, 0), None, "0 turns it off");
+    }
+
+    #[test]
+    fn g711_is_transcoded_only_toward_a_leg_that_needs_it() {
+        let pcma_only = Side {
+            accepts: (false, true),
+            ..Side::default()
+        };
+        let both = Side {
+            accepts: (true, true),
+            ..Side::default()
+        };
+        let mut packet = vec![0x80, 0x80, 0, 1, 0, 0, 0, 160, 1, 2, 3, 4];
+        packet.extend([0xff; 160]);
+        assert_eq!(transcoding(&packet, false, &pcma_only), Some(true));
+        assert_eq!(transcoding(&packet, false, &both), None);
+        assert_eq!(transcoding(&packet, true, &pcma_only), None, "not RTCP");
+        let mut out = Vec::new();
+        transcode_into(&packet, true, &mut out);
+        assert_eq!(out[1], 0x80 | 8, "marker kept, PCMA");
+        assert_eq!(&out[2..12], &packet[2..12]);
+        assert!(
+            out[12..].iter().all(|b| *b == 0xd5),
+            "µ-law silence is A-law silence"
+        );
     }
 
     #[test]

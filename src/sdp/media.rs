@@ -323,6 +323,36 @@ impl Media {
         Ok(removed)
     }
 
+    /// Replaces the first codec matching `selector` by payload type `pt` described by `rtpmap`
+    /// (e.g. `PCMA/8000`), in place in the m= line; its rtpmap, fmtp and rtcp-fb lines go. Returns
+    /// false when no codec matched or the values are not tokens.
+    pub fn replace_codec(&mut self, selector: &str, pt: &str, rtpmap: &str) -> bool {
+        let token = |v: &str| {
+            !v.is_empty()
+                && !v
+                    .bytes()
+                    .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        };
+        if !token(pt) || !token(rtpmap) {
+            return false;
+        }
+        let Some(index) = self.matching(&[selector]).iter().position(|m| *m) else {
+            return false;
+        };
+        let old = std::mem::replace(&mut self.formats[index], pt.to_string());
+        if !self.formats.contains(&old) {
+            self.lines.retain(|l| {
+                let Some((name, Some(value))) = l.attr() else {
+                    return true;
+                };
+                !(matches!(name, "rtpmap" | "fmtp" | "rtcp-fb")
+                    && pt_and_rest(value).is_some_and(|(p, _)| p == old))
+            });
+        }
+        self.rebuild_m();
+        attr_add(&mut self.lines, "rtpmap", Some(&format!("{pt} {rtpmap}"))).is_ok()
+    }
+
     /// Puts the codecs matching the selectors first, in selector order, and keeps the rest in
     /// their order; returns how many matched.
     pub fn reorder_codecs(&mut self, selectors: &[&str]) -> usize {
