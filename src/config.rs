@@ -90,6 +90,8 @@ pub struct Trunk {
     pub codecs: Vec<String>,
     /// How the trunk carries DTMF.
     pub dtmf: DtmfMode,
+    /// Send comfort noise (RFC 3389) toward the trunk while the other leg is silent.
+    pub comfort_noise: bool,
 }
 
 /// Which headers of the other leg cross onto a trunk's leg. B2BUA-owned headers never cross;
@@ -308,6 +310,8 @@ struct RawTrunk {
     codecs: Vec<String>,
     #[serde(default)]
     dtmf: DtmfMode,
+    #[serde(default)]
+    comfort_noise: bool,
 }
 
 /// How a trunk carries DTMF.
@@ -548,6 +552,7 @@ impl Profile {
                 media_dscp: raw.media_dscp,
                 codecs: raw.codecs.clone(),
                 dtmf: raw.dtmf,
+                comfort_noise: raw.comfort_noise,
                 on_script_error,
                 params,
                 listener,

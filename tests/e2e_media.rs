@@ -880,3 +880,76 @@ fn pcmu_from_the_core_is_transcoded_to_pcma_for_teams_and_back() {
         .expect("200 at the core");
     assert!(answer.body().contains("RTP/AVP 0 101"), "{}", answer.text);
 }
+
+#[test]
+fn teams_hears_comfort_noise_while_the_core_is_silent() {
+    let base = media_range();
+    let profile = profile(base).replace(
+        "    route: core\n",
+        "    route: core\n    comfort_noise: true\n",
+    );
+    let sbc = Sbc::start(&profile);
+    let dir = scratch_dir("media-cn");
+    let caller_rtp = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
+    let callee_rtp = UdpSocket::bind("127.0.0.1:0").expect("callee rtp");
+    let callee_port = sbc.port("teams_peer");
+    let rtp_port = callee_rtp.local_addr().expect("addr").port();
+    let mut args = callee_args(callee_port, rtp_port, 1);
+    args[1] = scenario("callee_cn");
+    let mut callee = Sipp::start(&dir, "callee", &args);
+    wait_listening(callee_port, Transport::Udp);
+    let caller_args: Vec<String> = [
+        "-sf",
+        &scenario("caller_media"),
+        &format!("127.0.0.1:{}", sbc.port("core")),
+        "-i",
+        "127.0.0.1",
+        "-p",
+        &free_udp_port().to_string(),
+        "-set",
+        "rtp_port",
+        &caller_rtp.local_addr().expect("addr").port().to_string(),
+        "-m",
+        "1",
+        "-d",
+        "3000",
+        "-timeout",
+        "30s",
+        "-timeout_error",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut caller = Sipp::start(&dir, "caller", &caller_args);
+    std::thread::sleep(Duration::from_millis(500));
+    // The core is silent: Teams gets SID packets (payload type 13, one byte of level).
+    let silent = receive(&callee_rtp, 3, Duration::from_secs(2));
+    // The core talks: its audio goes through, and no comfort noise meanwhile.
+    for seq in 0..20 {
+        caller_rtp
+            .send_to(&rtp(seq, 8), ("127.0.0.1", base + 2))
+            .expect("send");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let talking = receive(&callee_rtp, 20, Duration::from_secs(1));
+
+    let end = Instant::now() + Duration::from_secs(30);
+    let (caller_status, callee_status) = (caller.wait(end), callee.wait(end));
+    let context = || format!("{}\n{}\n{}", caller.report(), callee.report(), sbc.log());
+    assert_eq!(caller_status, Some(0), "caller\n{}", context());
+    assert_eq!(callee_status, Some(0), "callee\n{}", context());
+    assert_eq!(silent.len(), 3, "comfort noise\n{}", context());
+    assert!(
+        silent
+            .iter()
+            .all(|(pt, _, from)| *pt == 13 && from.port() == base),
+        "{silent:?}"
+    );
+    let audio = talking.iter().filter(|(pt, _, _)| *pt == 8).count();
+    assert_eq!(audio, 20, "{talking:?}");
+    let first_audio = talking.iter().position(|(pt, _, _)| *pt == 8).unwrap_or(0);
+    assert!(
+        talking[first_audio..].iter().all(|(pt, _, _)| *pt == 8),
+        "no comfort noise while audio flows: {talking:?}"
+    );
+}

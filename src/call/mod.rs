@@ -1777,6 +1777,8 @@ impl Engine {
         let policy = (trunk.srtp, trunk.media_dscp);
         let dtmf = |trunk: TrunkId| call.rules.profile.trunks[trunk].dtmf;
         let (a_dtmf, b_dtmf) = (dtmf(call.a.trunk), dtmf(call.b.trunk));
+        let noise = |trunk: TrunkId| call.rules.profile.trunks[trunk].comfort_noise;
+        let (a_noise, b_noise) = (noise(call.a.trunk), noise(call.b.trunk));
         match crate::media::anchor(
             sdp,
             &mut call.streams,
@@ -1792,6 +1794,8 @@ impl Engine {
                     stream.b.inband = b_dtmf == DtmfMode::Inband;
                     stream.a.info_dtmf = a_dtmf == DtmfMode::Info;
                     stream.b.info_dtmf = b_dtmf == DtmfMode::Info;
+                    stream.a.comfort_noise = a_noise;
+                    stream.b.comfort_noise = b_noise;
                 }
                 for index in changed {
                     self.media_commands.push_back(MediaCommand::Stream {

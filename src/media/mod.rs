@@ -84,6 +84,10 @@ pub struct Side {
     /// The G.711 variants the leg's SDP accepts (PCMU, PCMA): the relay transcodes toward a
     /// leg that takes only the other one.
     pub accepts: (bool, bool),
+    /// The leg's comfort noise payload type (RFC 3389 `CN` in its SDP).
+    pub cn_pt: Option<u8>,
+    /// The leg's trunk wants comfort noise while the other leg is silent.
+    pub comfort_noise: bool,
 }
 
 /// An SRTP crypto suite Bridgehead terminates (SDES, RFC 4568).
@@ -283,6 +287,11 @@ pub fn anchor(
                 .any(|c| c.name.eq_ignore_ascii_case(name))
         };
         from.accepts = (has("PCMU"), has("PCMA"));
+        from.cn_pt = media
+            .codecs()
+            .iter()
+            .find(|c| c.name.eq_ignore_ascii_case("CN"))
+            .and_then(|c| c.pt.parse::<u8>().ok());
         // Toward a leg that takes only the other G.711: rename it (the relay transcodes).
         match (from.accepts, to.accepts) {
             ((false, true), (true, false)) => {

@@ -171,7 +171,16 @@ struct Leg {
     player: Option<Player>,
     /// Reused buffer for packets from the leg that must be transcoded.
     scratch: Vec<u8>,
+    /// When media was last sent toward the leg (relayed, played or comfort noise).
+    last_sent: tokio::time::Instant,
+    /// Comfort noise toward the leg: its own RTP stream (sequence number).
+    cn_seq: u16,
 }
+
+/// How often comfort noise is sent, and after how much silence it starts.
+const CN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+/// The noise level of the SID packets Bridgehead sends: -70 dBov (RFC 3389).
+const CN_LEVEL: u8 = 70;
 
 /// Sender reports remembered per leg (reports come every few seconds).
 const REPORTS_KEPT: usize = 8;
@@ -220,6 +229,8 @@ impl Leg {
             pcm: Vec::with_capacity(320),
             player: None,
             scratch: Vec::with_capacity(2048),
+            last_sent: tokio::time::Instant::now(),
+            cn_seq: port,
         })
     }
 
@@ -389,7 +400,8 @@ async fn relay_stream(
     let mut from_b = [0u8; 2048];
     let mut rtcp_a = [0u8; 2048];
     let mut rtcp_b = [0u8; 2048];
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    // Timeouts and comfort noise (a SID every 200 ms while a leg hears nothing).
+    let mut tick = tokio::time::interval(CN_INTERVAL);
     let mut frames = tokio::time::interval(std::time::Duration::from_millis(20));
     let mut seed = u32::from(stream.a.local) << 16 | u32::from(stream.b.local);
     loop {
@@ -424,6 +436,8 @@ async fn relay_stream(
                 None
             }
             _ = tick.tick() => {
+                comfort_noise(&mut a, &sides.0, &stats).await;
+                comfort_noise(&mut b, &sides.1, &stats).await;
                 a.timeout(&sides.0, settings.rtp_timeout)
                     .or_else(|| b.timeout(&sides.1, settings.rtp_timeout))
             }
@@ -472,6 +486,40 @@ fn transcode_into(packet: &[u8], to_alaw: bool, out: &mut Vec<u8>) {
     out.extend(payload.iter().map(|b| dsp::transcode(*b, to_alaw)));
 }
 
+/// Sends a comfort noise SID (RFC 3389) toward a leg that wants it and heard nothing for a
+/// while.
+async fn comfort_noise(leg: &mut Leg, side: &Side, stats: &RelayStats) {
+    let (Some(pt), true) = (side.cn_pt, side.comfort_noise) else {
+        return;
+    };
+    if leg.last_sent.elapsed() < CN_INTERVAL {
+        return;
+    }
+    let Some(destination) = leg.latched.or(side.remote) else {
+        return;
+    };
+    let mut packet = vec![0x80, pt];
+    packet.extend_from_slice(&leg.cn_seq.to_be_bytes());
+    packet.extend_from_slice(&(u32::from(leg.cn_seq) * 1600).to_be_bytes());
+    packet.extend_from_slice(&(0xc0de_0000 | u32::from(side.local)).to_be_bytes());
+    packet.push(CN_LEVEL);
+    leg.cn_seq = leg.cn_seq.wrapping_add(1);
+    let packet = match &mut leg.encrypt {
+        Some((_, context)) => match context.encrypt_rtp(&packet) {
+            Ok(secret) => secret.to_vec(),
+            Err(_) => {
+                stats.srtp_failures.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        },
+        None => packet,
+    };
+    if leg.rtp.send_to(&packet, destination).await.is_ok() {
+        leg.last_sent = tokio::time::Instant::now();
+        stats.packets.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Sends the leg the next 20 ms of what Bridgehead plays it.
 async fn play(leg: &mut Leg, side: &Side, stats: &RelayStats) {
     let Some(player) = &mut leg.player else {
@@ -497,6 +545,7 @@ async fn play(leg: &mut Leg, side: &Side, stats: &RelayStats) {
     };
     if let Some(destination) = leg.latched.or(side.remote) {
         if leg.rtp.send_to(&packet, destination).await.is_ok() {
+            leg.last_sent = tokio::time::Instant::now();
             stats.packets.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -613,6 +662,9 @@ async fn forward(
     let socket = if use_rtcp_socket { &to.rtcp } else { &to.rtp };
     if let Some(destination) = destination {
         if socket.send_to(packet, destination).await.is_ok() {
+            if !rtcp {
+                to.last_sent = tokio::time::Instant::now();
+            }
             stats.packets.fetch_add(1, Ordering::Relaxed);
             stats
                 .bytes
