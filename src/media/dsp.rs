@@ -104,12 +104,12 @@ pub fn dtmf_frequencies(digit: char) -> Option<(f32, f32)> {
     })
 }
 
-/// The power of one frequency in a block of samples (Goertzel).
-fn goertzel(samples: &[i16], frequency: f32, rate: f32) -> f32 {
+/// The power of one frequency in a block of samples (Goertzel), around their mean `offset`.
+fn goertzel(samples: &[i16], frequency: f32, rate: f32, offset: f32) -> f32 {
     let coefficient = 2.0 * (2.0 * PI * frequency / rate).cos();
     let (mut s1, mut s2) = (0.0f32, 0.0f32);
     for sample in samples {
-        let s0 = f32::from(*sample) + coefficient * s1 - s2;
+        let s0 = f32::from(*sample) - offset + coefficient * s1 - s2;
         s2 = s1;
         s1 = s0;
     }
@@ -159,12 +159,17 @@ fn detect(frame: &[i16]) -> Option<char> {
     if frame.is_empty() {
         return None;
     }
-    let energy: f32 = frame.iter().map(|s| f32::from(*s) * f32::from(*s)).sum();
+    // Some sources carry a DC offset: measure everything around the mean.
+    let mean = frame.iter().map(|s| f32::from(*s)).sum::<f32>() / frame.len() as f32;
+    let energy: f32 = frame
+        .iter()
+        .map(|s| (f32::from(*s) - mean) * (f32::from(*s) - mean))
+        .sum();
     if energy / (frame.len() as f32) < MIN_ENERGY {
         return None;
     }
-    let rows = ROWS.map(|f| goertzel(frame, f, RATE));
-    let columns = COLUMNS.map(|f| goertzel(frame, f, RATE));
+    let rows = ROWS.map(|f| goertzel(frame, f, RATE, mean));
+    let columns = COLUMNS.map(|f| goertzel(frame, f, RATE, mean));
     let strongest = |powers: &[f32; 4]| {
         let (index, power) =
             powers.iter().enumerate().fold(
@@ -340,8 +345,8 @@ mod tests {
     #[test]
     fn generated_tones_have_their_frequencies() {
         let samples = tones(&[425.0], &[10000.0], 800, 0);
-        let on = goertzel(&samples, 425.0, RATE);
-        let off = goertzel(&samples, 1000.0, RATE);
+        let on = goertzel(&samples, 425.0, RATE, 0.0);
+        let off = goertzel(&samples, 1000.0, RATE, 0.0);
         assert!(on > 1000.0 * off, "{on} vs {off}");
     }
 }

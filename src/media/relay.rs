@@ -216,7 +216,9 @@ impl Leg {
         Ok(Leg {
             name,
             rtp: UdpSocket::bind((address, port)).await?,
-            rtcp: UdpSocket::bind((address, port.wrapping_add(1))).await?,
+            // Port 0 (tests): any free ports.
+            rtcp: UdpSocket::bind((address, if port == 0 { 0 } else { port.wrapping_add(1) }))
+                .await?,
             latched: None,
             latched_rtcp: None,
             last_rtp: tokio::time::Instant::now(),
@@ -802,6 +804,66 @@ mod tests {
             out[12..].iter().all(|b| *b == 0xd5),
             "µ-law silence is A-law silence"
         );
+    }
+
+    /// The RTP of the Asterisk testsuite's DTMF capture (Linux cooked, RTP only): PCMU audio
+    /// with RFC 2833 events for the digits 2013785496, and the same digits as tones in the audio
+    /// (with a large DC offset).
+    fn asterisk_dtmf_rtp() -> Vec<Vec<u8>> {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/pcap/dtmf-2013785496-ulaw.pcap"
+        );
+        let file = std::fs::File::open(path).expect("capture");
+        let mut reader = pcap_file::pcap::PcapReader::new(file).expect("pcap");
+        let mut packets = Vec::new();
+        while let Some(Ok(packet)) = reader.next_packet() {
+            // 16-byte Linux cooked header, then IP.
+            let Some(ip) = packet.data.get(16..) else {
+                continue;
+            };
+            if let Ok(sliced) = etherparse::SlicedPacket::from_ip(ip) {
+                if let Some(etherparse::TransportSlice::Udp(udp)) = sliced.transport {
+                    packets.push(udp.payload().to_vec());
+                }
+            }
+        }
+        packets
+    }
+
+    #[tokio::test]
+    async fn asterisk_capture_digits_are_each_reported_once_in_order_both_ways() {
+        let packets = asterisk_dtmf_rtp();
+        assert!(packets.len() > 900, "{} packets", packets.len());
+        let side = Side {
+            dtmf_pt: Some(101),
+            inband: true,
+            ..Side::default()
+        };
+        let mut leg = Leg::bind("a", "127.0.0.1".parse().unwrap(), 0)
+            .await
+            .expect("bind");
+        let digits: String = packets
+            .iter()
+            .filter_map(|p| leg.digit(p, &side))
+            .filter_map(|event| match event {
+                MediaEvent::Dtmf { digit, .. } => Some(digit),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(digits, "2013785496");
+        let mut leg = Leg::bind("a", "127.0.0.1".parse().unwrap(), 0)
+            .await
+            .expect("bind");
+        let inband: String = packets
+            .iter()
+            .filter_map(|p| leg.inband_digit(p, &side))
+            .filter_map(|event| match event {
+                MediaEvent::Dtmf { digit, .. } => Some(digit),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(inband, "2013785496", "the same digits, heard in the audio");
     }
 
     #[test]
