@@ -762,15 +762,17 @@ fn rules_play_ringback_and_send_dtmf_through_the_relay() {
         .chunks(4)
         .map(|ends| ends[0])
         .collect();
-    // The caller hears ringback (PCMA) until the callee's own media arrives.
-    let ringback = receive(&caller_rtp, 10, Duration::from_secs(2));
+    // The caller hears ringback (PCMA) until the callee's own media arrives: everything queued
+    // so far is ringback.
+    let ringback = receive(&caller_rtp, 10_000, Duration::from_millis(300));
+    // Payload type 101 marks the callee's packets (its PCMU would reach the PCMA-only caller
+    // transcoded, looking like ringback).
     for seq in 0..5 {
         callee_rtp
-            .send_to(&rtp(seq, 0), ("127.0.0.1", base))
+            .send_to(&rtp(seq, 101), ("127.0.0.1", base))
             .expect("send");
     }
-    std::thread::sleep(Duration::from_millis(200));
-    let after = receive(&caller_rtp, 40, Duration::from_millis(500));
+    let after = receive(&caller_rtp, 10_000, Duration::from_millis(600));
 
     let end = Instant::now() + Duration::from_secs(30);
     let (caller_status, callee_status) = (caller.wait(end), callee.wait(end));
@@ -778,17 +780,23 @@ fn rules_play_ringback_and_send_dtmf_through_the_relay() {
     assert_eq!(caller_status, Some(0), "caller\n{}", context());
     assert_eq!(callee_status, Some(0), "callee\n{}", context());
     assert_eq!(digits, [1, 2], "events {events:?}\n{}", context());
-    assert_eq!(ringback.len(), 10, "ringback\n{}", context());
+    assert!(
+        ringback.len() >= 10,
+        "ringback {}\n{}",
+        ringback.len(),
+        context()
+    );
     assert!(ringback
         .iter()
         .all(|(pt, _, from)| *pt == 8 && from.port() == base + 2));
     assert!(
-        after.iter().any(|(pt, _, _)| *pt == 0),
-        "the callee's media got through"
+        after.iter().any(|(pt, _, _)| *pt == 101),
+        "the callee's media got through: {after:?} ringback {}",
+        ringback.len()
     );
-    let last_real = after.iter().rposition(|(pt, _, _)| *pt == 0).unwrap_or(0);
+    let first_real = after.iter().position(|(pt, _, _)| *pt == 101).unwrap_or(0);
     assert!(
-        after[last_real..].iter().all(|(pt, _, _)| *pt != 8),
+        after[first_real..].iter().all(|(pt, _, _)| *pt != 8),
         "ringback stopped once real media flowed: {after:?}"
     );
 }
