@@ -133,6 +133,33 @@ fn receive(socket: &UdpSocket, count: usize, wait: Duration) -> Vec<(u8, u16, So
     out
 }
 
+/// A SIPp caller placing one call into the core listener with an SDP naming `rtp` (a test
+/// socket), talking for `duration_ms`.
+fn media_caller(sbc: &Sbc, name: &str, rtp: &UdpSocket, duration_ms: u32) -> Vec<String> {
+    [
+        "-sf",
+        &scenario(name),
+        &format!("127.0.0.1:{}", sbc.port("core")),
+        "-i",
+        "127.0.0.1",
+        "-p",
+        &free_udp_port().to_string(),
+        "-set",
+        "rtp_port",
+        &rtp.local_addr().expect("addr").port().to_string(),
+        "-m",
+        "1",
+        "-d",
+        &duration_ms.to_string(),
+        "-timeout",
+        "30s",
+        "-timeout_error",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 fn callee_args(port: u16, rtp_port: u16, calls: u32) -> Vec<String> {
     [
         "-sf",
@@ -177,28 +204,7 @@ fn rtp_and_rtcp_flow_both_ways_through_bridgehead_ports_and_stop_at_bye() {
         &callee_args(callee_port, callee_rtp_port, 1),
     );
     wait_listening(callee_port, Transport::Udp);
-    let caller_args: Vec<String> = [
-        "-sf",
-        &scenario("caller_media"),
-        &format!("127.0.0.1:{}", sbc.port("core")),
-        "-i",
-        "127.0.0.1",
-        "-p",
-        &free_udp_port().to_string(),
-        "-set",
-        "rtp_port",
-        &caller_rtp.local_addr().expect("addr").port().to_string(),
-        "-m",
-        "1",
-        "-d",
-        "2500",
-        "-timeout",
-        "30s",
-        "-timeout_error",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let caller_args = media_caller(&sbc, "caller_media", &caller_rtp, 2500);
     let mut caller = Sipp::start(&dir, "caller", &caller_args);
 
     // One shard: the offer to the callee took the first port pair, the answer to the caller
@@ -335,28 +341,7 @@ fn rfc4733_digits_and_rtcp_quality_reach_the_rules() {
     let rtp_port = callee_rtp.local_addr().expect("addr").port();
     let mut callee = Sipp::start(&dir, "callee", &callee_args(callee_port, rtp_port, 1));
     wait_listening(callee_port, Transport::Udp);
-    let caller_args: Vec<String> = [
-        "-sf",
-        &scenario("caller_media"),
-        &format!("127.0.0.1:{}", sbc.port("core")),
-        "-i",
-        "127.0.0.1",
-        "-p",
-        &free_udp_port().to_string(),
-        "-set",
-        "rtp_port",
-        &caller_rtp.local_addr().expect("addr").port().to_string(),
-        "-m",
-        "1",
-        "-d",
-        "2000",
-        "-timeout",
-        "30s",
-        "-timeout_error",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let caller_args = media_caller(&sbc, "caller_media", &caller_rtp, 2000);
     let mut caller = Sipp::start(&dir, "caller", &caller_args);
     std::thread::sleep(Duration::from_millis(800));
     let toward_caller = ("127.0.0.1", base + 2);
@@ -515,28 +500,7 @@ fn plain_rtp_from_the_core_is_srtp_toward_teams_and_back() {
     args.extend(["-set".to_string(), "key".to_string(), callee_key.clone()]);
     let mut callee = Sipp::start(&dir, "callee", &args);
     wait_listening(callee_port, Transport::Udp);
-    let caller_args: Vec<String> = [
-        "-sf",
-        &scenario("caller_media"),
-        &format!("127.0.0.1:{}", sbc.port("core")),
-        "-i",
-        "127.0.0.1",
-        "-p",
-        &free_udp_port().to_string(),
-        "-set",
-        "rtp_port",
-        &caller_rtp.local_addr().expect("addr").port().to_string(),
-        "-m",
-        "1",
-        "-d",
-        "2500",
-        "-timeout",
-        "30s",
-        "-timeout_error",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let caller_args = media_caller(&sbc, "caller_media", &caller_rtp, 2500);
     let mut caller = Sipp::start(&dir, "caller", &caller_args);
     std::thread::sleep(Duration::from_millis(800));
     let toward_caller = ("127.0.0.1", base + 2);
@@ -637,28 +601,7 @@ fn inband_tones_from_the_core_are_heard_once_each() {
     let rtp_port = callee_rtp.local_addr().expect("addr").port();
     let mut callee = Sipp::start(&dir, "callee", &callee_args(callee_port, rtp_port, 1));
     wait_listening(callee_port, Transport::Udp);
-    let caller_args: Vec<String> = [
-        "-sf",
-        &scenario("caller_media"),
-        &format!("127.0.0.1:{}", sbc.port("core")),
-        "-i",
-        "127.0.0.1",
-        "-p",
-        &free_udp_port().to_string(),
-        "-set",
-        "rtp_port",
-        &caller_rtp.local_addr().expect("addr").port().to_string(),
-        "-m",
-        "1",
-        "-d",
-        "2500",
-        "-timeout",
-        "30s",
-        "-timeout_error",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let caller_args = media_caller(&sbc, "caller_media", &caller_rtp, 2500);
     let mut caller = Sipp::start(&dir, "caller", &caller_args);
     std::thread::sleep(Duration::from_millis(800));
     // "7", "3" as PCMA audio: 100 ms tones, 60 ms silence, 20 ms packets.
@@ -715,28 +658,7 @@ fn rules_play_ringback_and_send_dtmf_through_the_relay() {
     let rtp_port = callee_rtp.local_addr().expect("addr").port();
     let mut callee = Sipp::start(&dir, "callee", &callee_args(callee_port, rtp_port, 1));
     wait_listening(callee_port, Transport::Udp);
-    let caller_args: Vec<String> = [
-        "-sf",
-        &scenario("caller_media"),
-        &format!("127.0.0.1:{}", sbc.port("core")),
-        "-i",
-        "127.0.0.1",
-        "-p",
-        &free_udp_port().to_string(),
-        "-set",
-        "rtp_port",
-        &caller_rtp.local_addr().expect("addr").port().to_string(),
-        "-m",
-        "1",
-        "-d",
-        "2500",
-        "-timeout",
-        "30s",
-        "-timeout_error",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let caller_args = media_caller(&sbc, "caller_media", &caller_rtp, 2500);
     let mut caller = Sipp::start(&dir, "caller", &caller_args);
 
     // The callee hears the two digits as RFC 4733 events (payload type 101 from its SDP).
@@ -817,28 +739,7 @@ fn pcmu_from_the_core_is_transcoded_to_pcma_for_teams_and_back() {
     let rtp_port = callee_rtp.local_addr().expect("addr").port();
     let mut callee = Sipp::start(&dir, "callee", &callee_args(callee_port, rtp_port, 1));
     wait_listening(callee_port, Transport::Udp);
-    let caller_args: Vec<String> = [
-        "-sf",
-        &scenario("caller_pcmu"),
-        &format!("127.0.0.1:{}", sbc.port("core")),
-        "-i",
-        "127.0.0.1",
-        "-p",
-        &free_udp_port().to_string(),
-        "-set",
-        "rtp_port",
-        &caller_rtp.local_addr().expect("addr").port().to_string(),
-        "-m",
-        "1",
-        "-d",
-        "2000",
-        "-timeout",
-        "30s",
-        "-timeout_error",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let caller_args = media_caller(&sbc, "caller_pcmu", &caller_rtp, 2000);
     let mut caller = Sipp::start(&dir, "caller", &caller_args);
     std::thread::sleep(Duration::from_millis(800));
     let payload: Vec<u8> = (0..160u16).map(|i| (i * 7 % 256) as u8).collect();
@@ -906,28 +807,7 @@ fn teams_hears_comfort_noise_while_the_core_is_silent() {
     args[1] = scenario("callee_cn");
     let mut callee = Sipp::start(&dir, "callee", &args);
     wait_listening(callee_port, Transport::Udp);
-    let caller_args: Vec<String> = [
-        "-sf",
-        &scenario("caller_media"),
-        &format!("127.0.0.1:{}", sbc.port("core")),
-        "-i",
-        "127.0.0.1",
-        "-p",
-        &free_udp_port().to_string(),
-        "-set",
-        "rtp_port",
-        &caller_rtp.local_addr().expect("addr").port().to_string(),
-        "-m",
-        "1",
-        "-d",
-        "3000",
-        "-timeout",
-        "30s",
-        "-timeout_error",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let caller_args = media_caller(&sbc, "caller_media", &caller_rtp, 3000);
     let mut caller = Sipp::start(&dir, "caller", &caller_args);
     std::thread::sleep(Duration::from_millis(500));
     // The core is silent: Teams gets SID packets (payload type 13, one byte of level).

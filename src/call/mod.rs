@@ -465,30 +465,15 @@ impl Engine {
         duration_ms: u32,
         now: Instant,
     ) {
-        let branch = self.new_branch();
-        let Some(call) = self.calls.get_mut(&key) else {
-            return;
-        };
         let to = from.other();
-        if call.rules.profile.trunks[call.leg(to).trunk].dtmf != crate::config::DtmfMode::Info
-            || call.leg(to).remote_tag.is_none()
-        {
-            return;
+        let wants_info = self.calls.get(&key).is_some_and(|call| {
+            call.rules.profile.trunks[call.leg(to).trunk].dtmf == crate::config::DtmfMode::Info
+        });
+        if wants_info {
+            let body = Bytes::from(format!("Signal={digit}\r\nDuration={duration_ms}\r\n"));
+            let body = Some(("application/dtmf-relay", body));
+            self.send_in_dialog(key, to, Method::Info, body, now);
         }
-        let dialog = call.leg_mut(to);
-        dialog.local_cseq += 1;
-        let dialog = call.leg(to);
-        let listener = &self.current.profile.listeners[dialog.peer.listener];
-        let via = via_value(listener, dialog.peer.transport, &branch);
-        let mut info = dialog_request(Method::Info, dialog, via, dialog.local_cseq, 70);
-        info.push_header(
-            HeaderName::ContentType,
-            "application/dtmf-relay".to_string(),
-        );
-        info.body = Bytes::from(format!("Signal={digit}\r\nDuration={duration_ms}\r\n"));
-        let (peer, trunk, script) = (dialog.peer, dialog.trunk, call.script);
-        let info = self.outgoing(Some(key), script, to, trunk, info);
-        self.start_client(info, peer, ClientOwner::Local, now);
     }
 
     /// Hands a rule's media action to the relay.
@@ -1479,6 +1464,19 @@ impl Engine {
 
     /// Sends a BYE on a leg (Bridgehead hangs up that side).
     fn send_bye(&mut self, key: CallKey, leg: Leg, now: Instant) {
+        self.send_in_dialog(key, leg, Method::Bye, None, now);
+    }
+
+    /// Sends a request of Bridgehead's own in the dialog of a leg (next CSeq), with an optional
+    /// body (content type, bytes). Nothing is sent before the dialog is established.
+    fn send_in_dialog(
+        &mut self,
+        key: CallKey,
+        leg: Leg,
+        method: Method,
+        body: Option<(&str, Bytes)>,
+        now: Instant,
+    ) {
         let branch = self.new_branch();
         let Some(call) = self.calls.get_mut(&key) else {
             return;
@@ -1491,10 +1489,14 @@ impl Engine {
         let dialog = call.leg(leg);
         let listener = &self.current.profile.listeners[dialog.peer.listener];
         let via = via_value(listener, dialog.peer.transport, &branch);
-        let bye = dialog_request(Method::Bye, dialog, via, dialog.local_cseq, 70);
+        let mut request = dialog_request(method, dialog, via, dialog.local_cseq, 70);
+        if let Some((content_type, bytes)) = body {
+            request.push_header(HeaderName::ContentType, content_type.to_string());
+            request.body = bytes;
+        }
         let (peer, trunk, script) = (dialog.peer, dialog.trunk, call.script);
-        let bye = self.outgoing(Some(key), script, leg, trunk, bye);
-        self.start_client(bye, peer, ClientOwner::Local, now);
+        let request = self.outgoing(Some(key), script, leg, trunk, request);
+        self.start_client(request, peer, ClientOwner::Local, now);
     }
 
     fn cancel_b_invite(&mut self, key: CallKey, now: Instant) {

@@ -494,32 +494,16 @@ async fn comfort_noise(leg: &mut Leg, side: &Side, stats: &RelayStats) {
     let (Some(pt), true) = (side.cn_pt, side.comfort_noise) else {
         return;
     };
-    if leg.last_sent.elapsed() < CN_INTERVAL {
+    if leg.last_sent.elapsed() < CN_INTERVAL || leg.latched.or(side.remote).is_none() {
         return;
     }
-    let Some(destination) = leg.latched.or(side.remote) else {
-        return;
-    };
     let mut packet = vec![0x80, pt];
     packet.extend_from_slice(&leg.cn_seq.to_be_bytes());
     packet.extend_from_slice(&(u32::from(leg.cn_seq) * 1600).to_be_bytes());
     packet.extend_from_slice(&(0xc0de_0000 | u32::from(side.local)).to_be_bytes());
     packet.push(CN_LEVEL);
     leg.cn_seq = leg.cn_seq.wrapping_add(1);
-    let packet = match &mut leg.encrypt {
-        Some((_, context)) => match context.encrypt_rtp(&packet) {
-            Ok(secret) => secret.to_vec(),
-            Err(_) => {
-                stats.srtp_failures.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-        },
-        None => packet,
-    };
-    if leg.rtp.send_to(&packet, destination).await.is_ok() {
-        leg.last_sent = tokio::time::Instant::now();
-        stats.packets.fetch_add(1, Ordering::Relaxed);
-    }
+    send_own(leg, side, packet, stats).await;
 }
 
 /// Sends the leg the next 20 ms of what Bridgehead plays it.
@@ -535,6 +519,15 @@ async fn play(leg: &mut Leg, side: &Side, stats: &RelayStats) {
             return;
         }
     };
+    send_own(leg, side, packet, stats).await;
+}
+
+/// Sends a packet Bridgehead made (a played sound, comfort noise) toward a leg: encrypted
+/// when the leg is SRTP, to where its media comes from.
+async fn send_own(leg: &mut Leg, side: &Side, packet: Vec<u8>, stats: &RelayStats) {
+    let Some(destination) = leg.latched.or(side.remote) else {
+        return;
+    };
     let packet = match &mut leg.encrypt {
         Some((_, context)) => match context.encrypt_rtp(&packet) {
             Ok(secret) => secret.to_vec(),
@@ -545,11 +538,9 @@ async fn play(leg: &mut Leg, side: &Side, stats: &RelayStats) {
         },
         None => packet,
     };
-    if let Some(destination) = leg.latched.or(side.remote) {
-        if leg.rtp.send_to(&packet, destination).await.is_ok() {
-            leg.last_sent = tokio::time::Instant::now();
-            stats.packets.fetch_add(1, Ordering::Relaxed);
-        }
+    if leg.rtp.send_to(&packet, destination).await.is_ok() {
+        leg.last_sent = tokio::time::Instant::now();
+        stats.packets.fetch_add(1, Ordering::Relaxed);
     }
 }
 
