@@ -97,6 +97,8 @@ pub fn run(profile: Profile) -> anyhow::Result<()> {
             reload_rx,
         ));
         tracing::info!(shards, profile = %profile.path.display(), "ready");
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         loop {
             tokio::select! {
@@ -106,6 +108,10 @@ pub fn run(profile: Profile) -> anyhow::Result<()> {
                 }
                 result = tokio::signal::ctrl_c() => {
                     result?;
+                    break;
+                }
+                _ = terminate.recv() => {
+                    tracing::info!("SIGTERM");
                     break;
                 }
             }

@@ -1262,31 +1262,8 @@ impl Engine {
                 self.end_call(key, "cancel", "a", now);
                 return;
             }
-            match self.lifecycle_hook(key, Hook::Failure, &msg) {
-                Some(RouteDecision::Route { trunk, peer, uri })
-                    if self.reroute(
-                        key,
-                        &Route {
-                            trunk,
-                            peer,
-                            uri: uri.clone(),
-                        },
-                        now,
-                    ) =>
-                {
-                    return;
-                }
-                Some(RouteDecision::Reject {
-                    status,
-                    reason,
-                    headers,
-                }) => {
-                    self.stats.calls_failed += 1;
-                    self.reject_call(key, status, &reason, headers, now);
-                    self.end_call(key, "rejected", "b", now);
-                    return;
-                }
-                _ => {}
+            if self.on_failure(key, &msg, "b", now) {
+                return;
             }
             self.stats.calls_failed += 1;
         }
@@ -1300,6 +1277,34 @@ impl Engine {
         self.relay_response_to(key, Leg::A, server, &msg, now);
         if status >= 300 {
             self.end_call(key, "rejected", "b", now);
+        }
+    }
+
+    /// `on_failure` for a callee's failure (`by`: who failed, for `on_call_end`): routes the call
+    /// again or answers the caller as the rule decided. False when the failure goes on to the
+    /// caller as it is.
+    fn on_failure(
+        &mut self,
+        key: CallKey,
+        failure: &Message,
+        by: &'static str,
+        now: Instant,
+    ) -> bool {
+        match self.lifecycle_hook(key, Hook::Failure, failure) {
+            Some(RouteDecision::Route { trunk, peer, uri }) => {
+                self.reroute(key, &Route { trunk, peer, uri }, now)
+            }
+            Some(RouteDecision::Reject {
+                status,
+                reason,
+                headers,
+            }) => {
+                self.stats.calls_failed += 1;
+                self.reject_call(key, status, &reason, headers, now);
+                self.end_call(key, "rejected", by, now);
+                true
+            }
+            None => false,
         }
     }
 
@@ -1380,6 +1385,15 @@ impl Engine {
             response.push_header(HeaderName::Allow, ALLOW.to_string());
         }
         copy_crossing(msg, &mut response);
+        if (300..400).contains(&status) {
+            // A redirect is only useful with its targets.
+            for contact in msg.headers_named(&HeaderName::Contact) {
+                response.push_header(
+                    HeaderName::Contact,
+                    String::from_utf8_lossy(contact).into_owned(),
+                );
+            }
+        }
         let (script, trunk) = (call.script, dialog.trunk);
         let offered = Some(!request.body.is_empty());
         let (response, _) =
@@ -1694,6 +1708,15 @@ impl Engine {
                 let canceled = call.canceled;
                 tracing::info!(call = %call.id, "no answer from the callee: 408");
                 if !canceled {
+                    // A callee that never answers is a failure like any other: on_failure
+                    // sees a 408 and may route the call again.
+                    let timeout = self
+                        .clients
+                        .get(&id)
+                        .map(|entry| response_to(&entry.request, 408, None, None));
+                    if timeout.is_some_and(|t| self.on_failure(key, &t, "sbc", now)) {
+                        return;
+                    }
                     self.stats.calls_failed += 1;
                     self.reply_local(key, Leg::A, server, 408, now);
                 }

@@ -4,7 +4,7 @@ local VERSION = "one"
 local rules = {}
 
 function rules.on_failure(call, resp)
-  if resp.status == 503 and not call.vars.failed_over then
+  if (resp.status == 503 or resp.status == 408) and not call.vars.failed_over then
     call.vars.failed_over = true
     call:route("backup")
   end
