@@ -1170,7 +1170,14 @@ impl Engine {
             return;
         }
         match owner {
-            ClientOwner::Invite(call) => self.on_b_invite_response(call, msg, now),
+            // Only the call's current B-leg INVITE counts (an abandoned one, after Timer C and a
+            // failover, still gets its 487 acknowledged by its transaction).
+            ClientOwner::Invite(call)
+                if self.calls.get(&call).is_some_and(|c| c.b_invite == id) =>
+            {
+                self.on_b_invite_response(call, msg, now)
+            }
+            ClientOwner::Invite(_) => {}
             ClientOwner::Relay { call, server } => self.on_relay_response(call, server, msg, now),
             ClientOwner::Local => {}
         }
@@ -1701,12 +1708,17 @@ impl Engine {
         };
         match owner {
             ClientOwner::Invite(key) => {
-                let Some(call) = self.calls.get(&key) else {
+                let Some(call) = self.calls.get(&key).filter(|c| c.b_invite == id) else {
                     return;
                 };
                 let server = call.a_invite;
                 let canceled = call.canceled;
+                let rang = call.b_provisional;
                 tracing::info!(call = %call.id, "no answer from the callee: 408");
+                if rang {
+                    // Timer C: the callee rang but never answered. Stop it ringing.
+                    self.cancel_b_invite(key, now);
+                }
                 if !canceled {
                     // A callee that never answers is a failure like any other: on_failure
                     // sees a 408 and may route the call again.

@@ -30,6 +30,9 @@ impl Default for TimerConfig {
     }
 }
 
+/// How long an INVITE may stay unanswered after a provisional response (Timer C, > 3 min).
+pub const TIMER_C: Duration = Duration::from_secs(181);
+
 /// The RFC 3261 timers (and L for the 2xx retransmission window of RFC 6026).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum TimerKind {
@@ -37,6 +40,9 @@ pub enum TimerKind {
     A,
     /// INVITE client timeout.
     B,
+    /// INVITE client: a provisional response came but no final one for 3 minutes (RFC 3261
+    /// §16.6 step 11, the proxy timer a B2BUA's callee side needs too).
+    C,
     /// INVITE client wait for response retransmissions.
     D,
     /// Non-INVITE client retransmit.
@@ -93,6 +99,8 @@ pub struct ClientTransaction {
     request: Bytes,
     interval: Duration,
     ack: Option<Bytes>,
+    /// When Timer C fires for real (each provisional pushes it back).
+    timer_c: Option<Instant>,
 }
 
 impl ClientTransaction {
@@ -120,6 +128,7 @@ impl ClientTransaction {
             request,
             interval: timers.t1,
             ack: None,
+            timer_c: None,
         }
     }
 
@@ -142,6 +151,11 @@ impl ClientTransaction {
             (ClientState::Terminated, _) => self.invite && (200..300).contains(&status),
             (ClientState::Calling | ClientState::Proceeding, 100..=199) => {
                 self.state = ClientState::Proceeding;
+                if self.invite {
+                    let deadline = now + TIMER_C;
+                    self.timer_c = Some(deadline);
+                    out.push(TxnAction::Arm(TimerKind::C, deadline));
+                }
                 if !self.invite && !self.reliable {
                     // Non-INVITE: keep retransmitting at T2 while proceeding (timer E).
                     self.interval = self.timers.t2;
@@ -199,6 +213,12 @@ impl ClientTransaction {
                     self.interval = (self.interval * 2).min(self.timers.t2);
                 }
                 out.push(TxnAction::Arm(TimerKind::E, now + self.interval));
+            }
+            // Timer C (only the last one armed counts): the owner gives up and CANCELs; the
+            // transaction stays to take the 487 and acknowledge it.
+            (TimerKind::C, ClientState::Proceeding) if self.timer_c.is_some_and(|c| now >= c) => {
+                self.timer_c = None;
+                out.push(TxnAction::Timeout);
             }
             (TimerKind::B, ClientState::Calling)
             | (TimerKind::F, ClientState::Calling)
