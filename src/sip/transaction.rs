@@ -458,6 +458,8 @@ mod tests {
         );
         out.clear();
         assert!(txn.on_response(180, now, Bytes::new, &mut out));
+        assert_eq!(out, [TxnAction::Arm(TimerKind::C, now + TIMER_C)]);
+        out.clear();
         assert!(txn.on_response(486, now, || Bytes::from_static(b"ACK"), &mut out));
         assert_eq!(out[0], TxnAction::Send(Bytes::from_static(b"ACK")));
         out.clear();
@@ -467,6 +469,42 @@ mod tests {
         out.clear();
         txn.on_timer(TimerKind::A, now, &mut out);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn timer_c_counts_from_the_last_provisional_and_keeps_the_transaction() {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        let mut txn = ClientTransaction::start(
+            true,
+            true,
+            Bytes::from_static(b"INVITE"),
+            TimerConfig::default(),
+            now,
+            &mut out,
+        );
+        txn.on_response(180, now, Bytes::new, &mut out);
+        let later = now + Duration::from_secs(60);
+        txn.on_response(183, later, Bytes::new, &mut out);
+        out.clear();
+        // The first Timer C is stale: the 183 pushed it back.
+        txn.on_timer(TimerKind::C, now + TIMER_C, &mut out);
+        assert!(out.is_empty());
+        txn.on_timer(TimerKind::C, later + TIMER_C, &mut out);
+        assert_eq!(out, [TxnAction::Timeout]);
+        assert_eq!(
+            txn.state(),
+            ClientState::Proceeding,
+            "waits for the 487 of the CANCEL"
+        );
+        out.clear();
+        assert!(txn.on_response(
+            487,
+            later + TIMER_C,
+            || Bytes::from_static(b"ACK"),
+            &mut out
+        ));
+        assert_eq!(out[0], TxnAction::Send(Bytes::from_static(b"ACK")));
     }
 
     #[test]
