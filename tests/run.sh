@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
-# Runs Bridgehead's whole test suite on a fresh machine: installs SIPp (Debian sip-tester) when
-# it is missing, then unit, engine, torture-corpus and end-to-end SIPp tests.
+# Runs Bridgehead's whole test suite on a fresh machine: installs the far ends when they are
+# missing, then unit, engine, torture-corpus and end-to-end tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v sipp >/dev/null 2>&1; then
-  echo "installing SIPp (Debian package sip-tester)..."
+# The far ends the end-to-end tests run: SIPp (sip-tester), baresip (baresip-core, an SRTP
+# peer in a network namespace made with iproute2's `ip netns`).
+missing=()
+command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
+command -v baresip >/dev/null 2>&1 || missing+=(baresip-core)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]}..."
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq --no-install-recommends sip-tester >/dev/null
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 exec cargo test --all-targets "$@"
