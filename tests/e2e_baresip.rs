@@ -396,6 +396,9 @@ fn a_call_from_baresip_over_srtp_reaches_the_core_as_plain_rtp_and_back() {
     let args: Vec<String> = [
         "-sf",
         &scenario("callee_media"),
+        "-set",
+        "te_pt",
+        "101",
         "-i",
         "127.0.0.1",
         "-p",

@@ -164,6 +164,9 @@ fn callee_args(port: u16, rtp_port: u16, calls: u32) -> Vec<String> {
     [
         "-sf",
         &scenario("callee_media"),
+        "-set",
+        "te_pt",
+        "101",
         "-i",
         "127.0.0.1",
         "-p",
@@ -386,6 +389,76 @@ fn rfc4733_digits_and_rtcp_quality_reach_the_rules() {
         "{}",
         bye.text
     );
+}
+
+#[test]
+fn telephone_events_are_renumbered_between_legs_101_and_96() {
+    let base = media_range();
+    let sbc = Sbc::start(&profile_with(base, "", &media_rules()));
+    let dir = scratch_dir("media-pt");
+    let caller_rtp = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
+    let callee_rtp = UdpSocket::bind("127.0.0.1:0").expect("callee rtp");
+    let callee_port = sbc.port("teams_peer");
+    let rtp_port = callee_rtp.local_addr().expect("addr").port();
+    let mut args = callee_args(callee_port, rtp_port, 1);
+    let te_pt = args.iter().position(|a| a == "te_pt").expect("te_pt") + 1;
+    args[te_pt] = "96".into();
+    let mut callee = Sipp::start(&dir, "callee", &args);
+    wait_listening(callee_port, Transport::Udp);
+    let caller_args = media_caller(&sbc, "caller_media", &caller_rtp, 2000);
+    let mut caller = Sipp::start(&dir, "caller", &caller_args);
+    std::thread::sleep(Duration::from_millis(800));
+    // The caller sends "4" on 101, as its offer said.
+    for packet in digit_packets(4, 10, 8000) {
+        caller_rtp
+            .send_to(&packet, ("127.0.0.1", base + 2))
+            .expect("send");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let at_callee = receive(&callee_rtp, 6, Duration::from_secs(3));
+    // The callee sends "7" with the offer's number (101), then "9" with its own (96).
+    let callee_digits =
+        digit_packets(7, 30, 16000)
+            .into_iter()
+            .chain(digit_packets(9, 40, 17600).into_iter().map(|mut p| {
+                p[1] = 96;
+                p
+            }));
+    for packet in callee_digits {
+        callee_rtp
+            .send_to(&packet, ("127.0.0.1", base))
+            .expect("send");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let at_caller = receive(&caller_rtp, 12, Duration::from_secs(3));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (caller_status, callee_status) = (caller.wait(deadline), callee.wait(deadline));
+    let context = || format!("{}\n{}\n{}", caller.report(), callee.report(), sbc.log());
+    assert_eq!(caller_status, Some(0), "caller\n{}", context());
+    assert_eq!(callee_status, Some(0), "callee\n{}", context());
+    let answer = caller
+        .trace()
+        .into_iter()
+        .find(|m| m.received && m.is_response(200))
+        .expect("200 at the caller");
+    assert!(
+        answer
+            .body()
+            .lines()
+            .any(|l| l.trim_end().ends_with("RTP/AVP 8 101"))
+            && answer.body().contains("a=rtpmap:101 telephone-event/8000"),
+        "the caller sees its own numbers: {}",
+        answer.text
+    );
+    let types = |got: &[(u8, u16, SocketAddr)]| got.iter().map(|p| p.0).collect::<Vec<_>>();
+    assert_eq!(types(&at_callee), [96; 6], "{}", context());
+    assert_eq!(types(&at_caller), [101; 12], "{}", context());
+    let bye = callee
+        .trace()
+        .into_iter()
+        .find(|m| m.received && m.is_request("BYE"))
+        .expect("BYE at the callee");
+    assert_eq!(bye.header("X-Digits"), Some("479"), "{}", bye.text);
 }
 
 #[test]

@@ -88,6 +88,131 @@ pub struct Side {
     pub cn_pt: Option<u8>,
     /// The leg's trunk wants comfort noise while the other leg is silent.
     pub comfort_noise: bool,
+    /// The payload types of the leg's own SDP: what it expects to receive.
+    pub own_pts: PayloadTypes,
+    /// The payload types of Bridgehead's SDP toward the leg: what it should send with
+    /// (RFC 3264); endpoints that send with their own numbers are understood too.
+    pub given_pts: PayloadTypes,
+}
+
+impl Side {
+    /// The codec of a payload type the leg sends: by the numbers Bridgehead gave it, else by
+    /// its own.
+    pub fn sent_codec(&self, pt: u8) -> Option<CodecId> {
+        self.given_pts.codec(pt).or_else(|| self.own_pts.codec(pt))
+    }
+}
+
+/// A codec as RTP knows it: encoding name (case-insensitive, the first 15 bytes) and clock
+/// rate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CodecId {
+    name: [u8; 15],
+    len: u8,
+    clock: u32,
+}
+
+impl CodecId {
+    /// The codec `name`/`clock`.
+    pub fn new(name: &str, clock: u32) -> CodecId {
+        let mut id = CodecId {
+            clock,
+            ..CodecId::default()
+        };
+        for (slot, byte) in id.name.iter_mut().zip(name.bytes()) {
+            *slot = byte.to_ascii_lowercase();
+            id.len += 1;
+        }
+        id
+    }
+
+    /// RFC 4733 events.
+    pub fn is_telephone_event(&self) -> bool {
+        &self.name[..usize::from(self.len)] == b"telephone-event"
+    }
+}
+
+/// How many payload types of one m= line Bridgehead keeps track of (the first ones).
+const MAX_PAYLOAD_TYPES: usize = 12;
+
+/// The payload types an SDP gave its codecs; fixed-size, so a [`Side`] stays `Copy` and a
+/// lookup never allocates.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PayloadTypes {
+    entries: [(u8, CodecId); MAX_PAYLOAD_TYPES],
+    len: u8,
+}
+
+impl PayloadTypes {
+    /// The payload types of an m= line (numbers above 127 and unnamed ones are left out).
+    pub fn of(media: &Media) -> PayloadTypes {
+        let mut table = PayloadTypes::default();
+        for codec in media.codecs() {
+            let Ok(pt) = codec.pt.parse::<u8>() else {
+                continue;
+            };
+            if pt > 127 || codec.name.is_empty() || usize::from(table.len) == MAX_PAYLOAD_TYPES {
+                continue;
+            }
+            table.entries[usize::from(table.len)] =
+                (pt, CodecId::new(&codec.name, codec.clock.unwrap_or(0)));
+            table.len += 1;
+        }
+        table
+    }
+
+    fn entries(&self) -> &[(u8, CodecId)] {
+        &self.entries[..usize::from(self.len)]
+    }
+
+    /// The codec on payload type `pt`.
+    pub fn codec(&self, pt: u8) -> Option<CodecId> {
+        self.entries()
+            .iter()
+            .find_map(|(p, codec)| (*p == pt).then_some(*codec))
+    }
+
+    /// The payload type of `codec`.
+    pub fn pt(&self, codec: CodecId) -> Option<u8> {
+        self.entries()
+            .iter()
+            .find_map(|(pt, c)| (*c == codec).then_some(*pt))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// The payload type each payload type of `from`'s packets has toward `to`: the number `to`'s
+/// own SDP gave the same codec, else unchanged (a G.711 the relay transcodes, a codec `to`
+/// did not list).
+pub fn payload_type_map(from: &Side, to: &Side) -> [u8; 128] {
+    let mut map = [0u8; 128];
+    for (pt, slot) in (0u8..).zip(map.iter_mut()) {
+        *slot = from
+            .sent_codec(pt)
+            .and_then(|codec| to.own_pts.pt(codec))
+            .unwrap_or(pt);
+    }
+    map
+}
+
+/// Renumbers the dynamic payload types (96-127) of an SDP toward a leg to the numbers the
+/// leg's own SDP gave the same codecs, so each leg sees one numbering (RFC 3264 asks answers
+/// to keep the offer's numbers; many endpoints insist). A number in use stays as it is.
+fn renumber_like(media: &mut Media, own: &PayloadTypes) {
+    for codec in media.codecs() {
+        let Ok(pt) = codec.pt.parse::<u8>() else {
+            continue;
+        };
+        let wanted = own.pt(CodecId::new(&codec.name, codec.clock.unwrap_or(0)));
+        if let Some(wanted) = wanted.filter(|w| *w != pt && (96..=127).contains(w)) {
+            if (96..=127).contains(&pt) {
+                media.renumber(&codec.pt, &wanted.to_string());
+            }
+        }
+    }
 }
 
 /// An SRTP crypto suite Bridgehead terminates (SDES, RFC 4568).
@@ -278,6 +403,7 @@ pub fn anchor(
         };
         from.remote = remote;
         from.remote_rtcp = remote_rtcp;
+        from.own_pts = PayloadTypes::of(media);
         from.dtmf_pt = dtmf_pt;
         from.audio_pt = audio_pt;
         let has = |name: &str| {
@@ -302,6 +428,10 @@ pub fn anchor(
             }
             _ => {}
         }
+        if !to.own_pts.is_empty() {
+            renumber_like(media, &to.own_pts);
+        }
+        to.given_pts = PayloadTypes::of(media);
         from.sends = sends;
         from.remote_key = if media.proto().contains("SAVP") {
             media.crypto().iter().find_map(SrtpKey::from_crypto)
@@ -541,6 +671,63 @@ mod tests {
             format!("{key:?}").starts_with("SrtpKey(1 AES_CM"),
             "keys stay out of logs"
         );
+    }
+
+    #[test]
+    fn answers_keep_the_offer_numbers_and_the_relay_maps_between_legs() {
+        let mut pool = PortPool::new((30000, 30099), 0, 1);
+        let mut streams = Vec::new();
+        let policy = (SrtpPolicy::Off, 46);
+        let mut offer = Sdp::parse(OFFER.as_bytes()).expect("offer");
+        offer.media_mut()[0]
+            .add_attribute("rtpmap", Some("101 telephone-event/8000"))
+            .expect("rtpmap");
+        anchor(
+            &mut offer,
+            &mut streams,
+            false,
+            policy,
+            &mut pool,
+            "203.0.113.1",
+        )
+        .expect("offer");
+        // The callee answers with telephone-event on 96 (and a codec of its own on 97).
+        let answer = "v=0\r\nc=IN IP4 198.51.100.7\r\nt=0 0\r\nm=audio 5000 RTP/AVP 8 96 97\r\na=rtpmap:96 telephone-event/8000\r\na=fmtp:96 0-15\r\na=rtpmap:97 opus/48000/2\r\n";
+        let mut answer = Sdp::parse(answer.as_bytes()).expect("answer");
+        anchor(
+            &mut answer,
+            &mut streams,
+            true,
+            policy,
+            &mut pool,
+            "203.0.113.1",
+        )
+        .expect("answer");
+        let text = String::from_utf8(answer.to_bytes()).expect("utf8");
+        assert!(
+            text.contains("m=audio 30002 RTP/AVP 8 101 97\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("a=rtpmap:101 telephone-event/8000\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("a=fmtp:101 0-15\r\n"), "{text}");
+        let (a, b) = (streams[0].a, streams[0].b);
+        let toward_b = payload_type_map(&a, &b);
+        assert_eq!((toward_b[101], toward_b[8], toward_b[0]), (96, 8, 0));
+        let toward_a = payload_type_map(&b, &a);
+        assert_eq!(
+            toward_a[101], 101,
+            "the callee sends with the offer's numbers"
+        );
+        assert_eq!(toward_a[96], 101, "or with its own");
+        assert_eq!(
+            toward_a[97], 97,
+            "a codec the caller never listed is left alone"
+        );
+        assert!(a.sent_codec(101).is_some_and(|c| c.is_telephone_event()));
+        assert!(b.sent_codec(96).is_some_and(|c| c.is_telephone_event()));
     }
 
     #[test]

@@ -175,6 +175,10 @@ struct Leg {
     last_sent: tokio::time::Instant,
     /// Comfort noise toward the leg: its own RTP stream (sequence number).
     cn_seq: u16,
+    /// The payload type each of the leg's payload types has toward the other leg.
+    pt_map: [u8; 128],
+    /// The payload types (bits) on which the leg sends RFC 4733 events.
+    dtmf_pts: u128,
 }
 
 /// How often comfort noise is sent, and after how much silence it starts.
@@ -233,7 +237,22 @@ impl Leg {
             scratch: Vec::with_capacity(2048),
             last_sent: tokio::time::Instant::now(),
             cn_seq: port,
+            pt_map: std::array::from_fn(|pt| pt as u8),
+            dtmf_pts: 0,
         })
+    }
+
+    /// Learns the payload types of what the leg (`side`) sends and the other leg takes.
+    fn learn_payload_types(&mut self, side: &Side, other: &Side) {
+        self.pt_map = super::payload_type_map(side, other);
+        self.dtmf_pts = (0..128u8)
+            .filter(|pt| side.sent_codec(*pt).is_some_and(|c| c.is_telephone_event()))
+            .fold(0, |bits, pt| bits | 1 << pt);
+    }
+
+    /// Whether the leg sends RFC 4733 events on this payload type.
+    fn is_dtmf(&self, payload_type: u8) -> bool {
+        payload_type < 128 && self.dtmf_pts & 1 << payload_type != 0
     }
 
     /// The leg's reception quality from the report blocks of its RTCP.
@@ -294,9 +313,9 @@ impl Leg {
     }
 
     /// A DTMF digit that ended in this RFC 4733 packet, reported once per event.
-    fn digit(&mut self, packet: &[u8], side: &Side) -> Option<MediaEvent> {
+    fn digit(&mut self, packet: &[u8]) -> Option<MediaEvent> {
         let (payload_type, timestamp, payload) = rtp_parts(packet)?;
-        if Some(payload_type) != side.dtmf_pt || payload.len() < 4 || payload[1] & 0x80 == 0 {
+        if !self.is_dtmf(payload_type) || payload.len() < 4 || payload[1] & 0x80 == 0 {
             return None;
         }
         if self.last_digit == Some(timestamp) {
@@ -396,6 +415,8 @@ async fn relay_stream(
     let mut sides = (stream.a, stream.b);
     a.rekey(&sides.0);
     b.rekey(&sides.1);
+    a.learn_payload_types(&sides.0, &sides.1);
+    b.learn_payload_types(&sides.1, &sides.0);
     a.mark(sides.0.dscp);
     b.mark(sides.1.dscp);
     let mut from_a = [0u8; 2048];
@@ -435,6 +456,8 @@ async fn relay_stream(
                 sides = (stream.a, stream.b);
                 a.rekey(&sides.0);
                 b.rekey(&sides.1);
+                a.learn_payload_types(&sides.0, &sides.1);
+                b.learn_payload_types(&sides.1, &sides.0);
                 None
             }
             _ = tick.tick() => {
@@ -604,7 +627,7 @@ async fn forward(
         from.latched = Some(source);
         from.last_rtp = tokio::time::Instant::now();
         event = from
-            .digit(packet, from_side)
+            .digit(packet)
             .or_else(|| from.inband_digit(packet, from_side));
     }
     if !rtcp {
@@ -613,15 +636,23 @@ async fn forward(
             to.player = None;
         }
         // A leg that takes DTMF as SIP INFO gets no telephone-events (it gets INFO instead).
-        let payload_type = packet.get(1).map(|b| b & 0x7f);
-        if to_side.info_dtmf && payload_type.is_some() && payload_type == from_side.dtmf_pt {
+        if to_side.info_dtmf && packet.get(1).is_some_and(|b| from.is_dtmf(b & 0x7f)) {
             return event;
         }
     }
-    // G.711 toward a leg that takes only the other variant is transcoded.
+    // G.711 toward a leg that takes only the other variant is transcoded; other payload
+    // types get the number the other leg gave their codec.
+    let payload_type = packet.get(1).map_or(0, |b| b & 0x7f);
+    let mapped = from.pt_map[usize::from(payload_type)];
     let packet = match transcoding(packet, rtcp, to_side) {
         Some(to_alaw) => {
             transcode_into(packet, to_alaw, &mut from.scratch);
+            &from.scratch[..]
+        }
+        None if !rtcp && packet.len() >= 12 && mapped != payload_type => {
+            from.scratch.clear();
+            from.scratch.extend_from_slice(packet);
+            from.scratch[1] = (from.scratch[1] & 0x80) | mapped;
             &from.scratch[..]
         }
         None => packet,
@@ -697,16 +728,31 @@ mod tests {
         assert_eq!(rtp_parts(&[0x40, 8, 0, 1, 0, 0, 0, 1, 1, 2, 3, 4]), None);
     }
 
+    /// A leg whose SDP offers PCMA and telephone-event on `dtmf`.
+    fn side_with_dtmf(dtmf: u8) -> Side {
+        let sdp = format!(
+            "v=0\r\nm=audio 1 RTP/AVP 8 {dtmf}\r\na=rtpmap:{dtmf} telephone-event/8000\r\n"
+        );
+        let sdp = crate::sdp::Sdp::parse(sdp.as_bytes()).expect("sdp");
+        let pts = super::super::PayloadTypes::of(&sdp.media()[0]);
+        Side {
+            dtmf_pt: Some(dtmf),
+            own_pts: pts,
+            given_pts: pts,
+            ..Side::default()
+        }
+    }
+
     #[tokio::test]
     async fn dtmf_ends_are_reported_once_and_silence_times_out_once() {
         let side = Side {
-            dtmf_pt: Some(101),
             sends: true,
-            ..Side::default()
+            ..side_with_dtmf(101)
         };
         let mut leg = Leg::bind("a", "127.0.0.1".parse().unwrap(), 0)
             .await
             .expect("bind");
+        leg.learn_payload_types(&side, &Side::default());
         let event = |end: bool, ts: u8| {
             vec![
                 0x80,
@@ -727,8 +773,8 @@ mod tests {
                 0x20,
             ]
         };
-        assert_eq!(leg.digit(&event(false, 1), &side), None, "not the end yet");
-        let digit = leg.digit(&event(true, 1), &side);
+        assert_eq!(leg.digit(&event(false, 1)), None, "not the end yet");
+        let digit = leg.digit(&event(true, 1));
         assert_eq!(
             digit,
             Some(MediaEvent::Dtmf {
@@ -738,16 +784,10 @@ mod tests {
                 method: "rfc4733",
             })
         );
-        assert_eq!(leg.digit(&event(true, 1), &side), None, "retransmitted end");
-        assert!(
-            leg.digit(&event(true, 2), &side).is_some(),
-            "the next digit"
-        );
-        let not_dtmf = Side {
-            dtmf_pt: Some(96),
-            ..side
-        };
-        assert_eq!(leg.digit(&event(true, 3), &not_dtmf), None);
+        assert_eq!(leg.digit(&event(true, 1)), None, "retransmitted end");
+        assert!(leg.digit(&event(true, 2)).is_some(), "the next digit");
+        leg.learn_payload_types(&side_with_dtmf(96), &Side::default());
+        assert_eq!(leg.digit(&event(true, 3)), None, "101 is not DTMF any more");
 
         assert_eq!(leg.timeout(&side, 1), None, "not silent long enough");
         leg.last_rtp -= std::time::Duration::from_secs(2);
@@ -827,16 +867,16 @@ mod tests {
         let packets = asterisk_dtmf_rtp();
         assert!(packets.len() > 900, "{} packets", packets.len());
         let side = Side {
-            dtmf_pt: Some(101),
             inband: true,
-            ..Side::default()
+            ..side_with_dtmf(101)
         };
         let mut leg = Leg::bind("a", "127.0.0.1".parse().unwrap(), 0)
             .await
             .expect("bind");
+        leg.learn_payload_types(&side, &Side::default());
         let digits: String = packets
             .iter()
-            .filter_map(|p| leg.digit(p, &side))
+            .filter_map(|p| leg.digit(p))
             .filter_map(|event| match event {
                 MediaEvent::Dtmf { digit, .. } => Some(digit),
                 _ => None,

@@ -353,6 +353,40 @@ impl Media {
         attr_add(&mut self.lines, "rtpmap", Some(&format!("{pt} {rtpmap}"))).is_ok()
     }
 
+    /// Gives the codec on payload type `old` the number `new`, in the m= line and its rtpmap,
+    /// fmtp and rtcp-fb lines. Returns false (changing nothing) when `old` is not offered,
+    /// `new` already is, or `new` is not a number.
+    pub fn renumber(&mut self, old: &str, new: &str) -> bool {
+        if new.is_empty()
+            || !new.bytes().all(|b| b.is_ascii_digit())
+            || self.formats.iter().any(|f| f == new)
+        {
+            return false;
+        }
+        let Some(format) = self.formats.iter_mut().find(|f| *f == old) else {
+            return false;
+        };
+        *format = new.to_string();
+        for line in &mut self.lines {
+            let renamed = match line.attr() {
+                Some((name @ ("rtpmap" | "fmtp" | "rtcp-fb"), Some(value))) => {
+                    match pt_and_rest(value) {
+                        Some((pt, rest)) if pt == old => {
+                            Some(format!("{name}:{new} {rest}").trim_end().to_string())
+                        }
+                        _ => None,
+                    }
+                }
+                _ => None,
+            };
+            if let Some(value) = renamed {
+                line.value = value;
+            }
+        }
+        self.rebuild_m();
+        true
+    }
+
     /// Puts the codecs matching the selectors first, in selector order, and keeps the rest in
     /// their order; returns how many matched.
     pub fn reorder_codecs(&mut self, selectors: &[&str]) -> usize {

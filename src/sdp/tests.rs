@@ -532,6 +532,27 @@ fn reorder_codecs() {
 }
 
 #[test]
+fn renumber_moves_a_codec_with_its_lines() {
+    let mut sdp = parse(ANSWER);
+    let m = audio_mut(&mut sdp);
+    assert!(m.renumber("101", "96"));
+    assert_eq!(m.formats(), ["8", "96"]);
+    let text = text(&sdp);
+    assert!(text.contains("m=audio 20000 RTP/AVP 8 96\r\n"), "{text}");
+    assert!(
+        text.contains("a=rtpmap:96 telephone-event/8000\r\n"),
+        "{text}"
+    );
+    assert!(text.contains("a=fmtp:96 0-16\r\n"), "{text}");
+    assert!(!text.contains("101"), "{text}");
+    let m = audio_mut(&mut sdp);
+    assert!(!m.renumber("96", "8"), "8 is taken");
+    assert!(!m.renumber("97", "98"), "97 is not offered");
+    assert!(!m.renumber("96", "x"), "not a number");
+    assert_eq!(m.formats(), ["8", "96"]);
+}
+
+#[test]
 fn media_attributes() {
     let mut sdp = parse(TEAMS_OFFER);
     let m = audio_mut(&mut sdp);
