@@ -199,28 +199,28 @@ impl Engine {
         self.media_commands.pop_front()
     }
 
-    /// A media event the relay reported for a call (by its relay id): `on_media` hears it, and
-    /// an RTP timeout then hangs the call up on both legs.
+    /// A media event the relay reported for a call (by its relay id); see
+    /// [`Engine::handle_media_event`].
     pub fn handle_relay_event(&mut self, call: u64, event: &MediaEvent, now: Instant) {
         let key = call & ((1 << 48) - 1);
-        if call >> 48 != self.shard as u64 || !self.calls.contains_key(&key) {
-            return;
+        if call >> 48 == self.shard as u64 && self.calls.contains_key(&key) {
+            self.media_event(key, event, now);
         }
+    }
+
+    /// What follows a media event: `on_media` hears it; a DTMF digit then goes on to the other
+    /// leg in the form its trunk takes (unless a rule dropped it); an RTP timeout hangs the
+    /// call up on both legs.
+    fn media_event(&mut self, key: CallKey, event: &MediaEvent, now: Instant) {
         if let (MediaEvent::Quality { leg, mos, .. }, Some(call)) =
             (event, self.calls.get_mut(&key))
         {
             call.mos[usize::from(*leg == "b")] = Some(*mos);
         }
-        self.run_call_hook(key, crate::script::Hook::Media, HookArgs::Media(event));
-        if let MediaEvent::Dtmf {
-            leg,
-            digit,
-            duration_ms,
-            ..
-        } = event
-        {
+        let heard = self.run_call_hook(key, crate::script::Hook::Media, HookArgs::Media(event));
+        if let MediaEvent::Dtmf { leg, .. } = event {
             let from = if *leg == "a" { Leg::A } else { Leg::B };
-            self.digit_as_info(key, from, *digit, *duration_ms, now);
+            self.hand_on_digit(key, from, event, heard.digit_verdict, now);
         }
         if let MediaEvent::RtpTimeout { leg, seconds } = event {
             tracing::info!(leg, seconds, "no RTP: hanging up");
@@ -233,10 +233,11 @@ impl Engine {
         ((self.shard as u64) << 48) | key
     }
 
-    /// A media event for the call whose A-leg Call-ID is `call_id` (the newest such call, when
-    /// a caller reused its Call-ID) fires `on_media`. The media plane reports DTMF, RTP
-    /// timeouts and quality this way; returns false when no such call exists.
-    pub fn handle_media_event(&mut self, call_id: &str, event: &MediaEvent) -> bool {
+    /// A media event (a DTMF digit, an RTP timeout, a quality report) for the call whose A-leg
+    /// Call-ID is `call_id` (the newest such call, when a caller reused its Call-ID), as the
+    /// relay would report it: `on_media` hears it, then the digit goes on or the timed-out
+    /// call is hung up. Returns false when no such call exists.
+    pub fn handle_media_event(&mut self, call_id: &str, event: &MediaEvent, now: Instant) -> bool {
         let newest = self
             .calls
             .iter()
@@ -246,7 +247,7 @@ impl Engine {
         let Some(key) = newest else {
             return false;
         };
-        self.run_call_hook(key, crate::script::Hook::Media, HookArgs::Media(event));
+        self.media_event(key, event, now);
         true
     }
 

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::sipp::{scenario, wait_listening, Sipp, Transport};
+use common::sipp::{scenario, wait_listening, Sipp, Traced, Transport};
 use common::{free_udp_port, scratch_dir, Sbc};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
@@ -117,6 +117,14 @@ fn rtp(seq: u16, payload_type: u8) -> Vec<u8> {
 /// Receives datagrams until `count` arrived or `wait` passed; returns (payload type, sequence,
 /// source) of each.
 fn receive(socket: &UdpSocket, count: usize, wait: Duration) -> Vec<(u8, u16, SocketAddr)> {
+    receive_packets(socket, count, wait)
+        .into_iter()
+        .map(|(p, from)| (p[1] & 0x7f, u16::from_be_bytes([p[2], p[3]]), from))
+        .collect()
+}
+
+/// Receives datagrams (4 bytes or more) until `count` arrived or `wait` passed.
+fn receive_packets(socket: &UdpSocket, count: usize, wait: Duration) -> Vec<(Vec<u8>, SocketAddr)> {
     socket
         .set_read_timeout(Some(Duration::from_millis(50)))
         .expect("timeout");
@@ -126,11 +134,33 @@ fn receive(socket: &UdpSocket, count: usize, wait: Duration) -> Vec<(u8, u16, So
     while out.len() < count && Instant::now() < deadline {
         if let Ok((n, from)) = socket.recv_from(&mut buf) {
             if n >= 4 {
-                out.push((buf[1] & 0x7f, u16::from_be_bytes([buf[2], buf[3]]), from));
+                out.push((buf[..n].to_vec(), from));
             }
         }
     }
     out
+}
+
+/// The digits of the RFC 4733 events among `packets` (payload type `pt`), one per event.
+fn event_digits(packets: &[(Vec<u8>, SocketAddr)], pt: u8) -> String {
+    let mut digits = String::new();
+    let mut last = None;
+    for (packet, _) in packets {
+        if packet[1] & 0x7f != pt || packet.len() < 16 {
+            continue;
+        }
+        let timestamp = &packet[4..8];
+        if last != Some(timestamp.to_vec()) {
+            last = Some(timestamp.to_vec());
+            digits.push(match packet[12] {
+                e @ 0..=9 => char::from(b'0' + e),
+                10 => '*',
+                11 => '#',
+                e => char::from(b'A' + e - 12),
+            });
+        }
+    }
+    digits
 }
 
 /// A SIPp caller placing one call into the core listener with an SDP naming `rtp` (a test
@@ -160,13 +190,18 @@ fn media_caller(sbc: &Sbc, name: &str, rtp: &UdpSocket, duration_ms: u32) -> Vec
     .collect()
 }
 
-fn callee_args(port: u16, rtp_port: u16, calls: u32) -> Vec<String> {
-    [
+/// A SIPp callee (`scenario`) answering one call on `port` with an SDP naming `rtp_port` (a
+/// test socket); `vars` are its `-set` variables besides `rtp_port` (`te_pt`, the
+/// telephone-event payload type, is 101 unless given).
+fn callee_args(
+    scenario_name: &str,
+    port: u16,
+    rtp_port: u16,
+    vars: &[(&str, &str)],
+) -> Vec<String> {
+    let mut args: Vec<String> = [
         "-sf",
-        &scenario("callee_media"),
-        "-set",
-        "te_pt",
-        "101",
+        &scenario(scenario_name),
         "-i",
         "127.0.0.1",
         "-p",
@@ -175,14 +210,125 @@ fn callee_args(port: u16, rtp_port: u16, calls: u32) -> Vec<String> {
         "rtp_port",
         &rtp_port.to_string(),
         "-m",
-        &calls.to_string(),
+        "1",
         "-timeout",
         "30s",
         "-timeout_error",
     ]
     .iter()
     .map(|s| s.to_string())
-    .collect()
+    .collect();
+    if !vars.iter().any(|(name, _)| *name == "te_pt") {
+        args.extend(["-set", "te_pt", "101"].map(String::from));
+    }
+    for (name, value) in vars {
+        args.extend(["-set".to_string(), name.to_string(), value.to_string()]);
+    }
+    args
+}
+
+/// The SIPp scenarios of a [`MediaCall`].
+struct Scripts<'a> {
+    /// The callee's scenario and its `-set` variables (see [`callee_args`]).
+    callee: &'a str,
+    vars: &'a [(&'a str, &'a str)],
+    /// The caller's scenario, and how long it talks before its BYE.
+    caller: &'a str,
+    talk_ms: u32,
+}
+
+impl Default for Scripts<'_> {
+    fn default() -> Self {
+        Scripts {
+            callee: "callee_media",
+            vars: &[],
+            caller: "caller_media",
+            talk_ms: 2500,
+        }
+    }
+}
+
+/// One call through Bridgehead from the core to Teams: SIPp signals both sides, test sockets
+/// are their media. One shard: the callee's leg has the first media port pair, the caller's
+/// the second.
+struct MediaCall {
+    base: u16,
+    sbc: Sbc,
+    caller: Sipp,
+    callee: Sipp,
+    caller_rtp: UdpSocket,
+    callee_rtp: UdpSocket,
+}
+
+impl MediaCall {
+    /// Starts Bridgehead on `profile` (media ports from `base`), the callee, then the caller;
+    /// returns `settle` later, when the call is up.
+    fn start(base: u16, profile: &str, scripts: Scripts<'_>, settle: Duration) -> MediaCall {
+        let sbc = Sbc::start(profile);
+        let dir = scratch_dir("media-call");
+        let caller_rtp = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
+        let callee_rtp = UdpSocket::bind("127.0.0.1:0").expect("callee rtp");
+        let callee_port = sbc.port("teams_peer");
+        let rtp_port = callee_rtp.local_addr().expect("addr").port();
+        let args = callee_args(scripts.callee, callee_port, rtp_port, scripts.vars);
+        let callee = Sipp::start(&dir, "callee", &args);
+        wait_listening(callee_port, Transport::Udp);
+        let args = media_caller(&sbc, scripts.caller, &caller_rtp, scripts.talk_ms);
+        let caller = Sipp::start(&dir, "caller", &args);
+        std::thread::sleep(settle);
+        MediaCall {
+            base,
+            sbc,
+            caller,
+            callee,
+            caller_rtp,
+            callee_rtp,
+        }
+    }
+
+    /// The caller's and the callee's media sockets.
+    fn sockets(&self) -> (UdpSocket, UdpSocket) {
+        (
+            self.caller_rtp.try_clone().expect("socket"),
+            self.callee_rtp.try_clone().expect("socket"),
+        )
+    }
+
+    /// Bridgehead's RTP port facing the caller.
+    fn toward_caller(&self) -> (&'static str, u16) {
+        ("127.0.0.1", self.base + 2)
+    }
+
+    /// Bridgehead's RTP port facing the callee.
+    fn toward_callee(&self) -> (&'static str, u16) {
+        ("127.0.0.1", self.base)
+    }
+
+    /// Both SIPp reports and Bridgehead's log, for failure messages.
+    fn context(&self) -> String {
+        format!(
+            "{}\n{}\n{}",
+            self.caller.report(),
+            self.callee.report(),
+            self.sbc.log()
+        )
+    }
+
+    /// Waits until both SIPp scripts end; each must have completed its call.
+    fn finish(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let (caller, callee) = (self.caller.wait(deadline), self.callee.wait(deadline));
+        assert_eq!(caller, Some(0), "caller\n{}", self.context());
+        assert_eq!(callee, Some(0), "callee\n{}", self.context());
+    }
+}
+
+/// The first message `sipp` received that `wanted` picks.
+fn first_received(sipp: &Sipp, wanted: impl Fn(&Traced) -> bool) -> Traced {
+    sipp.trace()
+        .into_iter()
+        .find(|m| m.received && wanted(m))
+        .unwrap_or_else(|| panic!("not received:\n{}", sipp.report()))
 }
 
 #[test]
@@ -204,7 +350,7 @@ fn rtp_and_rtcp_flow_both_ways_through_bridgehead_ports_and_stop_at_bye() {
     let mut callee = Sipp::start(
         &dir,
         "callee",
-        &callee_args(callee_port, callee_rtp_port, 1),
+        &callee_args("callee_media", callee_port, callee_rtp_port, &[]),
     );
     wait_listening(callee_port, Transport::Udp);
     let caller_args = media_caller(&sbc, "caller_media", &caller_rtp, 2500);
@@ -293,7 +439,11 @@ fn sipp_pcap_audio_and_rfc2833_digit_reach_the_callee() {
     let callee_rtp = UdpSocket::bind("127.0.0.1:0").expect("callee rtp");
     let callee_port = sbc.port("teams_peer");
     let rtp_port = callee_rtp.local_addr().expect("addr").port();
-    let mut callee = Sipp::start(&dir, "callee", &callee_args(callee_port, rtp_port, 1));
+    let mut callee = Sipp::start(
+        &dir,
+        "callee",
+        &callee_args("callee_media", callee_port, rtp_port, &[]),
+    );
     wait_listening(callee_port, Transport::Udp);
     let caller_args: Vec<String> = [
         "-sn",
@@ -336,18 +486,17 @@ fn sipp_pcap_audio_and_rfc2833_digit_reach_the_callee() {
 #[test]
 fn rfc4733_digits_and_rtcp_quality_reach_the_rules() {
     let base = media_range();
-    let sbc = Sbc::start(&profile_with(base, "", &media_rules()));
-    let dir = scratch_dir("media-dtmf");
-    let caller_rtp = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
-    let callee_rtp = UdpSocket::bind("127.0.0.1:0").expect("callee rtp");
-    let callee_port = sbc.port("teams_peer");
-    let rtp_port = callee_rtp.local_addr().expect("addr").port();
-    let mut callee = Sipp::start(&dir, "callee", &callee_args(callee_port, rtp_port, 1));
-    wait_listening(callee_port, Transport::Udp);
-    let caller_args = media_caller(&sbc, "caller_media", &caller_rtp, 2000);
-    let mut caller = Sipp::start(&dir, "caller", &caller_args);
-    std::thread::sleep(Duration::from_millis(800));
-    let toward_caller = ("127.0.0.1", base + 2);
+    let mut call = MediaCall::start(
+        base,
+        &profile_with(base, "", &media_rules()),
+        Scripts {
+            talk_ms: 2000,
+            ..Default::default()
+        },
+        Duration::from_millis(800),
+    );
+    let (caller_rtp, callee_rtp) = call.sockets();
+    let toward_caller = call.toward_caller();
     for packet in digit_packets(4, 10, 8000)
         .into_iter()
         .chain(digit_packets(2, 20, 9600))
@@ -355,7 +504,9 @@ fn rfc4733_digits_and_rtcp_quality_reach_the_rules() {
         caller_rtp.send_to(&packet, toward_caller).expect("send");
         std::thread::sleep(Duration::from_millis(5));
     }
-    let relayed = receive(&callee_rtp, 12, Duration::from_secs(3));
+    // The rules hear digits (on_media): Bridgehead holds the events and plays each digit
+    // again once on_media let it through, 80 ms long as it came (4 packets, 3 ends).
+    let relayed = receive_packets(&callee_rtp, 14, Duration::from_secs(3));
     // A receiver report from the caller: 10/256 lost, jitter 160 (20 ms at 8 kHz).
     let mut report = vec![
         0x81, 201, 0, 7, 0, 0, 0, 1, 0x12, 0x34, 0x56, 0x78, 10, 0, 0, 5,
@@ -364,22 +515,13 @@ fn rfc4733_digits_and_rtcp_quality_reach_the_rules() {
     caller_rtp
         .send_to(&report, ("127.0.0.1", base + 3))
         .expect("send rtcp");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (caller_status, callee_status) = (caller.wait(deadline), callee.wait(deadline));
-    let context = || format!("{}\n{}\n{}", caller.report(), callee.report(), sbc.log());
-    assert_eq!(caller_status, Some(0), "caller\n{}", context());
-    assert_eq!(callee_status, Some(0), "callee\n{}", context());
-    assert_eq!(
-        relayed.len(),
-        12,
-        "every DTMF packet is relayed\n{}",
-        context()
-    );
-    let bye = callee
-        .trace()
-        .into_iter()
-        .find(|m| m.received && m.is_request("BYE"))
-        .expect("BYE at the callee");
+    call.finish();
+    let context = || call.context();
+    assert_eq!(relayed.len(), 14, "two digits played\n{}", context());
+    assert_eq!(event_digits(&relayed, 101), "42", "{}", context());
+    let ends = relayed.iter().filter(|(p, _)| p[13] & 0x80 != 0).count();
+    assert_eq!(ends, 8, "the last packet of each and three repeats say end");
+    let bye = first_received(&call.callee, |m| m.is_request("BYE"));
     assert_eq!(bye.header("X-Digits"), Some("42"), "{}", bye.text);
     assert_eq!(bye.header("X-DTMF-Method"), Some("rfc4733"), "{}", bye.text);
     // G.711 with 3.9 % loss and a 40 ms jitter buffer: R = 79.4, MOS 4.00 (E-model).
@@ -394,24 +536,22 @@ fn rfc4733_digits_and_rtcp_quality_reach_the_rules() {
 #[test]
 fn telephone_events_are_renumbered_between_legs_101_and_96() {
     let base = media_range();
-    let sbc = Sbc::start(&profile_with(base, "", &media_rules()));
-    let dir = scratch_dir("media-pt");
-    let caller_rtp = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
-    let callee_rtp = UdpSocket::bind("127.0.0.1:0").expect("callee rtp");
-    let callee_port = sbc.port("teams_peer");
-    let rtp_port = callee_rtp.local_addr().expect("addr").port();
-    let mut args = callee_args(callee_port, rtp_port, 1);
-    let te_pt = args.iter().position(|a| a == "te_pt").expect("te_pt") + 1;
-    args[te_pt] = "96".into();
-    let mut callee = Sipp::start(&dir, "callee", &args);
-    wait_listening(callee_port, Transport::Udp);
-    let caller_args = media_caller(&sbc, "caller_media", &caller_rtp, 2000);
-    let mut caller = Sipp::start(&dir, "caller", &caller_args);
-    std::thread::sleep(Duration::from_millis(800));
+    // The bundled rules have no on_media: the relay passes events through, renumbered.
+    let mut call = MediaCall::start(
+        base,
+        &profile(base),
+        Scripts {
+            vars: &[("te_pt", "96")],
+            talk_ms: 2000,
+            ..Default::default()
+        },
+        Duration::from_millis(800),
+    );
+    let (caller_rtp, callee_rtp) = call.sockets();
     // The caller sends "4" on 101, as its offer said.
     for packet in digit_packets(4, 10, 8000) {
         caller_rtp
-            .send_to(&packet, ("127.0.0.1", base + 2))
+            .send_to(&packet, call.toward_caller())
             .expect("send");
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -426,21 +566,14 @@ fn telephone_events_are_renumbered_between_legs_101_and_96() {
             }));
     for packet in callee_digits {
         callee_rtp
-            .send_to(&packet, ("127.0.0.1", base))
+            .send_to(&packet, call.toward_callee())
             .expect("send");
         std::thread::sleep(Duration::from_millis(5));
     }
     let at_caller = receive(&caller_rtp, 12, Duration::from_secs(3));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (caller_status, callee_status) = (caller.wait(deadline), callee.wait(deadline));
-    let context = || format!("{}\n{}\n{}", caller.report(), callee.report(), sbc.log());
-    assert_eq!(caller_status, Some(0), "caller\n{}", context());
-    assert_eq!(callee_status, Some(0), "callee\n{}", context());
-    let answer = caller
-        .trace()
-        .into_iter()
-        .find(|m| m.received && m.is_response(200))
-        .expect("200 at the caller");
+    call.finish();
+    let context = || call.context();
+    let answer = first_received(&call.caller, |m| m.is_response(200));
     assert!(
         answer
             .body()
@@ -453,12 +586,6 @@ fn telephone_events_are_renumbered_between_legs_101_and_96() {
     let types = |got: &[(u8, u16, SocketAddr)]| got.iter().map(|p| p.0).collect::<Vec<_>>();
     assert_eq!(types(&at_callee), [96; 6], "{}", context());
     assert_eq!(types(&at_caller), [101; 12], "{}", context());
-    let bye = callee
-        .trace()
-        .into_iter()
-        .find(|m| m.received && m.is_request("BYE"))
-        .expect("BYE at the callee");
-    assert_eq!(bye.header("X-Digits"), Some("479"), "{}", bye.text);
 }
 
 #[test]
@@ -525,11 +652,7 @@ fn silence_times_out_and_bridgehead_hangs_up_both_legs() {
         "{:?}",
         started.elapsed()
     );
-    let bye = callee
-        .trace()
-        .into_iter()
-        .find(|m| m.received && m.is_request("BYE"))
-        .expect("BYE at the callee");
+    let bye = first_received(&callee, |m| m.is_request("BYE"));
     let timeout = bye.header("X-RTP-Timeout").unwrap_or_default().to_string();
     assert!(timeout == "a/2" || timeout == "b/2", "{}", bye.text);
     assert!(
@@ -561,22 +684,19 @@ fn plain_rtp_from_the_core_is_srtp_toward_teams_and_back() {
     let base = media_range();
     let profile =
         profile(base).replace("    route: core\n", "    route: core\n    srtp: required\n");
-    let sbc = Sbc::start(&profile);
-    let dir = scratch_dir("media-srtp");
-    let caller_rtp = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
-    let callee_rtp = UdpSocket::bind("127.0.0.1:0").expect("callee rtp");
     let callee_key = base64::engine::general_purpose::STANDARD.encode([0x5au8; 30]);
-    let callee_port = sbc.port("teams_peer");
-    let rtp_port = callee_rtp.local_addr().expect("addr").port();
-    let mut args = callee_args(callee_port, rtp_port, 1);
-    args[1] = scenario("callee_srtp");
-    args.extend(["-set".to_string(), "key".to_string(), callee_key.clone()]);
-    let mut callee = Sipp::start(&dir, "callee", &args);
-    wait_listening(callee_port, Transport::Udp);
-    let caller_args = media_caller(&sbc, "caller_media", &caller_rtp, 2500);
-    let mut caller = Sipp::start(&dir, "caller", &caller_args);
-    std::thread::sleep(Duration::from_millis(800));
-    let toward_caller = ("127.0.0.1", base + 2);
+    let mut call = MediaCall::start(
+        base,
+        &profile,
+        Scripts {
+            callee: "callee_srtp",
+            vars: &[("key", &callee_key)],
+            ..Default::default()
+        },
+        Duration::from_millis(800),
+    );
+    let (caller_rtp, callee_rtp) = call.sockets();
+    let toward_caller = call.toward_caller();
     let toward_teams: SocketAddr = ("127.0.0.1".parse::<std::net::IpAddr>().unwrap(), base).into();
 
     // Core -> Teams: plain RTP in, SRTP out (collected now, decrypted once the key is read).
@@ -610,18 +730,11 @@ fn plain_rtp_from_the_core_is_srtp_toward_teams_and_back() {
     }
     let clear = receive(&caller_rtp, 10, Duration::from_secs(2));
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (caller_status, callee_status) = (caller.wait(deadline), callee.wait(deadline));
-    let context = || format!("{}\n{}\n{}", caller.report(), callee.report(), sbc.log());
-    assert_eq!(caller_status, Some(0), "caller\n{}", context());
-    assert_eq!(callee_status, Some(0), "callee\n{}", context());
+    call.finish();
+    let context = || call.context();
 
     // What Teams was offered: SAVP and exactly one key, Bridgehead's own.
-    let invite = callee
-        .trace()
-        .into_iter()
-        .find(|m| m.received && m.is_request("INVITE"))
-        .expect("INVITE at Teams");
+    let invite = first_received(&call.callee, |m| m.is_request("INVITE"));
     let body = invite.body().to_string();
     assert!(
         body.contains(&format!("m=audio {base} RTP/SAVP 8 101")),
@@ -645,11 +758,7 @@ fn plain_rtp_from_the_core_is_srtp_toward_teams_and_back() {
         assert_eq!(&plain[..], &original[..]);
     }
     // What the core got: plain RTP, without the tampered packet.
-    let answer = caller
-        .trace()
-        .into_iter()
-        .find(|m| m.received && m.is_response(200))
-        .expect("200 at the core");
+    let answer = first_received(&call.caller, |m| m.is_response(200));
     assert!(answer.body().contains("RTP/AVP 8 101"), "{}", answer.text);
     assert!(!answer.body().contains("crypto"), "{}", answer.text);
     let seqs: Vec<u16> = clear.iter().map(|(_, seq, _)| *seq).collect();
@@ -661,22 +770,20 @@ fn plain_rtp_from_the_core_is_srtp_toward_teams_and_back() {
 }
 
 #[test]
-fn inband_tones_from_the_core_are_heard_once_each() {
+fn inband_tones_from_the_core_reach_teams_as_rfc4733_events_once_each() {
     use bridgehead::media::dsp::{dtmf_frequencies, linear_to_alaw, tones};
     let base = media_range();
     let profile = profile_with(base, "", &media_rules())
         .replace("    route: teams\n", "    route: teams\n    dtmf: inband\n");
-    let sbc = Sbc::start(&profile);
-    let dir = scratch_dir("media-inband");
-    let caller_rtp = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
-    let callee_rtp = UdpSocket::bind("127.0.0.1:0").expect("callee rtp");
-    let callee_port = sbc.port("teams_peer");
-    let rtp_port = callee_rtp.local_addr().expect("addr").port();
-    let mut callee = Sipp::start(&dir, "callee", &callee_args(callee_port, rtp_port, 1));
-    wait_listening(callee_port, Transport::Udp);
-    let caller_args = media_caller(&sbc, "caller_media", &caller_rtp, 2500);
-    let mut caller = Sipp::start(&dir, "caller", &caller_args);
-    std::thread::sleep(Duration::from_millis(800));
+    let mut call = MediaCall::start(
+        base,
+        &profile,
+        Scripts {
+            ..Default::default()
+        },
+        Duration::from_millis(800),
+    );
+    let (caller_rtp, callee_rtp) = call.sockets();
     // "7", "3" as PCMA audio: 100 ms tones, 60 ms silence, 20 ms packets.
     let mut audio = Vec::new();
     for digit in ['7', '3'] {
@@ -689,28 +796,137 @@ fn inband_tones_from_the_core_are_heard_once_each() {
         packet.truncate(12);
         packet.extend(frame.iter().map(|s| linear_to_alaw(*s)));
         caller_rtp
-            .send_to(&packet, ("127.0.0.1", base + 2))
+            .send_to(&packet, call.toward_caller())
             .expect("send");
         std::thread::sleep(Duration::from_millis(2));
     }
-    let relayed = receive(&callee_rtp, audio.len() / 160, Duration::from_secs(3));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (caller_status, callee_status) = (caller.wait(deadline), callee.wait(deadline));
-    let context = || format!("{}\n{}\n{}", caller.report(), callee.report(), sbc.log());
-    assert_eq!(caller_status, Some(0), "caller\n{}", context());
-    assert_eq!(callee_status, Some(0), "callee\n{}", context());
+    let relayed = receive_packets(&callee_rtp, usize::MAX, Duration::from_millis(1500));
+    call.finish();
+    let context = || call.context();
+    // Teams takes RFC 4733: it gets each digit as events, and the audio, with the tones muted
+    // so it cannot hear a digit twice.
+    assert_eq!(event_digits(&relayed, 101), "73", "{}", context());
+    let audio_packets: Vec<_> = relayed.iter().filter(|(p, _)| p[1] & 0x7f == 8).collect();
     assert_eq!(
-        relayed.len(),
+        audio_packets.len(),
         audio.len() / 160,
-        "the audio itself is relayed"
+        "the audio is relayed"
     );
-    let bye = callee
-        .trace()
-        .into_iter()
-        .find(|m| m.received && m.is_request("BYE"))
-        .expect("BYE at the callee");
+    let loud = audio_packets
+        .iter()
+        .filter(|(p, _)| p[12..].iter().any(|b| b.abs_diff(0xd5) > 8))
+        .count();
+    assert!(loud <= 2, "{loud} packets still carry tones");
+    let bye = first_received(&call.callee, |m| m.is_request("BYE"));
     assert_eq!(bye.header("X-Digits"), Some("73"), "{}", bye.text);
     assert_eq!(bye.header("X-DTMF-Method"), Some("inband"), "{}", bye.text);
+}
+
+/// The Asterisk testsuite capture's packets, each digit as RFC 4733 events (`events`: the
+/// PCMU audio left out) or as tones in the audio (the events left out), resent by the caller
+/// as fast as the relay takes them.
+fn send_asterisk_digits(caller_rtp: &UdpSocket, toward: (&str, u16), events: bool) -> usize {
+    let packets = common::rtp_capture::udp_payloads(common::rtp_capture::ASTERISK_DTMF);
+    let mut sent = 0;
+    for packet in packets.iter().filter(|p| (p[1] & 0x7f == 101) == events) {
+        caller_rtp.send_to(packet, toward).expect("send");
+        sent += 1;
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    sent
+}
+
+/// The digits heard in G.711 A-law packets, in arrival order (loopback keeps it).
+fn heard_digits(packets: &[(Vec<u8>, SocketAddr)]) -> String {
+    use bridgehead::media::dsp::{alaw_to_linear, DtmfDetector};
+    let mut detector = DtmfDetector::default();
+    let mut digits: String = packets
+        .iter()
+        .map(|(p, _)| p)
+        .filter(|p| p[1] & 0x7f == 8)
+        .filter_map(|p| {
+            let pcm: Vec<i16> = p[12..].iter().map(|b| alaw_to_linear(*b)).collect();
+            detector.push(&pcm).map(|(digit, _)| digit)
+        })
+        .collect();
+    digits.extend(detector.push(&[0; 160]).map(|(digit, _)| digit));
+    digits
+}
+
+#[test]
+fn asterisk_rfc2833_digits_reach_an_inband_trunk_as_tones_heard_once_each() {
+    let base = media_range();
+    let profile = profile_with(base, "", &media_rules())
+        .replace("    route: core\n", "    route: core\n    dtmf: inband\n");
+    let mut call = MediaCall::start(
+        base,
+        &profile,
+        Scripts {
+            talk_ms: 6000,
+            ..Default::default()
+        },
+        Duration::from_millis(800),
+    );
+    let (caller_rtp, callee_rtp) = call.sockets();
+    let sent = send_asterisk_digits(&caller_rtp, call.toward_caller(), true);
+    // Bridgehead plays each digit as long as it lasted, one after the other.
+    let played = receive_packets(&callee_rtp, usize::MAX, Duration::from_secs(4));
+    call.finish();
+    let context = || call.context();
+    assert!(sent > 50, "{sent} event packets in the capture");
+    assert_eq!(
+        event_digits(&played, 101),
+        "",
+        "no events toward an inband trunk"
+    );
+    assert_eq!(heard_digits(&played), "2013785496", "{}", context());
+    let bye = first_received(&call.callee, |m| m.is_request("BYE"));
+    assert_eq!(bye.header("X-Digits"), Some("2013785496"), "{}", bye.text);
+    assert_eq!(bye.header("X-DTMF-Method"), Some("rfc4733"), "{}", bye.text);
+}
+
+#[test]
+fn asterisk_tones_reach_an_info_trunk_as_sip_info_once_each() {
+    let base = media_range();
+    let profile = profile_with(base, "", &common::default_script())
+        .replace("    route: teams\n", "    route: teams\n    dtmf: inband\n")
+        .replace("    route: core\n", "    route: core\n    dtmf: info\n");
+    let mut call = MediaCall::start(
+        base,
+        &profile,
+        Scripts {
+            callee: "callee_info",
+            talk_ms: 4000,
+            ..Default::default()
+        },
+        Duration::from_millis(800),
+    );
+    let (caller_rtp, callee_rtp) = call.sockets();
+    // Received while it is sent (the capture's audio is more than a socket buffer holds).
+    let receiver = callee_rtp.try_clone().expect("socket");
+    let relayed = std::thread::spawn(move || {
+        receive_packets(&receiver, usize::MAX, Duration::from_millis(1500))
+    });
+    let sent = send_asterisk_digits(&caller_rtp, call.toward_caller(), false);
+    let relayed = relayed.join().expect("receiver");
+    call.finish();
+    let context = || call.context();
+    let signals: String = call
+        .callee
+        .trace()
+        .into_iter()
+        .filter(|m| m.received && m.is_request("INFO"))
+        .filter_map(|m| {
+            m.body()
+                .lines()
+                .find_map(|l| l.strip_prefix("Signal="))
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(signals, "2013785496", "{}", context());
+    // The audio still flows, transcoded to Teams' PCMA, with the tones muted.
+    assert_eq!(relayed.len(), sent, "{}", context());
+    assert_eq!(heard_digits(&relayed), "", "{}", context());
 }
 
 #[test]
@@ -723,16 +939,15 @@ fn rules_play_ringback_and_send_dtmf_through_the_relay() {
         "return { on_answer = function(call, resp)\n  call:play_ringback('a')\n  call:send_dtmf('12', 'b')\nend }\n",
     )
     .expect("rules");
-    let sbc = Sbc::start(&profile_with(base, "", &rules.display().to_string()));
-    let dir = scratch_dir("media-play");
-    let caller_rtp = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
-    let callee_rtp = UdpSocket::bind("127.0.0.1:0").expect("callee rtp");
-    let callee_port = sbc.port("teams_peer");
-    let rtp_port = callee_rtp.local_addr().expect("addr").port();
-    let mut callee = Sipp::start(&dir, "callee", &callee_args(callee_port, rtp_port, 1));
-    wait_listening(callee_port, Transport::Udp);
-    let caller_args = media_caller(&sbc, "caller_media", &caller_rtp, 2500);
-    let mut caller = Sipp::start(&dir, "caller", &caller_args);
+    let mut call = MediaCall::start(
+        base,
+        &profile_with(base, "", &rules.display().to_string()),
+        Scripts {
+            ..Default::default()
+        },
+        Duration::from_millis(0),
+    );
+    let (caller_rtp, callee_rtp) = call.sockets();
 
     // The callee hears the two digits as RFC 4733 events (payload type 101 from its SDP).
     callee_rtp
@@ -764,16 +979,13 @@ fn rules_play_ringback_and_send_dtmf_through_the_relay() {
     // transcoded, looking like ringback).
     for seq in 0..5 {
         callee_rtp
-            .send_to(&rtp(seq, 101), ("127.0.0.1", base))
+            .send_to(&rtp(seq, 101), call.toward_callee())
             .expect("send");
     }
     let after = receive(&caller_rtp, 10_000, Duration::from_millis(600));
 
-    let end = Instant::now() + Duration::from_secs(30);
-    let (caller_status, callee_status) = (caller.wait(end), callee.wait(end));
-    let context = || format!("{}\n{}\n{}", caller.report(), callee.report(), sbc.log());
-    assert_eq!(caller_status, Some(0), "caller\n{}", context());
-    assert_eq!(callee_status, Some(0), "callee\n{}", context());
+    call.finish();
+    let context = || call.context();
     assert_eq!(digits, [1, 2], "events {events:?}\n{}", context());
     assert!(
         ringback.len() >= 10,
@@ -804,17 +1016,17 @@ fn pcmu_from_the_core_is_transcoded_to_pcma_for_teams_and_back() {
         "    route: core\n",
         "    route: core\n    codecs: [PCMA, telephone-event]\n",
     );
-    let sbc = Sbc::start(&profile);
-    let dir = scratch_dir("media-transcode");
-    let caller_rtp = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
-    let callee_rtp = UdpSocket::bind("127.0.0.1:0").expect("callee rtp");
-    let callee_port = sbc.port("teams_peer");
-    let rtp_port = callee_rtp.local_addr().expect("addr").port();
-    let mut callee = Sipp::start(&dir, "callee", &callee_args(callee_port, rtp_port, 1));
-    wait_listening(callee_port, Transport::Udp);
-    let caller_args = media_caller(&sbc, "caller_pcmu", &caller_rtp, 2000);
-    let mut caller = Sipp::start(&dir, "caller", &caller_args);
-    std::thread::sleep(Duration::from_millis(800));
+    let mut call = MediaCall::start(
+        base,
+        &profile,
+        Scripts {
+            caller: "caller_pcmu",
+            talk_ms: 2000,
+            ..Default::default()
+        },
+        Duration::from_millis(800),
+    );
+    let (caller_rtp, callee_rtp) = call.sockets();
     let payload: Vec<u8> = (0..160u16).map(|i| (i * 7 % 256) as u8).collect();
     let packet = |pt: u8, seq: u16| {
         let mut p = rtp(seq, pt);
@@ -823,7 +1035,7 @@ fn pcmu_from_the_core_is_transcoded_to_pcma_for_teams_and_back() {
         p
     };
     caller_rtp
-        .send_to(&packet(0, 1), ("127.0.0.1", base + 2))
+        .send_to(&packet(0, 1), call.toward_caller())
         .expect("send");
     callee_rtp
         .set_read_timeout(Some(Duration::from_secs(2)))
@@ -834,7 +1046,7 @@ fn pcmu_from_the_core_is_transcoded_to_pcma_for_teams_and_back() {
     let expected: Vec<u8> = payload.iter().map(|b| transcode(*b, true)).collect();
     assert_eq!(&buf[12..n], &expected[..]);
     callee_rtp
-        .send_to(&packet(8, 2), ("127.0.0.1", base))
+        .send_to(&packet(8, 2), call.toward_callee())
         .expect("send");
     caller_rtp
         .set_read_timeout(Some(Duration::from_secs(2)))
@@ -844,22 +1056,10 @@ fn pcmu_from_the_core_is_transcoded_to_pcma_for_teams_and_back() {
     let expected: Vec<u8> = payload.iter().map(|b| transcode(*b, false)).collect();
     assert_eq!(&buf[12..n], &expected[..]);
 
-    let end = Instant::now() + Duration::from_secs(30);
-    let (caller_status, callee_status) = (caller.wait(end), callee.wait(end));
-    let context = || format!("{}\n{}\n{}", caller.report(), callee.report(), sbc.log());
-    assert_eq!(caller_status, Some(0), "caller\n{}", context());
-    assert_eq!(callee_status, Some(0), "callee\n{}", context());
-    let offer = callee
-        .trace()
-        .into_iter()
-        .find(|m| m.received && m.is_request("INVITE"))
-        .expect("INVITE at Teams");
+    call.finish();
+    let offer = first_received(&call.callee, |m| m.is_request("INVITE"));
     assert!(offer.body().contains("RTP/AVP 8 101"), "{}", offer.text);
-    let answer = caller
-        .trace()
-        .into_iter()
-        .find(|m| m.received && m.is_response(200))
-        .expect("200 at the core");
+    let answer = first_received(&call.caller, |m| m.is_response(200));
     assert!(answer.body().contains("RTP/AVP 0 101"), "{}", answer.text);
 }
 
@@ -870,35 +1070,30 @@ fn teams_hears_comfort_noise_while_the_core_is_silent() {
         "    route: core\n",
         "    route: core\n    comfort_noise: true\n",
     );
-    let sbc = Sbc::start(&profile);
-    let dir = scratch_dir("media-cn");
-    let caller_rtp = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
-    let callee_rtp = UdpSocket::bind("127.0.0.1:0").expect("callee rtp");
-    let callee_port = sbc.port("teams_peer");
-    let rtp_port = callee_rtp.local_addr().expect("addr").port();
-    let mut args = callee_args(callee_port, rtp_port, 1);
-    args[1] = scenario("callee_cn");
-    let mut callee = Sipp::start(&dir, "callee", &args);
-    wait_listening(callee_port, Transport::Udp);
-    let caller_args = media_caller(&sbc, "caller_media", &caller_rtp, 3000);
-    let mut caller = Sipp::start(&dir, "caller", &caller_args);
-    std::thread::sleep(Duration::from_millis(500));
+    let mut call = MediaCall::start(
+        base,
+        &profile,
+        Scripts {
+            callee: "callee_cn",
+            talk_ms: 3000,
+            ..Default::default()
+        },
+        Duration::from_millis(500),
+    );
+    let (caller_rtp, callee_rtp) = call.sockets();
     // The core is silent: Teams gets SID packets (payload type 13, one byte of level).
     let silent = receive(&callee_rtp, 3, Duration::from_secs(2));
     // The core talks: its audio goes through, and no comfort noise meanwhile.
     for seq in 0..20 {
         caller_rtp
-            .send_to(&rtp(seq, 8), ("127.0.0.1", base + 2))
+            .send_to(&rtp(seq, 8), call.toward_caller())
             .expect("send");
         std::thread::sleep(Duration::from_millis(20));
     }
     let talking = receive(&callee_rtp, 20, Duration::from_secs(1));
 
-    let end = Instant::now() + Duration::from_secs(30);
-    let (caller_status, callee_status) = (caller.wait(end), callee.wait(end));
-    let context = || format!("{}\n{}\n{}", caller.report(), callee.report(), sbc.log());
-    assert_eq!(caller_status, Some(0), "caller\n{}", context());
-    assert_eq!(callee_status, Some(0), "callee\n{}", context());
+    call.finish();
+    let context = || call.context();
     assert_eq!(silent.len(), 3, "comfort noise\n{}", context());
     assert!(
         silent

@@ -197,7 +197,7 @@ fn summary(out: &[(Peer, Message)]) -> Vec<String> {
         .collect()
 }
 
-const SDP: &str = "v=0\no=- 1 1 IN IP4 192.0.2.10\ns=-\nc=IN IP4 192.0.2.10\nt=0 0\nm=audio 4000 RTP/AVP 8 101\na=rtpmap:8 PCMA/8000\n";
+const SDP: &str = "v=0\no=- 1 1 IN IP4 192.0.2.10\ns=-\nc=IN IP4 192.0.2.10\nt=0 0\nm=audio 4000 RTP/AVP 8 101\na=rtpmap:8 PCMA/8000\na=rtpmap:101 telephone-event/8000\n";
 
 fn invite(call_id: &str, branch: &str, extra: &str) -> String {
     format!(
@@ -821,7 +821,13 @@ fn failover_routes_the_call_again_and_hooks_see_its_life() {
         plays,
         [
             (true, Sound::Ringback(TonePlan::Itu)),
-            (false, Sound::Digits("1#".into())),
+            (
+                false,
+                Sound::Digits {
+                    digits: "1#".into(),
+                    duration_ms: 100
+                }
+            ),
         ]
     );
 
@@ -832,8 +838,10 @@ fn failover_routes_the_call_again_and_hooks_see_its_life() {
         duration_ms: 120,
         method: "rfc4733",
     };
-    assert!(sim.engine.handle_media_event("fo-1@10.1.1.1", &dtmf));
-    assert!(!sim.engine.handle_media_event("nope", &dtmf));
+    assert!(sim
+        .engine
+        .handle_media_event("fo-1@10.1.1.1", &dtmf, sim.now));
+    assert!(!sim.engine.handle_media_event("nope", &dtmf, sim.now));
     assert_eq!(
         user_counter(&metrics, "media", &[("digit", "5"), ("kind", "dtmf")]),
         1
@@ -1169,8 +1177,180 @@ Duration=160
         [MediaCommand::Play {
             call,
             to_a: true,
-            sound: Sound::Digits("9".into())
+            sound: Sound::Digits {
+                digits: "9".into(),
+                duration_ms: 160
+            }
         }]
     );
     drop(ok);
+}
+
+/// Rules that drop "1" and turn "2" into "#".
+const DIGIT_RULES: &str = r##"
+local r = {}
+function r.on_media(call, ev)
+  if ev.kind ~= "dtmf" then return end
+  if ev.digit == "1" then return false end
+  if ev.digit == "2" then return "#" end
+end
+return r
+"##;
+
+/// An answered, anchored call between trunks with `core` and `teams` DTMF modes; returns the
+/// simulation, the relay's call id, the B-leg INVITE and what each side's stream holds back
+/// (caller's events, callee's events).
+fn dtmf_call(script: &str, core: &str, teams: &str) -> (Sim, u64, Message, (bool, bool)) {
+    let text = format!(
+        "media:\n  address: 127.0.0.1\n  ports: 30000-30099\n{}",
+        profile_with_script(
+            script,
+            &format!("    dtmf: {core}"),
+            &format!("    dtmf: {teams}")
+        )
+    );
+    let mut sim = Sim::with_profile(&text);
+    let (b_invite, _) = answered_call(&mut sim, "digits@10.1.1.1");
+    let (call, held) = std::iter::from_fn(|| sim.engine.poll_media())
+        .filter_map(|command| match command {
+            MediaCommand::Stream { call, stream } => {
+                Some((call, (stream.a.dtmf_held, stream.b.dtmf_held)))
+            }
+            _ => None,
+        })
+        .last()
+        .expect("anchored");
+    (sim, call, b_invite, held)
+}
+
+fn digit(leg: &'static str, digit: char, method: &'static str) -> MediaEvent {
+    MediaEvent::Dtmf {
+        leg,
+        digit,
+        duration_ms: 140,
+        method,
+    }
+}
+
+/// What the relay was asked to play since the last look: (toward the caller, digits, ms).
+fn played(sim: &mut Sim) -> Vec<(bool, String, u32)> {
+    std::iter::from_fn(|| sim.engine.poll_media())
+        .filter_map(|command| match command {
+            MediaCommand::Play {
+                to_a,
+                sound:
+                    Sound::Digits {
+                        digits,
+                        duration_ms,
+                    },
+                ..
+            } => Some((to_a, digits, duration_ms)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn dtmf_crosses_between_rfc4733_and_tones_both_ways() {
+    let default = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/default.lua");
+    // Core sends tones, Teams takes RFC 4733 events (and sends them).
+    let (mut sim, call, _, held) = dtmf_call(default, "inband", "rfc4733");
+    assert_eq!(
+        held,
+        (false, true),
+        "Teams' events toward the tone leg are held"
+    );
+    sim.engine
+        .handle_relay_event(call, &digit("a", '7', "inband"), sim.now);
+    assert_eq!(
+        played(&mut sim),
+        [(false, "7".into(), 140)],
+        "tones -> events"
+    );
+    sim.engine
+        .handle_relay_event(call, &digit("b", '3', "rfc4733"), sim.now);
+    assert_eq!(
+        played(&mut sim),
+        [(true, "3".into(), 140)],
+        "events -> tones"
+    );
+    assert!(sim.sent().is_empty(), "no INFO");
+
+    // Both RFC 4733 and no rule on digits: events pass through the relay untouched.
+    let (mut sim, call, _, held) = dtmf_call(default, "rfc4733", "rfc4733");
+    assert_eq!(held, (false, false));
+    sim.engine
+        .handle_relay_event(call, &digit("a", '7', "rfc4733"), sim.now);
+    assert!(played(&mut sim).is_empty());
+    // Both tones: they stay in the audio.
+    let (mut sim, call, _, _) = dtmf_call(default, "inband", "inband");
+    sim.engine
+        .handle_relay_event(call, &digit("a", '7', "inband"), sim.now);
+    assert!(played(&mut sim).is_empty());
+}
+
+#[test]
+fn rules_drop_or_change_digits_in_every_form() {
+    let rules = rules_file(DIGIT_RULES);
+    // RFC 4733 both sides: with on_media the events are held and played again after it.
+    let (mut sim, call, _, held) = dtmf_call(&rules, "rfc4733", "rfc4733");
+    assert_eq!(held, (true, true));
+    for d in ['5', '1', '2'] {
+        sim.engine
+            .handle_relay_event(call, &digit("a", d, "rfc4733"), sim.now);
+    }
+    assert_eq!(
+        played(&mut sim),
+        [(false, "5".into(), 140), (false, "#".into(), 140)],
+        "1 dropped, 2 became #"
+    );
+
+    // Toward a SIP INFO trunk: the INFO carries the changed digit; a dropped one sends none.
+    let (mut sim, call, _, _) = dtmf_call(&rules, "inband", "info");
+    sim.engine
+        .handle_relay_event(call, &digit("a", '1', "inband"), sim.now);
+    assert!(sim.sent().is_empty(), "dropped");
+    sim.engine
+        .handle_relay_event(call, &digit("a", '2', "inband"), sim.now);
+    let out = sim.sent();
+    assert_eq!(summary(&out), [format!("INFO->{TEAMS_PEER}")]);
+    assert_eq!(&out[0].1.body[..], b"Signal=#\r\nDuration=140\r\n");
+
+    // SIP INFO between two INFO trunks: a changed digit is answered here and sent anew.
+    let (mut sim, call, b_invite, _) = dtmf_call(&rules, "info", "info");
+    let info = |signal: char, cseq: u32| {
+        format!(
+            "INFO sip:+15550199@127.0.0.1:5070 SIP/2.0
+Via: SIP/2.0/UDP {TEAMS_PEER};branch=z9hG4bKinfo{cseq}
+Max-Forwards: 70
+From: {};tag=t1
+To: {}
+Call-ID: {}
+CSeq: {cseq} INFO
+Content-Type: application/dtmf-relay
+
+Signal={signal}
+Duration=100
+",
+            h(&b_invite, "To").unwrap_or_default(),
+            h(&b_invite, "From").unwrap_or_default(),
+            h(&b_invite, "Call-ID").unwrap_or_default()
+        )
+    };
+    let out = sim.teams_sends(&info('2', 5));
+    assert_eq!(
+        summary(&out),
+        [format!("INFO->{CORE_PEER}"), format!("200->{TEAMS_PEER}")]
+    );
+    assert_eq!(&out[0].1.body[..], b"Signal=#\r\nDuration=100\r\n");
+    let out = sim.teams_sends(&info('1', 6));
+    assert_eq!(summary(&out), [format!("200->{TEAMS_PEER}")], "dropped");
+    let out = sim.teams_sends(&info('5', 7));
+    assert_eq!(
+        summary(&out),
+        [format!("INFO->{CORE_PEER}")],
+        "unchanged: relayed as it is"
+    );
+    assert!(played(&mut sim).is_empty());
+    let _ = call;
 }

@@ -278,5 +278,5 @@ function Media:crypto() end
 ---@field on_early_media? fun(call: bh.Call, resp: bh.Message)
 ---@field on_answer? fun(call: bh.Call, resp: bh.Message)
 ---@field on_failure? fun(call: bh.Call, resp: bh.Message)
----@field on_media? fun(call: bh.Call, ev: bh.MediaEvent)
+---@field on_media? fun(call: bh.Call, ev: bh.MediaEvent): (boolean|string|nil) For a "dtmf" event: false drops the digit, a digit string replaces it.
 ---@field on_call_end? fun(call: bh.Call, info: bh.CallEnd)

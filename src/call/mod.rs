@@ -201,8 +201,11 @@ struct Route {
 }
 
 /// What a hook run decided.
+#[derive(Default)]
 pub(crate) struct HookOutcome {
     pub(crate) decision: Option<RouteDecision>,
+    /// What `on_media` decided for a DTMF digit.
+    pub(crate) digit_verdict: crate::script::DigitVerdict,
     /// `call.vars` created by a hook that ran before the call existed (`on_invite`).
     vars: Option<mlua::Table>,
     /// Media actions asked for before the call existed (`on_invite`).
@@ -250,7 +253,7 @@ fn info_digit(msg: &Message, leg: Leg) -> Option<crate::script::MediaEvent> {
         s if s.len() == 1 => s.chars().next()?.to_ascii_uppercase(),
         _ => return None,
     };
-    if !(digit.is_ascii_digit() || "*#ABCD".contains(digit)) {
+    if !crate::script::is_dtmf_digit(digit) {
         return None;
     }
     Some(crate::script::MediaEvent::Dtmf {
@@ -438,6 +441,7 @@ impl Engine {
         };
         HookOutcome {
             decision: call.decision,
+            digit_verdict: call.digit_verdict,
             vars,
             // Asked for before the call existed (on_invite): played once it does.
             media: if key.is_some() { Vec::new() } else { media },
@@ -445,35 +449,73 @@ impl Engine {
         }
     }
 
-    /// True when DTMF toward `leg` must be converted from SIP INFO into media: its trunk takes
-    /// RFC 4733 or tones, and the call's media is anchored.
-    fn converts_info(&self, key: CallKey, leg: Leg) -> bool {
-        self.calls.get(&key).is_some_and(|call| {
-            !call.streams.is_empty()
-                && call.rules.profile.trunks[call.leg(leg).trunk].dtmf
-                    != crate::config::DtmfMode::Info
-        })
-    }
-
-    /// Sends a DTMF digit heard in one leg's media to the other leg as SIP INFO, when that leg's
-    /// trunk takes DTMF that way.
-    pub(crate) fn digit_as_info(
+    /// Hands on a DTMF digit that leg `from` sent (`event`, which `on_media` already heard and
+    /// judged: `verdict`) in the form the other leg's trunk takes: SIP INFO, RFC 4733 events
+    /// or tones played by the relay. Nothing is done where the other leg gets the digit
+    /// anyway: events the relay passes through, tones that stay in the audio, an INFO relayed
+    /// as it is. Returns true when Bridgehead took the digit in hand (an INFO carrying it is
+    /// then answered here, not relayed).
+    pub(crate) fn hand_on_digit(
         &mut self,
         key: CallKey,
         from: Leg,
-        digit: char,
-        duration_ms: u32,
+        event: &crate::script::MediaEvent,
+        verdict: crate::script::DigitVerdict,
         now: Instant,
-    ) {
+    ) -> bool {
+        use crate::config::DtmfMode;
+        let crate::script::MediaEvent::Dtmf {
+            digit,
+            duration_ms,
+            method,
+            ..
+        } = *event
+        else {
+            return false;
+        };
+        let Some(call) = self.calls.get(&key) else {
+            return false;
+        };
         let to = from.other();
-        let wants_info = self.calls.get(&key).is_some_and(|call| {
-            call.rules.profile.trunks[call.leg(to).trunk].dtmf == crate::config::DtmfMode::Info
+        let mode = call.rules.profile.trunks[call.leg(to).trunk].dtmf;
+        let sides = call.streams.first().map(|s| match from {
+            Leg::A => (s.a, s.b),
+            Leg::B => (s.b, s.a),
         });
-        if wants_info {
-            let body = Bytes::from(format!("Signal={digit}\r\nDuration={duration_ms}\r\n"));
-            let body = Some(("application/dtmf-relay", body));
-            self.send_in_dialog(key, to, Method::Info, body, now);
+        let changed = verdict != crate::script::DigitVerdict::Keep;
+        let gets_it_anyway = match (method, mode, sides) {
+            // No media to play into: the INFO goes on.
+            ("info", _, None) => true,
+            ("info", DtmfMode::Info, _) => !changed,
+            ("rfc4733", DtmfMode::Rfc4733, Some((from_side, _))) => !from_side.dtmf_held,
+            // Tones stay in the audio; a leg without telephone-event has nothing else.
+            ("inband", DtmfMode::Inband, _) => true,
+            ("inband", DtmfMode::Rfc4733, Some((_, to_side))) => to_side.dtmf_pt.is_none(),
+            _ => false,
+        };
+        if gets_it_anyway {
+            return false;
         }
+        let Some(digit) = verdict.apply(digit) else {
+            return true;
+        };
+        if mode == DtmfMode::Info {
+            let body = Bytes::from(format!("Signal={digit}\r\nDuration={duration_ms}\r\n"));
+            self.send_in_dialog(
+                key,
+                to,
+                Method::Info,
+                Some(("application/dtmf-relay", body)),
+                now,
+            );
+        } else {
+            let sound = crate::media::player::Sound::Digits {
+                digits: digit.to_string(),
+                duration_ms,
+            };
+            self.play_sound(key, to, sound);
+        }
+        true
     }
 
     /// Hands a rule's media action to the relay.
@@ -492,13 +534,22 @@ impl Engine {
             crate::script::MediaAction::PlayRingback { leg } => {
                 (*leg, crate::media::player::Sound::Ringback(plan))
             }
-            crate::script::MediaAction::SendDtmf { leg, digits } => {
-                (*leg, crate::media::player::Sound::Digits(digits.clone()))
-            }
+            crate::script::MediaAction::SendDtmf { leg, digits } => (
+                *leg,
+                crate::media::player::Sound::Digits {
+                    digits: digits.clone(),
+                    duration_ms: 100,
+                },
+            ),
         };
+        self.play_sound(key, if leg == "a" { Leg::A } else { Leg::B }, sound);
+    }
+
+    /// Asks the relay to play a sound toward one leg of a call.
+    fn play_sound(&mut self, key: CallKey, to: Leg, sound: crate::media::player::Sound) {
         self.media_commands.push_back(MediaCommand::Play {
             call: self.media_call_id(key),
-            to_a: leg == "a",
+            to_a: to == Leg::A,
             sound,
         });
     }
@@ -511,12 +562,7 @@ impl Engine {
         args: HookArgs<'_>,
     ) -> HookOutcome {
         let Some(call) = self.calls.get(&key) else {
-            return HookOutcome {
-                decision: None,
-                vars: None,
-                media: Vec::new(),
-                failed: false,
-            };
+            return HookOutcome::default();
         };
         let (rules, id, ingress, script) = (
             call.rules.clone(),
@@ -525,12 +571,7 @@ impl Engine {
             call.script,
         );
         if !rules.rules.has_hook(script, hook) {
-            return HookOutcome {
-                decision: None,
-                vars: None,
-                media: Vec::new(),
-                failed: false,
-            };
+            return HookOutcome::default();
         }
         self.run_hook(&rules, Some(key), &id, ingress, script, hook, args)
     }
@@ -1648,16 +1689,8 @@ impl Engine {
         let Incoming { msg, key, from, .. } = incoming;
         if method == Method::Info {
             if let Some(event) = info_digit(&msg, leg) {
-                self.run_call_hook(call_key, Hook::Media, HookArgs::Media(&event));
-                if self.converts_info(call_key, leg.other()) {
-                    // The other leg takes DTMF in its media: play the digit there, answer here.
-                    if let crate::script::MediaEvent::Dtmf { digit, .. } = event {
-                        let action = crate::script::MediaAction::SendDtmf {
-                            leg: leg.other().name(),
-                            digits: digit.to_string(),
-                        };
-                        self.play(call_key, &action);
-                    }
+                let heard = self.run_call_hook(call_key, Hook::Media, HookArgs::Media(&event));
+                if self.hand_on_digit(call_key, leg, &event, heard.digit_verdict, now) {
                     let server = self.create_server(key, msg, from, ServerOwner::Local);
                     self.reply_local(call_key, leg, server, 200, now);
                     return;
@@ -1816,6 +1849,7 @@ impl Engine {
         let (a_dtmf, b_dtmf) = (dtmf(call.a.trunk), dtmf(call.b.trunk));
         let noise = |trunk: TrunkId| call.rules.profile.trunks[trunk].comfort_noise;
         let (a_noise, b_noise) = (noise(call.a.trunk), noise(call.b.trunk));
+        let rules_hear_digits = call.rules.rules.has_hook(call.script, Hook::Media);
         match crate::media::anchor(
             sdp,
             &mut call.streams,
@@ -1827,10 +1861,12 @@ impl Engine {
             Ok(changed) => {
                 use crate::config::DtmfMode;
                 for stream in &mut call.streams {
-                    stream.a.inband = a_dtmf == DtmfMode::Inband;
-                    stream.b.inband = b_dtmf == DtmfMode::Inband;
-                    stream.a.info_dtmf = a_dtmf == DtmfMode::Info;
-                    stream.b.info_dtmf = b_dtmf == DtmfMode::Info;
+                    stream.a.dtmf = a_dtmf;
+                    stream.b.dtmf = b_dtmf;
+                    // Events cross as they are only toward an RFC 4733 trunk, and only when
+                    // no rule may drop or change them.
+                    stream.a.dtmf_held = b_dtmf != DtmfMode::Rfc4733 || rules_hear_digits;
+                    stream.b.dtmf_held = a_dtmf != DtmfMode::Rfc4733 || rules_hear_digits;
                     stream.a.comfort_noise = a_noise;
                     stream.b.comfort_noise = b_noise;
                 }

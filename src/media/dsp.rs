@@ -136,6 +136,11 @@ const MIN_TONE_SHARE: f32 = 0.6;
 const MIN_ENERGY: f32 = 1.0e3;
 
 impl DtmfDetector {
+    /// True while the last frame held a digit's tones.
+    pub fn hearing(&self) -> bool {
+        self.current.is_some()
+    }
+
     /// Feeds one frame of linear samples; returns (digit, duration in ms) when a digit ended.
     pub fn push(&mut self, frame: &[i16]) -> Option<(char, u32)> {
         let heard = detect(frame);

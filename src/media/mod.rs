@@ -8,7 +8,7 @@ pub mod player;
 pub mod quality;
 pub mod relay;
 
-use crate::config::SrtpPolicy;
+use crate::config::{DtmfMode, SrtpPolicy};
 use crate::sdp::{Crypto, Media, Sdp};
 use base64::Engine as _;
 use std::collections::VecDeque;
@@ -74,11 +74,12 @@ pub struct Side {
     pub remote_key: Option<SrtpKey>,
     /// DSCP of the media sent toward the leg (its trunk's `media_dscp`).
     pub dscp: u8,
-    /// The leg sends DTMF as tones in the audio: the relay listens for them.
-    pub inband: bool,
-    /// The leg takes DTMF as SIP INFO: RFC 4733 packets toward it are not relayed (Bridgehead
-    /// sends INFO instead).
-    pub info_dtmf: bool,
+    /// How the leg's trunk carries DTMF. `Inband`: the relay listens for tones in its audio
+    /// and plays digits to it as tones.
+    pub dtmf: DtmfMode,
+    /// RFC 4733 events from the leg are not relayed: Bridgehead hands each digit on itself
+    /// (as SIP INFO, tones, or events again after `on_media` judged it).
+    pub dtmf_held: bool,
     /// The G.711 payload type the leg's SDP lists first (what generated audio toward it uses).
     pub audio_pt: Option<u8>,
     /// The G.711 variants the leg's SDP accepts (PCMU, PCMA): the relay transcodes toward a
@@ -96,6 +97,18 @@ pub struct Side {
 }
 
 impl Side {
+    /// Whether digits Bridgehead plays toward the leg are tones in its audio (its trunk wants
+    /// tones, or it took no telephone-event) rather than RFC 4733 events.
+    pub fn hears_digits_as_tones(&self) -> bool {
+        self.dtmf == DtmfMode::Inband || self.dtmf_pt.is_none()
+    }
+
+    /// Whether the leg gets DTMF other than as tones in its audio: SIP INFO, or RFC 4733
+    /// events Bridgehead plays.
+    pub fn gets_digits_apart(&self) -> bool {
+        !self.hears_digits_as_tones() || self.dtmf == DtmfMode::Info
+    }
+
     /// The codec of a payload type the leg sends: by the numbers Bridgehead gave it, else by
     /// its own.
     pub fn sent_codec(&self, pt: u8) -> Option<CodecId> {

@@ -30,7 +30,11 @@ impl TonePlan {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Sound {
     Ringback(TonePlan),
-    Digits(String),
+    /// DTMF digits, each lasting `duration_ms` (rounded to 20 ms, 40 ms to 5 s).
+    Digits {
+        digits: String,
+        duration_ms: u32,
+    },
 }
 
 /// One 20 ms step of a player.
@@ -45,10 +49,14 @@ pub enum Step {
 }
 
 const FRAME: usize = 160;
-/// A digit lasts 100 ms (5 packets); its end is sent 3 times; 60 ms pass before the next.
-const DIGIT_PACKETS: u16 = 5;
+/// A digit's end is sent 3 times; 60 ms pass before the next digit.
 const END_REPEATS: u16 = 3;
 const GAP_PACKETS: u16 = 3;
+
+/// The 20 ms packets a digit of `duration_ms` lasts (2 to 250).
+fn digit_packets(duration_ms: u32) -> u16 {
+    u16::try_from((duration_ms / 20).clamp(2, 250)).unwrap_or(250)
+}
 
 #[derive(Debug)]
 enum State {
@@ -57,7 +65,8 @@ enum State {
         sample: usize,
     },
     Digits {
-        digits: VecDeque<char>,
+        /// Each digit with the packets it lasts.
+        digits: VecDeque<(char, u16)>,
         /// Packets sent for the current digit (including ends and gap).
         step: u16,
         event_timestamp: u32,
@@ -78,8 +87,14 @@ impl Player {
     pub fn new(sound: Sound, seed: u32) -> Player {
         let state = match sound {
             Sound::Ringback(plan) => State::Ringback { plan, sample: 0 },
-            Sound::Digits(digits) => State::Digits {
-                digits: digits.chars().collect(),
+            Sound::Digits {
+                digits,
+                duration_ms,
+            } => State::Digits {
+                digits: digits
+                    .chars()
+                    .map(|d| (d, digit_packets(duration_ms)))
+                    .collect(),
                 step: 0,
                 event_timestamp: 0,
             },
@@ -95,6 +110,29 @@ impl Player {
     /// True while it plays ringback (which real media from the other leg replaces).
     pub fn is_ringback(&self) -> bool {
         matches!(self.state, State::Ringback { .. })
+    }
+
+    /// True while it plays digits.
+    pub fn plays_digits(&self) -> bool {
+        matches!(self.state, State::Digits { .. })
+    }
+
+    /// Queues more digits after the ones playing; any other sound is handed back (it
+    /// replaces this one).
+    pub fn queue(&mut self, sound: Sound) -> Option<Sound> {
+        match (&mut self.state, sound) {
+            (
+                State::Digits { digits, .. },
+                Sound::Digits {
+                    digits: more,
+                    duration_ms,
+                },
+            ) => {
+                digits.extend(more.chars().map(|d| (d, digit_packets(duration_ms))));
+                None
+            }
+            (_, sound) => Some(sound),
+        }
     }
 
     /// The next 20 ms toward a leg whose G.711 payload type is `audio_pt` and whose
@@ -121,10 +159,10 @@ impl Player {
                 step,
                 event_timestamp,
             } => {
-                let Some(&digit) = digits.front() else {
+                let Some(&(digit, digit_packets)) = digits.front() else {
                     return Step::Done;
                 };
-                let total = DIGIT_PACKETS + END_REPEATS + GAP_PACKETS;
+                let total = digit_packets + END_REPEATS + GAP_PACKETS;
                 let current = *step;
                 *step += 1;
                 if *step == total {
@@ -135,14 +173,14 @@ impl Player {
                     *event_timestamp = self.timestamp;
                 }
                 let event_timestamp = *event_timestamp;
-                if current >= DIGIT_PACKETS + END_REPEATS {
+                if current >= digit_packets + END_REPEATS {
                     self.timestamp = self.timestamp.wrapping_add(FRAME as u32);
                     return Step::Silence;
                 }
                 match (dtmf_pt, audio_pt) {
                     (Some(pt), _) => {
-                        let end = current >= DIGIT_PACKETS - 1;
-                        let duration = (current.min(DIGIT_PACKETS - 1) + 1) * FRAME as u16;
+                        let end = current >= digit_packets - 1;
+                        let duration = (current.min(digit_packets - 1) + 1) * FRAME as u16;
                         let Some(event) = event_code(digit) else {
                             return Step::Silence;
                         };
@@ -152,13 +190,13 @@ impl Player {
                             (duration >> 8) as u8,
                             duration as u8,
                         ];
-                        if current < DIGIT_PACKETS {
+                        if current < digit_packets {
                             self.timestamp = self.timestamp.wrapping_add(FRAME as u32);
                         }
                         Step::Packet(self.rtp(pt, current == 0, event_timestamp, &payload))
                     }
                     (None, Some(pt)) => {
-                        let pcm = if current < DIGIT_PACKETS {
+                        let pcm = if current < digit_packets {
                             match dsp::dtmf_frequencies(digit) {
                                 Some((row, column)) => dsp::tones(
                                     &[row, column],
@@ -219,6 +257,13 @@ fn event_code(digit: char) -> Option<u8> {
 mod tests {
     use super::*;
 
+    fn digits(digits: &str) -> Sound {
+        Sound::Digits {
+            digits: digits.into(),
+            duration_ms: 100,
+        }
+    }
+
     fn all(player: &mut Player, audio: Option<u8>, dtmf: Option<u8>) -> Vec<Step> {
         let mut out = Vec::new();
         loop {
@@ -232,7 +277,7 @@ mod tests {
 
     #[test]
     fn digits_as_rfc4733_events() {
-        let mut player = Player::new(Sound::Digits("5#".into()), 0x1234_5678);
+        let mut player = Player::new(digits("5#"), 0x1234_5678);
         let steps = all(&mut player, Some(8), Some(101));
         assert_eq!(steps.len(), 22, "two digits of 11 steps");
         let packets: Vec<&Vec<u8>> = steps
@@ -268,7 +313,7 @@ mod tests {
 
     #[test]
     fn digits_as_tones_are_heard_by_the_detector() {
-        let mut player = Player::new(Sound::Digits("73".into()), 99);
+        let mut player = Player::new(digits("73"), 99);
         let mut detector = dsp::DtmfDetector::default();
         let mut heard = String::new();
         for step in all(&mut player, Some(8), None) {

@@ -6,7 +6,7 @@
 
 use super::player::{Player, Sound, Step};
 use super::{dsp, quality, MediaCommand, Side, SrtpKey, Stream, Suite};
-use crate::config::MediaConfig;
+use crate::config::{DtmfMode, MediaConfig};
 use crate::script::MediaEvent;
 use std::collections::HashMap;
 use std::collections::VecDeque;
@@ -341,7 +341,7 @@ impl Leg {
 
     /// A DTMF digit heard in the audio (G.711) of this leg, when the leg's trunk sends tones.
     fn inband_digit(&mut self, packet: &[u8], side: &Side) -> Option<MediaEvent> {
-        if !side.inband {
+        if side.dtmf != DtmfMode::Inband {
             return None;
         }
         let (payload_type, _, payload) = rtp_parts(packet)?;
@@ -433,7 +433,14 @@ async fn relay_stream(
             Some((to_a, sound)) = plays.recv() => {
                 seed = seed.wrapping_mul(0x9e37_79b9).wrapping_add(1);
                 let leg = if to_a { &mut a } else { &mut b };
-                leg.player = Some(Player::new(sound, seed));
+                // Digits wait for the ones playing; anything else replaces what plays.
+                let replacing = match &mut leg.player {
+                    Some(player) => player.queue(sound),
+                    None => Some(sound),
+                };
+                if let Some(sound) = replacing {
+                    leg.player = Some(Player::new(sound, seed));
+                }
                 None
             }
             _ = frames.tick(), if playing => {
@@ -511,6 +518,20 @@ fn transcode_into(packet: &[u8], to_alaw: bool, out: &mut Vec<u8>) {
     out.extend(payload.iter().map(|b| dsp::transcode(*b, to_alaw)));
 }
 
+/// Replaces a G.711 packet's audio by silence.
+fn silence(packet: &mut [u8]) {
+    let Some((payload_type, _, payload)) = rtp_parts(packet) else {
+        return;
+    };
+    let quiet = match payload_type {
+        0 => dsp::linear_to_ulaw(0),
+        8 => dsp::linear_to_alaw(0),
+        _ => return,
+    };
+    let header = packet.len() - payload.len();
+    packet[header..].fill(quiet);
+}
+
 /// Sends a comfort noise SID (RFC 3389) toward a leg that wants it and heard nothing for a
 /// while.
 async fn comfort_noise(leg: &mut Leg, side: &Side, stats: &RelayStats) {
@@ -534,7 +555,12 @@ async fn play(leg: &mut Leg, side: &Side, stats: &RelayStats) {
     let Some(player) = &mut leg.player else {
         return;
     };
-    let packet = match player.next(side.audio_pt, side.dtmf_pt) {
+    let events = if side.hears_digits_as_tones() {
+        None
+    } else {
+        side.dtmf_pt
+    };
+    let packet = match player.next(side.audio_pt, events) {
         Step::Packet(packet) => packet,
         Step::Silence => return,
         Step::Done => {
@@ -631,31 +657,45 @@ async fn forward(
             .or_else(|| from.inband_digit(packet, from_side));
     }
     if !rtcp {
-        // Real media toward a leg replaces the ringback Bridgehead plays it.
+        // Real media toward a leg replaces the ringback Bridgehead plays it; digits played
+        // as tones replace the real audio while they last.
         if to.player.as_ref().is_some_and(Player::is_ringback) {
             to.player = None;
         }
-        // A leg that takes DTMF as SIP INFO gets no telephone-events (it gets INFO instead).
-        if to_side.info_dtmf && packet.get(1).is_some_and(|b| from.is_dtmf(b & 0x7f)) {
+        if to_side.hears_digits_as_tones() && to.player.as_ref().is_some_and(Player::plays_digits) {
+            return event;
+        }
+        // Held telephone-events: Bridgehead hands the digit on itself.
+        if from_side.dtmf_held && packet.get(1).is_some_and(|b| from.is_dtmf(b & 0x7f)) {
             return event;
         }
     }
     // G.711 toward a leg that takes only the other variant is transcoded; other payload
-    // types get the number the other leg gave their codec.
+    // types get the number the other leg gave their codec. Tones toward a leg that gets the
+    // digit another way (INFO, events) are muted, so it does not hear the digit twice.
     let payload_type = packet.get(1).map_or(0, |b| b & 0x7f);
     let mapped = from.pt_map[usize::from(payload_type)];
-    let packet = match transcoding(packet, rtcp, to_side) {
-        Some(to_alaw) => {
-            transcode_into(packet, to_alaw, &mut from.scratch);
-            &from.scratch[..]
+    let mute = !rtcp
+        && from_side.dtmf == DtmfMode::Inband
+        && to_side.gets_digits_apart()
+        && from.detector.hearing();
+    let transcode = transcoding(packet, rtcp, to_side);
+    let rewrite = !rtcp && packet.len() >= 12 && (mapped != payload_type || mute);
+    let packet = if transcode.is_some() || rewrite {
+        match transcode {
+            Some(to_alaw) => transcode_into(packet, to_alaw, &mut from.scratch),
+            None => {
+                from.scratch.clear();
+                from.scratch.extend_from_slice(packet);
+                from.scratch[1] = (from.scratch[1] & 0x80) | mapped;
+            }
         }
-        None if !rtcp && packet.len() >= 12 && mapped != payload_type => {
-            from.scratch.clear();
-            from.scratch.extend_from_slice(packet);
-            from.scratch[1] = (from.scratch[1] & 0x80) | mapped;
-            &from.scratch[..]
+        if mute {
+            silence(&mut from.scratch);
         }
-        None => packet,
+        &from.scratch[..]
+    } else {
+        packet
     };
     // Where the other leg wants it: where its media comes from, else what its SDP says.
     let muxed = to_side.remote_rtcp.is_some() && to_side.remote_rtcp == to_side.remote;
@@ -699,7 +739,12 @@ async fn forward(
 }
 
 #[cfg(test)]
+#[path = "../../tests/common/rtp_capture.rs"]
+mod rtp_capture;
+
+#[cfg(test)]
 mod tests {
+    use super::rtp_capture;
     use super::*;
 
     #[test]
@@ -837,37 +882,12 @@ mod tests {
         );
     }
 
-    /// The RTP of the Asterisk testsuite's DTMF capture (Linux cooked, RTP only): PCMU audio
-    /// with RFC 2833 events for the digits 2013785496, and the same digits as tones in the audio
-    /// (with a large DC offset).
-    fn asterisk_dtmf_rtp() -> Vec<Vec<u8>> {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/data/pcap/dtmf-2013785496-ulaw.pcap"
-        );
-        let file = std::fs::File::open(path).expect("capture");
-        let mut reader = pcap_file::pcap::PcapReader::new(file).expect("pcap");
-        let mut packets = Vec::new();
-        while let Some(Ok(packet)) = reader.next_packet() {
-            // 16-byte Linux cooked header, then IP.
-            let Some(ip) = packet.data.get(16..) else {
-                continue;
-            };
-            if let Ok(sliced) = etherparse::SlicedPacket::from_ip(ip) {
-                if let Some(etherparse::TransportSlice::Udp(udp)) = sliced.transport {
-                    packets.push(udp.payload().to_vec());
-                }
-            }
-        }
-        packets
-    }
-
     #[tokio::test]
     async fn asterisk_capture_digits_are_each_reported_once_in_order_both_ways() {
-        let packets = asterisk_dtmf_rtp();
+        let packets = rtp_capture::udp_payloads(rtp_capture::ASTERISK_DTMF);
         assert!(packets.len() > 900, "{} packets", packets.len());
         let side = Side {
-            inband: true,
+            dtmf: DtmfMode::Inband,
             ..side_with_dtmf(101)
         };
         let mut leg = Leg::bind("a", "127.0.0.1".parse().unwrap(), 0)

@@ -296,7 +296,15 @@ impl Replay {
                         .and_then(|d| d.chars().next())
                         .ok_or("a dtmf event needs a digit")?,
                     duration_ms: media.duration.unwrap_or(100),
-                    method: "rfc4733",
+                    method: match media.method.as_deref().unwrap_or("rfc4733") {
+                        "rfc4733" => "rfc4733",
+                        "inband" => "inband",
+                        other => {
+                            return Err(format!(
+                                "a dtmf method is rfc4733 or inband (send a SIP INFO for info), not '{other}'"
+                            ))
+                        }
+                    },
                 },
                 "rtp_timeout" => MediaEvent::RtpTimeout {
                     leg,
@@ -318,7 +326,7 @@ impl Replay {
                     ))
                 }
             };
-            if !self.engine.handle_media_event(&call, &event) {
+            if !self.engine.handle_media_event(&call, &event, self.now) {
                 return Err(format!("no call '{call}' for the media event"));
             }
         } else if let Some(reload) = &step.reload {
@@ -560,6 +568,14 @@ impl Replay {
         for name in &exp.absent {
             if let Some(v) = got.msg.header_str(&HeaderName::parse(name)) {
                 problems.push(format!("{name}: {v} should be absent"));
+            }
+        }
+        if let Some(pattern) = &exp.body {
+            let pattern = self.expand(pattern)?;
+            let re = compiled(&pattern).map_err(|err| format!("body: bad regex: {err}"))?;
+            let body = String::from_utf8_lossy(&got.msg.body);
+            if !re.is_match(&body) {
+                problems.push(format!("body {body:?} does not match {pattern}"));
             }
         }
         if let Some(sdp) = &exp.sdp {

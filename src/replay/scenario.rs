@@ -121,6 +121,9 @@ pub struct MediaStep {
     pub leg: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digit: Option<String>,
+    /// How a digit came: `rfc4733` (default) or `inband`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -170,6 +173,9 @@ pub struct Expect {
     pub present: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub absent: Vec<String>,
+    /// A regex the body must match (e.g. `Signal=#` in a SIP INFO).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
     /// Checks of the SDP body.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sdp: Option<SdpExpect>,

@@ -47,6 +47,57 @@ pub struct HookCall {
     pub leg: Option<&'static str>,
     /// Media actions the hook asked for, in order.
     pub media_actions: Vec<MediaAction>,
+    /// What `on_media` returned for a DTMF digit.
+    pub digit_verdict: DigitVerdict,
+}
+
+/// What `on_media` decided for a DTMF digit: nothing (`nil`, `true`), drop it (`false`), or
+/// send another digit instead (a string).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DigitVerdict {
+    #[default]
+    Keep,
+    Drop,
+    Replace(char),
+}
+
+impl DigitVerdict {
+    /// The verdict a hook's return value gives; a string that is not one DTMF digit is an
+    /// error.
+    pub(super) fn from_lua(value: &mlua::Value) -> mlua::Result<DigitVerdict> {
+        match value {
+            mlua::Value::Nil | mlua::Value::Boolean(true) => Ok(DigitVerdict::Keep),
+            mlua::Value::Boolean(false) => Ok(DigitVerdict::Drop),
+            mlua::Value::String(s) => {
+                let text = s.to_string_lossy();
+                let mut chars = text.chars();
+                match (chars.next().map(|c| c.to_ascii_uppercase()), chars.next()) {
+                    (Some(digit), None) if is_dtmf_digit(digit) => Ok(DigitVerdict::Replace(digit)),
+                    _ => Err(mlua::Error::runtime(format!(
+                        "on_media: '{text}' is not a DTMF digit (0-9, *, #, A-D)"
+                    ))),
+                }
+            }
+            other => Err(mlua::Error::runtime(format!(
+                "on_media: a DTMF verdict is nil, true, false or a digit, not a {}",
+                other.type_name()
+            ))),
+        }
+    }
+
+    /// The digit to hand on, if any.
+    pub fn apply(self, digit: char) -> Option<char> {
+        match self {
+            DigitVerdict::Keep => Some(digit),
+            DigitVerdict::Drop => None,
+            DigitVerdict::Replace(other) => Some(other),
+        }
+    }
+}
+
+/// 0-9, *, #, A-D (upper case).
+pub fn is_dtmf_digit(digit: char) -> bool {
+    digit.is_ascii_digit() || "*#ABCD".contains(digit)
 }
 
 impl HookCall {
@@ -59,6 +110,7 @@ impl HookCall {
             vars,
             leg: None,
             media_actions: Vec::new(),
+            digit_verdict: DigitVerdict::Keep,
         }
     }
 }
@@ -214,8 +266,8 @@ impl UserData for HookCall {
                 let leg = leg_arg(leg, "b", "call:send_dtmf")?;
                 if digits.is_empty()
                     || !digits
-                        .bytes()
-                        .all(|b| b.is_ascii_digit() || b"*#ABCDabcd".contains(&b))
+                        .chars()
+                        .all(|c| is_dtmf_digit(c.to_ascii_uppercase()))
                 {
                     return Err(mlua::Error::runtime(format!(
                         "call:send_dtmf: '{digits}' is not DTMF (0-9, *, #, A-D)"

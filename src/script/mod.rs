@@ -15,7 +15,10 @@ mod sandbox;
 mod sdp_api;
 pub mod unit;
 
-pub use api::{CallEndInfo, HookCall, HookMessage, MediaAction, MediaEvent, RouteDecision};
+pub use api::{
+    is_dtmf_digit, CallEndInfo, DigitVerdict, HookCall, HookMessage, MediaAction, MediaEvent,
+    RouteDecision,
+};
 pub use sandbox::BUDGET_EXCEEDED;
 pub use sdp_api::SharedSdp;
 
@@ -424,8 +427,9 @@ impl Rules {
         self.lua.set_app_data(api::CurrentCall(call_id));
         self.budget.refill();
         let started = Instant::now();
+        let mut verdict = api::DigitVerdict::Keep;
         let result = self.lua.scope(|scope| {
-            let call = match call {
+            let call = match call.as_deref_mut() {
                 Some(call) => Value::UserData(scope.create_userdata_ref_mut(call)?),
                 None => Value::Nil,
             };
@@ -445,10 +449,19 @@ impl Rules {
                     ctx.raw_set("msg", scope.create_userdata_ref_mut(msg)?)?;
                     function.call::<()>((call, sdp_api::LuaSdp(sdp), ctx))
                 }
-                HookArgs::Media(event) => function.call::<()>((call, event.to_lua(&self.lua)?)),
+                HookArgs::Media(event) => {
+                    let returned: Value = function.call((call, event.to_lua(&self.lua)?))?;
+                    if matches!(event, MediaEvent::Dtmf { .. }) {
+                        verdict = api::DigitVerdict::from_lua(&returned)?;
+                    }
+                    Ok(())
+                }
                 HookArgs::CallEnd(info) => function.call::<()>((call, info.to_lua(&self.lua)?)),
             }
         });
+        if let Some(call) = call {
+            call.digit_verdict = verdict;
+        }
         let elapsed = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let result = result.map_err(|err| {
             let mut error = ScriptError::from_lua(&err);

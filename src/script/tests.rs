@@ -733,3 +733,52 @@ fn media_actions_are_validated_and_queued() {
         ]
     );
 }
+
+#[test]
+fn on_media_returns_a_verdict_on_each_digit() {
+    let rules = load(
+        "local r = {}\nfunction r.on_media(call, ev)\n  if ev.kind ~= 'dtmf' then return false end\n  if ev.digit == '1' then return false end\n  if ev.digit == '2' then return '#' end\n  if ev.digit == '3' then return 'b' end\n  if ev.digit == '4' then return 'xy' end\n  if ev.digit == '5' then return {} end\nend\nreturn r\n",
+    )
+    .expect("loads");
+    let verdict = |digit: char| {
+        let mut call = call(&rules);
+        let event = MediaEvent::Dtmf {
+            leg: "a",
+            digit,
+            duration_ms: 100,
+            method: "rfc4733",
+        };
+        let result = rules.run(
+            rules.script_of(0),
+            Hook::Media,
+            Some(&mut call),
+            HookArgs::Media(&event),
+        );
+        (result.map_err(|e| e.to_string()), call.digit_verdict)
+    };
+    assert_eq!(verdict('9'), (Ok(()), DigitVerdict::Keep));
+    assert_eq!(verdict('1'), (Ok(()), DigitVerdict::Drop));
+    assert_eq!(verdict('2'), (Ok(()), DigitVerdict::Replace('#')));
+    assert_eq!(verdict('3'), (Ok(()), DigitVerdict::Replace('B')));
+    for bad in ['4', '5'] {
+        let (result, kept) = verdict(bad);
+        assert_eq!(kept, DigitVerdict::Keep, "an error changes nothing");
+        assert!(result.is_err_and(|e| e.contains("on_media")), "{bad}");
+    }
+    // Other events' return values mean nothing.
+    let mut call = call(&rules);
+    let timeout = MediaEvent::RtpTimeout {
+        leg: "a",
+        seconds: 5,
+    };
+    let result = rules.run(
+        rules.script_of(0),
+        Hook::Media,
+        Some(&mut call),
+        HookArgs::Media(&timeout),
+    );
+    assert!(result.is_ok());
+    assert_eq!(call.digit_verdict, DigitVerdict::Keep);
+    assert_eq!(DigitVerdict::Drop.apply('5'), None);
+    assert_eq!(DigitVerdict::Replace('#').apply('5'), Some('#'));
+}

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod rtp_capture;
 pub mod sipp;
 
 use std::collections::HashMap;
