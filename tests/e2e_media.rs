@@ -685,12 +685,14 @@ fn plain_rtp_from_the_core_is_srtp_toward_teams_and_back() {
     let profile =
         profile(base).replace("    route: core\n", "    route: core\n    srtp: required\n");
     let callee_key = base64::engine::general_purpose::STANDARD.encode([0x5au8; 30]);
+    // Teams' key comes with a lifetime and a 4-byte MKI (value 1) that its packets carry.
+    let key_params = format!("{callee_key}|2^31|1:4");
     let mut call = MediaCall::start(
         base,
         &profile,
         Scripts {
             callee: "callee_srtp",
-            vars: &[("key", &callee_key)],
+            vars: &[("key", &key_params)],
             ..Default::default()
         },
         Duration::from_millis(800),
@@ -722,6 +724,9 @@ fn plain_rtp_from_the_core_is_srtp_toward_teams_and_back() {
     for seq in 500..510u16 {
         let secret = teams_context.encrypt_rtp(&rtp(seq, 8)).expect("encrypt");
         let mut secret = secret.to_vec();
+        // The MKI goes before the 80-bit tag (which does not cover it).
+        let tag_at = secret.len() - 10;
+        secret.splice(tag_at..tag_at, [0, 0, 0, 1]);
         if seq == 505 {
             let last = secret.len() - 1;
             secret[last] ^= 0xff;

@@ -257,6 +257,8 @@ pub struct SrtpKey {
     pub suite: Suite,
     pub key: [u8; 16],
     pub salt: [u8; 14],
+    /// Bytes of Master Key Identifier the leg's packets carry before their tag (0: none).
+    pub mki_len: u8,
 }
 
 impl std::fmt::Debug for SrtpKey {
@@ -284,11 +286,13 @@ impl SrtpKey {
             suite,
             key,
             salt,
+            mki_len: 0,
         }
     }
 
-    /// The key of an a=crypto line, when Bridgehead supports its suite. A lifetime is
-    /// accepted; a key with an MKI is not (packets would carry it).
+    /// The key of an a=crypto line, when Bridgehead supports its suite. A lifetime
+    /// (`|2^31`) and an MKI (`|1:4`: value 1 in 4 bytes, which the leg's packets then carry)
+    /// are accepted.
     pub fn from_crypto(crypto: &Crypto) -> Option<SrtpKey> {
         let suite = Suite::parse(&crypto.suite)?;
         let inline = crypto
@@ -298,14 +302,25 @@ impl SrtpKey {
             .strip_prefix("inline:")?;
         let mut parts = inline.split('|');
         let encoded = parts.next()?;
-        if parts.any(|p| p.contains(':')) {
-            return None;
+        // RFC 4568 §6.1: MKI is `value:length`, the length in bytes, 1 to 128.
+        let mut mki_len = 0;
+        for part in parts {
+            if let Some((_, length)) = part.split_once(':') {
+                mki_len = length
+                    .trim()
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|l| (1..=128).contains(l))?;
+            }
         }
         let material = base64::engine::general_purpose::STANDARD
             .decode(encoded)
             .ok()?;
         let material: [u8; 30] = material.try_into().ok()?;
-        Some(SrtpKey::from_material(crypto.tag, suite, &material))
+        Some(SrtpKey {
+            mki_len,
+            ..SrtpKey::from_material(crypto.tag, suite, &material)
+        })
     }
 
     /// The value of the a=crypto line that gives this key.
@@ -672,12 +687,26 @@ mod tests {
         assert_eq!((teams.key, teams.salt), ([7u8; 16], [7u8; 14]));
         assert_eq!(streams[0].a.local_key, None);
 
-        // A key with an MKI, or an unknown suite, is not taken.
+        // A key with an MKI is taken, with the MKI's length; a bad MKI or an unknown suite
+        // is not.
         let mki = Crypto::parse(
             "1 AES_CM_128_HMAC_SHA1_80 inline:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA|2^20|1:4",
         )
         .expect("crypto line");
-        assert_eq!(SrtpKey::from_crypto(&mki), None);
+        assert_eq!(SrtpKey::from_crypto(&mki).map(|k| k.mki_len), Some(4));
+        let no_lifetime = Crypto::parse(
+            "1 AES_CM_128_HMAC_SHA1_32 inline:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA|7:2",
+        )
+        .expect("crypto line");
+        assert_eq!(
+            SrtpKey::from_crypto(&no_lifetime).map(|k| k.mki_len),
+            Some(2)
+        );
+        let bad_mki = Crypto::parse(
+            "1 AES_CM_128_HMAC_SHA1_80 inline:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA|1:0",
+        )
+        .expect("crypto line");
+        assert_eq!(SrtpKey::from_crypto(&bad_mki), None);
         let gcm = Crypto::parse("2 AEAD_AES_256_GCM inline:AAAA").expect("crypto line");
         assert_eq!(SrtpKey::from_crypto(&gcm), None);
         assert!(

@@ -518,6 +518,26 @@ fn transcode_into(packet: &[u8], to_alaw: bool, out: &mut Vec<u8>) {
     out.extend(payload.iter().map(|b| dsp::transcode(*b, to_alaw)));
 }
 
+/// Writes an SRTP or SRTCP packet without its MKI (the `mki_len` bytes before the
+/// authentication tag, which the tag does not cover, RFC 3711 §3.1) into `out`.
+fn without_mki(packet: &[u8], key: &SrtpKey, rtcp: bool, out: &mut Vec<u8>) {
+    // SRTCP's tag is 80 bits with either suite.
+    let tag = match (key.suite, rtcp) {
+        (Suite::AesCm128HmacSha1_32, false) => 4,
+        _ => 10,
+    };
+    let mki = usize::from(key.mki_len);
+    out.clear();
+    match packet.len().checked_sub(tag + mki) {
+        Some(end) => {
+            out.extend_from_slice(&packet[..end]);
+            out.extend_from_slice(&packet[end + mki..]);
+        }
+        // Too short to hold an MKI: it will fail authentication as it is.
+        None => out.extend_from_slice(packet),
+    }
+}
+
 /// Replaces a G.711 packet's audio by silence.
 fn silence(packet: &mut [u8]) {
     let Some((payload_type, _, payload)) = rtp_parts(packet) else {
@@ -615,7 +635,13 @@ async fn forward(
     }
     // SRTP from the leg is decrypted (a packet that fails authentication goes no further).
     let decrypted = match &mut from.decrypt {
-        Some((_, context)) => {
+        Some((key, context)) => {
+            let packet = if key.mki_len > 0 {
+                without_mki(packet, key, rtcp, &mut from.scratch);
+                &from.scratch[..]
+            } else {
+                packet
+            };
             let clear = if rtcp {
                 context.decrypt_rtcp(packet)
             } else {
@@ -915,6 +941,27 @@ mod tests {
             })
             .collect();
         assert_eq!(inband, "2013785496", "the same digits, heard in the audio");
+    }
+
+    #[test]
+    fn the_mki_is_cut_from_before_the_tag() {
+        let key = SrtpKey {
+            mki_len: 2,
+            ..SrtpKey::generate(1, Suite::AesCm128HmacSha1_32).expect("key")
+        };
+        let mut out = Vec::new();
+        // RTP with the 32-bit suite: 4-byte tag.
+        without_mki(&[1, 2, 3, 9, 9, 7, 7, 7, 7], &key, false, &mut out);
+        assert_eq!(out, [1, 2, 3, 7, 7, 7, 7]);
+        // SRTCP: always an 80-bit tag.
+        let mut rtcp = vec![5u8; 4];
+        rtcp.extend([9, 9]);
+        rtcp.extend([6u8; 10]);
+        without_mki(&rtcp, &key, true, &mut out);
+        assert_eq!(out.len(), 14);
+        assert!(!out.contains(&9));
+        without_mki(&[1, 2], &key, false, &mut out);
+        assert_eq!(out, [1, 2], "too short: left as it is");
     }
 
     #[test]
