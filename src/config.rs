@@ -92,6 +92,9 @@ pub struct Trunk {
     pub dtmf: DtmfMode,
     /// Send comfort noise (RFC 3389) toward the trunk while the other leg is silent.
     pub comfort_noise: bool,
+    /// When the trunk's call rings without early media (a 180/183 without SDP), answer its
+    /// offer in that provisional and play it ringback (media must be anchored).
+    pub local_ringback: bool,
 }
 
 /// Which headers of the other leg cross onto a trunk's leg. B2BUA-owned headers never cross;
@@ -312,6 +315,8 @@ struct RawTrunk {
     dtmf: DtmfMode,
     #[serde(default)]
     comfort_noise: bool,
+    #[serde(default)]
+    local_ringback: bool,
 }
 
 /// How a trunk carries DTMF.
@@ -553,6 +558,7 @@ impl Profile {
                 codecs: raw.codecs.clone(),
                 dtmf: raw.dtmf,
                 comfort_noise: raw.comfort_noise,
+                local_ringback: raw.local_ringback,
                 on_script_error,
                 params,
                 listener,

@@ -235,6 +235,8 @@ struct Scripts<'a> {
     /// The caller's scenario, and how long it talks before its BYE.
     caller: &'a str,
     talk_ms: u32,
+    /// How long the callee rings before it answers.
+    ring_ms: u32,
 }
 
 impl Default for Scripts<'_> {
@@ -244,6 +246,7 @@ impl Default for Scripts<'_> {
             vars: &[],
             caller: "caller_media",
             talk_ms: 2500,
+            ring_ms: 0,
         }
     }
 }
@@ -270,7 +273,8 @@ impl MediaCall {
         let callee_rtp = UdpSocket::bind("127.0.0.1:0").expect("callee rtp");
         let callee_port = sbc.port("teams_peer");
         let rtp_port = callee_rtp.local_addr().expect("addr").port();
-        let args = callee_args(scripts.callee, callee_port, rtp_port, scripts.vars);
+        let mut args = callee_args(scripts.callee, callee_port, rtp_port, scripts.vars);
+        args.extend(["-d".to_string(), scripts.ring_ms.to_string()]);
         let callee = Sipp::start(&dir, "callee", &args);
         wait_listening(callee_port, Transport::Udp);
         let args = media_caller(&sbc, scripts.caller, &caller_rtp, scripts.talk_ms);
@@ -1010,6 +1014,55 @@ fn rules_play_ringback_and_send_dtmf_through_the_relay() {
     assert!(
         after[first_real..].iter().all(|(pt, _, _)| *pt != 8),
         "ringback stopped once real media flowed: {after:?}"
+    );
+}
+
+#[test]
+fn a_callee_ringing_without_early_media_gets_the_caller_local_ringback() {
+    let base = media_range();
+    let profile = profile(base).replace(
+        "    route: teams\n",
+        "    route: teams\n    local_ringback: true\n",
+    );
+    let mut call = MediaCall::start(
+        base,
+        &profile,
+        Scripts {
+            ring_ms: 1500,
+            talk_ms: 1000,
+            ..Default::default()
+        },
+        Duration::from_millis(0),
+    );
+    let (caller_rtp, callee_rtp) = call.sockets();
+    // While Teams rings: ITU ringback (425 Hz, PCMA) from Bridgehead's port facing the core.
+    let ringback = receive_packets(&caller_rtp, 40, Duration::from_millis(1400));
+    // Once answered, Teams' own audio replaces it.
+    std::thread::sleep(Duration::from_millis(400));
+    for seq in 0..5 {
+        callee_rtp
+            .send_to(&rtp(seq, 8), call.toward_callee())
+            .expect("send");
+    }
+    let after = receive(&caller_rtp, 10_000, Duration::from_millis(400));
+    call.finish();
+    let context = || call.context();
+    assert_eq!(ringback.len(), 40, "ringback\n{}", context());
+    assert!(ringback.iter().all(|(p, from)| p[1] & 0x7f == 8
+        && from.port() == base + 2
+        && p[12..].iter().any(|b| b.abs_diff(0xd5) > 8)));
+    let ringing = first_received(&call.caller, |m| m.is_response(180));
+    let answer = first_received(&call.caller, |m| m.is_response(200));
+    assert!(ringing.body().contains("RTP/AVP 8 101"), "{}", ringing.text);
+    assert_eq!(ringing.body(), answer.body(), "one answer to the offer");
+    // Teams' packets are sequence numbers 0-4; ringback stopped once they came.
+    let first_real = after
+        .iter()
+        .position(|(_, seq, _)| *seq < 5)
+        .unwrap_or_else(|| panic!("Teams' audio never got through: {after:?}"));
+    assert!(
+        after[first_real..].iter().all(|(_, seq, _)| *seq < 5),
+        "{after:?}"
     );
 }
 

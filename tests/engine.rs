@@ -1354,3 +1354,69 @@ Duration=100
     assert!(played(&mut sim).is_empty());
     let _ = call;
 }
+
+#[test]
+fn local_ringback_answers_the_caller_in_the_180_and_the_200_repeats_it() {
+    let default = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/default.lua");
+    let text = format!(
+        "media:\n  address: 127.0.0.1\n  ports: 30000-30099\n{}",
+        profile_with_script(default, "    local_ringback: true", "")
+    );
+    let mut sim = Sim::with_profile(&text);
+    let out = sim.core_sends(&invite("ring@10.1.1.1", "z9hG4bKr1", ""));
+    let b_invite = out
+        .iter()
+        .find(|(_, m)| method(m) == "INVITE")
+        .map(|(_, m)| m.clone())
+        .expect("B-leg INVITE");
+    std::iter::from_fn(|| sim.engine.poll_media()).for_each(drop);
+
+    // Teams rings without early media: the core gets a 180 with Bridgehead's answer, and
+    // ringback is played to it.
+    let out = sim.teams_sends(&answer(&b_invite, 180, "Ringing", "t1", ""));
+    assert_eq!(summary(&out), [format!("180->{CORE_PEER}")]);
+    let ringing = out[0].1.clone();
+    let early = String::from_utf8_lossy(&ringing.body).into_owned();
+    assert_eq!(h(&ringing, "Content-Type"), Some("application/sdp"));
+    assert!(early.contains("c=IN IP4 127.0.0.1\r\n"), "{early}");
+    assert!(early.contains("m=audio 30002 RTP/AVP 8 101\r\n"), "{early}");
+    assert!(!early.contains("0.0.0.0"), "{early}");
+    let commands: Vec<MediaCommand> = std::iter::from_fn(|| sim.engine.poll_media()).collect();
+    assert!(commands.iter().any(|c| matches!(
+        c,
+        MediaCommand::Play {
+            to_a: true,
+            sound: Sound::Ringback(TonePlan::Itu),
+            ..
+        }
+    )));
+    let last = commands.iter().rev().find_map(|c| match c {
+        MediaCommand::Stream { stream, .. } => Some(stream.clone()),
+        _ => None,
+    });
+    let stream = last.expect("stream");
+    assert_eq!(stream.a.accepts, (false, true), "the caller gets PCMA only");
+    assert_eq!(stream.b.remote, None, "Teams is not sending yet");
+
+    // Teams answers PCMU: the core's 200 repeats the 180's answer; the relay transcodes.
+    let pcmu = "v=0\no=- 7 7 IN IP4 52.114.1.10\ns=-\nc=IN IP4 52.114.1.10\nt=0 0\nm=audio 5000 RTP/AVP 0\na=rtpmap:0 PCMU/8000\n";
+    let out = sim.teams_sends(&answer(&b_invite, 200, "OK", "t1", pcmu));
+    let ok = out
+        .iter()
+        .find(|(_, m)| status(m) == 200)
+        .map(|(_, m)| m.clone())
+        .expect("200 to the core");
+    assert_eq!(String::from_utf8_lossy(&ok.body), early);
+    let stream = std::iter::from_fn(|| sim.engine.poll_media())
+        .filter_map(|c| match c {
+            MediaCommand::Stream { stream, .. } => Some(stream),
+            _ => None,
+        })
+        .last()
+        .expect("stream");
+    assert_eq!(
+        (stream.a.accepts, stream.b.accepts),
+        ((false, true), (true, false))
+    );
+    assert_eq!(stream.b.remote, Some("52.114.1.10:5000".parse().unwrap()));
+}

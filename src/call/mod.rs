@@ -137,6 +137,9 @@ pub struct Call {
     streams: Vec<crate::media::Stream>,
     /// The estimated MOS of each leg's last quality report (A, B).
     pub(crate) mos: [Option<f64>; 2],
+    /// The answer Bridgehead gave the caller's offer itself (local ringback): every later
+    /// answer to the caller's INVITE repeats it (one answer per offer, RFC 3261 §13.3.1.1).
+    local_answer: Option<Bytes>,
     pub a: Dialog,
     pub b: Dialog,
     a_invite: TxnId,
@@ -1026,6 +1029,7 @@ impl Engine {
             a_status: 0,
             streams: Vec::new(),
             mos: [None, None],
+            local_answer: None,
             a,
             b,
             a_invite,
@@ -1322,7 +1326,15 @@ impl Engine {
         if status >= 200 {
             call.a_status = status;
         }
-        self.relay_response_to(key, Leg::A, server, &msg, now);
+        match self.local_ringback_answer(key, &msg) {
+            Some(ringing) => {
+                let answer = self.relay_response_to(key, Leg::A, server, &ringing, now);
+                self.start_local_ringback(key, answer);
+            }
+            None => {
+                self.relay_response_to(key, Leg::A, server, &msg, now);
+            }
+        }
         if status >= 300 {
             self.end_call(key, "rejected", "b", now);
         }
@@ -1401,7 +1413,94 @@ impl Engine {
         self.send_response(server, &response, now);
     }
 
-    /// Relays a response from one leg to the server transaction `server` on leg `to`.
+    /// Local ringback: when the caller's trunk has `local_ringback` and the callee rings
+    /// without early media (a 180-183 without SDP) before any answer reached the caller, the
+    /// same provisional with an SDP as if the callee had answered without sending yet
+    /// (`c=0.0.0.0`): the caller's offer cut to its first G.711 plus telephone-event and
+    /// comfort noise, other streams refused. Anchoring it gives the caller Bridgehead's answer.
+    fn local_ringback_answer(&self, key: CallKey, msg: &Message) -> Option<Message> {
+        let status = msg.status()?;
+        let call = self.calls.get(&key)?;
+        let wanted = (180..=183).contains(&status)
+            && msg.body.is_empty()
+            && call.local_answer.is_none()
+            && !call.streams.is_empty()
+            && call.rules.profile.trunks[call.a.trunk].local_ringback;
+        if !wanted {
+            return None;
+        }
+        let offer = self.servers.get(&call.a_invite)?.request.as_ref()?;
+        let mut sdp = Sdp::parse(&offer.body).ok()?;
+        let mut voice = None;
+        for media in sdp.media_mut() {
+            let g711 = media.codecs().into_iter().find(|c| {
+                ["PCMU", "PCMA"]
+                    .iter()
+                    .any(|n| c.name.eq_ignore_ascii_case(n))
+            });
+            match g711 {
+                Some(codec) if media.kind() == "audio" && voice.is_none() => {
+                    media
+                        .keep_codecs(&[&codec.pt, "telephone-event", "CN"])
+                        .ok()?;
+                    media.remove_attribute("crypto");
+                    media.set_connection("0.0.0.0").ok()?;
+                    voice = Some(codec.name);
+                }
+                _ => media.set_port(0),
+            }
+        }
+        voice.as_ref()?;
+        if sdp.connection().is_some() {
+            sdp.set_connection("0.0.0.0").ok()?;
+        }
+        let mut ringing = msg.clone();
+        ringing.set_header(HeaderName::ContentType, "application/sdp");
+        ringing.body = Bytes::from(sdp.to_bytes());
+        Some(ringing)
+    }
+
+    /// After the caller got Bridgehead's own answer (`answer`, the SDP sent): keeps it, makes
+    /// the relay give the caller only that G.711 (transcoding if the callee picks the other),
+    /// and plays the caller ringback until the callee's media comes.
+    fn start_local_ringback(&mut self, key: CallKey, answer: Option<Bytes>) {
+        let media_id = self.media_call_id(key);
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        let Some(answer) = answer else {
+            return;
+        };
+        let sdp = Sdp::parse(&answer).ok();
+        let voice = sdp.as_ref().and_then(|sdp| {
+            sdp.media().iter().find_map(|m| {
+                m.codecs().into_iter().find(|c| {
+                    ["PCMU", "PCMA"]
+                        .iter()
+                        .any(|n| c.name.eq_ignore_ascii_case(n))
+                })
+            })
+        });
+        let Some(voice) = voice else {
+            return;
+        };
+        let pcmu = voice.name.eq_ignore_ascii_case("PCMU");
+        call.local_answer = Some(answer);
+        for stream in &mut call.streams {
+            if stream.a.accepts != (false, false) {
+                stream.a.accepts = (pcmu, !pcmu);
+                self.media_commands.push_back(MediaCommand::Stream {
+                    call: media_id,
+                    stream: Box::new(*stream),
+                });
+            }
+        }
+        let ringback = crate::script::MediaAction::PlayRingback { leg: "a" };
+        self.play(key, &ringback);
+    }
+
+    /// Relays a response from one leg to the server transaction `server` on leg `to`; returns
+    /// the SDP it carried, if any.
     fn relay_response_to(
         &mut self,
         key: CallKey,
@@ -1409,16 +1508,10 @@ impl Engine {
         server: TxnId,
         msg: &Message,
         now: Instant,
-    ) {
-        let Some(request) = self.servers.get(&server).and_then(|e| e.request.as_ref()) else {
-            return;
-        };
-        let Some(call) = self.calls.get(&key) else {
-            return;
-        };
-        let Some(status) = msg.status() else {
-            return;
-        };
+    ) -> Option<Bytes> {
+        let request = self.servers.get(&server).and_then(|e| e.request.as_ref())?;
+        let call = self.calls.get(&key)?;
+        let status = msg.status()?;
         let reason = match &msg.start {
             StartLine::Response { reason, .. } => reason.clone(),
             StartLine::Request { .. } => String::new(),
@@ -1444,9 +1537,34 @@ impl Engine {
         }
         let (script, trunk) = (call.script, dialog.trunk);
         let offered = Some(!request.body.is_empty());
-        let (response, _) =
+        let a_invite = call.a_invite;
+        let (mut response, _) =
             self.outgoing_edited(Some(key), script, to, trunk, response, Vec::new(), offered);
+        if server == a_invite && status < 300 && carries_sdp(&response) {
+            self.repeat_local_answer(key, &mut response);
+        }
         self.send_response(server, &response, now);
+        carries_sdp(&response).then(|| response.body.clone())
+    }
+
+    /// The callee's answer to the caller's offer, after Bridgehead answered it itself (local
+    /// ringback): the caller gets Bridgehead's answer again, as long as the callee chose a
+    /// G.711 (the relay transcodes the other one).
+    fn repeat_local_answer(&self, key: CallKey, response: &mut Message) {
+        let Some(call) = self.calls.get(&key) else {
+            return;
+        };
+        let Some(answer) = &call.local_answer else {
+            return;
+        };
+        if call.streams.iter().any(|s| s.b.accepts != (false, false)) {
+            response.body = answer.clone();
+        } else {
+            tracing::warn!(
+                call = %call.id,
+                "the callee answered without G.711: the caller gets an answer other than the one in its ringback"
+            );
+        }
     }
 
     fn on_relay_response(&mut self, key: CallKey, server: TxnId, msg: Message, now: Instant) {

@@ -399,9 +399,11 @@ pub fn anchor(
         if media.is_rejected() {
             continue;
         }
+        // 0.0.0.0 (hold, or a callee not sending yet) is nowhere to send to.
         let ip = media
             .connection()
-            .and_then(|c| c.address.parse::<IpAddr>().ok());
+            .and_then(|c| c.address.parse::<IpAddr>().ok())
+            .filter(|ip| !ip.is_unspecified());
         let remote = ip.map(|ip| SocketAddr::new(ip, media.port()));
         let remote_rtcp = match media.attribute("rtcp").flatten() {
             Some(value) => rtcp_address(value, ip),

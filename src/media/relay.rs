@@ -302,7 +302,9 @@ impl Leg {
     /// An RTP timeout of this leg, once: it should send and has not for `timeout` seconds.
     fn timeout(&mut self, side: &Side, timeout: u32) -> Option<MediaEvent> {
         let silent = self.last_rtp.elapsed() >= std::time::Duration::from_secs(u64::from(timeout));
-        if timeout == 0 || !side.sends || self.timed_out || !silent {
+        // A leg not known to send yet (its SDP said 0.0.0.0: a callee still ringing) cannot
+        // time out.
+        if timeout == 0 || !side.sends || side.remote.is_none() || self.timed_out || !silent {
             return None;
         }
         self.timed_out = true;
@@ -453,9 +455,10 @@ async fn relay_stream(
                     return;
                 }
                 let stream = *updates.borrow_and_update();
-                // A leg that starts sending again (resumed from hold) gets a fresh timeout.
+                // A leg that starts sending (resumed from hold, or answered after ringing)
+                // gets a fresh timeout.
                 for (leg, old, new) in [(&mut a, &sides.0, &stream.a), (&mut b, &sides.1, &stream.b)] {
-                    if new.sends && !old.sends {
+                    if new.sends && (!old.sends || old.remote.is_none()) {
                         leg.last_rtp = tokio::time::Instant::now();
                         leg.timed_out = false;
                     }
@@ -818,6 +821,7 @@ mod tests {
     async fn dtmf_ends_are_reported_once_and_silence_times_out_once() {
         let side = Side {
             sends: true,
+            remote: Some("192.0.2.1:4000".parse().unwrap()),
             ..side_with_dtmf(101)
         };
         let mut leg = Leg::bind("a", "127.0.0.1".parse().unwrap(), 0)
@@ -862,6 +866,15 @@ mod tests {
 
         assert_eq!(leg.timeout(&side, 1), None, "not silent long enough");
         leg.last_rtp -= std::time::Duration::from_secs(2);
+        let ringing = Side {
+            remote: None,
+            ..side
+        };
+        assert_eq!(
+            leg.timeout(&ringing, 1),
+            None,
+            "not sending yet (c=0.0.0.0)"
+        );
         assert_eq!(
             leg.timeout(&side, 1),
             Some(MediaEvent::RtpTimeout {
