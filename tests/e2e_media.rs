@@ -894,8 +894,10 @@ fn asterisk_rfc2833_digits_reach_an_inband_trunk_as_tones_heard_once_each() {
     assert_eq!(bye.header("X-DTMF-Method"), Some("rfc4733"), "{}", bye.text);
 }
 
-#[test]
-fn asterisk_tones_reach_an_info_trunk_as_sip_info_once_each() {
+/// One call: the Asterisk capture's digits, as RFC 4733 events (`events`) or as tones, from
+/// the core (`dtmf: inband`) to Teams (`dtmf: info`), which must get each digit once, in order,
+/// as SIP INFO. Returns the packets sent and what reached Teams' media socket.
+fn asterisk_digits_to_info(events: bool) -> (usize, Vec<(Vec<u8>, SocketAddr)>) {
     let base = media_range();
     let profile = profile_with(base, "", &common::default_script())
         .replace("    route: teams\n", "    route: teams\n    dtmf: inband\n")
@@ -912,14 +914,12 @@ fn asterisk_tones_reach_an_info_trunk_as_sip_info_once_each() {
     );
     let (caller_rtp, callee_rtp) = call.sockets();
     // Received while it is sent (the capture's audio is more than a socket buffer holds).
-    let receiver = callee_rtp.try_clone().expect("socket");
     let relayed = std::thread::spawn(move || {
-        receive_packets(&receiver, usize::MAX, Duration::from_millis(1500))
+        receive_packets(&callee_rtp, usize::MAX, Duration::from_millis(1500))
     });
-    let sent = send_asterisk_digits(&caller_rtp, call.toward_caller(), false);
+    let sent = send_asterisk_digits(&caller_rtp, call.toward_caller(), events);
     let relayed = relayed.join().expect("receiver");
     call.finish();
-    let context = || call.context();
     let signals: String = call
         .callee
         .trace()
@@ -932,10 +932,20 @@ fn asterisk_tones_reach_an_info_trunk_as_sip_info_once_each() {
                 .map(str::to_string)
         })
         .collect();
-    assert_eq!(signals, "2013785496", "{}", context());
-    // The audio still flows, transcoded to Teams' PCMA, with the tones muted.
-    assert_eq!(relayed.len(), sent, "{}", context());
-    assert_eq!(heard_digits(&relayed), "", "{}", context());
+    assert_eq!(signals, "2013785496", "INFO signals\n{}", call.context());
+    (sent, relayed)
+}
+
+#[test]
+fn asterisk_digits_reach_an_info_trunk_as_sip_info_once_each_from_events_and_tones() {
+    // RFC 4733 events: none reach Teams' media, each digit comes as one INFO.
+    let (_, relayed) = asterisk_digits_to_info(true);
+    assert_eq!(event_digits(&relayed, 101), "", "events held");
+    // Tones: each digit comes as one INFO; the audio still flows (transcoded to Teams'
+    // PCMA) with the tones muted.
+    let (sent, relayed) = asterisk_digits_to_info(false);
+    assert_eq!(relayed.len(), sent);
+    assert_eq!(heard_digits(&relayed), "");
 }
 
 #[test]

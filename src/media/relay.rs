@@ -462,6 +462,14 @@ async fn relay_stream(
                         leg.last_rtp = tokio::time::Instant::now();
                         leg.timed_out = false;
                     }
+                    // A leg that moved (re-INVITE, UPDATE) gets media at its new address
+                    // until its packets come from elsewhere again.
+                    if new.remote != old.remote {
+                        leg.latched = None;
+                    }
+                    if new.remote_rtcp != old.remote_rtcp {
+                        leg.latched_rtcp = None;
+                    }
                 }
                 sides = (stream.a, stream.b);
                 a.rekey(&sides.0);
@@ -775,6 +783,77 @@ mod rtp_capture;
 mod tests {
     use super::rtp_capture;
     use super::*;
+
+    /// An even loopback port free for RTP and RTCP right now.
+    fn free_port_pair() -> u16 {
+        loop {
+            let probe = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+            let port = probe.local_addr().expect("addr").port() & !1;
+            drop(probe);
+            let pair = (
+                std::net::UdpSocket::bind(("127.0.0.1", port)),
+                std::net::UdpSocket::bind(("127.0.0.1", port + 1)),
+            );
+            if let (Ok(_), Ok(_)) = pair {
+                return port;
+            }
+        }
+    }
+
+    async fn heard(socket: &UdpSocket) -> bool {
+        let mut buf = [0u8; 256];
+        tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            socket.recv_from(&mut buf),
+        )
+        .await
+        .is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_leg_that_moves_gets_media_at_its_new_address() {
+        let config = MediaConfig {
+            address: "127.0.0.1".parse().unwrap(),
+            advertise: "127.0.0.1".into(),
+            ports: (20000, 20099),
+            strict_source: false,
+            rtp_timeout: 0,
+            ringback: Default::default(),
+        };
+        let relay = Relay::new(&config, Arc::new(|_, _| {}));
+        let bind = || UdpSocket::bind("127.0.0.1:0");
+        let (caller, callee, moved) = (bind().await, bind().await, bind().await);
+        let (caller, callee, moved) = (caller.unwrap(), callee.unwrap(), moved.unwrap());
+        let addr = |s: &UdpSocket| s.local_addr().ok();
+        let mut stream = Stream::default();
+        stream.a.local = free_port_pair();
+        stream.b.local = free_port_pair();
+        stream.a.remote = addr(&caller);
+        stream.b.remote = addr(&callee);
+        relay.apply(MediaCommand::Stream {
+            call: 1,
+            stream: Box::new(stream),
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let packet = [0x80, 8, 0, 1, 0, 0, 0, 160, 1, 2, 3, 4, 0xd5];
+        let (toward_a, toward_b) = (("127.0.0.1", stream.a.local), ("127.0.0.1", stream.b.local));
+        // The callee talks first: Bridgehead latches onto it.
+        callee.send_to(&packet, toward_b).await.unwrap();
+        assert!(heard(&caller).await);
+        caller.send_to(&packet, toward_a).await.unwrap();
+        assert!(heard(&callee).await);
+        // A re-INVITE moves the callee: media goes to its new address at once.
+        stream.b.remote = addr(&moved);
+        relay.apply(MediaCommand::Stream {
+            call: 1,
+            stream: Box::new(stream),
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        caller.send_to(&packet, toward_a).await.unwrap();
+        assert!(heard(&moved).await, "at the new address");
+        assert!(!heard(&callee).await, "not at the old one");
+        relay.apply(MediaCommand::Close { call: 1 });
+    }
 
     #[test]
     fn rtcp_is_told_from_rtp_by_payload_type() {
