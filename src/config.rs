@@ -95,6 +95,8 @@ pub struct Trunk {
     /// When the trunk's call rings without early media (a 180/183 without SDP), answer its
     /// offer in that provisional and play it ringback (media must be anchored).
     pub local_ringback: bool,
+    /// The ringback tone plan played toward the trunk (default: the media section's).
+    pub ringback: Option<crate::media::player::TonePlan>,
 }
 
 /// Which headers of the other leg cross onto a trunk's leg. B2BUA-owned headers never cross;
@@ -317,6 +319,8 @@ struct RawTrunk {
     comfort_noise: bool,
     #[serde(default)]
     local_ringback: bool,
+    #[serde(default)]
+    ringback: Option<crate::media::player::TonePlan>,
 }
 
 /// How a trunk carries DTMF.
@@ -559,6 +563,7 @@ impl Profile {
                 dtmf: raw.dtmf,
                 comfort_noise: raw.comfort_noise,
                 local_ringback: raw.local_ringback,
+                ringback: raw.ringback,
                 on_script_error,
                 params,
                 listener,

@@ -1360,7 +1360,7 @@ fn local_ringback_answers_the_caller_in_the_180_and_the_200_repeats_it() {
     let default = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/default.lua");
     let text = format!(
         "media:\n  address: 127.0.0.1\n  ports: 30000-30099\n{}",
-        profile_with_script(default, "    local_ringback: true", "")
+        profile_with_script(default, "    local_ringback: true\n    ringback: uk", "")
     );
     let mut sim = Sim::with_profile(&text);
     let out = sim.core_sends(&invite("ring@10.1.1.1", "z9hG4bKr1", ""));
@@ -1386,10 +1386,10 @@ fn local_ringback_answers_the_caller_in_the_180_and_the_200_repeats_it() {
         c,
         MediaCommand::Play {
             to_a: true,
-            sound: Sound::Ringback(TonePlan::Itu),
+            sound: Sound::Ringback(TonePlan::Uk),
             ..
         }
-    )));
+    )), "the core trunk's own plan");
     let last = commands.iter().rev().find_map(|c| match c {
         MediaCommand::Stream { stream, .. } => Some(stream.clone()),
         _ => None,

@@ -526,15 +526,15 @@ impl Engine {
         let Some(call) = self.calls.get(&key) else {
             return;
         };
-        let plan = call
-            .rules
-            .profile
-            .media
-            .as_ref()
-            .map(|m| m.ringback)
-            .unwrap_or_default();
         let (leg, sound) = match action {
             crate::script::MediaAction::PlayRingback { leg } => {
+                // The plan of the trunk that hears it, else the media section's.
+                let trunk = call.leg(if *leg == "a" { Leg::A } else { Leg::B }).trunk;
+                let profile = &call.rules.profile;
+                let plan = profile.trunks[trunk]
+                    .ringback
+                    .or(profile.media.as_ref().map(|m| m.ringback))
+                    .unwrap_or_default();
                 (*leg, crate::media::player::Sound::Ringback(plan))
             }
             crate::script::MediaAction::SendDtmf { leg, digits } => (

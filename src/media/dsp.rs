@@ -104,6 +104,11 @@ pub fn dtmf_frequencies(digit: char) -> Option<(f32, f32)> {
     })
 }
 
+/// The power of one frequency in 8 kHz samples (Goertzel).
+pub fn tone_power(samples: &[i16], frequency: f32) -> f32 {
+    goertzel(samples, frequency, RATE, 0.0)
+}
+
 /// The power of one frequency in a block of samples (Goertzel), around their mean `offset`.
 fn goertzel(samples: &[i16], frequency: f32, rate: f32, offset: f32) -> f32 {
     let coefficient = 2.0 * (2.0 * PI * frequency / rate).cos();

@@ -5,24 +5,75 @@ use super::dsp;
 use serde::Deserialize;
 use std::collections::VecDeque;
 
-/// A ringback cadence.
+/// A ringback tone plan (ITU-T E.180 Supplement 2, national tones).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TonePlan {
-    /// ITU-T E.180: 425 Hz, 1 s on, 4 s off (most of Europe).
+    /// ITU-T E.180 / ETSI: 425 Hz, 1 s on, 4 s off (Germany and most of Europe).
     #[default]
     Itu,
     /// North America: 440 + 480 Hz, 2 s on, 4 s off.
     NorthAmerica,
+    /// United Kingdom: 400 + 450 Hz, 0.4 s on, 0.2 s off, 0.4 s on, 2 s off.
+    Uk,
+    /// France: 440 Hz, 1.5 s on, 3.5 s off.
+    France,
+    /// Japan: 400 Hz amplitude-modulated at 16 Hz, 1 s on, 2 s off.
+    Japan,
+}
+
+/// A tone plan's sound: frequencies (Hz) with their amplitudes (linear), and its cadence as
+/// (on, off) milliseconds, repeated.
+struct ToneSpec {
+    frequencies: &'static [f32],
+    amplitudes: &'static [f32],
+    cadence_ms: &'static [(usize, usize)],
 }
 
 impl TonePlan {
-    fn tone(self) -> (&'static [f32], &'static [f32], usize, usize) {
-        // (frequencies, amplitudes, samples on, samples in a whole cycle) at 8 kHz.
+    fn spec(self) -> ToneSpec {
         match self {
-            TonePlan::Itu => (&[425.0], &[4000.0], 8000, 40000),
-            TonePlan::NorthAmerica => (&[440.0, 480.0], &[2500.0, 2500.0], 16000, 48000),
+            TonePlan::Itu => ToneSpec {
+                frequencies: &[425.0],
+                amplitudes: &[4000.0],
+                cadence_ms: &[(1000, 4000)],
+            },
+            TonePlan::NorthAmerica => ToneSpec {
+                frequencies: &[440.0, 480.0],
+                amplitudes: &[2500.0, 2500.0],
+                cadence_ms: &[(2000, 4000)],
+            },
+            TonePlan::Uk => ToneSpec {
+                frequencies: &[400.0, 450.0],
+                amplitudes: &[2500.0, 2500.0],
+                cadence_ms: &[(400, 200), (400, 2000)],
+            },
+            TonePlan::France => ToneSpec {
+                frequencies: &[440.0],
+                amplitudes: &[4000.0],
+                cadence_ms: &[(1500, 3500)],
+            },
+            // 400 Hz modulated at 16 Hz (depth 0.5): the carrier and two side tones.
+            TonePlan::Japan => ToneSpec {
+                frequencies: &[400.0, 384.0, 416.0],
+                amplitudes: &[3000.0, 750.0, 750.0],
+                cadence_ms: &[(1000, 2000)],
+            },
         }
+    }
+
+    /// Whether sample `n` (8 kHz, from the start) is in an "on" part of the cadence.
+    fn sounding(&self, n: usize) -> bool {
+        let cadence = self.spec().cadence_ms;
+        let cycle: usize = cadence.iter().map(|(on, off)| (on + off) * 8).sum();
+        let mut at = n % cycle.max(1);
+        for (on, off) in cadence {
+            if at < (on + off) * 8 {
+                return at < on * 8;
+            }
+            at -= (on + off) * 8;
+        }
+        false
     }
 }
 
@@ -143,10 +194,9 @@ impl Player {
                 let Some(pt) = audio_pt else {
                     return Step::Done;
                 };
-                let (frequencies, amplitudes, on, cycle) = plan.tone();
-                let position = *sample % cycle;
-                let pcm = if position < on {
-                    dsp::tones(frequencies, amplitudes, FRAME, position)
+                let spec = plan.spec();
+                let pcm = if plan.sounding(*sample) {
+                    dsp::tones(spec.frequencies, spec.amplitudes, FRAME, *sample)
                 } else {
                     vec![0; FRAME]
                 };
@@ -349,5 +399,45 @@ mod tests {
             Player::new(Sound::Ringback(TonePlan::NorthAmerica), 1).next(None, None),
             Step::Done
         );
+    }
+
+    #[test]
+    fn national_plans_have_their_cadence_and_frequencies() {
+        // (plan, 20 ms frames sounding in the first cycle, frequencies that must be there)
+        let plans: [(TonePlan, Vec<std::ops::Range<usize>>, &[f32]); 4] = [
+            (TonePlan::NorthAmerica, vec![0..100], &[440.0, 480.0]),
+            (TonePlan::Uk, vec![0..20, 30..50], &[400.0, 450.0]),
+            (TonePlan::France, vec![0..75], &[440.0]),
+            (TonePlan::Japan, vec![0..50], &[400.0, 384.0, 416.0]),
+        ];
+        for (plan, on, frequencies) in plans {
+            let mut player = Player::new(Sound::Ringback(plan), 7);
+            let spec = plan.spec();
+            let cycle: usize = spec.cadence_ms.iter().map(|(a, b)| (a + b) / 20).sum();
+            let mut pcm = Vec::new();
+            for frame in 0..cycle {
+                let Step::Packet(packet) = player.next(Some(8), None) else {
+                    panic!("{plan:?}: a packet every 20 ms");
+                };
+                let samples: Vec<i16> = packet[12..]
+                    .iter()
+                    .map(|b| dsp::alaw_to_linear(*b))
+                    .collect();
+                let loud = samples.iter().any(|s| s.unsigned_abs() > 500);
+                let expected = on.iter().any(|r| r.contains(&frame));
+                assert_eq!(loud, expected, "{plan:?} frame {frame}");
+                if frame < 10 {
+                    pcm.extend(samples);
+                }
+            }
+            // The plan's frequencies carry the sound, a neighbour 60 Hz away does not.
+            let power = |f: f32| dsp::tone_power(&pcm, f);
+            for f in frequencies {
+                assert!(
+                    power(*f) > 20.0 * power(f + 60.0).max(1.0),
+                    "{plan:?} {f} Hz"
+                );
+            }
+        }
     }
 }
