@@ -1382,14 +1382,17 @@ fn local_ringback_answers_the_caller_in_the_180_and_the_200_repeats_it() {
     assert!(early.contains("m=audio 30002 RTP/AVP 8 101\r\n"), "{early}");
     assert!(!early.contains("0.0.0.0"), "{early}");
     let commands: Vec<MediaCommand> = std::iter::from_fn(|| sim.engine.poll_media()).collect();
-    assert!(commands.iter().any(|c| matches!(
-        c,
-        MediaCommand::Play {
-            to_a: true,
-            sound: Sound::Ringback(TonePlan::Uk),
-            ..
-        }
-    )), "the core trunk's own plan");
+    assert!(
+        commands.iter().any(|c| matches!(
+            c,
+            MediaCommand::Play {
+                to_a: true,
+                sound: Sound::Ringback(TonePlan::Uk),
+                ..
+            }
+        )),
+        "the core trunk's own plan"
+    );
     let last = commands.iter().rev().find_map(|c| match c {
         MediaCommand::Stream { stream, .. } => Some(stream.clone()),
         _ => None,

@@ -403,12 +403,14 @@ mod tests {
 
     #[test]
     fn national_plans_have_their_cadence_and_frequencies() {
-        // (plan, 20 ms frames sounding in the first cycle, frequencies that must be there)
-        let plans: [(TonePlan, Vec<std::ops::Range<usize>>, &[f32]); 4] = [
-            (TonePlan::NorthAmerica, vec![0..100], &[440.0, 480.0]),
-            (TonePlan::Uk, vec![0..20, 30..50], &[400.0, 450.0]),
-            (TonePlan::France, vec![0..75], &[440.0]),
-            (TonePlan::Japan, vec![0..50], &[400.0, 384.0, 416.0]),
+        /// A plan, the 20 ms frames (from, to) sounding in its first cycle, and the
+        /// frequencies that must be there.
+        type Expected = (TonePlan, &'static [(usize, usize)], &'static [f32]);
+        let plans: [Expected; 4] = [
+            (TonePlan::NorthAmerica, &[(0, 100)], &[440.0, 480.0]),
+            (TonePlan::Uk, &[(0, 20), (30, 50)], &[400.0, 450.0]),
+            (TonePlan::France, &[(0, 75)], &[440.0]),
+            (TonePlan::Japan, &[(0, 50)], &[400.0, 384.0, 416.0]),
         ];
         for (plan, on, frequencies) in plans {
             let mut player = Player::new(Sound::Ringback(plan), 7);
@@ -424,7 +426,7 @@ mod tests {
                     .map(|b| dsp::alaw_to_linear(*b))
                     .collect();
                 let loud = samples.iter().any(|s| s.unsigned_abs() > 500);
-                let expected = on.iter().any(|r| r.contains(&frame));
+                let expected = on.iter().any(|(from, to)| (*from..*to).contains(&frame));
                 assert_eq!(loud, expected, "{plan:?} frame {frame}");
                 if frame < 10 {
                     pcm.extend(samples);
