@@ -1047,8 +1047,11 @@ fn a_callee_ringing_without_early_media_gets_the_caller_local_ringback() {
     let (caller_rtp, callee_rtp) = call.sockets();
     // While Teams rings: ITU ringback (425 Hz, PCMA) from Bridgehead's port facing the core.
     let ringback = receive_packets(&caller_rtp, 40, Duration::from_millis(1400));
-    // Once answered, Teams' own audio replaces it.
-    std::thread::sleep(Duration::from_millis(400));
+    // Teams answers (at 1.5 s) and says nothing yet: the ringback stops all the same.
+    std::thread::sleep(Duration::from_millis(800));
+    let _ = receive(&caller_rtp, 10_000, Duration::from_millis(100));
+    let answered_silence = receive(&caller_rtp, 10_000, Duration::from_millis(300));
+    // Then Teams' own audio comes through.
     for seq in 0..5 {
         callee_rtp
             .send_to(&rtp(seq, 8), call.toward_callee())
@@ -1065,15 +1068,9 @@ fn a_callee_ringing_without_early_media_gets_the_caller_local_ringback() {
     let answer = first_received(&call.caller, |m| m.is_response(200));
     assert!(ringing.body().contains("RTP/AVP 8 101"), "{}", ringing.text);
     assert_eq!(ringing.body(), answer.body(), "one answer to the offer");
-    // Teams' packets are sequence numbers 0-4; ringback stopped once they came.
-    let first_real = after
-        .iter()
-        .position(|(_, seq, _)| *seq < 5)
-        .unwrap_or_else(|| panic!("Teams' audio never got through: {after:?}"));
-    assert!(
-        after[first_real..].iter().all(|(_, seq, _)| *seq < 5),
-        "{after:?}"
-    );
+    assert!(answered_silence.is_empty(), "{answered_silence:?}");
+    let seqs: Vec<u16> = after.iter().map(|(_, seq, _)| *seq).collect();
+    assert_eq!(seqs, [0, 1, 2, 3, 4], "Teams' audio, and nothing else");
 }
 
 #[test]

@@ -1186,6 +1186,20 @@ Duration=160
     drop(ok);
 }
 
+/// The relay id of the call the relay was last told about, and whether each side's RFC 4733
+/// events are held (caller's, callee's).
+fn held_events(sim: &mut Sim) -> (u64, (bool, bool)) {
+    std::iter::from_fn(|| sim.engine.poll_media())
+        .filter_map(|command| match command {
+            MediaCommand::Stream { call, stream } => {
+                Some((call, (stream.a.dtmf_held, stream.b.dtmf_held)))
+            }
+            _ => None,
+        })
+        .last()
+        .expect("anchored")
+}
+
 /// Rules that drop "1" and turn "2" into "#".
 const DIGIT_RULES: &str = r##"
 local r = {}
@@ -1211,15 +1225,7 @@ fn dtmf_call(script: &str, core: &str, teams: &str) -> (Sim, u64, Message, (bool
     );
     let mut sim = Sim::with_profile(&text);
     let (b_invite, _) = answered_call(&mut sim, "digits@10.1.1.1");
-    let (call, held) = std::iter::from_fn(|| sim.engine.poll_media())
-        .filter_map(|command| match command {
-            MediaCommand::Stream { call, stream } => {
-                Some((call, (stream.a.dtmf_held, stream.b.dtmf_held)))
-            }
-            _ => None,
-        })
-        .last()
-        .expect("anchored");
+    let (call, held) = held_events(&mut sim);
     (sim, call, b_invite, held)
 }
 
@@ -1317,7 +1323,14 @@ fn rules_drop_or_change_digits_in_every_form() {
     assert_eq!(&out[0].1.body[..], b"Signal=#\r\nDuration=140\r\n");
 
     // SIP INFO between two INFO trunks: a changed digit is answered here and sent anew.
-    let (mut sim, call, b_invite, _) = dtmf_call(&rules, "info", "info");
+    let (mut sim, _, b_invite, _) = dtmf_call(&rules, "info", "info");
+    info_digits_from_teams_are_judged(&mut sim, &b_invite);
+    assert!(played(&mut sim).is_empty());
+}
+
+/// Teams sends SIP INFO digits 2, 1, 5 under [`DIGIT_RULES`]: the core gets "#" in a new INFO
+/// (Teams' answered here), nothing for "1", and the INFO for "5" as it is.
+fn info_digits_from_teams_are_judged(sim: &mut Sim, b_invite: &Message) {
     let info = |signal: char, cseq: u32| {
         format!(
             "INFO sip:+15550199@127.0.0.1:5070 SIP/2.0
@@ -1332,9 +1345,9 @@ Content-Type: application/dtmf-relay
 Signal={signal}
 Duration=100
 ",
-            h(&b_invite, "To").unwrap_or_default(),
-            h(&b_invite, "From").unwrap_or_default(),
-            h(&b_invite, "Call-ID").unwrap_or_default()
+            h(b_invite, "To").unwrap_or_default(),
+            h(b_invite, "From").unwrap_or_default(),
+            h(b_invite, "Call-ID").unwrap_or_default()
         )
     };
     let out = sim.teams_sends(&info('2', 5));
@@ -1351,16 +1364,15 @@ Duration=100
         [format!("INFO->{CORE_PEER}")],
         "unchanged: relayed as it is"
     );
-    assert!(played(&mut sim).is_empty());
-    let _ = call;
 }
 
-#[test]
-fn local_ringback_answers_the_caller_in_the_180_and_the_200_repeats_it() {
+/// A call from the core (its trunk with `core_extra`) offered to Teams, media anchored; returns
+/// the simulation and the B-leg INVITE.
+fn ringing_call(core_extra: &str) -> (Sim, Message) {
     let default = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/default.lua");
     let text = format!(
         "media:\n  address: 127.0.0.1\n  ports: 30000-30099\n{}",
-        profile_with_script(default, "    local_ringback: true\n    ringback: uk", "")
+        profile_with_script(default, core_extra, "")
     );
     let mut sim = Sim::with_profile(&text);
     let out = sim.core_sends(&invite("ring@10.1.1.1", "z9hG4bKr1", ""));
@@ -1369,6 +1381,12 @@ fn local_ringback_answers_the_caller_in_the_180_and_the_200_repeats_it() {
         .find(|(_, m)| method(m) == "INVITE")
         .map(|(_, m)| m.clone())
         .expect("B-leg INVITE");
+    (sim, b_invite)
+}
+
+#[test]
+fn local_ringback_answers_the_caller_in_the_180_and_the_200_repeats_it() {
+    let (mut sim, b_invite) = ringing_call("    local_ringback: true\n    ringback: uk");
     std::iter::from_fn(|| sim.engine.poll_media()).for_each(drop);
 
     // Teams rings without early media: the core gets a 180 with Bridgehead's answer, and
@@ -1422,4 +1440,39 @@ fn local_ringback_answers_the_caller_in_the_180_and_the_200_repeats_it() {
         ((false, true), (true, false))
     );
     assert_eq!(stream.b.remote, Some("52.114.1.10:5000".parse().unwrap()));
+}
+
+#[test]
+fn local_ringback_waits_for_no_one_who_already_sent_early_media() {
+    let (mut sim, b_invite) = ringing_call("    local_ringback: true");
+    let out = sim.teams_sends(&answer(&b_invite, 183, "Session Progress", "t1", SDP));
+    assert!(!out[0].1.body.is_empty(), "Teams' early media answer");
+    std::iter::from_fn(|| sim.engine.poll_media()).for_each(drop);
+    let out = sim.teams_sends(&answer(&b_invite, 180, "Ringing", "t1", ""));
+    assert_eq!(summary(&out), [format!("180->{CORE_PEER}")]);
+    assert!(out[0].1.body.is_empty(), "no second answer");
+    let plays = std::iter::from_fn(|| sim.engine.poll_media())
+        .filter(|c| matches!(c, MediaCommand::Play { .. }))
+        .count();
+    assert_eq!(plays, 0, "Teams' early media, not ringback");
+}
+
+#[test]
+fn rfc4733_digits_become_tones_toward_a_leg_without_telephone_event() {
+    let (mut sim, b_invite) = ringing_call("");
+    let pcma_only = "v=0\no=- 7 7 IN IP4 52.114.1.10\ns=-\nc=IN IP4 52.114.1.10\nt=0 0\nm=audio 5000 RTP/AVP 8\n";
+    sim.teams_sends(&answer(&b_invite, 200, "OK", "t1", pcma_only));
+    let (call, held) = held_events(&mut sim);
+    assert_eq!(held, (true, false), "Teams took no telephone-event");
+    sim.engine
+        .handle_relay_event(call, &digit("a", '8', "rfc4733"), sim.now);
+    assert_eq!(played(&mut sim), [(false, "8".into(), 140)]);
+}
+
+#[test]
+fn without_media_a_changed_info_digit_goes_on_as_a_new_info() {
+    let rules = rules_file(DIGIT_RULES);
+    let mut sim = Sim::with_profile(&profile_with_script(&rules, "", ""));
+    let (b_invite, _) = answered_call(&mut sim, "plain@10.1.1.1");
+    info_digits_from_teams_are_judged(&mut sim, &b_invite);
 }

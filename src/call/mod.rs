@@ -487,9 +487,11 @@ impl Engine {
         });
         let changed = verdict != crate::script::DigitVerdict::Keep;
         let gets_it_anyway = match (method, mode, sides) {
-            // No media to play into: the INFO goes on.
-            ("info", _, None) => true,
-            ("info", DtmfMode::Info, _) => !changed,
+            // No media to play into, or an INFO trunk: the INFO goes on, unless a rule
+            // changed the digit.
+            ("info", _, None) | ("info", DtmfMode::Info, _) => !changed,
+            // A digit in media that is not anchored (a replay): only SIP INFO can carry it.
+            (_, other, None) => other != DtmfMode::Info,
             ("rfc4733", DtmfMode::Rfc4733, Some((from_side, _))) => !from_side.dtmf_held,
             // Tones stay in the audio; a leg without telephone-event has nothing else.
             ("inband", DtmfMode::Inband, _) => true,
@@ -502,7 +504,7 @@ impl Engine {
         let Some(digit) = verdict.apply(digit) else {
             return true;
         };
-        if mode == DtmfMode::Info {
+        if mode == DtmfMode::Info || sides.is_none() {
             let body = Bytes::from(format!("Signal={digit}\r\nDuration={duration_ms}\r\n"));
             self.send_in_dialog(
                 key,
@@ -1421,10 +1423,12 @@ impl Engine {
     fn local_ringback_answer(&self, key: CallKey, msg: &Message) -> Option<Message> {
         let status = msg.status()?;
         let call = self.calls.get(&key)?;
+        // Not once the callee sent an SDP (early media): the caller has its answer.
         let wanted = (180..=183).contains(&status)
             && msg.body.is_empty()
             && call.local_answer.is_none()
             && !call.streams.is_empty()
+            && call.streams.iter().all(|s| s.b.own_pts.is_empty())
             && call.rules.profile.trunks[call.a.trunk].local_ringback;
         if !wanted {
             return None;
@@ -1445,6 +1449,13 @@ impl Engine {
                         .ok()?;
                     media.remove_attribute("crypto");
                     media.set_connection("0.0.0.0").ok()?;
+                    // The answer's direction mirrors the offer's (RFC 3264 §6.1).
+                    let direction = match media.direction() {
+                        crate::sdp::Direction::SendOnly => crate::sdp::Direction::RecvOnly,
+                        crate::sdp::Direction::RecvOnly => crate::sdp::Direction::SendOnly,
+                        other => other,
+                    };
+                    media.set_direction(direction);
                     voice = Some(codec.name);
                 }
                 _ => media.set_port(0),
@@ -1976,17 +1987,26 @@ impl Engine {
             pool,
             &advertise,
         ) {
-            Ok(changed) => {
+            Ok(mut changed) => {
                 use crate::config::DtmfMode;
                 for stream in &mut call.streams {
+                    let before = *stream;
                     stream.a.dtmf = a_dtmf;
                     stream.b.dtmf = b_dtmf;
-                    // Events cross as they are only toward an RFC 4733 trunk, and only when
-                    // no rule may drop or change them.
-                    stream.a.dtmf_held = b_dtmf != DtmfMode::Rfc4733 || rules_hear_digits;
-                    stream.b.dtmf_held = a_dtmf != DtmfMode::Rfc4733 || rules_hear_digits;
+                    // Events cross as they are only toward an RFC 4733 trunk that took
+                    // telephone-event, and only when no rule may drop or change them.
+                    stream.a.dtmf_held = b_dtmf != DtmfMode::Rfc4733
+                        || stream.b.dtmf_pt.is_none()
+                        || rules_hear_digits;
+                    stream.b.dtmf_held = a_dtmf != DtmfMode::Rfc4733
+                        || stream.a.dtmf_pt.is_none()
+                        || rules_hear_digits;
                     stream.a.comfort_noise = a_noise;
                     stream.b.comfort_noise = b_noise;
+                    // A reload can change these without any SDP change.
+                    if *stream != before && !changed.contains(&stream.index) {
+                        changed.push(stream.index);
+                    }
                 }
                 for index in changed {
                     self.media_commands.push_back(MediaCommand::Stream {

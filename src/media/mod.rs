@@ -145,8 +145,9 @@ impl CodecId {
     }
 }
 
-/// How many payload types of one m= line Bridgehead keeps track of (the first ones).
-const MAX_PAYLOAD_TYPES: usize = 12;
+/// How many payload types of one m= line Bridgehead keeps track of: the ones it works with
+/// (G.711, telephone-event, comfort noise) always, then the others in m= order.
+const MAX_PAYLOAD_TYPES: usize = 20;
 
 /// The payload types an SDP gave its codecs; fixed-size, so a [`Side`] stays `Copy` and a
 /// lookup never allocates.
@@ -160,15 +161,29 @@ impl PayloadTypes {
     /// The payload types of an m= line (numbers above 127 and unnamed ones are left out).
     pub fn of(media: &Media) -> PayloadTypes {
         let mut table = PayloadTypes::default();
-        for codec in media.codecs() {
-            let Ok(pt) = codec.pt.parse::<u8>() else {
-                continue;
-            };
-            if pt > 127 || codec.name.is_empty() || usize::from(table.len) == MAX_PAYLOAD_TYPES {
-                continue;
-            }
-            table.entries[usize::from(table.len)] =
-                (pt, CodecId::new(&codec.name, codec.clock.unwrap_or(0)));
+        let codecs: Vec<(u8, CodecId, bool)> = media
+            .codecs()
+            .into_iter()
+            .filter_map(|codec| {
+                let pt = codec.pt.parse::<u8>().ok().filter(|pt| *pt <= 127)?;
+                let known = ["PCMU", "PCMA", "telephone-event", "CN"]
+                    .iter()
+                    .any(|n| codec.name.eq_ignore_ascii_case(n));
+                (!codec.name.is_empty()).then(|| {
+                    (
+                        pt,
+                        CodecId::new(&codec.name, codec.clock.unwrap_or(0)),
+                        known,
+                    )
+                })
+            })
+            .collect();
+        let ordered = codecs
+            .iter()
+            .filter(|c| c.2)
+            .chain(codecs.iter().filter(|c| !c.2));
+        for (slot, (pt, codec, _)) in table.entries.iter_mut().zip(ordered) {
+            *slot = (*pt, *codec);
             table.len += 1;
         }
         table
@@ -211,10 +226,14 @@ pub fn payload_type_map(from: &Side, to: &Side) -> [u8; 128] {
     map
 }
 
-/// Renumbers the dynamic payload types (96-127) of an SDP toward a leg to the numbers the
+/// Renumbers the dynamic payload types (96-127) of an audio section toward a leg to the numbers the
 /// leg's own SDP gave the same codecs, so each leg sees one numbering (RFC 3264 asks answers
 /// to keep the offer's numbers; many endpoints insist). A number in use stays as it is.
 fn renumber_like(media: &mut Media, own: &PayloadTypes) {
+    // Video and the like can tie payload types together (RTX `apt=`): left as they are.
+    if media.kind() != "audio" {
+        return;
+    }
     for codec in media.codecs() {
         let Ok(pt) = codec.pt.parse::<u8>() else {
             continue;
@@ -772,6 +791,24 @@ mod tests {
         );
         assert!(a.sent_codec(101).is_some_and(|c| c.is_telephone_event()));
         assert!(b.sent_codec(96).is_some_and(|c| c.is_telephone_event()));
+    }
+
+    #[test]
+    fn telephone_event_is_tracked_behind_many_codecs() {
+        let mut text = String::from("v=0\r\nm=audio 1 RTP/AVP");
+        for pt in 96..126 {
+            text.push_str(&format!(" {pt}"));
+        }
+        text.push_str(" 126\r\n");
+        for pt in 96..126 {
+            text.push_str(&format!("a=rtpmap:{pt} X{pt}/8000\r\n"));
+        }
+        text.push_str("a=rtpmap:126 telephone-event/8000\r\n");
+        let sdp = Sdp::parse(text.as_bytes()).expect("sdp");
+        let table = PayloadTypes::of(&sdp.media()[0]);
+        assert!(table.codec(126).is_some_and(|c| c.is_telephone_event()));
+        assert!(table.codec(96).is_some(), "then the others, in order");
+        assert!(table.codec(125).is_none(), "up to the table's size");
     }
 
     #[test]

@@ -471,6 +471,16 @@ async fn relay_stream(
                         leg.latched_rtcp = None;
                     }
                 }
+                // The callee answered with its address: ringback played while it rang ends,
+                // whether or not its media comes.
+                for (leg, old_other, new_other) in [(&mut a, &sides.1, &stream.b), (&mut b, &sides.0, &stream.a)] {
+                    if old_other.remote.is_none()
+                        && new_other.remote.is_some()
+                        && leg.player.as_ref().is_some_and(Player::is_ringback)
+                    {
+                        leg.player = None;
+                    }
+                }
                 sides = (stream.a, stream.b);
                 a.rekey(&sides.0);
                 b.rekey(&sides.1);
