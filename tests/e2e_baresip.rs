@@ -13,8 +13,8 @@ mod common;
 use bridgehead::media::dsp::{
     alaw_to_linear, dtmf_frequencies, linear_to_alaw, tones, DtmfDetector,
 };
-use common::sipp::{scenario, wait_listening, Sipp, Transport};
-use common::{free_udp_port, scratch_dir, Sbc};
+use common::sipp::{callee_args, media_caller, wait_listening, Sipp, Transport};
+use common::{media_range, scratch_dir, Sbc};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -254,17 +254,6 @@ trunks:
     )
 }
 
-/// Ten free even-based media ports.
-fn media_range() -> u16 {
-    loop {
-        let port = free_udp_port();
-        let base = port - port % 2;
-        if base < 60000 && (base..base + 10).all(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok()) {
-            return base;
-        }
-    }
-}
-
 /// Sends [`DIGITS`] as PCMA tones (100 ms on, 100 ms off) in real time from `socket` to
 /// `toward`, and returns the digits heard in what came back, and from where it came.
 fn echo_digits(socket: &UdpSocket, toward: SocketAddr) -> (String, Vec<SocketAddr>) {
@@ -331,28 +320,7 @@ fn a_plain_rtp_call_to_baresip_carries_audio_both_ways_over_srtp() {
     let baresip = Baresip::start(&ns, &dir, None);
     baresip.wait_for("baresip is ready");
     let core_rtp = UdpSocket::bind("127.0.0.1:0").expect("core rtp");
-    let args: Vec<String> = [
-        "-sf",
-        &scenario("caller_media"),
-        &format!("127.0.0.1:{}", sbc.port("core")),
-        "-i",
-        "127.0.0.1",
-        "-p",
-        &free_udp_port().to_string(),
-        "-set",
-        "rtp_port",
-        &core_rtp.local_addr().expect("addr").port().to_string(),
-        "-m",
-        "1",
-        "-d",
-        "6000",
-        "-timeout",
-        "30s",
-        "-timeout_error",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args = media_caller(&sbc, "caller_media", &core_rtp, 6000);
     let mut caller = Sipp::start(&dir, "caller", &args);
     baresip.wait_for("Call established");
 
@@ -393,28 +361,8 @@ fn a_call_from_baresip_over_srtp_reaches_the_core_as_plain_rtp_and_back() {
     let dir = scratch_dir("baresip-caller");
     let core_rtp = UdpSocket::bind("127.0.0.1:0").expect("core rtp");
     let softswitch = sbc.port("softswitch");
-    let args: Vec<String> = [
-        "-sf",
-        &scenario("callee_media"),
-        "-set",
-        "te_pt",
-        "101",
-        "-i",
-        "127.0.0.1",
-        "-p",
-        &softswitch.to_string(),
-        "-set",
-        "rtp_port",
-        &core_rtp.local_addr().expect("addr").port().to_string(),
-        "-m",
-        "1",
-        "-timeout",
-        "30s",
-        "-timeout_error",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let rtp_port = core_rtp.local_addr().expect("addr").port();
+    let args = callee_args("callee_media", softswitch, rtp_port, &[]);
     let mut callee = Sipp::start(&dir, "callee", &args);
     wait_listening(softswitch, Transport::Udp);
     let uri = format!("sip:+4930123456@{}:{}", ns.outer, sbc.port("teams"));

@@ -5,23 +5,11 @@
 
 mod common;
 
-use common::sipp::{scenario, wait_listening, Sipp, Traced, Transport};
-use common::{free_udp_port, scratch_dir, Sbc};
+use common::sipp::{callee_args, media_caller, scenario, wait_listening, Sipp, Traced, Transport};
+use common::{free_udp_port, media_range, scratch_dir, Sbc};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-/// A media port range for one test: ten ports from a free even port (one shard, so the first
-/// call's ports are known: the callee side gets the first pair, the caller side the second).
-fn media_range() -> u16 {
-    loop {
-        let port = free_udp_port();
-        let base = port - port % 2;
-        if base < 60000 && (base..base + 10).all(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok()) {
-            return base;
-        }
-    }
-}
 
 fn profile(base: u16) -> String {
     profile_with(base, "", &common::default_script())
@@ -161,70 +149,6 @@ fn event_digits(packets: &[(Vec<u8>, SocketAddr)], pt: u8) -> String {
         }
     }
     digits
-}
-
-/// A SIPp caller placing one call into the core listener with an SDP naming `rtp` (a test
-/// socket), talking for `duration_ms`.
-fn media_caller(sbc: &Sbc, name: &str, rtp: &UdpSocket, duration_ms: u32) -> Vec<String> {
-    [
-        "-sf",
-        &scenario(name),
-        &format!("127.0.0.1:{}", sbc.port("core")),
-        "-i",
-        "127.0.0.1",
-        "-p",
-        &free_udp_port().to_string(),
-        "-set",
-        "rtp_port",
-        &rtp.local_addr().expect("addr").port().to_string(),
-        "-m",
-        "1",
-        "-d",
-        &duration_ms.to_string(),
-        "-timeout",
-        "30s",
-        "-timeout_error",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
-/// A SIPp callee (`scenario`) answering one call on `port` with an SDP naming `rtp_port` (a
-/// test socket); `vars` are its `-set` variables besides `rtp_port` (`te_pt`, the
-/// telephone-event payload type, is 101 unless given).
-fn callee_args(
-    scenario_name: &str,
-    port: u16,
-    rtp_port: u16,
-    vars: &[(&str, &str)],
-) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "-sf",
-        &scenario(scenario_name),
-        "-i",
-        "127.0.0.1",
-        "-p",
-        &port.to_string(),
-        "-set",
-        "rtp_port",
-        &rtp_port.to_string(),
-        "-m",
-        "1",
-        "-timeout",
-        "30s",
-        "-timeout_error",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    if !vars.iter().any(|(name, _)| *name == "te_pt") {
-        args.extend(["-set", "te_pt", "101"].map(String::from));
-    }
-    for (name, value) in vars {
-        args.extend(["-set".to_string(), name.to_string(), value.to_string()]);
-    }
-    args
 }
 
 /// The SIPp scenarios of a [`MediaCall`].

@@ -165,3 +165,15 @@ impl Drop for Sbc {
         let _ = self.child.wait();
     }
 }
+
+/// A media port range for one test: ten ports from a free even port (one shard, so the first
+/// call's ports are known: the callee side gets the first pair, the caller side the second).
+pub fn media_range() -> u16 {
+    loop {
+        let port = free_udp_port();
+        let base = port - port % 2;
+        if base < 60000 && (base..base + 10).all(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok()) {
+            return base;
+        }
+    }
+}

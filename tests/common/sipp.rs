@@ -1,6 +1,8 @@
 //! SIPp as a far end: runs SIPp scenarios from `tests/sipp/` and reads what each end sent and
 //! received from its `-trace_msg` log.
 
+use super::{free_udp_port, Sbc};
+use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -190,4 +192,68 @@ pub fn wait_listening(port: u16, transport: Transport) {
         assert!(Instant::now() < deadline, "SIPp never bound port {port}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A SIPp caller placing one call into the core listener with an SDP naming `rtp` (a test
+/// socket), talking for `duration_ms`.
+pub fn media_caller(sbc: &Sbc, name: &str, rtp: &UdpSocket, duration_ms: u32) -> Vec<String> {
+    [
+        "-sf",
+        &scenario(name),
+        &format!("127.0.0.1:{}", sbc.port("core")),
+        "-i",
+        "127.0.0.1",
+        "-p",
+        &free_udp_port().to_string(),
+        "-set",
+        "rtp_port",
+        &rtp.local_addr().expect("addr").port().to_string(),
+        "-m",
+        "1",
+        "-d",
+        &duration_ms.to_string(),
+        "-timeout",
+        "30s",
+        "-timeout_error",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// A SIPp callee (`scenario`) answering one call on `port` with an SDP naming `rtp_port` (a
+/// test socket); `vars` are its `-set` variables besides `rtp_port` (`te_pt`, the
+/// telephone-event payload type, is 101 unless given).
+pub fn callee_args(
+    scenario_name: &str,
+    port: u16,
+    rtp_port: u16,
+    vars: &[(&str, &str)],
+) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "-sf",
+        &scenario(scenario_name),
+        "-i",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-set",
+        "rtp_port",
+        &rtp_port.to_string(),
+        "-m",
+        "1",
+        "-timeout",
+        "30s",
+        "-timeout_error",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if !vars.iter().any(|(name, _)| *name == "te_pt") {
+        args.extend(["-set", "te_pt", "101"].map(String::from));
+    }
+    for (name, value) in vars {
+        args.extend(["-set".to_string(), name.to_string(), value.to_string()]);
+    }
+    args
 }
