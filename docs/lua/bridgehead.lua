@@ -75,7 +75,8 @@ local Call = {}
 ---Asks the media plane to play ringback to a leg (default "a").
 ---@param leg? "a"|"b"
 function Call:play_ringback(leg) end
----Asks the media plane to send RFC 4733 DTMF digits (0-9, *, #, A-D) to a leg (default "b").
+---Asks the media plane to send DTMF digits (0-9, *, #, A-D) to a leg (default "b"): RFC 4733
+---events, or tones when the leg's trunk has `dtmf: inband` or it took no telephone-event.
 ---@param digits string
 ---@param leg? "a"|"b"
 function Call:send_dtmf(digits, leg) end

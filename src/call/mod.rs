@@ -1329,9 +1329,9 @@ impl Engine {
             call.a_status = status;
         }
         match self.local_ringback_answer(key, &msg) {
-            Some(ringing) => {
+            Some((ringing, pcmu)) => {
                 let answer = self.relay_response_to(key, Leg::A, server, &ringing, now);
-                self.start_local_ringback(key, answer);
+                self.start_local_ringback(key, answer, pcmu);
             }
             None => {
                 self.relay_response_to(key, Leg::A, server, &msg, now);
@@ -1420,7 +1420,8 @@ impl Engine {
     /// same provisional with an SDP as if the callee had answered without sending yet
     /// (`c=0.0.0.0`): the caller's offer cut to its first G.711 plus telephone-event and
     /// comfort noise, other streams refused. Anchoring it gives the caller Bridgehead's answer.
-    fn local_ringback_answer(&self, key: CallKey, msg: &Message) -> Option<Message> {
+    /// Returns that provisional and whether its G.711 is PCMU.
+    fn local_ringback_answer(&self, key: CallKey, msg: &Message) -> Option<(Message, bool)> {
         let status = msg.status()?;
         let call = self.calls.get(&key)?;
         // Not once the callee sent an SDP (early media): the caller has its answer.
@@ -1437,11 +1438,7 @@ impl Engine {
         let mut sdp = Sdp::parse(&offer.body).ok()?;
         let mut voice = None;
         for media in sdp.media_mut() {
-            let g711 = media.codecs().into_iter().find(|c| {
-                ["PCMU", "PCMA"]
-                    .iter()
-                    .any(|n| c.name.eq_ignore_ascii_case(n))
-            });
+            let g711 = media.codecs().into_iter().find(|c| c.is_g711());
             match g711 {
                 Some(codec) if media.kind() == "audio" && voice.is_none() => {
                     media
@@ -1461,20 +1458,20 @@ impl Engine {
                 _ => media.set_port(0),
             }
         }
-        voice.as_ref()?;
+        let pcmu = voice?.eq_ignore_ascii_case("PCMU");
         if sdp.connection().is_some() {
             sdp.set_connection("0.0.0.0").ok()?;
         }
         let mut ringing = msg.clone();
         ringing.set_header(HeaderName::ContentType, "application/sdp");
         ringing.body = Bytes::from(sdp.to_bytes());
-        Some(ringing)
+        Some((ringing, pcmu))
     }
 
-    /// After the caller got Bridgehead's own answer (`answer`, the SDP sent): keeps it, makes
-    /// the relay give the caller only that G.711 (transcoding if the callee picks the other),
-    /// and plays the caller ringback until the callee's media comes.
-    fn start_local_ringback(&mut self, key: CallKey, answer: Option<Bytes>) {
+    /// After the caller got Bridgehead's own answer (`answer`, the SDP sent, with PCMU or
+    /// PCMA): keeps it, makes the relay give the caller only that G.711 (transcoding if the
+    /// callee picks the other), and plays the caller ringback until the callee's media comes.
+    fn start_local_ringback(&mut self, key: CallKey, answer: Option<Bytes>, pcmu: bool) {
         let media_id = self.media_call_id(key);
         let Some(call) = self.calls.get_mut(&key) else {
             return;
@@ -1482,20 +1479,6 @@ impl Engine {
         let Some(answer) = answer else {
             return;
         };
-        let sdp = Sdp::parse(&answer).ok();
-        let voice = sdp.as_ref().and_then(|sdp| {
-            sdp.media().iter().find_map(|m| {
-                m.codecs().into_iter().find(|c| {
-                    ["PCMU", "PCMA"]
-                        .iter()
-                        .any(|n| c.name.eq_ignore_ascii_case(n))
-                })
-            })
-        });
-        let Some(voice) = voice else {
-            return;
-        };
-        let pcmu = voice.name.eq_ignore_ascii_case("PCMU");
         call.local_answer = Some(answer);
         for stream in &mut call.streams {
             if stream.a.accepts != (false, false) {

@@ -437,7 +437,7 @@ pub fn anchor(
         let audio_pt = media
             .codecs()
             .iter()
-            .find(|c| c.name.eq_ignore_ascii_case("PCMU") || c.name.eq_ignore_ascii_case("PCMA"))
+            .find(|c| c.is_g711())
             .and_then(|c| c.pt.parse::<u8>().ok());
         let sends = matches!(
             media.direction(),

@@ -96,6 +96,11 @@ impl Codec {
     pub fn matches(&self, selector: &str) -> bool {
         !selector.is_empty() && (self.pt == selector || self.name.eq_ignore_ascii_case(selector))
     }
+
+    /// G.711: PCMU or PCMA.
+    pub fn is_g711(&self) -> bool {
+        self.name.eq_ignore_ascii_case("PCMU") || self.name.eq_ignore_ascii_case("PCMA")
+    }
 }
 
 impl Crypto {
