@@ -13,8 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-/// Quiet time after a file event before reloading: one editor save makes several events.
-const DEBOUNCE: Duration = Duration::from_millis(200);
+/// Quiet time after the last file event of a burst before reloading: one editor save makes
+/// several events within a few milliseconds.
+const DEBOUNCE: Duration = Duration::from_millis(150);
 
 /// Loads the profile and its rules, binds every listener and serves until the process is
 /// stopped. Nothing is bound unless the whole profile and every script are valid.
@@ -133,15 +134,15 @@ async fn reloader(
 ) {
     let mut version = 1;
     while requests.recv().await.is_some() {
-        // Wait for the burst of events of one save to settle.
+        // Wait until the burst of events of one save has been quiet for DEBOUNCE, counted from
+        // its last event (an atomic rename makes several events at once: waiting a whole
+        // DEBOUNCE again for each one that arrived meanwhile doubled the delay).
+        let mut quiet_from = tokio::time::Instant::now() + DEBOUNCE;
         loop {
-            tokio::time::sleep(DEBOUNCE).await;
-            let mut more = false;
-            while requests.try_recv().is_ok() {
-                more = true;
-            }
-            if !more {
-                break;
+            match tokio::time::timeout_at(quiet_from, requests.recv()).await {
+                Ok(Some(())) => quiet_from = tokio::time::Instant::now() + DEBOUNCE,
+                Ok(None) => return,
+                Err(_elapsed) => break,
             }
         }
         let next = version + 1;

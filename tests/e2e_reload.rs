@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::sipp::{scenario, wait_listening, Sipp, Transport};
+use common::sipp::{now_seconds_of_day, scenario, wait_listening, Sipp, Transport};
 use common::{free_udp_port, scratch_dir, Sbc};
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -17,6 +17,8 @@ const SECONDS: u32 = 30;
 const REWRITES: usize = 20;
 /// The rewrite that installs a syntax error.
 const BROKEN_AT: usize = 10;
+/// The longest a saved version may take to serve new calls (debounce included).
+const RELOAD_WITHIN: f64 = 0.250;
 
 /// Rules that stamp every request toward Teams with `value`.
 fn rules(value: &str) -> String {
@@ -101,6 +103,8 @@ trunks:
     // 20 rewrites over ~24 s, one of them broken.
     let started = Instant::now();
     let mut last_good = String::from("v0");
+    // When each good version was saved (seconds of the day, UTC, as SIPp's trace stamps).
+    let mut saved_at: HashMap<String, f64> = HashMap::new();
     for rewrite in 1..=REWRITES {
         std::thread::sleep(Duration::from_millis(1200));
         let atomic = rewrite % 2 == 0;
@@ -110,6 +114,7 @@ trunks:
         } else {
             last_good = format!("v{rewrite}");
             save(&script, &rules(&last_good), atomic);
+            saved_at.insert(last_good.clone(), now_seconds_of_day());
         }
     }
     let rewrites_done = started.elapsed();
@@ -135,6 +140,8 @@ trunks:
     // Per call (B-leg Call-ID), the versions seen on every request toward Teams.
     let mut versions: HashMap<String, BTreeSet<String>> = HashMap::new();
     let mut invite_order = Vec::new();
+    // When the callee first saw each version.
+    let mut first_seen: HashMap<String, f64> = HashMap::new();
     for message in callee.trace().iter().filter(|m| m.received) {
         if message.first_line().starts_with("SIP/2.0") {
             continue;
@@ -146,6 +153,9 @@ trunks:
             .to_string();
         if message.is_request("INVITE") {
             invite_order.push(call.clone());
+            if let Some(at) = message.at {
+                first_seen.entry(value.clone()).or_insert(at);
+            }
         }
         versions.entry(call).or_default().insert(value);
     }
@@ -153,6 +163,31 @@ trunks:
     for (call, seen) in &versions {
         assert_eq!(seen.len(), 1, "call {call} saw versions {seen:?}");
         assert!(!seen.contains("broken"), "the broken version served {call}");
+    }
+    // Every good save served new calls within RELOAD_WITHIN (200 INVITEs a second: one
+    // every 5 ms, so the first INVITE with a version is at most that late).
+    let mut latencies = Vec::new();
+    for (version, saved) in &saved_at {
+        let seen = first_seen
+            .get(version)
+            .unwrap_or_else(|| panic!("version {version} never served"));
+        latencies.push((seen - saved, version.clone()));
+    }
+    latencies.sort_by(|a, b| a.0.total_cmp(&b.0));
+    eprintln!(
+        "save to first INVITE with the new version: {:?}",
+        latencies
+            .iter()
+            .map(|(s, v)| format!("{v} {:.0} ms", s * 1000.0))
+            .collect::<Vec<_>>()
+    );
+    for (latency, version) in &latencies {
+        assert!(
+            *latency <= RELOAD_WITHIN,
+            "{version} served {:.0} ms after it was saved (at most {:.0} ms)",
+            latency * 1000.0,
+            RELOAD_WITHIN * 1000.0
+        );
     }
     let served: BTreeSet<&String> = versions.values().flatten().collect();
     assert!(

@@ -35,6 +35,8 @@ impl Transport {
 pub struct Traced {
     pub received: bool,
     pub text: String,
+    /// When SIPp logged it: seconds since midnight UTC (SIPp runs with `TZ=UTC`).
+    pub at: Option<f64>,
 }
 
 impl Traced {
@@ -77,7 +79,7 @@ pub fn read_trace(path: &Path) -> Vec<Traced> {
     text.split("----------------------------------------------- ")
         .filter_map(|block| {
             let mut lines = block.lines();
-            lines.next()?; // timestamp
+            let at = seconds_of_day(lines.next()?);
             let what = lines.next()?;
             let received = what.contains("message received");
             if !received && !what.contains("message sent") {
@@ -85,9 +87,27 @@ pub fn read_trace(path: &Path) -> Vec<Traced> {
             }
             let message: Vec<&str> = lines.skip_while(|l| l.trim().is_empty()).collect();
             let text = message.join("\n").trim_end().replace('\r', "");
-            Some(Traced { received, text })
+            Some(Traced { received, text, at })
         })
         .collect()
+}
+
+/// `2026-12-01 14:57:01.810884` → seconds since that day's midnight.
+fn seconds_of_day(stamp: &str) -> Option<f64> {
+    let time = stamp.split_whitespace().nth(1)?;
+    let mut parts = time.split(':');
+    let hours: f64 = parts.next()?.parse().ok()?;
+    let minutes: f64 = parts.next()?.parse().ok()?;
+    let seconds: f64 = parts.next()?.parse().ok()?;
+    Some(hours * 3600.0 + minutes * 60.0 + seconds)
+}
+
+/// Now, in seconds since midnight UTC (to compare with [`Traced::at`]).
+pub fn now_seconds_of_day() -> f64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970");
+    since_epoch.as_secs_f64() % 86_400.0
 }
 
 /// A SIPp process, killed by PID if it is still running when dropped.
@@ -109,6 +129,7 @@ impl Sipp {
             .arg("-error_file")
             .arg(dir.join(format!("{name}.err")))
             .current_dir(dir)
+            .env("TZ", "UTC")
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
