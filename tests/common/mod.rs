@@ -57,6 +57,11 @@ impl Sbc {
     /// with [`Sbc::port`]), `{script}` the bundled default rules. Waits until the listener on
     /// the first placeholder answers OPTIONS.
     pub fn start(template: &str) -> Sbc {
+        Sbc::start_with_env(template, &[])
+    }
+
+    /// [`Sbc::start`] with more environment variables for the process.
+    pub fn start_with_env(template: &str, env: &[(&str, &str)]) -> Sbc {
         let mut ports = HashMap::new();
         let mut first = None;
         let mut profile = template.replace("{script}", &default_script());
@@ -78,6 +83,7 @@ impl Sbc {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
