@@ -263,7 +263,7 @@ fn replay(c: &mut Criterion) {
         })
     });
     group.bench_function("project_scenarios_all_cores", |b| {
-        b.iter(|| bridgehead::replay::run_all(&files, false).len())
+        b.iter(|| bridgehead::replay::run_all(&files, false, None).len())
     });
     group.finish();
 }

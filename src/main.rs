@@ -66,7 +66,8 @@ enum Command {
         /// Scenario files or directories.
         #[arg(required_unless_present = "pcap")]
         paths: Vec<PathBuf>,
-        /// Write what Bridgehead sent as each step's expectations (review before committing).
+        /// Write what Bridgehead sent as each step's expectations, rewriting the scenario file
+        /// (its comments are lost; review the result before committing).
         #[arg(long)]
         record: bool,
         /// Also write a JUnit XML report.
@@ -78,9 +79,12 @@ enum Command {
         /// Which capture address is which trunk's peer: NAME=IP[:port] (repeat for both sides).
         #[arg(long = "trunk", requires = "pcap")]
         trunks: Vec<String>,
-        /// The profile for --pcap.
-        #[arg(long, default_value = "profiles/default.yaml")]
-        profile: PathBuf,
+        /// The profile to run on. With scenarios: replaces each scenario's own `profile:` (to
+        /// check scenarios against a candidate profile before it goes live; a `reload` step
+        /// without a profile of its own reloads this one). With --pcap: default
+        /// profiles/default.yaml.
+        #[arg(long)]
+        profile: Option<PathBuf>,
         /// With --pcap: print every message in full.
         #[arg(long, short)]
         verbose: bool,
@@ -137,13 +141,19 @@ fn main() -> ExitCode {
             profile,
             verbose,
             ..
-        } => replay_capture(&capture, &profile, &trunks, verbose),
+        } => replay_capture(
+            &capture,
+            &profile.unwrap_or_else(|| PathBuf::from("profiles/default.yaml")),
+            &trunks,
+            verbose,
+        ),
         Command::Replay {
             paths,
             record,
             junit,
+            profile,
             ..
-        } => replay(&paths, record, junit.as_deref()),
+        } => replay(&paths, record, junit.as_deref(), profile.as_deref()),
         Command::Test { dir, profile } => rule_tests(&dir, &profile),
         Command::Run { profile } => {
             let profile = match load(&profile) {
@@ -168,7 +178,12 @@ fn main() -> ExitCode {
 }
 
 /// `bridgehead replay`: runs every scenario, prints failures and a summary.
-fn replay(paths: &[PathBuf], record: bool, junit: Option<&Path>) -> ExitCode {
+fn replay(
+    paths: &[PathBuf],
+    record: bool,
+    junit: Option<&Path>,
+    profile: Option<&Path>,
+) -> ExitCode {
     let files = match bridgehead::replay::collect(paths) {
         Ok(files) if !files.is_empty() => files,
         Ok(_) => {
@@ -181,7 +196,7 @@ fn replay(paths: &[PathBuf], record: bool, junit: Option<&Path>) -> ExitCode {
         }
     };
     let started = std::time::Instant::now();
-    let outcomes = bridgehead::replay::run_all(&files, record);
+    let outcomes = bridgehead::replay::run_all(&files, record, profile);
     let steps: usize = outcomes.iter().map(|o| o.steps).sum();
     let mut failed = 0;
     for outcome in &outcomes {

@@ -238,3 +238,48 @@ fn one_side_of_a_capture_replays_as_a_call_flow() {
         Ok(Some(5061))
     );
 }
+
+#[test]
+fn replay_profile_replaces_the_scenarios_own_profile() {
+    let dir = scratch("candidate");
+    // A candidate rule set that stamps INVITEs toward Teams, and a candidate profile using it.
+    std::fs::write(
+        dir.join("candidate.lua"),
+        "local r = {}\nfunction r.on_invite(call, req)\n  req:set_header('X-Candidate', 'yes')\nend\nreturn r\n",
+    )
+    .expect("script");
+    let candidate = std::fs::read_to_string(dir.join("profile.yaml"))
+        .expect("profile")
+        .replace(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/default.lua"),
+            "candidate.lua",
+        );
+    std::fs::write(dir.join("candidate.yaml"), candidate).expect("candidate");
+    let path = write(
+        &dir,
+        "stamped.yaml",
+        "vars: { call: cand-1 }\nsteps:\n  - send: { from: core, file: messages/invite.sip }\n    expect:\n      - { to: core, response: 100 }\n      - { to: teams, request: INVITE, headers: { X-Candidate: 'yes' } }\n",
+    );
+    let replay = |extra: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_bridgehead"))
+            .arg("replay")
+            .arg(&path)
+            .args(extra)
+            .output()
+            .expect("run bridgehead replay");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).to_string(),
+        )
+    };
+    let (passed, report) = replay(&[]);
+    assert!(
+        !passed,
+        "the scenario's own profile has no X-Candidate:\n{report}"
+    );
+    assert!(report.contains("X-Candidate"), "{report}");
+    let candidate = dir.join("candidate.yaml");
+    let (passed, report) = replay(&["--profile", &candidate.display().to_string()]);
+    assert!(passed, "on the candidate profile:\n{report}");
+    assert!(report.contains("1 passed, 0 failed"), "{report}");
+}

@@ -77,9 +77,15 @@ fn collect_dir(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs one scenario file. With `record`, the expectations of every step are replaced by what
-/// Bridgehead sent and the file is written back.
+/// Runs one scenario file on the profile it names. With `record`, the expectations of every
+/// step are replaced by what Bridgehead sent and the file is written back.
 pub fn run_file(path: &Path, record: bool) -> Outcome {
+    run_file_on(path, record, None)
+}
+
+/// [`run_file`], on `profile` instead of the scenario's own `profile:` when one is given (to
+/// check a scenario against a candidate profile before it goes live).
+pub fn run_file_on(path: &Path, record: bool, profile: Option<&Path>) -> Outcome {
     let started = Instant::now();
     let name = path.display().to_string();
     let loaded = match scenario::load(path) {
@@ -102,7 +108,7 @@ pub fn run_file(path: &Path, record: bool) -> Outcome {
         failures: Vec::new(),
         elapsed: Duration::ZERO,
     };
-    match Replay::new(&loaded) {
+    match Replay::new(&loaded, profile) {
         Err(error) => outcome.failures.push(error),
         Ok(mut replay) => {
             let mut recorded = loaded.scenario.clone();
@@ -143,9 +149,9 @@ pub fn run_file(path: &Path, record: bool) -> Outcome {
     outcome
 }
 
-/// Runs scenario files on every core (each scenario has its own engine); outcomes come back
-/// in the order of `files`.
-pub fn run_all(files: &[PathBuf], record: bool) -> Vec<Outcome> {
+/// Runs scenario files on every core (each scenario has its own engine), on `profile` instead
+/// of their own when one is given; outcomes come back in the order of `files`.
+pub fn run_all(files: &[PathBuf], record: bool, profile: Option<&Path>) -> Vec<Outcome> {
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(files.len().max(1));
@@ -159,7 +165,7 @@ pub fn run_all(files: &[PathBuf], record: bool) -> Vec<Outcome> {
                 let Some(file) = files.get(index) else {
                     break;
                 };
-                let outcome = run_file(file, record);
+                let outcome = run_file_on(file, record, profile);
                 let mut results = results.lock().unwrap_or_else(|e| e.into_inner());
                 results[index] = Some(outcome);
             });
@@ -217,15 +223,18 @@ fn strings<E: ToString>(errors: &[E]) -> String {
 }
 
 impl Replay {
-    fn new(loaded: &Loaded) -> Result<Replay, String> {
+    fn new(loaded: &Loaded, profile: Option<&Path>) -> Result<Replay, String> {
         let dir = loaded.path.parent().unwrap_or(Path::new(".")).to_path_buf();
-        let profile_path = dir.join(
-            loaded
-                .scenario
-                .profile
-                .clone()
-                .unwrap_or_else(|| PathBuf::from("profile.yaml")),
-        );
+        let profile_path = match profile {
+            Some(path) => path.to_path_buf(),
+            None => dir.join(
+                loaded
+                    .scenario
+                    .profile
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("profile.yaml")),
+            ),
+        };
         let profile = Arc::new(Profile::load(&profile_path).map_err(|e| strings(&e))?);
         let metrics = Arc::new(RuleMetrics::default());
         let rules = RuleSet::load(profile.clone(), 1, metrics.clone()).map_err(|e| strings(&e))?;
