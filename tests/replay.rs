@@ -72,6 +72,18 @@ fn a_wrong_expectation_fails_with_the_step_line_and_a_diff() {
     );
     let text = run_file(&path, false).failures.join("\n");
     assert!(text.contains("not expected: INVITE"), "{text}");
+
+    // A list of lines is compared line by line: the INVITE has one From.
+    let path = write(
+        &dir,
+        "lines.yaml",
+        "vars: { call: w3 }\nsteps:\n  - send: { from: core, file: messages/invite.sip }\n    expect:\n      - { to: core, response: 100 }\n      - { to: teams, request: INVITE, headers: { Max-Forwards: ['69', '69'] } }\n",
+    );
+    let text = run_file(&path, false).failures.join("\n");
+    assert!(
+        text.contains(r#"Max-Forwards: lines ["69"], not ["69", "69"]"#),
+        "{text}"
+    );
 }
 
 #[test]

@@ -91,8 +91,11 @@ function Call:route(trunk, opts) end
 function Call:reject(status, reason, headers) end
 
 ---@class bh.NameAddr
+---@field index integer Which value of the header this is (from 1).
+---@field raw? string The value as written, when it is no name-addr (only in name_addrs).
 ---@field display? string
 ---@field uri string
+---@field scheme? "sip"|"sips"|"tel"|string
 ---@field user? string
 ---@field host? string
 ---@field port? integer
@@ -120,8 +123,16 @@ function Message:set_header(name, value) end
 ---@param name string
 ---@param value string
 function Message:add_header(name, value) end
----@param name string
+---@param name string A header name (no `*`: use remove_headers for patterns).
 function Message:remove_header(name) end
+---Removes every header line whose name matches a glob (`*` = any run of characters),
+---case-insensitive; B2BUA-owned headers are never removed.
+---@param pattern string e.g. "X-Internal-*"
+---@return integer removed how many lines went
+function Message:remove_headers(pattern) end
+---Each header name the message carries, once, in the order of its first line.
+---@return string[]
+function Message:header_names() end
 ---@return string|nil
 function Message:uri() end
 ---@param uri string
@@ -138,18 +149,30 @@ function Message:to_user() end
 function Message:set_from_user(user) end
 ---@param user string
 function Message:set_to_user(user) end
----@param header string From, To, P-Asserted-Identity, Contact...
+---Which values of a multi-valued name-addr header: nil = the first, n = the n-th (from 1,
+---across lines and comma-separated values), a URI scheme = the first with it, "*" = all.
+---@alias bh.Which integer|"sip"|"sips"|"tel"|"*"|nil
+
+---@param header string From, To, P-Asserted-Identity, Contact, Diversion...
+---@param which? bh.Which
 ---@return bh.NameAddr|nil
-function Message:name_addr(header) end
+function Message:name_addr(header, which) end
+---Every value of a name-addr header, in order.
+---@param header string
+---@return bh.NameAddr[]
+function Message:name_addrs(header) end
 ---@param header string
 ---@param display string|nil nil removes the display name
-function Message:set_display(header, display) end
+---@param which? bh.Which
+function Message:set_display(header, display, which) end
 ---@param header string
 ---@param user string
-function Message:set_user(header, user) end
+---@param which? bh.Which
+function Message:set_user(header, user, which) end
 ---@param header string
 ---@param host string
-function Message:set_host(header, host) end
+---@param which? bh.Which "*" skips tel: values (they have no host)
+function Message:set_host(header, host, which) end
 ---@return string
 function Message:body() end
 ---@return string|nil

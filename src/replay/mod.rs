@@ -14,7 +14,8 @@ use crate::sdp::Sdp;
 use crate::sip::header::{param, NameAddr};
 use crate::sip::{HeaderName, Message, StartLine};
 use bytes::Bytes;
-use scenario::{Expect, Expectations, Loaded, SdpExpect, Step};
+use scenario::{Expect, Expectations, HeaderExpect, Loaded, SdpExpect, Step};
+use std::collections::btree_map::Entry;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -552,12 +553,31 @@ impl Replay {
                 problems.push(format!("Request-URI {got_uri}, not {uri}"));
             }
         }
-        for (name, value) in &exp.headers {
-            let value = self.expand(value)?;
-            match got.msg.header_str(&HeaderName::parse(name)) {
-                Some(v) if v == value => {}
-                Some(v) => problems.push(format!("{name}: {v}, not {value}")),
-                None => problems.push(format!("no {name} (expected {value})")),
+        for (name, expected) in &exp.headers {
+            let header = HeaderName::parse(name);
+            match expected {
+                HeaderExpect::First(value) => {
+                    let value = self.expand(value)?;
+                    match got.msg.header_str(&header) {
+                        Some(v) if v == value => {}
+                        Some(v) => problems.push(format!("{name}: {v}, not {value}")),
+                        None => problems.push(format!("no {name} (expected {value})")),
+                    }
+                }
+                HeaderExpect::Every(values) => {
+                    let wanted = values
+                        .iter()
+                        .map(|v| self.expand(v))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let lines: Vec<String> = got
+                        .msg
+                        .headers_named(&header)
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                        .collect();
+                    if lines != wanted {
+                        problems.push(format!("{name}: lines {lines:?}, not {wanted:?}"));
+                    }
+                }
             }
         }
         for (name, pattern) in &exp.matches {
@@ -807,7 +827,22 @@ fn describe_sent(sent: &Sent) -> Expect {
         // Bridgehead's own version is written as ${version}, so a release does not break it.
         let value =
             String::from_utf8_lossy(&header.value).replace(crate::script::VERSION, "${version}");
-        exp.headers.entry(name).or_insert(value);
+        match exp.headers.entry(name) {
+            Entry::Vacant(entry) => {
+                entry.insert(HeaderExpect::First(value));
+            }
+            // A header on several lines is recorded whole.
+            Entry::Occupied(mut entry) => {
+                let lines = match entry.get_mut() {
+                    HeaderExpect::First(first) => vec![std::mem::take(first), value],
+                    HeaderExpect::Every(lines) => {
+                        lines.push(value);
+                        std::mem::take(lines)
+                    }
+                };
+                entry.insert(HeaderExpect::Every(lines));
+            }
+        }
     }
     if let Ok(sdp) = Sdp::parse(&sent.msg.body) {
         if let Some(media) = sdp.media().iter().find(|m| m.kind() == "audio") {

@@ -146,6 +146,17 @@ pub struct ReloadStep {
 }
 
 /// One message Bridgehead must send.
+/// What a header of an expected message must be.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum HeaderExpect {
+    /// Its first line equals this.
+    First(String),
+    /// Its lines are exactly these, in order (a header sent on several lines, such as two
+    /// P-Asserted-Identity).
+    Every(Vec<String>),
+}
+
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Expect {
@@ -163,9 +174,10 @@ pub struct Expect {
     /// The Request-URI, exactly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uri: Option<String>,
-    /// Headers whose (first) value must equal this.
+    /// Headers whose first value must equal a text, or whose every line must equal a list,
+    /// in order.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub headers: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, HeaderExpect>,
     /// Headers whose (first) value must match this regex.
     #[serde(default, rename = "match", skip_serializing_if = "BTreeMap::is_empty")]
     pub matches: BTreeMap<String, String>,

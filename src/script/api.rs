@@ -4,8 +4,8 @@ use super::sandbox::read_only;
 use super::RuleMetrics;
 use crate::call::is_b2bua_owned;
 use crate::config::{Profile, TrunkId};
-use crate::sip::header::{is_token_char, NameAddr};
-use crate::sip::uri::Uri;
+use crate::sip::header::{is_token_char, split_list, NameAddr};
+use crate::sip::uri::{Scheme, Uri};
 use crate::sip::{Header, HeaderName, Message, StartLine};
 use bytes::Bytes;
 use mlua::{Lua, LuaString, Table, UserData, UserDataFields, UserDataMethods, Value};
@@ -446,43 +446,83 @@ impl HookMessage {
         Ok(name)
     }
 
-    /// The parts of a name-addr header (From, To, P-Asserted-Identity, Contact…) as a table.
-    fn name_addr(&self, lua: &Lua, name: &HeaderName) -> mlua::Result<Option<Table>> {
-        let Some(value) = self.msg.header_str(name) else {
-            return Ok(None);
-        };
-        let Ok(addr) = NameAddr::parse(value) else {
-            return Ok(None);
-        };
-        let table = lua.create_table()?;
-        if let Some(display) = addr.display {
-            table.raw_set("display", unquote(display))?;
+    /// Every value of a name-addr header, across its lines and the comma-separated values of
+    /// each line, in order: where each stands (line, start and end in the line's value).
+    fn value_spans(&self, name: &HeaderName) -> Vec<ValueSpan> {
+        let mut spans = Vec::new();
+        for (line, header) in self.msg.headers.iter().enumerate() {
+            if header.name != *name {
+                continue;
+            }
+            let Some(value) = header.value_str() else {
+                continue;
+            };
+            for item in split_list(value).filter(|item| !item.is_empty()) {
+                let start = offset_in(value, item);
+                spans.push(ValueSpan {
+                    line,
+                    start,
+                    end: start + item.len(),
+                });
+            }
         }
-        table.raw_set("uri", addr.uri)?;
-        if let Ok(uri) = Uri::parse(addr.uri) {
-            table.raw_set("user", uri.user)?;
-            table.raw_set("host", uri.host)?;
-            table.raw_set("port", uri.port)?;
-        }
-        let params = lua.create_table()?;
-        for (key, value) in crate::sip::header::params(addr.params).flatten() {
-            params.raw_set(
-                key,
-                value.map_or(Value::Boolean(true), |v| {
-                    lua.create_string(v).map_or(Value::Nil, Value::String)
-                }),
-            )?;
-        }
-        table.raw_set("params", params)?;
-        Ok(Some(table))
+        spans
     }
 
-    /// Rewrites one part of a name-addr header with `edit(value, parsed) -> new value`.
+    /// The text of one value.
+    fn span_text(&self, span: &ValueSpan) -> &str {
+        self.msg.headers[span.line]
+            .value_str()
+            .and_then(|value| value.get(span.start..span.end))
+            .unwrap_or_default()
+    }
+
+    /// The values of `name` that `which` addresses (see [`Which`]), in order; an error names
+    /// the header and what was missing.
+    fn select(
+        &self,
+        name: &HeaderName,
+        which: &Which,
+        function: &str,
+    ) -> mlua::Result<Vec<ValueSpan>> {
+        let spans = self.value_spans(name);
+        if spans.is_empty() {
+            return Err(mlua::Error::runtime(format!(
+                "{function}: message has no {} header",
+                name.as_str()
+            )));
+        }
+        let chosen: Vec<ValueSpan> = match which {
+            Which::All => spans,
+            Which::Index(index) => spans.get(index - 1).copied().into_iter().collect(),
+            Which::Scheme(scheme) => spans
+                .iter()
+                .copied()
+                .filter(|span| scheme_of(self.span_text(span)) == Some(*scheme))
+                .take(1)
+                .collect(),
+        };
+        if chosen.is_empty() {
+            return Err(mlua::Error::runtime(match which {
+                Which::Index(index) => format!(
+                    "{function}: {} has {} value(s), no value {index}",
+                    name.as_str(),
+                    self.value_spans(name).len()
+                ),
+                _ => format!("{function}: {} has no {which} value", name.as_str()),
+            }));
+        }
+        Ok(chosen)
+    }
+
+    /// Rewrites the values of a name-addr header that `which` addresses with
+    /// `edit(value, parsed) -> new value`; the header's other values and lines stay as they are.
     fn edit_name_addr(
         &mut self,
         name: &[u8],
+        which: &Which,
         function: &str,
-        edit: impl FnOnce(&str, &NameAddr<'_>) -> Option<String>,
+        edit: impl Fn(&str, &NameAddr<'_>) -> Option<String>,
     ) -> mlua::Result<()> {
         // From and To belong to the B2BUA, but their display name, user and host are the
         // caller's identity and rules may rewrite them; the tag stays.
@@ -493,22 +533,46 @@ impl HookMessage {
             HeaderName::From | HeaderName::To => parsed,
             _ => self.editable(name)?,
         };
-        let value = self.msg.header_str(&name).ok_or_else(|| {
-            mlua::Error::runtime(format!(
-                "{function}: message has no {} header",
+        let chosen = self.select(&name, which, function)?;
+        let mut edits = Vec::with_capacity(chosen.len());
+        for span in &chosen {
+            let text = self.span_text(span);
+            let updated = NameAddr::parse(text)
+                .ok()
+                .and_then(|addr| edit(text, &addr));
+            match updated {
+                Some(updated) => edits.push((*span, updated)),
+                // With every value addressed, a value the edit does not fit (a tel: URI has
+                // no host) stays as it is.
+                None if *which == Which::All => {}
+                None => {
+                    return Err(mlua::Error::runtime(format!(
+                        "{function}: {} value '{text}' is not a SIP or tel name-addr{}",
+                        name.as_str(),
+                        if function == "set_host" {
+                            " with a host"
+                        } else {
+                            ""
+                        }
+                    )))
+                }
+            }
+        }
+        if edits.is_empty() {
+            return Err(mlua::Error::runtime(format!(
+                "{function}: no value of {} fits",
                 name.as_str()
-            ))
-        })?;
-        let updated = NameAddr::parse(value)
-            .ok()
-            .and_then(|addr| edit(value, &addr))
-            .ok_or_else(|| {
-                mlua::Error::runtime(format!(
-                    "{function}: {} is not a SIP or tel name-addr",
-                    name.as_str()
-                ))
-            })?;
-        self.msg.set_header(name, updated);
+            )));
+        }
+        // Last first, so the earlier spans of a line stay where they are.
+        for (span, updated) in edits.into_iter().rev() {
+            let header = &mut self.msg.headers[span.line];
+            let Some(value) = header.value_str() else {
+                continue;
+            };
+            let value = format!("{}{updated}{}", &value[..span.start], &value[span.end..]);
+            header.value = Bytes::from(value);
+        }
         Ok(())
     }
 
@@ -519,12 +583,125 @@ impl HookMessage {
     }
 }
 
+/// Where one value of a (possibly multi-valued) header stands: its line and its byte range in
+/// that line's value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ValueSpan {
+    line: usize,
+    start: usize,
+    end: usize,
+}
+
+/// Which values of a multi-valued name-addr header a rule addresses: the first (by default),
+/// the n-th (1-based, across lines and comma-separated values), the first with a URI scheme
+/// (`"sip"`, `"sips"`, `"tel"`), or every one (`"*"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Which {
+    Index(usize),
+    Scheme(Scheme),
+    All,
+}
+
+impl std::fmt::Display for Which {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Which::Index(index) => write!(f, "value {index}"),
+            Which::Scheme(Scheme::Sip) => f.write_str("sip:"),
+            Which::Scheme(Scheme::Sips) => f.write_str("sips:"),
+            Which::Scheme(Scheme::Tel) => f.write_str("tel:"),
+            Which::Scheme(Scheme::Other) => f.write_str("other"),
+            Which::All => f.write_str("*"),
+        }
+    }
+}
+
+impl Which {
+    /// Reads a rule's selector argument: nil, an integer ≥ 1, a scheme or "*".
+    fn from_lua(value: Option<Value>, function: &str) -> mlua::Result<Which> {
+        let bad = || {
+            mlua::Error::runtime(format!(
+                "{function}: which value? an index from 1, \"sip\", \"sips\", \"tel\" or \"*\""
+            ))
+        };
+        match value {
+            None | Some(Value::Nil) => Ok(Which::Index(1)),
+            Some(Value::Integer(index)) => usize::try_from(index)
+                .ok()
+                .filter(|i| *i >= 1)
+                .map(Which::Index)
+                .ok_or_else(bad),
+            Some(Value::Number(number)) if number.fract() == 0.0 && number >= 1.0 => {
+                Ok(Which::Index(number as usize))
+            }
+            Some(Value::String(text)) => match text.to_str()?.to_ascii_lowercase().as_str() {
+                "sip" => Ok(Which::Scheme(Scheme::Sip)),
+                "sips" => Ok(Which::Scheme(Scheme::Sips)),
+                "tel" => Ok(Which::Scheme(Scheme::Tel)),
+                "*" => Ok(Which::All),
+                _ => Err(bad()),
+            },
+            Some(_) => Err(bad()),
+        }
+    }
+}
+
+/// The URI scheme of a name-addr value.
+fn scheme_of(value: &str) -> Option<Scheme> {
+    let addr = NameAddr::parse(value).ok()?;
+    Some(Uri::parse(addr.uri).ok()?.scheme)
+}
+
+/// The parts of one name-addr value (From, To, P-Asserted-Identity, Diversion…) as a table.
+fn name_addr_table(lua: &Lua, value: &str, index: usize) -> mlua::Result<Option<Table>> {
+    let Ok(addr) = NameAddr::parse(value) else {
+        return Ok(None);
+    };
+    let table = lua.create_table()?;
+    table.raw_set("index", index)?;
+    if let Some(display) = addr.display {
+        table.raw_set("display", unquote(display))?;
+    }
+    table.raw_set("uri", addr.uri)?;
+    if let Ok(uri) = Uri::parse(addr.uri) {
+        table.raw_set(
+            "scheme",
+            match uri.scheme {
+                Scheme::Sip => "sip",
+                Scheme::Sips => "sips",
+                Scheme::Tel => "tel",
+                Scheme::Other => addr.uri.split(':').next().unwrap_or_default(),
+            },
+        )?;
+        table.raw_set("user", uri.user)?;
+        table.raw_set("host", uri.host)?;
+        table.raw_set("port", uri.port)?;
+    }
+    let params = lua.create_table()?;
+    for (key, value) in crate::sip::header::params(addr.params).flatten() {
+        params.raw_set(
+            key,
+            value.map_or(Value::Boolean(true), |v| {
+                lua.create_string(v).map_or(Value::Nil, Value::String)
+            }),
+        )?;
+    }
+    table.raw_set("params", params)?;
+    Ok(Some(table))
+}
+
 /// A header name from a rule: a token, and not one the B2BUA owns.
 fn header_name(name: &[u8]) -> mlua::Result<HeaderName> {
     let name = std::str::from_utf8(name)
         .ok()
         .filter(|n| !n.is_empty() && n.bytes().all(is_token_char))
         .ok_or_else(|| mlua::Error::runtime("header name must be a token"))?;
+    if name.contains('*') {
+        // A legal token character, but no header is named so: a pattern meant for
+        // remove_headers would otherwise silently match nothing.
+        return Err(mlua::Error::runtime(format!(
+            "header name '{name}' contains '*': to remove headers by pattern use msg:remove_headers('{name}')"
+        )));
+    }
     let name = HeaderName::parse(name);
     if is_b2bua_owned(&name) {
         return Err(mlua::Error::runtime(format!(
@@ -604,18 +781,18 @@ pub fn replace_user_in_uri(uri: &str, user: &str) -> Option<String> {
     let parsed = Uri::parse(uri).ok()?;
     let (scheme, rest) = uri.split_once(':')?;
     match parsed.scheme {
-        crate::sip::uri::Scheme::Tel => {
+        Scheme::Tel => {
             let params = &rest[parsed.user.map_or(0, str::len)..];
             Some(format!("{scheme}:{user}{params}"))
         }
-        crate::sip::uri::Scheme::Sip | crate::sip::uri::Scheme::Sips => {
+        Scheme::Sip | Scheme::Sips => {
             let host_part = match parsed.user {
                 Some(old) => &rest[old.len() + 1..],
                 None => rest,
             };
             Some(format!("{scheme}:{user}@{host_part}"))
         }
-        crate::sip::uri::Scheme::Other => None,
+        Scheme::Other => None,
     }
 }
 
@@ -683,6 +860,21 @@ impl UserData for HookMessage {
             m.msg.remove_header(&name);
             Ok(())
         });
+        methods.add_method_mut("remove_headers", |lua, m, pattern: LuaString| {
+            let pattern = pattern.to_str()?.to_string();
+            let regex = glob_regex(&pattern)?;
+            let mut removed = 0;
+            with_regex(lua, &regex, |re| {
+                m.msg.headers.retain(|h| {
+                    let matches = !is_b2bua_owned(&h.name)
+                        && re.is_match(&h.name.as_str().to_ascii_lowercase());
+                    removed += usize::from(matches);
+                    !matches
+                });
+                Ok(())
+            })?;
+            Ok(removed)
+        });
         methods.add_method("uri", |_, m, ()| {
             Ok(match &m.msg.start {
                 StartLine::Request { uri, .. } => Some(uri.clone()),
@@ -708,26 +900,74 @@ impl UserData for HookMessage {
         methods.add_method("to_user", |_, m, ()| Ok(m.user_of(&HeaderName::To)));
         methods.add_method_mut("set_from_user", |_, m, user: String| {
             check_user(&user)?;
-            m.edit_name_addr(b"From", "set_from_user", |value, _| {
+            m.edit_name_addr(b"From", &Which::Index(1), "set_from_user", |value, _| {
                 replace_user_in_header(value, &user)
             })
         });
         methods.add_method_mut("set_to_user", |_, m, user: String| {
             check_user(&user)?;
-            m.edit_name_addr(b"To", "set_to_user", |value, _| {
+            m.edit_name_addr(b"To", &Which::Index(1), "set_to_user", |value, _| {
                 replace_user_in_header(value, &user)
             })
         });
-        methods.add_method("name_addr", |lua, m, name: LuaString| {
-            m.name_addr(lua, &HeaderName::parse(&name.to_str()?))
+        methods.add_method(
+            "name_addr",
+            |lua, m, (name, which): (LuaString, Option<Value>)| {
+                let name = HeaderName::parse(&name.to_str()?);
+                let which = Which::from_lua(which, "name_addr")?;
+                let spans = m.value_spans(&name);
+                let found = match which {
+                    Which::Index(index) => spans.get(index - 1).map(|span| (index, span)),
+                    Which::All => spans.first().map(|span| (1, span)),
+                    Which::Scheme(scheme) => spans
+                        .iter()
+                        .enumerate()
+                        .find(|(_, span)| scheme_of(m.span_text(span)) == Some(scheme))
+                        .map(|(at, span)| (at + 1, span)),
+                };
+                match found {
+                    Some((index, span)) => name_addr_table(lua, m.span_text(span), index),
+                    None => Ok(None),
+                }
+            },
+        );
+        methods.add_method("name_addrs", |lua, m, name: LuaString| {
+            let name = HeaderName::parse(&name.to_str()?);
+            let list = lua.create_table()?;
+            for (at, span) in m.value_spans(&name).iter().enumerate() {
+                // A value that is no name-addr still holds its place (index) in the list.
+                let table = match name_addr_table(lua, m.span_text(span), at + 1)? {
+                    Some(table) => table,
+                    None => {
+                        let raw = lua.create_table()?;
+                        raw.raw_set("index", at + 1)?;
+                        raw.raw_set("raw", m.span_text(span))?;
+                        raw
+                    }
+                };
+                list.raw_set(at + 1, table)?;
+            }
+            Ok(list)
+        });
+        methods.add_method("header_names", |lua, m, ()| {
+            let names = lua.create_table()?;
+            let mut seen: Vec<&HeaderName> = Vec::new();
+            for header in &m.msg.headers {
+                if !seen.contains(&&header.name) {
+                    seen.push(&header.name);
+                    names.raw_set(seen.len(), header.name.as_str())?;
+                }
+            }
+            Ok(names)
         });
         methods.add_method_mut(
             "set_display",
-            |_, m, (name, display): (LuaString, Option<String>)| {
+            |_, m, (name, display, which): (LuaString, Option<String>, Option<Value>)| {
                 if let Some(text) = &display {
                     check_value(text.as_bytes())?;
                 }
-                m.edit_name_addr(&name.as_bytes(), "set_display", |value, addr| {
+                let which = Which::from_lua(which, "set_display")?;
+                m.edit_name_addr(&name.as_bytes(), &which, "set_display", |value, addr| {
                     let uri_start = offset_in(value, addr.uri);
                     let rest = &value[uri_start + addr.uri.len()..];
                     let rest = if addr.bracketed {
@@ -745,41 +985,49 @@ impl UserData for HookMessage {
                 })
             },
         );
-        methods.add_method_mut("set_user", |_, m, (name, user): (LuaString, String)| {
-            check_user(&user)?;
-            m.edit_name_addr(&name.as_bytes(), "set_user", |value, _| {
-                replace_user_in_header(value, &user)
-            })
-        });
-        methods.add_method_mut("set_host", |_, m, (name, host): (LuaString, String)| {
-            if host.is_empty()
-                || !host
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
-            {
-                return Err(mlua::Error::runtime(format!(
-                    "set_host: '{host}' is not a host name or address"
-                )));
-            }
-            m.edit_name_addr(&name.as_bytes(), "set_host", |value, addr| {
-                let uri = Uri::parse(addr.uri).ok()?;
-                if uri.scheme == crate::sip::uri::Scheme::Tel {
-                    return None;
+        methods.add_method_mut(
+            "set_user",
+            |_, m, (name, user, which): (LuaString, String, Option<Value>)| {
+                check_user(&user)?;
+                let which = Which::from_lua(which, "set_user")?;
+                m.edit_name_addr(&name.as_bytes(), &which, "set_user", |value, _| {
+                    replace_user_in_header(value, &user)
+                })
+            },
+        );
+        methods.add_method_mut(
+            "set_host",
+            |_, m, (name, host, which): (LuaString, String, Option<Value>)| {
+                if host.is_empty()
+                    || !host
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+                {
+                    return Err(mlua::Error::runtime(format!(
+                        "set_host: '{host}' is not a host name or address"
+                    )));
                 }
-                let host_start = offset_in(value, uri.host);
-                let mut end = host_start + uri.host.len();
-                if uri.port.is_some() {
-                    // Drop the old port with the old host: the new host stands alone.
-                    let after = &value[end..];
-                    let digits = after
-                        .strip_prefix(':')
-                        .map(|p| 1 + p.bytes().take_while(u8::is_ascii_digit).count())
-                        .unwrap_or(0);
-                    end += digits;
-                }
-                Some(format!("{}{host}{}", &value[..host_start], &value[end..]))
-            })
-        });
+                let which = Which::from_lua(which, "set_host")?;
+                m.edit_name_addr(&name.as_bytes(), &which, "set_host", |value, addr| {
+                    let uri = Uri::parse(addr.uri).ok()?;
+                    if uri.scheme == Scheme::Tel {
+                        return None;
+                    }
+                    let host_start = offset_in(value, uri.host);
+                    let mut end = host_start + uri.host.len();
+                    if uri.port.is_some() {
+                        // Drop the old port with the old host: the new host stands alone.
+                        let after = &value[end..];
+                        let digits = after
+                            .strip_prefix(':')
+                            .map(|p| 1 + p.bytes().take_while(u8::is_ascii_digit).count())
+                            .unwrap_or(0);
+                        end += digits;
+                    }
+                    Some(format!("{}{host}{}", &value[..host_start], &value[end..]))
+                })
+            },
+        );
         methods.add_method("body", |lua, m, ()| lua.create_string(&m.msg.body[..]));
         methods.add_method("content_type", |_, m, ()| {
             Ok(m.msg
@@ -945,6 +1193,23 @@ pub fn bh_table(lua: &Lua) -> mlua::Result<Table> {
     )?;
     bh.set("re", read_only(lua, re, "bh.re")?)?;
     Ok(bh)
+}
+
+/// The regex (whole name, matched against the lower-case name) of a header-name glob: `*`
+/// stands for any run of characters (`X-Internal-*`, `*-Debug`), everything else for itself,
+/// case-insensitively. Linear-time matching, like every `bh.re` pattern.
+fn glob_regex(glob: &str) -> mlua::Result<String> {
+    if glob.is_empty() || !glob.bytes().all(is_token_char) {
+        return Err(mlua::Error::runtime(format!(
+            "remove_headers: '{glob}' is not a header name pattern (token characters and '*')"
+        )));
+    }
+    let parts: Vec<String> = glob
+        .to_ascii_lowercase()
+        .split('*')
+        .map(regex::escape)
+        .collect();
+    Ok(format!("^{}$", parts.join(".*")))
 }
 
 /// Runs `f` with the compiled regex (compiled once per Lua state, size-limited).

@@ -46,10 +46,17 @@ fn invite(rules: &Rules, call: &mut HookCall, msg: &mut HookMessage) -> Result<(
 
 /// Runs `on_invite` with the body given and returns the message and call afterwards.
 fn run_invite(body: &str) -> (Result<(), ScriptError>, HookMessage, HookCall) {
+    run_invite_on(message(), body)
+}
+
+/// [`run_invite`] on a message of the test's own.
+fn run_invite_on(
+    mut msg: HookMessage,
+    body: &str,
+) -> (Result<(), ScriptError>, HookMessage, HookCall) {
     let script =
         format!("local r = {{}}\nfunction r.on_invite(call, req)\n{body}\nend\nreturn r\n");
     let rules = load(&script).expect("loads");
-    let mut msg = message();
     let mut call = call(&rules);
     let result = invite(&rules, &mut call, &mut msg);
     (result, msg, call)
@@ -238,6 +245,162 @@ fn name_addr_parts_body_and_content_type() {
     assert_eq!(&msg.msg.body[..], b"v=0\r\n");
     let (result, _, _) = run_invite(r#"req:set_host("Contact", "x")"#);
     assert!(result.is_err(), "Contact is the B2BUA's");
+}
+
+/// An INVITE as an IMS core sends it: two P-Asserted-Identity lines (sip: and tel:), two
+/// Diversion lines, a History-Info line with two values, and internal headers.
+fn ims_invite() -> HookMessage {
+    let msg = Message::parse(&Bytes::from_static(
+        b"INVITE sip:+15550100@example.com SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:+15550199@ims.example>;tag=a\r\nTo: <tel:+15550100>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nP-Asserted-Identity: \"Alice\" <sip:+15550199@ims.example;user=phone>\r\nP-Asserted-Identity: <tel:+15550199>\r\nDiversion: <sip:+15550101@ims.example>;reason=unconditional;counter=1\r\nDiversion: <sip:+15550102@ims.example>;reason=no-answer;counter=1\r\nHistory-Info: <sip:+15550100@ims.example>;index=1, <sip:+15550103@ims.example>;index=1.1\r\nX-Internal-Route: core-7\r\nx-internal-trace: 42\r\nX-Keep: yes\r\n\r\n",
+    ))
+    .expect("valid");
+    HookMessage::new(msg, "b", "teams".to_string())
+}
+
+#[test]
+fn editing_one_line_of_a_multi_line_header_keeps_the_others() {
+    let (result, msg, _) = run_invite_on(
+        ims_invite(),
+        r#"req:set_user("P-Asserted-Identity", "+44201234567")
+           req:set_display("Diversion", "Desk")
+           req:set_host("Diversion", "core.example", 2)"#,
+    );
+    assert_eq!(result, Ok(()));
+    assert_eq!(
+        header(&msg, "P-Asserted-Identity"),
+        [
+            "\"Alice\" <sip:+44201234567@ims.example;user=phone>",
+            "<tel:+15550199>"
+        ]
+    );
+    assert_eq!(
+        header(&msg, "Diversion"),
+        [
+            "\"Desk\" <sip:+15550101@ims.example>;reason=unconditional;counter=1",
+            "<sip:+15550102@core.example>;reason=no-answer;counter=1"
+        ]
+    );
+}
+
+#[test]
+fn rules_address_values_by_index_scheme_or_all() {
+    let (result, msg, _) = run_invite_on(
+        ims_invite(),
+        r#"req:set_user("P-Asserted-Identity", "+44201234567", "tel")
+           req:set_user("History-Info", "+15550999", 2)
+           req:set_display("Diversion", "Fwd", "*")"#,
+    );
+    assert_eq!(result, Ok(()));
+    assert_eq!(
+        header(&msg, "P-Asserted-Identity"),
+        [
+            "\"Alice\" <sip:+15550199@ims.example;user=phone>",
+            "<tel:+44201234567>"
+        ]
+    );
+    assert_eq!(
+        header(&msg, "History-Info"),
+        ["<sip:+15550100@ims.example>;index=1, <sip:+15550999@ims.example>;index=1.1"]
+    );
+    assert_eq!(
+        header(&msg, "Diversion"),
+        [
+            "\"Fwd\" <sip:+15550101@ims.example>;reason=unconditional;counter=1",
+            "\"Fwd\" <sip:+15550102@ims.example>;reason=no-answer;counter=1"
+        ]
+    );
+    // Every value: set_host skips the tel: URI, which has no host.
+    let (result, msg, _) = run_invite_on(
+        ims_invite(),
+        r#"req:set_user("P-Asserted-Identity", "+44201234567", "*")
+           req:set_host("P-Asserted-Identity", "teams.example", "*")"#,
+    );
+    assert_eq!(result, Ok(()));
+    assert_eq!(
+        header(&msg, "P-Asserted-Identity"),
+        [
+            "\"Alice\" <sip:+44201234567@teams.example;user=phone>",
+            "<tel:+44201234567>"
+        ]
+    );
+    for (body, wanted) in [
+        (
+            r#"req:set_user("P-Asserted-Identity", "+1", 3)"#,
+            "P-Asserted-Identity has 2 value(s), no value 3",
+        ),
+        (
+            r#"req:set_user("Diversion", "+1", "tel")"#,
+            "Diversion has no tel: value",
+        ),
+        (
+            r#"req:set_host("P-Asserted-Identity", "x.example", "tel")"#,
+            "is not a SIP or tel name-addr with a host",
+        ),
+        (
+            r#"req:set_user("P-Asserted-Identity", "+1", "mailto")"#,
+            "which value?",
+        ),
+        (
+            r#"req:set_user("P-Asserted-Identity", "+1", 0)"#,
+            "which value?",
+        ),
+    ] {
+        let (result, _, _) = run_invite_on(ims_invite(), body);
+        let error = result.expect_err(body).to_string();
+        assert!(error.contains(wanted), "{body}: {error}");
+    }
+}
+
+#[test]
+fn every_value_of_a_header_can_be_read() {
+    let (result, _, _) = run_invite_on(
+        ims_invite(),
+        r#"local pai = req:name_addrs("P-Asserted-Identity")
+           assert(#pai == 2, #pai)
+           assert(pai[1].index == 1 and pai[1].scheme == "sip" and pai[1].display == "Alice")
+           assert(pai[1].user == "+15550199" and pai[1].host == "ims.example")
+           assert(pai[2].index == 2 and pai[2].scheme == "tel" and pai[2].user == "+15550199")
+           local hi = req:name_addrs("History-Info")
+           assert(#hi == 2 and hi[2].params.index == "1.1")
+           assert(req:name_addr("P-Asserted-Identity", "tel").uri == "tel:+15550199")
+           assert(req:name_addr("P-Asserted-Identity", 2).index == 2)
+           assert(req:name_addr("P-Asserted-Identity", 3) == nil)
+           assert(req:name_addr("P-Asserted-Identity").scheme == "sip")
+           assert(#req:name_addrs("X-None") == 0)
+           local names = table.concat(req:header_names(), ",")
+           assert(names == "Via,From,To,Call-ID,CSeq,P-Asserted-Identity,Diversion,History-Info,X-Internal-Route,x-internal-trace,X-Keep", names)"#,
+    );
+    assert_eq!(result, Ok(()));
+}
+
+#[test]
+fn headers_are_removed_by_pattern_and_a_star_in_a_name_is_an_error() {
+    let (result, msg, _) = run_invite_on(
+        ims_invite(),
+        r#"assert(req:remove_headers("X-Internal-*") == 2)
+           assert(req:remove_headers("*-Identity") == 2, "both lines")
+           assert(req:remove_headers("*") == 4, "every line the rules may edit")
+           assert(req:remove_headers("X-Nothing-*") == 0)"#,
+    );
+    assert_eq!(result, Ok(()));
+    let names: Vec<&str> = msg.msg.headers.iter().map(|h| h.name.as_str()).collect();
+    assert_eq!(names, ["Via", "From", "To", "Call-ID", "CSeq"]);
+    for (body, wanted) in [
+        (
+            r#"req:remove_header("X-Internal-*")"#,
+            "contains '*': to remove headers by pattern use msg:remove_headers('X-Internal-*')",
+        ),
+        (r#"req:set_header("X-*", "1")"#, "contains '*'"),
+        (
+            r#"req:remove_headers("X Bad")"#,
+            "is not a header name pattern",
+        ),
+        (r#"req:remove_headers("")"#, "is not a header name pattern"),
+    ] {
+        let (result, _, _) = run_invite_on(ims_invite(), body);
+        let error = result.expect_err(body).to_string();
+        assert!(error.contains(wanted), "{body}: {error}");
+    }
 }
 
 #[test]
