@@ -97,6 +97,9 @@ pub struct Trunk {
     pub local_ringback: bool,
     /// The ringback tone plan played toward the trunk (default: the media section's).
     pub ringback: Option<crate::media::player::TonePlan>,
+    /// Requests to this UDP trunk larger than this many bytes go over TCP instead (RFC 3261
+    /// §18.1.1 names 1300 when the path MTU is unknown); `None` keeps them on UDP.
+    pub tcp_above: Option<usize>,
 }
 
 /// Which headers of the other leg cross onto a trunk's leg. B2BUA-owned headers never cross;
@@ -321,6 +324,8 @@ struct RawTrunk {
     local_ringback: bool,
     #[serde(default)]
     ringback: Option<crate::media::player::TonePlan>,
+    #[serde(default)]
+    tcp_above: Option<usize>,
 }
 
 /// How a trunk carries DTMF.
@@ -472,6 +477,23 @@ impl Profile {
                     ),
                 ));
             }
+            if let Some(bytes) = raw.tcp_above {
+                let place = line_of(&format!("tcp_above: {bytes}")).or(at);
+                if raw.transport != Transport::Udp {
+                    errors.push(error(
+                        place,
+                        format!("trunk '{}': tcp_above is for a UDP trunk", raw.name),
+                    ));
+                } else if !listeners[listener].transports.contains(&Transport::Tcp) {
+                    errors.push(error(
+                        place,
+                        format!(
+                            "trunk '{}': tcp_above needs TCP on listener '{}'",
+                            raw.name, raw.listener
+                        ),
+                    ));
+                }
+            }
             let mut peers = Vec::new();
             for peer in &raw.peers {
                 match peer.parse::<SocketAddr>() {
@@ -564,6 +586,7 @@ impl Profile {
                 comfort_noise: raw.comfort_noise,
                 local_ringback: raw.local_ringback,
                 ringback: raw.ringback,
+                tcp_above: raw.tcp_above,
                 on_script_error,
                 params,
                 listener,

@@ -58,6 +58,10 @@ pub struct EngineStats {
     pub script_errors: u64,
     /// SDPs that could not be anchored (no media ports left).
     pub media_failures: u64,
+    /// Messages the transport could not send (RFC 3261 §18.4).
+    pub transport_errors: u64,
+    /// Requests sent over TCP instead of UDP for their size (RFC 3261 §18.1.1).
+    pub switched_to_tcp: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -83,6 +87,24 @@ pub(crate) struct ClientEntry {
     pub request: Message,
     index_key: String,
     pub owner: ClientOwner,
+}
+
+/// Rewrites the top Via of a request Bridgehead sends to say TCP (RFC 3261 §18.1.1: a change
+/// of transport changes the top Via).
+fn switch_via_to_tcp(request: &mut Message) {
+    if let Some(via) = request
+        .headers
+        .iter_mut()
+        .find(|h| h.name == HeaderName::Via)
+    {
+        if let Some(rest) = via.value_str().and_then(|v| {
+            v.get(..11)
+                .filter(|p| p.eq_ignore_ascii_case("SIP/2.0/UDP"))
+                .map(|_| &v[11..])
+        }) {
+            via.value = Bytes::from(format!("SIP/2.0/TCP{rest}"));
+        }
+    }
 }
 
 /// Hashes a Call-ID to a shard (FNV-1a). The dispatcher and the engine must agree on it: the
@@ -327,6 +349,36 @@ impl Engine {
         }
     }
 
+    /// The driver could not send `transmit` (RFC 3261 §18.4: a transport error, such as a
+    /// datagram too big, a refused or reset connection). A request's client transaction ends
+    /// as if the far end answered 503 (§8.1.3.1): the call fails over (`on_failure` sees the
+    /// 503) or the caller hears 503 at once, instead of waiting for Timer B.
+    pub fn handle_transport_error(&mut self, transmit: &Transmit, error: &str, now: Instant) {
+        self.stats.transport_errors += 1;
+        let peer = transmit.peer.addr;
+        let Ok(msg) = Message::parse(&transmit.bytes) else {
+            tracing::warn!(%peer, "cannot send: {error}");
+            return;
+        };
+        let Some(method) = msg.method().map(|m| m.as_str().to_string()) else {
+            tracing::warn!(%peer, status = msg.status(), "cannot send a response: {error}");
+            return;
+        };
+        let client = msg
+            .header_str(&HeaderName::Via)
+            .and_then(crate::call::build::branch_of)
+            .and_then(|branch| self.find_client(branch, &method));
+        let Some(id) = client else {
+            tracing::warn!(%peer, %method, "cannot send: {error}");
+            return;
+        };
+        tracing::warn!(%peer, %method, "cannot send: {error}: the request fails with 503");
+        self.on_client_failure(id, 503, now);
+        if let Some(entry) = self.clients.remove(&id) {
+            self.client_index.remove(&entry.index_key);
+        }
+    }
+
     /// The next instant at which [`Engine::handle_timeout`] must be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers.peek().map(|Reverse((at, _, _))| *at)
@@ -503,7 +555,7 @@ impl Engine {
     /// Starts a client transaction sending `request` to `peer`.
     pub(crate) fn start_client(
         &mut self,
-        request: Message,
+        mut request: Message,
         peer: Peer,
         owner: ClientOwner,
         now: Instant,
@@ -520,7 +572,15 @@ impl Engine {
             .to_string();
         let index_key = format!("{branch}|{method}");
         let invite = request.method() == Some(&crate::sip::Method::Invite);
-        let bytes = Bytes::from(request.to_bytes());
+        let mut bytes = request.to_bytes();
+        let mut peer = peer;
+        if self.goes_over_tcp(&peer, bytes.len()) {
+            switch_via_to_tcp(&mut request);
+            peer.transport = Transport::Tcp;
+            bytes = request.to_bytes();
+            self.stats.switched_to_tcp += 1;
+        }
+        let bytes = Bytes::from(bytes);
         let txn = ClientTransaction::start(
             invite,
             peer.transport.is_reliable(),
@@ -542,6 +602,23 @@ impl Engine {
         );
         self.apply_client_actions(id, now);
         id
+    }
+
+    /// RFC 3261 §18.1.1: a request of `size` bytes toward a UDP peer whose trunk sets
+    /// `tcp_above` below that size goes over TCP.
+    fn goes_over_tcp(&self, peer: &Peer, size: usize) -> bool {
+        if peer.transport != Transport::Udp {
+            return false;
+        }
+        let profile = &self.current.profile;
+        profile
+            .trunk_for(peer.listener, peer.addr.ip())
+            .and_then(|trunk| profile.trunks[trunk].tcp_above)
+            .is_some_and(|limit| size > limit)
+            && profile
+                .listeners
+                .get(peer.listener)
+                .is_some_and(|l| l.transports.contains(&Transport::Tcp))
     }
 
     /// Feeds a response to a client transaction; returns true when it must go up to the owner.

@@ -234,5 +234,8 @@ fn handle(engine: &mut Engine, input: ShardInput) {
         ShardInput::Malformed(err, peer) => engine.handle_malformed(err, peer, now),
         ShardInput::Reload(rules) => engine.reload(rules),
         ShardInput::Media(call, event) => engine.handle_relay_event(call, &event, now),
+        ShardInput::TransportError(transmit, error) => {
+            engine.handle_transport_error(&transmit, &error, now)
+        }
     }
 }

@@ -24,6 +24,8 @@ pub enum ShardInput {
     Reload(Arc<crate::script::RuleSet>),
     /// A media event from the relay, for a call by its relay id.
     Media(u64, crate::script::MediaEvent),
+    /// A message the transport could not send, and why.
+    TransportError(Transmit, String),
 }
 
 /// The bound sockets and open connections, shared by receivers and shards.
@@ -136,21 +138,32 @@ impl Hub {
         }
     }
 
+    /// The shard that owns a message's call (by its Call-ID).
+    fn shard_of(&self, msg: &Message) -> usize {
+        msg.header(&HeaderName::CallId)
+            .map_or(0, |id| shard_for_call_id(trim_bytes(id), self.shards.len()))
+    }
+
     /// Hands a parsed (or malformed) message to its shard.
     fn dispatch(&self, parsed: Result<Message, ParseError>, peer: Peer) {
-        let call_id = |msg: &Message| {
-            msg.header(&HeaderName::CallId)
-                .map_or(0, |id| shard_for_call_id(trim_bytes(id), self.shards.len()))
-        };
         let (shard, input) = match parsed {
-            Ok(msg) => (call_id(&msg), ShardInput::Message(msg, peer)),
+            Ok(msg) => (self.shard_of(&msg), ShardInput::Message(msg, peer)),
             Err(err) => (
-                err.partial.as_deref().map_or(0, call_id),
+                err.partial.as_deref().map_or(0, |m| self.shard_of(m)),
                 ShardInput::Malformed(err, peer),
             ),
         };
         if let Some(tx) = self.shards.get(shard) {
             let _ = tx.send(input);
+        }
+    }
+
+    /// Tells the shard that sent `bytes` that they could not be sent (its engine fails the
+    /// transaction at once, RFC 3261 §18.4).
+    fn report_failure(&self, peer: Peer, bytes: Bytes, error: String) {
+        let shard = parse_message(&bytes, Framing::Datagram).map_or(0, |(m, _)| self.shard_of(&m));
+        if let Some(tx) = self.shards.get(shard) {
+            let _ = tx.send(ShardInput::TransportError(Transmit { peer, bytes }, error));
         }
     }
 
@@ -163,7 +176,8 @@ impl Hub {
                     return;
                 };
                 if let Err(err) = socket.send_to(&bytes, peer.addr).await {
-                    tracing::debug!(peer = %peer.addr, "UDP send failed: {err}");
+                    let error = format!("UDP send of {} bytes failed: {err}", bytes.len());
+                    self.report_failure(peer, bytes, error);
                 }
             }
             Transport::Tcp => self.send_stream(peer, bytes),
@@ -208,8 +222,12 @@ impl Hub {
                     spawn_stream(hub, id, peer.listener, peer.addr, reader, writer, rx);
                 }
                 Err(err) => {
-                    tracing::warn!(peer = %peer.addr, "TCP connect failed: {err}");
                     hub.forget(id, peer.listener, peer.addr);
+                    let mut rx = rx;
+                    rx.close();
+                    while let Ok(bytes) = rx.try_recv() {
+                        hub.report_failure(peer, bytes, format!("TCP connect failed: {err}"));
+                    }
                 }
             }
         });
@@ -296,20 +314,29 @@ pub fn spawn_stream<R, W>(
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
+    let peer = Peer {
+        listener,
+        transport: Transport::Tcp,
+        addr,
+        conn: Some(id),
+    };
+    let writer_hub = hub.clone();
     tokio::spawn(async move {
         while let Some(bytes) = outgoing.recv().await {
-            if writer.write_all(&bytes).await.is_err() {
+            if let Err(err) = writer.write_all(&bytes).await {
+                // What could not be written, and what waits behind it, fails now.
+                writer_hub.forget(id, listener, addr);
+                outgoing.close();
+                let error = format!("TCP write failed: {err}");
+                writer_hub.report_failure(peer, bytes, error.clone());
+                while let Ok(bytes) = outgoing.try_recv() {
+                    writer_hub.report_failure(peer, bytes, error.clone());
+                }
                 break;
             }
         }
     });
     tokio::spawn(async move {
-        let peer = Peer {
-            listener,
-            transport: Transport::Tcp,
-            addr,
-            conn: Some(id),
-        };
         let mut buf = BytesMut::with_capacity(8192);
         'read: loop {
             loop {

@@ -1476,3 +1476,104 @@ fn without_media_a_changed_info_digit_goes_on_as_a_new_info() {
     let (b_invite, _) = answered_call(&mut sim, "plain@10.1.1.1");
     info_digits_from_teams_are_judged(&mut sim, &b_invite);
 }
+
+/// Delivers a message and hands back the raw transmits (peer, transport and bytes as sent).
+fn deliver_raw(sim: &mut Sim, peer: Peer, text: &str) -> Vec<bridgehead::engine::Transmit> {
+    sim.engine
+        .handle_datagram(Bytes::from(with_length(text)), peer, sim.now);
+    std::iter::from_fn(|| sim.engine.poll_transmit()).collect()
+}
+
+#[test]
+fn an_invite_the_transport_cannot_send_fails_at_once_with_503() {
+    let mut sim = Sim::new();
+    let sent = deliver_raw(
+        &mut sim,
+        Sim::peer(0, CORE_PEER),
+        &invite("te-1@10.1.1.1", "z9hG4bKte1", ""),
+    );
+    let b_invite = sent
+        .iter()
+        .find(|t| t.bytes.starts_with(b"INVITE"))
+        .expect("B-leg INVITE")
+        .clone();
+    // The socket refuses it (a datagram too big, say): the caller hears 503 now, not 408
+    // after Timer B, and nothing more goes toward Teams.
+    sim.engine
+        .handle_transport_error(&b_invite, "Message too long (os error 90)", sim.now);
+    let out = sim.sent();
+    assert_eq!(summary(&out), [format!("503->{CORE_PEER}")]);
+    assert_eq!(sim.engine.stats().transport_errors, 1);
+    assert_eq!(sim.engine.stats().calls_failed, 1);
+    let later = sim.advance(Duration::from_secs(40));
+    assert!(
+        later.iter().all(|(p, _)| p.addr.to_string() == CORE_PEER),
+        "no retransmission toward Teams: {:?}",
+        summary(&later)
+    );
+    assert!(
+        later.iter().all(|(_, m)| status(m) != 408),
+        "{:?}",
+        summary(&later)
+    );
+    assert_eq!(sim.engine.active_calls(), 0);
+}
+
+#[test]
+fn a_transport_error_is_a_503_that_on_failure_can_route_again() {
+    let metrics = Arc::new(RuleMetrics::default());
+    let script = rules_file(LIFECYCLE_RULES);
+    let mut sim = Sim::with_rules(&profile_with_script(&script, "", ""), metrics.clone());
+    let sent = deliver_raw(
+        &mut sim,
+        Sim::peer(0, CORE_PEER),
+        &invite("te-2@10.1.1.1", "z9hG4bKte2", ""),
+    );
+    let b_invite = sent
+        .iter()
+        .find(|t| t.bytes.starts_with(b"INVITE"))
+        .expect("B-leg INVITE")
+        .clone();
+    sim.engine
+        .handle_transport_error(&b_invite, "Connection refused", sim.now);
+    let out = sim.sent();
+    assert_eq!(summary(&out), ["INVITE->127.0.0.3:5080"]);
+    assert_eq!(user_counter(&metrics, "failure", &[("status", "503")]), 1);
+}
+
+#[test]
+fn a_request_above_tcp_above_goes_over_tcp_with_its_via_saying_so() {
+    let text = profile_text("    tcp_above: 1300\n").replace(
+        "address: 127.0.0.1:5070\n",
+        "address: 127.0.0.1:5070\n    transports: [udp, tcp]\n",
+    );
+    let mut sim = Sim::with_profile(&text);
+    let small = deliver_raw(
+        &mut sim,
+        Sim::peer(0, CORE_PEER),
+        &invite("tcp-1@10.1.1.1", "z9hG4bKtcp1", ""),
+    );
+    let small = small
+        .iter()
+        .find(|t| t.bytes.starts_with(b"INVITE"))
+        .expect("B-leg INVITE");
+    assert!(small.bytes.len() <= 1300, "{}", small.bytes.len());
+    assert_eq!(small.peer.transport, Transport::Udp);
+
+    let padding = format!("X-Padding: {}\n", "p".repeat(1000));
+    let large = deliver_raw(
+        &mut sim,
+        Sim::peer(0, CORE_PEER),
+        &invite("tcp-2@10.1.1.1", "z9hG4bKtcp2", &padding),
+    );
+    let large = large
+        .iter()
+        .find(|t| t.bytes.starts_with(b"INVITE"))
+        .expect("B-leg INVITE");
+    assert!(large.bytes.len() > 1300, "{}", large.bytes.len());
+    assert_eq!(large.peer.transport, Transport::Tcp);
+    let msg = Message::parse(&large.bytes).expect("valid");
+    let via = h(&msg, "Via").expect("Via");
+    assert!(via.starts_with("SIP/2.0/TCP 127.0.0.1:5070;"), "{via}");
+    assert_eq!(sim.engine.stats().switched_to_tcp, 1);
+}

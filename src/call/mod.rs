@@ -1848,9 +1848,17 @@ impl Engine {
 
     /// A client transaction got no final response in time.
     pub(crate) fn on_client_timeout(&mut self, id: TxnId, now: Instant) {
+        self.on_client_failure(id, 408, now);
+    }
+
+    /// A client transaction failed without a response: 408 when it timed out, 503 when the
+    /// transport could not send it (RFC 3261 §8.1.3.1). For a call's INVITE the failure is like
+    /// any other: `on_failure` may route the call again, otherwise the caller hears it.
+    pub(crate) fn on_client_failure(&mut self, id: TxnId, status: u16, now: Instant) {
         let Some(owner) = self.clients.get(&id).map(|e| e.owner) else {
             return;
         };
+        let reason = if status == 408 { "timeout" } else { "error" };
         match owner {
             ClientOwner::Invite(key) => {
                 let Some(call) = self.calls.get(&key).filter(|c| c.b_invite == id) else {
@@ -1859,25 +1867,27 @@ impl Engine {
                 let server = call.a_invite;
                 let canceled = call.canceled;
                 let rang = call.b_provisional;
-                tracing::info!(call = %call.id, "no answer from the callee: 408");
+                if status == 408 {
+                    tracing::info!(call = %call.id, "no answer from the callee: 408");
+                } else {
+                    tracing::warn!(call = %call.id, status, "the INVITE could not be sent");
+                }
                 if rang {
                     // Timer C: the callee rang but never answered. Stop it ringing.
                     self.cancel_b_invite(key, now);
                 }
                 if !canceled {
-                    // A callee that never answers is a failure like any other: on_failure
-                    // sees a 408 and may route the call again.
-                    let timeout = self
+                    let failure = self
                         .clients
                         .get(&id)
-                        .map(|entry| response_to(&entry.request, 408, None, None));
-                    if timeout.is_some_and(|t| self.on_failure(key, &t, "sbc", now)) {
+                        .map(|entry| response_to(&entry.request, status, None, None));
+                    if failure.is_some_and(|f| self.on_failure(key, &f, "sbc", now)) {
                         return;
                     }
                     self.stats.calls_failed += 1;
-                    self.reply_local(key, Leg::A, server, 408, now);
+                    self.reply_local(key, Leg::A, server, status, now);
                 }
-                self.end_call(key, "timeout", "sbc", now);
+                self.end_call(key, reason, "sbc", now);
             }
             ClientOwner::Relay { call: key, server } => {
                 let Some(entry) = self.servers.get(&server) else {
@@ -1890,12 +1900,14 @@ impl Engine {
                     .request
                     .as_ref()
                     .is_some_and(|r| r.method() == Some(&Method::Bye));
-                self.reply_local(key, requester, server, 408, now);
-                if !is_bye {
+                self.reply_local(key, requester, server, status, now);
+                if status == 408 && !is_bye {
                     // The dialog is gone on the silent side (RFC 5057): hang up the requester.
                     self.send_bye(key, requester, now);
                 }
-                self.end_call(key, "timeout", "sbc", now);
+                if status == 408 || is_bye {
+                    self.end_call(key, reason, "sbc", now);
+                }
             }
             ClientOwner::Local => {}
         }

@@ -1,0 +1,214 @@
+//! Transport faults through the real `bridgehead` binary on loopback sockets: a request too
+//! big for UDP fails at once with 503 (RFC 3261 §8.1.3.1) instead of a 408 after 32 s, a
+//! request above a trunk's `tcp_above` goes over TCP (§18.1.1), and TCP connections that
+//! idle, dribble or come from strangers are closed.
+
+mod common;
+
+use common::Sbc;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+/// Core and Teams trunks on UDP listeners (TCP too on Teams), the bundled rules, no media.
+const PROFILE: &str = "listeners:
+  - name: core
+    address: 127.0.0.1:{core}
+  - name: teams
+    address: 127.0.0.1:{teams}
+    transports: [udp, tcp]
+trunks:
+  - name: core
+    listener: core
+    peers: [\"127.0.0.1:{softswitch}\"]
+    script: {script}
+    route: teams
+  - name: teams
+    listener: teams
+    peers: [\"127.0.0.1:{teams_peer}\"]
+    script: {script}
+    route: core
+TEAMS_EXTRA";
+
+/// An INVITE from the softswitch of exactly `size` bytes (its SDP padded with attributes).
+fn invite(call_id: &str, softswitch: u16, core: u16, size: usize) -> Vec<u8> {
+    let head = |body_len: usize| {
+        format!(
+            "INVITE sip:+4930987654@127.0.0.1:{core} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{softswitch};branch=z9hG4bK-{call_id}\r\nMax-Forwards: 70\r\nFrom: <sip:+4930123456@operator.example>;tag=a-{call_id}\r\nTo: <sip:+4930987654@teams.example>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@127.0.0.1:{softswitch}>\r\nContent-Type: application/sdp\r\nContent-Length: {body_len}\r\n\r\n"
+        )
+    };
+    let mut body = String::from("v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\nm=audio 4000 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n");
+    // Pad with a=x-pad lines, then fill the last one to the byte (Content-Length's digits
+    // settle after one more pass).
+    let mut total = head(body.len()).len() + body.len();
+    while total + 1000 < size {
+        body.push_str(&format!("a=x-pad:{}\r\n", "p".repeat(988)));
+        total = head(body.len()).len() + body.len();
+    }
+    for _ in 0..2 {
+        let missing = size.saturating_sub(head(body.len()).len() + body.len());
+        if missing >= 10 {
+            body.push_str(&format!("a=x-pad:{}\r\n", "q".repeat(missing - 10)));
+        }
+    }
+    let text = head(body.len()) + &body;
+    assert_eq!(text.len(), size, "INVITE size");
+    text.into_bytes()
+}
+
+/// The first SIP message on `socket` within `wait`, as text.
+fn receive(socket: &UdpSocket, wait: Duration) -> Option<String> {
+    socket.set_read_timeout(Some(wait)).expect("timeout");
+    let mut buf = vec![0u8; 70_000];
+    socket
+        .recv(&mut buf)
+        .ok()
+        .map(|len| String::from_utf8_lossy(&buf[..len]).into_owned())
+}
+
+/// The responses the caller gets within `wait`, by status line, each once (a final response
+/// is retransmitted until ACKed, and this caller never ACKs).
+fn responses(socket: &UdpSocket, wait: Duration) -> Vec<String> {
+    let deadline = Instant::now() + wait;
+    let mut lines = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match receive(socket, left.max(Duration::from_millis(1))) {
+            Some(text) => {
+                let line = text.lines().next().unwrap_or("").to_string();
+                if !lines.contains(&line) {
+                    lines.push(line);
+                }
+            }
+            None => break,
+        }
+    }
+    lines
+}
+
+fn start(teams_extra: &str) -> (Sbc, UdpSocket) {
+    let sbc = Sbc::start(&PROFILE.replace("TEAMS_EXTRA", teams_extra));
+    let softswitch =
+        UdpSocket::bind(("127.0.0.1", sbc.port("softswitch"))).expect("softswitch socket");
+    (sbc, softswitch)
+}
+
+#[test]
+fn an_invite_too_big_for_udp_gets_503_at_once() {
+    let (sbc, softswitch) = start("");
+    let teams = UdpSocket::bind(("127.0.0.1", sbc.port("teams_peer"))).expect("teams socket");
+    let request = invite("big-1", sbc.port("softswitch"), sbc.port("core"), 65_507);
+    let sent_at = Instant::now();
+    softswitch
+        .send_to(&request, ("127.0.0.1", sbc.port("core")))
+        .expect("a 65,507-byte datagram fits UDP");
+    let got = responses(&softswitch, Duration::from_secs(3));
+    assert_eq!(
+        got,
+        ["SIP/2.0 100 Trying", "SIP/2.0 503 Service Unavailable"],
+        "log:\n{}",
+        sbc.log()
+    );
+    assert!(sent_at.elapsed() < Duration::from_secs(4));
+    assert_eq!(receive(&teams, Duration::from_millis(100)), None);
+    let log = sbc.log();
+    assert!(
+        log.lines().any(|l| l.contains("WARN")
+            && l.contains("cannot send")
+            && l.contains("Message too long")),
+        "the transport error is logged at WARN:\n{log}"
+    );
+}
+
+#[test]
+fn an_invite_above_tcp_above_reaches_the_trunk_over_tcp() {
+    let (sbc, softswitch) = start("    tcp_above: 1300\n");
+    let teams = TcpListener::bind(("127.0.0.1", sbc.port("teams_peer"))).expect("teams TCP");
+    let request = invite("tcp-1", sbc.port("softswitch"), sbc.port("core"), 2_000);
+    softswitch
+        .send_to(&request, ("127.0.0.1", sbc.port("core")))
+        .expect("send");
+    teams.set_nonblocking(false).expect("blocking");
+    let (mut stream, _) = accept_within(&teams, Duration::from_secs(3));
+    let text = read_message(&mut stream);
+    assert!(text.starts_with("INVITE "), "{text}");
+    let via = text
+        .lines()
+        .find(|l| l.starts_with("Via:"))
+        .unwrap_or_default();
+    assert!(via.starts_with("Via: SIP/2.0/TCP "), "{via}");
+    // Answer 486 on that connection: the caller hears it over UDP.
+    let mut reply = String::from("SIP/2.0 486 Busy Here\r\n");
+    for line in text.lines() {
+        for name in ["Via:", "From:", "Call-ID:", "CSeq:"] {
+            if line.starts_with(name) {
+                reply.push_str(line);
+                reply.push_str("\r\n");
+            }
+        }
+        if line.starts_with("To:") {
+            reply.push_str(&format!("{line};tag=teams\r\n"));
+        }
+    }
+    reply.push_str("Content-Length: 0\r\n\r\n");
+    stream.write_all(reply.as_bytes()).expect("reply");
+    let got = responses(&softswitch, Duration::from_secs(2));
+    assert_eq!(got, ["SIP/2.0 100 Trying", "SIP/2.0 486 Busy Here"]);
+}
+
+#[test]
+fn an_invite_above_tcp_above_to_a_peer_without_tcp_gets_503_at_once() {
+    let (sbc, softswitch) = start("    tcp_above: 1300\n");
+    // Nothing listens on the peer's TCP port: the connection is refused.
+    let request = invite("tcp-2", sbc.port("softswitch"), sbc.port("core"), 2_000);
+    softswitch
+        .send_to(&request, ("127.0.0.1", sbc.port("core")))
+        .expect("send");
+    let got = responses(&softswitch, Duration::from_secs(3));
+    assert_eq!(
+        got,
+        ["SIP/2.0 100 Trying", "SIP/2.0 503 Service Unavailable"],
+        "log:\n{}",
+        sbc.log()
+    );
+}
+
+/// Accepts one connection within `wait`.
+fn accept_within(listener: &TcpListener, wait: Duration) -> (TcpStream, std::net::SocketAddr) {
+    listener.set_nonblocking(true).expect("nonblocking");
+    let deadline = Instant::now() + wait;
+    loop {
+        match listener.accept() {
+            Ok(accepted) => {
+                accepted.0.set_nonblocking(false).expect("blocking");
+                return accepted;
+            }
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Err(err) => panic!("no connection within {wait:?}: {err}"),
+        }
+    }
+}
+
+/// Reads one SIP message (headers and Content-Length bytes of body) from a stream.
+fn read_message(stream: &mut TcpStream) -> String {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    let mut data = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let text = String::from_utf8_lossy(&data).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if body.len() >= length {
+                return text;
+            }
+        }
+        let read = stream.read(&mut buf).expect("read");
+        assert!(read > 0, "connection closed mid-message: {text}");
+        data.extend_from_slice(&buf[..read]);
+    }
+}
