@@ -782,7 +782,10 @@ fn heard_digits(packets: &[(Vec<u8>, SocketAddr)]) -> String {
             detector.push(&pcm).map(|(digit, _)| digit)
         })
         .collect();
-    digits.extend(detector.push(&[0; 160]).map(|(digit, _)| digit));
+    // A digit ends after two frames without it.
+    for _ in 0..2 {
+        digits.extend(detector.push(&[0; 160]).map(|(digit, _)| digit));
+    }
     digits
 }
 

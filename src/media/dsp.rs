@@ -122,11 +122,18 @@ fn goertzel(samples: &[i16], frequency: f32, rate: f32, offset: f32) -> f32 {
 }
 
 /// Finds DTMF digits in 8 kHz audio, frame by frame, and reports each digit once, when it
-/// ends, with its duration. A digit must last two frames (40 ms at 20 ms frames) to count.
+/// ends, with its duration. A digit must last two frames (40 ms at 20 ms frames) to count, and
+/// ends after two frames without it: one frame missing from a digit that counts is bridged.
+/// A frame holds a digit when about 60 % or more of it carries the tones, so an interruption
+/// of up to 10 ms (a jitter buffer's or concealment's dropout, a cut at a frame edge) misses
+/// at most one frame and is bridged, while a pause of 40 ms, the shortest between digits
+/// (ITU-T Q.24), always misses two frames in a row.
 #[derive(Debug, Default)]
 pub struct DtmfDetector {
-    /// The digit heard in the last frame, and for how many samples so far.
+    /// The digit being heard, and for how many samples so far.
     current: Option<(char, usize)>,
+    /// Samples of the one frame since that missed the digit (0: none), bridged if it returns.
+    dropout: usize,
 }
 
 /// Samples per second of G.711.
@@ -141,7 +148,7 @@ const MIN_TONE_SHARE: f32 = 0.6;
 const MIN_ENERGY: f32 = 1.0e3;
 
 impl DtmfDetector {
-    /// True while the last frame held a digit's tones.
+    /// True while a digit is being heard (its tones, or a one-frame dropout in them).
     pub fn hearing(&self) -> bool {
         self.current.is_some()
     }
@@ -149,15 +156,22 @@ impl DtmfDetector {
     /// Feeds one frame of linear samples; returns (digit, duration in ms) when a digit ended.
     pub fn push(&mut self, frame: &[i16]) -> Option<(char, u32)> {
         let heard = detect(frame);
+        let counts = 2 * frame.len().max(1);
         match (self.current, heard) {
             (Some((digit, samples)), Some(now)) if now == digit => {
-                self.current = Some((digit, samples + frame.len()));
+                let dropout = std::mem::take(&mut self.dropout);
+                self.current = Some((digit, samples + dropout + frame.len()));
+                None
+            }
+            (Some((_, samples)), None) if self.dropout == 0 && samples >= counts => {
+                self.dropout = frame.len();
                 None
             }
             (previous, now) => {
                 self.current = now.map(|d| (d, frame.len()));
+                self.dropout = 0;
                 previous
-                    .filter(|(_, samples)| *samples >= 2 * frame.len().max(1))
+                    .filter(|(_, samples)| *samples >= counts)
                     .map(|(digit, samples)| (digit, (samples as f32 / RATE * 1000.0) as u32))
             }
         }
@@ -312,8 +326,64 @@ mod tests {
     fn detect_all(frames: &[Vec<i16>]) -> Vec<(char, u32)> {
         let mut detector = DtmfDetector::default();
         let mut out: Vec<(char, u32)> = frames.iter().filter_map(|f| detector.push(f)).collect();
+        // A digit ends after two frames without it.
+        out.extend(detector.push(&[0; 160]));
         out.extend(detector.push(&[0; 160]));
         out
+    }
+
+    /// `digits` as 100 ms tones 100 ms apart, each with its samples `cut` (a range from the
+    /// tone's start) silent.
+    fn cut_digits(digits: &str, cut: std::ops::Range<usize>) -> Vec<Vec<i16>> {
+        let mut audio = Vec::new();
+        for digit in digits.chars() {
+            let (row, column) = dtmf_frequencies(digit).expect("digit");
+            let mut tone = tones(&[row, column], &[6000.0, 6000.0], 800, audio.len());
+            tone[cut.clone()].fill(0);
+            audio.extend(tone);
+            audio.extend(std::iter::repeat_n(0i16, 800));
+        }
+        audio.chunks(160).map(<[i16]>::to_vec).collect()
+    }
+
+    #[test]
+    fn a_dropout_of_a_frame_or_of_10_ms_anywhere_does_not_split_a_digit() {
+        // A whole frame of silence in the tone (an echoing phone's jitter buffer running dry
+        // for one frame), and 10 ms interruptions at every offset.
+        let found = detect_all(&cut_digits("2013785496", 320..480));
+        assert_eq!(
+            found.iter().map(|(d, _)| d).collect::<String>(),
+            "2013785496"
+        );
+        assert!(found.iter().all(|(_, ms)| *ms == 100), "{found:?}");
+        for start in (160..640).step_by(10) {
+            let found = detect_all(&cut_digits("7", start..start + 80));
+            assert_eq!(
+                found.iter().map(|(d, _)| d).collect::<String>(),
+                "7",
+                "{start}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_pause_of_40_ms_anywhere_separates_a_repeated_digit() {
+        let (row, column) = dtmf_frequencies('5').expect("digit");
+        for offset in (0..160).step_by(10) {
+            // 80 ms of "5", 40 ms of silence, 80 ms of "5", at every offset from the frames.
+            let mut audio = vec![0i16; offset];
+            audio.extend(tones(&[row, column], &[6000.0, 6000.0], 640, 0));
+            audio.extend(std::iter::repeat_n(0i16, 320));
+            audio.extend(tones(&[row, column], &[6000.0, 6000.0], 640, 0));
+            audio.extend(std::iter::repeat_n(0i16, 800));
+            let frames: Vec<Vec<i16>> = audio.chunks(160).map(<[i16]>::to_vec).collect();
+            let found = detect_all(&frames);
+            assert_eq!(
+                found.iter().map(|(d, _)| d).collect::<String>(),
+                "55",
+                "{offset}"
+            );
+        }
     }
 
     #[test]
