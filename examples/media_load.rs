@@ -69,6 +69,7 @@ async fn main() {
         strict_source: false,
         rtp_timeout: 0,
         ringback: Default::default(),
+        no_ports: Default::default(),
     };
     let relay = Relay::new(&config, Arc::new(|_, _| {}));
     let sent = Arc::new(AtomicU64::new(0));
@@ -86,6 +87,7 @@ async fn main() {
         let from_callee = SrtpKey::generate(1, Suite::AesCm128HmacSha1_80).expect("key");
         let side = |local: u16, remote: SocketAddr| Side {
             local,
+            advertised: true,
             remote: Some(remote),
             remote_rtcp: Some(remote),
             sends: true,

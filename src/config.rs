@@ -53,7 +53,7 @@ pub struct Profile {
 }
 
 /// A named address Bridgehead listens on, for one or more transports.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listener {
     pub name: String,
     pub address: SocketAddr,
@@ -62,6 +62,24 @@ pub struct Listener {
     pub advertise: String,
     /// DSCP of the signalling Bridgehead sends from this listener (default CS3, 24).
     pub dscp: u8,
+    /// Seconds a stream connection may go without a complete message either way (a
+    /// half-sent message does not count) before it is closed; 0 never closes it.
+    pub idle_timeout: u32,
+    /// Stream connections one source IP may have open to this listener at once; 0: no limit.
+    pub max_connections_per_source: u32,
+    /// What a source that is no trunk's peer gets.
+    pub unknown_sources: UnknownSources,
+}
+
+/// What a listener does with messages and connections from an address no trunk names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownSources {
+    /// Requests get 403 (stateless); connections are accepted.
+    #[default]
+    Answer,
+    /// Datagrams are dropped unanswered; connections are closed as they are accepted.
+    Drop,
 }
 
 /// A SIP trunk: a set of peers reached through one listener, with the rules that govern them.
@@ -199,6 +217,20 @@ struct RawMedia {
     rtp_timeout: u32,
     #[serde(default)]
     ringback: crate::media::player::TonePlan,
+    #[serde(default)]
+    no_ports: NoPortsPolicy,
+}
+
+/// What happens to a new call whose offer cannot be anchored (no port left in the shard's
+/// range, or none could be bound, e.g. out of file descriptors).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NoPortsPolicy {
+    /// The caller gets 503 and the call ends.
+    #[default]
+    Refuse,
+    /// The offer goes out unanchored (media flows end to end, topology shows).
+    Unanchored,
 }
 
 fn default_rtp_timeout() -> u32 {
@@ -221,6 +253,8 @@ pub struct MediaConfig {
     pub rtp_timeout: u32,
     /// The ringback cadence `call:play_ringback` plays.
     pub ringback: crate::media::player::TonePlan,
+    /// What a new call whose offer cannot be anchored gets.
+    pub no_ports: NoPortsPolicy,
 }
 
 /// Resource limits of the rule engine.
@@ -279,6 +313,22 @@ struct RawListener {
     advertise: Option<String>,
     #[serde(default = "default_signalling_dscp")]
     dscp: u8,
+    #[serde(default = "default_idle_timeout")]
+    idle_timeout: u32,
+    #[serde(default = "default_connections_per_source")]
+    max_connections_per_source: u32,
+    #[serde(default)]
+    unknown_sources: UnknownSources,
+}
+
+/// Seconds a connection may go without a complete message.
+fn default_idle_timeout() -> u32 {
+    30
+}
+
+/// Connections one source IP may hold open to a listener.
+fn default_connections_per_source() -> u32 {
+    64
 }
 
 /// CS3, the usual class for call signalling.
@@ -450,6 +500,9 @@ impl Profile {
                 transports: raw.transports.clone(),
                 advertise,
                 dscp: raw.dscp,
+                idle_timeout: raw.idle_timeout,
+                max_connections_per_source: raw.max_connections_per_source,
+                unknown_sources: raw.unknown_sources,
             });
         }
 
@@ -646,6 +699,7 @@ impl Profile {
                 strict_source: raw.strict_source,
                 rtp_timeout: raw.rtp_timeout,
                 ringback: raw.ringback,
+                no_ports: raw.no_ports,
             })
         });
         if errors.is_empty() {

@@ -186,6 +186,14 @@ impl Engine {
         }
     }
 
+    /// Makes the media port pool bind each port before handing it out (the runtime's relay
+    /// keeps the sockets); without a binder ports are only numbers, as in the replay harness.
+    pub fn set_port_binder(&mut self, binder: Box<dyn crate::media::PortBinder>) {
+        if let Some(pool) = self.media_ports.as_mut() {
+            pool.set_binder(binder);
+        }
+    }
+
     /// What the engine did so far.
     pub fn stats(&self) -> EngineStats {
         self.stats

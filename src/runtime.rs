@@ -71,7 +71,10 @@ pub fn run(profile: Profile) -> anyhow::Result<()> {
                 "anchoring media"
             );
         }
-        for (engine, rx) in engines.into_iter().zip(receivers) {
+        for (mut engine, rx) in engines.into_iter().zip(receivers) {
+            if let Some(relay) = &relay {
+                engine.set_port_binder(Box::new(relay.port_binder()));
+            }
             tokio::spawn(run_shard(engine, rx, hub.clone(), relay.clone()));
         }
         hub.start(tcp);
@@ -94,7 +97,7 @@ pub fn run(profile: Profile) -> anyhow::Result<()> {
             profile.clone(),
             shards,
             metrics,
-            senders,
+            (senders, hub.clone()),
             reload_rx,
         ));
         tracing::info!(shards, profile = %profile.path.display(), "ready");
@@ -129,7 +132,7 @@ async fn reloader(
     running: Arc<Profile>,
     shards: usize,
     metrics: Arc<RuleMetrics>,
-    senders: Vec<mpsc::UnboundedSender<ShardInput>>,
+    (senders, hub): (Vec<mpsc::UnboundedSender<ShardInput>>, Arc<Hub>),
     mut requests: mpsc::UnboundedReceiver<()>,
 ) {
     let mut version = 1;
@@ -157,6 +160,9 @@ async fn reloader(
                 shards: sets,
                 restart_needed,
             })) => {
+                if let Some(set) = sets.first() {
+                    hub.set_profile(set.profile.clone());
+                }
                 for (sender, set) in senders.iter().zip(sets) {
                     let _ = sender.send(ShardInput::Reload(set));
                 }

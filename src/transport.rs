@@ -3,14 +3,15 @@
 //! take the engine's [`Transmit`]s. TLS plugs in as another stream transport beside TCP: a
 //! stream only needs [`spawn_stream`] with its reader and writer halves.
 
-use crate::config::{ListenerId, Profile, Transport};
+use crate::config::{Listener, ListenerId, Profile, Transport, UnknownSources};
 use crate::engine::{shard_for_call_id, ConnId, Peer, Transmit};
 use crate::sip::{frame_stream, parse_message, Framing, HeaderName, Message, ParseError};
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, UdpSocket};
 use tokio::sync::mpsc;
@@ -31,12 +32,31 @@ pub enum ShardInput {
 /// The bound sockets and open connections, shared by receivers and shards.
 pub struct Hub {
     udp: Vec<Option<Arc<UdpSocket>>>,
-    /// DSCP of each listener, for the connections it opens.
-    dscp: Vec<u8>,
+    /// The listeners as the process started with them (their settings need a restart).
+    listeners: Vec<Listener>,
+    /// The profile new calls take: which sources are trunk peers.
+    profile: RwLock<Arc<Profile>>,
     conns: Mutex<HashMap<ConnId, mpsc::UnboundedSender<Bytes>>>,
     outbound: Mutex<HashMap<(ListenerId, SocketAddr), ConnId>>,
+    /// Connections accepted and open, by listener and source IP.
+    accepted: Mutex<HashMap<(ListenerId, IpAddr), u32>>,
     next_conn: AtomicU64,
     shards: Vec<mpsc::UnboundedSender<ShardInput>>,
+    /// What the transports refused or closed.
+    pub stats: TransportStats,
+    /// The reference for connections' last-activity stamps.
+    started: Instant,
+}
+
+/// Connections the transports refused or closed on their own.
+#[derive(Debug, Default)]
+pub struct TransportStats {
+    /// Connections closed at accept: their source is no trunk's peer (`unknown_sources: drop`).
+    pub refused_unknown: AtomicU64,
+    /// Connections closed at accept: their source had `max_connections_per_source` open.
+    pub refused_over_limit: AtomicU64,
+    /// Connections closed after `idle_timeout` without a complete message.
+    pub closed_idle: AtomicU64,
 }
 
 /// The IP TOS / IPv6 traffic class byte of a DSCP.
@@ -116,14 +136,68 @@ impl Hub {
             }
         }
         let hub = Arc::new(Hub {
-            dscp: profile.listeners.iter().map(|l| l.dscp).collect(),
+            listeners: profile.listeners.clone(),
+            profile: RwLock::new(Arc::new(profile.clone())),
             udp,
             conns: Mutex::new(HashMap::new()),
             outbound: Mutex::new(HashMap::new()),
+            accepted: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             shards,
+            stats: TransportStats::default(),
+            started: Instant::now(),
         });
         Ok((hub, tcp))
+    }
+
+    /// Makes `profile` the one whose trunk peers connections are checked against.
+    pub fn set_profile(&self, profile: Arc<Profile>) {
+        *self.profile.write().unwrap_or_else(|e| e.into_inner()) = profile;
+    }
+
+    /// Whether a connection accepted on `listener` from `source` may stay: its source is a
+    /// trunk's peer (or the listener answers strangers) and has fewer connections open than
+    /// the limit. Counts it when it may.
+    fn admit(&self, listener: ListenerId, source: IpAddr) -> bool {
+        let Some(settings) = self.listeners.get(listener) else {
+            return false;
+        };
+        if settings.unknown_sources == UnknownSources::Drop {
+            let profile = self.profile.read().unwrap_or_else(|e| e.into_inner());
+            if profile.trunk_for(listener, source).is_none() {
+                self.stats.refused_unknown.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%source, "connection from a source that belongs to no trunk: closed");
+                return false;
+            }
+        }
+        let mut accepted = lock(&self.accepted);
+        let open = accepted.entry((listener, source)).or_insert(0);
+        let limit = settings.max_connections_per_source;
+        if limit != 0 && *open >= limit {
+            self.stats
+                .refused_over_limit
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%source, open = *open, "too many connections from one source: closed");
+            return false;
+        }
+        *open += 1;
+        true
+    }
+
+    /// An accepted connection closed.
+    fn release(&self, listener: ListenerId, source: IpAddr) {
+        let mut accepted = lock(&self.accepted);
+        if let Some(open) = accepted.get_mut(&(listener, source)) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                accepted.remove(&(listener, source));
+            }
+        }
+    }
+
+    /// Milliseconds since the hub started: connections' activity stamps.
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
     }
 
     /// Starts the receive loops.
@@ -209,7 +283,10 @@ impl Hub {
         lock(&self.conns).insert(id, tx);
         lock(&self.outbound).insert((peer.listener, peer.addr), id);
         let hub = self.clone();
-        let dscp = self.dscp.get(peer.listener).copied().unwrap_or_default();
+        let dscp = self
+            .listeners
+            .get(peer.listener)
+            .map_or(0, |listener| listener.dscp);
         tokio::spawn(async move {
             let connected = match tcp_socket(peer.addr, dscp) {
                 Ok(socket) => socket.connect(peer.addr).await,
@@ -219,7 +296,13 @@ impl Hub {
                 Ok(stream) => {
                     let _ = stream.set_nodelay(true);
                     let (reader, writer) = stream.into_split();
-                    spawn_stream(hub, id, peer.listener, peer.addr, reader, writer, rx);
+                    let conn = Connection {
+                        id,
+                        listener: peer.listener,
+                        addr: peer.addr,
+                        accepted: false,
+                    };
+                    spawn_stream(hub, conn, reader, writer, rx);
                 }
                 Err(err) => {
                     hub.forget(id, peer.listener, peer.addr);
@@ -283,30 +366,55 @@ async fn udp_receive(hub: Arc<Hub>, listener: ListenerId, socket: Arc<UdpSocket>
 }
 
 async fn tcp_accept(hub: Arc<Hub>, listener: ListenerId, socket: TcpListener) {
+    // Out of descriptors, accept fails until one closes: say so once a minute, not 20 times
+    // a second.
+    let mut warned: Option<Instant> = None;
     loop {
         let (stream, addr) = match socket.accept().await {
             Ok(accepted) => accepted,
             Err(err) => {
-                tracing::warn!("TCP accept failed: {err}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                    tracing::warn!("TCP accept failed: {err} (retrying every 50 ms)");
+                    warned = Some(Instant::now());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
+        if !hub.admit(listener, addr.ip()) {
+            drop(stream);
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         let id = hub.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
         lock(&hub.conns).insert(id, tx);
         let (reader, writer) = stream.into_split();
-        spawn_stream(hub.clone(), id, listener, addr, reader, writer, rx);
+        let conn = Connection {
+            id,
+            listener,
+            addr,
+            accepted: true,
+        };
+        spawn_stream(hub.clone(), conn, reader, writer, rx);
     }
 }
 
-/// Runs a stream connection: frames and dispatches what it reads, writes what is queued.
+/// A stream connection: which, on which listener, to or from where, and whether it was
+/// accepted (counted against its source's limit) or opened by Bridgehead.
+#[derive(Clone, Copy, Debug)]
+pub struct Connection {
+    pub id: ConnId,
+    pub listener: ListenerId,
+    pub addr: SocketAddr,
+    pub accepted: bool,
+}
+
+/// Runs a stream connection: frames and dispatches what it reads, writes what is queued, and
+/// closes it when it goes `idle_timeout` without a complete message either way.
 pub fn spawn_stream<R, W>(
     hub: Arc<Hub>,
-    id: ConnId,
-    listener: ListenerId,
-    addr: SocketAddr,
+    conn: Connection,
     mut reader: R,
     mut writer: W,
     mut outgoing: mpsc::UnboundedReceiver<Bytes>,
@@ -314,13 +422,23 @@ pub fn spawn_stream<R, W>(
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
+    let Connection {
+        id, listener, addr, ..
+    } = conn;
     let peer = Peer {
         listener,
         transport: Transport::Tcp,
         addr,
         conn: Some(id),
     };
+    let idle = hub
+        .listeners
+        .get(listener)
+        .map_or(0, |l| u64::from(l.idle_timeout) * 1000);
+    // When a message last went out, in the hub's milliseconds: sending counts as activity.
+    let last_sent = Arc::new(AtomicU64::new(hub.now_ms()));
     let writer_hub = hub.clone();
+    let sent = last_sent.clone();
     tokio::spawn(async move {
         while let Some(bytes) = outgoing.recv().await {
             if let Err(err) = writer.write_all(&bytes).await {
@@ -334,14 +452,17 @@ pub fn spawn_stream<R, W>(
                 }
                 break;
             }
+            sent.store(writer_hub.now_ms(), Ordering::Relaxed);
         }
     });
     tokio::spawn(async move {
         let mut buf = BytesMut::with_capacity(8192);
+        let mut last_received = hub.now_ms();
         'read: loop {
             loop {
                 match frame_stream(&buf) {
                     Ok(Some(len)) => {
+                        last_received = hub.now_ms();
                         let bytes = buf.split_to(len).freeze();
                         match parse_message(&bytes, Framing::Stream) {
                             Ok((msg, _)) => hub.dispatch(Ok(msg), peer),
@@ -356,12 +477,31 @@ pub fn spawn_stream<R, W>(
                     }
                 }
             }
-            match reader.read_buf(&mut buf).await {
+            let read = if idle == 0 {
+                reader.read_buf(&mut buf).await
+            } else {
+                let active = last_received.max(last_sent.load(Ordering::Relaxed));
+                let quiet_until = hub.started + Duration::from_millis(active + idle);
+                match tokio::time::timeout_at(quiet_until.into(), reader.read_buf(&mut buf)).await {
+                    Ok(read) => read,
+                    // Something went out meanwhile: the connection is in use.
+                    Err(_) if last_sent.load(Ordering::Relaxed) > active => continue,
+                    Err(_) => {
+                        hub.stats.closed_idle.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(peer = %addr, pending = buf.len(), "closing an idle connection");
+                        break;
+                    }
+                }
+            };
+            match read {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
             }
         }
         hub.forget(id, listener, addr);
+        if conn.accepted {
+            hub.release(listener, addr.ip());
+        }
     });
 }
 

@@ -172,6 +172,187 @@ fn an_invite_above_tcp_above_to_a_peer_without_tcp_gets_503_at_once() {
     );
 }
 
+/// Listener `core` closes connections after 2 s without a complete message and takes 3 per
+/// source; listener `guarded` drops whoever is no trunk's peer.
+const CONNECTIONS: &str = "listeners:
+  - name: core
+    address: 127.0.0.1:{core}
+    transports: [udp, tcp]
+    idle_timeout: 2
+    max_connections_per_source: 3
+  - name: guarded
+    address: 127.0.0.1:{guarded}
+    transports: [udp, tcp]
+    unknown_sources: drop
+trunks:
+  - name: core
+    listener: core
+    peers: [\"127.0.0.1:{softswitch}\"]
+    script: {script}
+  - name: partner
+    listener: guarded
+    peers: [\"127.0.0.2:5060\"]
+    script: {script}
+";
+
+/// True when the far end closed `stream` (or closes it within `wait`).
+fn closed_within(stream: &mut TcpStream, wait: Duration) -> bool {
+    stream.set_read_timeout(Some(wait)).expect("timeout");
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(err) => matches!(
+            err.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+        ),
+    }
+}
+
+/// Sends an OPTIONS on `stream` and reads the answer's status line.
+fn options_over(stream: &mut TcpStream, n: u32) -> String {
+    let local = stream.local_addr().expect("addr");
+    let request = format!(
+        "OPTIONS sip:ping@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP {local};branch=z9hG4bK-tcp-{n}-{}\r\nMax-Forwards: 70\r\nFrom: <sip:probe@127.0.0.1>;tag=t{n}\r\nTo: <sip:ping@127.0.0.1>\r\nCall-ID: tcp-{n}-{}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+        local.port(),
+        local.port()
+    );
+    stream.write_all(request.as_bytes()).expect("write OPTIONS");
+    read_message(stream)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn connections_that_never_complete_a_message_are_closed_and_busy_ones_stay() {
+    let sbc = Sbc::start(CONNECTIONS);
+    let connect = || TcpStream::connect(("127.0.0.1", sbc.port("core"))).expect("connect");
+    let mut dribblers = [connect(), connect()];
+    let mut busy = connect();
+    let request = b"OPTIONS sip:ping@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:1";
+    let started = Instant::now();
+    let mut sent = 0;
+    let mut options = 0;
+    // One byte every 250 ms on each dribbler for 3.5 s (never a whole message), a whole
+    // OPTIONS every 500 ms on the busy one.
+    while started.elapsed() < Duration::from_millis(3500) {
+        for dribbler in &mut dribblers {
+            let _ = dribbler.write_all(&request[sent % request.len()..][..1]);
+        }
+        sent += 1;
+        if sent % 2 == 0 {
+            options += 1;
+            assert_eq!(options_over(&mut busy, options), "SIP/2.0 200 OK");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    for dribbler in &mut dribblers {
+        assert!(
+            closed_within(dribbler, Duration::from_millis(500)),
+            "a connection dribbling one byte at a time is still open after 3.5 s (idle_timeout 2 s)"
+        );
+    }
+    assert_eq!(options_over(&mut busy, 99), "SIP/2.0 200 OK");
+    assert!(!closed_within(&mut busy, Duration::from_millis(100)));
+}
+
+#[test]
+fn a_source_gets_at_most_its_connections_and_strangers_are_dropped() {
+    let sbc = Sbc::start(CONNECTIONS);
+    let mut streams: Vec<TcpStream> = (0..5)
+        .map(|_| TcpStream::connect(("127.0.0.1", sbc.port("core"))).expect("connect"))
+        .collect();
+    let mut open = 0;
+    for (n, stream) in streams.iter_mut().enumerate() {
+        if closed_within(stream, Duration::from_millis(300)) {
+            continue;
+        }
+        assert_eq!(options_over(stream, n as u32), "SIP/2.0 200 OK");
+        open += 1;
+    }
+    assert_eq!(open, 3, "max_connections_per_source: 3");
+
+    // `guarded` names only 127.0.0.2: a connection from 127.0.0.1 is closed at once, and a
+    // datagram from it gets no answer at all (not even a 403).
+    let mut stranger = TcpStream::connect(("127.0.0.1", sbc.port("guarded"))).expect("connect");
+    assert!(closed_within(&mut stranger, Duration::from_secs(1)));
+    assert_eq!(sbc.options("guarded"), 0);
+    assert_eq!(sbc.options("core"), 200);
+}
+
+/// Media anchored; the core listener takes many connections from one source.
+const ANCHORED: &str = "media:
+  address: 127.0.0.1
+  ports: {media}-{media_end}
+listeners:
+  - name: core
+    address: 127.0.0.1:{core}
+    transports: [udp, tcp]
+    max_connections_per_source: 1000
+  - name: teams
+    address: 127.0.0.1:{teams}
+trunks:
+  - name: core
+    listener: core
+    peers: [\"127.0.0.1:{softswitch}\"]
+    script: {script}
+    route: teams
+  - name: teams
+    listener: teams
+    peers: [\"127.0.0.1:{teams_peer}\"]
+    script: {script}
+    route: core
+";
+
+#[test]
+fn a_call_whose_media_ports_cannot_be_bound_is_refused_with_503() {
+    let media = common::media_range();
+    let profile = ANCHORED
+        .replace("{media}", &media.to_string())
+        .replace("{media_end}", &(media + 9).to_string());
+    // About 18 descriptors in use once it runs: 48 leaves room for 30 connections.
+    let sbc = Sbc::start_with_fd_limit(&profile, 48);
+    let teams = UdpSocket::bind(("127.0.0.1", sbc.port("teams_peer"))).expect("teams socket");
+    let softswitch =
+        UdpSocket::bind(("127.0.0.1", sbc.port("softswitch"))).expect("softswitch socket");
+    // Use up its file descriptors with connections it accepts.
+    let _connections: Vec<TcpStream> = (0..60)
+        .map(|_| TcpStream::connect(("127.0.0.1", sbc.port("core"))).expect("connect"))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !sbc.log().contains("Too many open files") {
+        assert!(
+            Instant::now() < deadline,
+            "descriptors not used up:\n{}",
+            sbc.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let request = invite("nofd-1", sbc.port("softswitch"), sbc.port("core"), 600);
+    softswitch
+        .send_to(&request, ("127.0.0.1", sbc.port("core")))
+        .expect("send");
+    let got = responses(&softswitch, Duration::from_secs(2));
+    assert_eq!(
+        got,
+        ["SIP/2.0 100 Trying", "SIP/2.0 503 Service Unavailable"],
+        "log:\n{}",
+        sbc.log()
+    );
+    assert_eq!(
+        receive(&teams, Duration::from_millis(100)),
+        None,
+        "no INVITE advertising ports nobody listens on"
+    );
+    assert!(
+        sbc.log().contains("call refused: media not anchored"),
+        "{}",
+        sbc.log()
+    );
+}
+
 /// Accepts one connection within `wait`.
 fn accept_within(listener: &TcpListener, wait: Duration) -> (TcpStream, std::net::SocketAddr) {
     listener.set_nonblocking(true).expect("nonblocking");

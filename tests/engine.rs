@@ -1577,3 +1577,43 @@ fn a_request_above_tcp_above_goes_over_tcp_with_its_via_saying_so() {
     assert!(via.starts_with("SIP/2.0/TCP 127.0.0.1:5070;"), "{via}");
     assert_eq!(sim.engine.stats().switched_to_tcp, 1);
 }
+
+#[test]
+fn a_call_whose_offer_cannot_be_anchored_is_refused_or_sent_unanchored_as_the_profile_says() {
+    // One port pair per call leg: the first call takes both, the second finds none.
+    let refuse = format!(
+        "media:\n  address: 127.0.0.1\n  ports: 30000-30003\n{}",
+        profile_text("")
+    );
+    let mut sim = Sim::with_profile(&refuse);
+    let out = sim.core_sends(&invite("np-1@10.1.1.1", "z9hG4bKnp1", ""));
+    assert_eq!(
+        summary(&out),
+        [format!("100->{CORE_PEER}"), format!("INVITE->{TEAMS_PEER}")]
+    );
+    let out = sim.core_sends(&invite("np-2@10.1.1.1", "z9hG4bKnp2", ""));
+    assert_eq!(
+        summary(&out),
+        [format!("100->{CORE_PEER}"), format!("503->{CORE_PEER}")]
+    );
+    let stats = sim.engine.stats();
+    assert_eq!((stats.media_failures, stats.calls_failed), (1, 1));
+    assert_eq!(sim.engine.active_calls(), 1);
+
+    let unanchored = refuse.replace(
+        "ports: 30000-30003\n",
+        "ports: 30000-30003\n  no_ports: unanchored\n",
+    );
+    let mut sim = Sim::with_profile(&unanchored);
+    sim.core_sends(&invite("np-3@10.1.1.1", "z9hG4bKnp3", ""));
+    let out = sim.core_sends(&invite("np-4@10.1.1.1", "z9hG4bKnp4", ""));
+    assert_eq!(
+        summary(&out),
+        [format!("100->{CORE_PEER}"), format!("INVITE->{TEAMS_PEER}")]
+    );
+    assert!(
+        String::from_utf8_lossy(&out[1].1.body).contains("c=IN IP4 192.0.2.10"),
+        "the caller's own address: not anchored"
+    );
+    assert_eq!(sim.engine.stats().media_failures, 1);
+}

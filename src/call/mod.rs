@@ -152,6 +152,9 @@ pub struct Call {
     pending_ack: Option<PendingAck>,
     /// The last end-to-end ACK sent, by leg, repeated when a 2xx is retransmitted.
     last_ack: Option<(Leg, Bytes)>,
+    /// Why the SDP just built could not be anchored, when the profile refuses such calls
+    /// (`media.no_ports: refuse`); the B-leg INVITE is then not sent.
+    media_refused: Option<crate::media::AnchorError>,
 }
 
 /// The key of a dialog in [`Engine::dialogs`]: its Call-ID and Bridgehead's tag. The Call-ID
@@ -791,6 +794,16 @@ impl Engine {
                 (trunk < trunks).then_some(trunk)
             });
         let Some(trunk) = trunk else {
+            let drop = self
+                .current
+                .profile
+                .listeners
+                .get(from.listener)
+                .is_some_and(|l| l.unknown_sources == crate::config::UnknownSources::Drop);
+            if drop {
+                tracing::debug!(peer = %from.addr, "request from a source that belongs to no trunk: dropped");
+                return;
+            }
             tracing::info!(peer = %from.addr, "request from a source that belongs to no trunk");
             self.reject_stateless(&msg, from, 403, "source belongs to no trunk", now);
             return;
@@ -1043,6 +1056,7 @@ impl Engine {
             invite_pending: true,
             pending_ack: None,
             last_ack: None,
+            media_refused: None,
         };
         self.dialogs.insert(call.a.dialog_key(), (call_key, Leg::A));
         self.dialogs.insert(call.b.dialog_key(), (call_key, Leg::B));
@@ -1149,6 +1163,19 @@ impl Engine {
         let policy = call.rules.profile.trunks[ingress].on_script_error;
         let (invite, failed) =
             self.outgoing_edited(Some(key), script, Leg::B, dest, invite, touched, None);
+        if let Some(err) = self
+            .calls
+            .get_mut(&key)
+            .and_then(|c| c.media_refused.take())
+        {
+            tracing::warn!(call = %self.calls.get(&key).map_or("", |c| c.id.as_str()), "call refused: media not anchored: {err}");
+            self.stats.calls_failed += 1;
+            if let Some(server) = self.calls.get(&key).map(|c| c.a_invite) {
+                self.reply_local(key, Leg::A, server, 503, now);
+            }
+            self.end_call(key, "error", "sbc", now);
+            return;
+        }
         if let (true, ScriptErrorPolicy::Reject(status)) = (failed, policy) {
             self.stats.calls_failed += 1;
             if let Some(server) = self.calls.get(&key).map(|c| c.a_invite) {
@@ -2012,7 +2039,15 @@ impl Engine {
             }
             Err(err) => {
                 self.stats.media_failures += 1;
-                tracing::error!(call = %call.id, "media not anchored: {err}");
+                let refuse = call.rules.profile.media.as_ref().map(|m| m.no_ports)
+                    == Some(crate::config::NoPortsPolicy::Refuse);
+                // Only a new call's offer can be refused: its answer uses the port taken with
+                // the offer, and later SDPs go out as they are.
+                if refuse && !call.answered && call.invite_pending && leg == Leg::B {
+                    call.media_refused = Some(err);
+                } else {
+                    tracing::error!(call = %call.id, "media not anchored: {err}");
+                }
             }
         }
     }

@@ -14,12 +14,31 @@ use base64::Engine as _;
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 
+/// Binds a port pair (RTP, and RTCP on the next port) before the pool hands the port out, so
+/// no SDP ever advertises a port nobody listens on. The runtime's binder keeps the sockets for
+/// the relay; without one (the replay harness, tests) ports are only numbers.
+pub trait PortBinder: Send {
+    /// Binds `port` and `port + 1`.
+    fn bind(&mut self, port: u16) -> std::io::Result<()>;
+    /// The pool took `port` back: sockets still held for it close.
+    fn release(&mut self, port: u16);
+}
+
 /// The RTP ports of one shard's slice of the profile's range: every port pair (even RTP port,
 /// RTCP on the next) whose index modulo the number of shards is the shard's, so shards never
 /// hand out the same port.
-#[derive(Debug)]
 pub struct PortPool {
     free: VecDeque<u16>,
+    binder: Option<Box<dyn PortBinder>>,
+}
+
+impl std::fmt::Debug for PortPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PortPool")
+            .field("free", &self.free.len())
+            .field("binds", &self.binder.is_some())
+            .finish()
+    }
 }
 
 impl PortPool {
@@ -32,18 +51,46 @@ impl PortPool {
             .filter(|(index, _)| index % shards.max(1) == shard)
             .map(|(_, port)| port)
             .collect();
-        PortPool { free }
+        PortPool { free, binder: None }
     }
 
-    /// An RTP port (its RTCP port is the next one), or None when the slice is used up.
-    pub fn take(&mut self) -> Option<u16> {
-        self.free.pop_front()
+    /// Binds every port before handing it out.
+    pub fn set_binder(&mut self, binder: Box<dyn PortBinder>) {
+        self.binder = Some(binder);
+    }
+
+    /// An RTP port (its RTCP port is the next one) that is really Bridgehead's. A port another
+    /// process holds is skipped (it goes to the end of the line); any other failure to bind
+    /// (out of file descriptors) means no port can be had now.
+    pub fn take(&mut self) -> Result<u16, AnchorError> {
+        let Some(binder) = self.binder.as_mut() else {
+            return self.free.pop_front().ok_or(AnchorError::NoPorts);
+        };
+        for _ in 0..self.free.len() {
+            let Some(port) = self.free.pop_front() else {
+                break;
+            };
+            match binder.bind(port) {
+                Ok(()) => return Ok(port),
+                Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => {
+                    self.free.push_back(port);
+                }
+                Err(err) => {
+                    self.free.push_front(port);
+                    return Err(AnchorError::Bind(err.to_string()));
+                }
+            }
+        }
+        Err(AnchorError::NoPorts)
     }
 
     /// Gives a port back (last in line: a freed port is not reused at once, so late packets of
     /// the old call do not reach a new one).
     pub fn give(&mut self, port: u16) {
         if port != 0 {
+            if let Some(binder) = self.binder.as_mut() {
+                binder.release(port);
+            }
             self.free.push_back(port);
         }
     }
@@ -60,6 +107,8 @@ impl PortPool {
 pub struct Side {
     /// Bridgehead's RTP port facing the leg (RTCP on the next port); 0 until allocated.
     pub local: u16,
+    /// True once an SDP told the leg about `local`: the relay starts when both legs know.
+    pub advertised: bool,
     /// The leg's RTP address from its SDP.
     pub remote: Option<SocketAddr>,
     /// The leg's RTCP address (its `a=rtcp`, its RTP address with `a=rtcp-mux`, or RTP + 1).
@@ -387,6 +436,8 @@ pub enum MediaCommand {
 pub enum AnchorError {
     #[error("no media ports left in this shard's range")]
     NoPorts,
+    #[error("cannot bind media ports: {0}")]
+    Bind(String),
     #[error("cannot write the SDP: {0}")]
     Sdp(String),
     #[error("no randomness for an SRTP key")]
@@ -495,8 +546,14 @@ pub fn anchor(
         terminate_srtp(media, to, secure)?;
         to.dscp = dscp;
         if to.local == 0 {
-            to.local = pool.take().ok_or(AnchorError::NoPorts)?;
+            to.local = pool.take()?;
         }
+        // The port facing the sender is taken with the first offer too: its answer then
+        // needs no port, so only an offer can find the pool empty (and be refused).
+        if from.local == 0 {
+            from.local = pool.take()?;
+        }
+        to.advertised = true;
         media.set_port(to.local);
         media.set_connection(advertise).map_err(sdp_error)?;
         // Our RTCP is on the RTP port + 1, the default: no a=rtcp line needed.
@@ -569,16 +626,16 @@ mod tests {
         let mut zero = PortPool::new((20000, 20011), 0, 2);
         let mut one = PortPool::new((20000, 20011), 1, 2);
         assert_eq!(zero.available() + one.available(), 6);
-        let mut all: Vec<u16> = std::iter::from_fn(|| zero.take())
-            .chain(std::iter::from_fn(|| one.take()))
+        let mut all: Vec<u16> = std::iter::from_fn(|| zero.take().ok())
+            .chain(std::iter::from_fn(|| one.take().ok()))
             .collect();
         all.sort();
         assert_eq!(all, [20000, 20002, 20004, 20006, 20008, 20010]);
         let mut odd_start = PortPool::new((20001, 20004), 0, 1);
-        assert_eq!(odd_start.take(), Some(20002));
-        assert_eq!(odd_start.take(), None);
+        assert_eq!(odd_start.take().ok(), Some(20002));
+        assert_eq!(odd_start.take().ok(), None);
         odd_start.give(20002);
-        assert_eq!(odd_start.take(), Some(20002));
+        assert_eq!(odd_start.take().ok(), Some(20002));
     }
 
     #[test]
@@ -617,7 +674,10 @@ mod tests {
             Some("192.0.2.10:4005".parse().unwrap())
         );
         assert_eq!(streams[0].b.local, 30000);
-        assert_eq!(streams[0].a.local, 0);
+        assert!(streams[0].b.advertised);
+        // The caller's port is taken with the offer, so its answer cannot run out of ports.
+        assert_eq!(streams[0].a.local, 30002);
+        assert!(!streams[0].a.advertised);
 
         // The callee's answer goes to the caller (leg A), with rtcp-mux.
         let answer = "v=0\r\no=- 2 2 IN IP4 198.51.100.7\r\ns=-\r\nc=IN IP4 198.51.100.7\r\nt=0 0\r\nm=audio 5000 RTP/AVP 8\r\na=rtcp-mux\r\nm=video 0 RTP/AVP 96\r\n";
@@ -642,6 +702,7 @@ mod tests {
             Some("198.51.100.7:5000".parse().unwrap())
         );
         assert_eq!(streams[0].a.local, 30002);
+        assert!(streams[0].a.advertised);
 
         // A re-offer keeps the ports; nothing changed, nothing to tell the relay.
         let mut again = Sdp::parse(OFFER.as_bytes()).expect("offer");
@@ -814,7 +875,7 @@ mod tests {
     #[test]
     fn an_empty_pool_is_an_error() {
         let mut pool = PortPool::new((30000, 30001), 0, 1);
-        assert_eq!(pool.take(), Some(30000));
+        assert_eq!(pool.take().ok(), Some(30000));
         let mut offer = Sdp::parse(OFFER.as_bytes()).expect("offer");
         let result = anchor(
             &mut offer,
@@ -825,5 +886,56 @@ mod tests {
             "203.0.113.1",
         );
         assert_eq!(result, Err(AnchorError::NoPorts));
+    }
+
+    /// A binder that refuses some ports as taken and fails every bind after a budget of
+    /// descriptors; it records what it holds.
+    struct FakeBinder {
+        taken_elsewhere: Vec<u16>,
+        descriptors: usize,
+        held: std::sync::Arc<std::sync::Mutex<Vec<u16>>>,
+    }
+
+    impl PortBinder for FakeBinder {
+        fn bind(&mut self, port: u16) -> std::io::Result<()> {
+            if self.taken_elsewhere.contains(&port) {
+                return Err(std::io::ErrorKind::AddrInUse.into());
+            }
+            if self.descriptors == 0 {
+                return Err(std::io::Error::from_raw_os_error(24)); // EMFILE
+            }
+            self.descriptors -= 1;
+            self.held.lock().expect("lock").push(port);
+            Ok(())
+        }
+
+        fn release(&mut self, port: u16) {
+            self.held.lock().expect("lock").retain(|p| *p != port);
+        }
+    }
+
+    #[test]
+    fn a_pool_with_a_binder_hands_out_only_ports_it_bound() {
+        let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut pool = PortPool::new((30000, 30009), 0, 1);
+        pool.set_binder(Box::new(FakeBinder {
+            taken_elsewhere: vec![30002],
+            descriptors: 2,
+            held: held.clone(),
+        }));
+        assert_eq!(pool.take().ok(), Some(30000));
+        // 30002 is another process's: skipped, and tried again later.
+        assert_eq!(pool.take().ok(), Some(30004));
+        assert_eq!(*held.lock().expect("lock"), [30000, 30004]);
+        // Out of descriptors: an error that says so, and the port stays free.
+        let error = pool.take().expect_err("no descriptors");
+        assert!(
+            matches!(&error, AnchorError::Bind(e) if e.contains("os error 24")),
+            "{error}"
+        );
+        assert_eq!(pool.available(), 3);
+        // A port given back is released by the binder.
+        pool.give(30000);
+        assert_eq!(*held.lock().expect("lock"), [30004]);
     }
 }

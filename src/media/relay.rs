@@ -5,7 +5,7 @@
 //! on the other is sorted by payload type.
 
 use super::player::{Player, Sound, Step};
-use super::{dsp, quality, MediaCommand, Side, SrtpKey, Stream, Suite};
+use super::{dsp, quality, MediaCommand, PortBinder, Side, SrtpKey, Stream, Suite};
 use crate::config::{DtmfMode, MediaConfig};
 use crate::script::MediaEvent;
 use std::collections::HashMap;
@@ -66,6 +66,7 @@ pub struct Relay {
     rtp_timeout: u32,
     calls: Mutex<HashMap<u64, Vec<Running>>>,
     events: EventSink,
+    reserved: Reserved,
     pub stats: Arc<RelayStats>,
 }
 
@@ -79,8 +80,18 @@ impl Relay {
             rtp_timeout: config.rtp_timeout,
             calls: Mutex::new(HashMap::new()),
             events,
+            reserved: Arc::new(Mutex::new(HashMap::new())),
             stats: Arc::new(RelayStats::default()),
         })
+    }
+
+    /// A binder for an engine's port pool: the ports it binds are the ones this relay's
+    /// streams then use.
+    pub fn port_binder(&self) -> ReservingBinder {
+        ReservingBinder {
+            address: self.address,
+            reserved: self.reserved.clone(),
+        }
     }
 
     /// Carries out an engine command. Must run inside the tokio runtime.
@@ -111,7 +122,7 @@ impl Relay {
                 let stream = *stream;
                 running.update.send_replace(stream);
                 // Both legs' ports are known once the answer is anchored: start relaying.
-                if running.task.is_none() && stream.a.local != 0 && stream.b.local != 0 {
+                if running.task.is_none() && stream.a.advertised && stream.b.advertised {
                     let updates = running.update.subscribe();
                     let plays = running
                         .queued
@@ -125,6 +136,7 @@ impl Relay {
                             address: self.address,
                             strict: self.strict,
                             rtp_timeout: self.rtp_timeout,
+                            reserved: self.reserved.clone(),
                         },
                         updates,
                         plays,
@@ -139,11 +151,41 @@ impl Relay {
 }
 
 /// What every stream task runs with.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Settings {
     address: IpAddr,
     strict: bool,
     rtp_timeout: u32,
+    reserved: Reserved,
+}
+
+/// Sockets bound for ports the engines' pools handed out, until a stream takes them.
+type Reserved = Arc<Mutex<HashMap<u16, (std::net::UdpSocket, std::net::UdpSocket)>>>;
+
+/// The engines' [`PortBinder`]: binds each port pair as the pool hands it out and keeps the
+/// sockets for the relay's stream on that port.
+pub struct ReservingBinder {
+    address: IpAddr,
+    reserved: Reserved,
+}
+
+impl PortBinder for ReservingBinder {
+    fn bind(&mut self, port: u16) -> std::io::Result<()> {
+        let rtp = std::net::UdpSocket::bind((self.address, port))?;
+        let rtcp = std::net::UdpSocket::bind((self.address, port.wrapping_add(1)))?;
+        rtp.set_nonblocking(true)?;
+        rtcp.set_nonblocking(true)?;
+        lock(&self.reserved).insert(port, (rtp, rtcp));
+        Ok(())
+    }
+
+    fn release(&mut self, port: u16) {
+        lock(&self.reserved).remove(&port);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The sockets facing one leg, and what the relay saw of that leg.
@@ -216,13 +258,27 @@ fn rekey(slot: &mut Option<(SrtpKey, Context)>, key: Option<SrtpKey>, decrypting
 }
 
 impl Leg {
-    async fn bind(name: &'static str, address: IpAddr, port: u16) -> std::io::Result<Leg> {
+    /// The leg's sockets: the ones the pool bound for `port`, or freshly bound ones.
+    async fn bind(
+        name: &'static str,
+        address: IpAddr,
+        port: u16,
+        reserved: &Reserved,
+    ) -> std::io::Result<Leg> {
+        let held = lock(reserved).remove(&port);
+        let (rtp, rtcp) = match held {
+            Some((rtp, rtcp)) => (UdpSocket::from_std(rtp)?, UdpSocket::from_std(rtcp)?),
+            None => (
+                UdpSocket::bind((address, port)).await?,
+                // Port 0 (tests): any free ports.
+                UdpSocket::bind((address, if port == 0 { 0 } else { port.wrapping_add(1) }))
+                    .await?,
+            ),
+        };
         Ok(Leg {
             name,
-            rtp: UdpSocket::bind((address, port)).await?,
-            // Port 0 (tests): any free ports.
-            rtcp: UdpSocket::bind((address, if port == 0 { 0 } else { port.wrapping_add(1) }))
-                .await?,
+            rtp,
+            rtcp,
             latched: None,
             latched_rtcp: None,
             last_rtp: tokio::time::Instant::now(),
@@ -399,8 +455,8 @@ async fn relay_stream(
 ) {
     let stream = *updates.borrow_and_update();
     let (mut a, mut b) = match (
-        Leg::bind("a", settings.address, stream.a.local).await,
-        Leg::bind("b", settings.address, stream.b.local).await,
+        Leg::bind("a", settings.address, stream.a.local, &settings.reserved).await,
+        Leg::bind("b", settings.address, stream.b.local, &settings.reserved).await,
     ) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(err), _) | (_, Err(err)) => {
@@ -829,6 +885,7 @@ mod tests {
             strict_source: false,
             rtp_timeout: 0,
             ringback: Default::default(),
+            no_ports: Default::default(),
         };
         let relay = Relay::new(&config, Arc::new(|_, _| {}));
         let bind = || UdpSocket::bind("127.0.0.1:0");
@@ -838,6 +895,8 @@ mod tests {
         let mut stream = Stream::default();
         stream.a.local = free_port_pair();
         stream.b.local = free_port_pair();
+        stream.a.advertised = true;
+        stream.b.advertised = true;
         stream.a.remote = addr(&caller);
         stream.b.remote = addr(&callee);
         relay.apply(MediaCommand::Stream {
@@ -913,7 +972,7 @@ mod tests {
             remote: Some("192.0.2.1:4000".parse().unwrap()),
             ..side_with_dtmf(101)
         };
-        let mut leg = Leg::bind("a", "127.0.0.1".parse().unwrap(), 0)
+        let mut leg = Leg::bind("a", "127.0.0.1".parse().unwrap(), 0, &Reserved::default())
             .await
             .expect("bind");
         leg.learn_payload_types(&side, &Side::default());
@@ -1018,7 +1077,7 @@ mod tests {
             dtmf: DtmfMode::Inband,
             ..side_with_dtmf(101)
         };
-        let mut leg = Leg::bind("a", "127.0.0.1".parse().unwrap(), 0)
+        let mut leg = Leg::bind("a", "127.0.0.1".parse().unwrap(), 0, &Reserved::default())
             .await
             .expect("bind");
         leg.learn_payload_types(&side, &Side::default());
@@ -1031,7 +1090,7 @@ mod tests {
             })
             .collect();
         assert_eq!(digits, "2013785496");
-        let mut leg = Leg::bind("a", "127.0.0.1".parse().unwrap(), 0)
+        let mut leg = Leg::bind("a", "127.0.0.1".parse().unwrap(), 0, &Reserved::default())
             .await
             .expect("bind");
         let inband: String = packets

@@ -32,11 +32,7 @@ pub fn compile(
     for listener in &profile.listeners {
         match running.listeners.iter().find(|l| l.name == listener.name) {
             None => restart_needed.push(format!("new listener '{}'", listener.name)),
-            Some(old)
-                if old.address != listener.address
-                    || old.transports != listener.transports
-                    || old.advertise != listener.advertise =>
-            {
+            Some(old) if old != listener => {
                 restart_needed.push(format!("listener '{}' changed", listener.name));
             }
             Some(_) => {}

@@ -62,6 +62,15 @@ impl Sbc {
 
     /// [`Sbc::start`] with more environment variables for the process.
     pub fn start_with_env(template: &str, env: &[(&str, &str)]) -> Sbc {
+        Sbc::launch(template, env, None)
+    }
+
+    /// [`Sbc::start`] with at most `files` open file descriptors (`ulimit -n`).
+    pub fn start_with_fd_limit(template: &str, files: u32) -> Sbc {
+        Sbc::launch(template, &[], Some(files))
+    }
+
+    fn launch(template: &str, env: &[(&str, &str)], fd_limit: Option<u32>) -> Sbc {
         let mut ports = HashMap::new();
         let mut first = None;
         let mut profile = template.replace("{script}", &default_script());
@@ -76,7 +85,18 @@ impl Sbc {
         let path = dir.join("profile.yaml");
         std::fs::write(&path, &profile).expect("write profile");
         let log = std::fs::File::create(dir.join("sbc.log")).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_bridgehead"))
+        let mut command = match fd_limit {
+            None => Command::new(env!("CARGO_BIN_EXE_bridgehead")),
+            Some(files) => {
+                let mut shell = Command::new("sh");
+                shell
+                    .arg("-c")
+                    .arg(format!("ulimit -n {files} && exec \"$0\" \"$@\""))
+                    .arg(env!("CARGO_BIN_EXE_bridgehead"));
+                shell
+            }
+        };
+        let child = command
             .args(["run", "--profile"])
             .arg(&path)
             .env(
