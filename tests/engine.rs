@@ -1477,26 +1477,24 @@ fn without_media_a_changed_info_digit_goes_on_as_a_new_info() {
     info_digits_from_teams_are_judged(&mut sim, &b_invite);
 }
 
-/// Delivers a message and hands back the raw transmits (peer, transport and bytes as sent).
-fn deliver_raw(sim: &mut Sim, peer: Peer, text: &str) -> Vec<bridgehead::engine::Transmit> {
-    sim.engine
-        .handle_datagram(Bytes::from(with_length(text)), peer, sim.now);
-    std::iter::from_fn(|| sim.engine.poll_transmit()).collect()
+/// A new call from the core; returns the B-leg INVITE as the engine would transmit it (peer,
+/// transport and bytes).
+fn b_invite_transmit(sim: &mut Sim, call_id: &str, extra: &str) -> bridgehead::engine::Transmit {
+    let text = invite(call_id, &format!("z9hG4bK{call_id}"), extra);
+    sim.engine.handle_datagram(
+        Bytes::from(with_length(&text)),
+        Sim::peer(0, CORE_PEER),
+        sim.now,
+    );
+    std::iter::from_fn(|| sim.engine.poll_transmit())
+        .find(|t| t.bytes.starts_with(b"INVITE"))
+        .expect("B-leg INVITE")
 }
 
 #[test]
 fn an_invite_the_transport_cannot_send_fails_at_once_with_503() {
     let mut sim = Sim::new();
-    let sent = deliver_raw(
-        &mut sim,
-        Sim::peer(0, CORE_PEER),
-        &invite("te-1@10.1.1.1", "z9hG4bKte1", ""),
-    );
-    let b_invite = sent
-        .iter()
-        .find(|t| t.bytes.starts_with(b"INVITE"))
-        .expect("B-leg INVITE")
-        .clone();
+    let b_invite = b_invite_transmit(&mut sim, "te-1", "");
     // The socket refuses it (a datagram too big, say): the caller hears 503 now, not 408
     // after Timer B, and nothing more goes toward Teams.
     sim.engine
@@ -1524,16 +1522,7 @@ fn a_transport_error_is_a_503_that_on_failure_can_route_again() {
     let metrics = Arc::new(RuleMetrics::default());
     let script = rules_file(LIFECYCLE_RULES);
     let mut sim = Sim::with_rules(&profile_with_script(&script, "", ""), metrics.clone());
-    let sent = deliver_raw(
-        &mut sim,
-        Sim::peer(0, CORE_PEER),
-        &invite("te-2@10.1.1.1", "z9hG4bKte2", ""),
-    );
-    let b_invite = sent
-        .iter()
-        .find(|t| t.bytes.starts_with(b"INVITE"))
-        .expect("B-leg INVITE")
-        .clone();
+    let b_invite = b_invite_transmit(&mut sim, "te-2", "");
     sim.engine
         .handle_transport_error(&b_invite, "Connection refused", sim.now);
     let out = sim.sent();
@@ -1548,28 +1537,12 @@ fn a_request_above_tcp_above_goes_over_tcp_with_its_via_saying_so() {
         "address: 127.0.0.1:5070\n    transports: [udp, tcp]\n",
     );
     let mut sim = Sim::with_profile(&text);
-    let small = deliver_raw(
-        &mut sim,
-        Sim::peer(0, CORE_PEER),
-        &invite("tcp-1@10.1.1.1", "z9hG4bKtcp1", ""),
-    );
-    let small = small
-        .iter()
-        .find(|t| t.bytes.starts_with(b"INVITE"))
-        .expect("B-leg INVITE");
+    let small = b_invite_transmit(&mut sim, "tcp-1", "");
     assert!(small.bytes.len() <= 1300, "{}", small.bytes.len());
     assert_eq!(small.peer.transport, Transport::Udp);
 
     let padding = format!("X-Padding: {}\n", "p".repeat(1000));
-    let large = deliver_raw(
-        &mut sim,
-        Sim::peer(0, CORE_PEER),
-        &invite("tcp-2@10.1.1.1", "z9hG4bKtcp2", &padding),
-    );
-    let large = large
-        .iter()
-        .find(|t| t.bytes.starts_with(b"INVITE"))
-        .expect("B-leg INVITE");
+    let large = b_invite_transmit(&mut sim, "tcp-2", &padding);
     assert!(large.bytes.len() > 1300, "{}", large.bytes.len());
     assert_eq!(large.peer.transport, Transport::Tcp);
     let msg = Message::parse(&large.bytes).expect("valid");
