@@ -8,7 +8,7 @@ pub mod rtp_capture;
 pub mod sipp;
 
 use std::collections::HashMap;
-use std::net::{TcpListener, UdpSocket};
+use std::net::UdpSocket;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,12 +16,36 @@ use std::time::{Duration, Instant};
 
 static DIRS: AtomicUsize = AtomicUsize::new(0);
 
+/// Test ports come from 10000-29999, below the kernel's ephemeral range (32768-60999): no
+/// connection's source port can take one between a test choosing it and a far end binding it.
+/// Each test process walks its own cursor (started from its pid), so the tests of a process,
+/// running in parallel, never pick the same ports.
+const TEST_PORTS: std::ops::Range<u32> = 10_000..30_000;
+
+/// The first of `count` consecutive candidate ports, each call a fresh block.
+fn candidate_ports(count: u32) -> u16 {
+    static CURSOR: std::sync::OnceLock<std::sync::atomic::AtomicU32> = std::sync::OnceLock::new();
+    let span = TEST_PORTS.end - TEST_PORTS.start - count;
+    let cursor = CURSOR.get_or_init(|| {
+        std::sync::atomic::AtomicU32::new(std::process::id().wrapping_mul(7919) % span)
+    });
+    let offset = cursor.fetch_add(count, Ordering::Relaxed) % span;
+    (TEST_PORTS.start + offset) as u16
+}
+
+/// True when `port` can be bound on 127.0.0.1 for UDP and for TCP without SO_REUSEADDR (so a
+/// port with connections lingering in TIME_WAIT, which a far end could not bind, is not free).
+fn port_is_free(port: u16) -> bool {
+    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    UdpSocket::bind(address).is_ok()
+        && tokio::net::TcpSocket::new_v4().is_ok_and(|socket| socket.bind(address).is_ok())
+}
+
 /// A loopback port free for both UDP and TCP right now.
 pub fn free_udp_port() -> u16 {
     loop {
-        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind tcp");
-        let port = tcp.local_addr().expect("addr").port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+        let port = candidate_ports(1);
+        if port_is_free(port) {
             return port;
         }
     }
@@ -192,13 +216,13 @@ impl Drop for Sbc {
     }
 }
 
-/// A media port range for one test: ten ports from a free even port (one shard, so the first
+/// A media port range for one test: ten free ports from an even port (one shard, so the first
 /// call's ports are known: the callee side gets the first pair, the caller side the second).
 pub fn media_range() -> u16 {
     loop {
-        let port = free_udp_port();
-        let base = port - port % 2;
-        if base < 60000 && (base..base + 10).all(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok()) {
+        let base = candidate_ports(12);
+        let base = base + base % 2;
+        if (base..base + 10).all(port_is_free) {
             return base;
         }
     }
