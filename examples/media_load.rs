@@ -78,13 +78,14 @@ async fn main() {
     // Senders start once every stream's sockets are bound.
     let start = tokio::time::Instant::now() + Duration::from_millis(500);
     let deadline = start + Duration::from_secs(seconds);
+    let mut random = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
     for call in 0..calls {
         let caller = UdpSocket::bind("127.0.0.1:0").await.expect("caller");
         let callee = UdpSocket::bind("127.0.0.1:0").await.expect("callee");
         let a_local = FIRST_PORT + 4 * call;
         let b_local = a_local + 2;
-        let toward_callee = SrtpKey::generate(1, Suite::AesCm128HmacSha1_80).expect("key");
-        let from_callee = SrtpKey::generate(1, Suite::AesCm128HmacSha1_80).expect("key");
+        let toward_callee = SrtpKey::generate(&mut random, 1, Suite::AesCm128HmacSha1_80);
+        let from_callee = SrtpKey::generate(&mut random, 1, Suite::AesCm128HmacSha1_80);
         let side = |local: u16, remote: SocketAddr| Side {
             local,
             advertised: true,

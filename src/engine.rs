@@ -16,6 +16,8 @@ use crate::sip::transaction::{
 };
 use crate::sip::{parse_message, Framing, HeaderName, Message};
 use bytes::Bytes;
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -107,6 +109,19 @@ fn switch_via_to_tcp(request: &mut Message) {
     }
 }
 
+/// A ChaCha generator seeded from the operating system. Should the OS have no randomness to
+/// give (it always has on Linux), the seed comes from the standard library's per-process
+/// random hasher keys, and that is logged.
+fn os_seeded() -> StdRng {
+    StdRng::try_from_os_rng().unwrap_or_else(|err| {
+        tracing::error!("no randomness from the OS ({err}): seeding from the hasher's keys");
+        use std::hash::{BuildHasher, Hasher};
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u128(std::process::id().into());
+        StdRng::seed_from_u64(hasher.finish())
+    })
+}
+
 /// Hashes a Call-ID to a shard (FNV-1a). The dispatcher and the engine must agree on it: the
 /// engine picks B-leg Call-IDs that hash to its own shard so both legs of a call stay together.
 pub fn shard_for_call_id(call_id: &[u8], shards: usize) -> usize {
@@ -139,7 +154,9 @@ pub struct Engine {
     timer_seq: u64,
     transmits: VecDeque<Transmit>,
     next_id: u64,
-    rng: u64,
+    /// Tags, branches, Call-IDs and SRTP keys come from here (RFC 3261 §19.3: cryptographically
+    /// random tags).
+    pub(crate) random: StdRng,
     actions: Vec<TxnAction>,
     pub(crate) stats: EngineStats,
     /// This shard's media ports (when the profile anchors media).
@@ -152,12 +169,6 @@ impl Engine {
     /// An engine for shard `shard` of `shards`, running one rule-set version (a profile and
     /// its rules compiled for this shard).
     pub fn new(rules: Arc<RuleSet>, shard: usize, shards: usize) -> Engine {
-        let seed = {
-            use std::hash::{BuildHasher, Hasher};
-            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-            hasher.write_usize(shard);
-            hasher.finish() | 1
-        };
         let media_ports = rules
             .profile
             .media
@@ -180,7 +191,7 @@ impl Engine {
             timer_seq: 0,
             transmits: VecDeque::new(),
             next_id: 1,
-            rng: seed,
+            random: os_seeded(),
             actions: Vec::new(),
             stats: EngineStats::default(),
         }
@@ -405,11 +416,13 @@ impl Engine {
     }
 
     fn random(&mut self) -> u64 {
-        // xorshift64*: fast, and unpredictable enough for tags and branches.
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        self.random.next_u64()
+    }
+
+    /// Makes every random value from now on (tags, branches, Call-IDs, SRTP keys) follow
+    /// `seed`: the replay harness repeats a run byte for byte.
+    pub fn seed_random(&mut self, seed: u64) {
+        self.random = StdRng::seed_from_u64(seed);
     }
 
     /// A fresh tag.

@@ -1590,3 +1590,24 @@ fn a_call_whose_offer_cannot_be_anchored_is_refused_or_sent_unanchored_as_the_pr
     );
     assert_eq!(sim.engine.stats().media_failures, 1);
 }
+
+#[test]
+fn a_seeded_engine_repeats_its_tags_branches_call_ids_and_keys() {
+    let text = format!(
+        "media:\n  address: 127.0.0.1\n  ports: 30000-30099\n{}",
+        profile_text("    srtp: required\n")
+    );
+    let b_invite = |seed: u64| {
+        let mut sim = Sim::with_profile(&text);
+        sim.engine.seed_random(seed);
+        b_invite_transmit(&mut sim, "seed-1", "").bytes
+    };
+    let first = b_invite(42);
+    assert!(
+        String::from_utf8_lossy(&first).contains("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:"),
+        "{}",
+        String::from_utf8_lossy(&first)
+    );
+    assert_eq!(first, b_invite(42), "the same seed: the same bytes");
+    assert_ne!(first, b_invite(43));
+}

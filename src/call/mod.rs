@@ -2007,6 +2007,7 @@ impl Engine {
             leg == Leg::A,
             policy,
             pool,
+            &mut self.random,
             &advertise,
         ) {
             Ok(mut changed) => {

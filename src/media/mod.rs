@@ -337,11 +337,12 @@ impl std::fmt::Debug for SrtpKey {
 }
 
 impl SrtpKey {
-    /// A fresh random key from the operating system's CSPRNG.
-    pub fn generate(tag: u32, suite: Suite) -> Option<SrtpKey> {
+    /// A fresh key from a cryptographically secure generator (the engine's, seeded from the
+    /// operating system; the replay harness seeds it to repeat a run).
+    pub fn generate(random: &mut dyn rand::RngCore, tag: u32, suite: Suite) -> SrtpKey {
         let mut material = [0u8; 30];
-        getrandom::fill(&mut material).ok()?;
-        Some(SrtpKey::from_material(tag, suite, &material))
+        random.fill_bytes(&mut material);
+        SrtpKey::from_material(tag, suite, &material)
     }
 
     fn from_material(tag: u32, suite: Suite, material: &[u8; 30]) -> SrtpKey {
@@ -440,8 +441,6 @@ pub enum AnchorError {
     Bind(String),
     #[error("cannot write the SDP: {0}")]
     Sdp(String),
-    #[error("no randomness for an SRTP key")]
-    Random,
 }
 
 /// Anchors an SDP crossing to leg `to_a` (true: toward the caller): learns where the other leg
@@ -453,6 +452,7 @@ pub fn anchor(
     to_a: bool,
     (srtp, dscp): (SrtpPolicy, u8),
     pool: &mut PortPool,
+    random: &mut dyn rand::RngCore,
     advertise: &str,
 ) -> Result<Vec<usize>, AnchorError> {
     let sdp_error = |e: crate::sdp::SdpError| AnchorError::Sdp(e.to_string());
@@ -543,7 +543,7 @@ pub fn anchor(
             SrtpPolicy::Required => true,
             SrtpPolicy::Optional => from.remote_key.is_some() || to.remote_key.is_some(),
         };
-        terminate_srtp(media, to, secure)?;
+        terminate_srtp(media, to, secure, random)?;
         to.dscp = dscp;
         if to.local == 0 {
             to.local = pool.take()?;
@@ -574,7 +574,12 @@ pub fn anchor(
 /// Bridgehead's own keys toward a leg: the other leg's a=crypto never crosses; toward a secure
 /// leg the m= line says SAVP and carries Bridgehead's key (matching the leg's own offer when it
 /// made one), toward a plain leg AVP.
-fn terminate_srtp(media: &mut Media, to: &mut Side, secure: bool) -> Result<(), AnchorError> {
+fn terminate_srtp(
+    media: &mut Media,
+    to: &mut Side,
+    secure: bool,
+    random: &mut dyn rand::RngCore,
+) -> Result<(), AnchorError> {
     let sdp_error = |e: crate::sdp::SdpError| AnchorError::Sdp(e.to_string());
     media.remove_attribute("crypto");
     let feedback = if media.proto().ends_with('F') {
@@ -593,7 +598,7 @@ fn terminate_srtp(media: &mut Media, to: &mut Side, secure: bool) -> Result<(), 
         .map_or((1, Suite::AesCm128HmacSha1_80), |k| (k.tag, k.suite));
     let key = match to.local_key {
         Some(key) if (key.tag, key.suite) == wanted => key,
-        _ => SrtpKey::generate(wanted.0, wanted.1).ok_or(AnchorError::Random)?,
+        _ => SrtpKey::generate(random, wanted.0, wanted.1),
     };
     to.local_key = Some(key);
     media
@@ -618,6 +623,12 @@ fn rtcp_address(value: &str, rtp_ip: Option<IpAddr>) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::SeedableRng;
+
+    /// A seeded generator: keys repeat from run to run.
+    fn test_random() -> rand::rngs::StdRng {
+        rand::rngs::StdRng::seed_from_u64(7)
+    }
 
     const OFFER: &str = "v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\nm=audio 4000 RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000\r\na=rtcp:4005\r\nm=video 0 RTP/AVP 96\r\n";
 
@@ -650,6 +661,7 @@ mod tests {
             false,
             (SrtpPolicy::Off, 46),
             &mut pool,
+            &mut test_random(),
             "203.0.113.1",
         )
         .expect("anchors");
@@ -688,6 +700,7 @@ mod tests {
             true,
             (SrtpPolicy::Off, 46),
             &mut pool,
+            &mut test_random(),
             "203.0.113.1",
         )
         .expect("anchors");
@@ -712,6 +725,7 @@ mod tests {
             false,
             (SrtpPolicy::Off, 46),
             &mut pool,
+            &mut test_random(),
             "203.0.113.1",
         )
         .expect("anchors");
@@ -733,6 +747,7 @@ mod tests {
             false,
             (SrtpPolicy::Required, 46),
             &mut pool,
+            &mut test_random(),
             "203.0.113.1",
         )
         .expect("anchors");
@@ -756,6 +771,7 @@ mod tests {
             true,
             (SrtpPolicy::Off, 46),
             &mut pool,
+            &mut test_random(),
             "203.0.113.1",
         )
         .expect("anchors");
@@ -812,6 +828,7 @@ mod tests {
             false,
             policy,
             &mut pool,
+            &mut test_random(),
             "203.0.113.1",
         )
         .expect("offer");
@@ -824,6 +841,7 @@ mod tests {
             true,
             policy,
             &mut pool,
+            &mut test_random(),
             "203.0.113.1",
         )
         .expect("answer");
@@ -883,6 +901,7 @@ mod tests {
             false,
             (SrtpPolicy::Off, 46),
             &mut pool,
+            &mut test_random(),
             "203.0.113.1",
         );
         assert_eq!(result, Err(AnchorError::NoPorts));

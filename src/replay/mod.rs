@@ -215,6 +215,17 @@ struct Replay {
     last_call: Option<String>,
 }
 
+/// The seed of every replay: a scenario run twice sends the same bytes (tags, branches,
+/// Call-IDs, SRTP keys).
+pub const REPLAY_SEED: u64 = 0x6272_6964_6765;
+
+/// An engine for one replay: one shard, random values from [`REPLAY_SEED`].
+pub fn seeded_engine(rules: Arc<RuleSet>) -> Engine {
+    let mut engine = Engine::new(rules, 0, 1);
+    engine.seed_random(REPLAY_SEED);
+    engine
+}
+
 fn strings<E: ToString>(errors: &[E]) -> String {
     errors
         .iter()
@@ -245,7 +256,7 @@ impl Replay {
             dir,
             profile_path,
             profile,
-            engine: Engine::new(rules, 0, 1),
+            engine: seeded_engine(rules),
             metrics,
             version: 1,
             now: Instant::now(),

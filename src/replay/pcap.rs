@@ -105,7 +105,7 @@ pub fn replay_capture(
     }
     let rules = RuleSet::load(profile.clone(), 1, Arc::new(RuleMetrics::default()))
         .map_err(|e| super::strings(&e))?;
-    let mut engine = Engine::new(rules, 0, 1);
+    let mut engine = super::seeded_engine(rules);
     let start = Instant::now();
     let mut now = start;
     let mut out = String::new();
