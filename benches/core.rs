@@ -4,8 +4,9 @@
 
 use bridgehead::call::build::response_to;
 use bridgehead::config::{Profile, Transport};
-use bridgehead::engine::{Engine, Peer};
+use bridgehead::engine::Engine;
 use bridgehead::script::{Hook, HookArgs, HookCall, HookMessage, RuleMetrics, RuleSet, Rules};
+use bridgehead::shared::Peer;
 use bridgehead::sip::{HeaderName, Message};
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};

@@ -9,7 +9,7 @@
 
 use bridgehead::config::MediaConfig;
 use bridgehead::media::relay::Relay;
-use bridgehead::media::{MediaCommand, Side, SrtpKey, Stream, Suite};
+use bridgehead::media::{MediaCallId, MediaCommand, Side, SrtpKey, Stream, Suite};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -105,7 +105,10 @@ async fn main() {
             b,
         };
         relay.apply(MediaCommand::Stream {
-            call: u64::from(call),
+            call: MediaCallId {
+                shard: 0,
+                call: u64::from(call),
+            },
             stream: Box::new(stream),
         });
         let (caller, callee) = (Arc::new(caller), Arc::new(callee));

@@ -114,7 +114,7 @@ pub struct Trunk {
     /// offer in that provisional and play it ringback (media must be anchored).
     pub local_ringback: bool,
     /// The ringback tone plan played toward the trunk (default: the media section's).
-    pub ringback: Option<crate::media::player::TonePlan>,
+    pub ringback: Option<TonePlan>,
     /// Requests to this UDP trunk larger than this many bytes go over TCP instead (RFC 3261
     /// §18.1.1 names 1300 when the path MTU is unknown); `None` keeps them on UDP.
     pub tcp_above: Option<usize>,
@@ -216,7 +216,7 @@ struct RawMedia {
     #[serde(default = "default_rtp_timeout")]
     rtp_timeout: u32,
     #[serde(default)]
-    ringback: crate::media::player::TonePlan,
+    ringback: TonePlan,
     #[serde(default)]
     no_ports: NoPortsPolicy,
 }
@@ -252,9 +252,26 @@ pub struct MediaConfig {
     /// call is hung up; 0 turns it off.
     pub rtp_timeout: u32,
     /// The ringback cadence `call:play_ringback` plays.
-    pub ringback: crate::media::player::TonePlan,
+    pub ringback: TonePlan,
     /// What a new call whose offer cannot be anchored gets.
     pub no_ports: NoPortsPolicy,
+}
+
+/// A ringback tone plan (ITU-T E.180 Supplement 2, national tones).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TonePlan {
+    /// ITU-T E.180 / ETSI: 425 Hz, 1 s on, 4 s off (Germany and most of Europe).
+    #[default]
+    Itu,
+    /// North America: 440 + 480 Hz, 2 s on, 4 s off.
+    NorthAmerica,
+    /// United Kingdom: 400 + 450 Hz, 0.4 s on, 0.2 s off, 0.4 s on, 2 s off.
+    Uk,
+    /// France: 440 Hz, 1.5 s on, 3.5 s off.
+    France,
+    /// Japan: 400 Hz amplitude-modulated at 16 Hz, 1 s on, 2 s off.
+    Japan,
 }
 
 /// Resource limits of the rule engine.
@@ -373,7 +390,7 @@ struct RawTrunk {
     #[serde(default)]
     local_ringback: bool,
     #[serde(default)]
-    ringback: Option<crate::media::player::TonePlan>,
+    ringback: Option<TonePlan>,
     #[serde(default)]
     tcp_above: Option<usize>,
 }

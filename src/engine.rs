@@ -6,10 +6,12 @@
 //! driver must do now. The engine owns transactions, timers and calls; it never touches a
 //! socket, a clock or a file.
 
-use crate::call::{Call, CallKey, ClientOwner, Leg, ServerOwner};
-use crate::config::{ListenerId, Profile, Transport};
+use crate::call::{Call, CallKey, ClientOwner, ServerOwner};
+use crate::config::{Profile, Transport};
+use crate::media::{MediaCallId, MediaEvent};
 use crate::media::{MediaCommand, PortPool};
-use crate::script::{HookArgs, MediaEvent, RuleSet};
+use crate::script::{HookArgs, RuleSet};
+use crate::shared::{Leg, Peer, Transmit, TxnId};
 use crate::sip::header::{split_list, Via};
 use crate::sip::transaction::{
     ClientTransaction, ServerTransaction, TimerConfig, TimerKind, TxnAction,
@@ -20,32 +22,8 @@ use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
-
-/// Identifies a stream connection in the transport layer.
-pub type ConnId = u64;
-/// Identifies a transaction inside one engine.
-pub type TxnId = u64;
-
-/// Where a message came from, or where one goes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Peer {
-    pub listener: ListenerId,
-    pub transport: Transport,
-    pub addr: SocketAddr,
-    /// The stream connection a message arrived on (responses go back on it); `None` lets the
-    /// transport pick or open one.
-    pub conn: Option<ConnId>,
-}
-
-/// Bytes the driver must send.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Transmit {
-    pub peer: Peer,
-    pub bytes: Bytes,
-}
 
 /// Counters of what the engine did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -242,10 +220,9 @@ impl Engine {
 
     /// A media event the relay reported for a call (by its relay id); see
     /// [`Engine::handle_media_event`].
-    pub fn handle_relay_event(&mut self, call: u64, event: &MediaEvent, now: Instant) {
-        let key = call & ((1 << 48) - 1);
-        if call >> 48 == self.shard as u64 && self.calls.contains_key(&key) {
-            self.media_event(key, event, now);
+    pub fn handle_relay_event(&mut self, call: MediaCallId, event: &MediaEvent, now: Instant) {
+        if call.shard == self.shard && self.calls.contains_key(&call.call) {
+            self.media_event(call.call, event, now);
         }
     }
 
@@ -256,22 +233,24 @@ impl Engine {
         if let (MediaEvent::Quality { leg, mos, .. }, Some(call)) =
             (event, self.calls.get_mut(&key))
         {
-            call.mos[usize::from(*leg == "b")] = Some(*mos);
+            call.mos[leg.index()] = Some(*mos);
         }
         let heard = self.run_call_hook(key, crate::script::Hook::Media, HookArgs::Media(event));
         if let MediaEvent::Dtmf { leg, .. } = event {
-            let from = if *leg == "a" { Leg::A } else { Leg::B };
-            self.hand_on_digit(key, from, event, heard.digit_verdict, now);
+            self.hand_on_digit(key, *leg, event, heard.digit_verdict, now);
         }
         if let MediaEvent::RtpTimeout { leg, seconds } = event {
-            tracing::info!(leg, seconds, "no RTP: hanging up");
+            tracing::info!(leg = leg.name(), seconds, "no RTP: hanging up");
             self.hang_up(key, now);
         }
     }
 
     /// The relay's id of a call: unique across shards.
-    pub(crate) fn media_call_id(&self, key: CallKey) -> u64 {
-        ((self.shard as u64) << 48) | key
+    pub(crate) fn media_call_id(&self, key: CallKey) -> MediaCallId {
+        MediaCallId {
+            shard: self.shard,
+            call: key,
+        }
     }
 
     /// A media event (a DTMF digit, an RTP timeout, a quality report) for the call whose A-leg

@@ -9,5 +9,6 @@ pub mod replay;
 pub mod runtime;
 pub mod script;
 pub mod sdp;
+pub mod shared;
 pub mod sip;
 pub mod transport;

@@ -56,7 +56,7 @@ pub fn run(profile: Profile) -> anyhow::Result<()> {
         let shard_inputs = senders.clone();
         let events: crate::media::relay::EventSink = Arc::new(move |call, event| {
             // The relay id carries the shard that owns the call.
-            if let Some(shard) = shard_inputs.get((call >> 48) as usize) {
+            if let Some(shard) = shard_inputs.get(call.shard) {
                 let _ = shard.send(ShardInput::Media(call, event));
             }
         });

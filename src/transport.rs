@@ -4,7 +4,9 @@
 //! stream only needs [`spawn_stream`] with its reader and writer halves.
 
 use crate::config::{Listener, ListenerId, Profile, Transport, UnknownSources};
-use crate::engine::{shard_for_call_id, ConnId, Peer, Transmit};
+use crate::engine::shard_for_call_id;
+use crate::media::relay::mark_udp;
+use crate::shared::{tos, ConnId, Peer, Transmit};
 use crate::sip::{frame_stream, parse_message, Framing, HeaderName, Message, ParseError};
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
@@ -24,7 +26,7 @@ pub enum ShardInput {
     /// A new rule-set version for new calls.
     Reload(Arc<crate::script::RuleSet>),
     /// A media event from the relay, for a call by its relay id.
-    Media(u64, crate::script::MediaEvent),
+    Media(crate::media::MediaCallId, crate::media::MediaEvent),
     /// A message the transport could not send, and why.
     TransportError(Transmit, String),
 }
@@ -57,20 +59,6 @@ pub struct TransportStats {
     pub refused_over_limit: AtomicU64,
     /// Connections closed after `idle_timeout` without a complete message.
     pub closed_idle: AtomicU64,
-}
-
-/// The IP TOS / IPv6 traffic class byte of a DSCP.
-fn tos(dscp: u8) -> u32 {
-    u32::from(dscp) << 2
-}
-
-/// Marks what a UDP socket sends with a DSCP (IPv4 TOS or IPv6 traffic class).
-pub fn mark_udp(socket: &UdpSocket, dscp: u8) -> std::io::Result<()> {
-    if socket.local_addr()?.is_ipv4() {
-        socket.set_tos_v4(tos(dscp))
-    } else {
-        socket.set_tclass_v6(tos(dscp))
-    }
 }
 
 /// A TCP socket of the address's family, marked with a DSCP.

@@ -1,10 +1,14 @@
 //! Whole call flows through the sans-IO engine on virtual time: no sockets, no clock.
 
+use bridgehead::config::TonePlan;
 use bridgehead::config::{Profile, Transport};
-use bridgehead::engine::{Engine, Peer};
-use bridgehead::media::player::{Sound, TonePlan};
+use bridgehead::engine::Engine;
+use bridgehead::media::player::Sound;
 use bridgehead::media::MediaCommand;
-use bridgehead::script::{MediaEvent, RuleMetrics, RuleSet};
+use bridgehead::media::{DtmfMethod, MediaCallId, MediaEvent};
+use bridgehead::script::{RuleMetrics, RuleSet};
+use bridgehead::shared::Leg;
+use bridgehead::shared::Peer;
 use bridgehead::sip::{HeaderName, Message};
 use bytes::Bytes;
 use std::path::Path;
@@ -811,18 +815,18 @@ fn failover_routes_the_call_again_and_hooks_see_its_life() {
         1
     );
     // What the rules asked of the media plane, in order, for this call.
-    let plays: Vec<(bool, Sound)> = std::iter::from_fn(|| sim.engine.poll_media())
+    let plays: Vec<(Leg, Sound)> = std::iter::from_fn(|| sim.engine.poll_media())
         .filter_map(|command| match command {
-            MediaCommand::Play { to_a, sound, .. } => Some((to_a, sound)),
+            MediaCommand::Play { to, sound, .. } => Some((to, sound)),
             _ => None,
         })
         .collect();
     assert_eq!(
         plays,
         [
-            (true, Sound::Ringback(TonePlan::Itu)),
+            (Leg::A, Sound::Ringback(TonePlan::Itu)),
             (
-                false,
+                Leg::B,
                 Sound::Digits {
                     digits: "1#".into(),
                     duration_ms: 100
@@ -833,10 +837,10 @@ fn failover_routes_the_call_again_and_hooks_see_its_life() {
 
     // DTMF from the media plane reaches on_media.
     let dtmf = MediaEvent::Dtmf {
-        leg: "a",
+        leg: Leg::A,
         digit: '5',
         duration_ms: 120,
-        method: "rfc4733",
+        method: DtmfMethod::Rfc4733,
     };
     assert!(sim
         .engine
@@ -1132,10 +1136,10 @@ fn dtmf_is_converted_between_rfc4733_and_sip_info() {
 
     // An RFC 4733 digit from the core's media goes to Teams as SIP INFO.
     let digit = MediaEvent::Dtmf {
-        leg: "a",
+        leg: Leg::A,
         digit: '5',
         duration_ms: 120,
-        method: "rfc4733",
+        method: DtmfMethod::Rfc4733,
     };
     sim.engine.handle_relay_event(call, &digit, sim.now);
     let out = sim.sent();
@@ -1176,7 +1180,7 @@ Duration=160
         plays,
         [MediaCommand::Play {
             call,
-            to_a: true,
+            to: Leg::A,
             sound: Sound::Digits {
                 digits: "9".into(),
                 duration_ms: 160
@@ -1188,7 +1192,7 @@ Duration=160
 
 /// The relay id of the call the relay was last told about, and whether each side's RFC 4733
 /// events are held (caller's, callee's).
-fn held_events(sim: &mut Sim) -> (u64, (bool, bool)) {
+fn held_events(sim: &mut Sim) -> (MediaCallId, (bool, bool)) {
     std::iter::from_fn(|| sim.engine.poll_media())
         .filter_map(|command| match command {
             MediaCommand::Stream { call, stream } => {
@@ -1214,7 +1218,7 @@ return r
 /// An answered, anchored call between trunks with `core` and `teams` DTMF modes; returns the
 /// simulation, the relay's call id, the B-leg INVITE and what each side's stream holds back
 /// (caller's events, callee's events).
-fn dtmf_call(script: &str, core: &str, teams: &str) -> (Sim, u64, Message, (bool, bool)) {
+fn dtmf_call(script: &str, core: &str, teams: &str) -> (Sim, MediaCallId, Message, (bool, bool)) {
     let text = format!(
         "media:\n  address: 127.0.0.1\n  ports: 30000-30099\n{}",
         profile_with_script(
@@ -1229,7 +1233,7 @@ fn dtmf_call(script: &str, core: &str, teams: &str) -> (Sim, u64, Message, (bool
     (sim, call, b_invite, held)
 }
 
-fn digit(leg: &'static str, digit: char, method: &'static str) -> MediaEvent {
+fn digit(leg: Leg, digit: char, method: DtmfMethod) -> MediaEvent {
     MediaEvent::Dtmf {
         leg,
         digit,
@@ -1238,19 +1242,19 @@ fn digit(leg: &'static str, digit: char, method: &'static str) -> MediaEvent {
     }
 }
 
-/// What the relay was asked to play since the last look: (toward the caller, digits, ms).
-fn played(sim: &mut Sim) -> Vec<(bool, String, u32)> {
+/// What the relay was asked to play since the last look: (toward which leg, digits, ms).
+fn played(sim: &mut Sim) -> Vec<(Leg, String, u32)> {
     std::iter::from_fn(|| sim.engine.poll_media())
         .filter_map(|command| match command {
             MediaCommand::Play {
-                to_a,
+                to,
                 sound:
                     Sound::Digits {
                         digits,
                         duration_ms,
                     },
                 ..
-            } => Some((to_a, digits, duration_ms)),
+            } => Some((to, digits, duration_ms)),
             _ => None,
         })
         .collect()
@@ -1267,17 +1271,17 @@ fn dtmf_crosses_between_rfc4733_and_tones_both_ways() {
         "Teams' events toward the tone leg are held"
     );
     sim.engine
-        .handle_relay_event(call, &digit("a", '7', "inband"), sim.now);
+        .handle_relay_event(call, &digit(Leg::A, '7', DtmfMethod::Inband), sim.now);
     assert_eq!(
         played(&mut sim),
-        [(false, "7".into(), 140)],
+        [(Leg::B, "7".into(), 140)],
         "tones -> events"
     );
     sim.engine
-        .handle_relay_event(call, &digit("b", '3', "rfc4733"), sim.now);
+        .handle_relay_event(call, &digit(Leg::B, '3', DtmfMethod::Rfc4733), sim.now);
     assert_eq!(
         played(&mut sim),
-        [(true, "3".into(), 140)],
+        [(Leg::A, "3".into(), 140)],
         "events -> tones"
     );
     assert!(sim.sent().is_empty(), "no INFO");
@@ -1286,12 +1290,12 @@ fn dtmf_crosses_between_rfc4733_and_tones_both_ways() {
     let (mut sim, call, _, held) = dtmf_call(default, "rfc4733", "rfc4733");
     assert_eq!(held, (false, false));
     sim.engine
-        .handle_relay_event(call, &digit("a", '7', "rfc4733"), sim.now);
+        .handle_relay_event(call, &digit(Leg::A, '7', DtmfMethod::Rfc4733), sim.now);
     assert!(played(&mut sim).is_empty());
     // Both tones: they stay in the audio.
     let (mut sim, call, _, _) = dtmf_call(default, "inband", "inband");
     sim.engine
-        .handle_relay_event(call, &digit("a", '7', "inband"), sim.now);
+        .handle_relay_event(call, &digit(Leg::A, '7', DtmfMethod::Inband), sim.now);
     assert!(played(&mut sim).is_empty());
 }
 
@@ -1303,21 +1307,21 @@ fn rules_drop_or_change_digits_in_every_form() {
     assert_eq!(held, (true, true));
     for d in ['5', '1', '2'] {
         sim.engine
-            .handle_relay_event(call, &digit("a", d, "rfc4733"), sim.now);
+            .handle_relay_event(call, &digit(Leg::A, d, DtmfMethod::Rfc4733), sim.now);
     }
     assert_eq!(
         played(&mut sim),
-        [(false, "5".into(), 140), (false, "#".into(), 140)],
+        [(Leg::B, "5".into(), 140), (Leg::B, "#".into(), 140)],
         "1 dropped, 2 became #"
     );
 
     // Toward a SIP INFO trunk: the INFO carries the changed digit; a dropped one sends none.
     let (mut sim, call, _, _) = dtmf_call(&rules, "inband", "info");
     sim.engine
-        .handle_relay_event(call, &digit("a", '1', "inband"), sim.now);
+        .handle_relay_event(call, &digit(Leg::A, '1', DtmfMethod::Inband), sim.now);
     assert!(sim.sent().is_empty(), "dropped");
     sim.engine
-        .handle_relay_event(call, &digit("a", '2', "inband"), sim.now);
+        .handle_relay_event(call, &digit(Leg::A, '2', DtmfMethod::Inband), sim.now);
     let out = sim.sent();
     assert_eq!(summary(&out), [format!("INFO->{TEAMS_PEER}")]);
     assert_eq!(&out[0].1.body[..], b"Signal=#\r\nDuration=140\r\n");
@@ -1404,7 +1408,7 @@ fn local_ringback_answers_the_caller_in_the_180_and_the_200_repeats_it() {
         commands.iter().any(|c| matches!(
             c,
             MediaCommand::Play {
-                to_a: true,
+                to: Leg::A,
                 sound: Sound::Ringback(TonePlan::Uk),
                 ..
             }
@@ -1465,8 +1469,8 @@ fn rfc4733_digits_become_tones_toward_a_leg_without_telephone_event() {
     let (call, held) = held_events(&mut sim);
     assert_eq!(held, (true, false), "Teams took no telephone-event");
     sim.engine
-        .handle_relay_event(call, &digit("a", '8', "rfc4733"), sim.now);
-    assert_eq!(played(&mut sim), [(false, "8".into(), 140)]);
+        .handle_relay_event(call, &digit(Leg::A, '8', DtmfMethod::Rfc4733), sim.now);
+    assert_eq!(played(&mut sim), [(Leg::B, "8".into(), 140)]);
 }
 
 #[test]
@@ -1479,7 +1483,7 @@ fn without_media_a_changed_info_digit_goes_on_as_a_new_info() {
 
 /// A new call from the core; returns the B-leg INVITE as the engine would transmit it (peer,
 /// transport and bytes).
-fn b_invite_transmit(sim: &mut Sim, call_id: &str, extra: &str) -> bridgehead::engine::Transmit {
+fn b_invite_transmit(sim: &mut Sim, call_id: &str, extra: &str) -> bridgehead::shared::Transmit {
     let text = invite(call_id, &format!("z9hG4bK{call_id}"), extra);
     sim.engine.handle_datagram(
         Bytes::from(with_length(&text)),

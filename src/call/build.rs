@@ -14,32 +14,6 @@ pub const SUPPORTED: &str = "";
 /// Body types Bridgehead accepts.
 pub const ACCEPT: &str = "application/sdp";
 
-/// True for headers the B2BUA writes itself on each leg: they never cross from the other leg and
-/// rules cannot edit them directly.
-pub fn is_b2bua_owned(name: &HeaderName) -> bool {
-    matches!(
-        name,
-        HeaderName::Via
-            | HeaderName::From
-            | HeaderName::To
-            | HeaderName::CallId
-            | HeaderName::CSeq
-            | HeaderName::MaxForwards
-            | HeaderName::Contact
-            | HeaderName::Route
-            | HeaderName::RecordRoute
-            | HeaderName::ContentLength
-            | HeaderName::ContentType
-            | HeaderName::Supported
-            | HeaderName::Require
-            | HeaderName::ProxyRequire
-            | HeaderName::Unsupported
-            | HeaderName::Allow
-            | HeaderName::RSeq
-            | HeaderName::RAck
-    )
-}
-
 /// A response to `req`: Via, From, To (with `to_tag` added when To has none), Call-ID and CSeq
 /// copied from the request.
 pub fn response_to(
@@ -234,7 +208,7 @@ fn derived_request(invite: &Message, method: Method, to: Option<&Bytes>) -> Mess
 /// later, after the rules ran), and carries the body with its Content-Type.
 pub fn copy_crossing(from: &Message, to: &mut Message) {
     for header in &from.headers {
-        if !is_b2bua_owned(&header.name) {
+        if !header.name.is_b2bua_owned() {
             to.headers.push(header.clone());
         }
     }

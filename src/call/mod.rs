@@ -6,15 +6,14 @@
 
 pub mod build;
 
-pub use build::is_b2bua_owned;
-
 use crate::config::{HeaderPolicy, ScriptErrorPolicy, TrunkId};
-use crate::engine::{Engine, Peer, TxnId};
-use crate::media::MediaCommand;
+use crate::engine::Engine;
+use crate::media::{DtmfMethod, MediaCommand, MediaEvent};
 use crate::script::{
     CallEndInfo, Hook, HookArgs, HookCall, HookMessage, RouteDecision, RuleSet, ScriptId, SharedSdp,
 };
 use crate::sdp::Sdp;
+use crate::shared::{Leg, Peer, TxnId};
 use crate::sip::check::{check_request, check_response, RequestInfo};
 use crate::sip::header::split_list;
 use crate::sip::transaction::ClientState;
@@ -34,33 +33,6 @@ const MAX_ATTEMPTS: u8 = 5;
 
 /// Identifies a call inside one engine.
 pub type CallKey = u64;
-
-/// The two legs of a call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Leg {
-    /// Toward the caller.
-    A,
-    /// Toward the callee.
-    B,
-}
-
-impl Leg {
-    /// The other leg.
-    pub fn other(self) -> Leg {
-        match self {
-            Leg::A => Leg::B,
-            Leg::B => Leg::A,
-        }
-    }
-
-    /// "a" or "b", as rules see it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Leg::A => "a",
-            Leg::B => "b",
-        }
-    }
-}
 
 /// Who waits for a server transaction's outcome.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -231,7 +203,7 @@ fn carries_sdp(msg: &Message) -> bool {
 
 /// The DTMF digit a SIP INFO carries (`application/dtmf-relay`: `Signal=5`, `Duration=160`;
 /// `application/dtmf`: `5`), as a media event of the leg it came from.
-fn info_digit(msg: &Message, leg: Leg) -> Option<crate::script::MediaEvent> {
+fn info_digit(msg: &Message, leg: Leg) -> Option<MediaEvent> {
     let kind = msg
         .header_str(&HeaderName::ContentType)?
         .trim()
@@ -262,11 +234,11 @@ fn info_digit(msg: &Message, leg: Leg) -> Option<crate::script::MediaEvent> {
     if !crate::script::is_dtmf_digit(digit) {
         return None;
     }
-    Some(crate::script::MediaEvent::Dtmf {
-        leg: leg.name(),
+    Some(MediaEvent::Dtmf {
+        leg,
         digit,
         duration_ms: duration.unwrap_or(100),
-        method: "info",
+        method: DtmfMethod::Info,
     })
 }
 
@@ -339,7 +311,7 @@ fn is_target_refresh(method: &Method) -> bool {
 /// Removes the headers the policy does not let cross, unless a rule set them.
 fn apply_policy(msg: &mut Message, touched: &[HeaderName], policy: &HeaderPolicy) {
     msg.headers.retain(|h| {
-        is_b2bua_owned(&h.name) || touched.contains(&h.name) || policy.allows(h.name.as_str())
+        h.name.is_b2bua_owned() || touched.contains(&h.name) || policy.allows(h.name.as_str())
     });
 }
 
@@ -465,12 +437,12 @@ impl Engine {
         &mut self,
         key: CallKey,
         from: Leg,
-        event: &crate::script::MediaEvent,
+        event: &MediaEvent,
         verdict: crate::script::DigitVerdict,
         now: Instant,
     ) -> bool {
         use crate::config::DtmfMode;
-        let crate::script::MediaEvent::Dtmf {
+        let MediaEvent::Dtmf {
             digit,
             duration_ms,
             method,
@@ -492,13 +464,15 @@ impl Engine {
         let gets_it_anyway = match (method, mode, sides) {
             // No media to play into, or an INFO trunk: the INFO goes on, unless a rule
             // changed the digit.
-            ("info", _, None) | ("info", DtmfMode::Info, _) => !changed,
+            (DtmfMethod::Info, _, None) | (DtmfMethod::Info, DtmfMode::Info, _) => !changed,
             // A digit in media that is not anchored (a replay): only SIP INFO can carry it.
             (_, other, None) => other != DtmfMode::Info,
-            ("rfc4733", DtmfMode::Rfc4733, Some((from_side, _))) => !from_side.dtmf_held,
+            (DtmfMethod::Rfc4733, DtmfMode::Rfc4733, Some((from_side, _))) => !from_side.dtmf_held,
             // Tones stay in the audio; a leg without telephone-event has nothing else.
-            ("inband", DtmfMode::Inband, _) => true,
-            ("inband", DtmfMode::Rfc4733, Some((_, to_side))) => to_side.dtmf_pt.is_none(),
+            (DtmfMethod::Inband, DtmfMode::Inband, _) => true,
+            (DtmfMethod::Inband, DtmfMode::Rfc4733, Some((_, to_side))) => {
+                to_side.dtmf_pt.is_none()
+            }
             _ => false,
         };
         if gets_it_anyway {
@@ -557,7 +531,7 @@ impl Engine {
     fn play_sound(&mut self, key: CallKey, to: Leg, sound: crate::media::player::Sound) {
         self.media_commands.push_back(MediaCommand::Play {
             call: self.media_call_id(key),
-            to_a: to == Leg::A,
+            to,
             sound,
         });
     }
@@ -2004,7 +1978,7 @@ impl Engine {
         match crate::media::anchor(
             sdp,
             &mut call.streams,
-            leg == Leg::A,
+            leg,
             policy,
             pool,
             &mut self.random,

@@ -10,6 +10,7 @@ pub mod relay;
 
 use crate::config::{DtmfMode, SrtpPolicy};
 use crate::sdp::{Crypto, Media, Sdp};
+use crate::shared::Leg;
 use base64::Engine as _;
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
@@ -417,19 +418,87 @@ pub struct Stream {
     pub b: Side,
 }
 
+/// How a DTMF digit came.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DtmfMethod {
+    /// An RFC 4733 telephone-event in the RTP stream.
+    Rfc4733,
+    /// Tones detected in the G.711 audio.
+    Inband,
+    /// A SIP INFO.
+    Info,
+}
+
+impl DtmfMethod {
+    /// "rfc4733", "inband" or "info", as rules see it.
+    pub fn name(self) -> &'static str {
+        match self {
+            DtmfMethod::Rfc4733 => "rfc4733",
+            DtmfMethod::Inband => "inband",
+            DtmfMethod::Info => "info",
+        }
+    }
+}
+
+/// Something the media plane saw on a leg of a call: what `on_media` hears.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MediaEvent {
+    /// A DTMF digit ended (an RFC 4733 event, tones, or a SIP INFO).
+    Dtmf {
+        leg: Leg,
+        digit: char,
+        duration_ms: u32,
+        method: DtmfMethod,
+    },
+    /// No RTP arrived on a leg for `seconds`.
+    RtpTimeout { leg: Leg, seconds: u32 },
+    /// A leg's reception quality, from its RTCP reports.
+    Quality {
+        leg: Leg,
+        loss_percent: f64,
+        jitter_ms: f64,
+        /// Round trip between Bridgehead and the leg, when it could be timed.
+        rtt_ms: Option<f64>,
+        /// Estimated MOS (ITU-T G.107 E-model).
+        mos: f64,
+    },
+}
+
+impl MediaEvent {
+    /// The leg the event is about.
+    pub fn leg(&self) -> Leg {
+        match self {
+            MediaEvent::Dtmf { leg, .. }
+            | MediaEvent::RtpTimeout { leg, .. }
+            | MediaEvent::Quality { leg, .. } => *leg,
+        }
+    }
+}
+
+/// A call as the relay knows it: the shard that owns it and the call's key in that shard's
+/// engine. Media events come back to that shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MediaCallId {
+    pub shard: usize,
+    pub call: u64,
+}
+
 /// What the engine asks of the media plane.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MediaCommand {
     /// Relay this stream of a call (new, or with new addresses or keys).
-    Stream { call: u64, stream: Box<Stream> },
+    Stream {
+        call: MediaCallId,
+        stream: Box<Stream>,
+    },
     /// Play a sound toward one leg of a call (its first stream).
     Play {
-        call: u64,
-        to_a: bool,
+        call: MediaCallId,
+        to: Leg,
         sound: player::Sound,
     },
     /// The call is over: close its sockets.
-    Close { call: u64 },
+    Close { call: MediaCallId },
 }
 
 /// Why an SDP could not be anchored.
@@ -443,13 +512,13 @@ pub enum AnchorError {
     Sdp(String),
 }
 
-/// Anchors an SDP crossing to leg `to_a` (true: toward the caller): learns where the other leg
+/// Anchors an SDP crossing to leg `to`: learns where the other leg
 /// wants media (its addresses in this SDP), and points every media section at Bridgehead's
 /// ports facing the receiving leg. Returns the indexes of the streams that changed.
 pub fn anchor(
     sdp: &mut Sdp,
     streams: &mut Vec<Stream>,
-    to_a: bool,
+    to: Leg,
     (srtp, dscp): (SrtpPolicy, u8),
     pool: &mut PortPool,
     random: &mut dyn rand::RngCore,
@@ -496,10 +565,9 @@ pub fn anchor(
         );
         let stream = &mut streams[index];
         let before = *stream;
-        let (from, to) = if to_a {
-            (&mut stream.b, &mut stream.a)
-        } else {
-            (&mut stream.a, &mut stream.b)
+        let (from, to) = match to {
+            Leg::A => (&mut stream.b, &mut stream.a),
+            Leg::B => (&mut stream.a, &mut stream.b),
         };
         from.remote = remote;
         from.remote_rtcp = remote_rtcp;
@@ -658,7 +726,7 @@ mod tests {
         let changed = anchor(
             &mut offer,
             &mut streams,
-            false,
+            Leg::B,
             (SrtpPolicy::Off, 46),
             &mut pool,
             &mut test_random(),
@@ -697,7 +765,7 @@ mod tests {
         anchor(
             &mut answer,
             &mut streams,
-            true,
+            Leg::A,
             (SrtpPolicy::Off, 46),
             &mut pool,
             &mut test_random(),
@@ -722,7 +790,7 @@ mod tests {
         let changed = anchor(
             &mut again,
             &mut streams,
-            false,
+            Leg::B,
             (SrtpPolicy::Off, 46),
             &mut pool,
             &mut test_random(),
@@ -744,7 +812,7 @@ mod tests {
         anchor(
             &mut offer,
             &mut streams,
-            false,
+            Leg::B,
             (SrtpPolicy::Required, 46),
             &mut pool,
             &mut test_random(),
@@ -768,7 +836,7 @@ mod tests {
         anchor(
             &mut answer,
             &mut streams,
-            true,
+            Leg::A,
             (SrtpPolicy::Off, 46),
             &mut pool,
             &mut test_random(),
@@ -825,7 +893,7 @@ mod tests {
         anchor(
             &mut offer,
             &mut streams,
-            false,
+            Leg::B,
             policy,
             &mut pool,
             &mut test_random(),
@@ -838,7 +906,7 @@ mod tests {
         anchor(
             &mut answer,
             &mut streams,
-            true,
+            Leg::A,
             policy,
             &mut pool,
             &mut test_random(),
@@ -898,7 +966,7 @@ mod tests {
         let result = anchor(
             &mut offer,
             &mut Vec::new(),
-            false,
+            Leg::B,
             (SrtpPolicy::Off, 46),
             &mut pool,
             &mut test_random(),

@@ -2,25 +2,8 @@
 //! (RFC 4733 events when the leg takes telephone-event, tones in its G.711 audio otherwise).
 
 use super::dsp;
-use serde::Deserialize;
+use crate::config::TonePlan;
 use std::collections::VecDeque;
-
-/// A ringback tone plan (ITU-T E.180 Supplement 2, national tones).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TonePlan {
-    /// ITU-T E.180 / ETSI: 425 Hz, 1 s on, 4 s off (Germany and most of Europe).
-    #[default]
-    Itu,
-    /// North America: 440 + 480 Hz, 2 s on, 4 s off.
-    NorthAmerica,
-    /// United Kingdom: 400 + 450 Hz, 0.4 s on, 0.2 s off, 0.4 s on, 2 s off.
-    Uk,
-    /// France: 440 Hz, 1.5 s on, 3.5 s off.
-    France,
-    /// Japan: 400 Hz amplitude-modulated at 16 Hz, 1 s on, 2 s off.
-    Japan,
-}
 
 /// A tone plan's sound: frequencies (Hz) with their amplitudes (linear), and its cadence as
 /// (on, off) milliseconds, repeated.

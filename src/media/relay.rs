@@ -6,8 +6,9 @@
 
 use super::player::{Player, Sound, Step};
 use super::{dsp, quality, MediaCommand, PortBinder, Side, SrtpKey, Stream, Suite};
+use super::{DtmfMethod, MediaCallId, MediaEvent};
 use crate::config::{DtmfMode, MediaConfig};
-use crate::script::MediaEvent;
+use crate::shared::{tos, Leg};
 use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
@@ -38,8 +39,8 @@ pub struct RelayStats {
 struct Running {
     update: watch::Sender<Stream>,
     /// Sounds to play (queued until the task runs).
-    plays: mpsc::UnboundedSender<(bool, Sound)>,
-    queued: Option<mpsc::UnboundedReceiver<(bool, Sound)>>,
+    plays: mpsc::UnboundedSender<(Leg, Sound)>,
+    queued: Option<mpsc::UnboundedReceiver<(Leg, Sound)>>,
     task: Option<JoinHandle<()>>,
 }
 
@@ -57,14 +58,14 @@ impl Running {
 }
 
 /// Where the relay reports media events: the call's relay id and the event.
-pub type EventSink = Arc<dyn Fn(u64, MediaEvent) + Send + Sync>;
+pub type EventSink = Arc<dyn Fn(MediaCallId, MediaEvent) + Send + Sync>;
 
 /// The relay of one process.
 pub struct Relay {
     address: IpAddr,
     strict: bool,
     rtp_timeout: u32,
-    calls: Mutex<HashMap<u64, Vec<Running>>>,
+    calls: Mutex<HashMap<MediaCallId, Vec<Running>>>,
     events: EventSink,
     reserved: Reserved,
     pub stats: Arc<RelayStats>,
@@ -98,12 +99,12 @@ impl Relay {
     pub fn apply(&self, command: MediaCommand) {
         let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
         match command {
-            MediaCommand::Play { call, to_a, sound } => {
+            MediaCommand::Play { call, to, sound } => {
                 let streams = calls.entry(call).or_default();
                 if streams.is_empty() {
                     streams.push(Running::new());
                 }
-                let _ = streams[0].plays.send((to_a, sound));
+                let _ = streams[0].plays.send((to, sound));
             }
             MediaCommand::Close { call } => {
                 for running in calls.remove(&call).into_iter().flatten() {
@@ -184,13 +185,22 @@ impl PortBinder for ReservingBinder {
     }
 }
 
+/// Marks what a UDP socket sends with a DSCP (IPv4 TOS or IPv6 traffic class).
+pub fn mark_udp(socket: &UdpSocket, dscp: u8) -> std::io::Result<()> {
+    if socket.local_addr()?.is_ipv4() {
+        socket.set_tos_v4(tos(dscp))
+    } else {
+        socket.set_tclass_v6(tos(dscp))
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The sockets facing one leg, and what the relay saw of that leg.
-struct Leg {
-    name: &'static str,
+struct LegSockets {
+    leg: Leg,
     rtp: UdpSocket,
     rtcp: UdpSocket,
     /// The source of the leg's last RTP packet (symmetric RTP).
@@ -257,14 +267,14 @@ fn rekey(slot: &mut Option<(SrtpKey, Context)>, key: Option<SrtpKey>, decrypting
     }
 }
 
-impl Leg {
+impl LegSockets {
     /// The leg's sockets: the ones the pool bound for `port`, or freshly bound ones.
     async fn bind(
-        name: &'static str,
+        leg: Leg,
         address: IpAddr,
         port: u16,
         reserved: &Reserved,
-    ) -> std::io::Result<Leg> {
+    ) -> std::io::Result<LegSockets> {
         let held = lock(reserved).remove(&port);
         let (rtp, rtcp) = match held {
             Some((rtp, rtcp)) => (UdpSocket::from_std(rtp)?, UdpSocket::from_std(rtcp)?),
@@ -275,8 +285,8 @@ impl Leg {
                     .await?,
             ),
         };
-        Ok(Leg {
-            name,
+        Ok(LegSockets {
+            leg,
             rtp,
             rtcp,
             latched: None,
@@ -332,7 +342,7 @@ impl Leg {
         // One-way delay: half the round trip plus a jitter buffer of twice the jitter.
         let one_way = rtt_ms.unwrap_or(0.0) / 2.0 + 2.0 * jitter_ms;
         Some(MediaEvent::Quality {
-            leg: self.name,
+            leg: self.leg,
             loss_percent,
             jitter_ms,
             rtt_ms,
@@ -343,7 +353,7 @@ impl Leg {
     /// Marks what the relay sends toward the leg with its trunk's DSCP.
     fn mark(&self, dscp: u8) {
         for socket in [&self.rtp, &self.rtcp] {
-            if let Err(err) = crate::transport::mark_udp(socket, dscp) {
+            if let Err(err) = mark_udp(socket, dscp) {
                 tracing::warn!("media: cannot set DSCP {dscp}: {err}");
             }
         }
@@ -365,7 +375,7 @@ impl Leg {
         }
         self.timed_out = true;
         Some(MediaEvent::RtpTimeout {
-            leg: self.name,
+            leg: self.leg,
             seconds: timeout,
         })
     }
@@ -389,11 +399,11 @@ impl Leg {
         };
         let duration = u16::from_be_bytes([payload[2], payload[3]]);
         Some(MediaEvent::Dtmf {
-            leg: self.name,
+            leg: self.leg,
             digit,
             // telephone-event runs at 8 kHz.
             duration_ms: u32::from(duration) / 8,
-            method: "rfc4733",
+            method: DtmfMethod::Rfc4733,
         })
     }
 
@@ -412,10 +422,10 @@ impl Leg {
         self.pcm.extend(payload.iter().map(|b| decode(*b)));
         let (digit, duration_ms) = self.detector.push(&self.pcm)?;
         Some(MediaEvent::Dtmf {
-            leg: self.name,
+            leg: self.leg,
             digit,
             duration_ms,
-            method: "inband",
+            method: DtmfMethod::Inband,
         })
     }
 }
@@ -449,14 +459,14 @@ fn accepted(strict: bool, expected: Option<SocketAddr>, source: SocketAddr) -> b
 async fn relay_stream(
     settings: Settings,
     mut updates: watch::Receiver<Stream>,
-    mut plays: mpsc::UnboundedReceiver<(bool, Sound)>,
+    mut plays: mpsc::UnboundedReceiver<(Leg, Sound)>,
     stats: Arc<RelayStats>,
     report: Box<dyn Fn(MediaEvent) + Send + Sync>,
 ) {
     let stream = *updates.borrow_and_update();
     let (mut a, mut b) = match (
-        Leg::bind("a", settings.address, stream.a.local, &settings.reserved).await,
-        Leg::bind("b", settings.address, stream.b.local, &settings.reserved).await,
+        LegSockets::bind(Leg::A, settings.address, stream.a.local, &settings.reserved).await,
+        LegSockets::bind(Leg::B, settings.address, stream.b.local, &settings.reserved).await,
     ) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(err), _) | (_, Err(err)) => {
@@ -488,9 +498,12 @@ async fn relay_stream(
     loop {
         let playing = a.player.is_some() || b.player.is_some();
         let event = tokio::select! {
-            Some((to_a, sound)) = plays.recv() => {
+            Some((to, sound)) = plays.recv() => {
                 seed = seed.wrapping_mul(0x9e37_79b9).wrapping_add(1);
-                let leg = if to_a { &mut a } else { &mut b };
+                let leg = match to {
+                    Leg::A => &mut a,
+                    Leg::B => &mut b,
+                };
                 // Digits wait for the ones playing; anything else replaces what plays.
                 let replacing = match &mut leg.player {
                     Some(player) => player.queue(sound),
@@ -631,7 +644,7 @@ fn silence(packet: &mut [u8]) {
 
 /// Sends a comfort noise SID (RFC 3389) toward a leg that wants it and heard nothing for a
 /// while.
-async fn comfort_noise(leg: &mut Leg, side: &Side, stats: &RelayStats) {
+async fn comfort_noise(leg: &mut LegSockets, side: &Side, stats: &RelayStats) {
     let (Some(pt), true) = (side.cn_pt, side.comfort_noise) else {
         return;
     };
@@ -648,7 +661,7 @@ async fn comfort_noise(leg: &mut Leg, side: &Side, stats: &RelayStats) {
 }
 
 /// Sends the leg the next 20 ms of what Bridgehead plays it.
-async fn play(leg: &mut Leg, side: &Side, stats: &RelayStats) {
+async fn play(leg: &mut LegSockets, side: &Side, stats: &RelayStats) {
     let Some(player) = &mut leg.player else {
         return;
     };
@@ -670,7 +683,7 @@ async fn play(leg: &mut Leg, side: &Side, stats: &RelayStats) {
 
 /// Sends a packet Bridgehead made (a played sound, comfort noise) toward a leg: encrypted
 /// when the leg is SRTP, to where its media comes from.
-async fn send_own(leg: &mut Leg, side: &Side, packet: Vec<u8>, stats: &RelayStats) {
+async fn send_own(leg: &mut LegSockets, side: &Side, packet: Vec<u8>, stats: &RelayStats) {
     let Some(destination) = leg.latched.or(side.remote) else {
         return;
     };
@@ -695,8 +708,8 @@ async fn forward(
     packet: &[u8],
     source: SocketAddr,
     on_rtcp_port: bool,
-    (from, from_side): (&mut Leg, &Side),
-    (to, to_side): (&mut Leg, &Side),
+    (from, from_side): (&mut LegSockets, &Side),
+    (to, to_side): (&mut LegSockets, &Side),
     strict: bool,
     stats: &RelayStats,
 ) -> Option<MediaEvent> {
@@ -850,6 +863,9 @@ mod tests {
     use super::rtp_capture;
     use super::*;
 
+    /// The call the relay tests drive.
+    const TEST_CALL: MediaCallId = MediaCallId { shard: 0, call: 1 };
+
     /// An even loopback port free for RTP and RTCP right now.
     fn free_port_pair() -> u16 {
         loop {
@@ -900,7 +916,7 @@ mod tests {
         stream.a.remote = addr(&caller);
         stream.b.remote = addr(&callee);
         relay.apply(MediaCommand::Stream {
-            call: 1,
+            call: TEST_CALL,
             stream: Box::new(stream),
         });
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -914,14 +930,14 @@ mod tests {
         // A re-INVITE moves the callee: media goes to its new address at once.
         stream.b.remote = addr(&moved);
         relay.apply(MediaCommand::Stream {
-            call: 1,
+            call: TEST_CALL,
             stream: Box::new(stream),
         });
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         caller.send_to(&packet, toward_a).await.unwrap();
         assert!(heard(&moved).await, "at the new address");
         assert!(!heard(&callee).await, "not at the old one");
-        relay.apply(MediaCommand::Close { call: 1 });
+        relay.apply(MediaCommand::Close { call: TEST_CALL });
     }
 
     #[test]
@@ -972,9 +988,14 @@ mod tests {
             remote: Some("192.0.2.1:4000".parse().unwrap()),
             ..side_with_dtmf(101)
         };
-        let mut leg = Leg::bind("a", "127.0.0.1".parse().unwrap(), 0, &Reserved::default())
-            .await
-            .expect("bind");
+        let mut leg = LegSockets::bind(
+            Leg::A,
+            "127.0.0.1".parse().unwrap(),
+            0,
+            &Reserved::default(),
+        )
+        .await
+        .expect("bind");
         leg.learn_payload_types(&side, &Side::default());
         let event = |end: bool, ts: u8| {
             vec![
@@ -1001,10 +1022,10 @@ mod tests {
         assert_eq!(
             digit,
             Some(MediaEvent::Dtmf {
-                leg: "a",
+                leg: Leg::A,
                 digit: '#',
                 duration_ms: 100,
-                method: "rfc4733",
+                method: DtmfMethod::Rfc4733,
             })
         );
         assert_eq!(leg.digit(&event(true, 1)), None, "retransmitted end");
@@ -1026,7 +1047,7 @@ mod tests {
         assert_eq!(
             leg.timeout(&side, 1),
             Some(MediaEvent::RtpTimeout {
-                leg: "a",
+                leg: Leg::A,
                 seconds: 1
             })
         );
@@ -1077,9 +1098,14 @@ mod tests {
             dtmf: DtmfMode::Inband,
             ..side_with_dtmf(101)
         };
-        let mut leg = Leg::bind("a", "127.0.0.1".parse().unwrap(), 0, &Reserved::default())
-            .await
-            .expect("bind");
+        let mut leg = LegSockets::bind(
+            Leg::A,
+            "127.0.0.1".parse().unwrap(),
+            0,
+            &Reserved::default(),
+        )
+        .await
+        .expect("bind");
         leg.learn_payload_types(&side, &Side::default());
         let digits: String = packets
             .iter()
@@ -1090,9 +1116,14 @@ mod tests {
             })
             .collect();
         assert_eq!(digits, "2013785496");
-        let mut leg = Leg::bind("a", "127.0.0.1".parse().unwrap(), 0, &Reserved::default())
-            .await
-            .expect("bind");
+        let mut leg = LegSockets::bind(
+            Leg::A,
+            "127.0.0.1".parse().unwrap(),
+            0,
+            &Reserved::default(),
+        )
+        .await
+        .expect("bind");
         let inband: String = packets
             .iter()
             .filter_map(|p| leg.inband_digit(p, &side))

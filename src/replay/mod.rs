@@ -7,10 +7,12 @@ pub mod pcap;
 pub mod scenario;
 
 use crate::config::{Profile, TrunkId};
-use crate::engine::{Engine, Peer};
+use crate::engine::Engine;
+use crate::media::{DtmfMethod, MediaEvent};
 use crate::script::reload;
-use crate::script::{MediaEvent, RuleMetrics, RuleSet};
+use crate::script::{RuleMetrics, RuleSet};
 use crate::sdp::Sdp;
+use crate::shared::{Leg, Peer};
 use crate::sip::header::{param, NameAddr};
 use crate::sip::{HeaderName, Message, StartLine};
 use bytes::Bytes;
@@ -303,11 +305,8 @@ impl Replay {
                     .clone()
                     .ok_or("no call yet for the media event")?,
             };
-            let leg = match media.leg.as_deref().unwrap_or("a") {
-                "a" => "a",
-                "b" => "b",
-                other => return Err(format!("leg must be a or b, not '{other}'")),
-            };
+            let leg = media.leg.as_deref().unwrap_or("a");
+            let leg = Leg::from_name(leg).ok_or(format!("leg must be a or b, not '{leg}'"))?;
             let event = match media.kind.as_str() {
                 "dtmf" => MediaEvent::Dtmf {
                     leg,
@@ -318,8 +317,8 @@ impl Replay {
                         .ok_or("a dtmf event needs a digit")?,
                     duration_ms: media.duration.unwrap_or(100),
                     method: match media.method.as_deref().unwrap_or("rfc4733") {
-                        "rfc4733" => "rfc4733",
-                        "inband" => "inband",
+                        "rfc4733" => DtmfMethod::Rfc4733,
+                        "inband" => DtmfMethod::Inband,
                         other => {
                             return Err(format!(
                                 "a dtmf method is rfc4733 or inband (send a SIP INFO for info), not '{other}'"

@@ -3,8 +3,9 @@
 
 use super::capture::{read_capture, CapturedSip};
 use crate::config::{Profile, TrunkId};
-use crate::engine::{Engine, Peer};
+use crate::engine::Engine;
 use crate::script::{RuleMetrics, RuleSet};
+use crate::shared::Peer;
 use crate::sip::{Message, StartLine};
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};

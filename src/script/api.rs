@@ -2,8 +2,8 @@
 
 use super::sandbox::read_only;
 use super::RuleMetrics;
-use crate::call::is_b2bua_owned;
 use crate::config::{Profile, TrunkId};
+use crate::media::MediaEvent;
 use crate::sip::header::{is_token_char, split_list, NameAddr};
 use crate::sip::uri::{Scheme, Uri};
 use crate::sip::{Header, HeaderName, Message, StartLine};
@@ -311,78 +311,41 @@ impl UserData for HookCall {
     }
 }
 
-/// A media event for `on_media`.
-#[derive(Clone, Debug, PartialEq)]
-pub enum MediaEvent {
-    /// An RFC 4733 DTMF digit (or one received as SIP INFO) ended.
-    Dtmf {
-        leg: &'static str,
-        digit: char,
-        duration_ms: u32,
-        /// How it came: "rfc4733", "inband" or "info".
-        method: &'static str,
-    },
-    /// No RTP arrived on a leg for `seconds`.
-    RtpTimeout { leg: &'static str, seconds: u32 },
-    /// A leg's reception quality, from its RTCP reports.
-    Quality {
-        leg: &'static str,
-        loss_percent: f64,
-        jitter_ms: f64,
-        /// Round trip between Bridgehead and the leg, when it could be timed.
-        rtt_ms: Option<f64>,
-        /// Estimated MOS (ITU-T G.107 E-model).
-        mos: f64,
-    },
-}
-
-impl MediaEvent {
-    /// The leg the event is about.
-    pub fn leg(&self) -> &'static str {
-        match self {
-            MediaEvent::Dtmf { leg, .. }
-            | MediaEvent::RtpTimeout { leg, .. }
-            | MediaEvent::Quality { leg, .. } => leg,
+/// A media event as `on_media` sees it: `{kind, leg, ...}` with the leg and method as strings.
+pub(super) fn media_event_table(lua: &Lua, event: &MediaEvent) -> mlua::Result<Table> {
+    let table = lua.create_table()?;
+    table.raw_set("leg", event.leg().name())?;
+    match event {
+        MediaEvent::Dtmf {
+            digit,
+            duration_ms,
+            method,
+            ..
+        } => {
+            table.raw_set("kind", "dtmf")?;
+            table.raw_set("digit", digit.to_string())?;
+            table.raw_set("duration", *duration_ms)?;
+            table.raw_set("method", method.name())?;
+        }
+        MediaEvent::RtpTimeout { seconds, .. } => {
+            table.raw_set("kind", "rtp_timeout")?;
+            table.raw_set("seconds", *seconds)?;
+        }
+        MediaEvent::Quality {
+            loss_percent,
+            jitter_ms,
+            rtt_ms,
+            mos,
+            ..
+        } => {
+            table.raw_set("kind", "quality")?;
+            table.raw_set("loss", *loss_percent)?;
+            table.raw_set("jitter", *jitter_ms)?;
+            table.raw_set("rtt", *rtt_ms)?;
+            table.raw_set("mos", *mos)?;
         }
     }
-
-    pub(super) fn to_lua(&self, lua: &Lua) -> mlua::Result<Table> {
-        let table = lua.create_table()?;
-        match self {
-            MediaEvent::Dtmf {
-                leg,
-                digit,
-                duration_ms,
-                method,
-            } => {
-                table.raw_set("kind", "dtmf")?;
-                table.raw_set("leg", *leg)?;
-                table.raw_set("digit", digit.to_string())?;
-                table.raw_set("duration", *duration_ms)?;
-                table.raw_set("method", *method)?;
-            }
-            MediaEvent::RtpTimeout { leg, seconds } => {
-                table.raw_set("kind", "rtp_timeout")?;
-                table.raw_set("leg", *leg)?;
-                table.raw_set("seconds", *seconds)?;
-            }
-            MediaEvent::Quality {
-                leg,
-                loss_percent,
-                jitter_ms,
-                rtt_ms,
-                mos,
-            } => {
-                table.raw_set("kind", "quality")?;
-                table.raw_set("leg", *leg)?;
-                table.raw_set("loss", *loss_percent)?;
-                table.raw_set("jitter", *jitter_ms)?;
-                table.raw_set("rtt", *rtt_ms)?;
-                table.raw_set("mos", *mos)?;
-            }
-        }
-        Ok(table)
-    }
+    Ok(table)
 }
 
 /// How a call ended, for `on_call_end`.
@@ -703,7 +666,7 @@ fn header_name(name: &[u8]) -> mlua::Result<HeaderName> {
         )));
     }
     let name = HeaderName::parse(name);
-    if is_b2bua_owned(&name) {
+    if name.is_b2bua_owned() {
         return Err(mlua::Error::runtime(format!(
             "header {} is owned by the B2BUA and cannot be edited",
             name.as_str()
@@ -866,7 +829,7 @@ impl UserData for HookMessage {
             let mut removed = 0;
             with_regex(lua, &regex, |re| {
                 m.msg.headers.retain(|h| {
-                    let matches = !is_b2bua_owned(&h.name)
+                    let matches = !h.name.is_b2bua_owned()
                         && re.is_match(&h.name.as_str().to_ascii_lowercase());
                     removed += usize::from(matches);
                     !matches

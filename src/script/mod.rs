@@ -16,13 +16,13 @@ mod sdp_api;
 pub mod unit;
 
 pub use api::{
-    is_dtmf_digit, CallEndInfo, DigitVerdict, HookCall, HookMessage, MediaAction, MediaEvent,
-    RouteDecision,
+    is_dtmf_digit, CallEndInfo, DigitVerdict, HookCall, HookMessage, MediaAction, RouteDecision,
 };
 pub use sandbox::BUDGET_EXCEEDED;
 pub use sdp_api::SharedSdp;
 
 use crate::config::{Profile, TrunkId};
+use crate::media::MediaEvent;
 use mlua::{Function, Lua, Table, Value};
 use sandbox::{Budget, Modules};
 use std::collections::{BTreeMap, HashMap};
@@ -314,7 +314,7 @@ impl HookArgs<'_> {
         match self {
             HookArgs::Message(msg) => Some(msg.leg),
             HookArgs::Sdp { leg, .. } => Some(leg),
-            HookArgs::Media(event) => Some(event.leg()),
+            HookArgs::Media(event) => Some(event.leg().name()),
             HookArgs::CallEnd(_) => None,
         }
     }
@@ -450,7 +450,8 @@ impl Rules {
                     function.call::<()>((call, sdp_api::LuaSdp(sdp), ctx))
                 }
                 HookArgs::Media(event) => {
-                    let returned: Value = function.call((call, event.to_lua(&self.lua)?))?;
+                    let returned: Value =
+                        function.call((call, api::media_event_table(&self.lua, event)?))?;
                     if matches!(event, MediaEvent::Dtmf { .. }) {
                         verdict = api::DigitVerdict::from_lua(&returned)?;
                     }

@@ -906,10 +906,10 @@ fn on_media_returns_a_verdict_on_each_digit() {
     let verdict = |digit: char| {
         let mut call = call(&rules);
         let event = MediaEvent::Dtmf {
-            leg: "a",
+            leg: crate::shared::Leg::A,
             digit,
             duration_ms: 100,
-            method: "rfc4733",
+            method: crate::media::DtmfMethod::Rfc4733,
         };
         let result = rules.run(
             rules.script_of(0),
@@ -931,7 +931,7 @@ fn on_media_returns_a_verdict_on_each_digit() {
     // Other events' return values mean nothing.
     let mut call = call(&rules);
     let timeout = MediaEvent::RtpTimeout {
-        leg: "a",
+        leg: crate::shared::Leg::A,
         seconds: 5,
     };
     let result = rules.run(

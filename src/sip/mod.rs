@@ -247,6 +247,32 @@ impl HeaderName {
         }
     }
 
+    /// True for headers the B2BUA writes itself on each leg: they never cross from the other leg and
+    /// rules cannot edit them directly.
+    pub fn is_b2bua_owned(&self) -> bool {
+        matches!(
+            self,
+            HeaderName::Via
+                | HeaderName::From
+                | HeaderName::To
+                | HeaderName::CallId
+                | HeaderName::CSeq
+                | HeaderName::MaxForwards
+                | HeaderName::Contact
+                | HeaderName::Route
+                | HeaderName::RecordRoute
+                | HeaderName::ContentLength
+                | HeaderName::ContentType
+                | HeaderName::Supported
+                | HeaderName::Require
+                | HeaderName::ProxyRequire
+                | HeaderName::Unsupported
+                | HeaderName::Allow
+                | HeaderName::RSeq
+                | HeaderName::RAck
+        )
+    }
+
     /// True when `other` names this header (case-insensitive, compact forms expanded).
     pub fn matches(&self, other: &str) -> bool {
         *self == HeaderName::parse(other)
