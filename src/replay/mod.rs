@@ -364,7 +364,8 @@ impl Replay {
                 }
                 Ok(_) => return Err(format!("{}: reload was expected to fail", path.display())),
                 Err(errors) if !reload.fails => {
-                    return Err(format!("reload refused:\n{}", errors.join("\n")))
+                    let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                    return Err(format!("reload refused:\n{}", lines.join("\n")));
                 }
                 Err(_) => {}
             }

@@ -5,11 +5,39 @@
 //! running (listeners, the number of shards) is reported as needing a restart and kept as it
 //! runs; trunks, peers, routes, header policies, scripts and limits take effect for new calls.
 
+use super::ScriptError;
 use super::{RuleMetrics, RuleSet};
-use crate::config::Profile;
+use crate::config::{ConfigError, Profile};
 use notify::{EventKind, RecursiveMode, Watcher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// Why a new version was refused (the running one stays). Each says its place:
+/// `file:line: message`.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The profile does not load.
+    #[error("{0}")]
+    Profile(ConfigError),
+    /// A trunk names a running listener that lacks its transport.
+    #[error("{}: trunk '{trunk}': running listener '{listener}' has no {transport:?} transport (restart to change listeners)", profile.display())]
+    ListenerTransport {
+        profile: PathBuf,
+        trunk: String,
+        listener: String,
+        transport: crate::config::Transport,
+    },
+    /// A trunk names a listener that is not running.
+    #[error("{}: trunk '{trunk}' uses listener '{listener}', which is not running (restart to add listeners)", profile.display())]
+    ListenerNotRunning {
+        profile: PathBuf,
+        trunk: String,
+        listener: String,
+    },
+    /// A script does not compile.
+    #[error("{0}")]
+    Script(ScriptError),
+}
 
 /// A compiled version, one rule set per shard, and what it could not apply live.
 pub struct Compiled {
@@ -26,8 +54,13 @@ pub fn compile(
     shards: usize,
     version: u64,
     metrics: &Arc<RuleMetrics>,
-) -> Result<Compiled, Vec<String>> {
-    let mut profile = Profile::load(path).map_err(|errors| strings(&errors))?;
+) -> Result<Compiled, Vec<ReloadError>> {
+    let mut profile = Profile::load(path).map_err(|errors| {
+        errors
+            .into_iter()
+            .map(ReloadError::Profile)
+            .collect::<Vec<_>>()
+    })?;
     let mut restart_needed = Vec::new();
     for listener in &profile.listeners {
         match running.listeners.iter().find(|l| l.name == listener.name) {
@@ -51,22 +84,20 @@ pub fn compile(
             Some(index) => {
                 let running_listener = &running.listeners[index];
                 if !running_listener.transports.contains(&trunk.transport) {
-                    errors.push(format!(
-                        "{}: trunk '{}': running listener '{}' has no {:?} transport (restart to change listeners)",
-                        path.display(),
-                        trunk.name,
-                        name,
-                        trunk.transport
-                    ));
+                    errors.push(ReloadError::ListenerTransport {
+                        profile: path.to_path_buf(),
+                        trunk: trunk.name.clone(),
+                        listener: name.clone(),
+                        transport: trunk.transport,
+                    });
                 }
                 trunk.listener = index;
             }
-            None => errors.push(format!(
-                "{}: trunk '{}' uses listener '{}', which is not running (restart to add listeners)",
-                path.display(),
-                trunk.name,
-                name
-            )),
+            None => errors.push(ReloadError::ListenerNotRunning {
+                profile: path.to_path_buf(),
+                trunk: trunk.name.clone(),
+                listener: name.clone(),
+            }),
         }
     }
     if !errors.is_empty() {
@@ -85,17 +116,18 @@ pub fn compile(
     let mut sets = Vec::with_capacity(shards);
     for _ in 0..shards {
         sets.push(
-            RuleSet::load(profile.clone(), version, metrics.clone()).map_err(|e| strings(&e))?,
+            RuleSet::load(profile.clone(), version, metrics.clone()).map_err(|errors| {
+                errors
+                    .into_iter()
+                    .map(ReloadError::Script)
+                    .collect::<Vec<_>>()
+            })?,
         );
     }
     Ok(Compiled {
         shards: sets,
         restart_needed,
     })
-}
-
-fn strings<E: ToString>(errors: &[E]) -> Vec<String> {
-    errors.iter().map(ToString::to_string).collect()
 }
 
 /// Directories to watch for a profile: its own, and each script's (recursively, for modules).
