@@ -252,6 +252,67 @@ fn one_side_of_a_capture_replays_as_a_call_flow() {
 }
 
 #[test]
+fn a_capture_with_ip_fragments_replays_the_reassembled_invite() {
+    use bridgehead::replay::pcap::{replay_capture, TrunkSide};
+    let capture = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/pcap/sip-fragmented-udp.pcap"
+    ));
+    let profile = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/replay/profile.yaml"
+    ));
+    // The caller's side, over IPv4 and IPv6: each INVITE (3.2 KB, three IP fragments on the
+    // wire) is fed whole and answered.
+    let sides = [
+        TrunkSide::parse("core=10.99.0.1").expect("side"),
+        TrunkSide::parse("core=[fd00:99::1]").expect("side"),
+    ];
+    let flow = replay_capture(capture, profile, &sides, true).expect("replays");
+    // Each message with the lines `-v` prints of it.
+    let mut messages: Vec<(&str, String)> = Vec::new();
+    for line in flow.lines() {
+        match (line.trim_start().strip_prefix("| "), messages.last_mut()) {
+            (Some(text), Some((_, body))) => {
+                body.push_str(text);
+                body.push('\n');
+            }
+            _ => messages.push((line, String::new())),
+        }
+    }
+    let heads: Vec<&str> = messages.iter().map(|(head, _)| head.trim_start()).collect();
+    assert_eq!(
+        heads[..4],
+        [
+            "0.000  core     -> SBC       INVITE sip:+4930987654@10.99.0.2:5060",
+            "0.000  SBC      -> core      100 Trying",
+            "0.000  SBC      -> teams     INVITE sip:+4930987654@127.0.0.1:5080",
+            "0.023  core     -> SBC       ACK sip:+4930987654@10.99.0.2:5060",
+        ],
+        "{flow}"
+    );
+    assert_eq!(
+        heads[4..7],
+        [
+            "0.402  core     -> SBC       INVITE sip:+4930987654@[fd00:99::2]:5060",
+            "0.402  SBC      -> core      100 Trying",
+            "0.402  SBC      -> teams     INVITE sip:+4930987654@127.0.0.1:5080",
+        ],
+        "{flow}"
+    );
+    // The INVITEs fed and forwarded are whole: the SDP's last line came in the last fragment.
+    for at in [0, 2, 4, 6] {
+        let (head, body) = &messages[at];
+        assert!(
+            body.contains("Content-Type: application/sdp\n"),
+            "{head}:\n{body}"
+        );
+        assert!(body.len() > 3_000, "{head}:\n{body}");
+        assert!(body.ends_with("a=x-end-of-large-sdp\n"), "{head}:\n{body}");
+    }
+}
+
+#[test]
 fn replay_profile_replaces_the_scenarios_own_profile() {
     let dir = scratch("candidate");
     // A candidate rule set that stamps INVITEs toward Teams, and a candidate profile using it.

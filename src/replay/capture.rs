@@ -13,8 +13,14 @@
 //!   and SLL2 (276), raw IP (101, 228, 229) and BSD loopback (0 and 108). Frames of other link
 //!   types are skipped; when no frame at all had a supported link type the capture is an error
 //!   naming the link type.
-//! - IPv4 and IPv6 (with extension headers), UDP and TCP. IP fragments are skipped: there is no
-//!   IP reassembly, so a UDP message fragmented by IP is not found.
+//! - IPv4 and IPv6 (with extension headers), UDP and TCP.
+//! - IP fragments (IPv4, and IPv6 fragment headers) are reassembled with etherparse's
+//!   [`IpDefragPool`], whatever order they come in; overlapping and repeated fragments are
+//!   merged. A reassembled datagram's time is that of the fragment that completed it. At most
+//!   [`MAX_REASSEMBLIES`] datagrams are put together at once (the one that has waited longest is
+//!   dropped to make room), and a datagram still missing fragments [`REASSEMBLY_TIMEOUT`] after
+//!   its last one, or at the end of the capture, is dropped; the dropped ones are counted and
+//!   named in a warning.
 //! - UDP: a datagram whose payload starts with a SIP start line is one message; keep-alive CRLFs,
 //!   RTP, STUN and everything else are ignored.
 //! - TCP: each direction of each connection is reassembled in sequence order (duplicates and
@@ -33,13 +39,18 @@
 use crate::config::Transport;
 use crate::sip;
 use bytes::{Buf, Bytes, BytesMut};
-use etherparse::{EtherType, NetSlice, SlicedPacket, TransportSlice};
+use etherparse::defrag::{IpDefragPayloadVec, IpDefragPool};
+use etherparse::{
+    EtherType, IpFragOffset, IpNumber, Ipv6ExtensionSlice, Ipv6FragmentHeader, NetSlice,
+    SlicedPacket, TcpSlice, TransportSlice, UdpSlice,
+};
 use pcap_file::pcap::PcapReader;
 use pcap_file::pcapng::blocks::interface_description::{
     InterfaceDescriptionBlock, InterfaceDescriptionOption,
 };
 use pcap_file::pcapng::{Block, PcapNgReader};
 use pcap_file::{DataLink, Endianness, PcapError, TsResolution};
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -109,8 +120,16 @@ struct Stats {
     /// UDP datagrams and TCP segments decoded.
     udp: u64,
     tcp: u64,
-    /// IP fragments skipped.
+    /// IP fragments seen.
     fragments: u64,
+    /// Datagrams reassembled from IP fragments.
+    reassembled: u64,
+    /// Fragmented datagrams dropped with fragments missing (timed out, pushed out by newer
+    /// ones, or unfinished at the end of the capture).
+    unfinished: u64,
+    /// Fragments refused by the reassembly: a length that is not a multiple of 8 before the
+    /// last fragment, an end past 64 KiB, or an end that contradicts another fragment's.
+    bad_fragments: u64,
     /// The first link type met that is not supported.
     unsupported: Option<DataLink>,
 }
@@ -153,7 +172,7 @@ fn read_with_stats(path: &Path) -> Result<(Vec<CapturedSip>, Stats), CaptureErro
             })
         }
     }
-    let stats = &extractor.stats;
+    let (messages, stats) = extractor.finish();
     tracing::debug!(
         path = %path.display(),
         packets = stats.packets,
@@ -161,6 +180,7 @@ fn read_with_stats(path: &Path) -> Result<(Vec<CapturedSip>, Stats), CaptureErro
         udp = stats.udp,
         tcp = stats.tcp,
         fragments = stats.fragments,
+        reassembled = stats.reassembled,
         "capture read"
     );
     if stats.supported == 0 {
@@ -171,7 +191,17 @@ fn read_with_stats(path: &Path) -> Result<(Vec<CapturedSip>, Stats), CaptureErro
             });
         }
     }
-    Ok(extractor.finish())
+    if stats.unfinished > 0 || stats.bad_fragments > 0 {
+        tracing::warn!(
+            "{}: skipped {} IP-fragmented datagram(s) with fragments missing and {} malformed \
+             fragment(s); {} datagram(s) reassembled",
+            path.display(),
+            stats.unfinished,
+            stats.bad_fragments,
+            stats.reassembled
+        );
+    }
+    Ok((messages, stats))
 }
 
 fn read_pcap(path: &Path, file: File, extractor: &mut Extractor) -> Result<(), CaptureError> {
@@ -438,6 +468,47 @@ fn pppoe(data: &[u8]) -> Option<SlicedPacket<'_>> {
     }
 }
 
+/// etherparse 0.16 reads (and writes) the offset and M flag of an IPv6 fragment header from the
+/// wrong bits (etherparse issue #150, fixed upstream in 0.20): RFC 8200 has bytes 2-3 as one
+/// big-endian word of the offset (13 bits), 2 reserved bits and M. When etherparse reads a
+/// frame's first IPv6 fragment header otherwise than the wire says, this returns a copy of the
+/// frame with those two bytes rewritten (by etherparse's own writer, the mirror of its reader)
+/// so that it reads what the wire says; None when nothing needs rewriting, as with an etherparse
+/// that reads them right.
+fn ipv6_fragment_header_rewritten(data: &[u8], sliced: &SlicedPacket<'_>) -> Option<Vec<u8>> {
+    let Some(NetSlice::Ipv6(ip)) = &sliced.net else {
+        return None;
+    };
+    let header = ip
+        .extensions()
+        .clone()
+        .into_iter()
+        .find_map(|extension| match extension {
+            Ipv6ExtensionSlice::Fragment(header) => Some(header),
+            _ => None,
+        })?;
+    let bytes = header.slice();
+    let word = u16::from_be_bytes([*bytes.get(2)?, *bytes.get(3)?]);
+    let offset = IpFragOffset::try_new(word >> 3).ok()?;
+    let more_fragments = word & 1 == 1;
+    if header.fragment_offset() == offset && header.more_fragments() == more_fragments {
+        return None;
+    }
+    // The header is a slice of the frame: where it starts in it.
+    let at = (bytes.as_ptr() as usize).checked_sub(data.as_ptr() as usize)?;
+    let readable = Ipv6FragmentHeader::new(
+        header.next_header(),
+        offset,
+        more_fragments,
+        header.identification(),
+    )
+    .to_bytes();
+    let mut copy = data.to_vec();
+    copy.get_mut(at.checked_add(2)?..at.checked_add(4)?)?
+        .copy_from_slice(readable.get(2..4)?);
+    Some(copy)
+}
+
 /// A SIP message found, with what orders it.
 struct Found {
     time: Duration,
@@ -456,6 +527,8 @@ struct Extractor {
     /// Time of the last packet (for pcapng simple packet blocks, which have none).
     last: Duration,
     streams: HashMap<(SocketAddr, SocketAddr), Stream>,
+    /// IP datagrams being put together from their fragments.
+    reassembly: Reassembly,
     found: Vec<Found>,
 }
 
@@ -473,6 +546,8 @@ impl Extractor {
             }
             None => self.last,
         };
+        // A copy of the frame with its IPv6 fragment header made readable to etherparse.
+        let rewritten;
         let sliced = match slice_frame(link, data) {
             Frame::Unsupported => {
                 self.stats.unsupported.get_or_insert(link);
@@ -487,10 +562,16 @@ impl Extractor {
                 sliced
             }
         };
-        if sliced.is_ip_payload_fragmented() {
-            self.stats.fragments += 1;
-            return;
-        }
+        let sliced = match ipv6_fragment_header_rewritten(data, &sliced) {
+            Some(copy) => {
+                rewritten = copy;
+                match slice_frame(link, &rewritten) {
+                    Frame::Packet(sliced) => sliced,
+                    Frame::Unsupported | Frame::Undecodable => return,
+                }
+            }
+            None => sliced,
+        };
         let (src, dst) = match &sliced.net {
             Some(NetSlice::Ipv4(ip)) => (
                 IpAddr::from(ip.header().source_addr()),
@@ -502,38 +583,67 @@ impl Extractor {
             ),
             None => return,
         };
-        match &sliced.transport {
-            Some(TransportSlice::Udp(udp)) => {
-                self.stats.udp += 1;
-                let payload = skip_crlf(udp.payload());
-                if looks_like_sip(payload) {
-                    self.found.push(Found {
-                        time,
-                        packet,
-                        src: SocketAddr::new(src, udp.source_port()),
-                        dst: SocketAddr::new(dst, udp.destination_port()),
-                        transport: Transport::Udp,
-                        bytes: Bytes::copy_from_slice(payload),
-                    });
+        let stamp = (time, packet);
+        if sliced.is_ip_payload_fragmented() {
+            self.stats.fragments += 1;
+            let Some(whole) = self.reassembly.add(&sliced, stamp, &mut self.stats) else {
+                return;
+            };
+            self.stats.reassembled += 1;
+            match whole.ip_number {
+                IpNumber::UDP => {
+                    if let Ok(udp) = UdpSlice::from_slice(&whole.payload) {
+                        self.udp(src, dst, &udp, stamp);
+                    }
                 }
+                IpNumber::TCP => {
+                    if let Ok(tcp) = TcpSlice::from_slice(&whole.payload) {
+                        self.tcp(src, dst, &tcp, stamp);
+                    }
+                }
+                _ => {}
             }
-            Some(TransportSlice::Tcp(tcp)) => {
-                self.stats.tcp += 1;
-                let src = SocketAddr::new(src, tcp.source_port());
-                let dst = SocketAddr::new(dst, tcp.destination_port());
-                let mut out = Vec::new();
-                let stream = self.streams.entry((src, dst)).or_default();
-                stream.segment(
-                    tcp.sequence_number(),
-                    tcp.syn(),
-                    tcp.payload(),
-                    (time, packet),
-                    &mut out,
-                );
-                self.take(src, dst, out);
-            }
+            self.reassembly.recycle(whole);
+            return;
+        }
+        match &sliced.transport {
+            Some(TransportSlice::Udp(udp)) => self.udp(src, dst, udp, stamp),
+            Some(TransportSlice::Tcp(tcp)) => self.tcp(src, dst, tcp, stamp),
             _ => {}
         }
+    }
+
+    /// A UDP datagram (whole, or reassembled from IP fragments) captured at `stamp`.
+    fn udp(&mut self, src: IpAddr, dst: IpAddr, udp: &UdpSlice<'_>, (time, packet): Stamp) {
+        self.stats.udp += 1;
+        let payload = skip_crlf(udp.payload());
+        if looks_like_sip(payload) {
+            self.found.push(Found {
+                time,
+                packet,
+                src: SocketAddr::new(src, udp.source_port()),
+                dst: SocketAddr::new(dst, udp.destination_port()),
+                transport: Transport::Udp,
+                bytes: Bytes::copy_from_slice(payload),
+            });
+        }
+    }
+
+    /// A TCP segment (whole, or reassembled from IP fragments) captured at `stamp`.
+    fn tcp(&mut self, src: IpAddr, dst: IpAddr, tcp: &TcpSlice<'_>, stamp: Stamp) {
+        self.stats.tcp += 1;
+        let src = SocketAddr::new(src, tcp.source_port());
+        let dst = SocketAddr::new(dst, tcp.destination_port());
+        let mut out = Vec::new();
+        let stream = self.streams.entry((src, dst)).or_default();
+        stream.segment(
+            tcp.sequence_number(),
+            tcp.syn(),
+            tcp.payload(),
+            stamp,
+            &mut out,
+        );
+        self.take(src, dst, out);
     }
 
     fn take(&mut self, src: SocketAddr, dst: SocketAddr, messages: Vec<Emitted>) {
@@ -548,8 +658,10 @@ impl Extractor {
             }));
     }
 
-    /// Flushes the TCP streams and returns the messages in capture order.
+    /// Flushes the TCP streams, drops the datagrams still missing fragments and returns the
+    /// messages in capture order.
     fn finish(mut self) -> (Vec<CapturedSip>, Stats) {
+        self.stats.unfinished += self.reassembly.in_flight();
         let streams = std::mem::take(&mut self.streams);
         for ((src, dst), mut stream) in streams {
             let mut out = Vec::new();
@@ -574,8 +686,92 @@ impl Extractor {
     }
 }
 
-/// When a segment was captured: its time and packet number.
+/// When a segment or fragment was captured: its time and packet number.
 type Stamp = (Duration, u64);
+
+/// IP datagrams reassembled at once, at most; a new one beyond this drops the one that has
+/// waited longest for a fragment. Each is at most 64 KiB (etherparse refuses fragments that end
+/// past it), so this bounds the memory held to a few MiB.
+const MAX_REASSEMBLIES: u64 = 64;
+/// A datagram whose next fragment has not come this long (in capture time) after its last one
+/// is dropped (Linux's default `ipfrag_time`).
+const REASSEMBLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// IP reassembly: etherparse's pool, which tells datagrams apart by VLAN ids, addresses,
+/// identification and protocol, kept within [`MAX_REASSEMBLIES`] and [`REASSEMBLY_TIMEOUT`].
+/// The pool keeps, for each datagram, the [`Stamp`] of the last fragment added to it.
+#[derive(Default)]
+struct Reassembly {
+    pool: IpDefragPool<Stamp>,
+}
+
+impl Reassembly {
+    /// Adds a fragment captured at `stamp`; returns the whole IP payload (the transport header
+    /// and its payload) when the fragment completes a datagram. Malformed fragments and the
+    /// datagrams dropped to make room or timed out are counted in `stats`.
+    fn add(
+        &mut self,
+        sliced: &SlicedPacket<'_>,
+        stamp: Stamp,
+        stats: &mut Stats,
+    ) -> Option<IpDefragPayloadVec> {
+        let (time, _) = stamp;
+        stats.unfinished += self.drop_where(|(last, _)| {
+            last.checked_add(REASSEMBLY_TIMEOUT)
+                .is_some_and(|deadline| deadline < time)
+        });
+        let whole = match self.pool.process_sliced_packet(sliced, stamp, ()) {
+            Ok(whole) => whole,
+            Err(err) => {
+                tracing::trace!("IP fragment in packet {} refused: {err}", stamp.1);
+                stats.bad_fragments += 1;
+                None
+            }
+        };
+        if whole.is_none() && self.in_flight() > MAX_REASSEMBLIES {
+            stats.unfinished += self.drop_oldest();
+        }
+        whole
+    }
+
+    /// Hands a reassembled datagram's buffer back to the pool, for the next one.
+    fn recycle(&mut self, whole: IpDefragPayloadVec) {
+        self.pool.return_buf(whole);
+    }
+
+    /// Datagrams started and not complete.
+    fn in_flight(&mut self) -> u64 {
+        // The pool does not say how many it holds; a predicate that keeps everything is shown
+        // each of them once.
+        let count = Cell::new(0u64);
+        self.pool.retain(|_| {
+            count.set(count.get() + 1);
+            true
+        });
+        count.get()
+    }
+
+    /// Drops the datagram whose last fragment came first (in packet order); the number dropped.
+    fn drop_oldest(&mut self) -> u64 {
+        let oldest = Cell::new(None::<u64>);
+        self.pool.retain(|&(_, packet)| {
+            oldest.set(Some(oldest.get().map_or(packet, |o| o.min(packet))));
+            true
+        });
+        match oldest.get() {
+            // Each packet is the last fragment of one datagram at most.
+            Some(oldest) => self.drop_where(|&(_, packet)| packet == oldest),
+            None => 0,
+        }
+    }
+
+    /// Drops the datagrams whose last fragment's stamp matches; the number dropped.
+    fn drop_where(&mut self, doomed: impl Fn(&Stamp) -> bool) -> u64 {
+        let before = self.in_flight();
+        self.pool.retain(|stamp| !doomed(stamp));
+        before.saturating_sub(self.in_flight())
+    }
+}
 /// A message completed by a segment.
 type Emitted = (Stamp, Bytes);
 
@@ -848,7 +1044,7 @@ fn looks_like_sip(data: &[u8]) -> bool {
 mod tests {
     use super::*;
     use crate::sip::{Message, Method};
-    use etherparse::{PacketBuilder, PacketBuilderStep, UdpHeader, VlanId};
+    use etherparse::{Ipv4Header, Ipv6Header, PacketBuilder, PacketBuilderStep, UdpHeader, VlanId};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn sample(name: &str) -> PathBuf {
@@ -1362,29 +1558,340 @@ mod tests {
         }
     }
 
-    #[test]
-    fn ip_fragments_are_skipped() {
-        let mut first = udp4([192, 0, 2, 1], [192, 0, 2, 2], &sip_request("INVITE", 1));
-        first[6] = 0x20; // more fragments
-        let mut later = udp4([192, 0, 2, 1], [192, 0, 2, 2], &sip_request("INVITE", 1));
-        later[7] = 0x10; // offset 128 bytes
-                         // IPv6 with a fragment header (next header 44) in front of UDP.
-        let udp = &udp6([1; 16], [2; 16], &sip_request("INVITE", 2))[40..];
-        let mut v6 = vec![0x60, 0, 0, 0];
-        v6.extend(((udp.len() + 8) as u16).to_be_bytes());
-        v6.extend([44, 64]);
-        v6.extend([1u8; 16]);
-        v6.extend([2u8; 16]);
-        v6.extend([17, 0, 0x00, 0x01, 0, 0, 0, 7]); // offset 0, more fragments
-        v6.extend(udp);
-        let whole = udp4([192, 0, 2, 1], [192, 0, 2, 2], &sip_request("BYE", 3));
-        let file = pcap(
-            101,
-            &[(ms(0), first), (ms(1), later), (ms(2), v6), (ms(3), whole)],
+    // ---- IP fragments -------------------------------------------------------------------------
+
+    /// An INVITE of over 3 KB: most of it an SDP offer with many ICE candidates.
+    fn large_invite(n: u32) -> Vec<u8> {
+        let mut sdp = String::from(
+            "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n\
+             m=audio 4000 RTP/AVP 0 8 101\r\na=rtpmap:101 telephone-event/8000\r\n",
         );
-        let (messages, stats) = read_bytes(&file).unwrap();
+        for candidate in 0..40 {
+            sdp.push_str(&format!(
+                "a=candidate:{candidate} 1 udp 2122260223 192.0.2.1 {} typ host generation 0\r\n",
+                40_000 + candidate
+            ));
+        }
+        sdp.push_str("a=x-last-line-of-the-sdp\r\n");
+        format!(
+            "INVITE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK{n}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:alice@example.com>;tag=a{n}\r\n\
+             To: <sip:bob@example.com>\r\nCall-ID: call-{n}\r\nCSeq: 1 INVITE\r\n\
+             Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        )
+        .into_bytes()
+    }
+
+    /// The UDP datagram `udp4` builds, cut into IPv4 fragments (identification `id`) of at most
+    /// `mtu` bytes, as Ethernet frames in order.
+    fn fragments4(id: u16, src: [u8; 4], dst: [u8; 4], payload: &[u8], mtu: usize) -> Vec<Vec<u8>> {
+        let whole = udp4(src, dst, payload);
+        let datagram = &whole[Ipv4Header::MIN_LEN..];
+        let size = (mtu - Ipv4Header::MIN_LEN) / 8 * 8;
+        datagram
+            .chunks(size)
+            .enumerate()
+            .map(|(n, piece)| {
+                let mut header =
+                    Ipv4Header::new(piece.len() as u16, 64, IpNumber::UDP, src, dst).unwrap();
+                header.identification = id;
+                header.dont_fragment = false;
+                header.more_fragments = (n + 1) * size < datagram.len();
+                header.fragment_offset = IpFragOffset::try_new((n * size / 8) as u16).unwrap();
+                header.header_checksum = header.calc_header_checksum();
+                let mut ip = header.to_bytes().to_vec();
+                ip.extend(piece);
+                ethernet(0x0800, &ip)
+            })
+            .collect()
+    }
+
+    /// The UDP datagram `udp6` builds, cut into IPv6 fragments (a fragment header with
+    /// identification `id`) of at most `mtu` bytes, as Ethernet frames in order.
+    fn fragments6(
+        id: u32,
+        src: [u8; 16],
+        dst: [u8; 16],
+        payload: &[u8],
+        mtu: usize,
+    ) -> Vec<Vec<u8>> {
+        let whole = udp6(src, dst, payload);
+        let datagram = &whole[Ipv6Header::LEN..];
+        let size = (mtu - Ipv6Header::LEN - Ipv6FragmentHeader::LEN) / 8 * 8;
+        datagram
+            .chunks(size)
+            .enumerate()
+            .map(|(n, piece)| {
+                let header = Ipv6Header {
+                    traffic_class: 0,
+                    flow_label: Default::default(),
+                    payload_length: (Ipv6FragmentHeader::LEN + piece.len()) as u16,
+                    next_header: IpNumber::IPV6_FRAGMENTATION_HEADER,
+                    hop_limit: 64,
+                    source: src,
+                    destination: dst,
+                };
+                // By hand, as RFC 8200 lays it out (etherparse 0.16's writer does not).
+                let more = u16::from((n + 1) * size < datagram.len());
+                let word = ((n * size / 8) as u16) << 3 | more;
+                let mut ip = header.to_bytes().to_vec();
+                ip.extend([u8::from(IpNumber::UDP), 0]);
+                ip.extend(word.to_be_bytes());
+                ip.extend(id.to_be_bytes());
+                ip.extend(piece);
+                ethernet(0x86dd, &ip)
+            })
+            .collect()
+    }
+
+    /// An Ethernet pcap of `frames`, one millisecond apart.
+    fn ethernet_pcap(frames: &[Vec<u8>]) -> Vec<u8> {
+        let records: Vec<_> = frames
+            .iter()
+            .enumerate()
+            .map(|(i, frame)| (ms(i as u64), frame.clone()))
+            .collect();
+        pcap(1, &records)
+    }
+
+    #[test]
+    fn ipv4_fragments_reassemble_in_any_order() {
+        let invite = large_invite(1);
+        assert!(invite.len() > 3_000);
+        let pieces = fragments4(0x1234, [192, 0, 2, 1], [192, 0, 2, 2], &invite, 1500);
+        assert_eq!(pieces.len(), 3);
+        let bye = ethernet(
+            0x0800,
+            &udp4([192, 0, 2, 1], [192, 0, 2, 2], &sip_request("BYE", 2)),
+        );
+        let [a, b, c] = [&pieces[0], &pieces[1], &pieces[2]].map(|f| f.clone());
+        // The frames, the index of the one that completes the datagram, and the datagrams left
+        // unfinished at the end.
+        for (order, frames, completing, unfinished) in [
+            ("in order", vec![a.clone(), b.clone(), c.clone()], 2, 0),
+            ("reversed", vec![c.clone(), b.clone(), a.clone()], 2, 0),
+            ("last first", vec![c.clone(), a.clone(), b.clone()], 2, 0),
+            // A repeated fragment is merged; one after completion starts a datagram that
+            // never completes.
+            (
+                "with duplicates",
+                vec![b.clone(), b.clone(), a.clone(), c.clone(), a.clone()],
+                3,
+                1,
+            ),
+        ] {
+            let (messages, stats) = read_bytes(&ethernet_pcap(&frames)).unwrap();
+            assert_eq!(messages.len(), 1, "{order}");
+            assert_eq!(messages[0].bytes, invite, "{order}");
+            assert_eq!(messages[0].transport, Transport::Udp);
+            assert_eq!(messages[0].src, addr("192.0.2.1:5060"));
+            assert_eq!(messages[0].dst, addr("192.0.2.2:5080"));
+            // The time of the fragment that completed it.
+            assert_eq!(messages[0].at, Duration::from_millis(completing), "{order}");
+            assert_eq!(stats.reassembled, 1, "{order}");
+            assert_eq!(stats.unfinished, unfinished, "{order}");
+            assert_eq!(stats.fragments, frames.len() as u64, "{order}");
+            assert_eq!(stats.udp, 1, "{order}");
+        }
+        // Two datagrams' fragments interleaved with whole packets: each finds its own.
+        let other = large_invite(3);
+        let others = fragments4(0x1235, [192, 0, 2, 1], [192, 0, 2, 2], &other, 1200);
+        assert_eq!(others.len(), 3);
+        let frames = vec![
+            others[2].clone(),
+            a.clone(),
+            bye.clone(),
+            others[0].clone(),
+            c.clone(),
+            others[1].clone(),
+            b.clone(),
+        ];
+        let (messages, stats) = read_bytes(&ethernet_pcap(&frames)).unwrap();
+        assert_eq!(stats.fragments, 6);
+        assert_eq!(stats.reassembled, 2);
+        assert_eq!(methods(&messages), ["Bye", "Invite", "Invite"]);
+        assert_eq!(messages[1].bytes, other);
+        assert_eq!(messages[1].at, Duration::from_millis(5));
+        assert_eq!(messages[2].bytes, invite);
+        assert_eq!(messages[2].at, Duration::from_millis(6));
+        let parsed = parse(&messages[2]);
+        assert!(String::from_utf8_lossy(&parsed.body).ends_with("a=x-last-line-of-the-sdp\r\n"));
+    }
+
+    #[test]
+    fn ipv6_fragment_headers_reassemble() {
+        let invite = large_invite(1);
+        let src = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        let dst = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+        let mut frames = fragments6(0xdead_beef, src, dst, &invite, 1280);
+        assert_eq!(frames.len(), 3);
+        frames.swap(0, 1);
+        // An atomic fragment (offset 0, no more fragments: RFC 8200 §4.5) is a whole datagram.
+        let options = sip_request("OPTIONS", 2);
+        let atomic = fragments6(1, src, dst, &options, 1500);
+        assert_eq!(atomic.len(), 1);
+        frames.push(atomic[0].clone());
+        let (messages, stats) = read_bytes(&ethernet_pcap(&frames)).unwrap();
+        assert_eq!(stats.reassembled, 1);
         assert_eq!(stats.fragments, 3);
+        assert_eq!(methods(&messages), ["Invite", "Options"]);
+        assert_eq!(messages[0].bytes, invite);
+        assert_eq!(messages[0].src, addr("[2001:db8::1]:5060"));
+        assert_eq!(messages[0].dst, addr("[2001:db8::2]:5080"));
+        assert_eq!(messages[0].at, Duration::from_millis(2));
+        assert_eq!(messages[1].bytes, options);
+    }
+
+    #[test]
+    fn missing_fragments_yield_nothing() {
+        let invite = large_invite(1);
+        let v4 = fragments4(7, [192, 0, 2, 1], [192, 0, 2, 2], &invite, 1500);
+        let v6 = fragments6(7, [1; 16], [2; 16], &invite, 1500);
+        let bye = ethernet(
+            0x0800,
+            &udp4([192, 0, 2, 1], [192, 0, 2, 2], &sip_request("BYE", 2)),
+        );
+        // Each datagram misses one fragment: the first, a middle one, the last.
+        let frames = vec![
+            v4[1].clone(),
+            v4[2].clone(),
+            v6[0].clone(),
+            v6[2].clone(),
+            bye,
+        ];
+        let (messages, stats) = read_bytes(&ethernet_pcap(&frames)).unwrap();
         assert_eq!(methods(&messages), ["Bye"]);
+        assert_eq!(stats.fragments, 4);
+        assert_eq!(stats.reassembled, 0);
+        assert_eq!(stats.unfinished, 2);
+        let frames = vec![v4[0].clone(), v4[1].clone()];
+        let (messages, stats) = read_bytes(&ethernet_pcap(&frames)).unwrap();
+        assert!(messages.is_empty());
+        assert_eq!(stats.unfinished, 1);
+    }
+
+    #[test]
+    fn bad_fragments_are_refused_without_panic() {
+        let invite = large_invite(1);
+        let pieces = fragments4(9, [192, 0, 2, 1], [192, 0, 2, 2], &invite, 1500);
+        // Offsets and flags are bytes 6 and 7 of the IPv4 header, after 14 of Ethernet (the
+        // header checksums are left stale: they are not checked).
+        const FLAGS: usize = 14 + 6;
+        // A fragment whose length is not a multiple of 8 while more follow.
+        let mut unaligned = udp4([192, 0, 2, 1], [192, 0, 2, 2], &sip_request("INVITE", 1));
+        assert_ne!((unaligned.len() - Ipv4Header::MIN_LEN) % 8, 0);
+        unaligned[6] = 0x20;
+        let unaligned = ethernet(0x0800, &unaligned);
+        // The middle fragment marked as the last: an end before the one already held.
+        let mut early_end = pieces[1].clone();
+        early_end[FLAGS] &= !0x20;
+        // An offset that would end past 64 KiB.
+        let mut too_far = pieces[1].clone();
+        too_far[FLAGS] = 0x3f;
+        too_far[FLAGS + 1] = 0xff;
+        let frames = vec![
+            unaligned,
+            pieces[2].clone(),
+            early_end,
+            too_far,
+            pieces[1].clone(),
+            pieces[0].clone(),
+        ];
+        let (messages, stats) = read_bytes(&ethernet_pcap(&frames)).unwrap();
+        assert_eq!(stats.fragments, 6);
+        assert_eq!(stats.bad_fragments, 3);
+        // The fragments that agree still make the datagram.
+        assert_eq!(stats.reassembled, 1);
+        assert_eq!(messages.len(), 1);
+        assert_eq!(messages[0].bytes, invite);
+
+        // Overlapping fragments of the same datagram cut two ways: exact.
+        let other_cut = fragments4(9, [192, 0, 2, 1], [192, 0, 2, 2], &invite, 1000);
+        assert_eq!(other_cut.len(), 4);
+        let frames = vec![
+            pieces[0].clone(),
+            other_cut[1].clone(),
+            pieces[1].clone(),
+            other_cut[3].clone(),
+        ];
+        let (messages, stats) = read_bytes(&ethernet_pcap(&frames)).unwrap();
+        assert_eq!(stats.reassembled, 1);
+        assert_eq!(messages.len(), 1);
+        assert_eq!(messages[0].bytes, invite);
+
+        // Overlaps that disagree (the last fragment 8 bytes early, shorter than the UDP length
+        // says): reassembled, found not to be a whole UDP datagram, and dropped.
+        let mut shifted = pieces[2].clone();
+        shifted[FLAGS + 1] -= 1;
+        let frames = vec![pieces[0].clone(), shifted, pieces[1].clone()];
+        let (messages, stats) = read_bytes(&ethernet_pcap(&frames)).unwrap();
+        assert_eq!(stats.reassembled, 1);
+        assert!(messages.is_empty());
+    }
+
+    #[test]
+    fn reassembly_is_bounded_in_count_and_time() {
+        let invite = large_invite(1);
+        let datagrams: Vec<Vec<Vec<u8>>> = (0..100u16)
+            .map(|id| fragments4(id, [192, 0, 2, 1], [192, 0, 2, 2], &invite, 1500))
+            .collect();
+        // 100 datagrams started: only the newest MAX_REASSEMBLIES are held.
+        let mut frames: Vec<Vec<u8>> = datagrams.iter().map(|d| d[0].clone()).collect();
+        // The newest completes; the oldest was pushed out, so its rest never completes.
+        frames.extend([datagrams[99][1].clone(), datagrams[99][2].clone()]);
+        frames.extend([datagrams[0][1].clone(), datagrams[0][2].clone()]);
+        let (messages, stats) = read_bytes(&ethernet_pcap(&frames)).unwrap();
+        assert_eq!(messages.len(), 1);
+        assert_eq!(messages[0].at, Duration::from_millis(101));
+        assert_eq!(stats.reassembled, 1);
+        // 36 pushed out, 63 unfinished at the end, and datagram 0's second start.
+        assert_eq!(stats.unfinished, 100 - 64 + 63 + 1);
+        assert_eq!(MAX_REASSEMBLIES, 64);
+
+        // A fragment that comes after the timeout starts afresh: nothing completes.
+        let pieces = &datagrams[5];
+        let late = REASSEMBLY_TIMEOUT + Duration::from_secs(1);
+        let records = [
+            (ms(0), pieces[0].clone()),
+            (ms(0) + late, pieces[1].clone()),
+            (ms(0) + late, pieces[2].clone()),
+        ];
+        let (messages, stats) = read_bytes(&pcap(1, &records)).unwrap();
+        assert!(messages.is_empty());
+        assert_eq!(stats.unfinished, 2);
+        // Within the timeout it completes.
+        let records = [
+            (ms(0), pieces[0].clone()),
+            (ms(29_000), pieces[1].clone()),
+            (ms(58_000), pieces[2].clone()),
+        ];
+        let (messages, _) = read_bytes(&pcap(1, &records)).unwrap();
+        assert_eq!(messages.len(), 1);
+        assert_eq!(messages[0].at, Duration::from_secs(58));
+    }
+
+    #[test]
+    fn recorded_fragmented_capture() {
+        let (messages, stats) = read_with_stats(&sample("sip-fragmented-udp.pcap")).unwrap();
+        assert_eq!(stats.packets, 12);
+        assert_eq!(stats.fragments, 6);
+        assert_eq!(stats.reassembled, 2);
+        assert_eq!(stats.unfinished, 0);
+        assert_eq!(
+            methods(&messages),
+            ["Invite", "100", "486", "Ack", "Invite", "100", "486", "Ack"]
+        );
+        assert_eq!(messages[0].src, addr("10.99.0.1:5060"));
+        assert_eq!(messages[0].dst, addr("10.99.0.2:5060"));
+        assert_eq!(messages[0].bytes.len(), 3171);
+        assert_eq!(messages[4].src, addr("[fd00:99::1]:5060"));
+        assert_eq!(messages[4].bytes.len(), 3198);
+        for invite in [&messages[0], &messages[4]] {
+            let body = parse(invite).body;
+            assert!(body.len() >= 2_800, "{}", body.len());
+            assert!(String::from_utf8_lossy(&body).ends_with("a=x-end-of-large-sdp\r\n"));
+        }
     }
 
     // ---- TCP ----------------------------------------------------------------------------------
@@ -1771,6 +2278,7 @@ mod tests {
             "sip-over-tcp.pcap",
             "DTMFsipinfo.pcap",
             "speech_8k_ulaw-head.pcap",
+            "sip-fragmented-udp.pcap",
         ]
         .iter()
         .map(|name| (name.to_string(), std::fs::read(sample(name)).unwrap()))
