@@ -7,6 +7,7 @@
 pub mod build;
 
 use crate::config::{HeaderPolicy, ScriptErrorPolicy, TrunkId};
+use crate::engine::transactions::Transactions;
 use crate::engine::Engine;
 use crate::media::{DtmfMethod, MediaCommand, MediaEvent};
 use crate::script::{
@@ -663,7 +664,7 @@ impl Engine {
         status: u16,
         response: &Message,
     ) -> Option<Message> {
-        let entry = self.clients.get(&id)?;
+        let entry = self.txns.client(id)?;
         let waiting = matches!(
             entry.txn.state(),
             ClientState::Calling | ClientState::Proceeding
@@ -674,7 +675,7 @@ impl Engine {
         let ack = build::ack_for(&entry.request, response);
         let (key, leg) = match entry.owner {
             ClientOwner::Invite(key) => (key, Leg::B),
-            ClientOwner::Relay { call, server } => match self.servers.get(&server)?.owner {
+            ClientOwner::Relay { call, server } => match self.txns.server(server)?.owner {
                 ServerOwner::Dialog(_, requester) => (call, requester.other()),
                 _ => return Some(ack),
             },
@@ -736,11 +737,11 @@ impl Engine {
                 return;
             }
         };
-        let Some(key) = Engine::server_key(&msg, &method, &from) else {
+        let Some(key) = Transactions::server_key(&msg, &method, &from) else {
             return;
         };
         if method == Method::Ack {
-            match self.find_server(&key) {
+            match self.txns.find_server(&key) {
                 Some(id) => {
                     self.server_ack(id, now);
                 }
@@ -748,7 +749,7 @@ impl Engine {
             }
             return;
         }
-        if let Some(id) = self.find_server(&key) {
+        if let Some(id) = self.txns.find_server(&key) {
             self.server_retransmission(id, now);
             return;
         }
@@ -1035,7 +1036,7 @@ impl Engine {
         self.dialogs.insert(call.a.dialog_key(), (call_key, Leg::A));
         self.dialogs.insert(call.b.dialog_key(), (call_key, Leg::B));
         self.calls.insert(call_key, call);
-        if let Some(entry) = self.servers.get_mut(&a_invite) {
+        if let Some(entry) = self.txns.server_mut(a_invite) {
             entry.owner = ServerOwner::Invite(call_key);
         }
         self.stats.calls_started += 1;
@@ -1207,11 +1208,11 @@ impl Engine {
                 return;
             }
         };
-        let Some(id) = self.find_client(&info.branch, &info.cseq_method) else {
+        let Some(id) = self.txns.find_client(&info.branch, &info.cseq_method) else {
             self.on_stray_response(&msg, &info.call_id, &info.cseq_method);
             return;
         };
-        let Some(owner) = self.clients.get(&id).map(|e| e.owner) else {
+        let Some(owner) = self.txns.client(id).map(|e| e.owner) else {
             return;
         };
         if !self.client_response(id, &msg, now) {
@@ -1403,7 +1404,7 @@ impl Engine {
             call.script,
             call.a.trunk,
         );
-        let Some(request) = self.servers.get(&server).and_then(|e| e.request.as_ref()) else {
+        let Some(request) = self.txns.server(server).and_then(|e| e.request.as_ref()) else {
             return;
         };
         let mut response = response_to(request, status, Some(reason), Some(&tag));
@@ -1435,7 +1436,7 @@ impl Engine {
         if !wanted {
             return None;
         }
-        let offer = self.servers.get(&call.a_invite)?.request.as_ref()?;
+        let offer = self.txns.server(call.a_invite)?.request.as_ref()?;
         let mut sdp = Sdp::parse(&offer.body).ok()?;
         let mut voice = None;
         for media in sdp.media_mut() {
@@ -1504,7 +1505,7 @@ impl Engine {
         msg: &Message,
         now: Instant,
     ) -> Option<Bytes> {
-        let request = self.servers.get(&server).and_then(|e| e.request.as_ref())?;
+        let request = self.txns.server(server).and_then(|e| e.request.as_ref())?;
         let call = self.calls.get(&key)?;
         let status = msg.status()?;
         let reason = match &msg.start {
@@ -1566,7 +1567,7 @@ impl Engine {
         let Some(status) = msg.status() else {
             return;
         };
-        let Some(entry) = self.servers.get(&server) else {
+        let Some(entry) = self.txns.server(server) else {
             return;
         };
         let ServerOwner::Dialog(_, to) = entry.owner else {
@@ -1678,7 +1679,7 @@ impl Engine {
         let Some(call) = self.calls.get(&key) else {
             return;
         };
-        let Some(entry) = self.clients.get(&call.b_invite) else {
+        let Some(entry) = self.txns.client(call.b_invite) else {
             return;
         };
         let cancel = build::cancel_for(&entry.request);
@@ -1688,8 +1689,8 @@ impl Engine {
     }
 
     fn on_cancel(&mut self, incoming: Incoming, now: Instant) {
-        let invite_key = Engine::server_key(&incoming.msg, &Method::Invite, &incoming.from);
-        let invite = invite_key.as_deref().and_then(|k| self.find_server(k));
+        let invite_key = Transactions::server_key(&incoming.msg, &Method::Invite, &incoming.from);
+        let invite = invite_key.as_deref().and_then(|k| self.txns.find_server(k));
         let Some(invite) = invite else {
             self.answer(incoming, 481, &[], now);
             return;
@@ -1700,7 +1701,7 @@ impl Engine {
             from,
             trunk,
         } = incoming;
-        let (owner, final_sent, request) = match self.servers.get(&invite) {
+        let (owner, final_sent, request) = match self.txns.server(invite) {
             Some(e) => (e.owner, e.txn.is_final_sent(), e.request.clone()),
             None => return,
         };
@@ -1856,7 +1857,7 @@ impl Engine {
     /// transport could not send it (RFC 3261 §8.1.3.1). For a call's INVITE the failure is like
     /// any other: `on_failure` may route the call again, otherwise the caller hears it.
     pub(crate) fn on_client_failure(&mut self, id: TxnId, status: u16, now: Instant) {
-        let Some(owner) = self.clients.get(&id).map(|e| e.owner) else {
+        let Some(owner) = self.txns.client(id).map(|e| e.owner) else {
             return;
         };
         let reason = if status == 408 { "timeout" } else { "error" };
@@ -1879,8 +1880,8 @@ impl Engine {
                 }
                 if !canceled {
                     let failure = self
-                        .clients
-                        .get(&id)
+                        .txns
+                        .client(id)
                         .map(|entry| response_to(&entry.request, status, None, None));
                     if failure.is_some_and(|f| self.on_failure(key, &f, "sbc", now)) {
                         return;
@@ -1891,7 +1892,7 @@ impl Engine {
                 self.end_call(key, reason, "sbc", now);
             }
             ClientOwner::Relay { call: key, server } => {
-                let Some(entry) = self.servers.get(&server) else {
+                let Some(entry) = self.txns.server(server) else {
                     return;
                 };
                 let ServerOwner::Dialog(_, requester) = entry.owner else {
@@ -1916,7 +1917,7 @@ impl Engine {
 
     /// A server transaction timed out: a 2xx was never acknowledged.
     pub(crate) fn on_server_timeout(&mut self, id: TxnId, now: Instant) {
-        let Some(owner) = self.servers.get(&id).map(|e| e.owner) else {
+        let Some(owner) = self.txns.server(id).map(|e| e.owner) else {
             return;
         };
         let key = match owner {
@@ -1934,7 +1935,7 @@ impl Engine {
 
     /// Answers a request of a call locally (408, 487…).
     fn reply_local(&mut self, key: CallKey, leg: Leg, server: TxnId, status: u16, now: Instant) {
-        let Some(request) = self.servers.get(&server).and_then(|e| e.request.as_ref()) else {
+        let Some(request) = self.txns.server(server).and_then(|e| e.request.as_ref()) else {
             return;
         };
         let Some(call) = self.calls.get_mut(&key) else {

@@ -3,8 +3,11 @@
 //!
 //! Shaped like quinn-proto's `Connection`: `handle_*` for what happened (a datagram, a parsed
 //! message, the clock reaching a deadline), then `poll_transmit` / `poll_timeout` for what the
-//! driver must do now. The engine owns transactions, timers and calls; it never touches a
-//! socket, a clock or a file.
+//! driver must do now. The engine owns transactions (`transactions`: the table, indexes and
+//! timers, emitting events), calls and media ports; it never touches a socket, a clock or a
+//! file.
+
+pub(crate) mod transactions;
 
 use crate::call::{Call, CallKey, ClientOwner, ServerOwner};
 use crate::config::{Profile, Transport};
@@ -12,18 +15,15 @@ use crate::media::{MediaCallId, MediaEvent};
 use crate::media::{MediaCommand, PortPool};
 use crate::script::{HookArgs, RuleSet};
 use crate::shared::{Leg, Peer, Transmit, TxnId};
-use crate::sip::header::{split_list, Via};
-use crate::sip::transaction::{
-    ClientTransaction, ServerTransaction, TimerConfig, TimerKind, TxnAction,
-};
+use crate::sip::transaction::TimerConfig;
 use crate::sip::{parse_message, Framing, HeaderName, Message};
 use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
+use transactions::{Transactions, TxnEvent};
 
 /// Counters of what the engine did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -42,31 +42,6 @@ pub struct EngineStats {
     pub transport_errors: u64,
     /// Requests sent over TCP instead of UDP for their size (RFC 3261 §18.1.1).
     pub switched_to_tcp: u64,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum TimerTarget {
-    Server(TxnId, TimerKind),
-    Client(TxnId, TimerKind),
-}
-
-/// A server transaction and what Bridgehead knows about it.
-pub(crate) struct ServerEntry {
-    pub txn: ServerTransaction,
-    pub peer: Peer,
-    /// The request, kept until the final response is sent (responses are built from it).
-    pub request: Option<Message>,
-    index_key: String,
-    pub owner: ServerOwner,
-}
-
-/// A client transaction and what Bridgehead knows about it.
-pub(crate) struct ClientEntry {
-    pub txn: ClientTransaction,
-    pub peer: Peer,
-    pub request: Message,
-    index_key: String,
-    pub owner: ClientOwner,
 }
 
 /// Rewrites the top Via of a request Bridgehead sends to say TCP (RFC 3261 §18.1.1: a change
@@ -118,24 +93,18 @@ pub fn shard_for_call_id(call_id: &[u8], shards: usize) -> usize {
 pub struct Engine {
     /// The rule-set version new calls take; calls in progress keep their own.
     pub(crate) current: Arc<RuleSet>,
-    pub(crate) timer_config: TimerConfig,
     shard: usize,
     shards: usize,
-    pub(crate) servers: HashMap<TxnId, ServerEntry>,
-    server_index: HashMap<String, TxnId>,
-    pub(crate) clients: HashMap<TxnId, ClientEntry>,
-    client_index: HashMap<String, TxnId>,
+    /// The transactions, their indexes and timers.
+    pub(crate) txns: Transactions,
     pub(crate) calls: HashMap<CallKey, Call>,
     /// Call-ID of each leg → the call and which leg it is.
     pub(crate) dialogs: HashMap<String, (CallKey, Leg)>,
-    timers: BinaryHeap<Reverse<(Instant, u64, TimerTarget)>>,
-    timer_seq: u64,
     transmits: VecDeque<Transmit>,
     next_id: u64,
     /// Tags, branches, Call-IDs and SRTP keys come from here (RFC 3261 §19.3: cryptographically
     /// random tags).
     pub(crate) random: StdRng,
-    actions: Vec<TxnAction>,
     pub(crate) stats: EngineStats,
     /// This shard's media ports (when the profile anchors media).
     pub(crate) media_ports: Option<PortPool>,
@@ -156,21 +125,14 @@ impl Engine {
             media_ports,
             media_commands: VecDeque::new(),
             current: rules,
-            timer_config: TimerConfig::default(),
             shard,
             shards: shards.max(1),
-            servers: HashMap::new(),
-            server_index: HashMap::new(),
-            clients: HashMap::new(),
-            client_index: HashMap::new(),
+            txns: Transactions::new(TimerConfig::default()),
             calls: HashMap::new(),
             dialogs: HashMap::new(),
-            timers: BinaryHeap::new(),
-            timer_seq: 0,
             transmits: VecDeque::new(),
             next_id: 1,
             random: os_seeded(),
-            actions: Vec::new(),
             stats: EngineStats::default(),
         }
     }
@@ -278,7 +240,7 @@ impl Engine {
 
     /// Transactions in progress (server + client).
     pub fn active_transactions(&self) -> usize {
-        self.servers.len() + self.clients.len()
+        self.txns.len()
     }
 
     /// The profile new calls take.
@@ -325,26 +287,8 @@ impl Engine {
 
     /// The clock reached a deadline returned by [`Engine::poll_timeout`].
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some(Reverse((at, _, target))) = self.timers.peek().copied() {
-            if at > now {
-                break;
-            }
-            self.timers.pop();
-            match target {
-                TimerTarget::Server(id, kind) => {
-                    if let Some(entry) = self.servers.get_mut(&id) {
-                        entry.txn.on_timer(kind, now, &mut self.actions);
-                        self.apply_server_actions(id, now);
-                    }
-                }
-                TimerTarget::Client(id, kind) => {
-                    if let Some(entry) = self.clients.get_mut(&id) {
-                        entry.txn.on_timer(kind, now, &mut self.actions);
-                        self.apply_client_actions(id, now);
-                    }
-                }
-            }
-        }
+        self.txns.handle_timeout(now);
+        self.drain_transactions(now);
     }
 
     /// The driver could not send `transmit` (RFC 3261 §18.4: a transport error, such as a
@@ -365,21 +309,19 @@ impl Engine {
         let client = msg
             .header_str(&HeaderName::Via)
             .and_then(crate::call::build::branch_of)
-            .and_then(|branch| self.find_client(branch, &method));
+            .and_then(|branch| self.txns.find_client(branch, &method));
         let Some(id) = client else {
             tracing::warn!(%peer, %method, "cannot send: {error}");
             return;
         };
         tracing::warn!(%peer, %method, "cannot send: {error}: the request fails with 503");
         self.on_client_failure(id, 503, now);
-        if let Some(entry) = self.clients.remove(&id) {
-            self.client_index.remove(&entry.index_key);
-        }
+        self.txns.abandon_client(id);
     }
 
     /// The next instant at which [`Engine::handle_timeout`] must be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((at, _, _))| *at)
+        self.txns.poll_timeout()
     }
 
     /// The next message to send.
@@ -429,50 +371,17 @@ impl Engine {
         self.transmits.push_back(Transmit { peer, bytes });
     }
 
-    fn arm(&mut self, at: Instant, target: TimerTarget) {
-        self.timer_seq += 1;
-        self.timers.push(Reverse((at, self.timer_seq, target)));
-    }
-
-    /// The key matching requests to server transactions: branch, sent-by and method (ACK
-    /// matches its INVITE), plus the source address: a retransmission comes from where the
-    /// original came from, and two peers that happen to pick the same branch stay apart.
-    /// Requests without an RFC 3261 branch fall back to RFC 2543 matching.
-    pub(crate) fn server_key(
-        msg: &Message,
-        method: &crate::sip::Method,
-        source: &Peer,
-    ) -> Option<String> {
-        let top = msg.header_str(&HeaderName::Via)?;
-        let top = split_list(top).next()?;
-        let via = Via::parse(top).ok()?;
-        let method = match method {
-            crate::sip::Method::Ack => "INVITE",
-            other => other.as_str(),
-        };
-        let sent_by = format!("{}:{}|{}", via.host, via.port.unwrap_or(0), source.addr);
-        match via.branch() {
-            Some(branch) if branch.starts_with("z9hG4bK") => {
-                Some(format!("{branch}|{sent_by}|{method}"))
-            }
-            _ => {
-                let call_id = msg.header_str(&HeaderName::CallId)?;
-                let cseq = msg.header_str(&HeaderName::CSeq)?;
-                let number = cseq.split_whitespace().next()?;
-                let from = msg.header_str(&HeaderName::From)?;
-                Some(format!("2543|{call_id}|{number}|{from}|{sent_by}|{method}"))
+    /// Hands what the transactions did to the call layer, in order: bytes to send,
+    /// timeouts, and transactions to forget once their timeout was handled.
+    fn drain_transactions(&mut self, now: Instant) {
+        while let Some(event) = self.txns.poll_event() {
+            match event {
+                TxnEvent::Transmit(Transmit { peer, bytes }) => self.transmit(peer, bytes),
+                TxnEvent::ServerTimedOut(id) => self.on_server_timeout(id, now),
+                TxnEvent::ClientTimedOut(id) => self.on_client_timeout(id, now),
+                TxnEvent::ServerEnded(_) | TxnEvent::ClientEnded(_) => self.txns.forget(&event),
             }
         }
-    }
-
-    pub(crate) fn find_server(&self, key: &str) -> Option<TxnId> {
-        self.server_index.get(key).copied()
-    }
-
-    pub(crate) fn find_client(&self, branch: &str, method: &str) -> Option<TxnId> {
-        self.client_index
-            .get(&format!("{branch}|{method}"))
-            .copied()
     }
 
     /// Registers a server transaction for a request that just arrived.
@@ -484,38 +393,14 @@ impl Engine {
         owner: ServerOwner,
     ) -> TxnId {
         let id = self.next_id();
-        let invite = request.method() == Some(&crate::sip::Method::Invite);
-        let txn = ServerTransaction::new(invite, peer.transport.is_reliable(), self.timer_config);
-        self.server_index.insert(key.clone(), id);
-        self.servers.insert(
-            id,
-            ServerEntry {
-                txn,
-                peer,
-                request: Some(request),
-                index_key: key,
-                owner,
-            },
-        );
+        self.txns.create_server(id, key, request, peer, owner);
         id
     }
 
     /// Sends a response through a server transaction.
     pub(crate) fn send_response(&mut self, id: TxnId, response: &Message, now: Instant) {
-        let Some(status) = response.status() else {
-            return;
-        };
-        let Some(entry) = self.servers.get_mut(&id) else {
-            return;
-        };
-        let bytes = Bytes::from(response.to_bytes());
-        entry
-            .txn
-            .send_response(status, bytes, now, &mut self.actions);
-        if status >= 200 {
-            entry.request = None;
-        }
-        self.apply_server_actions(id, now);
+        self.txns.send_response(id, response, now);
+        self.drain_transactions(now);
     }
 
     /// Answers a request without keeping a transaction (for requests that will not be
@@ -552,7 +437,8 @@ impl Engine {
         self.transmit(peer, bytes);
     }
 
-    /// Starts a client transaction sending `request` to `peer`.
+    /// Starts a client transaction sending `request` to `peer` (over TCP instead when the
+    /// peer's trunk says so for its size).
     pub(crate) fn start_client(
         &mut self,
         mut request: Message,
@@ -561,17 +447,6 @@ impl Engine {
         now: Instant,
     ) -> TxnId {
         let id = self.next_id();
-        let method = request
-            .method()
-            .map(|m| m.as_str().to_string())
-            .unwrap_or_default();
-        let branch = request
-            .header_str(&HeaderName::Via)
-            .and_then(crate::call::build::branch_of)
-            .unwrap_or_default()
-            .to_string();
-        let index_key = format!("{branch}|{method}");
-        let invite = request.method() == Some(&crate::sip::Method::Invite);
         let mut bytes = request.to_bytes();
         let mut peer = peer;
         if self.goes_over_tcp(&peer, bytes.len()) {
@@ -580,27 +455,9 @@ impl Engine {
             bytes = request.to_bytes();
             self.stats.switched_to_tcp += 1;
         }
-        let bytes = Bytes::from(bytes);
-        let txn = ClientTransaction::start(
-            invite,
-            peer.transport.is_reliable(),
-            bytes,
-            self.timer_config,
-            now,
-            &mut self.actions,
-        );
-        self.client_index.insert(index_key.clone(), id);
-        self.clients.insert(
-            id,
-            ClientEntry {
-                txn,
-                peer,
-                request,
-                index_key,
-                owner,
-            },
-        );
-        self.apply_client_actions(id, now);
+        self.txns
+            .start_client(id, (request, Bytes::from(bytes)), peer, owner, now);
+        self.drain_transactions(now);
         id
     }
 
@@ -627,81 +484,25 @@ impl Engine {
             return false;
         };
         let ack = self.hop_by_hop_ack(id, status, response);
-        let Some(entry) = self.clients.get_mut(&id) else {
-            return false;
+        let ack = || {
+            ack.map(|ack| Bytes::from(ack.to_bytes()))
+                .unwrap_or_default()
         };
-        let pass = entry.txn.on_response(
-            status,
-            now,
-            || {
-                ack.map(|ack| Bytes::from(ack.to_bytes()))
-                    .unwrap_or_default()
-            },
-            &mut self.actions,
-        );
-        self.apply_client_actions(id, now);
+        let pass = self.txns.client_response(id, status, ack, now);
+        self.drain_transactions(now);
         pass
     }
 
     /// Feeds an ACK to an INVITE server transaction; returns true when it acknowledged a 2xx.
     pub(crate) fn server_ack(&mut self, id: TxnId, now: Instant) -> bool {
-        let Some(entry) = self.servers.get_mut(&id) else {
-            return false;
-        };
-        let acked_2xx = entry.txn.on_ack(now, &mut self.actions);
-        self.apply_server_actions(id, now);
+        let acked_2xx = self.txns.server_ack(id, now);
+        self.drain_transactions(now);
         acked_2xx
     }
 
     /// A request retransmission matched a server transaction.
     pub(crate) fn server_retransmission(&mut self, id: TxnId, now: Instant) {
-        if let Some(entry) = self.servers.get_mut(&id) {
-            entry.txn.on_request_retransmission(&mut self.actions);
-            self.apply_server_actions(id, now);
-        }
-    }
-
-    fn apply_server_actions(&mut self, id: TxnId, now: Instant) {
-        let mut actions = std::mem::take(&mut self.actions);
-        let peer = self.servers.get(&id).map(|e| e.peer);
-        for action in actions.drain(..) {
-            match action {
-                TxnAction::Send(bytes) => {
-                    if let Some(peer) = peer {
-                        self.transmit(peer, bytes);
-                    }
-                }
-                TxnAction::Arm(kind, at) => self.arm(at, TimerTarget::Server(id, kind)),
-                TxnAction::Timeout => self.on_server_timeout(id, now),
-                TxnAction::Terminated => {
-                    if let Some(entry) = self.servers.remove(&id) {
-                        self.server_index.remove(&entry.index_key);
-                    }
-                }
-            }
-        }
-        self.actions = actions;
-    }
-
-    fn apply_client_actions(&mut self, id: TxnId, now: Instant) {
-        let mut actions = std::mem::take(&mut self.actions);
-        let peer = self.clients.get(&id).map(|e| e.peer);
-        for action in actions.drain(..) {
-            match action {
-                TxnAction::Send(bytes) => {
-                    if let Some(peer) = peer {
-                        self.transmit(peer, bytes);
-                    }
-                }
-                TxnAction::Arm(kind, at) => self.arm(at, TimerTarget::Client(id, kind)),
-                TxnAction::Timeout => self.on_client_timeout(id, now),
-                TxnAction::Terminated => {
-                    if let Some(entry) = self.clients.remove(&id) {
-                        self.client_index.remove(&entry.index_key);
-                    }
-                }
-            }
-        }
-        self.actions = actions;
+        self.txns.server_retransmission(id);
+        self.drain_transactions(now);
     }
 }

@@ -1,0 +1,357 @@
+//! The engine's transactions: the RFC 3261 client and server transactions of one shard, the
+//! indexes that match messages to them, and their timers. Sans-IO: each operation queues what
+//! happened as [`TxnEvent`]s (bytes to send, a timeout, the end of a transaction), which the
+//! engine drains in order and hands to the call layer.
+
+use crate::call::{ClientOwner, ServerOwner};
+use crate::shared::{Peer, Transmit, TxnId};
+use crate::sip::header::{split_list, Via};
+use crate::sip::transaction::{
+    ClientTransaction, ServerTransaction, TimerConfig, TimerKind, TxnAction,
+};
+use crate::sip::{HeaderName, Message, Method};
+use bytes::Bytes;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::time::Instant;
+
+/// A server transaction and what Bridgehead knows about it.
+pub(crate) struct ServerEntry {
+    pub txn: ServerTransaction,
+    pub peer: Peer,
+    /// The request, kept until the final response is sent (responses are built from it).
+    pub request: Option<Message>,
+    index_key: String,
+    pub owner: ServerOwner,
+}
+
+/// A client transaction and what Bridgehead knows about it.
+pub(crate) struct ClientEntry {
+    pub txn: ClientTransaction,
+    pub peer: Peer,
+    pub request: Message,
+    index_key: String,
+    pub owner: ClientOwner,
+}
+
+/// What a transaction did that the engine must act on, in order.
+#[derive(Debug)]
+pub(crate) enum TxnEvent {
+    /// Bytes to send (a request, a response, a retransmission, a hop-by-hop ACK).
+    Transmit(Transmit),
+    /// A server transaction timed out (a 2xx or final response never acknowledged).
+    ServerTimedOut(TxnId),
+    /// A client transaction timed out (no final response).
+    ClientTimedOut(TxnId),
+    /// A server transaction is over: forget it once the events before this one are handled.
+    ServerEnded(TxnId),
+    /// A client transaction is over: forget it once the events before this one are handled.
+    ClientEnded(TxnId),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerTarget {
+    Server(TxnId, TimerKind),
+    Client(TxnId, TimerKind),
+}
+
+/// The transactions of one engine.
+pub(crate) struct Transactions {
+    config: TimerConfig,
+    servers: HashMap<TxnId, ServerEntry>,
+    server_index: HashMap<String, TxnId>,
+    clients: HashMap<TxnId, ClientEntry>,
+    client_index: HashMap<String, TxnId>,
+    timers: BinaryHeap<Reverse<(Instant, u64, TimerTarget)>>,
+    timer_seq: u64,
+    actions: Vec<TxnAction>,
+    events: VecDeque<TxnEvent>,
+}
+
+impl Transactions {
+    pub fn new(config: TimerConfig) -> Transactions {
+        Transactions {
+            config,
+            servers: HashMap::new(),
+            server_index: HashMap::new(),
+            clients: HashMap::new(),
+            client_index: HashMap::new(),
+            timers: BinaryHeap::new(),
+            timer_seq: 0,
+            actions: Vec::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// The key matching requests to server transactions: branch, sent-by and method (ACK
+    /// matches its INVITE), plus the source address: a retransmission comes from where the
+    /// original came from, and two peers that happen to pick the same branch stay apart.
+    /// Requests without an RFC 3261 branch fall back to RFC 2543 matching.
+    pub fn server_key(msg: &Message, method: &Method, source: &Peer) -> Option<String> {
+        let top = msg.header_str(&HeaderName::Via)?;
+        let top = split_list(top).next()?;
+        let via = Via::parse(top).ok()?;
+        let method = match method {
+            Method::Ack => "INVITE",
+            other => other.as_str(),
+        };
+        let sent_by = format!("{}:{}|{}", via.host, via.port.unwrap_or(0), source.addr);
+        match via.branch() {
+            Some(branch) if branch.starts_with("z9hG4bK") => {
+                Some(format!("{branch}|{sent_by}|{method}"))
+            }
+            _ => {
+                let call_id = msg.header_str(&HeaderName::CallId)?;
+                let cseq = msg.header_str(&HeaderName::CSeq)?;
+                let number = cseq.split_whitespace().next()?;
+                let from = msg.header_str(&HeaderName::From)?;
+                Some(format!("2543|{call_id}|{number}|{from}|{sent_by}|{method}"))
+            }
+        }
+    }
+
+    /// The server transaction a request matches (by [`Transactions::server_key`]).
+    pub fn find_server(&self, key: &str) -> Option<TxnId> {
+        self.server_index.get(key).copied()
+    }
+
+    /// The client transaction a response matches: its top Via branch and CSeq method.
+    pub fn find_client(&self, branch: &str, method: &str) -> Option<TxnId> {
+        self.client_index
+            .get(&format!("{branch}|{method}"))
+            .copied()
+    }
+
+    pub fn server(&self, id: TxnId) -> Option<&ServerEntry> {
+        self.servers.get(&id)
+    }
+
+    pub fn server_mut(&mut self, id: TxnId) -> Option<&mut ServerEntry> {
+        self.servers.get_mut(&id)
+    }
+
+    pub fn client(&self, id: TxnId) -> Option<&ClientEntry> {
+        self.clients.get(&id)
+    }
+
+    /// Transactions in progress (server + client).
+    pub fn len(&self) -> usize {
+        self.servers.len() + self.clients.len()
+    }
+
+    /// Registers server transaction `id` for a request that just arrived.
+    pub fn create_server(
+        &mut self,
+        id: TxnId,
+        key: String,
+        request: Message,
+        peer: Peer,
+        owner: ServerOwner,
+    ) {
+        let invite = request.method() == Some(&Method::Invite);
+        let txn = ServerTransaction::new(invite, peer.transport.is_reliable(), self.config);
+        self.server_index.insert(key.clone(), id);
+        self.servers.insert(
+            id,
+            ServerEntry {
+                txn,
+                peer,
+                request: Some(request),
+                index_key: key,
+                owner,
+            },
+        );
+    }
+
+    /// Sends a response through a server transaction.
+    pub fn send_response(&mut self, id: TxnId, response: &Message, now: Instant) {
+        let Some(status) = response.status() else {
+            return;
+        };
+        let Some(entry) = self.servers.get_mut(&id) else {
+            return;
+        };
+        let bytes = Bytes::from(response.to_bytes());
+        entry
+            .txn
+            .send_response(status, bytes, now, &mut self.actions);
+        if status >= 200 {
+            entry.request = None;
+        }
+        self.apply_server_actions(id);
+    }
+
+    /// Starts client transaction `id` sending `request` (serialized as `bytes`) to `peer`.
+    pub fn start_client(
+        &mut self,
+        id: TxnId,
+        (request, bytes): (Message, Bytes),
+        peer: Peer,
+        owner: ClientOwner,
+        now: Instant,
+    ) {
+        let method = request
+            .method()
+            .map(|m| m.as_str().to_string())
+            .unwrap_or_default();
+        let branch = request
+            .header_str(&HeaderName::Via)
+            .and_then(crate::call::build::branch_of)
+            .unwrap_or_default()
+            .to_string();
+        let index_key = format!("{branch}|{method}");
+        let invite = request.method() == Some(&Method::Invite);
+        let txn = ClientTransaction::start(
+            invite,
+            peer.transport.is_reliable(),
+            bytes,
+            self.config,
+            now,
+            &mut self.actions,
+        );
+        self.client_index.insert(index_key.clone(), id);
+        self.clients.insert(
+            id,
+            ClientEntry {
+                txn,
+                peer,
+                request,
+                index_key,
+                owner,
+            },
+        );
+        self.apply_client_actions(id);
+    }
+
+    /// Feeds a response to a client transaction (`ack` builds the hop-by-hop ACK of a non-2xx
+    /// final response when one is due); returns true when it must go up to the owner.
+    pub fn client_response(
+        &mut self,
+        id: TxnId,
+        status: u16,
+        ack: impl FnOnce() -> Bytes,
+        now: Instant,
+    ) -> bool {
+        let Some(entry) = self.clients.get_mut(&id) else {
+            return false;
+        };
+        let pass = entry.txn.on_response(status, now, ack, &mut self.actions);
+        self.apply_client_actions(id);
+        pass
+    }
+
+    /// Feeds an ACK to an INVITE server transaction; returns true when it acknowledged a 2xx.
+    pub fn server_ack(&mut self, id: TxnId, now: Instant) -> bool {
+        let Some(entry) = self.servers.get_mut(&id) else {
+            return false;
+        };
+        let acked_2xx = entry.txn.on_ack(now, &mut self.actions);
+        self.apply_server_actions(id);
+        acked_2xx
+    }
+
+    /// A request retransmission matched a server transaction.
+    pub fn server_retransmission(&mut self, id: TxnId) {
+        if let Some(entry) = self.servers.get_mut(&id) {
+            entry.txn.on_request_retransmission(&mut self.actions);
+            self.apply_server_actions(id);
+        }
+    }
+
+    /// Ends a client transaction at once (its transport failed): no more retransmissions.
+    pub fn abandon_client(&mut self, id: TxnId) {
+        if let Some(entry) = self.clients.remove(&id) {
+            self.client_index.remove(&entry.index_key);
+        }
+    }
+
+    /// Runs the timers due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Reverse((at, _, target))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            match target {
+                TimerTarget::Server(id, kind) => {
+                    if let Some(entry) = self.servers.get_mut(&id) {
+                        entry.txn.on_timer(kind, now, &mut self.actions);
+                        self.apply_server_actions(id);
+                    }
+                }
+                TimerTarget::Client(id, kind) => {
+                    if let Some(entry) = self.clients.get_mut(&id) {
+                        entry.txn.on_timer(kind, now, &mut self.actions);
+                        self.apply_client_actions(id);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next timer deadline.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((at, _, _))| *at)
+    }
+
+    /// The next thing that happened, in order.
+    pub fn poll_event(&mut self) -> Option<TxnEvent> {
+        self.events.pop_front()
+    }
+
+    /// Forgets a transaction that ended (after its earlier events were handled).
+    pub fn forget(&mut self, event: &TxnEvent) {
+        match event {
+            TxnEvent::ServerEnded(id) => {
+                if let Some(entry) = self.servers.remove(id) {
+                    self.server_index.remove(&entry.index_key);
+                }
+            }
+            TxnEvent::ClientEnded(id) => self.abandon_client(*id),
+            _ => {}
+        }
+    }
+
+    fn arm(&mut self, at: Instant, target: TimerTarget) {
+        self.timer_seq += 1;
+        self.timers.push(Reverse((at, self.timer_seq, target)));
+    }
+
+    fn apply_server_actions(&mut self, id: TxnId) {
+        let peer = self.servers.get(&id).map(|e| e.peer);
+        let mut actions = std::mem::take(&mut self.actions);
+        for action in actions.drain(..) {
+            match action {
+                TxnAction::Send(bytes) => {
+                    if let Some(peer) = peer {
+                        self.events
+                            .push_back(TxnEvent::Transmit(Transmit { peer, bytes }));
+                    }
+                }
+                TxnAction::Arm(kind, at) => self.arm(at, TimerTarget::Server(id, kind)),
+                TxnAction::Timeout => self.events.push_back(TxnEvent::ServerTimedOut(id)),
+                TxnAction::Terminated => self.events.push_back(TxnEvent::ServerEnded(id)),
+            }
+        }
+        self.actions = actions;
+    }
+
+    fn apply_client_actions(&mut self, id: TxnId) {
+        let peer = self.clients.get(&id).map(|e| e.peer);
+        let mut actions = std::mem::take(&mut self.actions);
+        for action in actions.drain(..) {
+            match action {
+                TxnAction::Send(bytes) => {
+                    if let Some(peer) = peer {
+                        self.events
+                            .push_back(TxnEvent::Transmit(Transmit { peer, bytes }));
+                    }
+                }
+                TxnAction::Arm(kind, at) => self.arm(at, TimerTarget::Client(id, kind)),
+                TxnAction::Timeout => self.events.push_back(TxnEvent::ClientTimedOut(id)),
+                TxnAction::Terminated => self.events.push_back(TxnEvent::ClientEnded(id)),
+            }
+        }
+        self.actions = actions;
+    }
+}
