@@ -1,0 +1,73 @@
+//! CANCEL: from the caller before the answer, and Bridgehead cancelling its B-leg INVITE.
+
+use super::*;
+
+impl Engine {
+    pub(super) fn cancel_b_invite(&mut self, key: CallKey, now: Instant) {
+        let Some(call) = self.calls.get(&key) else {
+            return;
+        };
+        let Some(entry) = self.txns.client(call.b_invite) else {
+            return;
+        };
+        let cancel = build::cancel_for(&entry.request);
+        let (peer, trunk, script) = (entry.peer, call.b.trunk, call.script);
+        let cancel = self.outgoing(Some(key), script, Leg::B, trunk, cancel);
+        self.start_client(cancel, peer, ClientOwner::Local, now);
+    }
+
+    pub(super) fn on_cancel(&mut self, incoming: Incoming, now: Instant) {
+        let invite_key = Transactions::server_key(&incoming.msg, &Method::Invite, &incoming.from);
+        let invite = invite_key.as_deref().and_then(|k| self.txns.find_server(k));
+        let Some(invite) = invite else {
+            self.answer(incoming, 481, &[], now);
+            return;
+        };
+        let Incoming {
+            msg,
+            key,
+            from,
+            trunk,
+        } = incoming;
+        let (owner, final_sent, request) = match self.txns.server(invite) {
+            Some(e) => (e.owner, e.txn.is_final_sent(), e.request.clone()),
+            None => return,
+        };
+        // The CANCEL itself is answered 200 whatever happens to the INVITE (RFC 3261 §9.2).
+        let call_key = match owner {
+            ServerOwner::Invite(k) => Some(k),
+            _ => None,
+        };
+        let to_tag = call_key
+            .and_then(|k| self.calls.get(&k))
+            .map(|c| c.a.local_tag.clone());
+        let ok = response_to(&msg, 200, None, to_tag.as_deref());
+        // Within a call, its own version's trunk and script (a reload may have renumbered them).
+        let (trunk, script) = call_key.and_then(|k| self.calls.get(&k)).map_or_else(
+            || (trunk, self.current.rules.script_of(trunk)),
+            |c| (c.a.trunk, c.script),
+        );
+        let ok = self.outgoing(call_key, script, Leg::A, trunk, ok);
+        let id = self.create_server(key, msg, from, ServerOwner::Local);
+        self.send_response(id, &ok, now);
+        if final_sent {
+            return;
+        }
+        let (Some(call_key), Some(request)) = (call_key, request) else {
+            return;
+        };
+        let Some(call) = self.calls.get_mut(&call_key) else {
+            return;
+        };
+        call.canceled = true;
+        let send_cancel = call.b_provisional;
+        call.cancel_pending = !send_cancel;
+        call.a_status = 487;
+        let terminated = response_to(&request, 487, None, Some(&call.a.local_tag));
+        let terminated = self.outgoing(Some(call_key), script, Leg::A, trunk, terminated);
+        self.send_response(invite, &terminated, now);
+        if send_cancel {
+            self.cancel_b_invite(call_key, now);
+        }
+    }
+}

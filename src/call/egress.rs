@@ -1,0 +1,207 @@
+//! Egress: the rules' hooks on every message Bridgehead sends, and the trunk's header policy (what
+//! crosses from the other leg).
+
+use super::offer_answer::carries_sdp;
+use super::offer_answer::offer_codecs;
+use super::offer_answer::sdp_kind;
+use super::*;
+
+/// Removes the headers the policy does not let cross, unless a rule set them.
+pub(super) fn apply_policy(msg: &mut Message, touched: &[HeaderName], policy: &HeaderPolicy) {
+    msg.headers.retain(|h| {
+        h.name.is_b2bua_owned() || touched.contains(&h.name) || policy.allows(h.name.as_str())
+    });
+}
+
+impl Engine {
+    pub(super) fn rules_of(&self, call: Option<CallKey>) -> Arc<RuleSet> {
+        call.and_then(|k| self.calls.get(&k))
+            .map_or_else(|| self.current.clone(), |c| c.rules.clone())
+    }
+
+    /// Runs `hook` of `script` for the call `key` (or, with `key` None, for a call being set
+    /// up when the hook is `on_invite`, and for a message outside calls otherwise: `call` is
+    /// nil then). Failures are logged with the call id and counted.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn run_hook(
+        &mut self,
+        rules: &RuleSet,
+        key: Option<CallKey>,
+        call_id: &str,
+        ingress: TrunkId,
+        script: Option<ScriptId>,
+        hook: Hook,
+        args: HookArgs<'_>,
+    ) -> HookOutcome {
+        let vars = key
+            .and_then(|k| self.calls.get_mut(&k))
+            .and_then(|c| c.vars.take());
+        let mut call = HookCall::new(call_id.to_string(), ingress, vars);
+        let in_call = key.is_some() || hook == Hook::Invite;
+        let result = rules
+            .rules
+            .run(script, hook, in_call.then_some(&mut call), args);
+        let mut vars = call.vars.take();
+        if let Some(c) = key.and_then(|k| self.calls.get_mut(&k)) {
+            c.vars = vars.take();
+        }
+        let media = std::mem::take(&mut call.media_actions);
+        if let Some(key) = key {
+            for action in &media {
+                self.play(key, action);
+            }
+        }
+        let failed = match result {
+            Ok(()) => false,
+            Err(err) => {
+                self.stats.script_errors += 1;
+                tracing::warn!(call = %call_id, hook = hook.name(), "script error: {err}");
+                true
+            }
+        };
+        HookOutcome {
+            decision: call.decision,
+            digit_verdict: call.digit_verdict,
+            vars,
+            // Asked for before the call existed (on_invite): played once it does.
+            media: if key.is_some() { Vec::new() } else { media },
+            failed,
+        }
+    }
+
+    /// Runs a hook of a call's own script on its own rule-set version.
+    pub(crate) fn run_call_hook(
+        &mut self,
+        key: CallKey,
+        hook: Hook,
+        args: HookArgs<'_>,
+    ) -> HookOutcome {
+        let Some(call) = self.calls.get(&key) else {
+            return HookOutcome::default();
+        };
+        let (rules, id, ingress, script) = (
+            call.rules.clone(),
+            call.id.clone(),
+            call.ingress,
+            call.script,
+        );
+        if !rules.rules.has_hook(script, hook) {
+            return HookOutcome::default();
+        }
+        self.run_hook(&rules, Some(key), &id, ingress, script, hook, args)
+    }
+
+    /// Runs a lifecycle hook (`on_early_media`, `on_answer`, `on_failure`) with the callee's
+    /// response and returns the rule's decision (only `on_failure` acts on it).
+    pub(super) fn lifecycle_hook(
+        &mut self,
+        key: CallKey,
+        hook: Hook,
+        msg: &Message,
+    ) -> Option<RouteDecision> {
+        let call = self.calls.get(&key)?;
+        if !call.rules.rules.has_hook(call.script, hook) {
+            return None;
+        }
+        let trunk = call.rules.profile.trunks[call.b.trunk].name.clone();
+        let mut hooked = HookMessage::new(msg.clone(), Leg::B.name(), trunk);
+        self.run_call_hook(key, hook, HookArgs::Message(&mut hooked))
+            .decision
+    }
+
+    /// Runs the rules on a message about to be sent toward `trunk` (`on_sdp` for an SDP body,
+    /// then `on_request` or `on_response`), then applies the trunk's header policy (of the
+    /// call's rule-set version).
+    pub(super) fn outgoing(
+        &mut self,
+        call: Option<CallKey>,
+        script: Option<ScriptId>,
+        leg: Leg,
+        trunk: TrunkId,
+        msg: Message,
+    ) -> Message {
+        self.outgoing_edited(call, script, leg, trunk, msg, Vec::new(), None)
+            .0
+    }
+
+    /// [`Engine::outgoing`] for a message some headers of which a rule already edited (they
+    /// bypass the policy), and for a response whose request did or did not carry an SDP offer
+    /// (`request_had_sdp`). Also tells whether a hook failed.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn outgoing_edited(
+        &mut self,
+        call: Option<CallKey>,
+        script: Option<ScriptId>,
+        leg: Leg,
+        trunk: TrunkId,
+        msg: Message,
+        touched: Vec<HeaderName>,
+        request_had_sdp: Option<bool>,
+    ) -> (Message, bool) {
+        let rules = self.rules_of(call);
+        let hook = if msg.is_request() {
+            Hook::Request
+        } else {
+            Hook::Response
+        };
+        let has_sdp = carries_sdp(&msg);
+        let anchoring = has_sdp && call.is_some() && self.media_ports.is_some();
+        let codecs = &rules.profile.trunks[trunk].codecs;
+        let filtering = has_sdp && !codecs.is_empty() && sdp_kind(&msg, request_had_sdp) == "offer";
+        let wants_sdp = has_sdp && rules.rules.has_hook(script, Hook::Sdp);
+        let wants_message = rules.rules.has_hook(script, hook);
+        let mut hooked = HookMessage::new(msg, leg.name(), String::new());
+        hooked.touched = touched;
+        let mut failed = false;
+        let (call_id, ingress) = call
+            .and_then(|k| self.calls.get(&k))
+            .map_or((String::new(), trunk), |c| (c.id.clone(), c.ingress));
+        if wants_sdp || wants_message {
+            hooked.trunk = rules.profile.trunks[trunk].name.clone();
+        }
+        // The offer/answer hand-off: the trunk's codecs, media anchoring, then the rules' own
+        // edits.
+        if anchoring || wants_sdp || filtering {
+            match Sdp::parse(&hooked.msg.body) {
+                Ok(mut sdp) => {
+                    // Anchoring first: it learns the sender's own codecs before any filter.
+                    if let Some(key) = call.filter(|_| anchoring) {
+                        self.anchor_media(key, leg, &mut sdp);
+                    }
+                    if filtering {
+                        offer_codecs(&mut sdp, codecs, anchoring, &call_id);
+                    }
+                    if wants_sdp {
+                        let shared: SharedSdp = Arc::new(Mutex::new(sdp));
+                        let kind = sdp_kind(&hooked.msg, request_had_sdp);
+                        let args = HookArgs::Sdp {
+                            sdp: shared.clone(),
+                            kind,
+                            leg: leg.name(),
+                            msg: &mut hooked,
+                        };
+                        failed |= self
+                            .run_hook(&rules, call, &call_id, ingress, script, Hook::Sdp, args)
+                            .failed;
+                        let sdp = shared.lock().unwrap_or_else(|e| e.into_inner());
+                        hooked.msg.body = Bytes::from(sdp.to_bytes());
+                    } else {
+                        hooked.msg.body = Bytes::from(sdp.to_bytes());
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(call = %call_id, "SDP not parsed, sent as it is: {err}");
+                }
+            }
+        }
+        if wants_message {
+            let args = HookArgs::Message(&mut hooked);
+            failed |= self
+                .run_hook(&rules, call, &call_id, ingress, script, hook, args)
+                .failed;
+        }
+        let policy = &rules.profile.trunks[trunk].headers;
+        apply_policy(&mut hooked.msg, &hooked.touched, policy);
+        (hooked.msg, failed)
+    }
+}

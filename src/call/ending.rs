@@ -1,0 +1,157 @@
+//! How calls end: transaction timeouts and transport failures, local final responses, and
+//! forgetting a call after `on_call_end`.
+
+use super::*;
+
+impl Engine {
+    /// A client transaction got no final response in time.
+    pub(crate) fn on_client_timeout(&mut self, id: TxnId, now: Instant) {
+        self.on_client_failure(id, 408, now);
+    }
+
+    /// A client transaction failed without a response: 408 when it timed out, 503 when the
+    /// transport could not send it (RFC 3261 §8.1.3.1). For a call's INVITE the failure is like
+    /// any other: `on_failure` may route the call again, otherwise the caller hears it.
+    pub(crate) fn on_client_failure(&mut self, id: TxnId, status: u16, now: Instant) {
+        let Some(owner) = self.txns.client(id).map(|e| e.owner) else {
+            return;
+        };
+        let reason = if status == 408 { "timeout" } else { "error" };
+        match owner {
+            ClientOwner::Invite(key) => {
+                let Some(call) = self.calls.get(&key).filter(|c| c.b_invite == id) else {
+                    return;
+                };
+                let server = call.a_invite;
+                let canceled = call.canceled;
+                let rang = call.b_provisional;
+                if status == 408 {
+                    tracing::info!(call = %call.id, "no answer from the callee: 408");
+                } else {
+                    tracing::warn!(call = %call.id, status, "the INVITE could not be sent");
+                }
+                if rang {
+                    // Timer C: the callee rang but never answered. Stop it ringing.
+                    self.cancel_b_invite(key, now);
+                }
+                if !canceled {
+                    let failure = self
+                        .txns
+                        .client(id)
+                        .map(|entry| response_to(&entry.request, status, None, None));
+                    if failure.is_some_and(|f| self.on_failure(key, &f, "sbc", now)) {
+                        return;
+                    }
+                    self.stats.calls_failed += 1;
+                    self.reply_local(key, Leg::A, server, status, now);
+                }
+                self.end_call(key, reason, "sbc", now);
+            }
+            ClientOwner::Relay { call: key, server } => {
+                let Some(entry) = self.txns.server(server) else {
+                    return;
+                };
+                let ServerOwner::Dialog(_, requester) = entry.owner else {
+                    return;
+                };
+                let is_bye = entry
+                    .request
+                    .as_ref()
+                    .is_some_and(|r| r.method() == Some(&Method::Bye));
+                self.reply_local(key, requester, server, status, now);
+                if status == 408 && !is_bye {
+                    // The dialog is gone on the silent side (RFC 5057): hang up the requester.
+                    self.send_bye(key, requester, now);
+                }
+                if status == 408 || is_bye {
+                    self.end_call(key, reason, "sbc", now);
+                }
+            }
+            ClientOwner::Local => {}
+        }
+    }
+
+    /// A server transaction timed out: a 2xx was never acknowledged.
+    pub(crate) fn on_server_timeout(&mut self, id: TxnId, now: Instant) {
+        let Some(owner) = self.txns.server(id).map(|e| e.owner) else {
+            return;
+        };
+        let key = match owner {
+            ServerOwner::Invite(key) | ServerOwner::Dialog(key, _) => key,
+            ServerOwner::Local => return,
+        };
+        let Some(call) = self.calls.get(&key) else {
+            return;
+        };
+        if call.pending_ack.is_some_and(|p| p.server == id) {
+            tracing::info!(call = %call.id, "2xx never acknowledged: hanging up both legs");
+            self.hang_up(key, now);
+        }
+    }
+
+    /// Answers a request of a call locally (408, 487…).
+    pub(super) fn reply_local(
+        &mut self,
+        key: CallKey,
+        leg: Leg,
+        server: TxnId,
+        status: u16,
+        now: Instant,
+    ) {
+        let Some(request) = self.txns.server(server).and_then(|e| e.request.as_ref()) else {
+            return;
+        };
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        if server == call.a_invite {
+            call.a_status = status;
+        }
+        let dialog = call.leg(leg);
+        let response = response_to(request, status, None, Some(&dialog.local_tag));
+        let (script, trunk) = (call.script, dialog.trunk);
+        let response = self.outgoing(Some(key), script, leg, trunk, response);
+        self.send_response(server, &response, now);
+    }
+
+    /// Forgets a call after telling its rules how it ended (`on_call_end`).
+    pub(super) fn end_call(
+        &mut self,
+        key: CallKey,
+        reason: &'static str,
+        by: &'static str,
+        now: Instant,
+    ) {
+        if let Some(call) = self.calls.get(&key) {
+            if call.rules.rules.has_hook(call.script, Hook::CallEnd) {
+                let info = CallEndInfo {
+                    reason,
+                    by,
+                    status: call.a_status,
+                    answered: call.answered,
+                    duration: call
+                        .answered_at
+                        .map_or(0.0, |at| now.saturating_duration_since(at).as_secs_f64()),
+                    mos: call.mos.iter().flatten().copied().reduce(f64::min),
+                };
+                self.run_call_hook(key, Hook::CallEnd, HookArgs::CallEnd(&info));
+            }
+        }
+        if let Some(call) = self.calls.remove(&key) {
+            tracing::debug!(call = %call.id, reason, by, "call ended");
+            if !call.streams.is_empty() {
+                self.media_commands.push_back(MediaCommand::Close {
+                    call: self.media_call_id(key),
+                });
+                if let Some(pool) = self.media_ports.as_mut() {
+                    for stream in &call.streams {
+                        pool.give(stream.a.local);
+                        pool.give(stream.b.local);
+                    }
+                }
+            }
+            self.dialogs.remove(&call.a.dialog_key());
+            self.dialogs.remove(&call.b.dialog_key());
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! In-dialog requests: ACKs, BYE, re-INVITE, UPDATE, INFO and the rest relayed between the legs,
+//! and the requests Bridgehead sends itself within a dialog.
+
+use super::dtmf::info_digit;
+use super::*;
+
+/// Requests that refresh the remote target and carry our Contact.
+pub(super) fn is_target_refresh(method: &Method) -> bool {
+    matches!(
+        method,
+        Method::Invite | Method::Update | Method::Subscribe | Method::Notify | Method::Refer
+    )
+}
+
+/// The Record-Route values of a message, in order.
+pub(super) fn record_routes(msg: &Message) -> Vec<String> {
+    msg.headers_named(&HeaderName::RecordRoute)
+        .filter_map(|v| std::str::from_utf8(v).ok())
+        .flat_map(split_list)
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The URI of the first Contact of a message.
+pub(super) fn contact_uri(msg: &Message) -> Option<String> {
+    let value = msg.header_str(&HeaderName::Contact)?;
+    uri_of(split_list(value).next()?)
+}
+
+impl Engine {
+    /// An ACK outside any transaction: the end-to-end ACK of a 2xx.
+    pub(super) fn on_dialog_ack(&mut self, msg: Message, info: &RequestInfo, now: Instant) {
+        let key = dialog_key(&info.call_id, info.to_tag.as_deref());
+        let Some((key, leg)) = self.dialogs.get(&key).copied() else {
+            return;
+        };
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        let Some(pending) = call.pending_ack.filter(|p| p.from == leg) else {
+            return;
+        };
+        call.pending_ack = None;
+        self.server_ack(pending.server, now);
+        self.ack_leg(key, leg.other(), Some(&msg));
+    }
+
+    /// Sends the ACK of the last INVITE on `leg`, carrying the body of `from` (late offer).
+    pub(super) fn ack_leg(&mut self, key: CallKey, leg: Leg, from: Option<&Message>) {
+        let branch = self.new_branch();
+        let Some(call) = self.calls.get(&key) else {
+            return;
+        };
+        let dialog = call.leg(leg);
+        let listener = &self.current.profile.listeners[dialog.peer.listener];
+        let via = via_value(listener, dialog.peer.transport, &branch);
+        let mut ack = dialog_request(Method::Ack, dialog, via, dialog.invite_cseq, 70);
+        if let Some(from) = from {
+            copy_crossing(from, &mut ack);
+        }
+        let (peer, trunk, script) = (dialog.peer, dialog.trunk, call.script);
+        let ack = self.outgoing(Some(key), script, leg, trunk, ack);
+        let bytes = Bytes::from(ack.to_bytes());
+        if let Some(call) = self.calls.get_mut(&key) {
+            call.last_ack = Some((leg, bytes.clone()));
+        }
+        self.transmit(peer, bytes);
+    }
+
+    /// Sends a BYE on a leg (Bridgehead hangs up that side).
+    pub(super) fn send_bye(&mut self, key: CallKey, leg: Leg, now: Instant) {
+        self.send_in_dialog(key, leg, Method::Bye, None, now);
+    }
+
+    /// Sends a request of Bridgehead's own in the dialog of a leg (next CSeq), with an optional
+    /// body (content type, bytes). Nothing is sent before the dialog is established.
+    pub(super) fn send_in_dialog(
+        &mut self,
+        key: CallKey,
+        leg: Leg,
+        method: Method,
+        body: Option<(&str, Bytes)>,
+        now: Instant,
+    ) {
+        let branch = self.new_branch();
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        let dialog = call.leg_mut(leg);
+        if dialog.remote_tag.is_none() {
+            return;
+        }
+        dialog.local_cseq += 1;
+        let dialog = call.leg(leg);
+        let listener = &self.current.profile.listeners[dialog.peer.listener];
+        let via = via_value(listener, dialog.peer.transport, &branch);
+        let mut request = dialog_request(method, dialog, via, dialog.local_cseq, 70);
+        if let Some((content_type, bytes)) = body {
+            request.push_header(HeaderName::ContentType, content_type.to_string());
+            request.body = bytes;
+        }
+        let (peer, trunk, script) = (dialog.peer, dialog.trunk, call.script);
+        let request = self.outgoing(Some(key), script, leg, trunk, request);
+        self.start_client(request, peer, ClientOwner::Local, now);
+    }
+
+    /// Checks an in-dialog request against its dialog (RFC 3261 §12.2.2) and records what it
+    /// changes; returns the call and the leg it came on, or the status to refuse it with.
+    pub(super) fn accept_dialog_request(
+        &mut self,
+        msg: &Message,
+        method: &Method,
+        info: &RequestInfo,
+    ) -> Result<(CallKey, Leg), Refusal> {
+        let (call_key, leg) = self
+            .dialogs
+            .get(&dialog_key(&info.call_id, info.to_tag.as_deref()))
+            .copied()
+            .ok_or((481, Vec::new()))?;
+        let call = self.calls.get_mut(&call_key).ok_or((481, Vec::new()))?;
+        let dialog = call.leg_mut(leg);
+        let tags_match = info.to_tag.as_deref() == Some(dialog.local_tag.as_str())
+            && (dialog.remote_tag.is_none() || info.from_tag == dialog.remote_tag);
+        if !tags_match {
+            return Err((481, Vec::new()));
+        }
+        if dialog.remote_cseq != 0 && info.cseq <= dialog.remote_cseq {
+            let warning = "399 bridgehead \"CSeq out of order\"".to_string();
+            return Err((500, vec![(HeaderName::Warning, warning)]));
+        }
+        dialog.remote_cseq = info.cseq;
+        if info.max_forwards == Some(0) {
+            return Err((483, Vec::new()));
+        }
+        if *method == Method::Invite && call.invite_pending {
+            let retry = (HeaderName::Other("Retry-After".into()), "1".to_string());
+            return Err((491, vec![retry]));
+        }
+        if is_target_refresh(method) {
+            if let Some(target) = contact_uri(msg) {
+                call.leg_mut(leg).remote_target = target;
+            }
+        }
+        if *method == Method::Invite {
+            call.invite_pending = true;
+        }
+        Ok((call_key, leg))
+    }
+
+    pub(super) fn on_dialog_request(
+        &mut self,
+        incoming: Incoming,
+        method: Method,
+        info: RequestInfo,
+        now: Instant,
+    ) {
+        let (call_key, leg) = match self.accept_dialog_request(&incoming.msg, &method, &info) {
+            Ok(found) => found,
+            Err((status, extra)) => {
+                self.answer(incoming, status, &extra, now);
+                return;
+            }
+        };
+        let Incoming { msg, key, from, .. } = incoming;
+        if method == Method::Info {
+            if let Some(event) = info_digit(&msg, leg) {
+                let heard = self.run_call_hook(call_key, Hook::Media, HookArgs::Media(&event));
+                if self.hand_on_digit(call_key, leg, &event, heard.digit_verdict, now) {
+                    let server = self.create_server(key, msg, from, ServerOwner::Local);
+                    self.reply_local(call_key, leg, server, 200, now);
+                    return;
+                }
+            }
+        }
+        let to = leg.other();
+        let branch = self.new_branch();
+        let Some(call) = self.calls.get_mut(&call_key) else {
+            return;
+        };
+        let other = call.leg_mut(to);
+        other.local_cseq += 1;
+        if method == Method::Invite {
+            other.invite_cseq = other.local_cseq;
+        }
+        let other = call.leg(to);
+        let listener = &self.current.profile.listeners[other.peer.listener];
+        let via = via_value(listener, other.peer.transport, &branch);
+        let max_forwards = info.max_forwards.unwrap_or(70).saturating_sub(1);
+        let mut request =
+            dialog_request(method.clone(), other, via, other.local_cseq, max_forwards);
+        if is_target_refresh(&method) {
+            request.push_header(HeaderName::Contact, other.contact.clone());
+        }
+        if matches!(method, Method::Invite | Method::Update) {
+            request.push_header(HeaderName::Allow, ALLOW.to_string());
+        }
+        copy_crossing(&msg, &mut request);
+        let (peer, dest_trunk, script) = (other.peer, other.trunk, call.script);
+        let server = self.create_server(key, msg, from, ServerOwner::Dialog(call_key, leg));
+        let request = self.outgoing(Some(call_key), script, to, dest_trunk, request);
+        self.start_client(
+            request,
+            peer,
+            ClientOwner::Relay {
+                call: call_key,
+                server,
+            },
+            now,
+        );
+    }
+
+    /// Bridgehead ends an answered call: BYE on both legs.
+    pub(crate) fn hang_up(&mut self, key: CallKey, now: Instant) {
+        self.send_bye(key, Leg::A, now);
+        self.send_bye(key, Leg::B, now);
+        self.end_call(key, "timeout", "sbc", now);
+    }
+}

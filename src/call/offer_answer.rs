@@ -1,0 +1,282 @@
+//! Offer/answer and media: SDP anchored on the relay's ports, trunk codec lists, local ringback,
+//! and sounds the rules play.
+
+use super::*;
+
+/// True when a message carries an SDP body.
+pub(super) fn carries_sdp(msg: &Message) -> bool {
+    !msg.body.is_empty()
+        && msg.header_str(&HeaderName::ContentType).is_some_and(|t| {
+            t.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/sdp")
+        })
+}
+
+/// Keeps only a trunk's codecs in an offer toward it, in its order. When nothing is in common
+/// but G.711 (the offer has PCMU, the trunk takes PCMA, or the reverse) and media is anchored,
+/// the other G.711 is offered and the relay transcodes. Otherwise a media section with none of
+/// the trunk's codecs is left as it is (the far end refuses it, as it would without the list).
+pub(super) fn offer_codecs(sdp: &mut Sdp, codecs: &[String], anchored: bool, call_id: &str) {
+    let wanted: Vec<&str> = codecs.iter().map(String::as_str).collect();
+    let takes = |name: &str| wanted.iter().any(|w| w.eq_ignore_ascii_case(name));
+    for media in sdp.media_mut() {
+        if media.is_rejected() || media.kind() != "audio" {
+            continue;
+        }
+        // Voice codecs in common (telephone-event and comfort noise do not carry a call).
+        let voice = |name: &str| {
+            !name.eq_ignore_ascii_case("telephone-event") && !name.eq_ignore_ascii_case("CN")
+        };
+        let common = media
+            .codecs()
+            .iter()
+            .any(|c| voice(&c.name) && takes(&c.name));
+        if !common && anchored {
+            let has = |name: &str| {
+                media
+                    .codecs()
+                    .iter()
+                    .any(|c| c.name.eq_ignore_ascii_case(name))
+            };
+            let renamed = if has("PCMU") && takes("PCMA") {
+                media.replace_codec("PCMU", "8", "PCMA/8000")
+            } else if has("PCMA") && takes("PCMU") {
+                media.replace_codec("PCMA", "0", "PCMU/8000")
+            } else {
+                false
+            };
+            if renamed {
+                tracing::info!(call = %call_id, "no codec in common: transcoding G.711");
+            }
+        }
+        let kept = media.keep_codecs(&wanted);
+        match kept {
+            Ok(_) => {
+                media.reorder_codecs(&wanted);
+            }
+            Err(err) => tracing::info!(call = %call_id, "codec list not applied: {err}"),
+        }
+    }
+}
+
+/// What an SDP body is in offer/answer terms (RFC 3264): requests offer, except ACK and PRACK
+/// which answer; responses answer, unless their request carried no offer (delayed offer).
+pub(super) fn sdp_kind(msg: &Message, request_had_sdp: Option<bool>) -> &'static str {
+    match msg.method() {
+        Some(Method::Ack | Method::Prack) => "answer",
+        Some(_) => "offer",
+        None if request_had_sdp == Some(false) => "offer",
+        None => "answer",
+    }
+}
+
+impl Engine {
+    /// Anchors an SDP about to be sent on `leg` of a call: Bridgehead's ports facing that leg,
+    /// the other leg's addresses learned; the relay is told what changed.
+    pub(super) fn anchor_media(&mut self, key: CallKey, leg: Leg, sdp: &mut Sdp) {
+        let media_id = self.media_call_id(key);
+        let advertise = match &self.current.profile.media {
+            Some(media) => media.advertise.clone(),
+            None => return,
+        };
+        let (Some(call), Some(pool)) = (self.calls.get_mut(&key), self.media_ports.as_mut()) else {
+            return;
+        };
+        let trunk = &call.rules.profile.trunks[call.leg(leg).trunk];
+        let policy = (trunk.srtp, trunk.media_dscp);
+        let dtmf = |trunk: TrunkId| call.rules.profile.trunks[trunk].dtmf;
+        let (a_dtmf, b_dtmf) = (dtmf(call.a.trunk), dtmf(call.b.trunk));
+        let noise = |trunk: TrunkId| call.rules.profile.trunks[trunk].comfort_noise;
+        let (a_noise, b_noise) = (noise(call.a.trunk), noise(call.b.trunk));
+        let rules_hear_digits = call.rules.rules.has_hook(call.script, Hook::Media);
+        match crate::media::anchor(
+            sdp,
+            &mut call.streams,
+            leg,
+            policy,
+            pool,
+            &mut self.random,
+            &advertise,
+        ) {
+            Ok(mut changed) => {
+                use crate::config::DtmfMode;
+                for stream in &mut call.streams {
+                    let before = *stream;
+                    stream.a.dtmf = a_dtmf;
+                    stream.b.dtmf = b_dtmf;
+                    // Events cross as they are only toward an RFC 4733 trunk that took
+                    // telephone-event, and only when no rule may drop or change them.
+                    stream.a.dtmf_held = b_dtmf != DtmfMode::Rfc4733
+                        || stream.b.dtmf_pt.is_none()
+                        || rules_hear_digits;
+                    stream.b.dtmf_held = a_dtmf != DtmfMode::Rfc4733
+                        || stream.a.dtmf_pt.is_none()
+                        || rules_hear_digits;
+                    stream.a.comfort_noise = a_noise;
+                    stream.b.comfort_noise = b_noise;
+                    // A reload can change these without any SDP change.
+                    if *stream != before && !changed.contains(&stream.index) {
+                        changed.push(stream.index);
+                    }
+                }
+                for index in changed {
+                    self.media_commands.push_back(MediaCommand::Stream {
+                        call: media_id,
+                        stream: Box::new(call.streams[index]),
+                    });
+                }
+            }
+            Err(err) => {
+                self.stats.media_failures += 1;
+                let refuse = call.rules.profile.media.as_ref().map(|m| m.no_ports)
+                    == Some(crate::config::NoPortsPolicy::Refuse);
+                // Only a new call's offer can be refused: its answer uses the port taken with
+                // the offer, and later SDPs go out as they are.
+                if refuse && !call.answered && call.invite_pending && leg == Leg::B {
+                    call.media_refused = Some(err);
+                } else {
+                    tracing::error!(call = %call.id, "media not anchored: {err}");
+                }
+            }
+        }
+    }
+
+    /// Local ringback: when the caller's trunk has `local_ringback` and the callee rings
+    /// without early media (a 180-183 without SDP) before any answer reached the caller, the
+    /// same provisional with an SDP as if the callee had answered without sending yet
+    /// (`c=0.0.0.0`): the caller's offer cut to its first G.711 plus telephone-event and
+    /// comfort noise, other streams refused. Anchoring it gives the caller Bridgehead's answer.
+    /// Returns that provisional and whether its G.711 is PCMU.
+    pub(super) fn local_ringback_answer(
+        &self,
+        key: CallKey,
+        msg: &Message,
+    ) -> Option<(Message, bool)> {
+        let status = msg.status()?;
+        let call = self.calls.get(&key)?;
+        // Not once the callee sent an SDP (early media): the caller has its answer.
+        let wanted = (180..=183).contains(&status)
+            && msg.body.is_empty()
+            && call.local_answer.is_none()
+            && !call.streams.is_empty()
+            && call.streams.iter().all(|s| s.b.own_pts.is_empty())
+            && call.rules.profile.trunks[call.a.trunk].local_ringback;
+        if !wanted {
+            return None;
+        }
+        let offer = self.txns.server(call.a_invite)?.request.as_ref()?;
+        let mut sdp = Sdp::parse(&offer.body).ok()?;
+        let mut voice = None;
+        for media in sdp.media_mut() {
+            let g711 = media.codecs().into_iter().find(|c| c.is_g711());
+            match g711 {
+                Some(codec) if media.kind() == "audio" && voice.is_none() => {
+                    media
+                        .keep_codecs(&[&codec.pt, "telephone-event", "CN"])
+                        .ok()?;
+                    media.remove_attribute("crypto");
+                    media.set_connection("0.0.0.0").ok()?;
+                    // The answer's direction mirrors the offer's (RFC 3264 §6.1).
+                    let direction = match media.direction() {
+                        crate::sdp::Direction::SendOnly => crate::sdp::Direction::RecvOnly,
+                        crate::sdp::Direction::RecvOnly => crate::sdp::Direction::SendOnly,
+                        other => other,
+                    };
+                    media.set_direction(direction);
+                    voice = Some(codec.name);
+                }
+                _ => media.set_port(0),
+            }
+        }
+        let pcmu = voice?.eq_ignore_ascii_case("PCMU");
+        if sdp.connection().is_some() {
+            sdp.set_connection("0.0.0.0").ok()?;
+        }
+        let mut ringing = msg.clone();
+        ringing.set_header(HeaderName::ContentType, "application/sdp");
+        ringing.body = Bytes::from(sdp.to_bytes());
+        Some((ringing, pcmu))
+    }
+
+    /// After the caller got Bridgehead's own answer (`answer`, the SDP sent, with PCMU or
+    /// PCMA): keeps it, makes the relay give the caller only that G.711 (transcoding if the
+    /// callee picks the other), and plays the caller ringback until the callee's media comes.
+    pub(super) fn start_local_ringback(&mut self, key: CallKey, answer: Option<Bytes>, pcmu: bool) {
+        let media_id = self.media_call_id(key);
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        let Some(answer) = answer else {
+            return;
+        };
+        call.local_answer = Some(answer);
+        for stream in &mut call.streams {
+            if stream.a.accepts != (false, false) {
+                stream.a.accepts = (pcmu, !pcmu);
+                self.media_commands.push_back(MediaCommand::Stream {
+                    call: media_id,
+                    stream: Box::new(*stream),
+                });
+            }
+        }
+        let ringback = crate::script::MediaAction::PlayRingback { leg: "a" };
+        self.play(key, &ringback);
+    }
+
+    /// The callee's answer to the caller's offer, after Bridgehead answered it itself (local
+    /// ringback): the caller gets Bridgehead's answer again, as long as the callee chose a
+    /// G.711 (the relay transcodes the other one).
+    pub(super) fn repeat_local_answer(&self, key: CallKey, response: &mut Message) {
+        let Some(call) = self.calls.get(&key) else {
+            return;
+        };
+        let Some(answer) = &call.local_answer else {
+            return;
+        };
+        if call.streams.iter().any(|s| s.b.accepts != (false, false)) {
+            response.body = answer.clone();
+        } else {
+            tracing::warn!(
+                call = %call.id,
+                "the callee answered without G.711: the caller gets an answer other than the one in its ringback"
+            );
+        }
+    }
+
+    /// Hands a rule's media action to the relay.
+    pub(super) fn play(&mut self, key: CallKey, action: &crate::script::MediaAction) {
+        let Some(call) = self.calls.get(&key) else {
+            return;
+        };
+        let (leg, sound) = match action {
+            crate::script::MediaAction::PlayRingback { leg } => {
+                // The plan of the trunk that hears it, else the media section's.
+                let trunk = call.leg(if *leg == "a" { Leg::A } else { Leg::B }).trunk;
+                let profile = &call.rules.profile;
+                let plan = profile.trunks[trunk]
+                    .ringback
+                    .or(profile.media.as_ref().map(|m| m.ringback))
+                    .unwrap_or_default();
+                (*leg, crate::media::player::Sound::Ringback(plan))
+            }
+            crate::script::MediaAction::SendDtmf { leg, digits } => (
+                *leg,
+                crate::media::player::Sound::Digits {
+                    digits: digits.clone(),
+                    duration_ms: 100,
+                },
+            ),
+        };
+        self.play_sound(key, if leg == "a" { Leg::A } else { Leg::B }, sound);
+    }
+
+    /// Asks the relay to play a sound toward one leg of a call.
+    pub(super) fn play_sound(&mut self, key: CallKey, to: Leg, sound: crate::media::player::Sound) {
+        self.media_commands.push_back(MediaCommand::Play {
+            call: self.media_call_id(key),
+            to,
+            sound,
+        });
+    }
+}

@@ -1,0 +1,279 @@
+//! Responses: matching them to client transactions, the B-leg INVITE's provisional and final
+//! responses relayed to the caller, relayed in-dialog responses, and hop-by-hop ACKs.
+
+use super::in_dialog::contact_uri;
+use super::in_dialog::is_target_refresh;
+use super::in_dialog::record_routes;
+use super::offer_answer::carries_sdp;
+use super::*;
+
+impl Engine {
+    /// A response arrived.
+    pub(crate) fn on_response(&mut self, msg: Message, from: Peer, now: Instant) {
+        let info = match check_response(&msg) {
+            Ok(info) => info,
+            Err(fault) => {
+                self.stats.malformed += 1;
+                tracing::debug!(peer = %from.addr, %fault, "malformed response dropped");
+                return;
+            }
+        };
+        let Some(id) = self.txns.find_client(&info.branch, &info.cseq_method) else {
+            self.on_stray_response(&msg, &info.call_id, &info.cseq_method);
+            return;
+        };
+        let Some(owner) = self.txns.client(id).map(|e| e.owner) else {
+            return;
+        };
+        if !self.client_response(id, &msg, now) {
+            return;
+        }
+        match owner {
+            // Only the call's current B-leg INVITE counts (an abandoned one, after Timer C and a
+            // failover, still gets its 487 acknowledged by its transaction).
+            ClientOwner::Invite(call)
+                if self.calls.get(&call).is_some_and(|c| c.b_invite == id) =>
+            {
+                self.on_b_invite_response(call, msg, now)
+            }
+            ClientOwner::Invite(_) => {}
+            ClientOwner::Relay { call, server } => self.on_relay_response(call, server, msg, now),
+            ClientOwner::Local => {}
+        }
+    }
+
+    /// A 2xx to an INVITE whose transaction is over: repeat the ACK we sent (RFC 3261 §13.2.2.4).
+    pub(super) fn on_stray_response(&mut self, msg: &Message, call_id: &str, cseq_method: &str) {
+        let is_2xx = msg.status().is_some_and(|s| (200..300).contains(&s));
+        if !is_2xx || cseq_method != "INVITE" {
+            return;
+        }
+        // Our tag is the From-tag of a response to our request.
+        let our_tag = msg.header_str(&HeaderName::From).and_then(tag_of);
+        let Some((key, leg)) = self
+            .dialogs
+            .get(&dialog_key(call_id, our_tag.as_deref()))
+            .copied()
+        else {
+            return;
+        };
+        let Some(call) = self.calls.get(&key) else {
+            return;
+        };
+        if let Some((ack_leg, bytes)) = &call.last_ack {
+            if *ack_leg == leg {
+                let (peer, bytes) = (call.leg(leg).peer, bytes.clone());
+                self.transmit(peer, bytes);
+            }
+        }
+    }
+
+    /// Records what a response from the callee says about the B-leg dialog.
+    pub(super) fn learn_b_dialog(call: &mut Call, msg: &Message) {
+        if call.b.remote_tag.is_none() {
+            call.b.remote_tag = msg.header_str(&HeaderName::To).and_then(tag_of);
+        }
+        if let Some(target) = contact_uri(msg) {
+            call.b.remote_target = target;
+        }
+        let mut routes = record_routes(msg);
+        if !routes.is_empty() {
+            routes.reverse();
+            call.b.route_set = routes;
+        }
+    }
+
+    pub(super) fn on_b_invite_response(&mut self, key: CallKey, msg: Message, now: Instant) {
+        let Some(status) = msg.status() else {
+            return;
+        };
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        if status < 200 {
+            call.b_provisional = true;
+            if call.cancel_pending {
+                call.cancel_pending = false;
+                self.cancel_b_invite(key, now);
+                return;
+            }
+            if status == 100 || call.canceled {
+                return;
+            }
+            Engine::learn_b_dialog(call, &msg);
+            if !msg.body.is_empty() {
+                self.lifecycle_hook(key, Hook::EarlyMedia, &msg);
+            }
+        } else if status < 300 {
+            Engine::learn_b_dialog(call, &msg);
+            call.invite_pending = false;
+            if call.canceled {
+                // The caller gave up first: acknowledge and hang up the callee.
+                self.ack_leg(key, Leg::B, None);
+                self.send_bye(key, Leg::B, now);
+                self.end_call(key, "cancel", "a", now);
+                return;
+            }
+            call.answered = true;
+            call.answered_at = Some(now);
+            call.pending_ack = Some(PendingAck {
+                from: Leg::A,
+                server: call.a_invite,
+            });
+            self.stats.calls_answered += 1;
+            self.lifecycle_hook(key, Hook::Answer, &msg);
+        } else {
+            call.invite_pending = false;
+            if call.canceled {
+                self.end_call(key, "cancel", "a", now);
+                return;
+            }
+            if self.on_failure(key, &msg, "b", now) {
+                return;
+            }
+            self.stats.calls_failed += 1;
+        }
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        let server = call.a_invite;
+        if status >= 200 {
+            call.a_status = status;
+        }
+        match self.local_ringback_answer(key, &msg) {
+            Some((ringing, pcmu)) => {
+                let answer = self.relay_response_to(key, Leg::A, server, &ringing, now);
+                self.start_local_ringback(key, answer, pcmu);
+            }
+            None => {
+                self.relay_response_to(key, Leg::A, server, &msg, now);
+            }
+        }
+        if status >= 300 {
+            self.end_call(key, "rejected", "b", now);
+        }
+    }
+
+    /// Relays a response from one leg to the server transaction `server` on leg `to`; returns
+    /// the SDP it carried, if any.
+    pub(super) fn relay_response_to(
+        &mut self,
+        key: CallKey,
+        to: Leg,
+        server: TxnId,
+        msg: &Message,
+        now: Instant,
+    ) -> Option<Bytes> {
+        let request = self.txns.server(server).and_then(|e| e.request.as_ref())?;
+        let call = self.calls.get(&key)?;
+        let status = msg.status()?;
+        let reason = match &msg.start {
+            StartLine::Response { reason, .. } => reason.clone(),
+            StartLine::Request { .. } => String::new(),
+        };
+        let dialog = call.leg(to);
+        let method = request.method().cloned().unwrap_or(Method::Ack);
+        let mut response = response_to(request, status, Some(&reason), Some(&dialog.local_tag));
+        if status > 100 && status < 300 && is_target_refresh(&method) {
+            response.push_header(HeaderName::Contact, dialog.contact.clone());
+        }
+        if (200..300).contains(&status) && matches!(method, Method::Invite | Method::Update) {
+            response.push_header(HeaderName::Allow, ALLOW.to_string());
+        }
+        copy_crossing(msg, &mut response);
+        if (300..400).contains(&status) {
+            // A redirect is only useful with its targets.
+            for contact in msg.headers_named(&HeaderName::Contact) {
+                response.push_header(
+                    HeaderName::Contact,
+                    String::from_utf8_lossy(contact).into_owned(),
+                );
+            }
+        }
+        let (script, trunk) = (call.script, dialog.trunk);
+        let offered = Some(!request.body.is_empty());
+        let a_invite = call.a_invite;
+        let (mut response, _) =
+            self.outgoing_edited(Some(key), script, to, trunk, response, Vec::new(), offered);
+        if server == a_invite && status < 300 && carries_sdp(&response) {
+            self.repeat_local_answer(key, &mut response);
+        }
+        self.send_response(server, &response, now);
+        carries_sdp(&response).then(|| response.body.clone())
+    }
+
+    pub(super) fn on_relay_response(
+        &mut self,
+        key: CallKey,
+        server: TxnId,
+        msg: Message,
+        now: Instant,
+    ) {
+        let Some(status) = msg.status() else {
+            return;
+        };
+        let Some(entry) = self.txns.server(server) else {
+            return;
+        };
+        let ServerOwner::Dialog(_, to) = entry.owner else {
+            return;
+        };
+        let method = entry
+            .request
+            .as_ref()
+            .and_then(|r| r.method().cloned())
+            .unwrap_or(Method::Ack);
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        let from_leg = to.other();
+        if (200..300).contains(&status) && is_target_refresh(&method) {
+            if let Some(target) = contact_uri(&msg) {
+                call.leg_mut(from_leg).remote_target = target;
+            }
+        }
+        if method == Method::Invite && status >= 200 {
+            call.invite_pending = false;
+            if status < 300 {
+                call.pending_ack = Some(PendingAck { from: to, server });
+            }
+        }
+        self.relay_response_to(key, to, server, &msg, now);
+        if method == Method::Bye && status >= 200 {
+            self.end_call(key, "bye", to.name(), now);
+        }
+    }
+
+    /// The ACK for a non-2xx final response to a client INVITE transaction (RFC 3261
+    /// §17.1.1.3), when the transaction needs one now; it goes through the leg's hooks and header
+    /// policy like every other message Bridgehead sends toward a trunk.
+    pub(crate) fn hop_by_hop_ack(
+        &mut self,
+        id: TxnId,
+        status: u16,
+        response: &Message,
+    ) -> Option<Message> {
+        let entry = self.txns.client(id)?;
+        let waiting = matches!(
+            entry.txn.state(),
+            ClientState::Calling | ClientState::Proceeding
+        );
+        if status < 300 || !waiting || entry.request.method() != Some(&Method::Invite) {
+            return None;
+        }
+        let ack = build::ack_for(&entry.request, response);
+        let (key, leg) = match entry.owner {
+            ClientOwner::Invite(key) => (key, Leg::B),
+            ClientOwner::Relay { call, server } => match self.txns.server(server)?.owner {
+                ServerOwner::Dialog(_, requester) => (call, requester.other()),
+                _ => return Some(ack),
+            },
+            ClientOwner::Local => return Some(ack),
+        };
+        let Some(call) = self.calls.get(&key) else {
+            return Some(ack);
+        };
+        let (script, trunk) = (call.script, call.leg(leg).trunk);
+        Some(self.outgoing(Some(key), script, leg, trunk, ack))
+    }
+}

@@ -1,0 +1,617 @@
+//! Call setup and routing: requests arriving outside a dialog, what Bridgehead answers itself, a
+//! new INVITE through `on_invite` to its B-leg, and serial failover (`on_failure`).
+
+use super::in_dialog::contact_uri;
+use super::in_dialog::record_routes;
+use super::*;
+
+/// A Request-URI for a trunk peer: the user and parameters of `uri`, the peer's address.
+pub(super) fn retarget(uri: &str, peer: &Peer) -> String {
+    let parsed = Uri::parse(uri).ok();
+    let user = parsed.as_ref().and_then(|u| u.user);
+    let mut out = String::with_capacity(64);
+    out.push_str("sip:");
+    if let Some(user) = user {
+        out.push_str(user);
+        out.push('@');
+    }
+    out.push_str(&match peer.addr {
+        std::net::SocketAddr::V4(a) => a.to_string(),
+        std::net::SocketAddr::V6(a) => a.to_string(),
+    });
+    if let Some(parsed) = &parsed {
+        for (name, value) in crate::sip::header::params(parsed.params).map_while(Result::ok) {
+            if ["transport", "maddr", "lr", "phone-context"]
+                .iter()
+                .any(|skip| name.eq_ignore_ascii_case(skip))
+            {
+                continue;
+            }
+            out.push(';');
+            out.push_str(name);
+            if let Some(value) = value {
+                out.push('=');
+                out.push_str(value);
+            }
+        }
+        if parsed.scheme == Scheme::Tel {
+            out.push_str(";user=phone");
+        }
+    }
+    if peer.transport == crate::config::Transport::Tcp {
+        out.push_str(";transport=tcp");
+    }
+    out
+}
+
+impl Engine {
+    /// A request arrived.
+    pub(crate) fn on_request(&mut self, msg: Message, from: Peer, now: Instant) {
+        let Some(method) = msg.method().cloned() else {
+            return;
+        };
+        let info = match check_request(&msg) {
+            Ok(info) => info,
+            Err(fault) => {
+                self.stats.malformed += 1;
+                tracing::debug!(peer = %from.addr, %fault, "malformed request");
+                // An unknown method is answered 501 even when its CSeq does not match (RFC 4475
+                // §3.1.2.18): the method is the first thing Bridgehead cannot serve.
+                let status = match (&method, &fault) {
+                    (Method::Extension(_), crate::sip::Fault::CSeqMethod) => 501,
+                    _ => fault.status(),
+                };
+                if method != Method::Ack {
+                    self.reject_stateless(&msg, from, status, &fault.to_string(), now);
+                }
+                return;
+            }
+        };
+        let Some(key) = Transactions::server_key(&msg, &method, &from) else {
+            return;
+        };
+        if method == Method::Ack {
+            match self.txns.find_server(&key) {
+                Some(id) => {
+                    self.server_ack(id, now);
+                }
+                None => self.on_dialog_ack(msg, &info, now),
+            }
+            return;
+        }
+        if let Some(id) = self.txns.find_server(&key) {
+            self.server_retransmission(id, now);
+            return;
+        }
+        // A request inside a dialog belongs to that leg's trunk, even when its source is not one
+        // of the trunk's peers any more (a reload removed it) or never was (a rule routed the
+        // call to another address).
+        // (Local answers use the current version's trunks: the index must exist there too.)
+        let trunks = self.current.profile.trunks.len();
+        let trunk = self
+            .current
+            .profile
+            .trunk_for(from.listener, from.addr.ip())
+            .or_else(|| {
+                let tag = info.to_tag.as_deref()?;
+                let (key, leg) = self.dialogs.get(&dialog_key(&info.call_id, Some(tag)))?;
+                let trunk = self.calls.get(key)?.leg(*leg).trunk;
+                (trunk < trunks).then_some(trunk)
+            });
+        let Some(trunk) = trunk else {
+            let drop = self
+                .current
+                .profile
+                .listeners
+                .get(from.listener)
+                .is_some_and(|l| l.unknown_sources == crate::config::UnknownSources::Drop);
+            if drop {
+                tracing::debug!(peer = %from.addr, "request from a source that belongs to no trunk: dropped");
+                return;
+            }
+            tracing::info!(peer = %from.addr, "request from a source that belongs to no trunk");
+            self.reject_stateless(&msg, from, 403, "source belongs to no trunk", now);
+            return;
+        };
+        let incoming = Incoming {
+            msg,
+            key,
+            from,
+            trunk,
+        };
+        if method == Method::Cancel {
+            self.on_cancel(incoming, now);
+            return;
+        }
+        if let Some((status, extra)) = Engine::refuse_request(&incoming.msg) {
+            self.answer(incoming, status, &extra, now);
+            return;
+        }
+        if info.to_tag.is_some() {
+            self.on_dialog_request(incoming, method, info, now);
+            return;
+        }
+        let (status, extra) = match method {
+            Method::Invite => return self.on_new_invite(incoming, info, now),
+            Method::Options => (
+                200,
+                vec![
+                    (HeaderName::Allow, ALLOW.to_string()),
+                    (HeaderName::Accept, ACCEPT.to_string()),
+                    (HeaderName::Supported, SUPPORTED.to_string()),
+                ],
+            ),
+            Method::Extension(_) => (501, vec![(HeaderName::Allow, ALLOW.to_string())]),
+            Method::Register | Method::Message | Method::Subscribe | Method::Publish => {
+                (405, vec![(HeaderName::Allow, ALLOW.to_string())])
+            }
+            _ => (481, Vec::new()),
+        };
+        self.answer(incoming, status, &extra, now);
+    }
+
+    /// Checks what any request asks for that Bridgehead cannot give (an option it does not
+    /// support, a URI scheme it cannot route); returns the refusal.
+    pub(super) fn refuse_request(msg: &Message) -> Option<Refusal> {
+        let required: Vec<&str> = msg
+            .headers_named(&HeaderName::Require)
+            .filter_map(|v| std::str::from_utf8(v).ok())
+            .flat_map(split_list)
+            .filter(|t| !t.is_empty())
+            .collect();
+        if !required.is_empty() {
+            return Some((420, vec![(HeaderName::Unsupported, required.join(", "))]));
+        }
+        if let StartLine::Request { uri, .. } = &msg.start {
+            if Uri::parse(uri).is_ok_and(|u| u.scheme == Scheme::Other) {
+                return Some((416, vec![]));
+            }
+        }
+        None
+    }
+
+    /// Checks what a new INVITE asks for that Bridgehead cannot give; returns the refusal.
+    pub(super) fn refuse_invite(msg: &Message, info: &RequestInfo) -> Option<Refusal> {
+        if !msg.body.is_empty() {
+            let sdp = msg.header_str(&HeaderName::ContentType).is_some_and(|ct| {
+                ct.trim()
+                    .to_ascii_lowercase()
+                    .starts_with("application/sdp")
+            });
+            if !sdp {
+                return Some((415, vec![(HeaderName::Accept, ACCEPT.to_string())]));
+            }
+        }
+        let accepts: Vec<String> = msg
+            .headers_named(&HeaderName::Accept)
+            .filter_map(|v| std::str::from_utf8(v).ok())
+            .flat_map(split_list)
+            .map(|t| {
+                t.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase()
+            })
+            .collect();
+        let has_accept = msg.header(&HeaderName::Accept).is_some();
+        if has_accept
+            && !accepts
+                .iter()
+                .any(|t| t == "application/sdp" || t == "application/*" || t == "*/*")
+        {
+            return Some((406, vec![(HeaderName::Accept, ACCEPT.to_string())]));
+        }
+        if info.max_forwards == Some(0) {
+            return Some((483, vec![]));
+        }
+        None
+    }
+
+    /// Answers a request locally through a new server transaction.
+    pub(super) fn answer(
+        &mut self,
+        incoming: Incoming,
+        status: u16,
+        extra: &[(HeaderName, String)],
+        now: Instant,
+    ) {
+        let Incoming {
+            msg: req,
+            key,
+            from,
+            trunk,
+        } = incoming;
+        let to_tag = self.new_tag();
+        let mut response = response_to(&req, status, None, Some(&to_tag));
+        for (name, value) in extra {
+            response.push_header(name.clone(), value.clone());
+        }
+        let script = self.current.rules.script_of(trunk);
+        // Headers Bridgehead adds to its own answers are not subject to the header policy.
+        let own = extra.iter().map(|(name, _)| name.clone()).collect();
+        let (response, _) = self.outgoing_edited(None, script, Leg::A, trunk, response, own, None);
+        let id = self.create_server(key, req, from, ServerOwner::Local);
+        self.send_response(id, &response, now);
+    }
+
+    pub(super) fn on_new_invite(&mut self, incoming: Incoming, info: RequestInfo, now: Instant) {
+        if let Some((status, extra)) = Engine::refuse_invite(&incoming.msg, &info) {
+            self.answer(incoming, status, &extra, now);
+            return;
+        }
+        let Incoming {
+            msg,
+            key,
+            from,
+            trunk,
+        } = incoming;
+        let rules = self.current.clone();
+        let script = rules.rules.script_of(trunk);
+        let a_invite = self.create_server(key, msg.clone(), from, ServerOwner::Local);
+        let a_tag = self.new_tag();
+        let trying = response_to(&msg, 100, None, None);
+        let trying = self.outgoing(None, script, Leg::A, trunk, trying);
+        self.send_response(a_invite, &trying, now);
+
+        let a_from = msg.header_str(&HeaderName::From).unwrap_or_default();
+        let a_to = msg.header_str(&HeaderName::To).unwrap_or_default();
+        let listener = &rules.profile.listeners[from.listener];
+        let a = Dialog {
+            trunk,
+            peer: from,
+            call_id: info.call_id.clone(),
+            local_tag: a_tag,
+            remote_tag: info.from_tag.clone(),
+            local_party: without_tag(a_to),
+            remote_party: without_tag(a_from),
+            // An RFC 2543 caller may send no Contact: its From URI is the target then.
+            remote_target: contact_uri(&msg)
+                .or_else(|| uri_of(a_from))
+                .unwrap_or_default(),
+            route_set: record_routes(&msg),
+            local_cseq: 0,
+            remote_cseq: info.cseq,
+            invite_cseq: 0,
+            contact: contact_value(user_of(a_to).as_deref(), listener, from.transport),
+        };
+
+        // The B-leg INVITE as the rules see it: identity and body, no routing yet.
+        let uri = match &msg.start {
+            StartLine::Request { uri, .. } => uri.clone(),
+            StartLine::Response { .. } => String::new(),
+        };
+        let mut draft = Message {
+            start: StartLine::Request {
+                method: Method::Invite,
+                uri,
+            },
+            headers: Vec::with_capacity(msg.headers.len() + 4),
+            body: Bytes::new(),
+        };
+        let max_forwards = info.max_forwards.unwrap_or(70).saturating_sub(1);
+        draft.push_header(HeaderName::MaxForwards, max_forwards.to_string());
+        draft.push_header(HeaderName::From, a.remote_party.clone());
+        draft.push_header(HeaderName::To, a.local_party.clone());
+        draft.push_header(HeaderName::CallId, String::new());
+        draft.push_header(HeaderName::CSeq, "1 INVITE".to_string());
+        copy_crossing(&msg, &mut draft);
+        let (b_call_id, b_tag) = self.fresh_b_identity(&mut draft);
+
+        let mut hooked = HookMessage::new(draft, Leg::B.name(), String::new());
+        let outcome = self.run_hook(
+            &rules,
+            None,
+            &info.call_id,
+            trunk,
+            script,
+            Hook::Invite,
+            HookArgs::Message(&mut hooked),
+        );
+        let policy = rules.profile.trunks[trunk].on_script_error;
+        let decision = match (outcome.failed, policy) {
+            (true, ScriptErrorPolicy::Reject(status)) => Some(RouteDecision::Reject {
+                status,
+                reason: crate::sip::reason_phrase(status).to_string(),
+                headers: Vec::new(),
+            }),
+            _ => outcome.decision.or_else(|| {
+                rules.profile.trunks[trunk]
+                    .route
+                    .map(|trunk| RouteDecision::Route {
+                        trunk,
+                        peer: None,
+                        uri: None,
+                    })
+            }),
+        };
+        let route = match decision {
+            Some(RouteDecision::Route { trunk, peer, uri }) => Route { trunk, peer, uri },
+            Some(RouteDecision::Reject {
+                status,
+                reason,
+                headers,
+            }) => {
+                self.stats.calls_failed += 1;
+                let mut response = response_to(&msg, status, Some(&reason), Some(&a.local_tag));
+                let touched = headers.iter().map(|(name, _)| name.clone()).collect();
+                for (name, value) in headers {
+                    response.push_header(name, value);
+                }
+                let (response, _) =
+                    self.outgoing_edited(None, script, Leg::A, trunk, response, touched, None);
+                self.send_response(a_invite, &response, now);
+                return;
+            }
+            None => {
+                self.stats.calls_failed += 1;
+                let response = response_to(&msg, 404, Some("No Route"), Some(&a.local_tag));
+                let response = self.outgoing(None, script, Leg::A, trunk, response);
+                self.send_response(a_invite, &response, now);
+                return;
+            }
+        };
+        let HookMessage {
+            msg: draft,
+            touched,
+            ..
+        } = hooked;
+        let b_template = rules
+            .rules
+            .has_hook(script, Hook::Failure)
+            .then(|| (draft.clone(), touched.clone()));
+        let Some((b, invite)) = self.address_b_leg(&rules, draft, &route, b_call_id, b_tag) else {
+            return;
+        };
+        let call_key = self.next_id();
+        let call = Call {
+            id: info.call_id,
+            ingress: trunk,
+            rules,
+            script,
+            vars: outcome.vars,
+            b_template,
+            attempts: 1,
+            answered_at: None,
+            a_status: 0,
+            streams: Vec::new(),
+            mos: [None, None],
+            local_answer: None,
+            a,
+            b,
+            a_invite,
+            b_invite: 0,
+            answered: false,
+            b_provisional: false,
+            cancel_pending: false,
+            canceled: false,
+            invite_pending: true,
+            pending_ack: None,
+            last_ack: None,
+            media_refused: None,
+        };
+        self.dialogs.insert(call.a.dialog_key(), (call_key, Leg::A));
+        self.dialogs.insert(call.b.dialog_key(), (call_key, Leg::B));
+        self.calls.insert(call_key, call);
+        if let Some(entry) = self.txns.server_mut(a_invite) {
+            entry.owner = ServerOwner::Invite(call_key);
+        }
+        self.stats.calls_started += 1;
+        for action in &outcome.media {
+            self.play(call_key, action);
+        }
+        self.send_b_invite(call_key, invite, touched, now);
+    }
+
+    /// Gives a B-leg INVITE draft a fresh Call-ID and From-tag; returns them.
+    pub(super) fn fresh_b_identity(&mut self, draft: &mut Message) -> (String, String) {
+        let call_id = self.new_call_id();
+        let tag = self.new_tag();
+        let from = without_tag(draft.header_str(&HeaderName::From).unwrap_or_default());
+        draft.set_header(HeaderName::From, format!("{from};tag={tag}"));
+        draft.set_header(HeaderName::CallId, call_id.clone());
+        (call_id, tag)
+    }
+
+    /// Addresses a B-leg INVITE to a route: Request-URI, Via, Contact and Allow. Returns the
+    /// B-leg dialog and the INVITE, or None when the trunk has no peer.
+    pub(super) fn address_b_leg(
+        &mut self,
+        rules: &RuleSet,
+        mut invite: Message,
+        route: &Route,
+        call_id: String,
+        local_tag: String,
+    ) -> Option<(Dialog, Message)> {
+        let dest = &rules.profile.trunks[route.trunk];
+        let peer = Peer {
+            listener: dest.listener,
+            transport: dest.transport,
+            addr: route.peer.or_else(|| dest.peers.first().copied())?,
+            conn: None,
+        };
+        if let StartLine::Request { uri, .. } = &mut invite.start {
+            *uri = match &route.uri {
+                Some(chosen) => chosen.clone(),
+                None => retarget(uri, &peer),
+            };
+        }
+        let branch = self.new_branch();
+        let listener = &rules.profile.listeners[peer.listener];
+        invite.headers.insert(
+            0,
+            crate::sip::Header::new(
+                HeaderName::Via,
+                via_value(listener, peer.transport, &branch),
+            ),
+        );
+        let b_from = invite
+            .header_str(&HeaderName::From)
+            .unwrap_or_default()
+            .to_string();
+        let b_to = invite
+            .header_str(&HeaderName::To)
+            .unwrap_or_default()
+            .to_string();
+        let contact = contact_value(user_of(&b_from).as_deref(), listener, peer.transport);
+        invite.push_header(HeaderName::Contact, contact.clone());
+        invite.push_header(HeaderName::Allow, ALLOW.to_string());
+        let remote_target = match &invite.start {
+            StartLine::Request { uri, .. } => uri.clone(),
+            StartLine::Response { .. } => String::new(),
+        };
+        let dialog = Dialog {
+            trunk: route.trunk,
+            peer,
+            call_id,
+            local_tag,
+            remote_tag: None,
+            local_party: without_tag(&b_from),
+            remote_party: without_tag(&b_to),
+            remote_target,
+            route_set: Vec::new(),
+            local_cseq: 1,
+            remote_cseq: 0,
+            invite_cseq: 1,
+            contact,
+        };
+        Some((dialog, invite))
+    }
+
+    /// Sends a call's B-leg INVITE after the per-message hook and the header policy (edits
+    /// from `on_invite` stay exempt from the policy). A failing hook on a trunk whose policy is
+    /// `reject` refuses the call instead.
+    pub(super) fn send_b_invite(
+        &mut self,
+        key: CallKey,
+        invite: Message,
+        touched: Vec<HeaderName>,
+        now: Instant,
+    ) {
+        let Some(call) = self.calls.get(&key) else {
+            return;
+        };
+        let (script, peer, dest, ingress) = (call.script, call.b.peer, call.b.trunk, call.ingress);
+        let policy = call.rules.profile.trunks[ingress].on_script_error;
+        let (invite, failed) =
+            self.outgoing_edited(Some(key), script, Leg::B, dest, invite, touched, None);
+        if let Some(err) = self
+            .calls
+            .get_mut(&key)
+            .and_then(|c| c.media_refused.take())
+        {
+            tracing::warn!(call = %self.calls.get(&key).map_or("", |c| c.id.as_str()), "call refused: media not anchored: {err}");
+            self.stats.calls_failed += 1;
+            if let Some(server) = self.calls.get(&key).map(|c| c.a_invite) {
+                self.reply_local(key, Leg::A, server, 503, now);
+            }
+            self.end_call(key, "error", "sbc", now);
+            return;
+        }
+        if let (true, ScriptErrorPolicy::Reject(status)) = (failed, policy) {
+            self.stats.calls_failed += 1;
+            if let Some(server) = self.calls.get(&key).map(|c| c.a_invite) {
+                self.reply_local(key, Leg::A, server, status, now);
+            }
+            self.end_call(key, "error", "sbc", now);
+            return;
+        }
+        let b_invite = self.start_client(invite, peer, ClientOwner::Invite(key), now);
+        if let Some(call) = self.calls.get_mut(&key) {
+            call.b_invite = b_invite;
+        }
+    }
+
+    /// Serial failover: sends the call's INVITE again, as `on_invite` left it, on a fresh
+    /// B-leg toward `route`. Returns false when the call cannot be routed again.
+    pub(super) fn reroute(&mut self, key: CallKey, route: &Route, now: Instant) -> bool {
+        let Some(call) = self.calls.get(&key) else {
+            return false;
+        };
+        if call.attempts >= MAX_ATTEMPTS {
+            tracing::info!(call = %call.id, attempts = call.attempts, "failover limit reached");
+            return false;
+        }
+        let Some((mut draft, touched)) = call.b_template.clone() else {
+            return false;
+        };
+        let rules = call.rules.clone();
+        let (call_id, tag) = self.fresh_b_identity(&mut draft);
+        let Some((b, invite)) = self.address_b_leg(&rules, draft, route, call_id, tag) else {
+            return false;
+        };
+        let Some(call) = self.calls.get_mut(&key) else {
+            return false;
+        };
+        tracing::info!(call = %call.id, trunk = %rules.profile.trunks[route.trunk].name, "failover");
+        let old = std::mem::replace(&mut call.b, b);
+        call.attempts += 1;
+        call.b_provisional = false;
+        call.invite_pending = true;
+        let new_key = call.b.dialog_key();
+        self.dialogs.remove(&old.dialog_key());
+        self.dialogs.insert(new_key, (key, Leg::B));
+        self.send_b_invite(key, invite, touched, now);
+        true
+    }
+
+    /// `on_failure` for a callee's failure (`by`: who failed, for `on_call_end`): routes the call
+    /// again or answers the caller as the rule decided. False when the failure goes on to the
+    /// caller as it is.
+    pub(super) fn on_failure(
+        &mut self,
+        key: CallKey,
+        failure: &Message,
+        by: &'static str,
+        now: Instant,
+    ) -> bool {
+        match self.lifecycle_hook(key, Hook::Failure, failure) {
+            Some(RouteDecision::Route { trunk, peer, uri }) => {
+                self.reroute(key, &Route { trunk, peer, uri }, now)
+            }
+            Some(RouteDecision::Reject {
+                status,
+                reason,
+                headers,
+            }) => {
+                self.stats.calls_failed += 1;
+                self.reject_call(key, status, &reason, headers, now);
+                self.end_call(key, "rejected", by, now);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Answers the caller's INVITE with a rule's rejection.
+    pub(super) fn reject_call(
+        &mut self,
+        key: CallKey,
+        status: u16,
+        reason: &str,
+        headers: Vec<(HeaderName, String)>,
+        now: Instant,
+    ) {
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        call.a_status = status;
+        let (server, tag, script, trunk) = (
+            call.a_invite,
+            call.a.local_tag.clone(),
+            call.script,
+            call.a.trunk,
+        );
+        let Some(request) = self.txns.server(server).and_then(|e| e.request.as_ref()) else {
+            return;
+        };
+        let mut response = response_to(request, status, Some(reason), Some(&tag));
+        let touched = headers.iter().map(|(name, _)| name.clone()).collect();
+        for (name, value) in headers {
+            response.push_header(name, value);
+        }
+        let (response, _) =
+            self.outgoing_edited(Some(key), script, Leg::A, trunk, response, touched, None);
+        self.send_response(server, &response, now);
+    }
+}
