@@ -59,10 +59,9 @@ impl Engine {
         let Some(call) = self.calls.get_mut(&call_key) else {
             return;
         };
-        call.canceled = true;
-        let send_cancel = call.b_provisional;
-        call.cancel_pending = !send_cancel;
-        call.a_status = 487;
+        let (state, send_cancel) = call.state.cancel();
+        call.state = state;
+        call.a_final = Some(487);
         let terminated = response_to(&request, 487, None, Some(&call.a.local_tag));
         let terminated = self.outgoing(Some(call_key), script, Leg::A, trunk, terminated);
         self.send_response(invite, &terminated, now);

@@ -23,8 +23,8 @@ impl Engine {
                     return;
                 };
                 let server = call.a_invite;
-                let canceled = call.canceled;
-                let rang = call.b_provisional;
+                let canceled = call.state.is_cancelled();
+                let rang = call.state.rang();
                 if status == 408 {
                     tracing::info!(call = %call.id, "no answer from the callee: 408");
                 } else {
@@ -105,7 +105,7 @@ impl Engine {
             return;
         };
         if server == call.a_invite {
-            call.a_status = status;
+            call.a_final = Some(status);
         }
         let dialog = call.leg(leg);
         let response = response_to(request, status, None, Some(&dialog.local_tag));
@@ -127,11 +127,14 @@ impl Engine {
                 let info = CallEndInfo {
                     reason,
                     by,
-                    status: call.a_status,
-                    answered: call.answered,
-                    duration: call
-                        .answered_at
-                        .map_or(0.0, |at| now.saturating_duration_since(at).as_secs_f64()),
+                    status: call.a_final.unwrap_or(0),
+                    answered: matches!(call.state, CallState::Answered { .. }),
+                    duration: match call.state {
+                        CallState::Answered { at } => {
+                            now.saturating_duration_since(at).as_secs_f64()
+                        }
+                        _ => 0.0,
+                    },
                     mos: call.mos.iter().flatten().copied().reduce(f64::min),
                 };
                 self.run_call_hook(key, Hook::CallEnd, HookArgs::CallEnd(&info));

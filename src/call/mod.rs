@@ -102,6 +102,55 @@ struct PendingAck {
     server: TxnId,
 }
 
+/// Where a call stands in its life (a call that ended is forgotten).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallState {
+    /// The B-leg INVITE is out; the callee sent no provisional response yet.
+    Calling,
+    /// The callee sent a provisional response (100 Trying, or ringing, perhaps with early
+    /// media): a CANCEL may now go to it.
+    Proceeding,
+    /// The caller cancelled before the answer. `cancel_sent`: the CANCEL went to the callee
+    /// (it had sent a provisional); otherwise it goes with the callee's first provisional
+    /// (RFC 3261 §9.1).
+    Cancelled { cancel_sent: bool },
+    /// The callee answered (2xx) at this instant.
+    Answered { at: Instant },
+}
+
+impl CallState {
+    /// True once the callee sent a provisional response (a CANCEL may go to it).
+    fn rang(self) -> bool {
+        matches!(
+            self,
+            CallState::Proceeding | CallState::Cancelled { cancel_sent: true }
+        )
+    }
+
+    fn is_cancelled(self) -> bool {
+        matches!(self, CallState::Cancelled { .. })
+    }
+
+    /// The callee sent a provisional response: the next state, and whether the CANCEL the
+    /// caller asked for before must go to the callee now.
+    fn provisional(self) -> (CallState, bool) {
+        match self {
+            CallState::Calling => (CallState::Proceeding, false),
+            CallState::Cancelled { cancel_sent: false } => {
+                (CallState::Cancelled { cancel_sent: true }, true)
+            }
+            other => (other, false),
+        }
+    }
+
+    /// The caller cancelled: the next state, and whether the CANCEL goes to the callee now
+    /// (only once it sent a provisional response).
+    fn cancel(self) -> (CallState, bool) {
+        let now = self.rang();
+        (CallState::Cancelled { cancel_sent: now }, now)
+    }
+}
+
 /// A call: two legs and where it stands.
 pub struct Call {
     /// The A-leg Call-ID, used in logs and as `call.id` in rules.
@@ -117,9 +166,9 @@ pub struct Call {
     b_template: Option<(Message, Vec<HeaderName>)>,
     /// B-leg INVITEs sent so far (serial failover).
     attempts: u8,
-    answered_at: Option<Instant>,
-    /// The final status the caller got for its INVITE (0 until then).
-    a_status: u16,
+    state: CallState,
+    /// The final status the caller got for its INVITE, once it got one.
+    a_final: Option<u16>,
     /// Anchored media streams, by m= line.
     streams: Vec<crate::media::Stream>,
     /// The estimated MOS of each leg's last quality report (A, B).
@@ -131,10 +180,8 @@ pub struct Call {
     pub b: Dialog,
     a_invite: TxnId,
     b_invite: TxnId,
-    answered: bool,
-    b_provisional: bool,
-    cancel_pending: bool,
-    canceled: bool,
+    /// An INVITE of the call (the first, or a re-INVITE) waits for its final response: a
+    /// second one gets 491.
     invite_pending: bool,
     pending_ack: Option<PendingAck>,
     /// The last end-to-end ACK sent, by leg, repeated when a 2xx is retransmitted.
@@ -210,6 +257,39 @@ pub(crate) struct HookOutcome {
 mod tests {
     use super::setup::retarget;
     use super::*;
+
+    #[test]
+    fn a_call_steps_through_its_states() {
+        let answered = CallState::Answered { at: Instant::now() };
+        // Rings, then the caller cancels: the CANCEL goes at once.
+        let (state, cancel_now) = CallState::Calling.provisional();
+        assert_eq!((state, cancel_now), (CallState::Proceeding, false));
+        assert!(state.rang());
+        assert_eq!(
+            state.cancel(),
+            (CallState::Cancelled { cancel_sent: true }, true)
+        );
+        // Cancelled before any provisional: the CANCEL waits for the first one (RFC 3261 §9.1).
+        let (state, cancel_now) = CallState::Calling.cancel();
+        assert_eq!(
+            (state, cancel_now),
+            (CallState::Cancelled { cancel_sent: false }, false)
+        );
+        assert!(state.is_cancelled() && !state.rang());
+        assert_eq!(
+            state.provisional(),
+            (CallState::Cancelled { cancel_sent: true }, true)
+        );
+        // Later provisionals change nothing.
+        let sent = CallState::Cancelled { cancel_sent: true };
+        assert_eq!(sent.provisional(), (sent, false));
+        assert_eq!(
+            CallState::Proceeding.provisional(),
+            (CallState::Proceeding, false)
+        );
+        assert_eq!(answered.provisional(), (answered, false));
+        assert!(!answered.rang() && !answered.is_cancelled());
+    }
 
     #[test]
     fn retarget_keeps_user_and_params() {

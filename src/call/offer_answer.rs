@@ -133,7 +133,7 @@ impl Engine {
                     == Some(crate::config::NoPortsPolicy::Refuse);
                 // Only a new call's offer can be refused: its answer uses the port taken with
                 // the offer, and later SDPs go out as they are.
-                if refuse && !call.answered && call.invite_pending && leg == Leg::B {
+                if refuse && call.state == CallState::Calling && leg == Leg::B {
                     call.media_refused = Some(err);
                 } else {
                     tracing::error!(call = %call.id, "media not anchored: {err}");

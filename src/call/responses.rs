@@ -91,13 +91,14 @@ impl Engine {
             return;
         };
         if status < 200 {
-            call.b_provisional = true;
-            if call.cancel_pending {
-                call.cancel_pending = false;
+            let (state, cancel_now) = call.state.provisional();
+            call.state = state;
+            if cancel_now {
+                // The caller cancelled before the callee said anything: now it can be.
                 self.cancel_b_invite(key, now);
                 return;
             }
-            if status == 100 || call.canceled {
+            if status == 100 || call.state.is_cancelled() {
                 return;
             }
             Engine::learn_b_dialog(call, &msg);
@@ -107,15 +108,14 @@ impl Engine {
         } else if status < 300 {
             Engine::learn_b_dialog(call, &msg);
             call.invite_pending = false;
-            if call.canceled {
+            if call.state.is_cancelled() {
                 // The caller gave up first: acknowledge and hang up the callee.
                 self.ack_leg(key, Leg::B, None);
                 self.send_bye(key, Leg::B, now);
                 self.end_call(key, "cancel", "a", now);
                 return;
             }
-            call.answered = true;
-            call.answered_at = Some(now);
+            call.state = CallState::Answered { at: now };
             call.pending_ack = Some(PendingAck {
                 from: Leg::A,
                 server: call.a_invite,
@@ -124,7 +124,7 @@ impl Engine {
             self.lifecycle_hook(key, Hook::Answer, &msg);
         } else {
             call.invite_pending = false;
-            if call.canceled {
+            if call.state.is_cancelled() {
                 self.end_call(key, "cancel", "a", now);
                 return;
             }
@@ -138,7 +138,7 @@ impl Engine {
         };
         let server = call.a_invite;
         if status >= 200 {
-            call.a_status = status;
+            call.a_final = Some(status);
         }
         match self.local_ringback_answer(key, &msg) {
             Some((ringing, pcmu)) => {

@@ -372,8 +372,8 @@ impl Engine {
             vars: outcome.vars,
             b_template,
             attempts: 1,
-            answered_at: None,
-            a_status: 0,
+            state: CallState::Calling,
+            a_final: None,
             streams: Vec::new(),
             mos: [None, None],
             local_answer: None,
@@ -381,10 +381,6 @@ impl Engine {
             b,
             a_invite,
             b_invite: 0,
-            answered: false,
-            b_provisional: false,
-            cancel_pending: false,
-            canceled: false,
             invite_pending: true,
             pending_ack: None,
             last_ack: None,
@@ -546,7 +542,7 @@ impl Engine {
         tracing::info!(call = %call.id, trunk = %rules.profile.trunks[route.trunk].name, "failover");
         let old = std::mem::replace(&mut call.b, b);
         call.attempts += 1;
-        call.b_provisional = false;
+        call.state = CallState::Calling;
         call.invite_pending = true;
         let new_key = call.b.dialog_key();
         self.dialogs.remove(&old.dialog_key());
@@ -595,7 +591,7 @@ impl Engine {
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
-        call.a_status = status;
+        call.a_final = Some(status);
         let (server, tag, script, trunk) = (
             call.a_invite,
             call.a.local_tag.clone(),
