@@ -131,6 +131,14 @@ pub struct HeaderPolicy {
 }
 
 impl HeaderPolicy {
+    fn from_raw(raw: &RawHeaderPolicy) -> HeaderPolicy {
+        let patterns = |list: &[String]| list.iter().map(|p| HeaderPattern::new(p)).collect();
+        HeaderPolicy {
+            strip: patterns(&raw.strip),
+            copy: patterns(&raw.copy),
+        }
+    }
+
     /// True when a header with this name may cross onto the trunk.
     pub fn allows(&self, name: &str) -> bool {
         if self.strip.iter().any(|p| p.matches(name)) {
@@ -434,6 +442,272 @@ struct RawHeaderPolicy {
     copy: Vec<String>,
 }
 
+/// Checks one profile text part by part, collecting every error with its line.
+struct Validator<'a> {
+    path: &'a Path,
+    text: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Validator<'_> {
+    fn error(&mut self, line: Option<usize>, message: String) {
+        self.errors.push(ConfigError {
+            file: self.path.to_path_buf(),
+            line,
+            message,
+        });
+    }
+
+    /// The first line (from 1) that contains `needle`: where an error points.
+    fn line_of(&self, needle: &str) -> Option<usize> {
+        self.text
+            .lines()
+            .position(|l| l.contains(needle))
+            .map(|index| index + 1)
+    }
+
+    /// A listener, or None when its address is unusable.
+    fn listener(&mut self, raw: &RawListener) -> Option<Listener> {
+        let address = match raw.address.parse::<SocketAddr>() {
+            Ok(address) => address,
+            Err(_) => {
+                self.error(
+                    self.line_of(&raw.address),
+                    format!(
+                        "listener '{}': address '{}' is not IP:port",
+                        raw.name, raw.address
+                    ),
+                );
+                return None;
+            }
+        };
+        if raw.transports.is_empty() {
+            self.error(
+                self.line_of(&format!("name: {}", raw.name)),
+                format!("listener '{}' has no transports", raw.name),
+            );
+        }
+        let advertise = raw.advertise.clone().unwrap_or_else(|| match address.ip() {
+            IpAddr::V6(ip) => format!("[{ip}]"),
+            IpAddr::V4(ip) => ip.to_string(),
+        });
+        if raw.dscp > 63 {
+            self.error(
+                self.line_of(&format!("dscp: {}", raw.dscp)),
+                format!("listener '{}': dscp {} is above 63", raw.name, raw.dscp),
+            );
+        }
+        Some(Listener {
+            name: raw.name.clone(),
+            address,
+            transports: raw.transports.clone(),
+            advertise,
+            dscp: raw.dscp,
+            idle_timeout: raw.idle_timeout,
+            max_connections_per_source: raw.max_connections_per_source,
+            unknown_sources: raw.unknown_sources,
+        })
+    }
+
+    /// A trunk, or None when its listener does not exist. Scripts are found relative to the
+    /// profile.
+    fn trunk(
+        &mut self,
+        raw: &RawTrunk,
+        listeners: &[Listener],
+        trunk_names: &[&str],
+    ) -> Option<Trunk> {
+        let base = self.path.parent().unwrap_or(Path::new("."));
+        let at = self.line_of(&format!("name: {}", raw.name));
+        let Some(listener) = listeners.iter().position(|l| l.name == raw.listener) else {
+            self.error(
+                self.line_of(&format!("listener: {}", raw.listener)).or(at),
+                format!("trunk '{}': no listener named '{}'", raw.name, raw.listener),
+            );
+            return None;
+        };
+        if !listeners[listener].transports.contains(&raw.transport) {
+            self.error(
+                at,
+                format!(
+                    "trunk '{}': listener '{}' has no {:?} transport",
+                    raw.name, raw.listener, raw.transport
+                ),
+            );
+        }
+        if let Some(bytes) = raw.tcp_above {
+            let place = self.line_of(&format!("tcp_above: {bytes}")).or(at);
+            if raw.transport != Transport::Udp {
+                self.error(
+                    place,
+                    format!("trunk '{}': tcp_above is for a UDP trunk", raw.name),
+                );
+            } else if !listeners[listener].transports.contains(&Transport::Tcp) {
+                self.error(
+                    place,
+                    format!(
+                        "trunk '{}': tcp_above needs TCP on listener '{}'",
+                        raw.name, raw.listener
+                    ),
+                );
+            }
+        }
+        let mut peers = Vec::new();
+        for peer in &raw.peers {
+            match peer.parse::<SocketAddr>() {
+                Ok(addr) => peers.push(addr),
+                Err(_) => self.error(
+                    self.line_of(peer).or(at),
+                    format!("trunk '{}': peer '{}' is not IP:port", raw.name, peer),
+                ),
+            }
+        }
+        if raw.peers.is_empty() {
+            self.error(at, format!("trunk '{}' has no peers", raw.name));
+        }
+        let route = match &raw.route {
+            None => None,
+            Some(target) => match trunk_names.iter().position(|n| n == target) {
+                Some(index) => Some(index),
+                None => {
+                    self.error(
+                        self.line_of(&format!("route: {target}")).or(at),
+                        format!("trunk '{}': route to unknown trunk '{}'", raw.name, target),
+                    );
+                    None
+                }
+            },
+        };
+        let script = raw.script.as_ref().map(|script| base.join(script));
+        if let Some(script) = &script {
+            if !script.is_file() {
+                self.error(
+                    raw.script
+                        .as_ref()
+                        .and_then(|s| self.line_of(&s.display().to_string()))
+                        .or(at),
+                    format!(
+                        "trunk '{}': script {} not found",
+                        raw.name,
+                        script.display()
+                    ),
+                );
+            }
+        }
+        let on_script_error = self.on_script_error(raw, at);
+        let params = self.params(raw, at);
+        if raw.media_dscp > 63 {
+            self.error(
+                self.line_of(&format!("media_dscp: {}", raw.media_dscp))
+                    .or(at),
+                format!(
+                    "trunk '{}': media_dscp {} is above 63",
+                    raw.name, raw.media_dscp
+                ),
+            );
+        }
+        Some(Trunk {
+            name: raw.name.clone(),
+            srtp: raw.srtp,
+            media_dscp: raw.media_dscp,
+            codecs: raw.codecs.clone(),
+            dtmf: raw.dtmf,
+            comfort_noise: raw.comfort_noise,
+            local_ringback: raw.local_ringback,
+            ringback: raw.ringback,
+            tcp_above: raw.tcp_above,
+            on_script_error,
+            params,
+            listener,
+            peers,
+            transport: raw.transport,
+            script,
+            route,
+            headers: HeaderPolicy::from_raw(&raw.headers),
+        })
+    }
+
+    /// What a hook failure does to the trunk's calls.
+    fn on_script_error(&mut self, raw: &RawTrunk, at: Option<usize>) -> ScriptErrorPolicy {
+        match raw.on_script_error.as_deref() {
+            None => ScriptErrorPolicy::Continue,
+            Some(text) => ScriptErrorPolicy::parse(text).unwrap_or_else(|| {
+                self.error(
+                    self.line_of(&format!("on_script_error: {text}")).or(at),
+                    format!(
+                        "trunk '{}': on_script_error must be 'continue', 'reject' or 'reject <400-699>', not '{text}'",
+                        raw.name
+                    ),
+                );
+                ScriptErrorPolicy::Continue
+            }),
+        }
+    }
+
+    /// The trunk's free-form parameters, as strings.
+    fn params(&mut self, raw: &RawTrunk, at: Option<usize>) -> BTreeMap<String, String> {
+        let mut params = BTreeMap::new();
+        for (key, value) in &raw.params {
+            let text = match value {
+                serde_yaml::Value::String(s) => s.clone(),
+                serde_yaml::Value::Number(n) => n.to_string(),
+                serde_yaml::Value::Bool(b) => b.to_string(),
+                _ => {
+                    self.error(
+                        self.line_of(&format!("{key}:")).or(at),
+                        format!(
+                            "trunk '{}': param '{key}' must be a string, number or boolean",
+                            raw.name
+                        ),
+                    );
+                    continue;
+                }
+            };
+            params.insert(key.clone(), text);
+        }
+        params
+    }
+
+    /// The media section, or None (with an error) when its address or ports are unusable.
+    fn media(&mut self, raw: &RawMedia) -> Option<MediaConfig> {
+        let at = self.line_of("media:");
+        let address = match raw.address.parse::<IpAddr>() {
+            Ok(address) => address,
+            Err(_) => {
+                self.error(
+                    self.line_of(&raw.address).or(at),
+                    format!("media: address '{}' is not an IP address", raw.address),
+                );
+                return None;
+            }
+        };
+        let ports = raw
+            .ports
+            .split_once('-')
+            .and_then(|(a, b)| Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?)))
+            .filter(|(first, last)| first < last && *first >= 1024);
+        let Some(ports) = ports else {
+            self.error(
+                self.line_of(&raw.ports).or(at),
+                format!(
+                    "media: ports '{}' is not a range FIRST-LAST of ports from 1024",
+                    raw.ports
+                ),
+            );
+            return None;
+        };
+        Some(MediaConfig {
+            address,
+            advertise: raw.advertise.clone().unwrap_or_else(|| address.to_string()),
+            ports,
+            strict_source: raw.strict_source,
+            rtp_timeout: raw.rtp_timeout,
+            ringback: raw.ringback,
+            no_ports: raw.no_ports,
+        })
+    }
+}
+
 impl Profile {
     /// Reads and validates a profile file.
     pub fn load(path: &Path) -> Result<Profile, Vec<ConfigError>> {
@@ -449,11 +723,6 @@ impl Profile {
 
     /// Validates profile text; `path` names it in errors and anchors relative script paths.
     pub fn parse(path: &Path, text: &str) -> Result<Profile, Vec<ConfigError>> {
-        let error = |line: Option<usize>, message: String| ConfigError {
-            file: path.to_path_buf(),
-            line,
-            message,
-        };
         let raw: RawProfile = serde_yaml::from_str(text).map_err(|err| {
             let line = err.location().map(|l| l.line());
             let message = err.to_string();
@@ -463,263 +732,38 @@ impl Profile {
                 .next()
                 .unwrap_or(&message)
                 .to_string();
-            vec![error(line, message)]
+            vec![ConfigError {
+                file: path.to_path_buf(),
+                line,
+                message,
+            }]
         })?;
-        let line_of = |needle: &str| {
-            text.lines()
-                .position(|l| l.contains(needle))
-                .map(|index| index + 1)
+        let mut check = Validator {
+            path,
+            text,
+            errors: Vec::new(),
         };
-        let base = path.parent().unwrap_or(Path::new("."));
-        let mut errors = Vec::new();
-
         let mut listeners = Vec::new();
         let mut names = HashSet::new();
         for raw in &raw.listeners {
             if !names.insert(raw.name.as_str()) {
-                errors.push(error(
-                    line_of(&format!("name: {}", raw.name)),
-                    format!("listener '{}' is defined twice", raw.name),
-                ));
+                let line = check.line_of(&format!("name: {}", raw.name));
+                check.error(line, format!("listener '{}' is defined twice", raw.name));
             }
-            let address = match raw.address.parse::<SocketAddr>() {
-                Ok(address) => address,
-                Err(_) => {
-                    errors.push(error(
-                        line_of(&raw.address),
-                        format!(
-                            "listener '{}': address '{}' is not IP:port",
-                            raw.name, raw.address
-                        ),
-                    ));
-                    continue;
-                }
-            };
-            if raw.transports.is_empty() {
-                errors.push(error(
-                    line_of(&format!("name: {}", raw.name)),
-                    format!("listener '{}' has no transports", raw.name),
-                ));
-            }
-            let advertise = raw.advertise.clone().unwrap_or_else(|| match address.ip() {
-                IpAddr::V6(ip) => format!("[{ip}]"),
-                IpAddr::V4(ip) => ip.to_string(),
-            });
-            if raw.dscp > 63 {
-                errors.push(error(
-                    line_of(&format!("dscp: {}", raw.dscp)),
-                    format!("listener '{}': dscp {} is above 63", raw.name, raw.dscp),
-                ));
-            }
-            listeners.push(Listener {
-                name: raw.name.clone(),
-                address,
-                transports: raw.transports.clone(),
-                advertise,
-                dscp: raw.dscp,
-                idle_timeout: raw.idle_timeout,
-                max_connections_per_source: raw.max_connections_per_source,
-                unknown_sources: raw.unknown_sources,
-            });
+            listeners.extend(check.listener(raw));
         }
-
         let trunk_names: Vec<&str> = raw.trunks.iter().map(|t| t.name.as_str()).collect();
         let mut trunks = Vec::new();
         let mut seen = HashSet::new();
         for raw in &raw.trunks {
-            let at = line_of(&format!("name: {}", raw.name));
             if !seen.insert(raw.name.as_str()) {
-                errors.push(error(at, format!("trunk '{}' is defined twice", raw.name)));
+                let line = check.line_of(&format!("name: {}", raw.name));
+                check.error(line, format!("trunk '{}' is defined twice", raw.name));
             }
-            let Some(listener) = listeners.iter().position(|l| l.name == raw.listener) else {
-                errors.push(error(
-                    line_of(&format!("listener: {}", raw.listener)).or(at),
-                    format!("trunk '{}': no listener named '{}'", raw.name, raw.listener),
-                ));
-                continue;
-            };
-            if !listeners[listener].transports.contains(&raw.transport) {
-                errors.push(error(
-                    at,
-                    format!(
-                        "trunk '{}': listener '{}' has no {:?} transport",
-                        raw.name, raw.listener, raw.transport
-                    ),
-                ));
-            }
-            if let Some(bytes) = raw.tcp_above {
-                let place = line_of(&format!("tcp_above: {bytes}")).or(at);
-                if raw.transport != Transport::Udp {
-                    errors.push(error(
-                        place,
-                        format!("trunk '{}': tcp_above is for a UDP trunk", raw.name),
-                    ));
-                } else if !listeners[listener].transports.contains(&Transport::Tcp) {
-                    errors.push(error(
-                        place,
-                        format!(
-                            "trunk '{}': tcp_above needs TCP on listener '{}'",
-                            raw.name, raw.listener
-                        ),
-                    ));
-                }
-            }
-            let mut peers = Vec::new();
-            for peer in &raw.peers {
-                match peer.parse::<SocketAddr>() {
-                    Ok(addr) => peers.push(addr),
-                    Err(_) => errors.push(error(
-                        line_of(peer).or(at),
-                        format!("trunk '{}': peer '{}' is not IP:port", raw.name, peer),
-                    )),
-                }
-            }
-            if raw.peers.is_empty() {
-                errors.push(error(at, format!("trunk '{}' has no peers", raw.name)));
-            }
-            let route = match &raw.route {
-                None => None,
-                Some(target) => match trunk_names.iter().position(|n| n == target) {
-                    Some(index) => Some(index),
-                    None => {
-                        errors.push(error(
-                            line_of(&format!("route: {target}")).or(at),
-                            format!("trunk '{}': route to unknown trunk '{}'", raw.name, target),
-                        ));
-                        None
-                    }
-                },
-            };
-            let script = raw.script.as_ref().map(|script| base.join(script));
-            if let Some(script) = &script {
-                if !script.is_file() {
-                    errors.push(error(
-                        raw.script
-                            .as_ref()
-                            .and_then(|s| line_of(&s.display().to_string()))
-                            .or(at),
-                        format!(
-                            "trunk '{}': script {} not found",
-                            raw.name,
-                            script.display()
-                        ),
-                    ));
-                }
-            }
-            let on_script_error = match raw.on_script_error.as_deref() {
-                None => ScriptErrorPolicy::Continue,
-                Some(text) => ScriptErrorPolicy::parse(text).unwrap_or_else(|| {
-                    errors.push(error(
-                        line_of(&format!("on_script_error: {text}")).or(at),
-                        format!(
-                            "trunk '{}': on_script_error must be 'continue', 'reject' or 'reject <400-699>', not '{text}'",
-                            raw.name
-                        ),
-                    ));
-                    ScriptErrorPolicy::Continue
-                }),
-            };
-            let mut params = BTreeMap::new();
-            for (key, value) in &raw.params {
-                let text = match value {
-                    serde_yaml::Value::String(s) => s.clone(),
-                    serde_yaml::Value::Number(n) => n.to_string(),
-                    serde_yaml::Value::Bool(b) => b.to_string(),
-                    _ => {
-                        errors.push(error(
-                            line_of(&format!("{key}:")).or(at),
-                            format!(
-                                "trunk '{}': param '{key}' must be a string, number or boolean",
-                                raw.name
-                            ),
-                        ));
-                        continue;
-                    }
-                };
-                params.insert(key.clone(), text);
-            }
-            if raw.media_dscp > 63 {
-                errors.push(error(
-                    line_of(&format!("media_dscp: {}", raw.media_dscp)).or(at),
-                    format!(
-                        "trunk '{}': media_dscp {} is above 63",
-                        raw.name, raw.media_dscp
-                    ),
-                ));
-            }
-            trunks.push(Trunk {
-                name: raw.name.clone(),
-                srtp: raw.srtp,
-                media_dscp: raw.media_dscp,
-                codecs: raw.codecs.clone(),
-                dtmf: raw.dtmf,
-                comfort_noise: raw.comfort_noise,
-                local_ringback: raw.local_ringback,
-                ringback: raw.ringback,
-                tcp_above: raw.tcp_above,
-                on_script_error,
-                params,
-                listener,
-                peers,
-                transport: raw.transport,
-                script,
-                route,
-                headers: HeaderPolicy {
-                    strip: raw
-                        .headers
-                        .strip
-                        .iter()
-                        .map(|p| HeaderPattern::new(p))
-                        .collect(),
-                    copy: raw
-                        .headers
-                        .copy
-                        .iter()
-                        .map(|p| HeaderPattern::new(p))
-                        .collect(),
-                },
-            });
+            trunks.extend(check.trunk(raw, &listeners, &trunk_names));
         }
-        let media = raw.media.as_ref().and_then(|raw| {
-            let at = line_of("media:");
-            let address = match raw.address.parse::<IpAddr>() {
-                Ok(address) => address,
-                Err(_) => {
-                    errors.push(error(
-                        line_of(&raw.address).or(at),
-                        format!("media: address '{}' is not an IP address", raw.address),
-                    ));
-                    return None;
-                }
-            };
-            let ports = raw
-                .ports
-                .split_once('-')
-                .and_then(|(a, b)| {
-                    Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?))
-                })
-                .filter(|(first, last)| first < last && *first >= 1024);
-            let Some(ports) = ports else {
-                errors.push(error(
-                    line_of(&raw.ports).or(at),
-                    format!(
-                        "media: ports '{}' is not a range FIRST-LAST of ports from 1024",
-                        raw.ports
-                    ),
-                ));
-                return None;
-            };
-            Some(MediaConfig {
-                address,
-                advertise: raw.advertise.clone().unwrap_or_else(|| address.to_string()),
-                ports,
-                strict_source: raw.strict_source,
-                rtp_timeout: raw.rtp_timeout,
-                ringback: raw.ringback,
-                no_ports: raw.no_ports,
-            })
-        });
-        if errors.is_empty() {
+        let media = raw.media.as_ref().and_then(|raw| check.media(raw));
+        if check.errors.is_empty() {
             Ok(Profile {
                 path: path.to_path_buf(),
                 listeners,
@@ -729,7 +773,7 @@ impl Profile {
                 media,
             })
         } else {
-            Err(errors)
+            Err(check.errors)
         }
     }
 
