@@ -5,6 +5,86 @@ use super::in_dialog::contact_uri;
 use super::in_dialog::record_routes;
 use super::*;
 
+/// The caller's dialog (the A-leg) of a new INVITE from `from` on `trunk`, with Bridgehead's
+/// tag `a_tag`.
+fn a_dialog(
+    msg: &Message,
+    info: &RequestInfo,
+    (from, trunk): (Peer, TrunkId),
+    listener: &crate::config::Listener,
+    a_tag: String,
+) -> Dialog {
+    let a_from = msg.header_str(&HeaderName::From).unwrap_or_default();
+    let a_to = msg.header_str(&HeaderName::To).unwrap_or_default();
+    Dialog {
+        trunk,
+        peer: from,
+        call_id: info.call_id.clone(),
+        local_tag: a_tag,
+        remote_tag: info.from_tag.clone(),
+        local_party: without_tag(a_to),
+        remote_party: without_tag(a_from),
+        // An RFC 2543 caller may send no Contact: its From URI is the target then.
+        remote_target: contact_uri(msg)
+            .or_else(|| uri_of(a_from))
+            .unwrap_or_default(),
+        route_set: record_routes(msg),
+        local_cseq: 0,
+        remote_cseq: info.cseq,
+        invite_cseq: 0,
+        contact: contact_value(user_of(a_to).as_deref(), listener, from.transport),
+    }
+}
+
+/// The B-leg INVITE as the rules see it: the caller's identity, what crosses and the body,
+/// no routing yet.
+fn b_leg_draft(msg: &Message, info: &RequestInfo, a: &Dialog) -> Message {
+    let uri = match &msg.start {
+        StartLine::Request { uri, .. } => uri.clone(),
+        StartLine::Response { .. } => String::new(),
+    };
+    let mut draft = Message {
+        start: StartLine::Request {
+            method: Method::Invite,
+            uri,
+        },
+        headers: Vec::with_capacity(msg.headers.len() + 4),
+        body: Bytes::new(),
+    };
+    let max_forwards = info.max_forwards.unwrap_or(70).saturating_sub(1);
+    draft.push_header(HeaderName::MaxForwards, max_forwards.to_string());
+    draft.push_header(HeaderName::From, a.remote_party.clone());
+    draft.push_header(HeaderName::To, a.local_party.clone());
+    draft.push_header(HeaderName::CallId, String::new());
+    draft.push_header(HeaderName::CSeq, "1 INVITE".to_string());
+    copy_crossing(msg, &mut draft);
+    draft
+}
+
+/// Where `on_invite` sends a new call: its decision, the trunk's default route when it made
+/// none, or a rejection when it failed on a trunk whose policy is `reject`.
+fn invite_decision(
+    rules: &RuleSet,
+    trunk: TrunkId,
+    (failed, decision): (bool, Option<RouteDecision>),
+) -> Option<RouteDecision> {
+    let settings = &rules.profile.trunks[trunk];
+    match (failed, settings.on_script_error) {
+        (true, ScriptErrorPolicy::Reject(status)) => Some(RouteDecision::Reject {
+            status,
+            reason: crate::sip::reason_phrase(status).to_string(),
+            headers: Vec::new(),
+        }),
+        _ => decision.or_else(|| {
+            settings.route.map(|trunk| RouteDecision::Route {
+                trunk,
+                peer: None,
+                uri: None,
+            })
+        }),
+    }
+}
+
 /// A Request-URI for a trunk peer: the user and parameters of `uri`, the peer's address.
 pub(super) fn retarget(uri: &str, peer: &Peer) -> String {
     let parsed = Uri::parse(uri).ok();
@@ -254,52 +334,13 @@ impl Engine {
         let trying = self.outgoing(None, script, Leg::A, trunk, trying);
         self.send_response(a_invite, &trying, now);
 
-        let a_from = msg.header_str(&HeaderName::From).unwrap_or_default();
-        let a_to = msg.header_str(&HeaderName::To).unwrap_or_default();
         let listener = &rules.profile.listeners[from.listener];
-        let a = Dialog {
-            trunk,
-            peer: from,
-            call_id: info.call_id.clone(),
-            local_tag: a_tag,
-            remote_tag: info.from_tag.clone(),
-            local_party: without_tag(a_to),
-            remote_party: without_tag(a_from),
-            // An RFC 2543 caller may send no Contact: its From URI is the target then.
-            remote_target: contact_uri(&msg)
-                .or_else(|| uri_of(a_from))
-                .unwrap_or_default(),
-            route_set: record_routes(&msg),
-            local_cseq: 0,
-            remote_cseq: info.cseq,
-            invite_cseq: 0,
-            contact: contact_value(user_of(a_to).as_deref(), listener, from.transport),
-        };
-
-        // The B-leg INVITE as the rules see it: identity and body, no routing yet.
-        let uri = match &msg.start {
-            StartLine::Request { uri, .. } => uri.clone(),
-            StartLine::Response { .. } => String::new(),
-        };
-        let mut draft = Message {
-            start: StartLine::Request {
-                method: Method::Invite,
-                uri,
-            },
-            headers: Vec::with_capacity(msg.headers.len() + 4),
-            body: Bytes::new(),
-        };
-        let max_forwards = info.max_forwards.unwrap_or(70).saturating_sub(1);
-        draft.push_header(HeaderName::MaxForwards, max_forwards.to_string());
-        draft.push_header(HeaderName::From, a.remote_party.clone());
-        draft.push_header(HeaderName::To, a.local_party.clone());
-        draft.push_header(HeaderName::CallId, String::new());
-        draft.push_header(HeaderName::CSeq, "1 INVITE".to_string());
-        copy_crossing(&msg, &mut draft);
+        let a = a_dialog(&msg, &info, (from, trunk), listener, a_tag);
+        let mut draft = b_leg_draft(&msg, &info, &a);
         let (b_call_id, b_tag) = self.fresh_b_identity(&mut draft);
 
         let mut hooked = HookMessage::new(draft, Leg::B.name(), String::new());
-        let outcome = self.run_hook(
+        let mut outcome = self.run_hook(
             &rules,
             None,
             &info.call_id,
@@ -308,46 +349,13 @@ impl Engine {
             Hook::Invite,
             HookArgs::Message(&mut hooked),
         );
-        let policy = rules.profile.trunks[trunk].on_script_error;
-        let decision = match (outcome.failed, policy) {
-            (true, ScriptErrorPolicy::Reject(status)) => Some(RouteDecision::Reject {
-                status,
-                reason: crate::sip::reason_phrase(status).to_string(),
-                headers: Vec::new(),
-            }),
-            _ => outcome.decision.or_else(|| {
-                rules.profile.trunks[trunk]
-                    .route
-                    .map(|trunk| RouteDecision::Route {
-                        trunk,
-                        peer: None,
-                        uri: None,
-                    })
-            }),
-        };
-        let route = match decision {
+        let decision = (outcome.failed, outcome.decision.take());
+        let route = match invite_decision(&rules, trunk, decision) {
             Some(RouteDecision::Route { trunk, peer, uri }) => Route { trunk, peer, uri },
-            Some(RouteDecision::Reject {
-                status,
-                reason,
-                headers,
-            }) => {
+            refused => {
                 self.stats.calls_failed += 1;
-                let mut response = response_to(&msg, status, Some(&reason), Some(&a.local_tag));
-                let touched = headers.iter().map(|(name, _)| name.clone()).collect();
-                for (name, value) in headers {
-                    response.push_header(name, value);
-                }
-                let (response, _) =
-                    self.outgoing_edited(None, script, Leg::A, trunk, response, touched, None);
-                self.send_response(a_invite, &response, now);
-                return;
-            }
-            None => {
-                self.stats.calls_failed += 1;
-                let response = response_to(&msg, 404, Some("No Route"), Some(&a.local_tag));
-                let response = self.outgoing(None, script, Leg::A, trunk, response);
-                self.send_response(a_invite, &response, now);
+                let answer = (a_invite, &msg, a.local_tag.as_str());
+                self.refuse_new_call(answer, (script, trunk), refused, now);
                 return;
             }
         };
@@ -397,6 +405,37 @@ impl Engine {
             self.play(call_key, action);
         }
         self.send_b_invite(call_key, invite, touched, now);
+    }
+
+    /// Answers a new INVITE that no route takes: the rule's rejection (status, reason and
+    /// headers, which bypass the header policy) or `404 No Route`.
+    fn refuse_new_call(
+        &mut self,
+        (a_invite, msg, a_tag): (TxnId, &Message, &str),
+        (script, trunk): (Option<ScriptId>, TrunkId),
+        rejection: Option<RouteDecision>,
+        now: Instant,
+    ) {
+        let response = match rejection {
+            Some(RouteDecision::Reject {
+                status,
+                reason,
+                headers,
+            }) => {
+                let mut response = response_to(msg, status, Some(&reason), Some(a_tag));
+                let touched = headers.iter().map(|(name, _)| name.clone()).collect();
+                for (name, value) in headers {
+                    response.push_header(name, value);
+                }
+                self.outgoing_edited(None, script, Leg::A, trunk, response, touched, None)
+                    .0
+            }
+            _ => {
+                let response = response_to(msg, 404, Some("No Route"), Some(a_tag));
+                self.outgoing(None, script, Leg::A, trunk, response)
+            }
+        };
+        self.send_response(a_invite, &response, now);
     }
 
     /// Gives a B-leg INVITE draft a fresh Call-ID and From-tag; returns them.

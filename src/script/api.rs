@@ -774,266 +774,285 @@ impl UserData for HookMessage {
     }
 
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_method("header", |lua, m, name: LuaString| {
-            let name = HeaderName::parse(&name.to_str()?);
-            m.msg
-                .header(&name)
-                .map(|v| lua.create_string(&v[..]))
-                .transpose()
-        });
-        methods.add_method("headers", |lua, m, name: LuaString| {
-            let name = HeaderName::parse(&name.to_str()?);
-            let values = lua.create_table()?;
-            for value in m.msg.headers_named(&name) {
-                values.push(lua.create_string(&value[..])?)?;
-            }
-            Ok(values)
-        });
-        methods.add_method("has_header", |_, m, name: LuaString| {
-            let name = HeaderName::parse(&name.to_str()?);
-            Ok(m.msg.header(&name).is_some())
-        });
-        methods.add_method_mut(
-            "set_header",
-            |_, m, (name, value): (LuaString, LuaString)| {
-                let name = m.editable(&name.as_bytes())?;
-                check_value(&value.as_bytes())?;
-                m.msg.remove_header(&name);
-                m.msg.headers.push(Header {
-                    name,
-                    value: Bytes::copy_from_slice(&value.as_bytes()),
-                });
-                Ok(())
-            },
-        );
-        methods.add_method_mut(
-            "add_header",
-            |_, m, (name, value): (LuaString, LuaString)| {
-                let name = m.editable(&name.as_bytes())?;
-                check_value(&value.as_bytes())?;
-                m.msg.headers.push(Header {
-                    name,
-                    value: Bytes::copy_from_slice(&value.as_bytes()),
-                });
-                Ok(())
-            },
-        );
-        methods.add_method_mut("remove_header", |_, m, name: LuaString| {
+        header_methods(methods);
+        uri_methods(methods);
+        identity_methods(methods);
+        body_methods(methods);
+    }
+}
+
+/// `msg` methods: Reading and editing headers by name, listing them, removing them by pattern.
+fn header_methods<M: UserDataMethods<HookMessage>>(methods: &mut M) {
+    methods.add_method("header", |lua, m, name: LuaString| {
+        let name = HeaderName::parse(&name.to_str()?);
+        m.msg
+            .header(&name)
+            .map(|v| lua.create_string(&v[..]))
+            .transpose()
+    });
+    methods.add_method("headers", |lua, m, name: LuaString| {
+        let name = HeaderName::parse(&name.to_str()?);
+        let values = lua.create_table()?;
+        for value in m.msg.headers_named(&name) {
+            values.push(lua.create_string(&value[..])?)?;
+        }
+        Ok(values)
+    });
+    methods.add_method("has_header", |_, m, name: LuaString| {
+        let name = HeaderName::parse(&name.to_str()?);
+        Ok(m.msg.header(&name).is_some())
+    });
+    methods.add_method_mut(
+        "set_header",
+        |_, m, (name, value): (LuaString, LuaString)| {
             let name = m.editable(&name.as_bytes())?;
+            check_value(&value.as_bytes())?;
             m.msg.remove_header(&name);
+            m.msg.headers.push(Header {
+                name,
+                value: Bytes::copy_from_slice(&value.as_bytes()),
+            });
             Ok(())
-        });
-        methods.add_method_mut("remove_headers", |lua, m, pattern: LuaString| {
-            let pattern = pattern.to_str()?.to_string();
-            let regex = glob_regex(&pattern)?;
-            let mut removed = 0;
-            with_regex(lua, &regex, |re| {
-                m.msg.headers.retain(|h| {
-                    let matches = !h.name.is_b2bua_owned()
-                        && re.is_match(&h.name.as_str().to_ascii_lowercase());
-                    removed += usize::from(matches);
-                    !matches
-                });
-                Ok(())
-            })?;
-            Ok(removed)
-        });
-        methods.add_method("uri", |_, m, ()| {
-            Ok(match &m.msg.start {
-                StartLine::Request { uri, .. } => Some(uri.clone()),
-                StartLine::Response { .. } => None,
-            })
-        });
-        methods.add_method_mut("set_uri", |_, m, new_uri: String| {
-            let StartLine::Request { uri, .. } = &mut m.msg.start else {
-                return Err(mlua::Error::runtime(
-                    "set_uri: a response has no Request-URI",
-                ));
+        },
+    );
+    methods.add_method_mut(
+        "add_header",
+        |_, m, (name, value): (LuaString, LuaString)| {
+            let name = m.editable(&name.as_bytes())?;
+            check_value(&value.as_bytes())?;
+            m.msg.headers.push(Header {
+                name,
+                value: Bytes::copy_from_slice(&value.as_bytes()),
+            });
+            Ok(())
+        },
+    );
+    methods.add_method_mut("remove_header", |_, m, name: LuaString| {
+        let name = m.editable(&name.as_bytes())?;
+        m.msg.remove_header(&name);
+        Ok(())
+    });
+    methods.add_method_mut("remove_headers", |lua, m, pattern: LuaString| {
+        let pattern = pattern.to_str()?.to_string();
+        let regex = glob_regex(&pattern)?;
+        let mut removed = 0;
+        with_regex(lua, &regex, |re| {
+            m.msg.headers.retain(|h| {
+                let matches =
+                    !h.name.is_b2bua_owned() && re.is_match(&h.name.as_str().to_ascii_lowercase());
+                removed += usize::from(matches);
+                !matches
+            });
+            Ok(())
+        })?;
+        Ok(removed)
+    });
+    methods.add_method("header_names", |lua, m, ()| {
+        let names = lua.create_table()?;
+        let mut seen: Vec<&HeaderName> = Vec::new();
+        for header in &m.msg.headers {
+            if !seen.contains(&&header.name) {
+                seen.push(&header.name);
+                names.raw_set(seen.len(), header.name.as_str())?;
+            }
+        }
+        Ok(names)
+    });
+}
+
+/// `msg` methods: The Request-URI and its user part.
+fn uri_methods<M: UserDataMethods<HookMessage>>(methods: &mut M) {
+    methods.add_method("uri", |_, m, ()| {
+        Ok(match &m.msg.start {
+            StartLine::Request { uri, .. } => Some(uri.clone()),
+            StartLine::Response { .. } => None,
+        })
+    });
+    methods.add_method_mut("set_uri", |_, m, new_uri: String| {
+        let StartLine::Request { uri, .. } = &mut m.msg.start else {
+            return Err(mlua::Error::runtime(
+                "set_uri: a response has no Request-URI",
+            ));
+        };
+        if !crate::sip::uri::is_plausible_request_uri(&new_uri) || Uri::parse(&new_uri).is_err() {
+            return Err(mlua::Error::runtime(format!(
+                "set_uri: '{new_uri}' is not a valid URI"
+            )));
+        }
+        *uri = new_uri;
+        Ok(())
+    });
+    methods.add_method("uri_user", |_, m, ()| {
+        Ok(match &m.msg.start {
+            StartLine::Request { uri, .. } => Uri::parse(uri.as_str())
+                .ok()
+                .and_then(|u| u.user.map(str::to_string)),
+            StartLine::Response { .. } => None,
+        })
+    });
+    methods.add_method_mut("set_uri_user", |_, m, user: String| {
+        check_user(&user)?;
+        let StartLine::Request { uri, .. } = &mut m.msg.start else {
+            return Err(mlua::Error::runtime(
+                "set_uri_user: a response has no Request-URI",
+            ));
+        };
+        *uri = replace_user_in_uri(uri, &user)
+            .ok_or_else(|| mlua::Error::runtime("set_uri_user: Request-URI is not sip/tel"))?;
+        Ok(())
+    });
+}
+
+/// `msg` methods: Name-addr headers (From, To, P-Asserted-Identity, Diversion...): their values read as tables, their display names, users and hosts rewritten.
+fn identity_methods<M: UserDataMethods<HookMessage>>(methods: &mut M) {
+    methods.add_method("from_user", |_, m, ()| Ok(m.user_of(&HeaderName::From)));
+    methods.add_method("to_user", |_, m, ()| Ok(m.user_of(&HeaderName::To)));
+    methods.add_method_mut("set_from_user", |_, m, user: String| {
+        check_user(&user)?;
+        m.edit_name_addr(b"From", &Which::Index(1), "set_from_user", |value, _| {
+            replace_user_in_header(value, &user)
+        })
+    });
+    methods.add_method_mut("set_to_user", |_, m, user: String| {
+        check_user(&user)?;
+        m.edit_name_addr(b"To", &Which::Index(1), "set_to_user", |value, _| {
+            replace_user_in_header(value, &user)
+        })
+    });
+    methods.add_method(
+        "name_addr",
+        |lua, m, (name, which): (LuaString, Option<Value>)| {
+            let name = HeaderName::parse(&name.to_str()?);
+            let which = Which::from_lua(which, "name_addr")?;
+            let spans = m.value_spans(&name);
+            let found = match which {
+                Which::Index(index) => spans.get(index - 1).map(|span| (index, span)),
+                Which::All => spans.first().map(|span| (1, span)),
+                Which::Scheme(scheme) => spans
+                    .iter()
+                    .enumerate()
+                    .find(|(_, span)| scheme_of(m.span_text(span)) == Some(scheme))
+                    .map(|(at, span)| (at + 1, span)),
             };
-            if !crate::sip::uri::is_plausible_request_uri(&new_uri) || Uri::parse(&new_uri).is_err()
+            match found {
+                Some((index, span)) => name_addr_table(lua, m.span_text(span), index),
+                None => Ok(None),
+            }
+        },
+    );
+    methods.add_method("name_addrs", |lua, m, name: LuaString| {
+        let name = HeaderName::parse(&name.to_str()?);
+        let list = lua.create_table()?;
+        for (at, span) in m.value_spans(&name).iter().enumerate() {
+            // A value that is no name-addr still holds its place (index) in the list.
+            let table = match name_addr_table(lua, m.span_text(span), at + 1)? {
+                Some(table) => table,
+                None => {
+                    let raw = lua.create_table()?;
+                    raw.raw_set("index", at + 1)?;
+                    raw.raw_set("raw", m.span_text(span))?;
+                    raw
+                }
+            };
+            list.raw_set(at + 1, table)?;
+        }
+        Ok(list)
+    });
+    methods.add_method_mut(
+        "set_display",
+        |_, m, (name, display, which): (LuaString, Option<String>, Option<Value>)| {
+            if let Some(text) = &display {
+                check_value(text.as_bytes())?;
+            }
+            let which = Which::from_lua(which, "set_display")?;
+            m.edit_name_addr(&name.as_bytes(), &which, "set_display", |value, addr| {
+                let uri_start = offset_in(value, addr.uri);
+                let rest = &value[uri_start + addr.uri.len()..];
+                let rest = if addr.bracketed {
+                    rest.strip_prefix('>').unwrap_or(rest)
+                } else {
+                    rest
+                };
+                let escaped = display
+                    .as_ref()
+                    .map(|d| d.replace('\\', "\\\\").replace('"', "\\\""));
+                Some(match escaped {
+                    Some(d) => format!("\"{d}\" <{}>{rest}", addr.uri),
+                    None => format!("<{}>{rest}", addr.uri),
+                })
+            })
+        },
+    );
+    methods.add_method_mut(
+        "set_user",
+        |_, m, (name, user, which): (LuaString, String, Option<Value>)| {
+            check_user(&user)?;
+            let which = Which::from_lua(which, "set_user")?;
+            m.edit_name_addr(&name.as_bytes(), &which, "set_user", |value, _| {
+                replace_user_in_header(value, &user)
+            })
+        },
+    );
+    methods.add_method_mut(
+        "set_host",
+        |_, m, (name, host, which): (LuaString, String, Option<Value>)| {
+            if host.is_empty()
+                || !host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
             {
                 return Err(mlua::Error::runtime(format!(
-                    "set_uri: '{new_uri}' is not a valid URI"
+                    "set_host: '{host}' is not a host name or address"
                 )));
             }
-            *uri = new_uri;
-            Ok(())
-        });
-        methods.add_method("from_user", |_, m, ()| Ok(m.user_of(&HeaderName::From)));
-        methods.add_method("to_user", |_, m, ()| Ok(m.user_of(&HeaderName::To)));
-        methods.add_method_mut("set_from_user", |_, m, user: String| {
-            check_user(&user)?;
-            m.edit_name_addr(b"From", &Which::Index(1), "set_from_user", |value, _| {
-                replace_user_in_header(value, &user)
-            })
-        });
-        methods.add_method_mut("set_to_user", |_, m, user: String| {
-            check_user(&user)?;
-            m.edit_name_addr(b"To", &Which::Index(1), "set_to_user", |value, _| {
-                replace_user_in_header(value, &user)
-            })
-        });
-        methods.add_method(
-            "name_addr",
-            |lua, m, (name, which): (LuaString, Option<Value>)| {
-                let name = HeaderName::parse(&name.to_str()?);
-                let which = Which::from_lua(which, "name_addr")?;
-                let spans = m.value_spans(&name);
-                let found = match which {
-                    Which::Index(index) => spans.get(index - 1).map(|span| (index, span)),
-                    Which::All => spans.first().map(|span| (1, span)),
-                    Which::Scheme(scheme) => spans
-                        .iter()
-                        .enumerate()
-                        .find(|(_, span)| scheme_of(m.span_text(span)) == Some(scheme))
-                        .map(|(at, span)| (at + 1, span)),
-                };
-                match found {
-                    Some((index, span)) => name_addr_table(lua, m.span_text(span), index),
-                    None => Ok(None),
+            let which = Which::from_lua(which, "set_host")?;
+            m.edit_name_addr(&name.as_bytes(), &which, "set_host", |value, addr| {
+                let uri = Uri::parse(addr.uri).ok()?;
+                if uri.scheme == Scheme::Tel {
+                    return None;
                 }
-            },
-        );
-        methods.add_method("name_addrs", |lua, m, name: LuaString| {
-            let name = HeaderName::parse(&name.to_str()?);
-            let list = lua.create_table()?;
-            for (at, span) in m.value_spans(&name).iter().enumerate() {
-                // A value that is no name-addr still holds its place (index) in the list.
-                let table = match name_addr_table(lua, m.span_text(span), at + 1)? {
-                    Some(table) => table,
-                    None => {
-                        let raw = lua.create_table()?;
-                        raw.raw_set("index", at + 1)?;
-                        raw.raw_set("raw", m.span_text(span))?;
-                        raw
-                    }
-                };
-                list.raw_set(at + 1, table)?;
+                let host_start = offset_in(value, uri.host);
+                let mut end = host_start + uri.host.len();
+                if uri.port.is_some() {
+                    // Drop the old port with the old host: the new host stands alone.
+                    let after = &value[end..];
+                    let digits = after
+                        .strip_prefix(':')
+                        .map(|p| 1 + p.bytes().take_while(u8::is_ascii_digit).count())
+                        .unwrap_or(0);
+                    end += digits;
+                }
+                Some(format!("{}{host}{}", &value[..host_start], &value[end..]))
+            })
+        },
+    );
+}
+
+/// `msg` methods: The body and its Content-Type.
+fn body_methods<M: UserDataMethods<HookMessage>>(methods: &mut M) {
+    methods.add_method("body", |lua, m, ()| lua.create_string(&m.msg.body[..]));
+    methods.add_method("content_type", |_, m, ()| {
+        Ok(m.msg
+            .header_str(&HeaderName::ContentType)
+            .map(str::to_string))
+    });
+    methods.add_method_mut(
+        "set_body",
+        |_, m, (body, content_type): (LuaString, Option<String>)| {
+            let body = Bytes::copy_from_slice(&body.as_bytes());
+            match content_type {
+                Some(kind) if !body.is_empty() => {
+                    check_value(kind.as_bytes())?;
+                    m.msg.set_header(HeaderName::ContentType, kind);
+                }
+                _ if body.is_empty() => m.msg.remove_header(&HeaderName::ContentType),
+                _ => {}
             }
-            Ok(list)
-        });
-        methods.add_method("header_names", |lua, m, ()| {
-            let names = lua.create_table()?;
-            let mut seen: Vec<&HeaderName> = Vec::new();
-            for header in &m.msg.headers {
-                if !seen.contains(&&header.name) {
-                    seen.push(&header.name);
-                    names.raw_set(seen.len(), header.name.as_str())?;
-                }
-            }
-            Ok(names)
-        });
-        methods.add_method_mut(
-            "set_display",
-            |_, m, (name, display, which): (LuaString, Option<String>, Option<Value>)| {
-                if let Some(text) = &display {
-                    check_value(text.as_bytes())?;
-                }
-                let which = Which::from_lua(which, "set_display")?;
-                m.edit_name_addr(&name.as_bytes(), &which, "set_display", |value, addr| {
-                    let uri_start = offset_in(value, addr.uri);
-                    let rest = &value[uri_start + addr.uri.len()..];
-                    let rest = if addr.bracketed {
-                        rest.strip_prefix('>').unwrap_or(rest)
-                    } else {
-                        rest
-                    };
-                    let escaped = display
-                        .as_ref()
-                        .map(|d| d.replace('\\', "\\\\").replace('"', "\\\""));
-                    Some(match escaped {
-                        Some(d) => format!("\"{d}\" <{}>{rest}", addr.uri),
-                        None => format!("<{}>{rest}", addr.uri),
-                    })
-                })
-            },
-        );
-        methods.add_method_mut(
-            "set_user",
-            |_, m, (name, user, which): (LuaString, String, Option<Value>)| {
-                check_user(&user)?;
-                let which = Which::from_lua(which, "set_user")?;
-                m.edit_name_addr(&name.as_bytes(), &which, "set_user", |value, _| {
-                    replace_user_in_header(value, &user)
-                })
-            },
-        );
-        methods.add_method_mut(
-            "set_host",
-            |_, m, (name, host, which): (LuaString, String, Option<Value>)| {
-                if host.is_empty()
-                    || !host
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
-                {
-                    return Err(mlua::Error::runtime(format!(
-                        "set_host: '{host}' is not a host name or address"
-                    )));
-                }
-                let which = Which::from_lua(which, "set_host")?;
-                m.edit_name_addr(&name.as_bytes(), &which, "set_host", |value, addr| {
-                    let uri = Uri::parse(addr.uri).ok()?;
-                    if uri.scheme == Scheme::Tel {
-                        return None;
-                    }
-                    let host_start = offset_in(value, uri.host);
-                    let mut end = host_start + uri.host.len();
-                    if uri.port.is_some() {
-                        // Drop the old port with the old host: the new host stands alone.
-                        let after = &value[end..];
-                        let digits = after
-                            .strip_prefix(':')
-                            .map(|p| 1 + p.bytes().take_while(u8::is_ascii_digit).count())
-                            .unwrap_or(0);
-                        end += digits;
-                    }
-                    Some(format!("{}{host}{}", &value[..host_start], &value[end..]))
-                })
-            },
-        );
-        methods.add_method("body", |lua, m, ()| lua.create_string(&m.msg.body[..]));
-        methods.add_method("content_type", |_, m, ()| {
-            Ok(m.msg
-                .header_str(&HeaderName::ContentType)
-                .map(str::to_string))
-        });
-        methods.add_method_mut(
-            "set_body",
-            |_, m, (body, content_type): (LuaString, Option<String>)| {
-                let body = Bytes::copy_from_slice(&body.as_bytes());
-                match content_type {
-                    Some(kind) if !body.is_empty() => {
-                        check_value(kind.as_bytes())?;
-                        m.msg.set_header(HeaderName::ContentType, kind);
-                    }
-                    _ if body.is_empty() => m.msg.remove_header(&HeaderName::ContentType),
-                    _ => {}
-                }
-                m.touched.push(HeaderName::ContentType);
-                m.msg.body = body;
-                Ok(())
-            },
-        );
-        methods.add_method("uri_user", |_, m, ()| {
-            Ok(match &m.msg.start {
-                StartLine::Request { uri, .. } => Uri::parse(uri.as_str())
-                    .ok()
-                    .and_then(|u| u.user.map(str::to_string)),
-                StartLine::Response { .. } => None,
-            })
-        });
-        methods.add_method_mut("set_uri_user", |_, m, user: String| {
-            check_user(&user)?;
-            let StartLine::Request { uri, .. } = &mut m.msg.start else {
-                return Err(mlua::Error::runtime(
-                    "set_uri_user: a response has no Request-URI",
-                ));
-            };
-            *uri = replace_user_in_uri(uri, &user)
-                .ok_or_else(|| mlua::Error::runtime("set_uri_user: Request-URI is not sip/tel"))?;
+            m.touched.push(HeaderName::ContentType);
+            m.msg.body = body;
             Ok(())
-        });
-    }
+        },
+    );
 }
 
 /// The `bh` library table: version, model, logging with the call id, rule metrics and a
