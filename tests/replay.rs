@@ -240,14 +240,18 @@ fn one_side_of_a_capture_replays_as_a_call_flow() {
     // A side that sent nothing: the error lists who did.
     let nobody = TrunkSide::parse("core=192.0.2.1").expect("side");
     let err = replay_capture(&pcap.join("sip-proxy.pcap"), profile, &[nobody], false)
-        .expect_err("no SIP from that side");
+        .expect_err("no SIP from that side")
+        .to_string();
     assert!(err.contains("no SIP sent from core=192.0.2.1"), "{err}");
     assert!(err.contains("10.33.6.101:5060 (3)"), "{err}");
 
-    assert!(TrunkSide::parse("core").is_err());
+    let refused = TrunkSide::parse("core").expect_err("no address");
+    assert_eq!(refused.to_string(), "'core' is not NAME=IP[:port]");
     assert_eq!(
-        TrunkSide::parse("teams=[2001:db8::1]:5061").map(|s| s.port),
-        Ok(Some(5061))
+        TrunkSide::parse("teams=[2001:db8::1]:5061")
+            .ok()
+            .map(|s| s.port),
+        Some(Some(5061))
     );
 }
 

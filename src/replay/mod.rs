@@ -43,9 +43,57 @@ impl Outcome {
     }
 }
 
+/// Why a scenario or a capture could not be run. Each prints as one line (or one per profile
+/// or script error) with its place: `file:line: message`.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("{}: no such file or directory", .0.display())]
+    NotFound(PathBuf),
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A scenario that does not parse or is not well formed.
+    #[error("{}:{line}: {message}", path.display())]
+    Scenario {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("{}: cannot write scenario: {message}", path.display())]
+    Write { path: PathBuf, message: String },
+    #[error("{}", lines(.0))]
+    Profile(Vec<crate::config::ConfigError>),
+    #[error("{}", lines(.0))]
+    Rules(Vec<crate::script::ScriptError>),
+    #[error("'{0}' is not NAME=IP[:port]")]
+    TrunkSide(String),
+    #[error("no trunk named '{trunk}' in {}", profile.display())]
+    NoSuchTrunk { trunk: String, profile: PathBuf },
+    #[error(transparent)]
+    Capture(#[from] capture::CaptureError),
+    /// Nothing in the capture came from the sides given; says who did send SIP.
+    #[error("{}: no SIP sent from {sides}; SIP senders in the capture: {senders}", capture.display())]
+    NoSipFrom {
+        capture: PathBuf,
+        sides: String,
+        senders: String,
+    },
+}
+
+/// Errors one per line.
+fn lines<E: ToString>(errors: &[E]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Scenario files under `paths`: files as given, directories searched (recursively) for YAML
 /// files with a top-level `steps:` list.
-pub fn collect(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+pub fn collect(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ReplayError> {
     let mut out = Vec::new();
     for path in paths {
         if path.is_dir() {
@@ -53,15 +101,18 @@ pub fn collect(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
         } else if path.is_file() {
             out.push(path.clone());
         } else {
-            return Err(format!("{}: no such file or directory", path.display()));
+            return Err(ReplayError::NotFound(path.clone()));
         }
     }
     Ok(out)
 }
 
-fn collect_dir(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
+fn collect_dir(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ReplayError> {
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|err| format!("{}: {err}", dir.display()))?
+        .map_err(|source| ReplayError::Read {
+            path: dir.to_path_buf(),
+            source,
+        })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
     entries.sort();
@@ -98,7 +149,7 @@ pub fn run_file_on(path: &Path, record: bool, profile: Option<&Path>) -> Outcome
                 path: path.to_path_buf(),
                 name,
                 steps: 0,
-                failures: vec![error],
+                failures: vec![error.to_string()],
                 elapsed: started.elapsed(),
             }
         }
@@ -112,7 +163,7 @@ pub fn run_file_on(path: &Path, record: bool, profile: Option<&Path>) -> Outcome
         elapsed: Duration::ZERO,
     };
     match Replay::new(&loaded, profile) {
-        Err(error) => outcome.failures.push(error),
+        Err(error) => outcome.failures.push(error.to_string()),
         Ok(mut replay) => {
             let mut recorded = loaded.scenario.clone();
             for (index, step) in loaded.scenario.steps.iter().enumerate() {
@@ -143,7 +194,7 @@ pub fn run_file_on(path: &Path, record: bool, profile: Option<&Path>) -> Outcome
             }
             if record && outcome.failures.is_empty() {
                 if let Err(error) = scenario::save(path, &recorded) {
-                    outcome.failures.push(error);
+                    outcome.failures.push(error.to_string());
                 }
             }
         }
@@ -228,16 +279,8 @@ pub fn seeded_engine(rules: Arc<RuleSet>) -> Engine {
     engine
 }
 
-fn strings<E: ToString>(errors: &[E]) -> String {
-    errors
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 impl Replay {
-    fn new(loaded: &Loaded, profile: Option<&Path>) -> Result<Replay, String> {
+    fn new(loaded: &Loaded, profile: Option<&Path>) -> Result<Replay, ReplayError> {
         let dir = loaded.path.parent().unwrap_or(Path::new(".")).to_path_buf();
         let profile_path = match profile {
             Some(path) => path.to_path_buf(),
@@ -249,9 +292,10 @@ impl Replay {
                     .unwrap_or_else(|| PathBuf::from("profile.yaml")),
             ),
         };
-        let profile = Arc::new(Profile::load(&profile_path).map_err(|e| strings(&e))?);
+        let profile = Arc::new(Profile::load(&profile_path).map_err(ReplayError::Profile)?);
         let metrics = Arc::new(RuleMetrics::default());
-        let rules = RuleSet::load(profile.clone(), 1, metrics.clone()).map_err(|e| strings(&e))?;
+        let rules =
+            RuleSet::load(profile.clone(), 1, metrics.clone()).map_err(ReplayError::Rules)?;
         let mut vars: HashMap<String, String> = loaded.scenario.vars.clone().into_iter().collect();
         vars.insert("version".to_string(), crate::script::VERSION.to_string());
         Ok(Replay {

@@ -2,6 +2,7 @@
 //! capture time, and what Bridgehead would have sent, printed as a call flow.
 
 use super::capture::{read_capture, CapturedSip};
+use super::ReplayError;
 use crate::config::{Profile, TrunkId};
 use crate::engine::Engine;
 use crate::script::{RuleMetrics, RuleSet};
@@ -23,8 +24,8 @@ pub struct TrunkSide {
 
 impl TrunkSide {
     /// Parses `core=10.0.0.1`, `core=10.0.0.1:5060` or `teams=[2001:db8::1]:5061`.
-    pub fn parse(text: &str) -> Result<TrunkSide, String> {
-        let bad = || format!("'{text}' is not NAME=IP[:port]");
+    pub fn parse(text: &str) -> Result<TrunkSide, ReplayError> {
+        let bad = || ReplayError::TrunkSide(text.to_string());
         let (trunk, address) = text.split_once('=').ok_or_else(bad)?;
         if trunk.is_empty() {
             return Err(bad());
@@ -59,20 +60,19 @@ pub fn replay_capture(
     profile: &Path,
     sides: &[TrunkSide],
     verbose: bool,
-) -> Result<String, String> {
-    let profile = Arc::new(Profile::load(profile).map_err(|e| super::strings(&e))?);
+) -> Result<String, ReplayError> {
+    let profile = Arc::new(Profile::load(profile).map_err(ReplayError::Profile)?);
     let mut trunks: Vec<(TrunkId, &TrunkSide)> = Vec::new();
     for side in sides {
-        let trunk = profile.trunk_by_name(&side.trunk).ok_or_else(|| {
-            format!(
-                "no trunk named '{}' in {}",
-                side.trunk,
-                profile.path.display()
-            )
-        })?;
+        let trunk = profile
+            .trunk_by_name(&side.trunk)
+            .ok_or_else(|| ReplayError::NoSuchTrunk {
+                trunk: side.trunk.clone(),
+                profile: profile.path.clone(),
+            })?;
         trunks.push((trunk, side));
     }
-    let messages = read_capture(capture).map_err(|err| err.to_string())?;
+    let messages = read_capture(capture)?;
     let fed: Vec<(&CapturedSip, TrunkId)> = messages
         .iter()
         .filter_map(|m| trunks.iter().find(|(_, s)| s.sent(m)).map(|(t, _)| (m, *t)))
@@ -93,19 +93,18 @@ pub fn replay_capture(
             .iter()
             .map(|(addr, count)| format!("{addr} ({count})"))
             .collect();
-        return Err(format!(
-            "{}: no SIP sent from {}; SIP senders in the capture: {}",
-            capture.display(),
-            sides.join(", "),
-            if senders.is_empty() {
+        return Err(ReplayError::NoSipFrom {
+            capture: capture.to_path_buf(),
+            sides: sides.join(", "),
+            senders: if senders.is_empty() {
                 "none".to_string()
             } else {
                 senders.join(", ")
-            }
-        ));
+            },
+        });
     }
     let rules = RuleSet::load(profile.clone(), 1, Arc::new(RuleMetrics::default()))
-        .map_err(|e| super::strings(&e))?;
+        .map_err(ReplayError::Rules)?;
     let mut engine = super::seeded_engine(rules);
     let start = Instant::now();
     let mut now = start;

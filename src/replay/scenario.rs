@@ -1,6 +1,7 @@
 //! Replay scenarios: the YAML model, reading it with line numbers for errors, and writing it
 //! back (record mode).
 
+use super::ReplayError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -234,14 +235,20 @@ pub struct Loaded {
 }
 
 /// Reads a scenario; errors are `file:line: message`.
-pub fn load(path: &Path) -> Result<Loaded, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|err| format!("{}: cannot read scenario: {err}", path.display()))?;
+pub fn load(path: &Path) -> Result<Loaded, ReplayError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ReplayError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let scenario: Scenario = serde_yaml::from_str(&text).map_err(|err| {
         let line = err.location().map_or(0, |l| l.line());
         let message = err.to_string();
         let message = message.split(" at line ").next().unwrap_or(&message);
-        format!("{}:{line}: {message}", path.display())
+        ReplayError::Scenario {
+            path: path.to_path_buf(),
+            line,
+            message: message.to_string(),
+        }
     })?;
     let step_lines = step_lines(&text);
     for (index, step) in scenario.steps.iter().enumerate() {
@@ -256,12 +263,14 @@ pub fn load(path: &Path) -> Result<Loaded, String> {
         .filter(|a| **a)
         .count();
         if actions != 1 {
-            return Err(format!(
-                "{}:{}: step {} must have exactly one of send, reply, wait, media, reload",
-                path.display(),
-                step_lines.get(index).copied().unwrap_or(0),
-                index + 1
-            ));
+            return Err(ReplayError::Scenario {
+                path: path.to_path_buf(),
+                line: step_lines.get(index).copied().unwrap_or(0),
+                message: format!(
+                    "step {} must have exactly one of send, reply, wait, media, reload",
+                    index + 1
+                ),
+            });
         }
     }
     Ok(Loaded {
@@ -300,11 +309,13 @@ fn step_lines(text: &str) -> Vec<usize> {
 }
 
 /// Writes a scenario back (record mode). Comments are not kept.
-pub fn save(path: &Path, scenario: &Scenario) -> Result<(), String> {
-    let text = serde_yaml::to_string(scenario)
-        .map_err(|err| format!("{}: cannot write scenario: {err}", path.display()))?;
+pub fn save(path: &Path, scenario: &Scenario) -> Result<(), ReplayError> {
+    let failed = |message: String| ReplayError::Write {
+        path: path.to_path_buf(),
+        message,
+    };
+    let text = serde_yaml::to_string(scenario).map_err(|err| failed(err.to_string()))?;
     let header =
         "# Recorded by `bridgehead replay --record`: review the expectations before committing.\n";
-    std::fs::write(path, format!("{header}{text}"))
-        .map_err(|err| format!("{}: cannot write scenario: {err}", path.display()))
+    std::fs::write(path, format!("{header}{text}")).map_err(|err| failed(err.to_string()))
 }
