@@ -59,8 +59,7 @@ pub type EventSink = Arc<dyn Fn(MediaCallId, MediaEvent) + Send + Sync>;
 /// The relay of one process.
 pub struct Relay {
     address: IpAddr,
-    strict: bool,
-    rtp_timeout: u32,
+    streams: StreamSettings,
     calls: Mutex<HashMap<MediaCallId, Vec<Running>>>,
     events: EventSink,
     reserved: Reserved,
@@ -73,8 +72,10 @@ impl Relay {
     pub fn new(config: &MediaConfig, events: EventSink) -> Arc<Relay> {
         Arc::new(Relay {
             address: config.address,
-            strict: config.strict_source,
-            rtp_timeout: config.rtp_timeout,
+            streams: StreamSettings {
+                strict_source: config.strict_source,
+                rtp_timeout: config.rtp_timeout,
+            },
             calls: Mutex::new(HashMap::new()),
             events,
             reserved: Arc::new(Mutex::new(HashMap::new())),
@@ -131,8 +132,7 @@ impl Relay {
                     running.task = Some(tokio::spawn(relay_stream(
                         Settings {
                             address: self.address,
-                            strict: self.strict,
-                            rtp_timeout: self.rtp_timeout,
+                            stream: self.streams,
                             reserved: self.reserved.clone(),
                         },
                         updates,
@@ -151,8 +151,7 @@ impl Relay {
 #[derive(Clone)]
 struct Settings {
     address: IpAddr,
-    strict: bool,
-    rtp_timeout: u32,
+    stream: StreamSettings,
     reserved: Reserved,
 }
 
@@ -258,14 +257,7 @@ async fn relay_stream(
     };
     a.mark(stream.a.dscp);
     b.mark(stream.b.dscp);
-    let mut media = MediaStream::new(
-        &stream,
-        StreamSettings {
-            strict_source: settings.strict,
-            rtp_timeout: settings.rtp_timeout,
-        },
-        now(),
-    );
+    let mut media = MediaStream::new(&stream, settings.stream, now());
     let mut from_a = [0u8; 2048];
     let mut from_b = [0u8; 2048];
     let mut rtcp_a = [0u8; 2048];

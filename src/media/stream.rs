@@ -1237,6 +1237,123 @@ mod tests {
         );
     }
 
+    #[test]
+    fn comfort_noise_fills_each_200_virtual_ms_of_silence_toward_a_leg_that_wants_it() {
+        let mut call = pcma_call();
+        call.a.cn_pt = Some(13);
+        call.a.comfort_noise = true;
+        let start = Instant::now();
+        let mut media = MediaStream::new(&call, StreamSettings::default(), start);
+        assert_eq!(media.poll_timeout(), Some(start + CN_INTERVAL));
+        media.handle_timeout(start + CN_INTERVAL - Duration::from_millis(1));
+        assert_eq!(sent(&mut media), [], "not yet");
+        media.handle_timeout(start + CN_INTERVAL);
+        let first = sent(&mut media);
+        assert_eq!(first.len(), 1);
+        let (to, destination, sid) = &first[0];
+        assert_eq!((*to, *destination), (Leg::A, addr(CALLER)));
+        assert_eq!((sid.len(), sid[1], sid[12]), (13, 13, CN_LEVEL));
+        // The callee talks at 300 ms: the caller hears it, and noise waits 200 ms from there.
+        let talked = start + Duration::from_millis(300);
+        media.handle_packet(Leg::B, addr(CALLEE), false, &pcma(1, 0xd5), talked);
+        assert_eq!(sent(&mut media).len(), 1);
+        assert_eq!(media.poll_timeout(), Some(talked + CN_INTERVAL));
+        media.handle_timeout(talked + CN_INTERVAL);
+        let second = sent(&mut media);
+        assert_eq!(second.len(), 1);
+        assert_eq!(
+            u16::from_be_bytes([second[0].2[2], second[0].2[3]]),
+            u16::from_be_bytes([sid[2], sid[3]]).wrapping_add(1),
+            "one RTP stream of noise"
+        );
+    }
+
+    #[test]
+    fn media_goes_where_a_leg_talks_from_until_it_moves_and_strict_sources_drop_strangers() {
+        let now = Instant::now();
+        let mut media = MediaStream::new(&pcma_call(), StreamSettings::default(), now);
+        // The callee talks from behind a NAT: Bridgehead latches onto that source.
+        let natted = addr("203.0.113.9:31000");
+        media.handle_packet(Leg::B, natted, false, &pcma(1, 0xd5), now);
+        media.handle_packet(Leg::A, addr(CALLER), false, &pcma(1, 0xd5), now);
+        let toward: Vec<_> = sent(&mut media).into_iter().map(|t| (t.0, t.1)).collect();
+        assert_eq!(toward, [(Leg::A, addr(CALLER)), (Leg::B, natted)]);
+        // A re-INVITE moves the callee: media goes to its new address at once.
+        let mut moved = pcma_call();
+        moved.b.remote = Some(addr("198.51.100.8:6000"));
+        media.update(&moved, now);
+        media.handle_packet(Leg::A, addr(CALLER), false, &pcma(2, 0xd5), now);
+        assert_eq!(sent(&mut media)[0].1, addr("198.51.100.8:6000"));
+
+        let strict = StreamSettings {
+            strict_source: true,
+            rtp_timeout: 0,
+        };
+        let mut media = MediaStream::new(&pcma_call(), strict, now);
+        media.handle_packet(Leg::B, natted, false, &pcma(1, 0xd5), now);
+        assert_eq!(sent(&mut media), [], "not from the callee's SDP address");
+        assert_eq!(media.take_counters().dropped, 1);
+        assert_eq!(media.take_counters().dropped, 0, "counted once");
+        media.handle_packet(
+            Leg::B,
+            addr("198.51.100.7:5002"),
+            false,
+            &pcma(1, 0xd5),
+            now,
+        );
+        assert_eq!(
+            sent(&mut media).len(),
+            1,
+            "another port of the same address"
+        );
+    }
+
+    #[test]
+    fn rtcp_quality_times_the_round_trip_on_virtual_time() {
+        let mut call = pcma_call();
+        call.a.remote_rtcp = Some(addr("192.0.2.1:4001"));
+        call.b.remote_rtcp = Some(addr("198.51.100.7:5001"));
+        let start = Instant::now();
+        let mut media = MediaStream::new(&call, StreamSettings::default(), start);
+        // The callee's sender report (NTP middle bits 0x0001_8000) goes on to the caller.
+        let mut sender_report = vec![0x80, 200, 0, 6, 0, 0, 0, 9, 0, 0, 0, 1, 0x80, 0, 0, 0];
+        sender_report.extend([0; 12]);
+        let callee_rtcp = addr("198.51.100.7:5001");
+        media.handle_packet(Leg::B, callee_rtcp, true, &sender_report, start);
+        assert_eq!(
+            sent(&mut media),
+            [(Leg::A, addr("192.0.2.1:4001"), sender_report.clone())]
+        );
+        assert_eq!(events(&mut media), [], "an SR without report blocks");
+        // 150 ms later the caller reports on it, having held it 50 ms: 100 ms round trip.
+        let mut receiver_report = vec![0x81, 201, 0, 7, 0, 0, 0, 2, 0, 0, 0, 9, 64, 0, 0, 3];
+        receiver_report.extend([0, 0, 0, 50, 0, 0, 0, 80]);
+        receiver_report.extend(0x0001_8000_u32.to_be_bytes());
+        receiver_report.extend((65_536_u32 * 50 / 1000).to_be_bytes());
+        let reported = start + Duration::from_millis(150);
+        media.handle_packet(
+            Leg::A,
+            addr("192.0.2.1:4001"),
+            true,
+            &receiver_report,
+            reported,
+        );
+        let heard = events(&mut media);
+        let [MediaEvent::Quality {
+            leg: Leg::A,
+            loss_percent,
+            jitter_ms,
+            rtt_ms: Some(rtt_ms),
+            mos,
+        }] = heard[..]
+        else {
+            panic!("one quality report of the caller: {heard:?}");
+        };
+        assert_eq!((loss_percent, jitter_ms), (25.0, 10.0));
+        assert!((rtt_ms - 100.0).abs() < 0.1, "{rtt_ms} ms");
+        assert!(mos > 1.0 && mos < 4.0, "{mos}");
+    }
+
     /// The duration of the one digit heard (what the detector measured).
     fn heard_duration(heard: &[MediaEvent]) -> u32 {
         match heard.first() {
