@@ -1190,6 +1190,53 @@ mod tests {
     }
 
     #[test]
+    fn srtp_and_srtcp_with_an_mki_come_out_plain() {
+        let mut random = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(11);
+        let callers_key = SrtpKey {
+            mki_len: 2,
+            ..SrtpKey::generate(&mut random, 1, Suite::AesCm128HmacSha1_32)
+        };
+        let mut call = pcma_call();
+        call.a.remote_key = Some(callers_key);
+        call.b.remote_rtcp = Some(addr("198.51.100.7:5001"));
+        let now = Instant::now();
+        let mut media = MediaStream::new(&call, StreamSettings::default(), now);
+        let mut caller_sends = context(&callers_key, false).expect("context");
+        // The MKI sits before the tag: 4 bytes for SRTP with this suite, 10 for SRTCP.
+        let with_mki = |secret: &[u8], tag: usize| {
+            let mut packet = secret[..secret.len() - tag].to_vec();
+            packet.extend([0, 1]);
+            packet.extend_from_slice(&secret[secret.len() - tag..]);
+            packet
+        };
+        let secret = caller_sends.encrypt_rtp(&pcma(1, 0x55)).expect("encrypt");
+        media.handle_packet(Leg::A, addr(CALLER), false, &with_mki(&secret, 4), now);
+        assert_eq!(sent(&mut media), [(Leg::B, addr(CALLEE), pcma(1, 0x55))]);
+
+        let mut receiver_report = vec![0x81, 201, 0, 7, 0, 0, 0, 2, 0, 0, 0, 9];
+        receiver_report.extend([0; 20]);
+        let secret = caller_sends
+            .encrypt_rtcp(&receiver_report)
+            .expect("encrypt");
+        media.handle_packet(
+            Leg::A,
+            addr("192.0.2.1:4001"),
+            true,
+            &with_mki(&secret, 10),
+            now,
+        );
+        assert_eq!(
+            sent(&mut media),
+            [(Leg::B, addr("198.51.100.7:5001"), receiver_report)]
+        );
+        assert!(matches!(
+            events(&mut media)[..],
+            [MediaEvent::Quality { leg: Leg::A, .. }]
+        ));
+        assert_eq!(media.take_counters(), StreamCounters::default());
+    }
+
+    #[test]
     fn inband_dtmf_from_generated_tones_is_reported_once_and_muted_toward_events() {
         let mut call = pcma_call();
         call.a.dtmf = DtmfMode::Inband;
