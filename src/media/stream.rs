@@ -311,14 +311,6 @@ pub struct MediaStream {
     counters: StreamCounters,
 }
 
-/// The index of a leg in a stream's `[A, B]` arrays.
-fn index(leg: Leg) -> usize {
-    match leg {
-        Leg::A => 0,
-        Leg::B => 1,
-    }
-}
-
 impl MediaStream {
     /// A stream starting at `now` with the legs of `stream`.
     pub fn new(stream: &Stream, settings: StreamSettings, now: Instant) -> MediaStream {
@@ -389,7 +381,7 @@ impl MediaStream {
     pub fn play(&mut self, to: Leg, sound: Sound, now: Instant) {
         let was_playing = self.playing();
         self.seed = self.seed.wrapping_mul(0x9e37_79b9).wrapping_add(1);
-        let leg = &mut self.legs[index(to)];
+        let leg = &mut self.legs[to.index()];
         let replacing = match &mut leg.player {
             Some(player) => player.queue(sound),
             None => Some(sound),
@@ -413,8 +405,8 @@ impl MediaStream {
         now: Instant,
     ) {
         let rtcp = on_rtcp_port || is_rtcp(packet);
-        let from_side = self.sides[index(from)];
-        let to_side = self.sides[index(from.other())];
+        let from_side = self.sides[from.index()];
+        let to_side = self.sides[from.other().index()];
         let expected = if rtcp {
             from_side.remote_rtcp
         } else {
@@ -632,7 +624,7 @@ impl MediaStream {
     /// Sends a comfort noise SID (RFC 3389) toward a leg that wants it and heard nothing for
     /// a while.
     fn comfort_noise(&mut self, to: Leg, now: Instant) {
-        let i = index(to);
+        let i = to.index();
         let side = &self.sides[i];
         let leg = &mut self.legs[i];
         let (Some(pt), Some(due)) = (side.cn_pt, leg.comfort_noise_due(side)) else {
@@ -653,7 +645,7 @@ impl MediaStream {
 
     /// The next 20 ms of what Bridgehead plays toward a leg.
     fn play_frame(&mut self, to: Leg, now: Instant) {
-        let i = index(to);
+        let i = to.index();
         let side = &self.sides[i];
         let Some(player) = &mut self.legs[i].player else {
             return;
@@ -673,7 +665,7 @@ impl MediaStream {
     /// Queues a packet Bridgehead made (a played sound, comfort noise) toward a leg: encrypted
     /// when the leg is SRTP, to where its media comes from.
     fn send_own(&mut self, to: Leg, packet: Vec<u8>, now: Instant) {
-        let i = index(to);
+        let i = to.index();
         let leg = &mut self.legs[i];
         let Some(destination) = leg.latched.or(self.sides[i].remote) else {
             return;
