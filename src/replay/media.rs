@@ -643,3 +643,103 @@ fn frames(
     let advance = samples * frames.len() as u32;
     Ok((frames, advance))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A leg whose SDP offers PCMA and telephone-event 101.
+    fn pcma_side() -> Side {
+        let sdp = crate::sdp::Sdp::parse(
+            b"v=0\r\nm=audio 1 RTP/AVP 8 101\r\na=rtpmap:101 telephone-event/8000\r\n",
+        )
+        .expect("sdp");
+        let pts = crate::media::PayloadTypes::of(&sdp.media()[0]);
+        Side {
+            audio_pt: Some(8),
+            dtmf_pt: Some(101),
+            own_pts: pts,
+            ..Side::default()
+        }
+    }
+
+    /// Frames as the far end of `side` would receive them, 20 ms apart.
+    fn heard(frames: &[Frame], side: &Side) -> Vec<MediaSent> {
+        let at = Instant::now();
+        frames
+            .iter()
+            .zip(0u64..)
+            .filter_map(|(frame, n)| {
+                let mut packet = vec![0x80, frame.pt, 0, 0];
+                packet.extend_from_slice(&frame.offset.to_be_bytes());
+                packet.extend_from_slice(&[0, 0, 0, 1]);
+                packet.extend_from_slice(&frame.payload);
+                received(packet, Leg::B, side, at + Duration::from_millis(20 * n))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn dtmf_tones_fed_are_heard_as_their_digits() {
+        let side = pcma_side();
+        let step = RtpStep {
+            dtmf: Some("1#9".into()),
+            ..RtpStep::default()
+        };
+        let (frames, advance) = frames(&step, &side, 160, 0).expect("frames");
+        assert_eq!(
+            frames.len(),
+            30,
+            "5 frames of tones and 5 of silence per digit"
+        );
+        assert_eq!(advance, 30 * 160);
+        let sent = heard(&frames, &side);
+        assert_eq!(digits_in(&sent.iter().collect::<Vec<_>>()), "1#9");
+    }
+
+    #[test]
+    fn an_event_lasts_its_duration_and_ends_three_times_as_one_digit() {
+        let side = pcma_side();
+        let step = RtpStep {
+            event: Some(super::super::scenario::RtpEvent {
+                digit: "*".into(),
+                duration: Some(60),
+            }),
+            ..RtpStep::default()
+        };
+        let (frames, advance) = frames(&step, &side, 160, 0).expect("frames");
+        let ends: Vec<bool> = frames.iter().map(|f| f.payload[1] & 0x80 != 0).collect();
+        assert_eq!(ends, [false, false, true, true, true]);
+        assert!(frames.iter().all(|f| f.pt == 101 && f.offset == 0));
+        assert_eq!(
+            frames[2].payload,
+            [10, 0x80 | 10, 1, 224],
+            "* for 480 samples"
+        );
+        assert_eq!(advance, 3 * 160);
+        let sent = heard(&frames, &side);
+        assert_eq!(digits_in(&sent.iter().collect::<Vec<_>>()), "*");
+    }
+
+    #[test]
+    fn a_step_that_cannot_be_sent_says_why() {
+        let side = pcma_side();
+        let bad = |step: RtpStep| frames(&step, &side, 160, 0).err().unwrap_or_default();
+        assert!(bad(RtpStep {
+            pt: Some(18),
+            ..RtpStep::default()
+        })
+        .contains("G.711"));
+        assert!(bad(RtpStep {
+            dtmf: Some("x".into()),
+            ..RtpStep::default()
+        })
+        .contains("'x'"));
+        assert!(bad(RtpStep {
+            dtmf: Some("1".into()),
+            tone: Some(vec![440.0]),
+            ..RtpStep::default()
+        })
+        .contains("at most one"));
+    }
+}
