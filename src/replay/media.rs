@@ -66,7 +66,7 @@ enum Payload {
 
 /// An RTP packet the media plane sent toward a leg, as its far end reads it (decrypted when
 /// it was SRTP).
-pub struct MediaSent {
+struct MediaSent {
     at: Instant,
     to: Leg,
     pt: u8,
@@ -222,8 +222,8 @@ impl MediaPlane {
         self.drain(now)
     }
 
-    /// Takes what the streams sent and saw: RTP kept as its far end reads it, events handed
-    /// back.
+    /// Takes what the streams sent and saw: RTP kept as its far end reads it (SRTP it could
+    /// not decrypt is not kept), RTCP left out, events handed back.
     fn drain(&mut self, now: Instant) -> Vec<(MediaCallId, MediaEvent)> {
         let mut events = Vec::new();
         for (&call, slots) in &mut self.calls {
