@@ -3,6 +3,7 @@
 //! socket relay ([`crate::media::relay`]) runs them; `rtp` steps feed packets from a leg's far
 //! end; what the streams send is kept, as that far end hears it, for `media_out` checks.
 
+use super::capture::read_rtp;
 use super::scenario::{MediaExpect, RtpStep};
 use crate::media::dsp;
 use crate::media::player::Sound;
@@ -12,6 +13,7 @@ use crate::shared::Leg;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::{Duration, Instant};
 use webrtc_srtp::context::Context;
 use webrtc_srtp::protection_profile::ProtectionProfile;
@@ -75,14 +77,13 @@ struct MediaSent {
     kind: Payload,
 }
 
-/// Packets an `rtp` step feeds in, ready to go: where they come from and their bytes, one per
-/// interval.
+/// Packets an `rtp` step feeds in, ready to go: where they come from, and each packet with
+/// the virtual time that passes after it.
 pub struct Feed {
     pub call: MediaCallId,
     pub leg: Leg,
     pub source: SocketAddr,
-    pub interval: Duration,
-    pub packets: Vec<Vec<u8>>,
+    pub packets: Vec<(Vec<u8>, Duration)>,
 }
 
 /// The media plane of one replay.
@@ -268,8 +269,14 @@ impl MediaPlane {
     }
 
     /// The packets of an `rtp` step from the far end of `leg` of the call's first stream, at
-    /// the address the leg's SDP gives.
-    pub fn feed(&mut self, call: MediaCallId, leg: Leg, step: &RtpStep) -> Result<Feed, String> {
+    /// the address the leg's SDP gives; a capture is found relative to `dir`.
+    pub fn feed(
+        &mut self,
+        call: MediaCallId,
+        leg: Leg,
+        step: &RtpStep,
+        dir: &Path,
+    ) -> Result<Feed, String> {
         let stream = self
             .calls
             .get(&key(call))
@@ -284,6 +291,16 @@ impl MediaPlane {
         let interval_ms = step.interval.unwrap_or(20);
         if !(1..=1000).contains(&interval_ms) {
             return Err(format!("interval {interval_ms} ms is not 1 to 1000"));
+        }
+        let interval = Duration::from_millis(u64::from(interval_ms));
+        if let Some(pcap) = &step.pcap {
+            let packets = self.captured(step, &dir.join(pcap), interval)?;
+            return Ok(Feed {
+                call,
+                leg,
+                source,
+                packets,
+            });
         }
         let sender = self.senders.entry((call, leg.index())).or_insert(Sender {
             seq: 1,
@@ -326,16 +343,73 @@ impl MediaPlane {
                     .map_err(|err| format!("cannot encrypt: {err}"))?
                     .to_vec();
             }
-            packets.push(packet);
+            packets.push((packet, interval));
         }
         sender.timestamp = sender.timestamp.wrapping_add(advance);
         Ok(Feed {
             call,
             leg,
             source,
-            interval: Duration::from_millis(u64::from(interval_ms)),
             packets,
         })
+    }
+
+    /// The RTP packets one sender sent in a capture, each with the time until the next one
+    /// (`interval` after the last).
+    fn captured(
+        &mut self,
+        step: &RtpStep,
+        path: &Path,
+        interval: Duration,
+    ) -> Result<Vec<(Vec<u8>, Duration)>, String> {
+        let made_up = step.pt.is_some()
+            || step.count.is_some()
+            || step.tone.is_some()
+            || step.dtmf.is_some()
+            || step.duration.is_some()
+            || step.event.is_some()
+            || step.ssrc.is_some()
+            || step.srtp;
+        if made_up {
+            return Err("rtp with pcap takes only leg, call, from and interval".into());
+        }
+        let captured = read_rtp(path).map_err(|err| err.to_string())?;
+        let mut senders: BTreeMap<SocketAddr, usize> = BTreeMap::new();
+        for packet in &captured {
+            *senders.entry(packet.src).or_default() += 1;
+        }
+        let listed = || {
+            let list: Vec<String> = senders.iter().map(|(a, n)| format!("{a} ({n})")).collect();
+            format!("RTP senders in {}: {}", path.display(), list.join(", "))
+        };
+        let from = match &step.from {
+            Some(text) => {
+                let from = text
+                    .parse::<SocketAddr>()
+                    .map_err(|_| format!("from '{text}' is not IP:port"))?;
+                if !senders.contains_key(&from) {
+                    return Err(format!("no RTP from {from}; {}", listed()));
+                }
+                from
+            }
+            None => match senders.keys().next() {
+                Some(only) if senders.len() == 1 => *only,
+                Some(_) => return Err(format!("say which sender with from; {}", listed())),
+                None => return Err(format!("no RTP in {}", path.display())),
+            },
+        };
+        let mine: Vec<_> = captured.iter().filter(|p| p.src == from).collect();
+        let mut packets = Vec::with_capacity(mine.len());
+        for (index, packet) in mine.iter().enumerate() {
+            let after = mine
+                .get(index + 1)
+                .map_or(interval, |next| next.at.saturating_sub(packet.at));
+            if let Some(header) = header_len(&packet.bytes) {
+                self.fed.push(packet.bytes[header..].to_vec());
+            }
+            packets.push((packet.bytes.to_vec(), after));
+        }
+        Ok(packets)
     }
 
     /// Checks what the step sent against `media_out` (nothing is checked without one).

@@ -423,11 +423,11 @@ impl Replay {
                 .ok_or_else(|| format!("no call '{call}' for rtp"))?;
             let leg = rtp.leg.as_deref().unwrap_or("a");
             let leg = Leg::from_name(leg).ok_or(format!("leg must be a or b, not '{leg}'"))?;
-            let feed = self.media.feed(media_call, leg, rtp)?;
-            for packet in &feed.packets {
+            let feed = self.media.feed(media_call, leg, rtp, &self.dir)?;
+            for (packet, after) in &feed.packets {
                 let events = self.media.handle_packet(&feed, packet, self.now);
                 self.settle(events);
-                self.advance(feed.interval);
+                self.advance(*after);
             }
         }
         self.settle(Vec::new());

@@ -182,6 +182,13 @@ pub struct RtpStep {
     /// SRTP, encrypted with the key of the leg's own SDP (its a=crypto).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub srtp: bool,
+    /// Or the RTP packets of a capture (relative to the scenario), as they were captured, at
+    /// the captured spacing (`interval` after the last).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pcap: Option<PathBuf>,
+    /// With `pcap`: the sender (`IP:port`) whose packets are fed, when the capture has several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
 }
 
 /// An RFC 4733 event: a packet per interval while it lasts, the last one (its end) three
