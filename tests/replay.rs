@@ -111,6 +111,15 @@ fn malformed_scenarios_name_file_and_line() {
             "steps:\n  - send: { from: core, sip: \"${nope}\" }\n",
             "unknown variable ${nope}",
         ),
+        ("steps:\n  - rtp: { leg: a }\n", "bad.yaml:2: step 1: no call yet"),
+        (
+            "vars: { call: m1 }\nsteps:\n  - send: { from: core, file: messages/invite.sip }\n    expect: any\n  - rtp: { leg: a }\n",
+            "bad.yaml:5: step 2: the call has no media stream yet",
+        ),
+        (
+            "steps:\n  - wait: 1s\n    media_out: [{ to: c }]\n",
+            "bad.yaml:2: step 1: media_out #1: to must be a or b, not 'c'",
+        ),
     ] {
         let path = write(&dir, "bad.yaml", text);
         let outcome = run_file(&path, false);

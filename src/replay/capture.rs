@@ -73,6 +73,17 @@ pub struct CapturedSip {
     pub bytes: Bytes,
 }
 
+/// One RTP packet seen in a capture: a UDP datagram holding RTP version 2 (not RTCP).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CapturedRtp {
+    /// Time since the first (earliest) packet of the capture.
+    pub at: Duration,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    /// The RTP packet.
+    pub bytes: Bytes,
+}
+
 /// Why a capture could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
@@ -110,6 +121,11 @@ pub fn read_capture(path: &Path) -> Result<Vec<CapturedSip>, CaptureError> {
     read_with_stats(path).map(|(messages, _)| messages)
 }
 
+/// Every RTP packet (over UDP) in the capture at `path`, sorted by time, then by packet order.
+pub fn read_rtp(path: &Path) -> Result<Vec<CapturedRtp>, CaptureError> {
+    read_parts(path, true).map(|(_, rtp, _)| rtp)
+}
+
 /// Counters of what the reader saw (for logs and tests).
 #[derive(Debug, Default)]
 struct Stats {
@@ -135,6 +151,15 @@ struct Stats {
 }
 
 fn read_with_stats(path: &Path) -> Result<(Vec<CapturedSip>, Stats), CaptureError> {
+    read_parts(path, false).map(|(messages, _, stats)| (messages, stats))
+}
+
+/// The SIP messages of a capture, its RTP packets when `keep_rtp` says so, and what the reader
+/// saw.
+fn read_parts(
+    path: &Path,
+    keep_rtp: bool,
+) -> Result<(Vec<CapturedSip>, Vec<CapturedRtp>, Stats), CaptureError> {
     let mut file = File::open(path).map_err(|source| CaptureError::Open {
         path: path.to_path_buf(),
         source,
@@ -155,7 +180,10 @@ fn read_with_stats(path: &Path) -> Result<(Vec<CapturedSip>, Stats), CaptureErro
         });
     }
     file.seek(SeekFrom::Start(0)).map_err(read_error)?;
-    let mut extractor = Extractor::default();
+    let mut extractor = Extractor {
+        keep_rtp,
+        ..Extractor::default()
+    };
     match magic {
         [0xa1, 0xb2, 0xc3, 0xd4]
         | [0xd4, 0xc3, 0xb2, 0xa1]
@@ -172,7 +200,7 @@ fn read_with_stats(path: &Path) -> Result<(Vec<CapturedSip>, Stats), CaptureErro
             })
         }
     }
-    let (messages, stats) = extractor.finish();
+    let (messages, rtp, stats) = extractor.finish();
     tracing::debug!(
         path = %path.display(),
         packets = stats.packets,
@@ -201,7 +229,7 @@ fn read_with_stats(path: &Path) -> Result<(Vec<CapturedSip>, Stats), CaptureErro
             stats.reassembled
         );
     }
-    Ok((messages, stats))
+    Ok((messages, rtp, stats))
 }
 
 fn read_pcap(path: &Path, file: File, extractor: &mut Extractor) -> Result<(), CaptureError> {
@@ -530,6 +558,9 @@ struct Extractor {
     /// IP datagrams being put together from their fragments.
     reassembly: Reassembly,
     found: Vec<Found>,
+    /// Whether RTP datagrams are kept too.
+    keep_rtp: bool,
+    rtp: Vec<Found>,
 }
 
 impl Extractor {
@@ -617,15 +648,18 @@ impl Extractor {
     fn udp(&mut self, src: IpAddr, dst: IpAddr, udp: &UdpSlice<'_>, (time, packet): Stamp) {
         self.stats.udp += 1;
         let payload = skip_crlf(udp.payload());
+        let found = |bytes: &[u8]| Found {
+            time,
+            packet,
+            src: SocketAddr::new(src, udp.source_port()),
+            dst: SocketAddr::new(dst, udp.destination_port()),
+            transport: Transport::Udp,
+            bytes: Bytes::copy_from_slice(bytes),
+        };
         if looks_like_sip(payload) {
-            self.found.push(Found {
-                time,
-                packet,
-                src: SocketAddr::new(src, udp.source_port()),
-                dst: SocketAddr::new(dst, udp.destination_port()),
-                transport: Transport::Udp,
-                bytes: Bytes::copy_from_slice(payload),
-            });
+            self.found.push(found(payload));
+        } else if self.keep_rtp && looks_like_rtp(udp.payload()) {
+            self.rtp.push(found(udp.payload()));
         }
     }
 
@@ -659,8 +693,8 @@ impl Extractor {
     }
 
     /// Flushes the TCP streams, drops the datagrams still missing fragments and returns the
-    /// messages in capture order.
-    fn finish(mut self) -> (Vec<CapturedSip>, Stats) {
+    /// messages and RTP packets in capture order.
+    fn finish(mut self) -> (Vec<CapturedSip>, Vec<CapturedRtp>, Stats) {
         self.stats.unfinished += self.reassembly.in_flight();
         let streams = std::mem::take(&mut self.streams);
         for ((src, dst), mut stream) in streams {
@@ -682,7 +716,18 @@ impl Extractor {
                 bytes: found.bytes,
             })
             .collect();
-        (messages, self.stats)
+        self.rtp.sort_by_key(|found| (found.time, found.packet));
+        let rtp = self
+            .rtp
+            .into_iter()
+            .map(|found| CapturedRtp {
+                at: found.time.saturating_sub(first),
+                src: found.src,
+                dst: found.dst,
+                bytes: found.bytes,
+            })
+            .collect();
+        (messages, rtp, self.stats)
     }
 }
 
@@ -1006,6 +1051,11 @@ fn skip_crlf(data: &[u8]) -> &[u8] {
 
 /// True when `data` starts with a complete SIP start line: `SIP/2.0 ` (a status line), or a
 /// method token, a space, a URI with a scheme (`sip:`, `sips:`, `tel:`...) and `SIP/2.0`.
+/// RTP version 2 with a whole fixed header, and not RTCP (packet types 200 to 204).
+fn looks_like_rtp(data: &[u8]) -> bool {
+    data.len() >= 12 && data[0] >> 6 == 2 && !(200..=204).contains(&data[1])
+}
+
 fn looks_like_sip(data: &[u8]) -> bool {
     let Some(end) = data.iter().position(|b| matches!(b, b'\r' | b'\n')) else {
         return false;
@@ -1380,6 +1430,21 @@ mod tests {
             stats.udp, stats.packets,
             "every SLL frame decodes to UDP (RTP)"
         );
+    }
+
+    #[test]
+    fn rtp_packets_come_with_their_sender_and_time() {
+        let rtp = read_rtp(&sample("dtmf-2013785496-ulaw.pcap")).unwrap();
+        assert_eq!(rtp.len(), 974);
+        let sender: SocketAddr = "10.0.0.51:4000".parse().unwrap();
+        assert!(rtp.iter().all(|p| p.src == sender && p.bytes[0] >> 6 == 2));
+        assert_eq!(rtp[0].at, Duration::ZERO);
+        assert!(rtp.windows(2).all(|pair| pair[0].at <= pair[1].at));
+        let events = rtp.iter().filter(|p| p.bytes[1] & 0x7f == 101).count();
+        assert_eq!(events, 120);
+        assert!(read_capture(&sample("dtmf-2013785496-ulaw.pcap"))
+            .unwrap()
+            .is_empty());
     }
 
     // ---- synthetic framings -------------------------------------------------------------------

@@ -3,12 +3,14 @@
 //! Bridgehead must send; `--record` writes what it sent as expectations.
 
 pub mod capture;
+mod media;
 pub mod pcap;
 pub mod scenario;
 
 use crate::config::{Profile, TrunkId};
 use crate::engine::Engine;
-use crate::media::{DtmfMethod, MediaEvent};
+use crate::media::stream::StreamSettings;
+use crate::media::{DtmfMethod, MediaCallId, MediaEvent};
 use crate::script::reload;
 use crate::script::{RuleMetrics, RuleSet};
 use crate::sdp::Sdp;
@@ -187,7 +189,10 @@ pub fn run_file_on(path: &Path, record: bool, profile: Option<&Path>) -> Outcome
                     replay.remember(&sent, &recorded.steps[index].expect);
                     continue;
                 }
-                if let Err(error) = replay.check(&sent, &step.expect) {
+                let checked = replay
+                    .check(&sent, &step.expect)
+                    .and_then(|()| replay.media.check(step.media_out.as_deref()));
+                if let Err(error) = checked {
                     outcome.failures.push(format!("{at}: {error}"));
                     break;
                 }
@@ -266,6 +271,8 @@ struct Replay {
     vars: HashMap<String, String>,
     saved: HashMap<String, Sent>,
     last_call: Option<String>,
+    /// The relay's streams on the virtual clock.
+    media: media::MediaPlane,
 }
 
 /// The seed of every replay: a scenario run twice sends the same bytes (tags, branches,
@@ -309,11 +316,13 @@ impl Replay {
             vars,
             saved: HashMap::new(),
             last_call: None,
+            media: media::MediaPlane::default(),
         })
     }
 
     /// Runs a step's action; returns what Bridgehead sent meanwhile.
     fn act(&mut self, step: &Step) -> Result<Vec<Sent>, String> {
+        self.media.new_step();
         if let Some(send) = &step.send {
             let text = match (&send.sip, &send.file) {
                 (Some(text), None) => text.clone(),
@@ -342,13 +351,7 @@ impl Replay {
             let duration = parse_duration(wait)?;
             self.advance(duration);
         } else if let Some(media) = &step.media {
-            let call = match &media.call {
-                Some(call) => self.expand(call)?,
-                None => self
-                    .last_call
-                    .clone()
-                    .ok_or("no call yet for the media event")?,
-            };
+            let call = self.call_id(media.call.as_deref())?;
             let leg = media.leg.as_deref().unwrap_or("a");
             let leg = Leg::from_name(leg).ok_or(format!("leg must be a or b, not '{leg}'"))?;
             let event = match media.kind.as_str() {
@@ -413,8 +416,76 @@ impl Replay {
                 }
                 Err(_) => {}
             }
+        } else if let Some(rtp) = &step.rtp {
+            let call = self.call_id(rtp.call.as_deref())?;
+            let media_call = self
+                .media_call(&call)
+                .ok_or_else(|| format!("no call '{call}' for rtp"))?;
+            let leg = rtp.leg.as_deref().unwrap_or("a");
+            let leg = Leg::from_name(leg).ok_or(format!("leg must be a or b, not '{leg}'"))?;
+            let feed = self.media.feed(media_call, leg, rtp, &self.dir)?;
+            for (packet, after) in &feed.packets {
+                let events = self.media.handle_packet(&feed, packet, self.now);
+                self.settle(events);
+                self.advance(*after);
+            }
         }
+        self.settle(Vec::new());
         Ok(self.sent())
+    }
+
+    /// The A-leg Call-ID a step names (variables expanded), or the last call's.
+    fn call_id(&self, call: Option<&str>) -> Result<String, String> {
+        match call {
+            Some(call) => self.expand(call),
+            None => self
+                .last_call
+                .clone()
+                .ok_or_else(|| "no call yet".to_string()),
+        }
+    }
+
+    /// The relay's id of the newest call whose A-leg Call-ID is `call_id`.
+    fn media_call(&self, call_id: &str) -> Option<MediaCallId> {
+        let key = self
+            .engine
+            .calls
+            .iter()
+            .filter(|(_, call)| call.id == call_id)
+            .map(|(key, _)| *key)
+            .max()?;
+        Some(self.engine.media_call_id(key))
+    }
+
+    /// What the profile's media settings give each stream when it starts.
+    fn stream_settings(&self) -> StreamSettings {
+        self.profile
+            .media
+            .as_ref()
+            .map_or_else(StreamSettings::default, |media| StreamSettings {
+                strict_source: media.strict_source,
+                rtp_timeout: media.rtp_timeout,
+            })
+    }
+
+    /// Brings the media plane to the present: the engine's media commands carried out,
+    /// streams whose moment came run, and the events they (or `events`) saw handed to the
+    /// engine, until nothing more follows.
+    fn settle(&mut self, mut events: Vec<(MediaCallId, MediaEvent)>) {
+        loop {
+            for (call, event) in events.drain(..) {
+                self.engine.handle_relay_event(call, &event, self.now);
+            }
+            let mut commanded = false;
+            while let Some(command) = self.engine.poll_media() {
+                self.media.apply(command, self.stream_settings(), self.now);
+                commanded = true;
+            }
+            events = self.media.run_due(self.now);
+            if events.is_empty() && !commanded {
+                break;
+            }
+        }
     }
 
     fn trunk(&self, name: &str) -> Result<TrunkId, String> {
@@ -457,14 +528,24 @@ impl Replay {
         Ok(())
     }
 
+    /// Virtual time passes: the engine's timers and the media streams' moments, in order of
+    /// time (the engine first at one instant), each followed by what it leads to.
     fn advance(&mut self, by: Duration) {
         let until = self.now + by;
-        while let Some(at) = self.engine.poll_timeout() {
-            if at > until {
+        loop {
+            let engine = self.engine.poll_timeout();
+            let next = [engine, self.media.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
+            let Some(at) = next.filter(|at| *at <= until) else {
                 break;
-            }
+            };
             self.now = at.max(self.now);
-            self.engine.handle_timeout(self.now);
+            if engine.is_some_and(|due| due <= self.now) {
+                self.engine.handle_timeout(self.now);
+            }
+            self.settle(Vec::new());
         }
         self.now = until;
     }

@@ -41,10 +41,17 @@ pub struct Step {
     /// A new rule-set version becomes current.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reload: Option<ReloadStep>,
+    /// RTP packets from a leg's far end reach Bridgehead, one per `interval` of virtual time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtp: Option<RtpStep>,
     /// What Bridgehead sends after the action, in order, and nothing else; `any` skips the
     /// check. No `expect` means nothing may be sent.
     #[serde(default, skip_serializing_if = "Expectations::is_none")]
     pub expect: Expectations,
+    /// What the media plane sends during the step (RTP, per leg and payload type), and
+    /// nothing else; without it, media is not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_out: Option<Vec<MediaExpect>>,
 }
 
 /// The expectations of a step.
@@ -133,6 +140,91 @@ pub struct MediaStep {
     pub loss: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jitter: Option<f64>,
+}
+
+/// RTP packets a leg's far end sends to Bridgehead: G.711 audio (silence, tones or DTMF
+/// tones) or RFC 4733 events, from the address the leg's SDP gives, on the call's first
+/// stream. Sequence numbers and timestamps go on from the leg's previous `rtp` step.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RtpStep {
+    /// `a` or `b` (default `a`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leg: Option<String>,
+    /// The A-leg Call-ID (default: the last call started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call: Option<String>,
+    /// The payload type (default: the first G.711 type of the leg's SDP, or its
+    /// telephone-event type for `event`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pt: Option<u8>,
+    /// Packets of silence or `tone` (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+    /// Milliseconds between packets, and of audio in each (default 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<u32>,
+    /// Audio of these frequencies (Hz) instead of silence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tone: Option<Vec<f32>>,
+    /// DTMF digits as G.711 tones, each `duration` ms then as much silence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtmf: Option<String>,
+    /// How long each `dtmf` digit sounds, in ms (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<u32>,
+    /// One RFC 4733 telephone-event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<RtpEvent>,
+    /// The SSRC (default: one per leg).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssrc: Option<u32>,
+    /// SRTP, encrypted with the key of the leg's own SDP (its a=crypto).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub srtp: bool,
+    /// Or the RTP packets of a capture (relative to the scenario), as they were captured, at
+    /// the captured spacing (`interval` after the last).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pcap: Option<PathBuf>,
+    /// With `pcap`: the sender (`IP:port`) whose packets are fed, when the capture has several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+}
+
+/// An RFC 4733 event: a packet per interval while it lasts, the last one (its end) three
+/// times.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RtpEvent {
+    pub digit: String,
+    /// In ms (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<u32>,
+}
+
+/// What the media plane sent toward one leg during a step, on one payload type (or on all).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaExpect {
+    /// `a` or `b`.
+    pub to: String,
+    /// The payload type (default: every RTP packet toward the leg).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pt: Option<u8>,
+    /// How many packets, exactly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packets: Option<usize>,
+    /// Milliseconds between one packet and the next, every time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<u64>,
+    /// The DTMF digits the packets carry, in order: tones heard in G.711 audio, or RFC 4733
+    /// events; `""` for none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digits: Option<String>,
+    /// Every packet's payload is, byte for byte, one an `rtp` step of this step fed in (it
+    /// came through unchanged, decrypted when it was SRTP).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub relayed: bool,
 }
 
 /// A reload: the profile (default: the scenario's) is compiled again as a new version.
@@ -258,6 +350,7 @@ pub fn load(path: &Path) -> Result<Loaded, ReplayError> {
             step.wait.is_some(),
             step.media.is_some(),
             step.reload.is_some(),
+            step.rtp.is_some(),
         ]
         .iter()
         .filter(|a| **a)
@@ -267,7 +360,7 @@ pub fn load(path: &Path) -> Result<Loaded, ReplayError> {
                 path: path.to_path_buf(),
                 line: step_lines.get(index).copied().unwrap_or(0),
                 message: format!(
-                    "step {} must have exactly one of send, reply, wait, media, reload",
+                    "step {} must have exactly one of send, reply, wait, media, rtp, reload",
                     index + 1
                 ),
             });
