@@ -287,8 +287,9 @@ impl Engine {
 
     /// The clock reached a deadline returned by [`Engine::poll_timeout`].
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.txns.handle_timeout(now);
-        self.drain_transactions(now);
+        while self.txns.fire_next_timer(now) {
+            self.drain_transactions(now);
+        }
     }
 
     /// The driver could not send `transmit` (RFC 3261 §18.4: a transport error, such as a

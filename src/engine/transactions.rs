@@ -265,28 +265,32 @@ impl Transactions {
         }
     }
 
-    /// Runs the timers due at `now`.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some(Reverse((at, _, target))) = self.timers.peek().copied() {
-            if at > now {
-                break;
-            }
-            self.timers.pop();
-            match target {
-                TimerTarget::Server(id, kind) => {
-                    if let Some(entry) = self.servers.get_mut(&id) {
-                        entry.txn.on_timer(kind, now, &mut self.actions);
-                        self.apply_server_actions(id);
-                    }
+    /// Runs the next timer due at `now`, if any; returns false when none is due. One at a
+    /// time, so that what the call layer does about one timer's events (ending a
+    /// transaction, say) is seen by the next.
+    pub fn fire_next_timer(&mut self, now: Instant) -> bool {
+        let Some(Reverse((at, _, target))) = self.timers.peek().copied() else {
+            return false;
+        };
+        if at > now {
+            return false;
+        }
+        self.timers.pop();
+        match target {
+            TimerTarget::Server(id, kind) => {
+                if let Some(entry) = self.servers.get_mut(&id) {
+                    entry.txn.on_timer(kind, now, &mut self.actions);
+                    self.apply_server_actions(id);
                 }
-                TimerTarget::Client(id, kind) => {
-                    if let Some(entry) = self.clients.get_mut(&id) {
-                        entry.txn.on_timer(kind, now, &mut self.actions);
-                        self.apply_client_actions(id);
-                    }
+            }
+            TimerTarget::Client(id, kind) => {
+                if let Some(entry) = self.clients.get_mut(&id) {
+                    entry.txn.on_timer(kind, now, &mut self.actions);
+                    self.apply_client_actions(id);
                 }
             }
         }
+        true
     }
 
     /// The next timer deadline.
