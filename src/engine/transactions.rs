@@ -49,6 +49,13 @@ pub(crate) enum TxnEvent {
     ClientEnded(TxnId),
 }
 
+/// Which side of a transaction Bridgehead is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Server,
+    Client,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum TimerTarget {
     Server(TxnId, TimerKind),
@@ -323,25 +330,17 @@ impl Transactions {
 
     fn apply_server_actions(&mut self, id: TxnId) {
         let peer = self.servers.get(&id).map(|e| e.peer);
-        let mut actions = std::mem::take(&mut self.actions);
-        for action in actions.drain(..) {
-            match action {
-                TxnAction::Send(bytes) => {
-                    if let Some(peer) = peer {
-                        self.events
-                            .push_back(TxnEvent::Transmit(Transmit { peer, bytes }));
-                    }
-                }
-                TxnAction::Arm(kind, at) => self.arm(at, TimerTarget::Server(id, kind)),
-                TxnAction::Timeout => self.events.push_back(TxnEvent::ServerTimedOut(id)),
-                TxnAction::Terminated => self.events.push_back(TxnEvent::ServerEnded(id)),
-            }
-        }
-        self.actions = actions;
+        self.apply_actions(id, peer, Role::Server);
     }
 
     fn apply_client_actions(&mut self, id: TxnId) {
         let peer = self.clients.get(&id).map(|e| e.peer);
+        self.apply_actions(id, peer, Role::Client);
+    }
+
+    /// Turns what transaction `id` (of `role`, talking to `peer`) asked for into timers and
+    /// events.
+    fn apply_actions(&mut self, id: TxnId, peer: Option<Peer>, role: Role) {
         let mut actions = std::mem::take(&mut self.actions);
         for action in actions.drain(..) {
             match action {
@@ -351,9 +350,21 @@ impl Transactions {
                             .push_back(TxnEvent::Transmit(Transmit { peer, bytes }));
                     }
                 }
-                TxnAction::Arm(kind, at) => self.arm(at, TimerTarget::Client(id, kind)),
-                TxnAction::Timeout => self.events.push_back(TxnEvent::ClientTimedOut(id)),
-                TxnAction::Terminated => self.events.push_back(TxnEvent::ClientEnded(id)),
+                TxnAction::Arm(kind, at) => {
+                    let target = match role {
+                        Role::Server => TimerTarget::Server(id, kind),
+                        Role::Client => TimerTarget::Client(id, kind),
+                    };
+                    self.arm(at, target);
+                }
+                TxnAction::Timeout => self.events.push_back(match role {
+                    Role::Server => TxnEvent::ServerTimedOut(id),
+                    Role::Client => TxnEvent::ClientTimedOut(id),
+                }),
+                TxnAction::Terminated => self.events.push_back(match role {
+                    Role::Server => TxnEvent::ServerEnded(id),
+                    Role::Client => TxnEvent::ClientEnded(id),
+                }),
             }
         }
         self.actions = actions;
