@@ -2,11 +2,11 @@
 //! (INVITE → 100/180/200 → ACK → BYE → 200, default rules running on every message), the cost
 //! of one rule hook per message, and a rule-set reload.
 
-use bridgehead::call::build::response_to;
 use bridgehead::config::{Profile, Transport};
 use bridgehead::engine::Engine;
 use bridgehead::script::{Hook, HookArgs, HookCall, HookMessage, RuleMetrics, RuleSet, Rules};
 use bridgehead::shared::Peer;
+use bridgehead::sip::response_to;
 use bridgehead::sip::{HeaderName, Message};
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};

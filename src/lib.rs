@@ -1,7 +1,17 @@
 //! Bridgehead: a programmable Session Border Controller. A sans-IO SIP engine (transactions,
-//! dialogs, B2BUA) whose interworking rules are Lua scripts, driven by tokio in production.
+//! dialogs, B2BUA) whose interworking rules are Lua scripts, driven by tokio in production
+//! and by the replay harness on virtual time. `docs/architecture.md` has the module map.
+//!
+//! The entry points:
+//! - [`Profile`]: a profile loaded and validated (`file:line` errors);
+//! - [`RuleSet`]: one version of a profile's rules compiled for one shard;
+//! - [`Engine`]: the sans-IO core of one shard (`handle_*` what happened, `poll_*` what to do);
+//! - [`run`]: the tokio runtime serving a profile until stopped;
+//! - [`replay`]: scenarios and captures through the real engine, offline.
+//!
+//! The B2BUA itself (`call`) and the socket transports (`transport`) are internal.
 
-pub mod call;
+mod call;
 pub mod config;
 pub mod engine;
 pub mod media;
@@ -11,4 +21,9 @@ pub mod script;
 pub mod sdp;
 pub mod shared;
 pub mod sip;
-pub mod transport;
+mod transport;
+
+pub use config::Profile;
+pub use engine::{Engine, EngineStats};
+pub use runtime::run;
+pub use script::RuleSet;

@@ -4,7 +4,7 @@
 use super::Dialog;
 use crate::config::{Listener, Transport};
 use crate::sip::header::{param, NameAddr};
-use crate::sip::{reason_phrase, Header, HeaderName, Message, Method, StartLine};
+use crate::sip::{Header, HeaderName, Message, Method, StartLine};
 use bytes::Bytes;
 
 /// Methods Bridgehead accepts, as advertised in Allow.
@@ -13,49 +13,6 @@ pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, NOTIFY
 pub const SUPPORTED: &str = "";
 /// Body types Bridgehead accepts.
 pub const ACCEPT: &str = "application/sdp";
-
-/// A response to `req`: Via, From, To (with `to_tag` added when To has none), Call-ID and CSeq
-/// copied from the request.
-pub fn response_to(
-    req: &Message,
-    status: u16,
-    reason: Option<&str>,
-    to_tag: Option<&str>,
-) -> Message {
-    let mut headers = Vec::with_capacity(12);
-    for header in &req.headers {
-        match header.name {
-            HeaderName::Via | HeaderName::From | HeaderName::CallId | HeaderName::CSeq => {
-                headers.push(header.clone())
-            }
-            HeaderName::To => {
-                let value = match (to_tag, header.value_str()) {
-                    (Some(tag), Some(value)) if status > 100 && !has_tag(value) => {
-                        Bytes::from(format!("{value};tag={tag}"))
-                    }
-                    _ => header.value.clone(),
-                };
-                headers.push(Header {
-                    name: HeaderName::To,
-                    value,
-                });
-            }
-            _ => {}
-        }
-    }
-    Message {
-        start: StartLine::Response {
-            status,
-            reason: reason.unwrap_or(reason_phrase(status)).to_string(),
-        },
-        headers,
-        body: Bytes::new(),
-    }
-}
-
-fn has_tag(value: &str) -> bool {
-    NameAddr::parse(value).is_ok_and(|addr| addr.tag().is_some())
-}
 
 /// A header value with its `;tag=` parameter removed.
 pub fn without_tag(value: &str) -> String {
@@ -246,6 +203,7 @@ pub fn branch_of(via: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sip::response_to;
 
     #[test]
     fn without_tag_keeps_other_params() {

@@ -33,10 +33,10 @@ use crate::sip::check::{check_request, check_response, RequestInfo};
 use crate::sip::header::split_list;
 use crate::sip::transaction::ClientState;
 use crate::sip::uri::{Scheme, Uri};
-use crate::sip::{HeaderName, Message, Method, StartLine};
+use crate::sip::{response_to, HeaderName, Message, Method, StartLine};
 use build::{
-    contact_value, copy_crossing, dialog_request, response_to, tag_of, uri_of, user_of, via_value,
-    without_tag, ACCEPT, ALLOW, SUPPORTED,
+    contact_value, copy_crossing, dialog_request, tag_of, uri_of, user_of, via_value, without_tag,
+    ACCEPT, ALLOW, SUPPORTED,
 };
 use bytes::Bytes;
 use std::net::SocketAddr;

@@ -417,7 +417,7 @@ impl Engine {
         if req.header(&HeaderName::Via).is_none() {
             return;
         }
-        let mut response = crate::call::build::response_to(req, status, None, None);
+        let mut response = crate::sip::response_to(req, status, None, None);
         let tag = self.new_tag();
         if let Some(to) = response
             .headers

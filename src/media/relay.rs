@@ -2,7 +2,7 @@
 //! each leg) read into fixed buffers, the stream's SDP updates and sounds to play, and one
 //! timer. What a packet or a moment leads to (latching, SRTP, transcoding, DTMF, tones, comfort
 //! noise, RTCP quality, RTP timeouts) is decided by the stream's sans-IO
-//! [`MediaStream`](super::stream::MediaStream); the relay sends what it hands back.
+//! [`MediaStream`]; the relay sends what it hands back.
 
 use super::player::Sound;
 use super::stream::{MediaStream, StreamSettings};

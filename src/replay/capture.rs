@@ -17,8 +17,8 @@
 //! - IP fragments (IPv4, and IPv6 fragment headers) are reassembled with etherparse's
 //!   [`IpDefragPool`], whatever order they come in; overlapping and repeated fragments are
 //!   merged. A reassembled datagram's time is that of the fragment that completed it. At most
-//!   [`MAX_REASSEMBLIES`] datagrams are put together at once (the one that has waited longest is
-//!   dropped to make room), and a datagram still missing fragments [`REASSEMBLY_TIMEOUT`] after
+//!   `MAX_REASSEMBLIES` (64) datagrams are put together at once (the one that has waited longest is
+//!   dropped to make room), and a datagram still missing fragments `REASSEMBLY_TIMEOUT` (30 s) after
 //!   its last one, or at the end of the capture, is dropped; the dropped ones are counted and
 //!   named in a warning.
 //! - UDP: a datagram whose payload starts with a SIP start line is one message; keep-alive CRLFs,

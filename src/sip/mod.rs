@@ -524,6 +524,49 @@ fn push_decimal(out: &mut Vec<u8>, mut value: u64) {
     out.extend_from_slice(&digits[at..]);
 }
 
+/// A response to `req`: Via, From, To (with `to_tag` added when To has none), Call-ID and CSeq
+/// copied from the request.
+pub fn response_to(
+    req: &Message,
+    status: u16,
+    reason: Option<&str>,
+    to_tag: Option<&str>,
+) -> Message {
+    let mut headers = Vec::with_capacity(12);
+    for header in &req.headers {
+        match header.name {
+            HeaderName::Via | HeaderName::From | HeaderName::CallId | HeaderName::CSeq => {
+                headers.push(header.clone())
+            }
+            HeaderName::To => {
+                let value = match (to_tag, header.value_str()) {
+                    (Some(tag), Some(value)) if status > 100 && !has_tag(value) => {
+                        Bytes::from(format!("{value};tag={tag}"))
+                    }
+                    _ => header.value.clone(),
+                };
+                headers.push(Header {
+                    name: HeaderName::To,
+                    value,
+                });
+            }
+            _ => {}
+        }
+    }
+    Message {
+        start: StartLine::Response {
+            status,
+            reason: reason.unwrap_or(reason_phrase(status)).to_string(),
+        },
+        headers,
+        body: Bytes::new(),
+    }
+}
+
+fn has_tag(value: &str) -> bool {
+    header::NameAddr::parse(value).is_ok_and(|addr| addr.tag().is_some())
+}
+
 /// The standard reason phrase of a status code.
 pub fn reason_phrase(status: u16) -> &'static str {
     match status {
