@@ -7,11 +7,12 @@ use crate::config::{Listener, ListenerId, Profile, Transport, UnknownSources};
 use crate::engine::shard_for_call_id;
 use crate::media::relay::mark_udp;
 use crate::shared::{tos, ConnId, Peer, Transmit};
+use crate::sip::header::{split_list, Via};
 use crate::sip::{frame_stream, parse_message, Framing, HeaderName, Message, ParseError};
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -183,6 +184,13 @@ impl Hub {
         }
     }
 
+    /// Queues `bytes` on connection `id` (a keep-alive pong).
+    fn reply_on(&self, id: ConnId, bytes: Bytes) {
+        if let Some(tx) = lock(&self.conns).get(&id) {
+            let _ = tx.send(bytes);
+        }
+    }
+
     /// Milliseconds since the hub started: connections' activity stamps.
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
@@ -246,7 +254,7 @@ impl Hub {
         }
     }
 
-    fn send_stream(self: &Arc<Hub>, peer: Peer, bytes: Bytes) {
+    fn send_stream(self: &Arc<Hub>, mut peer: Peer, bytes: Bytes) {
         let conn = peer.conn.or_else(|| {
             lock(&self.outbound)
                 .get(&(peer.listener, peer.addr))
@@ -259,9 +267,28 @@ impl Hub {
                 }
             }
             if peer.conn.is_some() {
-                // The connection a request came on is gone; the response cannot follow it.
-                tracing::debug!(peer = %peer.addr, "connection closed before the response");
-                return;
+                // The connection the far end used is gone. A response goes to the top Via's
+                // sent-by port at the address it came from (RFC 3261 §18.2.2) over a new
+                // connection; a request fails at once.
+                match response_destination(&bytes, peer.addr) {
+                    Some(addr) => {
+                        peer.addr = addr;
+                        peer.conn = None;
+                        if let Some(tx) = lock(&self.outbound)
+                            .get(&(peer.listener, addr))
+                            .and_then(|conn| lock(&self.conns).get(conn).cloned())
+                        {
+                            if tx.send(bytes.clone()).is_ok() {
+                                return;
+                            }
+                        }
+                    }
+                    None => {
+                        let error = "the connection it was to go on is closed".to_string();
+                        self.report_failure(peer, bytes, error);
+                        return;
+                    }
+                }
             }
         }
         // Open a connection; queue the message until it is up.
@@ -423,10 +450,10 @@ pub fn spawn_stream<R, W>(
         .listeners
         .get(listener)
         .map_or(0, |l| u64::from(l.idle_timeout) * 1000);
-    // When a message last went out, in the hub's milliseconds: sending counts as activity.
-    let last_sent = Arc::new(AtomicU64::new(hub.now_ms()));
+    // Whether a message ever went out on the connection: a connection in use may stay quiet.
+    let sent_any = Arc::new(AtomicBool::new(false));
     let writer_hub = hub.clone();
-    let sent = last_sent.clone();
+    let sent = sent_any.clone();
     tokio::spawn(async move {
         while let Some(bytes) = outgoing.recv().await {
             if let Err(err) = writer.write_all(&bytes).await {
@@ -440,17 +467,22 @@ pub fn spawn_stream<R, W>(
                 }
                 break;
             }
-            sent.store(writer_hub.now_ms(), Ordering::Relaxed);
+            sent.store(true, Ordering::Relaxed);
         }
     });
     tokio::spawn(async move {
         let mut buf = BytesMut::with_capacity(8192);
-        let mut last_received = hub.now_ms();
+        let opened = hub.now_ms();
+        // A whole message (or keep-alive) came in.
+        let mut received_any = false;
+        // When the message now in `buf` began to arrive.
+        let mut partial_since: Option<u64> = None;
         'read: loop {
+            received_any |= skip_keepalives(&mut buf, |pong| hub.reply_on(id, pong));
             loop {
                 match frame_stream(&buf) {
                     Ok(Some(len)) => {
-                        last_received = hub.now_ms();
+                        received_any = true;
                         let bytes = buf.split_to(len).freeze();
                         match parse_message(&bytes, Framing::Stream) {
                             Ok((msg, _)) => hub.dispatch(Ok(msg), peer),
@@ -465,19 +497,33 @@ pub fn spawn_stream<R, W>(
                     }
                 }
             }
-            let read = if idle == 0 {
-                reader.read_buf(&mut buf).await
+            if buf.is_empty() {
+                partial_since = None;
             } else {
-                let active = last_received.max(last_sent.load(Ordering::Relaxed));
-                let quiet_until = hub.started + Duration::from_millis(active + idle);
-                match tokio::time::timeout_at(quiet_until.into(), reader.read_buf(&mut buf)).await {
-                    Ok(read) => read,
-                    // Something went out meanwhile: the connection is in use.
-                    Err(_) if last_sent.load(Ordering::Relaxed) > active => continue,
-                    Err(_) => {
-                        hub.stats.closed_idle.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(peer = %addr, pending = buf.len(), "closing an idle connection");
-                        break;
+                partial_since.get_or_insert_with(|| hub.now_ms());
+            }
+            // A connection in use may be quiet for as long as a call rings or talks; one that
+            // holds half a message, or never carried one, gets `idle` to finish it.
+            let in_use = received_any || sent_any.load(Ordering::Relaxed);
+            let deadline = match partial_since {
+                Some(since) => Some(since),
+                None if !in_use => Some(opened),
+                None => None,
+            }
+            .filter(|_| idle != 0)
+            .map(|since| hub.started + Duration::from_millis(since + idle));
+            let read = match deadline {
+                None => reader.read_buf(&mut buf).await,
+                Some(at) => {
+                    match tokio::time::timeout_at(at.into(), reader.read_buf(&mut buf)).await {
+                        Ok(read) => read,
+                        // Something went out meanwhile: the connection is in use after all.
+                        Err(_) if buf.is_empty() && sent_any.load(Ordering::Relaxed) => continue,
+                        Err(_) => {
+                            hub.stats.closed_idle.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(peer = %addr, pending = buf.len(), "closing a stalled connection");
+                            break;
+                        }
                     }
                 }
             };
@@ -493,9 +539,85 @@ pub fn spawn_stream<R, W>(
     });
 }
 
+/// Where a response goes when the connection its request came on is closed (RFC 3261
+/// §18.2.2): the `received` address (else the one it came from) at the top Via's sent-by port
+/// (5060 when it names none). None for a request or an unreadable Via.
+fn response_destination(bytes: &Bytes, came_from: SocketAddr) -> Option<SocketAddr> {
+    let (msg, _) = parse_message(bytes, Framing::Stream).ok()?;
+    if msg.is_request() {
+        return None;
+    }
+    let top = msg.header_str(&HeaderName::Via)?;
+    let via = Via::parse(split_list(top).next()?).ok()?;
+    let ip = crate::sip::header::param(via.params, "received")
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(came_from.ip());
+    Some(SocketAddr::new(ip, via.port.unwrap_or(5060)))
+}
+
+/// Drops the CR/LF keep-alives at the front of a stream's buffer (RFC 5626 §4.4.1): a double
+/// CRLF ping is answered with a CRLF pong through `pong`. Returns true when it dropped any.
+fn skip_keepalives(buf: &mut BytesMut, pong: impl FnOnce(Bytes)) -> bool {
+    let blank = buf
+        .iter()
+        .take_while(|b| matches!(b, b'\r' | b'\n'))
+        .count();
+    if blank == 0 {
+        return false;
+    }
+    if buf[..blank].windows(4).any(|w| w == b"\r\n\r\n") {
+        pong(Bytes::from_static(b"\r\n"));
+    }
+    let _ = buf.split_to(blank);
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_response_whose_connection_closed_goes_to_the_via_sent_by() {
+        let came_from: SocketAddr = "192.0.2.1:40123".parse().expect("addr");
+        let response = |via: &str| {
+            Bytes::from(format!(
+                "SIP/2.0 200 OK\r\nVia: {via}\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>;tag=2\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+            ))
+        };
+        assert_eq!(
+            response_destination(
+                &response("SIP/2.0/TCP pc.example:5070;branch=z9hG4bK1"),
+                came_from
+            ),
+            "192.0.2.1:5070".parse().ok()
+        );
+        assert_eq!(
+            response_destination(
+                &response("SIP/2.0/TCP pc.example;branch=z9hG4bK1;received=198.51.100.4"),
+                came_from
+            ),
+            "198.51.100.4:5060".parse().ok()
+        );
+        let request = Bytes::from_static(b"BYE sip:a@h SIP/2.0\r\nVia: SIP/2.0/TCP h:5060;branch=z9hG4bK2\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>;tag=2\r\nCall-ID: c\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(response_destination(&request, came_from), None);
+    }
+
+    #[test]
+    fn keepalives_are_skipped_and_a_ping_gets_a_pong() {
+        let mut pongs = 0;
+        let mut buf = BytesMut::from(&b"\r\n\r\nOPTIONS sip:a SIP/2.0\r\n"[..]);
+        assert!(skip_keepalives(&mut buf, |p| {
+            assert_eq!(&p[..], b"\r\n");
+            pongs += 1;
+        }));
+        assert_eq!(&buf[..], b"OPTIONS sip:a SIP/2.0\r\n");
+        assert_eq!(pongs, 1);
+        assert!(!skip_keepalives(&mut buf, |_| pongs += 1));
+        let mut lone = BytesMut::from(&b"\r\n"[..]);
+        assert!(skip_keepalives(&mut lone, |_| pongs += 1));
+        assert!(lone.is_empty());
+        assert_eq!(pongs, 1, "a lone CRLF is no ping");
+    }
 
     #[tokio::test]
     async fn sockets_carry_the_dscp() {

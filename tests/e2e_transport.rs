@@ -366,3 +366,73 @@ fn read_message(stream: &mut TcpStream) -> String {
         data.extend_from_slice(&buf[..read]);
     }
 }
+
+/// Everything `stream` delivers until `needle` appears (or `wait` passes).
+fn read_until(stream: &mut TcpStream, needle: &str, wait: Duration) -> String {
+    let deadline = Instant::now() + wait;
+    let mut data = Vec::new();
+    let mut buf = [0u8; 8192];
+    while !String::from_utf8_lossy(&data).contains(needle) {
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            break;
+        };
+        stream
+            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .expect("timeout");
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(read) => data.extend_from_slice(&buf[..read]),
+        }
+    }
+    String::from_utf8_lossy(&data).into_owned()
+}
+
+#[test]
+fn a_tcp_caller_ringing_longer_than_idle_timeout_still_hears_the_answer() {
+    // The caller's connection is quiet while the callee rings for 2.5 s, past idle_timeout.
+    let sbc = Sbc::start(&profile("", "    idle_timeout: 1\n", ""));
+    let teams = UdpSocket::bind(("127.0.0.1", sbc.port("teams_peer"))).expect("teams socket");
+    let mut caller = TcpStream::connect(("127.0.0.1", sbc.port("core"))).expect("connect");
+    let local = caller.local_addr().expect("addr");
+    let invite = String::from_utf8(invite("ring-1", local.port(), sbc.port("core"), 700))
+        .expect("text")
+        .replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+    caller.write_all(invite.as_bytes()).expect("INVITE");
+    let b_invite = receive(&teams, Duration::from_secs(2)).expect("INVITE toward Teams");
+    let reply = |status: &str| {
+        let mut text = format!("SIP/2.0 {status}\r\n");
+        for line in b_invite.lines() {
+            for name in ["Via:", "From:", "Call-ID:", "CSeq:"] {
+                if line.starts_with(name) {
+                    text.push_str(line);
+                    text.push_str("\r\n");
+                }
+            }
+            if line.starts_with("To:") {
+                text.push_str(&format!("{line};tag=teams\r\n"));
+            }
+        }
+        text.push_str("Contact: <sip:teams@127.0.0.1>\r\nContent-Length: 0\r\n\r\n");
+        text
+    };
+    let teams_addr = ("127.0.0.1", sbc.port("teams"));
+    teams
+        .send_to(reply("180 Ringing").as_bytes(), teams_addr)
+        .expect("180");
+    let ringing = read_until(&mut caller, "SIP/2.0 180", Duration::from_secs(2));
+    assert!(ringing.contains("SIP/2.0 180"), "{ringing}");
+    std::thread::sleep(Duration::from_millis(2500));
+    // A keep-alive ping on the quiet connection gets its pong (RFC 5626 §4.4.1).
+    caller.write_all(b"\r\n\r\n").expect("ping");
+    let pong = read_until(&mut caller, "\r\n", Duration::from_secs(1));
+    assert_eq!(pong, "\r\n", "pong");
+    teams
+        .send_to(reply("200 OK").as_bytes(), teams_addr)
+        .expect("200");
+    let answered = read_until(&mut caller, "SIP/2.0 200", Duration::from_secs(2));
+    assert!(
+        answered.contains("SIP/2.0 200"),
+        "the caller never heard the answer: {answered:?}\n{}",
+        sbc.log()
+    );
+}
