@@ -1582,17 +1582,41 @@ fn a_call_whose_offer_cannot_be_anchored_is_refused_or_sent_unanchored_as_the_pr
         "ports: 30000-30003\n  no_ports: unanchored\n",
     );
     let mut sim = Sim::with_profile(&unanchored);
-    sim.core_sends(&invite("np-3@10.1.1.1", "z9hG4bKnp3", ""));
+    let first = sim.core_sends(&invite("np-3@10.1.1.1", "z9hG4bKnp3", ""));
     let out = sim.core_sends(&invite("np-4@10.1.1.1", "z9hG4bKnp4", ""));
     assert_eq!(
         summary(&out),
         [format!("100->{CORE_PEER}"), format!("INVITE->{TEAMS_PEER}")]
     );
-    assert!(
-        String::from_utf8_lossy(&out[1].1.body).contains("c=IN IP4 192.0.2.10"),
-        "the caller's own address: not anchored"
+    // The offer goes exactly as it came: the caller's address, port and payload types.
+    assert_eq!(
+        String::from_utf8_lossy(&out[1].1.body).replace("\r\n", "\n"),
+        SDP,
+        "not anchored: the SDP as it came"
     );
     assert_eq!(sim.engine.stats().media_failures, 1);
+    // The first call fails and frees its ports; the second is answered: it stays unanchored
+    // (half an anchored call would carry audio one way only).
+    let b_first = first.iter().find(|(_, m)| method(m) == "INVITE").expect("B").1.clone();
+    sim.teams_sends(&answer(&b_first, 486, "Busy Here", "t1", ""));
+    std::iter::from_fn(|| sim.engine.poll_media()).for_each(drop);
+    let ok = sim.teams_sends(&answer(&out[1].1, 200, "OK", "t2", SDP));
+    let to_caller = ok
+        .iter()
+        .find(|(p, m)| status(m) == 200 && p.addr.to_string() == CORE_PEER)
+        .expect("200 to the caller");
+    assert!(
+        String::from_utf8_lossy(&to_caller.1.body).contains("m=audio 4000 RTP/AVP 8 101"),
+        "the callee's answer as it came: {}",
+        String::from_utf8_lossy(&to_caller.1.body)
+    );
+    let relayed: Vec<MediaCommand> = std::iter::from_fn(|| sim.engine.poll_media()).collect();
+    assert!(
+        !relayed
+            .iter()
+            .any(|c| matches!(c, MediaCommand::Stream { .. })),
+        "no relay for an unanchored call: {relayed:?}"
+    );
 }
 
 #[test]

@@ -186,6 +186,9 @@ pub struct Call {
     pending_ack: Option<PendingAck>,
     /// The last end-to-end ACK sent, by leg, repeated when a 2xx is retransmitted.
     last_ack: Option<(Leg, Bytes)>,
+    /// An SDP of the call could not be anchored and went out as it came: its media flows end
+    /// to end, and no later SDP of the call is anchored either.
+    unanchored: bool,
     /// Why the SDP just built could not be anchored, when the profile refuses such calls
     /// (`media.no_ports: refuse`); the B-leg INVITE is then not sent.
     media_refused: Option<crate::media::AnchorError>,

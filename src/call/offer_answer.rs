@@ -83,6 +83,9 @@ impl Engine {
         let (Some(call), Some(pool)) = (self.calls.get_mut(&key), self.media_ports.as_mut()) else {
             return;
         };
+        if call.unanchored {
+            return;
+        }
         let trunk = &call.rules.profile.trunks[call.leg(leg).trunk];
         let policy = (trunk.srtp, trunk.media_dscp);
         let dtmf = |trunk: TrunkId| call.rules.profile.trunks[trunk].dtmf;
@@ -90,15 +93,31 @@ impl Engine {
         let noise = |trunk: TrunkId| call.rules.profile.trunks[trunk].comfort_noise;
         let (a_noise, b_noise) = (noise(call.a.trunk), noise(call.b.trunk));
         let rules_hear_digits = call.rules.rules.has_hook(call.script, Hook::Media);
-        match crate::media::anchor(
-            sdp,
-            &mut call.streams,
+        // Anchored on copies: an SDP that cannot be anchored goes out as it came.
+        let mut anchored = sdp.clone();
+        let mut streams = call.streams.clone();
+        let result = crate::media::anchor(
+            &mut anchored,
+            &mut streams,
             leg,
             policy,
             pool,
             &mut self.random,
             &advertise,
-        ) {
+        );
+        if result.is_ok() {
+            *sdp = anchored;
+            call.streams = streams;
+        } else {
+            // Give back the ports taken before it failed.
+            let held: Vec<u16> = call.streams.iter().flat_map(|s| [s.a.local, s.b.local]).collect();
+            for port in streams.iter().flat_map(|s| [s.a.local, s.b.local]) {
+                if !held.contains(&port) {
+                    pool.give(port);
+                }
+            }
+        }
+        match result {
             Ok(mut changed) => {
                 use crate::config::DtmfMode;
                 for stream in &mut call.streams {
@@ -136,7 +155,10 @@ impl Engine {
                 if refuse && call.state == CallState::Calling && leg == Leg::B {
                     call.media_refused = Some(err);
                 } else {
-                    tracing::error!(call = %call.id, "media not anchored: {err}");
+                    // From now on the call's media flows end to end, its SDP as it came: half
+                    // an anchored call would carry audio one way only.
+                    call.unanchored = true;
+                    tracing::error!(call = %call.id, "media not anchored: {err}: the call's SDP goes as it came");
                 }
             }
         }

@@ -392,6 +392,7 @@ impl Engine {
             invite_pending: true,
             pending_ack: None,
             last_ack: None,
+            unanchored: false,
             media_refused: None,
         };
         self.dialogs.insert(call.a.dialog_key(), (call_key, Leg::A));
