@@ -1597,7 +1597,12 @@ fn a_call_whose_offer_cannot_be_anchored_is_refused_or_sent_unanchored_as_the_pr
     assert_eq!(sim.engine.stats().media_failures, 1);
     // The first call fails and frees its ports; the second is answered: it stays unanchored
     // (half an anchored call would carry audio one way only).
-    let b_first = first.iter().find(|(_, m)| method(m) == "INVITE").expect("B").1.clone();
+    let b_first = first
+        .iter()
+        .find(|(_, m)| method(m) == "INVITE")
+        .expect("B")
+        .1
+        .clone();
     sim.teams_sends(&answer(&b_first, 486, "Busy Here", "t1", ""));
     std::iter::from_fn(|| sim.engine.poll_media()).for_each(drop);
     let ok = sim.teams_sends(&answer(&out[1].1, 200, "OK", "t2", SDP));

@@ -110,7 +110,11 @@ impl Engine {
             call.streams = streams;
         } else {
             // Give back the ports taken before it failed.
-            let held: Vec<u16> = call.streams.iter().flat_map(|s| [s.a.local, s.b.local]).collect();
+            let held: Vec<u16> = call
+                .streams
+                .iter()
+                .flat_map(|s| [s.a.local, s.b.local])
+                .collect();
             for port in streams.iter().flat_map(|s| [s.a.local, s.b.local]) {
                 if !held.contains(&port) {
                     pool.give(port);

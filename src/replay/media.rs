@@ -22,6 +22,9 @@ use webrtc_srtp::protection_profile::ProtectionProfile;
 const SAMPLES_PER_MS: u32 = 8;
 /// The amplitude of each frequency of a `tone` or `dtmf` step (linear, about -15 dBm0).
 const TONE_AMPLITUDE: f32 = 4000.0;
+/// The most packets one `rtp` step feeds (ten minutes of 20 ms packets): no scenario can make
+/// the harness run out of memory.
+const MAX_STEP_PACKETS: u64 = 30_000;
 /// The end of an RFC 4733 event is sent this many times.
 const EVENT_END_REPEATS: usize = 3;
 /// Silent frames pushed after the audio toward a leg so a digit at its very end is heard.
@@ -651,6 +654,7 @@ fn frames(
             }
         };
         let packets = (event.duration.unwrap_or(100) / frame_ms).max(1);
+        check_packets(u64::from(packets))?;
         let mut frames: Vec<Frame> = (1..=packets)
             .map(|n| {
                 let duration = u16::try_from(n * samples).unwrap_or(u16::MAX).to_be_bytes();
@@ -687,6 +691,7 @@ fn frames(
     let mut sounds: Vec<Vec<f32>> = Vec::new();
     if let Some(digits) = &step.dtmf {
         let frames = (step.duration.unwrap_or(100) / frame_ms).max(1);
+        check_packets(2 * u64::from(frames) * digits.chars().count() as u64)?;
         for digit in digits.chars() {
             let (row, column) = dsp::dtmf_frequencies(digit)
                 .ok_or_else(|| format!("dtmf digit '{digit}' is not one of 0-9 * # A-D"))?;
@@ -694,6 +699,7 @@ fn frames(
             sounds.extend((0..frames).map(|_| Vec::new()));
         }
     } else {
+        check_packets(u64::from(step.count.unwrap_or(1)))?;
         let tone = step.tone.clone().unwrap_or_default();
         sounds.extend((0..step.count.unwrap_or(1)).map(|_| tone.clone()));
     }
@@ -716,6 +722,16 @@ fn frames(
         .collect();
     let advance = samples * frames.len() as u32;
     Ok((frames, advance))
+}
+
+/// Refuses an `rtp` step that would feed more than [`MAX_STEP_PACKETS`] packets.
+fn check_packets(packets: u64) -> Result<(), String> {
+    if packets > MAX_STEP_PACKETS {
+        return Err(format!(
+            "an rtp step feeds at most {MAX_STEP_PACKETS} packets, not {packets}: split it"
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -815,5 +831,16 @@ mod tests {
             ..RtpStep::default()
         })
         .contains("at most one"));
+        assert!(bad(RtpStep {
+            count: Some(u32::MAX),
+            ..RtpStep::default()
+        })
+        .contains("at most 30000 packets"));
+        assert!(bad(RtpStep {
+            dtmf: Some("1".into()),
+            duration: Some(u32::MAX),
+            ..RtpStep::default()
+        })
+        .contains("at most 30000 packets"));
     }
 }
