@@ -274,13 +274,10 @@ impl Hub {
                     Some(addr) => {
                         peer.addr = addr;
                         peer.conn = None;
-                        if let Some(tx) = lock(&self.outbound)
-                            .get(&(peer.listener, addr))
-                            .and_then(|conn| lock(&self.conns).get(conn).cloned())
-                        {
-                            if tx.send(bytes.clone()).is_ok() {
-                                return;
-                            }
+                        let open = lock(&self.outbound).get(&(peer.listener, addr)).copied();
+                        let tx = open.and_then(|conn| lock(&self.conns).get(&conn).cloned());
+                        if tx.is_some_and(|tx| tx.send(bytes.clone()).is_ok()) {
+                            return;
                         }
                     }
                     None => {
