@@ -369,3 +369,45 @@ fn replay_profile_replaces_the_scenarios_own_profile() {
     assert!(passed, "on the candidate profile:\n{report}");
     assert!(report.contains("1 passed, 0 failed"), "{report}");
 }
+
+#[test]
+fn record_writes_media_expectations_that_then_pass() {
+    // A copy of the media scenarios, the ringback cadence's media_out stripped, recorded anew.
+    let dir = std::env::temp_dir().join(format!("bh-replay-record-media-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    for sub in ["media", "messages"] {
+        std::fs::create_dir_all(dir.join(sub)).expect("dir");
+        for entry in std::fs::read_dir(scenarios_dir().join(sub)).expect("read") {
+            let path = entry.expect("entry").path();
+            let text = std::fs::read_to_string(&path).expect("text").replace(
+                "../../../scripts/",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/"),
+            );
+            std::fs::write(dir.join(sub).join(path.file_name().expect("name")), text)
+                .expect("copy");
+        }
+    }
+    let path = dir.join("media/ringback_cadence.yaml");
+    let stripped: String = std::fs::read_to_string(&path)
+        .expect("scenario")
+        .lines()
+        .filter(|l| {
+            !l.trim_start().starts_with("media_out")
+                && !l.trim_start().starts_with("- { to: a, pt: 8")
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(!stripped.contains("media_out"), "{stripped}");
+    std::fs::write(&path, stripped).expect("write");
+    let outcome = run_file(&path, true);
+    assert!(outcome.passed(), "{:?}", outcome.failures);
+    let recorded = std::fs::read_to_string(&path).expect("recorded");
+    assert!(recorded.contains("media_out:"), "{recorded}");
+    assert!(
+        recorded.contains("packets: 50"),
+        "a second of ringback: {recorded}"
+    );
+    assert!(recorded.contains("interval: 20"), "{recorded}");
+    let again = run_file(&path, false);
+    assert!(again.passed(), "{:?}", again.failures);
+}

@@ -415,6 +415,46 @@ impl MediaPlane {
         Ok(packets)
     }
 
+    /// What the step sent, as `media_out` expectations (record mode): per leg and payload type,
+    /// the packet count, the interval when it never varied (in whole milliseconds), and the
+    /// digits when any were heard. None when nothing was sent.
+    pub fn record(&self) -> Option<Vec<MediaExpect>> {
+        let mut groups: BTreeMap<(&str, u8), Vec<&MediaSent>> = BTreeMap::new();
+        for sent in &self.sent {
+            groups
+                .entry((sent.to.name(), sent.pt))
+                .or_default()
+                .push(sent);
+        }
+        if groups.is_empty() {
+            return None;
+        }
+        let expectations = groups
+            .into_iter()
+            .map(|((to, pt), picked)| {
+                let gaps: Vec<Duration> = picked
+                    .windows(2)
+                    .map(|pair| pair[1].at.saturating_duration_since(pair[0].at))
+                    .collect();
+                let interval = gaps
+                    .first()
+                    .filter(|first| gaps.iter().all(|gap| gap == *first))
+                    .filter(|gap| gap.subsec_nanos() % 1_000_000 == 0)
+                    .map(|gap| gap.as_millis() as u64);
+                let digits = digits_in(&picked);
+                MediaExpect {
+                    to: to.to_string(),
+                    pt: Some(pt),
+                    packets: Some(picked.len()),
+                    interval,
+                    digits: (!digits.is_empty()).then_some(digits),
+                    relayed: false,
+                }
+            })
+            .collect();
+        Some(expectations)
+    }
+
     /// Checks what the step sent against `media_out` (nothing is checked without one).
     pub fn check(&self, expected: Option<&[MediaExpect]>) -> Result<(), String> {
         let Some(expected) = expected else {

@@ -185,6 +185,11 @@ pub fn run_file_on(path: &Path, record: bool, profile: Option<&Path>) -> Outcome
                 };
                 if record {
                     recorded.steps[index].expect = replay.record(&sent, &step.expect, index + 1);
+                    // Nothing sent: `[]` where the step expected media, nothing where it did not.
+                    recorded.steps[index].media_out = replay
+                        .media
+                        .record()
+                        .or_else(|| step.media_out.as_ref().map(|_| Vec::new()));
                     // Later steps may reply to what this one saved.
                     replay.remember(&sent, &recorded.steps[index].expect);
                     continue;
