@@ -10,6 +10,7 @@ use bridgehead::sip::response_to;
 use bridgehead::sip::{HeaderName, Message};
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use rsip::message::HasHeaders;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -57,6 +58,10 @@ fn parse_serialize(c: &mut Criterion) {
             }
             out.len()
         })
+    });
+    // The same INVITE through rsip (a test oracle, docs/architecture.md), for comparison.
+    group.bench_function("rsip_parse", |b| {
+        b.iter(|| rsip::SipMessage::try_from(&bytes[..]).map(|m| m.headers().iter().count()))
     });
     group.finish();
 }
