@@ -945,3 +945,21 @@ fn on_media_returns_a_verdict_on_each_digit() {
     assert_eq!(DigitVerdict::Drop.apply('5'), None);
     assert_eq!(DigitVerdict::Replace('#').apply('5'), Some('#'));
 }
+
+#[test]
+fn the_luals_stubs_are_valid_lua() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/lua/bridgehead.lua");
+    let text = std::fs::read_to_string(path).expect("stubs");
+    let compiled = mlua::Lua::new()
+        .load(&text)
+        .set_name("bridgehead.lua")
+        .into_function();
+    assert!(compiled.is_ok(), "{:?}", compiled.err());
+    for method in [
+        "Message:name_addrs",
+        "Message:header_names",
+        "Message:remove_headers",
+    ] {
+        assert!(text.contains(&format!("function {method}(")), "{method}");
+    }
+}
