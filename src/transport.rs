@@ -475,8 +475,9 @@ pub fn spawn_stream<R, W>(
         // When the message now in `buf` began to arrive.
         let mut partial_since: Option<u64> = None;
         'read: loop {
-            received_any |= skip_keepalives(&mut buf, |pong| hub.reply_on(id, pong));
             loop {
+                // Keep-alives may stand before any message, also after one in the same read.
+                received_any |= skip_keepalives(&mut buf, |pong| hub.reply_on(id, pong));
                 match frame_stream(&buf) {
                     Ok(Some(len)) => {
                         received_any = true;

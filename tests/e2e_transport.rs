@@ -212,18 +212,40 @@ fn closed_within(stream: &mut TcpStream, wait: Duration) -> bool {
 
 /// Sends an OPTIONS on `stream` and reads the answer's status line.
 fn options_over(stream: &mut TcpStream, n: u32) -> String {
-    let local = stream.local_addr().expect("addr");
-    let request = format!(
-        "OPTIONS sip:ping@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP {local};branch=z9hG4bK-tcp-{n}-{}\r\nMax-Forwards: 70\r\nFrom: <sip:probe@127.0.0.1>;tag=t{n}\r\nTo: <sip:ping@127.0.0.1>\r\nCall-ID: tcp-{n}-{}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
-        local.port(),
-        local.port()
-    );
+    let request = options_text(stream, n);
     stream.write_all(request.as_bytes()).expect("write OPTIONS");
     read_message(stream)
         .lines()
         .next()
         .unwrap_or("")
         .to_string()
+}
+
+/// An out-of-dialog OPTIONS from `stream`'s address, the `n`-th.
+fn options_text(stream: &TcpStream, n: u32) -> String {
+    let local = stream.local_addr().expect("addr");
+    format!(
+        "OPTIONS sip:ping@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP {local};branch=z9hG4bK-tcp-{n}-{}\r\nMax-Forwards: 70\r\nFrom: <sip:probe@127.0.0.1>;tag=t{n}\r\nTo: <sip:ping@127.0.0.1>\r\nCall-ID: tcp-{n}-{}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+        local.port(),
+        local.port()
+    )
+}
+
+#[test]
+fn a_keepalive_after_a_message_in_the_same_write_is_no_half_message() {
+    let sbc = Sbc::start(CONNECTIONS);
+    let mut client = TcpStream::connect(("127.0.0.1", sbc.port("core"))).expect("connect");
+    // A message and a ping in one write, then quiet past idle_timeout (2 s).
+    let first = options_text(&client, 1) + "\r\n\r\n";
+    client.write_all(first.as_bytes()).expect("write");
+    let answered = read_until(&mut client, "SIP/2.0 200", Duration::from_secs(2));
+    assert!(answered.contains("SIP/2.0 200"), "{answered:?}");
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        !closed_within(&mut client, Duration::from_millis(100)),
+        "a connection in use with a keep-alive after its message was closed as stalled"
+    );
+    assert_eq!(options_over(&mut client, 2), "SIP/2.0 200 OK");
 }
 
 #[test]
