@@ -21,6 +21,7 @@ pub mod script;
 pub mod sdp;
 pub mod shared;
 pub mod sip;
+mod transactions;
 mod transport;
 
 pub use config::Profile;

@@ -77,3 +77,17 @@ pub struct Transmit {
 pub fn tos(dscp: u8) -> u32 {
     u32::from(dscp) << 2
 }
+
+/// Hashes a Call-ID to a shard (FNV-1a). The dispatcher and the engine must agree on it: the
+/// engine picks B-leg Call-IDs that hash to its own shard so both legs of a call stay together.
+pub fn shard_for_call_id(call_id: &[u8], shards: usize) -> usize {
+    if shards <= 1 {
+        return 0;
+    }
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in call_id {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (hash % shards as u64) as usize
+}

@@ -4,8 +4,8 @@
 //! stream only needs [`spawn_stream`] with its reader and writer halves.
 
 use crate::config::{Listener, ListenerId, Profile, Transport, UnknownSources};
-use crate::engine::shard_for_call_id;
 use crate::media::relay::mark_udp;
+use crate::shared::shard_for_call_id;
 use crate::shared::{tos, ConnId, Peer, Transmit};
 use crate::sip::header::{split_list, Via};
 use crate::sip::{frame_stream, parse_message, Framing, HeaderName, Message, ParseError};

@@ -3,7 +3,7 @@
 
 use super::Dialog;
 use crate::config::{Listener, Transport};
-use crate::sip::header::{param, NameAddr};
+use crate::sip::header::NameAddr;
 use crate::sip::{Header, HeaderName, Message, Method, StartLine};
 use bytes::Bytes;
 
@@ -192,12 +192,6 @@ pub fn user_of(value: &str) -> Option<String> {
 /// The URI of a name-addr header value (e.g. a Contact's target).
 pub fn uri_of(value: &str) -> Option<String> {
     NameAddr::parse(value).ok().map(|addr| addr.uri.to_string())
-}
-
-/// The value of the `branch` parameter of a Via header value.
-pub fn branch_of(via: &str) -> Option<&str> {
-    let params_at = via.find(';')?;
-    param(&via[params_at..], "branch")
 }
 
 #[cfg(test)]

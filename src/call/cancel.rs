@@ -2,9 +2,9 @@
 
 use super::*;
 
-impl Engine {
+impl B2bua<'_> {
     pub(super) fn cancel_b_invite(&mut self, key: CallKey, now: Instant) {
-        let Some(call) = self.calls.get(&key) else {
+        let Some(call) = self.calls.by_key.get(&key) else {
             return;
         };
         let Some(entry) = self.txns.client(call.b_invite) else {
@@ -17,7 +17,7 @@ impl Engine {
     }
 
     pub(super) fn on_cancel(&mut self, incoming: Incoming, now: Instant) {
-        let invite_key = Transactions::server_key(&incoming.msg, &Method::Invite, &incoming.from);
+        let invite_key = server_key(&incoming.msg, &Method::Invite, &incoming.from);
         let invite = invite_key.as_deref().and_then(|k| self.txns.find_server(k));
         let Some(invite) = invite else {
             self.answer(incoming, 481, &[], now);
@@ -39,14 +39,16 @@ impl Engine {
             _ => None,
         };
         let to_tag = call_key
-            .and_then(|k| self.calls.get(&k))
+            .and_then(|k| self.calls.by_key.get(&k))
             .map(|c| c.a.local_tag.clone());
         let ok = response_to(&msg, 200, None, to_tag.as_deref());
         // Within a call, its own version's trunk and script (a reload may have renumbered them).
-        let (trunk, script) = call_key.and_then(|k| self.calls.get(&k)).map_or_else(
-            || (trunk, self.current.rules.script_of(trunk)),
-            |c| (c.a.trunk, c.script),
-        );
+        let (trunk, script) = call_key
+            .and_then(|k| self.calls.by_key.get(&k))
+            .map_or_else(
+                || (trunk, self.calls.current.rules.script_of(trunk)),
+                |c| (c.a.trunk, c.script),
+            );
         let ok = self.outgoing(call_key, script, Leg::A, trunk, ok);
         let id = self.create_server(key, msg, from, ServerOwner::Local);
         self.send_response(id, &ok, now);
@@ -56,7 +58,7 @@ impl Engine {
         let (Some(call_key), Some(request)) = (call_key, request) else {
             return;
         };
-        let Some(call) = self.calls.get_mut(&call_key) else {
+        let Some(call) = self.calls.by_key.get_mut(&call_key) else {
             return;
         };
         let (state, send_cancel) = call.state.cancel();

@@ -44,14 +44,14 @@ pub(super) fn info_digit(msg: &Message, leg: Leg) -> Option<MediaEvent> {
     })
 }
 
-impl Engine {
+impl B2bua<'_> {
     /// Hands on a DTMF digit that leg `from` sent (`event`, which `on_media` already heard and
     /// judged: `verdict`) in the form the other leg's trunk takes: SIP INFO, RFC 4733 events
     /// or tones played by the relay. Nothing is done where the other leg gets the digit
     /// anyway: events the relay passes through, tones that stay in the audio, an INFO relayed
     /// as it is. Returns true when Bridgehead took the digit in hand (an INFO carrying it is
     /// then answered here, not relayed).
-    pub(crate) fn hand_on_digit(
+    pub(super) fn hand_on_digit(
         &mut self,
         key: CallKey,
         from: Leg,
@@ -69,7 +69,7 @@ impl Engine {
         else {
             return false;
         };
-        let Some(call) = self.calls.get(&key) else {
+        let Some(call) = self.calls.by_key.get(&key) else {
             return false;
         };
         let to = from.other();

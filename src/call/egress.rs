@@ -13,10 +13,10 @@ pub(super) fn apply_policy(msg: &mut Message, touched: &[HeaderName], policy: &H
     });
 }
 
-impl Engine {
+impl B2bua<'_> {
     pub(super) fn rules_of(&self, call: Option<CallKey>) -> Arc<RuleSet> {
-        call.and_then(|k| self.calls.get(&k))
-            .map_or_else(|| self.current.clone(), |c| c.rules.clone())
+        call.and_then(|k| self.calls.by_key.get(&k))
+            .map_or_else(|| self.calls.current.clone(), |c| c.rules.clone())
     }
 
     /// Runs `hook` of `script` for the call `key` (or, with `key` None, for a call being set
@@ -34,7 +34,7 @@ impl Engine {
         args: HookArgs<'_>,
     ) -> HookOutcome {
         let vars = key
-            .and_then(|k| self.calls.get_mut(&k))
+            .and_then(|k| self.calls.by_key.get_mut(&k))
             .and_then(|c| c.vars.take());
         let mut call = HookCall::new(call_id.to_string(), ingress, vars);
         let in_call = key.is_some() || hook == Hook::Invite;
@@ -42,7 +42,7 @@ impl Engine {
             .rules
             .run(script, hook, in_call.then_some(&mut call), args);
         let mut vars = call.vars.take();
-        if let Some(c) = key.and_then(|k| self.calls.get_mut(&k)) {
+        if let Some(c) = key.and_then(|k| self.calls.by_key.get_mut(&k)) {
             c.vars = vars.take();
         }
         let media = std::mem::take(&mut call.media_actions);
@@ -54,7 +54,7 @@ impl Engine {
         let failed = match result {
             Ok(()) => false,
             Err(err) => {
-                self.stats.script_errors += 1;
+                self.calls.stats.script_errors += 1;
                 tracing::warn!(call = %call_id, hook = hook.name(), "script error: {err}");
                 true
             }
@@ -70,13 +70,13 @@ impl Engine {
     }
 
     /// Runs a hook of a call's own script on its own rule-set version.
-    pub(crate) fn run_call_hook(
+    pub(super) fn run_call_hook(
         &mut self,
         key: CallKey,
         hook: Hook,
         args: HookArgs<'_>,
     ) -> HookOutcome {
-        let Some(call) = self.calls.get(&key) else {
+        let Some(call) = self.calls.by_key.get(&key) else {
             return HookOutcome::default();
         };
         let (rules, id, ingress, script) = (
@@ -99,7 +99,7 @@ impl Engine {
         hook: Hook,
         msg: &Message,
     ) -> Option<RouteDecision> {
-        let call = self.calls.get(&key)?;
+        let call = self.calls.by_key.get(&key)?;
         if !call.rules.rules.has_hook(call.script, hook) {
             return None;
         }
@@ -124,7 +124,7 @@ impl Engine {
             .0
     }
 
-    /// [`Engine::outgoing`] for a message some headers of which a rule already edited (they
+    /// [`B2bua::outgoing`] for a message some headers of which a rule already edited (they
     /// bypass the policy), and for a response whose request did or did not carry an SDP offer
     /// (`request_had_sdp`). Also tells whether a hook failed.
     #[allow(clippy::too_many_arguments)]
@@ -145,7 +145,7 @@ impl Engine {
             Hook::Response
         };
         let has_sdp = carries_sdp(&msg);
-        let anchoring = has_sdp && call.is_some() && self.media_ports.is_some();
+        let anchoring = has_sdp && call.is_some() && self.calls.media_ports.is_some();
         let codecs = &rules.profile.trunks[trunk].codecs;
         let filtering = has_sdp && !codecs.is_empty() && sdp_kind(&msg, request_had_sdp) == "offer";
         let wants_sdp = has_sdp && rules.rules.has_hook(script, Hook::Sdp);
@@ -154,7 +154,7 @@ impl Engine {
         hooked.touched = touched;
         let mut failed = false;
         let (call_id, ingress) = call
-            .and_then(|k| self.calls.get(&k))
+            .and_then(|k| self.calls.by_key.get(&k))
             .map_or((String::new(), trunk), |c| (c.id.clone(), c.ingress));
         if wants_sdp || wants_message {
             hooked.trunk = rules.profile.trunks[trunk].name.clone();

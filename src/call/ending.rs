@@ -3,23 +3,18 @@
 
 use super::*;
 
-impl Engine {
-    /// A client transaction got no final response in time.
-    pub(crate) fn on_client_timeout(&mut self, id: TxnId, now: Instant) {
-        self.on_client_failure(id, 408, now);
-    }
-
+impl B2bua<'_> {
     /// A client transaction failed without a response: 408 when it timed out, 503 when the
     /// transport could not send it (RFC 3261 §8.1.3.1). For a call's INVITE the failure is like
     /// any other: `on_failure` may route the call again, otherwise the caller hears it.
-    pub(crate) fn on_client_failure(&mut self, id: TxnId, status: u16, now: Instant) {
+    pub(super) fn on_client_failure(&mut self, id: TxnId, status: u16, now: Instant) {
         let Some(owner) = self.txns.client(id).map(|e| e.owner) else {
             return;
         };
         let reason = if status == 408 { "timeout" } else { "error" };
         match owner {
             ClientOwner::Invite(key) => {
-                let Some(call) = self.calls.get(&key).filter(|c| c.b_invite == id) else {
+                let Some(call) = self.calls.by_key.get(&key).filter(|c| c.b_invite == id) else {
                     return;
                 };
                 let server = call.a_invite;
@@ -42,7 +37,7 @@ impl Engine {
                     if failure.is_some_and(|f| self.on_failure(key, &f, "sbc", now)) {
                         return;
                     }
-                    self.stats.calls_failed += 1;
+                    self.calls.stats.calls_failed += 1;
                     self.reply_local(key, Leg::A, server, status, now);
                 }
                 self.end_call(key, reason, "sbc", now);
@@ -72,7 +67,7 @@ impl Engine {
     }
 
     /// A server transaction timed out: a 2xx was never acknowledged.
-    pub(crate) fn on_server_timeout(&mut self, id: TxnId, now: Instant) {
+    pub(super) fn on_server_timeout(&mut self, id: TxnId, now: Instant) {
         let Some(owner) = self.txns.server(id).map(|e| e.owner) else {
             return;
         };
@@ -80,7 +75,7 @@ impl Engine {
             ServerOwner::Invite(key) | ServerOwner::Dialog(key, _) => key,
             ServerOwner::Local => return,
         };
-        let Some(call) = self.calls.get(&key) else {
+        let Some(call) = self.calls.by_key.get(&key) else {
             return;
         };
         if call.pending_ack.is_some_and(|p| p.server == id) {
@@ -101,7 +96,7 @@ impl Engine {
         let Some(request) = self.txns.server(server).and_then(|e| e.request.as_ref()) else {
             return;
         };
-        let Some(call) = self.calls.get_mut(&key) else {
+        let Some(call) = self.calls.by_key.get_mut(&key) else {
             return;
         };
         if server == call.a_invite {
@@ -122,7 +117,7 @@ impl Engine {
         by: &'static str,
         now: Instant,
     ) {
-        if let Some(call) = self.calls.get(&key) {
+        if let Some(call) = self.calls.by_key.get(&key) {
             if call.rules.rules.has_hook(call.script, Hook::CallEnd) {
                 let info = CallEndInfo {
                     reason,
@@ -140,21 +135,21 @@ impl Engine {
                 self.run_call_hook(key, Hook::CallEnd, HookArgs::CallEnd(&info));
             }
         }
-        if let Some(call) = self.calls.remove(&key) {
+        if let Some(call) = self.calls.by_key.remove(&key) {
             tracing::debug!(call = %call.id, reason, by, "call ended");
             if !call.streams.is_empty() {
-                self.media_commands.push_back(MediaCommand::Close {
+                self.calls.media_commands.push_back(MediaCommand::Close {
                     call: self.media_call_id(key),
                 });
-                if let Some(pool) = self.media_ports.as_mut() {
+                if let Some(pool) = self.calls.media_ports.as_mut() {
                     for stream in &call.streams {
                         pool.give(stream.a.local);
                         pool.give(stream.b.local);
                     }
                 }
             }
-            self.dialogs.remove(&call.a.dialog_key());
-            self.dialogs.remove(&call.b.dialog_key());
+            self.calls.dialogs.remove(&call.a.dialog_key());
+            self.calls.dialogs.remove(&call.b.dialog_key());
         }
     }
 }

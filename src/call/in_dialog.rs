@@ -28,14 +28,14 @@ pub(super) fn contact_uri(msg: &Message) -> Option<String> {
     uri_of(split_list(value).next()?)
 }
 
-impl Engine {
+impl B2bua<'_> {
     /// An ACK outside any transaction: the end-to-end ACK of a 2xx.
     pub(super) fn on_dialog_ack(&mut self, msg: Message, info: &RequestInfo, now: Instant) {
         let key = dialog_key(&info.call_id, info.to_tag.as_deref());
-        let Some((key, leg)) = self.dialogs.get(&key).copied() else {
+        let Some((key, leg)) = self.calls.dialogs.get(&key).copied() else {
             return;
         };
-        let Some(call) = self.calls.get_mut(&key) else {
+        let Some(call) = self.calls.by_key.get_mut(&key) else {
             return;
         };
         let Some(pending) = call.pending_ack.filter(|p| p.from == leg) else {
@@ -49,11 +49,11 @@ impl Engine {
     /// Sends the ACK of the last INVITE on `leg`, carrying the body of `from` (late offer).
     pub(super) fn ack_leg(&mut self, key: CallKey, leg: Leg, from: Option<&Message>) {
         let branch = self.new_branch();
-        let Some(call) = self.calls.get(&key) else {
+        let Some(call) = self.calls.by_key.get(&key) else {
             return;
         };
         let dialog = call.leg(leg);
-        let listener = &self.current.profile.listeners[dialog.peer.listener];
+        let listener = &self.calls.current.profile.listeners[dialog.peer.listener];
         let via = via_value(listener, dialog.peer.transport, &branch);
         let mut ack = dialog_request(Method::Ack, dialog, via, dialog.invite_cseq, 70);
         if let Some(from) = from {
@@ -62,7 +62,7 @@ impl Engine {
         let (peer, trunk, script) = (dialog.peer, dialog.trunk, call.script);
         let ack = self.outgoing(Some(key), script, leg, trunk, ack);
         let bytes = Bytes::from(ack.to_bytes());
-        if let Some(call) = self.calls.get_mut(&key) {
+        if let Some(call) = self.calls.by_key.get_mut(&key) {
             call.last_ack = Some((leg, bytes.clone()));
         }
         self.transmit(peer, bytes);
@@ -84,7 +84,7 @@ impl Engine {
         now: Instant,
     ) {
         let branch = self.new_branch();
-        let Some(call) = self.calls.get_mut(&key) else {
+        let Some(call) = self.calls.by_key.get_mut(&key) else {
             return;
         };
         let dialog = call.leg_mut(leg);
@@ -93,7 +93,7 @@ impl Engine {
         }
         dialog.local_cseq += 1;
         let dialog = call.leg(leg);
-        let listener = &self.current.profile.listeners[dialog.peer.listener];
+        let listener = &self.calls.current.profile.listeners[dialog.peer.listener];
         let via = via_value(listener, dialog.peer.transport, &branch);
         let mut request = dialog_request(method, dialog, via, dialog.local_cseq, 70);
         if let Some((content_type, bytes)) = body {
@@ -114,11 +114,16 @@ impl Engine {
         info: &RequestInfo,
     ) -> Result<(CallKey, Leg), Refusal> {
         let (call_key, leg) = self
+            .calls
             .dialogs
             .get(&dialog_key(&info.call_id, info.to_tag.as_deref()))
             .copied()
             .ok_or((481, Vec::new()))?;
-        let call = self.calls.get_mut(&call_key).ok_or((481, Vec::new()))?;
+        let call = self
+            .calls
+            .by_key
+            .get_mut(&call_key)
+            .ok_or((481, Vec::new()))?;
         let dialog = call.leg_mut(leg);
         let tags_match = info.to_tag.as_deref() == Some(dialog.local_tag.as_str())
             && (dialog.remote_tag.is_none() || info.from_tag == dialog.remote_tag);
@@ -175,7 +180,7 @@ impl Engine {
         }
         let to = leg.other();
         let branch = self.new_branch();
-        let Some(call) = self.calls.get_mut(&call_key) else {
+        let Some(call) = self.calls.by_key.get_mut(&call_key) else {
             return;
         };
         let other = call.leg_mut(to);
@@ -184,7 +189,7 @@ impl Engine {
             other.invite_cseq = other.local_cseq;
         }
         let other = call.leg(to);
-        let listener = &self.current.profile.listeners[other.peer.listener];
+        let listener = &self.calls.current.profile.listeners[other.peer.listener];
         let via = via_value(listener, other.peer.transport, &branch);
         let max_forwards = info.max_forwards.unwrap_or(70).saturating_sub(1);
         let mut request =
@@ -211,7 +216,7 @@ impl Engine {
     }
 
     /// Bridgehead ends an answered call: BYE on both legs.
-    pub(crate) fn hang_up(&mut self, key: CallKey, now: Instant) {
+    pub(super) fn hang_up(&mut self, key: CallKey, now: Instant) {
         self.send_bye(key, Leg::A, now);
         self.send_bye(key, Leg::B, now);
         self.end_call(key, "timeout", "sbc", now);

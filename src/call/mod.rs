@@ -9,6 +9,12 @@
 //! re-INVITE, UPDATE, INFO...), `cancel`, `offer_answer` (SDP, media anchoring, local ringback),
 //! `dtmf`, `egress` (hooks and header policy on what is sent), `ending` (timeouts, failures,
 //! the end of a call); `build` makes the messages.
+//!
+//! The engine owns the call layer's state ([`Calls`]) and the transaction table, and drives
+//! the call layer with typed inputs ([`CallInput`]): for each one it lends the table
+//! ([`Calls::with`] makes the [`B2bua`] at work on that input). What the call layer does goes
+//! out as the transaction table's events (responses, requests and stateless answers to send,
+//! timers armed) and as media commands ([`Calls::poll_media`]). `call` never names the engine.
 
 pub mod build;
 mod cancel;
@@ -16,29 +22,33 @@ mod dtmf;
 mod egress;
 mod ending;
 mod in_dialog;
+mod inputs;
 mod offer_answer;
 mod responses;
 mod setup;
+mod transactions;
 
 use crate::config::{HeaderPolicy, ScriptErrorPolicy, TrunkId};
-use crate::engine::transactions::Transactions;
-use crate::engine::Engine;
-use crate::media::{DtmfMethod, MediaCommand, MediaEvent};
+use crate::media::{DtmfMethod, MediaCallId, MediaCommand, MediaEvent, PortPool};
 use crate::script::{
     CallEndInfo, Hook, HookArgs, HookCall, HookMessage, RouteDecision, RuleSet, ScriptId, SharedSdp,
 };
 use crate::sdp::Sdp;
-use crate::shared::{Leg, Peer, TxnId};
+use crate::shared::{shard_for_call_id, Leg, Peer, Transmit, TxnId};
 use crate::sip::check::{check_request, check_response, RequestInfo};
 use crate::sip::header::split_list;
 use crate::sip::transaction::ClientState;
 use crate::sip::uri::{Scheme, Uri};
-use crate::sip::{response_to, HeaderName, Message, Method, StartLine};
+use crate::sip::{response_to, Fault, HeaderName, Message, Method, StartLine};
+use crate::transactions::{server_key, Transactions};
 use build::{
     contact_value, copy_crossing, dialog_request, tag_of, uri_of, user_of, via_value, without_tag,
     ACCEPT, ALLOW, SUPPORTED,
 };
 use bytes::Bytes;
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -69,6 +79,191 @@ pub enum ClientOwner {
     Relay { call: CallKey, server: TxnId },
     /// A request Bridgehead sent on its own (CANCEL, BYE): nobody waits.
     Local,
+}
+
+/// The transaction table as the call layer uses it: who waits for each transaction.
+pub(crate) type Txns = Transactions<ServerOwner, ClientOwner>;
+
+/// What happened that concerns the call layer, as the engine hands it over.
+pub(crate) enum CallInput<'e> {
+    /// A request or response arrived from `from`.
+    Message { msg: Message, from: Peer },
+    /// A request that could not be parsed whole (`partial` is what could be): answered
+    /// statelessly with the fault's status when it can be.
+    Unparsable {
+        partial: Message,
+        fault: Fault,
+        from: Peer,
+    },
+    /// A server transaction timed out (a final response never acknowledged).
+    ServerTimedOut(TxnId),
+    /// A client transaction failed without a response: 408 when it timed out, 503 when the
+    /// transport could not send it.
+    ClientFailed { id: TxnId, status: u16 },
+    /// The media relay reported an event for a call.
+    Media {
+        call: CallKey,
+        event: &'e MediaEvent,
+    },
+}
+
+/// Counters of what the call layer did.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct CallStats {
+    /// Requests answered 4xx/5xx for being malformed, and malformed responses dropped.
+    pub malformed: u64,
+    pub calls_started: u64,
+    pub calls_answered: u64,
+    pub calls_failed: u64,
+    pub script_errors: u64,
+    /// SDPs that could not be anchored (no media ports left).
+    pub media_failures: u64,
+    /// Requests sent over TCP instead of UDP for their size (RFC 3261 §18.1.1).
+    pub switched_to_tcp: u64,
+}
+
+/// The call layer of one shard: its calls and their dialogs, the rule-set version new calls
+/// take, the identifiers it makes, its media ports and counters.
+pub(crate) struct Calls {
+    current: Arc<RuleSet>,
+    shard: usize,
+    shards: usize,
+    by_key: HashMap<CallKey, Call>,
+    /// The dialog of each leg ([`dialog_key`]) → the call and which leg it is.
+    dialogs: HashMap<String, (CallKey, Leg)>,
+    /// Call keys, transaction ids, and the tail of Bridgehead's Call-IDs.
+    next_id: u64,
+    /// Tags, branches, Call-IDs and SRTP keys come from here (RFC 3261 §19.3: cryptographically
+    /// random tags).
+    random: StdRng,
+    stats: CallStats,
+    /// This shard's media ports (when the profile anchors media).
+    media_ports: Option<PortPool>,
+    /// What the relay must do, in order.
+    media_commands: VecDeque<MediaCommand>,
+}
+
+/// The call layer at work on one input: the shard's calls, and the transaction table the
+/// engine lends it for that input.
+pub(crate) struct B2bua<'a> {
+    calls: &'a mut Calls,
+    txns: &'a mut Txns,
+}
+
+/// A ChaCha generator seeded from the operating system. Should the OS have no randomness to
+/// give (it always has on Linux), the seed comes from the standard library's per-process
+/// random hasher keys, and that is logged.
+fn os_seeded() -> StdRng {
+    StdRng::try_from_os_rng().unwrap_or_else(|err| {
+        tracing::error!("no randomness from the OS ({err}): seeding from the hasher's keys");
+        use std::hash::{BuildHasher, Hasher};
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u128(std::process::id().into());
+        StdRng::seed_from_u64(hasher.finish())
+    })
+}
+
+impl Calls {
+    /// The call layer of shard `shard` of `shards`, new calls taking `rules`.
+    pub fn new(rules: Arc<RuleSet>, shard: usize, shards: usize) -> Calls {
+        let shards = shards.max(1);
+        let media_ports = rules
+            .profile
+            .media
+            .as_ref()
+            .map(|media| PortPool::new(media.ports, shard, shards));
+        Calls {
+            current: rules,
+            shard,
+            shards,
+            by_key: HashMap::new(),
+            dialogs: HashMap::new(),
+            next_id: 1,
+            random: os_seeded(),
+            stats: CallStats::default(),
+            media_ports,
+            media_commands: VecDeque::new(),
+        }
+    }
+
+    /// The call layer at work on one input, with the transaction table lent for it.
+    pub fn with<'a>(&'a mut self, txns: &'a mut Txns) -> B2bua<'a> {
+        B2bua { calls: self, txns }
+    }
+
+    /// Makes the media port pool bind each port before handing it out.
+    pub fn set_port_binder(&mut self, binder: Box<dyn crate::media::PortBinder>) {
+        if let Some(pool) = self.media_ports.as_mut() {
+            pool.set_binder(binder);
+        }
+    }
+
+    /// Makes `rules` the version new calls take. Calls in progress finish on theirs.
+    pub fn reload(&mut self, rules: Arc<RuleSet>) {
+        tracing::info!(
+            shard = self.shard,
+            version = rules.version,
+            previous = self.current.version,
+            "rule set now current"
+        );
+        self.current = rules;
+    }
+
+    /// The rule-set version new calls take.
+    pub fn current(&self) -> &Arc<RuleSet> {
+        &self.current
+    }
+
+    /// What the call layer did so far.
+    pub fn stats(&self) -> CallStats {
+        self.stats
+    }
+
+    /// Calls in progress.
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    /// Calls in progress per rule-set version, oldest first.
+    pub fn by_version(&self) -> Vec<(u64, usize)> {
+        let mut counts = std::collections::BTreeMap::new();
+        for call in self.by_key.values() {
+            *counts.entry(call.rules.version).or_insert(0) += 1;
+        }
+        counts.into_iter().collect()
+    }
+
+    /// The next command for the media relay.
+    pub fn poll_media(&mut self) -> Option<MediaCommand> {
+        self.media_commands.pop_front()
+    }
+
+    /// Makes every random value from now on follow `seed`.
+    pub fn seed_random(&mut self, seed: u64) {
+        self.random = StdRng::seed_from_u64(seed);
+    }
+
+    /// The call the relay knows as `call`, when it is one of this shard's and still up.
+    pub fn relayed(&self, call: MediaCallId) -> Option<CallKey> {
+        (call.shard == self.shard && self.by_key.contains_key(&call.call)).then_some(call.call)
+    }
+
+    /// The relay's id of a call: unique across shards.
+    pub fn media_call_id(&self, key: CallKey) -> MediaCallId {
+        MediaCallId {
+            shard: self.shard,
+            call: key,
+        }
+    }
+
+    /// The newest call whose A-leg Call-ID is `call_id`.
+    pub fn newest(&self, call_id: &str) -> Option<CallKey> {
+        self.by_key
+            .iter()
+            .filter(|(_, call)| call.id == call_id)
+            .map(|(key, _)| *key)
+            .max()
+    }
 }
 
 /// One leg's dialog state, from Bridgehead's side.
@@ -194,7 +389,7 @@ pub struct Call {
     media_refused: Option<crate::media::AnchorError>,
 }
 
-/// The key of a dialog in [`Engine::dialogs`]: its Call-ID and Bridgehead's tag. The Call-ID
+/// The key of a dialog in [`Calls::dialogs`]: its Call-ID and Bridgehead's tag. The Call-ID
 /// alone is not enough: a caller that retries an INVITE after a 401/407 keeps its Call-ID, and
 /// a call of the first attempt may still be up.
 fn dialog_key(call_id: &str, local_tag: Option<&str>) -> String {

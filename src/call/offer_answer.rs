@@ -71,16 +71,19 @@ pub(super) fn sdp_kind(msg: &Message, request_had_sdp: Option<bool>) -> &'static
     }
 }
 
-impl Engine {
+impl B2bua<'_> {
     /// Anchors an SDP about to be sent on `leg` of a call: Bridgehead's ports facing that leg,
     /// the other leg's addresses learned; the relay is told what changed.
     pub(super) fn anchor_media(&mut self, key: CallKey, leg: Leg, sdp: &mut Sdp) {
         let media_id = self.media_call_id(key);
-        let advertise = match &self.current.profile.media {
+        let advertise = match &self.calls.current.profile.media {
             Some(media) => media.advertise.clone(),
             None => return,
         };
-        let (Some(call), Some(pool)) = (self.calls.get_mut(&key), self.media_ports.as_mut()) else {
+        let (Some(call), Some(pool)) = (
+            self.calls.by_key.get_mut(&key),
+            self.calls.media_ports.as_mut(),
+        ) else {
             return;
         };
         if call.unanchored {
@@ -102,7 +105,7 @@ impl Engine {
             leg,
             policy,
             pool,
-            &mut self.random,
+            &mut self.calls.random,
             &advertise,
         );
         if result.is_ok() {
@@ -144,14 +147,14 @@ impl Engine {
                     }
                 }
                 for index in changed {
-                    self.media_commands.push_back(MediaCommand::Stream {
+                    self.calls.media_commands.push_back(MediaCommand::Stream {
                         call: media_id,
                         stream: Box::new(call.streams[index]),
                     });
                 }
             }
             Err(err) => {
-                self.stats.media_failures += 1;
+                self.calls.stats.media_failures += 1;
                 let refuse = call.rules.profile.media.as_ref().map(|m| m.no_ports)
                     == Some(crate::config::NoPortsPolicy::Refuse);
                 // Only a new call's offer can be refused: its answer uses the port taken with
@@ -180,7 +183,7 @@ impl Engine {
         msg: &Message,
     ) -> Option<(Message, bool)> {
         let status = msg.status()?;
-        let call = self.calls.get(&key)?;
+        let call = self.calls.by_key.get(&key)?;
         // Not once the callee sent an SDP (early media): the caller has its answer.
         let wanted = (180..=183).contains(&status)
             && msg.body.is_empty()
@@ -230,7 +233,7 @@ impl Engine {
     /// callee picks the other), and plays the caller ringback until the callee's media comes.
     pub(super) fn start_local_ringback(&mut self, key: CallKey, answer: Option<Bytes>, pcmu: bool) {
         let media_id = self.media_call_id(key);
-        let Some(call) = self.calls.get_mut(&key) else {
+        let Some(call) = self.calls.by_key.get_mut(&key) else {
             return;
         };
         let Some(answer) = answer else {
@@ -240,7 +243,7 @@ impl Engine {
         for stream in &mut call.streams {
             if stream.a.accepts != (false, false) {
                 stream.a.accepts = (pcmu, !pcmu);
-                self.media_commands.push_back(MediaCommand::Stream {
+                self.calls.media_commands.push_back(MediaCommand::Stream {
                     call: media_id,
                     stream: Box::new(*stream),
                 });
@@ -254,7 +257,7 @@ impl Engine {
     /// ringback): the caller gets Bridgehead's answer again, as long as the callee chose a
     /// G.711 (the relay transcodes the other one).
     pub(super) fn repeat_local_answer(&self, key: CallKey, response: &mut Message) {
-        let Some(call) = self.calls.get(&key) else {
+        let Some(call) = self.calls.by_key.get(&key) else {
             return;
         };
         let Some(answer) = &call.local_answer else {
@@ -272,7 +275,7 @@ impl Engine {
 
     /// Hands a rule's media action to the relay.
     pub(super) fn play(&mut self, key: CallKey, action: &crate::script::MediaAction) {
-        let Some(call) = self.calls.get(&key) else {
+        let Some(call) = self.calls.by_key.get(&key) else {
             return;
         };
         let (leg, sound) = match action {
@@ -299,7 +302,7 @@ impl Engine {
 
     /// Asks the relay to play a sound toward one leg of a call.
     pub(super) fn play_sound(&mut self, key: CallKey, to: Leg, sound: crate::media::player::Sound) {
-        self.media_commands.push_back(MediaCommand::Play {
+        self.calls.media_commands.push_back(MediaCommand::Play {
             call: self.media_call_id(key),
             to,
             sound,

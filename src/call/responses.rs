@@ -7,13 +7,13 @@ use super::in_dialog::record_routes;
 use super::offer_answer::carries_sdp;
 use super::*;
 
-impl Engine {
+impl B2bua<'_> {
     /// A response arrived.
-    pub(crate) fn on_response(&mut self, msg: Message, from: Peer, now: Instant) {
+    pub(super) fn on_response(&mut self, msg: Message, from: Peer, now: Instant) {
         let info = match check_response(&msg) {
             Ok(info) => info,
             Err(fault) => {
-                self.stats.malformed += 1;
+                self.calls.stats.malformed += 1;
                 tracing::debug!(peer = %from.addr, %fault, "malformed response dropped");
                 return;
             }
@@ -32,7 +32,11 @@ impl Engine {
             // Only the call's current B-leg INVITE counts (an abandoned one, after Timer C and a
             // failover, still gets its 487 acknowledged by its transaction).
             ClientOwner::Invite(call)
-                if self.calls.get(&call).is_some_and(|c| c.b_invite == id) =>
+                if self
+                    .calls
+                    .by_key
+                    .get(&call)
+                    .is_some_and(|c| c.b_invite == id) =>
             {
                 self.on_b_invite_response(call, msg, now)
             }
@@ -51,13 +55,14 @@ impl Engine {
         // Our tag is the From-tag of a response to our request.
         let our_tag = msg.header_str(&HeaderName::From).and_then(tag_of);
         let Some((key, leg)) = self
+            .calls
             .dialogs
             .get(&dialog_key(call_id, our_tag.as_deref()))
             .copied()
         else {
             return;
         };
-        let Some(call) = self.calls.get(&key) else {
+        let Some(call) = self.calls.by_key.get(&key) else {
             return;
         };
         if let Some((ack_leg, bytes)) = &call.last_ack {
@@ -87,7 +92,7 @@ impl Engine {
         let Some(status) = msg.status() else {
             return;
         };
-        let Some(call) = self.calls.get_mut(&key) else {
+        let Some(call) = self.calls.by_key.get_mut(&key) else {
             return;
         };
         if status < 200 {
@@ -101,12 +106,12 @@ impl Engine {
             if status == 100 || call.state.is_cancelled() {
                 return;
             }
-            Engine::learn_b_dialog(call, &msg);
+            B2bua::learn_b_dialog(call, &msg);
             if !msg.body.is_empty() {
                 self.lifecycle_hook(key, Hook::EarlyMedia, &msg);
             }
         } else if status < 300 {
-            Engine::learn_b_dialog(call, &msg);
+            B2bua::learn_b_dialog(call, &msg);
             call.invite_pending = false;
             if call.state.is_cancelled() {
                 // The caller gave up first: acknowledge and hang up the callee.
@@ -120,7 +125,7 @@ impl Engine {
                 from: Leg::A,
                 server: call.a_invite,
             });
-            self.stats.calls_answered += 1;
+            self.calls.stats.calls_answered += 1;
             self.lifecycle_hook(key, Hook::Answer, &msg);
         } else {
             call.invite_pending = false;
@@ -131,9 +136,9 @@ impl Engine {
             if self.on_failure(key, &msg, "b", now) {
                 return;
             }
-            self.stats.calls_failed += 1;
+            self.calls.stats.calls_failed += 1;
         }
-        let Some(call) = self.calls.get_mut(&key) else {
+        let Some(call) = self.calls.by_key.get_mut(&key) else {
             return;
         };
         let server = call.a_invite;
@@ -165,7 +170,7 @@ impl Engine {
         now: Instant,
     ) -> Option<Bytes> {
         let request = self.txns.server(server).and_then(|e| e.request.as_ref())?;
-        let call = self.calls.get(&key)?;
+        let call = self.calls.by_key.get(&key)?;
         let status = msg.status()?;
         let reason = match &msg.start {
             StartLine::Response { reason, .. } => reason.clone(),
@@ -223,7 +228,7 @@ impl Engine {
             .as_ref()
             .and_then(|r| r.method().cloned())
             .unwrap_or(Method::Ack);
-        let Some(call) = self.calls.get_mut(&key) else {
+        let Some(call) = self.calls.by_key.get_mut(&key) else {
             return;
         };
         let from_leg = to.other();
@@ -247,7 +252,7 @@ impl Engine {
     /// The ACK for a non-2xx final response to a client INVITE transaction (RFC 3261
     /// §17.1.1.3), when the transaction needs one now; it goes through the leg's hooks and header
     /// policy like every other message Bridgehead sends toward a trunk.
-    pub(crate) fn hop_by_hop_ack(
+    pub(super) fn hop_by_hop_ack(
         &mut self,
         id: TxnId,
         status: u16,
@@ -270,7 +275,7 @@ impl Engine {
             },
             ClientOwner::Local => return Some(ack),
         };
-        let Some(call) = self.calls.get(&key) else {
+        let Some(call) = self.calls.by_key.get(&key) else {
             return Some(ack);
         };
         let (script, trunk) = (call.script, call.leg(leg).trunk);

@@ -124,16 +124,16 @@ pub(super) fn retarget(uri: &str, peer: &Peer) -> String {
     out
 }
 
-impl Engine {
+impl B2bua<'_> {
     /// A request arrived.
-    pub(crate) fn on_request(&mut self, msg: Message, from: Peer, now: Instant) {
+    pub(super) fn on_request(&mut self, msg: Message, from: Peer, now: Instant) {
         let Some(method) = msg.method().cloned() else {
             return;
         };
         let info = match check_request(&msg) {
             Ok(info) => info,
             Err(fault) => {
-                self.stats.malformed += 1;
+                self.calls.stats.malformed += 1;
                 tracing::debug!(peer = %from.addr, %fault, "malformed request");
                 // An unknown method is answered 501 even when its CSeq does not match (RFC 4475
                 // §3.1.2.18): the method is the first thing Bridgehead cannot serve.
@@ -142,12 +142,12 @@ impl Engine {
                     _ => fault.status(),
                 };
                 if method != Method::Ack {
-                    self.reject_stateless(&msg, from, status, &fault.to_string(), now);
+                    self.reject_stateless(&msg, from, status, &fault.to_string());
                 }
                 return;
             }
         };
-        let Some(key) = Transactions::server_key(&msg, &method, &from) else {
+        let Some(key) = server_key(&msg, &method, &from) else {
             return;
         };
         if method == Method::Ack {
@@ -160,26 +160,31 @@ impl Engine {
             return;
         }
         if let Some(id) = self.txns.find_server(&key) {
-            self.server_retransmission(id, now);
+            self.server_retransmission(id);
             return;
         }
         // A request inside a dialog belongs to that leg's trunk, even when its source is not one
         // of the trunk's peers any more (a reload removed it) or never was (a rule routed the
         // call to another address).
         // (Local answers use the current version's trunks: the index must exist there too.)
-        let trunks = self.current.profile.trunks.len();
+        let trunks = self.calls.current.profile.trunks.len();
         let trunk = self
+            .calls
             .current
             .profile
             .trunk_for(from.listener, from.addr.ip())
             .or_else(|| {
                 let tag = info.to_tag.as_deref()?;
-                let (key, leg) = self.dialogs.get(&dialog_key(&info.call_id, Some(tag)))?;
-                let trunk = self.calls.get(key)?.leg(*leg).trunk;
+                let (key, leg) = self
+                    .calls
+                    .dialogs
+                    .get(&dialog_key(&info.call_id, Some(tag)))?;
+                let trunk = self.calls.by_key.get(key)?.leg(*leg).trunk;
                 (trunk < trunks).then_some(trunk)
             });
         let Some(trunk) = trunk else {
             let drop = self
+                .calls
                 .current
                 .profile
                 .listeners
@@ -190,7 +195,7 @@ impl Engine {
                 return;
             }
             tracing::info!(peer = %from.addr, "request from a source that belongs to no trunk");
-            self.reject_stateless(&msg, from, 403, "source belongs to no trunk", now);
+            self.reject_stateless(&msg, from, 403, "source belongs to no trunk");
             return;
         };
         let incoming = Incoming {
@@ -203,7 +208,7 @@ impl Engine {
             self.on_cancel(incoming, now);
             return;
         }
-        if let Some((status, extra)) = Engine::refuse_request(&incoming.msg) {
+        if let Some((status, extra)) = B2bua::refuse_request(&incoming.msg) {
             self.answer(incoming, status, &extra, now);
             return;
         }
@@ -307,7 +312,7 @@ impl Engine {
         for (name, value) in extra {
             response.push_header(name.clone(), value.clone());
         }
-        let script = self.current.rules.script_of(trunk);
+        let script = self.calls.current.rules.script_of(trunk);
         // Headers Bridgehead adds to its own answers are not subject to the header policy.
         let own = extra.iter().map(|(name, _)| name.clone()).collect();
         let (response, _) = self.outgoing_edited(None, script, Leg::A, trunk, response, own, None);
@@ -316,7 +321,7 @@ impl Engine {
     }
 
     pub(super) fn on_new_invite(&mut self, incoming: Incoming, info: RequestInfo, now: Instant) {
-        if let Some((status, extra)) = Engine::refuse_invite(&incoming.msg, &info) {
+        if let Some((status, extra)) = B2bua::refuse_invite(&incoming.msg, &info) {
             self.answer(incoming, status, &extra, now);
             return;
         }
@@ -326,7 +331,7 @@ impl Engine {
             from,
             trunk,
         } = incoming;
-        let rules = self.current.clone();
+        let rules = self.calls.current.clone();
         let script = rules.rules.script_of(trunk);
         let a_invite = self.create_server(key, msg.clone(), from, ServerOwner::Local);
         let a_tag = self.new_tag();
@@ -353,7 +358,7 @@ impl Engine {
         let route = match invite_decision(&rules, trunk, decision) {
             Some(RouteDecision::Route { trunk, peer, uri }) => Route { trunk, peer, uri },
             refused => {
-                self.stats.calls_failed += 1;
+                self.calls.stats.calls_failed += 1;
                 let answer = (a_invite, &msg, a.local_tag.as_str());
                 self.refuse_new_call(answer, (script, trunk), refused, now);
                 return;
@@ -395,13 +400,17 @@ impl Engine {
             unanchored: false,
             media_refused: None,
         };
-        self.dialogs.insert(call.a.dialog_key(), (call_key, Leg::A));
-        self.dialogs.insert(call.b.dialog_key(), (call_key, Leg::B));
-        self.calls.insert(call_key, call);
+        self.calls
+            .dialogs
+            .insert(call.a.dialog_key(), (call_key, Leg::A));
+        self.calls
+            .dialogs
+            .insert(call.b.dialog_key(), (call_key, Leg::B));
+        self.calls.by_key.insert(call_key, call);
         if let Some(entry) = self.txns.server_mut(a_invite) {
             entry.owner = ServerOwner::Invite(call_key);
         }
-        self.stats.calls_started += 1;
+        self.calls.stats.calls_started += 1;
         for action in &outcome.media {
             self.play(call_key, action);
         }
@@ -524,7 +533,7 @@ impl Engine {
         touched: Vec<HeaderName>,
         now: Instant,
     ) {
-        let Some(call) = self.calls.get(&key) else {
+        let Some(call) = self.calls.by_key.get(&key) else {
             return;
         };
         let (script, peer, dest, ingress) = (call.script, call.b.peer, call.b.trunk, call.ingress);
@@ -533,27 +542,28 @@ impl Engine {
             self.outgoing_edited(Some(key), script, Leg::B, dest, invite, touched, None);
         if let Some(err) = self
             .calls
+            .by_key
             .get_mut(&key)
             .and_then(|c| c.media_refused.take())
         {
-            tracing::warn!(call = %self.calls.get(&key).map_or("", |c| c.id.as_str()), "call refused: media not anchored: {err}");
-            self.stats.calls_failed += 1;
-            if let Some(server) = self.calls.get(&key).map(|c| c.a_invite) {
+            tracing::warn!(call = %self.calls.by_key.get(&key).map_or("", |c| c.id.as_str()), "call refused: media not anchored: {err}");
+            self.calls.stats.calls_failed += 1;
+            if let Some(server) = self.calls.by_key.get(&key).map(|c| c.a_invite) {
                 self.reply_local(key, Leg::A, server, 503, now);
             }
             self.end_call(key, "error", "sbc", now);
             return;
         }
         if let (true, ScriptErrorPolicy::Reject(status)) = (failed, policy) {
-            self.stats.calls_failed += 1;
-            if let Some(server) = self.calls.get(&key).map(|c| c.a_invite) {
+            self.calls.stats.calls_failed += 1;
+            if let Some(server) = self.calls.by_key.get(&key).map(|c| c.a_invite) {
                 self.reply_local(key, Leg::A, server, status, now);
             }
             self.end_call(key, "error", "sbc", now);
             return;
         }
         let b_invite = self.start_client(invite, peer, ClientOwner::Invite(key), now);
-        if let Some(call) = self.calls.get_mut(&key) {
+        if let Some(call) = self.calls.by_key.get_mut(&key) {
             call.b_invite = b_invite;
         }
     }
@@ -561,7 +571,7 @@ impl Engine {
     /// Serial failover: sends the call's INVITE again, as `on_invite` left it, on a fresh
     /// B-leg toward `route`. Returns false when the call cannot be routed again.
     pub(super) fn reroute(&mut self, key: CallKey, route: &Route, now: Instant) -> bool {
-        let Some(call) = self.calls.get(&key) else {
+        let Some(call) = self.calls.by_key.get(&key) else {
             return false;
         };
         if call.attempts >= MAX_ATTEMPTS {
@@ -576,7 +586,7 @@ impl Engine {
         let Some((b, invite)) = self.address_b_leg(&rules, draft, route, call_id, tag) else {
             return false;
         };
-        let Some(call) = self.calls.get_mut(&key) else {
+        let Some(call) = self.calls.by_key.get_mut(&key) else {
             return false;
         };
         tracing::info!(call = %call.id, trunk = %rules.profile.trunks[route.trunk].name, "failover");
@@ -585,8 +595,8 @@ impl Engine {
         call.state = CallState::Calling;
         call.invite_pending = true;
         let new_key = call.b.dialog_key();
-        self.dialogs.remove(&old.dialog_key());
-        self.dialogs.insert(new_key, (key, Leg::B));
+        self.calls.dialogs.remove(&old.dialog_key());
+        self.calls.dialogs.insert(new_key, (key, Leg::B));
         self.send_b_invite(key, invite, touched, now);
         true
     }
@@ -610,7 +620,7 @@ impl Engine {
                 reason,
                 headers,
             }) => {
-                self.stats.calls_failed += 1;
+                self.calls.stats.calls_failed += 1;
                 self.reject_call(key, status, &reason, headers, now);
                 self.end_call(key, "rejected", by, now);
                 true
@@ -628,7 +638,7 @@ impl Engine {
         headers: Vec<(HeaderName, String)>,
         now: Instant,
     ) {
-        let Some(call) = self.calls.get_mut(&key) else {
+        let Some(call) = self.calls.by_key.get_mut(&key) else {
             return;
         };
         call.a_final = Some(status);

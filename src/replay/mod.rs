@@ -452,14 +452,7 @@ impl Replay {
 
     /// The relay's id of the newest call whose A-leg Call-ID is `call_id`.
     fn media_call(&self, call_id: &str) -> Option<MediaCallId> {
-        let key = self
-            .engine
-            .calls
-            .iter()
-            .filter(|(_, call)| call.id == call_id)
-            .map(|(key, _)| *key)
-            .max()?;
-        Some(self.engine.media_call_id(key))
+        self.engine.media_call(call_id)
     }
 
     /// What the profile's media settings give each stream when it starts.

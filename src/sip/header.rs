@@ -109,6 +109,12 @@ pub fn param<'a>(text: &'a str, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.unwrap_or(""))
 }
 
+/// The value of the `branch` parameter of a Via header value.
+pub fn branch_of(via: &str) -> Option<&str> {
+    let params_at = via.find(';')?;
+    param(&via[params_at..], "branch")
+}
+
 /// Checks that every parameter is well formed.
 pub fn check_params(text: &str) -> Result<(), Malformed> {
     params(text).try_for_each(|p| p.map(|_| ()))

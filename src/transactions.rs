@@ -1,11 +1,12 @@
-//! The engine's transactions: the RFC 3261 client and server transactions of one shard, the
-//! indexes that match messages to them, and their timers. Sans-IO: each operation queues what
-//! happened as [`TxnEvent`]s (bytes to send, a timeout, the end of a transaction), which the
-//! engine drains in order and hands to the call layer.
+//! The transaction layer: the RFC 3261 client and server transactions of one shard, the
+//! indexes that match messages to them, and their timers. The engine owns it and lends it to
+//! the call layer for each input. Sans-IO: each operation queues what happened as
+//! [`TxnEvent`]s (bytes to send, a timeout, the end of a transaction), which the engine drains
+//! in order and hands to the call layer. Who waits for a transaction's outcome (`S` for server
+//! transactions, `C` for client ones) is the call layer's business: the table only keeps it.
 
-use crate::call::{ClientOwner, ServerOwner};
 use crate::shared::{Peer, Transmit, TxnId};
-use crate::sip::header::{split_list, Via};
+use crate::sip::header::{branch_of, split_list, Via};
 use crate::sip::transaction::{
     ClientTransaction, ServerTransaction, TimerConfig, TimerKind, TxnAction,
 };
@@ -15,23 +16,50 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::time::Instant;
 
+/// The key matching requests to server transactions: branch, sent-by and method (ACK
+/// matches its INVITE), plus the source address: a retransmission comes from where the
+/// original came from, and two peers that happen to pick the same branch stay apart.
+/// Requests without an RFC 3261 branch fall back to RFC 2543 matching.
+pub fn server_key(msg: &Message, method: &Method, source: &Peer) -> Option<String> {
+    let top = msg.header_str(&HeaderName::Via)?;
+    let top = split_list(top).next()?;
+    let via = Via::parse(top).ok()?;
+    let method = match method {
+        Method::Ack => "INVITE",
+        other => other.as_str(),
+    };
+    let sent_by = format!("{}:{}|{}", via.host, via.port.unwrap_or(0), source.addr);
+    match via.branch() {
+        Some(branch) if branch.starts_with("z9hG4bK") => {
+            Some(format!("{branch}|{sent_by}|{method}"))
+        }
+        _ => {
+            let call_id = msg.header_str(&HeaderName::CallId)?;
+            let cseq = msg.header_str(&HeaderName::CSeq)?;
+            let number = cseq.split_whitespace().next()?;
+            let from = msg.header_str(&HeaderName::From)?;
+            Some(format!("2543|{call_id}|{number}|{from}|{sent_by}|{method}"))
+        }
+    }
+}
+
 /// A server transaction and what Bridgehead knows about it.
-pub(crate) struct ServerEntry {
+pub(crate) struct ServerEntry<S> {
     pub txn: ServerTransaction,
     pub peer: Peer,
     /// The request, kept until the final response is sent (responses are built from it).
     pub request: Option<Message>,
     index_key: String,
-    pub owner: ServerOwner,
+    pub owner: S,
 }
 
 /// A client transaction and what Bridgehead knows about it.
-pub(crate) struct ClientEntry {
+pub(crate) struct ClientEntry<C> {
     pub txn: ClientTransaction,
     pub peer: Peer,
     pub request: Message,
     index_key: String,
-    pub owner: ClientOwner,
+    pub owner: C,
 }
 
 /// What a transaction did that the engine must act on, in order.
@@ -62,12 +90,12 @@ enum TimerTarget {
     Client(TxnId, TimerKind),
 }
 
-/// The transactions of one engine.
-pub(crate) struct Transactions {
+/// The transactions of one shard.
+pub(crate) struct Transactions<S, C> {
     config: TimerConfig,
-    servers: HashMap<TxnId, ServerEntry>,
+    servers: HashMap<TxnId, ServerEntry<S>>,
     server_index: HashMap<String, TxnId>,
-    clients: HashMap<TxnId, ClientEntry>,
+    clients: HashMap<TxnId, ClientEntry<C>>,
     client_index: HashMap<String, TxnId>,
     timers: BinaryHeap<Reverse<(Instant, u64, TimerTarget)>>,
     timer_seq: u64,
@@ -75,8 +103,8 @@ pub(crate) struct Transactions {
     events: VecDeque<TxnEvent>,
 }
 
-impl Transactions {
-    pub fn new(config: TimerConfig) -> Transactions {
+impl<S, C> Transactions<S, C> {
+    pub fn new(config: TimerConfig) -> Transactions<S, C> {
         Transactions {
             config,
             servers: HashMap::new(),
@@ -90,34 +118,7 @@ impl Transactions {
         }
     }
 
-    /// The key matching requests to server transactions: branch, sent-by and method (ACK
-    /// matches its INVITE), plus the source address: a retransmission comes from where the
-    /// original came from, and two peers that happen to pick the same branch stay apart.
-    /// Requests without an RFC 3261 branch fall back to RFC 2543 matching.
-    pub fn server_key(msg: &Message, method: &Method, source: &Peer) -> Option<String> {
-        let top = msg.header_str(&HeaderName::Via)?;
-        let top = split_list(top).next()?;
-        let via = Via::parse(top).ok()?;
-        let method = match method {
-            Method::Ack => "INVITE",
-            other => other.as_str(),
-        };
-        let sent_by = format!("{}:{}|{}", via.host, via.port.unwrap_or(0), source.addr);
-        match via.branch() {
-            Some(branch) if branch.starts_with("z9hG4bK") => {
-                Some(format!("{branch}|{sent_by}|{method}"))
-            }
-            _ => {
-                let call_id = msg.header_str(&HeaderName::CallId)?;
-                let cseq = msg.header_str(&HeaderName::CSeq)?;
-                let number = cseq.split_whitespace().next()?;
-                let from = msg.header_str(&HeaderName::From)?;
-                Some(format!("2543|{call_id}|{number}|{from}|{sent_by}|{method}"))
-            }
-        }
-    }
-
-    /// The server transaction a request matches (by [`Transactions::server_key`]).
+    /// The server transaction a request matches (by [`server_key`]).
     pub fn find_server(&self, key: &str) -> Option<TxnId> {
         self.server_index.get(key).copied()
     }
@@ -129,15 +130,15 @@ impl Transactions {
             .copied()
     }
 
-    pub fn server(&self, id: TxnId) -> Option<&ServerEntry> {
+    pub fn server(&self, id: TxnId) -> Option<&ServerEntry<S>> {
         self.servers.get(&id)
     }
 
-    pub fn server_mut(&mut self, id: TxnId) -> Option<&mut ServerEntry> {
+    pub fn server_mut(&mut self, id: TxnId) -> Option<&mut ServerEntry<S>> {
         self.servers.get_mut(&id)
     }
 
-    pub fn client(&self, id: TxnId) -> Option<&ClientEntry> {
+    pub fn client(&self, id: TxnId) -> Option<&ClientEntry<C>> {
         self.clients.get(&id)
     }
 
@@ -153,7 +154,7 @@ impl Transactions {
         key: String,
         request: Message,
         peer: Peer,
-        owner: ServerOwner,
+        owner: S,
     ) {
         let invite = request.method() == Some(&Method::Invite);
         let txn = ServerTransaction::new(invite, peer.transport.is_reliable(), self.config);
@@ -194,7 +195,7 @@ impl Transactions {
         id: TxnId,
         (request, bytes): (Message, Bytes),
         peer: Peer,
-        owner: ClientOwner,
+        owner: C,
         now: Instant,
     ) {
         let method = request
@@ -203,7 +204,7 @@ impl Transactions {
             .unwrap_or_default();
         let branch = request
             .header_str(&HeaderName::Via)
-            .and_then(crate::call::build::branch_of)
+            .and_then(branch_of)
             .unwrap_or_default()
             .to_string();
         let index_key = format!("{branch}|{method}");
@@ -263,6 +264,12 @@ impl Transactions {
             entry.txn.on_request_retransmission(&mut self.actions);
             self.apply_server_actions(id);
         }
+    }
+
+    /// Sends bytes that belong to no transaction (a stateless answer, an end-to-end ACK), in
+    /// order with the transactions' own.
+    pub fn send_stateless(&mut self, transmit: Transmit) {
+        self.events.push_back(TxnEvent::Transmit(transmit));
     }
 
     /// Ends a client transaction at once (its transport failed): no more retransmissions.

@@ -1,0 +1,274 @@
+//! The sans-IO engine of one shard, driven by the tokio runtime in production and by the replay
+//! harness and tests on virtual time.
+//!
+//! Shaped like quinn-proto's `Endpoint`: `handle_*` for what happened (a datagram, a parsed
+//! message, the clock reaching a deadline, a media event, a transport error), then
+//! `poll_transmit` / `poll_timeout` / `poll_media` for what the driver must do now. The engine
+//! owns the transaction layer (`transactions`: the table, indexes and timers, emitting events)
+//! and the call layer (`call::Calls`), turns each input into a typed [`CallInput`], lends the
+//! call layer the transaction table for it, and drains the transactions' events afterwards:
+//! bytes to send, and timeouts that go back to the call layer as inputs. It never touches a
+//! socket, a clock or a file.
+
+use crate::call::{CallInput, Calls, Txns};
+use crate::config::Profile;
+use crate::media::{MediaCallId, MediaCommand, MediaEvent};
+use crate::script::RuleSet;
+use crate::shared::{Peer, Transmit};
+use crate::sip::header::branch_of;
+use crate::sip::transaction::TimerConfig;
+use crate::sip::{parse_message, Framing, HeaderName, Message};
+use crate::transactions::TxnEvent;
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Counters of what the engine did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    pub messages_in: u64,
+    pub messages_out: u64,
+    /// Requests answered 4xx/5xx for being malformed, and malformed responses dropped.
+    pub malformed: u64,
+    pub calls_started: u64,
+    pub calls_answered: u64,
+    pub calls_failed: u64,
+    pub script_errors: u64,
+    /// SDPs that could not be anchored (no media ports left).
+    pub media_failures: u64,
+    /// Messages the transport could not send (RFC 3261 §18.4).
+    pub transport_errors: u64,
+    /// Requests sent over TCP instead of UDP for their size (RFC 3261 §18.1.1).
+    pub switched_to_tcp: u64,
+}
+
+/// What the engine itself counts (the call layer counts the rest).
+#[derive(Clone, Copy, Debug, Default)]
+struct Traffic {
+    messages_in: u64,
+    messages_out: u64,
+    unparsable: u64,
+    transport_errors: u64,
+}
+
+/// The sans-IO SIP engine of one shard.
+pub struct Engine {
+    /// The transactions, their indexes and timers.
+    txns: Txns,
+    /// The calls, their dialogs and the rule-set version new calls take.
+    calls: Calls,
+    transmits: VecDeque<Transmit>,
+    traffic: Traffic,
+}
+
+impl Engine {
+    /// An engine for shard `shard` of `shards`, running one rule-set version (a profile and
+    /// its rules compiled for this shard).
+    pub fn new(rules: Arc<RuleSet>, shard: usize, shards: usize) -> Engine {
+        Engine {
+            txns: Txns::new(TimerConfig::default()),
+            calls: Calls::new(rules, shard, shards),
+            transmits: VecDeque::new(),
+            traffic: Traffic::default(),
+        }
+    }
+
+    /// Makes the media port pool bind each port before handing it out (the runtime's relay
+    /// keeps the sockets); without a binder ports are only numbers, as in the replay harness.
+    pub fn set_port_binder(&mut self, binder: Box<dyn crate::media::PortBinder>) {
+        self.calls.set_port_binder(binder);
+    }
+
+    /// What the engine did so far.
+    pub fn stats(&self) -> EngineStats {
+        let calls = self.calls.stats();
+        EngineStats {
+            messages_in: self.traffic.messages_in,
+            messages_out: self.traffic.messages_out,
+            malformed: self.traffic.unparsable + calls.malformed,
+            calls_started: calls.calls_started,
+            calls_answered: calls.calls_answered,
+            calls_failed: calls.calls_failed,
+            script_errors: calls.script_errors,
+            media_failures: calls.media_failures,
+            transport_errors: self.traffic.transport_errors,
+            switched_to_tcp: calls.switched_to_tcp,
+        }
+    }
+
+    /// Makes `rules` the version new calls take. Calls in progress finish on theirs.
+    pub fn reload(&mut self, rules: Arc<RuleSet>) {
+        self.calls.reload(rules);
+    }
+
+    /// The version new calls take.
+    pub fn version(&self) -> u64 {
+        self.calls.current().version
+    }
+
+    /// Calls in progress per rule-set version, oldest first.
+    pub fn calls_by_version(&self) -> Vec<(u64, usize)> {
+        self.calls.by_version()
+    }
+
+    /// The next command for the media relay (streams to relay, calls to close).
+    pub fn poll_media(&mut self) -> Option<MediaCommand> {
+        self.calls.poll_media()
+    }
+
+    /// A media event the relay reported for a call (by its relay id); see
+    /// [`Engine::handle_media_event`].
+    pub fn handle_relay_event(&mut self, call: MediaCallId, event: &MediaEvent, now: Instant) {
+        if let Some(key) = self.calls.relayed(call) {
+            self.handle(CallInput::Media { call: key, event }, now);
+        }
+    }
+
+    /// A media event (a DTMF digit, an RTP timeout, a quality report) for the call whose A-leg
+    /// Call-ID is `call_id` (the newest such call, when a caller reused its Call-ID), as the
+    /// relay would report it: `on_media` hears it, then the digit goes on or the timed-out
+    /// call is hung up. Returns false when no such call exists.
+    pub fn handle_media_event(&mut self, call_id: &str, event: &MediaEvent, now: Instant) -> bool {
+        let Some(key) = self.calls.newest(call_id) else {
+            return false;
+        };
+        self.handle(CallInput::Media { call: key, event }, now);
+        true
+    }
+
+    /// The relay's id of the newest call whose A-leg Call-ID is `call_id`.
+    pub(crate) fn media_call(&self, call_id: &str) -> Option<MediaCallId> {
+        self.calls
+            .newest(call_id)
+            .map(|key| self.calls.media_call_id(key))
+    }
+
+    /// Calls in progress.
+    pub fn active_calls(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// Transactions in progress (server + client).
+    pub fn active_transactions(&self) -> usize {
+        self.txns.len()
+    }
+
+    /// The profile new calls take.
+    pub fn profile(&self) -> &Profile {
+        &self.calls.current().profile
+    }
+
+    /// Makes every random value from now on (tags, branches, Call-IDs, SRTP keys) follow
+    /// `seed`: the replay harness repeats a run byte for byte.
+    pub fn seed_random(&mut self, seed: u64) {
+        self.calls.seed_random(seed);
+    }
+
+    /// A datagram (UDP) arrived from `from`.
+    pub fn handle_datagram(&mut self, bytes: Bytes, from: Peer, now: Instant) {
+        match parse_message(&bytes, Framing::Datagram) {
+            Ok((msg, _)) => self.handle_message(msg, from, now),
+            Err(err) => self.handle_malformed(err, from, now),
+        }
+    }
+
+    /// A message arrived that could not be parsed as it is: answer it if it is a request that
+    /// can be answered, drop it otherwise.
+    pub fn handle_malformed(&mut self, err: crate::sip::ParseError, from: Peer, now: Instant) {
+        self.traffic.messages_in += 1;
+        self.traffic.unparsable += 1;
+        tracing::debug!(peer = %from.addr, fault = %err.fault, "malformed message");
+        if let Some(partial) = err.partial {
+            let input = CallInput::Unparsable {
+                partial: *partial,
+                fault: err.fault,
+                from,
+            };
+            self.handle(input, now);
+        }
+    }
+
+    /// A parsed message arrived from `from`.
+    pub fn handle_message(&mut self, msg: Message, from: Peer, now: Instant) {
+        self.traffic.messages_in += 1;
+        self.handle(CallInput::Message { msg, from }, now);
+    }
+
+    /// The clock reached a deadline returned by [`Engine::poll_timeout`].
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while self.txns.fire_next_timer(now) {
+            self.drain_transactions(now);
+        }
+    }
+
+    /// The driver could not send `transmit` (RFC 3261 §18.4: a transport error, such as a
+    /// datagram too big, a refused or reset connection). A request's client transaction ends
+    /// as if the far end answered 503 (§8.1.3.1): the call fails over (`on_failure` sees the
+    /// 503) or the caller hears 503 at once, instead of waiting for Timer B.
+    pub fn handle_transport_error(&mut self, transmit: &Transmit, error: &str, now: Instant) {
+        self.traffic.transport_errors += 1;
+        let peer = transmit.peer.addr;
+        let Ok(msg) = Message::parse(&transmit.bytes) else {
+            tracing::warn!(%peer, "cannot send: {error}");
+            return;
+        };
+        let Some(method) = msg.method().map(|m| m.as_str().to_string()) else {
+            tracing::warn!(%peer, status = msg.status(), "cannot send a response: {error}");
+            return;
+        };
+        let client = msg
+            .header_str(&HeaderName::Via)
+            .and_then(branch_of)
+            .and_then(|branch| self.txns.find_client(branch, &method));
+        let Some(id) = client else {
+            tracing::warn!(%peer, %method, "cannot send: {error}");
+            return;
+        };
+        tracing::warn!(%peer, %method, "cannot send: {error}: the request fails with 503");
+        self.calls
+            .with(&mut self.txns)
+            .handle(CallInput::ClientFailed { id, status: 503 }, now);
+        self.txns.abandon_client(id);
+        self.drain_transactions(now);
+    }
+
+    /// The next instant at which [`Engine::handle_timeout`] must be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.txns.poll_timeout()
+    }
+
+    /// The next message to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// Hands one input to the call layer, lending it the transaction table, then drains what
+    /// the transactions did.
+    fn handle(&mut self, input: CallInput<'_>, now: Instant) {
+        self.calls.with(&mut self.txns).handle(input, now);
+        self.drain_transactions(now);
+    }
+
+    /// Takes what the transactions did, in order: bytes to send go to the driver, timeouts go
+    /// back to the call layer (whose answers queue more events, drained in the same loop), and
+    /// transactions that ended are forgotten once the events before theirs were handled.
+    fn drain_transactions(&mut self, now: Instant) {
+        while let Some(event) = self.txns.poll_event() {
+            let input = match event {
+                TxnEvent::Transmit(transmit) => {
+                    self.traffic.messages_out += 1;
+                    self.transmits.push_back(transmit);
+                    continue;
+                }
+                TxnEvent::ServerTimedOut(id) => CallInput::ServerTimedOut(id),
+                TxnEvent::ClientTimedOut(id) => CallInput::ClientFailed { id, status: 408 },
+                TxnEvent::ServerEnded(_) | TxnEvent::ClientEnded(_) => {
+                    self.txns.forget(&event);
+                    continue;
+                }
+            };
+            self.calls.with(&mut self.txns).handle(input, now);
+        }
+    }
+}
