@@ -3,11 +3,11 @@
 //! of one rule hook per message, and a rule-set reload.
 
 use bridgehead::config::{Profile, Transport};
-use bridgehead::engine::Engine;
 use bridgehead::script::{Hook, HookArgs, HookCall, HookMessage, RuleMetrics, RuleSet, Rules};
-use bridgehead::shared::Peer;
 use bridgehead::sip::response_to;
 use bridgehead::sip::{HeaderName, Message};
+use bridgehead::Engine;
+use bridgehead::Peer;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use rsip::message::HasHeaders;

@@ -5,21 +5,26 @@
 //! The entry points:
 //! - [`Profile`]: a profile loaded and validated (`file:line` errors);
 //! - [`RuleSet`]: one version of a profile's rules compiled for one shard;
-//! - [`Engine`]: the sans-IO core of one shard (`handle_*` what happened, `poll_*` what to do);
+//! - [`Engine`]: the sans-IO core of one shard (`handle_*` what happened, `poll_*` what to do),
+//!   with the vocabulary of its inputs and outputs ([`Peer`], [`Transmit`], [`Leg`]);
 //! - [`run`]: the tokio runtime serving a profile until stopped;
 //! - [`replay`]: scenarios and captures through the real engine, offline.
 //!
-//! The B2BUA itself (`call`) and the socket transports (`transport`) are internal.
+//! The floors an embedder or a test builds messages with stay public: [`sip`] (the message
+//! model), [`sdp`], [`config`] (profiles), [`media`] (media commands and events, the relay, the
+//! DSP) and [`script`] (rule sets, the Lua unit-test runner). The B2BUA (`call`), the
+//! transaction layer (`transactions`), the engine's and runtime's modules and the socket
+//! transports (`transport`) are internal.
 
 mod call;
 pub mod config;
-pub mod engine;
+mod engine;
 pub mod media;
 pub mod replay;
-pub mod runtime;
+mod runtime;
 pub mod script;
 pub mod sdp;
-pub mod shared;
+mod shared;
 pub mod sip;
 mod transactions;
 mod transport;
@@ -28,3 +33,4 @@ pub use config::Profile;
 pub use engine::{Engine, EngineStats};
 pub use runtime::run;
 pub use script::RuleSet;
+pub use shared::{ConnId, Leg, Peer, Transmit};

@@ -166,7 +166,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match bridgehead::runtime::run(profile) {
+            match bridgehead::run(profile) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     eprintln!("bridgehead: {err:#}");

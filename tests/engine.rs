@@ -2,14 +2,14 @@
 
 use bridgehead::config::TonePlan;
 use bridgehead::config::{Profile, Transport};
-use bridgehead::engine::Engine;
 use bridgehead::media::player::Sound;
 use bridgehead::media::MediaCommand;
 use bridgehead::media::{DtmfMethod, MediaCallId, MediaEvent};
 use bridgehead::script::{RuleMetrics, RuleSet};
-use bridgehead::shared::Leg;
-use bridgehead::shared::Peer;
 use bridgehead::sip::{HeaderName, Message};
+use bridgehead::Engine;
+use bridgehead::Leg;
+use bridgehead::Peer;
 use bytes::Bytes;
 use std::path::Path;
 use std::sync::Arc;
@@ -1483,7 +1483,7 @@ fn without_media_a_changed_info_digit_goes_on_as_a_new_info() {
 
 /// A new call from the core; returns the B-leg INVITE as the engine would transmit it (peer,
 /// transport and bytes).
-fn b_invite_transmit(sim: &mut Sim, call_id: &str, extra: &str) -> bridgehead::shared::Transmit {
+fn b_invite_transmit(sim: &mut Sim, call_id: &str, extra: &str) -> bridgehead::Transmit {
     let text = invite(call_id, &format!("z9hG4bK{call_id}"), extra);
     sim.engine.handle_datagram(
         Bytes::from(with_length(&text)),

@@ -4,11 +4,11 @@
 //! both parse a message of the RFC 4475/5118 torture corpus, they agree on what it is.
 
 use bridgehead::config::{Profile, Transport};
-use bridgehead::engine::Engine;
 use bridgehead::script::{RuleMetrics, RuleSet};
 use bridgehead::sdp::Sdp;
-use bridgehead::shared::{Peer, Transmit};
 use bridgehead::sip::{HeaderName, Message, StartLine};
+use bridgehead::Engine;
+use bridgehead::{Peer, Transmit};
 use bytes::Bytes;
 use rsip::prelude::*;
 use std::path::Path;

@@ -26,6 +26,8 @@ mod inputs;
 mod offer_answer;
 mod responses;
 mod setup;
+#[cfg(test)]
+mod tests;
 mod transactions;
 
 use crate::config::{HeaderPolicy, ScriptErrorPolicy, TrunkId};
@@ -449,61 +451,4 @@ pub(crate) struct HookOutcome {
     /// Media actions asked for before the call existed (`on_invite`).
     media: Vec<crate::script::MediaAction>,
     failed: bool,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::setup::retarget;
-    use super::*;
-
-    #[test]
-    fn a_call_steps_through_its_states() {
-        let answered = CallState::Answered { at: Instant::now() };
-        // Rings, then the caller cancels: the CANCEL goes at once.
-        let (state, cancel_now) = CallState::Calling.provisional();
-        assert_eq!((state, cancel_now), (CallState::Proceeding, false));
-        assert!(state.rang());
-        assert_eq!(
-            state.cancel(),
-            (CallState::Cancelled { cancel_sent: true }, true)
-        );
-        // Cancelled before any provisional: the CANCEL waits for the first one (RFC 3261 §9.1).
-        let (state, cancel_now) = CallState::Calling.cancel();
-        assert_eq!(
-            (state, cancel_now),
-            (CallState::Cancelled { cancel_sent: false }, false)
-        );
-        assert!(state.is_cancelled() && !state.rang());
-        assert_eq!(
-            state.provisional(),
-            (CallState::Cancelled { cancel_sent: true }, true)
-        );
-        // Later provisionals change nothing.
-        let sent = CallState::Cancelled { cancel_sent: true };
-        assert_eq!(sent.provisional(), (sent, false));
-        assert_eq!(
-            CallState::Proceeding.provisional(),
-            (CallState::Proceeding, false)
-        );
-        assert_eq!(answered.provisional(), (answered, false));
-        assert!(!answered.rang() && !answered.is_cancelled());
-    }
-
-    #[test]
-    fn retarget_keeps_user_and_params() {
-        let peer = Peer {
-            listener: 0,
-            transport: crate::config::Transport::Tcp,
-            addr: "127.0.0.1:5080".parse().unwrap(),
-            conn: None,
-        };
-        assert_eq!(
-            retarget("sip:+15550100@example.com;user=phone;transport=udp", &peer),
-            "sip:+15550100@127.0.0.1:5080;user=phone;transport=tcp"
-        );
-        assert_eq!(
-            retarget("tel:+15550100", &peer),
-            "sip:+15550100@127.0.0.1:5080;user=phone;transport=tcp"
-        );
-    }
 }
