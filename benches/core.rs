@@ -7,7 +7,7 @@ use bridgehead::script::{Hook, HookArgs, HookCall, HookMessage, RuleMetrics, Rul
 use bridgehead::sip::response_to;
 use bridgehead::sip::{HeaderName, Message};
 use bridgehead::Engine;
-use bridgehead::Peer;
+use bridgehead::{Leg, Peer};
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use rsip::message::HasHeaders;
@@ -196,7 +196,7 @@ fn hooks(c: &mut Criterion) {
     group.bench_function("hook_reads_from_sets_two_headers", |b| {
         let mut call = HookCall::new("bench".into(), 0, None);
         b.iter(|| {
-            let mut hooked = HookMessage::new(message.clone(), "b", "t0".into());
+            let mut hooked = HookMessage::new(message.clone(), Leg::B, "t0".into());
             rules
                 .run(
                     rules.script_of(0),
@@ -210,7 +210,7 @@ fn hooks(c: &mut Criterion) {
     });
     group.bench_function("no_hook_baseline", |b| {
         b.iter(|| {
-            let hooked = HookMessage::new(message.clone(), "b", "t0".into());
+            let hooked = HookMessage::new(message.clone(), Leg::B, "t0".into());
             hooked.msg.headers.len()
         })
     });

@@ -104,7 +104,7 @@ impl B2bua<'_> {
             return None;
         }
         let trunk = call.rules.profile.trunks[call.b.trunk].name.clone();
-        let mut hooked = HookMessage::new(msg.clone(), Leg::B.name(), trunk);
+        let mut hooked = HookMessage::new(msg.clone(), Leg::B, trunk);
         self.run_call_hook(key, hook, HookArgs::Message(&mut hooked))
             .decision
     }
@@ -150,7 +150,7 @@ impl B2bua<'_> {
         let filtering = has_sdp && !codecs.is_empty() && sdp_kind(&msg, request_had_sdp) == "offer";
         let wants_sdp = has_sdp && rules.rules.has_hook(script, Hook::Sdp);
         let wants_message = rules.rules.has_hook(script, hook);
-        let mut hooked = HookMessage::new(msg, leg.name(), String::new());
+        let mut hooked = HookMessage::new(msg, leg, String::new());
         hooked.touched = touched;
         let mut failed = false;
         let (call_id, ingress) = call
@@ -177,7 +177,7 @@ impl B2bua<'_> {
                         let args = HookArgs::Sdp {
                             sdp: shared.clone(),
                             kind,
-                            leg: leg.name(),
+                            leg,
                             msg: &mut hooked,
                         };
                         failed |= self

@@ -34,13 +34,13 @@ impl B2bua<'_> {
                         .txns
                         .client(id)
                         .map(|entry| response_to(&entry.request, status, None, None));
-                    if failure.is_some_and(|f| self.on_failure(key, &f, "sbc", now)) {
+                    if failure.is_some_and(|f| self.on_failure(key, &f, None, now)) {
                         return;
                     }
                     self.calls.stats.calls_failed += 1;
                     self.reply_local(key, Leg::A, server, status, now);
                 }
-                self.end_call(key, reason, "sbc", now);
+                self.end_call(key, reason, None, now);
             }
             ClientOwner::Relay { call: key, server } => {
                 let Some(entry) = self.txns.server(server) else {
@@ -59,7 +59,7 @@ impl B2bua<'_> {
                     self.send_bye(key, requester, now);
                 }
                 if status == 408 || is_bye {
-                    self.end_call(key, reason, "sbc", now);
+                    self.end_call(key, reason, None, now);
                 }
             }
             ClientOwner::Local => {}
@@ -114,7 +114,7 @@ impl B2bua<'_> {
         &mut self,
         key: CallKey,
         reason: &'static str,
-        by: &'static str,
+        by: Option<Leg>,
         now: Instant,
     ) {
         if let Some(call) = self.calls.by_key.get(&key) {
@@ -136,7 +136,7 @@ impl B2bua<'_> {
             }
         }
         if let Some(call) = self.calls.by_key.remove(&key) {
-            tracing::debug!(call = %call.id, reason, by, "call ended");
+            tracing::debug!(call = %call.id, reason, by = by.map_or("sbc", Leg::name), "call ended");
             if !call.streams.is_empty() {
                 self.calls.media_commands.push_back(MediaCommand::Close {
                     call: self.media_call_id(key),

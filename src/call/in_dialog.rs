@@ -219,6 +219,6 @@ impl B2bua<'_> {
     pub(super) fn hang_up(&mut self, key: CallKey, now: Instant) {
         self.send_bye(key, Leg::A, now);
         self.send_bye(key, Leg::B, now);
-        self.end_call(key, "timeout", "sbc", now);
+        self.end_call(key, "timeout", None, now);
     }
 }

@@ -249,7 +249,7 @@ impl B2bua<'_> {
                 });
             }
         }
-        let ringback = crate::script::MediaAction::PlayRingback { leg: "a" };
+        let ringback = crate::script::MediaAction::PlayRingback { leg: Leg::A };
         self.play(key, &ringback);
     }
 
@@ -281,7 +281,7 @@ impl B2bua<'_> {
         let (leg, sound) = match action {
             crate::script::MediaAction::PlayRingback { leg } => {
                 // The plan of the trunk that hears it, else the media section's.
-                let trunk = call.leg(if *leg == "a" { Leg::A } else { Leg::B }).trunk;
+                let trunk = call.leg(*leg).trunk;
                 let profile = &call.rules.profile;
                 let plan = profile.trunks[trunk]
                     .ringback
@@ -297,7 +297,7 @@ impl B2bua<'_> {
                 },
             ),
         };
-        self.play_sound(key, if leg == "a" { Leg::A } else { Leg::B }, sound);
+        self.play_sound(key, leg, sound);
     }
 
     /// Asks the relay to play a sound toward one leg of a call.

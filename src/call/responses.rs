@@ -117,7 +117,7 @@ impl B2bua<'_> {
                 // The caller gave up first: acknowledge and hang up the callee.
                 self.ack_leg(key, Leg::B, None);
                 self.send_bye(key, Leg::B, now);
-                self.end_call(key, "cancel", "a", now);
+                self.end_call(key, "cancel", Some(Leg::A), now);
                 return;
             }
             call.state = CallState::Answered { at: now };
@@ -130,10 +130,10 @@ impl B2bua<'_> {
         } else {
             call.invite_pending = false;
             if call.state.is_cancelled() {
-                self.end_call(key, "cancel", "a", now);
+                self.end_call(key, "cancel", Some(Leg::A), now);
                 return;
             }
-            if self.on_failure(key, &msg, "b", now) {
+            if self.on_failure(key, &msg, Some(Leg::B), now) {
                 return;
             }
             self.calls.stats.calls_failed += 1;
@@ -155,7 +155,7 @@ impl B2bua<'_> {
             }
         }
         if status >= 300 {
-            self.end_call(key, "rejected", "b", now);
+            self.end_call(key, "rejected", Some(Leg::B), now);
         }
     }
 
@@ -245,7 +245,7 @@ impl B2bua<'_> {
         }
         self.relay_response_to(key, to, server, &msg, now);
         if method == Method::Bye && status >= 200 {
-            self.end_call(key, "bye", to.name(), now);
+            self.end_call(key, "bye", Some(to), now);
         }
     }
 

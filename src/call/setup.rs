@@ -344,7 +344,7 @@ impl B2bua<'_> {
         let mut draft = b_leg_draft(&msg, &info, &a);
         let (b_call_id, b_tag) = self.fresh_b_identity(&mut draft);
 
-        let mut hooked = HookMessage::new(draft, Leg::B.name(), String::new());
+        let mut hooked = HookMessage::new(draft, Leg::B, String::new());
         let mut outcome = self.run_hook(
             &rules,
             None,
@@ -551,7 +551,7 @@ impl B2bua<'_> {
             if let Some(server) = self.calls.by_key.get(&key).map(|c| c.a_invite) {
                 self.reply_local(key, Leg::A, server, 503, now);
             }
-            self.end_call(key, "error", "sbc", now);
+            self.end_call(key, "error", None, now);
             return;
         }
         if let (true, ScriptErrorPolicy::Reject(status)) = (failed, policy) {
@@ -559,7 +559,7 @@ impl B2bua<'_> {
             if let Some(server) = self.calls.by_key.get(&key).map(|c| c.a_invite) {
                 self.reply_local(key, Leg::A, server, status, now);
             }
-            self.end_call(key, "error", "sbc", now);
+            self.end_call(key, "error", None, now);
             return;
         }
         let b_invite = self.start_client(invite, peer, ClientOwner::Invite(key), now);
@@ -608,7 +608,7 @@ impl B2bua<'_> {
         &mut self,
         key: CallKey,
         failure: &Message,
-        by: &'static str,
+        by: Option<Leg>,
         now: Instant,
     ) -> bool {
         match self.lifecycle_hook(key, Hook::Failure, failure) {

@@ -23,6 +23,7 @@ pub use sdp_api::SharedSdp;
 
 use crate::config::{Profile, TrunkId};
 use crate::media::MediaEvent;
+use crate::shared::Leg;
 use mlua::{Function, Lua, Table, Value};
 use sandbox::{Budget, Modules};
 use std::collections::{BTreeMap, HashMap};
@@ -299,7 +300,7 @@ pub enum HookArgs<'a> {
     Sdp {
         sdp: SharedSdp,
         kind: &'static str,
-        leg: &'static str,
+        leg: Leg,
         msg: &'a mut HookMessage,
     },
     /// A media event (on_media).
@@ -312,8 +313,8 @@ impl HookArgs<'_> {
     /// The leg the hook is about, as `call.leg` shows it.
     fn leg(&self) -> Option<&'static str> {
         match self {
-            HookArgs::Message(msg) => Some(msg.leg),
-            HookArgs::Sdp { leg, .. } => Some(leg),
+            HookArgs::Message(msg) => Some(msg.leg.name()),
+            HookArgs::Sdp { leg, .. } => Some(leg.name()),
             HookArgs::Media(event) => Some(event.leg().name()),
             HookArgs::CallEnd(_) => None,
         }
@@ -445,7 +446,7 @@ impl Rules {
                 } => {
                     let ctx = self.lua.create_table()?;
                     ctx.raw_set("kind", kind)?;
-                    ctx.raw_set("leg", leg)?;
+                    ctx.raw_set("leg", leg.name())?;
                     ctx.raw_set("msg", scope.create_userdata_ref_mut(msg)?)?;
                     function.call::<()>((call, sdp_api::LuaSdp(sdp), ctx))
                 }

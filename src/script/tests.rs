@@ -27,7 +27,7 @@ fn message() -> HookMessage {
         b"INVITE sip:+15550100@example.com;user=phone SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: \"Alice\" <sip:+15550199@example.com>;tag=a\r\nTo: <tel:+15550100>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nX-A: 1\r\nX-A: 2\r\n\r\n",
     ))
     .expect("valid");
-    HookMessage::new(msg, "b", "teams".to_string())
+    HookMessage::new(msg, Leg::B, "teams".to_string())
 }
 
 fn call(_rules: &Rules) -> HookCall {
@@ -254,7 +254,7 @@ fn ims_invite() -> HookMessage {
         b"INVITE sip:+15550100@example.com SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:+15550199@ims.example>;tag=a\r\nTo: <tel:+15550100>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nP-Asserted-Identity: \"Alice\" <sip:+15550199@ims.example;user=phone>\r\nP-Asserted-Identity: <tel:+15550199>\r\nDiversion: <sip:+15550101@ims.example>;reason=unconditional;counter=1\r\nDiversion: <sip:+15550102@ims.example>;reason=no-answer;counter=1\r\nHistory-Info: <sip:+15550100@ims.example>;index=1, <sip:+15550103@ims.example>;index=1.1\r\nX-Internal-Route: core-7\r\nx-internal-trace: 42\r\nX-Keep: yes\r\n\r\n",
     ))
     .expect("valid");
-    HookMessage::new(msg, "b", "teams".to_string())
+    HookMessage::new(msg, Leg::B, "teams".to_string())
 }
 
 #[test]
@@ -784,7 +784,7 @@ return r
             HookArgs::Sdp {
                 sdp: sdp.clone(),
                 kind: "offer",
-                leg: "b",
+                leg: Leg::B,
                 msg: &mut msg,
             },
         )
@@ -884,13 +884,13 @@ fn media_actions_are_validated_and_queued() {
     assert_eq!(
         call.media_actions,
         [
-            MediaAction::PlayRingback { leg: "a" },
+            MediaAction::PlayRingback { leg: Leg::A },
             MediaAction::SendDtmf {
-                leg: "b",
+                leg: Leg::B,
                 digits: "12*#AB".into()
             },
             MediaAction::SendDtmf {
-                leg: "a",
+                leg: Leg::A,
                 digits: "9".into()
             },
         ]

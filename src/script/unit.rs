@@ -17,6 +17,7 @@
 use super::api::{HookCall, HookMessage, RouteDecision, RuleContext};
 use super::{rule_state, sandbox, RuleMetrics, ScriptError};
 use crate::config::Profile;
+use crate::shared::Leg;
 use crate::sip::Message;
 use bytes::Bytes;
 use mlua::{AnyUserData, Function, Lua, Table, Value};
@@ -134,8 +135,8 @@ fn test_api(lua: &Lua) -> mlua::Result<Table> {
             .flatten()
             .as_deref()
         {
-            Some("a") => "a",
-            _ => "b",
+            Some("a") => Leg::A,
+            _ => Leg::B,
         };
         let trunk = opts
             .as_ref()
