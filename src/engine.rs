@@ -14,7 +14,7 @@ use crate::call::{CallInput, Calls, Txns};
 use crate::config::Profile;
 use crate::media::{MediaCallId, MediaCommand, MediaEvent};
 use crate::script::RuleSet;
-use crate::shared::{Peer, Transmit};
+use crate::shared::{EngineStats, Peer, Transmit};
 use crate::sip::header::branch_of;
 use crate::sip::transaction::TimerConfig;
 use crate::sip::{parse_message, Framing, HeaderName, Message};
@@ -23,25 +23,6 @@ use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
-
-/// Counters of what the engine did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct EngineStats {
-    pub messages_in: u64,
-    pub messages_out: u64,
-    /// Requests answered 4xx/5xx for being malformed, and malformed responses dropped.
-    pub malformed: u64,
-    pub calls_started: u64,
-    pub calls_answered: u64,
-    pub calls_failed: u64,
-    pub script_errors: u64,
-    /// SDPs that could not be anchored (no media ports left).
-    pub media_failures: u64,
-    /// Messages the transport could not send (RFC 3261 §18.4).
-    pub transport_errors: u64,
-    /// Requests sent over TCP instead of UDP for their size (RFC 3261 §18.1.1).
-    pub switched_to_tcp: u64,
-}
 
 /// What the engine itself counts (the call layer counts the rest).
 #[derive(Clone, Copy, Debug, Default)]
@@ -87,13 +68,8 @@ impl Engine {
             messages_in: self.traffic.messages_in,
             messages_out: self.traffic.messages_out,
             malformed: self.traffic.unparsable + calls.malformed,
-            calls_started: calls.calls_started,
-            calls_answered: calls.calls_answered,
-            calls_failed: calls.calls_failed,
-            script_errors: calls.script_errors,
-            media_failures: calls.media_failures,
             transport_errors: self.traffic.transport_errors,
-            switched_to_tcp: calls.switched_to_tcp,
+            ..calls
         }
     }
 

@@ -30,7 +30,7 @@ mod transactions;
 mod transport;
 
 pub use config::Profile;
-pub use engine::{Engine, EngineStats};
+pub use engine::Engine;
 pub use runtime::run;
 pub use script::RuleSet;
-pub use shared::{ConnId, Leg, Peer, Transmit};
+pub use shared::{ConnId, EngineStats, Leg, Peer, Transmit};

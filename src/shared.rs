@@ -91,3 +91,23 @@ pub fn shard_for_call_id(call_id: &[u8], shards: usize) -> usize {
     }
     (hash % shards as u64) as usize
 }
+
+/// Counters of what an engine did. The engine counts messages in and out and transport
+/// errors; its call layer counts the rest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    pub messages_in: u64,
+    pub messages_out: u64,
+    /// Requests answered 4xx/5xx for being malformed, and malformed responses dropped.
+    pub malformed: u64,
+    pub calls_started: u64,
+    pub calls_answered: u64,
+    pub calls_failed: u64,
+    pub script_errors: u64,
+    /// SDPs that could not be anchored (no media ports left).
+    pub media_failures: u64,
+    /// Messages the transport could not send (RFC 3261 §18.4).
+    pub transport_errors: u64,
+    /// Requests sent over TCP instead of UDP for their size (RFC 3261 §18.1.1).
+    pub switched_to_tcp: u64,
+}

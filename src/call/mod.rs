@@ -36,7 +36,7 @@ use crate::script::{
     CallEndInfo, Hook, HookArgs, HookCall, HookMessage, RouteDecision, RuleSet, ScriptId, SharedSdp,
 };
 use crate::sdp::Sdp;
-use crate::shared::{shard_for_call_id, Leg, Peer, Transmit, TxnId};
+use crate::shared::{shard_for_call_id, EngineStats, Leg, Peer, Transmit, TxnId};
 use crate::sip::check::{check_request, check_response, RequestInfo};
 use crate::sip::header::split_list;
 use crate::sip::transaction::ClientState;
@@ -109,21 +109,6 @@ pub(crate) enum CallInput<'e> {
     },
 }
 
-/// Counters of what the call layer did.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct CallStats {
-    /// Requests answered 4xx/5xx for being malformed, and malformed responses dropped.
-    pub malformed: u64,
-    pub calls_started: u64,
-    pub calls_answered: u64,
-    pub calls_failed: u64,
-    pub script_errors: u64,
-    /// SDPs that could not be anchored (no media ports left).
-    pub media_failures: u64,
-    /// Requests sent over TCP instead of UDP for their size (RFC 3261 §18.1.1).
-    pub switched_to_tcp: u64,
-}
-
 /// The call layer of one shard: its calls and their dialogs, the rule-set version new calls
 /// take, the identifiers it makes, its media ports and counters.
 pub(crate) struct Calls {
@@ -138,7 +123,7 @@ pub(crate) struct Calls {
     /// Tags, branches, Call-IDs and SRTP keys come from here (RFC 3261 §19.3: cryptographically
     /// random tags).
     random: StdRng,
-    stats: CallStats,
+    stats: EngineStats,
     /// This shard's media ports (when the profile anchors media).
     media_ports: Option<PortPool>,
     /// What the relay must do, in order.
@@ -182,7 +167,7 @@ impl Calls {
             dialogs: HashMap::new(),
             next_id: 1,
             random: os_seeded(),
-            stats: CallStats::default(),
+            stats: EngineStats::default(),
             media_ports,
             media_commands: VecDeque::new(),
         }
@@ -217,7 +202,7 @@ impl Calls {
     }
 
     /// What the call layer did so far.
-    pub fn stats(&self) -> CallStats {
+    pub fn stats(&self) -> EngineStats {
         self.stats
     }
 
