@@ -2,9 +2,10 @@
 --   * 20 header edits on the INVITE toward the callee: 19 set_header (X-Heavy-01..19) and the
 --     caller's Subject removed;
 --   * a regex: a Request-URI user +49... becomes 0049... (bh.re.match, set_uri_user);
---   * an SDP codec filter: telephone-event removed from the offer toward the callee.
+--   * an SDP codec filter: the offer toward the callee keeps PCMA and PCMU only (the caller's
+--     telephone-event goes).
 -- bench/kamailio/heavy.lua does the same in Kamailio (remove_hf/append, subst_user, and
--- sdp_remove_codecs_by_name or rtpengine's codec-strip when rtpengine rewrites the SDP anyway).
+-- sdp_keep_codecs_by_name, or rtpengine's codec-strip when rtpengine rewrites the SDP anyway).
 local rules = {}
 
 local X_MS_SBC = "Bridgehead/" .. bh.model .. "/" .. bh.version
@@ -28,7 +29,7 @@ end
 function rules.on_sdp(call, sdp, ctx)
   if ctx.kind == "offer" and ctx.leg == "b" then
     for _, m in ipairs(sdp:media("audio")) do
-      pcall(m.remove_codecs, m, { "telephone-event" })
+      pcall(m.keep_codecs, m, { "PCMA", "PCMU" })
     end
   end
 end

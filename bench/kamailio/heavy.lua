@@ -2,9 +2,10 @@
 -- "heavy rules" of bench/heavy.lua, per call, on the initial INVITE from the core:
 --   * 20 header edits: 19 set (remove_hf + append: X-Heavy-01..19) and Subject removed;
 --   * a regex: a Request-URI user +49... becomes 0049... (textops subst_user);
---   * an SDP codec filter: telephone-event removed from the offer (sdpops
---     sdp_remove_codecs_by_name; with rtpengine, which rewrites the whole SDP, its
---     codec-strip=telephone-event flag instead, as two edits of one body would clash).
+--   * an SDP codec filter on the offer, keeping PCMA and PCMU only (sdpops
+--     sdp_keep_codecs_by_name, called through KSR.x.modf as sdpops 5.6 does not export it to
+--     KEMI: telephone-event goes); with rtpengine, which rewrites the whole
+--     SDP, its codec-strip=telephone-event flag instead (two edits of one body would clash).
 --
 --   * an INVITE from the core carrying X-MS-FMC is refused with 482 Loop Detected;
 --   * every message sent toward Teams carries X-MS-SBC (set: old lines removed, one appended);
@@ -35,7 +36,7 @@ local function heavy_rules()
   end
   KSR.textops.remove_hf("Subject")
   KSR.textops.subst_user("/^\\+(49[0-9]+)$/00\\1/")
-  if not RTPENGINE then KSR.sdpops.sdp_remove_codecs_by_name("telephone-event") end
+  if not RTPENGINE then KSR.x.modf("sdp_keep_codecs_by_name", "PCMA,PCMU", "audio") end
 end
 
 local function tag_toward_teams()
