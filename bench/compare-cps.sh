@@ -91,7 +91,22 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# A free port (TCP and UDP) outside the media ranges: rtpengine binds its media ports with
+# SO_REUSEADDR, like Kamailio its SIP sockets, so a media port equal to a SIP port silently takes
+# that port's packets.
+free_port() {
+  python3 - "$RTPENGINE_PORTS" "$MEDIA_PORTS" <<'EOF'
+import socket, sys
+ranges = [tuple(int(x) for x in r.split("-")) for r in sys.argv[1:]]
+while True:
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try: u.bind(("127.0.0.1", port))
+    except OSError: continue
+    if not any(lo <= port <= hi for lo, hi in ranges):
+        print(port); break
+EOF
+}
 CORE=$(free_port); TEAMS=$(free_port); SOFTSWITCH=$(free_port); TEAMS_PEER=$(free_port)
 UAC=$(free_port); NG=$(free_port)
 # Bigger socket buffers when allowed (root); harmless otherwise.
@@ -219,14 +234,16 @@ describe() {
 stat_column() { awk -F';' -v name="$2" 'NR==1 {for (i=1;i<=NF;i++) if ($i==name) c=i} END {print $c}' "$1"; }
 
 HZ=$(getconf CLK_TCK)
-declare -A OKS FAILS CPUK
+declare -A OKS FAILS CPUK ACH
 echo "compare-cps: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)), $RULES"
 echo "SIPp $(sipp -v 2>&1 | sed -n 's/.*SIPp \(v[^ ,]*[^ ,.]\).*/\1/p' | head -1) UAC/UAS (tests/sipp/caller.xml, callee.xml: INVITE/100/180/200 SDP/ACK/BYE/200, -d 0), $SECONDS_PER_RATE s of calls per rate, CPU charged until $SETTLE s after"
 for SYS in $SYSTEMS; do
   echo
   describe "$SYS"
   start_system
-  printf '%3s %6s %7s %7s %6s %8s %8s %13s\n' sys rate calls ok failed "calls/s" "cpu" "cpu s/1k call"
+  C0=$(tree_ticks "${SYS_PIDS[@]}"); sleep 2; C1=$(tree_ticks "${SYS_PIDS[@]}")
+  echo "   idle: $(awk -v c="$((C1 - C0))" -v hz="$HZ" 'BEGIN {printf "%.1f%%", 100 * c / hz / 2}') of a core"
+  printf '%3s %6s %7s %7s %6s %8s %8s %7s %13s\n' sys rate calls ok failed "calls/s" retrans "cpu" "cpu s/1k call"
   for RATE in "${RATES[@]}"; do
     CALLS=$((RATE * SECONDS_PER_RATE))
     STEP="$WORK/$SYS/$RATE"; mkdir -p "$STEP"
@@ -235,26 +252,29 @@ for SYS in $SYSTEMS; do
     UAS_PID=$(sed -n 's/.*PID=\[\([0-9]*\)\].*/\1/p' "$STEP/uas.out")
     [ -n "$UAS_PID" ] || { echo "SIPp UAS did not start:"; cat "$STEP/uas.out"; exit 1; }
     PIDS+=("$UAS_PID")
-    T0=$(date +%s.%N); C0=$(tree_ticks "${SYS_PIDS[@]}")
+    T0=$(date +%s.%N); C0=$(tree_ticks "${SYS_PIDS[@]}"); R0=$(tree_ticks "${SYS_PIDS[0]}")
     (cd "$STEP" && sipp -sf "$OLDPWD/tests/sipp/caller.xml" "127.0.0.1:$CORE" -i 127.0.0.1 -p "$UAC" \
          -m "$CALLS" -r "$RATE" -d 0 -nostdin -buff_size 4194304 \
          -timeout $((SECONDS_PER_RATE * 4 + 20))s -timeout_error \
          -trace_stat -stf stat.csv -fd 1 > uac.out 2>&1) || true
-    T1=$(date +%s.%N)
+    T1=$(date +%s.%N); CM=$(tree_ticks "${SYS_PIDS[@]}")
     for _ in $(seq 100); do kill -0 "$UAS_PID" 2>/dev/null || break; sleep 0.1; done
     kill "$UAS_PID" 2>/dev/null || true
     sleep "$SETTLE"
-    T2=$(date +%s.%N); C1=$(tree_ticks "${SYS_PIDS[@]}")
+    T2=$(date +%s.%N); C1=$(tree_ticks "${SYS_PIDS[@]}"); R1=$(tree_ticks "${SYS_PIDS[0]}")
     OK=$(stat_column "$STEP/stat.csv" "SuccessfulCall(C)")
     FAILED=$(stat_column "$STEP/stat.csv" "FailedCall(C)")
     [ -n "$OK" ] || OK=0; [ -n "$FAILED" ] || FAILED=0
     [ "$FAILED" -ge $((CALLS - OK)) ] || FAILED=$((CALLS - OK))   # calls never finished fail too
     ACHIEVED=$(awk -v n="$OK" -v a="$T0" -v b="$T1" 'BEGIN {printf "%.0f", n / (b - a)}')
-    # CPU during the calls, as a share of one core (the settle time is left out of this figure).
-    CPU=$(awk -v c="$((C1 - C0))" -v hz="$HZ" -v a="$T0" -v b="$T1" 'BEGIN {printf "%.0f%%", 100 * c / hz / (b - a)}')
+    # CPU while the calls ran, as a share of one core (the settle time is left out of this one).
+    CPU=$(awk -v c="$((CM - C0))" -v hz="$HZ" -v a="$T0" -v b="$T1" 'BEGIN {printf "%.0f%%", 100 * c / hz / (b - a)}')
     PER1K=$(awk -v c="$((C1 - C0))" -v hz="$HZ" -v n="$OK" 'BEGIN {if (n > 0) printf "%.3f", c / hz / n * 1000; else print "-"}')
-    printf '%3s %6s %7s %7s %6s %8s %8s %13s\n' "$SYS" "$RATE" "$CALLS" "$OK" "$FAILED" "$ACHIEVED" "$CPU" "$PER1K"
-    OKS[$SYS,$RATE]=$OK; FAILS[$SYS,$RATE]=$FAILED; CPUK[$SYS,$RATE]=$PER1K
+    RETRANS=$(stat_column "$STEP/stat.csv" "Retransmissions(C)")
+    SHARE=
+    [ "$SYS" != b ] || SHARE=$(awk -v r="$((R1 - R0))" -v c="$((C1 - C0))" 'BEGIN {if (c > 0) printf "  (rtpengine %.0f%%)", 100 * r / c}')
+    printf '%3s %6s %7s %7s %6s %8s %8s %7s %13s%s\n' "$SYS" "$RATE" "$CALLS" "$OK" "$FAILED" "$ACHIEVED" "${RETRANS:--}" "$CPU" "$PER1K" "$SHARE"
+    OKS[$SYS,$RATE]=$OK; FAILS[$SYS,$RATE]=$FAILED; CPUK[$SYS,$RATE]=$PER1K; ACH[$SYS,$RATE]=$ACHIEVED
     for pid in "${SYS_PIDS[@]}"; do
       kill -0 "$pid" 2>/dev/null || { echo "system $SYS died (logs in $WORK/$SYS)"; exit 1; }
     done
@@ -264,13 +284,14 @@ done
 
 clean() { [ "${FAILS[$1,$2]:-x}" = 0 ] && [ "${OKS[$1,$2]:-0}" = "$(($2 * SECONDS_PER_RATE))" ]; }
 echo
-echo "CPU seconds per 1,000 calls ($RULES; * = failed calls at that rate)"
-printf '%6s' rate; for SYS in $SYSTEMS; do printf ' %9s' "$SYS"; done; echo
+echo "CPU seconds per 1,000 calls ($RULES; * = failed calls at that rate, < = under 90 % of the rate achieved)"
+printf '%6s' rate; for SYS in $SYSTEMS; do printf ' %10s' "$SYS"; done; echo
 for RATE in "${RATES[@]}"; do
   printf '%6s' "$RATE"
   for SYS in $SYSTEMS; do
     mark=; clean "$SYS" "$RATE" || mark='*'
-    printf ' %9s' "${CPUK[$SYS,$RATE]:--}$mark"
+    [ "${ACH[$SYS,$RATE]:-0}" -ge $((RATE * 9 / 10)) ] || mark="$mark<"
+    printf ' %10s' "${CPUK[$SYS,$RATE]:--}$mark"
   done
   echo
 done
