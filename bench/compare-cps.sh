@@ -13,8 +13,8 @@
 # Per system and rate it prints the calls attempted, succeeded and failed, the achieved rate,
 # the UAC's retransmissions, the UDP datagrams the kernel dropped (RcvbufErrors, all sockets),
 # the system's CPU while the calls ran (100 % = one core) and its CPU seconds per 1,000 calls:
-# utime+stime from /proc/PID/stat of every process of the system (the Kamailio main process and all its
-# children, the rtpengine daemon, the bridgehead process), from the start of the step until
+# utime+stime from /proc/PID/stat of every process of the system (the Kamailio main process and
+# all its children, the rtpengine daemon, the bridgehead process), from the start of the step until
 # SETTLE seconds after its last call (Kamailio frees transactions 5 s after they end, so the
 # work a step leaves behind is charged to that step). At the end: the CPU per 1,000 calls side
 # by side and the ratios c/a, d/a and d/b at the highest rate where both systems had 0 failed
