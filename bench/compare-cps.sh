@@ -26,7 +26,12 @@
 #                                            Bridgehead, bench/kamailio/heavy.lua for Kamailio
 #                                            (20 header edits, an SDP codec filter, a regex)
 #   SYSTEMS="a b c d"                        which systems, in that order
-#   KAMAILIO_WORKERS=1                       UDP workers per Kamailio listen socket (2 sockets)
+#   KAMAILIO_WORKERS=1                       UDP workers per Kamailio listen socket (2 sockets,
+#                                            so 2 workers for 2 cores). With more, two workers
+#                                            of one socket relay a 180 and the 200 right behind
+#                                            it out of order now and then, which SIPp counts as
+#                                            a failed call; with one, b is limited by the
+#                                            workers waiting for rtpengine's ng replies
 #   RTPENGINE_THREADS=2                      rtpengine --num-threads
 #   MEDIA_PORTS=20000-29999                  Bridgehead's media ports for d
 #   SETTLE=5                                 seconds of CPU still charged after a step's last call
