@@ -77,7 +77,8 @@ if [ ${#NEED[@]} -gt 0 ]; then
   apt-get install -y --no-install-recommends "${NEED[@]}" >&2 \
     || { apt-get update -q >&2 && apt-get install -y --no-install-recommends "${NEED[@]}" >&2; }
   [ -z "$POLICY_ADDED" ] || rm -f /usr/sbin/policy-rc.d
-  # Should a service have started all the same (systemd ignores policy-rc.d), stop it.
+  # Should a service have started all the same (a policy-rc.d of our own was not needed, or
+  # the init system ignored it), stop it.
   if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
     for svc in kamailio rtpengine-daemon; do
       systemctl is-active --quiet "$svc" 2>/dev/null && systemctl stop "$svc" || true
