@@ -18,7 +18,7 @@
 # SETTLE seconds after its last call (Kamailio frees transactions 5 s after they end, so the
 # work a step leaves behind is charged to that step). At the end: the CPU per 1,000 calls side
 # by side and the ratios c/a, d/a and d/b at the highest rate where both systems had 0 failed
-# calls and held the rate (achieved at least 90 % of it).
+# calls and held the rate (achieved at least 80 % of it).
 #
 #   bench/compare-cps.sh [RATE ...]          default rates: 1000 2000 3000 4000 5000 6000
 #   SECONDS_PER_RATE=5                       calls per step = rate x SECONDS_PER_RATE
@@ -295,18 +295,19 @@ for SYS in $SYSTEMS; do
   stop_system
 done
 
-# A rate counts for a system when every call succeeded and the rate was held (90 %): a system
-# that took all calls only by falling behind (retransmissions) is not compared there.
+# A rate counts for a system when every call succeeded and the rate was held (80 %: the achieved
+# rate also counts SIPp's start and the last call, which weigh on short steps): a system that took
+# all calls only by falling behind (retransmissions) is not compared there.
 clean() { [ "${FAILS[$1,$2]:-x}" = 0 ] && [ "${OKS[$1,$2]:-0}" = "$(($2 * SECONDS_PER_RATE))" ]; }
-held() { clean "$1" "$2" && [ "${ACH[$1,$2]:-0}" -ge $(($2 * 9 / 10)) ]; }
+held() { clean "$1" "$2" && [ "${ACH[$1,$2]:-0}" -ge $(($2 * 8 / 10)) ]; }
 echo
-echo "CPU seconds per 1,000 calls ($RULES; * = failed calls at that rate, < = under 90 % of the rate achieved)"
+echo "CPU seconds per 1,000 calls ($RULES; * = failed calls at that rate, < = under 80 % of the rate achieved)"
 printf '%6s' rate; for SYS in $SYSTEMS; do printf ' %10s' "$SYS"; done; echo
 for RATE in "${RATES[@]}"; do
   printf '%6s' "$RATE"
   for SYS in $SYSTEMS; do
     mark=; clean "$SYS" "$RATE" || mark='*'
-    [ "${ACH[$SYS,$RATE]:-0}" -ge $((RATE * 9 / 10)) ] || mark="$mark<"
+    [ "${ACH[$SYS,$RATE]:-0}" -ge $((RATE * 8 / 10)) ] || mark="$mark<"
     printf ' %10s' "${CPUK[$SYS,$RATE]:--}$mark"
   done
   echo
