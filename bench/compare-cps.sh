@@ -1,0 +1,327 @@
+#!/usr/bin/env bash
+# Calls per second and CPU per call: Bridgehead beside Kamailio, one SIPp UAC/UAS pair on loopback
+# at rising call rates, through four systems in turn:
+#
+#   a  Kamailio, stateful proxy (tm, rr, sl, maxfwd, textops, siputils, KEMI Lua) doing the header
+#      work of scripts/default.lua (bench/kamailio/kamailio.cfg + bench/kamailio/default.lua)
+#   b  a + rtpengine (userspace, --table=-1), media anchored: rtpengine_manage() on requests and
+#      on replies with SDP
+#   c  Bridgehead, no media anchoring (the profile of bench/cps.sh)
+#   d  Bridgehead on profiles/default.yaml as it is (udp+tcp listeners, media anchored) on free
+#      ports
+#
+# Per system and rate it prints the calls attempted, succeeded and failed, the achieved rate,
+# the UAC's retransmissions, the UDP datagrams the kernel dropped (RcvbufErrors, all sockets),
+# the system's CPU while the calls ran (100 % = one core) and its CPU seconds per 1,000 calls:
+# utime+stime from /proc/PID/stat of every process of the system (the Kamailio main process and
+# all its children, the rtpengine daemon, the bridgehead process), from the start of the step until
+# SETTLE seconds after its last call (Kamailio frees transactions 5 s after they end, so the
+# work a step leaves behind is charged to that step). At the end: the CPU per 1,000 calls side
+# by side and the ratios c/a, d/a and d/b at the highest rate where both systems had 0 failed
+# calls and held the rate (achieved at least 80 % of it).
+#
+#   bench/compare-cps.sh [RATE ...]          default rates: 1000 2000 3000 4000 5000 6000
+#   SECONDS_PER_RATE=5                       calls per step = rate x SECONDS_PER_RATE
+#   HEAVY=1                                  "heavy rules" on both: bench/heavy.lua for
+#                                            Bridgehead, bench/kamailio/heavy.lua for Kamailio
+#                                            (20 header edits, an SDP codec filter, a regex)
+#   SYSTEMS="a b c d"                        which systems, in that order
+#   KAMAILIO_WORKERS=1                       UDP workers per Kamailio listen socket (2 sockets,
+#                                            so 2 workers for 2 cores). With more, two workers
+#                                            of one socket relay a 180 and the 200 right behind
+#                                            it out of order now and then, which SIPp counts as
+#                                            a failed call; with one, b is limited by the
+#                                            workers waiting for rtpengine's ng replies
+#   RTPENGINE_THREADS=2                      rtpengine --num-threads
+#   MEDIA_PORTS=20000-29999                  Bridgehead's media ports for d
+#   SETTLE=5                                 seconds of CPU still charged after a step's last call
+#   TRACE=1                                  the UAS writes every message it gets (uas_msg.log in
+#                                            the step's directory): check the SDP, the headers
+#
+# Installs sip-tester, kamailio, kamailio-lua-modules and rtpengine-daemon with apt-get when
+# missing (as root; no service is started, or it is stopped). Kamailio and rtpengine run in the
+# foreground with their runtime files in a mktemp directory, never as the system services.
+# Everything is on 127.0.0.1, on free ports. Every step is bounded (calls and a SIPp -timeout);
+# every process started here is stopped by PID on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RATES=("$@")
+[ ${#RATES[@]} -gt 0 ] || RATES=(1000 2000 3000 4000 5000 6000)
+SECONDS_PER_RATE=${SECONDS_PER_RATE:-5}
+HEAVY=${HEAVY:-0}
+SYSTEMS=${SYSTEMS:-"a b c d"}
+KAMAILIO_WORKERS=${KAMAILIO_WORKERS:-1}
+RTPENGINE_THREADS=${RTPENGINE_THREADS:-2}
+MEDIA_PORTS=${MEDIA_PORTS:-20000-29999}
+SETTLE=${SETTLE:-5}
+TRACE=${TRACE:-0}
+RTPENGINE_PORTS=30000-39999
+
+# --- what this needs -----------------------------------------------------------------------
+NEED=()
+command -v sipp >/dev/null || NEED+=(sip-tester)
+[[ " $SYSTEMS " =~ \ [ab]\  ]] && { command -v kamailio >/dev/null || NEED+=(kamailio); }
+KAMAILIO_MODULES=$(ls -d /usr/lib/*/kamailio/modules 2>/dev/null | head -1 || true)
+[[ " $SYSTEMS " =~ \ [ab]\  ]] && { [ -e "$KAMAILIO_MODULES/app_lua.so" ] || NEED+=(kamailio-lua-modules); }
+[[ " $SYSTEMS " =~ \ b\  ]] && { command -v rtpengine >/dev/null || NEED+=(rtpengine-daemon); }
+if [ ${#NEED[@]} -gt 0 ]; then
+  [ "$(id -u)" = 0 ] || { echo "missing ${NEED[*]}: run as root, or apt-get install them" >&2; exit 2; }
+  echo "installing ${NEED[*]}" >&2
+  # No service may start on install: a policy-rc.d that refuses, only for the time of the install.
+  POLICY_ADDED=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d
+    POLICY_ADDED=1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y --no-install-recommends "${NEED[@]}" >&2 \
+    || { apt-get update -q >&2 && apt-get install -y --no-install-recommends "${NEED[@]}" >&2; }
+  [ -z "$POLICY_ADDED" ] || rm -f /usr/sbin/policy-rc.d
+  # Should a service have started all the same (a policy-rc.d of our own was not needed, or
+  # the init system ignored it), stop it.
+  if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    for svc in kamailio rtpengine-daemon; do
+      systemctl is-active --quiet "$svc" 2>/dev/null && systemctl stop "$svc" || true
+    done
+  fi
+  KAMAILIO_MODULES=$(ls -d /usr/lib/*/kamailio/modules 2>/dev/null | head -1 || true)
+fi
+
+BRIDGEHEAD=${CARGO_TARGET_DIR:-$PWD/target}/release/bridgehead
+if [[ " $SYSTEMS " =~ \ [cd]\  ]]; then cargo build --release --quiet; fi
+
+WORK=$(mktemp -d /tmp/bridgehead-compare-cps.XXXXXX)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+# A free port (TCP and UDP) outside the media ranges: rtpengine binds its media ports with
+# SO_REUSEADDR, like Kamailio its SIP sockets, so a media port equal to a SIP port silently takes
+# that port's packets.
+free_port() {
+  python3 - "$RTPENGINE_PORTS" "$MEDIA_PORTS" <<'EOF'
+import socket, sys
+ranges = [tuple(int(x) for x in r.split("-")) for r in sys.argv[1:]]
+while True:
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try: u.bind(("127.0.0.1", port))
+    except OSError: continue
+    if not any(lo <= port <= hi for lo, hi in ranges):
+        print(port); break
+EOF
+}
+CORE=$(free_port); TEAMS=$(free_port); SOFTSWITCH=$(free_port); TEAMS_PEER=$(free_port)
+UAC=$(free_port); NG=$(free_port)
+# Bigger socket buffers when allowed (root); harmless otherwise.
+sysctl -qw net.core.rmem_max=8388608 net.core.wmem_max=8388608 2>/dev/null || true
+
+if [ "$HEAVY" = 1 ]; then
+  BH_SCRIPT=$PWD/bench/heavy.lua; KAM_SCRIPT=$PWD/bench/kamailio/heavy.lua; RULES="heavy rules"
+else
+  BH_SCRIPT=$PWD/scripts/default.lua; KAM_SCRIPT=$PWD/bench/kamailio/default.lua; RULES="default rules"
+fi
+
+# c: the profile of bench/cps.sh (no media section).
+cat > "$WORK/profile-c.yaml" <<EOF
+listeners:
+  - name: core
+    address: 127.0.0.1:$CORE
+    transports: [udp]
+  - name: teams
+    address: 127.0.0.1:$TEAMS
+    transports: [udp]
+trunks:
+  - name: core
+    listener: core
+    peers: ["127.0.0.1:$SOFTSWITCH"]
+    script: $BH_SCRIPT
+    route: teams
+  - name: teams
+    listener: teams
+    peers: ["127.0.0.1:$TEAMS_PEER"]
+    script: $BH_SCRIPT
+    route: core
+EOF
+# d: profiles/default.yaml itself, its ports and script path replaced.
+sed -e "s/127\.0\.0\.1:5060/127.0.0.1:$CORE/; s/127\.0\.0\.1:5070/127.0.0.1:$TEAMS/" \
+    -e "s/127\.0\.0\.1:5090/127.0.0.1:$SOFTSWITCH/; s/127\.0\.0\.1:5080/127.0.0.1:$TEAMS_PEER/" \
+    -e "s|^\(  ports:\) 20000-29999|\1 $MEDIA_PORTS|" \
+    -e "s|script: \.\./scripts/default\.lua|script: $BH_SCRIPT|" \
+    profiles/default.yaml > "$WORK/profile-d.yaml"
+grep -q "ports: $MEDIA_PORTS" "$WORK/profile-d.yaml" && grep -q "127.0.0.1:$TEAMS_PEER" "$WORK/profile-d.yaml" \
+  || { echo "profiles/default.yaml changed shape; cannot derive profile d" >&2; exit 1; }
+
+# --- processes and CPU -----------------------------------------------------------------------
+udp_bound() {  # is something listening on 127.0.0.1:$1/udp?
+  awk -v p="$(printf '0100007F:%04X' "$1")" '$2 == p {f=1} END {exit !f}' /proc/net/udp
+}
+rtpengine_pong() {
+  python3 - "$1" <<'EOF'
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(0.2)
+s.sendto(b"1 d7:command4:pinge", ("127.0.0.1", int(sys.argv[1])))
+try: sys.exit(0 if b"pong" in s.recv(100) else 1)
+except OSError: sys.exit(1)
+EOF
+}
+# utime+stime (ticks) of each PID given and of all its children, summed.
+tree_ticks() {
+  local pids=() root
+  for root in "$@"; do pids+=("$root"); pids+=($(pgrep -P "$root" || true)); done
+  local p total=0 t
+  for p in "${pids[@]}"; do
+    t=$(awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$p/stat" 2>/dev/null || echo 0)
+    total=$((total + t))
+  done
+  echo "$total"
+}
+
+SYS_PIDS=()   # the processes of the running system (roots; children are found at each reading)
+stop_system() {
+  local pid
+  for pid in "${SYS_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${SYS_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  SYS_PIDS=()
+}
+start_kamailio() {  # $1: with rtpengine (1) or not (0)
+  local dir="$WORK/$SYS" args=()
+  mkdir -p "$dir/run"
+  if [ "$1" = 1 ]; then
+    rtpengine --config-file=none --foreground --pidfile="$dir/rtpengine.pid" --table=-1 \
+      --interface=127.0.0.1 --listen-ng="127.0.0.1:$NG" --port-min="${RTPENGINE_PORTS%-*}" \
+      --port-max="${RTPENGINE_PORTS#*-}" --delete-delay=0 --num-threads="$RTPENGINE_THREADS" \
+      --log-stderr --log-level=4 > "$dir/rtpengine.log" 2>&1 &
+    SYS_PIDS+=($!); PIDS+=($!)
+    for _ in $(seq 50); do rtpengine_pong "$NG" && break; sleep 0.1; done
+    rtpengine_pong "$NG" || { echo "rtpengine did not start:"; cat "$dir/rtpengine.log"; exit 1; }
+    args=(-A WITH_RTPENGINE -A "RTPENGINE_SOCK=\"udp:127.0.0.1:$NG\"")
+  fi
+  BENCH_CORE_PORT=$CORE BENCH_TEAMS_PORT=$TEAMS BENCH_CORE_PEER=127.0.0.1:$SOFTSWITCH \
+  BENCH_TEAMS_PEER=127.0.0.1:$TEAMS_PEER BENCH_RTPENGINE=$1 \
+    kamailio -DD -E -f "$PWD/bench/kamailio/kamailio.cfg" -L "$KAMAILIO_MODULES" \
+      -A "BENCH_LUA=\"$KAM_SCRIPT\"" "${args[@]}" \
+      -l "udp:127.0.0.1:$CORE" -l "udp:127.0.0.1:$TEAMS" -n "$KAMAILIO_WORKERS" -m 512 -M 16 \
+      -Y "$dir/run" -P "$dir/kamailio.pid" -w "$dir" > "$dir/kamailio.log" 2>&1 &
+  SYS_PIDS+=($!); PIDS+=($!)
+  for _ in $(seq 100); do udp_bound "$CORE" && udp_bound "$TEAMS" && [ -s "$dir/kamailio.pid" ] && break; sleep 0.05; done
+  sleep 0.5   # the children finish their init after the sockets are bound
+  udp_bound "$CORE" && kill -0 "${SYS_PIDS[-1]}" 2>/dev/null \
+    || { echo "kamailio did not start:"; cat "$dir/kamailio.log"; exit 1; }
+}
+start_bridgehead() {  # $1: profile
+  local dir="$WORK/$SYS"
+  mkdir -p "$dir"
+  RUST_LOG=info "$BRIDGEHEAD" run --profile "$1" 2> "$dir/sbc.log" &
+  SYS_PIDS+=($!); PIDS+=($!)
+  for _ in $(seq 100); do grep -q ready "$dir/sbc.log" 2>/dev/null && break; sleep 0.05; done
+  grep -q ready "$dir/sbc.log" || { echo "bridgehead did not start:"; cat "$dir/sbc.log"; exit 1; }
+}
+start_system() {
+  case "$SYS" in
+    a) start_kamailio 0 ;;
+    b) start_kamailio 1 ;;
+    c) start_bridgehead "$WORK/profile-c.yaml" ;;
+    d) start_bridgehead "$WORK/profile-d.yaml" ;;
+  esac
+}
+describe() {
+  case "$1" in
+    a) echo "a: Kamailio $(kamailio -v 2>/dev/null | sed -n 's/^version: kamailio \([^ ]*\).*/\1/p') stateful proxy, KEMI Lua $(basename "$KAM_SCRIPT"), 2 UDP sockets x $KAMAILIO_WORKERS worker(s)" ;;
+    b) echo "b: a + rtpengine $(rtpengine --version 2>&1 | awk '{print $NF; exit}') userspace (--table=-1, --delete-delay=0, $RTPENGINE_THREADS threads, ports $RTPENGINE_PORTS)" ;;
+    c) echo "c: Bridgehead $(git rev-parse --short HEAD 2>/dev/null), no media anchoring (bench/cps.sh profile), $(basename "$BH_SCRIPT")" ;;
+    d) echo "d: Bridgehead $(git rev-parse --short HEAD 2>/dev/null), profiles/default.yaml layout, media anchored (ports $MEDIA_PORTS), $(basename "$BH_SCRIPT")" ;;
+  esac
+}
+
+# UDP datagrams the kernel dropped for a full receive buffer, all sockets (loopback drops).
+udp_drops() { awk '/^Udp:/ {if (!h) {for (i=1;i<=NF;i++) if ($i=="RcvbufErrors") c=i; h=1} else print $c}' /proc/net/snmp; }
+# The last row of a SIPp statistics file, column by name.
+stat_column() { awk -F';' -v name="$2" 'NR==1 {for (i=1;i<=NF;i++) if ($i==name) c=i} END {print $c}' "$1"; }
+
+HZ=$(getconf CLK_TCK)
+declare -A OKS FAILS CPUK ACH
+echo "compare-cps: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)), $RULES"
+echo "SIPp $(sipp -v 2>&1 | sed -n 's/.*SIPp \(v[^ ,]*[^ ,.]\).*/\1/p' | head -1) UAC/UAS (tests/sipp/caller.xml, callee.xml: INVITE/100/180/200 SDP/ACK/BYE/200, -d 0), $SECONDS_PER_RATE s of calls per rate, CPU charged until $SETTLE s after"
+for SYS in $SYSTEMS; do
+  echo
+  describe "$SYS"
+  start_system
+  C0=$(tree_ticks "${SYS_PIDS[@]}"); sleep 2; C1=$(tree_ticks "${SYS_PIDS[@]}")
+  echo "   idle: $(awk -v c="$((C1 - C0))" -v hz="$HZ" 'BEGIN {printf "%.1f%%", 100 * c / hz / 2}') of a core"
+  printf '%3s %6s %7s %7s %6s %8s %8s %6s %7s %13s\n' sys rate calls ok failed "calls/s" retrans drops "cpu" "cpu s/1k call"
+  for RATE in "${RATES[@]}"; do
+    CALLS=$((RATE * SECONDS_PER_RATE))
+    STEP="$WORK/$SYS/$RATE"; mkdir -p "$STEP"
+    # The UAS may take more calls than sent: an INVITE retransmitted by the SBC after the UAS
+    # ended that call counts as a new one. With -m CALLS it would then stop before the last real
+    # calls came; it is stopped here once the UAC is done instead (-timeout bounds it too).
+    sipp -sf tests/sipp/callee.xml -i 127.0.0.1 -p "$TEAMS_PEER" -m $((CALLS * 2)) -nostdin -bg \
+         $([ "$TRACE" != 1 ] || echo "-trace_msg -message_file $STEP/uas_msg.log") -buff_size 4194304 -timeout $((SECONDS_PER_RATE * 4 + 30))s > "$STEP/uas.out" 2>&1 || true
+    UAS_PID=$(sed -n 's/.*PID=\[\([0-9]*\)\].*/\1/p' "$STEP/uas.out")
+    [ -n "$UAS_PID" ] || { echo "SIPp UAS did not start:"; cat "$STEP/uas.out"; exit 1; }
+    PIDS+=("$UAS_PID")
+    D0=$(udp_drops); T0=$(date +%s.%N); C0=$(tree_ticks "${SYS_PIDS[@]}"); R0=$(tree_ticks "${SYS_PIDS[0]}")
+    (cd "$STEP" && sipp -sf "$OLDPWD/tests/sipp/caller.xml" "127.0.0.1:$CORE" -i 127.0.0.1 -p "$UAC" \
+         -m "$CALLS" -r "$RATE" -d 0 -nostdin -buff_size 4194304 \
+         -timeout $((SECONDS_PER_RATE * 4 + 20))s -timeout_error \
+         -trace_stat -stf stat.csv -fd 1 > uac.out 2>&1) || true
+    T1=$(date +%s.%N); CM=$(tree_ticks "${SYS_PIDS[@]}")
+    sleep 0.5   # the UAS's last timewait
+    kill "$UAS_PID" 2>/dev/null || true
+    sleep "$SETTLE"
+    T2=$(date +%s.%N); C1=$(tree_ticks "${SYS_PIDS[@]}"); R1=$(tree_ticks "${SYS_PIDS[0]}")
+    DROPS=$(( $(udp_drops) - D0 ))
+    OK=$(stat_column "$STEP/stat.csv" "SuccessfulCall(C)")
+    FAILED=$(stat_column "$STEP/stat.csv" "FailedCall(C)")
+    [ -n "$OK" ] || OK=0; [ -n "$FAILED" ] || FAILED=0
+    [ "$FAILED" -ge $((CALLS - OK)) ] || FAILED=$((CALLS - OK))   # calls never finished fail too
+    ACHIEVED=$(awk -v n="$OK" -v a="$T0" -v b="$T1" 'BEGIN {printf "%.0f", n / (b - a)}')
+    # CPU while the calls ran, as a share of one core (the settle time is left out of this one).
+    CPU=$(awk -v c="$((CM - C0))" -v hz="$HZ" -v a="$T0" -v b="$T1" 'BEGIN {printf "%.0f%%", 100 * c / hz / (b - a)}')
+    PER1K=$(awk -v c="$((C1 - C0))" -v hz="$HZ" -v n="$OK" 'BEGIN {if (n > 0) printf "%.3f", c / hz / n * 1000; else print "-"}')
+    RETRANS=$(stat_column "$STEP/stat.csv" "Retransmissions(C)")
+    SHARE=
+    [ "$SYS" != b ] || SHARE=$(awk -v r="$((R1 - R0))" -v c="$((C1 - C0))" 'BEGIN {if (c > 0) printf "  (rtpengine %.0f%%)", 100 * r / c}')
+    printf '%3s %6s %7s %7s %6s %8s %8s %6s %7s %13s%s\n' "$SYS" "$RATE" "$CALLS" "$OK" "$FAILED" "$ACHIEVED" "${RETRANS:--}" "$DROPS" "$CPU" "$PER1K" "$SHARE"
+    OKS[$SYS,$RATE]=$OK; FAILS[$SYS,$RATE]=$FAILED; CPUK[$SYS,$RATE]=$PER1K; ACH[$SYS,$RATE]=$ACHIEVED
+    for pid in "${SYS_PIDS[@]}"; do
+      kill -0 "$pid" 2>/dev/null || { echo "system $SYS died (logs in $WORK/$SYS)"; exit 1; }
+    done
+  done
+  stop_system
+done
+
+# A rate counts for a system when every call succeeded and the rate was held (80 %: the achieved
+# rate also counts SIPp's start and the last call, which weigh on short steps): a system that took
+# all calls only by falling behind (retransmissions) is not compared there.
+clean() { [ "${FAILS[$1,$2]:-x}" = 0 ] && [ "${OKS[$1,$2]:-0}" = "$(($2 * SECONDS_PER_RATE))" ]; }
+held() { clean "$1" "$2" && [ "${ACH[$1,$2]:-0}" -ge $(($2 * 8 / 10)) ]; }
+echo
+echo "CPU seconds per 1,000 calls ($RULES; * = failed calls at that rate, < = under 80 % of the rate achieved)"
+printf '%6s' rate; for SYS in $SYSTEMS; do printf ' %10s' "$SYS"; done; echo
+for RATE in "${RATES[@]}"; do
+  printf '%6s' "$RATE"
+  for SYS in $SYSTEMS; do
+    mark=; clean "$SYS" "$RATE" || mark='*'
+    [ "${ACH[$SYS,$RATE]:-0}" -ge $((RATE * 8 / 10)) ] || mark="$mark<"
+    printf ' %10s' "${CPUK[$SYS,$RATE]:--}$mark"
+  done
+  echo
+done
+for PAIR in c/a d/a d/b; do
+  X=${PAIR%/*}; Y=${PAIR#*/}
+  [[ " $SYSTEMS " == *" $X "* && " $SYSTEMS " == *" $Y "* ]] || continue
+  AT=
+  for RATE in "${RATES[@]}"; do held "$X" "$RATE" && held "$Y" "$RATE" && AT=$RATE; done
+  if [ -n "$AT" ]; then
+    awk -v p="$PAIR" -v r="$AT" -v x="${CPUK[$X,$AT]}" -v y="${CPUK[$Y,$AT]}" \
+      'BEGIN {printf "%s = %.2f  (CPU per call at %s calls/s, the highest rate both held with 0 failed calls: %s vs %s s/1k)\n", p, x / y, r, x, y}'
+  else
+    echo "$PAIR: no rate that both held with 0 failed calls"
+  fi
+done
+echo "(logs and SIPp statistics in $WORK)"
