@@ -1,10 +1,15 @@
-//! UDP and TCP transports on tokio. Receivers parse each message and hand it to the shard its
-//! Call-ID hashes to (so all messages of a call are handled, in order, by one engine); senders
-//! take the engine's [`Transmit`]s. TLS plugs in as another stream transport beside TCP: a
-//! stream only needs [`spawn_stream`] with its reader and writer halves.
+//! UDP and TCP transports on tokio. Every message is handled by the shard its Call-ID hashes
+//! to (so all messages of a call are handled, in order, by one engine).
+//!
+//! UDP runs to completion on the shard's own thread: each shard binds every UDP listener's
+//! address itself (`SO_REUSEPORT`, [`bind_udp`]), receives on its sockets ([`UdpSockets`]),
+//! handles what is its own at once and forwards the rest to the owner shard's queue, and sends
+//! its engine's datagrams from its own socket of the listener. TCP connections run as tasks on
+//! the shared runtime and hand each framed message to its shard's queue. TLS plugs in as
+//! another stream transport beside TCP: a stream only needs [`spawn_stream`] with its reader
+//! and writer halves.
 
 use crate::config::{Listener, ListenerId, Profile, Transport, UnknownSources};
-use crate::media::relay::mark_udp;
 use crate::shared::shard_for_call_id;
 use crate::shared::{tos, ConnId, Peer, Transmit};
 use crate::sip::header::{split_list, Via};
@@ -17,6 +22,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, UdpSocket};
+use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 
 /// What a shard receives from the transports.
@@ -34,7 +40,8 @@ pub enum ShardInput {
 
 /// The bound sockets and open connections, shared by receivers and shards.
 pub struct Hub {
-    udp: Vec<Option<Arc<UdpSocket>>>,
+    /// The shared runtime: connections are spawned there, whichever thread asks.
+    runtime: Handle,
     /// The listeners as the process started with them (their settings need a restart).
     listeners: Vec<Listener>,
     /// The profile new calls take: which sources are trunk peers.
@@ -81,31 +88,180 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// The receive buffer each SIP UDP socket asks for (bytes).
+const UDP_RECEIVE_BUFFER: usize = 8 << 20;
+
+/// A UDP socket of the address's family, marked with a DSCP, that other shards' sockets may
+/// share the address of (`SO_REUSEPORT`).
+fn shared_udp_socket(address: SocketAddr, dscp: u8) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
+    socket.set_reuse_port(true)?;
+    // A burst of datagrams while the shard is busy waits in the receive buffer: the default
+    // (about 200 kB, a few milliseconds of signalling at thousands of calls/s) loses them, and
+    // a lost datagram costs a retransmission half a second later. The kernel caps the size at
+    // net.core.rmem_max.
+    if let Err(err) = socket.set_recv_buffer_size(UDP_RECEIVE_BUFFER) {
+        tracing::debug!(%address, "cannot size the receive buffer: {err}");
+    }
+    let marked = if address.is_ipv4() {
+        socket.set_tos_v4(tos(dscp))
+    } else {
+        socket.set_tclass_v6(tos(dscp))
+    };
+    if let Err(err) = marked {
+        tracing::warn!(%address, "cannot set DSCP: {err}");
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    Ok(socket.into())
+}
+
+/// Binds every UDP listener of the profile once per shard, all sockets of a listener on its one
+/// address (the kernel spreads datagrams over them by source). Returns each shard's sockets;
+/// fails before anything runs if one cannot be bound.
+pub fn bind_udp(
+    profile: &Profile,
+    shards: usize,
+) -> anyhow::Result<Vec<Vec<(ListenerId, std::net::UdpSocket)>>> {
+    let mut bound: Vec<Vec<_>> = (0..shards).map(|_| Vec::new()).collect();
+    for (id, listener) in profile.listeners.iter().enumerate() {
+        if !listener.transports.contains(&Transport::Udp) {
+            continue;
+        }
+        let cannot = |err: std::io::Error| {
+            anyhow::anyhow!(
+                "listener '{}': cannot bind UDP {}: {err}",
+                listener.name,
+                listener.address
+            )
+        };
+        // Port 0: the first socket picks the port, the others share it.
+        let mut address = listener.address;
+        for sockets in &mut bound {
+            let socket = shared_udp_socket(address, listener.dscp).map_err(cannot)?;
+            address = socket.local_addr().map_err(cannot)?;
+            sockets.push((id, socket));
+        }
+    }
+    Ok(bound)
+}
+
+/// One shard's UDP sockets, one per UDP listener.
+pub struct UdpSockets {
+    sockets: Vec<(ListenerId, UdpSocket)>,
+    /// The socket a receive tries first: each gets its turn, so a busy one cannot starve the
+    /// others.
+    next: std::cell::Cell<usize>,
+}
+
+impl UdpSockets {
+    /// Registers a shard's sockets with the runtime it runs on (call it there).
+    pub fn new(bound: Vec<(ListenerId, std::net::UdpSocket)>) -> std::io::Result<UdpSockets> {
+        let sockets = bound
+            .into_iter()
+            .map(|(id, socket)| Ok((id, UdpSocket::from_std(socket)?)))
+            .collect::<std::io::Result<_>>()?;
+        Ok(UdpSockets {
+            sockets,
+            next: std::cell::Cell::new(0),
+        })
+    }
+
+    /// Waits for a datagram on any of the sockets: its length in `buf` and where it came from.
+    /// A receive error (an ICMP unreachable surfacing, say) is logged and waited past.
+    pub async fn recv(&self, buf: &mut [u8]) -> (usize, Peer) {
+        std::future::poll_fn(|cx| {
+            let count = self.sockets.len();
+            let first = self.next.get();
+            for turn in 0..count {
+                let at = (first + turn) % count;
+                let (listener, socket) = &self.sockets[at];
+                let mut read = tokio::io::ReadBuf::new(buf);
+                match socket.poll_recv_from(cx, &mut read) {
+                    std::task::Poll::Ready(Ok(addr)) => {
+                        self.next.set((at + 1) % count);
+                        return std::task::Poll::Ready((
+                            read.filled().len(),
+                            udp_peer(*listener, addr),
+                        ));
+                    }
+                    std::task::Poll::Ready(Err(err)) => {
+                        tracing::debug!("UDP receive error: {err}");
+                        cx.waker().wake_by_ref();
+                        return std::task::Poll::Pending;
+                    }
+                    std::task::Poll::Pending => {}
+                }
+            }
+            std::task::Poll::Pending
+        })
+        .await
+    }
+
+    /// A datagram already waiting on any of the sockets, without waiting.
+    pub fn try_recv(&self, buf: &mut [u8]) -> Option<(usize, Peer)> {
+        let count = self.sockets.len();
+        let first = self.next.get();
+        for turn in 0..count {
+            let at = (first + turn) % count;
+            let (listener, socket) = &self.sockets[at];
+            if let Ok((len, addr)) = socket.try_recv_from(buf) {
+                self.next.set((at + 1) % count);
+                return Some((len, udp_peer(*listener, addr)));
+            }
+        }
+        None
+    }
+
+    /// Sends a datagram from the listener's socket. The error says why it could not go.
+    pub async fn send(&self, peer: &Peer, bytes: &[u8]) -> Result<(), String> {
+        let Some((_, socket)) = self.sockets.iter().find(|(id, _)| *id == peer.listener) else {
+            return Err("the listener has no UDP".to_string());
+        };
+        let sent = match socket.try_send_to(bytes, peer.addr) {
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                socket.send_to(bytes, peer.addr).await
+            }
+            other => other,
+        };
+        sent.map(|_| ())
+            .map_err(|err| format!("UDP send of {} bytes failed: {err}", bytes.len()))
+    }
+}
+
+fn udp_peer(listener: ListenerId, addr: SocketAddr) -> Peer {
+    Peer {
+        listener,
+        transport: Transport::Udp,
+        addr,
+        conn: None,
+    }
+}
+
+/// A datagram as the engine takes it: parsed, or what could be read of it. None for a
+/// keep-alive (RFC 5626 CRLF ping), which needs no answer over UDP.
+pub fn parse_datagram(data: &[u8]) -> Option<Result<Message, ParseError>> {
+    if data.iter().all(|b| *b == b'\r' || *b == b'\n') {
+        return None;
+    }
+    let bytes = Bytes::copy_from_slice(data);
+    Some(parse_message(&bytes, Framing::Datagram).map(|(m, _)| m))
+}
+
 impl Hub {
-    /// Binds every listener of the profile; fails before anything runs if one cannot be bound.
+    /// Binds every TCP listener of the profile; fails before anything runs if one cannot be
+    /// bound. Must run inside the shared runtime.
     pub async fn bind(
         profile: &Profile,
         shards: Vec<mpsc::UnboundedSender<ShardInput>>,
     ) -> anyhow::Result<(Arc<Hub>, Vec<(ListenerId, TcpListener)>)> {
-        let mut udp = Vec::new();
         let mut tcp = Vec::new();
         for (id, listener) in profile.listeners.iter().enumerate() {
-            let socket = if listener.transports.contains(&Transport::Udp) {
-                let socket = UdpSocket::bind(listener.address).await.map_err(|err| {
-                    anyhow::anyhow!(
-                        "listener '{}': cannot bind UDP {}: {err}",
-                        listener.name,
-                        listener.address
-                    )
-                })?;
-                if let Err(err) = mark_udp(&socket, listener.dscp) {
-                    tracing::warn!(listener = %listener.name, "cannot set DSCP: {err}");
-                }
-                Some(Arc::new(socket))
-            } else {
-                None
-            };
-            udp.push(socket);
             if listener.transports.contains(&Transport::Tcp) {
                 // Accepted connections inherit the listening socket's DSCP.
                 let bound = tcp_socket(listener.address, listener.dscp)
@@ -125,9 +281,9 @@ impl Hub {
             }
         }
         let hub = Arc::new(Hub {
+            runtime: Handle::current(),
             listeners: profile.listeners.clone(),
             profile: RwLock::new(Arc::new(profile.clone())),
-            udp,
             conns: Mutex::new(HashMap::new()),
             outbound: Mutex::new(HashMap::new()),
             accepted: Mutex::new(HashMap::new()),
@@ -196,15 +352,10 @@ impl Hub {
         self.started.elapsed().as_millis() as u64
     }
 
-    /// Starts the receive loops.
+    /// Starts accepting TCP connections.
     pub fn start(self: &Arc<Hub>, tcp: Vec<(ListenerId, TcpListener)>) {
-        for (id, socket) in self.udp.iter().enumerate() {
-            if let Some(socket) = socket {
-                tokio::spawn(udp_receive(self.clone(), id, socket.clone()));
-            }
-        }
         for (id, listener) in tcp {
-            tokio::spawn(tcp_accept(self.clone(), id, listener));
+            self.runtime.spawn(tcp_accept(self.clone(), id, listener));
         }
     }
 
@@ -214,8 +365,19 @@ impl Hub {
             .map_or(0, |id| shard_for_call_id(trim_bytes(id), self.shards.len()))
     }
 
-    /// Hands a parsed (or malformed) message to its shard.
+    /// Queues a parsed (or malformed) message from a stream for the shard that owns it.
     fn dispatch(&self, parsed: Result<Message, ParseError>, peer: Peer) {
+        self.route(parsed, peer, usize::MAX);
+    }
+
+    /// A parsed (or malformed) message for shard `here`: returned when it is that shard's own,
+    /// queued for the shard that owns it otherwise.
+    pub fn route(
+        &self,
+        parsed: Result<Message, ParseError>,
+        peer: Peer,
+        here: usize,
+    ) -> Option<ShardInput> {
         let (shard, input) = match parsed {
             Ok(msg) => (self.shard_of(&msg), ShardInput::Message(msg, peer)),
             Err(err) => (
@@ -223,9 +385,13 @@ impl Hub {
                 ShardInput::Malformed(err, peer),
             ),
         };
+        if shard == here {
+            return Some(input);
+        }
         if let Some(tx) = self.shards.get(shard) {
             let _ = tx.send(input);
         }
+        None
     }
 
     /// Tells the shard that sent `bytes` that they could not be sent (its engine fails the
@@ -237,24 +403,9 @@ impl Hub {
         }
     }
 
-    /// Sends what an engine produced.
-    pub async fn send(self: &Arc<Hub>, transmit: Transmit) {
-        let Transmit { peer, bytes } = transmit;
-        match peer.transport {
-            Transport::Udp => {
-                let Some(Some(socket)) = self.udp.get(peer.listener) else {
-                    return;
-                };
-                if let Err(err) = socket.send_to(&bytes, peer.addr).await {
-                    let error = format!("UDP send of {} bytes failed: {err}", bytes.len());
-                    self.report_failure(peer, bytes, error);
-                }
-            }
-            Transport::Tcp => self.send_stream(peer, bytes),
-        }
-    }
-
-    fn send_stream(self: &Arc<Hub>, mut peer: Peer, bytes: Bytes) {
+    /// Sends a message over a stream connection: the one it names, the one open toward its
+    /// address, or a new one. Returns at once; a failure comes back to the shard later.
+    pub fn send_stream(self: &Arc<Hub>, mut peer: Peer, bytes: Bytes) {
         let conn = peer.conn.or_else(|| {
             lock(&self.outbound)
                 .get(&(peer.listener, peer.addr))
@@ -299,7 +450,7 @@ impl Hub {
             .listeners
             .get(peer.listener)
             .map_or(0, |listener| listener.dscp);
-        tokio::spawn(async move {
+        self.runtime.spawn(async move {
             let connected = match tcp_socket(peer.addr, dscp) {
                 Ok(socket) => socket.connect(peer.addr).await,
                 Err(err) => Err(err),
@@ -347,34 +498,6 @@ fn trim_bytes(bytes: &[u8]) -> &[u8] {
         .rposition(|b| !b.is_ascii_whitespace())
         .map_or(start, |p| p + 1);
     &bytes[start..end.max(start)]
-}
-
-async fn udp_receive(hub: Arc<Hub>, listener: ListenerId, socket: Arc<UdpSocket>) {
-    let mut buf = vec![0u8; 65_536];
-    loop {
-        let (len, addr) = match socket.recv_from(&mut buf).await {
-            Ok(received) => received,
-            Err(err) => {
-                // ICMP port unreachable and friends surface here on some systems: keep going.
-                tracing::debug!("UDP receive error: {err}");
-                continue;
-            }
-        };
-        let bytes = Bytes::copy_from_slice(&buf[..len]);
-        if bytes.iter().all(|b| *b == b'\r' || *b == b'\n') {
-            continue; // keep-alive (RFC 5626 CRLF ping)
-        }
-        let peer = Peer {
-            listener,
-            transport: Transport::Udp,
-            addr,
-            conn: None,
-        };
-        hub.dispatch(
-            parse_message(&bytes, Framing::Datagram).map(|(m, _)| m),
-            peer,
-        );
-    }
 }
 
 async fn tcp_accept(hub: Arc<Hub>, listener: ListenerId, socket: TcpListener) {
@@ -619,9 +742,8 @@ mod tests {
 
     #[tokio::test]
     async fn sockets_carry_the_dscp() {
-        let udp = UdpSocket::bind("127.0.0.1:0").await.expect("udp");
-        mark_udp(&udp, 24).expect("mark");
-        assert_eq!(udp.tos_v4().ok(), Some(96), "CS3");
+        let udp = shared_udp_socket("127.0.0.1:0".parse().expect("addr"), 24).expect("udp");
+        assert_eq!(socket2::SockRef::from(&udp).tos_v4().ok(), Some(96), "CS3");
         let tcp = tcp_socket("127.0.0.1:5060".parse().expect("addr"), 46).expect("tcp");
         assert_eq!(tcp.tos_v4().ok(), Some(184), "EF");
         let v6 = tcp_socket("[::1]:5060".parse().expect("addr"), 26);

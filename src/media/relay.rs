@@ -58,6 +58,8 @@ pub type EventSink = Arc<dyn Fn(MediaCallId, MediaEvent) + Send + Sync>;
 
 /// The relay of one process.
 pub struct Relay {
+    /// The runtime the streams run on, whichever thread commands them.
+    runtime: tokio::runtime::Handle,
     address: IpAddr,
     streams: StreamSettings,
     calls: Mutex<HashMap<MediaCallId, Vec<Running>>>,
@@ -68,9 +70,10 @@ pub struct Relay {
 
 impl Relay {
     /// A relay on the profile's media address; events (DTMF digits, RTP timeouts) go to
-    /// `events`.
+    /// `events`. Its streams run on the runtime this is called in.
     pub fn new(config: &MediaConfig, events: EventSink) -> Arc<Relay> {
         Arc::new(Relay {
+            runtime: tokio::runtime::Handle::current(),
             address: config.address,
             streams: StreamSettings {
                 strict_source: config.strict_source,
@@ -92,7 +95,7 @@ impl Relay {
         }
     }
 
-    /// Carries out an engine command. Must run inside the tokio runtime.
+    /// Carries out an engine command (from any thread).
     pub fn apply(&self, command: MediaCommand) {
         let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
         match command {
@@ -129,7 +132,7 @@ impl Relay {
                     let events = self.events.clone();
                     let report: Box<dyn Fn(MediaEvent) + Send + Sync> =
                         Box::new(move |event| events(call, event));
-                    running.task = Some(tokio::spawn(relay_stream(
+                    running.task = Some(self.runtime.spawn(relay_stream(
                         Settings {
                             address: self.address,
                             stream: self.streams,
