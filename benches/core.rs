@@ -15,6 +15,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The allocator the `bridgehead` binary runs with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const INVITE: &str = "INVITE sip:+15550100@sbc.example.com;user=phone SIP/2.0\r\n\
 Via: SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bK-CALL\r\n\
 Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKupstream\r\n\

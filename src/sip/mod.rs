@@ -715,6 +715,23 @@ fn content_length_of(block: &[u8]) -> Result<Option<usize>, Fault> {
     Ok(found)
 }
 
+/// The Content-Length the parsed headers declare (compact `l` included); conflicting values
+/// are an error.
+fn declared_length(headers: &[Header]) -> Result<Option<usize>, Fault> {
+    let mut found: Option<usize> = None;
+    for header in headers
+        .iter()
+        .filter(|h| h.name == HeaderName::ContentLength)
+    {
+        let value = parse_length(&header.value)?;
+        match found {
+            Some(previous) if previous != value => return Err(Fault::ContentLength),
+            _ => found = Some(value),
+        }
+    }
+    Ok(found)
+}
+
 fn parse_length(value: &[u8]) -> Result<usize, Fault> {
     if value.is_empty() || value.len() > 9 || !value.iter().all(u8::is_ascii_digit) {
         return Err(Fault::ContentLength);
@@ -822,7 +839,7 @@ pub fn parse_message(bytes: &Bytes, framing: Framing) -> Result<(Message, usize)
         headers,
         body: Bytes::new(),
     };
-    let declared = match content_length_of(&block) {
+    let declared = match declared_length(&msg.headers) {
         Ok(length) => length,
         Err(err) => {
             fault = fault.or(Some(err));
