@@ -37,6 +37,10 @@
 #   SETTLE=5                                 seconds of CPU still charged after a step's last call
 #   TRACE=1                                  the UAS writes every message it gets (uas_msg.log in
 #                                            the step's directory): check the SDP, the headers
+#   SHARDS=0                                 Bridgehead's shards (0: one per core)
+#   PERF=1                                   perf records Bridgehead (c, d) while the calls run
+#                                            and prints its top entries (perf.data in the step's
+#                                            directory; needs linux-perf)
 #
 # Installs sip-tester, kamailio, kamailio-lua-modules and rtpengine-daemon with apt-get when
 # missing (as root; no service is started, or it is stopped). Kamailio and rtpengine run in the
@@ -55,6 +59,8 @@ RTPENGINE_THREADS=${RTPENGINE_THREADS:-2}
 MEDIA_PORTS=${MEDIA_PORTS:-20000-29999}
 SETTLE=${SETTLE:-5}
 TRACE=${TRACE:-0}
+PERF=${PERF:-0}
+SHARDS=${SHARDS:-0}
 RTPENGINE_PORTS=30000-39999
 
 # --- what this needs -----------------------------------------------------------------------
@@ -127,6 +133,7 @@ fi
 
 # c: the profile of bench/cps.sh (no media section).
 cat > "$WORK/profile-c.yaml" <<EOF
+shards: $SHARDS
 listeners:
   - name: core
     address: 127.0.0.1:$CORE
@@ -152,6 +159,7 @@ sed -e "s/127\.0\.0\.1:5060/127.0.0.1:$CORE/; s/127\.0\.0\.1:5070/127.0.0.1:$TEA
     -e "s|^\(  ports:\) 20000-29999|\1 $MEDIA_PORTS|" \
     -e "s|script: \.\./scripts/default\.lua|script: $BH_SCRIPT|" \
     profiles/default.yaml > "$WORK/profile-d.yaml"
+sed -i "1i shards: $SHARDS" "$WORK/profile-d.yaml"
 grep -q "ports: $MEDIA_PORTS" "$WORK/profile-d.yaml" && grep -q "127.0.0.1:$TEAMS_PEER" "$WORK/profile-d.yaml" \
   || { echo "profiles/default.yaml changed shape; cannot derive profile d" >&2; exit 1; }
 
@@ -264,12 +272,20 @@ for SYS in $SYSTEMS; do
     UAS_PID=$(sed -n 's/.*PID=\[\([0-9]*\)\].*/\1/p' "$STEP/uas.out")
     [ -n "$UAS_PID" ] || { echo "SIPp UAS did not start:"; cat "$STEP/uas.out"; exit 1; }
     PIDS+=("$UAS_PID")
+    PERF_PID=
+    if [ "$PERF" = 1 ] && [[ "$SYS" == [cd] ]]; then
+      perf record -q -F 999 -g -p "${SYS_PIDS[0]}" -o "$STEP/perf.data" > "$STEP/perf.out" 2>&1 &
+      PERF_PID=$!; PIDS+=("$PERF_PID")
+    fi
     D0=$(udp_drops); T0=$(date +%s.%N); C0=$(tree_ticks "${SYS_PIDS[@]}"); R0=$(tree_ticks "${SYS_PIDS[0]}")
     (cd "$STEP" && sipp -sf "$OLDPWD/tests/sipp/caller.xml" "127.0.0.1:$CORE" -i 127.0.0.1 -p "$UAC" \
          -m "$CALLS" -r "$RATE" -d 0 -nostdin -buff_size 4194304 \
          -timeout $((SECONDS_PER_RATE * 4 + 20))s -timeout_error \
          -trace_stat -stf stat.csv -fd 1 > uac.out 2>&1) || true
     T1=$(date +%s.%N); CM=$(tree_ticks "${SYS_PIDS[@]}")
+    if [ -n "$PERF_PID" ]; then
+      kill -INT "$PERF_PID" 2>/dev/null || true; wait "$PERF_PID" 2>/dev/null || true
+    fi
     sleep 0.5   # the UAS's last timewait
     kill "$UAS_PID" 2>/dev/null || true
     sleep "$SETTLE"
@@ -287,6 +303,10 @@ for SYS in $SYSTEMS; do
     SHARE=
     [ "$SYS" != b ] || SHARE=$(awk -v r="$((R1 - R0))" -v c="$((C1 - C0))" 'BEGIN {if (c > 0) printf "  (rtpengine %.0f%%)", 100 * r / c}')
     printf '%3s %6s %7s %7s %6s %8s %8s %6s %7s %13s%s\n' "$SYS" "$RATE" "$CALLS" "$OK" "$FAILED" "$ACHIEVED" "${RETRANS:--}" "$DROPS" "$CPU" "$PER1K" "$SHARE"
+    if [ -n "$PERF_PID" ]; then
+      perf report -i "$STEP/perf.data" --no-children --percent-limit 1.5 --stdio 2>/dev/null \
+        | awk '/^ +[0-9.]+%/ {printf "      perf %7s  %-14s %s\n", $1, $3, substr($0, index($0, $5))}' | head -20
+    fi
     OKS[$SYS,$RATE]=$OK; FAILS[$SYS,$RATE]=$FAILED; CPUK[$SYS,$RATE]=$PER1K; ACH[$SYS,$RATE]=$ACHIEVED
     for pid in "${SYS_PIDS[@]}"; do
       kill -0 "$pid" 2>/dev/null || { echo "system $SYS died (logs in $WORK/$SYS)"; exit 1; }
