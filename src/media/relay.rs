@@ -260,11 +260,12 @@ async fn relay_stream(
     };
     a.mark(stream.a.dscp);
     b.mark(stream.b.dscp);
-    let mut media = MediaStream::new(&stream, settings.stream, now());
-    let mut from_a = [0u8; 2048];
-    let mut from_b = [0u8; 2048];
-    let mut rtcp_a = [0u8; 2048];
-    let mut rtcp_b = [0u8; 2048];
+    // On the heap, allocated here on the runtime's thread: held in the task itself they made
+    // each stream's task several kilobytes, allocated by the shard that spawns it and freed by
+    // another thread, which cost the shard fresh (zeroed) pages on every call.
+    let mut media = Box::new(MediaStream::new(&stream, settings.stream, now()));
+    let mut buffers = Box::new([[0u8; 2048]; 4]);
+    let [from_a, from_b, rtcp_a, rtcp_b] = &mut *buffers;
     // One timer, moved to whatever the stream wants next (frames played, comfort noise, RTP
     // timeouts).
     let timer = tokio::time::sleep_until(tokio::time::Instant::now());
@@ -286,16 +287,16 @@ async fn relay_stream(
                 let stream = *updates.borrow_and_update();
                 media.update(&stream, now());
             }
-            Ok((n, source)) = a.rtp.recv_from(&mut from_a) => {
+            Ok((n, source)) = a.rtp.recv_from(from_a) => {
                 media.handle_packet(Leg::A, source, false, &from_a[..n], now());
             }
-            Ok((n, source)) = b.rtp.recv_from(&mut from_b) => {
+            Ok((n, source)) = b.rtp.recv_from(from_b) => {
                 media.handle_packet(Leg::B, source, false, &from_b[..n], now());
             }
-            Ok((n, source)) = a.rtcp.recv_from(&mut rtcp_a) => {
+            Ok((n, source)) = a.rtcp.recv_from(rtcp_a) => {
                 media.handle_packet(Leg::A, source, true, &rtcp_a[..n], now());
             }
-            Ok((n, source)) = b.rtcp.recv_from(&mut rtcp_b) => {
+            Ok((n, source)) = b.rtcp.recv_from(rtcp_b) => {
                 media.handle_packet(Leg::B, source, true, &rtcp_b[..n], now());
             }
         }
