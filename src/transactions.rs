@@ -12,8 +12,7 @@ use crate::sip::transaction::{
 };
 use crate::sip::{HeaderName, Message, Method};
 use bytes::Bytes;
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Instant;
 
 /// The key matching requests to server transactions: branch, sent-by and method (ACK
@@ -50,6 +49,8 @@ pub(crate) struct ServerEntry<S> {
     /// The request, kept until the final response is sent (responses are built from it).
     pub request: Option<Message>,
     index_key: String,
+    /// Its timers still pending, to drop with it.
+    armed: Vec<TimerKey>,
     pub owner: S,
 }
 
@@ -59,6 +60,8 @@ pub(crate) struct ClientEntry<C> {
     pub peer: Peer,
     pub request: Message,
     index_key: String,
+    /// Its timers still pending, to drop with it.
+    armed: Vec<TimerKey>,
     pub owner: C,
 }
 
@@ -84,6 +87,9 @@ enum Role {
     Client,
 }
 
+/// A pending timer: its deadline, then the order it was armed in.
+type TimerKey = (Instant, u64);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum TimerTarget {
     Server(TxnId, TimerKind),
@@ -97,7 +103,10 @@ pub(crate) struct Transactions<S, C> {
     server_index: HashMap<String, TxnId>,
     clients: HashMap<TxnId, ClientEntry<C>>,
     client_index: HashMap<String, TxnId>,
-    timers: BinaryHeap<Reverse<(Instant, u64, TimerTarget)>>,
+    /// Pending timers in deadline order. A transaction that ends takes its own out, so the
+    /// map holds live timers only (a heap kept every ended transaction's Timer B or F for its
+    /// 32 s, hundreds of thousands of them at a few thousand calls/s).
+    timers: BTreeMap<TimerKey, TimerTarget>,
     timer_seq: u64,
     actions: Vec<TxnAction>,
     events: VecDeque<TxnEvent>,
@@ -111,7 +120,7 @@ impl<S, C> Transactions<S, C> {
             server_index: HashMap::new(),
             clients: HashMap::new(),
             client_index: HashMap::new(),
-            timers: BinaryHeap::new(),
+            timers: BTreeMap::new(),
             timer_seq: 0,
             actions: Vec::new(),
             events: VecDeque::new(),
@@ -166,6 +175,7 @@ impl<S, C> Transactions<S, C> {
                 peer,
                 request: Some(request),
                 index_key: key,
+                armed: Vec::new(),
                 owner,
             },
         );
@@ -225,6 +235,7 @@ impl<S, C> Transactions<S, C> {
                 peer,
                 request,
                 index_key,
+                armed: Vec::new(),
                 owner,
             },
         );
@@ -276,6 +287,7 @@ impl<S, C> Transactions<S, C> {
     pub fn abandon_client(&mut self, id: TxnId) {
         if let Some(entry) = self.clients.remove(&id) {
             self.client_index.remove(&entry.index_key);
+            self.disarm(&entry.armed);
         }
     }
 
@@ -283,22 +295,24 @@ impl<S, C> Transactions<S, C> {
     /// time, so that what the call layer does about one timer's events (ending a
     /// transaction, say) is seen by the next.
     pub fn fire_next_timer(&mut self, now: Instant) -> bool {
-        let Some(Reverse((at, _, target))) = self.timers.peek().copied() else {
+        let Some((&key, &target)) = self.timers.first_key_value() else {
             return false;
         };
-        if at > now {
+        if key.0 > now {
             return false;
         }
-        self.timers.pop();
+        self.timers.remove(&key);
         match target {
             TimerTarget::Server(id, kind) => {
                 if let Some(entry) = self.servers.get_mut(&id) {
+                    entry.armed.retain(|armed| *armed != key);
                     entry.txn.on_timer(kind, now, &mut self.actions);
                     self.apply_server_actions(id);
                 }
             }
             TimerTarget::Client(id, kind) => {
                 if let Some(entry) = self.clients.get_mut(&id) {
+                    entry.armed.retain(|armed| *armed != key);
                     entry.txn.on_timer(kind, now, &mut self.actions);
                     self.apply_client_actions(id);
                 }
@@ -309,7 +323,7 @@ impl<S, C> Transactions<S, C> {
 
     /// The next timer deadline.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((at, _, _))| *at)
+        self.timers.first_key_value().map(|((at, _), _)| *at)
     }
 
     /// The next thing that happened, in order.
@@ -323,6 +337,7 @@ impl<S, C> Transactions<S, C> {
             TxnEvent::ServerEnded(id) => {
                 if let Some(entry) = self.servers.remove(id) {
                     self.server_index.remove(&entry.index_key);
+                    self.disarm(&entry.armed);
                 }
             }
             TxnEvent::ClientEnded(id) => self.abandon_client(*id),
@@ -332,7 +347,22 @@ impl<S, C> Transactions<S, C> {
 
     fn arm(&mut self, at: Instant, target: TimerTarget) {
         self.timer_seq += 1;
-        self.timers.push(Reverse((at, self.timer_seq, target)));
+        let key = (at, self.timer_seq);
+        let armed = match target {
+            TimerTarget::Server(id, _) => self.servers.get_mut(&id).map(|e| &mut e.armed),
+            TimerTarget::Client(id, _) => self.clients.get_mut(&id).map(|e| &mut e.armed),
+        };
+        if let Some(armed) = armed {
+            armed.push(key);
+            self.timers.insert(key, target);
+        }
+    }
+
+    /// Drops the pending timers of a transaction that is gone.
+    fn disarm(&mut self, armed: &[TimerKey]) {
+        for key in armed {
+            self.timers.remove(key);
+        }
     }
 
     fn apply_server_actions(&mut self, id: TxnId) {
@@ -375,5 +405,46 @@ impl<S, C> Transactions<S, C> {
             }
         }
         self.actions = actions;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Transport;
+
+    fn invite() -> Message {
+        let text = "INVITE sip:b@127.0.0.2 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKt1\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>\r\nCall-ID: t1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+        Message::parse(&Bytes::from(text)).expect("INVITE")
+    }
+
+    #[test]
+    fn a_transaction_that_ends_takes_its_timers_with_it() {
+        let mut txns: Transactions<(), ()> = Transactions::new(TimerConfig::default());
+        let peer = Peer {
+            listener: 0,
+            transport: Transport::Udp,
+            addr: "127.0.0.2:5060".parse().expect("addr"),
+            conn: None,
+        };
+        let now = Instant::now();
+        let request = invite();
+        let bytes = Bytes::from(request.to_bytes());
+        txns.start_client(1, (request, bytes), peer, (), now);
+        // Timer A (retransmit) and Timer B (give up) are pending.
+        assert_eq!(txns.timers.len(), 2);
+        assert!(txns.poll_timeout().is_some());
+        // A 2xx ends an INVITE client transaction at once (RFC 3261 §17.1.1.2).
+        assert!(txns.client_response(1, 200, Bytes::new, now));
+        while let Some(event) = txns.poll_event() {
+            txns.forget(&event);
+        }
+        assert_eq!(txns.len(), 0);
+        assert_eq!(
+            txns.poll_timeout(),
+            None,
+            "no timer of a forgotten transaction"
+        );
+        assert!(!txns.fire_next_timer(now + std::time::Duration::from_secs(64)));
     }
 }
