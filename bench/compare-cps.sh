@@ -131,7 +131,7 @@ else
   BH_SCRIPT=$PWD/scripts/default.lua; KAM_SCRIPT=$PWD/bench/kamailio/default.lua; RULES="default rules"
 fi
 
-# c: the profile of bench/cps.sh (no media section).
+# c: two trunks, no media section.
 cat > "$WORK/profile-c.yaml" <<EOF
 shards: $SHARDS
 listeners:
@@ -240,7 +240,7 @@ describe() {
   case "$1" in
     a) echo "a: Kamailio $(kamailio -v 2>/dev/null | sed -n 's/^version: kamailio \([^ ]*\).*/\1/p') stateful proxy, KEMI Lua $(basename "$KAM_SCRIPT"), 2 UDP sockets x $KAMAILIO_WORKERS worker(s)" ;;
     b) echo "b: a + rtpengine $(rtpengine --version 2>&1 | awk '{print $NF; exit}') userspace (--table=-1, --delete-delay=0, $RTPENGINE_THREADS threads, ports $RTPENGINE_PORTS)" ;;
-    c) echo "c: Bridgehead $(git rev-parse --short HEAD 2>/dev/null), no media anchoring (bench/cps.sh profile), $(basename "$BH_SCRIPT")" ;;
+    c) echo "c: Bridgehead $(git rev-parse --short HEAD 2>/dev/null), no media anchoring (a profile without media), $(basename "$BH_SCRIPT")" ;;
     d) echo "d: Bridgehead $(git rev-parse --short HEAD 2>/dev/null), profiles/default.yaml layout, media anchored (ports $MEDIA_PORTS), $(basename "$BH_SCRIPT")" ;;
   esac
 }
