@@ -6,7 +6,7 @@
 #      work of scripts/default.lua (bench/kamailio/kamailio.cfg + bench/kamailio/default.lua)
 #   b  a + rtpengine (userspace, --table=-1), media anchored: rtpengine_manage() on requests and
 #      on replies with SDP
-#   c  Bridgehead, no media anchoring (the profile of bench/cps.sh)
+#   c  Bridgehead, no media anchoring (two trunks, no media section)
 #   d  Bridgehead on profiles/default.yaml as it is (udp+tcp listeners, media anchored) on free
 #      ports
 #
