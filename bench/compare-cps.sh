@@ -126,9 +126,9 @@ UAC=$(free_port); NG=$(free_port)
 sysctl -qw net.core.rmem_max=8388608 net.core.wmem_max=8388608 2>/dev/null || true
 
 if [ "$HEAVY" = 1 ]; then
-  BH_SCRIPT=$PWD/bench/heavy.lua; KAM_SCRIPT=$PWD/bench/kamailio/heavy.lua; RULES="heavy rules"
+  BH_SCRIPT=$PWD/bench/heavy.lua; KAM_HEAVY=(-A "BENCH_HEAVY_LUA=\"$PWD/bench/kamailio/heavy.lua\""); RULES="heavy rules"
 else
-  BH_SCRIPT=$PWD/scripts/default.lua; KAM_SCRIPT=$PWD/bench/kamailio/default.lua; RULES="default rules"
+  BH_SCRIPT=$PWD/scripts/default.lua; KAM_HEAVY=(); RULES="default rules"
 fi
 
 # c: two trunks, no media section.
@@ -211,7 +211,7 @@ start_kamailio() {  # $1: with rtpengine (1) or not (0)
   BENCH_CORE_PORT=$CORE BENCH_TEAMS_PORT=$TEAMS BENCH_CORE_PEER=127.0.0.1:$SOFTSWITCH \
   BENCH_TEAMS_PEER=127.0.0.1:$TEAMS_PEER BENCH_RTPENGINE=$1 \
     kamailio -DD -E -f "$PWD/bench/kamailio/kamailio.cfg" -L "$KAMAILIO_MODULES" \
-      -A "BENCH_LUA=\"$KAM_SCRIPT\"" "${args[@]}" \
+      -A "BENCH_LUA=\"$PWD/bench/kamailio/default.lua\"" "${KAM_HEAVY[@]}" "${args[@]}" \
       -l "udp:127.0.0.1:$CORE" -l "udp:127.0.0.1:$TEAMS" -n "$KAMAILIO_WORKERS" -m 512 -M 16 \
       -Y "$dir/run" -P "$dir/kamailio.pid" -w "$dir" > "$dir/kamailio.log" 2>&1 &
   SYS_PIDS+=($!); PIDS+=($!)
@@ -238,7 +238,7 @@ start_system() {
 }
 describe() {
   case "$1" in
-    a) echo "a: Kamailio $(kamailio -v 2>/dev/null | sed -n 's/^version: kamailio \([^ ]*\).*/\1/p') stateful proxy, KEMI Lua $(basename "$KAM_SCRIPT"), 2 UDP sockets x $KAMAILIO_WORKERS worker(s)" ;;
+    a) echo "a: Kamailio $(kamailio -v 2>/dev/null | sed -n 's/^version: kamailio \([^ ]*\).*/\1/p') stateful proxy, KEMI Lua default.lua${KAM_HEAVY:+ + heavy.lua}, 2 UDP sockets x $KAMAILIO_WORKERS worker(s)" ;;
     b) echo "b: a + rtpengine $(rtpengine --version 2>&1 | awk '{print $NF; exit}') userspace (--table=-1, --delete-delay=0, $RTPENGINE_THREADS threads, ports $RTPENGINE_PORTS)" ;;
     c) echo "c: Bridgehead $(git rev-parse --short HEAD 2>/dev/null), no media anchoring (a profile without media), $(basename "$BH_SCRIPT")" ;;
     d) echo "d: Bridgehead $(git rev-parse --short HEAD 2>/dev/null), profiles/default.yaml layout, media anchored (ports $MEDIA_PORTS), $(basename "$BH_SCRIPT")" ;;

@@ -8,7 +8,8 @@
 -- The trunks are the two listen sockets: core (BENCH_CORE_PORT) and teams (BENCH_TEAMS_PORT).
 -- With BENCH_RTPENGINE=1, media is anchored: rtpengine_manage() on every request and on every
 -- reply with a body (offer on the INVITE, answer on the 200, delete on the BYE).
--- bench/kamailio/heavy.lua is this script plus the "heavy rules" of bench/heavy.lua.
+-- With HEAVY=1, bench/kamailio/heavy.lua is loaded beside this script and defines
+-- heavy_invite(), which this script runs on the initial INVITE from the core.
 
 local CORE_PORT = tonumber(os.getenv("BENCH_CORE_PORT"))
 local TEAMS_PORT = tonumber(os.getenv("BENCH_TEAMS_PORT"))
@@ -25,7 +26,7 @@ local function tag_toward_teams()
 end
 
 -- Relays the request to the other trunk: out of the other socket, to that trunk's peer.
-local function relay(from_teams)
+local function relay(from_teams, offer_flags)
   if from_teams then
     KSR.setdsturi(CORE_PEER)
     KSR.pv.sets("$fs", CORE_SOCKET)
@@ -36,7 +37,7 @@ local function relay(from_teams)
     tag_toward_teams()
     if RTPENGINE then KSR.tm.t_on_reply("ksr_reply_rtp") end
   end
-  if RTPENGINE then KSR.rtpengine.rtpengine_manage("") end
+  if RTPENGINE then KSR.rtpengine.rtpengine_manage(offer_flags or "") end
   if KSR.tm.t_relay() < 0 then KSR.sl.sl_reply_error() end
 end
 
@@ -59,6 +60,10 @@ function ksr_request_route()
         return
       end
       KSR.rr.record_route()
+      if not from_teams and heavy_invite then
+        relay(from_teams, heavy_invite())
+        return
+      end
     end
   end
   relay(from_teams)

@@ -1,35 +1,22 @@
--- Kamailio KEMI rules for bench/compare-cps.sh, HEAVY=1: bench/kamailio/default.lua plus the
--- "heavy rules" of bench/heavy.lua, per call, on the initial INVITE from the core:
+-- Kamailio KEMI rules for bench/compare-cps.sh, HEAVY=1, loaded beside bench/kamailio/default.lua
+-- (which runs heavy_invite() on the initial INVITE from the core): the "heavy rules" of
+-- bench/heavy.lua, per call:
 --   * 20 header edits: 19 set (remove_hf + append: X-Heavy-01..19) and Subject removed;
 --   * a regex: a Request-URI user +49... becomes 0049... (textops subst_user);
 --   * an SDP codec filter on the offer, keeping PCMA and PCMU only (sdpops
 --     sdp_keep_codecs_by_name, called through KSR.x.modf as sdpops 5.6 does not export it to
 --     KEMI: telephone-event goes); with rtpengine, which rewrites the whole
 --     SDP, its codec-strip=telephone-event flag instead (two edits of one body would clash).
---
---   * an INVITE from the core carrying X-MS-FMC is refused with 482 Loop Detected;
---   * every message sent toward Teams carries X-MS-SBC (set: old lines removed, one appended);
---   * calls from the core go to the Teams peer, calls from Teams go to the core peer.
---
--- The trunks are the two listen sockets: core (BENCH_CORE_PORT) and teams (BENCH_TEAMS_PORT).
--- With BENCH_RTPENGINE=1, media is anchored: rtpengine_manage() on every request and on every
--- reply with a body (offer on the INVITE, answer on the 200, delete on the BYE).
 
-local CORE_PORT = tonumber(os.getenv("BENCH_CORE_PORT"))
-local TEAMS_PORT = tonumber(os.getenv("BENCH_TEAMS_PORT"))
-local CORE_SOCKET = "udp:127.0.0.1:" .. CORE_PORT
-local TEAMS_SOCKET = "udp:127.0.0.1:" .. TEAMS_PORT
-local CORE_PEER = "sip:" .. os.getenv("BENCH_CORE_PEER")
-local TEAMS_PEER = "sip:" .. os.getenv("BENCH_TEAMS_PEER")
 local RTPENGINE = os.getenv("BENCH_RTPENGINE") == "1"
-local X_MS_SBC = "X-MS-SBC: Kamailio/proxy/5.6\r\n"
 local HEAVY = {}
 for i = 1, 19 do
   HEAVY[i] = { ("X-Heavy-%02d"):format(i),
                ("X-Heavy-%02d: value-%02d;bench=compare-cps;rule=heavy\r\n"):format(i, i) }
 end
 
-local function heavy_rules()
+-- The heavy rules on the INVITE toward Teams; returns rtpengine's offer flags.
+function heavy_invite()
   for i = 1, #HEAVY do
     KSR.textops.remove_hf(HEAVY[i][1])
     KSR.hdr.append(HEAVY[i][2])
@@ -37,65 +24,5 @@ local function heavy_rules()
   KSR.textops.remove_hf("Subject")
   KSR.textops.subst_user("/^\\+(49[0-9]+)$/00\\1/")
   if not RTPENGINE then KSR.x.modf("sdp_keep_codecs_by_name", "PCMA,PCMU", "audio") end
-end
-
-local function tag_toward_teams()
-  KSR.textops.remove_hf("X-MS-SBC")
-  KSR.hdr.append(X_MS_SBC)
-end
-
--- Relays the request to the other trunk: out of the other socket, to that trunk's peer.
-local function relay(from_teams, offer_flags)
-  if from_teams then
-    KSR.setdsturi(CORE_PEER)
-    KSR.pv.sets("$fs", CORE_SOCKET)
-    KSR.tm.t_on_reply("ksr_reply_toward_teams")
-  else
-    KSR.setdsturi(TEAMS_PEER)
-    KSR.pv.sets("$fs", TEAMS_SOCKET)
-    tag_toward_teams()
-    if RTPENGINE then KSR.tm.t_on_reply("ksr_reply_rtp") end
-  end
-  if RTPENGINE then KSR.rtpengine.rtpengine_manage(offer_flags or "") end
-  if KSR.tm.t_relay() < 0 then KSR.sl.sl_reply_error() end
-end
-
-function ksr_request_route()
-  if KSR.maxfwd.process_maxfwd(10) < 0 then
-    KSR.sl.sl_send_reply(483, "Too Many Hops")
-    return
-  end
-  local from_teams = KSR.pv.get("$Rp") == TEAMS_PORT
-  local method = KSR.pv.get("$rm")
-  if KSR.siputils.has_totag() > 0 then
-    -- In dialog. SIPp sends its ACK/BYE straight to us without Route headers, so loose_route()
-    -- finds nothing to do and the request is relayed like the initial one, to the other trunk.
-    KSR.rr.loose_route()
-  else
-    if method == "INVITE" then
-      -- A call already anchored in Teams Phone Mobile must never loop back to Teams.
-      if not from_teams and KSR.textops.is_present_hf("X-MS-FMC") > 0 then
-        KSR.sl.sl_send_reply(482, "Loop Detected")
-        return
-      end
-      KSR.rr.record_route()
-      if not from_teams then
-        heavy_rules()
-        relay(from_teams, "codec-strip=telephone-event")
-        return
-      end
-    end
-  end
-  relay(from_teams)
-end
-
--- Replies on calls from Teams travel toward Teams: they carry X-MS-SBC too.
-function ksr_reply_toward_teams()
-  tag_toward_teams()
-  if RTPENGINE and KSR.textops.has_body() > 0 then KSR.rtpengine.rtpengine_manage("") end
-end
-
--- Replies on calls from the core, with rtpengine: the SDP answer goes through it.
-function ksr_reply_rtp()
-  if KSR.textops.has_body() > 0 then KSR.rtpengine.rtpengine_manage("") end
+  return "codec-strip=telephone-event"
 end
