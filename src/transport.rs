@@ -140,6 +140,12 @@ pub fn bind_udp(
                 listener.address
             )
         };
+        // SO_REUSEPORT would let a second Bridgehead (or anything of the same user asking for
+        // it) share the address and silently take part of the traffic. A plain bind first
+        // fails if anything holds the address now.
+        if listener.address.port() != 0 {
+            drop(std::net::UdpSocket::bind(listener.address).map_err(cannot)?);
+        }
         // Port 0: the first socket picks the port, the others share it.
         let mut address = listener.address;
         for sockets in &mut bound {
@@ -738,6 +744,26 @@ mod tests {
         assert!(skip_keepalives(&mut lone, |_| pongs += 1));
         assert!(lone.is_empty());
         assert_eq!(pongs, 1, "a lone CRLF is no ping");
+    }
+
+    #[test]
+    fn a_udp_address_in_use_is_refused_and_the_shards_share_a_free_one() {
+        let profile = |port: u16| {
+            let text = format!(
+                "listeners:\n  - name: core\n    address: 127.0.0.1:{port}\n    transports: [udp]\ntrunks: []\n"
+            );
+            Profile::parse(std::path::Path::new("t.yaml"), &text).expect("profile")
+        };
+        let taken = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+        let port = taken.local_addr().expect("addr").port();
+        let refused = bind_udp(&profile(port), 2).map(|_| ()).expect_err("in use");
+        assert!(refused.to_string().contains("cannot bind UDP"), "{refused}");
+        drop(taken);
+        let bound = bind_udp(&profile(port), 3).expect("free now");
+        assert_eq!(bound.len(), 3);
+        for sockets in &bound {
+            assert_eq!(sockets[0].1.local_addr().expect("addr").port(), port);
+        }
     }
 
     #[tokio::test]
