@@ -268,7 +268,6 @@ async fn run_shard(
             }
         };
         tokio::select! {
-            biased;
             (len, peer) = udp.recv(&mut buf) => {
                 let mut received = Some((len, peer));
                 let mut taken = 0;
@@ -285,12 +284,13 @@ async fn run_shard(
             input = inputs.recv() => {
                 let Some(input) = input else { return };
                 handle(&mut engine, input);
-                // Drain what queued up meanwhile before sending, to batch the work.
-                while let Ok(input) = inputs.try_recv() {
-                    handle(&mut engine, input);
-                }
             }
             () = sleep => {}
+        }
+        // What queued up meanwhile (handed over by other shards, TCP, the relay), in the same
+        // batch: a shard busy with its own datagrams never leaves its queue waiting.
+        while let Ok(input) = inputs.try_recv() {
+            handle(&mut engine, input);
         }
         engine.handle_timeout(Instant::now());
         // Media commands first, so the relay starts binding before the far end hears the SDP.
