@@ -84,20 +84,32 @@ pub fn run(profile: Profile) -> anyhow::Result<()> {
                 "anchoring media"
             );
         }
+        let mut started = Vec::with_capacity(shards);
         for (shard, (mut engine, rx)) in engines.into_iter().zip(receivers).enumerate() {
             if let Some(relay) = &relay {
                 engine.set_port_binder(Box::new(relay.port_binder()));
             }
+            let (started_tx, started_rx) = tokio::sync::oneshot::channel();
             let io = ShardIo {
                 shard,
                 inputs: rx,
                 udp: std::mem::take(&mut udp[shard]),
                 hub: hub.clone(),
                 relay: relay.clone(),
+                started: started_tx,
             };
             std::thread::Builder::new()
                 .name(format!("shard-{shard}"))
                 .spawn(move || run_shard_thread(engine, io))?;
+            started.push(started_rx);
+        }
+        // Nothing is served unless every shard runs.
+        for (shard, started) in started.into_iter().enumerate() {
+            match started.await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => anyhow::bail!("shard {shard} cannot start: {err}"),
+                Err(_) => anyhow::bail!("shard {shard} cannot start"),
+            }
         }
         hub.start(tcp);
         for listener in &profile.listeners {
@@ -225,6 +237,8 @@ struct ShardIo {
     udp: Vec<(crate::config::ListenerId, std::net::UdpSocket)>,
     hub: Arc<Hub>,
     relay: Option<Arc<Relay>>,
+    /// Told once the shard runs, or why it cannot.
+    started: tokio::sync::oneshot::Sender<Result<(), String>>,
 }
 
 /// A shard's thread: a single-threaded runtime running [`run_shard`].
@@ -236,14 +250,21 @@ fn run_shard_thread(engine: Engine, io: ShardIo) {
     {
         Ok(runtime) => runtime,
         Err(err) => {
-            tracing::error!(shard, "cannot start the shard's runtime: {err}");
+            let _ = io.started.send(Err(format!("no runtime: {err}")));
             return;
         }
     };
     runtime.block_on(async move {
         match UdpSockets::new(io.udp) {
-            Ok(udp) => run_shard(engine, io.inputs, udp, (shard, io.hub, io.relay)).await,
-            Err(err) => tracing::error!(shard, "cannot register the shard's UDP sockets: {err}"),
+            Ok(udp) => {
+                let _ = io.started.send(Ok(()));
+                run_shard(engine, io.inputs, udp, (shard, io.hub, io.relay)).await;
+            }
+            Err(err) => {
+                let _ = io
+                    .started
+                    .send(Err(format!("UDP sockets not registered: {err}")));
+            }
         }
     });
 }

@@ -91,16 +91,18 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The receive buffer each SIP UDP socket asks for (bytes).
 const UDP_RECEIVE_BUFFER: usize = 8 << 20;
 
-/// A UDP socket of the address's family, marked with a DSCP, that other shards' sockets may
-/// share the address of (`SO_REUSEPORT`).
-fn shared_udp_socket(address: SocketAddr, dscp: u8) -> std::io::Result<std::net::UdpSocket> {
+/// A UDP socket of the address's family, marked with a DSCP; with `shared`, other shards'
+/// sockets may bind the same address (`SO_REUSEPORT`).
+fn udp_socket(address: SocketAddr, dscp: u8, shared: bool) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(
         Domain::for_address(address),
         Type::DGRAM,
         Some(Protocol::UDP),
     )?;
-    socket.set_reuse_port(true)?;
+    if shared {
+        socket.set_reuse_port(true)?;
+    }
     // A burst of datagrams while the shard is busy waits in the receive buffer: the default
     // (about 200 kB, a few milliseconds of signalling at thousands of calls/s) loses them, and
     // a lost datagram costs a retransmission half a second later. The kernel caps the size at
@@ -142,15 +144,19 @@ pub fn bind_udp(
         };
         // SO_REUSEPORT would let a second Bridgehead (or anything of the same user asking for
         // it) share the address and silently take part of the traffic. A plain bind first
-        // fails if anything holds the address now.
-        if listener.address.port() != 0 {
-            drop(std::net::UdpSocket::bind(listener.address).map_err(cannot)?);
-        }
-        // Port 0: the first socket picks the port, the others share it.
-        let mut address = listener.address;
+        // fails if anything holds the address now (a second listener on it included), and
+        // picks a free port for a listener on port 0 (a reuse-port socket may be given one
+        // another reuse-port socket holds). One shard needs no sharing at all.
+        let shared = bound.len() > 1;
+        let address = if shared {
+            std::net::UdpSocket::bind(listener.address)
+                .and_then(|probe| probe.local_addr())
+                .map_err(cannot)?
+        } else {
+            listener.address
+        };
         for sockets in &mut bound {
-            let socket = shared_udp_socket(address, listener.dscp).map_err(cannot)?;
-            address = socket.local_addr().map_err(cannot)?;
+            let socket = udp_socket(address, listener.dscp, shared).map_err(cannot)?;
             sockets.push((id, socket));
         }
     }
@@ -768,7 +774,7 @@ mod tests {
 
     #[tokio::test]
     async fn sockets_carry_the_dscp() {
-        let udp = shared_udp_socket("127.0.0.1:0".parse().expect("addr"), 24).expect("udp");
+        let udp = udp_socket("127.0.0.1:0".parse().expect("addr"), 24, false).expect("udp");
         assert_eq!(socket2::SockRef::from(&udp).tos_v4().ok(), Some(96), "CS3");
         let tcp = tcp_socket("127.0.0.1:5060".parse().expect("addr"), 46).expect("tcp");
         assert_eq!(tcp.tos_v4().ok(), Some(184), "EF");
