@@ -15,8 +15,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const CORE_PEER: &str = "127.0.0.1:5090";
-const TEAMS_PEER: &str = "127.0.0.2:5080";
+mod common;
+
+use common::trunks::{profile_with_script, udp_peer, CORE_PEER, TEAMS_PEER};
 
 /// The default profile's trunks running the bundled rules, `extra_teams` appended to the
 /// Teams trunk.
@@ -52,22 +53,13 @@ impl Sim {
         }
     }
 
-    fn peer(listener: usize, addr: &str) -> Peer {
-        Peer {
-            listener,
-            transport: Transport::Udp,
-            addr: addr.parse().expect("addr"),
-            conn: None,
-        }
-    }
-
     /// A message arrives from the core peer (listener 0) or the Teams peer (listener 1).
     fn core_sends(&mut self, text: &str) -> Vec<(Peer, Message)> {
-        self.deliver(Sim::peer(0, CORE_PEER), text)
+        self.deliver(udp_peer(0, CORE_PEER), text)
     }
 
     fn teams_sends(&mut self, text: &str) -> Vec<(Peer, Message)> {
-        self.deliver(Sim::peer(1, TEAMS_PEER), text)
+        self.deliver(udp_peer(1, TEAMS_PEER), text)
     }
 
     fn deliver(&mut self, peer: Peer, text: &str) -> Vec<(Peer, Message)> {
@@ -124,36 +116,6 @@ fn rules_file(lua: &str) -> String {
     let path = dir.join("rules.lua");
     std::fs::write(&path, lua).expect("rules");
     path.display().to_string()
-}
-
-/// Core and Teams trunks running `script` (plus a `backup` trunk toward 127.0.0.3:5080), with
-/// extra lines for the core and Teams trunks.
-fn profile_with_script(script: &str, core_extra: &str, teams_extra: &str) -> String {
-    format!(
-        "listeners:
-  - name: core
-    address: 127.0.0.1:5060
-  - name: teams
-    address: 127.0.0.1:5070
-trunks:
-  - name: core
-    listener: core
-    peers: [\"{CORE_PEER}\"]
-    script: {script}
-    route: teams
-{core_extra}
-  - name: teams
-    listener: teams
-    peers: [\"{TEAMS_PEER}\"]
-    script: {script}
-    route: core
-{teams_extra}
-  - name: backup
-    listener: teams
-    peers: [\"127.0.0.3:5080\"]
-    script: {script}
-"
-    )
 }
 
 /// Counter value a rule incremented with `bh.metric.inc(name, labels)`.
@@ -807,7 +769,7 @@ fn failover_routes_the_call_again_and_hooks_see_its_life() {
     assert_eq!(h(&second, "X-Trace"), Some("keep-me"));
     assert_eq!(user_counter(&metrics, "failure", &[("status", "503")]), 1);
 
-    let backup = |text: &str, sim: &mut Sim| sim.deliver(Sim::peer(1, "127.0.0.3:5080"), text);
+    let backup = |text: &str, sim: &mut Sim| sim.deliver(udp_peer(1, "127.0.0.3:5080"), text);
     let out = backup(&answer(&second, 200, "OK", "t2", SDP), &mut sim);
     assert_eq!(summary(&out), [format!("200->{CORE_PEER}")]);
     assert_eq!(
@@ -1487,7 +1449,7 @@ fn b_invite_transmit(sim: &mut Sim, call_id: &str, extra: &str) -> bridgehead::T
     let text = invite(call_id, &format!("z9hG4bK{call_id}"), extra);
     sim.engine.handle_datagram(
         Bytes::from(with_length(&text)),
-        Sim::peer(0, CORE_PEER),
+        udp_peer(0, CORE_PEER),
         sim.now,
     );
     std::iter::from_fn(|| sim.engine.poll_transmit())

@@ -3,7 +3,7 @@
 //! model on what identifies it; sdp-rs reads every SDP it sends and agrees on the media. Where
 //! both parse a message of the RFC 4475/5118 torture corpus, they agree on what it is.
 
-use bridgehead::config::{Profile, Transport};
+use bridgehead::config::Profile;
 use bridgehead::script::{RuleMetrics, RuleSet};
 use bridgehead::sdp::Sdp;
 use bridgehead::sip::{HeaderName, Message, StartLine};
@@ -15,33 +15,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const CORE_PEER: &str = "127.0.0.1:5090";
-const TEAMS_PEER: &str = "127.0.0.2:5080";
+mod common;
+
+use common::trunks::{profile_with_script, udp_peer, CORE_PEER, TEAMS_PEER};
 
 fn engine() -> Engine {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/default.lua");
     let text = format!(
-        "media:
-  address: 127.0.0.1
-  ports: 30000-30099
-listeners:
-  - name: core
-    address: 127.0.0.1:5060
-  - name: teams
-    address: 127.0.0.1:5070
-trunks:
-  - name: core
-    listener: core
-    peers: [\"{CORE_PEER}\"]
-    script: {script}
-    route: teams
-  - name: teams
-    listener: teams
-    peers: [\"{TEAMS_PEER}\"]
-    script: {script}
-    route: core
-    srtp: required
-"
+        "media:\n  address: 127.0.0.1\n  ports: 30000-30099\n{}",
+        profile_with_script(script, "", "    srtp: required")
     );
     let profile = Profile::parse(Path::new("oracle.yaml"), &text).expect("profile");
     let rules =
@@ -49,15 +31,6 @@ trunks:
     let mut engine = Engine::new(rules, 0, 1);
     engine.seed_random(7);
     engine
-}
-
-fn peer(listener: usize, addr: &str) -> Peer {
-    Peer {
-        listener,
-        transport: Transport::Udp,
-        addr: addr.parse().expect("addr"),
-        conn: None,
-    }
 }
 
 /// CRLF line ends and Content-Length.
@@ -160,8 +133,8 @@ fn agree(sent: &[Transmit]) -> usize {
 fn an_independent_parser_reads_every_message_of_a_call_as_we_do() {
     let mut engine = engine();
     let now = Instant::now();
-    let core = peer(0, CORE_PEER);
-    let teams = peer(1, TEAMS_PEER);
+    let core = udp_peer(0, CORE_PEER);
+    let teams = udp_peer(1, TEAMS_PEER);
     let mut sent = deliver(
         &mut engine,
         core,

@@ -6,6 +6,7 @@
 
 pub mod rtp_capture;
 pub mod sipp;
+pub mod trunks;
 
 use std::collections::HashMap;
 use std::net::UdpSocket;
