@@ -58,7 +58,10 @@ pub(crate) struct ServerEntry<S> {
 pub(crate) struct ClientEntry<C> {
     pub txn: ClientTransaction,
     pub peer: Peer,
-    pub request: Message,
+    /// The request, kept until a final response arrives (CANCEL, the hop-by-hop ACK and
+    /// local answers are built from it); a transaction that only absorbs retransmissions
+    /// holds no copy of it.
+    pub request: Option<Message>,
     index_key: String,
     /// Its timers still pending, to drop with it.
     armed: Vec<TimerKey>,
@@ -99,9 +102,11 @@ enum TimerTarget {
 /// The transactions of one shard.
 pub(crate) struct Transactions<S, C> {
     config: TimerConfig,
-    servers: HashMap<TxnId, ServerEntry<S>>,
+    /// Entries are boxed: the tables hold every transaction still absorbing retransmissions
+    /// (32 s of calls), and a slot the size of an entry doubled what each table grew by.
+    servers: HashMap<TxnId, Box<ServerEntry<S>>>,
     server_index: HashMap<String, TxnId>,
-    clients: HashMap<TxnId, ClientEntry<C>>,
+    clients: HashMap<TxnId, Box<ClientEntry<C>>>,
     client_index: HashMap<String, TxnId>,
     /// Pending timers in deadline order. A transaction that ends takes its own out, so the
     /// map holds live timers only (a heap kept every ended transaction's Timer B or F for its
@@ -140,15 +145,15 @@ impl<S, C> Transactions<S, C> {
     }
 
     pub fn server(&self, id: TxnId) -> Option<&ServerEntry<S>> {
-        self.servers.get(&id)
+        self.servers.get(&id).map(|entry| &**entry)
     }
 
     pub fn server_mut(&mut self, id: TxnId) -> Option<&mut ServerEntry<S>> {
-        self.servers.get_mut(&id)
+        self.servers.get_mut(&id).map(|entry| &mut **entry)
     }
 
     pub fn client(&self, id: TxnId) -> Option<&ClientEntry<C>> {
-        self.clients.get(&id)
+        self.clients.get(&id).map(|entry| &**entry)
     }
 
     /// Transactions in progress (server + client).
@@ -170,14 +175,14 @@ impl<S, C> Transactions<S, C> {
         self.server_index.insert(key.clone(), id);
         self.servers.insert(
             id,
-            ServerEntry {
+            Box::new(ServerEntry {
                 txn,
                 peer,
                 request: Some(request),
                 index_key: key,
                 armed: Vec::new(),
                 owner,
-            },
+            }),
         );
     }
 
@@ -230,14 +235,14 @@ impl<S, C> Transactions<S, C> {
         self.client_index.insert(index_key.clone(), id);
         self.clients.insert(
             id,
-            ClientEntry {
+            Box::new(ClientEntry {
                 txn,
                 peer,
-                request,
+                request: Some(request),
                 index_key,
                 armed: Vec::new(),
                 owner,
-            },
+            }),
         );
         self.apply_client_actions(id);
     }
@@ -255,6 +260,9 @@ impl<S, C> Transactions<S, C> {
             return false;
         };
         let pass = entry.txn.on_response(status, now, ack, &mut self.actions);
+        if status >= 200 {
+            entry.request = None;
+        }
         self.apply_client_actions(id);
         pass
     }

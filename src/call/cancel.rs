@@ -7,10 +7,15 @@ impl B2bua<'_> {
         let Some(call) = self.calls.by_key.get(&key) else {
             return;
         };
-        let Some(entry) = self.txns.client(call.b_invite) else {
+        // Only an INVITE still waiting for its final response can be canceled.
+        let Some((entry, invite)) = self
+            .txns
+            .client(call.b_invite)
+            .and_then(|entry| Some((entry, entry.request.as_ref()?)))
+        else {
             return;
         };
-        let cancel = build::cancel_for(&entry.request);
+        let cancel = build::cancel_for(invite);
         let (peer, trunk, script) = (entry.peer, call.b.trunk, call.script);
         let cancel = self.outgoing(Some(key), script, Leg::B, trunk, cancel);
         self.start_client(cancel, peer, ClientOwner::Local, now);

@@ -33,7 +33,8 @@ impl B2bua<'_> {
                     let failure = self
                         .txns
                         .client(id)
-                        .map(|entry| response_to(&entry.request, status, None, None));
+                        .and_then(|entry| entry.request.as_ref())
+                        .map(|invite| response_to(invite, status, None, None));
                     if failure.is_some_and(|f| self.on_failure(key, &f, None, now)) {
                         return;
                     }

@@ -263,10 +263,11 @@ impl B2bua<'_> {
             entry.txn.state(),
             ClientState::Calling | ClientState::Proceeding
         );
-        if status < 300 || !waiting || entry.request.method() != Some(&Method::Invite) {
+        let invite = entry.request.as_ref()?;
+        if status < 300 || !waiting || invite.method() != Some(&Method::Invite) {
             return None;
         }
-        let ack = build::ack_for(&entry.request, response);
+        let ack = build::ack_for(invite, response);
         let (key, leg) = match entry.owner {
             ClientOwner::Invite(key) => (key, Leg::B),
             ClientOwner::Relay { call, server } => match self.txns.server(server)?.owner {

@@ -24,7 +24,13 @@ pub trait PortBinder: Send {
     fn bind(&mut self, port: u16) -> std::io::Result<()>;
     /// The pool took `port` back: sockets still held for it close.
     fn release(&mut self, port: u16);
+    /// `port` is among the next the pool hands out: a binder may bind it ahead of time, off
+    /// the thread that will ask for it (the default does nothing).
+    fn prepare(&mut self, _port: u16) {}
 }
+
+/// How many of the next ports in line a pool asks its binder to prepare.
+const PREPARED_AHEAD: usize = 128;
 
 /// The RTP ports of one shard's slice of the profile's range: every port pair (even RTP port,
 /// RTCP on the next) whose index modulo the number of shards is the shard's, so shards never
@@ -56,8 +62,11 @@ impl PortPool {
         PortPool { free, binder: None }
     }
 
-    /// Binds every port before handing it out.
-    pub fn set_binder(&mut self, binder: Box<dyn PortBinder>) {
+    /// Binds every port before handing it out (and has the next ones in line prepared).
+    pub fn set_binder(&mut self, mut binder: Box<dyn PortBinder>) {
+        for &port in self.free.iter().take(PREPARED_AHEAD) {
+            binder.prepare(port);
+        }
         self.binder = Some(binder);
     }
 
@@ -73,7 +82,13 @@ impl PortPool {
                 break;
             };
             match binder.bind(port) {
-                Ok(()) => return Ok(port),
+                Ok(()) => {
+                    // The port that just moved into the prepared window.
+                    if let Some(&next) = self.free.get(PREPARED_AHEAD - 1) {
+                        binder.prepare(next);
+                    }
+                    return Ok(port);
+                }
                 Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => {
                     self.free.push_back(port);
                 }
@@ -982,6 +997,7 @@ mod tests {
         taken_elsewhere: Vec<u16>,
         descriptors: usize,
         held: std::sync::Arc<std::sync::Mutex<Vec<u16>>>,
+        prepared: std::sync::Arc<std::sync::Mutex<Vec<u16>>>,
     }
 
     impl PortBinder for FakeBinder {
@@ -1000,6 +1016,32 @@ mod tests {
         fn release(&mut self, port: u16) {
             self.held.lock().expect("lock").retain(|p| *p != port);
         }
+
+        fn prepare(&mut self, port: u16) {
+            self.prepared.lock().expect("lock").push(port);
+        }
+    }
+
+    #[test]
+    fn a_pool_has_its_binder_prepare_the_ports_next_in_line() {
+        let mut pool = PortPool::new((30000, 30999), 0, 1);
+        let prepared = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        pool.set_binder(Box::new(FakeBinder {
+            taken_elsewhere: Vec::new(),
+            descriptors: 100,
+            held: Default::default(),
+            prepared: prepared.clone(),
+        }));
+        let first: Vec<u16> = (0..PREPARED_AHEAD as u16).map(|i| 30000 + 2 * i).collect();
+        assert_eq!(*prepared.lock().expect("lock"), first);
+        // Each port handed out brings the next one into the window.
+        assert_eq!(pool.take().ok(), Some(30000));
+        assert_eq!(pool.take().ok(), Some(30002));
+        let window_end = 30000 + 2 * PREPARED_AHEAD as u16;
+        assert_eq!(
+            prepared.lock().expect("lock")[PREPARED_AHEAD..],
+            [window_end, window_end + 2]
+        );
     }
 
     #[test]
@@ -1010,6 +1052,7 @@ mod tests {
             taken_elsewhere: vec![30002],
             descriptors: 2,
             held: held.clone(),
+            prepared: Default::default(),
         }));
         assert_eq!(pool.take().ok(), Some(30000));
         // 30002 is another process's: skipped, and tried again later.

@@ -65,6 +65,8 @@ pub struct Relay {
     calls: Mutex<HashMap<MediaCallId, Vec<Running>>>,
     events: EventSink,
     reserved: Reserved,
+    /// Ports to bind ahead of time, for the thread that does it.
+    prepare: Arc<PrepareQueue>,
     pub stats: Arc<RelayStats>,
 }
 
@@ -72,6 +74,7 @@ impl Relay {
     /// A relay on the profile's media address; events (DTMF digits, RTP timeouts) go to
     /// `events`. Its streams run on the runtime this is called in.
     pub fn new(config: &MediaConfig, events: EventSink) -> Arc<Relay> {
+        let reserved: Reserved = Arc::new(Mutex::new(HashMap::new()));
         Arc::new(Relay {
             runtime: tokio::runtime::Handle::current(),
             address: config.address,
@@ -81,7 +84,8 @@ impl Relay {
             },
             calls: Mutex::new(HashMap::new()),
             events,
-            reserved: Arc::new(Mutex::new(HashMap::new())),
+            prepare: spawn_preparer(config.address, reserved.clone()),
+            reserved,
             stats: Arc::new(RelayStats::default()),
         })
     }
@@ -92,6 +96,7 @@ impl Relay {
         ReservingBinder {
             address: self.address,
             reserved: self.reserved.clone(),
+            prepare: self.prepare.clone(),
         }
     }
 
@@ -162,25 +167,102 @@ struct Settings {
 type Reserved = Arc<Mutex<HashMap<u16, (std::net::UdpSocket, std::net::UdpSocket)>>>;
 
 /// The engines' [`PortBinder`]: binds each port pair as the pool hands it out and keeps the
-/// sockets for the relay's stream on that port.
+/// sockets for the relay's stream on that port. The ports next in line are bound ahead of
+/// time by a thread of the relay's own, so a shard handing out a port finds it bound and
+/// makes no system call (binding four sockets per call took 6 % of a shard's time).
 pub struct ReservingBinder {
     address: IpAddr,
     reserved: Reserved,
+    prepare: Arc<PrepareQueue>,
 }
 
 impl PortBinder for ReservingBinder {
     fn bind(&mut self, port: u16) -> std::io::Result<()> {
-        let rtp = std::net::UdpSocket::bind((self.address, port))?;
-        let rtcp = std::net::UdpSocket::bind((self.address, port.wrapping_add(1)))?;
-        rtp.set_nonblocking(true)?;
-        rtcp.set_nonblocking(true)?;
-        lock(&self.reserved).insert(port, (rtp, rtcp));
+        if lock(&self.reserved).contains_key(&port) {
+            return Ok(());
+        }
+        // Not prepared (yet): bound here.
+        let pair = bind_pair(self.address, port)?;
+        lock(&self.reserved).insert(port, pair);
         Ok(())
     }
 
     fn release(&mut self, port: u16) {
         lock(&self.reserved).remove(&port);
     }
+
+    fn prepare(&mut self, port: u16) {
+        self.prepare.push(port);
+    }
+}
+
+/// Binds the RTP and RTCP sockets of `port`, non-blocking.
+fn bind_pair(
+    address: IpAddr,
+    port: u16,
+) -> std::io::Result<(std::net::UdpSocket, std::net::UdpSocket)> {
+    let rtp = std::net::UdpSocket::bind((address, port))?;
+    let rtcp = std::net::UdpSocket::bind((address, port.wrapping_add(1)))?;
+    rtp.set_nonblocking(true)?;
+    rtcp.set_nonblocking(true)?;
+    Ok((rtp, rtcp))
+}
+
+/// Ports waiting to be bound ahead of time, and the signal that some are.
+#[derive(Default)]
+struct PrepareQueue {
+    ports: Mutex<Vec<u16>>,
+    added: std::sync::Condvar,
+}
+
+impl PrepareQueue {
+    /// Queues a port; the preparer is woken only when the queue was empty (under load it
+    /// takes many ports per wake-up instead of one system call per port).
+    fn push(&self, port: u16) {
+        let mut ports = lock(&self.ports);
+        ports.push(port);
+        if ports.len() == 1 {
+            self.added.notify_one();
+        }
+    }
+}
+
+/// The thread that binds ports ahead of time into `reserved`; it ends once the relay and
+/// every binder are gone. A port it cannot bind (another process holds it) is left alone: the
+/// pool's own bind then fails the same way and skips it.
+fn spawn_preparer(address: IpAddr, reserved: Reserved) -> Arc<PrepareQueue> {
+    let queue = Arc::new(PrepareQueue::default());
+    let shared = queue.clone();
+    let spawned = std::thread::Builder::new()
+        .name("media-ports".into())
+        .spawn(move || {
+            let mut batch = Vec::new();
+            while Arc::strong_count(&shared) > 1 {
+                {
+                    let ports = lock(&shared.ports);
+                    let (mut ports, _) = shared
+                        .added
+                        .wait_timeout_while(ports, std::time::Duration::from_secs(1), |p| {
+                            p.is_empty()
+                        })
+                        .unwrap_or_else(|e| e.into_inner());
+                    std::mem::swap(&mut *ports, &mut batch);
+                }
+                for port in batch.drain(..) {
+                    if lock(&reserved).contains_key(&port) {
+                        continue;
+                    }
+                    if let Ok(pair) = bind_pair(address, port) {
+                        lock(&reserved).entry(port).or_insert(pair);
+                    }
+                }
+            }
+        });
+    if let Err(err) = spawned {
+        // Ports are then bound when handed out, as without a preparer.
+        tracing::warn!("media: no thread to bind ports ahead of time: {err}");
+    }
+    queue
 }
 
 /// Marks what a UDP socket sends with a DSCP (IPv4 TOS or IPv6 traffic class).
@@ -367,6 +449,38 @@ mod tests {
         )
         .await
         .is_ok()
+    }
+
+    /// True when nobody holds `port` and `port + 1` on loopback.
+    fn is_free(port: u16) -> bool {
+        std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port + 1)).is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_port_prepared_ahead_is_bound_by_the_relay_thread_and_closed_on_release() {
+        let config = MediaConfig {
+            address: "127.0.0.1".parse().unwrap(),
+            advertise: "127.0.0.1".into(),
+            ports: (20000, 20099),
+            strict_source: false,
+            rtp_timeout: 0,
+            ringback: Default::default(),
+            no_ports: Default::default(),
+        };
+        let relay = Relay::new(&config, Arc::new(|_, _| {}));
+        let mut binder = relay.port_binder();
+        let port = free_port_pair();
+        binder.prepare(port);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while is_free(port) {
+            assert!(std::time::Instant::now() < deadline, "never prepared");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        // Handing the port out finds it bound: no second bind (which would fail, in use).
+        binder.bind(port).expect("prepared");
+        binder.release(port);
+        assert!(is_free(port), "released ports close");
     }
 
     #[tokio::test]

@@ -164,11 +164,14 @@ impl ClientTransaction {
             }
             (ClientState::Calling | ClientState::Proceeding, 200..=299) if self.invite => {
                 self.state = ClientState::Terminated;
+                self.request = Bytes::new();
                 out.push(TxnAction::Terminated);
                 true
             }
             (ClientState::Calling | ClientState::Proceeding, _) => {
                 self.state = ClientState::Completed;
+                // Never sent again: only the final response's retransmissions are absorbed.
+                self.request = Bytes::new();
                 if self.invite {
                     let ack = ack();
                     out.push(TxnAction::Send(ack.clone()));
