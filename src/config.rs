@@ -362,8 +362,11 @@ fn default_signalling_dscp() -> u8 {
 }
 
 /// EF, expedited forwarding, for voice.
+/// The DSCP of media toward a trunk unless it says otherwise: EF (46).
+pub const DEFAULT_MEDIA_DSCP: u8 = 46;
+
 fn default_media_dscp() -> u8 {
-    46
+    DEFAULT_MEDIA_DSCP
 }
 
 fn default_transports() -> Vec<Transport> {

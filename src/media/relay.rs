@@ -7,7 +7,7 @@
 use super::player::Sound;
 use super::stream::{MediaStream, StreamSettings};
 use super::{MediaCallId, MediaCommand, MediaEvent, PortBinder, Stream};
-use crate::config::MediaConfig;
+use crate::config::{MediaConfig, DEFAULT_MEDIA_DSCP};
 use crate::shared::{tos, Leg};
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -196,16 +196,25 @@ impl PortBinder for ReservingBinder {
     }
 }
 
-/// Binds the RTP and RTCP sockets of `port`, non-blocking.
+/// Binds the RTP and RTCP sockets of `port`: non-blocking from the start, and marked with
+/// the default media DSCP (most trunks' own, so most streams need no marking of their own).
 fn bind_pair(
     address: IpAddr,
     port: u16,
 ) -> std::io::Result<(std::net::UdpSocket, std::net::UdpSocket)> {
-    let rtp = std::net::UdpSocket::bind((address, port))?;
-    let rtcp = std::net::UdpSocket::bind((address, port.wrapping_add(1)))?;
-    rtp.set_nonblocking(true)?;
-    rtcp.set_nonblocking(true)?;
-    Ok((rtp, rtcp))
+    let bind = |port: u16| -> std::io::Result<std::net::UdpSocket> {
+        let addr = std::net::SocketAddr::new(address, port);
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::DGRAM.nonblocking(),
+            Some(socket2::Protocol::UDP),
+        )?;
+        socket.bind(&addr.into())?;
+        let socket = std::net::UdpSocket::from(socket);
+        mark_std(&socket, DEFAULT_MEDIA_DSCP)?;
+        Ok(socket)
+    };
+    Ok((bind(port)?, bind(port.wrapping_add(1))?))
 }
 
 /// Ports waiting to be bound ahead of time, and the signal that some are.
@@ -267,6 +276,12 @@ fn spawn_preparer(address: IpAddr, reserved: Reserved) -> Arc<PrepareQueue> {
 
 /// Marks what a UDP socket sends with a DSCP (IPv4 TOS or IPv6 traffic class).
 pub fn mark_udp(socket: &UdpSocket, dscp: u8) -> std::io::Result<()> {
+    mark_std(socket, dscp)
+}
+
+/// [`mark_udp`] for any socket.
+fn mark_std(socket: &impl std::os::fd::AsFd, dscp: u8) -> std::io::Result<()> {
+    let socket = socket2::SockRef::from(socket);
     if socket.local_addr()?.is_ipv4() {
         socket.set_tos_v4(tos(dscp))
     } else {
@@ -282,26 +297,37 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct LegSockets {
     rtp: UdpSocket,
     rtcp: UdpSocket,
+    /// The DSCP they already mark with.
+    marked: Option<u8>,
 }
 
 impl LegSockets {
     /// The leg's sockets: the ones the pool bound for `port`, or freshly bound ones.
     async fn bind(address: IpAddr, port: u16, reserved: &Reserved) -> std::io::Result<LegSockets> {
         let held = lock(reserved).remove(&port);
-        let (rtp, rtcp) = match held {
-            Some((rtp, rtcp)) => (UdpSocket::from_std(rtp)?, UdpSocket::from_std(rtcp)?),
+        let (rtp, rtcp, marked) = match held {
+            Some((rtp, rtcp)) => (
+                UdpSocket::from_std(rtp)?,
+                UdpSocket::from_std(rtcp)?,
+                Some(DEFAULT_MEDIA_DSCP),
+            ),
             None => (
                 UdpSocket::bind((address, port)).await?,
                 // Port 0 (tests): any free ports.
                 UdpSocket::bind((address, if port == 0 { 0 } else { port.wrapping_add(1) }))
                     .await?,
+                None,
             ),
         };
-        Ok(LegSockets { rtp, rtcp })
+        Ok(LegSockets { rtp, rtcp, marked })
     }
 
-    /// Marks what the relay sends toward the leg with its trunk's DSCP.
+    /// Marks what the relay sends toward the leg with its trunk's DSCP (unless they already
+    /// do).
     fn mark(&self, dscp: u8) {
+        if self.marked == Some(dscp) {
+            return;
+        }
         for socket in [&self.rtp, &self.rtcp] {
             if let Err(err) = mark_udp(socket, dscp) {
                 tracing::warn!("media: cannot set DSCP {dscp}: {err}");
