@@ -26,6 +26,11 @@
 #                                            Bridgehead, bench/kamailio/heavy.lua for Kamailio
 #                                            (20 header edits, an SDP codec filter, a regex)
 #   SYSTEMS="a b c d"                        which systems, in that order
+#   FLOW=plain                               the call flow: plain (tests/sipp/caller.xml,
+#                                            callee.xml) or 100rel (caller_100rel.xml,
+#                                            callee_reliable.xml: the caller requires 100rel,
+#                                            the callee rings reliably, both 180s PRACKed,
+#                                            the answer 300 ms after the PRACK; for c and d)
 #   KAMAILIO_WORKERS=1                       UDP workers per Kamailio listen socket (2 sockets,
 #                                            so 2 workers for 2 cores). With more, two workers
 #                                            of one socket relay a 180 and the 200 right behind
@@ -53,6 +58,13 @@ RATES=("$@")
 [ ${#RATES[@]} -gt 0 ] || RATES=(1000 2000 3000 4000 5000 6000)
 SECONDS_PER_RATE=${SECONDS_PER_RATE:-5}
 HEAVY=${HEAVY:-0}
+FLOW=${FLOW:-plain}
+case "$FLOW" in
+  plain) CALLER=caller.xml; CALLEE=callee.xml; FLOW_TEXT="INVITE/100/180/200 SDP/ACK/BYE/200" ;;
+  100rel) CALLER=caller_100rel.xml; CALLEE=callee_reliable.xml
+          FLOW_TEXT="INVITE Require:100rel/100/reliable 180/PRACK/200/200 SDP/ACK/BYE/200, both legs PRACKed" ;;
+  *) echo "FLOW is plain or 100rel"; exit 2 ;;
+esac
 SYSTEMS=${SYSTEMS:-"a b c d"}
 KAMAILIO_WORKERS=${KAMAILIO_WORKERS:-1}
 RTPENGINE_THREADS=${RTPENGINE_THREADS:-2}
@@ -253,7 +265,7 @@ stat_column() { awk -F';' -v name="$2" 'NR==1 {for (i=1;i<=NF;i++) if ($i==name)
 HZ=$(getconf CLK_TCK)
 declare -A OKS FAILS CPUK ACH
 echo "compare-cps: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)), $RULES"
-echo "SIPp $(sipp -v 2>&1 | sed -n 's/.*SIPp \(v[^ ,]*[^ ,.]\).*/\1/p' | head -1) UAC/UAS (tests/sipp/caller.xml, callee.xml: INVITE/100/180/200 SDP/ACK/BYE/200, -d 0), $SECONDS_PER_RATE s of calls per rate, CPU charged until $SETTLE s after"
+echo "SIPp $(sipp -v 2>&1 | sed -n 's/.*SIPp \(v[^ ,]*[^ ,.]\).*/\1/p' | head -1) UAC/UAS (tests/sipp/$CALLER, $CALLEE: $FLOW_TEXT, -d 0), $SECONDS_PER_RATE s of calls per rate, CPU charged until $SETTLE s after"
 for SYS in $SYSTEMS; do
   echo
   describe "$SYS"
@@ -267,7 +279,7 @@ for SYS in $SYSTEMS; do
     # The UAS may take more calls than sent: an INVITE retransmitted by the SBC after the UAS
     # ended that call counts as a new one. With -m CALLS it would then stop before the last real
     # calls came; it is stopped here once the UAC is done instead (-timeout bounds it too).
-    sipp -sf tests/sipp/callee.xml -i 127.0.0.1 -p "$TEAMS_PEER" -m $((CALLS * 2)) -nostdin -bg \
+    sipp -sf "tests/sipp/$CALLEE" -i 127.0.0.1 -p "$TEAMS_PEER" -m $((CALLS * 2)) -nostdin -bg \
          $([ "$TRACE" != 1 ] || echo "-trace_msg -message_file $STEP/uas_msg.log") -buff_size 4194304 -timeout $((SECONDS_PER_RATE * 4 + 30))s > "$STEP/uas.out" 2>&1 || true
     UAS_PID=$(sed -n 's/.*PID=\[\([0-9]*\)\].*/\1/p' "$STEP/uas.out")
     [ -n "$UAS_PID" ] || { echo "SIPp UAS did not start:"; cat "$STEP/uas.out"; exit 1; }
@@ -278,7 +290,7 @@ for SYS in $SYSTEMS; do
       PERF_PID=$!; PIDS+=("$PERF_PID")
     fi
     D0=$(udp_drops); T0=$(date +%s.%N); C0=$(tree_ticks "${SYS_PIDS[@]}"); R0=$(tree_ticks "${SYS_PIDS[0]}")
-    (cd "$STEP" && sipp -sf "$OLDPWD/tests/sipp/caller.xml" "127.0.0.1:$CORE" -i 127.0.0.1 -p "$UAC" \
+    (cd "$STEP" && sipp -sf "$OLDPWD/tests/sipp/$CALLER" "127.0.0.1:$CORE" -i 127.0.0.1 -p "$UAC" \
          -m "$CALLS" -r "$RATE" -d 0 -nostdin -buff_size 4194304 \
          -timeout $((SECONDS_PER_RATE * 4 + 20))s -timeout_error \
          -trace_stat -stf stat.csv -fd 1 > uac.out 2>&1) || true

@@ -118,6 +118,33 @@ pub struct Trunk {
     /// Requests to this UDP trunk larger than this many bytes go over TCP instead (RFC 3261
     /// §18.1.1 names 1300 when the path MTU is unknown); `None` keeps them on UDP.
     pub tcp_above: Option<usize>,
+    /// Reliable provisional responses (RFC 3262) on the trunk's legs.
+    pub rel100: Rel100,
+}
+
+/// Whether a trunk's legs use reliable provisional responses (RFC 3262, `100rel`). Each leg
+/// keeps its own: Bridgehead PRACKs what it receives and has its own provisionals PRACKed,
+/// so one leg may use them while the other does not.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Rel100 {
+    /// Never: a caller that requires 100rel gets 420; INVITEs to the trunk do not offer it.
+    Disabled,
+    /// When the other end asks: a caller that requires it gets reliable provisionals, one
+    /// that supports it gets them once the callee's are reliable; INVITEs to the trunk carry
+    /// `Supported: 100rel`.
+    #[default]
+    Supported,
+    /// Always: a caller that does not support it gets 421, one that does gets every
+    /// provisional reliably; INVITEs to the trunk carry `Require: 100rel`.
+    Required,
+}
+
+impl Rel100 {
+    /// True unless disabled.
+    pub fn allowed(self) -> bool {
+        self != Rel100::Disabled
+    }
 }
 
 /// Which headers of the other leg cross onto a trunk's leg. B2BUA-owned headers never cross;
@@ -404,6 +431,8 @@ struct RawTrunk {
     ringback: Option<TonePlan>,
     #[serde(default)]
     tcp_above: Option<usize>,
+    #[serde(default)]
+    rel100: Rel100,
 }
 
 /// How a trunk carries DTMF.
@@ -619,6 +648,7 @@ impl Validator<'_> {
             local_ringback: raw.local_ringback,
             ringback: raw.ringback,
             tcp_above: raw.tcp_above,
+            rel100: raw.rel100,
             on_script_error,
             params,
             listener,

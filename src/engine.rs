@@ -238,6 +238,7 @@ impl Engine {
                     continue;
                 }
                 TxnEvent::ServerTimedOut(id) => CallInput::ServerTimedOut(id),
+                TxnEvent::ServerUnacknowledged(id) => CallInput::ProvisionalUnacknowledged(id),
                 TxnEvent::ClientTimedOut(id) => CallInput::ClientFailed { id, status: 408 },
                 TxnEvent::ServerEnded(_) | TxnEvent::ClientEnded(_) => {
                     self.txns.forget(&event);

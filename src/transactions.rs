@@ -75,6 +75,8 @@ pub(crate) enum TxnEvent {
     Transmit(Transmit),
     /// A server transaction timed out (a 2xx or final response never acknowledged).
     ServerTimedOut(TxnId),
+    /// A reliable provisional response of a server transaction never got its PRACK.
+    ServerUnacknowledged(TxnId),
     /// A client transaction timed out (no final response).
     ClientTimedOut(TxnId),
     /// A server transaction is over: forget it once the events before this one are handled.
@@ -247,6 +249,26 @@ impl<S, C> Transactions<S, C> {
         self.apply_client_actions(id);
     }
 
+    /// Sends a reliable provisional response (RFC 3262) through a server transaction.
+    pub fn send_reliable_provisional(&mut self, id: TxnId, response: &Message, now: Instant) {
+        let Some(entry) = self.servers.get_mut(&id) else {
+            return;
+        };
+        let bytes = Bytes::from(response.to_bytes());
+        entry
+            .txn
+            .send_reliable_provisional(bytes, now, &mut self.actions);
+        self.apply_server_actions(id);
+    }
+
+    /// The PRACK of a server transaction's reliable provisional response arrived; false when
+    /// none was waiting for one.
+    pub fn server_prack(&mut self, id: TxnId) -> bool {
+        self.servers
+            .get_mut(&id)
+            .is_some_and(|entry| entry.txn.on_prack())
+    }
+
     /// Feeds a response to a client transaction (`ack` builds the hop-by-hop ACK of a non-2xx
     /// final response when one is due); returns true when it must go up to the owner.
     pub fn client_response(
@@ -406,6 +428,9 @@ impl<S, C> Transactions<S, C> {
                     Role::Server => TxnEvent::ServerTimedOut(id),
                     Role::Client => TxnEvent::ClientTimedOut(id),
                 }),
+                TxnAction::Unacknowledged => {
+                    self.events.push_back(TxnEvent::ServerUnacknowledged(id))
+                }
                 TxnAction::Terminated => self.events.push_back(match role {
                     Role::Server => TxnEvent::ServerEnded(id),
                     Role::Client => TxnEvent::ClientEnded(id),

@@ -341,6 +341,91 @@ fn busy_and_not_found_reach_the_caller() {
 }
 
 #[test]
+fn a_caller_requiring_100rel_gets_a_reliable_180_from_a_callee_without_it() {
+    for transport in [Transport::Udp, Transport::Tcp] {
+        let outcome = Flow::new("caller_100rel", "callee_slow_answer")
+            .over(transport)
+            .run();
+        let invite = outcome
+            .callee_got()
+            .find(|m| m.is_request("INVITE"))
+            .expect("the callee got the INVITE");
+        assert_eq!(
+            invite.header("Supported"),
+            Some("100rel"),
+            "{}",
+            invite.text
+        );
+        assert!(invite.header("Require").is_none(), "{}", invite.text);
+        assert!(
+            !outcome.callee_got().any(|m| m.is_request("PRACK")),
+            "the caller's PRACK stays at Bridgehead"
+        );
+        let ringing = outcome
+            .caller_got()
+            .find(|m| m.is_response(180))
+            .expect("the caller got the 180");
+        assert_eq!(
+            ringing.header("Require"),
+            Some("100rel"),
+            "{}",
+            ringing.text
+        );
+        assert!(ringing.header("RSeq").is_some(), "{}", ringing.text);
+    }
+}
+
+#[test]
+fn a_reliable_180_is_pracked_by_bridgehead_and_reaches_a_plain_caller_as_a_plain_180() {
+    let outcome = Flow::new("caller", "callee_reliable").run();
+    let prack = outcome
+        .callee_got()
+        .find(|m| m.is_request("PRACK"))
+        .expect("Bridgehead PRACKed the 180");
+    assert!(
+        prack.header("RAck").is_some_and(|r| r.starts_with("3000 ")),
+        "{}",
+        prack.text
+    );
+    let ringing = outcome
+        .caller_got()
+        .find(|m| m.is_response(180))
+        .expect("the caller got the 180");
+    assert!(ringing.header("Require").is_none(), "{}", ringing.text);
+    assert!(ringing.header("RSeq").is_none(), "{}", ringing.text);
+}
+
+#[test]
+fn with_100rel_on_both_legs_each_leg_is_pracked_on_its_own() {
+    let outcome = Flow::new("caller_100rel", "callee_reliable")
+        .over(Transport::Tcp)
+        .teams_calls()
+        .run();
+    assert_eq!(
+        outcome
+            .callee_got()
+            .filter(|m| m.is_request("PRACK"))
+            .count(),
+        1
+    );
+    let ringing = outcome
+        .caller_got()
+        .find(|m| m.is_response(180))
+        .expect("the caller got the 180");
+    assert_eq!(
+        ringing.header("Require"),
+        Some("100rel"),
+        "{}",
+        ringing.text
+    );
+    assert_ne!(
+        ringing.header("RSeq"),
+        Some("3000"),
+        "the caller's RSeq is Bridgehead's"
+    );
+}
+
+#[test]
 fn hold_and_resume() {
     for transport in [Transport::Udp, Transport::Tcp] {
         let outcome = Flow::new("caller_hold", "callee_hold")

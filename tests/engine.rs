@@ -279,9 +279,10 @@ fn basic_call_hides_topology_and_tags_teams() {
         h(b, "P-Asserted-Identity"),
         Some("<sip:+15550199@core.example.com>")
     );
-    assert!(
-        h(b, "Supported").is_none(),
-        "Supported must say what Bridgehead supports"
+    assert_eq!(
+        h(b, "Supported"),
+        Some("100rel"),
+        "Supported says what Bridgehead supports toward the trunk"
     );
     assert_eq!(
         h(b, "Allow"),
@@ -648,7 +649,11 @@ CSeq: 1 BYE
     let require = invite("call-9", "z9hG4bKc9", "Require: foo, 100rel\n");
     let out = sim.core_sends(&require);
     assert_eq!(summary(&out), [format!("420->{CORE_PEER}")]);
-    assert_eq!(h(&out[0].1, "Unsupported"), Some("foo, 100rel"));
+    assert_eq!(
+        h(&out[0].1, "Unsupported"),
+        Some("foo"),
+        "only what Bridgehead cannot give"
+    );
     let stranger = Peer {
         listener: 0,
         transport: Transport::Udp,
@@ -1605,4 +1610,207 @@ fn a_seeded_engine_repeats_its_tags_branches_call_ids_and_keys() {
     );
     assert_eq!(first, b_invite(42), "the same seed: the same bytes");
     assert_ne!(first, b_invite(43));
+}
+
+/// The INVITE of [`invite`] (its branch made of the Call-ID) with the caller's option
+/// headers replaced by `options` (lines).
+fn invite_with_options(call_id: &str, options: &str) -> String {
+    let branch = format!("z9hG4bK{}", call_id.replace(['@', '.'], ""));
+    invite(call_id, &branch, "").replace("Supported: 100rel, timer\n", options)
+}
+
+/// The callee's reliable provisional response (RFC 3262) to the B-leg INVITE `b`.
+fn reliable_answer(b: &Message, code: u16, rseq: u32, body: &str) -> String {
+    answer(b, code, "Progress", "t1", body).replace(
+        "Server: TeamsProxy\n",
+        &format!("Server: TeamsProxy\nRequire: 100rel\nRSeq: {rseq}\n"),
+    )
+}
+
+/// A PRACK from the caller in the early dialog `to` (the To of the provisional response).
+fn caller_prack(to: &str, rack: &str, cseq: u32) -> String {
+    format!(
+        "PRACK sip:+15550100@127.0.0.1:5060 SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bKprack{cseq}
+Max-Forwards: 70
+From: \"Alice\" <sip:+15550199@core.example.com>;tag=a1
+To: {to}
+Call-ID: r1@10.1.1.1
+CSeq: {cseq} PRACK
+RAck: {rack}
+
+"
+    )
+}
+
+fn b_leg_invite(out: &[(Peer, Message)]) -> Message {
+    out.iter()
+        .find(|(_, m)| method(m) == "INVITE")
+        .map(|(_, m)| m.clone())
+        .expect("B-leg INVITE")
+}
+
+#[test]
+fn a_caller_requiring_100rel_gets_reliable_provisionals_one_at_a_time() {
+    let mut sim = Sim::new();
+    let out = sim.core_sends(&invite_with_options("r1@10.1.1.1", "Require: 100rel\n"));
+    let b = b_leg_invite(&out);
+    assert_eq!(h(&b, "Supported"), Some("100rel"), "Bridgehead's own");
+    assert!(
+        h(&b, "Require").is_none(),
+        "the caller's Require stays on its leg"
+    );
+
+    // The callee rings unreliably; the caller gets the 180 reliably.
+    let out = sim.teams_sends(&answer(&b, 180, "Ringing", "t1", ""));
+    assert_eq!(summary(&out), [format!("180->{CORE_PEER}")]);
+    let ringing = out[0].1.clone();
+    assert_eq!(h(&ringing, "Require"), Some("100rel"));
+    let rseq: u32 = h(&ringing, "RSeq").expect("RSeq").parse().expect("number");
+    assert!((1..1 << 31).contains(&rseq));
+    let to = h(&ringing, "To").expect("To").to_string();
+
+    // A 183 while the 180 waits for its PRACK waits its turn; the 180 is repeated at T1.
+    let out = sim.teams_sends(&answer(&b, 183, "Session Progress", "t1", SDP));
+    assert!(out.is_empty(), "{:?}", summary(&out));
+    let out = sim.advance(Duration::from_millis(500));
+    assert_eq!(summary(&out), [format!("180->{CORE_PEER}")]);
+    assert_eq!(h(&out[0].1, "RSeq"), Some(rseq.to_string().as_str()));
+
+    // A PRACK that acknowledges something else: 481, and the 180 still waits.
+    let out = sim.core_sends(&caller_prack(&to, &format!("{} 10 INVITE", rseq + 7), 11));
+    assert_eq!(summary(&out), [format!("481->{CORE_PEER}")]);
+    // The right one: 200, never relayed to the callee, and the 183 goes next.
+    let out = sim.core_sends(&caller_prack(&to, &format!("{rseq} 10 INVITE"), 12));
+    assert_eq!(
+        summary(&out),
+        [format!("200->{CORE_PEER}"), format!("183->{CORE_PEER}")]
+    );
+    assert_eq!(h(&out[0].1, "CSeq"), Some("12 PRACK"));
+    let progress = &out[1].1;
+    assert_eq!(h(progress, "RSeq"), Some((rseq + 1).to_string().as_str()));
+    assert_eq!(h(progress, "Require"), Some("100rel"));
+    assert!(!progress.body.is_empty(), "the early SDP crossed");
+
+    // The answer ends the 183's retransmissions: only the 200 repeats until the ACK.
+    let out = sim.teams_sends(&answer(&b, 200, "OK", "t1", SDP));
+    assert_eq!(summary(&out), [format!("200->{CORE_PEER}")]);
+    let out = sim.advance(Duration::from_millis(600));
+    assert_eq!(summary(&out), [format!("200->{CORE_PEER}")]);
+}
+
+#[test]
+fn bridgehead_pracks_the_callees_reliable_provisionals_in_sequence() {
+    let mut sim = Sim::new();
+    let out = sim.core_sends(&invite_with_options("r1@10.1.1.1", ""));
+    let b = b_leg_invite(&out);
+
+    // A reliable 183: Bridgehead PRACKs it in the early dialog; the caller (no 100rel) gets
+    // a plain 183 with the early SDP.
+    let out = sim.teams_sends(&reliable_answer(&b, 183, 3000, SDP));
+    assert_eq!(
+        summary(&out),
+        [format!("PRACK->{TEAMS_PEER}"), format!("183->{CORE_PEER}")]
+    );
+    let prack = &out[0].1;
+    assert_eq!(h(prack, "RAck"), Some("3000 1 INVITE"));
+    assert_eq!(h(prack, "CSeq"), Some("2 PRACK"));
+    assert!(h(prack, "To").expect("To").ends_with(";tag=t1"));
+    assert_eq!(h(prack, "Call-ID"), h(&b, "Call-ID"));
+    match &prack.start {
+        bridgehead::sip::StartLine::Request { uri, .. } => {
+            assert_eq!(uri, "sip:teams@127.0.0.2:5080", "the 183's Contact")
+        }
+        _ => unreachable!(),
+    }
+    let progress = &out[1].1;
+    assert!(h(progress, "Require").is_none() && h(progress, "RSeq").is_none());
+    assert!(!progress.body.is_empty());
+
+    // Its retransmission is neither PRACKed again nor relayed; one out of sequence neither.
+    let out = sim.teams_sends(&reliable_answer(&b, 183, 3000, SDP));
+    assert!(out.is_empty(), "{:?}", summary(&out));
+    let out = sim.teams_sends(&reliable_answer(&b, 180, 3005, ""));
+    assert!(out.is_empty(), "{:?}", summary(&out));
+    // The next in sequence is.
+    let out = sim.teams_sends(&reliable_answer(&b, 180, 3001, ""));
+    assert_eq!(
+        summary(&out),
+        [format!("PRACK->{TEAMS_PEER}"), format!("180->{CORE_PEER}")]
+    );
+    assert_eq!(h(&out[0].1, "RAck"), Some("3001 1 INVITE"));
+    assert_eq!(h(&out[0].1, "CSeq"), Some("3 PRACK"));
+    // The callee's 200 to the PRACK ends there.
+    let prack = out[0].1.clone();
+    let text = answer(&prack, 200, "OK", "t1", "");
+    let out = sim.teams_sends(&text);
+    assert!(out.is_empty(), "{:?}", summary(&out));
+}
+
+#[test]
+fn a_caller_that_supports_100rel_gets_reliable_provisionals_once_the_callees_are() {
+    let mut sim = Sim::new();
+    // The default INVITE says `Supported: 100rel, timer`.
+    let out = sim.core_sends(&invite("r1@10.1.1.1", "z9hG4bKc1", ""));
+    let b = b_leg_invite(&out);
+    let out = sim.teams_sends(&answer(&b, 180, "Ringing", "t1", ""));
+    assert!(
+        h(&out[0].1, "RSeq").is_none(),
+        "unreliable while the callee's are"
+    );
+    let out = sim.teams_sends(&reliable_answer(&b, 183, 1, SDP));
+    assert_eq!(
+        summary(&out),
+        [format!("PRACK->{TEAMS_PEER}"), format!("183->{CORE_PEER}")]
+    );
+    assert_eq!(h(&out[1].1, "Require"), Some("100rel"));
+    assert!(h(&out[1].1, "RSeq").is_some());
+}
+
+#[test]
+fn the_trunks_100rel_setting_refuses_or_requires_it() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/default.lua");
+    // Disabled on the caller's trunk: a caller that requires it gets 420.
+    let text = profile_with_script(script, "    rel100: disabled", "");
+    let mut sim = Sim::with_profile(&text);
+    let out = sim.core_sends(&invite_with_options("r1@10.1.1.1", "Require: 100rel\n"));
+    assert_eq!(summary(&out), [format!("420->{CORE_PEER}")]);
+    assert_eq!(h(&out[0].1, "Unsupported"), Some("100rel"));
+    // Required on the caller's trunk: a caller without it gets 421; required toward Teams:
+    // the INVITE requires it.
+    let text = profile_with_script(script, "    rel100: required", "    rel100: required");
+    let mut sim = Sim::with_profile(&text);
+    let out = sim.core_sends(&invite_with_options("r1@10.1.1.1", ""));
+    assert_eq!(summary(&out), [format!("421->{CORE_PEER}")]);
+    assert_eq!(h(&out[0].1, "Require"), Some("100rel"));
+    let out = sim.core_sends(&invite_with_options("r2@10.1.1.1", "Supported: 100rel\n"));
+    let b = b_leg_invite(&out);
+    assert_eq!(h(&b, "Require"), Some("100rel"));
+    assert!(h(&b, "Supported").is_none());
+    // Any other option the caller requires still gets 420.
+    let out = sim.core_sends(&invite_with_options(
+        "r3@10.1.1.1",
+        "Require: 100rel, foo\n",
+    ));
+    assert_eq!(summary(&out), [format!("420->{CORE_PEER}")]);
+    assert_eq!(h(&out[0].1, "Unsupported"), Some("foo"));
+}
+
+#[test]
+fn a_reliable_provisional_never_pracked_fails_the_call_with_504_at_64_t1() {
+    let mut sim = Sim::new();
+    let out = sim.core_sends(&invite_with_options("r1@10.1.1.1", "Require: 100rel\n"));
+    let b = b_leg_invite(&out);
+    let out = sim.teams_sends(&answer(&b, 180, "Ringing", "t1", ""));
+    assert_eq!(summary(&out), [format!("180->{CORE_PEER}")]);
+    // Repeated at 0.5, 1.5, 3.5, 7.5, 15.5 and 31.5 s; at 32 s the caller gets 504 and the
+    // callee a CANCEL.
+    let out = sim.advance(Duration::from_millis(31_999));
+    assert_eq!(out.len(), 6, "{:?}", summary(&out));
+    let out = sim.advance(Duration::from_millis(1));
+    assert_eq!(
+        summary(&out),
+        [format!("504->{CORE_PEER}"), format!("CANCEL->{TEAMS_PEER}")]
+    );
+    assert_eq!(sim.elapsed_ms(), 32_000);
 }

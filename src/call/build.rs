@@ -9,10 +9,24 @@ use bytes::Bytes;
 
 /// Methods Bridgehead accepts, as advertised in Allow.
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, NOTIFY";
-/// Option tags Bridgehead supports (none yet: 100rel and timers arrive with interworking).
-pub const SUPPORTED: &str = "";
+/// Option tags Bridgehead supports (on trunks that allow them).
+pub const SUPPORTED: &str = "100rel";
 /// Body types Bridgehead accepts.
 pub const ACCEPT: &str = "application/sdp";
+
+/// The option tags (or other tokens) listed in every `name` header of a message.
+pub fn option_tags<'m>(msg: &'m Message, name: &'m HeaderName) -> impl Iterator<Item = &'m str> {
+    msg.headers_named(name)
+        .filter_map(|v| std::str::from_utf8(v).ok())
+        .flat_map(crate::sip::header::split_list)
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// True when a `name` header of the message lists `tag` (option tags are case-insensitive).
+pub fn has_option(msg: &Message, name: &HeaderName, tag: &str) -> bool {
+    option_tags(msg, name).any(|t| t.eq_ignore_ascii_case(tag))
+}
 
 /// A header value with its `;tag=` parameter removed.
 pub fn without_tag(value: &str) -> String {

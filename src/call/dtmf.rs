@@ -105,6 +105,7 @@ impl B2bua<'_> {
                 key,
                 to,
                 Method::Info,
+                Vec::new(),
                 Some(("application/dtmf-relay", body)),
                 now,
             );

@@ -70,16 +70,18 @@ impl B2bua<'_> {
 
     /// Sends a BYE on a leg (Bridgehead hangs up that side).
     pub(super) fn send_bye(&mut self, key: CallKey, leg: Leg, now: Instant) {
-        self.send_in_dialog(key, leg, Method::Bye, None, now);
+        self.send_in_dialog(key, leg, Method::Bye, Vec::new(), None, now);
     }
 
-    /// Sends a request of Bridgehead's own in the dialog of a leg (next CSeq), with an optional
-    /// body (content type, bytes). Nothing is sent before the dialog is established.
+    /// Sends a request of Bridgehead's own in the dialog of a leg (next CSeq), with extra
+    /// headers and an optional body (content type, bytes). Nothing is sent before the dialog
+    /// (early or confirmed) exists.
     pub(super) fn send_in_dialog(
         &mut self,
         key: CallKey,
         leg: Leg,
         method: Method,
+        headers: Vec<(HeaderName, String)>,
         body: Option<(&str, Bytes)>,
         now: Instant,
     ) {
@@ -96,6 +98,9 @@ impl B2bua<'_> {
         let listener = &self.calls.current.profile.listeners[dialog.peer.listener];
         let via = via_value(listener, dialog.peer.transport, &branch);
         let mut request = dialog_request(method, dialog, via, dialog.local_cseq, 70);
+        for (name, value) in headers {
+            request.push_header(name, value);
+        }
         if let Some((content_type, bytes)) = body {
             request.push_header(HeaderName::ContentType, content_type.to_string());
             request.body = bytes;
@@ -168,6 +173,11 @@ impl B2bua<'_> {
             }
         };
         let Incoming { msg, key, from, .. } = incoming;
+        if method == Method::Prack {
+            // Reliability ends at Bridgehead on each leg: a PRACK is never relayed.
+            self.on_prack(call_key, leg, (msg, key, from), now);
+            return;
+        }
         if method == Method::Info {
             if let Some(event) = info_digit(&msg, leg) {
                 let heard = self.run_call_hook(call_key, Hook::Media, HookArgs::Media(&event));

@@ -20,6 +20,7 @@ impl B2bua<'_> {
                 }
             }
             CallInput::ServerTimedOut(id) => self.on_server_timeout(id, now),
+            CallInput::ProvisionalUnacknowledged(id) => self.on_prack_timeout(id, now),
             CallInput::ClientFailed { id, status } => self.on_client_failure(id, status, now),
             CallInput::Media { call, event } => self.media_event(call, event, now),
         }

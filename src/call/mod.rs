@@ -5,8 +5,8 @@
 //! cross.
 //!
 //! One file per flow: `setup` (requests outside a dialog, a new INVITE, routing and failover),
-//! `responses` (the B-leg INVITE's responses and relayed ones), `in_dialog` (ACK, BYE,
-//! re-INVITE, UPDATE, INFO...), `cancel`, `offer_answer` (SDP, media anchoring, local ringback),
+//! `responses` (the B-leg INVITE's responses and relayed ones), `reliable` (100rel and PRACK
+//! on each leg), `in_dialog` (ACK, BYE, re-INVITE, UPDATE, INFO...), `cancel`, `offer_answer` (SDP, media anchoring, local ringback),
 //! `dtmf`, `egress` (hooks and header policy on what is sent), `ending` (timeouts, failures,
 //! the end of a call); `build` makes the messages.
 //!
@@ -24,13 +24,14 @@ mod ending;
 mod in_dialog;
 mod inputs;
 mod offer_answer;
+mod reliable;
 mod responses;
 mod setup;
 #[cfg(test)]
 mod tests;
 mod transactions;
 
-use crate::config::{HeaderPolicy, ScriptErrorPolicy, TrunkId};
+use crate::config::{HeaderPolicy, Rel100, ScriptErrorPolicy, TrunkId};
 use crate::media::{DtmfMethod, MediaCallId, MediaCommand, MediaEvent, PortPool};
 use crate::script::{
     CallEndInfo, Hook, HookArgs, HookCall, HookMessage, RouteDecision, RuleSet, ScriptId, SharedSdp,
@@ -44,8 +45,8 @@ use crate::sip::uri::{Scheme, Uri};
 use crate::sip::{response_to, Fault, HeaderName, Message, Method, StartLine};
 use crate::transactions::{server_key, Transactions};
 use build::{
-    contact_value, copy_crossing, dialog_request, tag_of, uri_of, user_of, via_value, without_tag,
-    ACCEPT, ALLOW, SUPPORTED,
+    contact_value, copy_crossing, dialog_request, has_option, option_tags, tag_of, uri_of, user_of,
+    via_value, without_tag, ACCEPT, ALLOW, SUPPORTED,
 };
 use bytes::Bytes;
 use rand::rngs::StdRng;
@@ -99,6 +100,8 @@ pub(crate) enum CallInput<'e> {
     },
     /// A server transaction timed out (a final response never acknowledged).
     ServerTimedOut(TxnId),
+    /// A reliable provisional response of a server transaction never got its PRACK.
+    ProvisionalUnacknowledged(TxnId),
     /// A client transaction failed without a response: 408 when it timed out, 503 when the
     /// transport could not send it.
     ClientFailed { id: TxnId, status: u16 },
@@ -374,6 +377,28 @@ pub struct Call {
     /// Why the SDP just built could not be anchored, when the profile refuses such calls
     /// (`media.no_ports: refuse`); the B-leg INVITE is then not sent.
     media_refused: Option<crate::media::AnchorError>,
+    /// Reliable provisional responses toward the caller (RFC 3262), when its leg uses them.
+    a_reliable: Option<ReliableProvisionals>,
+    /// The RSeq of the last reliable provisional response the callee sent (and Bridgehead
+    /// PRACKed).
+    b_rseq: Option<u32>,
+}
+
+/// Bridgehead's reliable provisional responses on the A-leg (RFC 3262 §3): whether they are
+/// in use yet, their RSeq space, the one waiting for its PRACK, and those that wait their turn
+/// (a second reliable provisional may not go before the first is acknowledged).
+#[derive(Debug, Default)]
+struct ReliableProvisionals {
+    /// Provisionals go reliably from now on: from the start when the caller requires it (or
+    /// the trunk does), else from the callee's first reliable provisional.
+    active: bool,
+    /// The RSeq of the last one sent.
+    rseq: u32,
+    /// The CSeq number of the caller's INVITE (a PRACK's RAck names it).
+    invite_cseq: u32,
+    /// The last one sent waits for its PRACK.
+    awaiting: bool,
+    queued: VecDeque<Message>,
 }
 
 /// The key of a dialog in [`Calls::dialogs`]: its Call-ID and Bridgehead's tag. The Call-ID

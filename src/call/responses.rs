@@ -107,6 +107,9 @@ impl B2bua<'_> {
                 return;
             }
             B2bua::learn_b_dialog(call, &msg);
+            if self.prack_callee(key, &msg, now) == reliable::CalleeProvisional::Repeated {
+                return;
+            }
             if !msg.body.is_empty() {
                 self.lifecycle_hook(key, Hook::EarlyMedia, &msg);
             }
@@ -203,8 +206,13 @@ impl B2bua<'_> {
         if server == a_invite && status < 300 && carries_sdp(&response) {
             self.repeat_local_answer(key, &mut response);
         }
-        self.send_response(server, &response, now);
-        carries_sdp(&response).then(|| response.body.clone())
+        let sdp = carries_sdp(&response).then(|| response.body.clone());
+        if server == a_invite && (101..200).contains(&status) {
+            self.provisional_to_caller(key, server, response, now);
+        } else {
+            self.send_response(server, &response, now);
+        }
+        sdp
     }
 
     pub(super) fn on_relay_response(

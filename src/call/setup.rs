@@ -208,7 +208,8 @@ impl B2bua<'_> {
             self.on_cancel(incoming, now);
             return;
         }
-        if let Some((status, extra)) = B2bua::refuse_request(&incoming.msg) {
+        let ingress = &self.calls.current.profile.trunks[incoming.trunk];
+        if let Some((status, extra)) = B2bua::refuse_request(&incoming.msg, ingress) {
             self.answer(incoming, status, &extra, now);
             return;
         }
@@ -236,13 +237,10 @@ impl B2bua<'_> {
     }
 
     /// Checks what any request asks for that Bridgehead cannot give (an option it does not
-    /// support, a URI scheme it cannot route); returns the refusal.
-    pub(super) fn refuse_request(msg: &Message) -> Option<Refusal> {
-        let required: Vec<&str> = msg
-            .headers_named(&HeaderName::Require)
-            .filter_map(|v| std::str::from_utf8(v).ok())
-            .flat_map(split_list)
-            .filter(|t| !t.is_empty())
+    /// support on the trunk it came from, a URI scheme it cannot route); returns the refusal.
+    pub(super) fn refuse_request(msg: &Message, trunk: &crate::config::Trunk) -> Option<Refusal> {
+        let required: Vec<&str> = option_tags(msg, &HeaderName::Require)
+            .filter(|t| !(t.eq_ignore_ascii_case("100rel") && trunk.rel100.allowed()))
             .collect();
         if !required.is_empty() {
             return Some((420, vec![(HeaderName::Unsupported, required.join(", "))]));
@@ -333,6 +331,28 @@ impl B2bua<'_> {
         } = incoming;
         let rules = self.calls.current.clone();
         let script = rules.rules.script_of(trunk);
+        let rel100 = rules.profile.trunks[trunk].rel100;
+        let caller_requires = has_option(&msg, &HeaderName::Require, "100rel");
+        let caller_100rel = caller_requires || has_option(&msg, &HeaderName::Supported, "100rel");
+        if rel100 == Rel100::Required && !caller_100rel {
+            let incoming = Incoming {
+                msg,
+                key,
+                from,
+                trunk,
+            };
+            let require = [(HeaderName::Require, "100rel".to_string())];
+            self.answer(incoming, 421, &require, now);
+            return;
+        }
+        let a_reliable = (rel100.allowed() && caller_100rel).then(|| {
+            let from_the_start = caller_requires || rel100 == Rel100::Required;
+            ReliableProvisionals::starting_at(
+                self.calls.random.next_u32(),
+                info.cseq,
+                from_the_start,
+            )
+        });
         let a_invite = self.create_server(key, msg.clone(), from, ServerOwner::Local);
         let a_tag = self.new_tag();
         let trying = response_to(&msg, 100, None, None);
@@ -399,6 +419,8 @@ impl B2bua<'_> {
             last_ack: None,
             unanchored: false,
             media_refused: None,
+            a_reliable,
+            b_rseq: None,
         };
         self.calls
             .dialogs
@@ -501,6 +523,11 @@ impl B2bua<'_> {
         let contact = contact_value(user_of(&b_from).as_deref(), listener, peer.transport);
         invite.push_header(HeaderName::Contact, contact.clone());
         invite.push_header(HeaderName::Allow, ALLOW.to_string());
+        match dest.rel100 {
+            Rel100::Supported => invite.push_header(HeaderName::Supported, "100rel".to_string()),
+            Rel100::Required => invite.push_header(HeaderName::Require, "100rel".to_string()),
+            Rel100::Disabled => {}
+        }
         let remote_target = match &invite.start {
             StartLine::Request { uri, .. } => uri.clone(),
             StartLine::Response { .. } => String::new(),

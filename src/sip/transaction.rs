@@ -61,6 +61,9 @@ pub enum TimerKind {
     K,
     /// INVITE server: give up waiting for the ACK of a 2xx.
     L,
+    /// INVITE server: retransmit a reliable provisional response, or give up on its PRACK
+    /// (RFC 3262 §3).
+    Prack,
 }
 
 /// What a transaction asks its owner to do.
@@ -72,6 +75,9 @@ pub enum TxnAction {
     Arm(TimerKind, Instant),
     /// No final response (client) or no ACK (server) arrived in time.
     Timeout,
+    /// A reliable provisional response went unacknowledged for 64·T1 (RFC 3262 §3): the
+    /// owner rejects the request with a 5xx.
+    Unacknowledged,
     /// The transaction is over; its state can be dropped.
     Terminated,
 }
@@ -254,6 +260,14 @@ pub enum ServerState {
     Terminated,
 }
 
+/// A reliable provisional response waiting for its PRACK.
+#[derive(Debug)]
+struct AwaitingPrack {
+    bytes: Bytes,
+    interval: Duration,
+    give_up: Instant,
+}
+
 /// An INVITE or non-INVITE server transaction.
 #[derive(Debug)]
 pub struct ServerTransaction {
@@ -263,6 +277,7 @@ pub struct ServerTransaction {
     state: ServerState,
     last_response: Option<Bytes>,
     interval: Duration,
+    awaiting_prack: Option<Box<AwaitingPrack>>,
 }
 
 impl ServerTransaction {
@@ -275,7 +290,41 @@ impl ServerTransaction {
             state: ServerState::Proceeding,
             last_response: None,
             interval: timers.t1,
+            awaiting_prack: None,
         }
+    }
+
+    /// Sends a reliable provisional response (RFC 3262 §3): repeated after T1, 2·T1, 4·T1 …
+    /// over any transport, until [`ServerTransaction::on_prack`], a final response, or 64·T1
+    /// without a PRACK ([`TxnAction::Unacknowledged`]).
+    pub fn send_reliable_provisional(
+        &mut self,
+        bytes: Bytes,
+        now: Instant,
+        out: &mut Vec<TxnAction>,
+    ) {
+        if self.state != ServerState::Proceeding {
+            return;
+        }
+        out.push(TxnAction::Send(bytes.clone()));
+        self.last_response = Some(bytes.clone());
+        self.awaiting_prack = Some(Box::new(AwaitingPrack {
+            bytes,
+            interval: self.timers.t1,
+            give_up: now + self.timers.t1 * 64,
+        }));
+        out.push(TxnAction::Arm(TimerKind::Prack, now + self.timers.t1));
+    }
+
+    /// The PRACK of the reliable provisional response sent last arrived: no more
+    /// retransmissions. False when none was waiting for one.
+    pub fn on_prack(&mut self) -> bool {
+        self.awaiting_prack.take().is_some()
+    }
+
+    /// True while a reliable provisional response waits for its PRACK.
+    pub fn awaits_prack(&self) -> bool {
+        self.awaiting_prack.is_some()
     }
 
     /// The current state.
@@ -316,6 +365,7 @@ impl ServerTransaction {
         if status < 200 {
             return;
         }
+        self.awaiting_prack = None;
         if !self.invite {
             self.state = ServerState::Completed;
             let wait = if self.reliable {
@@ -384,6 +434,20 @@ impl ServerTransaction {
                 self.state = ServerState::Terminated;
                 out.push(TxnAction::Terminated);
             }
+            (TimerKind::Prack, ServerState::Proceeding) => {
+                let Some(awaiting) = self.awaiting_prack.as_mut() else {
+                    return;
+                };
+                if now >= awaiting.give_up {
+                    self.awaiting_prack = None;
+                    out.push(TxnAction::Unacknowledged);
+                    return;
+                }
+                out.push(TxnAction::Send(awaiting.bytes.clone()));
+                awaiting.interval *= 2;
+                let next = (now + awaiting.interval).min(awaiting.give_up);
+                out.push(TxnAction::Arm(TimerKind::Prack, next));
+            }
             _ => {}
         }
     }
@@ -416,7 +480,7 @@ mod tests {
                     TxnAction::Send(_) => sends.push((now - start).as_millis()),
                     TxnAction::Arm(kind, at) => timers.push((at, kind)),
                     TxnAction::Timeout => timeout = Some((now - start).as_millis()),
-                    TxnAction::Terminated => {}
+                    TxnAction::Terminated | TxnAction::Unacknowledged => {}
                 }
             }
             timers.sort();
@@ -536,6 +600,49 @@ mod tests {
         out.clear();
         txn.on_timer(TimerKind::H, now, &mut out);
         assert_eq!(out, [TxnAction::Timeout, TxnAction::Terminated]);
+    }
+
+    #[test]
+    fn a_reliable_provisional_repeats_until_its_prack_or_gives_up_at_64_t1() {
+        let start = Instant::now();
+        let timers = TimerConfig::default();
+        // Unanswered: sent at 0, then 0.5, 1.5, 3.5 … s (over TCP too), given up at 32 s.
+        let mut txn = ServerTransaction::new(true, true, timers);
+        let mut out = Vec::new();
+        txn.send_reliable_provisional(Bytes::from_static(b"183"), start, &mut out);
+        let mut sends = Vec::new();
+        let mut unacknowledged = None;
+        let mut at = start;
+        loop {
+            let mut next = None;
+            for action in out.drain(..) {
+                match action {
+                    TxnAction::Send(_) => sends.push((at - start).as_millis()),
+                    TxnAction::Arm(TimerKind::Prack, when) => next = Some(when),
+                    TxnAction::Unacknowledged => unacknowledged = Some((at - start).as_millis()),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            let Some(when) = next else { break };
+            at = when;
+            txn.on_timer(TimerKind::Prack, at, &mut out);
+        }
+        assert_eq!(sends, [0, 500, 1500, 3500, 7500, 15500, 31500]);
+        assert_eq!(unacknowledged, Some(32_000), "a 5xx is due at 64*T1");
+        assert!(!txn.awaits_prack());
+
+        // Acknowledged: no more retransmissions; a second PRACK matches nothing.
+        let mut txn = ServerTransaction::new(true, false, timers);
+        txn.send_reliable_provisional(Bytes::from_static(b"180"), start, &mut out);
+        assert!(txn.on_prack());
+        assert!(!txn.on_prack());
+        out.clear();
+        txn.on_timer(TimerKind::Prack, start + timers.t1, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        // A final response also ends the wait.
+        txn.send_reliable_provisional(Bytes::from_static(b"183"), start, &mut out);
+        txn.send_response(200, Bytes::from_static(b"200"), start, &mut out);
+        assert!(!txn.awaits_prack());
     }
 
     #[test]

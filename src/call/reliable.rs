@@ -1,0 +1,169 @@
+//! Reliable provisional responses (RFC 3262, `100rel`), terminated on each leg: Bridgehead
+//! PRACKs the reliable 18x the callee sends, and sends its own reliable 18x to a caller that
+//! requires them (or supports them, once the callee's are reliable), retransmitted until
+//! PRACKed. Either leg may use them while the other does not.
+
+use super::*;
+
+/// What a provisional response from the callee is, as far as reliability goes.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum CalleeProvisional {
+    /// Not reliable, or reliable and new (PRACKed): it goes on.
+    New,
+    /// A reliable one already seen (or out of sequence): dropped (RFC 3262 §4).
+    Repeated,
+}
+
+impl ReliableProvisionals {
+    /// The A-leg's RSeq space, starting at a random value (RFC 3262 §3: between 1 and
+    /// 2**31 - 1, with room left for the responses that follow); `active` when reliable
+    /// provisionals are used from the first one.
+    pub(super) fn starting_at(random: u32, invite_cseq: u32, active: bool) -> ReliableProvisionals {
+        ReliableProvisionals {
+            active,
+            rseq: random & 0x3fff_ffff,
+            invite_cseq,
+            awaiting: false,
+            queued: VecDeque::new(),
+        }
+    }
+}
+
+/// The RSeq of a reliable provisional response (`Require: 100rel` and an RSeq).
+fn reliable_rseq(msg: &Message) -> Option<u32> {
+    if !has_option(msg, &HeaderName::Require, "100rel") {
+        return None;
+    }
+    msg.header_str(&HeaderName::RSeq)?.trim().parse().ok()
+}
+
+/// The RAck of a PRACK: the RSeq, CSeq number and method it acknowledges.
+fn rack_of(msg: &Message) -> Option<(u32, u32, &str)> {
+    let mut parts = msg.header_str(&HeaderName::RAck)?.split_whitespace();
+    let rseq = parts.next()?.parse().ok()?;
+    let cseq = parts.next()?.parse().ok()?;
+    Some((rseq, cseq, parts.next()?))
+}
+
+impl B2bua<'_> {
+    /// A provisional response from the callee (its B-leg dialog already learnt): a reliable
+    /// one is PRACKed once, in sequence; repeats are dropped.
+    pub(super) fn prack_callee(
+        &mut self,
+        key: CallKey,
+        msg: &Message,
+        now: Instant,
+    ) -> CalleeProvisional {
+        let Some(rseq) = reliable_rseq(msg) else {
+            return CalleeProvisional::New;
+        };
+        let Some(call) = self.calls.by_key.get_mut(&key) else {
+            return CalleeProvisional::Repeated;
+        };
+        if call.b_rseq.is_some_and(|last| rseq != last.wrapping_add(1)) {
+            return CalleeProvisional::Repeated;
+        }
+        call.b_rseq = Some(rseq);
+        // The callee made its provisionals reliable: so does Bridgehead toward a caller that
+        // supports it.
+        if let Some(reliable) = call.a_reliable.as_mut() {
+            reliable.active = true;
+        }
+        let rack = format!("{rseq} {} INVITE", call.b.invite_cseq);
+        self.send_in_dialog(
+            key,
+            Leg::B,
+            Method::Prack,
+            vec![(HeaderName::RAck, rack)],
+            None,
+            now,
+        );
+        CalleeProvisional::New
+    }
+
+    /// Sends a provisional response to the caller's INVITE: reliably when the A-leg uses
+    /// 100rel (behind one still waiting for its PRACK), else as it is.
+    pub(super) fn provisional_to_caller(
+        &mut self,
+        key: CallKey,
+        server: TxnId,
+        mut response: Message,
+        now: Instant,
+    ) {
+        let reliable = self
+            .calls
+            .by_key
+            .get_mut(&key)
+            .and_then(|call| call.a_reliable.as_mut())
+            .filter(|reliable| reliable.active);
+        let Some(reliable) = reliable else {
+            self.send_response(server, &response, now);
+            return;
+        };
+        if reliable.awaiting {
+            reliable.queued.push_back(response);
+            return;
+        }
+        reliable.rseq = reliable.rseq.wrapping_add(1);
+        reliable.awaiting = true;
+        response.push_header(HeaderName::Require, "100rel".to_string());
+        response.push_header(HeaderName::RSeq, reliable.rseq.to_string());
+        self.txns.send_reliable_provisional(server, &response, now);
+    }
+
+    /// A PRACK from a leg: 200 when it acknowledges the reliable provisional response waiting
+    /// for it (and the next one in line goes), else 481 (RFC 3262 §3).
+    pub(super) fn on_prack(
+        &mut self,
+        key: CallKey,
+        leg: Leg,
+        (msg, server_key, from): (Message, String, Peer),
+        now: Instant,
+    ) {
+        let rack = rack_of(&msg).map(|(rseq, cseq, method)| (rseq, cseq, method == "INVITE"));
+        let server = self.create_server(server_key, msg, from, ServerOwner::Local);
+        let Some(call) = self.calls.by_key.get_mut(&key) else {
+            return;
+        };
+        let a_invite = call.a_invite;
+        let acknowledged = match (leg, call.a_reliable.as_mut(), rack) {
+            (Leg::A, Some(reliable), Some((rseq, cseq, true)))
+                if reliable.awaiting && rseq == reliable.rseq && cseq == reliable.invite_cseq =>
+            {
+                reliable.awaiting = false;
+                reliable.queued.pop_front()
+            }
+            _ => {
+                self.reply_local(key, leg, server, 481, now);
+                return;
+            }
+        };
+        self.txns.server_prack(a_invite);
+        self.reply_local(key, leg, server, 200, now);
+        if let Some(next) = acknowledged {
+            self.provisional_to_caller(key, a_invite, next, now);
+        }
+    }
+
+    /// The caller never PRACKed a reliable provisional response (64·T1): its INVITE is
+    /// rejected with 504 and the callee's is cancelled, as when the caller cancels.
+    pub(super) fn on_prack_timeout(&mut self, server: TxnId, now: Instant) {
+        let Some(ServerOwner::Invite(key)) = self.txns.server(server).map(|e| e.owner) else {
+            return;
+        };
+        let Some(call) = self.calls.by_key.get_mut(&key) else {
+            return;
+        };
+        tracing::info!(call = %call.id, "no PRACK from the caller: 504");
+        let (state, send_cancel) = call.state.cancel();
+        call.state = state;
+        if let Some(reliable) = call.a_reliable.as_mut() {
+            reliable.queued.clear();
+        }
+        self.calls.stats.calls_failed += 1;
+        self.reply_local(key, Leg::A, server, 504, now);
+        if send_cancel {
+            self.cancel_b_invite(key, now);
+        }
+    }
+}
