@@ -426,6 +426,26 @@ fn with_100rel_on_both_legs_each_leg_is_pracked_on_its_own() {
 }
 
 #[test]
+fn three_forks_ring_the_second_answers_and_the_third_is_acked_and_hung_up() {
+    for transport in [Transport::Udp, Transport::Tcp] {
+        let outcome = Flow::new("caller", "callee_forks").over(transport).run();
+        // The callee scenario checked each ACK and BYE's To-tag and Request-URI; the caller
+        // saw one early dialog and one answer.
+        let tos: std::collections::BTreeSet<&str> = outcome
+            .caller_got()
+            .filter(|m| m.is_response(180) || m.is_response(200))
+            .filter_map(|m| m.header("To"))
+            .collect();
+        assert_eq!(tos.len(), 1, "one dialog toward the caller: {tos:?}");
+        assert_eq!(
+            outcome.callee_got().filter(|m| m.is_request("BYE")).count(),
+            2,
+            "the third fork and, at the end, the second"
+        );
+    }
+}
+
+#[test]
 fn hold_and_resume() {
     for transport in [Transport::Udp, Transport::Tcp] {
         let outcome = Flow::new("caller_hold", "callee_hold")

@@ -1814,3 +1814,115 @@ fn a_reliable_provisional_never_pracked_fails_the_call_with_504_at_64_t1() {
     );
     assert_eq!(sim.elapsed_ms(), 32_000);
 }
+
+/// A request from the caller in the dialog `to` (the To of the 200 it got).
+fn caller_in_dialog(method: &str, call_id: &str, to: &str, cseq: u32) -> String {
+    format!(
+        "{method} sip:+15550100@127.0.0.1:5060 SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bK{method}{cseq}
+Max-Forwards: 70
+From: \"Alice\" <sip:+15550199@core.example.com>;tag=a1
+To: {to}
+Call-ID: {call_id}
+CSeq: {cseq} {method}
+
+"
+    )
+}
+
+/// The callee's response from fork `fork` (its To-tag and its own Contact).
+fn fork_answer(b: &Message, code: u16, fork: &str, body: &str) -> String {
+    answer(b, code, "From a fork", fork, body).replace(
+        "<sip:teams@127.0.0.2:5080>",
+        &format!("<sip:{fork}@127.0.0.2:5080>"),
+    )
+}
+
+fn request_uri(msg: &Message) -> String {
+    match &msg.start {
+        bridgehead::sip::StartLine::Request { uri, .. } => uri.clone(),
+        bridgehead::sip::StartLine::Response { .. } => String::new(),
+    }
+}
+
+#[test]
+fn three_forks_ring_the_second_answers_and_the_third_answering_late_is_acked_and_hung_up() {
+    let mut sim = Sim::new();
+    let out = sim.core_sends(&invite_with_options("f1@10.1.1.1", ""));
+    let b = b_leg_invite(&out);
+    // Three endpoints ring, each in an early dialog of its own; the caller sees one.
+    let mut caller_tos = Vec::new();
+    for fork in ["fork1", "fork2", "fork3"] {
+        let out = sim.teams_sends(&fork_answer(&b, 180, fork, ""));
+        assert_eq!(summary(&out), [format!("180->{CORE_PEER}")]);
+        caller_tos.push(h(&out[0].1, "To").expect("To").to_string());
+    }
+    caller_tos.dedup();
+    assert_eq!(caller_tos.len(), 1, "one early dialog toward the caller");
+
+    // The second answers: the caller gets the 200, and its ACK goes to that fork's dialog.
+    let out = sim.teams_sends(&fork_answer(&b, 200, "fork2", SDP));
+    assert_eq!(summary(&out), [format!("200->{CORE_PEER}")]);
+    let to = h(&out[0].1, "To").expect("To").to_string();
+    let out = sim.core_sends(&caller_in_dialog("ACK", "f1@10.1.1.1", &to, 10));
+    assert_eq!(summary(&out), [format!("ACK->{TEAMS_PEER}")]);
+    assert!(h(&out[0].1, "To").expect("To").ends_with(";tag=fork2"));
+    assert_eq!(request_uri(&out[0].1), "sip:fork2@127.0.0.2:5080");
+
+    // The third answers too: ACKed and hung up in its own dialog; the caller hears nothing.
+    let out = sim.teams_sends(&fork_answer(&b, 200, "fork3", SDP));
+    assert_eq!(
+        summary(&out),
+        [format!("ACK->{TEAMS_PEER}"), format!("BYE->{TEAMS_PEER}")]
+    );
+    for (_, msg) in &out {
+        assert!(h(msg, "To").expect("To").ends_with(";tag=fork3"));
+        assert_eq!(request_uri(msg), "sip:fork3@127.0.0.2:5080");
+    }
+    assert_eq!(h(&out[0].1, "CSeq"), Some("1 ACK"));
+    assert_eq!(h(&out[1].1, "CSeq"), Some("2 BYE"));
+    // Its retransmission is only ACKed again; the answering fork's 200 repeated gets the
+    // caller's ACK again, as before.
+    let out = sim.teams_sends(&fork_answer(&b, 200, "fork3", SDP));
+    assert_eq!(summary(&out), [format!("ACK->{TEAMS_PEER}")]);
+    let out = sim.teams_sends(&fork_answer(&b, 200, "fork2", SDP));
+    assert_eq!(summary(&out), [format!("ACK->{TEAMS_PEER}")]);
+    assert!(h(&out[0].1, "To").expect("To").ends_with(";tag=fork2"));
+
+    // The call goes on with the second fork: the caller's BYE reaches it.
+    let out = sim.core_sends(&caller_in_dialog("BYE", "f1@10.1.1.1", &to, 11));
+    assert_eq!(summary(&out), [format!("BYE->{TEAMS_PEER}")]);
+    assert!(h(&out[0].1, "To").expect("To").ends_with(";tag=fork2"));
+    assert_eq!(request_uri(&out[0].1), "sip:fork2@127.0.0.2:5080");
+    assert_eq!(h(&out[0].1, "CSeq"), Some("3 BYE"));
+}
+
+#[test]
+fn each_fork_has_its_own_rseq_space_and_its_own_pracks() {
+    let mut sim = Sim::new();
+    let out = sim.core_sends(&invite_with_options("f2@10.1.1.1", ""));
+    let b = b_leg_invite(&out);
+    let reliable = |fork: &str, code: u16, rseq: u32| {
+        fork_answer(&b, code, fork, "").replace(
+            "Server: TeamsProxy\n",
+            &format!("Server: TeamsProxy\nRequire: 100rel\nRSeq: {rseq}\n"),
+        )
+    };
+    for (fork, code, rseq) in [("fork1", 180, 1), ("fork2", 180, 1), ("fork1", 183, 2)] {
+        let out = sim.teams_sends(&reliable(fork, code, rseq));
+        assert_eq!(
+            summary(&out),
+            [
+                format!("PRACK->{TEAMS_PEER}"),
+                format!("{code}->{CORE_PEER}")
+            ],
+            "{fork} RSeq {rseq}"
+        );
+        let prack = &out[0].1;
+        assert!(h(prack, "To")
+            .expect("To")
+            .ends_with(&format!(";tag={fork}")));
+        assert_eq!(request_uri(prack), format!("sip:{fork}@127.0.0.2:5080"));
+        assert_eq!(h(prack, "RAck"), Some(format!("{rseq} 1 INVITE").as_str()));
+    }
+}

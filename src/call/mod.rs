@@ -379,9 +379,12 @@ pub struct Call {
     media_refused: Option<crate::media::AnchorError>,
     /// Reliable provisional responses toward the caller (RFC 3262), when its leg uses them.
     a_reliable: Option<ReliableProvisionals>,
-    /// The RSeq of the last reliable provisional response the callee sent (and Bridgehead
-    /// PRACKed).
-    b_rseq: Option<u32>,
+    /// The RSeq of the last reliable provisional response each fork of the callee (by its
+    /// To-tag) sent and Bridgehead PRACKed: each fork has its own RSeq space.
+    b_rseqs: Vec<(String, u32)>,
+    /// Forks of the callee that answered after another one had: ACKed and hung up (their 2xx
+    /// retransmissions are only ACKed again).
+    b_forks_ended: Vec<String>,
 }
 
 /// Bridgehead's reliable provisional responses on the A-leg (RFC 3262 §3): whether they are

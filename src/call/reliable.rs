@@ -47,7 +47,7 @@ fn rack_of(msg: &Message) -> Option<(u32, u32, &str)> {
 
 impl B2bua<'_> {
     /// A provisional response from the callee (its B-leg dialog already learnt): a reliable
-    /// one is PRACKed once, in sequence; repeats are dropped.
+    /// one is PRACKed once, in sequence within its fork; repeats are dropped.
     pub(super) fn prack_callee(
         &mut self,
         key: CallKey,
@@ -60,10 +60,15 @@ impl B2bua<'_> {
         let Some(call) = self.calls.by_key.get_mut(&key) else {
             return CalleeProvisional::Repeated;
         };
-        if call.b_rseq.is_some_and(|last| rseq != last.wrapping_add(1)) {
-            return CalleeProvisional::Repeated;
+        // The fork that sent it (its dialog is the B-leg's now).
+        let fork = call.b.remote_tag.clone().unwrap_or_default();
+        match call.b_rseqs.iter_mut().find(|(tag, _)| *tag == fork) {
+            Some((_, last)) if rseq != last.wrapping_add(1) => {
+                return CalleeProvisional::Repeated;
+            }
+            Some((_, last)) => *last = rseq,
+            None => call.b_rseqs.push((fork, rseq)),
         }
-        call.b_rseq = Some(rseq);
         // The callee made its provisionals reliable: so does Bridgehead toward a caller that
         // supports it.
         if let Some(reliable) = call.a_reliable.as_mut() {

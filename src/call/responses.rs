@@ -19,7 +19,7 @@ impl B2bua<'_> {
             }
         };
         let Some(id) = self.txns.find_client(&info.branch, &info.cseq_method) else {
-            self.on_stray_response(&msg, &info.call_id, &info.cseq_method);
+            self.on_stray_response(&msg, &info.call_id, &info.cseq_method, now);
             return;
         };
         let Some(owner) = self.txns.client(id).map(|e| e.owner) else {
@@ -46,8 +46,16 @@ impl B2bua<'_> {
         }
     }
 
-    /// A 2xx to an INVITE whose transaction is over: repeat the ACK we sent (RFC 3261 §13.2.2.4).
-    pub(super) fn on_stray_response(&mut self, msg: &Message, call_id: &str, cseq_method: &str) {
+    /// A 2xx to an INVITE whose transaction is over: repeat the ACK we sent (RFC 3261
+    /// §13.2.2.4); from another fork of the callee than the one that answered, ACK it and hang
+    /// that fork up (§13.2.2.4 too).
+    pub(super) fn on_stray_response(
+        &mut self,
+        msg: &Message,
+        call_id: &str,
+        cseq_method: &str,
+        now: Instant,
+    ) {
         let is_2xx = msg.status().is_some_and(|s| (200..300).contains(&s));
         if !is_2xx || cseq_method != "INVITE" {
             return;
@@ -65,6 +73,11 @@ impl B2bua<'_> {
         let Some(call) = self.calls.by_key.get(&key) else {
             return;
         };
+        let their_tag = msg.header_str(&HeaderName::To).and_then(tag_of);
+        if leg == Leg::B && their_tag.is_some() && their_tag != call.b.remote_tag {
+            self.end_other_fork(key, msg, now);
+            return;
+        }
         if let Some((ack_leg, bytes)) = &call.last_ack {
             if *ack_leg == leg {
                 let (peer, bytes) = (call.leg(leg).peer, bytes.clone());
@@ -73,10 +86,62 @@ impl B2bua<'_> {
         }
     }
 
-    /// Records what a response from the callee says about the B-leg dialog.
+    /// A 2xx from a fork of the callee other than the one whose answer went to the caller:
+    /// that dialog gets its ACK and a BYE, with its own To-tag, remote target and route set; a
+    /// retransmission of it only the ACK again.
+    fn end_other_fork(&mut self, key: CallKey, msg: &Message, now: Instant) {
+        let Some(tag) = msg.header_str(&HeaderName::To).and_then(tag_of) else {
+            return;
+        };
+        let (ack_branch, bye_branch) = (self.new_branch(), self.new_branch());
+        let Some(call) = self.calls.by_key.get_mut(&key) else {
+            return;
+        };
+        let first_time = !call.b_forks_ended.contains(&tag);
+        let mut fork = call.b.clone();
+        fork.remote_tag = Some(tag.clone());
+        fork.remote_target = contact_uri(msg).unwrap_or(fork.remote_target);
+        let mut routes = record_routes(msg);
+        routes.reverse();
+        fork.route_set = routes;
+        if first_time {
+            tracing::info!(call = %call.id, fork = %tag, "a second fork answered: ACK and BYE");
+            call.b_forks_ended.push(tag);
+            call.b.local_cseq += 1;
+        }
+        let (peer, trunk, script) = (fork.peer, fork.trunk, call.script);
+        let listener = &self.calls.current.profile.listeners[peer.listener];
+        let ack = dialog_request(
+            Method::Ack,
+            &fork,
+            via_value(listener, peer.transport, &ack_branch),
+            fork.invite_cseq,
+            70,
+        );
+        let bye = dialog_request(
+            Method::Bye,
+            &fork,
+            via_value(listener, peer.transport, &bye_branch),
+            call.b.local_cseq,
+            70,
+        );
+        let ack = self.outgoing(Some(key), script, Leg::B, trunk, ack);
+        self.transmit(peer, Bytes::from(ack.to_bytes()));
+        if first_time {
+            let bye = self.outgoing(Some(key), script, Leg::B, trunk, bye);
+            self.start_client(bye, peer, ClientOwner::Local, now);
+        }
+    }
+
+    /// Records what a response from the callee says about the B-leg dialog. A forking callee
+    /// answers from several dialogs (To-tags): the B-leg follows the fork that spoke last before
+    /// the answer (its PRACKs go there), and the one that answered after it; each fork brings
+    /// its own remote target and route set.
     pub(super) fn learn_b_dialog(call: &mut Call, msg: &Message) {
-        if call.b.remote_tag.is_none() {
-            call.b.remote_tag = msg.header_str(&HeaderName::To).and_then(tag_of);
+        let tag = msg.header_str(&HeaderName::To).and_then(tag_of);
+        if tag.is_some() && tag != call.b.remote_tag {
+            call.b.remote_tag = tag;
+            call.b.route_set = Vec::new();
         }
         if let Some(target) = contact_uri(msg) {
             call.b.remote_target = target;

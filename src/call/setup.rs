@@ -420,7 +420,8 @@ impl B2bua<'_> {
             unanchored: false,
             media_refused: None,
             a_reliable,
-            b_rseq: None,
+            b_rseqs: Vec::new(),
+            b_forks_ended: Vec::new(),
         };
         self.calls
             .dialogs
