@@ -120,6 +120,21 @@ pub struct Trunk {
     pub tcp_above: Option<usize>,
     /// Reliable provisional responses (RFC 3262) on the trunk's legs.
     pub rel100: Rel100,
+    /// What a multipart body (SDP beside other parts) becomes toward the trunk.
+    pub multipart: MultipartPolicy,
+}
+
+/// What a multipart body (RFC 5621: SDP beside a PIDF-LO location, an ISUP message…) becomes
+/// toward a trunk. Its SDP part is anchored like any SDP either way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MultipartPolicy {
+    /// Relayed with every part.
+    #[default]
+    Relay,
+    /// Only its SDP part goes (as an `application/sdp` body), for a peer that takes nothing
+    /// else; a multipart body without SDP goes as no body.
+    SdpOnly,
 }
 
 /// Whether a trunk's legs use reliable provisional responses (RFC 3262, `100rel`). Each leg
@@ -254,6 +269,12 @@ struct RawMedia {
     ringback: TonePlan,
     #[serde(default)]
     no_ports: NoPortsPolicy,
+    #[serde(default = "default_bound_ahead")]
+    bound_ahead: usize,
+}
+
+fn default_bound_ahead() -> usize {
+    DEFAULT_BOUND_AHEAD
 }
 
 /// What happens to a new call whose offer cannot be anchored (no port left in the shard's
@@ -290,7 +311,13 @@ pub struct MediaConfig {
     pub ringback: TonePlan,
     /// What a new call whose offer cannot be anchored gets.
     pub no_ports: NoPortsPolicy,
+    /// Port pairs of each shard's range bound ahead of time, off the shard (two descriptors
+    /// each); 0 binds each pair when a call takes it.
+    pub bound_ahead: usize,
 }
+
+/// Port pairs per shard bound ahead of time unless the profile says otherwise.
+pub const DEFAULT_BOUND_AHEAD: usize = 32;
 
 /// A ringback tone plan (ITU-T E.180 Supplement 2, national tones).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -433,6 +460,8 @@ struct RawTrunk {
     tcp_above: Option<usize>,
     #[serde(default)]
     rel100: Rel100,
+    #[serde(default)]
+    multipart: MultipartPolicy,
 }
 
 /// How a trunk carries DTMF.
@@ -649,6 +678,7 @@ impl Validator<'_> {
             ringback: raw.ringback,
             tcp_above: raw.tcp_above,
             rel100: raw.rel100,
+            multipart: raw.multipart,
             on_script_error,
             params,
             listener,
@@ -737,6 +767,7 @@ impl Validator<'_> {
             rtp_timeout: raw.rtp_timeout,
             ringback: raw.ringback,
             no_ports: raw.no_ports,
+            bound_ahead: raw.bound_ahead,
         })
     }
 }

@@ -446,6 +446,30 @@ fn three_forks_ring_the_second_answers_and_the_third_is_acked_and_hung_up() {
 }
 
 #[test]
+fn an_emergency_invite_with_sdp_and_pidf_lo_reaches_the_callee_with_both_parts() {
+    let outcome = Flow::new("caller_multipart", "callee").run();
+    let invite = outcome
+        .callee_got()
+        .find(|m| m.is_request("INVITE"))
+        .expect("the callee got the INVITE");
+    assert_eq!(
+        invite.header("Content-Type"),
+        Some("multipart/mixed;boundary=unique-boundary-1"),
+        "{}",
+        invite.text
+    );
+    let body = invite.body();
+    assert!(body.contains("Content-Type: application/sdp"), "{body}");
+    assert!(body.contains("m=audio"), "{body}");
+    assert!(
+        body.contains("<gml:pos>52.5200 13.4050</gml:pos>"),
+        "{body}"
+    );
+    assert!(body.contains("Content-ID: <location-"), "{body}");
+    assert!(body.trim_end().ends_with("--unique-boundary-1--"), "{body}");
+}
+
+#[test]
 fn hold_and_resume() {
     for transport in [Transport::Udp, Transport::Tcp] {
         let outcome = Flow::new("caller_hold", "callee_hold")

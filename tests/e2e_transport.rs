@@ -308,10 +308,11 @@ fn a_source_gets_at_most_its_connections_and_strangers_are_dropped() {
 #[test]
 fn a_call_whose_media_ports_cannot_be_bound_is_refused_with_503() {
     let media = common::media_range();
-    // Media anchored; the core listener takes many connections from one source.
+    // Media anchored, no port bound ahead of time (each is bound when a call takes it); the
+    // core listener takes many connections from one source.
     let anchored = profile(
         &format!(
-            "media:\n  address: 127.0.0.1\n  ports: {media}-{}\n",
+            "media:\n  address: 127.0.0.1\n  ports: {media}-{}\n  bound_ahead: 0\n",
             media + 9
         ),
         "    max_connections_per_source: 1000\n",

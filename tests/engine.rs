@@ -1926,3 +1926,66 @@ fn each_fork_has_its_own_rseq_space_and_its_own_pracks() {
         assert_eq!(h(prack, "RAck"), Some(format!("{rseq} 1 INVITE").as_str()));
     }
 }
+
+/// An emergency call's body: the SDP offer beside a PIDF-LO location (RFC 6442).
+const PIDF: &str = "<?xml version=\"1.0\"?>\n<presence xmlns=\"urn:ietf:params:xml:ns:pidf\" entity=\"pres:+15550199@core.example.com\"><tuple id=\"loc\"/></presence>";
+
+fn multipart_invite(call_id: &str) -> String {
+    let body = format!(
+        "--b1\nContent-Type: application/sdp\n\n{SDP}\n--b1\nContent-Type: application/pidf+xml\nContent-ID: <loc@core.example.com>\n\n{PIDF}\n--b1--\n"
+    );
+    invite_with_options(call_id, "Geolocation: <cid:loc@core.example.com>\n")
+        .replace(
+            "Content-Type: application/sdp\n",
+            "Content-Type: multipart/mixed;boundary=b1\n",
+        )
+        .replace(&format!("\n\n{SDP}"), &format!("\n\n{body}"))
+}
+
+#[test]
+fn a_multipart_offer_is_relayed_with_its_sdp_anchored_and_its_location_intact() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/default.lua");
+    let text = format!(
+        "media:\n  address: 127.0.0.1\n  ports: 30000-30099\n{}",
+        profile_with_script(script, "", "")
+    );
+    let mut sim = Sim::with_profile(&text);
+    let out = sim.core_sends(&multipart_invite("m1@10.1.1.1"));
+    let b = b_leg_invite(&out);
+    assert_eq!(h(&b, "Content-Type"), Some("multipart/mixed;boundary=b1"));
+    let body = String::from_utf8_lossy(&b.body).into_owned();
+    assert!(
+        body.contains(&PIDF.replace('\n', "\r\n")),
+        "location intact:\n{body}"
+    );
+    assert!(
+        body.contains("Content-ID: <loc@core.example.com>"),
+        "{body}"
+    );
+    assert!(
+        body.contains("c=IN IP4 127.0.0.1") && !body.contains("192.0.2.10"),
+        "the SDP part anchored:\n{body}"
+    );
+    // The answer comes back as plain SDP, anchored toward the caller.
+    let out = sim.teams_sends(&answer(&b, 200, "OK", "t1", SDP));
+    assert_eq!(summary(&out), [format!("200->{CORE_PEER}")]);
+    assert!(String::from_utf8_lossy(&out[0].1.body).contains("c=IN IP4 127.0.0.1"));
+}
+
+#[test]
+fn toward_a_trunk_that_takes_sdp_only_a_multipart_offer_becomes_its_sdp() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/default.lua");
+    let text = profile_with_script(script, "", "    multipart: sdp_only");
+    let mut sim = Sim::with_profile(&text);
+    let out = sim.core_sends(&multipart_invite("m2@10.1.1.1"));
+    let b = b_leg_invite(&out);
+    assert_eq!(h(&b, "Content-Type"), Some("application/sdp"));
+    assert_eq!(String::from_utf8_lossy(&b.body), SDP.replace('\n', "\r\n"));
+    // A body that is neither SDP nor multipart is still refused.
+    let isup = invite_with_options("m3@10.1.1.1", "").replace(
+        "Content-Type: application/sdp",
+        "Content-Type: application/isup",
+    );
+    let out = sim.core_sends(&isup);
+    assert_eq!(summary(&out), [format!("415->{CORE_PEER}")]);
+}

@@ -1,9 +1,9 @@
 //! Egress: the rules' hooks on every message Bridgehead sends, and the trunk's header policy (what
 //! crosses from the other leg).
 
-use super::offer_answer::carries_sdp;
 use super::offer_answer::offer_codecs;
 use super::offer_answer::sdp_kind;
+use super::offer_answer::{carries_sdp, keep_sdp_only, replace_sdp, sdp_of};
 use super::*;
 
 /// Removes the headers the policy does not let cross, unless a rule set them.
@@ -162,7 +162,7 @@ impl B2bua<'_> {
         // The offer/answer hand-off: the trunk's codecs, media anchoring, then the rules' own
         // edits.
         if anchoring || wants_sdp || filtering {
-            match Sdp::parse(&hooked.msg.body) {
+            match Sdp::parse(&sdp_of(&hooked.msg).unwrap_or_default()) {
                 Ok(mut sdp) => {
                     // Anchoring first: it learns the sender's own codecs before any filter.
                     if let Some(key) = call.filter(|_| anchoring) {
@@ -184,9 +184,9 @@ impl B2bua<'_> {
                             .run_hook(&rules, call, &call_id, ingress, script, Hook::Sdp, args)
                             .failed;
                         let sdp = shared.lock().unwrap_or_else(|e| e.into_inner());
-                        hooked.msg.body = Bytes::from(sdp.to_bytes());
+                        replace_sdp(&mut hooked.msg, Bytes::from(sdp.to_bytes()));
                     } else {
-                        hooked.msg.body = Bytes::from(sdp.to_bytes());
+                        replace_sdp(&mut hooked.msg, Bytes::from(sdp.to_bytes()));
                     }
                 }
                 Err(err) => {
@@ -200,8 +200,11 @@ impl B2bua<'_> {
                 .run_hook(&rules, call, &call_id, ingress, script, hook, args)
                 .failed;
         }
-        let policy = &rules.profile.trunks[trunk].headers;
-        apply_policy(&mut hooked.msg, &hooked.touched, policy);
+        let dest = &rules.profile.trunks[trunk];
+        if dest.multipart == MultipartPolicy::SdpOnly {
+            keep_sdp_only(&mut hooked.msg);
+        }
+        apply_policy(&mut hooked.msg, &hooked.touched, &dest.headers);
         (hooked.msg, failed)
     }
 }

@@ -31,7 +31,7 @@ mod setup;
 mod tests;
 mod transactions;
 
-use crate::config::{HeaderPolicy, Rel100, ScriptErrorPolicy, TrunkId};
+use crate::config::{HeaderPolicy, MultipartPolicy, Rel100, ScriptErrorPolicy, TrunkId};
 use crate::media::{DtmfMethod, MediaCallId, MediaCommand, MediaEvent, PortPool};
 use crate::script::{
     CallEndInfo, Hook, HookArgs, HookCall, HookMessage, RouteDecision, RuleSet, ScriptId, SharedSdp,
@@ -183,8 +183,14 @@ impl Calls {
 
     /// Makes the media port pool bind each port before handing it out.
     pub fn set_port_binder(&mut self, binder: Box<dyn crate::media::PortBinder>) {
+        let ahead = self
+            .current
+            .profile
+            .media
+            .as_ref()
+            .map_or(0, |media| media.bound_ahead);
         if let Some(pool) = self.media_ports.as_mut() {
-            pool.set_binder(binder);
+            pool.set_binder(binder, ahead);
         }
     }
 

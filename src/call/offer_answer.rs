@@ -2,15 +2,73 @@
 //! and sounds the rules play.
 
 use super::*;
+use crate::sip::multipart::{is_multipart, Multipart};
 
-/// True when a message carries an SDP body.
+/// True when a Content-Type value is `application/sdp` (no allocation: checked per message).
+fn is_sdp_type(content_type: &str) -> bool {
+    content_type
+        .trim_start()
+        .get(..15)
+        .is_some_and(|t| t.eq_ignore_ascii_case("application/sdp"))
+}
+
+/// The SDP a message carries: its body when that is `application/sdp`, or the first SDP part
+/// of a multipart body (RFC 5621: an emergency call's PIDF-LO, a SIP-I call's ISUP beside it).
+pub(super) fn sdp_of(msg: &Message) -> Option<Bytes> {
+    if msg.body.is_empty() {
+        return None;
+    }
+    let content_type = msg.header_str(&HeaderName::ContentType)?;
+    if is_sdp_type(content_type) {
+        return Some(msg.body.clone());
+    }
+    let multipart = Multipart::parse(content_type, &msg.body)?;
+    let index = multipart.sdp_index()?;
+    Some(multipart.parts[index].content.clone())
+}
+
+/// True when a message carries an SDP (the body, or a part of it).
 pub(super) fn carries_sdp(msg: &Message) -> bool {
-    !msg.body.is_empty()
-        && msg.header_str(&HeaderName::ContentType).is_some_and(|t| {
-            t.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("application/sdp")
-        })
+    sdp_of(msg).is_some()
+}
+
+/// Puts `sdp` where the message's SDP is: the whole body, or its part of a multipart body
+/// (the other parts unchanged).
+pub(super) fn replace_sdp(msg: &mut Message, sdp: Bytes) {
+    let multipart = msg
+        .header_str(&HeaderName::ContentType)
+        .filter(|content_type| !is_sdp_type(content_type))
+        .and_then(|content_type| Multipart::parse(content_type, &msg.body));
+    match multipart {
+        Some(mut multipart) => {
+            if let Some(index) = multipart.sdp_index() {
+                multipart.parts[index].content = sdp;
+                msg.body = multipart.to_bytes();
+            }
+        }
+        None => msg.body = sdp,
+    }
+}
+
+/// Toward a trunk that takes SDP alone (`multipart: sdp_only`): a multipart body becomes its
+/// SDP part, or no body when it has none.
+pub(super) fn keep_sdp_only(msg: &mut Message) {
+    let Some(content_type) = msg.header_str(&HeaderName::ContentType) else {
+        return;
+    };
+    if !is_multipart(content_type) {
+        return;
+    }
+    match sdp_of(msg) {
+        Some(sdp) => {
+            msg.set_header(HeaderName::ContentType, "application/sdp");
+            msg.body = sdp;
+        }
+        None => {
+            msg.remove_header(&HeaderName::ContentType);
+            msg.body = Bytes::new();
+        }
+    }
 }
 
 /// Keeps only a trunk's codecs in an offer toward it, in its order. When nothing is in common
@@ -186,7 +244,7 @@ impl B2bua<'_> {
         let call = self.calls.by_key.get(&key)?;
         // Not once the callee sent an SDP (early media): the caller has its answer.
         let wanted = (180..=183).contains(&status)
-            && msg.body.is_empty()
+            && !carries_sdp(msg)
             && call.local_answer.is_none()
             && !call.streams.is_empty()
             && call.streams.iter().all(|s| s.b.own_pts.is_empty())
@@ -195,7 +253,7 @@ impl B2bua<'_> {
             return None;
         }
         let offer = self.txns.server(call.a_invite)?.request.as_ref()?;
-        let mut sdp = Sdp::parse(&offer.body).ok()?;
+        let mut sdp = Sdp::parse(&sdp_of(offer)?).ok()?;
         let mut voice = None;
         for media in sdp.media_mut() {
             let g711 = media.codecs().into_iter().find(|c| c.is_g711());
@@ -264,7 +322,7 @@ impl B2bua<'_> {
             return;
         };
         if call.streams.iter().any(|s| s.b.accepts != (false, false)) {
-            response.body = answer.clone();
+            replace_sdp(response, answer.clone());
         } else {
             tracing::warn!(
                 call = %call.id,

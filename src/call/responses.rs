@@ -4,7 +4,7 @@
 use super::in_dialog::contact_uri;
 use super::in_dialog::is_target_refresh;
 use super::in_dialog::record_routes;
-use super::offer_answer::carries_sdp;
+use super::offer_answer::{carries_sdp, sdp_of};
 use super::*;
 
 impl B2bua<'_> {
@@ -271,7 +271,7 @@ impl B2bua<'_> {
         if server == a_invite && status < 300 && carries_sdp(&response) {
             self.repeat_local_answer(key, &mut response);
         }
-        let sdp = carries_sdp(&response).then(|| response.body.clone());
+        let sdp = sdp_of(&response);
         if server == a_invite && (101..200).contains(&status) {
             self.provisional_to_caller(key, server, response, now);
         } else {

@@ -256,12 +256,12 @@ impl B2bua<'_> {
     /// Checks what a new INVITE asks for that Bridgehead cannot give; returns the refusal.
     pub(super) fn refuse_invite(msg: &Message, info: &RequestInfo) -> Option<Refusal> {
         if !msg.body.is_empty() {
-            let sdp = msg.header_str(&HeaderName::ContentType).is_some_and(|ct| {
-                ct.trim()
-                    .to_ascii_lowercase()
-                    .starts_with("application/sdp")
+            // SDP, or a multipart body (SDP beside a location or ISUP) relayed with it.
+            let relayed = msg.header_str(&HeaderName::ContentType).is_some_and(|ct| {
+                let media_type = crate::sip::multipart::media_type(ct);
+                media_type == "application/sdp" || media_type.starts_with("multipart/")
             });
-            if !sdp {
+            if !relayed {
                 return Some((415, vec![(HeaderName::Accept, ACCEPT.to_string())]));
             }
         }

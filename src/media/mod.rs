@@ -29,15 +29,14 @@ pub trait PortBinder: Send {
     fn prepare(&mut self, _port: u16) {}
 }
 
-/// How many of the next ports in line a pool asks its binder to prepare.
-const PREPARED_AHEAD: usize = 128;
-
 /// The RTP ports of one shard's slice of the profile's range: every port pair (even RTP port,
 /// RTCP on the next) whose index modulo the number of shards is the shard's, so shards never
 /// hand out the same port.
 pub struct PortPool {
     free: VecDeque<u16>,
     binder: Option<Box<dyn PortBinder>>,
+    /// How many of the next ports in line the binder is asked to prepare.
+    ahead: usize,
 }
 
 impl std::fmt::Debug for PortPool {
@@ -59,15 +58,21 @@ impl PortPool {
             .filter(|(index, _)| index % shards.max(1) == shard)
             .map(|(_, port)| port)
             .collect();
-        PortPool { free, binder: None }
+        PortPool {
+            free,
+            binder: None,
+            ahead: 0,
+        }
     }
 
-    /// Binds every port before handing it out (and has the next ones in line prepared).
-    pub fn set_binder(&mut self, mut binder: Box<dyn PortBinder>) {
-        for &port in self.free.iter().take(PREPARED_AHEAD) {
+    /// Binds every port before handing it out, and has the `ahead` next ones in line
+    /// prepared.
+    pub fn set_binder(&mut self, mut binder: Box<dyn PortBinder>, ahead: usize) {
+        for &port in self.free.iter().take(ahead) {
             binder.prepare(port);
         }
         self.binder = Some(binder);
+        self.ahead = ahead;
     }
 
     /// An RTP port (its RTCP port is the next one) that is really Bridgehead's. A port another
@@ -84,7 +89,7 @@ impl PortPool {
             match binder.bind(port) {
                 Ok(()) => {
                     // The port that just moved into the prepared window.
-                    if let Some(&next) = self.free.get(PREPARED_AHEAD - 1) {
+                    if let Some(&next) = self.ahead.checked_sub(1).and_then(|i| self.free.get(i)) {
                         binder.prepare(next);
                     }
                     return Ok(port);
@@ -1026,20 +1031,24 @@ mod tests {
     fn a_pool_has_its_binder_prepare_the_ports_next_in_line() {
         let mut pool = PortPool::new((30000, 30999), 0, 1);
         let prepared = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        pool.set_binder(Box::new(FakeBinder {
-            taken_elsewhere: Vec::new(),
-            descriptors: 100,
-            held: Default::default(),
-            prepared: prepared.clone(),
-        }));
-        let first: Vec<u16> = (0..PREPARED_AHEAD as u16).map(|i| 30000 + 2 * i).collect();
+        let ahead = 32;
+        pool.set_binder(
+            Box::new(FakeBinder {
+                taken_elsewhere: Vec::new(),
+                descriptors: 100,
+                held: Default::default(),
+                prepared: prepared.clone(),
+            }),
+            ahead,
+        );
+        let first: Vec<u16> = (0..ahead as u16).map(|i| 30000 + 2 * i).collect();
         assert_eq!(*prepared.lock().expect("lock"), first);
         // Each port handed out brings the next one into the window.
         assert_eq!(pool.take().ok(), Some(30000));
         assert_eq!(pool.take().ok(), Some(30002));
-        let window_end = 30000 + 2 * PREPARED_AHEAD as u16;
+        let window_end = 30000 + 2 * ahead as u16;
         assert_eq!(
-            prepared.lock().expect("lock")[PREPARED_AHEAD..],
+            prepared.lock().expect("lock")[ahead..],
             [window_end, window_end + 2]
         );
     }
@@ -1048,12 +1057,15 @@ mod tests {
     fn a_pool_with_a_binder_hands_out_only_ports_it_bound() {
         let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut pool = PortPool::new((30000, 30009), 0, 1);
-        pool.set_binder(Box::new(FakeBinder {
-            taken_elsewhere: vec![30002],
-            descriptors: 2,
-            held: held.clone(),
-            prepared: Default::default(),
-        }));
+        pool.set_binder(
+            Box::new(FakeBinder {
+                taken_elsewhere: vec![30002],
+                descriptors: 2,
+                held: held.clone(),
+                prepared: Default::default(),
+            }),
+            0,
+        );
         assert_eq!(pool.take().ok(), Some(30000));
         // 30002 is another process's: skipped, and tried again later.
         assert_eq!(pool.take().ok(), Some(30004));

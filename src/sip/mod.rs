@@ -8,6 +8,7 @@
 
 pub mod check;
 pub mod header;
+pub mod multipart;
 pub mod transaction;
 pub mod uri;
 
