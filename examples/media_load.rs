@@ -70,6 +70,7 @@ async fn main() {
         rtp_timeout: 0,
         ringback: Default::default(),
         no_ports: Default::default(),
+        bound_ahead: 0,
     };
     let relay = Relay::new(&config, Arc::new(|_, _| {}));
     let sent = Arc::new(AtomicU64::new(0));
