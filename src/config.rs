@@ -110,9 +110,11 @@ pub struct Trunk {
     pub dtmf: DtmfMode,
     /// Send comfort noise (RFC 3389) toward the trunk while the other leg is silent.
     pub comfort_noise: bool,
-    /// When the trunk's call rings without early media (a 180/183 without SDP), answer its
-    /// offer in that provisional and play it ringback (media must be anchored).
-    pub local_ringback: bool,
+    /// What provisional responses toward the trunk's callers become (early media).
+    pub early_media: EarlyMedia,
+    /// The trunk takes `P-Early-Media` (RFC 5009, IMS): it crosses toward it and Bridgehead
+    /// adds it where missing; toward other trunks it is removed.
+    pub p_early_media: bool,
     /// The ringback tone plan played toward the trunk (default: the media section's).
     pub ringback: Option<TonePlan>,
     /// Requests to this UDP trunk larger than this many bytes go over TCP instead (RFC 3261
@@ -135,6 +137,46 @@ pub enum MultipartPolicy {
     /// Only its SDP part goes (as an `application/sdp` body), for a peer that takes nothing
     /// else; a multipart body without SDP goes as no body.
     SdpOnly,
+}
+
+/// What the provisional responses a trunk's callers get become (RFC 3960 early media). A rule
+/// may choose otherwise for one call (`call:set_early_media`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EarlyMedia {
+    /// As the callee sent them.
+    #[default]
+    Passthrough,
+    /// A 180-183 without SDP (before the callee sent any) carries Bridgehead's own answer, and
+    /// Bridgehead plays the caller ringback until the callee's media or answer (media must be
+    /// anchored).
+    Ringback,
+    /// A 181-183 becomes `180 Ringing` without its SDP: the caller plays its own ringback and
+    /// hears nothing of the callee before the answer.
+    #[serde(rename = "convert_183_to_180")]
+    Convert183To180,
+    /// As `ringback`, sent as `183 Session Progress`: for callers that play early media only
+    /// from a 183.
+    #[serde(rename = "convert_180_to_183")]
+    Convert180To183,
+}
+
+impl EarlyMedia {
+    /// The setting by its profile name.
+    pub fn from_name(name: &str) -> Option<EarlyMedia> {
+        Some(match name {
+            "passthrough" => EarlyMedia::Passthrough,
+            "ringback" => EarlyMedia::Ringback,
+            "convert_183_to_180" => EarlyMedia::Convert183To180,
+            "convert_180_to_183" => EarlyMedia::Convert180To183,
+            _ => return None,
+        })
+    }
+
+    /// True when Bridgehead answers the caller itself and plays it ringback.
+    pub fn local_ringback(self) -> bool {
+        matches!(self, EarlyMedia::Ringback | EarlyMedia::Convert180To183)
+    }
 }
 
 /// Whether a trunk's legs use reliable provisional responses (RFC 3262, `100rel`). Each leg
@@ -452,8 +494,13 @@ struct RawTrunk {
     dtmf: DtmfMode,
     #[serde(default)]
     comfort_noise: bool,
+    /// Replaced by `early_media: ringback`; kept to say so.
     #[serde(default)]
-    local_ringback: bool,
+    local_ringback: Option<bool>,
+    #[serde(default)]
+    early_media: EarlyMedia,
+    #[serde(default)]
+    p_early_media: bool,
     #[serde(default)]
     ringback: Option<TonePlan>,
     #[serde(default)]
@@ -657,6 +704,15 @@ impl Validator<'_> {
         }
         let on_script_error = self.on_script_error(raw, at);
         let params = self.params(raw, at);
+        if raw.local_ringback.is_some() {
+            self.error(
+                self.line_of("local_ringback").or(at),
+                format!(
+                    "trunk '{}': local_ringback is now `early_media: ringback`",
+                    raw.name
+                ),
+            );
+        }
         if raw.media_dscp > 63 {
             self.error(
                 self.line_of(&format!("media_dscp: {}", raw.media_dscp))
@@ -674,7 +730,8 @@ impl Validator<'_> {
             codecs: raw.codecs.clone(),
             dtmf: raw.dtmf,
             comfort_noise: raw.comfort_noise,
-            local_ringback: raw.local_ringback,
+            early_media: raw.early_media,
+            p_early_media: raw.p_early_media,
             ringback: raw.ringback,
             tcp_above: raw.tcp_above,
             rel100: raw.rel100,

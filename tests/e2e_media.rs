@@ -959,7 +959,7 @@ fn a_callee_ringing_without_early_media_gets_the_caller_local_ringback() {
     let base = media_range();
     let profile = profile(base).replace(
         "    route: teams\n",
-        "    route: teams\n    local_ringback: true\n",
+        "    route: teams\n    early_media: ringback\n",
     );
     let mut call = MediaCall::start(
         base,

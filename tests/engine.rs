@@ -1357,7 +1357,7 @@ fn ringing_call(core_extra: &str) -> (Sim, Message) {
 
 #[test]
 fn local_ringback_answers_the_caller_in_the_180_and_the_200_repeats_it() {
-    let (mut sim, b_invite) = ringing_call("    local_ringback: true\n    ringback: uk");
+    let (mut sim, b_invite) = ringing_call("    early_media: ringback\n    ringback: uk");
     std::iter::from_fn(|| sim.engine.poll_media()).for_each(drop);
 
     // Teams rings without early media: the core gets a 180 with Bridgehead's answer, and
@@ -1415,7 +1415,7 @@ fn local_ringback_answers_the_caller_in_the_180_and_the_200_repeats_it() {
 
 #[test]
 fn local_ringback_waits_for_no_one_who_already_sent_early_media() {
-    let (mut sim, b_invite) = ringing_call("    local_ringback: true");
+    let (mut sim, b_invite) = ringing_call("    early_media: ringback");
     let out = sim.teams_sends(&answer(&b_invite, 183, "Session Progress", "t1", SDP));
     assert!(!out[0].1.body.is_empty(), "Teams' early media answer");
     std::iter::from_fn(|| sim.engine.poll_media()).for_each(drop);
@@ -1988,4 +1988,104 @@ fn toward_a_trunk_that_takes_sdp_only_a_multipart_offer_becomes_its_sdp() {
     );
     let out = sim.core_sends(&isup);
     assert_eq!(summary(&out), [format!("415->{CORE_PEER}")]);
+}
+
+#[test]
+fn convert_183_to_180_rings_the_caller_and_keeps_the_sdp_only_of_a_reliable_183() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/default.lua");
+    let text = profile_with_script(script, "    early_media: convert_183_to_180", "");
+    let mut sim = Sim::with_profile(&text);
+    let out = sim.core_sends(&invite_with_options("e1@10.1.1.1", ""));
+    let b = b_leg_invite(&out);
+    let out = sim.teams_sends(&answer(&b, 183, "Session Progress", "t1", SDP));
+    assert_eq!(summary(&out), [format!("180->{CORE_PEER}")]);
+    assert!(out[0].1.body.is_empty() && h(&out[0].1, "Content-Type").is_none());
+    // The answer comes in the 200 (RFC 3261 §13.3.1.4 repeats it there).
+    let out = sim.teams_sends(&answer(&b, 200, "OK", "t1", SDP));
+    assert!(!out[0].1.body.is_empty());
+
+    // A reliable 183's SDP is the answer: it stays, in the 180.
+    let out = sim.core_sends(&invite_with_options("e2@10.1.1.1", ""));
+    let b = b_leg_invite(&out);
+    let out = sim.teams_sends(&reliable_answer(&b, 183, 1, SDP));
+    assert_eq!(
+        summary(&out),
+        [format!("PRACK->{TEAMS_PEER}"), format!("180->{CORE_PEER}")]
+    );
+    assert!(!out[1].1.body.is_empty(), "the answer stays");
+}
+
+#[test]
+fn convert_180_to_183_answers_a_silent_180_with_bridgeheads_sdp_in_a_183() {
+    let (mut sim, b_invite) = ringing_call("    early_media: convert_180_to_183");
+    let out = sim.teams_sends(&answer(&b_invite, 180, "Ringing", "t1", ""));
+    assert_eq!(summary(&out), [format!("183->{CORE_PEER}")]);
+    assert_eq!(h(&out[0].1, "Content-Type"), Some("application/sdp"));
+    assert!(String::from_utf8_lossy(&out[0].1.body).contains("m=audio 30002"));
+    let ringback = std::iter::from_fn(|| sim.engine.poll_media())
+        .any(|c| matches!(c, MediaCommand::Play { .. }));
+    assert!(ringback, "ringback played to the caller");
+}
+
+#[test]
+fn a_rule_chooses_the_early_media_of_one_call_and_its_early_media_edits_go_on() {
+    let rules = rules_file(
+        r#"
+local M = {}
+function M.on_invite(call, req)
+  if req:header("X-Trace") == "keep-me" then
+    call:set_early_media("convert_183_to_180")
+  end
+end
+function M.on_early_media(call, resp)
+  resp:set_header("X-Early", "seen")
+end
+return M
+"#,
+    );
+    let text = profile_with_script(&rules, "", "");
+    let mut sim = Sim::with_profile(&text);
+    let out = sim.core_sends(&invite_with_options("e3@10.1.1.1", ""));
+    let b = b_leg_invite(&out);
+    let out = sim.teams_sends(&answer(&b, 183, "Session Progress", "t1", SDP));
+    assert_eq!(summary(&out), [format!("180->{CORE_PEER}")]);
+    assert_eq!(h(&out[0].1, "X-Early"), Some("seen"));
+    // A call without the header keeps the trunk's passthrough.
+    let out =
+        sim.core_sends(&invite_with_options("e4@10.1.1.1", "").replace("X-Trace: keep-me\n", ""));
+    let b = b_leg_invite(&out);
+    let out = sim.teams_sends(&answer(&b, 183, "Session Progress", "t1", SDP));
+    assert_eq!(summary(&out), [format!("183->{CORE_PEER}")]);
+    assert_eq!(h(&out[0].1, "X-Early"), Some("seen"));
+}
+
+#[test]
+fn p_early_media_goes_only_to_trunks_that_take_it_and_is_added_there() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/default.lua");
+    // The core (an IMS core) takes P-Early-Media; Teams does not.
+    let text = profile_with_script(script, "    p_early_media: true", "");
+    let mut sim = Sim::with_profile(&text);
+    let out = sim.core_sends(&invite_with_options(
+        "p1@10.1.1.1",
+        "P-Early-Media: supported\n",
+    ));
+    let b = b_leg_invite(&out);
+    assert!(h(&b, "P-Early-Media").is_none(), "not toward Teams");
+    let out = sim.teams_sends(&answer(&b, 183, "Session Progress", "t1", SDP));
+    assert_eq!(h(&out[0].1, "P-Early-Media"), Some("sendrecv"));
+    let gated = answer(&b, 183, "Session Progress", "t1", SDP).replace(
+        "Server: TeamsProxy\n",
+        "Server: TeamsProxy\nP-Early-Media: inactive\n",
+    );
+    let out = sim.teams_sends(&gated);
+    assert_eq!(
+        h(&out[0].1, "P-Early-Media"),
+        Some("inactive"),
+        "the callee's own"
+    );
+    // Toward the core an INVITE says it supports it.
+    let text = profile_with_script(script, "", "    p_early_media: true");
+    let mut sim = Sim::with_profile(&text);
+    let out = sim.core_sends(&invite_with_options("p2@10.1.1.1", ""));
+    assert_eq!(h(&b_leg_invite(&out), "P-Early-Media"), Some("supported"));
 }

@@ -13,6 +13,28 @@ pub(super) fn apply_policy(msg: &mut Message, touched: &[HeaderName], policy: &H
     });
 }
 
+/// `P-Early-Media` (RFC 5009) toward a trunk: a trunk that takes it gets `supported` on an
+/// INVITE and `sendrecv` on a provisional response with SDP where none came (the callee's own
+/// value crosses); toward any other trunk it is removed, unless a rule set it.
+fn p_early_media(msg: &mut Message, touched: &[HeaderName], trunk_takes_it: bool) {
+    let name = HeaderName::PEarlyMedia;
+    if !trunk_takes_it {
+        if !touched.contains(&name) {
+            msg.remove_header(&name);
+        }
+        return;
+    }
+    if msg.header(&name).is_some() {
+        return;
+    }
+    let value = match (msg.method(), msg.status()) {
+        (Some(Method::Invite), _) => "supported",
+        (None, Some(101..=199)) if carries_sdp(msg) => "sendrecv",
+        _ => return,
+    };
+    msg.push_header(name, value.to_string());
+}
+
 impl B2bua<'_> {
     pub(super) fn rules_of(&self, call: Option<CallKey>) -> Arc<RuleSet> {
         call.and_then(|k| self.calls.by_key.get(&k))
@@ -44,6 +66,7 @@ impl B2bua<'_> {
         let mut vars = call.vars.take();
         if let Some(c) = key.and_then(|k| self.calls.by_key.get_mut(&k)) {
             c.vars = vars.take();
+            c.early_media = call.early_media.or(c.early_media);
         }
         let media = std::mem::take(&mut call.media_actions);
         if let Some(key) = key {
@@ -65,6 +88,7 @@ impl B2bua<'_> {
             vars,
             // Asked for before the call existed (on_invite): played once it does.
             media: if key.is_some() { Vec::new() } else { media },
+            early_media: call.early_media,
             failed,
         }
     }
@@ -91,8 +115,27 @@ impl B2bua<'_> {
         self.run_hook(&rules, Some(key), &id, ingress, script, hook, args)
     }
 
-    /// Runs a lifecycle hook (`on_early_media`, `on_answer`, `on_failure`) with the callee's
-    /// response and returns the rule's decision (only `on_failure` acts on it).
+    /// Runs `on_early_media` on a provisional response of the callee that carries SDP; returns
+    /// it as the rule left it (what goes on to the caller), with the headers the rule set.
+    pub(super) fn early_media_hook(
+        &mut self,
+        key: CallKey,
+        msg: Message,
+    ) -> (Message, Vec<HeaderName>) {
+        let Some(call) = self.calls.by_key.get(&key) else {
+            return (msg, Vec::new());
+        };
+        if !call.rules.rules.has_hook(call.script, Hook::EarlyMedia) {
+            return (msg, Vec::new());
+        }
+        let trunk = call.rules.profile.trunks[call.b.trunk].name.clone();
+        let mut hooked = HookMessage::new(msg, Leg::B, trunk);
+        self.run_call_hook(key, Hook::EarlyMedia, HookArgs::Message(&mut hooked));
+        (hooked.msg, hooked.touched)
+    }
+
+    /// Runs a lifecycle hook (`on_answer`, `on_failure`) with the callee's response and returns
+    /// the rule's decision (only `on_failure` acts on it).
     pub(super) fn lifecycle_hook(
         &mut self,
         key: CallKey,
@@ -204,6 +247,7 @@ impl B2bua<'_> {
         if dest.multipart == MultipartPolicy::SdpOnly {
             keep_sdp_only(&mut hooked.msg);
         }
+        p_early_media(&mut hooked.msg, &hooked.touched, dest.p_early_media);
         apply_policy(&mut hooked.msg, &hooked.touched, &dest.headers);
         (hooked.msg, failed)
     }

@@ -31,7 +31,9 @@ mod setup;
 mod tests;
 mod transactions;
 
-use crate::config::{HeaderPolicy, MultipartPolicy, Rel100, ScriptErrorPolicy, TrunkId};
+use crate::config::{
+    EarlyMedia, HeaderPolicy, MultipartPolicy, Rel100, ScriptErrorPolicy, TrunkId,
+};
 use crate::media::{DtmfMethod, MediaCallId, MediaCommand, MediaEvent, PortPool};
 use crate::script::{
     CallEndInfo, Hook, HookArgs, HookCall, HookMessage, RouteDecision, RuleSet, ScriptId, SharedSdp,
@@ -391,6 +393,8 @@ pub struct Call {
     /// Forks of the callee that answered after another one had: ACKed and hung up (their 2xx
     /// retransmissions are only ACKed again).
     b_forks_ended: Vec<String>,
+    /// The early-media handling a rule chose for this call (else the caller's trunk's).
+    early_media: Option<EarlyMedia>,
 }
 
 /// Bridgehead's reliable provisional responses on the A-leg (RFC 3262 §3): whether they are
@@ -424,6 +428,12 @@ impl Dialog {
 }
 
 impl Call {
+    /// What the caller's provisional responses become: the rule's choice, else its trunk's.
+    fn early_media(&self) -> EarlyMedia {
+        self.early_media
+            .unwrap_or(self.rules.profile.trunks[self.a.trunk].early_media)
+    }
+
     fn leg(&self, leg: Leg) -> &Dialog {
         match leg {
             Leg::A => &self.a,
@@ -469,5 +479,7 @@ pub(crate) struct HookOutcome {
     vars: Option<mlua::Table>,
     /// Media actions asked for before the call existed (`on_invite`).
     media: Vec<crate::script::MediaAction>,
+    /// The early-media handling a rule chose before the call existed (`on_invite`).
+    early_media: Option<EarlyMedia>,
     failed: bool,
 }

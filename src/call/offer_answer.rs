@@ -229,7 +229,8 @@ impl B2bua<'_> {
         }
     }
 
-    /// Local ringback: when the caller's trunk has `local_ringback` and the callee rings
+    /// Local ringback: when the call's early media is `ringback` or `convert_180_to_183` (sent
+    /// as a 183) and the callee rings
     /// without early media (a 180-183 without SDP) before any answer reached the caller, the
     /// same provisional with an SDP as if the callee had answered without sending yet
     /// (`c=0.0.0.0`): the caller's offer cut to its first G.711 plus telephone-event and
@@ -248,7 +249,7 @@ impl B2bua<'_> {
             && call.local_answer.is_none()
             && !call.streams.is_empty()
             && call.streams.iter().all(|s| s.b.own_pts.is_empty())
-            && call.rules.profile.trunks[call.a.trunk].local_ringback;
+            && call.early_media().local_ringback();
         if !wanted {
             return None;
         }
@@ -281,6 +282,12 @@ impl B2bua<'_> {
             sdp.set_connection("0.0.0.0").ok()?;
         }
         let mut ringing = msg.clone();
+        if call.early_media() == EarlyMedia::Convert180To183 {
+            ringing.start = StartLine::Response {
+                status: 183,
+                reason: "Session Progress".to_string(),
+            };
+        }
         ringing.set_header(HeaderName::ContentType, "application/sdp");
         ringing.body = Bytes::from(sdp.to_bytes());
         Some((ringing, pcmu))

@@ -7,6 +7,20 @@ use super::in_dialog::record_routes;
 use super::offer_answer::{carries_sdp, sdp_of};
 use super::*;
 
+/// `convert_183_to_180`: a 181-183 becomes `180 Ringing`. Its SDP goes too, unless the
+/// provisional was reliable: the answer in a reliable provisional is the answer (the 2xx need
+/// not repeat it), while an unreliable one's is repeated in the 2xx (RFC 3261 §13.3.1.4).
+fn ring_instead(msg: &mut Message) {
+    msg.start = StartLine::Response {
+        status: 180,
+        reason: "Ringing".to_string(),
+    };
+    if !has_option(msg, &HeaderName::Require, "100rel") {
+        msg.remove_header(&HeaderName::ContentType);
+        msg.body = Bytes::new();
+    }
+}
+
 impl B2bua<'_> {
     /// A response arrived.
     pub(super) fn on_response(&mut self, msg: Message, from: Peer, now: Instant) {
@@ -153,10 +167,12 @@ impl B2bua<'_> {
         }
     }
 
-    pub(super) fn on_b_invite_response(&mut self, key: CallKey, msg: Message, now: Instant) {
+    pub(super) fn on_b_invite_response(&mut self, key: CallKey, mut msg: Message, now: Instant) {
         let Some(status) = msg.status() else {
             return;
         };
+        // Headers `on_early_media` set (they cross whatever the header policy says).
+        let mut touched = Vec::new();
         let Some(call) = self.calls.by_key.get_mut(&key) else {
             return;
         };
@@ -175,8 +191,8 @@ impl B2bua<'_> {
             if self.prack_callee(key, &msg, now) == reliable::CalleeProvisional::Repeated {
                 return;
             }
-            if !msg.body.is_empty() {
-                self.lifecycle_hook(key, Hook::EarlyMedia, &msg);
+            if carries_sdp(&msg) {
+                (msg, touched) = self.early_media_hook(key, msg);
             }
         } else if status < 300 {
             B2bua::learn_b_dialog(call, &msg);
@@ -213,13 +229,16 @@ impl B2bua<'_> {
         if status >= 200 {
             call.a_final = Some(status);
         }
+        if (181..=183).contains(&status) && call.early_media() == EarlyMedia::Convert183To180 {
+            ring_instead(&mut msg);
+        }
         match self.local_ringback_answer(key, &msg) {
             Some((ringing, pcmu)) => {
-                let answer = self.relay_response_to(key, Leg::A, server, &ringing, now);
+                let answer = self.relay_response_to(key, Leg::A, server, (&ringing, touched), now);
                 self.start_local_ringback(key, answer, pcmu);
             }
             None => {
-                self.relay_response_to(key, Leg::A, server, &msg, now);
+                self.relay_response_to(key, Leg::A, server, (&msg, touched), now);
             }
         }
         if status >= 300 {
@@ -227,14 +246,15 @@ impl B2bua<'_> {
         }
     }
 
-    /// Relays a response from one leg to the server transaction `server` on leg `to`; returns
-    /// the SDP it carried, if any.
+    /// Relays a response from one leg to the server transaction `server` on leg `to` (with the
+    /// headers a rule set on it, which bypass the header policy); returns the SDP it carried,
+    /// if any.
     pub(super) fn relay_response_to(
         &mut self,
         key: CallKey,
         to: Leg,
         server: TxnId,
-        msg: &Message,
+        (msg, touched): (&Message, Vec<HeaderName>),
         now: Instant,
     ) -> Option<Bytes> {
         let request = self.txns.server(server).and_then(|e| e.request.as_ref())?;
@@ -267,7 +287,7 @@ impl B2bua<'_> {
         let offered = Some(!request.body.is_empty());
         let a_invite = call.a_invite;
         let (mut response, _) =
-            self.outgoing_edited(Some(key), script, to, trunk, response, Vec::new(), offered);
+            self.outgoing_edited(Some(key), script, to, trunk, response, touched, offered);
         if server == a_invite && status < 300 && carries_sdp(&response) {
             self.repeat_local_answer(key, &mut response);
         }
@@ -316,7 +336,7 @@ impl B2bua<'_> {
                 call.pending_ack = Some(PendingAck { from: to, server });
             }
         }
-        self.relay_response_to(key, to, server, &msg, now);
+        self.relay_response_to(key, to, server, (&msg, Vec::new()), now);
         if method == Method::Bye && status >= 200 {
             self.end_call(key, "bye", Some(to), now);
         }

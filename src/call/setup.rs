@@ -422,6 +422,7 @@ impl B2bua<'_> {
             a_reliable,
             b_rseqs: Vec::new(),
             b_forks_ended: Vec::new(),
+            early_media: outcome.early_media,
         };
         self.calls
             .dialogs

@@ -50,6 +50,8 @@ pub struct HookCall {
     pub media_actions: Vec<MediaAction>,
     /// What `on_media` returned for a DTMF digit.
     pub digit_verdict: DigitVerdict,
+    /// The early-media handling `call:set_early_media` chose for the call.
+    pub early_media: Option<crate::config::EarlyMedia>,
 }
 
 /// What `on_media` decided for a DTMF digit: nothing (`nil`, `true`), drop it (`false`), or
@@ -112,6 +114,7 @@ impl HookCall {
             leg: None,
             media_actions: Vec::new(),
             digit_verdict: DigitVerdict::Keep,
+            early_media: None,
         }
     }
 }
@@ -252,6 +255,15 @@ impl UserData for HookCall {
                 Ok(())
             },
         );
+        methods.add_method_mut("set_early_media", |_, call, mode: String| {
+            let chosen = crate::config::EarlyMedia::from_name(&mode).ok_or_else(|| {
+                mlua::Error::runtime(format!(
+                    "call:set_early_media: '{mode}' is not passthrough, ringback, convert_183_to_180 or convert_180_to_183"
+                ))
+            })?;
+            call.early_media = Some(chosen);
+            Ok(())
+        });
         methods.add_method_mut("play_ringback", |_, call, leg: Option<String>| {
             let leg = leg_arg(leg, Leg::A, "call:play_ringback")?;
             call.media_actions.push(MediaAction::PlayRingback { leg });

@@ -898,6 +898,22 @@ fn media_actions_are_validated_and_queued() {
 }
 
 #[test]
+fn set_early_media_takes_the_profiles_names_only() {
+    let (result, _, call) = run_invite(
+        r#"
+        call:set_early_media("ringback")
+        assert(not pcall(call.set_early_media, call, "convert_183_to_181"))
+        call:set_early_media("convert_180_to_183")
+    "#,
+    );
+    assert_eq!(result, Ok(()));
+    assert_eq!(
+        call.early_media,
+        Some(crate::config::EarlyMedia::Convert180To183)
+    );
+}
+
+#[test]
 fn on_media_returns_a_verdict_on_each_digit() {
     let rules = load(
         "local r = {}\nfunction r.on_media(call, ev)\n  if ev.kind ~= 'dtmf' then return false end\n  if ev.digit == '1' then return false end\n  if ev.digit == '2' then return '#' end\n  if ev.digit == '3' then return 'b' end\n  if ev.digit == '4' then return 'xy' end\n  if ev.digit == '5' then return {} end\nend\nreturn r\n",

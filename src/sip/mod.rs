@@ -122,6 +122,7 @@ pub enum HeaderName {
     Warning,
     RSeq,
     RAck,
+    PEarlyMedia,
     /// Any other header, with its name spelled as received.
     Other(String),
 }
@@ -182,7 +183,7 @@ impl HeaderName {
             .unwrap_or_else(|| HeaderName::Other(name.to_string()))
     }
 
-    const KNOWN: [HeaderName; 28] = [
+    const KNOWN: [HeaderName; 29] = [
         HeaderName::Via,
         HeaderName::From,
         HeaderName::To,
@@ -211,6 +212,7 @@ impl HeaderName {
         HeaderName::Warning,
         HeaderName::RSeq,
         HeaderName::RAck,
+        HeaderName::PEarlyMedia,
     ];
 
     /// The canonical (long) name, or the name as received for unknown headers.
@@ -244,6 +246,7 @@ impl HeaderName {
             HeaderName::Warning => "Warning",
             HeaderName::RSeq => "RSeq",
             HeaderName::RAck => "RAck",
+            HeaderName::PEarlyMedia => "P-Early-Media",
             HeaderName::Other(name) => name,
         }
     }
