@@ -966,6 +966,27 @@ trunks:
     }
 
     #[test]
+    fn an_old_local_ringback_is_refused_with_its_replacement() {
+        let old = GOOD.replace(
+            "    route: teams\n",
+            "    route: teams\n    local_ringback: true\n",
+        );
+        let errors = Profile::parse(Path::new("p.yaml"), &old).expect_err("refused");
+        assert_eq!(errors[0].line, Some(12));
+        assert!(
+            errors[0].message.contains("now `early_media: ringback`"),
+            "{}",
+            errors[0]
+        );
+        let new = GOOD.replace(
+            "    route: teams\n",
+            "    route: teams\n    early_media: convert_183_to_180\n",
+        );
+        let profile = Profile::parse(Path::new("p.yaml"), &new).expect("valid");
+        assert_eq!(profile.trunks[0].early_media, EarlyMedia::Convert183To180);
+    }
+
+    #[test]
     fn copy_list_is_a_whitelist() {
         let policy = HeaderPolicy {
             strip: vec![],
