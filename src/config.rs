@@ -124,6 +124,22 @@ pub struct Trunk {
     pub rel100: Rel100,
     /// What a multipart body (SDP beside other parts) becomes toward the trunk.
     pub multipart: MultipartPolicy,
+    /// What an INVITE without SDP (delayed offer) becomes toward the trunk.
+    pub delayed_offer: DelayedOffer,
+}
+
+/// What an INVITE without SDP (a delayed offer, RFC 3261 §13.2.1) becomes toward a trunk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DelayedOffer {
+    /// Relayed without SDP: the callee offers in its 2xx and the caller answers in its ACK.
+    #[default]
+    Relay,
+    /// Sent with Bridgehead's own offer (the trunk's codecs and SRTP policy; media must be
+    /// anchored), for a peer that takes no delayed offer (Microsoft Teams). The callee's answer
+    /// goes to the caller as the offer in its 2xx, and the caller's answer in its ACK is
+    /// anchored and not relayed.
+    Convert,
 }
 
 /// What a multipart body (RFC 5621: SDP beside a PIDF-LO location, an ISUP message…) becomes
@@ -509,6 +525,8 @@ struct RawTrunk {
     rel100: Rel100,
     #[serde(default)]
     multipart: MultipartPolicy,
+    #[serde(default)]
+    delayed_offer: DelayedOffer,
 }
 
 /// How a trunk carries DTMF.
@@ -736,6 +754,7 @@ impl Validator<'_> {
             tcp_above: raw.tcp_above,
             rel100: raw.rel100,
             multipart: raw.multipart,
+            delayed_offer: raw.delayed_offer,
             on_script_error,
             params,
             listener,

@@ -2089,3 +2089,79 @@ fn p_early_media_goes_only_to_trunks_that_take_it_and_is_added_there() {
     let out = sim.core_sends(&invite_with_options("p2@10.1.1.1", ""));
     assert_eq!(h(&b_leg_invite(&out), "P-Early-Media"), Some("supported"));
 }
+
+#[test]
+fn a_delayed_offer_toward_a_trunk_that_takes_none_gets_bridgeheads_offer_and_the_ack_answer_stays()
+{
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/default.lua");
+    let text = format!(
+        "media:\n  address: 127.0.0.1\n  ports: 30000-30099\n{}",
+        profile_with_script(
+            script,
+            "",
+            "    delayed_offer: convert\n    codecs: [PCMU, PCMA, telephone-event]"
+        )
+    );
+    let mut sim = Sim::with_profile(&text);
+    // The caller offers nothing.
+    let no_sdp = invite_with_options("d1@10.1.1.1", "")
+        .replace("Content-Type: application/sdp\n", "")
+        .replace(&format!("\n\n{SDP}"), "\n\n");
+    let out = sim.core_sends(&no_sdp);
+    let b = b_leg_invite(&out);
+    let offer = String::from_utf8_lossy(&b.body).into_owned();
+    assert_eq!(h(&b, "Content-Type"), Some("application/sdp"));
+    assert!(offer.contains("c=IN IP4 127.0.0.1\r\n"), "{offer}");
+    assert!(
+        offer.contains("m=audio 30000 RTP/AVP 0 8 101\r\n"),
+        "{offer}"
+    );
+    assert!(
+        offer.contains("a=rtpmap:101 telephone-event/8000"),
+        "{offer}"
+    );
+    // Early media from Teams answers Bridgehead's offer, not the caller's: no SDP to it.
+    let out = sim.teams_sends(&answer(&b, 183, "Session Progress", "t1", SDP));
+    assert_eq!(summary(&out), [format!("183->{CORE_PEER}")]);
+    assert!(out[0].1.body.is_empty());
+    // Teams' answer becomes the caller's offer, on the caller's side of the relay.
+    let teams_answer = SDP
+        .replace("RTP/AVP 8 101", "RTP/AVP 0 101")
+        .replace("rtpmap:8 PCMA", "rtpmap:0 PCMU");
+    let out = sim.teams_sends(&answer(&b, 200, "OK", "t1", &teams_answer));
+    assert_eq!(summary(&out), [format!("200->{CORE_PEER}")]);
+    let caller_offer = String::from_utf8_lossy(&out[0].1.body).into_owned();
+    assert!(
+        caller_offer.contains("m=audio 30002 RTP/AVP 0 101\r\n"),
+        "{caller_offer}"
+    );
+    assert!(
+        caller_offer.contains("c=IN IP4 127.0.0.1\r\n"),
+        "{caller_offer}"
+    );
+    let to = h(&out[0].1, "To").expect("To").to_string();
+    // The caller answers in its ACK: anchored (the relay sends to it), not sent to Teams.
+    std::iter::from_fn(|| sim.engine.poll_media()).for_each(drop);
+    let caller_answer = SDP
+        .replace("192.0.2.10", "192.0.2.77")
+        .replace("m=audio 4000 RTP/AVP 8 101", "m=audio 7000 RTP/AVP 0 101")
+        .replace("rtpmap:8 PCMA", "rtpmap:0 PCMU");
+    let ack = caller_in_dialog("ACK", "d1@10.1.1.1", &to, 10).replace(
+        "CSeq: 10 ACK\n",
+        "CSeq: 10 ACK\nContent-Type: application/sdp\n",
+    ) + &caller_answer;
+    let out = sim.core_sends(&ack);
+    assert_eq!(summary(&out), [format!("ACK->{TEAMS_PEER}")]);
+    assert!(out[0].1.body.is_empty(), "Teams has its answer");
+    assert!(h(&out[0].1, "Content-Type").is_none());
+    let learnt = std::iter::from_fn(|| sim.engine.poll_media()).any(|command| match command {
+        MediaCommand::Stream { stream, .. } => {
+            stream.a.remote == Some("192.0.2.77:7000".parse().expect("addr"))
+        }
+        _ => false,
+    });
+    assert!(
+        learnt,
+        "the relay sends the caller's media where its answer says"
+    );
+}

@@ -59,8 +59,15 @@ impl B2bua<'_> {
         if let Some(from) = from {
             copy_crossing(from, &mut ack);
         }
-        let (peer, trunk, script) = (dialog.peer, dialog.trunk, call.script);
-        let ack = self.outgoing(Some(key), script, leg, trunk, ack);
+        let (peer, trunk, script, own_offer) =
+            (dialog.peer, dialog.trunk, call.script, call.own_offer);
+        let mut ack = self.outgoing(Some(key), script, leg, trunk, ack);
+        if own_offer && leg == Leg::B {
+            // The caller's answer to the callee's SDP: anchored (where the caller wants media
+            // is learnt), and not for the callee, which got its answer in the 2xx.
+            ack.remove_header(&HeaderName::ContentType);
+            ack.body = Bytes::new();
+        }
         let bytes = Bytes::from(ack.to_bytes());
         if let Some(call) = self.calls.by_key.get_mut(&key) {
             call.last_ack = Some((leg, bytes.clone()));

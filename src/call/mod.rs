@@ -32,7 +32,7 @@ mod tests;
 mod transactions;
 
 use crate::config::{
-    EarlyMedia, HeaderPolicy, MultipartPolicy, Rel100, ScriptErrorPolicy, TrunkId,
+    DelayedOffer, EarlyMedia, HeaderPolicy, MultipartPolicy, Rel100, ScriptErrorPolicy, TrunkId,
 };
 use crate::media::{DtmfMethod, MediaCallId, MediaCommand, MediaEvent, PortPool};
 use crate::script::{
@@ -395,6 +395,10 @@ pub struct Call {
     b_forks_ended: Vec<String>,
     /// The early-media handling a rule chose for this call (else the caller's trunk's).
     early_media: Option<EarlyMedia>,
+    /// The caller made no offer and the callee got Bridgehead's own (`delayed_offer:
+    /// convert`): the callee's answer is the caller's offer, and the caller's answer stays
+    /// here.
+    own_offer: bool,
 }
 
 /// Bridgehead's reliable provisional responses on the A-leg (RFC 3262 §3): whether they are

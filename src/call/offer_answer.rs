@@ -71,6 +71,53 @@ pub(super) fn keep_sdp_only(msg: &mut Message) {
     }
 }
 
+/// The codecs Bridgehead can offer by name: name, payload type, rtpmap, fmtp.
+const OFFERABLE: [(&str, u8, &str, Option<&str>); 6] = [
+    ("PCMA", 8, "PCMA/8000", None),
+    ("PCMU", 0, "PCMU/8000", None),
+    ("G722", 9, "G722/8000", None),
+    ("G729", 18, "G729/8000", Some("annexb=no")),
+    ("telephone-event", 101, "telephone-event/8000", Some("0-16")),
+    ("CN", 13, "CN/8000", None),
+];
+
+/// Bridgehead's own offer, for a delayed-offer INVITE toward a trunk that takes only early
+/// offers: one audio stream with the trunk's codecs that Bridgehead knows (PCMA, PCMU and
+/// telephone-event when it lists none of them), not sending yet (`c=0.0.0.0`: where the
+/// caller wants media comes with its answer in the ACK). Anchoring then puts Bridgehead's
+/// address, port and the trunk's SRTP in.
+pub(super) fn own_offer(codecs: &[String], session: u32) -> Bytes {
+    let named = |name: &str| {
+        OFFERABLE
+            .iter()
+            .find(|(known, pt, ..)| known.eq_ignore_ascii_case(name) || pt.to_string() == name)
+    };
+    let mut chosen: Vec<_> = codecs.iter().filter_map(|c| named(c)).collect();
+    chosen.dedup();
+    if chosen
+        .iter()
+        .all(|(name, ..)| *name == "telephone-event" || *name == "CN")
+    {
+        chosen = ["PCMA", "PCMU", "telephone-event"]
+            .iter()
+            .filter_map(|c| named(c))
+            .collect();
+    }
+    let pts: Vec<String> = chosen.iter().map(|(_, pt, ..)| pt.to_string()).collect();
+    let mut sdp = format!(
+        "v=0\r\no=- {session} 1 IN IP4 0.0.0.0\r\ns=-\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\nm=audio 9 RTP/AVP {}\r\n",
+        pts.join(" ")
+    );
+    for (_, pt, rtpmap, fmtp) in chosen {
+        sdp.push_str(&format!("a=rtpmap:{pt} {rtpmap}\r\n"));
+        if let Some(fmtp) = fmtp {
+            sdp.push_str(&format!("a=fmtp:{pt} {fmtp}\r\n"));
+        }
+    }
+    sdp.push_str("a=ptime:20\r\na=sendrecv\r\n");
+    Bytes::from(sdp)
+}
+
 /// Keeps only a trunk's codecs in an offer toward it, in its order. When nothing is in common
 /// but G.711 (the offer has PCMU, the trunk takes PCMA, or the reverse) and media is anchored,
 /// the other G.711 is offered and the relay transcodes. Otherwise a media section with none of

@@ -232,6 +232,11 @@ impl B2bua<'_> {
         if (181..=183).contains(&status) && call.early_media() == EarlyMedia::Convert183To180 {
             ring_instead(&mut msg);
         }
+        if call.own_offer && status < 200 {
+            // The caller made no offer: an early answer to Bridgehead's is not for it.
+            msg.remove_header(&HeaderName::ContentType);
+            msg.body = Bytes::new();
+        }
         match self.local_ringback_answer(key, &msg) {
             Some((ringing, pcmu)) => {
                 let answer = self.relay_response_to(key, Leg::A, server, (&ringing, touched), now);

@@ -3,6 +3,7 @@
 
 use super::in_dialog::contact_uri;
 use super::in_dialog::record_routes;
+use super::offer_answer::carries_sdp;
 use super::*;
 
 /// The caller's dialog (the A-leg) of a new INVITE from `from` on `trunk`, with Bridgehead's
@@ -423,6 +424,7 @@ impl B2bua<'_> {
             b_rseqs: Vec::new(),
             b_forks_ended: Vec::new(),
             early_media: outcome.early_media,
+            own_offer: false,
         };
         self.calls
             .dialogs
@@ -525,6 +527,14 @@ impl B2bua<'_> {
         let contact = contact_value(user_of(&b_from).as_deref(), listener, peer.transport);
         invite.push_header(HeaderName::Contact, contact.clone());
         invite.push_header(HeaderName::Allow, ALLOW.to_string());
+        if invite.body.is_empty()
+            && dest.delayed_offer == DelayedOffer::Convert
+            && rules.profile.media.is_some()
+        {
+            let session = self.calls.random.next_u32() & 0x7fff_ffff;
+            invite.set_header(HeaderName::ContentType, "application/sdp");
+            invite.body = super::offer_answer::own_offer(&dest.codecs, session);
+        }
         match dest.rel100 {
             Rel100::Supported => invite.push_header(HeaderName::Supported, "100rel".to_string()),
             Rel100::Required => invite.push_header(HeaderName::Require, "100rel".to_string()),
@@ -562,9 +572,17 @@ impl B2bua<'_> {
         touched: Vec<HeaderName>,
         now: Instant,
     ) {
-        let Some(call) = self.calls.by_key.get(&key) else {
+        let caller_offered = self
+            .calls
+            .by_key
+            .get(&key)
+            .and_then(|call| self.txns.server(call.a_invite))
+            .and_then(|entry| entry.request.as_ref())
+            .is_some_and(carries_sdp);
+        let Some(call) = self.calls.by_key.get_mut(&key) else {
             return;
         };
+        call.own_offer = !caller_offered && carries_sdp(&invite);
         let (script, peer, dest, ingress) = (call.script, call.b.peer, call.b.trunk, call.ingress);
         let policy = call.rules.profile.trunks[ingress].on_script_error;
         let (invite, failed) =
