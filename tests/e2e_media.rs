@@ -955,6 +955,59 @@ fn rules_play_ringback_and_send_dtmf_through_the_relay() {
 }
 
 #[test]
+fn a_delayed_offer_reaches_teams_as_bridgeheads_offer_and_media_flows_once_the_ack_answers() {
+    let base = media_range();
+    let profile = profile(base).replace(
+        "    route: core\n",
+        "    route: core\n    delayed_offer: convert\n",
+    );
+    let mut call = MediaCall::start(
+        base,
+        &profile,
+        Scripts {
+            caller: "caller_delayed_media",
+            talk_ms: 1500,
+            ..Default::default()
+        },
+        Duration::from_millis(500),
+    );
+    let (caller_rtp, callee_rtp) = call.sockets();
+    for seq in 0..5 {
+        caller_rtp
+            .send_to(&rtp(seq, 8), call.toward_caller())
+            .expect("send");
+        callee_rtp
+            .send_to(&rtp(100 + seq, 8), call.toward_callee())
+            .expect("send");
+    }
+    let at_callee = receive(&callee_rtp, 5, Duration::from_millis(500));
+    let at_caller = receive(&caller_rtp, 5, Duration::from_millis(500));
+    call.finish();
+    let context = || call.context();
+    let invite = first_received(&call.callee, |m| m.is_request("INVITE"));
+    assert!(
+        invite.body().contains(&format!("m=audio {base} RTP/AVP")),
+        "Teams got Bridgehead's offer:\n{}",
+        invite.text
+    );
+    let ack = first_received(&call.callee, |m| m.is_request("ACK"));
+    assert!(
+        ack.body().is_empty(),
+        "Teams' ACK carries no SDP:\n{}",
+        ack.text
+    );
+    let ok = first_received(&call.caller, |m| m.is_response(200));
+    assert!(
+        ok.body().contains(&format!("m=audio {} RTP/AVP", base + 2)),
+        "the caller got the offer in the 200:\n{}",
+        ok.text
+    );
+    let seqs = |got: &[(u8, u16, SocketAddr)]| got.iter().map(|(_, s, _)| *s).collect::<Vec<_>>();
+    assert_eq!(seqs(&at_callee), [0, 1, 2, 3, 4], "{}", context());
+    assert_eq!(seqs(&at_caller), [100, 101, 102, 103, 104], "{}", context());
+}
+
+#[test]
 fn a_callee_ringing_without_early_media_gets_the_caller_local_ringback() {
     let base = media_range();
     let profile = profile(base).replace(
