@@ -2165,3 +2165,62 @@ fn a_delayed_offer_toward_a_trunk_that_takes_none_gets_bridgeheads_offer_and_the
         "the relay sends the caller's media where its answer says"
     );
 }
+
+#[test]
+fn an_update_before_the_answer_crosses_the_early_dialogs_with_its_sdp() {
+    let mut sim = Sim::new();
+    let out = sim.core_sends(&invite_with_options("u1@10.1.1.1", ""));
+    let b = b_leg_invite(&out);
+    let out = sim.teams_sends(&answer(&b, 183, "Session Progress", "t1", SDP));
+    let to = h(&out[0].1, "To").expect("To").to_string();
+    // The caller updates the session in the early dialog (RFC 3311).
+    let update = caller_in_dialog("UPDATE", "u1@10.1.1.1", &to, 11).replace(
+        "CSeq: 11 UPDATE\n",
+        "CSeq: 11 UPDATE\nContact: <sip:alice@127.0.0.1:5090>\nContent-Type: application/sdp\n",
+    ) + &SDP.replace("a=rtpmap:101", "a=sendonly\na=rtpmap:101");
+    let out = sim.core_sends(&update);
+    assert_eq!(summary(&out), [format!("UPDATE->{TEAMS_PEER}")]);
+    let b_update = out[0].1.clone();
+    assert!(h(&b_update, "To").expect("To").ends_with(";tag=t1"));
+    assert_eq!(request_uri(&b_update), "sip:teams@127.0.0.2:5080");
+    assert_eq!(h(&b_update, "CSeq"), Some("2 UPDATE"));
+    assert!(String::from_utf8_lossy(&b_update.body).contains("a=sendonly"));
+    // Teams answers it: the answer goes back to the caller, the INVITE still pending.
+    let out = sim.teams_sends(&answer(&b_update, 200, "OK", "t1", SDP));
+    assert_eq!(summary(&out), [format!("200->{CORE_PEER}")]);
+    assert_eq!(h(&out[0].1, "CSeq"), Some("11 UPDATE"));
+    assert!(!out[0].1.body.is_empty());
+    let out = sim.teams_sends(&answer(&b, 200, "OK", "t1", SDP));
+    assert_eq!(summary(&out), [format!("200->{CORE_PEER}")]);
+    assert_eq!(h(&out[0].1, "CSeq"), Some("10 INVITE"));
+}
+
+#[test]
+fn a_refresh_update_toward_a_leg_that_takes_no_update_is_answered_by_bridgehead() {
+    let mut sim = Sim::new();
+    let out = sim.core_sends(&invite_with_options("u2@10.1.1.1", ""));
+    let b = b_leg_invite(&out);
+    // Teams' Allow has no UPDATE.
+    let ok = answer(&b, 200, "OK", "t1", SDP).replace(
+        "Server: TeamsProxy\n",
+        "Server: TeamsProxy\nAllow: INVITE, ACK, BYE, CANCEL, OPTIONS\n",
+    );
+    let out = sim.teams_sends(&ok);
+    let to = h(&out[0].1, "To").expect("To").to_string();
+    sim.core_sends(&caller_in_dialog("ACK", "u2@10.1.1.1", &to, 10));
+    // The caller refreshes its session with an UPDATE without SDP: answered here.
+    let out = sim.core_sends(&caller_in_dialog("UPDATE", "u2@10.1.1.1", &to, 11));
+    assert_eq!(summary(&out), [format!("200->{CORE_PEER}")]);
+    assert_eq!(h(&out[0].1, "CSeq"), Some("11 UPDATE"));
+    assert_eq!(
+        h(&out[0].1, "Contact"),
+        Some("<sip:+15550100@127.0.0.1:5060>")
+    );
+    // One with SDP still goes to Teams, which decides.
+    let update = caller_in_dialog("UPDATE", "u2@10.1.1.1", &to, 12).replace(
+        "CSeq: 12 UPDATE\n",
+        "CSeq: 12 UPDATE\nContent-Type: application/sdp\n",
+    ) + SDP;
+    let out = sim.core_sends(&update);
+    assert_eq!(summary(&out), [format!("UPDATE->{TEAMS_PEER}")]);
+}

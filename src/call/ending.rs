@@ -104,7 +104,13 @@ impl B2bua<'_> {
             call.a_final = Some(status);
         }
         let dialog = call.leg(leg);
-        let response = response_to(request, status, None, Some(&dialog.local_tag));
+        let mut response = response_to(request, status, None, Some(&dialog.local_tag));
+        let refresh = request
+            .method()
+            .is_some_and(|m| *m != Method::Invite && super::in_dialog::is_target_refresh(m));
+        if (200..300).contains(&status) && refresh {
+            response.push_header(HeaderName::Contact, dialog.contact.clone());
+        }
         let (script, trunk) = (call.script, dialog.trunk);
         let response = self.outgoing(Some(key), script, leg, trunk, response);
         self.send_response(server, &response, now);

@@ -2,6 +2,7 @@
 //! and the requests Bridgehead sends itself within a dialog.
 
 use super::dtmf::info_digit;
+use super::offer_answer::carries_sdp;
 use super::*;
 
 /// Requests that refresh the remote target and carry our Contact.
@@ -183,6 +184,18 @@ impl B2bua<'_> {
         if method == Method::Prack {
             // Reliability ends at Bridgehead on each leg: a PRACK is never relayed.
             self.on_prack(call_key, leg, (msg, key, from), now);
+            return;
+        }
+        let other_takes_update = self
+            .calls
+            .by_key
+            .get(&call_key)
+            .is_some_and(|call| call.leg(leg.other()).allows_update);
+        if method == Method::Update && !other_takes_update && !carries_sdp(&msg) {
+            // A session refresh (RFC 4028) toward a leg that takes no UPDATE: Bridgehead
+            // answers it; the other leg's session is not the requester's to refresh.
+            let server = self.create_server(key, msg, from, ServerOwner::Local);
+            self.reply_local(call_key, leg, server, 200, now);
             return;
         }
         if method == Method::Info {

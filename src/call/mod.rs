@@ -286,6 +286,15 @@ pub struct Dialog {
     pub invite_cseq: u32,
     /// Bridgehead's Contact on this leg.
     pub contact: String,
+    /// The peer takes UPDATE: false once its Allow (in its INVITE, or in a response that
+    /// makes the dialog) lists methods without it.
+    pub allows_update: bool,
+}
+
+/// False when a message's Allow lists methods and UPDATE is not among them (no Allow says
+/// nothing, RFC 3261 §20.5).
+fn allows_update(msg: &Message) -> bool {
+    msg.header(&HeaderName::Allow).is_none() || has_option(msg, &HeaderName::Allow, "UPDATE")
 }
 
 /// An ACK Bridgehead is waiting for: a 2xx to an INVITE was sent on `from`.

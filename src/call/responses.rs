@@ -160,6 +160,7 @@ impl B2bua<'_> {
         if let Some(target) = contact_uri(msg) {
             call.b.remote_target = target;
         }
+        call.b.allows_update = allows_update(msg);
         let mut routes = record_routes(msg);
         if !routes.is_empty() {
             routes.reverse();

@@ -34,6 +34,7 @@ fn a_dialog(
         remote_cseq: info.cseq,
         invite_cseq: 0,
         contact: contact_value(user_of(a_to).as_deref(), listener, from.transport),
+        allows_update: allows_update(msg),
     }
 }
 
@@ -558,6 +559,7 @@ impl B2bua<'_> {
             remote_cseq: 0,
             invite_cseq: 1,
             contact,
+            allows_update: true,
         };
         Some((dialog, invite))
     }
