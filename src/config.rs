@@ -126,6 +126,34 @@ pub struct Trunk {
     pub multipart: MultipartPolicy,
     /// What an INVITE without SDP (delayed offer) becomes toward the trunk.
     pub delayed_offer: DelayedOffer,
+    /// Session timers (RFC 4028) on the trunk's legs.
+    pub session_timer: SessionTimerConfig,
+}
+
+/// Session timers (RFC 4028) on a trunk's legs: the interval Bridgehead asks for (0: none of
+/// its own; it still honours what the peer asks) and the shortest it accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionTimerConfig {
+    /// Session-Expires, in seconds, Bridgehead asks for (0: none of its own).
+    #[serde(default)]
+    pub expires: u32,
+    /// Min-SE, in seconds: a shorter Session-Expires gets 422 (at least 90, RFC 4028 §4).
+    #[serde(default = "default_min_se")]
+    pub min_se: u32,
+}
+
+impl Default for SessionTimerConfig {
+    fn default() -> Self {
+        SessionTimerConfig {
+            expires: 0,
+            min_se: default_min_se(),
+        }
+    }
+}
+
+fn default_min_se() -> u32 {
+    90
 }
 
 /// What an INVITE without SDP (a delayed offer, RFC 3261 §13.2.1) becomes toward a trunk.
@@ -527,6 +555,8 @@ struct RawTrunk {
     multipart: MultipartPolicy,
     #[serde(default)]
     delayed_offer: DelayedOffer,
+    #[serde(default)]
+    session_timer: SessionTimerConfig,
 }
 
 /// How a trunk carries DTMF.
@@ -722,6 +752,16 @@ impl Validator<'_> {
         }
         let on_script_error = self.on_script_error(raw, at);
         let params = self.params(raw, at);
+        let timer = raw.session_timer;
+        if timer.min_se < 90 || (timer.expires != 0 && timer.expires < timer.min_se) {
+            self.error(
+                self.line_of("min_se").or(self.line_of("session_timer")).or(at),
+                format!(
+                    "trunk '{}': session_timer needs min_se of at least 90 and expires of 0 or at least min_se",
+                    raw.name
+                ),
+            );
+        }
         if raw.local_ringback.is_some() {
             self.error(
                 self.line_of("local_ringback").or(at),
@@ -755,6 +795,7 @@ impl Validator<'_> {
             rel100: raw.rel100,
             multipart: raw.multipart,
             delayed_offer: raw.delayed_offer,
+            session_timer: raw.session_timer,
             on_script_error,
             params,
             listener,

@@ -176,6 +176,9 @@ impl Engine {
         while self.txns.fire_next_timer(now) {
             self.drain_transactions(now);
         }
+        while let Some((call, timer)) = self.calls.next_call_timer(now) {
+            self.handle(CallInput::Timer { call, timer }, now);
+        }
     }
 
     /// The driver could not send `transmit` (RFC 3261 §18.4: a transport error, such as a
@@ -211,7 +214,10 @@ impl Engine {
 
     /// The next instant at which [`Engine::handle_timeout`] must be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.txns.poll_timeout()
+        match (self.txns.poll_timeout(), self.calls.poll_call_timer()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The next message to send.

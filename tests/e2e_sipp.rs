@@ -352,7 +352,7 @@ fn a_caller_requiring_100rel_gets_a_reliable_180_from_a_callee_without_it() {
             .expect("the callee got the INVITE");
         assert_eq!(
             invite.header("Supported"),
-            Some("100rel"),
+            Some("100rel, timer"),
             "{}",
             invite.text
         );

@@ -281,7 +281,7 @@ fn basic_call_hides_topology_and_tags_teams() {
     );
     assert_eq!(
         h(b, "Supported"),
-        Some("100rel"),
+        Some("100rel, timer"),
         "Supported says what Bridgehead supports toward the trunk"
     );
     assert_eq!(
@@ -1655,7 +1655,11 @@ fn a_caller_requiring_100rel_gets_reliable_provisionals_one_at_a_time() {
     let mut sim = Sim::new();
     let out = sim.core_sends(&invite_with_options("r1@10.1.1.1", "Require: 100rel\n"));
     let b = b_leg_invite(&out);
-    assert_eq!(h(&b, "Supported"), Some("100rel"), "Bridgehead's own");
+    assert_eq!(
+        h(&b, "Supported"),
+        Some("100rel, timer"),
+        "Bridgehead's own"
+    );
     assert!(
         h(&b, "Require").is_none(),
         "the caller's Require stays on its leg"
@@ -1786,7 +1790,7 @@ fn the_trunks_100rel_setting_refuses_or_requires_it() {
     let out = sim.core_sends(&invite_with_options("r2@10.1.1.1", "Supported: 100rel\n"));
     let b = b_leg_invite(&out);
     assert_eq!(h(&b, "Require"), Some("100rel"));
-    assert!(h(&b, "Supported").is_none());
+    assert_eq!(h(&b, "Supported"), Some("timer"));
     // Any other option the caller requires still gets 420.
     let out = sim.core_sends(&invite_with_options(
         "r3@10.1.1.1",
@@ -2223,4 +2227,123 @@ fn a_refresh_update_toward_a_leg_that_takes_no_update_is_answered_by_bridgehead(
     ) + SDP;
     let out = sim.core_sends(&update);
     assert_eq!(summary(&out), [format!("UPDATE->{TEAMS_PEER}")]);
+}
+
+/// An answered call whose caller asked for session timers with `options` (lines); returns the
+/// B-leg INVITE, the caller's 200 and its To.
+fn timed_call(
+    sim: &mut Sim,
+    call_id: &str,
+    options: &str,
+    teams_ok_extra: &str,
+) -> (Message, Message, String) {
+    let out = sim.core_sends(&invite_with_options(call_id, options));
+    let b = b_leg_invite(&out);
+    let ok = answer(&b, 200, "OK", "t1", SDP).replace(
+        "Server: TeamsProxy\n",
+        &format!("Server: TeamsProxy\n{teams_ok_extra}"),
+    );
+    let out = sim.teams_sends(&ok);
+    let a_ok = out[0].1.clone();
+    let to = h(&a_ok, "To").expect("To").to_string();
+    sim.core_sends(&caller_in_dialog("ACK", call_id, &to, 10));
+    (b, a_ok, to)
+}
+
+#[test]
+fn a_caller_that_refreshes_keeps_its_call_and_one_that_stops_is_hung_up_on_both_legs() {
+    let mut sim = Sim::new();
+    // Teams takes the interval and leaves its leg's refreshes to Bridgehead.
+    let (b, ok, to) = timed_call(
+        &mut sim,
+        "s1@10.1.1.1",
+        "Supported: timer\nSession-Expires: 120;refresher=uac\nMin-SE: 90\n",
+        "Session-Expires: 120;refresher=uac\nRequire: timer\n",
+    );
+    // The callee's INVITE asks for the caller's interval; the caller's 200 names it refresher.
+    assert_eq!(h(&b, "Session-Expires"), Some("120"));
+    assert_eq!(h(&b, "Min-SE"), Some("90"));
+    assert_eq!(h(&ok, "Session-Expires"), Some("120;refresher=uac"));
+    assert_eq!(h(&ok, "Require"), Some("timer"));
+    // At 60 s Bridgehead refreshes Teams' leg, and the caller refreshes its own (an UPDATE
+    // without SDP; Teams allows UPDATE: relayed).
+    let out = sim.advance(Duration::from_secs(60));
+    assert_eq!(summary(&out), [format!("UPDATE->{TEAMS_PEER}")]);
+    assert_eq!(h(&out[0].1, "Session-Expires"), Some("120;refresher=uac"));
+    let refresh = out[0].1.clone();
+    sim.teams_sends(&answer(&refresh, 200, "OK", "t1", ""));
+    let out = sim.core_sends(&caller_in_dialog("UPDATE", "s1@10.1.1.1", &to, 11));
+    assert_eq!(summary(&out), [format!("UPDATE->{TEAMS_PEER}")]);
+    let update = out[0].1.clone();
+    let out = sim.teams_sends(&answer(&update, 200, "OK", "t1", ""));
+    assert_eq!(h(&out[0].1, "Session-Expires"), Some("120;refresher=uac"));
+    // Then stops: 120 - 32 s after its refresh (at 148 s), both legs get a BYE with a Reason
+    // (meanwhile Bridgehead refreshed Teams' leg again at 120 s, unanswered so far).
+    let out = sim.advance(Duration::from_secs(87));
+    assert!(
+        out.iter().all(|(_, m)| method(m) != "BYE"),
+        "{:?}",
+        summary(&out)
+    );
+    let out = sim.advance(Duration::from_millis(1001));
+    let byes: Vec<_> = out.iter().filter(|(_, m)| method(m) == "BYE").collect();
+    assert_eq!(byes.len(), 2, "one to each leg: {:?}", summary(&out));
+    assert_ne!(byes[0].0.addr, byes[1].0.addr);
+    assert_eq!(sim.elapsed_ms(), 148_001);
+    for (_, bye) in byes {
+        assert!(h(bye, "Reason")
+            .expect("Reason")
+            .contains("Session timer expired"));
+    }
+    assert_eq!(sim.engine.active_calls(), 0);
+}
+
+#[test]
+fn too_short_a_session_gets_422_with_the_trunks_min_se() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/default.lua");
+    let text = profile_with_script(script, "    session_timer: { min_se: 300 }", "");
+    let mut sim = Sim::with_profile(&text);
+    let out = sim.core_sends(&invite_with_options(
+        "s2@10.1.1.1",
+        "Supported: timer\nSession-Expires: 120\n",
+    ));
+    assert_eq!(summary(&out), [format!("422->{CORE_PEER}")]);
+    assert_eq!(h(&out[0].1, "Min-SE"), Some("300"));
+    // Require: timer is no reason for 420.
+    let out = sim.core_sends(&invite_with_options(
+        "s3@10.1.1.1",
+        "Require: timer\nSession-Expires: 600\n",
+    ));
+    assert_eq!(status(&out[0].1), 100);
+}
+
+#[test]
+fn bridgehead_refreshes_a_leg_whose_peer_does_not_and_a_failed_refresh_ends_the_call() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/default.lua");
+    // Teams' trunk asks for 1800 s; Teams' 200 says nothing of timers: Bridgehead refreshes
+    // that leg itself, every 900 s.
+    let text = profile_with_script(script, "", "    session_timer: { expires: 1800 }");
+    let mut sim = Sim::with_profile(&text);
+    let (b, ok, _) = timed_call(&mut sim, "s4@10.1.1.1", "", "");
+    assert_eq!(h(&b, "Session-Expires"), Some("1800"));
+    assert!(
+        h(&ok, "Session-Expires").is_none(),
+        "no timer toward a caller that asked none"
+    );
+    let out = sim.advance(Duration::from_secs(900));
+    assert_eq!(summary(&out), [format!("UPDATE->{TEAMS_PEER}")]);
+    let refresh = out[0].1.clone();
+    assert_eq!(h(&refresh, "Session-Expires"), Some("1800;refresher=uac"));
+    assert!(refresh.body.is_empty());
+    sim.teams_sends(&answer(&refresh, 200, "OK", "t1", ""));
+    let out = sim.advance(Duration::from_secs(900));
+    assert_eq!(summary(&out), [format!("UPDATE->{TEAMS_PEER}")]);
+    // The next refresh is refused: the call ends on both legs.
+    let refresh = out[0].1.clone();
+    let out = sim.teams_sends(&answer(&refresh, 481, "Call Does Not Exist", "t1", ""));
+    let byes: Vec<_> = out.iter().filter(|(_, m)| method(m) == "BYE").collect();
+    assert_eq!(byes.len(), 2, "{:?}", summary(&out));
+    assert!(h(&byes[0].1, "Reason")
+        .expect("Reason")
+        .contains("refresh failed"));
 }

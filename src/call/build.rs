@@ -10,7 +10,7 @@ use bytes::Bytes;
 /// Methods Bridgehead accepts, as advertised in Allow.
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, NOTIFY";
 /// Option tags Bridgehead supports (on trunks that allow them).
-pub const SUPPORTED: &str = "100rel";
+pub const SUPPORTED: &str = "100rel, timer";
 /// Body types Bridgehead accepts.
 pub const ACCEPT: &str = "application/sdp";
 

@@ -1,6 +1,7 @@
 //! DTMF: digits from SIP INFO, and each digit handed on to the other leg in the form its trunk
 //! takes.
 
+use super::in_dialog::OwnRequest;
 use super::*;
 
 /// The DTMF digit a SIP INFO carries (`application/dtmf-relay`: `Signal=5`, `Duration=160`;
@@ -101,14 +102,8 @@ impl B2bua<'_> {
         };
         if mode == DtmfMode::Info || sides.is_none() {
             let body = Bytes::from(format!("Signal={digit}\r\nDuration={duration_ms}\r\n"));
-            self.send_in_dialog(
-                key,
-                to,
-                Method::Info,
-                Vec::new(),
-                Some(("application/dtmf-relay", body)),
-                now,
-            );
+            let info = OwnRequest::new(Method::Info).with_body("application/dtmf-relay", body);
+            self.send_in_dialog(key, to, info, now);
         } else {
             let sound = crate::media::player::Sound::Digits {
                 digits: digit.to_string(),

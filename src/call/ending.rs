@@ -57,12 +57,13 @@ impl B2bua<'_> {
                 self.reply_local(key, requester, server, status, now);
                 if status == 408 && !is_bye {
                     // The dialog is gone on the silent side (RFC 5057): hang up the requester.
-                    self.send_bye(key, requester, now);
+                    self.send_bye(key, requester, Vec::new(), now);
                 }
                 if status == 408 || is_bye {
                     self.end_call(key, reason, None, now);
                 }
             }
+            ClientOwner::Refresh(call) => self.on_refresh_outcome(call, status, now),
             ClientOwner::Local => {}
         }
     }
@@ -81,7 +82,7 @@ impl B2bua<'_> {
         };
         if call.pending_ack.is_some_and(|p| p.server == id) {
             tracing::info!(call = %call.id, "2xx never acknowledged: hanging up both legs");
-            self.hang_up(key, now);
+            self.hang_up(key, "timeout", None, now);
         }
     }
 
@@ -110,6 +111,9 @@ impl B2bua<'_> {
             .is_some_and(|m| *m != Method::Invite && super::in_dialog::is_target_refresh(m));
         if (200..300).contains(&status) && refresh {
             response.push_header(HeaderName::Contact, dialog.contact.clone());
+            for (name, value) in B2bua::session_headers(call, leg) {
+                response.push_header(name, value);
+            }
         }
         let (script, trunk) = (call.script, dialog.trunk);
         let response = self.outgoing(Some(key), script, leg, trunk, response);

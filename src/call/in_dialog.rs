@@ -29,6 +29,41 @@ pub(super) fn contact_uri(msg: &Message) -> Option<String> {
     uri_of(split_list(value).next()?)
 }
 
+/// A request Bridgehead sends on its own in a dialog: the method, extra headers, an optional
+/// body (content type, bytes), and who waits for its outcome.
+pub(super) struct OwnRequest<'b> {
+    method: Method,
+    headers: Vec<(HeaderName, String)>,
+    body: Option<(&'b str, Bytes)>,
+    owner: ClientOwner,
+}
+
+impl<'b> OwnRequest<'b> {
+    pub(super) fn new(method: Method) -> OwnRequest<'b> {
+        OwnRequest {
+            method,
+            headers: Vec::new(),
+            body: None,
+            owner: ClientOwner::Local,
+        }
+    }
+
+    pub(super) fn with_headers(mut self, headers: Vec<(HeaderName, String)>) -> OwnRequest<'b> {
+        self.headers = headers;
+        self
+    }
+
+    pub(super) fn with_body(mut self, content_type: &'b str, bytes: Bytes) -> OwnRequest<'b> {
+        self.body = Some((content_type, bytes));
+        self
+    }
+
+    pub(super) fn owned_by(mut self, owner: ClientOwner) -> OwnRequest<'b> {
+        self.owner = owner;
+        self
+    }
+}
+
 impl B2bua<'_> {
     /// An ACK outside any transaction: the end-to-end ACK of a 2xx.
     pub(super) fn on_dialog_ack(&mut self, msg: Message, info: &RequestInfo, now: Instant) {
@@ -76,21 +111,30 @@ impl B2bua<'_> {
         self.transmit(peer, bytes);
     }
 
-    /// Sends a BYE on a leg (Bridgehead hangs up that side).
-    pub(super) fn send_bye(&mut self, key: CallKey, leg: Leg, now: Instant) {
-        self.send_in_dialog(key, leg, Method::Bye, Vec::new(), None, now);
+    /// Sends a BYE on a leg (Bridgehead hangs up that side), with extra headers (a Reason).
+    pub(super) fn send_bye(
+        &mut self,
+        key: CallKey,
+        leg: Leg,
+        headers: Vec<(HeaderName, String)>,
+        now: Instant,
+    ) {
+        let bye = OwnRequest::new(Method::Bye).with_headers(headers);
+        self.send_in_dialog(key, leg, bye, now);
     }
 
-    /// Sends a request of Bridgehead's own in the dialog of a leg (next CSeq), with extra
-    /// headers and an optional body (content type, bytes). Nothing is sent before the dialog
-    /// (early or confirmed) exists.
+    /// Sends a request of Bridgehead's own in the dialog of a leg (next CSeq). Nothing is sent
+    /// before the dialog (early or confirmed) exists.
     pub(super) fn send_in_dialog(
         &mut self,
         key: CallKey,
         leg: Leg,
-        method: Method,
-        headers: Vec<(HeaderName, String)>,
-        body: Option<(&str, Bytes)>,
+        OwnRequest {
+            method,
+            headers,
+            body,
+            owner,
+        }: OwnRequest<'_>,
         now: Instant,
     ) {
         let branch = self.new_branch();
@@ -115,7 +159,7 @@ impl B2bua<'_> {
         }
         let (peer, trunk, script) = (dialog.peer, dialog.trunk, call.script);
         let request = self.outgoing(Some(key), script, leg, trunk, request);
-        self.start_client(request, peer, ClientOwner::Local, now);
+        self.start_client(request, peer, owner, now);
     }
 
     /// Checks an in-dialog request against its dialog (RFC 3261 §12.2.2) and records what it
@@ -186,6 +230,9 @@ impl B2bua<'_> {
             self.on_prack(call_key, leg, (msg, key, from), now);
             return;
         }
+        if matches!(method, Method::Invite | Method::Update) {
+            self.session_refreshed(call_key, leg, now);
+        }
         let other_takes_update = self
             .calls
             .by_key
@@ -245,10 +292,22 @@ impl B2bua<'_> {
         );
     }
 
-    /// Bridgehead ends an answered call: BYE on both legs.
-    pub(super) fn hang_up(&mut self, key: CallKey, now: Instant) {
-        self.send_bye(key, Leg::A, now);
-        self.send_bye(key, Leg::B, now);
-        self.end_call(key, "timeout", None, now);
+    /// Bridgehead ends an answered call: BYE on both legs, with a Reason when it has one
+    /// (RFC 3326); `why` is what `on_call_end` hears.
+    pub(super) fn hang_up(
+        &mut self,
+        key: CallKey,
+        why: &'static str,
+        reason: Option<&str>,
+        now: Instant,
+    ) {
+        let headers = || {
+            reason
+                .map(|r| vec![(HeaderName::Reason, r.to_string())])
+                .unwrap_or_default()
+        };
+        self.send_bye(key, Leg::A, headers(), now);
+        self.send_bye(key, Leg::B, headers(), now);
+        self.end_call(key, why, None, now);
     }
 }

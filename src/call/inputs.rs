@@ -23,6 +23,7 @@ impl B2bua<'_> {
             CallInput::ProvisionalUnacknowledged(id) => self.on_prack_timeout(id, now),
             CallInput::ClientFailed { id, status } => self.on_client_failure(id, status, now),
             CallInput::Media { call, event } => self.media_event(call, event, now),
+            CallInput::Timer { call, timer } => self.on_call_timer(call, timer, now),
         }
     }
 
@@ -41,7 +42,7 @@ impl B2bua<'_> {
         }
         if let MediaEvent::RtpTimeout { leg, seconds } = event {
             tracing::info!(leg = leg.name(), seconds, "no RTP: hanging up");
-            self.hang_up(key, now);
+            self.hang_up(key, "timeout", None, now);
         }
     }
 

@@ -26,6 +26,7 @@ mod inputs;
 mod offer_answer;
 mod reliable;
 mod responses;
+mod session_timer;
 mod setup;
 #[cfg(test)]
 mod tests;
@@ -53,6 +54,7 @@ use build::{
 use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
+use session_timer::{CallTimer, SessionTimer};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -84,6 +86,8 @@ pub enum ClientOwner {
     Relay { call: CallKey, server: TxnId },
     /// A request Bridgehead sent on its own (CANCEL, BYE): nobody waits.
     Local,
+    /// Bridgehead's session refresh (UPDATE) of a call: a failure ends the call.
+    Refresh(CallKey),
 }
 
 /// The transaction table as the call layer uses it: who waits for each transaction.
@@ -112,6 +116,8 @@ pub(crate) enum CallInput<'e> {
         call: CallKey,
         event: &'e MediaEvent,
     },
+    /// A call's timer fired (session timers).
+    Timer { call: CallKey, timer: CallTimer },
 }
 
 /// The call layer of one shard: its calls and their dialogs, the rule-set version new calls
@@ -133,6 +139,10 @@ pub(crate) struct Calls {
     media_ports: Option<PortPool>,
     /// What the relay must do, in order.
     media_commands: VecDeque<MediaCommand>,
+    /// Session timers of the calls, by deadline (then the order they were armed in); a
+    /// timer re-armed since, or of a call that ended, is dropped when it comes up.
+    call_timers: std::collections::BTreeMap<(Instant, u64), (CallKey, CallTimer)>,
+    timer_seq: u64,
 }
 
 /// The call layer at work on one input: the shard's calls, and the transaction table the
@@ -175,6 +185,8 @@ impl Calls {
             stats: EngineStats::default(),
             media_ports,
             media_commands: VecDeque::new(),
+            call_timers: std::collections::BTreeMap::new(),
+            timer_seq: 0,
         }
     }
 
@@ -408,6 +420,10 @@ pub struct Call {
     /// convert`): the callee's answer is the caller's offer, and the caller's answer stays
     /// here.
     own_offer: bool,
+    /// Each leg's session timer (RFC 4028), by leg index.
+    session: [Option<SessionTimer>; 2],
+    /// When each leg's session timer fires next (the one armed last counts).
+    session_due: [Option<Instant>; 2],
 }
 
 /// Bridgehead's reliable provisional responses on the A-leg (RFC 3262 §3): whether they are

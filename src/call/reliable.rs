@@ -3,6 +3,7 @@
 //! requires them (or supports them, once the callee's are reliable), retransmitted until
 //! PRACKed. Either leg may use them while the other does not.
 
+use super::in_dialog::OwnRequest;
 use super::*;
 
 /// What a provisional response from the callee is, as far as reliability goes.
@@ -75,14 +76,8 @@ impl B2bua<'_> {
             reliable.active = true;
         }
         let rack = format!("{rseq} {} INVITE", call.b.invite_cseq);
-        self.send_in_dialog(
-            key,
-            Leg::B,
-            Method::Prack,
-            vec![(HeaderName::RAck, rack)],
-            None,
-            now,
-        );
+        let prack = OwnRequest::new(Method::Prack).with_headers(vec![(HeaderName::RAck, rack)]);
+        self.send_in_dialog(key, Leg::B, prack, now);
         CalleeProvisional::New
     }
 

@@ -56,6 +56,11 @@ impl B2bua<'_> {
             }
             ClientOwner::Invite(_) => {}
             ClientOwner::Relay { call, server } => self.on_relay_response(call, server, msg, now),
+            ClientOwner::Refresh(call) => {
+                if let Some(status) = msg.status().filter(|s| *s >= 200) {
+                    self.on_refresh_outcome(call, status, now);
+                }
+            }
             ClientOwner::Local => {}
         }
     }
@@ -201,16 +206,22 @@ impl B2bua<'_> {
             if call.state.is_cancelled() {
                 // The caller gave up first: acknowledge and hang up the callee.
                 self.ack_leg(key, Leg::B, None);
-                self.send_bye(key, Leg::B, now);
+                self.send_bye(key, Leg::B, Vec::new(), now);
                 self.end_call(key, "cancel", Some(Leg::A), now);
                 return;
             }
             call.state = CallState::Answered { at: now };
+            let settings = call.rules.profile.trunks[call.b.trunk].session_timer;
+            let asked = B2bua::callee_session_headers(settings, call.session[Leg::A.index()])
+                .first()
+                .and_then(|(_, interval)| interval.parse().ok());
+            call.session[Leg::B.index()] = B2bua::callee_session(&msg, asked);
             call.pending_ack = Some(PendingAck {
                 from: Leg::A,
                 server: call.a_invite,
             });
             self.calls.stats.calls_answered += 1;
+            self.start_session_timers(key, now);
             self.lifecycle_hook(key, Hook::Answer, &msg);
         } else {
             call.invite_pending = false;
@@ -278,6 +289,9 @@ impl B2bua<'_> {
         }
         if (200..300).contains(&status) && matches!(method, Method::Invite | Method::Update) {
             response.push_header(HeaderName::Allow, ALLOW.to_string());
+            for (name, value) in B2bua::session_headers(call, to) {
+                response.push_header(name, value);
+            }
         }
         copy_crossing(msg, &mut response);
         if (300..400).contains(&status) {
@@ -373,7 +387,7 @@ impl B2bua<'_> {
                 ServerOwner::Dialog(_, requester) => (call, requester.other()),
                 _ => return Some(ack),
             },
-            ClientOwner::Local => return Some(ack),
+            ClientOwner::Local | ClientOwner::Refresh(_) => return Some(ack),
         };
         let Some(call) = self.calls.by_key.get(&key) else {
             return Some(ack);

@@ -243,6 +243,7 @@ impl B2bua<'_> {
     pub(super) fn refuse_request(msg: &Message, trunk: &crate::config::Trunk) -> Option<Refusal> {
         let required: Vec<&str> = option_tags(msg, &HeaderName::Require)
             .filter(|t| !(t.eq_ignore_ascii_case("100rel") && trunk.rel100.allowed()))
+            .filter(|t| !t.eq_ignore_ascii_case("timer"))
             .collect();
         if !required.is_empty() {
             return Some((420, vec![(HeaderName::Unsupported, required.join(", "))]));
@@ -347,6 +348,20 @@ impl B2bua<'_> {
             self.answer(incoming, 421, &require, now);
             return;
         }
+        let a_session = match B2bua::caller_session(&msg, rules.profile.trunks[trunk].session_timer)
+        {
+            Ok(timer) => timer,
+            Err((status, extra)) => {
+                let incoming = Incoming {
+                    msg,
+                    key,
+                    from,
+                    trunk,
+                };
+                self.answer(incoming, status, &extra, now);
+                return;
+            }
+        };
         let a_reliable = (rel100.allowed() && caller_100rel).then(|| {
             let from_the_start = caller_requires || rel100 == Rel100::Required;
             ReliableProvisionals::starting_at(
@@ -395,7 +410,8 @@ impl B2bua<'_> {
             .rules
             .has_hook(script, Hook::Failure)
             .then(|| (draft.clone(), touched.clone()));
-        let Some((b, invite)) = self.address_b_leg(&rules, draft, &route, b_call_id, b_tag) else {
+        let b_leg = (b_call_id, b_tag, a_session);
+        let Some((b, invite)) = self.address_b_leg(&rules, draft, &route, b_leg) else {
             return;
         };
         let call_key = self.next_id();
@@ -426,6 +442,8 @@ impl B2bua<'_> {
             b_forks_ended: Vec::new(),
             early_media: outcome.early_media,
             own_offer: false,
+            session: [a_session, None],
+            session_due: [None, None],
         };
         self.calls
             .dialogs
@@ -492,8 +510,7 @@ impl B2bua<'_> {
         rules: &RuleSet,
         mut invite: Message,
         route: &Route,
-        call_id: String,
-        local_tag: String,
+        (call_id, local_tag, caller_timer): (String, String, Option<SessionTimer>),
     ) -> Option<(Dialog, Message)> {
         let dest = &rules.profile.trunks[route.trunk];
         let peer = Peer {
@@ -536,10 +553,17 @@ impl B2bua<'_> {
             invite.set_header(HeaderName::ContentType, "application/sdp");
             invite.body = super::offer_answer::own_offer(&dest.codecs, session);
         }
-        match dest.rel100 {
-            Rel100::Supported => invite.push_header(HeaderName::Supported, "100rel".to_string()),
-            Rel100::Required => invite.push_header(HeaderName::Require, "100rel".to_string()),
-            Rel100::Disabled => {}
+        let supported = match dest.rel100 {
+            Rel100::Supported => "100rel, timer",
+            Rel100::Required => {
+                invite.push_header(HeaderName::Require, "100rel".to_string());
+                "timer"
+            }
+            Rel100::Disabled => "timer",
+        };
+        invite.push_header(HeaderName::Supported, supported.to_string());
+        for (name, value) in B2bua::callee_session_headers(dest.session_timer, caller_timer) {
+            invite.push_header(name, value);
         }
         let remote_target = match &invite.start {
             StartLine::Request { uri, .. } => uri.clone(),
@@ -631,8 +655,10 @@ impl B2bua<'_> {
             return false;
         };
         let rules = call.rules.clone();
+        let caller_timer = call.session[Leg::A.index()];
         let (call_id, tag) = self.fresh_b_identity(&mut draft);
-        let Some((b, invite)) = self.address_b_leg(&rules, draft, route, call_id, tag) else {
+        let b_leg = (call_id, tag, caller_timer);
+        let Some((b, invite)) = self.address_b_leg(&rules, draft, route, b_leg) else {
             return false;
         };
         let Some(call) = self.calls.by_key.get_mut(&key) else {

@@ -123,6 +123,8 @@ pub enum HeaderName {
     RSeq,
     RAck,
     PEarlyMedia,
+    MinSE,
+    Reason,
     /// Any other header, with its name spelled as received.
     Other(String),
 }
@@ -183,7 +185,7 @@ impl HeaderName {
             .unwrap_or_else(|| HeaderName::Other(name.to_string()))
     }
 
-    const KNOWN: [HeaderName; 29] = [
+    const KNOWN: [HeaderName; 31] = [
         HeaderName::Via,
         HeaderName::From,
         HeaderName::To,
@@ -213,6 +215,8 @@ impl HeaderName {
         HeaderName::RSeq,
         HeaderName::RAck,
         HeaderName::PEarlyMedia,
+        HeaderName::MinSE,
+        HeaderName::Reason,
     ];
 
     /// The canonical (long) name, or the name as received for unknown headers.
@@ -247,6 +251,8 @@ impl HeaderName {
             HeaderName::RSeq => "RSeq",
             HeaderName::RAck => "RAck",
             HeaderName::PEarlyMedia => "P-Early-Media",
+            HeaderName::MinSE => "Min-SE",
+            HeaderName::Reason => "Reason",
             HeaderName::Other(name) => name,
         }
     }
@@ -274,6 +280,8 @@ impl HeaderName {
                 | HeaderName::Allow
                 | HeaderName::RSeq
                 | HeaderName::RAck
+                | HeaderName::SessionExpires
+                | HeaderName::MinSE
         )
     }
 

@@ -1,0 +1,262 @@
+//! Session timers (RFC 4028), on each leg on its own: Bridgehead is the UAS of the caller's
+//! leg and the UAC of the callee's, agrees an interval and a refresher with each, refreshes a
+//! leg itself (UPDATE) where it is the refresher, and ends the call with BYE on both legs when a
+//! leg whose peer refreshes stops doing so, or when its own refresh fails.
+
+use super::in_dialog::OwnRequest;
+use super::*;
+use crate::config::SessionTimerConfig;
+use std::time::Duration;
+
+/// Who refreshes a leg's session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Refresher {
+    Bridgehead,
+    Peer,
+}
+
+/// A leg's session timer: the interval agreed, in seconds, and who refreshes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct SessionTimer {
+    pub interval: u32,
+    pub refresher: Refresher,
+}
+
+/// What a call's timer does when it fires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CallTimer {
+    /// Bridgehead refreshes the leg's session.
+    Refresh(Leg),
+    /// The leg's peer did not refresh in time.
+    Expire(Leg),
+}
+
+/// The reason on the BYEs of a call whose session timer ran out.
+const EXPIRED: &str = "SIP ;cause=408 ;text=\"Session timer expired\"";
+/// The reason on the BYEs of a call whose refresh was refused or went unanswered.
+const REFRESH_FAILED: &str = "SIP ;cause=408 ;text=\"Session refresh failed\"";
+
+/// A message's Session-Expires: the interval, and the refresher parameter (`uac`/`uas`).
+fn session_expires(msg: &Message) -> Option<(u32, Option<String>)> {
+    let value = msg.header_str(&HeaderName::SessionExpires)?;
+    let mut parts = value.split(';');
+    let interval = parts.next()?.trim().parse().ok()?;
+    let refresher = parts.find_map(|param| {
+        let (name, value) = param.split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("refresher")
+            .then(|| value.trim().to_ascii_lowercase())
+    });
+    Some((interval, refresher))
+}
+
+/// When a leg's timer fires next: half the interval for Bridgehead's refresh; for the peer's,
+/// the interval less a third of it (at most 32 s), when RFC 4028 §10 has the session end.
+fn due(timer: SessionTimer, from: Instant) -> (Instant, bool) {
+    let interval = Duration::from_secs(timer.interval.into());
+    match timer.refresher {
+        Refresher::Bridgehead => (from + interval / 2, true),
+        Refresher::Peer => (
+            from + interval - (interval / 3).min(Duration::from_secs(32)),
+            false,
+        ),
+    }
+}
+
+impl Calls {
+    /// The next instant a call timer is due.
+    pub fn poll_call_timer(&self) -> Option<Instant> {
+        self.call_timers.first_key_value().map(|((at, _), _)| *at)
+    }
+
+    /// The next call timer due at `now`, still current (a timer re-armed since, or of a call
+    /// that ended, is dropped).
+    pub fn next_call_timer(&mut self, now: Instant) -> Option<(CallKey, CallTimer)> {
+        while let Some((&(at, seq), &(key, timer))) = self.call_timers.first_key_value() {
+            if at > now {
+                return None;
+            }
+            self.call_timers.remove(&(at, seq));
+            let leg = match timer {
+                CallTimer::Refresh(leg) | CallTimer::Expire(leg) => leg,
+            };
+            let current = self
+                .by_key
+                .get(&key)
+                .is_some_and(|call| call.session_due[leg.index()] == Some(at));
+            if current {
+                return Some((key, timer));
+            }
+        }
+        None
+    }
+
+    /// (Re)arms a leg's session timer from `from`.
+    fn arm_session(&mut self, key: CallKey, leg: Leg, from: Instant) {
+        let Some(call) = self.by_key.get_mut(&key) else {
+            return;
+        };
+        let Some(timer) = call.session[leg.index()] else {
+            return;
+        };
+        let (at, refresh) = due(timer, from);
+        call.session_due[leg.index()] = Some(at);
+        self.timer_seq += 1;
+        let kind = if refresh {
+            CallTimer::Refresh(leg)
+        } else {
+            CallTimer::Expire(leg)
+        };
+        self.call_timers.insert((at, self.timer_seq), (key, kind));
+    }
+}
+
+impl B2bua<'_> {
+    /// The caller's leg, from its INVITE and its trunk's settings: `422` when it asks for less
+    /// than the trunk's Min-SE, else its session timer (none when neither side wants one).
+    pub(super) fn caller_session(
+        msg: &Message,
+        settings: SessionTimerConfig,
+    ) -> Result<Option<SessionTimer>, Refusal> {
+        let supports = has_option(msg, &HeaderName::Supported, "timer")
+            || has_option(msg, &HeaderName::Require, "timer");
+        let asked = session_expires(msg);
+        if let Some((interval, _)) = asked {
+            if interval < settings.min_se {
+                let min_se = (HeaderName::MinSE, settings.min_se.to_string());
+                return Err((422, vec![min_se]));
+            }
+        }
+        let interval = match asked {
+            Some((interval, _)) => interval,
+            None if settings.expires > 0 => settings.expires,
+            None => return Ok(None),
+        };
+        // A caller that supports timers refreshes unless it asked Bridgehead to (§9).
+        let wants_uas = asked.and_then(|(_, r)| r).as_deref() == Some("uas");
+        let refresher = if supports && !wants_uas {
+            Refresher::Peer
+        } else {
+            Refresher::Bridgehead
+        };
+        Ok(Some(SessionTimer {
+            interval,
+            refresher,
+        }))
+    }
+
+    /// What the callee's INVITE says of timers: Bridgehead supports them, and asks for the
+    /// trunk's interval (or the caller's, when longer or when the trunk has none) with its
+    /// Min-SE.
+    pub(super) fn callee_session_headers(
+        settings: SessionTimerConfig,
+        caller: Option<SessionTimer>,
+    ) -> Vec<(HeaderName, String)> {
+        let asked = settings.expires.max(caller.map_or(0, |t| t.interval));
+        if asked == 0 {
+            return Vec::new();
+        }
+        vec![
+            (HeaderName::SessionExpires, asked.to_string()),
+            (HeaderName::MinSE, settings.min_se.to_string()),
+        ]
+    }
+
+    /// The callee's leg, from its 2xx: the interval and refresher it chose; when it says
+    /// nothing but Bridgehead asked for one, Bridgehead refreshes that leg itself (§7.2).
+    pub(super) fn callee_session(msg: &Message, asked: Option<u32>) -> Option<SessionTimer> {
+        match session_expires(msg) {
+            Some((interval, refresher)) => Some(SessionTimer {
+                interval,
+                refresher: if refresher.as_deref() == Some("uas") {
+                    Refresher::Peer
+                } else {
+                    Refresher::Bridgehead
+                },
+            }),
+            None => asked.map(|interval| SessionTimer {
+                interval,
+                refresher: Refresher::Bridgehead,
+            }),
+        }
+    }
+
+    /// The headers a 2xx to an INVITE or UPDATE toward `leg` carries for its session timer.
+    pub(super) fn session_headers(call: &Call, leg: Leg) -> Vec<(HeaderName, String)> {
+        let Some(timer) = call.session[leg.index()] else {
+            return Vec::new();
+        };
+        // Toward the caller Bridgehead is the UAS: the peer refreshing is the UAC.
+        let (peer, us) = match leg {
+            Leg::A => ("uac", "uas"),
+            Leg::B => ("uas", "uac"),
+        };
+        let refresher = match timer.refresher {
+            Refresher::Peer => peer,
+            Refresher::Bridgehead => us,
+        };
+        let mut headers = vec![(
+            HeaderName::SessionExpires,
+            format!("{};refresher={refresher}", timer.interval),
+        )];
+        if leg == Leg::A && timer.refresher == Refresher::Peer {
+            headers.push((HeaderName::Require, "timer".to_string()));
+        }
+        headers
+    }
+
+    /// The call is answered: both legs' session timers start.
+    pub(super) fn start_session_timers(&mut self, key: CallKey, now: Instant) {
+        self.calls.arm_session(key, Leg::A, now);
+        self.calls.arm_session(key, Leg::B, now);
+    }
+
+    /// A leg's peer sent a refresh (re-INVITE or UPDATE): its session runs on from now.
+    pub(super) fn session_refreshed(&mut self, key: CallKey, leg: Leg, now: Instant) {
+        let peer_refreshes = self
+            .calls
+            .by_key
+            .get(&key)
+            .and_then(|call| call.session[leg.index()])
+            .is_some_and(|timer| timer.refresher == Refresher::Peer);
+        if peer_refreshes {
+            self.calls.arm_session(key, leg, now);
+        }
+    }
+
+    /// A call timer fired: Bridgehead refreshes the leg (UPDATE without SDP, re-armed at once),
+    /// or ends the call whose leg was not refreshed in time.
+    pub(super) fn on_call_timer(&mut self, key: CallKey, timer: CallTimer, now: Instant) {
+        match timer {
+            CallTimer::Refresh(leg) => {
+                let Some(call) = self.calls.by_key.get(&key) else {
+                    return;
+                };
+                let mut headers = Self::session_headers(call, leg);
+                headers.push((HeaderName::Supported, "timer".to_string()));
+                let refresh = OwnRequest::new(Method::Update)
+                    .with_headers(headers)
+                    .owned_by(ClientOwner::Refresh(key));
+                self.send_in_dialog(key, leg, refresh, now);
+                self.calls.arm_session(key, leg, now);
+            }
+            CallTimer::Expire(leg) => {
+                if let Some(call) = self.calls.by_key.get(&key) {
+                    tracing::info!(call = %call.id, leg = leg.name(), "session timer expired: hanging up");
+                }
+                self.hang_up(key, "session-timer", Some(EXPIRED), now);
+            }
+        }
+    }
+
+    /// Bridgehead's refresh got a final response (`status`) or none: a failure ends the call.
+    pub(super) fn on_refresh_outcome(&mut self, key: CallKey, status: u16, now: Instant) {
+        if status < 300 {
+            return;
+        }
+        if let Some(call) = self.calls.by_key.get(&key) {
+            tracing::info!(call = %call.id, status, "session refresh failed: hanging up");
+        }
+        self.hang_up(key, "session-timer", Some(REFRESH_FAILED), now);
+    }
+}
