@@ -470,6 +470,39 @@ fn an_emergency_invite_with_sdp_and_pidf_lo_reaches_the_callee_with_both_parts()
 }
 
 #[test]
+fn a_reliable_180_after_a_reliable_183_goes_on_once_the_183_is_pracked() {
+    let outcome = Flow::new("caller_100rel_183_180", "callee_reliable_183_180").run();
+    let rseq = |code: u16| -> u32 {
+        let response = outcome
+            .caller_got()
+            .find(|m| m.is_response(code))
+            .unwrap_or_else(|| panic!("the caller got no {code}"));
+        response
+            .header("RSeq")
+            .and_then(|r| r.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no RSeq in\n{}", response.text))
+    };
+    assert_eq!(
+        rseq(180),
+        rseq(183) + 1,
+        "the caller's RSeq space is Bridgehead's, in order"
+    );
+    let progress = outcome
+        .caller_got()
+        .find(|m| m.is_response(183))
+        .expect("183");
+    assert!(progress.body().contains("m=audio"), "early SDP crossed");
+    assert_eq!(
+        outcome
+            .callee_got()
+            .filter(|m| m.is_request("PRACK"))
+            .count(),
+        2,
+        "Bridgehead PRACKed the callee's 183 and 180"
+    );
+}
+
+#[test]
 fn hold_and_resume() {
     for transport in [Transport::Udp, Transport::Tcp] {
         let outcome = Flow::new("caller_hold", "callee_hold")
