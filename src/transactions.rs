@@ -264,9 +264,25 @@ impl<S, C> Transactions<S, C> {
     /// The PRACK of a server transaction's reliable provisional response arrived; false when
     /// none was waiting for one.
     pub fn server_prack(&mut self, id: TxnId) -> bool {
-        self.servers
-            .get_mut(&id)
-            .is_some_and(|entry| entry.txn.on_prack())
+        let Some(entry) = self.servers.get_mut(&id) else {
+            return false;
+        };
+        if !entry.txn.on_prack() {
+            return false;
+        }
+        // Its retransmission timer goes too: the next reliable provisional starts its own.
+        let timers = &mut self.timers;
+        entry.armed.retain(|key| {
+            let prack = matches!(
+                timers.get(key),
+                Some(TimerTarget::Server(_, TimerKind::Prack))
+            );
+            if prack {
+                timers.remove(key);
+            }
+            !prack
+        });
+        true
     }
 
     /// Feeds a response to a client transaction (`ack` builds the hop-by-hop ACK of a non-2xx

@@ -1695,6 +1695,10 @@ fn a_caller_requiring_100rel_gets_reliable_provisionals_one_at_a_time() {
     assert_eq!(h(progress, "RSeq"), Some((rseq + 1).to_string().as_str()));
     assert_eq!(h(progress, "Require"), Some("100rel"));
     assert!(!progress.body.is_empty(), "the early SDP crossed");
+    // The 183 repeats on its own timer (T1 after it went), not the 180's (whose next repeat
+    // was due at 1.5 s): one repeat in the next second.
+    let out = sim.advance(Duration::from_millis(1000));
+    assert_eq!(summary(&out), [format!("183->{CORE_PEER}")]);
 
     // The answer ends the 183's retransmissions: only the 200 repeats until the ACK.
     let out = sim.teams_sends(&answer(&b, 200, "OK", "t1", SDP));
@@ -2275,8 +2279,12 @@ fn a_caller_that_refreshes_keeps_its_call_and_one_that_stops_is_hung_up_on_both_
     let out = sim.core_sends(&caller_in_dialog("UPDATE", "s1@10.1.1.1", &to, 11));
     assert_eq!(summary(&out), [format!("UPDATE->{TEAMS_PEER}")]);
     let update = out[0].1.clone();
+    // Relayed with Teams' own timer: Bridgehead (its UAC) refreshes that leg.
+    assert_eq!(h(&update, "Session-Expires"), Some("120;refresher=uac"));
     let out = sim.teams_sends(&answer(&update, 200, "OK", "t1", ""));
+    // The caller's 2xx names it (its UAC) the refresher.
     assert_eq!(h(&out[0].1, "Session-Expires"), Some("120;refresher=uac"));
+    assert_eq!(h(&out[0].1, "Require"), Some("timer"));
     // Then stops: 120 - 32 s after its refresh (at 148 s), both legs get a BYE with a Reason
     // (meanwhile Bridgehead refreshed Teams' leg again at 120 s, unanswered so far).
     let out = sim.advance(Duration::from_secs(87));
@@ -2318,13 +2326,18 @@ fn too_short_a_session_gets_422_with_the_trunks_min_se() {
 }
 
 #[test]
-fn bridgehead_refreshes_a_leg_whose_peer_does_not_and_a_failed_refresh_ends_the_call() {
+fn bridgehead_refreshes_the_leg_it_refreshes_and_only_a_481_or_408_ends_the_call() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/default.lua");
-    // Teams' trunk asks for 1800 s; Teams' 200 says nothing of timers: Bridgehead refreshes
-    // that leg itself, every 900 s.
+    // Teams' trunk asks for 1800 s and Teams leaves the refreshes to Bridgehead (the UAC of
+    // that INVITE): every 900 s.
     let text = profile_with_script(script, "", "    session_timer: { expires: 1800 }");
     let mut sim = Sim::with_profile(&text);
-    let (b, ok, _) = timed_call(&mut sim, "s4@10.1.1.1", "", "");
+    let (b, ok, _) = timed_call(
+        &mut sim,
+        "s4@10.1.1.1",
+        "",
+        "Session-Expires: 1800;refresher=uac\n",
+    );
     assert_eq!(h(&b, "Session-Expires"), Some("1800"));
     assert!(
         h(&ok, "Session-Expires").is_none(),
@@ -2334,11 +2347,18 @@ fn bridgehead_refreshes_a_leg_whose_peer_does_not_and_a_failed_refresh_ends_the_
     assert_eq!(summary(&out), [format!("UPDATE->{TEAMS_PEER}")]);
     let refresh = out[0].1.clone();
     assert_eq!(h(&refresh, "Session-Expires"), Some("1800;refresher=uac"));
+    assert_eq!(h(&refresh, "Supported"), Some("timer"));
     assert!(refresh.body.is_empty());
-    sim.teams_sends(&answer(&refresh, 200, "OK", "t1", ""));
+    // A 491 (a glare) does not end the call; the next refresh comes 900 s later.
+    let out = sim.teams_sends(&answer(&refresh, 491, "Request Pending", "t1", ""));
+    assert!(
+        out.iter().all(|(_, m)| method(m) != "BYE"),
+        "{:?}",
+        summary(&out)
+    );
     let out = sim.advance(Duration::from_secs(900));
     assert_eq!(summary(&out), [format!("UPDATE->{TEAMS_PEER}")]);
-    // The next refresh is refused: the call ends on both legs.
+    // A 481 does: the call ends on both legs.
     let refresh = out[0].1.clone();
     let out = sim.teams_sends(&answer(&refresh, 481, "Call Does Not Exist", "t1", ""));
     let byes: Vec<_> = out.iter().filter(|(_, m)| method(m) == "BYE").collect();
@@ -2346,4 +2366,16 @@ fn bridgehead_refreshes_a_leg_whose_peer_does_not_and_a_failed_refresh_ends_the_
     assert!(h(&byes[0].1, "Reason")
         .expect("Reason")
         .contains("refresh failed"));
+}
+
+#[test]
+fn a_callee_whose_2xx_says_nothing_of_timers_gets_no_refresh() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/default.lua");
+    let text = profile_with_script(script, "", "    session_timer: { expires: 1800 }");
+    let mut sim = Sim::with_profile(&text);
+    timed_call(&mut sim, "s5@10.1.1.1", "", "");
+    // RFC 4028 §7.2: no Session-Expires in the 2xx, no session expiration on that leg.
+    let out = sim.advance(Duration::from_secs(3600));
+    assert!(out.is_empty(), "{:?}", summary(&out));
+    assert_eq!(sim.engine.active_calls(), 1);
 }

@@ -111,7 +111,7 @@ impl B2bua<'_> {
             .is_some_and(|m| *m != Method::Invite && super::in_dialog::is_target_refresh(m));
         if (200..300).contains(&status) && refresh {
             response.push_header(HeaderName::Contact, dialog.contact.clone());
-            for (name, value) in B2bua::session_headers(call, leg) {
+            for (name, value) in B2bua::session_headers(call, leg, Refresher::Peer) {
                 response.push_header(name, value);
             }
         }

@@ -276,6 +276,10 @@ impl B2bua<'_> {
         }
         if matches!(method, Method::Invite | Method::Update) {
             request.push_header(HeaderName::Allow, ALLOW.to_string());
+            // The other leg's own session timer, so that its peer keeps it (§9).
+            for (name, value) in B2bua::session_headers(call, to, Refresher::Bridgehead) {
+                request.push_header(name, value);
+            }
         }
         copy_crossing(&msg, &mut request);
         let (peer, dest_trunk, script) = (other.peer, other.trunk, call.script);

@@ -54,7 +54,7 @@ use build::{
 use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
-use session_timer::{CallTimer, SessionTimer};
+use session_timer::{CallTimer, Refresher, SessionTimer};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -422,8 +422,9 @@ pub struct Call {
     own_offer: bool,
     /// Each leg's session timer (RFC 4028), by leg index.
     session: [Option<SessionTimer>; 2],
-    /// When each leg's session timer fires next (the one armed last counts).
-    session_due: [Option<Instant>; 2],
+    /// Each leg's session timer armed last (its key in the call timers): the only one that
+    /// counts.
+    session_due: [Option<(Instant, u64)>; 2],
 }
 
 /// Bridgehead's reliable provisional responses on the A-leg (RFC 3262 §3): whether they are

@@ -211,11 +211,7 @@ impl B2bua<'_> {
                 return;
             }
             call.state = CallState::Answered { at: now };
-            let settings = call.rules.profile.trunks[call.b.trunk].session_timer;
-            let asked = B2bua::callee_session_headers(settings, call.session[Leg::A.index()])
-                .first()
-                .and_then(|(_, interval)| interval.parse().ok());
-            call.session[Leg::B.index()] = B2bua::callee_session(&msg, asked);
+            call.session[Leg::B.index()] = B2bua::callee_session(&msg);
             call.pending_ack = Some(PendingAck {
                 from: Leg::A,
                 server: call.a_invite,
@@ -289,7 +285,7 @@ impl B2bua<'_> {
         }
         if (200..300).contains(&status) && matches!(method, Method::Invite | Method::Update) {
             response.push_header(HeaderName::Allow, ALLOW.to_string());
-            for (name, value) in B2bua::session_headers(call, to) {
+            for (name, value) in B2bua::session_headers(call, to, Refresher::Peer) {
                 response.push_header(name, value);
             }
         }

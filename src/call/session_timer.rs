@@ -83,7 +83,7 @@ impl Calls {
             let current = self
                 .by_key
                 .get(&key)
-                .is_some_and(|call| call.session_due[leg.index()] == Some(at));
+                .is_some_and(|call| call.session_due[leg.index()] == Some((at, seq)));
             if current {
                 return Some((key, timer));
             }
@@ -100,14 +100,18 @@ impl Calls {
             return;
         };
         let (at, refresh) = due(timer, from);
-        call.session_due[leg.index()] = Some(at);
         self.timer_seq += 1;
+        let armed = (at, self.timer_seq);
+        // The timer this one supersedes goes (a peer refreshing often leaves one entry).
+        if let Some(superseded) = call.session_due[leg.index()].replace(armed) {
+            self.call_timers.remove(&superseded);
+        }
         let kind = if refresh {
             CallTimer::Refresh(leg)
         } else {
             CallTimer::Expire(leg)
         };
-        self.call_timers.insert((at, self.timer_seq), (key, kind));
+        self.call_timers.insert(armed, (key, kind));
     }
 }
 
@@ -162,45 +166,44 @@ impl B2bua<'_> {
         ]
     }
 
-    /// The callee's leg, from its 2xx: the interval and refresher it chose; when it says
-    /// nothing but Bridgehead asked for one, Bridgehead refreshes that leg itself (§7.2).
-    pub(super) fn callee_session(msg: &Message, asked: Option<u32>) -> Option<SessionTimer> {
-        match session_expires(msg) {
-            Some((interval, refresher)) => Some(SessionTimer {
-                interval,
-                refresher: if refresher.as_deref() == Some("uas") {
-                    Refresher::Peer
-                } else {
-                    Refresher::Bridgehead
-                },
-            }),
-            None => asked.map(|interval| SessionTimer {
-                interval,
-                refresher: Refresher::Bridgehead,
-            }),
-        }
+    /// The callee's leg, from its 2xx: the interval and refresher it chose. A 2xx without
+    /// Session-Expires means that leg's session does not expire (§7.2): no timer.
+    pub(super) fn callee_session(msg: &Message) -> Option<SessionTimer> {
+        let (interval, refresher) = session_expires(msg)?;
+        Some(SessionTimer {
+            interval,
+            refresher: if refresher.as_deref() == Some("uas") {
+                Refresher::Peer
+            } else {
+                Refresher::Bridgehead
+            },
+        })
     }
 
-    /// The headers a 2xx to an INVITE or UPDATE toward `leg` carries for its session timer.
-    pub(super) fn session_headers(call: &Call, leg: Leg) -> Vec<(HeaderName, String)> {
+    /// The session-timer headers of a message toward `leg` in a transaction whose request
+    /// `sent_by` Bridgehead or the peer: `refresher` names the refresher by its role in that
+    /// transaction (§7.4, §9), and a response whose UAC refreshes says `Require: timer`.
+    pub(super) fn session_headers(
+        call: &Call,
+        leg: Leg,
+        sent_by: Refresher,
+    ) -> Vec<(HeaderName, String)> {
         let Some(timer) = call.session[leg.index()] else {
             return Vec::new();
         };
-        // Toward the caller Bridgehead is the UAS: the peer refreshing is the UAC.
-        let (peer, us) = match leg {
-            Leg::A => ("uac", "uas"),
-            Leg::B => ("uas", "uac"),
-        };
-        let refresher = match timer.refresher {
-            Refresher::Peer => peer,
-            Refresher::Bridgehead => us,
-        };
+        let uac_refreshes = timer.refresher == sent_by;
+        let refresher = if uac_refreshes { "uac" } else { "uas" };
         let mut headers = vec![(
             HeaderName::SessionExpires,
             format!("{};refresher={refresher}", timer.interval),
         )];
-        if leg == Leg::A && timer.refresher == Refresher::Peer {
-            headers.push((HeaderName::Require, "timer".to_string()));
+        match sent_by {
+            // Bridgehead's own request (a refresh, or one relayed from the other leg).
+            Refresher::Bridgehead => headers.push((HeaderName::Supported, "timer".to_string())),
+            Refresher::Peer if uac_refreshes => {
+                headers.push((HeaderName::Require, "timer".to_string()));
+            }
+            Refresher::Peer => {}
         }
         headers
     }
@@ -232,8 +235,13 @@ impl B2bua<'_> {
                 let Some(call) = self.calls.by_key.get(&key) else {
                     return;
                 };
-                let mut headers = Self::session_headers(call, leg);
-                headers.push((HeaderName::Supported, "timer".to_string()));
+                if !call.leg(leg).allows_update {
+                    // §7.4 would refresh with a re-INVITE, which Bridgehead does not send
+                    // yet: the leg goes unrefreshed (its peer may end it).
+                    tracing::warn!(call = %call.id, leg = leg.name(), "no session refresh: the peer takes no UPDATE");
+                    return;
+                }
+                let headers = Self::session_headers(call, leg, Refresher::Bridgehead);
                 let refresh = OwnRequest::new(Method::Update)
                     .with_headers(headers)
                     .owned_by(ClientOwner::Refresh(key));
@@ -249,9 +257,10 @@ impl B2bua<'_> {
         }
     }
 
-    /// Bridgehead's refresh got a final response (`status`) or none: a failure ends the call.
+    /// Bridgehead's refresh got a final response (`status`), or none (408): a 408 or 481 ends
+    /// the call (§10); other refusals (491, 405, 501…) leave it up.
     pub(super) fn on_refresh_outcome(&mut self, key: CallKey, status: u16, now: Instant) {
-        if status < 300 {
+        if status != 408 && status != 481 {
             return;
         }
         if let Some(call) = self.calls.by_key.get(&key) {
