@@ -207,6 +207,20 @@ impl Outcome {
         self.caller.iter().filter(|m| m.received)
     }
 
+    /// The first `method` request the callee got.
+    fn callee_request(&self, method: &str) -> &Traced {
+        self.callee_got()
+            .find(|m| m.is_request(method))
+            .unwrap_or_else(|| panic!("the callee got no {method}"))
+    }
+
+    /// The first `status` response the caller got.
+    fn caller_response(&self, status: u16) -> &Traced {
+        self.caller_got()
+            .find(|m| m.is_response(status))
+            .unwrap_or_else(|| panic!("the caller got no {status}"))
+    }
+
     /// Nothing of one side's Call-ID, tags, Via, Contact or address reaches the other; no
     /// Record-Route or Route reaches either; the SBC's own Via and Contact are what each side
     /// sees.
@@ -271,10 +285,7 @@ impl Outcome {
 #[test]
 fn basic_call_core_to_teams_over_udp() {
     let outcome = Flow::new("caller", "callee").run();
-    let invite = outcome
-        .callee_got()
-        .find(|m| m.is_request("INVITE"))
-        .expect("the callee got the INVITE");
+    let invite = outcome.callee_request("INVITE");
     assert_eq!(invite.header("Subject"), Some("Bridgehead e2e"));
     assert!(
         invite.body().contains("m=audio"),
@@ -346,10 +357,7 @@ fn a_caller_requiring_100rel_gets_a_reliable_180_from_a_callee_without_it() {
         let outcome = Flow::new("caller_100rel", "callee_slow_answer")
             .over(transport)
             .run();
-        let invite = outcome
-            .callee_got()
-            .find(|m| m.is_request("INVITE"))
-            .expect("the callee got the INVITE");
+        let invite = outcome.callee_request("INVITE");
         assert_eq!(
             invite.header("Supported"),
             Some("100rel, timer"),
@@ -361,10 +369,7 @@ fn a_caller_requiring_100rel_gets_a_reliable_180_from_a_callee_without_it() {
             !outcome.callee_got().any(|m| m.is_request("PRACK")),
             "the caller's PRACK stays at Bridgehead"
         );
-        let ringing = outcome
-            .caller_got()
-            .find(|m| m.is_response(180))
-            .expect("the caller got the 180");
+        let ringing = outcome.caller_response(180);
         assert_eq!(
             ringing.header("Require"),
             Some("100rel"),
@@ -378,19 +383,13 @@ fn a_caller_requiring_100rel_gets_a_reliable_180_from_a_callee_without_it() {
 #[test]
 fn a_reliable_180_is_pracked_by_bridgehead_and_reaches_a_plain_caller_as_a_plain_180() {
     let outcome = Flow::new("caller", "callee_reliable").run();
-    let prack = outcome
-        .callee_got()
-        .find(|m| m.is_request("PRACK"))
-        .expect("Bridgehead PRACKed the 180");
+    let prack = outcome.callee_request("PRACK");
     assert!(
         prack.header("RAck").is_some_and(|r| r.starts_with("3000 ")),
         "{}",
         prack.text
     );
-    let ringing = outcome
-        .caller_got()
-        .find(|m| m.is_response(180))
-        .expect("the caller got the 180");
+    let ringing = outcome.caller_response(180);
     assert!(ringing.header("Require").is_none(), "{}", ringing.text);
     assert!(ringing.header("RSeq").is_none(), "{}", ringing.text);
 }
@@ -408,10 +407,7 @@ fn with_100rel_on_both_legs_each_leg_is_pracked_on_its_own() {
             .count(),
         1
     );
-    let ringing = outcome
-        .caller_got()
-        .find(|m| m.is_response(180))
-        .expect("the caller got the 180");
+    let ringing = outcome.caller_response(180);
     assert_eq!(
         ringing.header("Require"),
         Some("100rel"),
@@ -448,10 +444,7 @@ fn three_forks_ring_the_second_answers_and_the_third_is_acked_and_hung_up() {
 #[test]
 fn an_emergency_invite_with_sdp_and_pidf_lo_reaches_the_callee_with_both_parts() {
     let outcome = Flow::new("caller_multipart", "callee").run();
-    let invite = outcome
-        .callee_got()
-        .find(|m| m.is_request("INVITE"))
-        .expect("the callee got the INVITE");
+    let invite = outcome.callee_request("INVITE");
     assert_eq!(
         invite.header("Content-Type"),
         Some("multipart/mixed;boundary=unique-boundary-1"),
@@ -487,10 +480,7 @@ fn a_reliable_180_after_a_reliable_183_goes_on_once_the_183_is_pracked() {
         rseq(183) + 1,
         "the caller's RSeq space is Bridgehead's, in order"
     );
-    let progress = outcome
-        .caller_got()
-        .find(|m| m.is_response(183))
-        .expect("183");
+    let progress = outcome.caller_response(183);
     assert!(progress.body().contains("m=audio"), "early SDP crossed");
     assert_eq!(
         outcome

@@ -478,15 +478,9 @@ mod tests {
         .is_ok()
     }
 
-    /// True when nobody holds `port` and `port + 1` on loopback.
-    fn is_free(port: u16) -> bool {
-        std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
-            && std::net::UdpSocket::bind(("127.0.0.1", port + 1)).is_ok()
-    }
-
-    #[tokio::test]
-    async fn a_port_prepared_ahead_is_bound_by_the_relay_thread_and_closed_on_release() {
-        let config = MediaConfig {
+    /// A media section on loopback (streams here name their own ports).
+    fn loopback_media() -> MediaConfig {
+        MediaConfig {
             address: "127.0.0.1".parse().unwrap(),
             advertise: "127.0.0.1".into(),
             ports: (20000, 20099),
@@ -495,7 +489,18 @@ mod tests {
             ringback: Default::default(),
             no_ports: Default::default(),
             bound_ahead: crate::config::DEFAULT_BOUND_AHEAD,
-        };
+        }
+    }
+
+    /// True when nobody holds `port` and `port + 1` on loopback.
+    fn is_free(port: u16) -> bool {
+        std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port + 1)).is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_port_prepared_ahead_is_bound_by_the_relay_thread_and_closed_on_release() {
+        let config = loopback_media();
         let relay = Relay::new(&config, Arc::new(|_, _| {}));
         let mut binder = relay.port_binder();
         let port = free_port_pair();
@@ -513,16 +518,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_leg_that_moves_gets_media_at_its_new_address() {
-        let config = MediaConfig {
-            address: "127.0.0.1".parse().unwrap(),
-            advertise: "127.0.0.1".into(),
-            ports: (20000, 20099),
-            strict_source: false,
-            rtp_timeout: 0,
-            ringback: Default::default(),
-            no_ports: Default::default(),
-            bound_ahead: crate::config::DEFAULT_BOUND_AHEAD,
-        };
+        let config = loopback_media();
         let relay = Relay::new(&config, Arc::new(|_, _| {}));
         let bind = || UdpSocket::bind("127.0.0.1:0");
         let (caller, callee, moved) = (bind().await, bind().await, bind().await);
