@@ -944,6 +944,30 @@ impl Profile {
             trunks.extend(check.trunk(raw, &listeners, &trunk_names));
         }
         let media = raw.media.as_ref().and_then(|raw| check.media(raw));
+        if raw.media.is_none() {
+            // What Bridgehead's own media does needs its relay.
+            for trunk in &trunks {
+                let needs = if trunk.early_media.local_ringback() {
+                    Some((
+                        "early_media",
+                        "early_media: ringback and convert_180_to_183",
+                    ))
+                } else if trunk.delayed_offer == DelayedOffer::Convert {
+                    Some(("delayed_offer", "delayed_offer: convert"))
+                } else {
+                    None
+                };
+                if let Some((key, setting)) = needs {
+                    check.error(
+                        check.line_of(key),
+                        format!(
+                            "trunk '{}': {setting} need media anchored (a media section)",
+                            trunk.name
+                        ),
+                    );
+                }
+            }
+        }
         if check.errors.is_empty() {
             Ok(Profile {
                 path: path.to_path_buf(),
@@ -1044,6 +1068,23 @@ trunks:
         );
         let profile = Profile::parse(Path::new("p.yaml"), &new).expect("valid");
         assert_eq!(profile.trunks[0].early_media, EarlyMedia::Convert183To180);
+    }
+
+    #[test]
+    fn settings_that_need_anchored_media_are_refused_without_it() {
+        for setting in ["early_media: ringback", "delayed_offer: convert"] {
+            let text = GOOD.replace(
+                "    route: teams\n",
+                &format!("    route: teams\n    {setting}\n"),
+            );
+            let errors = Profile::parse(Path::new("p.yaml"), &text).expect_err("refused");
+            assert_eq!(errors[0].line, Some(12), "{}", errors[0]);
+            assert!(
+                errors[0].message.contains("need media anchored"),
+                "{}",
+                errors[0]
+            );
+        }
     }
 
     #[test]

@@ -7,6 +7,9 @@ use super::in_dialog::record_routes;
 use super::offer_answer::{carries_sdp, sdp_of};
 use super::*;
 
+/// Forks of one call remembered as hung up (their 2xx retransmissions are only ACKed).
+const MAX_ENDED_FORKS: usize = 16;
+
 /// `convert_183_to_180`: a 181-183 becomes `180 Ringing`. Its SDP goes too, unless the
 /// provisional was reliable: the answer in a reliable provisional is the answer (the 2xx need
 /// not repeat it), while an unreliable one's is repeated in the 2xx (RFC 3261 §13.3.1.4).
@@ -125,6 +128,10 @@ impl B2bua<'_> {
         fork.route_set = routes;
         if first_time {
             tracing::info!(call = %call.id, fork = %tag, "a second fork answered: ACK and BYE");
+            // Bounded: a peer making up tags cannot grow it without end.
+            if call.b_forks_ended.len() == MAX_ENDED_FORKS {
+                call.b_forks_ended.remove(0);
+            }
             call.b_forks_ended.push(tag);
             call.b.local_cseq += 1;
         }
