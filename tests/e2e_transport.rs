@@ -365,7 +365,8 @@ fn accept_within(listener: &TcpListener, wait: Duration) -> (TcpStream, std::net
     }
 }
 
-/// Reads one SIP message (headers and Content-Length bytes of body) from a stream.
+/// Reads one SIP message (headers and Content-Length bytes of body) from a stream, skipping
+/// keep-alive pongs before it.
 fn read_message(stream: &mut TcpStream) -> String {
     stream
         .set_read_timeout(Some(Duration::from_secs(3)))
@@ -373,7 +374,11 @@ fn read_message(stream: &mut TcpStream) -> String {
     let mut data = Vec::new();
     let mut buf = [0u8; 8192];
     loop {
-        let text = String::from_utf8_lossy(&data).into_owned();
+        // CRLFs before a message are keep-alive pongs (RFC 5626 §4.4.1): the answer to a ping
+        // may reach the socket after the message the ping followed.
+        let text = String::from_utf8_lossy(&data)
+            .trim_start_matches(['\r', '\n'])
+            .to_string();
         if let Some((head, body)) = text.split_once("\r\n\r\n") {
             let length: usize = head
                 .lines()
