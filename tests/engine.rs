@@ -2033,6 +2033,10 @@ fn convert_180_to_183_answers_a_silent_180_with_bridgeheads_sdp_in_a_183() {
     let ringback = std::iter::from_fn(|| sim.engine.poll_media())
         .any(|c| matches!(c, MediaCommand::Play { .. }));
     assert!(ringback, "ringback played to the caller");
+    // A later 180 reaches the caller as a 183 too (without SDP: it has its answer).
+    let out = sim.teams_sends(&answer(&b_invite, 180, "Ringing", "t1", ""));
+    assert_eq!(summary(&out), [format!("183->{CORE_PEER}")]);
+    assert!(out[0].1.body.is_empty());
 }
 
 #[test]

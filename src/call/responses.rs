@@ -244,8 +244,16 @@ impl B2bua<'_> {
         if status >= 200 {
             call.a_final = Some(status);
         }
-        if (181..=183).contains(&status) && call.early_media() == EarlyMedia::Convert183To180 {
-            ring_instead(&mut msg);
+        match call.early_media() {
+            EarlyMedia::Convert183To180 if (181..=183).contains(&status) => ring_instead(&mut msg),
+            // After the first (which carried Bridgehead's answer): the caller still hears 183s.
+            EarlyMedia::Convert180To183 if status == 180 && call.local_answer.is_some() => {
+                msg.start = StartLine::Response {
+                    status: 183,
+                    reason: "Session Progress".to_string(),
+                };
+            }
+            _ => {}
         }
         if call.own_offer && status < 200 {
             // The caller made no offer: an early answer to Bridgehead's is not for it.
