@@ -2383,3 +2383,20 @@ fn a_callee_whose_2xx_says_nothing_of_timers_gets_no_refresh() {
     assert!(out.is_empty(), "{:?}", summary(&out));
     assert_eq!(sim.engine.active_calls(), 1);
 }
+
+#[test]
+fn a_callee_asking_for_a_zero_second_session_gets_the_90_second_minimum() {
+    let mut sim = Sim::new();
+    let (_, _, _) = timed_call(
+        &mut sim,
+        "s6@10.1.1.1",
+        "",
+        "Session-Expires: 0;refresher=uac\n",
+    );
+    // Refreshed every 45 s, not at once over and over.
+    let out = sim.advance(Duration::from_secs(44));
+    assert!(out.is_empty(), "{:?}", summary(&out));
+    let out = sim.advance(Duration::from_secs(1));
+    assert_eq!(summary(&out), [format!("UPDATE->{TEAMS_PEER}")]);
+    assert_eq!(h(&out[0].1, "Session-Expires"), Some("90;refresher=uac"));
+}

@@ -31,6 +31,9 @@ pub(crate) enum CallTimer {
     Expire(Leg),
 }
 
+/// The shortest session interval there is (RFC 4028 §4: Min-SE is never below 90 s).
+const MIN_INTERVAL: u32 = 90;
+
 /// The reason on the BYEs of a call whose session timer ran out.
 const EXPIRED: &str = "SIP ;cause=408 ;text=\"Session timer expired\"";
 /// The reason on the BYEs of a call whose refresh was refused or went unanswered.
@@ -171,7 +174,9 @@ impl B2bua<'_> {
     pub(super) fn callee_session(msg: &Message) -> Option<SessionTimer> {
         let (interval, refresher) = session_expires(msg)?;
         Some(SessionTimer {
-            interval,
+            // No session is shorter than 90 s (§4): a callee saying less (0 would have its
+            // refresh due at once, again and again) gets the minimum.
+            interval: interval.max(MIN_INTERVAL),
             refresher: if refresher.as_deref() == Some("uas") {
                 Refresher::Peer
             } else {
