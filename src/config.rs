@@ -128,6 +128,24 @@ pub struct Trunk {
     pub delayed_offer: DelayedOffer,
     /// Session timers (RFC 4028) on the trunk's legs.
     pub session_timer: SessionTimerConfig,
+    /// What a caller's QoS preconditions (RFC 3312) get.
+    pub precondition: Precondition,
+}
+
+/// What an INVITE from a trunk's caller that uses QoS preconditions (RFC 3312: `Require` or
+/// `Supported: precondition`, `a=des:qos` in its offer) gets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precondition {
+    /// Bridgehead takes no part: `Require: precondition` gets 420, and an offer that only
+    /// supports them goes on as it is.
+    #[default]
+    Refuse,
+    /// Bridgehead completes the exchange with the caller itself: it answers the offer in a
+    /// reliable 183 (its own segment ready), waits until the caller says its resources are
+    /// reserved (UPDATE or PRACK), and only then sends the callee the INVITE, its SDP without
+    /// precondition lines (media must be anchored; the trunk's `rel100` not disabled).
+    Terminate,
 }
 
 /// Session timers (RFC 4028) on a trunk's legs: the interval Bridgehead asks for (0: none of
@@ -557,6 +575,8 @@ struct RawTrunk {
     delayed_offer: DelayedOffer,
     #[serde(default)]
     session_timer: SessionTimerConfig,
+    #[serde(default)]
+    precondition: Precondition,
 }
 
 /// How a trunk carries DTMF.
@@ -762,6 +782,15 @@ impl Validator<'_> {
                 ),
             );
         }
+        if raw.precondition == Precondition::Terminate && !raw.rel100.allowed() {
+            self.error(
+                self.line_of("precondition").or(at),
+                format!(
+                    "trunk '{}': precondition: terminate needs reliable provisionals (rel100 not disabled, RFC 3312 §11)",
+                    raw.name
+                ),
+            );
+        }
         if raw.local_ringback.is_some() {
             self.error(
                 self.line_of("local_ringback").or(at),
@@ -796,6 +825,7 @@ impl Validator<'_> {
             multipart: raw.multipart,
             delayed_offer: raw.delayed_offer,
             session_timer: raw.session_timer,
+            precondition: raw.precondition,
             on_script_error,
             params,
             listener,
@@ -954,6 +984,8 @@ impl Profile {
                     ))
                 } else if trunk.delayed_offer == DelayedOffer::Convert {
                     Some(("delayed_offer", "delayed_offer: convert"))
+                } else if trunk.precondition == Precondition::Terminate {
+                    Some(("precondition", "precondition: terminate"))
                 } else {
                     None
                 };
@@ -1072,7 +1104,11 @@ trunks:
 
     #[test]
     fn settings_that_need_anchored_media_are_refused_without_it() {
-        for setting in ["early_media: ringback", "delayed_offer: convert"] {
+        for setting in [
+            "early_media: ringback",
+            "delayed_offer: convert",
+            "precondition: terminate",
+        ] {
             let text = GOOD.replace(
                 "    route: teams\n",
                 &format!("    route: teams\n    {setting}\n"),
@@ -1085,6 +1121,26 @@ trunks:
                 errors[0]
             );
         }
+    }
+
+    #[test]
+    fn preconditions_are_terminated_only_with_reliable_provisionals() {
+        let text = format!(
+            "media:\n  address: 127.0.0.1\n  ports: 30000-30099\n{}",
+            GOOD.replace(
+                "    route: teams\n",
+                "    route: teams\n    precondition: terminate\n    rel100: disabled\n",
+            )
+        );
+        let errors = Profile::parse(Path::new("p.yaml"), &text).expect_err("refused");
+        assert!(
+            errors[0].message.contains("needs reliable provisionals"),
+            "{}",
+            errors[0]
+        );
+        let text = text.replace("    rel100: disabled\n", "");
+        let profile = Profile::parse(Path::new("p.yaml"), &text).expect("valid");
+        assert_eq!(profile.trunks[0].precondition, Precondition::Terminate);
     }
 
     #[test]

@@ -1154,3 +1154,63 @@ fn teams_hears_comfort_noise_while_the_core_is_silent() {
         "no comfort noise while audio flows: {talking:?}"
     );
 }
+
+#[test]
+fn an_ims_caller_with_preconditions_reaches_teams_once_its_bearer_is_up_and_media_flows() {
+    let base = media_range();
+    let profile = profile(base).replace(
+        "    route: teams\n",
+        "    route: teams\n    precondition: terminate\n",
+    );
+    let mut call = MediaCall::start(
+        base,
+        &profile,
+        Scripts {
+            caller: "caller_precondition",
+            ring_ms: 500,
+            talk_ms: 1500,
+            ..Default::default()
+        },
+        Duration::from_millis(1000),
+    );
+    let (caller_rtp, callee_rtp) = call.sockets();
+    for seq in 0..5 {
+        caller_rtp
+            .send_to(&rtp(seq, 8), call.toward_caller())
+            .expect("send");
+        callee_rtp
+            .send_to(&rtp(100 + seq, 8), call.toward_callee())
+            .expect("send");
+    }
+    let at_callee = receive(&callee_rtp, 5, Duration::from_millis(500));
+    let at_caller = receive(&caller_rtp, 5, Duration::from_millis(500));
+    call.finish();
+    let context = || call.context();
+    // The caller scenario checked the 183's conf:qos and the UPDATE's 200; Teams got a plain
+    // offer only after that UPDATE.
+    let invite = first_received(&call.callee, |m| m.is_request("INVITE"));
+    assert!(!invite.body().contains("qos"), "{}", invite.text);
+    assert!(
+        invite
+            .header("Require")
+            .is_none_or(|r| !r.contains("precondition")),
+        "{}",
+        invite.text
+    );
+    let update_sent = call
+        .caller
+        .trace()
+        .into_iter()
+        .position(|m| !m.received && m.is_request("UPDATE"))
+        .expect("the caller's UPDATE");
+    let ringing = call
+        .caller
+        .trace()
+        .into_iter()
+        .position(|m| m.received && m.is_response(180))
+        .expect("the 180");
+    assert!(update_sent < ringing, "Teams rang only after the UPDATE");
+    let seqs = |got: &[(u8, u16, SocketAddr)]| got.iter().map(|(_, s, _)| *s).collect::<Vec<_>>();
+    assert_eq!(seqs(&at_callee), [0, 1, 2, 3, 4], "{}", context());
+    assert_eq!(seqs(&at_caller), [100, 101, 102, 103, 104], "{}", context());
+}

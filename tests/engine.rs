@@ -286,7 +286,7 @@ fn basic_call_hides_topology_and_tags_teams() {
     );
     assert_eq!(
         h(b, "Allow"),
-        Some("INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, NOTIFY")
+        Some("INVITE, ACK, CANCEL, BYE, OPTIONS, PRACK, UPDATE, INFO, NOTIFY")
     );
     assert_eq!(String::from_utf8_lossy(&b.body), SDP.replace('\n', "\r\n"));
     match &b.start {
@@ -2399,4 +2399,181 @@ fn a_callee_asking_for_a_zero_second_session_gets_the_90_second_minimum() {
     let out = sim.advance(Duration::from_secs(1));
     assert_eq!(summary(&out), [format!("UPDATE->{TEAMS_PEER}")]);
     assert_eq!(h(&out[0].1, "Session-Expires"), Some("90;refresher=uac"));
+}
+
+/// An offer from an IMS caller whose QoS preconditions (RFC 3312) are not met yet: its own
+/// segment (local) must be reserved both ways before the callee may ring.
+const QOS_OFFER: &str = "v=0\no=- 1 1 IN IP4 192.0.2.10\ns=-\nc=IN IP4 192.0.2.10\nt=0 0\nm=audio 4000 RTP/AVP 8 101\na=rtpmap:8 PCMA/8000\na=rtpmap:101 telephone-event/8000\na=curr:qos local none\na=curr:qos remote none\na=des:qos mandatory local sendrecv\na=des:qos mandatory remote sendrecv\n";
+
+/// A call with preconditions from the core (its trunk terminating them), media anchored:
+/// returns the simulation and what the caller's INVITE got.
+fn precondition_call(call_id: &str, options: &str) -> (Sim, Vec<(Peer, Message)>) {
+    let default = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/default.lua");
+    let text = format!(
+        "media:\n  address: 127.0.0.1\n  ports: 30000-30099\n{}",
+        profile_with_script(default, "    precondition: terminate", "")
+    );
+    let mut sim = Sim::with_profile(&text);
+    let invite = invite_with_options(call_id, options).replace(SDP, QOS_OFFER);
+    let out = sim.core_sends(&invite);
+    (sim, out)
+}
+
+/// A request from the caller in dialog `to` with an SDP body.
+fn caller_offer(method: &str, call_id: &str, to: &str, cseq: u32, sdp: &str) -> String {
+    caller_in_dialog(method, call_id, to, cseq)
+        .trim_end()
+        .to_string()
+        + &format!("\nContent-Type: application/sdp\n\n{sdp}")
+}
+
+#[test]
+fn an_ims_caller_with_preconditions_reaches_the_callee_once_its_resources_are_reserved() {
+    let call_id = "q1@10.1.1.1";
+    let (mut sim, out) = precondition_call(call_id, "Require: 100rel, precondition\n");
+    // Bridgehead answers at once in a reliable 183; the callee hears nothing yet.
+    assert_eq!(
+        summary(&out),
+        [format!("100->{CORE_PEER}"), format!("183->{CORE_PEER}")]
+    );
+    let progress = out[1].1.clone();
+    assert_eq!(h(&progress, "Require"), Some("100rel"));
+    let rseq = h(&progress, "RSeq").expect("RSeq").to_string();
+    let answer_sdp = String::from_utf8_lossy(&progress.body).into_owned();
+    for line in [
+        "m=audio 30002 RTP/AVP 8 101",
+        "a=curr:qos local sendrecv",
+        "a=curr:qos remote none",
+        "a=des:qos mandatory local sendrecv",
+        "a=des:qos mandatory remote sendrecv",
+        "a=conf:qos remote sendrecv",
+    ] {
+        assert!(answer_sdp.contains(line), "{line} in\n{answer_sdp}");
+    }
+    let to = h(&progress, "To").expect("To").to_string();
+
+    // The PRACK: 200, and still nothing to the callee.
+    let out = sim.core_sends(
+        &caller_prack(&to, &format!("{rseq} 10 INVITE"), 11).replace("r1@10.1.1.1", call_id),
+    );
+    assert_eq!(summary(&out), [format!("200->{CORE_PEER}")]);
+
+    // The caller's bearer is up: its UPDATE says so. Bridgehead answers it (its own segment
+    // and now the caller's are met, nothing more to confirm) and calls the callee, plain SDP.
+    let ready = QOS_OFFER
+        .replace("o=- 1 1", "o=- 1 2")
+        .replace("a=curr:qos local none", "a=curr:qos local sendrecv");
+    let out = sim.core_sends(&caller_offer("UPDATE", call_id, &to, 12, &ready));
+    assert_eq!(
+        summary(&out),
+        [format!("200->{CORE_PEER}"), format!("INVITE->{TEAMS_PEER}")]
+    );
+    let updated = String::from_utf8_lossy(&out[0].1.body).into_owned();
+    assert!(updated.contains("a=curr:qos remote sendrecv"), "{updated}");
+    assert!(!updated.contains("a=conf:qos"), "{updated}");
+    assert!(
+        updated.contains("m=audio 30002 "),
+        "the same port: {updated}"
+    );
+    assert!(
+        updated.contains(" 2 IN IP4 "),
+        "the next origin version: {updated}"
+    );
+    let b = out[1].1.clone();
+    let offer = String::from_utf8_lossy(&b.body).into_owned();
+    assert!(offer.contains("m=audio 30000 RTP/AVP"), "{offer}");
+    assert!(
+        !offer.contains("qos"),
+        "no precondition toward Teams:\n{offer}"
+    );
+    assert!(h(&b, "Require").is_none_or(|r| !r.contains("precondition")));
+
+    // Teams rings: a reliable 180 to the caller; Teams answers: the caller's 200 repeats
+    // Bridgehead's answer.
+    let out = sim.teams_sends(&answer(&b, 180, "Ringing", "t1", ""));
+    assert_eq!(summary(&out), [format!("180->{CORE_PEER}")]);
+    let next: u32 = rseq.parse::<u32>().expect("number") + 1;
+    assert_eq!(h(&out[0].1, "RSeq"), Some(next.to_string().as_str()));
+    let out = sim.core_sends(
+        &caller_prack(&to, &format!("{next} 10 INVITE"), 13).replace("r1@10.1.1.1", call_id),
+    );
+    assert_eq!(summary(&out), [format!("200->{CORE_PEER}")]);
+    let out = sim.teams_sends(&answer(&b, 200, "OK", "t1", SDP));
+    assert_eq!(summary(&out), [format!("200->{CORE_PEER}")]);
+    assert_eq!(String::from_utf8_lossy(&out[0].1.body), updated);
+}
+
+#[test]
+fn an_offer_already_meeting_its_preconditions_calls_the_callee_at_once() {
+    let ready = QOS_OFFER.replace("a=curr:qos local none", "a=curr:qos local sendrecv");
+    let default = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/default.lua");
+    let text = format!(
+        "media:\n  address: 127.0.0.1\n  ports: 30000-30099\n{}",
+        profile_with_script(default, "    precondition: terminate", "")
+    );
+    let mut sim = Sim::with_profile(&text);
+    let invite = invite_with_options("q2@10.1.1.1", "Supported: 100rel, precondition\n")
+        .replace(SDP, &ready);
+    let out = sim.core_sends(&invite);
+    assert_eq!(
+        summary(&out),
+        [
+            format!("100->{CORE_PEER}"),
+            format!("183->{CORE_PEER}"),
+            format!("INVITE->{TEAMS_PEER}")
+        ]
+    );
+    assert!(!String::from_utf8_lossy(&out[1].1.body).contains("conf:qos"));
+}
+
+#[test]
+fn a_caller_waiting_for_preconditions_cancels_or_times_out_without_the_callee_hearing_of_it() {
+    let call_id = "q3@10.1.1.1";
+    let (mut sim, out) = precondition_call(call_id, "Require: 100rel, precondition\n");
+    let to = h(&out[1].1, "To").expect("To").to_string();
+    let cancel = format!(
+        "CANCEL sip:+15550100@sbc.example.com SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bKq310111
+Max-Forwards: 70
+From: \"Alice\" <sip:+15550199@core.example.com>;tag=a1
+To: <sip:+15550100@sbc.example.com>
+Call-ID: {call_id}
+CSeq: 10 CANCEL
+
+"
+    );
+    let out = sim.core_sends(&cancel);
+    assert_eq!(
+        summary(&out),
+        [format!("200->{CORE_PEER}"), format!("487->{CORE_PEER}")],
+        "{to}"
+    );
+    assert_eq!(sim.engine.active_calls(), 0, "the call is over");
+
+    // No UPDATE ever: 580 after 32 s (the 183 was PRACKed), the callee never called.
+    let (mut sim, out) = precondition_call("q4@10.1.1.1", "Require: 100rel, precondition\n");
+    let progress = out[1].1.clone();
+    let to = h(&progress, "To").expect("To").to_string();
+    let rack = format!("{} 10 INVITE", h(&progress, "RSeq").expect("RSeq"));
+    sim.core_sends(&caller_prack(&to, &rack, 11).replace("r1@10.1.1.1", "q4@10.1.1.1"));
+    let out = sim.advance(Duration::from_secs(40));
+    let sent = summary(&out);
+    assert!(sent.contains(&format!("580->{CORE_PEER}")), "{sent:?}");
+    assert!(!sent.iter().any(|s| s.starts_with("INVITE")), "{sent:?}");
+    assert_eq!(sim.engine.active_calls(), 0);
+}
+
+#[test]
+fn preconditions_need_a_trunk_that_terminates_them_and_a_caller_with_100rel() {
+    // The default trunk takes no part: Require gets 420.
+    let mut sim = Sim::new();
+    let invite =
+        invite_with_options("q5@10.1.1.1", "Require: precondition\n").replace(SDP, QOS_OFFER);
+    let out = sim.core_sends(&invite);
+    assert_eq!(summary(&out), [format!("420->{CORE_PEER}")]);
+    assert_eq!(h(&out[0].1, "Unsupported"), Some("precondition"));
+    // A terminating trunk, a caller without 100rel: 421 asking for it.
+    let (_, out) = precondition_call("q6@10.1.1.1", "Require: precondition\n");
+    assert_eq!(summary(&out), [format!("421->{CORE_PEER}")]);
+    assert_eq!(h(&out[0].1, "Require"), Some("100rel"));
 }

@@ -8,7 +8,7 @@ use crate::sip::{Header, HeaderName, Message, Method, StartLine};
 use bytes::Bytes;
 
 /// Methods Bridgehead accepts, as advertised in Allow.
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, NOTIFY";
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, PRACK, UPDATE, INFO, NOTIFY";
 /// Option tags Bridgehead supports (on trunks that allow them).
 pub const SUPPORTED: &str = "100rel, timer";
 /// Body types Bridgehead accepts.

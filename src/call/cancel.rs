@@ -72,7 +72,10 @@ impl B2bua<'_> {
         let terminated = response_to(&request, 487, None, Some(&call.a.local_tag));
         let terminated = self.outgoing(Some(call_key), script, Leg::A, trunk, terminated);
         self.send_response(invite, &terminated, now);
-        if send_cancel {
+        if self.invite_held(call_key) {
+            // The callee never heard of the call (its INVITE waited for preconditions).
+            self.end_call(call_key, "cancel", Some(Leg::A), now);
+        } else if send_cancel {
             self.cancel_b_invite(call_key, now);
         }
     }

@@ -95,12 +95,21 @@ impl B2bua<'_> {
         status: u16,
         now: Instant,
     ) {
-        let Some(request) = self.txns.server(server).and_then(|e| e.request.as_ref()) else {
-            return;
-        };
-        let Some(call) = self.calls.by_key.get_mut(&key) else {
-            return;
-        };
+        self.reply_local_with(key, leg, server, (status, None), now);
+    }
+
+    /// [`B2bua::reply_local`] with an SDP body (Bridgehead's own answer); returns the SDP
+    /// sent.
+    pub(super) fn reply_local_with(
+        &mut self,
+        key: CallKey,
+        leg: Leg,
+        server: TxnId,
+        (status, sdp): (u16, Option<Bytes>),
+        now: Instant,
+    ) -> Option<Bytes> {
+        let request = self.txns.server(server).and_then(|e| e.request.as_ref())?;
+        let call = self.calls.by_key.get_mut(&key)?;
         if server == call.a_invite {
             call.a_final = Some(status);
         }
@@ -115,9 +124,16 @@ impl B2bua<'_> {
                 response.push_header(name, value);
             }
         }
+        if let Some(sdp) = sdp {
+            response.set_header(HeaderName::ContentType, "application/sdp");
+            response.body = sdp;
+        }
         let (script, trunk) = (call.script, dialog.trunk);
-        let response = self.outgoing(Some(key), script, leg, trunk, response);
+        let offered = Some(!request.body.is_empty());
+        let (response, _) =
+            self.outgoing_edited(Some(key), script, leg, trunk, response, Vec::new(), offered);
         self.send_response(server, &response, now);
+        super::offer_answer::sdp_of(&response)
     }
 
     /// Forgets a call after telling its rules how it ended (`on_call_end`).

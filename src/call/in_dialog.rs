@@ -233,6 +233,13 @@ impl B2bua<'_> {
         if matches!(method, Method::Invite | Method::Update) {
             self.session_refreshed(call_key, leg, now);
         }
+        if method == Method::Update && leg == Leg::A && self.terminates_preconditions(call_key) {
+            // The caller's preconditions end here: Bridgehead answers, and the callee's
+            // INVITE goes once they are met.
+            let server = self.create_server(key, msg, from, ServerOwner::Local);
+            self.reply_with_own_answer(call_key, server, now);
+            return;
+        }
         let other_takes_update = self
             .calls
             .by_key

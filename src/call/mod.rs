@@ -6,7 +6,7 @@
 //!
 //! One file per flow: `setup` (requests outside a dialog, a new INVITE, routing and failover),
 //! `responses` (the B-leg INVITE's responses and relayed ones), `reliable` (100rel and PRACK
-//! on each leg), `in_dialog` (ACK, BYE, re-INVITE, UPDATE, INFO...), `cancel`, `offer_answer` (SDP, media anchoring, local ringback),
+//! on each leg), `precondition` (QoS preconditions terminated for the caller), `in_dialog` (ACK, BYE, re-INVITE, UPDATE, INFO...), `cancel`, `offer_answer` (SDP, media anchoring, local ringback),
 //! `dtmf`, `egress` (hooks and header policy on what is sent), `ending` (timeouts, failures,
 //! the end of a call); `build` makes the messages.
 //!
@@ -24,6 +24,7 @@ mod ending;
 mod in_dialog;
 mod inputs;
 mod offer_answer;
+mod precondition;
 mod reliable;
 mod responses;
 mod session_timer;
@@ -425,6 +426,8 @@ pub struct Call {
     /// Each leg's session timer armed last (its key in the call timers): the only one that
     /// counts.
     session_due: [Option<(Instant, u64)>; 2],
+    /// The caller's QoS preconditions, when Bridgehead terminates them.
+    preconditions: Option<precondition::CallerPreconditions>,
 }
 
 /// Bridgehead's reliable provisional responses on the A-leg (RFC 3262 §3): whether they are

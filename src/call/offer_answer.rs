@@ -118,6 +118,41 @@ pub(super) fn own_offer(codecs: &[String], session: u32) -> Bytes {
     Bytes::from(sdp)
 }
 
+/// Bridgehead's own answer to an offer, as if the callee had answered without sending yet
+/// (`c=0.0.0.0`): the offer's first audio stream with a G.711 cut to that G.711 plus
+/// telephone-event and comfort noise, its direction mirrored, without SRTP keys (anchoring
+/// puts Bridgehead's in); every other stream refused. Also tells whether its G.711 is PCMU.
+pub(super) fn own_answer(offer: &Sdp) -> Option<(Sdp, bool)> {
+    let mut sdp = offer.clone();
+    let mut voice = None;
+    for media in sdp.media_mut() {
+        let g711 = media.codecs().into_iter().find(|c| c.is_g711());
+        match g711 {
+            Some(codec) if media.kind() == "audio" && voice.is_none() => {
+                media
+                    .keep_codecs(&[&codec.pt, "telephone-event", "CN"])
+                    .ok()?;
+                media.remove_attribute("crypto");
+                media.set_connection("0.0.0.0").ok()?;
+                // The answer's direction mirrors the offer's (RFC 3264 §6.1).
+                let direction = match media.direction() {
+                    crate::sdp::Direction::SendOnly => crate::sdp::Direction::RecvOnly,
+                    crate::sdp::Direction::RecvOnly => crate::sdp::Direction::SendOnly,
+                    other => other,
+                };
+                media.set_direction(direction);
+                voice = Some(codec.name);
+            }
+            _ => media.set_port(0),
+        }
+    }
+    let pcmu = voice?.eq_ignore_ascii_case("PCMU");
+    if sdp.connection().is_some() {
+        sdp.set_connection("0.0.0.0").ok()?;
+    }
+    Some((sdp, pcmu))
+}
+
 /// Keeps only a trunk's codecs in an offer toward it, in its order. When nothing is in common
 /// but G.711 (the offer has PCMU, the trunk takes PCMA, or the reverse) and media is anchored,
 /// the other G.711 is offered and the relay transcodes. Otherwise a media section with none of
@@ -301,33 +336,7 @@ impl B2bua<'_> {
             return None;
         }
         let offer = self.txns.server(call.a_invite)?.request.as_ref()?;
-        let mut sdp = Sdp::parse(&sdp_of(offer)?).ok()?;
-        let mut voice = None;
-        for media in sdp.media_mut() {
-            let g711 = media.codecs().into_iter().find(|c| c.is_g711());
-            match g711 {
-                Some(codec) if media.kind() == "audio" && voice.is_none() => {
-                    media
-                        .keep_codecs(&[&codec.pt, "telephone-event", "CN"])
-                        .ok()?;
-                    media.remove_attribute("crypto");
-                    media.set_connection("0.0.0.0").ok()?;
-                    // The answer's direction mirrors the offer's (RFC 3264 §6.1).
-                    let direction = match media.direction() {
-                        crate::sdp::Direction::SendOnly => crate::sdp::Direction::RecvOnly,
-                        crate::sdp::Direction::RecvOnly => crate::sdp::Direction::SendOnly,
-                        other => other,
-                    };
-                    media.set_direction(direction);
-                    voice = Some(codec.name);
-                }
-                _ => media.set_port(0),
-            }
-        }
-        let pcmu = voice?.eq_ignore_ascii_case("PCMU");
-        if sdp.connection().is_some() {
-            sdp.set_connection("0.0.0.0").ok()?;
-        }
+        let (sdp, pcmu) = own_answer(&Sdp::parse(&sdp_of(offer)?).ok()?)?;
         let mut ringing = msg.clone();
         if call.early_media() == EarlyMedia::Convert180To183 {
             ringing.start = StartLine::Response {
@@ -344,6 +353,18 @@ impl B2bua<'_> {
     /// PCMA): keeps it, makes the relay give the caller only that G.711 (transcoding if the
     /// callee picks the other), and plays the caller ringback until the callee's media comes.
     pub(super) fn start_local_ringback(&mut self, key: CallKey, answer: Option<Bytes>, pcmu: bool) {
+        if answer.is_none() {
+            return;
+        }
+        self.keep_local_answer(key, answer, pcmu);
+        let ringback = crate::script::MediaAction::PlayRingback { leg: Leg::A };
+        self.play(key, &ringback);
+    }
+
+    /// After the caller got Bridgehead's own answer (`answer`, the SDP sent, with PCMU or
+    /// PCMA): keeps it, and makes the relay give the caller only that G.711 (transcoding if
+    /// the callee picks the other).
+    pub(super) fn keep_local_answer(&mut self, key: CallKey, answer: Option<Bytes>, pcmu: bool) {
         let media_id = self.media_call_id(key);
         let Some(call) = self.calls.by_key.get_mut(&key) else {
             return;
@@ -361,8 +382,6 @@ impl B2bua<'_> {
                 });
             }
         }
-        let ringback = crate::script::MediaAction::PlayRingback { leg: Leg::A };
-        self.play(key, &ringback);
     }
 
     /// The callee's answer to the caller's offer, after Bridgehead answered it itself (local

@@ -139,7 +139,9 @@ impl B2bua<'_> {
             }
         };
         self.txns.server_prack(a_invite);
-        self.reply_local(key, leg, server, 200, now);
+        // With an offer in it, while Bridgehead terminates the caller's preconditions, the
+        // 200 carries Bridgehead's answer.
+        self.reply_with_own_answer(key, server, now);
         if let Some(next) = acknowledged {
             self.provisional_to_caller(key, a_invite, next, now);
         }
@@ -162,7 +164,10 @@ impl B2bua<'_> {
         }
         self.calls.stats.calls_failed += 1;
         self.reply_local(key, Leg::A, server, 504, now);
-        if send_cancel {
+        if self.invite_held(key) {
+            // The callee never heard of the call.
+            self.end_call(key, "timeout", Some(Leg::A), now);
+        } else if send_cancel {
             self.cancel_b_invite(key, now);
         }
     }

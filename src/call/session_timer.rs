@@ -29,6 +29,8 @@ pub(crate) enum CallTimer {
     Refresh(Leg),
     /// The leg's peer did not refresh in time.
     Expire(Leg),
+    /// The caller's QoS preconditions were not met in time (its callee INVITE still held).
+    Reservation,
 }
 
 /// The shortest session interval there is (RFC 4028 §4: Min-SE is never below 90 s).
@@ -80,18 +82,24 @@ impl Calls {
                 return None;
             }
             self.call_timers.remove(&(at, seq));
-            let leg = match timer {
-                CallTimer::Refresh(leg) | CallTimer::Expire(leg) => leg,
-            };
-            let current = self
-                .by_key
-                .get(&key)
-                .is_some_and(|call| call.session_due[leg.index()] == Some((at, seq)));
+            let current = self.by_key.get(&key).is_some_and(|call| match timer {
+                CallTimer::Refresh(leg) | CallTimer::Expire(leg) => {
+                    call.session_due[leg.index()] == Some((at, seq))
+                }
+                CallTimer::Reservation => call.preconditions.as_ref().is_some_and(|p| p.waiting()),
+            });
             if current {
                 return Some((key, timer));
             }
         }
         None
+    }
+
+    /// Arms the wait for a caller's QoS preconditions (it ends at `at`).
+    pub(super) fn arm_reservation_wait(&mut self, key: CallKey, at: Instant) {
+        self.timer_seq += 1;
+        self.call_timers
+            .insert((at, self.timer_seq), (key, CallTimer::Reservation));
     }
 
     /// (Re)arms a leg's session timer from `from`.
@@ -253,6 +261,7 @@ impl B2bua<'_> {
                 self.send_in_dialog(key, leg, refresh, now);
                 self.calls.arm_session(key, leg, now);
             }
+            CallTimer::Reservation => self.on_reservation_timeout(key, now),
             CallTimer::Expire(leg) => {
                 if let Some(call) = self.calls.by_key.get(&key) {
                     tracing::info!(call = %call.id, leg = leg.name(), "session timer expired: hanging up");

@@ -244,6 +244,10 @@ impl B2bua<'_> {
         let required: Vec<&str> = option_tags(msg, &HeaderName::Require)
             .filter(|t| !(t.eq_ignore_ascii_case("100rel") && trunk.rel100.allowed()))
             .filter(|t| !t.eq_ignore_ascii_case("timer"))
+            .filter(|t| {
+                !(t.eq_ignore_ascii_case("precondition")
+                    && trunk.precondition == crate::config::Precondition::Terminate)
+            })
             .collect();
         if !required.is_empty() {
             return Some((420, vec![(HeaderName::Unsupported, required.join(", "))]));
@@ -337,7 +341,11 @@ impl B2bua<'_> {
         let rel100 = rules.profile.trunks[trunk].rel100;
         let caller_requires = has_option(&msg, &HeaderName::Require, "100rel");
         let caller_100rel = caller_requires || has_option(&msg, &HeaderName::Supported, "100rel");
-        if rel100 == Rel100::Required && !caller_100rel {
+        let preconditions =
+            precondition::CallerPreconditions::of_invite(&msg, &rules.profile.trunks[trunk])
+                .filter(|_| rules.profile.media.is_some());
+        // Preconditions need reliable provisionals (RFC 3312 §11).
+        if (rel100 == Rel100::Required || preconditions.is_some()) && !caller_100rel {
             let incoming = Incoming {
                 msg,
                 key,
@@ -363,7 +371,8 @@ impl B2bua<'_> {
             }
         };
         let a_reliable = (rel100.allowed() && caller_100rel).then(|| {
-            let from_the_start = caller_requires || rel100 == Rel100::Required;
+            let from_the_start =
+                caller_requires || rel100 == Rel100::Required || preconditions.is_some();
             ReliableProvisionals::starting_at(
                 self.calls.random.next_u32(),
                 info.cseq,
@@ -444,6 +453,7 @@ impl B2bua<'_> {
             own_offer: false,
             session: [a_session, None],
             session_due: [None, None],
+            preconditions,
         };
         self.calls
             .dialogs
@@ -633,6 +643,9 @@ impl B2bua<'_> {
                 self.reply_local(key, Leg::A, server, status, now);
             }
             self.end_call(key, "error", None, now);
+            return;
+        }
+        if self.hold_for_preconditions(key, &invite, now) {
             return;
         }
         let b_invite = self.start_client(invite, peer, ClientOwner::Invite(key), now);

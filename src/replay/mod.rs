@@ -912,14 +912,26 @@ fn sdp_mismatches(exp: &SdpExpect, msg: &Message) -> Vec<String> {
             problems.push(format!("port {}, not {port}", media.port()));
         }
     }
-    for name in &exp.attributes {
-        if media.attribute(name).is_none() && sdp.attribute(name).is_none() {
-            problems.push(format!("no a={name}"));
+    // `name`, or `name:value` for one attribute of that name with that value.
+    let has = |wanted: &str| {
+        let (name, value) = match wanted.split_once(':') {
+            Some((name, value)) => (name, Some(value)),
+            None => (wanted, None),
+        };
+        let mut values = media.attributes(name).into_iter().chain(sdp.attributes(name));
+        match value {
+            Some(value) => values.any(|v| v == Some(value)),
+            None => values.next().is_some(),
+        }
+    };
+    for wanted in &exp.attributes {
+        if !has(wanted) {
+            problems.push(format!("no a={wanted}"));
         }
     }
-    for name in &exp.absent_attributes {
-        if media.attribute(name).is_some() || sdp.attribute(name).is_some() {
-            problems.push(format!("a={name} should be absent"));
+    for wanted in &exp.absent_attributes {
+        if has(wanted) {
+            problems.push(format!("a={wanted} should be absent"));
         }
     }
     if let Some(wanted) = exp.crypto {

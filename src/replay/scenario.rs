@@ -309,7 +309,8 @@ pub struct SdpExpect {
     /// The media port (m=).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
-    /// Attributes present (media or session level).
+    /// Attributes present (media or session level): a name, or `name:value` for one with
+    /// that value (`curr:qos local sendrecv`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attributes: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
