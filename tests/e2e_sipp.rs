@@ -493,6 +493,25 @@ fn a_reliable_180_after_a_reliable_183_goes_on_once_the_183_is_pracked() {
 }
 
 #[test]
+fn a_callees_offer_in_a_reliable_183_is_answered_in_the_callers_prack_and_crosses_in_bridgeheads() {
+    for transport in [Transport::Udp, Transport::Tcp] {
+        let outcome = Flow::new("caller_prack_answer", "callee_early_offer")
+            .over(transport)
+            .run();
+        // The scenarios checked the 183's offer and the PRACK's answer at each end.
+        let invite = outcome.callee_request("INVITE");
+        assert!(invite.body().is_empty(), "a delayed offer:\n{}", invite.text);
+        let prack = outcome.callee_request("PRACK");
+        assert!(prack.body().contains("m=audio"), "{}", prack.text);
+        let ok = outcome
+            .caller_got()
+            .find(|m| m.is_response(200) && m.header("CSeq") == Some("1 INVITE"))
+            .expect("the caller's 200");
+        assert!(ok.body().is_empty(), "the offer/answer was done:\n{}", ok.text);
+    }
+}
+
+#[test]
 fn hold_and_resume() {
     for transport in [Transport::Udp, Transport::Tcp] {
         let outcome = Flow::new("caller_hold", "callee_hold")

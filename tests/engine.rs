@@ -2577,3 +2577,105 @@ fn preconditions_need_a_trunk_that_terminates_them_and_a_caller_with_100rel() {
     assert_eq!(summary(&out), [format!("421->{CORE_PEER}")]);
     assert_eq!(h(&out[0].1, "Require"), Some("100rel"));
 }
+
+/// A caller with `options` offering nothing (delayed offer), media anchored, Teams' trunk
+/// with `teams_extra`; returns the simulation and the B-leg INVITE.
+fn delayed_offer_call(call_id: &str, options: &str, teams_extra: &str) -> (Sim, Message) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/default.lua");
+    let text = format!(
+        "media:\n  address: 127.0.0.1\n  ports: 30000-30099\n{}",
+        profile_with_script(script, "", teams_extra)
+    );
+    let mut sim = Sim::with_profile(&text);
+    let no_sdp = invite_with_options(call_id, options)
+        .replace("Content-Type: application/sdp\n", "")
+        .replace(&format!("\n\n{SDP}"), "\n\n");
+    let out = sim.core_sends(&no_sdp);
+    let b = b_leg_invite(&out);
+    (sim, b)
+}
+
+/// Teams' offer (it answers a delayed offer in its first reliable provisional).
+const TEAMS_OFFER: &str = "v=0\no=- 7 1 IN IP4 192.0.2.20\ns=-\nc=IN IP4 192.0.2.20\nt=0 0\nm=audio 6000 RTP/AVP 8 0 101\na=rtpmap:8 PCMA/8000\na=rtpmap:0 PCMU/8000\na=rtpmap:101 telephone-event/8000\n";
+
+#[test]
+fn the_callees_offer_in_a_reliable_183_is_answered_in_the_callers_prack_and_crosses_in_bridgeheads()
+{
+    let (mut sim, b) = delayed_offer_call("o1@10.1.1.1", "Supported: 100rel\n", "");
+    assert!(b.body.is_empty(), "relayed as a delayed offer");
+    // Teams offers in a reliable 183: not PRACKed yet, the offer goes to the caller reliably.
+    let out = sim.teams_sends(&reliable_answer(&b, 183, 40, TEAMS_OFFER));
+    assert_eq!(summary(&out), [format!("183->{CORE_PEER}")]);
+    let progress = out[0].1.clone();
+    assert_eq!(h(&progress, "Require"), Some("100rel"));
+    let offer = String::from_utf8_lossy(&progress.body).into_owned();
+    // The first SDP of the call: its ports are the first pair Bridgehead took.
+    assert!(offer.contains("m=audio 30000 RTP/AVP 8 0 101"), "{offer}");
+    // The caller answers in its PRACK: 200, and Teams' PRACK carries the answer, anchored.
+    let to = h(&progress, "To").expect("To").to_string();
+    let rack = format!("{} 10 INVITE", h(&progress, "RSeq").expect("RSeq"));
+    let prack = caller_offer("PRACK", "o1@10.1.1.1", &to, 11, SDP).replace(
+        "CSeq: 11 PRACK\n",
+        &format!("CSeq: 11 PRACK\nRAck: {rack}\n"),
+    );
+    let out = sim.core_sends(&prack);
+    assert_eq!(
+        summary(&out),
+        [format!("200->{CORE_PEER}"), format!("PRACK->{TEAMS_PEER}")]
+    );
+    let teams_prack = &out[1].1;
+    assert_eq!(h(teams_prack, "RAck"), Some("40 1 INVITE"));
+    let answer_sdp = String::from_utf8_lossy(&teams_prack.body).into_owned();
+    assert!(
+        answer_sdp.contains("m=audio 30002 RTP/AVP 8 101"),
+        "{answer_sdp}"
+    );
+    assert!(!answer_sdp.contains("192.0.2.10"), "anchored: {answer_sdp}");
+    // The answer came early: the 200s carry no SDP.
+    let out = sim.teams_sends(&answer(&b, 200, "OK", "t1", ""));
+    assert_eq!(summary(&out), [format!("200->{CORE_PEER}")]);
+    assert!(out[0].1.body.is_empty());
+}
+
+#[test]
+fn the_callees_early_offer_toward_a_caller_without_100rel_is_answered_by_bridgehead_and_offered_in_the_200(
+) {
+    let (mut sim, b) = delayed_offer_call("o2@10.1.1.1", "", "");
+    // Bridgehead answers Teams' offer in its PRACK (the first G.711); the caller, which
+    // cannot answer in a provisional, gets the 183 without SDP.
+    let out = sim.teams_sends(&reliable_answer(&b, 183, 40, TEAMS_OFFER));
+    assert_eq!(
+        summary(&out),
+        [format!("PRACK->{TEAMS_PEER}"), format!("183->{CORE_PEER}")]
+    );
+    let own = String::from_utf8_lossy(&out[0].1.body).into_owned();
+    assert!(own.contains("m=audio 30000 RTP/AVP 8 101"), "{own}");
+    assert!(out[1].1.body.is_empty());
+    // Teams' 200 has no SDP (its offer was answered): the caller gets Teams' offer in its 200.
+    let out = sim.teams_sends(&answer(&b, 200, "OK", "t1", ""));
+    assert_eq!(summary(&out), [format!("200->{CORE_PEER}")]);
+    let offer = String::from_utf8_lossy(&out[0].1.body).into_owned();
+    assert!(offer.contains("m=audio 30002 RTP/AVP 8 0 101"), "{offer}");
+    // Its answer in the ACK stays at Bridgehead.
+    let to = h(&out[0].1, "To").expect("To").to_string();
+    let ack = caller_offer("ACK", "o2@10.1.1.1", &to, 10, SDP);
+    let out = sim.core_sends(&ack);
+    assert_eq!(summary(&out), [format!("ACK->{TEAMS_PEER}")]);
+    assert!(out[0].1.body.is_empty());
+}
+
+#[test]
+fn a_callee_answering_bridgeheads_offer_only_in_a_reliable_183_still_gives_the_caller_an_offer() {
+    let (mut sim, b) = delayed_offer_call("o3@10.1.1.1", "", "    delayed_offer: convert");
+    assert!(!b.body.is_empty(), "Bridgehead's offer");
+    let teams_answer = TEAMS_OFFER.replace("RTP/AVP 8 0 101", "RTP/AVP 8 101");
+    let out = sim.teams_sends(&reliable_answer(&b, 183, 40, &teams_answer));
+    assert_eq!(
+        summary(&out),
+        [format!("PRACK->{TEAMS_PEER}"), format!("183->{CORE_PEER}")]
+    );
+    assert!(out[0].1.body.is_empty(), "an answer is not answered");
+    let out = sim.teams_sends(&answer(&b, 200, "OK", "t1", ""));
+    let offer = String::from_utf8_lossy(&out[0].1.body).into_owned();
+    assert!(offer.contains("m=audio 30002 RTP/AVP 8 101"), "{offer}");
+}

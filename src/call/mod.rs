@@ -426,6 +426,13 @@ pub struct Call {
     /// Each leg's session timer armed last (its key in the call timers): the only one that
     /// counts.
     session_due: [Option<(Instant, u64)>; 2],
+    /// The SDP of the callee's first reliable provisional response with one, when Bridgehead
+    /// made the INVITE's offer or there was none: the caller's offer in the 2xx, should the
+    /// callee's 2xx carry none.
+    b_early_sdp: Option<Bytes>,
+    /// The RAck of the callee's reliable provisional with an offer, not PRACKed until the
+    /// caller answers that offer in its own PRACK.
+    b_prack_deferred: Option<String>,
     /// The caller's QoS preconditions, when Bridgehead terminates them.
     preconditions: Option<precondition::CallerPreconditions>,
 }
@@ -444,6 +451,9 @@ struct ReliableProvisionals {
     invite_cseq: u32,
     /// The last one sent waits for its PRACK.
     awaiting: bool,
+    /// The RAck of the callee's reliable provisional whose offer the one waiting carries:
+    /// the callee's PRACK goes with the caller's answer (RFC 3262 §5).
+    b_prack: Option<String>,
     queued: VecDeque<Message>,
 }
 

@@ -4,6 +4,7 @@
 //! PRACKed. Either leg may use them while the other does not.
 
 use super::in_dialog::OwnRequest;
+use super::offer_answer::{own_answer, sdp_of};
 use super::*;
 
 /// What a provisional response from the callee is, as far as reliability goes.
@@ -25,6 +26,7 @@ impl ReliableProvisionals {
             rseq: random & 0x3fff_ffff,
             invite_cseq,
             awaiting: false,
+            b_prack: None,
             queued: VecDeque::new(),
         }
     }
@@ -76,7 +78,37 @@ impl B2bua<'_> {
             reliable.active = true;
         }
         let rack = format!("{rseq} {} INVITE", call.b.invite_cseq);
-        let prack = OwnRequest::new(Method::Prack).with_headers(vec![(HeaderName::RAck, rack)]);
+        let mut prack = OwnRequest::new(Method::Prack);
+        if let Some(sdp) = sdp_of(msg).filter(|_| call.b_early_sdp.is_none()) {
+            let invite_offered = self
+                .txns
+                .client(call.b_invite)
+                .and_then(|entry| entry.request.as_ref())
+                .is_some_and(super::offer_answer::carries_sdp);
+            // The callee's first SDP in a reliable provisional: the answer to Bridgehead's own
+            // offer, or, when the INVITE carried none, the callee's offer, answered in the
+            // PRACK (RFC 3262 §5).
+            call.b_early_sdp = Some(sdp.clone());
+            if !invite_offered {
+                if call.a_reliable.is_some() {
+                    // The caller answers it in its PRACK of the provisional it goes on in.
+                    call.b_prack_deferred = Some(rack);
+                    return CalleeProvisional::New;
+                }
+                // The caller cannot answer in a provisional: Bridgehead does, and the offer
+                // goes to the caller in the 2xx (its answer in the ACK stays here).
+                call.own_offer = true;
+                match Sdp::parse(&sdp).ok().as_ref().and_then(own_answer) {
+                    Some((answer, _)) => {
+                        prack = prack.with_body("application/sdp", Bytes::from(answer.to_bytes()));
+                    }
+                    None => {
+                        tracing::warn!(call = %call.id, "the callee's early offer has no G.711 to answer: PRACKed without an answer");
+                    }
+                }
+            }
+        }
+        let prack = prack.with_headers(vec![(HeaderName::RAck, rack)]);
         self.send_in_dialog(key, Leg::B, prack, now);
         CalleeProvisional::New
     }
@@ -90,13 +122,11 @@ impl B2bua<'_> {
         mut response: Message,
         now: Instant,
     ) {
-        let reliable = self
-            .calls
-            .by_key
-            .get_mut(&key)
-            .and_then(|call| call.a_reliable.as_mut())
-            .filter(|reliable| reliable.active);
-        let Some(reliable) = reliable else {
+        let Some(call) = self.calls.by_key.get_mut(&key) else {
+            return;
+        };
+        let call_deferred = &mut call.b_prack_deferred;
+        let Some(reliable) = call.a_reliable.as_mut().filter(|r| r.active) else {
             self.send_response(server, &response, now);
             return;
         };
@@ -106,6 +136,10 @@ impl B2bua<'_> {
         }
         reliable.rseq = reliable.rseq.wrapping_add(1);
         reliable.awaiting = true;
+        if super::offer_answer::carries_sdp(&response) {
+            // The callee's offer: its PRACK waits for the caller's answer to this one.
+            reliable.b_prack = call_deferred.take();
+        }
         response.push_header(HeaderName::Require, "100rel".to_string());
         response.push_header(HeaderName::RSeq, reliable.rseq.to_string());
         self.txns.send_reliable_provisional(server, &response, now);
@@ -126,12 +160,12 @@ impl B2bua<'_> {
             return;
         };
         let a_invite = call.a_invite;
-        let acknowledged = match (leg, call.a_reliable.as_mut(), rack) {
+        let (acknowledged, b_prack) = match (leg, call.a_reliable.as_mut(), rack) {
             (Leg::A, Some(reliable), Some((rseq, cseq, true)))
                 if reliable.awaiting && rseq == reliable.rseq && cseq == reliable.invite_cseq =>
             {
                 reliable.awaiting = false;
-                reliable.queued.pop_front()
+                (reliable.queued.pop_front(), reliable.b_prack.take())
             }
             _ => {
                 self.reply_local(key, leg, server, 481, now);
@@ -139,9 +173,27 @@ impl B2bua<'_> {
             }
         };
         self.txns.server_prack(a_invite);
+        // The callee's early offer went to the caller: its answer (read before the PRACK's
+        // transaction lets its request go) goes in the callee's PRACK.
+        let answer = b_prack
+            .is_some()
+            .then(|| {
+                self.txns
+                    .server(server)
+                    .and_then(|e| sdp_of(e.request.as_ref()?))
+            })
+            .flatten();
         // With an offer in it, while Bridgehead terminates the caller's preconditions, the
         // 200 carries Bridgehead's answer.
         self.reply_with_own_answer(key, server, now);
+        if let Some(rack) = b_prack {
+            let mut prack = OwnRequest::new(Method::Prack);
+            if let Some(answer) = answer {
+                prack = prack.with_body("application/sdp", answer);
+            }
+            let prack = prack.with_headers(vec![(HeaderName::RAck, rack)]);
+            self.send_in_dialog(key, Leg::B, prack, now);
+        }
         if let Some(next) = acknowledged {
             self.provisional_to_caller(key, a_invite, next, now);
         }

@@ -218,6 +218,14 @@ impl B2bua<'_> {
                 return;
             }
             call.state = CallState::Answered { at: now };
+            if call.own_offer && !carries_sdp(&msg) {
+                // The callee completed its offer/answer in a reliable provisional: the caller,
+                // which made no offer, gets the callee's SDP as its offer.
+                if let Some(sdp) = call.b_early_sdp.clone() {
+                    msg.set_header(HeaderName::ContentType, "application/sdp");
+                    msg.body = sdp;
+                }
+            }
             call.session[Leg::B.index()] = B2bua::callee_session(&msg);
             call.pending_ack = Some(PendingAck {
                 from: Leg::A,

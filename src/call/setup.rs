@@ -453,6 +453,8 @@ impl B2bua<'_> {
             own_offer: false,
             session: [a_session, None],
             session_due: [None, None],
+            b_early_sdp: None,
+            b_prack_deferred: None,
             preconditions,
         };
         self.calls

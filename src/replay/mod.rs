@@ -918,7 +918,10 @@ fn sdp_mismatches(exp: &SdpExpect, msg: &Message) -> Vec<String> {
             Some((name, value)) => (name, Some(value)),
             None => (wanted, None),
         };
-        let mut values = media.attributes(name).into_iter().chain(sdp.attributes(name));
+        let mut values = media
+            .attributes(name)
+            .into_iter()
+            .chain(sdp.attributes(name));
         match value {
             Some(value) => values.any(|v| v == Some(value)),
             None => values.next().is_some(),
