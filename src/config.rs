@@ -186,6 +186,11 @@ pub enum DelayedOffer {
     /// goes to the caller as the offer in its 2xx, and the caller's answer in its ACK is
     /// anchored and not relayed.
     Convert,
+    /// Every INVITE goes without SDP, for a peer that wants to make the offer itself: the
+    /// caller's offer stays at Bridgehead (anchored), the callee's offer (in its 2xx or a
+    /// reliable 18x) is answered by Bridgehead from the caller's (in the ACK or PRACK), and
+    /// the caller gets the callee's offer cut to its own codecs as its answer.
+    Always,
 }
 
 /// What a multipart body (RFC 5621: SDP beside a PIDF-LO location, an ISUP message…) becomes

@@ -1214,3 +1214,56 @@ fn an_ims_caller_with_preconditions_reaches_teams_once_its_bearer_is_up_and_medi
     assert_eq!(seqs(&at_callee), [0, 1, 2, 3, 4], "{}", context());
     assert_eq!(seqs(&at_caller), [100, 101, 102, 103, 104], "{}", context());
 }
+
+#[test]
+fn toward_a_trunk_wanting_delayed_offer_the_callee_offers_in_its_200_and_media_flows() {
+    let base = media_range();
+    let profile = profile(base).replace(
+        "    route: core\n",
+        "    route: core\n    delayed_offer: always\n",
+    );
+    let mut call = MediaCall::start(
+        base,
+        &profile,
+        Scripts {
+            talk_ms: 1500,
+            ..Default::default()
+        },
+        Duration::from_millis(500),
+    );
+    let (caller_rtp, callee_rtp) = call.sockets();
+    for seq in 0..5 {
+        caller_rtp
+            .send_to(&rtp(seq, 8), call.toward_caller())
+            .expect("send");
+        callee_rtp
+            .send_to(&rtp(100 + seq, 8), call.toward_callee())
+            .expect("send");
+    }
+    let at_callee = receive(&callee_rtp, 5, Duration::from_millis(500));
+    let at_caller = receive(&caller_rtp, 5, Duration::from_millis(500));
+    call.finish();
+    let context = || call.context();
+    let invite = first_received(&call.callee, |m| m.is_request("INVITE"));
+    assert!(
+        invite.body().is_empty(),
+        "no offer to Teams:\n{}",
+        invite.text
+    );
+    let ack = first_received(&call.callee, |m| m.is_request("ACK"));
+    assert!(
+        ack.body().contains(&format!("m=audio {base} RTP/AVP 8")),
+        "Bridgehead's answer in the ACK:\n{}",
+        ack.text
+    );
+    let ok = first_received(&call.caller, |m| m.is_response(200));
+    assert!(
+        ok.body()
+            .contains(&format!("m=audio {} RTP/AVP 8", base + 2)),
+        "the caller's answer:\n{}",
+        ok.text
+    );
+    let seqs = |got: &[(u8, u16, SocketAddr)]| got.iter().map(|(_, s, _)| *s).collect::<Vec<_>>();
+    assert_eq!(seqs(&at_callee), [0, 1, 2, 3, 4], "{}", context());
+    assert_eq!(seqs(&at_caller), [100, 101, 102, 103, 104], "{}", context());
+}

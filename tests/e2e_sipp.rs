@@ -500,14 +500,22 @@ fn a_callees_offer_in_a_reliable_183_is_answered_in_the_callers_prack_and_crosse
             .run();
         // The scenarios checked the 183's offer and the PRACK's answer at each end.
         let invite = outcome.callee_request("INVITE");
-        assert!(invite.body().is_empty(), "a delayed offer:\n{}", invite.text);
+        assert!(
+            invite.body().is_empty(),
+            "a delayed offer:\n{}",
+            invite.text
+        );
         let prack = outcome.callee_request("PRACK");
         assert!(prack.body().contains("m=audio"), "{}", prack.text);
         let ok = outcome
             .caller_got()
             .find(|m| m.is_response(200) && m.header("CSeq") == Some("1 INVITE"))
             .expect("the caller's 200");
-        assert!(ok.body().is_empty(), "the offer/answer was done:\n{}", ok.text);
+        assert!(
+            ok.body().is_empty(),
+            "the offer/answer was done:\n{}",
+            ok.text
+        );
     }
 }
 

@@ -2679,3 +2679,70 @@ fn a_callee_answering_bridgeheads_offer_only_in_a_reliable_183_still_gives_the_c
     let offer = String::from_utf8_lossy(&out[0].1.body).into_owned();
     assert!(offer.contains("m=audio 30002 RTP/AVP 8 101"), "{offer}");
 }
+
+/// Teams' offer with telephone-event on 96 (the caller's is on 101).
+const TEAMS_OFFER_96: &str = "v=0\no=- 7 1 IN IP4 192.0.2.20\ns=-\nc=IN IP4 192.0.2.20\nt=0 0\nm=audio 6000 RTP/AVP 0 8 96\na=rtpmap:0 PCMU/8000\na=rtpmap:8 PCMA/8000\na=rtpmap:96 telephone-event/8000\n";
+
+/// A call from the core offering [`SDP`] toward a Teams trunk with `delayed_offer: always`.
+fn withheld_offer_call(call_id: &str) -> (Sim, Message) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/default.lua");
+    let text = format!(
+        "media:\n  address: 127.0.0.1\n  ports: 30000-30099\n{}",
+        profile_with_script(script, "", "    delayed_offer: always")
+    );
+    let mut sim = Sim::with_profile(&text);
+    let out = sim.core_sends(&invite_with_options(call_id, ""));
+    (sim, b_leg_invite(&out))
+}
+
+#[test]
+fn toward_a_trunk_wanting_delayed_offer_the_callee_offers_in_its_200_and_bridgehead_answers_both() {
+    let (mut sim, b) = withheld_offer_call("w1@10.1.1.1");
+    assert!(b.body.is_empty(), "no offer toward the trunk");
+    assert!(h(&b, "Content-Type").is_none());
+    // Teams offers in its 200: the caller's answer is it, cut to the caller's codecs, on
+    // Bridgehead's port, in the caller's payload types.
+    let out = sim.teams_sends(&answer(&b, 200, "OK", "t1", TEAMS_OFFER_96));
+    assert_eq!(summary(&out), [format!("200->{CORE_PEER}")]);
+    let to_caller = String::from_utf8_lossy(&out[0].1.body).into_owned();
+    assert!(
+        to_caller.contains("m=audio 30002 RTP/AVP 8 101\r\n"),
+        "{to_caller}"
+    );
+    assert!(!to_caller.contains("192.0.2.20"), "{to_caller}");
+    // The caller's ACK: Teams' carries Bridgehead's answer, in Teams' payload types.
+    let to = h(&out[0].1, "To").expect("To").to_string();
+    let out = sim.core_sends(&caller_in_dialog("ACK", "w1@10.1.1.1", &to, 10));
+    assert_eq!(summary(&out), [format!("ACK->{TEAMS_PEER}")]);
+    let to_teams = String::from_utf8_lossy(&out[0].1.body).into_owned();
+    assert_eq!(h(&out[0].1, "Content-Type"), Some("application/sdp"));
+    assert!(
+        to_teams.contains("m=audio 30000 RTP/AVP 8 96\r\n"),
+        "{to_teams}"
+    );
+    assert!(to_teams.contains("c=IN IP4 127.0.0.1\r\n"), "{to_teams}");
+    assert!(!to_teams.contains("192.0.2.10"), "{to_teams}");
+}
+
+#[test]
+fn toward_a_trunk_wanting_delayed_offer_an_offer_in_a_reliable_183_is_answered_in_the_prack() {
+    let (mut sim, b) = withheld_offer_call("w2@10.1.1.1");
+    let out = sim.teams_sends(&reliable_answer(&b, 183, 9, TEAMS_OFFER_96));
+    assert_eq!(
+        summary(&out),
+        [format!("183->{CORE_PEER}"), format!("PRACK->{TEAMS_PEER}")]
+    );
+    let in_prack = String::from_utf8_lossy(&out[1].1.body).into_owned();
+    assert!(
+        in_prack.contains("m=audio 30000 RTP/AVP 8 96\r\n"),
+        "{in_prack}"
+    );
+    let early = String::from_utf8_lossy(&out[0].1.body).into_owned();
+    assert!(early.contains("m=audio 30002 RTP/AVP 8 101\r\n"), "{early}");
+    // Teams' 200 without SDP: the caller's 200 repeats its answer; the ACK carries none.
+    let out = sim.teams_sends(&answer(&b, 200, "OK", "t1", ""));
+    assert_eq!(String::from_utf8_lossy(&out[0].1.body), early);
+    let to = h(&out[0].1, "To").expect("To").to_string();
+    let out = sim.core_sends(&caller_in_dialog("ACK", "w2@10.1.1.1", &to, 10));
+    assert!(out[0].1.body.is_empty(), "answered in the PRACK");
+}

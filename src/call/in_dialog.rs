@@ -31,6 +31,7 @@ pub(super) fn contact_uri(msg: &Message) -> Option<String> {
 
 /// A request Bridgehead sends on its own in a dialog: the method, extra headers, an optional
 /// body (content type, bytes), and who waits for its outcome.
+#[derive(Debug)]
 pub(super) struct OwnRequest<'b> {
     method: Method,
     headers: Vec<(HeaderName, String)>,
@@ -95,6 +96,23 @@ impl B2bua<'_> {
         if let Some(from) = from {
             copy_crossing(from, &mut ack);
         }
+        let withheld_answer = (leg == Leg::B)
+            .then(|| {
+                self.calls
+                    .by_key
+                    .get_mut(&key)
+                    .and_then(|c| c.callee_answer_due.take())
+            })
+            .flatten();
+        if let Some(answer) = withheld_answer {
+            // The callee offered in its 2xx (its INVITE had none): Bridgehead's answer.
+            ack.set_header(HeaderName::ContentType, "application/sdp");
+            ack.body = answer;
+        }
+        let Some(call) = self.calls.by_key.get(&key) else {
+            return;
+        };
+        let dialog = call.leg(leg);
         let (peer, trunk, script, own_offer) =
             (dialog.peer, dialog.trunk, call.script, call.own_offer);
         let mut ack = self.outgoing(Some(key), script, leg, trunk, ack);

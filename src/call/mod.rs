@@ -433,6 +433,15 @@ pub struct Call {
     /// The RAck of the callee's reliable provisional with an offer, not PRACKed until the
     /// caller answers that offer in its own PRACK.
     b_prack_deferred: Option<String>,
+    /// The caller's offer was withheld from the callee (`delayed_offer: always`): the callee
+    /// offers in its response, and Bridgehead answers both.
+    offer_withheld: bool,
+    /// With the offer withheld: Bridgehead's answer to the caller's offer, made from the
+    /// callee's offer (every response with SDP, and the 2xx, carries it).
+    caller_answer: Option<Bytes>,
+    /// With the offer withheld: Bridgehead's answer to the callee's offer, until it goes in
+    /// the PRACK of the provisional that carried the offer, or the ACK of the 2xx.
+    callee_answer_due: Option<Bytes>,
     /// The caller's QoS preconditions, when Bridgehead terminates them.
     preconditions: Option<precondition::CallerPreconditions>,
 }

@@ -71,6 +71,94 @@ pub(super) fn keep_sdp_only(msg: &mut Message) {
     }
 }
 
+/// Takes the SDP out of a message (`delayed_offer: always`): an SDP body goes; a multipart
+/// body loses its SDP part (the others stay), or goes when that was its only part.
+pub(super) fn remove_sdp(msg: &mut Message) {
+    let multipart = msg
+        .header_str(&HeaderName::ContentType)
+        .filter(|content_type| is_multipart(content_type))
+        .and_then(|content_type| Multipart::parse(content_type, &msg.body));
+    if let Some(mut multipart) = multipart {
+        if let Some(index) = multipart.sdp_index() {
+            multipart.parts.remove(index);
+        }
+        if !multipart.parts.is_empty() {
+            msg.body = multipart.to_bytes();
+            return;
+        }
+    }
+    msg.remove_header(&HeaderName::ContentType);
+    msg.body = Bytes::new();
+}
+
+/// Cuts `media` to the codecs of `other` (by name; telephone-event and CN only beside a voice
+/// codec). With no voice codec in common but a G.711 on each side, the first G.711 stays when
+/// the relay can transcode (`anchored`). Refuses the stream (port 0) when nothing is left.
+fn keep_common_codecs(media: &mut crate::sdp::Media, other: &crate::sdp::Media, anchored: bool) {
+    let theirs = other.codecs();
+    let voice = |name: &str| {
+        !name.eq_ignore_ascii_case("telephone-event") && !name.eq_ignore_ascii_case("CN")
+    };
+    let mut kept: Vec<String> = media
+        .codecs()
+        .iter()
+        .filter(|c| theirs.iter().any(|t| t.name.eq_ignore_ascii_case(&c.name)))
+        .map(|c| c.pt.clone())
+        .collect();
+    let has_voice = media
+        .codecs()
+        .iter()
+        .any(|c| kept.contains(&c.pt) && voice(&c.name));
+    if !has_voice {
+        kept.retain(|pt| {
+            !media
+                .codecs()
+                .iter()
+                .any(|c| c.pt == *pt && !voice(&c.name))
+        });
+        let g711 = media.codecs().into_iter().find(|c| c.is_g711());
+        if let Some(g711) = g711.filter(|_| anchored && theirs.iter().any(|t| t.is_g711())) {
+            kept.push(g711.pt);
+        }
+    }
+    let kept: Vec<&str> = kept.iter().map(String::as_str).collect();
+    if kept.is_empty() || media.kind() != other.kind() || media.keep_codecs(&kept).is_err() {
+        media.set_port(0);
+    }
+}
+
+/// The two answers Bridgehead gives when it withheld the caller's offer from the callee
+/// (`delayed_offer: always`) and the callee offered in turn: to the caller, the callee's offer
+/// cut to the caller's codecs; to the callee, the caller's offer cut to the callee's codecs,
+/// its direction the mirror of the callee's. Each stays in its sender's terms (addresses,
+/// payload types), which anchoring then translates (`anchored`: media is). None when the two
+/// have not the same media sections.
+pub(super) fn answers_to_withheld_offer(
+    caller: &Sdp,
+    callee: &Sdp,
+    anchored: bool,
+) -> Option<(Sdp, Sdp)> {
+    if caller.media().len() != callee.media().len() {
+        return None;
+    }
+    let mut to_caller = callee.clone();
+    for (media, offered) in to_caller.media_mut().iter_mut().zip(caller.media()) {
+        keep_common_codecs(media, offered, anchored);
+    }
+    let mut to_callee = caller.clone();
+    for (media, offered) in to_callee.media_mut().iter_mut().zip(callee.media()) {
+        keep_common_codecs(media, offered, anchored);
+        let direction = match offered.direction() {
+            crate::sdp::Direction::SendOnly => crate::sdp::Direction::RecvOnly,
+            crate::sdp::Direction::RecvOnly => crate::sdp::Direction::SendOnly,
+            crate::sdp::Direction::Inactive => crate::sdp::Direction::Inactive,
+            crate::sdp::Direction::SendRecv => media.direction(),
+        };
+        media.set_direction(direction);
+    }
+    Some((to_caller, to_callee))
+}
+
 /// The codecs Bridgehead can offer by name: name, payload type, rtpmap, fmtp.
 const OFFERABLE: [(&str, u8, &str, Option<&str>); 6] = [
     ("PCMA", 8, "PCMA/8000", None),
@@ -212,6 +300,57 @@ pub(super) fn sdp_kind(msg: &Message, request_had_sdp: Option<bool>) -> &'static
 }
 
 impl B2bua<'_> {
+    /// With the caller's offer withheld from the callee (`delayed_offer: always`), a response
+    /// from the callee: its first SDP is its offer, for which Bridgehead makes both answers
+    /// (the callee's goes in the PRACK or the ACK); the response then carries the caller's
+    /// answer, as does a 2xx without SDP.
+    pub(super) fn answer_withheld_offer(&mut self, key: CallKey, msg: &mut Message) {
+        let Some(call) = self.calls.by_key.get(&key).filter(|c| c.offer_withheld) else {
+            return;
+        };
+        let (a_invite, first) = (call.a_invite, call.caller_answer.is_none());
+        if first {
+            let caller = self
+                .txns
+                .server(a_invite)
+                .and_then(|e| sdp_of(e.request.as_ref()?))
+                .and_then(|sdp| Sdp::parse(&sdp).ok());
+            let callee = sdp_of(msg).and_then(|sdp| Sdp::parse(&sdp).ok());
+            let (Some(caller), Some(callee)) = (caller, callee) else {
+                return;
+            };
+            let Some(call) = self.calls.by_key.get_mut(&key) else {
+                return;
+            };
+            let anchored = self.calls.media_ports.is_some() && !call.unanchored;
+            match answers_to_withheld_offer(&caller, &callee, anchored) {
+                Some((to_caller, to_callee)) => {
+                    call.caller_answer = Some(Bytes::from(to_caller.to_bytes()));
+                    call.callee_answer_due = Some(Bytes::from(to_callee.to_bytes()));
+                }
+                None => {
+                    tracing::warn!(call = %call.id, "the callee's offer has other media sections than the caller's: relayed as it is");
+                    return;
+                }
+            }
+        }
+        let Some(answer) = self
+            .calls
+            .by_key
+            .get(&key)
+            .and_then(|c| c.caller_answer.clone())
+        else {
+            return;
+        };
+        let is_2xx = msg.status().is_some_and(|s| (200..300).contains(&s));
+        if carries_sdp(msg) || is_2xx {
+            if !carries_sdp(msg) {
+                msg.set_header(HeaderName::ContentType, "application/sdp");
+            }
+            replace_sdp(msg, answer);
+        }
+    }
+
     /// Anchors an SDP about to be sent on `leg` of a call: Bridgehead's ports facing that leg,
     /// the other leg's addresses learned; the relay is told what changed.
     pub(super) fn anchor_media(&mut self, key: CallKey, leg: Leg, sdp: &mut Sdp) {

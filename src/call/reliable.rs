@@ -4,14 +4,17 @@
 //! PRACKed. Either leg may use them while the other does not.
 
 use super::in_dialog::OwnRequest;
-use super::offer_answer::{own_answer, sdp_of};
+use super::offer_answer::{carries_sdp, own_answer, sdp_of};
 use super::*;
 
 /// What a provisional response from the callee is, as far as reliability goes.
-#[derive(Debug, PartialEq, Eq)]
 pub(super) enum CalleeProvisional {
     /// Not reliable, or reliable and new (PRACKed): it goes on.
     New,
+    /// Reliable, new, and carrying the callee's offer to an INVITE Bridgehead sent without
+    /// the caller's (`delayed_offer: always`): it goes on, then its PRACK with Bridgehead's
+    /// answer (anchoring the provisional first teaches the relay the callee's payload types).
+    Offer(OwnRequest<'static>),
     /// A reliable one already seen (or out of sequence): dropped (RFC 3262 §4).
     Repeated,
 }
@@ -79,7 +82,16 @@ impl B2bua<'_> {
         }
         let rack = format!("{rseq} {} INVITE", call.b.invite_cseq);
         let mut prack = OwnRequest::new(Method::Prack);
-        if let Some(sdp) = sdp_of(msg).filter(|_| call.b_early_sdp.is_none()) {
+        if call.offer_withheld {
+            // The callee's offer to the INVITE Bridgehead sent without the caller's: its
+            // answer goes in the PRACK, when this provisional carried the offer.
+            if let Some(answer) = call.callee_answer_due.take().filter(|_| carries_sdp(msg)) {
+                let prack = OwnRequest::new(Method::Prack)
+                    .with_body("application/sdp", answer)
+                    .with_headers(vec![(HeaderName::RAck, rack)]);
+                return CalleeProvisional::Offer(prack);
+            }
+        } else if let Some(sdp) = sdp_of(msg).filter(|_| call.b_early_sdp.is_none()) {
             let invite_offered = self
                 .txns
                 .client(call.b_invite)

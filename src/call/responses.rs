@@ -186,6 +186,8 @@ impl B2bua<'_> {
         };
         // Headers `on_early_media` set (they cross whatever the header policy says).
         let mut touched = Vec::new();
+        // The PRACK of a provisional carrying the callee's offer, sent once it went on.
+        let mut prack_after = None;
         let Some(call) = self.calls.by_key.get_mut(&key) else {
             return;
         };
@@ -201,14 +203,21 @@ impl B2bua<'_> {
                 return;
             }
             B2bua::learn_b_dialog(call, &msg);
-            if self.prack_callee(key, &msg, now) == reliable::CalleeProvisional::Repeated {
-                return;
+            self.answer_withheld_offer(key, &mut msg);
+            match self.prack_callee(key, &msg, now) {
+                reliable::CalleeProvisional::Repeated => return,
+                reliable::CalleeProvisional::Offer(prack) => prack_after = Some(prack),
+                reliable::CalleeProvisional::New => {}
             }
             if carries_sdp(&msg) {
                 (msg, touched) = self.early_media_hook(key, msg);
             }
         } else if status < 300 {
             B2bua::learn_b_dialog(call, &msg);
+            self.answer_withheld_offer(key, &mut msg);
+            let Some(call) = self.calls.by_key.get_mut(&key) else {
+                return;
+            };
             call.invite_pending = false;
             if call.state.is_cancelled() {
                 // The caller gave up first: acknowledge and hang up the callee.
@@ -276,6 +285,9 @@ impl B2bua<'_> {
             None => {
                 self.relay_response_to(key, Leg::A, server, (&msg, touched), now);
             }
+        }
+        if let Some(prack) = prack_after {
+            self.send_in_dialog(key, Leg::B, prack, now);
         }
         if status >= 300 {
             self.end_call(key, "rejected", Some(Leg::B), now);

@@ -454,6 +454,9 @@ impl B2bua<'_> {
             session: [a_session, None],
             session_due: [None, None],
             b_early_sdp: None,
+            offer_withheld: false,
+            caller_answer: None,
+            callee_answer_due: None,
             b_prack_deferred: None,
             preconditions,
         };
@@ -623,8 +626,17 @@ impl B2bua<'_> {
         call.own_offer = !caller_offered && carries_sdp(&invite);
         let (script, peer, dest, ingress) = (call.script, call.b.peer, call.b.trunk, call.ingress);
         let policy = call.rules.profile.trunks[ingress].on_script_error;
-        let (invite, failed) =
+        let (mut invite, failed) =
             self.outgoing_edited(Some(key), script, Leg::B, dest, invite, touched, None);
+        if let Some(call) = self.calls.by_key.get_mut(&key) {
+            let withheld = call.rules.profile.trunks[dest].delayed_offer == DelayedOffer::Always;
+            if withheld && carries_sdp(&invite) {
+                // Anchored (the caller's address and codecs are known), then withheld: the
+                // callee makes the offer.
+                super::offer_answer::remove_sdp(&mut invite);
+                call.offer_withheld = true;
+            }
+        }
         if let Some(err) = self
             .calls
             .by_key
