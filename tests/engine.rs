@@ -2746,3 +2746,36 @@ fn toward_a_trunk_wanting_delayed_offer_an_offer_in_a_reliable_183_is_answered_i
     let out = sim.core_sends(&caller_in_dialog("ACK", "w2@10.1.1.1", &to, 10));
     assert!(out[0].1.body.is_empty(), "answered in the PRACK");
 }
+
+#[test]
+fn rules_see_which_legs_use_reliable_provisionals() {
+    let rules = rules_file(
+        r#"
+local M = {}
+function M.on_response(call, resp)
+  resp:set_header("X-Reliable", tostring(call.reliable.a) .. "/" .. tostring(call.reliable.b))
+end
+return M
+"#,
+    );
+    let text = profile_with_script(&rules, "", "");
+    let mut sim = Sim::with_profile(&text);
+    let out = sim.core_sends(&invite_with_options("rr@10.1.1.1", ""));
+    let b = b_leg_invite(&out);
+    let out = sim.teams_sends(&answer(&b, 180, "Ringing", "t1", ""));
+    assert_eq!(h(&out[0].1, "X-Reliable"), Some("false/false"));
+    // The callee's reliable 183: the B-leg is reliable; the caller, without 100rel, is not.
+    let out = sim.teams_sends(&reliable_answer(&b, 183, 1, SDP));
+    let progress = |out: &[(Peer, Message)]| {
+        out.iter()
+            .find(|(_, m)| status(m) == 183)
+            .map(|(_, m)| m.clone())
+            .expect("183 to the caller")
+    };
+    assert_eq!(h(&progress(&out), "X-Reliable"), Some("false/true"));
+    // A caller that supports 100rel: its leg becomes reliable with the callee's.
+    let out = sim.core_sends(&invite_with_options("rs@10.1.1.1", "Supported: 100rel\n"));
+    let b = b_leg_invite(&out);
+    let out = sim.teams_sends(&reliable_answer(&b, 183, 1, SDP));
+    assert_eq!(h(&progress(&out), "X-Reliable"), Some("true/true"));
+}

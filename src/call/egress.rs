@@ -55,10 +55,11 @@ impl B2bua<'_> {
         hook: Hook,
         args: HookArgs<'_>,
     ) -> HookOutcome {
-        let vars = key
+        let (vars, reliable) = key
             .and_then(|k| self.calls.by_key.get_mut(&k))
-            .and_then(|c| c.vars.take());
+            .map_or((None, [false; 2]), |c| (c.vars.take(), c.reliable_legs()));
         let mut call = HookCall::new(call_id.to_string(), ingress, vars);
+        call.reliable = reliable;
         let in_call = key.is_some() || hook == Hook::Invite;
         let result = rules
             .rules

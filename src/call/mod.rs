@@ -480,6 +480,15 @@ impl Dialog {
 }
 
 impl Call {
+    /// Whether each leg (A, B) uses reliable provisional responses so far: the caller's once
+    /// Bridgehead sends them reliably, the callee's once it sent one.
+    fn reliable_legs(&self) -> [bool; 2] {
+        [
+            self.a_reliable.as_ref().is_some_and(|r| r.active),
+            !self.b_rseqs.is_empty(),
+        ]
+    }
+
     /// What the caller's provisional responses become: the rule's choice, else its trunk's.
     fn early_media(&self) -> EarlyMedia {
         self.early_media

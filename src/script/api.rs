@@ -52,6 +52,9 @@ pub struct HookCall {
     pub digit_verdict: DigitVerdict,
     /// The early-media handling `call:set_early_media` chose for the call.
     pub early_media: Option<crate::config::EarlyMedia>,
+    /// `call.reliable`: whether each leg (A, B) uses reliable provisional responses (RFC
+    /// 3262) so far.
+    pub reliable: [bool; 2],
 }
 
 /// What `on_media` decided for a DTMF digit: nothing (`nil`, `true`), drop it (`false`), or
@@ -115,6 +118,7 @@ impl HookCall {
             media_actions: Vec::new(),
             digit_verdict: DigitVerdict::Keep,
             early_media: None,
+            reliable: [false; 2],
         }
     }
 }
@@ -223,6 +227,12 @@ impl UserData for HookCall {
         });
         fields.add_field_method_get("vars", |_, call| Ok(call.vars.clone()));
         fields.add_field_method_get("leg", |_, call| Ok(call.leg));
+        fields.add_field_method_get("reliable", |lua, call| {
+            let legs = lua.create_table()?;
+            legs.set("a", call.reliable[0])?;
+            legs.set("b", call.reliable[1])?;
+            Ok(legs)
+        });
     }
 
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
