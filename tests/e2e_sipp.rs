@@ -57,6 +57,10 @@ struct Flow {
     rate: u32,
     /// The profile's `shards` (0: the default).
     shards: usize,
+    /// How long SIPp pauses where its scenario says `<pause />` (the caller talks).
+    talk_ms: u32,
+    /// Lines added to the Teams trunk of the profile.
+    teams_extra: &'static str,
 }
 
 impl Flow {
@@ -69,7 +73,21 @@ impl Flow {
             calls: 1,
             rate: 10,
             shards: 0,
+            talk_ms: 200,
+            teams_extra: "",
         }
+    }
+
+    /// The caller talks `ms` before it hangs up.
+    fn talking(mut self, ms: u32) -> Flow {
+        self.talk_ms = ms;
+        self
+    }
+
+    /// Adds `lines` to the Teams trunk.
+    fn teams_trunk(mut self, lines: &'static str) -> Flow {
+        self.teams_extra = lines;
+        self
     }
 
     fn over(mut self, transport: Transport) -> Flow {
@@ -99,10 +117,12 @@ impl Flow {
     /// hiding and the X-MS-SBC rule held, and returns what each end saw.
     fn run(&self) -> Outcome {
         let profile = format!(
-            "shards: {}\n{}",
+            "shards: {}\n{}{}",
             self.shards,
-            PROFILE.replace("TRANSPORT", self.transport.profile_name())
+            PROFILE.replace("TRANSPORT", self.transport.profile_name()),
+            self.teams_extra
         );
+        let talk_s = u64::from(self.talk_ms / 1000);
         let sbc = Sbc::start(&profile);
         let (listener, callee_port) = match self.direction {
             Direction::CoreToTeams => (sbc.port("core"), sbc.port("teams_peer")),
@@ -121,9 +141,9 @@ impl Flow {
                 "-m",
                 &self.calls.to_string(),
                 "-d",
-                "200",
+                &self.talk_ms.to_string(),
                 "-timeout",
-                "30s",
+                &format!("{}s", 30 + talk_s),
                 "-timeout_error",
             ]
             .iter()
@@ -145,7 +165,7 @@ impl Flow {
         caller_args.extend(common_args(caller_port));
         let mut caller = Sipp::start(&dir, "caller", &caller_args);
 
-        let deadline = Instant::now() + Duration::from_secs(40);
+        let deadline = Instant::now() + Duration::from_secs(40 + talk_s);
         let caller_status = caller.wait(deadline);
         let callee_status = callee.wait(deadline);
         let context = || {
@@ -517,6 +537,65 @@ fn a_callees_offer_in_a_reliable_183_is_answered_in_the_callers_prack_and_crosse
             ok.text
         );
     }
+}
+
+#[test]
+fn an_update_before_the_answer_crosses_into_the_callees_early_dialog_and_its_answer_comes_back() {
+    for transport in [Transport::Udp, Transport::Tcp] {
+        let outcome = Flow::new("caller_early_update", "callee_early_update")
+            .over(transport)
+            .run();
+        // The callee scenario checked the UPDATE's offer and its early dialog's To-tag; the
+        // caller the 200's answer.
+        let update = outcome.callee_request("UPDATE");
+        assert!(update.header("Contact").is_some(), "{}", update.text);
+        let prack = outcome.callee_request("PRACK");
+        assert_eq!(
+            update.header("To"),
+            prack.header("To"),
+            "the same early dialog"
+        );
+    }
+}
+
+/// The Teams trunk asks for 90 s session timers (the shortest there is, RFC 4028 §4).
+const TEAMS_TIMER: &str = "    session_timer:\n      expires: 90\n";
+
+#[test]
+fn bridgehead_refreshes_a_session_at_half_its_interval() {
+    let started = Instant::now();
+    let outcome = Flow::new("caller", "callee_refreshed")
+        .teams_trunk(TEAMS_TIMER)
+        .talking(47_000)
+        .run();
+    // The callee scenario checked the INVITE's and the UPDATE's Session-Expires.
+    let update = outcome.callee_request("UPDATE");
+    assert_eq!(update.header("Supported"), Some("timer"), "{}", update.text);
+    assert!(update.body().is_empty(), "a refresh carries no SDP");
+    assert!(started.elapsed() >= Duration::from_secs(45));
+    assert!(
+        !outcome.caller_got().any(|m| m.is_request("UPDATE")),
+        "the caller's leg has no timer of its own"
+    );
+}
+
+#[test]
+fn a_call_whose_refresh_fails_ends_with_bye_on_both_legs_and_a_reason() {
+    let outcome = Flow::new("caller_hungup", "callee_refresh_fails")
+        .over(Transport::Tcp)
+        .teams_trunk(TEAMS_TIMER)
+        .talking(60_000)
+        .run();
+    let bye = outcome
+        .caller_got()
+        .find(|m| m.is_request("BYE"))
+        .expect("the caller's BYE");
+    assert_eq!(
+        bye.header("Reason"),
+        Some("SIP ;cause=408 ;text=\"Session refresh failed\""),
+        "{}",
+        bye.text
+    );
 }
 
 #[test]
