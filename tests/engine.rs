@@ -1700,11 +1700,42 @@ fn a_caller_requiring_100rel_gets_reliable_provisionals_one_at_a_time() {
     let out = sim.advance(Duration::from_millis(1000));
     assert_eq!(summary(&out), [format!("183->{CORE_PEER}")]);
 
-    // The answer ends the 183's retransmissions: only the 200 repeats until the ACK.
+    // The answer waits for the 183's PRACK (its SDP must be acknowledged first, RFC 3262
+    // §3), which still repeats; then the 200 goes, and only it repeats until the ACK.
     let out = sim.teams_sends(&answer(&b, 200, "OK", "t1", SDP));
-    assert_eq!(summary(&out), [format!("200->{CORE_PEER}")]);
+    assert!(out.is_empty(), "{:?}", summary(&out));
+    let out = sim.advance(Duration::from_millis(1000));
+    assert_eq!(summary(&out), [format!("183->{CORE_PEER}")]);
+    let out = sim.core_sends(&caller_prack(&to, &format!("{} 10 INVITE", rseq + 1), 13));
+    assert_eq!(
+        summary(&out),
+        [format!("200->{CORE_PEER}"), format!("200->{CORE_PEER}")]
+    );
+    assert_eq!(h(&out[0].1, "CSeq"), Some("13 PRACK"));
+    assert_eq!(h(&out[1].1, "CSeq"), Some("10 INVITE"));
     let out = sim.advance(Duration::from_millis(600));
     assert_eq!(summary(&out), [format!("200->{CORE_PEER}")]);
+}
+
+#[test]
+fn a_2xx_held_for_a_prack_that_never_comes_fails_the_call_and_hangs_up_the_callee() {
+    let mut sim = Sim::new();
+    let out = sim.core_sends(&invite_with_options("r1@10.1.1.1", "Require: 100rel\n"));
+    let b = b_leg_invite(&out);
+    let out = sim.teams_sends(&answer(&b, 183, "Session Progress", "t1", SDP));
+    assert_eq!(summary(&out), [format!("183->{CORE_PEER}")]);
+    let out = sim.teams_sends(&answer(&b, 200, "OK", "t1", SDP));
+    assert!(out.is_empty(), "held for the PRACK: {:?}", summary(&out));
+    let out = sim.advance(Duration::from_secs(33));
+    let sent = summary(&out);
+    for wanted in [
+        format!("504->{CORE_PEER}"),
+        format!("ACK->{TEAMS_PEER}"),
+        format!("BYE->{TEAMS_PEER}"),
+    ] {
+        assert!(sent.contains(&wanted), "{wanted} in {sent:?}");
+    }
+    assert!(!sent.contains(&format!("200->{CORE_PEER}")), "{sent:?}");
 }
 
 #[test]
@@ -2778,4 +2809,26 @@ return M
     let b = b_leg_invite(&out);
     let out = sim.teams_sends(&reliable_answer(&b, 183, 1, SDP));
     assert_eq!(h(&progress(&out), "X-Reliable"), Some("true/true"));
+}
+
+#[test]
+fn an_answer_from_a_reliable_183_reaches_a_caller_without_100rel_again_in_the_200() {
+    let mut sim = Sim::new();
+    let out = sim.core_sends(&invite_with_options("ua@10.1.1.1", ""));
+    let b = b_leg_invite(&out);
+    let out = sim.teams_sends(&reliable_answer(&b, 183, 5, SDP));
+    assert_eq!(
+        summary(&out),
+        [format!("PRACK->{TEAMS_PEER}"), format!("183->{CORE_PEER}")]
+    );
+    assert!(
+        h(&out[1].1, "RSeq").is_none(),
+        "unreliable toward the caller"
+    );
+    // Teams' 200 has no SDP (its answer was in the reliable 183): the caller's 200 must carry
+    // it, since an answer in an unreliable provisional is not one until the 2xx repeats it.
+    let out = sim.teams_sends(&answer(&b, 200, "OK", "t1", ""));
+    assert_eq!(summary(&out), [format!("200->{CORE_PEER}")]);
+    assert_eq!(h(&out[0].1, "Content-Type"), Some("application/sdp"));
+    assert!(String::from_utf8_lossy(&out[0].1.body).contains("m=audio 4000"));
 }

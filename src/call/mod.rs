@@ -426,9 +426,9 @@ pub struct Call {
     /// Each leg's session timer armed last (its key in the call timers): the only one that
     /// counts.
     session_due: [Option<(Instant, u64)>; 2],
-    /// The SDP of the callee's first reliable provisional response with one, when Bridgehead
-    /// made the INVITE's offer or there was none: the caller's offer in the 2xx, should the
-    /// callee's 2xx carry none.
+    /// The SDP of the callee's first reliable provisional response with one: what the 2xx to
+    /// the caller carries when the callee's has none and the caller made no offer (it is its
+    /// offer) or got that SDP only in an unreliable provisional (its answer is repeated).
     b_early_sdp: Option<Bytes>,
     /// The RAck of the callee's reliable provisional with an offer, not PRACKed until the
     /// caller answers that offer in its own PRACK.
@@ -463,6 +463,10 @@ struct ReliableProvisionals {
     /// The RAck of the callee's reliable provisional whose offer the one waiting carries:
     /// the callee's PRACK goes with the caller's answer (RFC 3262 §5).
     b_prack: Option<String>,
+    /// The one waiting carries SDP: a 2xx may not go before its PRACK (RFC 3262 §3).
+    awaiting_sdp: bool,
+    /// A 2xx to the caller held until then.
+    held_final: Option<Message>,
     queued: VecDeque<Message>,
 }
 

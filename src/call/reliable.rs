@@ -30,6 +30,8 @@ impl ReliableProvisionals {
             invite_cseq,
             awaiting: false,
             b_prack: None,
+            awaiting_sdp: false,
+            held_final: None,
             queued: VecDeque::new(),
         }
     }
@@ -49,6 +51,13 @@ fn rack_of(msg: &Message) -> Option<(u32, u32, &str)> {
     let rseq = parts.next()?.parse().ok()?;
     let cseq = parts.next()?.parse().ok()?;
     Some((rseq, cseq, parts.next()?))
+}
+
+/// What goes to the caller once a PRACK acknowledged the provisional waiting for it.
+enum Next {
+    Nothing,
+    Provisional(Message),
+    Final(Message),
 }
 
 impl B2bua<'_> {
@@ -148,13 +157,33 @@ impl B2bua<'_> {
         }
         reliable.rseq = reliable.rseq.wrapping_add(1);
         reliable.awaiting = true;
-        if super::offer_answer::carries_sdp(&response) {
+        reliable.awaiting_sdp = carries_sdp(&response);
+        if reliable.awaiting_sdp {
             // The callee's offer: its PRACK waits for the caller's answer to this one.
             reliable.b_prack = call_deferred.take();
         }
         response.push_header(HeaderName::Require, "100rel".to_string());
         response.push_header(HeaderName::RSeq, reliable.rseq.to_string());
         self.txns.send_reliable_provisional(server, &response, now);
+    }
+
+    /// A 2xx to the caller's INVITE: held while a reliable provisional with SDP waits for its
+    /// PRACK (RFC 3262 §3: its offer or answer must be acknowledged first), and then the
+    /// provisionals waiting their turn are dropped (the final response supersedes them).
+    /// True when held.
+    pub(super) fn hold_final(&mut self, key: CallKey, response: &Message) -> bool {
+        let Some(reliable) = self
+            .calls
+            .by_key
+            .get_mut(&key)
+            .and_then(|call| call.a_reliable.as_mut())
+            .filter(|r| r.awaiting && r.awaiting_sdp)
+        else {
+            return false;
+        };
+        reliable.queued.clear();
+        reliable.held_final = Some(response.clone());
+        true
     }
 
     /// A PRACK from a leg: 200 when it acknowledges the reliable provisional response waiting
@@ -177,7 +206,14 @@ impl B2bua<'_> {
                 if reliable.awaiting && rseq == reliable.rseq && cseq == reliable.invite_cseq =>
             {
                 reliable.awaiting = false;
-                (reliable.queued.pop_front(), reliable.b_prack.take())
+                let next = match reliable.held_final.take() {
+                    Some(answer) => Next::Final(answer),
+                    None => reliable
+                        .queued
+                        .pop_front()
+                        .map_or(Next::Nothing, Next::Provisional),
+                };
+                (next, reliable.b_prack.take())
             }
             _ => {
                 self.reply_local(key, leg, server, 481, now);
@@ -206,8 +242,10 @@ impl B2bua<'_> {
             let prack = prack.with_headers(vec![(HeaderName::RAck, rack)]);
             self.send_in_dialog(key, Leg::B, prack, now);
         }
-        if let Some(next) = acknowledged {
-            self.provisional_to_caller(key, a_invite, next, now);
+        match acknowledged {
+            Next::Provisional(next) => self.provisional_to_caller(key, a_invite, next, now),
+            Next::Final(answer) => self.send_response(a_invite, &answer, now),
+            Next::Nothing => {}
         }
     }
 
@@ -221,14 +259,22 @@ impl B2bua<'_> {
             return;
         };
         tracing::info!(call = %call.id, "no PRACK from the caller: 504");
+        let answered = matches!(call.state, CallState::Answered { .. });
         let (state, send_cancel) = call.state.cancel();
         call.state = state;
         if let Some(reliable) = call.a_reliable.as_mut() {
             reliable.queued.clear();
+            reliable.held_final = None;
         }
         self.calls.stats.calls_failed += 1;
         self.reply_local(key, Leg::A, server, 504, now);
-        if self.invite_held(key) {
+        if answered {
+            // The callee answered while the caller's 2xx waited for this PRACK: it is
+            // acknowledged and hung up.
+            self.ack_leg(key, Leg::B, None);
+            self.send_bye(key, Leg::B, Vec::new(), now);
+            self.end_call(key, "timeout", Some(Leg::A), now);
+        } else if self.invite_held(key) {
             // The callee never heard of the call.
             self.end_call(key, "timeout", Some(Leg::A), now);
         } else if send_cancel {

@@ -227,9 +227,12 @@ impl B2bua<'_> {
                 return;
             }
             call.state = CallState::Answered { at: now };
-            if call.own_offer && !carries_sdp(&msg) {
-                // The callee completed its offer/answer in a reliable provisional: the caller,
-                // which made no offer, gets the callee's SDP as its offer.
+            // The callee completed its offer/answer in a reliable provisional. The caller, when
+            // it made no offer, gets the callee's SDP as its offer; when it got that answer in
+            // an unreliable provisional (no answer until the 2xx says it, RFC 3261 §13.3.1.4),
+            // the 2xx repeats it.
+            let answer_unconfirmed = !call.a_reliable.as_ref().is_some_and(|r| r.active);
+            if (call.own_offer || answer_unconfirmed) && !carries_sdp(&msg) {
                 if let Some(sdp) = call.b_early_sdp.clone() {
                     msg.set_header(HeaderName::ContentType, "application/sdp");
                     msg.body = sdp;
@@ -345,7 +348,7 @@ impl B2bua<'_> {
         let sdp = sdp_of(&response);
         if server == a_invite && (101..200).contains(&status) {
             self.provisional_to_caller(key, server, response, now);
-        } else {
+        } else if !(server == a_invite && status < 300 && self.hold_final(key, &response)) {
             self.send_response(server, &response, now);
         }
         sdp
