@@ -2259,13 +2259,59 @@ fn a_refresh_update_toward_a_leg_that_takes_no_update_is_answered_by_bridgehead(
         h(&out[0].1, "Contact"),
         Some("<sip:+15550100@127.0.0.1:5060>")
     );
-    // One with SDP still goes to Teams, which decides.
-    let update = caller_in_dialog("UPDATE", "u2@10.1.1.1", &to, 12).replace(
-        "CSeq: 12 UPDATE\n",
-        "CSeq: 12 UPDATE\nContent-Type: application/sdp\n",
-    ) + SDP;
+    // One with SDP goes to Teams as a re-INVITE; Teams' answer comes back in the UPDATE's
+    // 200, and Bridgehead acknowledges the re-INVITE.
+    let update = caller_offer("UPDATE", "u2@10.1.1.1", &to, 12, SDP);
     let out = sim.core_sends(&update);
-    assert_eq!(summary(&out), [format!("UPDATE->{TEAMS_PEER}")]);
+    assert_eq!(summary(&out), [format!("INVITE->{TEAMS_PEER}")]);
+    let reinvite = out[0].1.clone();
+    assert_eq!(h(&reinvite, "CSeq"), Some("2 INVITE"));
+    assert!(String::from_utf8_lossy(&reinvite.body).contains("m=audio 4000"));
+    assert!(h(&reinvite, "Contact").is_some());
+    // A second offer meanwhile: 491 (one INVITE at a time).
+    let out = sim.core_sends(&caller_offer("UPDATE", "u2@10.1.1.1", &to, 13, SDP));
+    assert_eq!(summary(&out), [format!("491->{CORE_PEER}")]);
+    let answer_sdp = SDP.replace("4000", "4002");
+    let out = sim.teams_sends(&answer(&reinvite, 200, "OK", "t1", &answer_sdp));
+    assert_eq!(
+        summary(&out),
+        [format!("200->{CORE_PEER}"), format!("ACK->{TEAMS_PEER}")]
+    );
+    assert_eq!(h(&out[0].1, "CSeq"), Some("12 UPDATE"));
+    assert!(String::from_utf8_lossy(&out[0].1.body).contains("m=audio 4002"));
+    assert_eq!(h(&out[1].1, "CSeq"), Some("2 ACK"));
+    // Its retransmitted 200 gets the same ACK again, and nothing reaches the caller.
+    let out = sim.teams_sends(&answer(&reinvite, 200, "OK", "t1", &answer_sdp));
+    assert_eq!(summary(&out), [format!("ACK->{TEAMS_PEER}")]);
+}
+
+#[test]
+fn a_leg_that_takes_no_update_is_refreshed_with_a_reinvite_offering_its_session_unchanged() {
+    let text = profile_text("    session_timer:\n      expires: 90");
+    let mut sim = Sim::with_profile(&text);
+    let (b, _, _) = timed_call(
+        &mut sim,
+        "s9@10.1.1.1",
+        "",
+        "Session-Expires: 90;refresher=uac\nRequire: timer\nAllow: INVITE, ACK, BYE, CANCEL\n",
+    );
+    let offered = String::from_utf8_lossy(&b.body).into_owned();
+    let out = sim.advance(Duration::from_secs(45));
+    assert_eq!(summary(&out), [format!("INVITE->{TEAMS_PEER}")]);
+    let refresh = out[0].1.clone();
+    assert_eq!(h(&refresh, "Session-Expires"), Some("90;refresher=uac"));
+    assert_eq!(
+        String::from_utf8_lossy(&refresh.body),
+        offered,
+        "the session as Teams has it"
+    );
+    let out = sim.teams_sends(&answer(&refresh, 200, "OK", "t1", SDP));
+    assert_eq!(summary(&out), [format!("ACK->{TEAMS_PEER}")]);
+    assert_eq!(h(&out[0].1, "CSeq"), Some("2 ACK"));
+    // The next refresh is due 45 s later; the call is still up.
+    let out = sim.advance(Duration::from_secs(45));
+    assert_eq!(summary(&out), [format!("INVITE->{TEAMS_PEER}")]);
+    assert_eq!(sim.engine.active_calls(), 1);
 }
 
 /// An answered call whose caller asked for session timers with `options` (lines); returns the

@@ -259,6 +259,11 @@ impl B2bua<'_> {
         }
         p_early_media(&mut hooked.msg, &hooked.touched, dest.p_early_media);
         apply_policy(&mut hooked.msg, &hooked.touched, &dest.headers);
+        if has_sdp {
+            if let Some(c) = call.and_then(|k| self.calls.by_key.get_mut(&k)) {
+                c.last_sdp[leg.index()] = sdp_of(&hooked.msg);
+            }
+        }
         (hooked.msg, failed)
     }
 }

@@ -164,10 +164,21 @@ impl B2bua<'_> {
             return;
         }
         dialog.local_cseq += 1;
+        if method == Method::Invite {
+            dialog.invite_cseq = dialog.local_cseq;
+        }
         let dialog = call.leg(leg);
         let listener = &self.calls.current.profile.listeners[dialog.peer.listener];
         let via = via_value(listener, dialog.peer.transport, &branch);
+        let target_refresh = is_target_refresh(&method);
+        let offers = matches!(method, Method::Invite | Method::Update);
         let mut request = dialog_request(method, dialog, via, dialog.local_cseq, 70);
+        if target_refresh {
+            request.push_header(HeaderName::Contact, dialog.contact.clone());
+        }
+        if offers {
+            request.push_header(HeaderName::Allow, ALLOW.to_string());
+        }
         for (name, value) in headers {
             request.push_header(name, value);
         }
@@ -242,7 +253,12 @@ impl B2bua<'_> {
                 return;
             }
         };
-        let Incoming { msg, key, from, .. } = incoming;
+        let Incoming {
+            msg,
+            key,
+            from,
+            trunk,
+        } = incoming;
         if method == Method::Prack {
             // Reliability ends at Bridgehead on each leg: a PRACK is never relayed.
             self.on_prack(call_key, leg, (msg, key, from), now);
@@ -258,17 +274,38 @@ impl B2bua<'_> {
             self.reply_with_own_answer(call_key, server, now);
             return;
         }
-        let other_takes_update = self
-            .calls
-            .by_key
-            .get(&call_key)
-            .is_some_and(|call| call.leg(leg.other()).allows_update);
+        let Some(call) = self.calls.by_key.get_mut(&call_key) else {
+            return;
+        };
+        let other_takes_update = call.leg(leg.other()).allows_update;
+        let answered = matches!(call.state, CallState::Answered { .. });
         if method == Method::Update && !other_takes_update && !carries_sdp(&msg) {
             // A session refresh (RFC 4028) toward a leg that takes no UPDATE: Bridgehead
             // answers it; the other leg's session is not the requester's to refresh.
             let server = self.create_server(key, msg, from, ServerOwner::Local);
             self.reply_local(call_key, leg, server, 200, now);
             return;
+        }
+        // An UPDATE with an offer toward a leg that takes no UPDATE goes as a re-INVITE once
+        // the call is answered; its answer comes back in the UPDATE's 200.
+        let as_invite = method == Method::Update && !other_takes_update && answered;
+        if as_invite {
+            if call.invite_pending {
+                let retry = (HeaderName::Other("Retry-After".into()), "1".to_string());
+                self.answer(
+                    Incoming {
+                        msg,
+                        key,
+                        from,
+                        trunk,
+                    },
+                    491,
+                    &[retry],
+                    now,
+                );
+                return;
+            }
+            call.invite_pending = true;
         }
         if method == Method::Info {
             if let Some(event) = info_digit(&msg, leg) {
@@ -285,17 +322,21 @@ impl B2bua<'_> {
         let Some(call) = self.calls.by_key.get_mut(&call_key) else {
             return;
         };
+        let sent_method = if as_invite {
+            Method::Invite
+        } else {
+            method.clone()
+        };
         let other = call.leg_mut(to);
         other.local_cseq += 1;
-        if method == Method::Invite {
+        if sent_method == Method::Invite {
             other.invite_cseq = other.local_cseq;
         }
         let other = call.leg(to);
         let listener = &self.calls.current.profile.listeners[other.peer.listener];
         let via = via_value(listener, other.peer.transport, &branch);
         let max_forwards = info.max_forwards.unwrap_or(70).saturating_sub(1);
-        let mut request =
-            dialog_request(method.clone(), other, via, other.local_cseq, max_forwards);
+        let mut request = dialog_request(sent_method, other, via, other.local_cseq, max_forwards);
         if is_target_refresh(&method) {
             request.push_header(HeaderName::Contact, other.contact.clone());
         }

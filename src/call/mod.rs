@@ -87,8 +87,9 @@ pub enum ClientOwner {
     Relay { call: CallKey, server: TxnId },
     /// A request Bridgehead sent on its own (CANCEL, BYE): nobody waits.
     Local,
-    /// Bridgehead's session refresh (UPDATE) of a call: a failure ends the call.
-    Refresh(CallKey),
+    /// Bridgehead's session refresh (UPDATE, or re-INVITE toward a leg that takes no UPDATE)
+    /// of a call's leg: a failure ends the call.
+    Refresh(CallKey, Leg),
 }
 
 /// The transaction table as the call layer uses it: who waits for each transaction.
@@ -442,6 +443,9 @@ pub struct Call {
     /// With the offer withheld: Bridgehead's answer to the callee's offer, until it goes in
     /// the PRACK of the provisional that carried the offer, or the ACK of the 2xx.
     callee_answer_due: Option<Bytes>,
+    /// The last SDP Bridgehead sent on each leg (by leg index): the offer of its own
+    /// re-INVITE refreshing that leg's session.
+    last_sdp: [Option<Bytes>; 2],
     /// The caller's QoS preconditions, when Bridgehead terminates them.
     preconditions: Option<precondition::CallerPreconditions>,
 }

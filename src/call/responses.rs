@@ -59,8 +59,23 @@ impl B2bua<'_> {
             }
             ClientOwner::Invite(_) => {}
             ClientOwner::Relay { call, server } => self.on_relay_response(call, server, msg, now),
-            ClientOwner::Refresh(call) => {
+            ClientOwner::Refresh(call, leg) => {
                 if let Some(status) = msg.status().filter(|s| *s >= 200) {
+                    if info.cseq_method == "INVITE" {
+                        // Bridgehead's own re-INVITE: its 2xx gets Bridgehead's ACK.
+                        if let Some(c) = self.calls.by_key.get_mut(&call) {
+                            c.invite_pending = false;
+                        }
+                        if status < 300 {
+                            self.ack_leg(call, leg, None);
+                            // Its answer: where the peer now wants media (learnt as any SDP
+                            // from it; nothing goes to the other leg).
+                            let answer = sdp_of(&msg).and_then(|sdp| Sdp::parse(&sdp).ok());
+                            if let Some(mut answer) = answer {
+                                self.anchor_media(call, leg.other(), &mut answer);
+                            }
+                        }
+                    }
                     self.on_refresh_outcome(call, status, now);
                 }
             }
@@ -384,13 +399,23 @@ impl B2bua<'_> {
                 call.leg_mut(from_leg).remote_target = target;
             }
         }
-        if method == Method::Invite && status >= 200 {
+        // An UPDATE that went as a re-INVITE (toward a leg that takes no UPDATE).
+        let as_invite = method == Method::Update
+            && msg
+                .header_str(&HeaderName::CSeq)
+                .and_then(|cseq| cseq.split_whitespace().nth(1))
+                == Some("INVITE");
+        if (method == Method::Invite || as_invite) && status >= 200 {
             call.invite_pending = false;
-            if status < 300 {
+            if status < 300 && !as_invite {
                 call.pending_ack = Some(PendingAck { from: to, server });
             }
         }
         self.relay_response_to(key, to, server, (&msg, Vec::new()), now);
+        if as_invite && (200..300).contains(&status) {
+            // Nobody else acknowledges it.
+            self.ack_leg(key, from_leg, None);
+        }
         if method == Method::Bye && status >= 200 {
             self.end_call(key, "bye", Some(to), now);
         }
@@ -421,7 +446,7 @@ impl B2bua<'_> {
                 ServerOwner::Dialog(_, requester) => (call, requester.other()),
                 _ => return Some(ack),
             },
-            ClientOwner::Local | ClientOwner::Refresh(_) => return Some(ack),
+            ClientOwner::Local | ClientOwner::Refresh(..) => return Some(ack),
         };
         let Some(call) = self.calls.by_key.get(&key) else {
             return Some(ack);

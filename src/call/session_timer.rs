@@ -245,19 +245,30 @@ impl B2bua<'_> {
     pub(super) fn on_call_timer(&mut self, key: CallKey, timer: CallTimer, now: Instant) {
         match timer {
             CallTimer::Refresh(leg) => {
-                let Some(call) = self.calls.by_key.get(&key) else {
+                let Some(call) = self.calls.by_key.get_mut(&key) else {
                     return;
                 };
-                if !call.leg(leg).allows_update {
-                    // §7.4 would refresh with a re-INVITE, which Bridgehead does not send
-                    // yet: the leg goes unrefreshed (its peer may end it).
-                    tracing::warn!(call = %call.id, leg = leg.name(), "no session refresh: the peer takes no UPDATE");
-                    return;
-                }
                 let headers = Self::session_headers(call, leg, Refresher::Bridgehead);
-                let refresh = OwnRequest::new(Method::Update)
+                let refresh = if call.leg(leg).allows_update {
+                    OwnRequest::new(Method::Update)
+                } else {
+                    // A peer that takes no UPDATE is refreshed with a re-INVITE (§7.4) offering
+                    // the session it has (the last SDP it got, unchanged).
+                    let Some(sdp) = call.last_sdp[leg.index()].clone() else {
+                        tracing::warn!(call = %call.id, leg = leg.name(), "no session refresh: the peer takes no UPDATE and has no SDP of Bridgehead's");
+                        return;
+                    };
+                    if call.invite_pending {
+                        // An INVITE of the call is under way: it refreshes the session too.
+                        self.calls.arm_session(key, leg, now);
+                        return;
+                    }
+                    call.invite_pending = true;
+                    OwnRequest::new(Method::Invite).with_body("application/sdp", sdp)
+                };
+                let refresh = refresh
                     .with_headers(headers)
-                    .owned_by(ClientOwner::Refresh(key));
+                    .owned_by(ClientOwner::Refresh(key, leg));
                 self.send_in_dialog(key, leg, refresh, now);
                 self.calls.arm_session(key, leg, now);
             }

@@ -455,6 +455,7 @@ impl B2bua<'_> {
             session_due: [None, None],
             b_early_sdp: None,
             offer_withheld: false,
+            last_sdp: [None, None],
             caller_answer: None,
             callee_answer_due: None,
             b_prack_deferred: None,
