@@ -2878,3 +2878,45 @@ fn an_answer_from_a_reliable_183_reaches_a_caller_without_100rel_again_in_the_20
     assert_eq!(h(&out[0].1, "Content-Type"), Some("application/sdp"));
     assert!(String::from_utf8_lossy(&out[0].1.body).contains("m=audio 4000"));
 }
+
+#[test]
+fn a_callee_wanting_a_longer_session_interval_gets_the_invite_again_with_its_min_se() {
+    let text = profile_text("    session_timer:\n      expires: 90");
+    let mut sim = Sim::with_profile(&text);
+    let out = sim.core_sends(&invite_with_options("m1@10.1.1.1", ""));
+    let b = b_leg_invite(&out);
+    assert_eq!(h(&b, "Session-Expires"), Some("90"));
+    let too_small = answer(&b, 422, "Session Interval Too Small", "t1", "")
+        .replace("Server: TeamsProxy\n", "Server: TeamsProxy\nMin-SE: 300\n");
+    // The 422 is acknowledged, and the INVITE goes again asking for 300 s: a new transaction
+    // (next CSeq, another branch) of the same call. The caller hears nothing of it.
+    let out = sim.teams_sends(&too_small);
+    assert_eq!(
+        summary(&out),
+        [
+            format!("ACK->{TEAMS_PEER}"),
+            format!("INVITE->{TEAMS_PEER}")
+        ]
+    );
+    let again = out[1].1.clone();
+    assert_eq!(h(&again, "CSeq"), Some("2 INVITE"));
+    assert_eq!(h(&again, "Session-Expires"), Some("300"));
+    assert_eq!(h(&again, "Min-SE"), Some("300"));
+    assert_eq!(h(&again, "Call-ID"), h(&b, "Call-ID"));
+    assert_ne!(h(&again, "Via"), h(&b, "Via"));
+    let out = sim.teams_sends(&answer(&again, 200, "OK", "t2", SDP));
+    assert_eq!(summary(&out), [format!("200->{CORE_PEER}")]);
+    // Only once: a second 422 goes to the caller as the failure it is.
+    let out = sim.core_sends(&invite_with_options("m2@10.1.1.1", ""));
+    let b = b_leg_invite(&out);
+    let refuse = |invite: &Message| {
+        answer(invite, 422, "Session Interval Too Small", "t1", "")
+            .replace("Server: TeamsProxy\n", "Server: TeamsProxy\nMin-SE: 300\n")
+    };
+    let again = b_leg_invite(&sim.teams_sends(&refuse(&b)));
+    let out = sim.teams_sends(&refuse(&again));
+    assert_eq!(
+        summary(&out),
+        [format!("ACK->{TEAMS_PEER}"), format!("422->{CORE_PEER}")]
+    );
+}

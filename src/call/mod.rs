@@ -443,6 +443,8 @@ pub struct Call {
     /// With the offer withheld: Bridgehead's answer to the callee's offer, until it goes in
     /// the PRACK of the provisional that carried the offer, or the ACK of the 2xx.
     callee_answer_due: Option<Bytes>,
+    /// The callee's INVITE was sent again after a 422 (once).
+    min_se_retried: bool,
     /// The last SDP Bridgehead sent on each leg (by leg index): the offer of its own
     /// re-INVITE refreshing that leg's session.
     last_sdp: [Option<Bytes>; 2],

@@ -42,8 +42,18 @@ impl B2bua<'_> {
         let Some(owner) = self.txns.client(id).map(|e| e.owner) else {
             return;
         };
+        // A callee's 422 (session interval too small) is retried with its Min-SE: the INVITE
+        // is kept before its transaction lets it go.
+        let too_small = (msg.status() == Some(422) && matches!(owner, ClientOwner::Invite(_)))
+            .then(|| self.txns.client(id).and_then(|e| e.request.clone()))
+            .flatten();
         if !self.client_response(id, &msg, now) {
             return;
+        }
+        if let (Some(invite), ClientOwner::Invite(call)) = (too_small, owner) {
+            if self.retry_with_min_se(call, id, invite, &msg, now) {
+                return;
+            }
         }
         match owner {
             // Only the call's current B-leg INVITE counts (an abandoned one, after Timer C and a

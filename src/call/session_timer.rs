@@ -177,6 +177,53 @@ impl B2bua<'_> {
         ]
     }
 
+    /// The callee answered the call's current INVITE (`id`) `422` with its Min-SE (RFC 4028
+    /// §8.1): the INVITE goes again, once, asking for that interval, in a new transaction
+    /// (next CSeq, new branch). False when it is not retried (the 422 then goes on as any
+    /// failure).
+    pub(super) fn retry_with_min_se(
+        &mut self,
+        key: CallKey,
+        id: TxnId,
+        mut invite: Message,
+        too_small: &Message,
+        now: Instant,
+    ) -> bool {
+        let min_se = too_small
+            .header_str(&HeaderName::MinSE)
+            .and_then(|v| v.split(';').next()?.trim().parse::<u32>().ok())
+            .filter(|s| *s >= MIN_INTERVAL && *s <= 86_400);
+        let branch = self.new_branch();
+        let Some(call) = self.calls.by_key.get_mut(&key) else {
+            return false;
+        };
+        let Some(min_se) = min_se.filter(|_| call.b_invite == id && !call.min_se_retried) else {
+            return false;
+        };
+        call.min_se_retried = true;
+        call.b.local_cseq += 1;
+        call.b.invite_cseq = call.b.local_cseq;
+        tracing::info!(call = %call.id, min_se, "the callee wants a longer session interval: INVITE again");
+        let listener = &call.rules.profile.listeners[call.b.peer.listener];
+        let via = via_value(listener, call.b.peer.transport, &branch);
+        if let Some(top) = invite
+            .headers
+            .iter_mut()
+            .find(|h| h.name == HeaderName::Via)
+        {
+            *top = crate::sip::Header::new(HeaderName::Via, via);
+        }
+        invite.set_header(HeaderName::CSeq, format!("{} INVITE", call.b.local_cseq));
+        invite.set_header(HeaderName::SessionExpires, min_se.to_string());
+        invite.set_header(HeaderName::MinSE, min_se.to_string());
+        let peer = call.b.peer;
+        let retried = self.start_client(invite, peer, ClientOwner::Invite(key), now);
+        if let Some(call) = self.calls.by_key.get_mut(&key) {
+            call.b_invite = retried;
+        }
+        true
+    }
+
     /// The callee's leg, from its 2xx: the interval and refresher it chose. A 2xx without
     /// Session-Expires means that leg's session does not expire (§7.2): no timer.
     pub(super) fn callee_session(msg: &Message) -> Option<SessionTimer> {

@@ -456,6 +456,7 @@ impl B2bua<'_> {
             b_early_sdp: None,
             offer_withheld: false,
             last_sdp: [None, None],
+            min_se_retried: false,
             caller_answer: None,
             callee_answer_due: None,
             b_prack_deferred: None,
