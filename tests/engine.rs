@@ -2728,11 +2728,12 @@ fn the_callees_early_offer_toward_a_caller_without_100rel_is_answered_by_bridgeh
     let own = String::from_utf8_lossy(&out[0].1.body).into_owned();
     assert!(own.contains("m=audio 30000 RTP/AVP 8 101"), "{own}");
     assert!(out[1].1.body.is_empty());
-    // Teams' 200 has no SDP (its offer was answered): the caller gets Teams' offer in its 200.
+    // Teams' 200 has no SDP (its offer was answered): the caller gets Teams' offer in its 200,
+    // cut to the codec Bridgehead answered Teams with.
     let out = sim.teams_sends(&answer(&b, 200, "OK", "t1", ""));
     assert_eq!(summary(&out), [format!("200->{CORE_PEER}")]);
     let offer = String::from_utf8_lossy(&out[0].1.body).into_owned();
-    assert!(offer.contains("m=audio 30002 RTP/AVP 8 0 101"), "{offer}");
+    assert!(offer.contains("m=audio 30002 RTP/AVP 8 101\r\n"), "{offer}");
     // Its answer in the ACK stays at Bridgehead.
     let to = h(&out[0].1, "To").expect("To").to_string();
     let ack = caller_offer("ACK", "o2@10.1.1.1", &to, 10, SDP);
@@ -2919,4 +2920,122 @@ fn a_callee_wanting_a_longer_session_interval_gets_the_invite_again_with_its_min
         summary(&out),
         [format!("ACK->{TEAMS_PEER}"), format!("422->{CORE_PEER}")]
     );
+}
+
+#[test]
+fn a_reinvite_refresh_offers_the_anchored_session_again_without_moving_the_media() {
+    let default = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/default.lua");
+    let text = format!(
+        "media:\n  address: 127.0.0.1\n  ports: 30000-30099\n{}",
+        profile_with_script(default, "", "    session_timer:\n      expires: 90")
+    );
+    let mut sim = Sim::with_profile(&text);
+    let (b, _, _) = timed_call(
+        &mut sim,
+        "s10@10.1.1.1",
+        "",
+        "Session-Expires: 90;refresher=uac\nRequire: timer\nAllow: INVITE, ACK, BYE, CANCEL\n",
+    );
+    std::iter::from_fn(|| sim.engine.poll_media()).for_each(drop);
+    let out = sim.advance(Duration::from_secs(45));
+    assert_eq!(summary(&out), [format!("INVITE->{TEAMS_PEER}")]);
+    assert_eq!(out[0].1.body, b.body, "Teams' session, byte for byte");
+    let moved = std::iter::from_fn(|| sim.engine.poll_media())
+        .filter(|c| matches!(c, MediaCommand::Stream { .. }))
+        .count();
+    assert_eq!(moved, 0, "the refresh changes nothing in the relay");
+}
+
+#[test]
+fn a_caller_cancelling_while_its_2xx_waits_for_a_prack_gets_487_and_the_callee_a_bye() {
+    let mut sim = Sim::new();
+    let out = sim.core_sends(&invite_with_options("h1@10.1.1.1", "Require: 100rel\n"));
+    let b = b_leg_invite(&out);
+    sim.teams_sends(&answer(&b, 183, "Session Progress", "t1", SDP));
+    let out = sim.teams_sends(&answer(&b, 200, "OK", "t1", SDP));
+    assert!(out.is_empty(), "held: {:?}", summary(&out));
+    let cancel = invite_with_options("h1@10.1.1.1", "")
+        .replacen("INVITE sip:", "CANCEL sip:", 1)
+        .replace("CSeq: 10 INVITE", "CSeq: 10 CANCEL");
+    let cancel = cancel[..cancel.find("Content-Type").expect("body")].to_string() + "\n";
+    let out = sim.core_sends(&cancel);
+    assert_eq!(
+        summary(&out),
+        [
+            format!("200->{CORE_PEER}"),
+            format!("487->{CORE_PEER}"),
+            format!("ACK->{TEAMS_PEER}"),
+            format!("BYE->{TEAMS_PEER}")
+        ]
+    );
+    assert_eq!(sim.engine.active_calls(), 0);
+}
+
+#[test]
+fn a_2xx_without_sdp_waits_for_the_queued_183_that_carries_the_answer() {
+    let mut sim = Sim::new();
+    let out = sim.core_sends(&invite_with_options("h2@10.1.1.1", "Require: 100rel\n"));
+    let b = b_leg_invite(&out);
+    let out = sim.teams_sends(&reliable_answer(&b, 180, 1, ""));
+    let ringing = out
+        .iter()
+        .find(|(_, m)| status(m) == 180)
+        .map(|(_, m)| m.clone())
+        .expect("180");
+    let rseq: u32 = h(&ringing, "RSeq").expect("RSeq").parse().expect("number");
+    let to = h(&ringing, "To").expect("To").to_string();
+    // The answer comes in a reliable 183 that waits its turn, then a 200 without SDP.
+    sim.teams_sends(&reliable_answer(&b, 183, 2, SDP));
+    let out = sim.teams_sends(&answer(&b, 200, "OK", "t1", ""));
+    assert!(!summary(&out).contains(&format!("200->{CORE_PEER}")));
+    let prack = |rseq: u32, cseq: u32| {
+        caller_prack(&to, &format!("{rseq} 10 INVITE"), cseq).replace("r1@10.1.1.1", "h2@10.1.1.1")
+    };
+    let out = sim.core_sends(&prack(rseq, 11));
+    assert_eq!(
+        summary(&out),
+        [format!("200->{CORE_PEER}"), format!("183->{CORE_PEER}")]
+    );
+    assert!(!out[1].1.body.is_empty(), "the answer reaches the caller");
+    let out = sim.core_sends(&prack(rseq + 1, 12));
+    assert_eq!(
+        summary(&out),
+        [format!("200->{CORE_PEER}"), format!("200->{CORE_PEER}")]
+    );
+    assert_eq!(h(&out[1].1, "CSeq"), Some("10 INVITE"));
+}
+
+#[test]
+fn a_withheld_offer_is_answered_stream_by_stream_whatever_each_side_offered() {
+    let (mut sim, b) = withheld_offer_call("w3@10.1.1.1");
+    // Teams offers audio (sendonly) and video; the caller offered audio only (sendrecv).
+    let teams_offer = TEAMS_OFFER_96.to_string()
+        + "a=sendonly\nm=video 6002 RTP/AVP 96\na=rtpmap:96 H264/90000\n";
+    let out = sim.teams_sends(&answer(&b, 200, "OK", "t1", &teams_offer));
+    let to_caller = String::from_utf8_lossy(&out[0].1.body).into_owned();
+    assert_eq!(to_caller.matches("m=").count(), 1, "{to_caller}");
+    assert!(to_caller.contains("a=sendonly"), "{to_caller}");
+    let to = h(&out[0].1, "To").expect("To").to_string();
+    let out = sim.core_sends(&caller_in_dialog("ACK", "w3@10.1.1.1", &to, 10));
+    let to_teams = String::from_utf8_lossy(&out[0].1.body).into_owned();
+    assert_eq!(to_teams.matches("m=").count(), 2, "{to_teams}");
+    assert!(to_teams.contains("m=video 0 "), "refused: {to_teams}");
+    assert!(to_teams.contains("a=recvonly"), "{to_teams}");
+}
+
+#[test]
+fn an_offer_with_preconditions_and_no_g711_gets_488() {
+    let amr = QOS_OFFER
+        .replace("RTP/AVP 8 101", "RTP/AVP 96 101")
+        .replace("a=rtpmap:8 PCMA/8000", "a=rtpmap:96 AMR-WB/16000");
+    let default = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/default.lua");
+    let text = format!(
+        "media:\n  address: 127.0.0.1\n  ports: 30000-30099\n{}",
+        profile_with_script(default, "    precondition: terminate", "")
+    );
+    let mut sim = Sim::with_profile(&text);
+    let invite =
+        invite_with_options("q7@10.1.1.1", "Require: 100rel, precondition\n").replace(SDP, &amr);
+    let out = sim.core_sends(&invite);
+    assert_eq!(summary(&out), [format!("488->{CORE_PEER}")]);
 }

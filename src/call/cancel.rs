@@ -72,6 +72,10 @@ impl B2bua<'_> {
         let terminated = response_to(&request, 487, None, Some(&call.a.local_tag));
         let terminated = self.outgoing(Some(call_key), script, Leg::A, trunk, terminated);
         self.send_response(invite, &terminated, now);
+        if self.drop_held_answer(call_key, "cancel", now) {
+            // The callee had answered; its 2xx waited for a PRACK the caller never sent.
+            return;
+        }
         if self.invite_held(call_key) {
             // The callee never heard of the call (its INVITE waited for preconditions).
             self.end_call(call_key, "cancel", Some(Leg::A), now);

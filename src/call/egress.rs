@@ -191,11 +191,12 @@ impl B2bua<'_> {
         let has_sdp = carries_sdp(&msg);
         let anchoring = has_sdp && call.is_some() && self.calls.media_ports.is_some();
         // The callee takes no part in the caller's preconditions, terminated here.
-        let plain = has_sdp
-            && leg == Leg::B
-            && call
-                .and_then(|k| self.calls.by_key.get(&k))
-                .is_some_and(|c| c.preconditions.is_some());
+        let terminated = call
+            .and_then(|k| self.calls.by_key.get(&k))
+            .filter(|c| c.preconditions.is_some())
+            .map(|c| c.state == CallState::Calling);
+        let plain = has_sdp && leg == Leg::B && terminated.is_some();
+        let initial_offer = terminated == Some(true) && msg.method() == Some(&Method::Invite);
         let codecs = &rules.profile.trunks[trunk].codecs;
         let filtering = has_sdp && !codecs.is_empty() && sdp_kind(&msg, request_had_sdp) == "offer";
         let wants_sdp = has_sdp && rules.rules.has_hook(script, Hook::Sdp);
@@ -215,7 +216,7 @@ impl B2bua<'_> {
             match Sdp::parse(&sdp_of(&hooked.msg).unwrap_or_default()) {
                 Ok(mut sdp) => {
                     if plain {
-                        super::precondition::strip_preconditions(&mut sdp);
+                        super::precondition::strip_preconditions(&mut sdp, initial_offer);
                     }
                     // Anchoring first: it learns the sender's own codecs before any filter.
                     if let Some(key) = call.filter(|_| anchoring) {

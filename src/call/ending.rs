@@ -12,6 +12,14 @@ impl B2bua<'_> {
             return;
         };
         let reason = if status == 408 { "timeout" } else { "error" };
+        let was_invite = self
+            .txns
+            .client(id)
+            .and_then(|entry| entry.request.as_ref())
+            .is_some_and(|r| r.method() == Some(&Method::Invite));
+        if was_invite {
+            self.reinvite_over(owner);
+        }
         match owner {
             ClientOwner::Invite(key) => {
                 let Some(call) = self.calls.by_key.get(&key).filter(|c| c.b_invite == id) else {
@@ -63,17 +71,7 @@ impl B2bua<'_> {
                     self.end_call(key, reason, None, now);
                 }
             }
-            ClientOwner::Refresh(call, _) => {
-                let was_invite = self
-                    .txns
-                    .client(id)
-                    .and_then(|entry| entry.request.as_ref())
-                    .is_some_and(|r| r.method() == Some(&Method::Invite));
-                if let Some(c) = self.calls.by_key.get_mut(&call).filter(|_| was_invite) {
-                    c.invite_pending = false;
-                }
-                self.on_refresh_outcome(call, status, now);
-            }
+            ClientOwner::Refresh(call, _) => self.on_refresh_outcome(call, status, now),
             ClientOwner::Local => {}
         }
     }

@@ -36,6 +36,9 @@ pub(super) struct OwnRequest<'b> {
     method: Method,
     headers: Vec<(HeaderName, String)>,
     body: Option<(&'b str, Bytes)>,
+    /// The body is already what this leg gets (an SDP Bridgehead sent it before): it is
+    /// neither anchored again nor shown to the rules.
+    body_as_sent: bool,
     owner: ClientOwner,
 }
 
@@ -45,8 +48,14 @@ impl<'b> OwnRequest<'b> {
             method,
             headers: Vec::new(),
             body: None,
+            body_as_sent: false,
             owner: ClientOwner::Local,
         }
+    }
+
+    /// A PRACK acknowledging `rack` (`RSeq CSeq INVITE`).
+    pub(super) fn prack(rack: String) -> OwnRequest<'b> {
+        OwnRequest::new(Method::Prack).with_headers(vec![(HeaderName::RAck, rack)])
     }
 
     pub(super) fn with_headers(mut self, headers: Vec<(HeaderName, String)>) -> OwnRequest<'b> {
@@ -56,6 +65,13 @@ impl<'b> OwnRequest<'b> {
 
     pub(super) fn with_body(mut self, content_type: &'b str, bytes: Bytes) -> OwnRequest<'b> {
         self.body = Some((content_type, bytes));
+        self
+    }
+
+    /// An SDP this leg already got from Bridgehead, sent again as it is.
+    pub(super) fn with_sdp_as_sent(mut self, sdp: Bytes) -> OwnRequest<'b> {
+        self.body = Some(("application/sdp", sdp));
+        self.body_as_sent = true;
         self
     }
 
@@ -151,18 +167,59 @@ impl B2bua<'_> {
             method,
             headers,
             body,
+            body_as_sent,
             owner,
         }: OwnRequest<'_>,
         now: Instant,
     ) {
-        let branch = self.new_branch();
-        let Some(call) = self.calls.by_key.get_mut(&key) else {
-            return;
-        };
-        let dialog = call.leg_mut(leg);
-        if dialog.remote_tag.is_none() {
+        let has_dialog = self
+            .calls
+            .by_key
+            .get(&key)
+            .is_some_and(|call| call.leg(leg).remote_tag.is_some());
+        if !has_dialog {
             return;
         }
+        let Some((mut request, peer, trunk, script)) = self.next_request(key, leg, method, 70)
+        else {
+            return;
+        };
+        for (name, value) in headers {
+            request.push_header(name, value);
+        }
+        let attach = |request: &mut Message, (content_type, bytes): (&str, Bytes)| {
+            request.set_header(HeaderName::ContentType, content_type.to_string());
+            request.body = bytes;
+        };
+        let (now_body, later_body) = if body_as_sent {
+            (None, body)
+        } else {
+            (body, None)
+        };
+        if let Some(body) = now_body {
+            attach(&mut request, body);
+        }
+        let mut request = self.outgoing(Some(key), script, leg, trunk, request);
+        if let Some(body) = later_body {
+            attach(&mut request, body);
+        }
+        self.start_client(request, peer, owner, now);
+    }
+
+    /// The next request of Bridgehead's on a leg's dialog: the next CSeq (an INVITE's is the
+    /// one its ACK takes), a new branch, Bridgehead's Contact on a target refresh, and on an
+    /// INVITE or UPDATE what Bridgehead allows and the leg's own session timer (§9). Also
+    /// where it goes: the peer, and the trunk and script of its hooks.
+    fn next_request(
+        &mut self,
+        key: CallKey,
+        leg: Leg,
+        method: Method,
+        max_forwards: u8,
+    ) -> Option<(Message, Peer, TrunkId, Option<ScriptId>)> {
+        let branch = self.new_branch();
+        let call = self.calls.by_key.get_mut(&key)?;
+        let dialog = call.leg_mut(leg);
         dialog.local_cseq += 1;
         if method == Method::Invite {
             dialog.invite_cseq = dialog.local_cseq;
@@ -172,23 +229,17 @@ impl B2bua<'_> {
         let via = via_value(listener, dialog.peer.transport, &branch);
         let target_refresh = is_target_refresh(&method);
         let offers = matches!(method, Method::Invite | Method::Update);
-        let mut request = dialog_request(method, dialog, via, dialog.local_cseq, 70);
+        let mut request = dialog_request(method, dialog, via, dialog.local_cseq, max_forwards);
         if target_refresh {
             request.push_header(HeaderName::Contact, dialog.contact.clone());
         }
         if offers {
             request.push_header(HeaderName::Allow, ALLOW.to_string());
+            for (name, value) in B2bua::session_headers(call, leg, Refresher::Bridgehead) {
+                request.push_header(name, value);
+            }
         }
-        for (name, value) in headers {
-            request.push_header(name, value);
-        }
-        if let Some((content_type, bytes)) = body {
-            request.push_header(HeaderName::ContentType, content_type.to_string());
-            request.body = bytes;
-        }
-        let (peer, trunk, script) = (dialog.peer, dialog.trunk, call.script);
-        let request = self.outgoing(Some(key), script, leg, trunk, request);
-        self.start_client(request, peer, owner, now);
+        Some((request, dialog.peer, dialog.trunk, call.script))
     }
 
     /// Checks an in-dialog request against its dialog (RFC 3261 §12.2.2) and records what it
@@ -318,37 +369,18 @@ impl B2bua<'_> {
             }
         }
         let to = leg.other();
-        let branch = self.new_branch();
-        let Some(call) = self.calls.by_key.get_mut(&call_key) else {
-            return;
-        };
         let sent_method = if as_invite {
             Method::Invite
         } else {
             method.clone()
         };
-        let other = call.leg_mut(to);
-        other.local_cseq += 1;
-        if sent_method == Method::Invite {
-            other.invite_cseq = other.local_cseq;
-        }
-        let other = call.leg(to);
-        let listener = &self.calls.current.profile.listeners[other.peer.listener];
-        let via = via_value(listener, other.peer.transport, &branch);
         let max_forwards = info.max_forwards.unwrap_or(70).saturating_sub(1);
-        let mut request = dialog_request(sent_method, other, via, other.local_cseq, max_forwards);
-        if is_target_refresh(&method) {
-            request.push_header(HeaderName::Contact, other.contact.clone());
-        }
-        if matches!(method, Method::Invite | Method::Update) {
-            request.push_header(HeaderName::Allow, ALLOW.to_string());
-            // The other leg's own session timer, so that its peer keeps it (§9).
-            for (name, value) in B2bua::session_headers(call, to, Refresher::Bridgehead) {
-                request.push_header(name, value);
-            }
-        }
+        let Some((mut request, peer, dest_trunk, script)) =
+            self.next_request(call_key, to, sent_method, max_forwards)
+        else {
+            return;
+        };
         copy_crossing(&msg, &mut request);
-        let (peer, dest_trunk, script) = (other.peer, other.trunk, call.script);
         let server = self.create_server(key, msg, from, ServerOwner::Dialog(call_key, leg));
         let request = self.outgoing(Some(call_key), script, to, dest_trunk, request);
         self.start_client(

@@ -490,6 +490,19 @@ impl Dialog {
 }
 
 impl Call {
+    /// Forgets what the callee of a failed attempt said (serial failover: the next callee
+    /// starts afresh).
+    fn forget_callee(&mut self) {
+        self.b_rseqs.clear();
+        self.b_forks_ended.clear();
+        self.b_early_sdp = None;
+        self.b_prack_deferred = None;
+        self.caller_answer = None;
+        self.callee_answer_due = None;
+        self.min_se_retried = false;
+        self.session[Leg::B.index()] = None;
+    }
+
     /// Whether each leg (A, B) uses reliable provisional responses so far: the caller's once
     /// Bridgehead sends them reliably, the callee's once it sent one.
     fn reliable_legs(&self) -> [bool; 2] {

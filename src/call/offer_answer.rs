@@ -128,35 +128,44 @@ fn keep_common_codecs(media: &mut crate::sdp::Media, other: &crate::sdp::Media, 
 }
 
 /// The two answers Bridgehead gives when it withheld the caller's offer from the callee
-/// (`delayed_offer: always`) and the callee offered in turn: to the caller, the callee's offer
-/// cut to the caller's codecs; to the callee, the caller's offer cut to the callee's codecs,
-/// its direction the mirror of the callee's. Each stays in its sender's terms (addresses,
-/// payload types), which anchoring then translates (`anchored`: media is). None when the two
-/// have not the same media sections.
-pub(super) fn answers_to_withheld_offer(
-    caller: &Sdp,
-    callee: &Sdp,
-    anchored: bool,
-) -> Option<(Sdp, Sdp)> {
-    if caller.media().len() != callee.media().len() {
-        return None;
-    }
-    let mut to_caller = callee.clone();
-    for (media, offered) in to_caller.media_mut().iter_mut().zip(caller.media()) {
-        keep_common_codecs(media, offered, anchored);
-    }
-    let mut to_callee = caller.clone();
-    for (media, offered) in to_callee.media_mut().iter_mut().zip(callee.media()) {
-        keep_common_codecs(media, offered, anchored);
-        let direction = match offered.direction() {
-            crate::sdp::Direction::SendOnly => crate::sdp::Direction::RecvOnly,
-            crate::sdp::Direction::RecvOnly => crate::sdp::Direction::SendOnly,
-            crate::sdp::Direction::Inactive => crate::sdp::Direction::Inactive,
-            crate::sdp::Direction::SendRecv => media.direction(),
+/// (`delayed_offer: always`) and the callee offered in turn: to the caller, what the callee's
+/// offer says of the callee; to the callee, what the caller's offer says of the caller. Each
+/// stays in its sender's terms (addresses, payload types), which anchoring then translates
+/// (`anchored`: media is).
+pub(super) fn answers_to_withheld_offer(caller: &Sdp, callee: &Sdp, anchored: bool) -> (Sdp, Sdp) {
+    (
+        answer_from(caller, callee, anchored),
+        answer_from(callee, caller, anchored),
+    )
+}
+
+/// An answer to `offer` made of what `other` says of its own side: each of the offer's media
+/// sections answered with `other`'s section at the same place (its address, its codecs cut to
+/// the offer's, the direction both allow, RFC 3264 §6.1), or refused (port 0) when `other` has
+/// none of that kind there.
+fn answer_from(offer: &Sdp, other: &Sdp, anchored: bool) -> Sdp {
+    let mut answer = offer.clone();
+    for (index, media) in answer.media_mut().iter_mut().enumerate() {
+        let offered = media.clone();
+        let theirs = other
+            .media()
+            .get(index)
+            .filter(|m| m.kind() == offered.kind() && !m.is_rejected());
+        let Some(theirs) = theirs else {
+            media.set_port(0);
+            continue;
         };
-        media.set_direction(direction);
+        *media = theirs.clone();
+        // Their address, whether their section or their session names it.
+        let address = theirs.connection().map(|c| c.address);
+        if address.is_some_and(|address| media.set_connection(&address).is_err()) {
+            media.set_port(0);
+            continue;
+        }
+        keep_common_codecs(media, &offered, anchored);
+        media.set_direction(offered.direction().answering(theirs.direction()));
     }
-    Some((to_caller, to_callee))
+    answer
 }
 
 /// The codecs Bridgehead can offer by name: name, payload type, rtpmap, fmtp.
@@ -212,6 +221,23 @@ pub(super) fn own_offer(codecs: &[String], session: u32) -> Bytes {
 /// puts Bridgehead's in); every other stream refused. Also tells whether its G.711 is PCMU.
 pub(super) fn own_answer(offer: &Sdp) -> Option<(Sdp, bool)> {
     let mut sdp = offer.clone();
+    let pcmu = keep_first_g711(&mut sdp)?;
+    for media in sdp.media_mut().iter_mut().filter(|m| !m.is_rejected()) {
+        media.remove_attribute("crypto");
+        media.set_connection("0.0.0.0").ok()?;
+        // The answer's direction mirrors the offer's (RFC 3264 §6.1).
+        media.set_direction(media.direction().mirrored());
+    }
+    if sdp.connection().is_some() {
+        sdp.set_connection("0.0.0.0").ok()?;
+    }
+    Some((sdp, pcmu))
+}
+
+/// Cuts an SDP to the first audio stream with a G.711, keeping that G.711 plus
+/// telephone-event and comfort noise; every other stream is refused (port 0). Returns whether
+/// the G.711 is PCMU, or None when no audio stream has one.
+pub(super) fn keep_first_g711(sdp: &mut Sdp) -> Option<bool> {
     let mut voice = None;
     for media in sdp.media_mut() {
         let g711 = media.codecs().into_iter().find(|c| c.is_g711());
@@ -220,25 +246,12 @@ pub(super) fn own_answer(offer: &Sdp) -> Option<(Sdp, bool)> {
                 media
                     .keep_codecs(&[&codec.pt, "telephone-event", "CN"])
                     .ok()?;
-                media.remove_attribute("crypto");
-                media.set_connection("0.0.0.0").ok()?;
-                // The answer's direction mirrors the offer's (RFC 3264 §6.1).
-                let direction = match media.direction() {
-                    crate::sdp::Direction::SendOnly => crate::sdp::Direction::RecvOnly,
-                    crate::sdp::Direction::RecvOnly => crate::sdp::Direction::SendOnly,
-                    other => other,
-                };
-                media.set_direction(direction);
                 voice = Some(codec.name);
             }
             _ => media.set_port(0),
         }
     }
-    let pcmu = voice?.eq_ignore_ascii_case("PCMU");
-    if sdp.connection().is_some() {
-        sdp.set_connection("0.0.0.0").ok()?;
-    }
-    Some((sdp, pcmu))
+    Some(voice?.eq_ignore_ascii_case("PCMU"))
 }
 
 /// Keeps only a trunk's codecs in an offer toward it, in its order. When nothing is in common
@@ -323,16 +336,9 @@ impl B2bua<'_> {
                 return;
             };
             let anchored = self.calls.media_ports.is_some() && !call.unanchored;
-            match answers_to_withheld_offer(&caller, &callee, anchored) {
-                Some((to_caller, to_callee)) => {
-                    call.caller_answer = Some(Bytes::from(to_caller.to_bytes()));
-                    call.callee_answer_due = Some(Bytes::from(to_callee.to_bytes()));
-                }
-                None => {
-                    tracing::warn!(call = %call.id, "the callee's offer has other media sections than the caller's: relayed as it is");
-                    return;
-                }
-            }
+            let (to_caller, to_callee) = answers_to_withheld_offer(&caller, &callee, anchored);
+            call.caller_answer = Some(Bytes::from(to_caller.to_bytes()));
+            call.callee_answer_due = Some(Bytes::from(to_callee.to_bytes()));
         }
         let Some(answer) = self
             .calls

@@ -4,7 +4,7 @@
 //! segment is always ready), tells Bridgehead in an UPDATE (or PRACK) when its own segment is,
 //! and only then does the callee get the INVITE, with plain SDP.
 
-use super::offer_answer::{own_answer, sdp_of};
+use super::offer_answer::{keep_first_g711, own_answer, sdp_of};
 use super::*;
 use crate::sdp::Media;
 use std::time::Duration;
@@ -157,12 +157,17 @@ pub(super) fn offerer_ready(offer: &Sdp) -> bool {
 }
 
 /// Removes the precondition attributes from every media section: what goes to a peer that
-/// takes part in none.
-pub(super) fn strip_preconditions(sdp: &mut Sdp) {
+/// takes part in none. The callee's first offer (`initial`) is also cut to the codec the
+/// caller was answered with (its first G.711, with telephone-event and comfort noise): the
+/// callee cannot choose another.
+pub(super) fn strip_preconditions(sdp: &mut Sdp, initial: bool) {
     for media in sdp.media_mut() {
         for name in QOS_ATTRIBUTES {
             media.remove_attribute(name);
         }
+    }
+    if initial {
+        keep_first_g711(sdp);
     }
 }
 
@@ -251,15 +256,27 @@ impl CallerPreconditions {
 
     /// The preconditions of a new call, when the caller's trunk terminates them and its
     /// INVITE uses them (an offer with `a=des:qos`, and `precondition` in `Require` or
-    /// `Supported`).
-    pub(super) fn of_invite(msg: &Message, trunk: &crate::config::Trunk) -> Option<Self> {
+    /// `Supported`). Refused: an offer with them that Bridgehead cannot answer (no G.711:
+    /// `488`), and `Require: precondition` without them in an offer (`420`).
+    pub(super) fn of_invite(
+        msg: &Message,
+        trunk: &crate::config::Trunk,
+    ) -> Result<Option<Self>, Refusal> {
         if trunk.precondition != crate::config::Precondition::Terminate {
-            return None;
+            return Ok(None);
         }
-        let named = has_option(msg, &HeaderName::Require, "precondition")
-            || has_option(msg, &HeaderName::Supported, "precondition");
-        let offer = Sdp::parse(&sdp_of(msg)?).ok()?;
-        (named && uses_preconditions(&offer)).then(CallerPreconditions::default)
+        let required = has_option(msg, &HeaderName::Require, "precondition");
+        let named = required || has_option(msg, &HeaderName::Supported, "precondition");
+        let offer = sdp_of(msg).and_then(|sdp| Sdp::parse(&sdp).ok());
+        match offer.filter(|offer| named && uses_preconditions(offer)) {
+            Some(offer) if own_answer(&offer).is_some() => Ok(Some(Self::default())),
+            Some(_) => Err((488, Vec::new())),
+            None if required => Err((
+                420,
+                vec![(HeaderName::Unsupported, "precondition".to_string())],
+            )),
+            None => Ok(None),
+        }
     }
 }
 
@@ -354,9 +371,17 @@ impl B2bua<'_> {
     /// (kept as the caller's answer, which the callee's 2xx then repeats); the callee's INVITE
     /// goes once they are met.
     pub(super) fn reply_with_own_answer(&mut self, key: CallKey, server: TxnId, now: Instant) {
+        let offered = self.terminates_preconditions(key)
+            && self
+                .txns
+                .server(server)
+                .and_then(|entry| entry.request.as_ref())
+                .is_some_and(super::offer_answer::carries_sdp);
         let answer = self.precondition_offer(key, server);
         let answered = answer.is_some();
-        let sent = self.reply_local_with(key, Leg::A, server, (200, answer), now);
+        // An offer Bridgehead cannot answer (no G.711 left in it): 488.
+        let status = if offered && !answered { 488 } else { 200 };
+        let sent = self.reply_local_with(key, Leg::A, server, (status, answer), now);
         if answered {
             if let Some(call) = self.calls.by_key.get_mut(&key) {
                 call.local_answer = sent.or(call.local_answer.take());

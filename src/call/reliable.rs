@@ -4,7 +4,7 @@
 //! PRACKed. Either leg may use them while the other does not.
 
 use super::in_dialog::OwnRequest;
-use super::offer_answer::{carries_sdp, own_answer, sdp_of};
+use super::offer_answer::{carries_sdp, keep_first_g711, own_answer, sdp_of};
 use super::*;
 
 /// What a provisional response from the callee is, as far as reliability goes.
@@ -90,15 +90,15 @@ impl B2bua<'_> {
             reliable.active = true;
         }
         let rack = format!("{rseq} {} INVITE", call.b.invite_cseq);
-        let mut prack = OwnRequest::new(Method::Prack);
+        let mut prack = OwnRequest::prack(rack.clone());
         if call.offer_withheld {
             // The callee's offer to the INVITE Bridgehead sent without the caller's: its
             // answer goes in the PRACK, when this provisional carried the offer.
-            if let Some(answer) = call.callee_answer_due.take().filter(|_| carries_sdp(msg)) {
-                let prack = OwnRequest::new(Method::Prack)
-                    .with_body("application/sdp", answer)
-                    .with_headers(vec![(HeaderName::RAck, rack)]);
-                return CalleeProvisional::Offer(prack);
+            let answer = carries_sdp(msg)
+                .then(|| call.callee_answer_due.take())
+                .flatten();
+            if let Some(answer) = answer {
+                return CalleeProvisional::Offer(prack.with_body("application/sdp", answer));
             }
         } else if let Some(sdp) = sdp_of(msg).filter(|_| call.b_early_sdp.is_none()) {
             let invite_offered = self
@@ -116,12 +116,18 @@ impl B2bua<'_> {
                     call.b_prack_deferred = Some(rack);
                     return CalleeProvisional::New;
                 }
-                // The caller cannot answer in a provisional: Bridgehead does, and the offer
-                // goes to the caller in the 2xx (its answer in the ACK stays here).
+                // The caller cannot answer in a provisional: Bridgehead does (one G.711), and
+                // the offer goes to the caller in the 2xx cut to that same codec (its answer
+                // in the ACK stays here).
                 call.own_offer = true;
-                match Sdp::parse(&sdp).ok().as_ref().and_then(own_answer) {
+                let offer = Sdp::parse(&sdp).ok();
+                match offer.as_ref().and_then(own_answer) {
                     Some((answer, _)) => {
                         prack = prack.with_body("application/sdp", Bytes::from(answer.to_bytes()));
+                        let mut cut = offer.unwrap_or(answer);
+                        if keep_first_g711(&mut cut).is_some() {
+                            call.b_early_sdp = Some(Bytes::from(cut.to_bytes()));
+                        }
                     }
                     None => {
                         tracing::warn!(call = %call.id, "the callee's early offer has no G.711 to answer: PRACKed without an answer");
@@ -129,7 +135,6 @@ impl B2bua<'_> {
                 }
             }
         }
-        let prack = prack.with_headers(vec![(HeaderName::RAck, rack)]);
         self.send_in_dialog(key, Leg::B, prack, now);
         CalleeProvisional::New
     }
@@ -168,21 +173,48 @@ impl B2bua<'_> {
     }
 
     /// A 2xx to the caller's INVITE: held while a reliable provisional with SDP waits for its
-    /// PRACK (RFC 3262 §3: its offer or answer must be acknowledged first), and then the
-    /// provisionals waiting their turn are dropped (the final response supersedes them).
-    /// True when held.
+    /// PRACK, or waits its turn (RFC 3262 §3: its offer or answer must reach the caller and be
+    /// acknowledged first); the provisionals without SDP waiting their turn are dropped (the
+    /// final response supersedes them). True when held.
     pub(super) fn hold_final(&mut self, key: CallKey, response: &Message) -> bool {
         let Some(reliable) = self
             .calls
             .by_key
             .get_mut(&key)
             .and_then(|call| call.a_reliable.as_mut())
-            .filter(|r| r.awaiting && r.awaiting_sdp)
+            .filter(|r| r.awaiting && (r.awaiting_sdp || r.queued.iter().any(carries_sdp)))
         else {
             return false;
         };
-        reliable.queued.clear();
+        reliable.queued.retain(carries_sdp);
         reliable.held_final = Some(response.clone());
+        true
+    }
+
+    /// The callee answered, but the caller's 2xx was held for a PRACK and the caller gave up
+    /// (cancelled, or never PRACKed): the callee is acknowledged and hung up, and the call
+    /// ends. False when no 2xx was held.
+    pub(super) fn drop_held_answer(
+        &mut self,
+        key: CallKey,
+        why: &'static str,
+        now: Instant,
+    ) -> bool {
+        let held = self
+            .calls
+            .by_key
+            .get_mut(&key)
+            .and_then(|call| call.a_reliable.as_mut())
+            .and_then(|reliable| {
+                reliable.queued.clear();
+                reliable.held_final.take()
+            });
+        if held.is_none() {
+            return false;
+        }
+        self.ack_leg(key, Leg::B, None);
+        self.send_bye(key, Leg::B, Vec::new(), now);
+        self.end_call(key, why, Some(Leg::A), now);
         true
     }
 
@@ -206,12 +238,14 @@ impl B2bua<'_> {
                 if reliable.awaiting && rseq == reliable.rseq && cseq == reliable.invite_cseq =>
             {
                 reliable.awaiting = false;
-                let next = match reliable.held_final.take() {
-                    Some(answer) => Next::Final(answer),
-                    None => reliable
-                        .queued
-                        .pop_front()
-                        .map_or(Next::Nothing, Next::Provisional),
+                // What waits its turn goes first: a 2xx held waits for the last of them.
+                let next = match (reliable.queued.pop_front(), reliable.held_final.take()) {
+                    (Some(provisional), held) => {
+                        reliable.held_final = held;
+                        Next::Provisional(provisional)
+                    }
+                    (None, Some(answer)) => Next::Final(answer),
+                    (None, None) => Next::Nothing,
                 };
                 (next, reliable.b_prack.take())
             }
@@ -235,11 +269,10 @@ impl B2bua<'_> {
         // 200 carries Bridgehead's answer.
         self.reply_with_own_answer(key, server, now);
         if let Some(rack) = b_prack {
-            let mut prack = OwnRequest::new(Method::Prack);
+            let mut prack = OwnRequest::prack(rack);
             if let Some(answer) = answer {
                 prack = prack.with_body("application/sdp", answer);
             }
-            let prack = prack.with_headers(vec![(HeaderName::RAck, rack)]);
             self.send_in_dialog(key, Leg::B, prack, now);
         }
         match acknowledged {
@@ -259,22 +292,21 @@ impl B2bua<'_> {
             return;
         };
         tracing::info!(call = %call.id, "no PRACK from the caller: 504");
-        let answered = matches!(call.state, CallState::Answered { .. });
+        self.calls.stats.calls_failed += 1;
+        self.reply_local(key, Leg::A, server, 504, now);
+        if self.drop_held_answer(key, "timeout", now) {
+            // The callee answered while the caller's 2xx waited for this PRACK.
+            return;
+        }
+        let Some(call) = self.calls.by_key.get_mut(&key) else {
+            return;
+        };
         let (state, send_cancel) = call.state.cancel();
         call.state = state;
         if let Some(reliable) = call.a_reliable.as_mut() {
             reliable.queued.clear();
-            reliable.held_final = None;
         }
-        self.calls.stats.calls_failed += 1;
-        self.reply_local(key, Leg::A, server, 504, now);
-        if answered {
-            // The callee answered while the caller's 2xx waited for this PRACK: it is
-            // acknowledged and hung up.
-            self.ack_leg(key, Leg::B, None);
-            self.send_bye(key, Leg::B, Vec::new(), now);
-            self.end_call(key, "timeout", Some(Leg::A), now);
-        } else if self.invite_held(key) {
+        if self.invite_held(key) {
             // The callee never heard of the call.
             self.end_call(key, "timeout", Some(Leg::A), now);
         } else if send_cancel {

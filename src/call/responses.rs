@@ -55,6 +55,9 @@ impl B2bua<'_> {
                 return;
             }
         }
+        if info.cseq_method == "INVITE" && msg.status().is_some_and(|s| s >= 200) {
+            self.reinvite_over(owner);
+        }
         match owner {
             // Only the call's current B-leg INVITE counts (an abandoned one, after Timer C and a
             // failover, still gets its 487 acknowledged by its transaction).
@@ -73,9 +76,6 @@ impl B2bua<'_> {
                 if let Some(status) = msg.status().filter(|s| *s >= 200) {
                     if info.cseq_method == "INVITE" {
                         // Bridgehead's own re-INVITE: its 2xx gets Bridgehead's ACK.
-                        if let Some(c) = self.calls.by_key.get_mut(&call) {
-                            c.invite_pending = false;
-                        }
                         if status < 300 {
                             self.ack_leg(call, leg, None);
                             // Its answer: where the peer now wants media (learnt as any SDP
@@ -90,6 +90,16 @@ impl B2bua<'_> {
                 }
             }
             ClientOwner::Local => {}
+        }
+    }
+
+    /// A re-INVITE of a call (relayed, or Bridgehead's own) got its final response, or none:
+    /// another INVITE of the call may go.
+    pub(super) fn reinvite_over(&mut self, owner: ClientOwner) {
+        if let ClientOwner::Relay { call, .. } | ClientOwner::Refresh(call, _) = owner {
+            if let Some(call) = self.calls.by_key.get_mut(&call) {
+                call.invite_pending = false;
+            }
         }
     }
 
@@ -415,11 +425,8 @@ impl B2bua<'_> {
                 .header_str(&HeaderName::CSeq)
                 .and_then(|cseq| cseq.split_whitespace().nth(1))
                 == Some("INVITE");
-        if (method == Method::Invite || as_invite) && status >= 200 {
-            call.invite_pending = false;
-            if status < 300 && !as_invite {
-                call.pending_ack = Some(PendingAck { from: to, server });
-            }
+        if method == Method::Invite && (200..300).contains(&status) {
+            call.pending_ack = Some(PendingAck { from: to, server });
         }
         self.relay_response_to(key, to, server, (&msg, Vec::new()), now);
         if as_invite && (200..300).contains(&status) {

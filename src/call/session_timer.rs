@@ -276,10 +276,12 @@ impl B2bua<'_> {
 
     /// A leg's peer sent a refresh (re-INVITE or UPDATE): its session runs on from now.
     pub(super) fn session_refreshed(&mut self, key: CallKey, leg: Leg, now: Instant) {
+        // Before the answer no session runs yet (an early UPDATE refreshes nothing).
         let peer_refreshes = self
             .calls
             .by_key
             .get(&key)
+            .filter(|call| matches!(call.state, CallState::Answered { .. }))
             .and_then(|call| call.session[leg.index()])
             .is_some_and(|timer| timer.refresher == Refresher::Peer);
         if peer_refreshes {
@@ -295,7 +297,6 @@ impl B2bua<'_> {
                 let Some(call) = self.calls.by_key.get_mut(&key) else {
                     return;
                 };
-                let headers = Self::session_headers(call, leg, Refresher::Bridgehead);
                 let refresh = if call.leg(leg).allows_update {
                     OwnRequest::new(Method::Update)
                 } else {
@@ -311,11 +312,9 @@ impl B2bua<'_> {
                         return;
                     }
                     call.invite_pending = true;
-                    OwnRequest::new(Method::Invite).with_body("application/sdp", sdp)
+                    OwnRequest::new(Method::Invite).with_sdp_as_sent(sdp)
                 };
-                let refresh = refresh
-                    .with_headers(headers)
-                    .owned_by(ClientOwner::Refresh(key, leg));
+                let refresh = refresh.owned_by(ClientOwner::Refresh(key, leg));
                 self.send_in_dialog(key, leg, refresh, now);
                 self.calls.arm_session(key, leg, now);
             }

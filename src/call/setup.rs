@@ -341,9 +341,22 @@ impl B2bua<'_> {
         let rel100 = rules.profile.trunks[trunk].rel100;
         let caller_requires = has_option(&msg, &HeaderName::Require, "100rel");
         let caller_100rel = caller_requires || has_option(&msg, &HeaderName::Supported, "100rel");
-        let preconditions =
-            precondition::CallerPreconditions::of_invite(&msg, &rules.profile.trunks[trunk])
-                .filter(|_| rules.profile.media.is_some());
+        let preconditions = match precondition::CallerPreconditions::of_invite(
+            &msg,
+            &rules.profile.trunks[trunk],
+        ) {
+            Ok(preconditions) => preconditions.filter(|_| rules.profile.media.is_some()),
+            Err((status, extra)) => {
+                let incoming = Incoming {
+                    msg,
+                    key,
+                    from,
+                    trunk,
+                };
+                self.answer(incoming, status, &extra, now);
+                return;
+            }
+        };
         // Preconditions need reliable provisionals (RFC 3312 §11).
         if (rel100 == Rel100::Required || preconditions.is_some()) && !caller_100rel {
             let incoming = Incoming {
@@ -632,11 +645,11 @@ impl B2bua<'_> {
             self.outgoing_edited(Some(key), script, Leg::B, dest, invite, touched, None);
         if let Some(call) = self.calls.by_key.get_mut(&key) {
             let withheld = call.rules.profile.trunks[dest].delayed_offer == DelayedOffer::Always;
-            if withheld && carries_sdp(&invite) {
+            call.offer_withheld = withheld && carries_sdp(&invite);
+            if call.offer_withheld {
                 // Anchored (the caller's address and codecs are known), then withheld: the
                 // callee makes the offer.
                 super::offer_answer::remove_sdp(&mut invite);
-                call.offer_withheld = true;
             }
         }
         if let Some(err) = self
@@ -698,6 +711,7 @@ impl B2bua<'_> {
         call.attempts += 1;
         call.state = CallState::Calling;
         call.invite_pending = true;
+        call.forget_callee();
         let new_key = call.b.dialog_key();
         self.calls.dialogs.remove(&old.dialog_key());
         self.calls.dialogs.insert(new_key, (key, Leg::B));

@@ -62,6 +62,32 @@ pub enum Direction {
 }
 
 impl Direction {
+    /// The direction as the other party states it: its sending is our receiving.
+    pub fn mirrored(self) -> Direction {
+        match self {
+            Direction::SendOnly => Direction::RecvOnly,
+            Direction::RecvOnly => Direction::SendOnly,
+            other => other,
+        }
+    }
+
+    /// The direction of an answer to an offer with this direction, from a party that wants
+    /// `own` (RFC 3264 §6.1): what the offer allows, mirrored, and what the party wants.
+    pub fn answering(self, own: Direction) -> Direction {
+        let bits = |d: Direction| match d {
+            Direction::SendRecv => 3,
+            Direction::SendOnly => 1,
+            Direction::RecvOnly => 2,
+            Direction::Inactive => 0,
+        };
+        match bits(self.mirrored()) & bits(own) {
+            3 => Direction::SendRecv,
+            1 => Direction::SendOnly,
+            2 => Direction::RecvOnly,
+            _ => Direction::Inactive,
+        }
+    }
+
     /// The attribute name (`sendrecv`, `sendonly`, `recvonly`, `inactive`).
     pub fn as_str(self) -> &'static str {
         match self {
