@@ -20,6 +20,8 @@ pub type TrunkId = usize;
 pub enum Transport {
     Udp,
     Tcp,
+    /// TCP with TLS (RFC 3261 §26.2), the only transport Microsoft Teams takes.
+    Tls,
 }
 
 impl Transport {
@@ -28,12 +30,13 @@ impl Transport {
         match self {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
         }
     }
 
     /// True for stream transports (no retransmissions).
     pub fn is_reliable(self) -> bool {
-        self == Transport::Tcp
+        self != Transport::Udp
     }
 }
 
@@ -69,6 +72,43 @@ pub struct Listener {
     pub max_connections_per_source: u32,
     /// What a source that is no trunk's peer gets.
     pub unknown_sources: UnknownSources,
+    /// TLS on this listener (with `tls` in its transports).
+    pub tls: Option<ListenerTls>,
+}
+
+impl Listener {
+    /// The port Bridgehead takes `transport` on: the TLS port for TLS, else the address's.
+    pub fn port(&self, transport: Transport) -> u16 {
+        match (&self.tls, transport) {
+            (Some(tls), Transport::Tls) => tls.port,
+            _ => self.address.port(),
+        }
+    }
+}
+
+/// A listener's TLS: where it takes TLS connections, the certificate it presents (also to
+/// the peers it connects to), and whether clients must present one (mutual TLS).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerTls {
+    /// On the listener's IP (default: the address's port + 1 when the listener also takes
+    /// TCP, else the address's port).
+    pub port: u16,
+    /// The certificate chain (PEM), leaf first.
+    pub certificate: PathBuf,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// When set, clients must present a certificate issued by one of these CAs (PEM).
+    pub client_ca: Option<PathBuf>,
+}
+
+/// How Bridgehead connects to a TLS trunk's peers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrunkTls {
+    /// The name sent in SNI and that the peer's certificate must carry (RFC 2818 §3.1
+    /// wildcards accepted); default: the peer's IP address.
+    pub server_name: Option<String>,
+    /// The CAs the peer's certificate must chain to (PEM); default: the Mozilla root store.
+    pub ca: Option<PathBuf>,
 }
 
 /// What a listener does with messages and connections from an address no trunk names.
@@ -90,6 +130,8 @@ pub struct Trunk {
     pub peers: Vec<SocketAddr>,
     /// How Bridgehead sends requests to the peers.
     pub transport: Transport,
+    /// TLS toward the peers (with `transport: tls`).
+    pub tls: TrunkTls,
     /// The Lua rules for calls arriving on this trunk.
     pub script: Option<PathBuf>,
     /// Where calls arriving on this trunk go unless a rule routes them.
@@ -507,6 +549,23 @@ struct RawListener {
     max_connections_per_source: u32,
     #[serde(default)]
     unknown_sources: UnknownSources,
+    tls: Option<RawListenerTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListenerTls {
+    port: Option<u16>,
+    certificate: String,
+    key: String,
+    client_ca: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTrunkTls {
+    server_name: Option<String>,
+    ca: Option<String>,
 }
 
 /// Seconds a connection may go without a complete message.
@@ -582,6 +641,8 @@ struct RawTrunk {
     session_timer: SessionTimerConfig,
     #[serde(default)]
     precondition: Precondition,
+    #[serde(default)]
+    tls: RawTrunkTls,
 }
 
 /// How a trunk carries DTMF.
@@ -621,6 +682,39 @@ struct RawHeaderPolicy {
     strip: Vec<String>,
     #[serde(default)]
     copy: Vec<String>,
+}
+
+/// What a PEM file the profile names must hold.
+#[derive(Clone, Copy)]
+enum PemKind {
+    /// One certificate or more.
+    Certificates,
+    /// A private key.
+    Key,
+}
+
+impl PemKind {
+    /// Reads `file` as this kind; the problem in words when it is not.
+    fn check(self, file: &Path) -> Result<(), String> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let shown = file.display();
+        match self {
+            PemKind::Certificates => {
+                let certs = CertificateDer::pem_file_iter(file)
+                    .map_err(|err| format!("{shown}: {err}"))?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|err| format!("{shown}: {err}"))?;
+                if certs.is_empty() {
+                    return Err(format!("{shown}: no certificate in it"));
+                }
+            }
+            PemKind::Key => {
+                PrivateKeyDer::from_pem_file(file).map_err(|err| format!("{shown}: {err}"))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Checks one profile text part by part, collecting every error with its line.
@@ -678,6 +772,7 @@ impl Validator<'_> {
                 format!("listener '{}': dscp {} is above 63", raw.name, raw.dscp),
             );
         }
+        let tls = self.listener_tls(raw, address);
         Some(Listener {
             name: raw.name.clone(),
             address,
@@ -687,7 +782,130 @@ impl Validator<'_> {
             idle_timeout: raw.idle_timeout,
             max_connections_per_source: raw.max_connections_per_source,
             unknown_sources: raw.unknown_sources,
+            tls,
         })
+    }
+
+    /// A file the profile names, relative to the profile's folder.
+    fn profile_file(&self, name: &str) -> PathBuf {
+        self.path.parent().unwrap_or(Path::new(".")).join(name)
+    }
+
+    /// A listener's TLS: present exactly when `tls` is among its transports, its files
+    /// readable PEM.
+    fn listener_tls(&mut self, raw: &RawListener, address: SocketAddr) -> Option<ListenerTls> {
+        let at = self.line_of(&format!("name: {}", raw.name));
+        let wanted = raw.transports.contains(&Transport::Tls);
+        let Some(tls) = &raw.tls else {
+            if wanted {
+                self.error(
+                    at,
+                    format!(
+                        "listener '{}': transport tls needs a tls section (certificate, key)",
+                        raw.name
+                    ),
+                );
+            }
+            return None;
+        };
+        if !wanted {
+            self.error(
+                self.line_of("certificate:").or(at),
+                format!(
+                    "listener '{}': a tls section without tls in its transports",
+                    raw.name
+                ),
+            );
+        }
+        let port = tls.port.unwrap_or_else(|| {
+            if raw.transports.contains(&Transport::Tcp) {
+                address.port().saturating_add(1)
+            } else {
+                address.port()
+            }
+        });
+        if port == address.port() && raw.transports.contains(&Transport::Tcp) {
+            self.error(
+                self.line_of("port:").or(at),
+                format!(
+                    "listener '{}': TLS and TCP cannot share port {port}",
+                    raw.name
+                ),
+            );
+        }
+        let certificate = self.profile_file(&tls.certificate);
+        let key = self.profile_file(&tls.key);
+        let client_ca = tls.client_ca.as_deref().map(|ca| self.profile_file(ca));
+        let checks = [
+            (Some(&certificate), &tls.certificate, PemKind::Certificates),
+            (Some(&key), &tls.key, PemKind::Key),
+            (
+                client_ca.as_ref(),
+                tls.client_ca.as_ref().unwrap_or(&tls.key),
+                PemKind::Certificates,
+            ),
+        ];
+        for (file, named, kind) in checks {
+            if let Some(Err(problem)) = file.map(|file| kind.check(file)) {
+                self.error(
+                    self.line_of(named).or(at),
+                    format!("listener '{}': {problem}", raw.name),
+                );
+            }
+        }
+        Some(ListenerTls {
+            port,
+            certificate,
+            key,
+            client_ca,
+        })
+    }
+
+    /// A trunk's TLS settings: a TLS trunk needs a TLS listener (its certificate is the one
+    /// Bridgehead presents), a server name that is one, and a readable CA file.
+    fn trunk_tls(&mut self, raw: &RawTrunk, listener: &Listener, at: Option<usize>) -> TrunkTls {
+        let settings = &raw.tls;
+        if raw.transport == Transport::Tls && listener.tls.is_none() {
+            self.error(
+                at,
+                format!(
+                    "trunk '{}': transport tls needs TLS on listener '{}' (its certificate is Bridgehead's)",
+                    raw.name, listener.name
+                ),
+            );
+        }
+        if raw.transport != Transport::Tls
+            && (settings.server_name.is_some() || settings.ca.is_some())
+        {
+            self.error(
+                self.line_of("server_name:").or(at),
+                format!("trunk '{}': tls settings without transport: tls", raw.name),
+            );
+        }
+        if let Some(name) = &settings.server_name {
+            if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
+                self.error(
+                    self.line_of(name).or(at),
+                    format!(
+                        "trunk '{}': server_name '{name}' is no DNS name or IP address",
+                        raw.name
+                    ),
+                );
+            }
+        }
+        let ca = settings.ca.as_deref().map(|ca| self.profile_file(ca));
+        if let (Some(file), Some(named)) = (&ca, &settings.ca) {
+            if let Err(problem) = PemKind::Certificates.check(file) {
+                self.error(
+                    self.line_of(named).or(at),
+                    format!("trunk '{}': {problem}", raw.name),
+                );
+            }
+        }
+        TrunkTls {
+            server_name: settings.server_name.clone(),
+            ca,
+        }
     }
 
     /// A trunk, or None when its listener does not exist. Scripts are found relative to the
@@ -716,6 +934,7 @@ impl Validator<'_> {
                 ),
             );
         }
+        let tls = self.trunk_tls(raw, &listeners[listener], at);
         if let Some(bytes) = raw.tcp_above {
             let place = self.line_of(&format!("tcp_above: {bytes}")).or(at);
             if raw.transport != Transport::Udp {
@@ -816,6 +1035,7 @@ impl Validator<'_> {
             );
         }
         Some(Trunk {
+            tls,
             name: raw.name.clone(),
             srtp: raw.srtp,
             media_dscp: raw.media_dscp,
@@ -1146,6 +1366,61 @@ trunks:
         let text = text.replace("    rel100: disabled\n", "");
         let profile = Profile::parse(Path::new("p.yaml"), &text).expect("valid");
         assert_eq!(profile.trunks[0].precondition, Precondition::Terminate);
+    }
+
+    /// `GOOD` with TLS on the core listener (its certificate `cert`) and the Teams trunk over
+    /// TLS through it.
+    fn with_tls(cert: &str, tls_lines: &str) -> String {
+        GOOD.replace(
+            "    transports: [udp, tcp]\n",
+            &format!(
+                "    transports: [udp, tcp, tls]\n    tls:\n      certificate: {cert}\n      key: {cert}\n{tls_lines}"
+            ),
+        )
+    }
+
+    #[test]
+    fn tls_listeners_and_trunks_are_checked_at_load() {
+        let dir = std::env::temp_dir().join(format!("bh-tls-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["sbc.example.test".to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("certificate");
+        let both = dir.join("sbc.pem");
+        std::fs::write(&both, cert.pem() + &key.serialize_pem()).expect("write");
+        let both = both.display().to_string();
+
+        // TLS beside TCP takes the next port; the certificate and key are read.
+        let profile = Profile::parse(&dir.join("p.yaml"), &with_tls(&both, "")).expect("valid");
+        let tls = profile.listeners[0].tls.as_ref().expect("tls");
+        assert_eq!(tls.port, 5061);
+        assert_eq!(profile.listeners[0].port(Transport::Tls), 5061);
+        assert_eq!(profile.listeners[0].port(Transport::Tcp), 5060);
+
+        // A file that is no PEM, on its line.
+        let text = with_tls("/nonexistent/sbc.pem", "");
+        let errors = Profile::parse(&dir.join("p.yaml"), &text).expect_err("refused");
+        assert_eq!(errors[0].line, Some(6), "{}", errors[0]);
+        assert!(errors[0].message.contains("/nonexistent/sbc.pem"), "{}", errors[0]);
+        // TLS and TCP on one port.
+        let text = with_tls(&both, "      port: 5060\n");
+        let errors = Profile::parse(&dir.join("p.yaml"), &text).expect_err("refused");
+        assert!(errors[0].message.contains("cannot share port 5060"), "{}", errors[0]);
+        // tls without its section, and a TLS trunk on a listener without TLS.
+        let text = GOOD.replace("[udp, tcp]", "[udp, tls]");
+        let errors = Profile::parse(&dir.join("p.yaml"), &text).expect_err("refused");
+        assert!(errors[0].message.contains("needs a tls section"), "{}", errors[0]);
+        let text = GOOD.replace(
+            "    peers: [\"127.0.0.2:5080\"]\n",
+            "    peers: [\"127.0.0.2:5080\"]\n    transport: tls\n",
+        );
+        let errors = Profile::parse(&dir.join("p.yaml"), &text).expect_err("refused");
+        assert!(errors
+            .iter()
+            .any(|e| e.message.contains("transport tls needs TLS on listener 'teams'")));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -335,7 +335,9 @@ async fn send(engine: &mut Engine, udp: &UdpSockets, hub: &Arc<Hub>, transmit: T
                 engine.handle_transport_error(&transmit, &error, Instant::now());
             }
         }
-        crate::config::Transport::Tcp => hub.send_stream(transmit.peer, transmit.bytes),
+        crate::config::Transport::Tcp | crate::config::Transport::Tls => {
+            hub.send_stream(transmit.peer, transmit.bytes)
+        }
     }
 }
 fn handle(engine: &mut Engine, input: ShardInput) {

@@ -5,9 +5,11 @@
 //! address itself (`SO_REUSEPORT`, [`bind_udp`]), receives on its sockets ([`UdpSockets`]),
 //! handles what is its own at once and forwards the rest to the owner shard's queue, and sends
 //! its engine's datagrams from its own socket of the listener. TCP connections run as tasks on
-//! the shared runtime and hand each framed message to its shard's queue. TLS plugs in as
-//! another stream transport beside TCP: a stream only needs [`spawn_stream`] with its reader
-//! and writer halves.
+//! the shared runtime and hand each framed message to its shard's queue. TLS ([`tls`]) is a
+//! stream transport beside TCP: once its handshake is done, a TLS connection runs through the
+//! same [`spawn_stream`] with its reader and writer halves.
+
+pub mod tls;
 
 use crate::config::{Listener, ListenerId, Profile, Transport, UnknownSources};
 use crate::shared::shard_for_call_id;
@@ -20,6 +22,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
+use tls::{HandshakeFailure, TlsContexts};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, UdpSocket};
 use tokio::runtime::Handle;
@@ -46,6 +49,8 @@ pub struct Hub {
     listeners: Vec<Listener>,
     /// The profile new calls take: which sources are trunk peers.
     profile: RwLock<Arc<Profile>>,
+    /// The TLS of that profile: listeners' certificates, trunks' trust and names.
+    tls: RwLock<Arc<TlsContexts>>,
     conns: Mutex<HashMap<ConnId, mpsc::UnboundedSender<Bytes>>>,
     outbound: Mutex<HashMap<(ListenerId, SocketAddr), ConnId>>,
     /// Connections accepted and open, by listener and source IP.
@@ -67,7 +72,14 @@ pub struct TransportStats {
     pub refused_over_limit: AtomicU64,
     /// Connections closed after `idle_timeout` without a complete message.
     pub closed_idle: AtomicU64,
+    /// TLS handshakes completed, either way.
+    pub tls_handshakes: AtomicU64,
+    /// TLS handshakes failed, either way, by [`HandshakeFailure::index`].
+    pub tls_failures: [AtomicU64; HandshakeFailure::ALL.len()],
 }
+
+/// How long a TLS handshake may take before the connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A TCP socket of the address's family, marked with a DSCP.
 fn tcp_socket(address: SocketAddr, dscp: u8) -> std::io::Result<TcpSocket> {
@@ -271,31 +283,40 @@ impl Hub {
     pub async fn bind(
         profile: &Profile,
         shards: Vec<mpsc::UnboundedSender<ShardInput>>,
-    ) -> anyhow::Result<(Arc<Hub>, Vec<(ListenerId, TcpListener)>)> {
-        let mut tcp = Vec::new();
+    ) -> anyhow::Result<(Arc<Hub>, Vec<StreamListener>)> {
+        let mut streams = Vec::new();
         for (id, listener) in profile.listeners.iter().enumerate() {
-            if listener.transports.contains(&Transport::Tcp) {
+            for transport in [Transport::Tcp, Transport::Tls] {
+                if !listener.transports.contains(&transport) {
+                    continue;
+                }
+                let address = SocketAddr::new(listener.address.ip(), listener.port(transport));
                 // Accepted connections inherit the listening socket's DSCP.
-                let bound = tcp_socket(listener.address, listener.dscp)
+                let bound = tcp_socket(address, listener.dscp)
                     .and_then(|socket| {
                         socket.set_reuseaddr(true)?;
-                        socket.bind(listener.address)?;
+                        socket.bind(address)?;
                         socket.listen(1024)
                     })
                     .map_err(|err| {
                         anyhow::anyhow!(
-                            "listener '{}': cannot bind TCP {}: {err}",
+                            "listener '{}': cannot bind {transport:?} {address}: {err}",
                             listener.name,
-                            listener.address
                         )
                     })?;
-                tcp.push((id, bound));
+                streams.push(StreamListener {
+                    listener: id,
+                    transport,
+                    socket: bound,
+                });
             }
         }
+        let tls = TlsContexts::new(profile)?;
         let hub = Arc::new(Hub {
             runtime: Handle::current(),
             listeners: profile.listeners.clone(),
             profile: RwLock::new(Arc::new(profile.clone())),
+            tls: RwLock::new(Arc::new(tls)),
             conns: Mutex::new(HashMap::new()),
             outbound: Mutex::new(HashMap::new()),
             accepted: Mutex::new(HashMap::new()),
@@ -304,12 +325,31 @@ impl Hub {
             stats: TransportStats::default(),
             started: Instant::now(),
         });
-        Ok((hub, tcp))
+        Ok((hub, streams))
     }
 
-    /// Makes `profile` the one whose trunk peers connections are checked against.
+    /// Makes `profile` the one whose trunk peers connections are checked against, and whose
+    /// TLS settings new connections take (established ones keep theirs). TLS settings that
+    /// cannot be built leave the previous ones in use.
     pub fn set_profile(&self, profile: Arc<Profile>) {
+        match TlsContexts::new(&profile) {
+            Ok(tls) => *self.tls.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(tls),
+            Err(err) => tracing::error!("TLS settings not reloaded, the previous stay: {err}"),
+        }
         *self.profile.write().unwrap_or_else(|e| e.into_inner()) = profile;
+    }
+
+    /// The TLS settings new connections take.
+    fn tls(&self) -> Arc<TlsContexts> {
+        self.tls.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A TLS handshake failed with `peer`: logged with its reason, and counted.
+    fn tls_failed(&self, peer: SocketAddr, outbound: bool, failure: HandshakeFailure, err: &str) {
+        self.stats.tls_failures[failure.index()].fetch_add(1, Ordering::Relaxed);
+        let total = self.stats.tls_failures[failure.index()].load(Ordering::Relaxed);
+        let side = if outbound { "to" } else { "from" };
+        tracing::warn!(%peer, reason = failure.name(), count = total, "TLS handshake {side} {peer} failed: {}: {err}", failure.name());
     }
 
     /// Whether a connection accepted on `listener` from `source` may stay: its source is a
@@ -364,10 +404,10 @@ impl Hub {
         self.started.elapsed().as_millis() as u64
     }
 
-    /// Starts accepting TCP connections.
-    pub fn start(self: &Arc<Hub>, tcp: Vec<(ListenerId, TcpListener)>) {
-        for (id, listener) in tcp {
-            self.runtime.spawn(tcp_accept(self.clone(), id, listener));
+    /// Starts accepting TCP and TLS connections.
+    pub fn start(self: &Arc<Hub>, streams: Vec<StreamListener>) {
+        for listener in streams {
+            self.runtime.spawn(stream_accept(self.clone(), listener));
         }
     }
 
@@ -467,28 +507,68 @@ impl Hub {
                 Ok(socket) => socket.connect(peer.addr).await,
                 Err(err) => Err(err),
             };
-            match connected {
+            let conn = Connection {
+                id,
+                listener: peer.listener,
+                addr: peer.addr,
+                transport: peer.transport,
+                accepted: false,
+            };
+            let failed = match connected {
                 Ok(stream) => {
                     let _ = stream.set_nodelay(true);
-                    let (reader, writer) = stream.into_split();
-                    let conn = Connection {
-                        id,
-                        listener: peer.listener,
-                        addr: peer.addr,
-                        accepted: false,
-                    };
-                    spawn_stream(hub, conn, reader, writer, rx);
-                }
-                Err(err) => {
-                    hub.forget(id, peer.listener, peer.addr);
-                    let mut rx = rx;
-                    rx.close();
-                    while let Ok(bytes) = rx.try_recv() {
-                        hub.report_failure(peer, bytes, format!("TCP connect failed: {err}"));
+                    if peer.transport != Transport::Tls {
+                        let (reader, writer) = stream.into_split();
+                        spawn_stream(hub, conn, reader, writer, rx);
+                        return;
+                    }
+                    match hub.tls_connect(stream, peer).await {
+                        Ok(stream) => {
+                            let (reader, writer) = tokio::io::split(stream);
+                            spawn_stream(hub, conn, reader, writer, rx);
+                            return;
+                        }
+                        Err(err) => err,
                     }
                 }
+                Err(err) => format!("TCP connect failed: {err}"),
+            };
+            hub.forget(id, peer.listener, peer.addr);
+            let mut rx = rx;
+            rx.close();
+            while let Ok(bytes) = rx.try_recv() {
+                hub.report_failure(peer, bytes, failed.clone());
             }
         });
+    }
+
+    /// The TLS handshake of a connection Bridgehead opened toward a TLS trunk's peer; the
+    /// error in words when it fails (logged and counted).
+    async fn tls_connect(
+        &self,
+        stream: tokio::net::TcpStream,
+        peer: Peer,
+    ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+        let Some((connector, name)) = self.tls().connector(peer.listener, peer.addr) else {
+            let error = format!("no TLS trunk has {} as a peer", peer.addr);
+            self.tls_failed(peer.addr, true, HandshakeFailure::Other, &error);
+            return Err(error);
+        };
+        let failure =
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, stream)).await {
+                Ok(Ok(stream)) => {
+                    self.stats.tls_handshakes.fetch_add(1, Ordering::Relaxed);
+                    return Ok(stream);
+                }
+                Ok(Err(err)) => (HandshakeFailure::of(&err), err.to_string()),
+                Err(_) => (HandshakeFailure::Timeout, "no answer".to_string()),
+            };
+        self.tls_failed(peer.addr, true, failure.0, &failure.1);
+        Err(format!(
+            "TLS handshake failed: {}: {}",
+            failure.0.name(),
+            failure.1
+        ))
     }
 
     fn forget(&self, id: ConnId, listener: ListenerId, addr: SocketAddr) {
@@ -512,7 +592,19 @@ fn trim_bytes(bytes: &[u8]) -> &[u8] {
     &bytes[start..end.max(start)]
 }
 
-async fn tcp_accept(hub: Arc<Hub>, listener: ListenerId, socket: TcpListener) {
+/// A bound stream listening socket: which listener, TCP or TLS.
+pub struct StreamListener {
+    listener: ListenerId,
+    transport: Transport,
+    socket: TcpListener,
+}
+
+async fn stream_accept(hub: Arc<Hub>, stream_listener: StreamListener) {
+    let StreamListener {
+        listener,
+        transport,
+        socket,
+    } = stream_listener;
     // Out of descriptors, accept fails until one closes: say so once a minute, not 20 times
     // a second.
     let mut warned: Option<Instant> = None;
@@ -534,16 +626,43 @@ async fn tcp_accept(hub: Arc<Hub>, listener: ListenerId, socket: TcpListener) {
         }
         let _ = stream.set_nodelay(true);
         let id = hub.next_conn.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::unbounded_channel();
-        lock(&hub.conns).insert(id, tx);
-        let (reader, writer) = stream.into_split();
         let conn = Connection {
             id,
             listener,
             addr,
+            transport,
             accepted: true,
         };
-        spawn_stream(hub.clone(), conn, reader, writer, rx);
+        if transport != Transport::Tls {
+            let (tx, rx) = mpsc::unbounded_channel();
+            lock(&hub.conns).insert(id, tx);
+            let (reader, writer) = stream.into_split();
+            spawn_stream(hub.clone(), conn, reader, writer, rx);
+            continue;
+        }
+        let Some(acceptor) = hub.tls().acceptor(listener) else {
+            hub.release(listener, addr.ip());
+            continue;
+        };
+        // The handshake runs on its own: a slow client holds up no one.
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            let failure =
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        hub.stats.tls_handshakes.fetch_add(1, Ordering::Relaxed);
+                        let (tx, rx) = mpsc::unbounded_channel();
+                        lock(&hub.conns).insert(id, tx);
+                        let (reader, writer) = tokio::io::split(stream);
+                        spawn_stream(hub, conn, reader, writer, rx);
+                        return;
+                    }
+                    Ok(Err(err)) => (HandshakeFailure::of(&err), err.to_string()),
+                    Err(_) => (HandshakeFailure::Timeout, "no handshake".to_string()),
+                };
+            hub.tls_failed(addr, false, failure.0, &failure.1);
+            hub.release(listener, addr.ip());
+        });
     }
 }
 
@@ -554,6 +673,8 @@ pub struct Connection {
     pub id: ConnId,
     pub listener: ListenerId,
     pub addr: SocketAddr,
+    /// TCP or TLS.
+    pub transport: Transport,
     pub accepted: bool,
 }
 
@@ -570,11 +691,15 @@ pub fn spawn_stream<R, W>(
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let Connection {
-        id, listener, addr, ..
+        id,
+        listener,
+        addr,
+        transport,
+        ..
     } = conn;
     let peer = Peer {
         listener,
-        transport: Transport::Tcp,
+        transport,
         addr,
         conn: Some(id),
     };

@@ -65,28 +65,22 @@ pub fn via_value(listener: &Listener, transport: Transport, branch: &str) -> Str
         "SIP/2.0/{} {}:{};branch={};rport",
         transport.as_via_token(),
         listener.advertise,
-        listener.address.port(),
+        listener.port(transport),
         branch
     )
 }
 
 /// Bridgehead's Contact on a leg.
 pub fn contact_value(user: Option<&str>, listener: &Listener, transport: Transport) -> String {
+    let port = listener.port(transport);
     let transport = match transport {
         Transport::Udp => "",
         Transport::Tcp => ";transport=tcp",
+        Transport::Tls => ";transport=tls",
     };
     match user {
-        Some(user) => format!(
-            "<sip:{user}@{}:{}{transport}>",
-            listener.advertise,
-            listener.address.port()
-        ),
-        None => format!(
-            "<sip:{}:{}{transport}>",
-            listener.advertise,
-            listener.address.port()
-        ),
+        Some(user) => format!("<sip:{user}@{}:{port}{transport}>", listener.advertise),
+        None => format!("<sip:{}:{port}{transport}>", listener.advertise),
     }
 }
 

@@ -120,8 +120,10 @@ pub(super) fn retarget(uri: &str, peer: &Peer) -> String {
             out.push_str(";user=phone");
         }
     }
-    if peer.transport == crate::config::Transport::Tcp {
-        out.push_str(";transport=tcp");
+    match peer.transport {
+        crate::config::Transport::Udp => {}
+        crate::config::Transport::Tcp => out.push_str(";transport=tcp"),
+        crate::config::Transport::Tls => out.push_str(";transport=tls"),
     }
     out
 }

@@ -1,0 +1,428 @@
+//! SIP over TLS end to end: certificates made here (a CA, Bridgehead's, a Teams-like peer's,
+//! a client's), the real `bridgehead` binary, and TLS far ends built on rustls in the test
+//! (plus `openssl s_client` for a TLS 1.1 client). Every refused handshake must be logged
+//! with its reason.
+
+mod common;
+
+use common::{scratch_dir, Sbc};
+use rcgen::{date_time_ymd, BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use std::io::{Read, Write};
+use std::net::{TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A certificate authority of the test, and what it issued, as PEM files in `dir`.
+struct Pki {
+    dir: PathBuf,
+    issuer: Issuer<'static, KeyPair>,
+    /// The CA's certificate file.
+    ca: PathBuf,
+}
+
+impl Pki {
+    fn new(dir: &Path, name: &str) -> Pki {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("{name} test CA"));
+        let cert = params.self_signed(&key).expect("CA certificate");
+        let ca = dir.join(format!("{name}-ca.pem"));
+        std::fs::write(&ca, cert.pem()).expect("write CA");
+        Pki {
+            dir: dir.to_path_buf(),
+            issuer: Issuer::new(params, key),
+            ca,
+        }
+    }
+
+    /// A certificate for `names` (DNS names or IP addresses), expired if `expired`; returns
+    /// its certificate and key files.
+    fn issue(&self, file: &str, names: &[&str], expired: bool) -> (PathBuf, PathBuf) {
+        let key = KeyPair::generate().expect("key");
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = CertificateParams::new(names).expect("params");
+        params.distinguished_name.push(DnType::CommonName, file);
+        if expired {
+            params.not_before = date_time_ymd(2020, 1, 1);
+            params.not_after = date_time_ymd(2021, 1, 1);
+        }
+        let cert = params.signed_by(&key, &self.issuer).expect("certificate");
+        let (cert_file, key_file) = (
+            self.dir.join(format!("{file}.pem")),
+            self.dir.join(format!("{file}.key")),
+        );
+        std::fs::write(&cert_file, cert.pem()).expect("write certificate");
+        std::fs::write(&key_file, key.serialize_pem()).expect("write key");
+        (cert_file, key_file)
+    }
+}
+
+fn certs(file: &Path) -> Vec<CertificateDer<'static>> {
+    CertificateDer::pem_file_iter(file)
+        .expect("pem")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("certificates")
+}
+
+fn key(file: &Path) -> PrivateKeyDer<'static> {
+    PrivateKeyDer::from_pem_file(file).expect("key")
+}
+
+fn roots(ca: &Path) -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certs(ca) {
+        roots.add(cert).expect("root");
+    }
+    roots
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A TLS client config trusting `ca`, presenting `identity` (certificate, key) when given.
+fn client_config(ca: &Path, identity: Option<&(PathBuf, PathBuf)>) -> Arc<rustls::ClientConfig> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots(ca));
+    Arc::new(match identity {
+        Some((cert, key_file)) => builder
+            .with_client_auth_cert(certs(cert), key(key_file))
+            .expect("client certificate"),
+        None => builder.with_no_client_auth(),
+    })
+}
+
+/// Connects to 127.0.0.1:`port` as a TLS client of `config` expecting `name`, sends
+/// `request`, and returns what came back within a second (empty when the handshake failed).
+fn tls_exchange(port: u16, config: Arc<rustls::ClientConfig>, name: &str, request: &str) -> String {
+    let name = ServerName::try_from(name.to_string()).expect("name");
+    let mut connection = rustls::ClientConnection::new(config, name).expect("client");
+    let mut socket = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .expect("timeout");
+    let mut stream = rustls::Stream::new(&mut connection, &mut socket);
+    if stream.write_all(request.as_bytes()).is_err() {
+        return String::new();
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                got.extend_from_slice(&buf[..n]);
+                if got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+fn options(port: u16, transport: &str) -> String {
+    format!(
+        "OPTIONS sip:sbc.example.test:{port};transport={transport} SIP/2.0\r\n\
+         Via: SIP/2.0/{} 127.0.0.1:5099;branch=z9hG4bK-tls-{}\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:peer.example.test>;tag=p1\r\n\
+         To: <sip:sbc.example.test>\r\n\
+         Call-ID: tls-options-{}\r\n\
+         CSeq: 1 OPTIONS\r\n\
+         Content-Length: 0\r\n\r\n",
+        transport.to_uppercase(),
+        rand_tail(),
+        rand_tail()
+    )
+}
+
+fn rand_tail() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default()
+}
+
+/// Waits until Bridgehead's log has `needle`.
+fn wait_log(sbc: &Sbc, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !sbc.log().contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "no `{needle}` in the log:\n{}",
+            sbc.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A profile with a UDP core listener and a Teams listener taking TLS with `cert` (and
+/// `listener_extra` lines in its tls section); the Teams trunk uses `trunk_tls`.
+fn profile(cert: &(PathBuf, PathBuf), listener_extra: &str, trunk: &str) -> String {
+    format!(
+        "listeners:
+  - name: core
+    address: 127.0.0.1:{{core}}
+  - name: teams
+    address: 127.0.0.1:{{teams}}
+    transports: [udp, tls]
+    tls:
+      port: {{teams_tls}}
+      certificate: {}
+      key: {}
+{listener_extra}
+trunks:
+  - name: core
+    listener: core
+    peers: [\"127.0.0.1:{{softswitch}}\"]
+    script: {{script}}
+    route: teams
+  - name: teams
+    listener: teams
+{trunk}
+    script: {{script}}
+    route: core
+",
+        cert.0.display(),
+        cert.1.display()
+    )
+}
+
+#[test]
+fn a_tls_listener_answers_over_tls_and_refuses_what_is_not_mutual_tls_with_its_ca() {
+    let dir = scratch_dir("tls-listener");
+    let pki = Pki::new(&dir, "operator");
+    let stranger = Pki::new(&dir, "stranger");
+    let sbc_cert = pki.issue("sbc", &["sbc.example.test", "127.0.0.1"], false);
+    let client = pki.issue("peer", &["peer.example.test"], false);
+    let foreign_client = stranger.issue("foreign", &["peer.example.test"], false);
+    let listener_extra = format!("      client_ca: {}", pki.ca.display());
+    let trunk = "    peers: [\"127.0.0.1:{teams_peer}\"]\n    transport: udp";
+    let sbc = Sbc::start(&profile(&sbc_cert, &listener_extra, trunk));
+    let port = sbc.port("teams_tls");
+
+    // Mutual TLS with a certificate of the CA: OPTIONS answered over TLS.
+    let answer = tls_exchange(
+        port,
+        client_config(&pki.ca, Some(&client)),
+        "sbc.example.test",
+        &options(port, "tls"),
+    );
+    assert!(answer.starts_with("SIP/2.0 200"), "{answer}\n{}", sbc.log());
+    assert!(
+        answer.contains("Via: SIP/2.0/TLS 127.0.0.1:5099"),
+        "{answer}"
+    );
+
+    // No client certificate.
+    let answer = tls_exchange(
+        port,
+        client_config(&pki.ca, None),
+        "sbc.example.test",
+        &options(port, "tls"),
+    );
+    assert!(answer.is_empty(), "{answer}");
+    wait_log(&sbc, "failed: no client certificate");
+
+    // A certificate of another CA.
+    let answer = tls_exchange(
+        port,
+        client_config(&pki.ca, Some(&foreign_client)),
+        "sbc.example.test",
+        &options(port, "tls"),
+    );
+    assert!(answer.is_empty(), "{answer}");
+    wait_log(&sbc, "failed: unknown CA");
+
+    // Plain SIP over TCP on the TLS port.
+    let mut plain = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    plain
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .expect("timeout");
+    plain
+        .write_all(options(port, "tcp").as_bytes())
+        .expect("write");
+    let mut buf = [0u8; 512];
+    let read = plain.read(&mut buf).unwrap_or(0);
+    assert!(
+        !String::from_utf8_lossy(&buf[..read]).contains("SIP/2.0 200"),
+        "no SIP answer in the clear"
+    );
+    wait_log(&sbc, "failed: not TLS");
+
+    // A TLS 1.1 client (openssl, allowed to offer 1.1).
+    let old = std::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+            "-tls1_1",
+            "-cipher",
+            "DEFAULT:@SECLEVEL=0",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl s_client (Debian openssl) must be installed");
+    assert!(!old.status.success(), "TLS 1.1 refused");
+    wait_log(&sbc, "failed: protocol version");
+    drop(stranger);
+}
+
+/// What the TLS far end saw of its one connection: the server name the client asked for,
+/// whether it presented a certificate, and the first message it sent.
+struct PeerSaw {
+    server_name: String,
+    client_certificate: bool,
+    first_message: String,
+}
+
+/// A TLS far end (the "Teams" peer) on a free port: accepts one connection with `cert` and
+/// requires a client certificate of `client_ca`.
+fn tls_peer(
+    cert: (PathBuf, PathBuf),
+    client_ca: PathBuf,
+) -> (u16, std::thread::JoinHandle<Option<PeerSaw>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let handle = std::thread::spawn(move || {
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots(&client_ca)),
+            provider(),
+        )
+        .build()
+        .expect("verifier");
+        let config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs(&cert.0), key(&cert.1))
+            .expect("server config");
+        listener.set_nonblocking(false).expect("blocking");
+        let (mut socket, _) = listener.accept().ok()?;
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut connection = rustls::ServerConnection::new(Arc::new(config)).expect("server");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 8192];
+        let until = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < until && !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let mut stream = rustls::Stream::new(&mut connection, &mut socket);
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        Some(PeerSaw {
+            server_name: connection.server_name().unwrap_or_default().to_string(),
+            client_certificate: connection
+                .peer_certificates()
+                .is_some_and(|c| !c.is_empty()),
+            first_message: String::from_utf8_lossy(&got).into_owned(),
+        })
+    });
+    (port, handle)
+}
+
+/// An INVITE from the core (UDP) into Bridgehead's core listener.
+fn core_invite(sbc: &Sbc, call: &str) -> UdpSocket {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let port = socket.local_addr().expect("addr").port();
+    let invite = format!(
+        "INVITE sip:+4930987654@127.0.0.1:{} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK-{call}\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:+4930123456@operator.example>;tag=a-{call}\r\n\
+         To: <sip:+4930987654@teams.example>\r\n\
+         Call-ID: {call}@operator.example\r\n\
+         CSeq: 1 INVITE\r\n\
+         Contact: <sip:alice@127.0.0.1:{port}>\r\n\
+         Content-Length: 0\r\n\r\n",
+        sbc.port("core")
+    );
+    socket
+        .send_to(invite.as_bytes(), ("127.0.0.1", sbc.port("core")))
+        .expect("send");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    socket
+}
+
+/// Statuses the core got on `socket` within `wait`.
+fn statuses(socket: &UdpSocket, wait: Duration) -> Vec<u16> {
+    let mut got = Vec::new();
+    let until = Instant::now() + wait;
+    let mut buf = [0u8; 4096];
+    while Instant::now() < until {
+        if let Ok((n, _)) = socket.recv_from(&mut buf) {
+            let text = String::from_utf8_lossy(&buf[..n]);
+            if let Some(status) = text.get(8..11).and_then(|s| s.parse().ok()) {
+                got.push(status);
+            }
+        }
+    }
+    got
+}
+
+#[test]
+fn calls_reach_a_tls_peer_by_its_name_with_bridgeheads_certificate_or_fail_with_the_reason() {
+    let dir = scratch_dir("tls-trunk");
+    let pki = Pki::new(&dir, "teams");
+    let sbc_cert = pki.issue("sbc", &["sbc.example.test"], false);
+    let teams_cert = pki.issue("teams", &["sip.teams.example.test"], false);
+    let expired_cert = pki.issue("old", &["sip.teams.example.test"], true);
+
+    for (peer_cert, server_name, wanted) in [
+        (teams_cert.clone(), "sip.teams.example.test", None),
+        (teams_cert, "sip2.teams.example.test", Some("wrong name")),
+        (
+            expired_cert,
+            "sip.teams.example.test",
+            Some("expired certificate"),
+        ),
+    ] {
+        let (peer_port, peer) = tls_peer(peer_cert, pki.ca.clone());
+        let trunk = format!(
+            "    peers: [\"127.0.0.1:{peer_port}\"]\n    transport: tls\n    tls:\n      server_name: {server_name}\n      ca: {}",
+            pki.ca.display()
+        );
+        let sbc = Sbc::start(&profile(&sbc_cert, "", &trunk));
+        let core = core_invite(&sbc, &format!("tls-{peer_port}"));
+        match wanted {
+            None => {
+                let saw = peer.join().expect("peer thread").expect("a connection");
+                let invite = saw.first_message;
+                assert_eq!(saw.server_name, "sip.teams.example.test", "SNI");
+                assert!(
+                    saw.client_certificate,
+                    "Bridgehead presented its certificate"
+                );
+                assert!(invite.starts_with("INVITE sip:"), "{invite}");
+                let via = format!("Via: SIP/2.0/TLS 127.0.0.1:{}", sbc.port("teams_tls"));
+                assert!(invite.contains(&via), "{invite}");
+                assert!(invite.contains(";transport=tls>"), "Contact: {invite}");
+            }
+            Some(reason) => {
+                wait_log(&sbc, &format!("failed: {reason}"));
+                let got = statuses(&core, Duration::from_secs(2));
+                assert!(
+                    got.contains(&503),
+                    "the caller hears 503: {got:?}\n{}",
+                    sbc.log()
+                );
+                let _ = peer.join();
+            }
+        }
+    }
+}
