@@ -1403,23 +1403,35 @@ trunks:
         let text = with_tls("/nonexistent/sbc.pem", "");
         let errors = Profile::parse(&dir.join("p.yaml"), &text).expect_err("refused");
         assert_eq!(errors[0].line, Some(6), "{}", errors[0]);
-        assert!(errors[0].message.contains("/nonexistent/sbc.pem"), "{}", errors[0]);
+        assert!(
+            errors[0].message.contains("/nonexistent/sbc.pem"),
+            "{}",
+            errors[0]
+        );
         // TLS and TCP on one port.
         let text = with_tls(&both, "      port: 5060\n");
         let errors = Profile::parse(&dir.join("p.yaml"), &text).expect_err("refused");
-        assert!(errors[0].message.contains("cannot share port 5060"), "{}", errors[0]);
+        assert!(
+            errors[0].message.contains("cannot share port 5060"),
+            "{}",
+            errors[0]
+        );
         // tls without its section, and a TLS trunk on a listener without TLS.
         let text = GOOD.replace("[udp, tcp]", "[udp, tls]");
         let errors = Profile::parse(&dir.join("p.yaml"), &text).expect_err("refused");
-        assert!(errors[0].message.contains("needs a tls section"), "{}", errors[0]);
+        assert!(
+            errors[0].message.contains("needs a tls section"),
+            "{}",
+            errors[0]
+        );
         let text = GOOD.replace(
             "    peers: [\"127.0.0.2:5080\"]\n",
             "    peers: [\"127.0.0.2:5080\"]\n    transport: tls\n",
         );
         let errors = Profile::parse(&dir.join("p.yaml"), &text).expect_err("refused");
-        assert!(errors
-            .iter()
-            .any(|e| e.message.contains("transport tls needs TLS on listener 'teams'")));
+        assert!(errors.iter().any(|e| e
+            .message
+            .contains("transport tls needs TLS on listener 'teams'")));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

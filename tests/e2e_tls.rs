@@ -426,3 +426,84 @@ fn calls_reach_a_tls_peer_by_its_name_with_bridgeheads_certificate_or_fail_with_
         }
     }
 }
+
+/// Connects as a TLS client and returns the certificate Bridgehead presented, and the open
+/// connection.
+fn presented_certificate(
+    port: u16,
+    ca: &Path,
+) -> (
+    CertificateDer<'static>,
+    rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+) {
+    let name = ServerName::try_from("sbc.example.test").expect("name");
+    let connection = rustls::ClientConnection::new(client_config(ca, None), name).expect("client");
+    let socket = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let mut stream = rustls::StreamOwned::new(connection, socket);
+    while stream.conn.is_handshaking() {
+        stream
+            .conn
+            .complete_io(&mut stream.sock)
+            .expect("handshake");
+    }
+    let leaf = stream.conn.peer_certificates().expect("certificates")[0].clone();
+    (leaf, stream)
+}
+
+/// Sends an OPTIONS on an open TLS connection and returns the status line of its answer.
+fn options_on(
+    stream: &mut rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    port: u16,
+) -> String {
+    stream
+        .write_all(options(port, "tls").as_bytes())
+        .expect("write");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&got)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn replaced_certificate_files_serve_new_handshakes_and_connections_up_keep_going() {
+    let dir = scratch_dir("tls-reload");
+    let pki = Pki::new(&dir, "operator");
+    let first = pki.issue("sbc", &["sbc.example.test"], false);
+    let trunk = "    peers: [\"127.0.0.1:{teams_peer}\"]\n    transport: udp";
+    let sbc = Sbc::start(&profile(&first, "", trunk));
+    let port = sbc.port("teams_tls");
+    let (before, mut open) = presented_certificate(port, &pki.ca);
+    assert_eq!(before.as_ref(), certs(&first.0)[0].as_ref());
+
+    // The renewed certificate and key replace the files (written aside, renamed over them).
+    let renewed = pki.issue("renewed", &["sbc.example.test"], false);
+    for (from, to) in [(&renewed.0, &first.0), (&renewed.1, &first.1)] {
+        let aside = to.with_extension("new");
+        std::fs::copy(from, &aside).expect("copy");
+        std::fs::rename(&aside, to).expect("rename");
+    }
+    wait_log(&sbc, "reload: new calls take version 2");
+    let (after, _) = presented_certificate(port, &pki.ca);
+    assert_eq!(
+        after.as_ref(),
+        certs(&renewed.0)[0].as_ref(),
+        "a new handshake gets the renewed certificate"
+    );
+    assert_ne!(after, before);
+    assert!(
+        options_on(&mut open, port).starts_with("SIP/2.0 200"),
+        "the connection made before goes on"
+    );
+}

@@ -130,7 +130,26 @@ pub fn compile(
     })
 }
 
-/// Directories to watch for a profile: its own, and each script's (recursively, for modules).
+/// The TLS files a profile names (certificates, keys, CAs), as the watcher sees them.
+fn tls_files(profile: &Profile) -> Vec<PathBuf> {
+    let listeners = profile.listeners.iter().filter_map(|l| l.tls.as_ref());
+    let listener_files = listeners.flat_map(|tls| {
+        [
+            Some(&tls.certificate),
+            Some(&tls.key),
+            tls.client_ca.as_ref(),
+        ]
+    });
+    let trunk_files = profile.trunks.iter().map(|t| t.tls.ca.as_ref());
+    listener_files
+        .chain(trunk_files)
+        .flatten()
+        .map(|file| file.canonicalize().unwrap_or_else(|_| file.clone()))
+        .collect()
+}
+
+/// Directories to watch for a profile: its own, each script's (recursively, for modules), and
+/// each TLS file's.
 pub fn watched_dirs(profile: &Profile) -> Vec<(PathBuf, RecursiveMode)> {
     let mut dirs: Vec<(PathBuf, RecursiveMode)> = Vec::new();
     let mut add = |dir: &Path, mode| {
@@ -149,13 +168,18 @@ pub fn watched_dirs(profile: &Profile) -> Vec<(PathBuf, RecursiveMode)> {
             add(dir, RecursiveMode::Recursive);
         }
     }
+    for file in tls_files(profile) {
+        if let Some(dir) = file.parent() {
+            add(dir, RecursiveMode::NonRecursive);
+        }
+    }
     dirs
 }
 
-/// True for an event that may change a rule set: a profile or Lua file written, created,
-/// renamed or removed (editor temp and swap files are ignored; their rename onto the real name
-/// is what counts).
-fn is_relevant(event: &notify::Event) -> bool {
+/// True for an event that may change a rule set: a profile, Lua or TLS file (one of
+/// `tls_files`) written, created, renamed or removed (editor temp and swap files are ignored;
+/// their rename onto the real name is what counts).
+fn is_relevant(event: &notify::Event, tls_files: &[PathBuf]) -> bool {
     let kind_matters = matches!(
         event.kind,
         EventKind::Create(_)
@@ -170,7 +194,7 @@ fn is_relevant(event: &notify::Event) -> bool {
             matches!(
                 path.extension().and_then(|e| e.to_str()),
                 Some("lua" | "yaml" | "yml")
-            )
+            ) || tls_files.contains(path)
         })
 }
 
@@ -180,8 +204,9 @@ pub fn watch(
     profile: &Profile,
     changed: impl Fn() + Send + 'static,
 ) -> notify::Result<notify::RecommendedWatcher> {
+    let tls_files = tls_files(profile);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|event| is_relevant(&event)) {
+        if event.is_ok_and(|event| is_relevant(&event, &tls_files)) {
             changed();
         }
     })?;
