@@ -1,6 +1,6 @@
-//! SRTP against an independent implementation: baresip (Debian `baresip-core`, libre's SRTP)
-//! on the Teams side, SIPp with plain RTP (a test socket) on the core side, the real
-//! `bridgehead` binary between them.
+//! SRTP (and SIP over TLS) against an independent implementation: baresip (Debian
+//! `baresip-core`, libre's SRTP and TLS) on the Teams side, SIPp with plain RTP (a test
+//! socket) on the core side, the real `bridgehead` binary between them.
 //!
 //! baresip's media binds an interface address, never 127.0.0.1, so it runs in a network
 //! namespace the test creates, joined to this one by a veth pair (needs root and iproute2, as
@@ -128,6 +128,11 @@ struct Baresip {
 impl Baresip {
     /// Starts baresip with one SRTP-mandatory account; `dial` makes it call that URI.
     fn start(ns: &Namespace, dir: &Path, dial: Option<&str>) -> Baresip {
+        Baresip::start_with(ns, dir, dial, "")
+    }
+
+    /// [`Baresip::start`] with more lines of configuration (`extra`).
+    fn start_with(ns: &Namespace, dir: &Path, dial: Option<&str>, extra: &str) -> Baresip {
         let config = format!(
             "poll_method\t\tepoll\n\
              sip_listen\t\t{inner}:5060\n\
@@ -145,7 +150,8 @@ impl Baresip {
              ausrc_srate\t\t8000\n\
              auplay_srate\t\t8000\n\
              ausrc_channels\t\t1\n\
-             auplay_channels\t\t1\n",
+             auplay_channels\t\t1\n\
+             {extra}",
             inner = ns.inner,
             link = ns.inner_link,
         );
@@ -385,4 +391,69 @@ fn a_call_from_baresip_over_srtp_reaches_the_core_as_plain_rtp_and_back() {
         .expect("INVITE at the core");
     assert!(invite.body().contains("RTP/AVP 8"), "{}", invite.text);
     assert!(!invite.body().contains("crypto"), "{}", invite.text);
+}
+
+#[test]
+fn a_call_to_baresip_over_tls_carries_audio_both_ways_over_srtp() {
+    use common::pki::Pki;
+    let ns = Namespace::create();
+    let base = media_range();
+    let dir = scratch_dir("baresip-tls");
+    let pki = Pki::new(&dir, "operator");
+    let sbc_cert = pki.issue("sbc", &[&ns.outer], false);
+    let (baresip_cert, baresip_key) = pki.issue("baresip", &[&ns.inner], false);
+    // baresip takes its certificate and key in one file.
+    let both = dir.join("baresip-both.pem");
+    let pem = std::fs::read_to_string(&baresip_cert).expect("cert")
+        + &std::fs::read_to_string(&baresip_key).expect("key");
+    std::fs::write(&both, pem).expect("write");
+    let profile = profile(&ns, base)
+        .replace(
+            &format!("    address: {}:{{teams}}\n", ns.outer),
+            &format!(
+                "    address: {}:{{teams}}\n    transports: [udp, tls]\n    tls:\n      port: {{teams_tls}}\n      certificate: {}\n      key: {}\n",
+                ns.outer,
+                sbc_cert.0.display(),
+                sbc_cert.1.display()
+            ),
+        )
+        .replace(
+            &format!("    peers: [\"{}:5060\"]\n", ns.inner),
+            &format!(
+                "    peers: [\"{}:5061\"]\n    transport: tls\n    tls:\n      ca: {}\n",
+                ns.inner,
+                pki.ca.display()
+            ),
+        );
+    let sbc = Sbc::start(&profile);
+    let extra = format!(
+        "sip_certificate\t\t{}\nsip_cafile\t\t{}\n",
+        both.display(),
+        pki.ca.display()
+    );
+    let baresip = Baresip::start_with(&ns, &dir, None, &extra);
+    baresip.wait_for("baresip is ready");
+    let core_rtp = UdpSocket::bind("127.0.0.1:0").expect("core rtp");
+    let args = media_caller(&sbc, "caller_media", &core_rtp, 6000);
+    let mut caller = Sipp::start(&dir, "caller", &args);
+    baresip.wait_for("Call established");
+
+    let toward_core_leg: SocketAddr = format!("{}:{}", ns.outer, base + 2).parse().expect("addr");
+    let (digits, _) = echo_digits(&core_rtp, toward_core_leg);
+    let status = caller.wait(Instant::now() + Duration::from_secs(30));
+    let context = || format!("{}\n{}\n{}", caller.report(), baresip.log(), sbc.log());
+    assert_eq!(digits, DIGITS, "echoed through baresip\n{}", context());
+    assert_eq!(status, Some(0), "caller\n{}", context());
+    let log = baresip.log();
+    let invite = received_by_baresip(&log, &format!("INVITE sip:{TEAMS_USER}@"));
+    assert!(
+        invite.contains(&format!(
+            "Via: SIP/2.0/TLS {}:{}",
+            ns.outer,
+            sbc.port("teams_tls")
+        )),
+        "{invite}"
+    );
+    assert!(invite.contains(";transport=tls>"), "{invite}");
+    assert!(invite.contains("RTP/SAVP 8"), "{invite}");
 }
