@@ -172,6 +172,41 @@ pub struct Trunk {
     pub session_timer: SessionTimerConfig,
     /// What a caller's QoS preconditions (RFC 3312) get.
     pub precondition: Precondition,
+    /// OPTIONS keepalives to the peers, and when a peer counts as down or up again.
+    pub keepalive: Option<Keepalive>,
+    /// Final statuses from a peer (besides 503 and no answer) on which a call goes to the
+    /// trunk's next peer.
+    pub failover_codes: Vec<u16>,
+    /// Final statuses on which a call never goes to another peer (603 by default).
+    pub final_codes: Vec<u16>,
+}
+
+/// OPTIONS keepalives toward a trunk's peers (Microsoft demotes an SBC that sent none for three
+/// minutes) and the health they tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Keepalive {
+    /// Seconds between two OPTIONS to a peer.
+    #[serde(default = "default_keepalive_interval")]
+    pub interval: u32,
+    /// A peer is down after this many failed OPTIONS in a row (no answer, 408, 5xx).
+    #[serde(default = "default_down_after")]
+    pub down_after: u32,
+    /// A peer down is up again after this many answered OPTIONS in a row.
+    #[serde(default = "default_up_after")]
+    pub up_after: u32,
+}
+
+fn default_keepalive_interval() -> u32 {
+    60
+}
+
+fn default_down_after() -> u32 {
+    3
+}
+
+fn default_up_after() -> u32 {
+    2
 }
 
 /// What an INVITE from a trunk's caller that uses QoS preconditions (RFC 3312: `Require` or
@@ -643,6 +678,17 @@ struct RawTrunk {
     precondition: Precondition,
     #[serde(default)]
     tls: RawTrunkTls,
+    #[serde(default)]
+    keepalive: Option<Keepalive>,
+    #[serde(default)]
+    failover_codes: Vec<u16>,
+    #[serde(default = "default_final_codes")]
+    final_codes: Vec<u16>,
+}
+
+/// A decline is the callee's own answer: no other peer should ring it again.
+fn default_final_codes() -> Vec<u16> {
+    vec![603]
 }
 
 /// How a trunk carries DTMF.
@@ -1006,6 +1052,30 @@ impl Validator<'_> {
                 ),
             );
         }
+        if let Some(code) = raw
+            .failover_codes
+            .iter()
+            .chain(&raw.final_codes)
+            .find(|code| !(300..700).contains(*code))
+        {
+            self.error(
+                self.line_of("failover_codes")
+                    .or(self.line_of("final_codes"))
+                    .or(at),
+                format!("trunk '{}': {code} is no final failure status (300-699)", raw.name),
+            );
+        }
+        if let Some(keepalive) = raw.keepalive {
+            if keepalive.interval == 0 || keepalive.down_after == 0 || keepalive.up_after == 0 {
+                self.error(
+                    self.line_of("keepalive").or(at),
+                    format!(
+                        "trunk '{}': keepalive interval, down_after and up_after must be at least 1",
+                        raw.name
+                    ),
+                );
+            }
+        }
         if raw.precondition == Precondition::Terminate && !raw.rel100.allowed() {
             self.error(
                 self.line_of("precondition").or(at),
@@ -1051,6 +1121,9 @@ impl Validator<'_> {
             delayed_offer: raw.delayed_offer,
             session_timer: raw.session_timer,
             precondition: raw.precondition,
+            keepalive: raw.keepalive,
+            failover_codes: raw.failover_codes.clone(),
+            final_codes: raw.final_codes.clone(),
             on_script_error,
             params,
             listener,

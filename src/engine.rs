@@ -179,6 +179,27 @@ impl Engine {
         while let Some((call, timer)) = self.calls.next_call_timer(now) {
             self.handle(CallInput::Timer { call, timer }, now);
         }
+        if self.calls.poll_keepalive().is_some_and(|at| at <= now) {
+            self.calls.with(&mut self.txns).send_keepalives(now);
+            self.drain_transactions(now);
+        }
+    }
+
+    /// The engine starts at `now`: the keepalive shard sends its first OPTIONS at once.
+    pub fn start(&mut self, now: Instant) {
+        self.calls.start_keepalives(now);
+        self.handle_timeout(now);
+    }
+
+    /// The health of the trunks' peers, as the keepalives tell it.
+    pub fn peer_health(&self) -> &Arc<crate::call::PeerHealth> {
+        self.calls.peer_health()
+    }
+
+    /// Makes this engine read (and, on shard 0, write) `health`, shared with the other
+    /// shards.
+    pub fn share_peer_health(&mut self, health: Arc<crate::call::PeerHealth>) {
+        self.calls.share_peer_health(health);
     }
 
     /// The driver could not send `transmit` (RFC 3261 §18.4: a transport error, such as a
@@ -214,10 +235,14 @@ impl Engine {
 
     /// The next instant at which [`Engine::handle_timeout`] must be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match (self.txns.poll_timeout(), self.calls.poll_call_timer()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.txns.poll_timeout(),
+            self.calls.poll_call_timer(),
+            self.calls.poll_keepalive(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// The next message to send.

@@ -52,6 +52,11 @@ pub fn run(profile: Profile) -> anyhow::Result<()> {
         })?;
         engines.push(Engine::new(rules, shard, shards));
     }
+    // Shard 0 sends the OPTIONS keepalives; every shard routes calls by what they tell.
+    let health = Arc::new(crate::call::PeerHealth::default());
+    for engine in &mut engines {
+        engine.share_peer_health(health.clone());
+    }
     let mut udp = bind_udp(&profile, shards)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cores)
@@ -280,6 +285,10 @@ async fn run_shard(
     (shard, hub, relay): (usize, Arc<Hub>, Option<Arc<Relay>>),
 ) {
     let mut buf = vec![0u8; 65_536];
+    engine.start(Instant::now());
+    while let Some(transmit) = engine.poll_transmit() {
+        send(&mut engine, &udp, &hub, transmit).await;
+    }
     loop {
         let deadline = engine.poll_timeout();
         let sleep = async {

@@ -46,6 +46,9 @@ impl B2bua<'_> {
                     if failure.is_some_and(|f| self.on_failure(key, &f, None, now)) {
                         return;
                     }
+                    if self.fail_over(key, status, None, now) {
+                        return;
+                    }
                     self.calls.stats.calls_failed += 1;
                     self.reply_local(key, Leg::A, server, status, now);
                 }
@@ -72,6 +75,7 @@ impl B2bua<'_> {
                 }
             }
             ClientOwner::Refresh(call, _) => self.on_refresh_outcome(call, status, now),
+            ClientOwner::Keepalive(id) => self.on_keepalive_outcome(id, status),
             ClientOwner::Local => {}
         }
     }

@@ -17,12 +17,15 @@
 //! timers armed) and as media commands ([`Calls::poll_media`]). `call` never names the engine.
 
 pub mod build;
+pub use keepalive::PeerHealth;
 mod cancel;
 mod dtmf;
 mod egress;
 mod ending;
+mod failover;
 mod in_dialog;
 mod inputs;
+mod keepalive;
 mod offer_answer;
 mod precondition;
 mod reliable;
@@ -90,6 +93,8 @@ pub enum ClientOwner {
     /// Bridgehead's session refresh (UPDATE, or re-INVITE toward a leg that takes no UPDATE)
     /// of a call's leg: a failure ends the call.
     Refresh(CallKey, Leg),
+    /// An OPTIONS keepalive to a trunk peer (by its monitor id): the outcome is its health.
+    Keepalive(u32),
 }
 
 /// The transaction table as the call layer uses it: who waits for each transaction.
@@ -145,6 +150,10 @@ pub(crate) struct Calls {
     /// timer re-armed since, or of a call that ended, is dropped when it comes up.
     call_timers: std::collections::BTreeMap<(Instant, u64), (CallKey, CallTimer)>,
     timer_seq: u64,
+    /// The OPTIONS keepalives this shard sends (shard 0 only).
+    monitor: Option<keepalive::PeerMonitor>,
+    /// The trunks' peers' health, shared by the shards.
+    health: Arc<keepalive::PeerHealth>,
 }
 
 /// The call layer at work on one input: the shard's calls, and the transaction table the
@@ -189,6 +198,8 @@ impl Calls {
             media_commands: VecDeque::new(),
             call_timers: std::collections::BTreeMap::new(),
             timer_seq: 0,
+            monitor: (shard == 0).then(keepalive::PeerMonitor::default),
+            health: Arc::default(),
         }
     }
 
@@ -219,6 +230,9 @@ impl Calls {
             "rule set now current"
         );
         self.current = rules;
+        if let Some(monitor) = self.monitor.as_mut() {
+            monitor.sync(&self.current.profile);
+        }
     }
 
     /// The rule-set version new calls take.
@@ -445,6 +459,11 @@ pub struct Call {
     callee_answer_due: Option<Bytes>,
     /// The callee's INVITE was sent again after a 422 (once).
     min_se_retried: bool,
+    /// The callee sent a provisional response other than 100: the call no longer fails over
+    /// to another peer (it would ring twice).
+    b_rang: bool,
+    /// The peers of the trunk this call's INVITE went to and that failed.
+    tried: Vec<SocketAddr>,
     /// The last SDP Bridgehead sent on each leg (by leg index): the offer of its own
     /// re-INVITE refreshing that leg's session.
     last_sdp: [Option<Bytes>; 2],
@@ -500,6 +519,7 @@ impl Call {
         self.caller_answer = None;
         self.callee_answer_due = None;
         self.min_se_retried = false;
+        self.b_rang = false;
         self.session[Leg::B.index()] = None;
     }
 

@@ -89,6 +89,11 @@ impl B2bua<'_> {
                     self.on_refresh_outcome(call, status, now);
                 }
             }
+            ClientOwner::Keepalive(id) => {
+                if let Some(status) = msg.status().filter(|s| *s >= 200) {
+                    self.on_keepalive_outcome(id, status);
+                }
+            }
             ClientOwner::Local => {}
         }
     }
@@ -237,6 +242,7 @@ impl B2bua<'_> {
             if status == 100 || call.state.is_cancelled() {
                 return;
             }
+            call.b_rang = true;
             B2bua::learn_b_dialog(call, &msg);
             self.answer_withheld_offer(key, &mut msg);
             match self.prack_callee(key, &msg, now) {
@@ -288,6 +294,9 @@ impl B2bua<'_> {
                 return;
             }
             if self.on_failure(key, &msg, Some(Leg::B), now) {
+                return;
+            }
+            if self.fail_over(key, status, Some(&msg), now) {
                 return;
             }
             self.calls.stats.calls_failed += 1;
@@ -463,7 +472,9 @@ impl B2bua<'_> {
                 ServerOwner::Dialog(_, requester) => (call, requester.other()),
                 _ => return Some(ack),
             },
-            ClientOwner::Local | ClientOwner::Refresh(..) => return Some(ack),
+            ClientOwner::Local | ClientOwner::Refresh(..) | ClientOwner::Keepalive(_) => {
+                return Some(ack)
+            }
         };
         let Some(call) = self.calls.by_key.get(&key) else {
             return Some(ack);

@@ -430,12 +430,12 @@ impl B2bua<'_> {
             touched,
             ..
         } = hooked;
-        let b_template = rules
-            .rules
-            .has_hook(script, Hook::Failure)
+        // Kept for failover: by a rule, or to the trunk's next peer.
+        let b_template = (rules.rules.has_hook(script, Hook::Failure)
+            || rules.profile.trunks[route.trunk].peers.len() > 1)
             .then(|| (draft.clone(), touched.clone()));
         let b_leg = (b_call_id, b_tag, a_session);
-        let Some((b, invite)) = self.address_b_leg(&rules, draft, &route, b_leg) else {
+        let Some((b, invite)) = self.address_b_leg(&rules, draft, &route, b_leg, now) else {
             return;
         };
         let call_key = self.next_id();
@@ -472,6 +472,8 @@ impl B2bua<'_> {
             offer_withheld: false,
             last_sdp: [None, None],
             min_se_retried: false,
+            b_rang: false,
+            tried: Vec::new(),
             caller_answer: None,
             callee_answer_due: None,
             b_prack_deferred: None,
@@ -543,12 +545,20 @@ impl B2bua<'_> {
         mut invite: Message,
         route: &Route,
         (call_id, local_tag, caller_timer): (String, String, Option<SessionTimer>),
+        now: Instant,
     ) -> Option<(Dialog, Message)> {
         let dest = &rules.profile.trunks[route.trunk];
+        // The trunk's first peer that is not down (the first, when all are).
+        let health = &self.calls.health;
+        let first_up = dest
+            .peers
+            .iter()
+            .find(|peer| !health.avoid(&dest.name, **peer, now))
+            .or(dest.peers.first());
         let peer = Peer {
             listener: dest.listener,
             transport: dest.transport,
-            addr: route.peer.or_else(|| dest.peers.first().copied())?,
+            addr: route.peer.or_else(|| first_up.copied())?,
             conn: None,
         };
         if let StartLine::Request { uri, .. } = &mut invite.start {
@@ -702,7 +712,7 @@ impl B2bua<'_> {
         let caller_timer = call.session[Leg::A.index()];
         let (call_id, tag) = self.fresh_b_identity(&mut draft);
         let b_leg = (call_id, tag, caller_timer);
-        let Some((b, invite)) = self.address_b_leg(&rules, draft, route, b_leg) else {
+        let Some((b, invite)) = self.address_b_leg(&rules, draft, route, b_leg, now) else {
             return false;
         };
         let Some(call) = self.calls.by_key.get_mut(&key) else {

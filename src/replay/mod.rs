@@ -310,14 +310,17 @@ impl Replay {
             RuleSet::load(profile.clone(), 1, metrics.clone()).map_err(ReplayError::Rules)?;
         let mut vars: HashMap<String, String> = loaded.scenario.vars.clone().into_iter().collect();
         vars.insert("version".to_string(), crate::script::VERSION.to_string());
+        let now = Instant::now();
+        let mut engine = seeded_engine(rules);
+        engine.start(now);
         Ok(Replay {
             dir,
             profile_path,
             profile,
-            engine: seeded_engine(rules),
+            engine,
             metrics,
             version: 1,
-            now: Instant::now(),
+            now,
             vars,
             saved: HashMap::new(),
             last_call: None,

@@ -1,0 +1,280 @@
+//! OPTIONS keepalives toward trunk peers and the health they tell (Microsoft demotes an SBC
+//! that sent none for three minutes, and answers them itself). A peer is down after the
+//! trunk's `down_after` failed OPTIONS in a row (no answer, a transport error, 408, 5xx) and
+//! up again after `up_after` answered ones. Shard 0 sends them; every shard reads the health,
+//! shared ([`PeerHealth`]), to route calls past peers that are down.
+
+use super::*;
+use crate::config::Keepalive;
+
+/// How a peer stands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerState {
+    /// Down: calls skip it.
+    pub down: bool,
+    /// Failed OPTIONS in a row (while up), or answered ones in a row (while down).
+    streak: u32,
+    /// A 503 with Retry-After asked for a rest: calls skip it until then.
+    pub resting_until: Option<Instant>,
+    /// Times it went down or up.
+    pub changes: u64,
+}
+
+/// The health of every trunk's peers, by trunk name and peer address, shared by the shards.
+#[derive(Debug, Default)]
+pub struct PeerHealth {
+    peers: Mutex<HashMap<(String, SocketAddr), PeerState>>,
+}
+
+impl PeerHealth {
+    fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<(String, SocketAddr), PeerState>> {
+        self.peers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// True when calls should skip the peer at `now`: down, or resting after a 503.
+    pub fn avoid(&self, trunk: &str, peer: SocketAddr, now: Instant) -> bool {
+        self.peers()
+            .get(&(trunk.to_string(), peer))
+            .is_some_and(|state| state.down || state.resting_until.is_some_and(|t| t > now))
+    }
+
+    /// A 503 with Retry-After from the peer: calls skip it until `until`.
+    pub fn rest(&self, trunk: &str, peer: SocketAddr, until: Instant) {
+        self.peers()
+            .entry((trunk.to_string(), peer))
+            .or_default()
+            .resting_until = Some(until);
+    }
+
+    /// The outcome of one OPTIONS; returns the peer's new state when it went down or up.
+    fn record(
+        &self,
+        trunk: &str,
+        peer: SocketAddr,
+        answered: bool,
+        settings: Keepalive,
+    ) -> Option<PeerState> {
+        let mut peers = self.peers();
+        let state = peers.entry((trunk.to_string(), peer)).or_default();
+        // A streak counts what would change the state: failures while up, answers while down.
+        if answered == state.down {
+            state.streak += 1;
+        } else {
+            state.streak = 0;
+        }
+        let threshold = if state.down {
+            settings.up_after
+        } else {
+            settings.down_after
+        };
+        if state.streak < threshold {
+            return None;
+        }
+        state.down = !state.down;
+        state.streak = 0;
+        state.changes += 1;
+        Some(*state)
+    }
+
+    /// Every peer known so far and how it stands, by trunk and address.
+    pub fn snapshot(&self) -> Vec<(String, SocketAddr, PeerState)> {
+        let mut all: Vec<_> = self
+            .peers()
+            .iter()
+            .map(|((trunk, peer), state)| (trunk.clone(), *peer, *state))
+            .collect();
+        all.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        all
+    }
+}
+
+/// One peer whose OPTIONS the monitor sends.
+#[derive(Debug)]
+struct Monitored {
+    /// Names the peer's OPTIONS transactions ([`ClientOwner::Keepalive`]).
+    id: u32,
+    trunk: String,
+    peer: SocketAddr,
+    /// When its next OPTIONS is due.
+    at: Instant,
+}
+
+/// When each monitored peer's next OPTIONS is due (the keepalive shard only).
+#[derive(Debug, Default)]
+pub(crate) struct PeerMonitor {
+    monitored: Vec<Monitored>,
+    next_id: u32,
+    /// The last instant the monitor was started or fired: peers a reload adds are due then.
+    clock: Option<Instant>,
+}
+
+impl PeerMonitor {
+    /// Follows `profile`: every peer of a trunk with `keepalive` is monitored (a new one due
+    /// at once), the others are dropped.
+    pub(crate) fn sync(&mut self, profile: &crate::config::Profile) {
+        let wanted: Vec<(&str, SocketAddr)> = profile
+            .trunks
+            .iter()
+            .filter(|trunk| trunk.keepalive.is_some())
+            .flat_map(|trunk| trunk.peers.iter().map(|peer| (trunk.name.as_str(), *peer)))
+            .collect();
+        self.monitored
+            .retain(|m| wanted.contains(&(m.trunk.as_str(), m.peer)));
+        let Some(now) = self.clock else {
+            return;
+        };
+        for (trunk, peer) in wanted {
+            if !self.monitored.iter().any(|m| m.trunk == trunk && m.peer == peer) {
+                self.next_id += 1;
+                self.monitored.push(Monitored {
+                    id: self.next_id,
+                    trunk: trunk.to_string(),
+                    peer,
+                    at: now,
+                });
+            }
+        }
+    }
+
+    /// The next instant an OPTIONS is due.
+    pub(crate) fn poll(&self) -> Option<Instant> {
+        self.monitored.iter().map(|m| m.at).min()
+    }
+}
+
+impl Calls {
+    /// Starts the OPTIONS keepalives at `now` (on the shard that sends them).
+    pub fn start_keepalives(&mut self, now: Instant) {
+        if let Some(monitor) = self.monitor.as_mut() {
+            monitor.clock = Some(now);
+            monitor.sync(&self.current.profile);
+        }
+    }
+
+    /// The next instant an OPTIONS keepalive is due.
+    pub fn poll_keepalive(&self) -> Option<Instant> {
+        self.monitor.as_ref().and_then(PeerMonitor::poll)
+    }
+
+    /// The health of the trunks' peers this shard reads (and, on the keepalive shard, writes).
+    pub fn peer_health(&self) -> &Arc<PeerHealth> {
+        &self.health
+    }
+
+    /// Makes this shard read and write `health` (shared with the other shards).
+    pub fn share_peer_health(&mut self, health: Arc<PeerHealth>) {
+        self.health = health;
+    }
+}
+
+impl B2bua<'_> {
+    /// Sends the OPTIONS keepalives due at `now`, each peer's next one an interval later.
+    pub(crate) fn send_keepalives(&mut self, now: Instant) {
+        let rules = self.calls.current.clone();
+        let Some(monitor) = self.calls.monitor.as_mut() else {
+            return;
+        };
+        monitor.clock = Some(now);
+        let mut due = Vec::new();
+        for monitored in monitor.monitored.iter_mut().filter(|m| m.at <= now) {
+            let trunk = rules.profile.trunk_by_name(&monitored.trunk);
+            let interval = trunk
+                .and_then(|t| rules.profile.trunks[t].keepalive)
+                .map_or(60, |k| k.interval);
+            monitored.at = now + std::time::Duration::from_secs(u64::from(interval));
+            if let Some(trunk) = trunk {
+                due.push((monitored.id, trunk, monitored.peer));
+            }
+        }
+        for (id, trunk, peer) in due {
+            self.send_options(id, trunk, peer, now);
+        }
+    }
+
+    /// An OPTIONS to a trunk's peer, as Microsoft's example has it: the peer's name (the
+    /// trunk's TLS server name, else its address) in the Request-URI and To, Bridgehead's in
+    /// From and Contact; the trunk's rules run on it like on any message toward it.
+    fn send_options(&mut self, id: u32, trunk_id: TrunkId, addr: SocketAddr, now: Instant) {
+        let (branch, call_id, tag) = (self.new_branch(), self.new_call_id(), self.new_tag());
+        let rules = self.calls.current.clone();
+        let trunk = &rules.profile.trunks[trunk_id];
+        let listener = &rules.profile.listeners[trunk.listener];
+        let transport = trunk.transport;
+        let host = trunk
+            .tls
+            .server_name
+            .clone()
+            .unwrap_or_else(|| addr.ip().to_string());
+        let target = format!(
+            "sip:{host}:{}{}",
+            addr.port(),
+            match transport {
+                crate::config::Transport::Udp => "",
+                crate::config::Transport::Tcp => ";transport=tcp",
+                crate::config::Transport::Tls => ";transport=tls",
+            }
+        );
+        let own = format!(
+            "<sip:{}:{}>;tag={tag}",
+            listener.advertise,
+            listener.port(transport)
+        );
+        let mut options = Message {
+            start: StartLine::Request {
+                method: Method::Options,
+                uri: target,
+            },
+            headers: Vec::new(),
+            body: Bytes::new(),
+        };
+        options.push_header(HeaderName::Via, via_value(listener, transport, &branch));
+        options.push_header(HeaderName::MaxForwards, "70".to_string());
+        options.push_header(HeaderName::From, own);
+        options.push_header(HeaderName::To, format!("<sip:{host}:{}>", addr.port()));
+        options.push_header(HeaderName::CallId, call_id);
+        options.push_header(HeaderName::CSeq, "1 OPTIONS".to_string());
+        options.push_header(
+            HeaderName::Contact,
+            contact_value(None, listener, transport),
+        );
+        options.push_header(HeaderName::Allow, ALLOW.to_string());
+        options.push_header(HeaderName::Accept, ACCEPT.to_string());
+        let peer = Peer {
+            listener: trunk.listener,
+            transport,
+            addr,
+            conn: None,
+        };
+        let script = rules.rules.script_of(trunk_id);
+        let options = self.outgoing(None, script, Leg::B, trunk_id, options);
+        self.start_client(options, peer, ClientOwner::Keepalive(id), now);
+    }
+
+    /// A keepalive OPTIONS got its final response (or none: 408, 503): the peer's health
+    /// follows, and a change is logged.
+    pub(super) fn on_keepalive_outcome(&mut self, id: u32, status: u16) {
+        let Some(monitor) = self.calls.monitor.as_ref() else {
+            return;
+        };
+        let Some(monitored) = monitor.monitored.iter().find(|m| m.id == id) else {
+            return;
+        };
+        let profile = &self.calls.current.profile;
+        let Some(settings) = profile
+            .trunk_by_name(&monitored.trunk)
+            .and_then(|t| profile.trunks[t].keepalive)
+        else {
+            return;
+        };
+        let answered = status != 408 && !(500..600).contains(&status);
+        let (trunk, peer) = (monitored.trunk.as_str(), monitored.peer);
+        let Some(state) = self.calls.health.record(trunk, peer, answered, settings) else {
+            return;
+        };
+        if state.down {
+            tracing::warn!(trunk, %peer, status, "peer down: {} OPTIONS in a row failed (last: {status})", settings.down_after);
+        } else {
+            tracing::info!(trunk, %peer, "peer up again: {} OPTIONS in a row answered", settings.up_after);
+        }
+    }
+}
