@@ -1062,7 +1062,10 @@ impl Validator<'_> {
                 self.line_of("failover_codes")
                     .or(self.line_of("final_codes"))
                     .or(at),
-                format!("trunk '{}': {code} is no final failure status (300-699)", raw.name),
+                format!(
+                    "trunk '{}': {code} is no final failure status (300-699)",
+                    raw.name
+                ),
             );
         }
         if let Some(keepalive) = raw.keepalive {

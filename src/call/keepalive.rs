@@ -124,7 +124,11 @@ impl PeerMonitor {
             return;
         };
         for (trunk, peer) in wanted {
-            if !self.monitored.iter().any(|m| m.trunk == trunk && m.peer == peer) {
+            if !self
+                .monitored
+                .iter()
+                .any(|m| m.trunk == trunk && m.peer == peer)
+            {
                 self.next_id += 1;
                 self.monitored.push(Monitored {
                     id: self.next_id,
