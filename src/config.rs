@@ -179,6 +179,9 @@ pub struct Trunk {
     pub failover_codes: Vec<u16>,
     /// Final statuses on which a call never goes to another peer (603 by default).
     pub final_codes: Vec<u16>,
+    /// Seconds a peer has to answer a call's INVITE at all (even with 100) before the call
+    /// goes to the next peer; None: Timer B (32 s).
+    pub failover_timeout: Option<u32>,
 }
 
 /// OPTIONS keepalives toward a trunk's peers (Microsoft demotes an SBC that sent none for three
@@ -684,6 +687,8 @@ struct RawTrunk {
     failover_codes: Vec<u16>,
     #[serde(default = "default_final_codes")]
     final_codes: Vec<u16>,
+    #[serde(default)]
+    failover_timeout: Option<u32>,
 }
 
 /// A decline is the callee's own answer: no other peer should ring it again.
@@ -1127,6 +1132,7 @@ impl Validator<'_> {
             keepalive: raw.keepalive,
             failover_codes: raw.failover_codes.clone(),
             final_codes: raw.final_codes.clone(),
+            failover_timeout: raw.failover_timeout.filter(|s| *s > 0),
             on_script_error,
             params,
             listener,

@@ -3039,3 +3039,33 @@ fn an_offer_with_preconditions_and_no_g711_gets_488() {
     let out = sim.core_sends(&invite);
     assert_eq!(summary(&out), [format!("488->{CORE_PEER}")]);
 }
+
+#[test]
+fn a_peer_silent_past_failover_timeout_loses_the_call_to_the_next_peer() {
+    let text = profile_text("    failover_timeout: 2").replace(
+        &format!("    peers: [\"{TEAMS_PEER}\"]\n"),
+        &format!("    peers: [\"{TEAMS_PEER}\", \"127.0.0.4:5080\"]\n"),
+    );
+    let mut sim = Sim::with_profile(&text);
+    let out = sim.core_sends(&invite_with_options("ft@10.1.1.1", ""));
+    assert!(summary(&out).contains(&format!("INVITE->{TEAMS_PEER}")));
+    // Silence: UDP retransmissions at 0.5 s and 1.5 s, then at 2 s the second peer.
+    let out = sim.advance(Duration::from_millis(2000));
+    assert_eq!(
+        summary(&out),
+        [
+            format!("INVITE->{TEAMS_PEER}"),
+            format!("INVITE->{TEAMS_PEER}"),
+            "INVITE->127.0.0.4:5080".to_string()
+        ]
+    );
+    // A peer that answers (even 100) keeps the call.
+    let second = out[2].1.clone();
+    sim.teams_sends(&answer(&second, 100, "Trying", "", ""));
+    let out = sim.advance(Duration::from_secs(3));
+    assert!(
+        !summary(&out).iter().any(|s| s.contains("127.0.0.2")),
+        "{:?}",
+        summary(&out)
+    );
+}

@@ -13,6 +13,24 @@ fn retry_after(msg: &Message) -> Option<u64> {
 }
 
 impl B2bua<'_> {
+    /// The call's peer said nothing at all (not even 100) within the trunk's
+    /// `failover_timeout`: the call goes to the next peer as if it had timed out; the first
+    /// INVITE is abandoned (no more retransmissions; a late answer to it finds no
+    /// transaction).
+    pub(super) fn on_failover_timeout(&mut self, key: CallKey, now: Instant) {
+        let Some(call) = self.calls.by_key.get(&key) else {
+            return;
+        };
+        if call.state != CallState::Calling {
+            return;
+        }
+        tracing::info!(call = %call.id, peer = %call.b.peer.addr, "no answer within failover_timeout");
+        let silent = call.b_invite;
+        if self.fail_over(key, 408, None, now) {
+            self.txns.abandon_client(silent);
+        }
+    }
+
     /// The call's INVITE to its peer failed with `status` (`failure`: the response, when one
     /// came): the call goes to the trunk's next peer when it may. True when it did.
     pub(super) fn fail_over(

@@ -464,6 +464,8 @@ pub struct Call {
     b_rang: bool,
     /// The peers of the trunk this call's INVITE went to and that failed.
     tried: Vec<SocketAddr>,
+    /// The failover timer armed for the current INVITE (its key in the call timers).
+    failover_due: Option<(Instant, u64)>,
     /// The last SDP Bridgehead sent on each leg (by leg index): the offer of its own
     /// re-INVITE refreshing that leg's session.
     last_sdp: [Option<Bytes>; 2],

@@ -31,6 +31,9 @@ pub(crate) enum CallTimer {
     Expire(Leg),
     /// The caller's QoS preconditions were not met in time (its callee INVITE still held).
     Reservation,
+    /// The callee's peer did not answer the INVITE at all within the trunk's
+    /// `failover_timeout`.
+    Failover,
 }
 
 /// The shortest session interval there is (RFC 4028 §4: Min-SE is never below 90 s).
@@ -87,12 +90,27 @@ impl Calls {
                     call.session_due[leg.index()] == Some((at, seq))
                 }
                 CallTimer::Reservation => call.preconditions.as_ref().is_some_and(|p| p.waiting()),
+                CallTimer::Failover => call.failover_due == Some((at, seq)),
             });
             if current {
                 return Some((key, timer));
             }
         }
         None
+    }
+
+    /// Arms the wait for an answer from the call's peer (at `at`; an INVITE sent since
+    /// supersedes it).
+    pub(super) fn arm_failover(&mut self, key: CallKey, at: Instant) {
+        let Some(call) = self.by_key.get_mut(&key) else {
+            return;
+        };
+        self.timer_seq += 1;
+        let armed = (at, self.timer_seq);
+        if let Some(superseded) = call.failover_due.replace(armed) {
+            self.call_timers.remove(&superseded);
+        }
+        self.call_timers.insert(armed, (key, CallTimer::Failover));
     }
 
     /// Arms the wait for a caller's QoS preconditions (it ends at `at`).
@@ -319,6 +337,7 @@ impl B2bua<'_> {
                 self.calls.arm_session(key, leg, now);
             }
             CallTimer::Reservation => self.on_reservation_timeout(key, now),
+            CallTimer::Failover => self.on_failover_timeout(key, now),
             CallTimer::Expire(leg) => {
                 if let Some(call) = self.calls.by_key.get(&key) {
                     tracing::info!(call = %call.id, leg = leg.name(), "session timer expired: hanging up");

@@ -474,6 +474,7 @@ impl B2bua<'_> {
             min_se_retried: false,
             b_rang: false,
             tried: Vec::new(),
+            failover_due: None,
             caller_answer: None,
             callee_answer_due: None,
             b_prack_deferred: None,
@@ -692,6 +693,11 @@ impl B2bua<'_> {
         let b_invite = self.start_client(invite, peer, ClientOwner::Invite(key), now);
         if let Some(call) = self.calls.by_key.get_mut(&key) {
             call.b_invite = b_invite;
+            let trunk = &call.rules.profile.trunks[call.b.trunk];
+            if let Some(seconds) = trunk.failover_timeout.filter(|_| trunk.peers.len() > 1) {
+                let at = now + std::time::Duration::from_secs(u64::from(seconds));
+                self.calls.arm_failover(key, at);
+            }
         }
     }
 
