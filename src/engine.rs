@@ -192,13 +192,13 @@ impl Engine {
     }
 
     /// The health of the trunks' peers, as the keepalives tell it.
-    pub fn peer_health(&self) -> &Arc<crate::call::PeerHealth> {
+    pub fn peer_health(&self) -> &Arc<crate::shared::PeerHealth> {
         self.calls.peer_health()
     }
 
     /// Makes this engine read (and, on shard 0, write) `health`, shared with the other
     /// shards.
-    pub fn share_peer_health(&mut self, health: Arc<crate::call::PeerHealth>) {
+    pub fn share_peer_health(&mut self, health: Arc<crate::shared::PeerHealth>) {
         self.calls.share_peer_health(health);
     }
 

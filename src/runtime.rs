@@ -53,7 +53,7 @@ pub fn run(profile: Profile) -> anyhow::Result<()> {
         engines.push(Engine::new(rules, shard, shards));
     }
     // Shard 0 sends the OPTIONS keepalives; every shard routes calls by what they tell.
-    let health = Arc::new(crate::call::PeerHealth::default());
+    let health = Arc::new(crate::shared::PeerHealth::default());
     for engine in &mut engines {
         engine.share_peer_health(health.clone());
     }

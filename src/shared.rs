@@ -4,7 +4,10 @@
 
 use crate::config::{ListenerId, Transport};
 use bytes::Bytes;
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Instant;
 
 /// The two legs of a call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,3 +114,92 @@ pub struct EngineStats {
     /// Requests sent over TCP instead of UDP for their size (RFC 3261 §18.1.1).
     pub switched_to_tcp: u64,
 }
+
+/// The health of the trunks' peers, told by the OPTIONS keepalives (shard 0 sends them),
+/// read by every shard to route calls and by the rules (`bh.peer_status`).
+/// How a peer stands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerState {
+    /// Down: calls skip it.
+    pub down: bool,
+    /// Failed OPTIONS in a row (while up), or answered ones in a row (while down).
+    streak: u32,
+    /// A 503 with Retry-After asked for a rest: calls skip it until then.
+    pub resting_until: Option<Instant>,
+    /// Times it went down or up.
+    pub changes: u64,
+}
+
+/// The health of every trunk's peers, by trunk name and peer address.
+#[derive(Debug, Default)]
+pub struct PeerHealth {
+    peers: Mutex<HashMap<(String, SocketAddr), PeerState>>,
+}
+
+impl PeerHealth {
+    fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<(String, SocketAddr), PeerState>> {
+        self.peers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// True when the keepalives found the peer down.
+    pub fn is_down(&self, trunk: &str, peer: SocketAddr) -> bool {
+        self.peers()
+            .get(&(trunk.to_string(), peer))
+            .is_some_and(|state| state.down)
+    }
+
+    /// True when calls should skip the peer at `now`: down, or resting after a 503.
+    pub fn avoid(&self, trunk: &str, peer: SocketAddr, now: Instant) -> bool {
+        self.peers()
+            .get(&(trunk.to_string(), peer))
+            .is_some_and(|state| state.down || state.resting_until.is_some_and(|t| t > now))
+    }
+
+    /// A 503 with Retry-After from the peer: calls skip it until `until`.
+    pub fn rest(&self, trunk: &str, peer: SocketAddr, until: Instant) {
+        self.peers()
+            .entry((trunk.to_string(), peer))
+            .or_default()
+            .resting_until = Some(until);
+    }
+
+    /// The outcome of one OPTIONS; returns the peer's new state when it went down or up.
+    /// `(down_after, up_after)`: the failures in a row that make a peer down, the answers in a
+    /// row that make it up again.
+    pub fn record(
+        &self,
+        trunk: &str,
+        peer: SocketAddr,
+        answered: bool,
+        (down_after, up_after): (u32, u32),
+    ) -> Option<PeerState> {
+        let mut peers = self.peers();
+        let state = peers.entry((trunk.to_string(), peer)).or_default();
+        // A streak counts what would change the state: failures while up, answers while down.
+        if answered == state.down {
+            state.streak += 1;
+        } else {
+            state.streak = 0;
+        }
+        let threshold = if state.down { up_after } else { down_after };
+        if state.streak < threshold {
+            return None;
+        }
+        state.down = !state.down;
+        state.streak = 0;
+        state.changes += 1;
+        Some(*state)
+    }
+
+    /// Every peer known so far and how it stands, by trunk and address.
+    pub fn snapshot(&self) -> Vec<(String, SocketAddr, PeerState)> {
+        let mut all: Vec<_> = self
+            .peers()
+            .iter()
+            .map(|((trunk, peer), state)| (trunk.clone(), *peer, *state))
+            .collect();
+        all.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        all
+    }
+}
+

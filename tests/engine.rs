@@ -3069,3 +3069,32 @@ fn a_peer_silent_past_failover_timeout_loses_the_call_to_the_next_peer() {
         summary(&out)
     );
 }
+
+#[test]
+fn rules_read_the_keepalives_view_of_a_trunks_peers() {
+    let rules = rules_file(
+        r#"
+local M = {}
+function M.on_invite(call, req)
+  req:set_header("X-Teams-Peer", bh.peer_status("teams")["127.0.0.2:5080"])
+end
+return M
+"#,
+    );
+    let text = profile_with_script(
+        &rules,
+        "",
+        "    keepalive:\n      interval: 60\n      down_after: 1\n      up_after: 1",
+    );
+    let mut sim = Sim::with_profile(&text);
+    let now = sim.now;
+    sim.engine.start(now);
+    let out = sim.sent();
+    assert_eq!(summary(&out), [format!("OPTIONS->{TEAMS_PEER}")]);
+    let out = sim.core_sends(&invite_with_options("ps1@10.1.1.1", ""));
+    assert_eq!(h(&b_leg_invite(&out), "X-Teams-Peer"), Some("up"));
+    // The OPTIONS goes unanswered (Timer F, 32 s): down.
+    sim.advance(Duration::from_secs(33));
+    let out = sim.core_sends(&invite_with_options("ps2@10.1.1.1", ""));
+    assert_eq!(h(&b_leg_invite(&out), "X-Teams-Peer"), Some("down"));
+}

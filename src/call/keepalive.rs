@@ -5,88 +5,7 @@
 //! shared ([`PeerHealth`]), to route calls past peers that are down.
 
 use super::*;
-use crate::config::Keepalive;
-
-/// How a peer stands.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PeerState {
-    /// Down: calls skip it.
-    pub down: bool,
-    /// Failed OPTIONS in a row (while up), or answered ones in a row (while down).
-    streak: u32,
-    /// A 503 with Retry-After asked for a rest: calls skip it until then.
-    pub resting_until: Option<Instant>,
-    /// Times it went down or up.
-    pub changes: u64,
-}
-
-/// The health of every trunk's peers, by trunk name and peer address, shared by the shards.
-#[derive(Debug, Default)]
-pub struct PeerHealth {
-    peers: Mutex<HashMap<(String, SocketAddr), PeerState>>,
-}
-
-impl PeerHealth {
-    fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<(String, SocketAddr), PeerState>> {
-        self.peers.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// True when calls should skip the peer at `now`: down, or resting after a 503.
-    pub fn avoid(&self, trunk: &str, peer: SocketAddr, now: Instant) -> bool {
-        self.peers()
-            .get(&(trunk.to_string(), peer))
-            .is_some_and(|state| state.down || state.resting_until.is_some_and(|t| t > now))
-    }
-
-    /// A 503 with Retry-After from the peer: calls skip it until `until`.
-    pub fn rest(&self, trunk: &str, peer: SocketAddr, until: Instant) {
-        self.peers()
-            .entry((trunk.to_string(), peer))
-            .or_default()
-            .resting_until = Some(until);
-    }
-
-    /// The outcome of one OPTIONS; returns the peer's new state when it went down or up.
-    fn record(
-        &self,
-        trunk: &str,
-        peer: SocketAddr,
-        answered: bool,
-        settings: Keepalive,
-    ) -> Option<PeerState> {
-        let mut peers = self.peers();
-        let state = peers.entry((trunk.to_string(), peer)).or_default();
-        // A streak counts what would change the state: failures while up, answers while down.
-        if answered == state.down {
-            state.streak += 1;
-        } else {
-            state.streak = 0;
-        }
-        let threshold = if state.down {
-            settings.up_after
-        } else {
-            settings.down_after
-        };
-        if state.streak < threshold {
-            return None;
-        }
-        state.down = !state.down;
-        state.streak = 0;
-        state.changes += 1;
-        Some(*state)
-    }
-
-    /// Every peer known so far and how it stands, by trunk and address.
-    pub fn snapshot(&self) -> Vec<(String, SocketAddr, PeerState)> {
-        let mut all: Vec<_> = self
-            .peers()
-            .iter()
-            .map(|((trunk, peer), state)| (trunk.clone(), *peer, *state))
-            .collect();
-        all.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
-        all
-    }
-}
+use crate::shared::PeerHealth;
 
 /// One peer whose OPTIONS the monitor sends.
 #[derive(Debug)]
@@ -167,6 +86,7 @@ impl Calls {
 
     /// Makes this shard read and write `health` (shared with the other shards).
     pub fn share_peer_health(&mut self, health: Arc<PeerHealth>) {
+        self.current.rules.set_peer_health(health.clone());
         self.health = health;
     }
 }
@@ -272,7 +192,11 @@ impl B2bua<'_> {
         };
         let answered = status != 408 && !(500..600).contains(&status);
         let (trunk, peer) = (monitored.trunk.as_str(), monitored.peer);
-        let Some(state) = self.calls.health.record(trunk, peer, answered, settings) else {
+        let Some(state) = self
+            .calls
+            .health
+            .record(trunk, peer, answered, (settings.down_after, settings.up_after))
+        else {
             return;
         };
         if state.down {

@@ -17,7 +17,6 @@
 //! timers armed) and as media commands ([`Calls::poll_media`]). `call` never names the engine.
 
 pub mod build;
-pub use keepalive::PeerHealth;
 mod cancel;
 mod dtmf;
 mod egress;
@@ -153,7 +152,7 @@ pub(crate) struct Calls {
     /// The OPTIONS keepalives this shard sends (shard 0 only).
     monitor: Option<keepalive::PeerMonitor>,
     /// The trunks' peers' health, shared by the shards.
-    health: Arc<keepalive::PeerHealth>,
+    health: Arc<crate::shared::PeerHealth>,
 }
 
 /// The call layer at work on one input: the shard's calls, and the transaction table the
@@ -185,6 +184,8 @@ impl Calls {
             .media
             .as_ref()
             .map(|media| PortPool::new(media.ports, shard, shards));
+        let health = Arc::<crate::shared::PeerHealth>::default();
+        rules.rules.set_peer_health(health.clone());
         Calls {
             current: rules,
             shard,
@@ -199,7 +200,7 @@ impl Calls {
             call_timers: std::collections::BTreeMap::new(),
             timer_seq: 0,
             monitor: (shard == 0).then(keepalive::PeerMonitor::default),
-            health: Arc::default(),
+            health,
         }
     }
 
@@ -230,6 +231,7 @@ impl Calls {
             "rule set now current"
         );
         self.current = rules;
+        self.current.rules.set_peer_health(self.health.clone());
         if let Some(monitor) = self.monitor.as_mut() {
             monitor.sync(&self.current.profile);
         }

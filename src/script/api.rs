@@ -148,6 +148,8 @@ fn leg_arg(leg: Option<String>, default: Leg, function: &str) -> mlua::Result<Le
 /// Per-state data the API functions read: the profile's trunks and the metrics registry.
 pub(super) struct RuleContext {
     trunk_names: Vec<String>,
+    /// Each trunk's peers, by trunk index (`bh.peer_status`).
+    trunk_peers: Vec<Vec<std::net::SocketAddr>>,
     /// `call.trunk` objects, read-only, one per trunk.
     trunk_tables: Vec<Table>,
     metrics: Arc<RuleMetrics>,
@@ -200,6 +202,7 @@ pub(super) fn install_app_data(
     }
     lua.set_app_data(RuleContext {
         trunk_names: profile.trunks.iter().map(|t| t.name.clone()).collect(),
+        trunk_peers: profile.trunks.iter().map(|t| t.peers.clone()).collect(),
         trunk_tables,
         metrics,
         regexes: HashMap::new(),
@@ -1101,6 +1104,25 @@ pub fn bh_table(lua: &Lua) -> mlua::Result<Table> {
         )?;
     }
     bh.set("log", read_only(lua, log, "bh.log")?)?;
+    bh.set(
+        "peer_status",
+        lua.create_function(|lua, trunk: String| {
+            let peers = {
+                let context = context(lua)?;
+                let index = context.trunk_index(&trunk).ok_or_else(|| {
+                    mlua::Error::runtime(format!("bh.peer_status: no trunk named '{trunk}'"))
+                })?;
+                context.trunk_peers[index].clone()
+            };
+            let health = lua.app_data_ref::<Arc<crate::shared::PeerHealth>>();
+            let status = lua.create_table()?;
+            for peer in peers {
+                let down = health.as_ref().is_some_and(|h| h.is_down(&trunk, peer));
+                status.set(peer.to_string(), if down { "down" } else { "up" })?;
+            }
+            Ok(status)
+        })?,
+    )?;
 
     let metric = lua.create_table()?;
     metric.set(

@@ -335,6 +335,11 @@ pub struct Rules {
 }
 
 impl Rules {
+    /// Makes `bh.peer_status` read `health` (the keepalives' view of the trunks' peers).
+    pub fn set_peer_health(&self, health: Arc<crate::shared::PeerHealth>) {
+        self.lua.set_app_data(health);
+    }
+
     /// Loads the scripts a profile names, counting into `metrics`. Every failing script is
     /// reported with file:line.
     pub fn load(profile: &Profile, metrics: Arc<RuleMetrics>) -> Result<Rules, Vec<ScriptError>> {
