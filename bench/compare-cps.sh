@@ -9,6 +9,11 @@
 #   c  Bridgehead, no media anchoring (two trunks, no media section)
 #   d  Bridgehead on profiles/default.yaml as it is (udp+tcp listeners, media anchored) on free
 #      ports
+#   e  two Bridgeheads in a row (c's rules, no media), SIP over TLS between them (certificates
+#      made with openssl for the run; one TLS connection, reused): the cost of TLS per call is
+#      e against f. Also measured for e: how many TLS handshakes per second the second
+#      Bridgehead's TLS listener completes (`openssl s_time -new`, 5 s)
+#   f  e with TCP between them (not in the default SYSTEMS)
 #
 # Per system and rate it prints the calls attempted, succeeded and failed, the achieved rate,
 # the UAC's retransmissions, the UDP datagrams the kernel dropped (RcvbufErrors, all sockets),
@@ -25,7 +30,7 @@
 #   HEAVY=1                                  "heavy rules" on both: bench/heavy.lua for
 #                                            Bridgehead, bench/kamailio/heavy.lua for Kamailio
 #                                            (20 header edits, an SDP codec filter, a regex)
-#   SYSTEMS="a b c d"                        which systems, in that order
+#   SYSTEMS="a b c d"                        which systems, in that order (also e, f)
 #   FLOW=plain                               the call flow: plain (tests/sipp/caller.xml,
 #                                            callee.xml) or 100rel (caller_100rel.xml,
 #                                            callee_reliable.xml: the caller requires 100rel,
@@ -106,7 +111,7 @@ if [ ${#NEED[@]} -gt 0 ]; then
 fi
 
 BRIDGEHEAD=${CARGO_TARGET_DIR:-$PWD/target}/release/bridgehead
-if [[ " $SYSTEMS " =~ \ [cd]\  ]]; then cargo build --release --quiet; fi
+if [[ " $SYSTEMS " =~ \ [cdef]\  ]]; then cargo build --release --quiet; fi
 
 WORK=$(mktemp -d /tmp/bridgehead-compare-cps.XXXXXX)
 PIDS=()
@@ -133,7 +138,7 @@ while True:
 EOF
 }
 CORE=$(free_port); TEAMS=$(free_port); SOFTSWITCH=$(free_port); TEAMS_PEER=$(free_port)
-UAC=$(free_port); NG=$(free_port)
+UAC=$(free_port); NG=$(free_port); MID1=$(free_port); MID2=$(free_port)
 # Bigger socket buffers when allowed (root); harmless otherwise.
 sysctl -qw net.core.rmem_max=8388608 net.core.wmem_max=8388608 2>/dev/null || true
 
@@ -165,6 +170,71 @@ trunks:
     script: $BH_SCRIPT
     route: core
 EOF
+# e, f: two Bridgeheads in a row, $1 (tls or tcp) between them.
+if [[ " $SYSTEMS " =~ \ [ef]\  ]]; then
+  C="$WORK/certs"; mkdir -p "$C"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$C/ca.key" \
+    -out "$C/ca.pem" -days 2 -subj "/CN=bench CA" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$C/sbc.key" \
+    -out "$C/sbc.csr" -subj "/CN=mid.bench.test" 2>/dev/null
+  printf 'subjectAltName=DNS:mid.bench.test\nbasicConstraints=CA:FALSE\n' > "$C/ext"
+  openssl x509 -req -in "$C/sbc.csr" -CA "$C/ca.pem" -CAkey "$C/ca.key" -CAcreateserial \
+    -out "$C/sbc.pem" -days 2 -extfile "$C/ext" 2>/dev/null
+fi
+pair_profiles() {  # $1: tls or tcp; writes profile-$SYS-1.yaml (front) and -2 (back)
+  local tls_listener="" tls_trunk=""
+  if [ "$1" = tls ]; then
+    tls_listener="    tls: { certificate: $C/sbc.pem, key: $C/sbc.key }"
+    tls_trunk="    tls: { server_name: mid.bench.test, ca: $C/ca.pem }"
+  fi
+  cat > "$WORK/profile-$SYS-1.yaml" <<EOF
+shards: $SHARDS
+listeners:
+  - name: core
+    address: 127.0.0.1:$CORE
+  - name: mid
+    address: 127.0.0.1:$MID1
+    transports: [udp, $1]
+$tls_listener
+trunks:
+  - name: core
+    listener: core
+    peers: ["127.0.0.1:$SOFTSWITCH"]
+    script: $BH_SCRIPT
+    route: mid
+  - name: mid
+    listener: mid
+    transport: $1
+    peers: ["127.0.0.1:$MID2"]
+$tls_trunk
+    script: $BH_SCRIPT
+    route: core
+EOF
+  cat > "$WORK/profile-$SYS-2.yaml" <<EOF
+shards: $SHARDS
+listeners:
+  - name: mid
+    address: 127.0.0.1:$MID2
+    transports: [udp, $1]
+$tls_listener
+  - name: teams
+    address: 127.0.0.1:$TEAMS
+trunks:
+  - name: mid
+    listener: mid
+    transport: $1
+    peers: ["127.0.0.1:$MID1"]
+$tls_trunk
+    script: $BH_SCRIPT
+    route: teams
+  - name: teams
+    listener: teams
+    peers: ["127.0.0.1:$TEAMS_PEER"]
+    script: $BH_SCRIPT
+    route: mid
+EOF
+}
+
 # d: profiles/default.yaml itself, its ports and script path replaced.
 sed -e "s/127\.0\.0\.1:5060/127.0.0.1:$CORE/; s/127\.0\.0\.1:5070/127.0.0.1:$TEAMS/" \
     -e "s/127\.0\.0\.1:5090/127.0.0.1:$SOFTSWITCH/; s/127\.0\.0\.1:5080/127.0.0.1:$TEAMS_PEER/" \
@@ -232,13 +302,23 @@ start_kamailio() {  # $1: with rtpengine (1) or not (0)
   udp_bound "$CORE" && kill -0 "${SYS_PIDS[-1]}" 2>/dev/null \
     || { echo "kamailio did not start:"; cat "$dir/kamailio.log"; exit 1; }
 }
-start_bridgehead() {  # $1: profile
-  local dir="$WORK/$SYS"
+start_bridgehead() {  # $1: profile, $2: its log's name (default sbc)
+  local dir="$WORK/$SYS" log="${2:-sbc}"
   mkdir -p "$dir"
-  RUST_LOG=info "$BRIDGEHEAD" run --profile "$1" 2> "$dir/sbc.log" &
+  RUST_LOG=info "$BRIDGEHEAD" run --profile "$1" 2> "$dir/$log.log" &
   SYS_PIDS+=($!); PIDS+=($!)
-  for _ in $(seq 100); do grep -q ready "$dir/sbc.log" 2>/dev/null && break; sleep 0.05; done
-  grep -q ready "$dir/sbc.log" || { echo "bridgehead did not start:"; cat "$dir/sbc.log"; exit 1; }
+  for _ in $(seq 100); do grep -q ready "$dir/$log.log" 2>/dev/null && break; sleep 0.05; done
+  grep -q ready "$dir/$log.log" || { echo "bridgehead did not start:"; cat "$dir/$log.log"; exit 1; }
+}
+start_pair() {  # $1: tls or tcp
+  pair_profiles "$1"
+  start_bridgehead "$WORK/profile-$SYS-2.yaml" back
+  start_bridgehead "$WORK/profile-$SYS-1.yaml" front
+}
+# TLS handshakes per second the back Bridgehead's TLS listener completes (new sessions only).
+handshake_rate() {
+  timeout 20 openssl s_time -connect "127.0.0.1:$MID2" -new -time 5 -CAfile "$C/ca.pem" \
+    2>/dev/null | awk '/connections in [0-9.]+s;/ {sub(/;$/, "", $4); print $1 " handshakes in " $4 ", " $5 " per second"; exit}'
 }
 start_system() {
   case "$SYS" in
@@ -246,6 +326,8 @@ start_system() {
     b) start_kamailio 1 ;;
     c) start_bridgehead "$WORK/profile-c.yaml" ;;
     d) start_bridgehead "$WORK/profile-d.yaml" ;;
+    e) start_pair tls ;;
+    f) start_pair tcp ;;
   esac
 }
 describe() {
@@ -254,6 +336,8 @@ describe() {
     b) echo "b: a + rtpengine $(rtpengine --version 2>&1 | awk '{print $NF; exit}') userspace (--table=-1, --delete-delay=0, $RTPENGINE_THREADS threads, ports $RTPENGINE_PORTS)" ;;
     c) echo "c: Bridgehead $(git rev-parse --short HEAD 2>/dev/null), no media anchoring (a profile without media), $(basename "$BH_SCRIPT")" ;;
     d) echo "d: Bridgehead $(git rev-parse --short HEAD 2>/dev/null), profiles/default.yaml layout, media anchored (ports $MEDIA_PORTS), $(basename "$BH_SCRIPT")" ;;
+    e) echo "e: two Bridgeheads $(git rev-parse --short HEAD 2>/dev/null) in a row, SIP over TLS between them (one connection, ECDSA P-256), no media, $(basename "$BH_SCRIPT")" ;;
+    f) echo "f: e with TCP between them" ;;
   esac
 }
 
@@ -272,6 +356,7 @@ for SYS in $SYSTEMS; do
   start_system
   C0=$(tree_ticks "${SYS_PIDS[@]}"); sleep 2; C1=$(tree_ticks "${SYS_PIDS[@]}")
   echo "   idle: $(awk -v c="$((C1 - C0))" -v hz="$HZ" 'BEGIN {printf "%.1f%%", 100 * c / hz / 2}') of a core"
+  [ "$SYS" != e ] || echo "   TLS listener: $(handshake_rate)"
   printf '%3s %6s %7s %7s %6s %8s %8s %6s %7s %13s\n' sys rate calls ok failed "calls/s" retrans drops "cpu" "cpu s/1k call"
   for RATE in "${RATES[@]}"; do
     CALLS=$((RATE * SECONDS_PER_RATE))
@@ -344,7 +429,7 @@ for RATE in "${RATES[@]}"; do
   done
   echo
 done
-for PAIR in c/a d/a d/b; do
+for PAIR in c/a d/a d/b e/f; do
   X=${PAIR%/*}; Y=${PAIR#*/}
   [[ " $SYSTEMS " == *" $X "* && " $SYSTEMS " == *" $Y "* ]] || continue
   AT=
