@@ -53,6 +53,8 @@ pub struct Profile {
     pub limits: Limits,
     /// Media anchoring; without it SDP passes through unchanged and media flows end to end.
     pub media: Option<MediaConfig>,
+    /// The DNS servers that resolve trunk peers given by name (none: the system's).
+    pub dns_servers: Vec<SocketAddr>,
 }
 
 /// A named address Bridgehead listens on, for one or more transports.
@@ -74,6 +76,29 @@ pub struct Listener {
     pub unknown_sources: UnknownSources,
     /// TLS on this listener (with `tls` in its transports).
     pub tls: Option<ListenerTls>,
+}
+
+impl Trunk {
+    /// The name a peer address was resolved from, if it was.
+    pub fn peer_name(&self, peer: SocketAddr) -> Option<&str> {
+        self.peer_names
+            .iter()
+            .find(|(addr, _)| *addr == peer)
+            .map(|(_, name)| name.as_str())
+    }
+
+    /// The host to name a peer by in Request-URIs: the name it was resolved from, else the
+    /// trunk's TLS server name, else its address (IPv6 in brackets).
+    pub fn peer_host(&self, peer: SocketAddr) -> String {
+        match (self.peer_name(peer), &self.tls.server_name) {
+            (Some(name), _) => name.to_string(),
+            (None, Some(name)) => name.clone(),
+            (None, None) => match peer {
+                SocketAddr::V4(a) => a.ip().to_string(),
+                SocketAddr::V6(a) => format!("[{}]", a.ip()),
+            },
+        }
+    }
 }
 
 impl Listener {
@@ -99,6 +124,46 @@ pub struct ListenerTls {
     pub key: PathBuf,
     /// When set, clients must present a certificate issued by one of these CAs (PEM).
     pub client_ca: Option<PathBuf>,
+}
+
+/// A trunk peer as the profile gives it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerSpec {
+    Address(SocketAddr),
+    /// A DNS name (its A and AAAA records) and port.
+    Name {
+        host: String,
+        port: u16,
+    },
+}
+
+/// Reads a peer: `IP:port`, or `name:port` (`name` alone takes the transport's port: 5061 for
+/// TLS, else 5060).
+fn peer_spec(text: &str, transport: Transport) -> Option<PeerSpec> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Some(PeerSpec::Address(addr));
+    }
+    let (host, port) = match text.rsplit_once(':') {
+        Some((host, port)) => (host, port.parse().ok()?),
+        None if transport == Transport::Tls => (text, 5061),
+        None => (text, 5060),
+    };
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let is_name = host.len() <= 253
+        && host.split('.').all(label_ok)
+        && host.parse::<std::net::IpAddr>().is_err()
+        && host.bytes().any(|b| b.is_ascii_alphabetic());
+    is_name.then(|| PeerSpec::Name {
+        host: host.to_ascii_lowercase(),
+        port,
+    })
 }
 
 /// How Bridgehead connects to a TLS trunk's peers.
@@ -128,6 +193,11 @@ pub struct Trunk {
     pub name: String,
     pub listener: ListenerId,
     pub peers: Vec<SocketAddr>,
+    /// The peers as the profile gives them, in order: addresses, and names resolved into
+    /// `peers` (by the runtime, off the shards).
+    pub peer_specs: Vec<PeerSpec>,
+    /// The name each resolved peer address came from (the Request-URI and TLS name toward it).
+    pub peer_names: Vec<(SocketAddr, String)>,
     /// How Bridgehead sends requests to the peers.
     pub transport: Transport,
     /// TLS toward the peers (with `transport: tls`).
@@ -441,6 +511,16 @@ struct RawProfile {
     #[serde(default)]
     limits: Limits,
     media: Option<RawMedia>,
+    #[serde(default)]
+    dns: RawDns,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    /// `IP:port` of each server.
+    #[serde(default)]
+    servers: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -1003,16 +1083,27 @@ impl Validator<'_> {
                 );
             }
         }
-        let mut peers = Vec::new();
+        let mut peer_specs = Vec::new();
         for peer in &raw.peers {
-            match peer.parse::<SocketAddr>() {
-                Ok(addr) => peers.push(addr),
-                Err(_) => self.error(
+            match peer_spec(peer, raw.transport) {
+                Some(spec) => peer_specs.push(spec),
+                None => self.error(
                     self.line_of(peer).or(at),
-                    format!("trunk '{}': peer '{}' is not IP:port", raw.name, peer),
+                    format!(
+                        "trunk '{}': peer '{}' is neither IP:port nor name:port",
+                        raw.name, peer
+                    ),
                 ),
             }
         }
+        // Names are resolved later (the runtime resolves them before it uses the profile).
+        let peers = peer_specs
+            .iter()
+            .filter_map(|spec| match spec {
+                PeerSpec::Address(addr) => Some(*addr),
+                PeerSpec::Name { .. } => None,
+            })
+            .collect();
         if raw.peers.is_empty() {
             self.error(at, format!("trunk '{}' has no peers", raw.name));
         }
@@ -1114,6 +1205,8 @@ impl Validator<'_> {
         }
         Some(Trunk {
             tls,
+            peer_specs,
+            peer_names: Vec::new(),
             name: raw.name.clone(),
             srtp: raw.srtp,
             media_dscp: raw.media_dscp,
@@ -1307,6 +1400,16 @@ impl Profile {
                 }
             }
         }
+        let mut dns_servers = Vec::new();
+        for server in &raw.dns.servers {
+            match server.parse::<SocketAddr>() {
+                Ok(addr) => dns_servers.push(addr),
+                Err(_) => check.error(
+                    check.line_of(server),
+                    format!("dns: server '{server}' is not IP:port"),
+                ),
+            }
+        }
         if check.errors.is_empty() {
             Ok(Profile {
                 path: path.to_path_buf(),
@@ -1315,6 +1418,7 @@ impl Profile {
                 shards: raw.shards,
                 limits: raw.limits,
                 media,
+                dns_servers,
             })
         } else {
             Err(check.errors)

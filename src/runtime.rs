@@ -27,7 +27,16 @@ const DEBOUNCE: Duration = Duration::from_millis(150);
 
 /// Loads the profile and its rules, binds every listener and serves until the process is
 /// stopped. Nothing is bound unless the whole profile and every script are valid.
-pub fn run(profile: Profile) -> anyhow::Result<()> {
+pub fn run(mut profile: Profile) -> anyhow::Result<()> {
+    // Peers given by name are resolved before anything uses the profile.
+    let refresh = if crate::transport::dns::has_names(&profile) {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(crate::transport::dns::resolve_peers(&mut profile))
+    } else {
+        None
+    };
     let profile = Arc::new(profile);
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     // One shard per two cores by default: a shard handles its own datagrams to completion, and
@@ -126,6 +135,9 @@ pub fn run(profile: Profile) -> anyhow::Result<()> {
             );
         }
         let (reload_tx, reload_rx) = mpsc::unbounded_channel();
+        if let Some(after) = refresh {
+            recompile_after(after, reload_tx.clone());
+        }
         let watch_tx = reload_tx.clone();
         let _watcher = reload::watch(&profile, move || {
             let _ = watch_tx.send(());
@@ -137,7 +149,7 @@ pub fn run(profile: Profile) -> anyhow::Result<()> {
             shards,
             metrics,
             (senders, hub.clone()),
-            reload_rx,
+            (reload_tx.clone(), reload_rx),
         ));
         tracing::info!(shards, profile = %profile.path.display(), "ready");
         let mut terminate =
@@ -164,6 +176,15 @@ pub fn run(profile: Profile) -> anyhow::Result<()> {
     })
 }
 
+/// Asks for a reload `after` from now: the profile's peer names expire then.
+fn recompile_after(after: Duration, requests: mpsc::UnboundedSender<()>) {
+    tokio::spawn(async move {
+        tokio::time::sleep(after).await;
+        tracing::debug!("peer names expired: resolving them again");
+        let _ = requests.send(());
+    });
+}
+
 /// Reloads on request (debounced): compiles the next version off the shards' threads and
 /// hands it to every shard; a version that fails to compile is refused and the running one
 /// stays.
@@ -172,7 +193,7 @@ async fn reloader(
     shards: usize,
     metrics: Arc<RuleMetrics>,
     (senders, hub): (Vec<mpsc::UnboundedSender<ShardInput>>, Arc<Hub>),
-    mut requests: mpsc::UnboundedReceiver<()>,
+    (again, mut requests): (mpsc::UnboundedSender<()>, mpsc::UnboundedReceiver<()>),
 ) {
     let mut version = 1;
     while requests.recv().await.is_some() {
@@ -191,14 +212,29 @@ async fn reloader(
         let (running, compile_metrics) = (running.clone(), metrics.clone());
         let started = Instant::now();
         let compiled = tokio::task::spawn_blocking(move || {
-            reload::compile(&running.path, &running, shards, next, &compile_metrics)
+            // Names resolved here, on a blocking thread: never on a shard's.
+            let resolve = |profile: &mut Profile| {
+                tokio::runtime::Handle::current()
+                    .block_on(crate::transport::dns::resolve_peers(profile))
+            };
+            reload::compile(
+                &running.path,
+                (&running, resolve),
+                shards,
+                next,
+                &compile_metrics,
+            )
         })
         .await;
         match compiled {
             Ok(Ok(Compiled {
                 shards: sets,
                 restart_needed,
+                recompile_after: refresh,
             })) => {
+                if let Some(after) = refresh {
+                    recompile_after(after, again.clone());
+                }
                 if let Some(set) = sets.first() {
                     hub.set_profile(set.profile.clone());
                 }

@@ -202,4 +202,3 @@ impl PeerHealth {
         all
     }
 }
-

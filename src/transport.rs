@@ -9,6 +9,7 @@
 //! stream transport beside TCP: once its handshake is done, a TLS connection runs through the
 //! same [`spawn_stream`] with its reader and writer halves.
 
+pub mod dns;
 pub mod tls;
 
 use crate::config::{Listener, ListenerId, Profile, Transport, UnknownSources};

@@ -165,3 +165,126 @@ fn a_peer_refusing_connections_goes_down_calls_pass_it_and_it_comes_back_up() {
         options.text
     );
 }
+
+/// dnsmasq on 127.0.0.1:`port` answering `names` (each with 127.0.0.1, TTL 60 s) and nothing
+/// else; killed by PID on drop.
+struct Dns(std::process::Child);
+
+impl Dns {
+    fn start(dir: &std::path::Path, port: u16, names: &[&str]) -> Dns {
+        let log = std::fs::File::create(dir.join("dnsmasq.log")).expect("log");
+        let mut command = std::process::Command::new("dnsmasq");
+        command.args([
+            "--no-daemon",
+            &format!("--port={port}"),
+            "--listen-address=127.0.0.1",
+            "--bind-interfaces",
+            "--no-resolv",
+            "--no-hosts",
+            "--local-ttl=60",
+            "--user=root",
+        ]);
+        for name in names {
+            command.arg(format!("--host-record={name},127.0.0.1"));
+        }
+        let child = command
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("dnsmasq (Debian dnsmasq-base; tests/run.sh installs it)");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !std::fs::read_to_string(dir.join("dnsmasq.log"))
+            .unwrap_or_default()
+            .contains("started")
+        {
+            assert!(Instant::now() < deadline, "dnsmasq did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Dns(child)
+    }
+}
+
+impl Drop for Dns {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn peers_by_name_are_resolved_and_calls_pass_the_first_when_it_is_down() {
+    let dir = scratch_dir("peers-dns");
+    let dns_port = free_udp_port();
+    let _dns = Dns::start(
+        &dir,
+        dns_port,
+        &["sip.pstnhub.test", "sip2.pstnhub.test", "sip3.pstnhub.test"],
+    );
+    let profile = PROFILE
+        .replace(
+            "    peers: [\"127.0.0.1:{first}\", \"127.0.0.1:{second}\"]\n",
+            "    peers: [\"sip.pstnhub.test:{first}\", \"sip2.pstnhub.test:{second}\", \"sip3.pstnhub.test:{third}\", \"nowhere.pstnhub.test:5060\"]\n",
+        )
+        .replace(
+            "listeners:\n",
+            &format!("dns:\n  servers: [\"127.0.0.1:{dns_port}\"]\nlisteners:\n"),
+        );
+    let sbc = Sbc::start(&profile);
+    let (first, second) = (sbc.port("first"), sbc.port("second"));
+    for resolved in ["sip.pstnhub.test", "sip2.pstnhub.test", "sip3.pstnhub.test"] {
+        assert!(
+            sbc.log()
+                .contains(&format!("peer name resolved trunk=teams peer={resolved}:")),
+            "{resolved}:\n{}",
+            sbc.log()
+        );
+    }
+    assert!(
+        sbc.log().contains("peer name does not resolve (")
+            && sbc.log().contains("peer=nowhere.pstnhub.test:5060"),
+        "{}",
+        sbc.log()
+    );
+    let second_peer = callee(&dir, "second", second);
+    // sip refuses connections: down after two OPTIONS; calls go to sip2, by its name.
+    let down = format!(
+        "peer down: 2 OPTIONS in a row failed (last: 503) trunk=\"teams\" peer=127.0.0.1:{first}"
+    );
+    wait_log(&sbc, &down, Duration::from_secs(10));
+    let mut calls = caller(&dir, &sbc, 3);
+    let status = calls.wait(Instant::now() + Duration::from_secs(30));
+    let context = || {
+        format!(
+            "{}\n{}\n{}",
+            calls.report(),
+            second_peer.report(),
+            sbc.log()
+        )
+    };
+    assert_eq!(status, Some(0), "3 calls, none failed\n{}", context());
+    let trace = second_peer.trace();
+    let invites: Vec<_> = trace
+        .iter()
+        .filter(|m| m.received && m.is_request("INVITE"))
+        .collect();
+    assert_eq!(invites.len(), 3, "{}", context());
+    assert!(
+        invites[0]
+            .first_line()
+            .contains(&format!("@sip2.pstnhub.test:{second};transport=tcp")),
+        "the Request-URI names the peer: {}",
+        invites[0].text
+    );
+    let options = trace
+        .iter()
+        .find(|m| m.received && m.is_request("OPTIONS"))
+        .expect("OPTIONS at sip2");
+    assert!(
+        options.first_line().starts_with(&format!(
+            "OPTIONS sip:sip2.pstnhub.test:{second};transport=tcp"
+        )),
+        "{}",
+        options.text
+    );
+}

@@ -4,13 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The far ends the end-to-end tests run: SIPp (sip-tester), baresip (baresip-core, an SRTP
-# peer in a network namespace made with iproute2's `ip netns`), and openssl's s_client (an
-# old TLS 1.1 client).
+# peer in a network namespace made with iproute2's `ip netns`), openssl's s_client (an old
+# TLS 1.1 client) and dnsmasq (the DNS server of the peers-by-name test).
 missing=()
 command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
 command -v baresip >/dev/null 2>&1 || missing+=(baresip-core)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || missing+=(dnsmasq-base)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}..."
   SUDO=""

@@ -124,11 +124,7 @@ impl B2bua<'_> {
         let trunk = &rules.profile.trunks[trunk_id];
         let listener = &rules.profile.listeners[trunk.listener];
         let transport = trunk.transport;
-        let host = trunk
-            .tls
-            .server_name
-            .clone()
-            .unwrap_or_else(|| addr.ip().to_string());
+        let host = trunk.peer_host(addr);
         let target = format!(
             "sip:{host}:{}{}",
             addr.port(),
@@ -192,11 +188,12 @@ impl B2bua<'_> {
         };
         let answered = status != 408 && !(500..600).contains(&status);
         let (trunk, peer) = (monitored.trunk.as_str(), monitored.peer);
-        let Some(state) = self
-            .calls
-            .health
-            .record(trunk, peer, answered, (settings.down_after, settings.up_after))
-        else {
+        let Some(state) = self.calls.health.record(
+            trunk,
+            peer,
+            answered,
+            (settings.down_after, settings.up_after),
+        ) else {
             return;
         };
         if state.down {

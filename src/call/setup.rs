@@ -87,8 +87,9 @@ fn invite_decision(
     }
 }
 
-/// A Request-URI for a trunk peer: the user and parameters of `uri`, the peer's address.
-pub(super) fn retarget(uri: &str, peer: &Peer) -> String {
+/// A Request-URI for a trunk peer: the user and parameters of `uri`, the peer's `host` (its
+/// name, or its address) and port.
+pub(super) fn retarget(uri: &str, host: &str, peer: &Peer) -> String {
     let parsed = Uri::parse(uri).ok();
     let user = parsed.as_ref().and_then(|u| u.user);
     let mut out = String::with_capacity(64);
@@ -97,10 +98,9 @@ pub(super) fn retarget(uri: &str, peer: &Peer) -> String {
         out.push_str(user);
         out.push('@');
     }
-    out.push_str(&match peer.addr {
-        std::net::SocketAddr::V4(a) => a.to_string(),
-        std::net::SocketAddr::V6(a) => a.to_string(),
-    });
+    out.push_str(host);
+    out.push(':');
+    out.push_str(&peer.addr.port().to_string());
     if let Some(parsed) = &parsed {
         for (name, value) in crate::sip::header::params(parsed.params).map_while(Result::ok) {
             if ["transport", "maddr", "lr", "phone-context"]
@@ -436,6 +436,12 @@ impl B2bua<'_> {
             .then(|| (draft.clone(), touched.clone()));
         let b_leg = (b_call_id, b_tag, a_session);
         let Some((b, invite)) = self.address_b_leg(&rules, draft, &route, b_leg, now) else {
+            // The trunk has no peer (its names do not resolve): 503 at once.
+            tracing::warn!(call = %info.call_id, trunk = %rules.profile.trunks[route.trunk].name, "no peer to send the call to: 503");
+            self.calls.stats.calls_failed += 1;
+            let unavailable = response_to(&msg, 503, None, Some(&a.local_tag));
+            let unavailable = self.outgoing(None, script, Leg::A, trunk, unavailable);
+            self.send_response(a_invite, &unavailable, now);
             return;
         };
         let call_key = self.next_id();
@@ -565,7 +571,7 @@ impl B2bua<'_> {
         if let StartLine::Request { uri, .. } = &mut invite.start {
             *uri = match &route.uri {
                 Some(chosen) => chosen.clone(),
-                None => retarget(uri, &peer),
+                None => retarget(uri, &dest.peer_host(peer.addr), &peer),
             };
         }
         let branch = self.new_branch();

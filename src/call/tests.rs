@@ -315,11 +315,15 @@ fn retarget_keeps_user_and_params() {
         conn: None,
     };
     assert_eq!(
-        retarget("sip:+15550100@example.com;user=phone;transport=udp", &peer),
+        retarget(
+            "sip:+15550100@example.com;user=phone;transport=udp",
+            "127.0.0.1",
+            &peer
+        ),
         "sip:+15550100@127.0.0.1:5080;user=phone;transport=tcp"
     );
     assert_eq!(
-        retarget("tel:+15550100", &peer),
-        "sip:+15550100@127.0.0.1:5080;user=phone;transport=tcp"
+        retarget("tel:+15550100", "sip.pstnhub.example", &peer),
+        "sip:+15550100@sip.pstnhub.example:5080;user=phone;transport=tcp"
     );
 }

@@ -44,13 +44,19 @@ pub struct Compiled {
     pub shards: Vec<Arc<RuleSet>>,
     /// Changes that need a restart (they are not applied).
     pub restart_needed: Vec<String>,
+    /// When the version should be compiled again (its trunk peers' names expire then).
+    pub recompile_after: Option<std::time::Duration>,
 }
 
 /// Compiles the profile at `path` as version `version` for `shards` shards, keeping the
-/// listeners of `running`. Errors are `file:line: message`.
+/// listeners of `running`; `prepare` completes the profile once read (resolves its peer
+/// names) and says when to compile again. Errors are `file:line: message`.
 pub fn compile(
     path: &Path,
-    running: &Profile,
+    (running, prepare): (
+        &Profile,
+        impl FnOnce(&mut Profile) -> Option<std::time::Duration>,
+    ),
     shards: usize,
     version: u64,
     metrics: &Arc<RuleMetrics>,
@@ -61,6 +67,7 @@ pub fn compile(
             .map(ReloadError::Profile)
             .collect::<Vec<_>>()
     })?;
+    let recompile_after = prepare(&mut profile);
     let mut restart_needed = Vec::new();
     for listener in &profile.listeners {
         match running.listeners.iter().find(|l| l.name == listener.name) {
@@ -127,6 +134,7 @@ pub fn compile(
     Ok(Compiled {
         shards: sets,
         restart_needed,
+        recompile_after,
     })
 }
 

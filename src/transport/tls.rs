@@ -162,11 +162,14 @@ impl TlsContexts {
                 .map_err(|err| anyhow::anyhow!("trunk '{}': {err}", trunk.name))?;
             let connector = TlsConnector::from(Arc::new(config));
             for peer in &trunk.peers {
-                let name = match &trunk.tls.server_name {
-                    Some(name) => ServerName::try_from(name.clone())
-                        .map_err(|err| anyhow::anyhow!("trunk '{}': {err}", trunk.name))?,
-                    None => ServerName::IpAddress(peer.ip().into()),
+                // The trunk's name, else the name the peer was resolved from, else its IP.
+                let name = match (&trunk.tls.server_name, trunk.peer_name(*peer)) {
+                    (Some(name), _) => name.clone(),
+                    (None, Some(name)) => name.to_string(),
+                    (None, None) => peer.ip().to_string(),
                 };
+                let name = ServerName::try_from(name)
+                    .map_err(|err| anyhow::anyhow!("trunk '{}': {err}", trunk.name))?;
                 connectors.insert((trunk.listener, *peer), (connector.clone(), name));
             }
         }
