@@ -288,3 +288,75 @@ fn peers_by_name_are_resolved_and_calls_pass_the_first_when_it_is_down() {
         options.text
     );
 }
+
+#[test]
+fn calls_move_past_a_silent_peer_within_failover_timeout_with_none_failed() {
+    // The first peer accepts connections and says nothing; the trunk gives a peer 2 s.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent_port = silent.local_addr().expect("addr").port();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    let held = std::thread::spawn(move || {
+        // Keep what it accepts open (a peer that hangs, not one that closes).
+        let mut open = Vec::new();
+        silent.set_nonblocking(true).expect("nonblocking listener");
+        let until = Instant::now() + Duration::from_secs(20);
+        let mut got = Vec::new();
+        while Instant::now() < until && !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok((stream, _)) = silent.accept() {
+                stream
+                    .set_read_timeout(Some(Duration::from_millis(50)))
+                    .expect("timeout");
+                open.push(stream);
+            }
+            for stream in &mut open {
+                let mut buf = [0u8; 4096];
+                if let Ok(n) = std::io::Read::read(stream, &mut buf) {
+                    got.extend_from_slice(&buf[..n]);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    });
+    let profile = PROFILE
+        .replace("127.0.0.1:{first}", &format!("127.0.0.1:{silent_port}"))
+        .replace(
+            "    keepalive:\n      interval: 1\n      down_after: 2\n      up_after: 1\n",
+            "    failover_timeout: 2\n",
+        );
+    let sbc = Sbc::start(&profile);
+    let dir = scratch_dir("peers-silent");
+    let second_peer = callee(&dir, "second", sbc.port("second"));
+    let started = Instant::now();
+    let mut calls = caller(&dir, &sbc, 2);
+    let status = calls.wait(Instant::now() + Duration::from_secs(30));
+    let took = started.elapsed();
+    let context = || {
+        format!(
+            "{}\n{}\n{}",
+            calls.report(),
+            second_peer.report(),
+            sbc.log()
+        )
+    };
+    assert_eq!(status, Some(0), "2 calls, none failed\n{}", context());
+    let answered = second_peer
+        .trace()
+        .iter()
+        .filter(|m| m.received && m.is_request("INVITE"))
+        .count();
+    assert_eq!(answered, 2, "both at the second peer\n{}", context());
+    assert!(
+        took < Duration::from_secs(10),
+        "within failover_timeout: {took:?}"
+    );
+    drop(sbc);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let heard = held.join().expect("silent peer");
+    assert_eq!(
+        heard.matches("INVITE sip:").count(),
+        2,
+        "the silent peer got each call first:\n{heard}"
+    );
+}
