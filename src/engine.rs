@@ -245,6 +245,11 @@ impl Engine {
         .min()
     }
 
+    /// The next stream connection the driver must close (a peer answered an INVITE 503).
+    pub fn poll_close(&mut self) -> Option<Peer> {
+        self.calls.poll_close()
+    }
+
     /// The next message to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()

@@ -368,6 +368,9 @@ async fn run_shard(
         while let Some(transmit) = engine.poll_transmit() {
             send(&mut engine, &udp, &hub, transmit).await;
         }
+        while let Some(peer) = engine.poll_close() {
+            hub.close_toward(peer);
+        }
     }
 }
 

@@ -572,6 +572,20 @@ impl Hub {
         ))
     }
 
+    /// Closes the connection Bridgehead keeps toward `peer` (a peer that answered 503 to an
+    /// INVITE, as Microsoft asks): what is queued on it still goes, then it is shut down.
+    pub fn close_toward(&self, peer: Peer) {
+        let open = peer.conn.or_else(|| {
+            lock(&self.outbound)
+                .get(&(peer.listener, peer.addr))
+                .copied()
+        });
+        if let Some(id) = open {
+            tracing::info!(peer = %peer.addr, "closing the connection to a peer that answered 503");
+            self.forget(id, peer.listener, peer.addr);
+        }
+    }
+
     fn forget(&self, id: ConnId, listener: ListenerId, addr: SocketAddr) {
         lock(&self.conns).remove(&id);
         let mut outbound = lock(&self.outbound);
@@ -727,6 +741,9 @@ pub fn spawn_stream<R, W>(
             }
             sent.store(true, Ordering::Relaxed);
         }
+        // Nothing more will be queued (the connection was closed on purpose, or is gone):
+        // say so to the far end (FIN, or TLS close_notify then FIN).
+        let _ = writer.shutdown().await;
     });
     tokio::spawn(async move {
         let mut buf = BytesMut::with_capacity(8192);

@@ -360,3 +360,70 @@ fn calls_move_past_a_silent_peer_within_failover_timeout_with_none_failed() {
         "the silent peer got each call first:\n{heard}"
     );
 }
+
+#[test]
+fn a_peer_answering_503_loses_its_connection_and_the_call_goes_to_the_next() {
+    use std::io::{Read, Write};
+    // The first peer answers the INVITE 503 with Retry-After, then waits for the connection
+    // to close.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let busy_port = busy.local_addr().expect("addr").port();
+    let peer = std::thread::spawn(move || {
+        let (mut stream, _) = busy.accept().ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 8192];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut buf).ok()?;
+            if n == 0 {
+                return None;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        let invite = String::from_utf8_lossy(&got).into_owned();
+        let mut answer = String::from("SIP/2.0 503 Service Unavailable\r\n");
+        for line in invite.lines() {
+            let name = line.split(':').next().unwrap_or_default();
+            if ["Via", "From", "Call-ID", "CSeq"].contains(&name) {
+                answer.push_str(line);
+                answer.push_str("\r\n");
+            } else if name == "To" {
+                answer.push_str(&format!("{line};tag=busy\r\n"));
+            }
+        }
+        answer.push_str("Retry-After: 60\r\nContent-Length: 0\r\n\r\n");
+        stream.write_all(answer.as_bytes()).ok()?;
+        // Bridgehead's ACK, then the end of the connection.
+        let closed_at = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < closed_at {
+            match stream.read(&mut buf) {
+                Ok(0) => return Some(true),
+                Ok(_) => {}
+                Err(_) => return Some(false),
+            }
+        }
+        Some(false)
+    });
+    let profile = PROFILE
+        .replace("127.0.0.1:{first}", &format!("127.0.0.1:{busy_port}"))
+        .replace(
+            "    keepalive:\n      interval: 1\n      down_after: 2\n      up_after: 1\n",
+            "",
+        );
+    let sbc = Sbc::start(&profile);
+    let dir = scratch_dir("peers-503");
+    let second_peer = callee(&dir, "second", sbc.port("second"));
+    let mut call = caller(&dir, &sbc, 1);
+    let status = call.wait(Instant::now() + Duration::from_secs(30));
+    assert_eq!(status, Some(0), "{}\n{}", call.report(), sbc.log());
+    assert_eq!(
+        peer.join().expect("busy peer"),
+        Some(true),
+        "Bridgehead closed the connection after the 503\n{}",
+        sbc.log()
+    );
+    assert!(second_peer
+        .trace()
+        .iter()
+        .any(|m| m.received && m.is_request("INVITE")));
+}

@@ -47,10 +47,14 @@ impl B2bua<'_> {
         let rules = call.rules.clone();
         let trunk = &rules.profile.trunks[trunk_id];
         let failed = call.b.peer.addr;
-        if status == 503 {
+        if status == 503 && failure.is_some() {
             if let Some(seconds) = failure.and_then(retry_after) {
                 let until = now + std::time::Duration::from_secs(seconds.min(3600));
                 self.calls.health.rest(&trunk.name, failed, until);
+            }
+            // The peer is overloaded: its connection goes too (the next call opens a new one).
+            if call.b.peer.transport.is_reliable() {
+                self.calls.closes.push_back(call.b.peer);
             }
         }
         let eligible = !call.b_rang

@@ -153,6 +153,8 @@ pub(crate) struct Calls {
     monitor: Option<keepalive::PeerMonitor>,
     /// The trunks' peers' health, shared by the shards.
     health: Arc<crate::shared::PeerHealth>,
+    /// Stream connections the transport must close (toward peers that answered 503).
+    closes: VecDeque<Peer>,
 }
 
 /// The call layer at work on one input: the shard's calls, and the transaction table the
@@ -201,6 +203,7 @@ impl Calls {
             timer_seq: 0,
             monitor: (shard == 0).then(keepalive::PeerMonitor::default),
             health,
+            closes: VecDeque::new(),
         }
     }
 
@@ -264,6 +267,11 @@ impl Calls {
     /// The next command for the media relay.
     pub fn poll_media(&mut self) -> Option<MediaCommand> {
         self.media_commands.pop_front()
+    }
+
+    /// The next stream connection the transport must close.
+    pub fn poll_close(&mut self) -> Option<Peer> {
+        self.closes.pop_front()
     }
 
     /// Makes every random value from now on follow `seed`.
