@@ -76,6 +76,10 @@ pub struct Listener {
     pub unknown_sources: UnknownSources,
     /// TLS on this listener (with `tls` in its transports).
     pub tls: Option<ListenerTls>,
+    /// Seconds a stream connection Bridgehead opened through this listener may go without a
+    /// byte from the far end before Bridgehead sends it a CRLF ping (RFC 5626 §4.4.1); 0: no
+    /// pings.
+    pub ping_interval: u32,
 }
 
 impl Trunk {
@@ -668,6 +672,8 @@ struct RawListener {
     #[serde(default)]
     unknown_sources: UnknownSources,
     tls: Option<RawListenerTls>,
+    #[serde(default)]
+    ping_interval: u32,
 }
 
 #[derive(Deserialize)]
@@ -914,6 +920,7 @@ impl Validator<'_> {
             max_connections_per_source: raw.max_connections_per_source,
             unknown_sources: raw.unknown_sources,
             tls,
+            ping_interval: raw.ping_interval,
         })
     }
 

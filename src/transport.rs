@@ -73,6 +73,8 @@ pub struct TransportStats {
     pub refused_over_limit: AtomicU64,
     /// Connections closed after `idle_timeout` without a complete message.
     pub closed_idle: AtomicU64,
+    /// Connections closed because a CRLF ping got no pong in time (RFC 5626 §4.4.1).
+    pub dead_connections: AtomicU64,
     /// TLS handshakes completed, either way.
     pub tls_handshakes: AtomicU64,
     /// TLS handshakes failed, either way, by [`HandshakeFailure::index`].
@@ -81,6 +83,10 @@ pub struct TransportStats {
 
 /// How long a TLS handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A CRLF ping, and how long its pong may take (RFC 5626 §4.4.1: 10 s).
+const PING: &[u8] = b"\r\n\r\n";
+const PONG_WAIT_MS: u64 = 10_000;
 
 /// A TCP socket of the address's family, marked with a DSCP.
 fn tcp_socket(address: SocketAddr, dscp: u8) -> std::io::Result<TcpSocket> {
@@ -722,6 +728,12 @@ pub fn spawn_stream<R, W>(
         .listeners
         .get(listener)
         .map_or(0, |l| u64::from(l.idle_timeout) * 1000);
+    // Pings on the connections Bridgehead opened, when the listener asks for them.
+    let ping_every = hub
+        .listeners
+        .get(listener)
+        .filter(|_| !conn.accepted)
+        .map_or(0, |l| u64::from(l.ping_interval) * 1000);
     // Whether a message ever went out on the connection: a connection in use may stay quiet.
     let sent_any = Arc::new(AtomicBool::new(false));
     let writer_hub = hub.clone();
@@ -752,6 +764,9 @@ pub fn spawn_stream<R, W>(
         let mut received_any = false;
         // When the message now in `buf` began to arrive.
         let mut partial_since: Option<u64> = None;
+        // When a byte last came, and the ping still waiting for its pong.
+        let mut heard = opened;
+        let mut ping_sent: Option<u64> = None;
         'read: loop {
             loop {
                 // Keep-alives may stand before any message, also after one in the same read.
@@ -781,18 +796,38 @@ pub fn spawn_stream<R, W>(
             // A connection in use may be quiet for as long as a call rings or talks; one that
             // holds half a message, or never carried one, gets `idle` to finish it.
             let in_use = received_any || sent_any.load(Ordering::Relaxed);
-            let deadline = match partial_since {
+            let idle_at = match partial_since {
                 Some(since) => Some(since),
                 None if !in_use => Some(opened),
                 None => None,
             }
             .filter(|_| idle != 0)
-            .map(|since| hub.started + Duration::from_millis(since + idle));
+            .map(|since| since + idle);
+            let ping_at = (ping_every != 0).then(|| match ping_sent {
+                Some(sent) => sent + PONG_WAIT_MS,
+                None => heard + ping_every,
+            });
+            let deadline = match (idle_at, ping_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let read = match deadline {
                 None => reader.read_buf(&mut buf).await,
                 Some(at) => {
+                    let at = hub.started + Duration::from_millis(at);
                     match tokio::time::timeout_at(at.into(), reader.read_buf(&mut buf)).await {
                         Ok(read) => read,
+                        Err(_) if ping_at.is_some_and(|p| hub.now_ms() >= p) => {
+                            if ping_sent.is_some() {
+                                let dead =
+                                    hub.stats.dead_connections.fetch_add(1, Ordering::Relaxed) + 1;
+                                tracing::warn!(peer = %addr, dead, "no pong to a CRLF ping within 10 s: connection dead, closed");
+                                break;
+                            }
+                            hub.reply_on(id, Bytes::from_static(PING));
+                            ping_sent = Some(hub.now_ms());
+                            continue;
+                        }
                         // Something went out meanwhile: the connection is in use after all.
                         Err(_) if buf.is_empty() && sent_any.load(Ordering::Relaxed) => continue,
                         Err(_) => {
@@ -805,7 +840,11 @@ pub fn spawn_stream<R, W>(
             };
             match read {
                 Ok(0) | Err(_) => break,
-                Ok(_) => {}
+                Ok(_) => {
+                    // Any byte, a pong or a message, says the far end is there.
+                    heard = hub.now_ms();
+                    ping_sent = None;
+                }
             }
         }
         hub.forget(id, listener, addr);

@@ -427,3 +427,68 @@ fn a_peer_answering_503_loses_its_connection_and_the_call_goes_to_the_next() {
         .iter()
         .any(|m| m.received && m.is_request("INVITE")));
 }
+
+#[test]
+fn a_connection_whose_peer_never_answers_a_crlf_ping_is_closed_as_dead() {
+    use std::io::Read;
+    // A peer that takes the connection and the INVITE, then never says a byte again.
+    let mute = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mute_port = mute.local_addr().expect("addr").port();
+    let peer = std::thread::spawn(move || {
+        let (mut stream, _) = mute.accept().ok()?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .ok()?;
+        let opened = Instant::now();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => {
+                    return Some((String::from_utf8_lossy(&got).into_owned(), opened.elapsed()))
+                }
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(_) => return None,
+            }
+        }
+    });
+    let profile = PROFILE
+        .replace("127.0.0.1:{first}", &format!("127.0.0.1:{mute_port}"))
+        .replace(
+            "    keepalive:\n      interval: 1\n      down_after: 2\n      up_after: 1\n",
+            "",
+        )
+        .replace(
+            "    transports: [udp, tcp]\n",
+            "    transports: [udp, tcp]\n    ping_interval: 1\n",
+        );
+    let sbc = Sbc::start(&profile);
+    let dir = scratch_dir("peers-ping");
+    let _call = caller(&dir, &sbc, 1);
+    let (heard, open_for) = peer
+        .join()
+        .expect("mute peer")
+        .expect("the connection ended");
+    assert!(heard.starts_with("INVITE sip:"), "{heard}");
+    // After the INVITE (its headers, then Content-Length bytes of body): the ping.
+    let head_end = heard.find("\r\n\r\n").expect("headers") + 4;
+    let length: usize = heard
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("Content-Length");
+    assert_eq!(
+        &heard[head_end + length..],
+        "\r\n\r\n",
+        "a CRLF ping after the INVITE"
+    );
+    assert!(
+        open_for >= Duration::from_secs(10) && open_for < Duration::from_secs(15),
+        "closed 10 s after the unanswered ping: {open_for:?}"
+    );
+    wait_log(
+        &sbc,
+        "no pong to a CRLF ping within 10 s: connection dead, closed",
+        Duration::from_secs(2),
+    );
+}

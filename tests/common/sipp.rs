@@ -200,19 +200,36 @@ pub fn scenario(name: &str) -> String {
 }
 
 /// Waits until SIPp's listening socket is bound (UDP or TCP) so the first INVITE is not lost.
+/// It looks in /proc/net: probing by binding the port would hold it for an instant, and a SIPp
+/// binding at that instant fails and exits (seen as "SIPp never bound port").
 pub fn wait_listening(port: u16, transport: Transport) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let bound = match transport {
-            Transport::Udp => std::net::UdpSocket::bind(("127.0.0.1", port)).is_err(),
-            Transport::Tcp => std::net::TcpListener::bind(("127.0.0.1", port)).is_err(),
-        };
-        if bound {
-            return;
-        }
+    while !is_listening(port, transport) {
         assert!(Instant::now() < deadline, "SIPp never bound port {port}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// True when some socket listens on `port` (TCP: in state LISTEN; UDP: bound), per
+/// /proc/net/{tcp,tcp6,udp,udp6}.
+fn is_listening(port: u16, transport: Transport) -> bool {
+    let (files, listen_state) = match transport {
+        Transport::Tcp => (["/proc/net/tcp", "/proc/net/tcp6"], Some("0A")),
+        Transport::Udp => (["/proc/net/udp", "/proc/net/udp6"], None),
+    };
+    let wanted = format!("{port:04X}");
+    files.iter().any(|file| {
+        std::fs::read_to_string(file)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .any(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let local_port = fields.get(1).and_then(|a| a.rsplit(':').next());
+                local_port == Some(wanted.as_str())
+                    && listen_state.is_none_or(|state| fields.get(3) == Some(&state))
+            })
+    })
 }
 
 /// A SIPp caller placing one call into the core listener with an SDP naming `rtp` (a test
