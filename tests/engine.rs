@@ -3098,3 +3098,46 @@ return M
     let out = sim.core_sends(&invite_with_options("ps2@10.1.1.1", ""));
     assert_eq!(h(&b_leg_invite(&out), "X-Teams-Peer"), Some("down"));
 }
+
+#[test]
+fn a_rule_puts_a_tenants_fqdn_in_bridgeheads_contact_on_either_leg() {
+    let rules = rules_file(
+        r#"
+local M = {}
+function M.on_invite(call, req)
+  call:set_contact_host("b", "tenant1.sbc.example.com")
+  call:set_contact_host("a", "core-side.sbc.example.com")
+end
+return M
+"#,
+    );
+    let text = profile_with_script(&rules, "", "");
+    let mut sim = Sim::with_profile(&text);
+    let out = sim.core_sends(&invite_with_options("ct@10.1.1.1", ""));
+    let b = b_leg_invite(&out);
+    assert_eq!(
+        h(&b, "Contact"),
+        Some("<sip:+15550199@tenant1.sbc.example.com:5070>")
+    );
+    let out = sim.teams_sends(&answer(&b, 200, "OK", "t1", SDP));
+    assert_eq!(
+        h(&out[0].1, "Contact"),
+        Some("<sip:+15550100@core-side.sbc.example.com:5060>")
+    );
+    // A host that is none: the hook fails (logged), the call goes on with the listener's.
+    let bad = rules_file(
+        r#"
+local M = {}
+function M.on_invite(call, req)
+  call:set_contact_host("b", "not a host")
+end
+return M
+"#,
+    );
+    let mut sim = Sim::with_profile(&profile_with_script(&bad, "", ""));
+    let out = sim.core_sends(&invite_with_options("ct2@10.1.1.1", ""));
+    assert_eq!(
+        h(&b_leg_invite(&out), "Contact"),
+        Some("<sip:+15550199@127.0.0.1:5070>")
+    );
+}

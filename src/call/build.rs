@@ -84,6 +84,21 @@ pub fn contact_value(user: Option<&str>, listener: &Listener, transport: Transpo
     }
 }
 
+/// Bridgehead's Contact `contact` with another host (a tenant's FQDN, chosen by a rule):
+/// `<sip:user@host:port;params>` keeps its user, port and parameters.
+pub fn with_contact_host(contact: &str, host: &str) -> String {
+    let Some(start) = contact.find("sip:").map(|i| i + 4) else {
+        return contact.to_string();
+    };
+    let host_start = contact[start..]
+        .find('@')
+        .map_or(start, |at| start + at + 1);
+    let host_end = contact[host_start..]
+        .find([':', ';', '>'])
+        .map_or(contact.len(), |end| host_start + end);
+    format!("{}{host}{}", &contact[..host_start], &contact[host_end..])
+}
+
 /// A request inside `dialog` (or the dialog-creating INVITE when it has no remote tag yet).
 pub fn dialog_request(
     method: Method,

@@ -65,9 +65,17 @@ impl B2bua<'_> {
             .rules
             .run(script, hook, in_call.then_some(&mut call), args);
         let mut vars = call.vars.take();
+        let contact_hosts = std::mem::take(&mut call.contact_hosts);
         if let Some(c) = key.and_then(|k| self.calls.by_key.get_mut(&k)) {
             c.vars = vars.take();
             c.early_media = call.early_media.or(c.early_media);
+            for leg in [Leg::A, Leg::B] {
+                if let Some(host) = &contact_hosts[leg.index()] {
+                    let dialog = c.leg_mut(leg);
+                    dialog.contact = build::with_contact_host(&dialog.contact, host);
+                    c.contact_hosts[leg.index()] = Some(host.clone());
+                }
+            }
         }
         let media = std::mem::take(&mut call.media_actions);
         if let Some(key) = key {
@@ -90,6 +98,11 @@ impl B2bua<'_> {
             // Asked for before the call existed (on_invite): played once it does.
             media: if key.is_some() { Vec::new() } else { media },
             early_media: call.early_media,
+            contact_hosts: if key.is_some() {
+                [None, None]
+            } else {
+                contact_hosts
+            },
             failed,
         }
     }

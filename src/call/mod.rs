@@ -442,6 +442,8 @@ pub struct Call {
     b_forks_ended: Vec<String>,
     /// The early-media handling a rule chose for this call (else the caller's trunk's).
     early_media: Option<EarlyMedia>,
+    /// The Contact host a rule chose for each leg (`call:set_contact_host`), by leg index.
+    contact_hosts: [Option<String>; 2],
     /// The caller made no offer and the callee got Bridgehead's own (`delayed_offer:
     /// convert`): the callee's answer is the caller's offer, and the caller's answer stays
     /// here.
@@ -597,5 +599,7 @@ pub(crate) struct HookOutcome {
     media: Vec<crate::script::MediaAction>,
     /// The early-media handling a rule chose before the call existed (`on_invite`).
     early_media: Option<EarlyMedia>,
+    /// The Contact hosts a rule chose before the call existed (`on_invite`), by leg.
+    contact_hosts: [Option<String>; 2],
     failed: bool,
 }

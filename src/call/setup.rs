@@ -435,7 +435,8 @@ impl B2bua<'_> {
             || rules.profile.trunks[route.trunk].peers.len() > 1)
             .then(|| (draft.clone(), touched.clone()));
         let b_leg = (b_call_id, b_tag, a_session);
-        let Some((b, invite)) = self.address_b_leg(&rules, draft, &route, b_leg, now) else {
+        let Some((mut b, mut invite)) = self.address_b_leg(&rules, draft, &route, b_leg, now)
+        else {
             // The trunk has no peer (its names do not resolve): 503 at once.
             tracing::warn!(call = %info.call_id, trunk = %rules.profile.trunks[route.trunk].name, "no peer to send the call to: 503");
             self.calls.stats.calls_failed += 1;
@@ -444,6 +445,16 @@ impl B2bua<'_> {
             self.send_response(a_invite, &unavailable, now);
             return;
         };
+        // Contact hosts a rule chose (a tenant's FQDN toward Teams).
+        let mut a = a;
+        let contact_hosts = std::mem::take(&mut outcome.contact_hosts);
+        if let Some(host) = &contact_hosts[Leg::A.index()] {
+            a.contact = build::with_contact_host(&a.contact, host);
+        }
+        if let Some(host) = &contact_hosts[Leg::B.index()] {
+            b.contact = build::with_contact_host(&b.contact, host);
+            invite.set_header(HeaderName::Contact, b.contact.clone());
+        }
         let call_key = self.next_id();
         let call = Call {
             id: info.call_id,
@@ -471,6 +482,7 @@ impl B2bua<'_> {
             b_rseqs: Vec::new(),
             b_forks_ended: Vec::new(),
             early_media: outcome.early_media,
+            contact_hosts,
             own_offer: false,
             session: [a_session, None],
             session_due: [None, None],
@@ -731,6 +743,12 @@ impl B2bua<'_> {
             return false;
         };
         tracing::info!(call = %call.id, trunk = %rules.profile.trunks[route.trunk].name, "failover");
+        let mut b = b;
+        let mut invite = invite;
+        if let Some(host) = &call.contact_hosts[Leg::B.index()] {
+            b.contact = build::with_contact_host(&b.contact, host);
+            invite.set_header(HeaderName::Contact, b.contact.clone());
+        }
         let old = std::mem::replace(&mut call.b, b);
         call.attempts += 1;
         call.state = CallState::Calling;

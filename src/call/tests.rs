@@ -327,3 +327,20 @@ fn retarget_keeps_user_and_params() {
         "sip:+15550100@sip.pstnhub.example:5080;user=phone;transport=tcp"
     );
 }
+
+#[test]
+fn a_contact_takes_another_host_keeping_user_port_and_parameters() {
+    use super::build::with_contact_host;
+    assert_eq!(
+        with_contact_host(
+            "<sip:+15550100@10.0.0.1:5061;transport=tls>",
+            "t1.sbc.example"
+        ),
+        "<sip:+15550100@t1.sbc.example:5061;transport=tls>"
+    );
+    assert_eq!(
+        with_contact_host("<sip:10.0.0.1:5060>", "t1.sbc.example"),
+        "<sip:t1.sbc.example:5060>"
+    );
+    assert_eq!(with_contact_host("garbage", "x"), "garbage");
+}

@@ -55,6 +55,8 @@ pub struct HookCall {
     /// `call.reliable`: whether each leg (A, B) uses reliable provisional responses (RFC
     /// 3262) so far.
     pub reliable: [bool; 2],
+    /// The Contact host `call:set_contact_host` chose for each leg (A, B).
+    pub contact_hosts: [Option<String>; 2],
 }
 
 /// What `on_media` decided for a DTMF digit: nothing (`nil`, `true`), drop it (`false`), or
@@ -119,6 +121,7 @@ impl HookCall {
             digit_verdict: DigitVerdict::Keep,
             early_media: None,
             reliable: [false; 2],
+            contact_hosts: [None, None],
         }
     }
 }
@@ -277,6 +280,24 @@ impl UserData for HookCall {
             call.early_media = Some(chosen);
             Ok(())
         });
+        methods.add_method_mut(
+            "set_contact_host",
+            |_, call, (leg, host): (String, String)| {
+                let leg = leg_arg(Some(leg), Leg::B, "call:set_contact_host")?;
+                let label_ok = |l: &str| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                };
+                if host.len() > 253 || !host.split('.').all(label_ok) {
+                    return Err(mlua::Error::runtime(format!(
+                        "call:set_contact_host: '{host}' is no host name"
+                    )));
+                }
+                call.contact_hosts[leg.index()] = Some(host.to_ascii_lowercase());
+                Ok(())
+            },
+        );
         methods.add_method_mut("play_ringback", |_, call, leg: Option<String>| {
             let leg = leg_arg(leg, Leg::A, "call:play_ringback")?;
             call.media_actions.push(MediaAction::PlayRingback { leg });
