@@ -139,29 +139,42 @@ pub enum PeerSpec {
         host: String,
         port: u16,
     },
+    /// An SRV record name (`_sips._tcp.example.com`, RFC 3263): its targets, by priority.
+    Srv {
+        name: String,
+    },
 }
 
-/// Reads a peer: `IP:port`, or `name:port` (`name` alone takes the transport's port: 5061 for
-/// TLS, else 5060).
+/// True for a DNS label (letters, digits, `-`, `_`).
+fn dns_label(label: &str) -> bool {
+    !label.is_empty()
+        && label.len() <= 63
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Reads a peer: `IP:port`, `name:port` (`name` alone takes the transport's port: 5061 for
+/// TLS, else 5060), or an SRV name (`_sips._tcp.name`).
 fn peer_spec(text: &str, transport: Transport) -> Option<PeerSpec> {
     if let Ok(addr) = text.parse::<SocketAddr>() {
         return Some(PeerSpec::Address(addr));
+    }
+    if text.starts_with('_') && !text.contains(':') {
+        let name = text.strip_suffix('.').unwrap_or(text);
+        let ok = name.split('.').count() >= 3 && name.split('.').all(dns_label);
+        return ok.then(|| PeerSpec::Srv {
+            name: name.to_ascii_lowercase(),
+        });
     }
     let (host, port) = match text.rsplit_once(':') {
         Some((host, port)) => (host, port.parse().ok()?),
         None if transport == Transport::Tls => (text, 5061),
         None => (text, 5060),
     };
-    let label_ok = |label: &str| {
-        !label.is_empty()
-            && label.len() <= 63
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    };
     let host = host.strip_suffix('.').unwrap_or(host);
     let is_name = host.len() <= 253
-        && host.split('.').all(label_ok)
+        && host.split('.').all(dns_label)
         && host.parse::<std::net::IpAddr>().is_err()
         && host.bytes().any(|b| b.is_ascii_alphabetic());
     is_name.then(|| PeerSpec::Name {
@@ -1108,7 +1121,7 @@ impl Validator<'_> {
             .iter()
             .filter_map(|spec| match spec {
                 PeerSpec::Address(addr) => Some(*addr),
-                PeerSpec::Name { .. } => None,
+                PeerSpec::Name { .. } | PeerSpec::Srv { .. } => None,
             })
             .collect();
         if raw.peers.is_empty() {

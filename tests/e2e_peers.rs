@@ -166,12 +166,13 @@ fn a_peer_refusing_connections_goes_down_calls_pass_it_and_it_comes_back_up() {
     );
 }
 
-/// dnsmasq on 127.0.0.1:`port` answering `names` (each with 127.0.0.1, TTL 60 s) and nothing
-/// else; killed by PID on drop.
+/// dnsmasq on 127.0.0.1:`port` answering `names` (each with 127.0.0.1, TTL 60 s), and the
+/// SRV records `srv` (`name,target,port,priority,weight`), and nothing else; killed by PID
+/// on drop.
 struct Dns(std::process::Child);
 
 impl Dns {
-    fn start(dir: &std::path::Path, port: u16, names: &[&str]) -> Dns {
+    fn start(dir: &std::path::Path, port: u16, names: &[&str], srv: &[String]) -> Dns {
         let log = std::fs::File::create(dir.join("dnsmasq.log")).expect("log");
         let mut command = std::process::Command::new("dnsmasq");
         command.args([
@@ -186,6 +187,9 @@ impl Dns {
         ]);
         for name in names {
             command.arg(format!("--host-record={name},127.0.0.1"));
+        }
+        for record in srv {
+            command.arg(format!("--srv-host={record}"));
         }
         let child = command
             .stdin(std::process::Stdio::null())
@@ -220,6 +224,7 @@ fn peers_by_name_are_resolved_and_calls_pass_the_first_when_it_is_down() {
         &dir,
         dns_port,
         &["sip.pstnhub.test", "sip2.pstnhub.test", "sip3.pstnhub.test"],
+        &[],
     );
     let profile = PROFILE
         .replace(
@@ -490,5 +495,57 @@ fn a_connection_whose_peer_never_answers_a_crlf_ping_is_closed_as_dead() {
         &sbc,
         "no pong to a CRLF ping within 10 s: connection dead, closed",
         Duration::from_secs(2),
+    );
+}
+
+#[test]
+fn an_srv_name_gives_its_targets_by_priority() {
+    let dir = scratch_dir("peers-srv");
+    let (dns_port, low, high) = (free_udp_port(), free_udp_port(), free_udp_port());
+    // sip2 has the lower priority number: it comes first, whatever the order of the records.
+    let _dns = Dns::start(
+        &dir,
+        dns_port,
+        &["sip.pstnhub.test", "sip2.pstnhub.test"],
+        &[
+            format!("_sip._tcp.pstnhub.test,sip.pstnhub.test,{high},20,10"),
+            format!("_sip._tcp.pstnhub.test,sip2.pstnhub.test,{low},10,10"),
+        ],
+    );
+    let profile = PROFILE
+        .replace(
+            "    peers: [\"127.0.0.1:{first}\", \"127.0.0.1:{second}\"]\n",
+            "    peers: [\"_sip._tcp.pstnhub.test\"]\n",
+        )
+        .replace(
+            "    keepalive:\n      interval: 1\n      down_after: 2\n      up_after: 1\n",
+            "",
+        )
+        .replace(
+            "listeners:\n",
+            &format!("dns:\n  servers: [\"127.0.0.1:{dns_port}\"]\nlisteners:\n"),
+        );
+    let sbc = Sbc::start(&profile);
+    assert!(
+        sbc.log()
+            .contains("SRV resolved trunk=teams srv=_sip._tcp.pstnhub.test targets=2"),
+        "{}",
+        sbc.log()
+    );
+    let first = callee(&dir, "sip2", low);
+    let mut call = caller(&dir, &sbc, 1);
+    let status = call.wait(Instant::now() + Duration::from_secs(30));
+    assert_eq!(status, Some(0), "{}\n{}", call.report(), sbc.log());
+    let invite = first
+        .trace()
+        .into_iter()
+        .find(|m| m.received && m.is_request("INVITE"))
+        .expect("the call at the priority-10 target");
+    assert!(
+        invite
+            .first_line()
+            .contains(&format!("@sip2.pstnhub.test:{low};transport=tcp")),
+        "{}",
+        invite.text
     );
 }

@@ -1,12 +1,14 @@
-//! Trunk peers given by name (`sip.pstnhub.microsoft.com:5061`), resolved with hickory (A and
-//! AAAA records) by the runtime before a profile is used, at start and at each reload, never on
-//! a shard's thread. A profile's peers are its addresses and what its names resolved to, in
-//! the profile's order; a name that does not resolve is left out (calls skip it) with a
-//! warning, until a later resolution finds it. The answers' TTL says when to resolve again.
+//! Trunk peers given by name (`sip.pstnhub.microsoft.com:5061`: A and AAAA records) or by SRV
+//! name (`_sips._tcp.example.com`, RFC 3263: the targets by priority), resolved with hickory
+//! by the runtime before a profile is used, at start and at each reload, never on a shard's
+//! thread. A profile's peers are its addresses and what its names resolved to, in the
+//! profile's order; a name that does not resolve is left out (calls skip it) with a warning,
+//! until a later resolution finds it. The answers' TTL says when to resolve again.
 
 use crate::config::{PeerSpec, Profile};
 use hickory_resolver::config::{NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::RData;
 use hickory_resolver::TokioResolver;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -22,7 +24,7 @@ pub fn has_names(profile: &Profile) -> bool {
         trunk
             .peer_specs
             .iter()
-            .any(|spec| matches!(spec, PeerSpec::Name { .. }))
+            .any(|spec| !matches!(spec, PeerSpec::Address(_)))
     })
 }
 
@@ -51,6 +53,43 @@ fn resolver(profile: &Profile) -> Result<TokioResolver, String> {
     builder.build().map_err(|err| err.to_string())
 }
 
+/// The addresses of `host` (A and AAAA) at `port`, and until when they hold; None (logged)
+/// when it does not resolve.
+async fn resolve_name(
+    resolver: &TokioResolver,
+    host: &str,
+    port: u16,
+    trunk: &str,
+) -> Option<(Vec<SocketAddr>, Instant)> {
+    // A trailing dot: the name as it is, no search domain appended.
+    match resolver.lookup_ip(format!("{host}.")).await {
+        Ok(found) => {
+            let addrs: Vec<SocketAddr> = found.iter().map(|ip| SocketAddr::new(ip, port)).collect();
+            tracing::info!(trunk, peer = %format!("{host}:{port}"), ?addrs, "peer name resolved");
+            Some((addrs, found.valid_until()))
+        }
+        Err(err) => {
+            tracing::warn!(trunk, peer = %format!("{host}:{port}"), "peer name does not resolve ({err}): calls skip it until it does");
+            None
+        }
+    }
+}
+
+/// Adds `addrs` (resolved from `host`) to a trunk's peers, each once.
+fn add(
+    peers: &mut Vec<SocketAddr>,
+    names: &mut Vec<(SocketAddr, String)>,
+    addrs: Vec<SocketAddr>,
+    host: &str,
+) {
+    for addr in addrs {
+        if !peers.contains(&addr) {
+            peers.push(addr);
+            names.push((addr, host.to_string()));
+        }
+    }
+}
+
 /// Resolves the names among the profile's trunk peers into their `peers`; returns when to
 /// resolve again (None when no peer is named).
 pub async fn resolve_peers(profile: &mut Profile) -> Option<Duration> {
@@ -70,7 +109,7 @@ pub async fn resolve_peers(profile: &mut Profile) -> Option<Duration> {
         if !trunk
             .peer_specs
             .iter()
-            .any(|spec| matches!(spec, PeerSpec::Name { .. }))
+            .any(|spec| !matches!(spec, PeerSpec::Address(_)))
         {
             continue;
         }
@@ -80,27 +119,49 @@ pub async fn resolve_peers(profile: &mut Profile) -> Option<Duration> {
             match spec {
                 PeerSpec::Address(addr) => peers.push(*addr),
                 PeerSpec::Name { host, port } => {
-                    // A trailing dot: the name as it is, no search domain appended.
-                    match resolver.lookup_ip(format!("{host}.")).await {
-                        Ok(found) => {
-                            refresh =
-                                refresh.min(found.valid_until().saturating_duration_since(now));
-                            let addrs: Vec<SocketAddr> =
-                                found.iter().map(|ip| SocketAddr::new(ip, *port)).collect();
-                            tracing::info!(trunk = %trunk.name, peer = %format!("{host}:{port}"), ?addrs, "peer name resolved");
-                            for addr in addrs {
-                                if !peers.contains(&addr) {
-                                    peers.push(addr);
-                                    names.push((addr, host.clone()));
-                                }
-                            }
+                    match resolve_name(&resolver, host, *port, &trunk.name).await {
+                        Some((addrs, until)) => {
+                            refresh = refresh.min(until.saturating_duration_since(now));
+                            add(&mut peers, &mut names, addrs, host);
                         }
-                        Err(err) => {
-                            refresh = MIN_REFRESH;
-                            tracing::warn!(trunk = %trunk.name, peer = %format!("{host}:{port}"), "peer name does not resolve ({err}): calls skip it until it does");
-                        }
+                        None => refresh = MIN_REFRESH,
                     }
                 }
+                PeerSpec::Srv { name } => match resolver.srv_lookup(format!("{name}.")).await {
+                    Ok(found) => {
+                        refresh = refresh.min(found.valid_until().saturating_duration_since(now));
+                        let mut targets: Vec<(u16, u16, u16, String)> = found
+                            .answers()
+                            .iter()
+                            .filter_map(|record| match &record.data {
+                                RData::SRV(srv) => Some((
+                                    srv.priority,
+                                    srv.weight,
+                                    srv.port,
+                                    srv.target.to_utf8().trim_end_matches('.').to_string(),
+                                )),
+                                _ => None,
+                            })
+                            .collect();
+                        // Lowest priority first; within one, the heavier first (a fixed
+                        // order: the failover order stays the same from call to call).
+                        targets.sort_by_key(|t| (t.0, std::cmp::Reverse(t.1)));
+                        tracing::info!(trunk = %trunk.name, srv = %name, targets = targets.len(), "SRV resolved");
+                        for (_, _, port, target) in targets {
+                            match resolve_name(&resolver, &target, port, &trunk.name).await {
+                                Some((addrs, until)) => {
+                                    refresh = refresh.min(until.saturating_duration_since(now));
+                                    add(&mut peers, &mut names, addrs, &target);
+                                }
+                                None => refresh = MIN_REFRESH,
+                            }
+                        }
+                    }
+                    Err(err) => {
+                        refresh = MIN_REFRESH;
+                        tracing::warn!(trunk = %trunk.name, srv = %name, "SRV name does not resolve ({err}): calls skip it until it does");
+                    }
+                },
             }
         }
         trunk.peers = peers;
