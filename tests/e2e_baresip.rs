@@ -393,13 +393,13 @@ fn a_call_from_baresip_over_srtp_reaches_the_core_as_plain_rtp_and_back() {
     assert!(!invite.body().contains("crypto"), "{}", invite.text);
 }
 
-#[test]
-fn a_call_to_baresip_over_tls_carries_audio_both_ways_over_srtp() {
+/// The TLS variant of [`profile`]: Bridgehead's Teams listener also takes TLS with a
+/// certificate of `pki` for our veth address, and the Teams trunk reaches baresip over TLS
+/// (its port 5061), trusting `pki`'s CA. Returns the profile and baresip's configuration lines
+/// (its certificate and key in one file, and the CA).
+fn tls_setup(ns: &Namespace, base: u16, dir: &Path) -> (String, String) {
     use common::pki::Pki;
-    let ns = Namespace::create();
-    let base = media_range();
-    let dir = scratch_dir("baresip-tls");
-    let pki = Pki::new(&dir, "operator");
+    let pki = Pki::new(dir, "operator");
     let sbc_cert = pki.issue("sbc", &[&ns.outer], false);
     let (baresip_cert, baresip_key) = pki.issue("baresip", &[&ns.inner], false);
     // baresip takes its certificate and key in one file.
@@ -407,7 +407,7 @@ fn a_call_to_baresip_over_tls_carries_audio_both_ways_over_srtp() {
     let pem = std::fs::read_to_string(&baresip_cert).expect("cert")
         + &std::fs::read_to_string(&baresip_key).expect("key");
     std::fs::write(&both, pem).expect("write");
-    let profile = profile(&ns, base)
+    let profile = profile(ns, base)
         .replace(
             &format!("    address: {}:{{teams}}\n", ns.outer),
             &format!(
@@ -425,12 +425,21 @@ fn a_call_to_baresip_over_tls_carries_audio_both_ways_over_srtp() {
                 pki.ca.display()
             ),
         );
-    let sbc = Sbc::start(&profile);
     let extra = format!(
         "sip_certificate\t\t{}\nsip_cafile\t\t{}\n",
         both.display(),
         pki.ca.display()
     );
+    (profile, extra)
+}
+
+#[test]
+fn a_call_to_baresip_over_tls_carries_audio_both_ways_over_srtp() {
+    let ns = Namespace::create();
+    let base = media_range();
+    let dir = scratch_dir("baresip-tls");
+    let (profile, extra) = tls_setup(&ns, base, &dir);
+    let sbc = Sbc::start(&profile);
     let baresip = Baresip::start_with(&ns, &dir, None, &extra);
     baresip.wait_for("baresip is ready");
     let core_rtp = UdpSocket::bind("127.0.0.1:0").expect("core rtp");
@@ -456,4 +465,42 @@ fn a_call_to_baresip_over_tls_carries_audio_both_ways_over_srtp() {
     );
     assert!(invite.contains(";transport=tls>"), "{invite}");
     assert!(invite.contains("RTP/SAVP 8"), "{invite}");
+}
+
+#[test]
+fn a_call_from_baresip_over_tls_reaches_the_core_and_audio_crosses_both_ways() {
+    let ns = Namespace::create();
+    let base = media_range();
+    let dir = scratch_dir("baresip-tls-caller");
+    let (profile, extra) = tls_setup(&ns, base, &dir);
+    let sbc = Sbc::start(&profile);
+    let core_rtp = UdpSocket::bind("127.0.0.1:0").expect("core rtp");
+    let softswitch = sbc.port("softswitch");
+    let rtp_port = core_rtp.local_addr().expect("addr").port();
+    let args = callee_args("callee_media", softswitch, rtp_port, &[]);
+    let mut callee = Sipp::start(&dir, "callee", &args);
+    wait_listening(softswitch, Transport::Udp);
+    let uri = format!(
+        "sip:+4930123456@{}:{};transport=tls",
+        ns.outer,
+        sbc.port("teams_tls")
+    );
+    let mut baresip = Baresip::start_with(&ns, &dir, Some(&uri), &extra);
+    baresip.wait_for("Call established");
+
+    let toward_core_leg: SocketAddr = format!("{}:{}", ns.outer, base).parse().expect("addr");
+    let (digits, _) = echo_digits(&core_rtp, toward_core_leg);
+    baresip.hang_up();
+    let status = callee.wait(Instant::now() + Duration::from_secs(10));
+    let context = || format!("{}\n{}\n{}", callee.report(), baresip.log(), sbc.log());
+    assert_eq!(digits, DIGITS, "echoed through baresip\n{}", context());
+    assert_eq!(status, Some(0), "callee\n{}", context());
+    let log = baresip.log();
+    let ok = received_by_baresip(&log, "SIP/2.0 200 OK");
+    let contact = format!(
+        "Contact: <sip:+4930123456@{}:{};transport=tls>",
+        ns.outer,
+        sbc.port("teams_tls")
+    );
+    assert!(ok.contains(&contact), "the answer's Contact is TLS:\n{ok}");
 }
