@@ -3141,3 +3141,23 @@ return M
         Some("<sip:+15550199@127.0.0.1:5070>")
     );
 }
+
+#[test]
+fn options_say_what_bridgehead_supports_on_the_trunk_they_came_from() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/default.lua");
+    let text = profile_with_script(script, "    rel100: disabled", "");
+    let mut sim = Sim::with_profile(&text);
+    let options = "OPTIONS sip:sbc.example.com SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bKopt1
+Max-Forwards: 70
+From: <sip:core.example.com>;tag=o1
+To: <sip:sbc.example.com>
+Call-ID: opt-1@core
+CSeq: 1 OPTIONS
+
+";
+    let out = sim.core_sends(options);
+    assert_eq!(h(&out[0].1, "Supported"), Some("timer"));
+    let out = sim.teams_sends(&options.replace("opt1", "opt2").replace("opt-1", "opt-2"));
+    assert_eq!(h(&out[0].1, "Supported"), Some("100rel, timer"));
+}

@@ -9,8 +9,19 @@ use bytes::Bytes;
 
 /// Methods Bridgehead accepts, as advertised in Allow.
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, PRACK, UPDATE, INFO, NOTIFY";
-/// Option tags Bridgehead supports (on trunks that allow them).
-pub const SUPPORTED: &str = "100rel, timer";
+/// The option tags Bridgehead supports toward a trunk: `timer` always, `100rel` unless the
+/// trunk disables it, `precondition` when it terminates them.
+pub fn supported(trunk: &crate::config::Trunk) -> String {
+    let mut tags = Vec::with_capacity(3);
+    if trunk.rel100.allowed() {
+        tags.push("100rel");
+    }
+    tags.push("timer");
+    if trunk.precondition == crate::config::Precondition::Terminate {
+        tags.push("precondition");
+    }
+    tags.join(", ")
+}
 /// Body types Bridgehead accepts.
 pub const ACCEPT: &str = "application/sdp";
 

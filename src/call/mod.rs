@@ -52,7 +52,7 @@ use crate::sip::{response_to, Fault, HeaderName, Message, Method, StartLine};
 use crate::transactions::{server_key, Transactions};
 use build::{
     contact_value, copy_crossing, dialog_request, has_option, option_tags, tag_of, uri_of, user_of,
-    via_value, without_tag, ACCEPT, ALLOW, SUPPORTED,
+    via_value, without_tag, ACCEPT, ALLOW,
 };
 use bytes::Bytes;
 use rand::rngs::StdRng;

@@ -228,7 +228,7 @@ impl B2bua<'_> {
                 vec![
                     (HeaderName::Allow, ALLOW.to_string()),
                     (HeaderName::Accept, ACCEPT.to_string()),
-                    (HeaderName::Supported, SUPPORTED.to_string()),
+                    (HeaderName::Supported, build::supported(ingress)),
                 ],
             ),
             Method::Extension(_) => (501, vec![(HeaderName::Allow, ALLOW.to_string())]),
