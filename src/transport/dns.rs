@@ -65,11 +65,11 @@ async fn resolve_name(
     match resolver.lookup_ip(format!("{host}.")).await {
         Ok(found) => {
             let addrs: Vec<SocketAddr> = found.iter().map(|ip| SocketAddr::new(ip, port)).collect();
-            tracing::info!(trunk, peer = %format!("{host}:{port}"), ?addrs, "peer name resolved");
+            tracing::info!(trunk = %trunk, peer = %format!("{host}:{port}"), ?addrs, "peer name resolved");
             Some((addrs, found.valid_until()))
         }
         Err(err) => {
-            tracing::warn!(trunk, peer = %format!("{host}:{port}"), "peer name does not resolve ({err}): calls skip it until it does");
+            tracing::warn!(trunk = %trunk, peer = %format!("{host}:{port}"), "peer name does not resolve ({err}): calls skip it until it does");
             None
         }
     }
