@@ -135,9 +135,7 @@ pub fn run(mut profile: Profile) -> anyhow::Result<()> {
             );
         }
         let (reload_tx, reload_rx) = mpsc::unbounded_channel();
-        if let Some(after) = refresh {
-            recompile_after(after, reload_tx.clone());
-        }
+
         let watch_tx = reload_tx.clone();
         let _watcher = reload::watch(&profile, move || {
             let _ = watch_tx.send(());
@@ -149,7 +147,7 @@ pub fn run(mut profile: Profile) -> anyhow::Result<()> {
             shards,
             metrics,
             (senders, hub.clone()),
-            (reload_tx.clone(), reload_rx),
+            (refresh, reload_rx),
         ));
         tracing::info!(shards, profile = %profile.path.display(), "ready");
         let mut terminate =
@@ -176,14 +174,9 @@ pub fn run(mut profile: Profile) -> anyhow::Result<()> {
     })
 }
 
-/// Asks for a reload `after` from now: the profile's peer names expire then.
-fn recompile_after(after: Duration, requests: mpsc::UnboundedSender<()>) {
-    tokio::spawn(async move {
-        tokio::time::sleep(after).await;
-        tracing::debug!("peer names expired: resolving them again");
-        let _ = requests.send(());
-    });
-}
+/// How long after a refused reload the names of a profile that has some are resolved again
+/// (the running version keeps the addresses it has meanwhile).
+const REFRESH_AFTER_REFUSAL: Duration = Duration::from_secs(300);
 
 /// Reloads on request (debounced): compiles the next version off the shards' threads and
 /// hands it to every shard; a version that fails to compile is refused and the running one
@@ -193,10 +186,27 @@ async fn reloader(
     shards: usize,
     metrics: Arc<RuleMetrics>,
     (senders, hub): (Vec<mpsc::UnboundedSender<ShardInput>>, Arc<Hub>),
-    (again, mut requests): (mpsc::UnboundedSender<()>, mpsc::UnboundedReceiver<()>),
+    (refresh, mut requests): (Option<Duration>, mpsc::UnboundedReceiver<()>),
 ) {
     let mut version = 1;
-    while requests.recv().await.is_some() {
+    // The one pending re-resolution of the peer names (their TTL): a reload, as a request.
+    let mut refresh_at = refresh.map(|after| tokio::time::Instant::now() + after);
+    loop {
+        let due = async {
+            match refresh_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            request = requests.recv() => {
+                if request.is_none() {
+                    return;
+                }
+            }
+            () = due => tracing::debug!("peer names expired: resolving them again"),
+        }
+        refresh_at = None;
         // Wait until the burst of events of one save has been quiet for DEBOUNCE, counted from
         // its last event (an atomic rename makes several events at once: waiting a whole
         // DEBOUNCE again for each one that arrived meanwhile doubled the delay).
@@ -209,9 +219,10 @@ async fn reloader(
             }
         }
         let next = version + 1;
-        let (running, compile_metrics) = (running.clone(), metrics.clone());
+        let (compiling, compile_metrics) = (running.clone(), metrics.clone());
         let started = Instant::now();
         let compiled = tokio::task::spawn_blocking(move || {
+            let running = compiling;
             // Names resolved here, on a blocking thread: never on a shard's.
             let resolve = |profile: &mut Profile| {
                 tokio::runtime::Handle::current()
@@ -230,11 +241,9 @@ async fn reloader(
             Ok(Ok(Compiled {
                 shards: sets,
                 restart_needed,
-                recompile_after: refresh,
+                recompile_after,
             })) => {
-                if let Some(after) = refresh {
-                    recompile_after(after, again.clone());
-                }
+                refresh_at = recompile_after.map(|after| tokio::time::Instant::now() + after);
                 if let Some(set) = sets.first() {
                     hub.set_profile(set.profile.clone());
                 }
@@ -253,6 +262,9 @@ async fn reloader(
                 }
             }
             Ok(Err(errors)) => {
+                if crate::transport::dns::has_names(&running) {
+                    refresh_at = Some(tokio::time::Instant::now() + REFRESH_AFTER_REFUSAL);
+                }
                 metrics.reload_failures.fetch_add(1, Ordering::Relaxed);
                 for error in &errors {
                     tracing::error!("reload refused: {error}");

@@ -141,6 +141,11 @@ impl PeerHealth {
         self.peers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Forgets what was known of a peer (its keepalives stopped).
+    pub fn forget(&self, trunk: &str, peer: SocketAddr) {
+        self.peers().remove(&(trunk.to_string(), peer));
+    }
+
     /// True when the keepalives found the peer down.
     pub fn is_down(&self, trunk: &str, peer: SocketAddr) -> bool {
         self.peers()

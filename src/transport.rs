@@ -818,6 +818,10 @@ pub fn spawn_stream<R, W>(
                     match tokio::time::timeout_at(at.into(), reader.read_buf(&mut buf)).await {
                         Ok(read) => read,
                         Err(_) if ping_at.is_some_and(|p| hub.now_ms() >= p) => {
+                            if !lock(&hub.conns).contains_key(&id) {
+                                // Bridgehead closed it (a 503): no ping, no verdict.
+                                break;
+                            }
                             if ping_sent.is_some() {
                                 let dead =
                                     hub.stats.dead_connections.fetch_add(1, Ordering::Relaxed) + 1;

@@ -544,7 +544,7 @@ fn an_srv_name_gives_its_targets_by_priority() {
     assert!(
         invite
             .first_line()
-            .contains(&format!("@sip2.pstnhub.test:{low};transport=tcp")),
+            .contains(&format!("@pstnhub.test:{low};transport=tcp")),
         "{}",
         invite.text
     );

@@ -104,9 +104,16 @@ pub fn with_contact_host(contact: &str, host: &str) -> String {
     let host_start = contact[start..]
         .find('@')
         .map_or(start, |at| start + at + 1);
-    let host_end = contact[host_start..]
-        .find([':', ';', '>'])
-        .map_or(contact.len(), |end| host_start + end);
+    // An IPv6 host ends at its bracket, not at its first colon.
+    let host_end = if contact[host_start..].starts_with('[') {
+        contact[host_start..]
+            .find(']')
+            .map_or(contact.len(), |end| host_start + end + 1)
+    } else {
+        contact[host_start..]
+            .find([':', ';', '>'])
+            .map_or(contact.len(), |end| host_start + end)
+    };
     format!("{}{host}{}", &contact[..host_start], &contact[host_end..])
 }
 

@@ -46,7 +46,7 @@ impl B2bua<'_> {
                     if failure.is_some_and(|f| self.on_failure(key, &f, None, now)) {
                         return;
                     }
-                    if self.fail_over(key, status, None, now) {
+                    if self.fail_over(key, status, now) {
                         return;
                     }
                     self.calls.stats.calls_failed += 1;

@@ -14,9 +14,7 @@ fn retry_after(msg: &Message) -> Option<u64> {
 
 impl B2bua<'_> {
     /// The call's peer said nothing at all (not even 100) within the trunk's
-    /// `failover_timeout`: the call goes to the next peer as if it had timed out; the first
-    /// INVITE is abandoned (no more retransmissions; a late answer to it finds no
-    /// transaction).
+    /// `failover_timeout`: the call goes to the next peer as if it had timed out.
     pub(super) fn on_failover_timeout(&mut self, key: CallKey, now: Instant) {
         let Some(call) = self.calls.by_key.get(&key) else {
             return;
@@ -25,21 +23,31 @@ impl B2bua<'_> {
             return;
         }
         tracing::info!(call = %call.id, peer = %call.b.peer.addr, "no answer within failover_timeout");
-        let silent = call.b_invite;
-        if self.fail_over(key, 408, None, now) {
-            self.txns.abandon_client(silent);
+        // Its INVITE stays pending: a late provisional gets a CANCEL, a late 2xx an ACK and a
+        // BYE (see on_response).
+        self.fail_over(key, 408, now);
+    }
+
+    /// The call's peer answered its INVITE 503: a Retry-After rests the peer for new calls,
+    /// and its stream connection is closed (the next request opens a new one). Whatever
+    /// `on_failure` then decides.
+    pub(super) fn peer_unavailable(&mut self, key: CallKey, answer: &Message, now: Instant) {
+        let Some(call) = self.calls.by_key.get(&key) else {
+            return;
+        };
+        let (trunk, peer) = (&call.rules.profile.trunks[call.b.trunk].name, call.b.peer);
+        if let Some(seconds) = retry_after(answer) {
+            let until = now + std::time::Duration::from_secs(seconds.min(3600));
+            self.calls.health.rest(trunk, peer.addr, until);
+        }
+        if peer.transport.is_reliable() {
+            self.calls.closes.push_back(peer);
         }
     }
 
-    /// The call's INVITE to its peer failed with `status` (`failure`: the response, when one
-    /// came): the call goes to the trunk's next peer when it may. True when it did.
-    pub(super) fn fail_over(
-        &mut self,
-        key: CallKey,
-        status: u16,
-        failure: Option<&Message>,
-        now: Instant,
-    ) -> bool {
+    /// The call's INVITE to its peer failed with `status` (a response, or 408/503 for none):
+    /// the call goes to the trunk's next peer when it may. True when it did.
+    pub(super) fn fail_over(&mut self, key: CallKey, status: u16, now: Instant) -> bool {
         let Some(call) = self.calls.by_key.get_mut(&key) else {
             return false;
         };
@@ -47,16 +55,6 @@ impl B2bua<'_> {
         let rules = call.rules.clone();
         let trunk = &rules.profile.trunks[trunk_id];
         let failed = call.b.peer.addr;
-        if status == 503 && failure.is_some() {
-            if let Some(seconds) = failure.and_then(retry_after) {
-                let until = now + std::time::Duration::from_secs(seconds.min(3600));
-                self.calls.health.rest(&trunk.name, failed, until);
-            }
-            // The peer is overloaded: its connection goes too (the next call opens a new one).
-            if call.b.peer.transport.is_reliable() {
-                self.calls.closes.push_back(call.b.peer);
-            }
-        }
         let eligible = !call.b_rang
             && !trunk.final_codes.contains(&status)
             && (status == 408 || status == 503 || trunk.failover_codes.contains(&status));

@@ -29,16 +29,22 @@ pub(crate) struct PeerMonitor {
 
 impl PeerMonitor {
     /// Follows `profile`: every peer of a trunk with `keepalive` is monitored (a new one due
-    /// at once), the others are dropped.
-    pub(crate) fn sync(&mut self, profile: &crate::config::Profile) {
+    /// at once), the others are dropped, and what `health` said of them is forgotten (a peer
+    /// no longer watched cannot come up again).
+    pub(crate) fn sync(&mut self, profile: &crate::config::Profile, health: &PeerHealth) {
         let wanted: Vec<(&str, SocketAddr)> = profile
             .trunks
             .iter()
             .filter(|trunk| trunk.keepalive.is_some())
             .flat_map(|trunk| trunk.peers.iter().map(|peer| (trunk.name.as_str(), *peer)))
             .collect();
-        self.monitored
-            .retain(|m| wanted.contains(&(m.trunk.as_str(), m.peer)));
+        self.monitored.retain(|m| {
+            let kept = wanted.contains(&(m.trunk.as_str(), m.peer));
+            if !kept {
+                health.forget(&m.trunk, m.peer);
+            }
+            kept
+        });
         let Some(now) = self.clock else {
             return;
         };
@@ -70,7 +76,7 @@ impl Calls {
     pub fn start_keepalives(&mut self, now: Instant) {
         if let Some(monitor) = self.monitor.as_mut() {
             monitor.clock = Some(now);
-            monitor.sync(&self.current.profile);
+            monitor.sync(&self.current.profile, &self.health);
         }
     }
 

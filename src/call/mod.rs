@@ -236,7 +236,7 @@ impl Calls {
         self.current = rules;
         self.current.rules.set_peer_health(self.health.clone());
         if let Some(monitor) = self.monitor.as_mut() {
-            monitor.sync(&self.current.profile);
+            monitor.sync(&self.current.profile, &self.health);
         }
     }
 

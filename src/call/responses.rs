@@ -42,18 +42,45 @@ impl B2bua<'_> {
         let Some(owner) = self.txns.client(id).map(|e| e.owner) else {
             return;
         };
-        // A callee's 422 (session interval too small) is retried with its Min-SE: the INVITE
-        // is kept before its transaction lets it go.
-        let too_small = (msg.status() == Some(422) && matches!(owner, ClientOwner::Invite(_)))
-            .then(|| self.txns.client(id).and_then(|e| e.request.clone()))
-            .flatten();
+        // The INVITE is kept before its transaction lets it go, for a callee's 422 (session
+        // interval too small: retried with its Min-SE) and for a 2xx to an INVITE failover
+        // left behind (acknowledged and hung up).
+        let status = msg.status().unwrap_or_default();
+        let stale = match owner {
+            ClientOwner::Invite(call) => self
+                .calls
+                .by_key
+                .get(&call)
+                .is_none_or(|c| c.b_invite != id),
+            _ => false,
+        };
+        let kept = (matches!(owner, ClientOwner::Invite(_))
+            && (status == 422 || (stale && (200..300).contains(&status))))
+        .then(|| self.txns.client(id).and_then(|e| e.request.clone()))
+        .flatten();
+        let stale_peer = self.txns.client(id).map(|e| e.peer);
+        if stale && (101..200).contains(&status) {
+            // A callee that rings for an INVITE the call moved on from must stop (its
+            // transaction still has the INVITE: the CANCEL names it).
+            if let Some(invite) = self.txns.client(id).and_then(|e| e.request.as_ref()) {
+                let cancel = build::cancel_for(invite);
+                if let Some(peer) = stale_peer {
+                    tracing::info!(peer = %peer.addr, "a late provisional for an INVITE failover left: CANCEL");
+                    self.start_client(cancel, peer, ClientOwner::Local, now);
+                }
+            }
+        }
         if !self.client_response(id, &msg, now) {
             return;
         }
-        if let (Some(invite), ClientOwner::Invite(call)) = (too_small, owner) {
-            if self.retry_with_min_se(call, id, invite, &msg, now) {
+        if let (Some(invite), ClientOwner::Invite(call), false) = (&kept, owner, stale) {
+            if self.retry_with_min_se(call, id, invite.clone(), &msg, now) {
                 return;
             }
+        }
+        if let (Some(invite), Some(peer), true) = (kept, stale_peer, stale) {
+            self.hang_up_stale_answer(&invite, &msg, peer, now);
+            return;
         }
         if info.cseq_method == "INVITE" && msg.status().is_some_and(|s| s >= 200) {
             self.reinvite_over(owner);
@@ -96,6 +123,71 @@ impl B2bua<'_> {
             }
             ClientOwner::Local => {}
         }
+    }
+
+    /// A 2xx to an INVITE failover left behind (its peer answered too late): acknowledged and
+    /// hung up in the dialog it made, as the caller never hears of it.
+    fn hang_up_stale_answer(
+        &mut self,
+        invite: &Message,
+        answer: &Message,
+        peer: Peer,
+        now: Instant,
+    ) {
+        let (Some(to), Some(from)) = (
+            answer.header_str(&HeaderName::To),
+            invite.header_str(&HeaderName::From),
+        ) else {
+            return;
+        };
+        let cseq = invite
+            .header_str(&HeaderName::CSeq)
+            .and_then(|c| c.split_whitespace().next()?.parse::<u32>().ok())
+            .unwrap_or(1);
+        let mut routes = record_routes(answer);
+        routes.reverse();
+        let (ack_branch, bye_branch) = (self.new_branch(), self.new_branch());
+        let rules = self.calls.current.clone();
+        let listener = &rules.profile.listeners[peer.listener];
+        let dialog = Dialog {
+            trunk: 0,
+            peer,
+            call_id: invite
+                .header_str(&HeaderName::CallId)
+                .unwrap_or_default()
+                .to_string(),
+            local_tag: tag_of(from).unwrap_or_default(),
+            remote_tag: tag_of(to),
+            local_party: without_tag(from),
+            remote_party: without_tag(to),
+            remote_target: contact_uri(answer).unwrap_or_else(|| match &invite.start {
+                StartLine::Request { uri, .. } => uri.clone(),
+                StartLine::Response { .. } => String::new(),
+            }),
+            route_set: routes,
+            local_cseq: cseq,
+            remote_cseq: 0,
+            invite_cseq: cseq,
+            contact: contact_value(None, listener, peer.transport),
+            allows_update: false,
+        };
+        tracing::info!(peer = %peer.addr, "a late answer to an INVITE failover left: ACK and BYE");
+        let ack = dialog_request(
+            Method::Ack,
+            &dialog,
+            via_value(listener, peer.transport, &ack_branch),
+            cseq,
+            70,
+        );
+        let bye = dialog_request(
+            Method::Bye,
+            &dialog,
+            via_value(listener, peer.transport, &bye_branch),
+            cseq + 1,
+            70,
+        );
+        self.transmit(peer, Bytes::from(ack.to_bytes()));
+        self.start_client(bye, peer, ClientOwner::Local, now);
     }
 
     /// A re-INVITE of a call (relayed, or Bridgehead's own) got its final response, or none:
@@ -293,10 +385,13 @@ impl B2bua<'_> {
                 self.end_call(key, "cancel", Some(Leg::A), now);
                 return;
             }
+            if status == 503 {
+                self.peer_unavailable(key, &msg, now);
+            }
             if self.on_failure(key, &msg, Some(Leg::B), now) {
                 return;
             }
-            if self.fail_over(key, status, Some(&msg), now) {
+            if self.fail_over(key, status, now) {
                 return;
             }
             self.calls.stats.calls_failed += 1;

@@ -342,5 +342,12 @@ fn a_contact_takes_another_host_keeping_user_port_and_parameters() {
         with_contact_host("<sip:10.0.0.1:5060>", "t1.sbc.example"),
         "<sip:t1.sbc.example:5060>"
     );
+    assert_eq!(
+        with_contact_host(
+            "<sip:+1@[2001:db8::1]:5061;transport=tls>",
+            "t1.sbc.example"
+        ),
+        "<sip:+1@t1.sbc.example:5061;transport=tls>"
+    );
     assert_eq!(with_contact_host("garbage", "x"), "garbage");
 }

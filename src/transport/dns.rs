@@ -147,11 +147,16 @@ pub async fn resolve_peers(profile: &mut Profile) -> Option<Duration> {
                         // order: the failover order stays the same from call to call).
                         targets.sort_by_key(|t| (t.0, std::cmp::Reverse(t.1)));
                         tracing::info!(trunk = %trunk.name, srv = %name, targets = targets.len(), "SRV resolved");
+                        // The SIP domain (`example.com` of `_sips._tcp.example.com`) names its
+                        // targets: the Request-URI host and the name their TLS certificates must
+                        // carry (RFC 5922 §4.1; a target's own name comes from an answer that
+                        // could be spoofed).
+                        let domain = name.splitn(3, '.').nth(2).unwrap_or(name);
                         for (_, _, port, target) in targets {
                             match resolve_name(&resolver, &target, port, &trunk.name).await {
                                 Some((addrs, until)) => {
                                     refresh = refresh.min(until.saturating_duration_since(now));
-                                    add(&mut peers, &mut names, addrs, &target);
+                                    add(&mut peers, &mut names, addrs, domain);
                                 }
                                 None => refresh = MIN_REFRESH,
                             }
