@@ -223,10 +223,14 @@ async fn reloader(
         let started = Instant::now();
         let compiled = tokio::task::spawn_blocking(move || {
             let running = compiling;
-            // Names resolved here, on a blocking thread: never on a shard's.
+            // Names resolved here, on a blocking thread: never on a shard's. TLS settings that
+            // cannot be built (a key that is not the certificate's) refuse the version.
             let resolve = |profile: &mut Profile| {
-                tokio::runtime::Handle::current()
-                    .block_on(crate::transport::dns::resolve_peers(profile))
+                let refresh = tokio::runtime::Handle::current()
+                    .block_on(crate::transport::dns::resolve_peers(profile));
+                crate::transport::tls::TlsContexts::new(profile)
+                    .map(|_| refresh)
+                    .map_err(|err| format!("TLS: {err}"))
             };
             reload::compile(
                 &running.path,

@@ -438,4 +438,68 @@ fn replaced_certificate_files_serve_new_handshakes_and_connections_up_keep_going
         options_on(&mut open, port).starts_with("SIP/2.0 200"),
         "the connection made before goes on"
     );
+
+    // A key that is not the certificate's: the reload is refused, the running one stays.
+    let stray = pki.issue("stray", &["sbc.example.test"], false);
+    let aside = first.1.with_extension("new");
+    std::fs::copy(&stray.1, &aside).expect("copy");
+    std::fs::rename(&aside, &first.1).expect("rename");
+    wait_log(&sbc, "reload refused");
+    assert!(sbc.log().contains("TLS: "), "{}", sbc.log());
+    let (still, _) = presented_certificate(port, &pki.ca);
+    assert_eq!(still, after, "the running certificate stays");
+}
+
+#[test]
+fn a_certificate_behind_a_symlink_that_a_renewal_repoints_is_taken_too() {
+    // certbot's layout: the profile names live/ links into archive/.
+    let dir = scratch_dir("tls-symlink");
+    let pki = Pki::new(&dir, "operator");
+    let (live, archive) = (dir.join("live"), dir.join("archive"));
+    std::fs::create_dir_all(&live).expect("live");
+    std::fs::create_dir_all(&archive).expect("archive");
+    let issue_into_archive = |n: u32| {
+        let (cert, key) = pki.issue(&format!("sbc{n}"), &["sbc.example.test"], false);
+        let (c, k) = (
+            archive.join(format!("cert{n}.pem")),
+            archive.join(format!("key{n}.pem")),
+        );
+        std::fs::rename(&cert, &c).expect("move");
+        std::fs::rename(&key, &k).expect("move");
+        (c, k)
+    };
+    let point = |target: &Path, link: &Path| {
+        let aside = link.with_extension("tmp");
+        let _ = std::fs::remove_file(&aside);
+        std::os::unix::fs::symlink(target, &aside).expect("symlink");
+        std::fs::rename(&aside, link).expect("repoint");
+    };
+    let (cert1, key1) = issue_into_archive(1);
+    let named = (live.join("cert.pem"), live.join("key.pem"));
+    point(&cert1, &named.0);
+    point(&key1, &named.1);
+    let trunk = "    peers: [\"127.0.0.1:{teams_peer}\"]\n    transport: udp";
+    let sbc = Sbc::start(&profile(&named, "", trunk));
+    let port = sbc.port("teams_tls");
+    let (before, _) = presented_certificate(port, &pki.ca);
+    assert_eq!(before.as_ref(), certs(&cert1)[0].as_ref());
+
+    // Renewal: new files in archive/, the live/ links repointed (key first, as certbot).
+    let (cert2, key2) = issue_into_archive(2);
+    point(&key2, &named.1);
+    point(&cert2, &named.0);
+    wait_log(&sbc, "reload: new calls take version");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (now_presented, _) = presented_certificate(port, &pki.ca);
+        if now_presented.as_ref() == certs(&cert2)[0].as_ref() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the renewed certificate never came\n{}",
+            sbc.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

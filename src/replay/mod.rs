@@ -410,7 +410,7 @@ impl Replay {
                 .as_ref()
                 .map_or_else(|| self.profile_path.clone(), |p| self.dir.join(p));
             let next = self.version + 1;
-            match reload::compile(&path, (&self.profile, |_| None), 1, next, &self.metrics) {
+            match reload::compile(&path, (&self.profile, |_| Ok(None)), 1, next, &self.metrics) {
                 Ok(mut compiled) if !reload.fails => {
                     let set = compiled.shards.pop().ok_or("reload compiled no shard")?;
                     self.profile = set.profile.clone();

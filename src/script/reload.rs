@@ -19,6 +19,9 @@ pub enum ReloadError {
     /// The profile does not load.
     #[error("{0}")]
     Profile(ConfigError),
+    /// The profile loads but cannot be put to use (its TLS settings cannot be built).
+    #[error("{}: {message}", profile.display())]
+    Unusable { profile: PathBuf, message: String },
     /// A trunk names a running listener that lacks its transport.
     #[error("{}: trunk '{trunk}': running listener '{listener}' has no {transport:?} transport (restart to change listeners)", profile.display())]
     ListenerTransport {
@@ -50,12 +53,13 @@ pub struct Compiled {
 
 /// Compiles the profile at `path` as version `version` for `shards` shards, keeping the
 /// listeners of `running`; `prepare` completes the profile once read (resolves its peer
-/// names) and says when to compile again. Errors are `file:line: message`.
+/// names, checks its TLS settings build) and says when to compile again, or why the profile
+/// cannot be used. Errors are `file:line: message`.
 pub fn compile(
     path: &Path,
     (running, prepare): (
         &Profile,
-        impl FnOnce(&mut Profile) -> Option<std::time::Duration>,
+        impl FnOnce(&mut Profile) -> Result<Option<std::time::Duration>, String>,
     ),
     shards: usize,
     version: u64,
@@ -67,7 +71,12 @@ pub fn compile(
             .map(ReloadError::Profile)
             .collect::<Vec<_>>()
     })?;
-    let recompile_after = prepare(&mut profile);
+    let recompile_after = prepare(&mut profile).map_err(|message| {
+        vec![ReloadError::Unusable {
+            profile: path.to_path_buf(),
+            message,
+        }]
+    })?;
     let mut restart_needed = Vec::new();
     for listener in &profile.listeners {
         match running.listeners.iter().find(|l| l.name == listener.name) {
@@ -138,7 +147,9 @@ pub fn compile(
     })
 }
 
-/// The TLS files a profile names (certificates, keys, CAs), as the watcher sees them.
+/// The TLS files a profile names (certificates, keys, CAs), as the watcher sees them: each as
+/// named (its folder resolved, the file itself not: a symlink that a renewal points elsewhere,
+/// as certbot's `live/` links and Kubernetes secrets are) and as the file it leads to.
 fn tls_files(profile: &Profile) -> Vec<PathBuf> {
     let listeners = profile.listeners.iter().filter_map(|l| l.tls.as_ref());
     let listener_files = listeners.flat_map(|tls| {
@@ -152,7 +163,17 @@ fn tls_files(profile: &Profile) -> Vec<PathBuf> {
     listener_files
         .chain(trunk_files)
         .flatten()
-        .map(|file| file.canonicalize().unwrap_or_else(|_| file.clone()))
+        .flat_map(|file| {
+            let named = match (file.parent(), file.file_name()) {
+                (Some(dir), Some(name)) => dir
+                    .canonicalize()
+                    .map(|dir| dir.join(name))
+                    .unwrap_or_else(|_| file.clone()),
+                _ => file.clone(),
+            };
+            let target = file.canonicalize().unwrap_or_else(|_| file.clone());
+            [named, target]
+        })
         .collect()
 }
 
