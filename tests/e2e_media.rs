@@ -222,6 +222,25 @@ impl MediaCall {
         )
     }
 
+    /// Five PCMA packets each way, through Bridgehead's ports (the caller's sequence numbers
+    /// 0-4, the callee's 100-104); returns the sequence numbers each side got, in order.
+    fn exchange_pcma(&self) -> (Vec<u16>, Vec<u16>) {
+        let (caller_rtp, callee_rtp) = self.sockets();
+        for seq in 0..5 {
+            caller_rtp
+                .send_to(&rtp(seq, 8), self.toward_caller())
+                .expect("send");
+            callee_rtp
+                .send_to(&rtp(100 + seq, 8), self.toward_callee())
+                .expect("send");
+        }
+        let seqs = |got: Vec<(u8, u16, SocketAddr)>| got.iter().map(|(_, s, _)| *s).collect();
+        (
+            seqs(receive(&callee_rtp, 5, Duration::from_millis(500))),
+            seqs(receive(&caller_rtp, 5, Duration::from_millis(500))),
+        )
+    }
+
     /// Bridgehead's RTP port facing the caller.
     fn toward_caller(&self) -> (&'static str, u16) {
         ("127.0.0.1", self.base + 2)
@@ -971,17 +990,7 @@ fn a_delayed_offer_reaches_teams_as_bridgeheads_offer_and_media_flows_once_the_a
         },
         Duration::from_millis(500),
     );
-    let (caller_rtp, callee_rtp) = call.sockets();
-    for seq in 0..5 {
-        caller_rtp
-            .send_to(&rtp(seq, 8), call.toward_caller())
-            .expect("send");
-        callee_rtp
-            .send_to(&rtp(100 + seq, 8), call.toward_callee())
-            .expect("send");
-    }
-    let at_callee = receive(&callee_rtp, 5, Duration::from_millis(500));
-    let at_caller = receive(&caller_rtp, 5, Duration::from_millis(500));
+    let (at_callee, at_caller) = call.exchange_pcma();
     call.finish();
     let context = || call.context();
     let invite = first_received(&call.callee, |m| m.is_request("INVITE"));
@@ -1002,9 +1011,8 @@ fn a_delayed_offer_reaches_teams_as_bridgeheads_offer_and_media_flows_once_the_a
         "the caller got the offer in the 200:\n{}",
         ok.text
     );
-    let seqs = |got: &[(u8, u16, SocketAddr)]| got.iter().map(|(_, s, _)| *s).collect::<Vec<_>>();
-    assert_eq!(seqs(&at_callee), [0, 1, 2, 3, 4], "{}", context());
-    assert_eq!(seqs(&at_caller), [100, 101, 102, 103, 104], "{}", context());
+    assert_eq!(at_callee, [0, 1, 2, 3, 4], "{}", context());
+    assert_eq!(at_caller, [100, 101, 102, 103, 104], "{}", context());
 }
 
 #[test]
@@ -1173,17 +1181,7 @@ fn an_ims_caller_with_preconditions_reaches_teams_once_its_bearer_is_up_and_medi
         },
         Duration::from_millis(1000),
     );
-    let (caller_rtp, callee_rtp) = call.sockets();
-    for seq in 0..5 {
-        caller_rtp
-            .send_to(&rtp(seq, 8), call.toward_caller())
-            .expect("send");
-        callee_rtp
-            .send_to(&rtp(100 + seq, 8), call.toward_callee())
-            .expect("send");
-    }
-    let at_callee = receive(&callee_rtp, 5, Duration::from_millis(500));
-    let at_caller = receive(&caller_rtp, 5, Duration::from_millis(500));
+    let (at_callee, at_caller) = call.exchange_pcma();
     call.finish();
     let context = || call.context();
     // The caller scenario checked the 183's conf:qos and the UPDATE's 200; Teams got a plain
@@ -1210,9 +1208,8 @@ fn an_ims_caller_with_preconditions_reaches_teams_once_its_bearer_is_up_and_medi
         .position(|m| m.received && m.is_response(180))
         .expect("the 180");
     assert!(update_sent < ringing, "Teams rang only after the UPDATE");
-    let seqs = |got: &[(u8, u16, SocketAddr)]| got.iter().map(|(_, s, _)| *s).collect::<Vec<_>>();
-    assert_eq!(seqs(&at_callee), [0, 1, 2, 3, 4], "{}", context());
-    assert_eq!(seqs(&at_caller), [100, 101, 102, 103, 104], "{}", context());
+    assert_eq!(at_callee, [0, 1, 2, 3, 4], "{}", context());
+    assert_eq!(at_caller, [100, 101, 102, 103, 104], "{}", context());
 }
 
 #[test]
@@ -1231,17 +1228,7 @@ fn toward_a_trunk_wanting_delayed_offer_the_callee_offers_in_its_200_and_media_f
         },
         Duration::from_millis(500),
     );
-    let (caller_rtp, callee_rtp) = call.sockets();
-    for seq in 0..5 {
-        caller_rtp
-            .send_to(&rtp(seq, 8), call.toward_caller())
-            .expect("send");
-        callee_rtp
-            .send_to(&rtp(100 + seq, 8), call.toward_callee())
-            .expect("send");
-    }
-    let at_callee = receive(&callee_rtp, 5, Duration::from_millis(500));
-    let at_caller = receive(&caller_rtp, 5, Duration::from_millis(500));
+    let (at_callee, at_caller) = call.exchange_pcma();
     call.finish();
     let context = || call.context();
     let invite = first_received(&call.callee, |m| m.is_request("INVITE"));
@@ -1263,7 +1250,6 @@ fn toward_a_trunk_wanting_delayed_offer_the_callee_offers_in_its_200_and_media_f
         "the caller's answer:\n{}",
         ok.text
     );
-    let seqs = |got: &[(u8, u16, SocketAddr)]| got.iter().map(|(_, s, _)| *s).collect::<Vec<_>>();
-    assert_eq!(seqs(&at_callee), [0, 1, 2, 3, 4], "{}", context());
-    assert_eq!(seqs(&at_caller), [100, 101, 102, 103, 104], "{}", context());
+    assert_eq!(at_callee, [0, 1, 2, 3, 4], "{}", context());
+    assert_eq!(at_caller, [100, 101, 102, 103, 104], "{}", context());
 }

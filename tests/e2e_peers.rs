@@ -36,6 +36,10 @@ trunks:
       up_after: 1
 ";
 
+/// The keepalive lines of [`PROFILE`], for the tests without them.
+const KEEPALIVE: &str =
+    "    keepalive:\n      interval: 1\n      down_after: 2\n      up_after: 1\n";
+
 /// A SIPp callee on `port` over TCP answering calls, and OPTIONS on its own (SIPp counts
 /// those as calls too: it runs until the test drops it).
 fn callee(dir: &std::path::Path, name: &str, port: u16) -> Sipp {
@@ -326,10 +330,7 @@ fn calls_move_past_a_silent_peer_within_failover_timeout_with_none_failed() {
     });
     let profile = PROFILE
         .replace("127.0.0.1:{first}", &format!("127.0.0.1:{silent_port}"))
-        .replace(
-            "    keepalive:\n      interval: 1\n      down_after: 2\n      up_after: 1\n",
-            "    failover_timeout: 2\n",
-        );
+        .replace(KEEPALIVE, "    failover_timeout: 2\n");
     let sbc = Sbc::start(&profile);
     let dir = scratch_dir("peers-silent");
     let second_peer = callee(&dir, "second", sbc.port("second"));
@@ -411,10 +412,7 @@ fn a_peer_answering_503_loses_its_connection_and_the_call_goes_to_the_next() {
     });
     let profile = PROFILE
         .replace("127.0.0.1:{first}", &format!("127.0.0.1:{busy_port}"))
-        .replace(
-            "    keepalive:\n      interval: 1\n      down_after: 2\n      up_after: 1\n",
-            "",
-        );
+        .replace(KEEPALIVE, "");
     let sbc = Sbc::start(&profile);
     let dir = scratch_dir("peers-503");
     let second_peer = callee(&dir, "second", sbc.port("second"));
@@ -459,10 +457,7 @@ fn a_connection_whose_peer_never_answers_a_crlf_ping_is_closed_as_dead() {
     });
     let profile = PROFILE
         .replace("127.0.0.1:{first}", &format!("127.0.0.1:{mute_port}"))
-        .replace(
-            "    keepalive:\n      interval: 1\n      down_after: 2\n      up_after: 1\n",
-            "",
-        )
+        .replace(KEEPALIVE, "")
         .replace(
             "    transports: [udp, tcp]\n",
             "    transports: [udp, tcp]\n    ping_interval: 1\n",
@@ -517,10 +512,7 @@ fn an_srv_name_gives_its_targets_by_priority() {
             "    peers: [\"127.0.0.1:{first}\", \"127.0.0.1:{second}\"]\n",
             "    peers: [\"_sip._tcp.pstnhub.test\"]\n",
         )
-        .replace(
-            "    keepalive:\n      interval: 1\n      down_after: 2\n      up_after: 1\n",
-            "",
-        )
+        .replace(KEEPALIVE, "")
         .replace(
             "listeners:\n",
             &format!("dns:\n  servers: [\"127.0.0.1:{dns_port}\"]\nlisteners:\n"),

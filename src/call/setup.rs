@@ -327,64 +327,58 @@ impl B2bua<'_> {
         self.send_response(id, &response, now);
     }
 
+    /// What a new INVITE asks of its trunk's leg: its QoS preconditions (when the trunk
+    /// terminates them) and its session timer; or the refusal (420/488 for preconditions, 421
+    /// for 100rel the caller lacks, 422 for a session interval too small).
+    fn caller_leg(
+        msg: &Message,
+        trunk: &crate::config::Trunk,
+        anchored: bool,
+    ) -> Result<
+        (
+            Option<precondition::CallerPreconditions>,
+            Option<SessionTimer>,
+        ),
+        Refusal,
+    > {
+        let preconditions =
+            precondition::CallerPreconditions::of_invite(msg, trunk)?.filter(|_| anchored);
+        let caller_100rel = has_option(msg, &HeaderName::Require, "100rel")
+            || has_option(msg, &HeaderName::Supported, "100rel");
+        // Preconditions need reliable provisionals (RFC 3312 §11).
+        if (trunk.rel100 == Rel100::Required || preconditions.is_some()) && !caller_100rel {
+            return Err((421, vec![(HeaderName::Require, "100rel".to_string())]));
+        }
+        let session = B2bua::caller_session(msg, trunk.session_timer)?;
+        Ok((preconditions, session))
+    }
+
     pub(super) fn on_new_invite(&mut self, incoming: Incoming, info: RequestInfo, now: Instant) {
         if let Some((status, extra)) = B2bua::refuse_invite(&incoming.msg, &info) {
             self.answer(incoming, status, &extra, now);
             return;
         }
+        let rules = self.calls.current.clone();
+        let settings = &rules.profile.trunks[incoming.trunk];
+        let anchored = rules.profile.media.is_some();
+        let (preconditions, a_session) = match B2bua::caller_leg(&incoming.msg, settings, anchored)
+        {
+            Ok(leg) => leg,
+            Err((status, extra)) => {
+                self.answer(incoming, status, &extra, now);
+                return;
+            }
+        };
         let Incoming {
             msg,
             key,
             from,
             trunk,
         } = incoming;
-        let rules = self.calls.current.clone();
         let script = rules.rules.script_of(trunk);
         let rel100 = rules.profile.trunks[trunk].rel100;
         let caller_requires = has_option(&msg, &HeaderName::Require, "100rel");
         let caller_100rel = caller_requires || has_option(&msg, &HeaderName::Supported, "100rel");
-        let preconditions = match precondition::CallerPreconditions::of_invite(
-            &msg,
-            &rules.profile.trunks[trunk],
-        ) {
-            Ok(preconditions) => preconditions.filter(|_| rules.profile.media.is_some()),
-            Err((status, extra)) => {
-                let incoming = Incoming {
-                    msg,
-                    key,
-                    from,
-                    trunk,
-                };
-                self.answer(incoming, status, &extra, now);
-                return;
-            }
-        };
-        // Preconditions need reliable provisionals (RFC 3312 §11).
-        if (rel100 == Rel100::Required || preconditions.is_some()) && !caller_100rel {
-            let incoming = Incoming {
-                msg,
-                key,
-                from,
-                trunk,
-            };
-            let require = [(HeaderName::Require, "100rel".to_string())];
-            self.answer(incoming, 421, &require, now);
-            return;
-        }
-        let a_session = match B2bua::caller_session(&msg, rules.profile.trunks[trunk].session_timer)
-        {
-            Ok(timer) => timer,
-            Err((status, extra)) => {
-                let incoming = Incoming {
-                    msg,
-                    key,
-                    from,
-                    trunk,
-                };
-                self.answer(incoming, status, &extra, now);
-                return;
-            }
-        };
         let a_reliable = (rel100.allowed() && caller_100rel).then(|| {
             let from_the_start =
                 caller_requires || rel100 == Rel100::Required || preconditions.is_some();
