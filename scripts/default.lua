@@ -6,9 +6,12 @@ local rules = {}
 local X_MS_SBC = "Bridgehead/" .. bh.model .. "/" .. bh.version
 
 function rules.on_invite(call, req)
-  -- A call already anchored in Teams Phone Mobile must never loop back to Teams.
-  if call.trunk.name == "core" and req:has_header("X-MS-FMC") then
-    return call:reject(482, "Loop Detected")
+  -- X-MS-FMC (Teams Phone Mobile): from the core it is an application server anchoring the
+  -- call in Teams, and the call goes to Teams like any other. From Teams the call is already
+  -- anchored there, and Microsoft says it must never be routed to Teams again: it goes to the
+  -- core, the header intact.
+  if call.trunk.name == "teams" and req:has_header("X-MS-FMC") then
+    return call:route("core")
   end
 end
 

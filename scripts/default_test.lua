@@ -23,13 +23,16 @@ function tests.test_messages_toward_the_core_do_not()
   t.eq(resp:header("X-MS-SBC"), nil)
 end
 
-function tests.test_fmc_anchored_calls_from_the_core_are_refused()
+function tests.test_an_anchoring_call_from_the_core_takes_the_route_to_teams()
   local call = t.call({ trunk = "core" })
-  local req = t.request(INVITE .. "X-MS-FMC: APP=3;MID=+4930123456\n")
-  rules.on_invite(call, req)
-  local decision = t.decision(call)
-  t.eq(decision.reject, 482)
-  t.eq(decision.reason, "Loop Detected")
+  rules.on_invite(call, t.request(INVITE .. "X-MS-FMC: APP=3;MID=+4930123456\n"))
+  t.eq(t.decision(call), nil)
+end
+
+function tests.test_a_call_anchored_in_teams_never_goes_back_to_teams()
+  local call = t.call({ trunk = "teams" })
+  rules.on_invite(call, t.request(INVITE .. "X-MS-FMC: MT\n"))
+  t.eq(t.decision(call).route, "core")
 end
 
 function tests.test_other_calls_take_the_trunk_route()

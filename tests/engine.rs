@@ -665,13 +665,19 @@ CSeq: 1 BYE
 }
 
 #[test]
-fn fmc_anchored_call_from_core_is_refused_by_the_default_rules() {
+fn x_ms_fmc_calls_are_anchored_from_the_core_and_never_sent_back_to_teams() {
+    // From the core (an IMS application server anchoring the call): to Teams, header intact.
     let mut sim = Sim::new();
-    let out = sim.core_sends(&invite("call-11", "z9hG4bKc11", "X-MS-FMC: MT\n"));
-    assert_eq!(
-        summary(&out),
-        [format!("100->{CORE_PEER}"), format!("482->{CORE_PEER}")]
-    );
+    let out = sim.core_sends(&invite("call-11", "z9hG4bKc11", "X-MS-FMC: MO\n"));
+    let b = b_leg_invite(&out);
+    assert_eq!(out[1].0.addr.to_string(), TEAMS_PEER);
+    assert_eq!(h(&b, "X-MS-FMC"), Some("MO"));
+    // From Teams (already anchored there): to the core, header intact, even when a rule
+    // would send Teams' calls back to Teams.
+    let out = sim.teams_sends(&invite("call-12", "z9hG4bKc12", "X-MS-FMC: MT\n"));
+    let b = b_leg_invite(&out);
+    assert!(summary(&out).contains(&format!("INVITE->{CORE_PEER}")));
+    assert_eq!(h(&b, "X-MS-FMC"), Some("MT"));
 }
 
 #[test]
@@ -701,9 +707,18 @@ fn malformed_requests_get_400_naming_the_fault() {
     let out = sim.core_sends(&bad);
     assert_eq!(summary(&out), [format!("400->{CORE_PEER}")]);
     assert!(h(&out[0].1, "Warning").unwrap().contains("CSeq method"));
+    assert!(h(&out[0].1, "X-MS-SBC").is_none(), "not toward the core");
     let garbage = "this is not SIP\r\n\r\n";
     assert!(sim.core_sends(garbage).is_empty());
     assert_eq!(sim.engine.stats().malformed, 2);
+    // Toward Teams, Bridgehead's own stateless 400 carries X-MS-SBC like every message.
+    let out = sim.teams_sends(&bad.replace("call-13", "call-13b"));
+    assert_eq!(summary(&out), [format!("400->{TEAMS_PEER}")]);
+    assert!(
+        h(&out[0].1, "X-MS-SBC").is_some_and(|v| v.starts_with("Bridgehead/SBC/")),
+        "{:?}",
+        out[0].1.headers
+    );
 }
 
 const LIFECYCLE_RULES: &str = r#"

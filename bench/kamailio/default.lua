@@ -1,7 +1,8 @@
 -- Kamailio KEMI rules for bench/compare-cps.sh: the per-call header work of Bridgehead's
 -- scripts/default.lua, done by a stateful proxy.
 --
---   * an INVITE from the core carrying X-MS-FMC is refused with 482 Loop Detected;
+--   * an INVITE carrying X-MS-FMC is checked for (from Teams it goes to the core, as every
+--     call from Teams does; until 2026-12-01 one from the core was refused with 482);
 --   * every message sent toward Teams carries X-MS-SBC (set: old lines removed, one appended);
 --   * calls from the core go to the Teams peer, calls from Teams go to the core peer.
 --
@@ -54,10 +55,10 @@ function ksr_request_route()
     KSR.rr.loose_route()
   else
     if method == "INVITE" then
-      -- A call already anchored in Teams Phone Mobile must never loop back to Teams.
-      if not from_teams and KSR.textops.is_present_hf("X-MS-FMC") > 0 then
-        KSR.sl.sl_send_reply(482, "Loop Detected")
-        return
+      -- X-MS-FMC: a call from Teams (already anchored there) goes to the core like every
+      -- call from Teams; one from the core goes to Teams. Checked as scripts/default.lua does.
+      if from_teams and KSR.textops.is_present_hf("X-MS-FMC") > 0 then
+        KSR.log("dbg", "X-MS-FMC from Teams: to the core\n")
       end
       KSR.rr.record_route()
       if not from_teams and heavy_invite then

@@ -103,6 +103,13 @@ impl B2bua<'_> {
             HeaderName::Warning,
             format!("399 bridgehead \"{}\"", warning.replace('"', "'")),
         );
+        // Toward a trunk's peer, its rules run on the answer like on any message sent there
+        // (Microsoft wants X-MS-SBC on every one); a stranger gets it bare.
+        let profile = &self.calls.current.profile;
+        if let Some(trunk) = profile.trunk_for(peer.listener, peer.addr.ip()) {
+            let script = self.calls.current.rules.script_of(trunk);
+            response = self.outgoing(None, script, Leg::A, trunk, response);
+        }
         let bytes = Bytes::from(response.to_bytes());
         self.transmit(peer, bytes);
     }
