@@ -269,6 +269,20 @@ pub struct Trunk {
     /// Seconds a peer has to answer a call's INVITE at all (even with 100) before the call
     /// goes to the next peer; None: Timer B (32 s).
     pub failover_timeout: Option<u32>,
+    /// How hold reaches the trunk's peer.
+    pub hold: HoldStyle,
+}
+
+/// How a held stream is written in SDP toward a trunk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HoldStyle {
+    /// As the other leg wrote it (sendonly, recvonly, `c=0.0.0.0`, inactive).
+    #[default]
+    Relay,
+    /// Only as `a=inactive` (Microsoft Teams understands nothing else): a stream sent
+    /// sendonly or recvonly, or to `c=0.0.0.0`, goes inactive.
+    Inactive,
 }
 
 /// OPTIONS keepalives toward a trunk's peers (Microsoft demotes an SBC that sent none for three
@@ -788,6 +802,8 @@ struct RawTrunk {
     final_codes: Vec<u16>,
     #[serde(default)]
     failover_timeout: Option<u32>,
+    #[serde(default)]
+    hold: HoldStyle,
 }
 
 /// A decline is the callee's own answer: no other peer should ring it again.
@@ -1246,6 +1262,7 @@ impl Validator<'_> {
             failover_codes: raw.failover_codes.clone(),
             final_codes: raw.final_codes.clone(),
             failover_timeout: raw.failover_timeout.filter(|s| *s > 0),
+            hold: raw.hold,
             on_script_error,
             params,
             listener,

@@ -3181,3 +3181,45 @@ CSeq: 1 OPTIONS
     let out = sim.teams_sends(&options.replace("opt1", "opt2").replace("opt-1", "opt-2"));
     assert_eq!(h(&out[0].1, "Supported"), Some("100rel, timer"));
 }
+
+#[test]
+fn hold_reaches_a_trunk_that_takes_only_inactive_as_inactive() {
+    let mut sim = Sim::with_profile(&profile_text("    hold: inactive"));
+    let (_, ok) = answered_call(&mut sim, "hold-1");
+    let to = h(&ok, "To").expect("To").to_string();
+    let reinvite = |cseq: u32, sdp: &str| {
+        caller_offer("INVITE", "hold-1", &to, cseq, sdp)
+            .replace("CSeq:", "Contact: <sip:alice@127.0.0.1:5090>\nCSeq:")
+    };
+    // sendonly (the core puts Teams on hold) goes as inactive.
+    let sendonly = SDP.to_string() + "a=sendonly\n";
+    let out = sim.core_sends(&reinvite(11, &sendonly));
+    assert_eq!(summary(&out), [format!("INVITE->{TEAMS_PEER}")]);
+    let held = String::from_utf8_lossy(&out[0].1.body).into_owned();
+    assert!(held.contains("a=inactive"), "{held}");
+    assert!(!held.contains("a=sendonly"), "{held}");
+    let b_re = out[0].1.clone();
+    sim.teams_sends(&answer(
+        &b_re,
+        200,
+        "OK",
+        "t1",
+        &(SDP.to_string() + "a=inactive\n"),
+    ));
+    let ack = caller_in_dialog("ACK", "hold-1", &to, 11);
+    sim.core_sends(&ack);
+    // RFC 2543 hold (c=0.0.0.0) goes as inactive too.
+    let zero = SDP.replace("c=IN IP4 192.0.2.10", "c=IN IP4 0.0.0.0");
+    let out = sim.core_sends(&reinvite(12, &zero));
+    let held = String::from_utf8_lossy(&out[0].1.body).into_owned();
+    assert!(held.contains("a=inactive"), "{held}");
+    // A trunk without the setting gets hold as it was written.
+    let mut sim = Sim::new();
+    let (_, ok) = answered_call(&mut sim, "hold-2");
+    let to = h(&ok, "To").expect("To").to_string();
+    let out = sim.core_sends(
+        &caller_offer("INVITE", "hold-2", &to, 11, &sendonly)
+            .replace("CSeq:", "Contact: <sip:alice@127.0.0.1:5090>\nCSeq:"),
+    );
+    assert!(String::from_utf8_lossy(&out[0].1.body).contains("a=sendonly"));
+}

@@ -209,6 +209,14 @@ impl B2bua<'_> {
             .filter(|c| c.preconditions.is_some())
             .map(|c| c.state == CallState::Calling);
         let plain = has_sdp && leg == Leg::B && terminated.is_some();
+        // Hold is a thing of an answered call: before it, `c=0.0.0.0` is Bridgehead's own "not
+        // sending yet" (its offer for a delayed one, its ringback answer), not hold.
+        let answered = call
+            .and_then(|k| self.calls.by_key.get(&k))
+            .is_some_and(|c| matches!(c.state, CallState::Answered { .. }));
+        let inactive_hold = has_sdp
+            && answered
+            && rules.profile.trunks[trunk].hold == crate::config::HoldStyle::Inactive;
         let initial_offer = terminated == Some(true) && msg.method() == Some(&Method::Invite);
         let codecs = &rules.profile.trunks[trunk].codecs;
         let filtering = has_sdp && !codecs.is_empty() && sdp_kind(&msg, request_had_sdp) == "offer";
@@ -225,18 +233,29 @@ impl B2bua<'_> {
         }
         // The offer/answer hand-off: the trunk's codecs, media anchoring, then the rules' own
         // edits.
-        if anchoring || wants_sdp || filtering || plain {
+        if anchoring || wants_sdp || filtering || plain || inactive_hold {
             match Sdp::parse(&sdp_of(&hooked.msg).unwrap_or_default()) {
                 Ok(mut sdp) => {
                     if plain {
                         super::precondition::strip_preconditions(&mut sdp, initial_offer);
                     }
+                    // Which streams are held, read before anchoring rewrites the addresses.
+                    let held = if inactive_hold {
+                        super::offer_answer::held_streams(&sdp)
+                    } else {
+                        Vec::new()
+                    };
                     // Anchoring first: it learns the sender's own codecs before any filter.
                     if let Some(key) = call.filter(|_| anchoring) {
                         self.anchor_media(key, leg, &mut sdp);
                     }
                     if filtering {
                         offer_codecs(&mut sdp, codecs, anchoring, &call_id);
+                    }
+                    for index in held {
+                        if let Some(media) = sdp.media_mut().get_mut(index) {
+                            media.set_direction(crate::sdp::Direction::Inactive);
+                        }
                     }
                     if wants_sdp {
                         let shared: SharedSdp = Arc::new(Mutex::new(sdp));

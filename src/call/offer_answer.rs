@@ -168,6 +168,28 @@ fn answer_from(offer: &Sdp, other: &Sdp, anchored: bool) -> Sdp {
     answer
 }
 
+/// The streams of an SDP that are on hold one way or another: sendonly, recvonly, or sent to
+/// `c=0.0.0.0` (RFC 2543 hold), by index (refused streams aside).
+pub(super) fn held_streams(sdp: &Sdp) -> Vec<usize> {
+    sdp.media()
+        .iter()
+        .enumerate()
+        .filter(|(_, media)| !media.is_rejected())
+        .filter(|(_, media)| {
+            let unspecified = media
+                .connection()
+                .and_then(|c| c.address.parse::<std::net::IpAddr>().ok())
+                .is_some_and(|ip| ip.is_unspecified());
+            unspecified
+                || matches!(
+                    media.direction(),
+                    crate::sdp::Direction::SendOnly | crate::sdp::Direction::RecvOnly
+                )
+        })
+        .map(|(index, _)| index)
+        .collect()
+}
+
 /// The codecs Bridgehead can offer by name: name, payload type, rtpmap, fmtp.
 const OFFERABLE: [(&str, u8, &str, Option<&str>); 6] = [
     ("PCMA", 8, "PCMA/8000", None),
