@@ -3088,6 +3088,7 @@ fn a_peer_silent_past_failover_timeout_loses_the_call_to_the_next_peer() {
         [format!("ACK->{TEAMS_PEER}"), format!("BYE->{TEAMS_PEER}")]
     );
     assert!(h(&out[1].1, "To").is_some_and(|t| t.contains("tag=late")));
+    assert!(h(&out[1].1, "X-MS-SBC").is_some(), "toward Teams: the rules ran");
 }
 
 #[test]

@@ -186,6 +186,17 @@ impl B2bua<'_> {
             cseq + 1,
             70,
         );
+        // Through the rules of the trunk the peer belongs to, like every message toward it.
+        let (ack, bye) = match rules.profile.trunk_for(peer.listener, peer.addr.ip()) {
+            Some(trunk) => {
+                let script = rules.rules.script_of(trunk);
+                (
+                    self.outgoing(None, script, Leg::B, trunk, ack),
+                    self.outgoing(None, script, Leg::B, trunk, bye),
+                )
+            }
+            None => (ack, bye),
+        };
         self.transmit(peer, Bytes::from(ack.to_bytes()));
         self.start_client(bye, peer, ClientOwner::Local, now);
     }
