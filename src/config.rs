@@ -271,6 +271,65 @@ pub struct Trunk {
     pub failover_timeout: Option<u32>,
     /// How hold reaches the trunk's peer.
     pub hold: HoldStyle,
+    /// Numbers toward the trunk in E.164 (`+` and the country code), from national and
+    /// international formats (Microsoft Teams takes E.164 only).
+    pub e164: Option<E164>,
+}
+
+/// How a national dialling plan's numbers become E.164 (`+<country><number>`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct E164 {
+    /// The country code numbers dialled nationally take (`49`).
+    pub country_code: String,
+    /// The prefix of a national number (`0`: `030 1234` is `+49 30 1234`).
+    #[serde(default = "default_trunk_prefix")]
+    pub trunk_prefix: String,
+    /// The prefix of an international number (`00`: `0044 20…` is `+44 20…`).
+    #[serde(default = "default_international_prefix")]
+    pub international_prefix: String,
+}
+
+fn default_trunk_prefix() -> String {
+    "0".to_string()
+}
+
+fn default_international_prefix() -> String {
+    "00".to_string()
+}
+
+impl E164 {
+    /// A number in E.164 (`+…`), when it is one or this plan makes it one: `+` numbers as they
+    /// are, international and national ones with their prefix replaced; visual separators
+    /// (`-`, `.`, `(`, `)`) dropped. None for what is no number (a name) or a subscriber
+    /// number without its area code.
+    pub fn normalize(&self, user: &str) -> Option<String> {
+        let digits: String = user
+            .chars()
+            .filter(|c| !matches!(c, '-' | '.' | '(' | ')'))
+            .collect();
+        let (plus, rest) = match digits.strip_prefix('+') {
+            Some(rest) => (true, rest),
+            None => (false, digits.as_str()),
+        };
+        if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        if plus {
+            return Some(format!("+{rest}"));
+        }
+        if !self.international_prefix.is_empty() {
+            if let Some(number) = rest.strip_prefix(self.international_prefix.as_str()) {
+                return Some(format!("+{number}"));
+            }
+        }
+        if !self.trunk_prefix.is_empty() {
+            if let Some(number) = rest.strip_prefix(self.trunk_prefix.as_str()) {
+                return Some(format!("+{}{number}", self.country_code));
+            }
+        }
+        None
+    }
 }
 
 /// How a held stream is written in SDP toward a trunk.
@@ -804,6 +863,8 @@ struct RawTrunk {
     failover_timeout: Option<u32>,
     #[serde(default)]
     hold: HoldStyle,
+    #[serde(default)]
+    e164: Option<E164>,
 }
 
 /// A decline is the callee's own answer: no other peer should ring it again.
@@ -1200,6 +1261,23 @@ impl Validator<'_> {
                 ),
             );
         }
+        if let Some(plan) = &raw.e164 {
+            let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+            if plan.country_code.is_empty()
+                || plan.country_code.len() > 3
+                || !digits(&plan.country_code)
+                || !digits(&plan.trunk_prefix)
+                || !digits(&plan.international_prefix)
+            {
+                self.error(
+                    self.line_of("country_code").or(at),
+                    format!(
+                        "trunk '{}': e164 needs a country_code of 1-3 digits and prefixes of digits",
+                        raw.name
+                    ),
+                );
+            }
+        }
         if let Some(keepalive) = raw.keepalive {
             if keepalive.interval == 0 || keepalive.down_after == 0 || keepalive.up_after == 0 {
                 self.error(
@@ -1263,6 +1341,7 @@ impl Validator<'_> {
             final_codes: raw.final_codes.clone(),
             failover_timeout: raw.failover_timeout.filter(|s| *s > 0),
             hold: raw.hold,
+            e164: raw.e164.clone(),
             on_script_error,
             params,
             listener,

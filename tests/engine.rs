@@ -3088,7 +3088,10 @@ fn a_peer_silent_past_failover_timeout_loses_the_call_to_the_next_peer() {
         [format!("ACK->{TEAMS_PEER}"), format!("BYE->{TEAMS_PEER}")]
     );
     assert!(h(&out[1].1, "To").is_some_and(|t| t.contains("tag=late")));
-    assert!(h(&out[1].1, "X-MS-SBC").is_some(), "toward Teams: the rules ran");
+    assert!(
+        h(&out[1].1, "X-MS-SBC").is_some(),
+        "toward Teams: the rules ran"
+    );
 }
 
 #[test]
@@ -3223,4 +3226,29 @@ fn hold_reaches_a_trunk_that_takes_only_inactive_as_inactive() {
             .replace("CSeq:", "Contact: <sip:alice@127.0.0.1:5090>\nCSeq:"),
     );
     assert!(String::from_utf8_lossy(&out[0].1.body).contains("a=sendonly"));
+}
+
+#[test]
+fn a_national_number_reaches_a_trunk_taking_e164_as_e164_with_user_phone() {
+    let text = profile_text(
+        "    e164: { country_code: \"1\", trunk_prefix: \"1\", international_prefix: \"011\" }",
+    );
+    let mut sim = Sim::with_profile(&text);
+    let invite = invite_with_options("e164@10.1.1.1", "")
+        .replace("INVITE sip:+15550100@", "INVITE sip:15550100@")
+        .replace(
+            "<sip:+15550199@core.example.com>;tag=a1",
+            "<sip:01144207946000@core.example.com>;tag=a1",
+        );
+    let out = sim.core_sends(&invite);
+    let b = b_leg_invite(&out);
+    assert_eq!(
+        request_uri(&b),
+        format!("sip:+15550100@{TEAMS_PEER};user=phone")
+    );
+    assert!(
+        h(&b, "From").is_some_and(|f| f.contains("<sip:+44207946000@")),
+        "{:?}",
+        h(&b, "From")
+    );
 }

@@ -117,6 +117,69 @@ pub fn with_contact_host(contact: &str, host: &str) -> String {
     format!("{}{host}{}", &contact[..host_start], &contact[host_end..])
 }
 
+/// The number of a sip:, sips: or tel: URI inside `text` (a Request-URI or a header value)
+/// made E.164 by `plan`; None when there is none or it cannot be.
+fn e164_in(text: &str, plan: &crate::config::E164) -> Option<String> {
+    let (start, end) = uri_user_span(text)?;
+    let number = plan.normalize(&text[start..end])?;
+    (number != text[start..end]).then(|| format!("{}{number}{}", &text[..start], &text[end..]))
+}
+
+/// Where the user part of the first sip:, sips: or tel: URI in `text` stands.
+fn uri_user_span(text: &str) -> Option<(usize, usize)> {
+    let lower = text.to_ascii_lowercase();
+    if let Some(at) = lower.find("tel:") {
+        let start = at + 4;
+        let end = text[start..]
+            .find([';', '>', ' ', ','])
+            .map_or(text.len(), |e| start + e);
+        return Some((start, end));
+    }
+    let at = lower
+        .find("sips:")
+        .map(|i| i + 5)
+        .or(lower.find("sip:").map(|i| i + 4))?;
+    let rest = &text[at..];
+    let user_end = rest.find('@')?;
+    // No user part when a ':' ';' or '>' comes before the '@' (an address like sip:host:5060).
+    if rest[..user_end].contains(['>', ';']) {
+        return None;
+    }
+    let end = rest[..user_end].find(':').unwrap_or(user_end);
+    Some((at, at + end))
+}
+
+/// Toward a trunk that takes E.164 only (Microsoft Teams): the numbers of a new INVITE's
+/// Request-URI, From, To and P-Asserted-Identity made E.164 by `plan` (`030 1234` →
+/// `+49301234`), and `;user=phone` on a sip: Request-URI that carries one.
+pub fn numbers_to_e164(invite: &mut Message, plan: &crate::config::E164) {
+    if let StartLine::Request { uri, .. } = &mut invite.start {
+        if let Some(normalized) = e164_in(uri, plan) {
+            *uri = normalized;
+        }
+        let is_e164 = uri_user_span(uri).is_some_and(|(s, _)| uri[s..].starts_with('+'));
+        let lower = uri.to_ascii_lowercase();
+        if is_e164 && lower.starts_with("sip") && !lower.contains(";user=phone") {
+            uri.push_str(";user=phone");
+        }
+    }
+    let names = [
+        HeaderName::From,
+        HeaderName::To,
+        HeaderName::parse("P-Asserted-Identity"),
+    ];
+    for header in invite
+        .headers
+        .iter_mut()
+        .filter(|h| names.contains(&h.name))
+    {
+        let normalized = header.value_str().and_then(|value| e164_in(value, plan));
+        if let Some(normalized) = normalized {
+            header.value = Bytes::from(normalized);
+        }
+    }
+}
+
 /// A request inside `dialog` (or the dialog-creating INVITE when it has no remote tag yet).
 pub fn dialog_request(
     method: Method,

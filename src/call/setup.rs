@@ -580,6 +580,9 @@ impl B2bua<'_> {
                 None => retarget(uri, &dest.peer_host(peer.addr), &peer),
             };
         }
+        if let Some(plan) = &dest.e164 {
+            build::numbers_to_e164(&mut invite, plan);
+        }
         let branch = self.new_branch();
         let listener = &rules.profile.listeners[peer.listener];
         invite.headers.insert(

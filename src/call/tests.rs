@@ -351,3 +351,39 @@ fn a_contact_takes_another_host_keeping_user_port_and_parameters() {
     );
     assert_eq!(with_contact_host("garbage", "x"), "garbage");
 }
+
+#[test]
+fn numbers_become_e164_toward_a_trunk_that_takes_nothing_else() {
+    let plan = crate::config::E164 {
+        country_code: "49".into(),
+        trunk_prefix: "0".into(),
+        international_prefix: "00".into(),
+    };
+    assert_eq!(
+        plan.normalize("030-1234.56").as_deref(),
+        Some("+4930123456")
+    );
+    assert_eq!(plan.normalize("0044201234").as_deref(), Some("+44201234"));
+    assert_eq!(plan.normalize("+15550100").as_deref(), Some("+15550100"));
+    assert_eq!(plan.normalize("1234"), None, "no area code: left alone");
+    assert_eq!(plan.normalize("alice"), None);
+    let mut invite = Message::parse(&Bytes::from_static(
+        b"INVITE sip:0301234@10.0.0.1:5080;transport=tcp SIP/2.0\r\nFrom: \"A\" <sip:00441234@core.example>;tag=1\r\nTo: <tel:0301234>\r\nP-Asserted-Identity: <sip:alice@core.example>\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",
+    ))
+    .expect("invite");
+    super::build::numbers_to_e164(&mut invite, &plan);
+    let text = String::from_utf8_lossy(&invite.to_bytes()).into_owned();
+    assert!(
+        text.starts_with("INVITE sip:+49301234@10.0.0.1:5080;transport=tcp;user=phone SIP/2.0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("From: \"A\" <sip:+441234@core.example>;tag=1"),
+        "{text}"
+    );
+    assert!(text.contains("To: <tel:+49301234>"), "{text}");
+    assert!(
+        text.contains("P-Asserted-Identity: <sip:alice@core.example>"),
+        "{text}"
+    );
+}
