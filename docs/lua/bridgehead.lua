@@ -57,6 +57,10 @@ function bh.re.match(subject, pattern) end
 ---@return string result
 ---@return integer count
 function bh.re.gsub(subject, pattern, replacement) end
+---How each peer of a trunk stands by its OPTIONS keepalives: `{ ["IP:port"] = "up"|"down" }`.
+---@param trunk string
+---@return table<string, "up"|"down">
+function bh.peer_status(trunk) end
 
 ---@class bh.Trunk
 ---@field name string
@@ -71,7 +75,16 @@ function bh.re.gsub(subject, pattern, replacement) end
 ---@field trunk bh.Trunk The trunk the call arrived on.
 ---@field vars table Per-call variables shared by every hook of the call.
 ---@field leg "a"|"b"|nil The leg the hook is about (nil in on_call_end).
+---@field reliable {a: boolean, b: boolean} Which legs use reliable provisionals (RFC 3262) so far.
 local Call = {}
+---Puts `host` (a tenant's FQDN) in Bridgehead's Contact on a leg, instead of the listener's.
+---@param leg "a"|"b"
+---@param host string
+function Call:set_contact_host(leg, host) end
+---Chooses what this call's provisional responses to the caller become (else its trunk's
+---`early_media`).
+---@param mode "passthrough"|"ringback"|"convert_183_to_180"|"convert_180_to_183"
+function Call:set_early_media(mode) end
 ---Asks the media plane to play ringback to a leg (default "a").
 ---@param leg? "a"|"b"
 function Call:play_ringback(leg) end
