@@ -274,6 +274,8 @@ pub struct Trunk {
     /// Numbers toward the trunk in E.164 (`+` and the country code), from national and
     /// international formats (Microsoft Teams takes E.164 only).
     pub e164: Option<E164>,
+    /// The only SDP attributes (`a=` names) sent to the trunk; empty: all.
+    pub sdp_attributes: Vec<String>,
 }
 
 /// How a national dialling plan's numbers become E.164 (`+<country><number>`).
@@ -865,6 +867,8 @@ struct RawTrunk {
     hold: HoldStyle,
     #[serde(default)]
     e164: Option<E164>,
+    #[serde(default)]
+    sdp_attributes: Vec<String>,
 }
 
 /// A decline is the callee's own answer: no other peer should ring it again.
@@ -1342,6 +1346,7 @@ impl Validator<'_> {
             failover_timeout: raw.failover_timeout.filter(|s| *s > 0),
             hold: raw.hold,
             e164: raw.e164.clone(),
+            sdp_attributes: raw.sdp_attributes.clone(),
             on_script_error,
             params,
             listener,

@@ -3252,3 +3252,22 @@ fn a_national_number_reaches_a_trunk_taking_e164_as_e164_with_user_phone() {
         h(&b, "From")
     );
 }
+
+#[test]
+fn a_strict_trunk_gets_only_the_sdp_attributes_it_names() {
+    let text = profile_text(
+        "    sdp_attributes: [rtpmap, fmtp, ptime, sendrecv, sendonly, recvonly, inactive, crypto]",
+    );
+    let mut sim = Sim::with_profile(&text);
+    let with_extras = SDP.to_string()
+        + "a=ice-ufrag:abcd\na=candidate:1 1 UDP 2130706431 192.0.2.10 4000 typ host\na=x-custom:1\na=ptime:20\n";
+    let invite = invite_with_options("sdp-strict@10.1.1.1", "").replace(SDP, &with_extras);
+    let out = sim.core_sends(&invite);
+    let offer = String::from_utf8_lossy(&b_leg_invite(&out).body).into_owned();
+    for gone in ["ice-ufrag", "candidate", "x-custom"] {
+        assert!(!offer.contains(gone), "{gone} in\n{offer}");
+    }
+    for kept in ["a=rtpmap:8 PCMA/8000", "a=ptime:20"] {
+        assert!(offer.contains(kept), "{kept} in\n{offer}");
+    }
+}

@@ -217,6 +217,18 @@ impl B2bua<'_> {
         let inactive_hold = has_sdp
             && answered
             && rules.profile.trunks[trunk].hold == crate::config::HoldStyle::Inactive;
+        // A strict peer (Microsoft Teams) gets only the attributes it names, whatever the
+        // other leg or a rule wrote.
+        let strict = has_sdp && !rules.profile.trunks[trunk].sdp_attributes.is_empty();
+        let allowed: Vec<&str> = if strict {
+            rules.profile.trunks[trunk]
+                .sdp_attributes
+                .iter()
+                .map(String::as_str)
+                .collect()
+        } else {
+            Vec::new()
+        };
         let initial_offer = terminated == Some(true) && msg.method() == Some(&Method::Invite);
         let codecs = &rules.profile.trunks[trunk].codecs;
         let filtering = has_sdp && !codecs.is_empty() && sdp_kind(&msg, request_had_sdp) == "offer";
@@ -233,7 +245,7 @@ impl B2bua<'_> {
         }
         // The offer/answer hand-off: the trunk's codecs, media anchoring, then the rules' own
         // edits.
-        if anchoring || wants_sdp || filtering || plain || inactive_hold {
+        if anchoring || wants_sdp || filtering || plain || inactive_hold || strict {
             match Sdp::parse(&sdp_of(&hooked.msg).unwrap_or_default()) {
                 Ok(mut sdp) => {
                     if plain {
@@ -269,9 +281,15 @@ impl B2bua<'_> {
                         failed |= self
                             .run_hook(&rules, call, &call_id, ingress, script, Hook::Sdp, args)
                             .failed;
-                        let sdp = shared.lock().unwrap_or_else(|e| e.into_inner());
+                        let mut sdp = shared.lock().unwrap_or_else(|e| e.into_inner());
+                        if strict {
+                            sdp.keep_only_attributes(&allowed);
+                        }
                         replace_sdp(&mut hooked.msg, Bytes::from(sdp.to_bytes()));
                     } else {
+                        if strict {
+                            sdp.keep_only_attributes(&allowed);
+                        }
                         replace_sdp(&mut hooked.msg, Bytes::from(sdp.to_bytes()));
                     }
                 }

@@ -209,6 +209,20 @@ impl Sdp {
         n
     }
 
+    /// Keeps only the attributes named in `names`, at session level and in every media
+    /// section; returns how many were removed.
+    pub fn keep_only_attributes(&mut self, names: &[&str]) -> usize {
+        let before = self.session.len();
+        self.session
+            .retain(|l| l.attr().is_none_or(|(name, _)| names.contains(&name)));
+        let mut removed = before - self.session.len();
+        self.refresh_inherited();
+        for media in &mut self.media {
+            removed += media.keep_only_attributes(names);
+        }
+        removed
+    }
+
     /// The session-level connection (`c=`), if present and readable.
     pub fn connection(&self) -> Option<Connection> {
         first_value(&self.session, b'c').and_then(Connection::parse)
