@@ -173,7 +173,9 @@ fn whole_call(c: &mut Criterion) {
 /// A scratch directory holding `count` scripts and a profile with one trunk per script.
 fn rules_dir(count: usize, script: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("bh-bench-rules-{}-{count}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::create_dir_all(dir.join("lib")).expect("dir");
+    let teams = include_str!("../scripts/lib/teams.lua");
+    std::fs::write(dir.join("lib/teams.lua"), teams).expect("library");
     let mut profile =
         String::from("listeners:\n  - name: l\n    address: 127.0.0.1:5060\ntrunks:\n");
     for i in 0..count {

@@ -1,27 +1,9 @@
 -- Bridgehead default rules: core <-> Teams.
--- Calls from the core go to Teams, calls from Teams go to the core (the profile's routes), and
--- every message sent toward Teams carries the X-MS-SBC header Microsoft requires.
+-- Calls from the core go to Teams, calls from Teams go to the core (the profile's routes). The
+-- Teams library (scripts/lib/teams.lua) adds what Microsoft requires of the trunk named "teams":
+-- X-MS-SBC on every message sent to it, the X-MS-FMC loop rule (a call from Teams anchored
+-- there goes to the core, never back), Diversion <-> History-Info, and X-MS-TenantID in
+-- call.vars.teams_tenant. Add a hook to `rules` below; the library's work runs after it.
 local rules = {}
 
-local X_MS_SBC = "Bridgehead/" .. bh.model .. "/" .. bh.version
-
-function rules.on_invite(call, req)
-  -- X-MS-FMC (Teams Phone Mobile): from the core it is an application server anchoring the
-  -- call in Teams, and the call goes to Teams like any other. From Teams the call is already
-  -- anchored there, and Microsoft says it must never be routed to Teams again: it goes to the
-  -- core, the header intact.
-  if call.trunk.name == "teams" and req:has_header("X-MS-FMC") then
-    return call:route("core")
-  end
-end
-
-local function tag_toward_teams(call, msg)
-  if msg.trunk == "teams" then
-    msg:set_header("X-MS-SBC", X_MS_SBC)
-  end
-end
-
-rules.on_request = tag_toward_teams
-rules.on_response = tag_toward_teams
-
-return rules
+return require("lib.teams").apply(rules, { trunks = { "teams" }, core = "core" })

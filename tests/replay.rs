@@ -173,6 +173,8 @@ fn rule_unit_tests_run_and_failures_name_the_line() {
 
     let dir = scratch("unit");
     std::fs::copy(scripts.join("default.lua"), dir.join("default.lua")).expect("rules");
+    std::fs::create_dir_all(dir.join("lib")).expect("lib");
+    std::fs::copy(scripts.join("lib/teams.lua"), dir.join("lib/teams.lua")).expect("library");
     let test = write(
         &dir,
         "broken_test.lua",
