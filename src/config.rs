@@ -3,6 +3,7 @@
 //! A profile either loads completely or not at all: every error names the file and line it
 //! comes from, so `bridgehead check` and a refused reload point at the fault.
 
+use crate::lookup::Lookup;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -55,6 +56,8 @@ pub struct Profile {
     pub media: Option<MediaConfig>,
     /// The DNS servers that resolve trunk peers given by name (none: the system's).
     pub dns_servers: Vec<SocketAddr>,
+    /// The lookups rules consult (`bh.lookup`).
+    pub lookups: Vec<Lookup>,
 }
 
 /// A named address Bridgehead listens on, for one or more transports.
@@ -605,6 +608,19 @@ struct RawProfile {
     media: Option<RawMedia>,
     #[serde(default)]
     dns: RawDns,
+    #[serde(default)]
+    lookups: Vec<RawLookup>,
+}
+
+/// One lookup: an inline table or a CSV file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLookup {
+    name: String,
+    #[serde(default)]
+    table: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    csv: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1015,6 +1031,70 @@ impl Validator<'_> {
             unknown_sources: raw.unknown_sources,
             tls,
             ping_interval: raw.ping_interval,
+        })
+    }
+
+    /// A lookup: exactly one source, its CSV readable and well formed (errors name the CSV's
+    /// line).
+    fn lookup(&mut self, raw: &RawLookup) -> Option<Lookup> {
+        let at = self.line_of(&format!("name: {}", raw.name));
+        let name_ok = !raw.name.is_empty()
+            && raw
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !name_ok {
+            self.error(
+                at,
+                format!(
+                    "lookup '{}': a name is letters, digits, '_' and '-'",
+                    raw.name
+                ),
+            );
+            return None;
+        }
+        let (entries, csv) = match (&raw.table, &raw.csv) {
+            (Some(table), None) => (table.clone().into_iter().collect(), None),
+            (None, Some(file)) => {
+                let file = self.profile_file(file);
+                let text = match std::fs::read_to_string(&file) {
+                    Ok(text) => text,
+                    Err(err) => {
+                        self.error(
+                            self.line_of(&format!("csv: {}", raw.csv.as_deref().unwrap_or(""))),
+                            format!(
+                                "lookup '{}': cannot read {}: {err}",
+                                raw.name,
+                                file.display()
+                            ),
+                        );
+                        return None;
+                    }
+                };
+                match crate::lookup::parse_csv(&text) {
+                    Ok(entries) => (entries, Some(file)),
+                    Err(err) => {
+                        self.errors.push(ConfigError {
+                            file,
+                            line: Some(err.line),
+                            message: format!("lookup '{}': {}", raw.name, err.message),
+                        });
+                        return None;
+                    }
+                }
+            }
+            _ => {
+                self.error(
+                    at,
+                    format!("lookup '{}' needs one of table or csv", raw.name),
+                );
+                return None;
+            }
+        };
+        Some(Lookup {
+            name: raw.name.clone(),
+            csv,
+            entries: std::sync::Arc::new(entries),
         })
     }
 
@@ -1531,6 +1611,14 @@ impl Profile {
                 ),
             }
         }
+        let mut lookups: Vec<Lookup> = Vec::new();
+        for raw in &raw.lookups {
+            if lookups.iter().any(|l| l.name == raw.name) {
+                let line = check.line_of(&format!("name: {}", raw.name));
+                check.error(line, format!("lookup '{}' is defined twice", raw.name));
+            }
+            lookups.extend(check.lookup(raw));
+        }
         if check.errors.is_empty() {
             Ok(Profile {
                 path: path.to_path_buf(),
@@ -1540,6 +1628,7 @@ impl Profile {
                 limits: raw.limits,
                 media,
                 dns_servers,
+                lookups,
             })
         } else {
             Err(check.errors)

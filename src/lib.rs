@@ -19,6 +19,7 @@
 mod call;
 pub mod config;
 mod engine;
+pub mod lookup;
 pub mod media;
 pub mod replay;
 mod runtime;

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::Sbc;
+use common::{receive, Sbc};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
@@ -60,16 +60,6 @@ fn invite(call_id: &str, softswitch: u16, core: u16, size: usize) -> Vec<u8> {
     let text = head(body.len()) + &body;
     assert_eq!(text.len(), size, "INVITE size");
     text.into_bytes()
-}
-
-/// The first SIP message on `socket` within `wait`, as text.
-fn receive(socket: &UdpSocket, wait: Duration) -> Option<String> {
-    socket.set_read_timeout(Some(wait)).expect("timeout");
-    let mut buf = vec![0u8; 70_000];
-    socket
-        .recv(&mut buf)
-        .ok()
-        .map(|len| String::from_utf8_lossy(&buf[..len]).into_owned())
 }
 
 /// The responses the caller gets within `wait`, by status line, each once (a final response

@@ -61,6 +61,12 @@ function bh.re.gsub(subject, pattern, replacement) end
 ---@param trunk string
 ---@return table<string, "up"|"down">
 function bh.peer_status(trunk) end
+---The value of `key` in the profile's lookup `name` (a table or a CSV file), or nil. Raises for
+---an unknown lookup.
+---@param name string
+---@param key string
+---@return string?
+function bh.lookup(name, key) end
 
 ---@class bh.Trunk
 ---@field name string
@@ -127,6 +133,11 @@ function Message:header(name) end
 ---@param name string
 ---@return string[]
 function Message:headers(name) end
+---In on_invite only: every line of a header of the caller's INVITE as received (B2BUA-owned
+---ones too: Route, Via, Contact...).
+---@param name string
+---@return string[]
+function Message:caller_headers(name) end
 ---@param name string
 ---@return boolean
 function Message:has_header(name) end

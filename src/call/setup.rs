@@ -400,6 +400,7 @@ impl B2bua<'_> {
         let (b_call_id, b_tag) = self.fresh_b_identity(&mut draft);
 
         let mut hooked = HookMessage::new(draft, Leg::B, String::new());
+        hooked.caller = Some(msg.clone());
         let mut outcome = self.run_hook(
             &rules,
             None,

@@ -304,7 +304,12 @@ impl Replay {
                     .unwrap_or_else(|| PathBuf::from("profile.yaml")),
             ),
         };
-        let profile = Arc::new(Profile::load(&profile_path).map_err(ReplayError::Profile)?);
+        let mut profile = Profile::load(&profile_path).map_err(ReplayError::Profile)?;
+        for (name, entries) in &loaded.scenario.lookups {
+            let entries = entries.clone().into_iter().collect();
+            crate::lookup::stub(&mut profile.lookups, name, entries);
+        }
+        let profile = Arc::new(profile);
         let metrics = Arc::new(RuleMetrics::default());
         let rules =
             RuleSet::load(profile.clone(), 1, metrics.clone()).map_err(ReplayError::Rules)?;

@@ -19,6 +19,10 @@ pub struct Scenario {
     /// Variables for `${name}` (`${version}` is Bridgehead's version).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub vars: BTreeMap<String, String>,
+    /// Lookups answered from these entries instead of the profile's (`bh.lookup` stubbed):
+    /// lookup name → key → value.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub lookups: BTreeMap<String, BTreeMap<String, String>>,
     pub steps: Vec<Step>,
 }
 

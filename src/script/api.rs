@@ -3,6 +3,7 @@
 use super::sandbox::read_only;
 use super::RuleMetrics;
 use crate::config::{Profile, TrunkId};
+use crate::lookup::{Lookup, LookupCounters};
 use crate::media::MediaEvent;
 use crate::shared::Leg;
 use crate::sip::header::{is_token_char, split_list, NameAddr};
@@ -157,6 +158,9 @@ pub(super) struct RuleContext {
     trunk_tables: Vec<Table>,
     metrics: Arc<RuleMetrics>,
     regexes: HashMap<String, Regex>,
+    /// The profile's lookups (`bh.lookup`), and their counters by name.
+    lookups: Vec<Lookup>,
+    lookup_counters: HashMap<String, Arc<LookupCounters>>,
 }
 
 impl RuleContext {
@@ -168,6 +172,13 @@ impl RuleContext {
     /// The name of a trunk.
     pub(super) fn trunk_name(&self, trunk: TrunkId) -> Option<String> {
         self.trunk_names.get(trunk).cloned()
+    }
+
+    /// Gives the lookup `name` these entries instead of the profile's (a unit test's stub).
+    pub(super) fn stub_lookup(&mut self, name: &str, entries: HashMap<String, String>) {
+        crate::lookup::stub(&mut self.lookups, name, entries);
+        self.lookup_counters
+            .insert(name.to_string(), self.metrics.lookup_counters(name));
     }
 }
 
@@ -207,8 +218,14 @@ pub(super) fn install_app_data(
         trunk_names: profile.trunks.iter().map(|t| t.name.clone()).collect(),
         trunk_peers: profile.trunks.iter().map(|t| t.peers.clone()).collect(),
         trunk_tables,
-        metrics,
         regexes: HashMap::new(),
+        lookups: profile.lookups.clone(),
+        lookup_counters: profile
+            .lookups
+            .iter()
+            .map(|lookup| (lookup.name.clone(), metrics.lookup_counters(&lookup.name)))
+            .collect(),
+        metrics,
     });
     lua.set_app_data(CurrentCall(String::new()));
     Ok(())
@@ -431,6 +448,8 @@ pub struct HookMessage {
     pub trunk: String,
     /// Header names a rule edited: these bypass the trunk's header policy.
     pub touched: Vec<HeaderName>,
+    /// In `on_invite`: the caller's INVITE as received (`req:caller_headers`).
+    pub caller: Option<Message>,
 }
 
 impl HookMessage {
@@ -441,6 +460,7 @@ impl HookMessage {
             leg,
             trunk,
             touched: Vec::new(),
+            caller: None,
         }
     }
 
@@ -841,6 +861,17 @@ fn header_methods<M: UserDataMethods<HookMessage>>(methods: &mut M) {
         }
         Ok(values)
     });
+    methods.add_method("caller_headers", |lua, m, name: LuaString| {
+        let caller = m.caller.as_ref().ok_or_else(|| {
+            mlua::Error::runtime("req:caller_headers: only in on_invite (the caller's INVITE)")
+        })?;
+        let name = HeaderName::parse(&name.to_str()?);
+        let values = lua.create_table()?;
+        for value in caller.headers_named(&name) {
+            values.push(lua.create_string(&value[..])?)?;
+        }
+        Ok(values)
+    });
     methods.add_method("has_header", |_, m, name: LuaString| {
         let name = HeaderName::parse(&name.to_str()?);
         Ok(m.msg.header(&name).is_some())
@@ -1142,6 +1173,24 @@ pub fn bh_table(lua: &Lua) -> mlua::Result<Table> {
                 status.set(peer.to_string(), if down { "down" } else { "up" })?;
             }
             Ok(status)
+        })?,
+    )?;
+
+    bh.set(
+        "lookup",
+        lua.create_function(|lua, (name, key): (String, LuaString)| {
+            let context = context(lua)?;
+            let found = context.lookups.iter().find(|l| l.name == name);
+            let Some((lookup, counters)) = found.zip(context.lookup_counters.get(&name)) else {
+                return Err(mlua::Error::runtime(format!(
+                    "bh.lookup: no lookup named '{name}'"
+                )));
+            };
+            let key = key.to_str()?;
+            match lookup.get(&key, counters) {
+                Some(value) => Ok(Value::String(lua.create_string(value)?)),
+                None => Ok(Value::Nil),
+            }
         })?,
     )?;
 

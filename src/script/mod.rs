@@ -22,6 +22,7 @@ pub use sandbox::BUDGET_EXCEEDED;
 pub use sdp_api::SharedSdp;
 
 use crate::config::{Profile, TrunkId};
+use crate::lookup::LookupCounters;
 use crate::media::MediaEvent;
 use crate::shared::Leg;
 use mlua::{Function, Lua, Table, Value};
@@ -210,6 +211,7 @@ pub type Labels = Vec<(String, String)>;
 pub struct RuleMetrics {
     hooks: Mutex<BTreeMap<(PathBuf, Hook), Arc<HookCounters>>>,
     user: Mutex<BTreeMap<(String, Labels), u64>>,
+    lookups: Mutex<BTreeMap<String, Arc<LookupCounters>>>,
     /// Reloads that became current, and reloads refused.
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
@@ -244,6 +246,21 @@ impl RuleMetrics {
     pub(crate) fn inc_user(&self, name: String, labels: Labels, by: u64) {
         let mut user = self.user.lock().unwrap_or_else(|e| e.into_inner());
         *user.entry((name, labels)).or_default() += by;
+    }
+
+    /// The counters of the lookup named `name` (created on first use).
+    pub(crate) fn lookup_counters(&self, name: &str) -> Arc<LookupCounters> {
+        let mut lookups = self.lookups.lock().unwrap_or_else(|e| e.into_inner());
+        lookups.entry(name.to_string()).or_default().clone()
+    }
+
+    /// What each lookup rules consulted answered, by lookup name.
+    pub fn lookups(&self) -> Vec<(String, Arc<LookupCounters>)> {
+        let lookups = self.lookups.lock().unwrap_or_else(|e| e.into_inner());
+        lookups
+            .iter()
+            .map(|(name, counters)| (name.clone(), counters.clone()))
+            .collect()
     }
 }
 

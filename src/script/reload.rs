@@ -147,10 +147,11 @@ pub fn compile(
     })
 }
 
-/// The TLS files a profile names (certificates, keys, CAs), as the watcher sees them: each as
-/// named (its folder resolved, the file itself not: a symlink that a renewal points elsewhere,
-/// as certbot's `live/` links and Kubernetes secrets are) and as the file it leads to.
-fn tls_files(profile: &Profile) -> Vec<PathBuf> {
+/// The data files a profile names (TLS certificates, keys and CAs, lookup CSVs), as the watcher
+/// sees them: each as named (its folder resolved, the file itself not: a symlink that a renewal
+/// points elsewhere, as certbot's `live/` links and Kubernetes secrets are) and as the file it
+/// leads to.
+fn data_files(profile: &Profile) -> Vec<PathBuf> {
     let listeners = profile.listeners.iter().filter_map(|l| l.tls.as_ref());
     let listener_files = listeners.flat_map(|tls| {
         [
@@ -160,8 +161,10 @@ fn tls_files(profile: &Profile) -> Vec<PathBuf> {
         ]
     });
     let trunk_files = profile.trunks.iter().map(|t| t.tls.ca.as_ref());
+    let lookup_files = profile.lookups.iter().map(|l| l.csv.as_ref());
     listener_files
         .chain(trunk_files)
+        .chain(lookup_files)
         .flatten()
         .flat_map(|file| {
             let named = match (file.parent(), file.file_name()) {
@@ -178,7 +181,7 @@ fn tls_files(profile: &Profile) -> Vec<PathBuf> {
 }
 
 /// Directories to watch for a profile: its own, each script's (recursively, for modules), and
-/// each TLS file's.
+/// each data file's.
 pub fn watched_dirs(profile: &Profile) -> Vec<(PathBuf, RecursiveMode)> {
     let mut dirs: Vec<(PathBuf, RecursiveMode)> = Vec::new();
     let mut add = |dir: &Path, mode| {
@@ -197,7 +200,7 @@ pub fn watched_dirs(profile: &Profile) -> Vec<(PathBuf, RecursiveMode)> {
             add(dir, RecursiveMode::Recursive);
         }
     }
-    for file in tls_files(profile) {
+    for file in data_files(profile) {
         if let Some(dir) = file.parent() {
             add(dir, RecursiveMode::NonRecursive);
         }
@@ -205,10 +208,10 @@ pub fn watched_dirs(profile: &Profile) -> Vec<(PathBuf, RecursiveMode)> {
     dirs
 }
 
-/// True for an event that may change a rule set: a profile, Lua or TLS file (one of
-/// `tls_files`) written, created, renamed or removed (editor temp and swap files are ignored;
+/// True for an event that may change a rule set: a profile, Lua or CSV file, or a data file
+/// (one of `data_files`) written, created, renamed or removed (editor temp and swap files are ignored;
 /// their rename onto the real name is what counts).
-fn is_relevant(event: &notify::Event, tls_files: &[PathBuf]) -> bool {
+fn is_relevant(event: &notify::Event, data_files: &[PathBuf]) -> bool {
     let kind_matters = matches!(
         event.kind,
         EventKind::Create(_)
@@ -222,8 +225,8 @@ fn is_relevant(event: &notify::Event, tls_files: &[PathBuf]) -> bool {
         && event.paths.iter().any(|path| {
             matches!(
                 path.extension().and_then(|e| e.to_str()),
-                Some("lua" | "yaml" | "yml")
-            ) || tls_files.contains(path)
+                Some("lua" | "yaml" | "yml" | "csv")
+            ) || data_files.contains(path)
         })
 }
 
@@ -233,9 +236,9 @@ pub fn watch(
     profile: &Profile,
     changed: impl Fn() + Send + 'static,
 ) -> notify::Result<notify::RecommendedWatcher> {
-    let tls_files = tls_files(profile);
+    let data_files = data_files(profile);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|event| is_relevant(&event, &tls_files)) {
+        if event.is_ok_and(|event| is_relevant(&event, &data_files)) {
             changed();
         }
     })?;

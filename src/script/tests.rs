@@ -979,3 +979,98 @@ fn the_luals_stubs_are_valid_lua() {
         assert!(text.contains(&format!("function {method}(")), "{method}");
     }
 }
+
+#[test]
+fn lookups_answer_from_a_table_and_a_csv_and_count() {
+    let dir = std::env::temp_dir().join(format!("bh-script-lookup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    std::fs::write(
+        dir.join("subscribers.csv"),
+        "# number,kind\n+4915112345678,tpm\n+4915100000000\n",
+    )
+    .expect("csv");
+    std::fs::write(
+        dir.join("rules.lua"),
+        r#"
+local r = {}
+function r.on_invite(call, req)
+  assert(bh.lookup("subscribers", "+4915112345678") == "tpm")
+  assert(bh.lookup("subscribers", "+4915100000000") == "")
+  assert(bh.lookup("subscribers", "+49301") == nil)
+  assert(bh.lookup("ranges", "030") == "berlin")
+  local ok, err = pcall(bh.lookup, "nothing", "1")
+  assert(not ok and tostring(err):find("no lookup named 'nothing'", 1, true))
+  req:set_header("X-Done", "1")
+end
+return r
+"#,
+    )
+    .expect("script");
+    let profile = "listeners:\n  - name: l\n    address: 127.0.0.1:5060\ntrunks:\n  - name: core\n    listener: l\n    peers: [\"127.0.0.1:5090\"]\n    script: rules.lua\nlookups:\n  - name: subscribers\n    csv: subscribers.csv\n  - name: ranges\n    table: { \"030\": berlin, \"040\": hamburg }\n";
+    let profile = Profile::parse(&dir.join("p.yaml"), profile).expect("profile");
+    let metrics = Arc::new(RuleMetrics::default());
+    let rules = Rules::load(&profile, metrics.clone()).expect("loads");
+    let mut call = call(&rules);
+    let mut msg = message();
+    invite(&rules, &mut call, &mut msg).expect("hook runs");
+    assert_eq!(header(&msg, "X-Done"), ["1"]);
+    let counted: Vec<(String, u64, u64)> = metrics
+        .lookups()
+        .iter()
+        .map(|(name, c)| {
+            let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+            (name.clone(), load(&c.hits), load(&c.misses))
+        })
+        .collect();
+    assert_eq!(
+        counted,
+        [
+            ("ranges".to_string(), 1, 0),
+            ("subscribers".to_string(), 2, 1)
+        ]
+    );
+}
+
+#[test]
+fn a_broken_lookup_csv_is_refused_with_its_line() {
+    let dir = std::env::temp_dir().join(format!("bh-config-lookup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    std::fs::write(dir.join("bad.csv"), "a,1\n# c\na,2\n").expect("csv");
+    let head = "listeners:\n  - name: l\n    address: 127.0.0.1:5060\ntrunks:\n  - name: core\n    listener: l\n    peers: [\"127.0.0.1:5090\"]\nlookups:\n";
+    let errors = Profile::parse(
+        &dir.join("p.yaml"),
+        &format!("{head}  - name: numbers\n    csv: bad.csv\n"),
+    )
+    .expect_err("refused");
+    assert_eq!(errors[0].file, dir.join("bad.csv"));
+    assert_eq!(errors[0].line, Some(3));
+    assert!(errors[0]
+        .message
+        .contains("lookup 'numbers': key 'a' is given twice"));
+    let errors = Profile::parse(
+        &dir.join("p.yaml"),
+        &format!("{head}  - name: numbers\n    csv: missing.csv\n"),
+    )
+    .expect_err("refused");
+    assert_eq!(errors[0].line, Some(10));
+    assert!(errors[0].message.contains("cannot read"));
+    for (entry, message) in [
+        ("  - name: numbers\n", "needs one of table or csv"),
+        (
+            "  - name: numbers\n    csv: bad.csv\n    table: {}\n",
+            "needs one of table or csv",
+        ),
+        ("  - name: \"a b\"\n    table: {}\n", "letters, digits"),
+        (
+            "  - name: n\n    table: {}\n  - name: n\n    table: {}\n",
+            "defined twice",
+        ),
+    ] {
+        let errors =
+            Profile::parse(&dir.join("p.yaml"), &format!("{head}{entry}")).expect_err("refused");
+        assert!(
+            errors.iter().any(|e| e.message.contains(message)),
+            "{entry}: {errors:?}"
+        );
+    }
+}

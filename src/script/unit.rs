@@ -144,7 +144,11 @@ fn test_api(lua: &Lua) -> mlua::Result<Table> {
             .transpose()?
             .flatten()
             .unwrap_or_default();
-        lua.create_userdata(HookMessage::new(msg, leg, trunk))
+        // The message is also the caller's INVITE `req:caller_headers` reads.
+        let caller = msg.is_request().then(|| msg.clone());
+        let mut hooked = HookMessage::new(msg, leg, trunk);
+        hooked.caller = caller;
+        lua.create_userdata(hooked)
     };
     t.set("request", lua.create_function(message)?)?;
     t.set("response", lua.create_function(message)?)?;
@@ -169,6 +173,22 @@ fn test_api(lua: &Lua) -> mlua::Result<Table> {
             let mut call = HookCall::new(id.unwrap_or_else(|| "test-call".into()), index, None);
             call.vars = Some(lua.create_table()?);
             lua.create_userdata(call)
+        })?,
+    )?;
+    // t.lookup(name, entries): bh.lookup(name, key) answers from `entries` for the rest of the
+    // file, whatever the profile gives that lookup (or without one there).
+    t.set(
+        "lookup",
+        lua.create_function(|lua, (name, entries): (String, Table)| {
+            let mut stub = std::collections::HashMap::new();
+            for pair in entries.pairs::<String, String>() {
+                let (key, value) = pair?;
+                stub.insert(key, value);
+            }
+            lua.app_data_mut::<RuleContext>()
+                .ok_or_else(|| mlua::Error::runtime("rule context missing"))?
+                .stub_lookup(&name, stub);
+            Ok(())
         })?,
     )?;
     // t.decision(call): what call:route / call:reject decided, as a table, or nil.

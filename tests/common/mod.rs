@@ -229,3 +229,13 @@ pub fn media_range() -> u16 {
         }
     }
 }
+
+/// The first SIP message on `socket` within `wait`, as text.
+pub fn receive(socket: &UdpSocket, wait: Duration) -> Option<String> {
+    socket.set_read_timeout(Some(wait)).expect("timeout");
+    let mut buf = vec![0u8; 70_000];
+    socket
+        .recv(&mut buf)
+        .ok()
+        .map(|len| String::from_utf8_lossy(&buf[..len]).into_owned())
+}
