@@ -12,7 +12,8 @@
 --      `tpm_lookup` (default "tpm_subscribers"). A subscriber's call goes to Teams: to the trunk
 --      named by param `anchor_mo` / `anchor_mt` (default "teams"), with `X-MS-FMC: MO|MT` unless
 --      param `fmc` is "false" (unique trunks per call type tell Microsoft the case instead).
---      Anyone else, or a lookup that fails, carries on as a native call (counted).
+--      Anyone else, or a lookup that fails (an HTTP service slow past its timeout, down or
+--      busy), carries on as a native call (counted).
 --
 -- Calls from Teams go to the core (the profile's route); one with X-MS-FMC is anchored already
 -- and the Teams library routes it to the core with the header intact.
@@ -104,9 +105,11 @@ function rules.on_invite(call, req)
     count(case, "no_served_user")
     return call:route("core")
   end
-  local ok, subscriber, failure = pcall(bh.lookup, params.tpm_lookup or "tpm_subscribers", user)
-  if not ok or failure then
-    bh.log.warn("tpm lookup failed for " .. user .. ": " .. tostring(failure or subscriber))
+  -- An HTTP lookup waits here for its service (the call waits, nothing else does); a
+  -- failure (timeout, error, busy) answers nil and why.
+  local subscriber, failure = bh.lookup(params.tpm_lookup or "tpm_subscribers", user)
+  if failure then
+    bh.log.warn("tpm lookup failed for " .. user .. ": " .. failure)
     count(case, "lookup_failed")
     return call:route("core")
   end

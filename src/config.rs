@@ -3,12 +3,13 @@
 //! A profile either loads completely or not at all: every error names the file and line it
 //! comes from, so `bridgehead check` and a refused reload point at the fault.
 
-use crate::lookup::Lookup;
+use crate::lookup::{HttpLookup, Lookup};
 use serde::Deserialize;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Index of a listener in [`Profile::listeners`].
 pub type ListenerId = usize;
@@ -621,6 +622,36 @@ struct RawLookup {
     table: Option<BTreeMap<String, String>>,
     #[serde(default)]
     csv: Option<String>,
+    #[serde(default)]
+    http: Option<RawHttpLookup>,
+}
+
+/// An HTTP consultation service behind a lookup.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttpLookup {
+    url: String,
+    #[serde(default = "default_lookup_timeout_ms")]
+    timeout_ms: u64,
+    #[serde(default = "default_lookup_ttl")]
+    ttl: u64,
+    #[serde(default = "default_lookup_negative_ttl")]
+    negative_ttl: u64,
+    #[serde(default = "default_lookup_concurrency")]
+    concurrency: u32,
+}
+
+fn default_lookup_timeout_ms() -> u64 {
+    1000
+}
+fn default_lookup_ttl() -> u64 {
+    300
+}
+fn default_lookup_negative_ttl() -> u64 {
+    60
+}
+fn default_lookup_concurrency() -> u32 {
+    100
 }
 
 #[derive(Deserialize, Default)]
@@ -1053,9 +1084,9 @@ impl Validator<'_> {
             );
             return None;
         }
-        let (entries, csv) = match (&raw.table, &raw.csv) {
-            (Some(table), None) => (table.clone().into_iter().collect(), None),
-            (None, Some(file)) => {
+        let (entries, csv, http) = match (&raw.table, &raw.csv, &raw.http) {
+            (Some(table), None, None) => (table.clone().into_iter().collect(), None, None),
+            (None, Some(file), None) => {
                 let file = self.profile_file(file);
                 let text = match std::fs::read_to_string(&file) {
                     Ok(text) => text,
@@ -1072,7 +1103,7 @@ impl Validator<'_> {
                     }
                 };
                 match crate::lookup::parse_csv(&text) {
-                    Ok(entries) => (entries, Some(file)),
+                    Ok(entries) => (entries, Some(file), None),
                     Err(err) => {
                         self.errors.push(ConfigError {
                             file,
@@ -1083,10 +1114,11 @@ impl Validator<'_> {
                     }
                 }
             }
+            (None, None, Some(http)) => (HashMap::new(), None, Some(self.http_lookup(raw, http)?)),
             _ => {
                 self.error(
                     at,
-                    format!("lookup '{}' needs one of table or csv", raw.name),
+                    format!("lookup '{}' needs one of table, csv or http", raw.name),
                 );
                 return None;
             }
@@ -1094,7 +1126,37 @@ impl Validator<'_> {
         Some(Lookup {
             name: raw.name.clone(),
             csv,
+            http,
             entries: std::sync::Arc::new(entries),
+        })
+    }
+
+    /// A lookup's consultation service: an `http(s)://` URL with `{key}`, a timeout of 1 ms to
+    /// 60 s, at least one request at a time.
+    fn http_lookup(&mut self, raw: &RawLookup, http: &RawHttpLookup) -> Option<HttpLookup> {
+        let at = self.line_of(&http.url);
+        let scheme_ok = http.url.starts_with("http://") || http.url.starts_with("https://");
+        let problem = if !scheme_ok {
+            Some("the url must start with http:// or https://")
+        } else if !http.url.contains("{key}") {
+            Some("the url must contain {key}")
+        } else if !(1..=60_000).contains(&http.timeout_ms) {
+            Some("timeout_ms must be 1 to 60000")
+        } else if http.concurrency == 0 {
+            Some("concurrency must be at least 1")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            self.error(at, format!("lookup '{}': {problem}", raw.name));
+            return None;
+        }
+        Some(HttpLookup {
+            url: http.url.clone(),
+            timeout: Duration::from_millis(http.timeout_ms),
+            ttl: Duration::from_secs(http.ttl),
+            negative_ttl: Duration::from_secs(http.negative_ttl),
+            concurrency: http.concurrency,
         })
     }
 

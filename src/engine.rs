@@ -12,6 +12,7 @@
 
 use crate::call::{CallInput, Calls, Txns};
 use crate::config::Profile;
+use crate::lookup::{LookupAnswer, LookupRequest};
 use crate::media::{MediaCallId, MediaCommand, MediaEvent};
 use crate::script::RuleSet;
 use crate::shared::{EngineStats, Peer, Transmit};
@@ -179,6 +180,9 @@ impl Engine {
         while let Some((call, timer)) = self.calls.next_call_timer(now) {
             self.handle(CallInput::Timer { call, timer }, now);
         }
+        while let Some(id) = self.calls.next_lookup_timeout(now) {
+            self.handle(CallInput::LookupAnswer { id, answer: None }, now);
+        }
         if self.calls.poll_keepalive().is_some_and(|at| at <= now) {
             self.calls.with(&mut self.txns).send_keepalives(now);
             self.drain_transactions(now);
@@ -239,10 +243,24 @@ impl Engine {
             self.txns.poll_timeout(),
             self.calls.poll_call_timer(),
             self.calls.poll_keepalive(),
+            self.calls.poll_lookup_timeout(),
         ]
         .into_iter()
         .flatten()
         .min()
+    }
+
+    /// The next request for a lookup's consultation service: the driver asks it and hands the
+    /// answer to [`Engine::handle_lookup_answer`] (a call waits for it, up to the request's
+    /// timeout, after which the engine goes on without it).
+    pub fn poll_lookup(&mut self) -> Option<LookupRequest> {
+        self.calls.poll_lookup()
+    }
+
+    /// The consultation service answered the lookup request `id`.
+    pub fn handle_lookup_answer(&mut self, id: u64, answer: LookupAnswer, now: Instant) {
+        let answer = Some(answer);
+        self.handle(CallInput::LookupAnswer { id, answer }, now);
     }
 
     /// The next stream connection the driver must close (a peer answered an INVITE 503).

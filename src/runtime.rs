@@ -387,6 +387,9 @@ async fn run_shard(
         while let Some(peer) = engine.poll_close() {
             hub.close_toward(peer);
         }
+        while let Some(request) = engine.poll_lookup() {
+            hub.consult(request, shard);
+        }
     }
 }
 
@@ -414,5 +417,6 @@ fn handle(engine: &mut Engine, input: ShardInput) {
         ShardInput::TransportError(transmit, error) => {
             engine.handle_transport_error(&transmit, &error, now)
         }
+        ShardInput::LookupAnswer(id, answer) => engine.handle_lookup_answer(id, answer, now),
     }
 }

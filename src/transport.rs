@@ -9,6 +9,7 @@
 //! stream transport beside TCP: once its handshake is done, a TLS connection runs through the
 //! same [`spawn_stream`] with its reader and writer halves.
 
+pub mod consult;
 pub mod dns;
 pub mod tls;
 
@@ -40,6 +41,8 @@ pub enum ShardInput {
     Media(crate::media::MediaCallId, crate::media::MediaEvent),
     /// A message the transport could not send, and why.
     TransportError(Transmit, String),
+    /// A lookup's consultation service answered request `id`.
+    LookupAnswer(u64, crate::lookup::LookupAnswer),
 }
 
 /// The bound sockets and open connections, shared by receivers and shards.
@@ -58,6 +61,8 @@ pub struct Hub {
     accepted: Mutex<HashMap<(ListenerId, IpAddr), u32>>,
     next_conn: AtomicU64,
     shards: Vec<mpsc::UnboundedSender<ShardInput>>,
+    /// Asks lookups' consultation services (HTTP).
+    consultant: consult::Consultant,
     /// What the transports refused or closed.
     pub stats: TransportStats,
     /// The reference for connections' last-activity stamps.
@@ -319,7 +324,9 @@ impl Hub {
             }
         }
         let tls = TlsContexts::new(profile)?;
+        let consultant = consult::Consultant::new(Handle::current())?;
         let hub = Arc::new(Hub {
+            consultant,
             runtime: Handle::current(),
             listeners: profile.listeners.clone(),
             profile: RwLock::new(Arc::new(profile.clone())),
@@ -427,6 +434,14 @@ impl Hub {
     /// Queues a parsed (or malformed) message from a stream for the shard that owns it.
     fn dispatch(&self, parsed: Result<Message, ParseError>, peer: Peer) {
         self.route(parsed, peer, usize::MAX);
+    }
+
+    /// Asks a lookup's consultation service for `shard`'s engine; the answer comes back on
+    /// that shard's queue.
+    pub fn consult(&self, request: crate::lookup::LookupRequest, shard: usize) {
+        if let Some(queue) = self.shards.get(shard) {
+            self.consultant.ask(request, queue.clone());
+        }
     }
 
     /// A parsed (or malformed) message for shard `here`: returned when it is that shard's own,

@@ -61,11 +61,13 @@ function bh.re.gsub(subject, pattern, replacement) end
 ---@param trunk string
 ---@return table<string, "up"|"down">
 function bh.peer_status(trunk) end
----The value of `key` in the profile's lookup `name` (a table or a CSV file), or nil. Raises for
----an unknown lookup.
+---The value of `key` in the profile's lookup `name`, or nil; then why an HTTP lookup failed
+---("timeout", "busy", "status 503"...). An HTTP lookup waits for its service in on_invite only.
+---Raises for an unknown lookup.
 ---@param name string
 ---@param key string
----@return string?
+---@return string? value
+---@return string? failure
 function bh.lookup(name, key) end
 
 ---@class bh.Trunk

@@ -28,16 +28,20 @@ impl B2bua<'_> {
             self.answer(incoming, 481, &[], now);
             return;
         };
+        let (owner, final_sent, request) = match self.txns.server(invite) {
+            Some(e) => (e.owner, e.txn.is_final_sent(), e.request.clone()),
+            None => return,
+        };
+        if let ServerOwner::Lookup(id) = owner {
+            self.cancel_waiting(id, incoming, now);
+            return;
+        }
         let Incoming {
             msg,
             key,
             from,
             trunk,
         } = incoming;
-        let (owner, final_sent, request) = match self.txns.server(invite) {
-            Some(e) => (e.owner, e.txn.is_final_sent(), e.request.clone()),
-            None => return,
-        };
         // The CANCEL itself is answered 200 whatever happens to the INVITE (RFC 3261 §9.2).
         let call_key = match owner {
             ServerOwner::Invite(k) => Some(k),

@@ -64,6 +64,20 @@ impl B2bua<'_> {
         let result = rules
             .rules
             .run(script, hook, in_call.then_some(&mut call), args);
+        self.hook_outcome(key, call_id, hook, call, result)
+    }
+
+    /// What a hook that ran for the call `key` (None: a call being set up, or no call) left:
+    /// its variables, Contact hosts and media actions go to the call; a failure is logged and
+    /// counted.
+    pub(super) fn hook_outcome(
+        &mut self,
+        key: Option<CallKey>,
+        call_id: &str,
+        hook: Hook,
+        mut call: HookCall,
+        result: Result<(), crate::script::ScriptError>,
+    ) -> HookOutcome {
         let mut vars = call.vars.take();
         let contact_hosts = std::mem::take(&mut call.contact_hosts);
         if let Some(c) = key.and_then(|k| self.calls.by_key.get_mut(&k)) {

@@ -87,7 +87,7 @@ impl B2bua<'_> {
         };
         let key = match owner {
             ServerOwner::Invite(key) | ServerOwner::Dialog(key, _) => key,
-            ServerOwner::Local => return,
+            ServerOwner::Local | ServerOwner::Lookup(_) => return,
         };
         let Some(call) = self.calls.by_key.get(&key) else {
             return;

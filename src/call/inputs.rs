@@ -24,6 +24,7 @@ impl B2bua<'_> {
             CallInput::ClientFailed { id, status } => self.on_client_failure(id, status, now),
             CallInput::Media { call, event } => self.media_event(call, event, now),
             CallInput::Timer { call, timer } => self.on_call_timer(call, timer, now),
+            CallInput::LookupAnswer { id, answer } => self.on_lookup_answer(id, answer, now),
         }
     }
 

@@ -25,6 +25,7 @@ mod failover;
 mod in_dialog;
 mod inputs;
 mod keepalive;
+mod lookups;
 mod offer_answer;
 mod precondition;
 mod reliable;
@@ -40,7 +41,8 @@ use crate::config::{
 };
 use crate::media::{DtmfMethod, MediaCallId, MediaCommand, MediaEvent, PortPool};
 use crate::script::{
-    CallEndInfo, Hook, HookArgs, HookCall, HookMessage, RouteDecision, RuleSet, ScriptId, SharedSdp,
+    CallEndInfo, Hook, HookArgs, HookCall, HookMessage, InviteRun, RouteDecision, RuleSet,
+    ScriptId, SharedSdp,
 };
 use crate::sdp::Sdp;
 use crate::shared::{shard_for_call_id, EngineStats, Leg, Peer, Transmit, TxnId};
@@ -78,6 +80,8 @@ pub enum ServerOwner {
     Invite(CallKey),
     /// An in-dialog request relayed to the other leg.
     Dialog(CallKey, Leg),
+    /// The INVITE of a new call whose `on_invite` waits for lookup request `id`.
+    Lookup(u64),
 }
 
 /// Who waits for a client transaction's outcome.
@@ -124,6 +128,11 @@ pub(crate) enum CallInput<'e> {
     },
     /// A call's timer fired (session timers).
     Timer { call: CallKey, timer: CallTimer },
+    /// A consultation service answered lookup request `id` (None: its time ran out).
+    LookupAnswer {
+        id: u64,
+        answer: Option<crate::lookup::LookupAnswer>,
+    },
 }
 
 /// The call layer of one shard: its calls and their dialogs, the rule-set version new calls
@@ -155,6 +164,8 @@ pub(crate) struct Calls {
     health: Arc<crate::shared::PeerHealth>,
     /// Stream connections the transport must close (toward peers that answered 503).
     closes: VecDeque<Peer>,
+    /// New calls whose `on_invite` waits for an HTTP lookup.
+    waiting: lookups::Waiting,
 }
 
 /// The call layer at work on one input: the shard's calls, and the transaction table the
@@ -204,6 +215,7 @@ impl Calls {
             monitor: (shard == 0).then(keepalive::PeerMonitor::default),
             health,
             closes: VecDeque::new(),
+            waiting: lookups::Waiting::default(),
         }
     }
 

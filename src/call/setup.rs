@@ -6,6 +6,26 @@ use super::in_dialog::record_routes;
 use super::offer_answer::carries_sdp;
 use super::*;
 
+/// A new call as far as its `on_invite`: what the setup prepared before the hook, kept while
+/// the hook waits for a lookup.
+pub(super) struct NewCall {
+    /// The caller's INVITE.
+    pub(super) msg: Message,
+    pub(super) info: RequestInfo,
+    /// The version the call takes.
+    pub(super) rules: Arc<RuleSet>,
+    pub(super) trunk: TrunkId,
+    pub(super) script: Option<ScriptId>,
+    /// The caller's INVITE transaction.
+    pub(super) a_invite: TxnId,
+    pub(super) a: Dialog,
+    /// The B-leg's Call-ID and From-tag.
+    b_identity: (String, String),
+    a_session: Option<SessionTimer>,
+    a_reliable: Option<ReliableProvisionals>,
+    preconditions: Option<precondition::CallerPreconditions>,
+}
+
 /// The caller's dialog (the A-leg) of a new INVITE from `from` on `trunk`, with Bridgehead's
 /// tag `a_tag`.
 fn a_dialog(
@@ -401,15 +421,58 @@ impl B2bua<'_> {
 
         let mut hooked = HookMessage::new(draft, Leg::B, String::new());
         hooked.caller = Some(msg.clone());
-        let mut outcome = self.run_hook(
-            &rules,
-            None,
-            &info.call_id,
+        let call = HookCall::new(info.call_id.clone(), trunk, None);
+        let run = rules.rules.run_invite(script, call, hooked, now);
+        let setup = NewCall {
+            msg,
+            info,
+            rules,
             trunk,
             script,
-            Hook::Invite,
-            HookArgs::Message(&mut hooked),
-        );
+            a_invite,
+            a,
+            b_identity: (b_call_id, b_tag),
+            a_session,
+            a_reliable,
+            preconditions,
+        };
+        self.after_invite_hook(setup, run, now);
+    }
+
+    /// Goes on with a new call once its `on_invite` ran: it waits for a lookup, or the call is
+    /// routed (or refused) by what the rule decided.
+    pub(super) fn after_invite_hook(&mut self, setup: NewCall, run: InviteRun, now: Instant) {
+        let (taken, result) = match run {
+            InviteRun::Waiting { invite, lookup } => {
+                self.wait_for_lookup(setup, invite, lookup, now);
+                return;
+            }
+            InviteRun::Done { taken, result } => (taken, result),
+        };
+        let Some((call, hooked)) = taken else {
+            // The rule's objects could not be taken back from Lua: nothing to route with.
+            tracing::error!(call = %setup.info.call_id, "on_invite left no call to route: 500");
+            self.calls.stats.calls_failed += 1;
+            let failed = response_to(&setup.msg, 500, None, Some(&setup.a.local_tag));
+            let failed = self.outgoing(None, setup.script, Leg::A, setup.trunk, failed);
+            self.send_response(setup.a_invite, &failed, now);
+            return;
+        };
+        let call_id = setup.info.call_id.clone();
+        let mut outcome = self.hook_outcome(None, &call_id, Hook::Invite, call, result);
+        let NewCall {
+            msg,
+            info,
+            rules,
+            trunk,
+            script,
+            a_invite,
+            a,
+            b_identity: (b_call_id, b_tag),
+            a_session,
+            a_reliable,
+            preconditions,
+        } = setup;
         let decision = (outcome.failed, outcome.decision.take());
         let route = match invite_decision(&rules, trunk, decision) {
             Some(RouteDecision::Route { trunk, peer, uri }) => Route { trunk, peer, uri },

@@ -9,6 +9,7 @@ pub mod scenario;
 
 use crate::config::{Profile, TrunkId};
 use crate::engine::Engine;
+use crate::lookup::{LookupAnswer, LookupRequest};
 use crate::media::stream::StreamSettings;
 use crate::media::{DtmfMethod, MediaCallId, MediaEvent};
 use crate::script::reload;
@@ -18,9 +19,9 @@ use crate::shared::{Leg, Peer};
 use crate::sip::header::{param, NameAddr};
 use crate::sip::{HeaderName, Message, StartLine};
 use bytes::Bytes;
-use scenario::{Expect, Expectations, HeaderExpect, Loaded, SdpExpect, Step};
+use scenario::{Expect, Expectations, HeaderExpect, Loaded, SdpExpect, ServiceStub, Step};
 use std::collections::btree_map::Entry;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -278,6 +279,10 @@ struct Replay {
     last_call: Option<String>,
     /// The relay's streams on the virtual clock.
     media: media::MediaPlane,
+    /// How each HTTP lookup's stand-in service answers.
+    services: BTreeMap<String, ServiceStub>,
+    /// Answers the stand-in services owe the engine: when, to which request, what.
+    lookup_answers: Vec<(Instant, u64, LookupAnswer)>,
 }
 
 /// The seed of every replay: a scenario run twice sends the same bytes (tags, branches,
@@ -330,6 +335,8 @@ impl Replay {
             saved: HashMap::new(),
             last_call: None,
             media: media::MediaPlane::default(),
+            services: loaded.scenario.lookup_service.clone(),
+            lookup_answers: Vec::new(),
         })
     }
 
@@ -487,11 +494,51 @@ impl Replay {
                 self.media.apply(command, self.stream_settings(), self.now);
                 commanded = true;
             }
+            while let Some(request) = self.engine.poll_lookup() {
+                self.ask_service(request);
+                commanded = true;
+            }
+            if let Some(at) = self
+                .lookup_answers
+                .iter()
+                .position(|(due, ..)| *due <= self.now)
+            {
+                let (_, id, answer) = self.lookup_answers.remove(at);
+                self.engine.handle_lookup_answer(id, answer, self.now);
+                commanded = true;
+            }
             events = self.media.run_due(self.now);
             if events.is_empty() && !commanded {
                 break;
             }
         }
+    }
+
+    /// The stand-in service of a lookup takes a request: its answer is owed after the
+    /// scenario's latency (never when it hangs), from the lookup's entries.
+    fn ask_service(&mut self, request: LookupRequest) {
+        let stub = self
+            .services
+            .get(&request.lookup)
+            .cloned()
+            .unwrap_or_default();
+        if stub.hang {
+            return;
+        }
+        let latency = stub.latency.as_deref().and_then(|l| parse_duration(l).ok());
+        let entries = self
+            .profile
+            .lookups
+            .iter()
+            .find(|l| l.name == request.lookup);
+        let value = entries.and_then(|l| l.entries.get(&request.key)).cloned();
+        let answer = match (stub.status.unwrap_or(200), value) {
+            (200, Some(value)) => LookupAnswer::Found(value),
+            (200 | 404, _) => LookupAnswer::NotFound,
+            (status, _) => LookupAnswer::Failed(format!("status {status}")),
+        };
+        let due = self.now + latency.unwrap_or_default();
+        self.lookup_answers.push((due, request.id, answer));
     }
 
     fn trunk(&self, name: &str) -> Result<TrunkId, String> {
@@ -540,7 +587,8 @@ impl Replay {
         let until = self.now + by;
         loop {
             let engine = self.engine.poll_timeout();
-            let next = [engine, self.media.poll_timeout()]
+            let answer = self.lookup_answers.iter().map(|(due, ..)| *due).min();
+            let next = [engine, self.media.poll_timeout(), answer]
                 .into_iter()
                 .flatten()
                 .min();

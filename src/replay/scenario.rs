@@ -23,7 +23,27 @@ pub struct Scenario {
     /// lookup name → key → value.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub lookups: BTreeMap<String, BTreeMap<String, String>>,
+    /// How the stand-in consultation service of each HTTP lookup answers (default: at once,
+    /// from the lookup's entries).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub lookup_service: BTreeMap<String, ServiceStub>,
     pub steps: Vec<Step>,
+}
+
+/// The replay harness's stand-in for an HTTP lookup's service: it answers each request from
+/// the lookup's entries (`200` with the value, `404` without one).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceStub {
+    /// Virtual time before it answers (`50ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<String>,
+    /// It never answers.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hang: bool,
+    /// It answers every request with this status instead (a failure unless 200 or 404).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
 }
 
 /// One step: an action, then what Bridgehead must send in response.

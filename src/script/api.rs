@@ -3,17 +3,18 @@
 use super::sandbox::read_only;
 use super::RuleMetrics;
 use crate::config::{Profile, TrunkId};
-use crate::lookup::{Lookup, LookupCounters};
+use crate::lookup::{Lookup, LookupState};
 use crate::media::MediaEvent;
 use crate::shared::Leg;
 use crate::sip::header::{is_token_char, split_list, NameAddr};
 use crate::sip::uri::{Scheme, Uri};
 use crate::sip::{Header, HeaderName, Message, StartLine};
 use bytes::Bytes;
-use mlua::{Lua, LuaString, Table, UserData, UserDataFields, UserDataMethods, Value};
+use mlua::{Function, Lua, LuaString, Table, UserData, UserDataFields, UserDataMethods, Value};
 use regex::Regex;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// What a rule decided for a call being set up (`on_invite`) or failing (`on_failure`).
@@ -160,7 +161,7 @@ pub(super) struct RuleContext {
     regexes: HashMap<String, Regex>,
     /// The profile's lookups (`bh.lookup`), and their counters by name.
     lookups: Vec<Lookup>,
-    lookup_counters: HashMap<String, Arc<LookupCounters>>,
+    lookup_state: HashMap<String, Arc<LookupState>>,
 }
 
 impl RuleContext {
@@ -174,11 +175,16 @@ impl RuleContext {
         self.trunk_names.get(trunk).cloned()
     }
 
-    /// Gives the lookup `name` these entries instead of the profile's (a unit test's stub).
+    /// Gives the lookup `name` these entries instead of the profile's, answered at once even
+    /// for an HTTP lookup (a unit test's stub).
     pub(super) fn stub_lookup(&mut self, name: &str, entries: HashMap<String, String>) {
         crate::lookup::stub(&mut self.lookups, name, entries);
-        self.lookup_counters
-            .insert(name.to_string(), self.metrics.lookup_counters(name));
+        // A unit test has no service to wait for: the stub answers at once.
+        for lookup in self.lookups.iter_mut().filter(|l| l.name == name) {
+            lookup.http = None;
+        }
+        self.lookup_state
+            .insert(name.to_string(), self.metrics.lookup_state(name));
     }
 }
 
@@ -220,10 +226,10 @@ pub(super) fn install_app_data(
         trunk_tables,
         regexes: HashMap::new(),
         lookups: profile.lookups.clone(),
-        lookup_counters: profile
+        lookup_state: profile
             .lookups
             .iter()
-            .map(|lookup| (lookup.name.clone(), metrics.lookup_counters(&lookup.name)))
+            .map(|lookup| (lookup.name.clone(), metrics.lookup_state(&lookup.name)))
             .collect(),
         metrics,
     });
@@ -1129,6 +1135,89 @@ fn body_methods<M: UserDataMethods<HookMessage>>(methods: &mut M) {
     );
 }
 
+/// What `bh.lookup` needs while an `on_invite` runs: the time caches are read at, the hook's
+/// own coroutine, and the HTTP lookup it is to wait for.
+pub(super) struct InviteSlice {
+    pub now: std::time::Instant,
+    pub thread: mlua::Thread,
+    pub waiting_for: Option<super::WaitingLookup>,
+}
+
+/// The value `bh.lookup` yields to wait for an HTTP lookup: a table of its own, compared by
+/// identity.
+struct LookupYield(Table);
+
+/// True when an `on_invite` coroutine yielded to wait for a lookup (not a rule's own yield).
+pub(super) fn is_lookup_yield(lua: &Lua, yielded: &mlua::MultiValue) -> bool {
+    let Some(marker) = lua.app_data_ref::<LookupYield>() else {
+        return false;
+    };
+    matches!(yielded.front(), Some(Value::Table(t)) if t.to_pointer() == marker.0.to_pointer())
+}
+
+/// `bh.lookup(name, key)`: a Lua function around the lookup itself, which yields the hook's
+/// coroutine when an HTTP lookup must ask its service; the call layer resumes it with the
+/// answer (`value, nil`) or the failure (`nil, why`).
+fn lookup_function(lua: &Lua) -> mlua::Result<Function> {
+    let raw = lua.create_function(
+        |lua, (name, key, running, yieldable): (String, LuaString, mlua::Thread, bool)| {
+            let key = key.to_str()?.to_string();
+            let context = context(lua)?;
+            let found = context.lookups.iter().find(|l| l.name == name);
+            let Some((lookup, state)) = found.zip(context.lookup_state.get(&name)) else {
+                return Err(mlua::Error::runtime(format!(
+                    "bh.lookup: no lookup named '{name}'"
+                )));
+            };
+            let string = |value: Option<String>| {
+                value.map_or(Ok(Value::Nil), |v| lua.create_string(v).map(Value::String))
+            };
+            let Some(http) = &lookup.http else {
+                let value = lookup.get(&key, state).map(str::to_string);
+                return Ok((string(value)?, None, false));
+            };
+            let mut slice = lua.app_data_mut::<InviteSlice>().ok_or_else(|| {
+                mlua::Error::runtime(format!(
+                    "bh.lookup: '{name}' asks a service and waits for it: only in on_invite"
+                ))
+            })?;
+            if slice.thread.to_pointer() != running.to_pointer() || !yieldable {
+                return Err(mlua::Error::runtime(format!(
+                    "bh.lookup: '{name}' asks a service and waits for it: call it from on_invite's own code, not inside a coroutine of the rule's"
+                )));
+            }
+            if let Some(cached) = state.cached(&key, slice.now) {
+                return Ok((string(cached)?, None, false));
+            }
+            if !state.begin_request(http.concurrency) {
+                state.errors.fetch_add(1, Ordering::Relaxed);
+                return Ok((Value::Nil, Some("busy"), false));
+            }
+            slice.waiting_for = Some(super::WaitingLookup { name, key });
+            Ok((Value::Nil, None, true))
+        },
+    )?;
+    let marker = lua.create_table()?;
+    lua.set_app_data(LookupYield(marker.clone()));
+    let coroutine: Table = lua.globals().get("coroutine")?;
+    lua.load(
+        "local raw, yield, running, isyieldable, marker = ...\n\
+         return function(name, key)\n\
+           local value, err, wait = raw(name, key, running(), isyieldable())\n\
+           if wait then return yield(marker) end\n\
+           return value, err\n\
+         end",
+    )
+    .set_name("=bh.lookup")
+    .call((
+        raw,
+        coroutine.get::<Function>("yield")?,
+        coroutine.get::<Function>("running")?,
+        coroutine.get::<Function>("isyieldable")?,
+        marker,
+    ))
+}
+
 /// The `bh` library table: version, model, logging with the call id, rule metrics and a
 /// linear-time regex engine.
 pub fn bh_table(lua: &Lua) -> mlua::Result<Table> {
@@ -1176,23 +1265,7 @@ pub fn bh_table(lua: &Lua) -> mlua::Result<Table> {
         })?,
     )?;
 
-    bh.set(
-        "lookup",
-        lua.create_function(|lua, (name, key): (String, LuaString)| {
-            let context = context(lua)?;
-            let found = context.lookups.iter().find(|l| l.name == name);
-            let Some((lookup, counters)) = found.zip(context.lookup_counters.get(&name)) else {
-                return Err(mlua::Error::runtime(format!(
-                    "bh.lookup: no lookup named '{name}'"
-                )));
-            };
-            let key = key.to_str()?;
-            match lookup.get(&key, counters) {
-                Some(value) => Ok(Value::String(lua.create_string(value)?)),
-                None => Ok(Value::Nil),
-            }
-        })?,
-    )?;
+    bh.set("lookup", lookup_function(lua)?)?;
 
     let metric = lua.create_table()?;
     metric.set(

@@ -22,7 +22,7 @@ pub use sandbox::BUDGET_EXCEEDED;
 pub use sdp_api::SharedSdp;
 
 use crate::config::{Profile, TrunkId};
-use crate::lookup::LookupCounters;
+use crate::lookup::LookupState;
 use crate::media::MediaEvent;
 use crate::shared::Leg;
 use mlua::{Function, Lua, Table, Value};
@@ -211,7 +211,7 @@ pub type Labels = Vec<(String, String)>;
 pub struct RuleMetrics {
     hooks: Mutex<BTreeMap<(PathBuf, Hook), Arc<HookCounters>>>,
     user: Mutex<BTreeMap<(String, Labels), u64>>,
-    lookups: Mutex<BTreeMap<String, Arc<LookupCounters>>>,
+    lookups: Mutex<BTreeMap<String, Arc<LookupState>>>,
     /// Reloads that became current, and reloads refused.
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
@@ -248,20 +248,66 @@ impl RuleMetrics {
         *user.entry((name, labels)).or_default() += by;
     }
 
-    /// The counters of the lookup named `name` (created on first use).
-    pub(crate) fn lookup_counters(&self, name: &str) -> Arc<LookupCounters> {
+    /// The process-wide state of the lookup named `name` (its counters, an HTTP lookup's cache),
+    /// created on first use: it outlives reloads.
+    pub(crate) fn lookup_state(&self, name: &str) -> Arc<LookupState> {
         let mut lookups = self.lookups.lock().unwrap_or_else(|e| e.into_inner());
         lookups.entry(name.to_string()).or_default().clone()
     }
 
     /// What each lookup rules consulted answered, by lookup name.
-    pub fn lookups(&self) -> Vec<(String, Arc<LookupCounters>)> {
+    pub fn lookups(&self) -> Vec<(String, Arc<LookupState>)> {
         let lookups = self.lookups.lock().unwrap_or_else(|e| e.into_inner());
         lookups
             .iter()
             .map(|(name, counters)| (name.clone(), counters.clone()))
             .collect()
     }
+}
+
+/// An `on_invite` waiting for a lookup's answer (its coroutine, its `call` and `req`).
+pub struct SuspendedInvite {
+    script: ScriptId,
+    id: String,
+    thread: mlua::Thread,
+    call: mlua::AnyUserData,
+    msg: mlua::AnyUserData,
+    /// Time the hook ran so far, over its slices.
+    elapsed_ns: u64,
+}
+
+impl fmt::Debug for SuspendedInvite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SuspendedInvite")
+            .field("call", &self.id)
+            .finish()
+    }
+}
+
+/// The lookup an `on_invite` waits for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WaitingLookup {
+    /// The lookup's name.
+    pub name: String,
+    pub key: String,
+}
+
+/// How far an `on_invite` got.
+// Returned once per new call and matched at once: boxing `Done` would allocate per call.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum InviteRun {
+    /// It ended: the call and the B-leg INVITE as the rule left them (None only if they could
+    /// not be taken back from Lua), and the hook's result.
+    Done {
+        taken: Option<(HookCall, HookMessage)>,
+        result: Result<(), ScriptError>,
+    },
+    /// It waits for a lookup's answer.
+    Waiting {
+        invite: SuspendedInvite,
+        lookup: WaitingLookup,
+    },
 }
 
 /// One rule-set version as one shard runs it: the profile and the rules compiled from it.
@@ -497,6 +543,126 @@ impl Rules {
         script.counters[hook as usize].record(elapsed, result.as_ref().err().map(|e| e.kind));
         self.collect();
         result
+    }
+
+    /// Runs `on_invite` in a coroutine of its own, so that a rule can wait for an HTTP lookup
+    /// (`bh.lookup`): the hook either finishes (the call and the B-leg INVITE come back) or
+    /// waits for a lookup's answer, to be resumed with [`Rules::resume_invite`]. `now` is the
+    /// time lookups' caches are read at.
+    pub fn run_invite(
+        &self,
+        script: Option<ScriptId>,
+        mut call: HookCall,
+        msg: HookMessage,
+        now: Instant,
+    ) -> InviteRun {
+        let function = script
+            .and_then(|s| self.scripts.get(s))
+            .and_then(|s| s.hooks[Hook::Invite as usize].clone());
+        let (Some(script), Some(function)) = (script, function) else {
+            return InviteRun::Done {
+                taken: Some((call, msg)),
+                result: Ok(()),
+            };
+        };
+        let started = (|| {
+            if call.vars.is_none() {
+                call.vars = Some(self.lua.create_table()?);
+            }
+            call.leg = Some(Leg::B.name());
+            let id = call.id.clone();
+            let thread = self.lua.create_thread(function)?;
+            let call = self.lua.create_userdata(call)?;
+            let msg = self.lua.create_userdata(msg)?;
+            Ok::<_, mlua::Error>(SuspendedInvite {
+                script,
+                id,
+                thread,
+                call,
+                msg,
+                elapsed_ns: 0,
+            })
+        })();
+        match started {
+            Ok(invite) => {
+                let args = (invite.call.clone(), invite.msg.clone());
+                self.drive_invite(invite, args, now)
+            }
+            Err(err) => InviteRun::Done {
+                taken: None,
+                result: Err(ScriptError::from_lua(&err)),
+            },
+        }
+    }
+
+    /// Resumes an `on_invite` that waited for a lookup, with its answer: the value (None: the
+    /// key has none) or why the lookup failed (`"timeout"`, the service's error).
+    pub fn resume_invite(
+        &self,
+        invite: SuspendedInvite,
+        answer: Result<Option<String>, String>,
+        now: Instant,
+    ) -> InviteRun {
+        let args = match answer {
+            Ok(value) => (value, None),
+            Err(why) => (None, Some(why)),
+        };
+        self.drive_invite(invite, args, now)
+    }
+
+    /// Runs the hook's coroutine until it ends or waits for a lookup.
+    fn drive_invite(
+        &self,
+        mut invite: SuspendedInvite,
+        args: impl mlua::IntoLuaMulti,
+        now: Instant,
+    ) -> InviteRun {
+        self.lua.set_app_data(api::CurrentCall(invite.id.clone()));
+        self.lua.set_app_data(api::InviteSlice {
+            now,
+            thread: invite.thread.clone(),
+            waiting_for: None,
+        });
+        self.budget.refill();
+        let started = Instant::now();
+        let resumed = invite.thread.resume::<mlua::MultiValue>(args);
+        let slice = self.lua.remove_app_data::<api::InviteSlice>();
+        invite.elapsed_ns = invite
+            .elapsed_ns
+            .saturating_add(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        let result = match resumed {
+            Ok(yielded) if invite.thread.status() == mlua::thread::ThreadStatus::Resumable => {
+                match slice.and_then(|s| s.waiting_for) {
+                    Some(lookup) if api::is_lookup_yield(&self.lua, &yielded) => {
+                        self.collect();
+                        return InviteRun::Waiting { invite, lookup };
+                    }
+                    _ => Err(ScriptError::new(format!(
+                        "on_invite yielded (only bh.lookup may wait): call {}",
+                        invite.id
+                    ))),
+                }
+            }
+            Ok(_) => Ok(()),
+            Err(err) => {
+                let mut error = ScriptError::from_lua(&err);
+                if self.budget.exhausted() {
+                    error.kind = ErrorKind::Budget;
+                }
+                Err(error)
+            }
+        };
+        if let Some(script) = self.scripts.get(invite.script) {
+            script.counters[Hook::Invite as usize]
+                .record(invite.elapsed_ns, result.as_ref().err().map(|e| e.kind));
+        }
+        let taken = invite
+            .call
+            .take::<HookCall>()
+            .and_then(|call| Ok((call, invite.msg.take::<HookMessage>()?)))
+            .ok();
+        self.collect();
+        InviteRun::Done { taken, result }
     }
 
     /// Runs a full garbage collection once memory use doubled since the last one. The objects

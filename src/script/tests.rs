@@ -1055,10 +1055,10 @@ fn a_broken_lookup_csv_is_refused_with_its_line() {
     assert_eq!(errors[0].line, Some(10));
     assert!(errors[0].message.contains("cannot read"));
     for (entry, message) in [
-        ("  - name: numbers\n", "needs one of table or csv"),
+        ("  - name: numbers\n", "needs one of table, csv or http"),
         (
             "  - name: numbers\n    csv: bad.csv\n    table: {}\n",
-            "needs one of table or csv",
+            "needs one of table, csv or http",
         ),
         ("  - name: \"a b\"\n    table: {}\n", "letters, digits"),
         (
@@ -1073,4 +1073,142 @@ fn a_broken_lookup_csv_is_refused_with_its_line() {
             "{entry}: {errors:?}"
         );
     }
+}
+
+/// Rules with an HTTP lookup `consult` (nothing listens: the tests answer themselves), and
+/// that lookup's service.
+fn http_lookup_rules(script: &str) -> (Rules, crate::lookup::HttpLookup) {
+    let dir = std::env::temp_dir().join(format!(
+        "bh-script-http-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    std::fs::write(dir.join("rules.lua"), script).expect("script");
+    let profile = "listeners:\n  - name: l\n    address: 127.0.0.1:5060\ntrunks:\n  - name: core\n    listener: l\n    peers: [\"127.0.0.1:5090\"]\n    script: rules.lua\nlookups:\n  - name: consult\n    http: { url: \"http://127.0.0.1:9/{key}\", timeout_ms: 200, concurrency: 1 }\n";
+    let profile = Profile::parse(&dir.join("p.yaml"), profile).expect("profile");
+    let http = profile.lookups[0].http.clone().expect("an HTTP lookup");
+    let rules = Rules::load(&profile, Arc::new(RuleMetrics::default())).expect("loads");
+    (rules, http)
+}
+
+/// The message of an `on_invite` that ended.
+fn ended(run: InviteRun) -> HookMessage {
+    match run {
+        InviteRun::Done {
+            taken: Some((_, msg)),
+            result: Ok(()),
+        } => msg,
+        other => panic!("expected the hook to end: {other:?}"),
+    }
+}
+
+#[test]
+fn an_http_lookup_suspends_on_invite_until_its_answer_which_is_cached() {
+    let (rules, http) = http_lookup_rules(
+        "local r = {}\nfunction r.on_invite(call, req)\n  local ok, v, err = pcall(bh.lookup, 'consult', req:header('X-Key'))\n  req:set_header('X-Lookup', tostring(v) .. '/' .. tostring(err))\n  call.vars.after = true\nend\nreturn r\n",
+    );
+    let with_key = |key: &str| {
+        let mut msg = message();
+        msg.msg
+            .push_header(HeaderName::parse("X-Key"), key.to_string());
+        msg
+    };
+    let state = rules.metrics().lookup_state("consult");
+    let now = Instant::now();
+    let script = rules.script_of(0);
+    // Inside pcall too: Lua 5.4's pcall lets the coroutine wait.
+    let run = rules.run_invite(script, call(&rules), with_key("+491"), now);
+    let InviteRun::Waiting { invite, lookup } = run else {
+        panic!("expected to wait: {run:?}")
+    };
+    assert_eq!(
+        (lookup.name.as_str(), lookup.key.as_str()),
+        ("consult", "+491")
+    );
+    let found = crate::lookup::LookupAnswer::Found("tpm".into());
+    let answer = state.end_request("+491", Some(&found), &http, now);
+    let run = rules.resume_invite(invite, answer, now);
+    let InviteRun::Done {
+        taken: Some((call, msg)),
+        result: Ok(()),
+    } = run
+    else {
+        panic!("expected the hook to end: {run:?}")
+    };
+    assert_eq!(header(&msg, "X-Lookup"), ["tpm/nil"]);
+    let vars = call.vars.expect("vars");
+    assert!(vars.get::<bool>("after").expect("after"));
+
+    // Cached: the next call for that key does not wait.
+    let cached = rules.run_invite(
+        script,
+        HookCall::new("c2".into(), 0, None),
+        with_key("+491"),
+        now,
+    );
+    assert_eq!(header(&ended(cached), "X-Lookup"), ["tpm/nil"]);
+
+    // A timeout comes back as nil and why.
+    let run = rules.run_invite(
+        script,
+        HookCall::new("c3".into(), 0, None),
+        with_key("+492"),
+        now,
+    );
+    let InviteRun::Waiting { invite, .. } = run else {
+        panic!("expected to wait: {run:?}")
+    };
+    let answer = state.end_request("+492", None, &http, now);
+    let run = rules.resume_invite(invite, answer, now);
+    assert_eq!(header(&ended(run), "X-Lookup"), ["nil/timeout"]);
+}
+
+#[test]
+fn an_http_lookup_refuses_to_wait_outside_on_invite_and_in_a_rules_coroutine() {
+    let (rules, _) = http_lookup_rules(
+        "local r = {}\nfunction r.on_invite(call, req)\n  local co = coroutine.wrap(function() return bh.lookup('consult', '+491') end)\n  local ok, err = pcall(co)\n  req:set_header('X-Coroutine', (tostring(err):gsub('%s+', ' ')))\nend\nfunction r.on_request(call, req)\n  bh.lookup('consult', '+491')\nend\nreturn r\n",
+    );
+    let run = rules.run_invite(rules.script_of(0), call(&rules), message(), Instant::now());
+    let said = header(&ended(run), "X-Coroutine");
+    assert!(
+        said[0].contains("not inside a coroutine of the rule's"),
+        "{said:?}"
+    );
+    let mut call = call(&rules);
+    let mut msg = message();
+    let err = rules
+        .run(
+            rules.script_of(0),
+            Hook::Request,
+            Some(&mut call),
+            HookArgs::Message(&mut msg),
+        )
+        .expect_err("refused");
+    assert!(err.message.contains("only in on_invite"), "{err}");
+}
+
+#[test]
+fn an_http_lookup_over_its_concurrency_is_busy_at_once() {
+    let (rules, _) = http_lookup_rules(
+        "local r = {}\nfunction r.on_invite(call, req)\n  local v, err = bh.lookup('consult', req:header('X-Key'))\n  req:set_header('X-Lookup', tostring(err))\nend\nreturn r\n",
+    );
+    let with_key = |key: &str| {
+        let mut msg = message();
+        msg.msg
+            .push_header(HeaderName::parse("X-Key"), key.to_string());
+        msg
+    };
+    let now = Instant::now();
+    let first = rules.run_invite(rules.script_of(0), call(&rules), with_key("1"), now);
+    assert!(matches!(first, InviteRun::Waiting { .. }));
+    // Concurrency 1: a second key, while the first waits, fails at once.
+    let second = rules.run_invite(rules.script_of(0), call(&rules), with_key("2"), now);
+    assert_eq!(header(&ended(second), "X-Lookup"), ["busy"]);
+    let errors = rules
+        .metrics()
+        .lookup_state("consult")
+        .errors
+        .load(Ordering::Relaxed);
+    assert_eq!(errors, 1);
 }

@@ -194,6 +194,12 @@ impl TlsContexts {
     }
 }
 
+/// The client side of HTTPS toward lookups' consultation services: TLS 1.2/1.3 with
+/// [`SUITES`], the server's certificate checked against the Mozilla roots.
+pub fn https_client_config() -> anyhow::Result<ClientConfig> {
+    client_config(&TrunkTls::default(), None, Arc::new(provider()))
+}
+
 /// The ring provider cut to [`SUITES`].
 fn provider() -> CryptoProvider {
     let mut provider = ring::default_provider();

@@ -80,8 +80,8 @@ pub struct Sbc {
 
 impl Sbc {
     /// Starts the SBC on `template`: each `{name}` placeholder becomes a free port (ask for it
-    /// with [`Sbc::port`]), `{script}` the bundled default rules. Waits until the listener on
-    /// the first placeholder answers OPTIONS.
+    /// with [`Sbc::port`]), `{script}` the bundled default rules, `{{name}}` a literal
+    /// `{name}`. Waits until the listener on the first placeholder answers OPTIONS.
     pub fn start(template: &str) -> Sbc {
         Sbc::start_with_env(template, &[])
     }
@@ -100,12 +100,29 @@ impl Sbc {
         let mut ports = HashMap::new();
         let mut first = None;
         let mut profile = template.replace("{script}", &default_script());
-        while let Some(open) = profile.find('{') {
-            let close = profile[open..].find('}').expect("closing brace") + open;
-            let name = profile[open + 1..close].to_string();
+        // `{name}` (a lowercase word) is a port; any other brace stays (YAML flow maps, a
+        // lookup URL's `{key}` written `{{key}}`, which becomes `{key}`).
+        let mut from = 0;
+        while let Some(open) = profile[from..].find('{').map(|i| i + from) {
+            let name: String = profile[open + 1..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            let close = open + 1 + name.len();
+            if name.is_empty() || profile.as_bytes().get(close) != Some(&b'}') {
+                from = open + 1;
+                continue;
+            }
+            if open > 0 && profile.as_bytes()[open - 1] == b'{' {
+                // `{{key}}`: a literal `{key}`.
+                profile.replace_range(open - 1..=close + 1, &format!("{{{name}}}"));
+                from = open + name.len();
+                continue;
+            }
             first.get_or_insert_with(|| name.clone());
             let port = *ports.entry(name.clone()).or_insert_with(free_udp_port);
             profile.replace_range(open..=close, &port.to_string());
+            from = open;
         }
         let dir = scratch_dir("sbc");
         let path = dir.join("profile.yaml");
