@@ -248,7 +248,7 @@ fn tls_peer(
         let mut got = Vec::new();
         let mut buf = [0u8; 8192];
         let until = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < until && !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        while Instant::now() < until && !whole_message(&got) {
             let mut stream = rustls::Stream::new(&mut connection, &mut socket);
             match stream.read(&mut buf) {
                 Ok(0) | Err(_) => break,
@@ -264,6 +264,20 @@ fn tls_peer(
         })
     });
     (port, handle)
+}
+
+/// True once `got` holds a whole SIP message: its headers and `Content-Length` bytes of body.
+fn whole_message(got: &[u8]) -> bool {
+    let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&got[..end]);
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .and_then(|n| n.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    got.len() >= end + 4 + length
 }
 
 /// An INVITE from the core (UDP) into Bridgehead's core listener.
@@ -502,4 +516,98 @@ fn a_certificate_behind_a_symlink_that_a_renewal_repoints_is_taken_too() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// `examples/operator-connect/profile.yaml` as shipped, on free ports, with certificates made
+/// here for the names it uses, its keepalive off (so the INVITE is the peer's first message).
+fn operator_connect_profile(pki: &Pki, sbc: &(PathBuf, PathBuf), peer_port: u16) -> String {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let shipped = std::fs::read_to_string(format!("{root}/examples/operator-connect/profile.yaml"))
+        .expect("the example profile");
+    let media = common::media_range();
+    let profile = shipped
+        .replace("127.0.0.1:5060", "127.0.0.1:{core}")
+        .replace("127.0.0.1:5061", "127.0.0.1:{teams_tls}")
+        .replace("port: 5061", "port: {teams_tls}")
+        .replace("127.0.0.1:5090", "127.0.0.1:{softswitch}")
+        .replace("127.0.0.1:5081", &format!("127.0.0.1:{peer_port}"))
+        .replace("40000-49999", &format!("{media}-{}", media + 9))
+        .replace("certs/sbc.pem", &sbc.0.display().to_string())
+        .replace("certs/sbc.key", &sbc.1.display().to_string())
+        .replace("certs/ca.pem", &pki.ca.display().to_string())
+        .replace("../../scripts/", &format!("{root}/scripts/"));
+    assert_ne!(profile, shipped, "the example changed shape");
+    profile
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("keepalive:") && !l.trim_start().starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+#[test]
+fn the_operator_connect_example_reaches_a_tls_teams_peer_with_e164_srtp_and_x_ms_sbc() {
+    let dir = scratch_dir("operator-connect");
+    let pki = Pki::new(&dir, "example");
+    let sbc_cert = pki.issue("sbc", &["sbc.operator.example"], false);
+    let teams_cert = pki.issue("teams", &["sip.pstnhub.example.test"], false);
+    let (peer_port, peer) = tls_peer(teams_cert, pki.ca.clone());
+    let sbc = Sbc::start(&operator_connect_profile(&pki, &sbc_cert, peer_port));
+
+    // The softswitch calls a national number from a national number, with plain RTP.
+    let softswitch = UdpSocket::bind(("127.0.0.1", sbc.port("softswitch"))).expect("udp");
+    let body = "v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\nm=audio 4000 RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=x-vendor:1\r\n";
+    let invite = format!(
+        "INVITE sip:030987654@127.0.0.1:{core} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP 127.0.0.1:{ss};branch=z9hG4bK-oc-1\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:0301234567@operator.example>;tag=a-oc-1\r\n\
+         To: <sip:030987654@operator.example>\r\n\
+         Call-ID: oc-1@operator.example\r\n\
+         CSeq: 1 INVITE\r\n\
+         Contact: <sip:alice@127.0.0.1:{ss}>\r\n\
+         Content-Type: application/sdp\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len(),
+        core = sbc.port("core"),
+        ss = sbc.port("softswitch"),
+    );
+    softswitch
+        .send_to(invite.as_bytes(), ("127.0.0.1", sbc.port("core")))
+        .expect("send");
+
+    let saw = peer.join().expect("peer thread").expect("a connection");
+    let invite = saw.first_message;
+    assert_eq!(saw.server_name, "sip.pstnhub.example.test", "SNI");
+    assert!(
+        saw.client_certificate,
+        "Bridgehead presented its certificate"
+    );
+    let line = |name: &str| {
+        invite
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        invite.starts_with("INVITE sip:+4930987654@") && line("INVITE").contains(";user=phone"),
+        "E.164 Request-URI:\n{invite}"
+    );
+    assert!(line("From:").contains("sip:+49301234567@"), "{invite}");
+    assert!(line("To:").contains("sip:+4930987654@"), "{invite}");
+    assert!(
+        line("X-MS-SBC:").starts_with("X-MS-SBC: Bridgehead/SBC/"),
+        "{invite}"
+    );
+    assert!(
+        line("Contact:").contains("@sbc.operator.example:")
+            && line("Contact:").contains(";transport=tls"),
+        "{invite}"
+    );
+    assert!(line("m=audio").contains(" RTP/SAVP "), "{invite}");
+    assert!(
+        line("a=crypto:").contains("AES_CM_128_HMAC_SHA1_80 inline:"),
+        "{invite}"
+    );
+    assert!(!invite.contains("a=x-vendor"), "strict a= lines: {invite}");
 }
