@@ -253,6 +253,9 @@ pub struct Trunk {
     /// Requests to this UDP trunk larger than this many bytes go over TCP instead (RFC 3261
     /// §18.1.1 names 1300 when the path MTU is unknown); `None` keeps them on UDP.
     pub tcp_above: Option<usize>,
+    /// SDP-carrying messages to this trunk larger than this many bytes are trimmed to fit: ICE
+    /// candidates first, then codecs from the end of each stream's list.
+    pub trim_above: Option<usize>,
     /// Reliable provisional responses (RFC 3262) on the trunk's legs.
     pub rel100: Rel100,
     /// What a multipart body (SDP beside other parts) becomes toward the trunk.
@@ -891,6 +894,8 @@ struct RawTrunk {
     #[serde(default)]
     tcp_above: Option<usize>,
     #[serde(default)]
+    trim_above: Option<usize>,
+    #[serde(default)]
     rel100: Rel100,
     #[serde(default)]
     multipart: MultipartPolicy,
@@ -1326,6 +1331,12 @@ impl Validator<'_> {
                 );
             }
         }
+        if let Some(bytes) = raw.trim_above.filter(|b| *b < 500) {
+            self.error(
+                self.line_of(&format!("trim_above: {bytes}")).or(at),
+                format!("trunk '{}': trim_above is at least 500 bytes", raw.name),
+            );
+        }
         let mut peer_specs = Vec::new();
         for peer in &raw.peers {
             match peer_spec(peer, raw.transport) {
@@ -1477,6 +1488,7 @@ impl Validator<'_> {
             p_early_media: raw.p_early_media,
             ringback: raw.ringback,
             tcp_above: raw.tcp_above,
+            trim_above: raw.trim_above,
             rel100: raw.rel100,
             multipart: raw.multipart,
             delayed_offer: raw.delayed_offer,

@@ -22,6 +22,31 @@ end
 return r
 "#;
 
+/// Core and Teams trunks on loopback, both running `script`, with the `lookups` entries given.
+fn profile(lookups: &str, script: &Path) -> String {
+    format!(
+        "listeners:
+  - name: core
+    address: 127.0.0.1:{{core}}
+  - name: teams
+    address: 127.0.0.1:{{teams}}
+lookups:
+{lookups}trunks:
+  - name: core
+    listener: core
+    peers: [\"127.0.0.1:{{softswitch}}\"]
+    script: {script}
+    route: teams
+  - name: teams
+    listener: teams
+    peers: [\"127.0.0.1:{{teams_peer}}\"]
+    script: {script}
+    route: core
+",
+        script = script.display()
+    )
+}
+
 fn invite(call_id: &str, softswitch: u16, core: u16) -> String {
     format!(
         "INVITE sip:+4930987654@127.0.0.1:{core} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{softswitch};branch=z9hG4bK-{call_id}\r\nMax-Forwards: 70\r\nFrom: <sip:+4930123456@operator.example>;tag=a-{call_id}\r\nTo: <sip:+4930987654@teams.example>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@127.0.0.1:{softswitch}>\r\nX-Call: {call_id}\r\nContent-Length: 0\r\n\r\n"
@@ -68,30 +93,8 @@ fn a_changed_csv_answers_the_next_calls_and_a_broken_one_is_refused() {
     std::fs::write(&csv, "# number,answer\n+4930987654,first\n").expect("csv");
     let script = dir.join("rules.lua");
     std::fs::write(&script, RULES).expect("rules");
-    let sbc = Sbc::start(&format!(
-        "listeners:
-  - name: core
-    address: 127.0.0.1:{{core}}
-  - name: teams
-    address: 127.0.0.1:{{teams}}
-lookups:
-  - name: numbers
-    csv: {csv}
-trunks:
-  - name: core
-    listener: core
-    peers: [\"127.0.0.1:{{softswitch}}\"]
-    script: {script}
-    route: teams
-  - name: teams
-    listener: teams
-    peers: [\"127.0.0.1:{{teams_peer}}\"]
-    script: {script}
-    route: core
-",
-        csv = csv.display(),
-        script = script.display()
-    ));
+    let lookup = format!("  - name: numbers\n    csv: {}\n", csv.display());
+    let sbc = Sbc::start(&profile(&lookup, &script));
     let softswitch = UdpSocket::bind(("127.0.0.1", sbc.port("softswitch"))).expect("softswitch");
     let teams = UdpSocket::bind(("127.0.0.1", sbc.port("teams_peer"))).expect("teams peer");
     assert_eq!(lookup_seen(&sbc, &softswitch, &teams, 1), "first");
@@ -191,29 +194,11 @@ fn calls_waiting_for_a_service_that_hangs_go_on_at_its_timeout_and_others_do_not
     let dir = scratch_dir("lookup-http");
     let script = dir.join("rules.lua");
     std::fs::write(&script, CONSULTING_RULES).expect("rules");
-    let sbc = Sbc::start(&format!(
-        "listeners:
-  - name: core
-    address: 127.0.0.1:{{core}}
-  - name: teams
-    address: 127.0.0.1:{{teams}}
-lookups:
-  - name: consult
-    http: {{ url: \"http://127.0.0.1:{service}/tpm/{{{{key}}}}\", timeout_ms: {timeout}, concurrency: 1000 }}
-trunks:
-  - name: core
-    listener: core
-    peers: [\"127.0.0.1:{{softswitch}}\"]
-    script: {script}
-    route: teams
-  - name: teams
-    listener: teams
-    peers: [\"127.0.0.1:{{teams_peer}}\"]
-    route: core
-",
-        timeout = TIMEOUT.as_millis(),
-        script = script.display()
-    ));
+    let lookup = format!(
+        "  - name: consult\n    http: {{ url: \"http://127.0.0.1:{service}/tpm/{{{{key}}}}\", timeout_ms: {}, concurrency: 1000 }}\n",
+        TIMEOUT.as_millis()
+    );
+    let sbc = Sbc::start(&profile(&lookup, &script));
     let softswitch = UdpSocket::bind(("127.0.0.1", sbc.port("softswitch"))).expect("softswitch");
     let teams = UdpSocket::bind(("127.0.0.1", sbc.port("teams_peer"))).expect("teams peer");
 
@@ -247,10 +232,12 @@ trunks:
         let call = format!("http-{n}");
         let request = invite(&call, sbc.port("softswitch"), sbc.port("core"))
             .replace("+4930987654@", &format!("+49151{n:05}@"));
+        // Taken before the send: Bridgehead may handle the INVITE before send_to returns.
+        let sent = Instant::now();
         softswitch
             .send_to(request.as_bytes(), ("127.0.0.1", sbc.port("core")))
             .expect("send the INVITE");
-        sent_at.insert(call, (Instant::now(), n));
+        sent_at.insert(call, (sent, n));
     }
     let seen = receiver.join().expect("receiver");
 

@@ -324,6 +324,12 @@ impl B2bua<'_> {
         }
         p_early_media(&mut hooked.msg, &hooked.touched, dest.p_early_media);
         apply_policy(&mut hooked.msg, &hooked.touched, &dest.headers);
+        if let Some(limit) = dest.trim_above.filter(|_| has_sdp) {
+            let (candidates, codecs) = super::offer_answer::trim_to_fit(&mut hooked.msg, limit);
+            if candidates + codecs > 0 {
+                tracing::info!(call = %call_id, trunk = %dest.name, limit, candidates, codecs, "SDP trimmed to fit");
+            }
+        }
         if has_sdp {
             if let Some(c) = call.and_then(|k| self.calls.by_key.get_mut(&k)) {
                 c.last_sdp[leg.index()] = sdp_of(&hooked.msg);

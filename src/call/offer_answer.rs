@@ -32,6 +32,58 @@ pub(super) fn carries_sdp(msg: &Message) -> bool {
     sdp_of(msg).is_some()
 }
 
+/// Cuts the SDP of `msg` until the whole message takes at most `limit` bytes: every ICE
+/// candidate first, then one codec at a time from the end of the list of the stream that has
+/// the most (never a stream's first codec, telephone-event or CN). Returns how many candidates
+/// and codecs went; the message may still be larger when nothing else can go.
+pub(super) fn trim_to_fit(msg: &mut Message, limit: usize) -> (usize, usize) {
+    let fits = |msg: &Message| msg.to_bytes().len() <= limit;
+    if fits(msg) {
+        return (0, 0);
+    }
+    let Some(mut sdp) = sdp_of(msg).and_then(|body| Sdp::parse(&body).ok()) else {
+        return (0, 0);
+    };
+    let mut candidates = sdp.remove_attribute("candidate");
+    for media in sdp.media_mut() {
+        candidates += media.remove_attribute("candidate");
+    }
+    replace_sdp(msg, Bytes::from(sdp.to_bytes()));
+    let mut codecs = 0;
+    while !fits(msg) {
+        let removable = |media: &crate::sdp::Media| -> Vec<String> {
+            let all = media.codecs();
+            all.iter()
+                .skip(1)
+                .filter(|c| {
+                    !c.name.eq_ignore_ascii_case("telephone-event")
+                        && !c.name.eq_ignore_ascii_case("CN")
+                })
+                .map(|c| c.pt.clone())
+                .collect()
+        };
+        let most = sdp
+            .media()
+            .iter()
+            .enumerate()
+            .map(|(index, media)| (index, removable(media)))
+            .max_by_key(|(_, pts)| pts.len());
+        let Some((index, pt)) = most.and_then(|(index, pts)| Some((index, pts.last()?.clone())))
+        else {
+            break;
+        };
+        if sdp.media_mut()[index]
+            .remove_codecs(&[pt.as_str()])
+            .is_err()
+        {
+            break;
+        }
+        codecs += 1;
+        replace_sdp(msg, Bytes::from(sdp.to_bytes()));
+    }
+    (candidates, codecs)
+}
+
 /// Puts `sdp` where the message's SDP is: the whole body, or its part of a multipart body
 /// (the other parts unchanged).
 pub(super) fn replace_sdp(msg: &mut Message, sdp: Bytes) {

@@ -387,3 +387,54 @@ fn numbers_become_e164_toward_a_trunk_that_takes_nothing_else() {
         "{text}"
     );
 }
+
+#[test]
+fn an_sdp_too_big_for_the_limit_loses_candidates_then_codecs_from_the_end() {
+    let offer = include_str!("../../tests/data/sdp/teams-offer.sdp");
+    let text = format!(
+        "INVITE sip:+4930987654@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.2;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\nCall-ID: trim\r\nCSeq: 1 INVITE\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{offer}",
+        offer.len()
+    );
+    let msg = Message::parse(&Bytes::from(text)).expect("valid");
+    let size = msg.to_bytes().len();
+    let codecs_of = |msg: &Message| -> Vec<String> {
+        let sdp = Sdp::parse(&msg.body).expect("sdp");
+        sdp.media()[0]
+            .codecs()
+            .into_iter()
+            .map(|c| c.name)
+            .collect()
+    };
+
+    // Room enough: nothing goes.
+    let mut untouched = msg.clone();
+    assert_eq!(
+        super::offer_answer::trim_to_fit(&mut untouched, size),
+        (0, 0)
+    );
+
+    // A little less: the two candidates are enough.
+    let mut trimmed = msg.clone();
+    assert_eq!(
+        super::offer_answer::trim_to_fit(&mut trimmed, size - 50),
+        (2, 0)
+    );
+    assert!(!String::from_utf8_lossy(&trimmed.body).contains("a=candidate"));
+
+    // Much less: codecs go from the end of the audio list (video has only its first).
+    let mut trimmed = msg.clone();
+    let (candidates, codecs) = super::offer_answer::trim_to_fit(&mut trimmed, size - 200);
+    assert_eq!(candidates, 2);
+    assert!(codecs > 0);
+    assert!(trimmed.to_bytes().len() <= size - 200);
+    let kept = codecs_of(&trimmed);
+    assert_eq!(kept[0], "SILK", "the first codec stays: {kept:?}");
+    assert!(kept.iter().any(|c| c == "telephone-event"), "{kept:?}");
+    assert!(kept.iter().any(|c| c == "G722"), "{kept:?}");
+    assert_eq!(kept.len(), 10 - codecs, "{kept:?}");
+
+    // Impossible: everything removable goes, and the message stays as small as it can.
+    let mut trimmed = msg;
+    super::offer_answer::trim_to_fit(&mut trimmed, 500);
+    assert_eq!(codecs_of(&trimmed), ["SILK", "telephone-event", "CN", "CN"]);
+}
