@@ -278,6 +278,8 @@ pub struct Trunk {
     pub failover_timeout: Option<u32>,
     /// How hold reaches the trunk's peer.
     pub hold: HoldStyle,
+    /// REFER from this trunk's peer: relayed, or terminated (Bridgehead the transferee).
+    pub refer: ReferPolicy,
     /// Numbers toward the trunk in E.164 (`+` and the country code), from national and
     /// international formats (Microsoft Teams takes E.164 only).
     pub e164: Option<E164>,
@@ -339,6 +341,19 @@ impl E164 {
         }
         None
     }
+}
+
+/// What Bridgehead does with a REFER from a trunk's peer in a call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReferPolicy {
+    /// Relayed to the other leg, like any in-dialog request.
+    #[default]
+    Relay,
+    /// Bridgehead is the transferee (RFC 3515, 5589): it places the new call itself, tells
+    /// the transferor with NOTIFYs, and moves the other party to the new call. REFER is in the
+    /// Allow Bridgehead sends toward the trunk.
+    Terminate,
 }
 
 /// How a held stream is written in SDP toward a trunk.
@@ -917,6 +932,8 @@ struct RawTrunk {
     failover_timeout: Option<u32>,
     #[serde(default)]
     hold: HoldStyle,
+    #[serde(default)]
+    refer: ReferPolicy,
     #[serde(default)]
     e164: Option<E164>,
     #[serde(default)]
@@ -1499,6 +1516,7 @@ impl Validator<'_> {
             final_codes: raw.final_codes.clone(),
             failover_timeout: raw.failover_timeout.filter(|s| *s > 0),
             hold: raw.hold,
+            refer: raw.refer,
             e164: raw.e164.clone(),
             sdp_attributes: raw.sdp_attributes.clone(),
             on_script_error,

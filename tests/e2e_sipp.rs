@@ -658,3 +658,155 @@ fn five_hundred_calls_at_100_per_second_across_three_shards() {
         assert_eq!(byes_answered, 500);
     }
 }
+
+/// Rules that send every transfer to the `pstn` trunk.
+const TRANSFER_RULES: &str =
+    "return { on_refer = function(call, req) return call:route('pstn') end }\n";
+
+/// A blind transfer with SIPp far ends from the Asterisk testsuite: the transferor (Teams) is
+/// the callee (`Direction::CoreToTeams`) or the caller (`Direction::TeamsToCore`) of a call
+/// with the core's party; it REFERs the call to a target on a third trunk (`pstn`, by
+/// `on_refer`), takes its two NOTIFYs and hangs up; the core's party and the target then talk
+/// until one of them hangs up. Returns the traces of the transferor and the target.
+fn blind_transfer(direction: Direction) -> (Vec<Traced>, Vec<Traced>) {
+    let dir = scratch_dir("transfer");
+    let script = dir.join("transfer.lua");
+    std::fs::write(&script, TRANSFER_RULES).expect("rules");
+    let profile = format!(
+        "listeners:
+  - name: core
+    address: 127.0.0.1:{{core}}
+  - name: teams
+    address: 127.0.0.1:{{teams}}
+  - name: pstn
+    address: 127.0.0.1:{{pstn}}
+trunks:
+  - name: core
+    listener: core
+    peers: [\"127.0.0.1:{{softswitch}}\"]
+    script: {script}
+    route: teams
+  - name: teams
+    listener: teams
+    peers: [\"127.0.0.1:{{teams_peer}}\"]
+    script: {script}
+    route: core
+    refer: terminate
+  - name: pstn
+    listener: pstn
+    peers: [\"127.0.0.1:{{target}}\"]
+    script: {script}
+",
+        script = script.display()
+    );
+    let sbc = Sbc::start(&profile);
+    let args = |port: u16, extra: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = ["-i", "127.0.0.1", "-p", &port.to_string(), "-m", "1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(["-timeout", "30s", "-timeout_error"].map(String::from));
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let mut target = Sipp::start(&dir, "target", &args(sbc.port("target"), &["-sn", "uas"]));
+    wait_listening(sbc.port("target"), Transport::Udp);
+    // The transferor names Bridgehead as [remote_ip]:[remote_port] in its REFER.
+    let teams = format!("127.0.0.1:{}", sbc.port("teams"));
+    let core = format!("127.0.0.1:{}", sbc.port("core"));
+    let transfer = ["-key", "transfer_target", "+4930555000", "-d", "500"];
+    let (mut transferor, mut party) = match direction {
+        Direction::CoreToTeams => {
+            let mut transferor_args = args(sbc.port("teams_peer"), &transfer);
+            transferor_args.extend(
+                [
+                    &teams,
+                    "-sf",
+                    &scenario("transferor_blind_uas"),
+                    "-s",
+                    "+4930987654",
+                ]
+                .map(String::from),
+            );
+            let transferor = Sipp::start(&dir, "transferor", &transferor_args);
+            wait_listening(sbc.port("teams_peer"), Transport::Udp);
+            let mut caller_args = args(sbc.port("softswitch"), &["-d", "3000"]);
+            caller_args.extend(["-sn", "uac", &core, "-s", "+4930987654"].map(String::from));
+            (transferor, Sipp::start(&dir, "party", &caller_args))
+        }
+        Direction::TeamsToCore => {
+            let mut callee_args = args(sbc.port("softswitch"), &["-d", "3000"]);
+            callee_args.extend(["-sf", &scenario("callee_hangs_up")].map(String::from));
+            let callee = Sipp::start(&dir, "party", &callee_args);
+            wait_listening(sbc.port("softswitch"), Transport::Udp);
+            let mut transferor_args = args(sbc.port("teams_peer"), &transfer);
+            transferor_args.extend(
+                [
+                    &teams,
+                    "-sf",
+                    &scenario("transferor_blind_uac"),
+                    "-s",
+                    "+4930123456",
+                ]
+                .map(String::from),
+            );
+            (Sipp::start(&dir, "transferor", &transferor_args), callee)
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let statuses = [
+        party.wait(deadline),
+        transferor.wait(deadline),
+        target.wait(deadline),
+    ];
+    let context = format!(
+        "{}\n{}\n{}\n--- sbc log ---\n{}",
+        party.report(),
+        transferor.report(),
+        target.report(),
+        sbc.log()
+    );
+    assert_eq!(statuses, [Some(0); 3], "a far end failed\n{context}");
+    (transferor.trace(), target.trace())
+}
+
+/// The transferor heard 100 Trying, then 200 OK, in sipfrag NOTIFYs of its dialog; the
+/// target got the call with the transferor's Referred-By, and a BYE at the end.
+fn assert_transferred(transferor: &[Traced], target: &[Traced]) {
+    let notifies: Vec<String> = transferor
+        .iter()
+        .filter(|m| m.received && m.is_request("NOTIFY"))
+        .map(|m| m.body().trim().to_string())
+        .collect();
+    assert_eq!(notifies, ["SIP/2.0 100 Trying", "SIP/2.0 200 OK"]);
+    let target_got: Vec<&Traced> = target.iter().filter(|m| m.received).collect();
+    let invite = target_got
+        .iter()
+        .find(|m| m.is_request("INVITE"))
+        .expect("the target got an INVITE");
+    assert!(
+        invite.first_line().starts_with("INVITE sip:+4930555000@"),
+        "{}",
+        invite.text
+    );
+    assert!(
+        invite
+            .header("Referred-By")
+            .is_some_and(|v| v.contains("sipp@")),
+        "{}",
+        invite.text
+    );
+    assert!(target_got.iter().any(|m| m.is_request("BYE")));
+}
+
+#[test]
+fn a_transfer_by_the_callee_reaches_the_target_and_the_caller_stays_in_the_call() {
+    let (transferor, target) = blind_transfer(Direction::CoreToTeams);
+    assert_transferred(&transferor, &target);
+}
+
+#[test]
+fn a_transfer_by_the_caller_reaches_the_target_and_the_callee_stays_in_the_call() {
+    let (transferor, target) = blind_transfer(Direction::TeamsToCore);
+    assert_transferred(&transferor, &target);
+}

@@ -101,7 +101,8 @@ function Call:play_ringback(leg) end
 ---@param digits string
 ---@param leg? "a"|"b"
 function Call:send_dtmf(digits, leg) end
----Routes the call (in on_invite), or routes it again (in on_failure).
+---Routes the call (in on_invite), routes it again (in on_failure), or routes a transfer's new
+---call (in on_refer).
 ---@param trunk string
 ---@param opts? bh.RouteOptions
 function Call:route(trunk, opts) end
@@ -330,3 +331,4 @@ function Media:crypto() end
 ---@field on_failure? fun(call: bh.Call, resp: bh.Message)
 ---@field on_media? fun(call: bh.Call, ev: bh.MediaEvent): (boolean|string|nil) For a "dtmf" event: false drops the digit, a digit string replaces it.
 ---@field on_call_end? fun(call: bh.Call, info: bh.CallEnd)
+---@field on_refer? fun(call: bh.Call, req: bh.Message) A transfer asked by REFER (trunk `refer: terminate`): call:route places the new call there, call:reject refuses it.

@@ -324,6 +324,15 @@ impl B2bua<'_> {
         }
         p_early_media(&mut hooked.msg, &hooked.touched, dest.p_early_media);
         apply_policy(&mut hooked.msg, &hooked.touched, &dest.headers);
+        if dest.refer == ReferPolicy::Terminate {
+            // Microsoft reads REFER in the SBC's Allow as "the SBC takes transfers itself".
+            if let Some(allow) = hooked.msg.header_str(&HeaderName::Allow) {
+                if !allow.split(',').any(|m| m.trim() == "REFER") {
+                    let allow = format!("{allow}, REFER");
+                    hooked.msg.set_header(HeaderName::Allow, allow);
+                }
+            }
+        }
         if let Some(limit) = dest.trim_above.filter(|_| has_sdp) {
             let (candidates, codecs) = super::offer_answer::trim_to_fit(&mut hooked.msg, limit);
             if candidates + codecs > 0 {

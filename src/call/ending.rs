@@ -76,6 +76,8 @@ impl B2bua<'_> {
             }
             ClientOwner::Refresh(call, _) => self.on_refresh_outcome(call, status, now),
             ClientOwner::Keepalive(id) => self.on_keepalive_outcome(id, status),
+            ClientOwner::Transfer(key) => self.on_transfer_failure(key, status, now),
+            ClientOwner::TransferNotify(key) => self.on_transfer_notified(key, now),
             ClientOwner::Local => {}
         }
     }
@@ -156,6 +158,7 @@ impl B2bua<'_> {
         by: Option<Leg>,
         now: Instant,
     ) {
+        self.end_transfer(key, now);
         if let Some(call) = self.calls.by_key.get(&key) {
             if call.rules.rules.has_hook(call.script, Hook::CallEnd) {
                 let info = CallEndInfo {

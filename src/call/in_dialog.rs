@@ -297,6 +297,11 @@ impl B2bua<'_> {
         info: RequestInfo,
         now: Instant,
     ) {
+        // The transferor of a transfer done, in the dialog the target took over.
+        if let Some(status) = self.on_transferor_request(&incoming, &method, &info, now) {
+            self.answer(incoming, status, &[], now);
+            return;
+        }
         let (call_key, leg) = match self.accept_dialog_request(&incoming.msg, &method, &info) {
             Ok(found) => found,
             Err((status, extra)) => {
@@ -313,6 +318,18 @@ impl B2bua<'_> {
         if method == Method::Prack {
             // Reliability ends at Bridgehead on each leg: a PRACK is never relayed.
             self.on_prack(call_key, leg, (msg, key, from), now);
+            return;
+        }
+        let terminates_refer = self.calls.by_key.get(&call_key).is_some_and(|call| {
+            call.rules.profile.trunks[call.leg(leg).trunk].refer == ReferPolicy::Terminate
+        });
+        if method == Method::Refer && terminates_refer {
+            self.on_refer(call_key, leg, (msg, key, from), now);
+            return;
+        }
+        if method == Method::Bye && self.transferor_leaves(call_key, leg) {
+            let server = self.create_server(key, msg, from, ServerOwner::Local);
+            self.reply_local(call_key, leg, server, 200, now);
             return;
         }
         if matches!(method, Method::Invite | Method::Update) {

@@ -35,9 +35,11 @@ mod setup;
 #[cfg(test)]
 mod tests;
 mod transactions;
+mod transfer;
 
 use crate::config::{
-    DelayedOffer, EarlyMedia, HeaderPolicy, MultipartPolicy, Rel100, ScriptErrorPolicy, TrunkId,
+    DelayedOffer, EarlyMedia, HeaderPolicy, MultipartPolicy, ReferPolicy, Rel100,
+    ScriptErrorPolicy, TrunkId,
 };
 use crate::media::{DtmfMethod, MediaCallId, MediaCommand, MediaEvent, PortPool};
 use crate::script::{
@@ -98,6 +100,10 @@ pub enum ClientOwner {
     Refresh(CallKey, Leg),
     /// An OPTIONS keepalive to a trunk peer (by its monitor id): the outcome is its health.
     Keepalive(u32),
+    /// The INVITE toward a transfer's target (Bridgehead the transferee).
+    Transfer(CallKey),
+    /// A NOTIFY telling the transferor how its transfer goes.
+    TransferNotify(CallKey),
 }
 
 /// The transaction table as the call layer uses it: who waits for each transaction.
@@ -495,6 +501,8 @@ pub struct Call {
     last_sdp: [Option<Bytes>; 2],
     /// The caller's QoS preconditions, when Bridgehead terminates them.
     preconditions: Option<precondition::CallerPreconditions>,
+    /// A transfer a peer asked for (REFER), while it goes on.
+    refer: Option<transfer::Refer>,
 }
 
 /// Bridgehead's reliable provisional responses on the A-leg (RFC 3262 §3): whether they are
@@ -593,7 +601,7 @@ type Refusal = (u16, Vec<(HeaderName, String)>);
 
 /// Where a call is routed: a trunk, optionally one of its peers or another address, and
 /// optionally a Request-URI chosen by a rule.
-struct Route {
+pub(super) struct Route {
     trunk: TrunkId,
     peer: Option<SocketAddr>,
     uri: Option<String>,

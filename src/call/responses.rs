@@ -121,6 +121,12 @@ impl B2bua<'_> {
                     self.on_keepalive_outcome(id, status);
                 }
             }
+            ClientOwner::Transfer(call) => self.on_transfer_response(call, &msg, now),
+            ClientOwner::TransferNotify(call) => {
+                if msg.status().is_some_and(|s| s >= 200) {
+                    self.on_transfer_notified(call, now);
+                }
+            }
             ClientOwner::Local => {}
         }
     }
@@ -307,19 +313,25 @@ impl B2bua<'_> {
     /// the answer (its PRACKs go there), and the one that answered after it; each fork brings
     /// its own remote target and route set.
     pub(super) fn learn_b_dialog(call: &mut Call, msg: &Message) {
+        B2bua::learn_dialog(&mut call.b, msg);
+    }
+
+    /// Records what a response to an INVITE Bridgehead sent says about its dialog: the
+    /// remote tag, target and route set, and whether the peer takes UPDATE.
+    pub(super) fn learn_dialog(dialog: &mut Dialog, msg: &Message) {
         let tag = msg.header_str(&HeaderName::To).and_then(tag_of);
-        if tag.is_some() && tag != call.b.remote_tag {
-            call.b.remote_tag = tag;
-            call.b.route_set = Vec::new();
+        if tag.is_some() && tag != dialog.remote_tag {
+            dialog.remote_tag = tag;
+            dialog.route_set = Vec::new();
         }
         if let Some(target) = contact_uri(msg) {
-            call.b.remote_target = target;
+            dialog.remote_target = target;
         }
-        call.b.allows_update = allows_update(msg);
+        dialog.allows_update = allows_update(msg);
         let mut routes = record_routes(msg);
         if !routes.is_empty() {
             routes.reverse();
-            call.b.route_set = routes;
+            dialog.route_set = routes;
         }
     }
 
@@ -578,9 +590,17 @@ impl B2bua<'_> {
                 ServerOwner::Dialog(_, requester) => (call, requester.other()),
                 _ => return Some(ack),
             },
-            ClientOwner::Local | ClientOwner::Refresh(..) | ClientOwner::Keepalive(_) => {
-                return Some(ack)
+            ClientOwner::Transfer(key) => {
+                let call = self.calls.by_key.get(&key)?;
+                let refer = call.refer.as_ref()?;
+                let trunk = refer.target_trunk()?;
+                let (script, leg) = (call.script, refer.leg());
+                return Some(self.outgoing(Some(key), script, leg, trunk, ack));
             }
+            ClientOwner::Local
+            | ClientOwner::Refresh(..)
+            | ClientOwner::Keepalive(_)
+            | ClientOwner::TransferNotify(_) => return Some(ack),
         };
         let Some(call) = self.calls.by_key.get(&key) else {
             return Some(ack);

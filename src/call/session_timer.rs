@@ -34,6 +34,8 @@ pub(crate) enum CallTimer {
     /// The callee's peer did not answer the INVITE at all within the trunk's
     /// `failover_timeout`.
     Failover,
+    /// A transferor left in its old dialog did not hang up after its transfer: Bridgehead does.
+    TransferorBye,
 }
 
 /// The shortest session interval there is (RFC 4028 §4: Min-SE is never below 90 s).
@@ -91,6 +93,7 @@ impl Calls {
                 }
                 CallTimer::Reservation => call.preconditions.as_ref().is_some_and(|p| p.waiting()),
                 CallTimer::Failover => call.failover_due == Some((at, seq)),
+                CallTimer::TransferorBye => call.refer.as_ref().is_some_and(|r| r.waits_for_bye()),
             });
             if current {
                 return Some((key, timer));
@@ -111,6 +114,13 @@ impl Calls {
             self.call_timers.remove(&superseded);
         }
         self.call_timers.insert(armed, (key, CallTimer::Failover));
+    }
+
+    /// Arms the wait for a transferor's BYE (at `at`, Bridgehead sends its own).
+    pub(super) fn arm_transferor_bye(&mut self, key: CallKey, at: Instant) {
+        self.timer_seq += 1;
+        self.call_timers
+            .insert((at, self.timer_seq), (key, CallTimer::TransferorBye));
     }
 
     /// Arms the wait for a caller's QoS preconditions (it ends at `at`).
@@ -338,6 +348,7 @@ impl B2bua<'_> {
             }
             CallTimer::Reservation => self.on_reservation_timeout(key, now),
             CallTimer::Failover => self.on_failover_timeout(key, now),
+            CallTimer::TransferorBye => self.transferor_gone(key, true, now),
             CallTimer::Expire(leg) => {
                 if let Some(call) = self.calls.by_key.get(&key) {
                     tracing::info!(call = %call.id, leg = leg.name(), "session timer expired: hanging up");

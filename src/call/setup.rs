@@ -555,6 +555,7 @@ impl B2bua<'_> {
             callee_answer_due: None,
             b_prack_deferred: None,
             preconditions,
+            refer: None,
         };
         self.calls
             .dialogs

@@ -136,11 +136,14 @@ pub enum Hook {
     Media,
     /// `on_call_end(call, info)`: the call is over.
     CallEnd,
+    /// `on_refer(call, req)`: a peer asks Bridgehead to transfer the call (REFER, on a trunk
+    /// with `refer: terminate`); a rule may route the new call or refuse.
+    Refer,
 }
 
 impl Hook {
     /// Every hook, in declaration order.
-    pub const ALL: [Hook; 9] = [
+    pub const ALL: [Hook; 10] = [
         Hook::Invite,
         Hook::Request,
         Hook::Response,
@@ -150,6 +153,7 @@ impl Hook {
         Hook::Failure,
         Hook::Media,
         Hook::CallEnd,
+        Hook::Refer,
     ];
 
     /// The function name a script defines.
@@ -164,6 +168,7 @@ impl Hook {
             Hook::Failure => "on_failure",
             Hook::Media => "on_media",
             Hook::CallEnd => "on_call_end",
+            Hook::Refer => "on_refer",
         }
     }
 }
