@@ -87,6 +87,13 @@ fn notify<'b>(frag: &str, last: bool, key: CallKey) -> OwnRequest<'b> {
         .owned_by(ClientOwner::TransferNotify(key))
 }
 
+impl Calls {
+    /// The transfer of call `key` going on, if any.
+    fn refer_mut(&mut self, key: CallKey) -> Option<&mut Refer> {
+        self.by_key.get_mut(&key).and_then(|c| c.refer.as_mut())
+    }
+}
+
 impl B2bua<'_> {
     /// A REFER on `leg` of an answered call, from a trunk that has Bridgehead terminate it.
     pub(super) fn on_refer(
@@ -246,22 +253,16 @@ impl B2bua<'_> {
             return;
         };
         let (leg, left) = (refer.leg, refer.transferor_left);
-        let reason = match &msg.start {
-            StartLine::Response { reason, .. } => reason.clone(),
-            StartLine::Request { .. } => String::new(),
-        };
-        refer.final_frag = Some(format!("SIP/2.0 {status} {reason}"));
         if status >= 300 {
-            if left {
-                tracing::info!(call = %call.id, status, "transfer failed and its transferor is gone: the call ends");
-                self.send_bye(key, leg.other(), Vec::new(), now);
-                self.end_call(key, "bye", Some(leg), now);
-                return;
-            }
-            tracing::info!(call = %call.id, status, "transfer failed: the call stays");
-            self.send_final_notify(key, now);
+            let reason = match &msg.start {
+                StartLine::Response { reason, .. } => reason.clone(),
+                StartLine::Request { .. } => String::new(),
+            };
+            self.transfer_failed(key, status, &reason, now);
             return;
         }
+        let reason = crate::sip::reason_phrase(status);
+        refer.final_frag = Some(format!("SIP/2.0 {status} {reason}"));
         B2bua::learn_dialog(&mut target, msg);
         self.calls.dialogs.insert(target.dialog_key(), (key, leg));
         let old = std::mem::replace(call.leg_mut(leg), target);
@@ -286,36 +287,41 @@ impl B2bua<'_> {
 
     /// The target's INVITE got no response (timeout) or could not be sent.
     pub(super) fn on_transfer_failure(&mut self, key: CallKey, status: u16, now: Instant) {
-        let Some(refer) = self
+        if self
             .calls
-            .by_key
-            .get_mut(&key)
-            .and_then(|c| c.refer.as_mut())
-        else {
+            .refer_mut(key)
+            .is_some_and(|refer| refer.target.take().is_some())
+        {
+            self.transfer_failed(key, status, crate::sip::reason_phrase(status), now);
+        }
+    }
+
+    /// The target refused or never answered: the transferor hears it and the call stays, or,
+    /// when the transferor left already, the call ends.
+    fn transfer_failed(&mut self, key: CallKey, status: u16, reason: &str, now: Instant) {
+        let Some(refer) = self.calls.refer_mut(key) else {
             return;
         };
-        if refer.target.take().is_some() {
-            if refer.transferor_left {
-                let leg = refer.leg;
-                self.send_bye(key, leg.other(), Vec::new(), now);
-                self.end_call(key, "bye", Some(leg), now);
-                return;
-            }
-            let reason = crate::sip::reason_phrase(status);
-            refer.final_frag = Some(format!("SIP/2.0 {status} {reason}"));
-            self.send_final_notify(key, now);
+        let leg = refer.leg;
+        if refer.transferor_left {
+            tracing::info!(
+                call_key = key,
+                status,
+                "transfer failed and its transferor is gone: the call ends"
+            );
+            self.send_bye(key, leg.other(), Vec::new(), now);
+            self.end_call(key, "bye", Some(leg), now);
+            return;
         }
+        tracing::info!(call_key = key, status, "transfer failed: the call stays");
+        refer.final_frag = Some(format!("SIP/2.0 {status} {reason}"));
+        self.send_final_notify(key, now);
     }
 
     /// Sends the final NOTIFY once no other NOTIFY waits for its response: in the transferor's
     /// old dialog when the target took its place, else in the call's leg.
     fn send_final_notify(&mut self, key: CallKey, now: Instant) {
-        let Some(refer) = self
-            .calls
-            .by_key
-            .get_mut(&key)
-            .and_then(|c| c.refer.as_mut())
-        else {
+        let Some(refer) = self.calls.refer_mut(key) else {
             return;
         };
         if refer.notifying {
@@ -391,9 +397,7 @@ impl B2bua<'_> {
     pub(super) fn transferor_leaves(&mut self, key: CallKey, leg: Leg) -> bool {
         let refer = self
             .calls
-            .by_key
-            .get_mut(&key)
-            .and_then(|c| c.refer.as_mut())
+            .refer_mut(key)
             .filter(|r| r.leg == leg && r.target.is_some());
         let Some(refer) = refer else {
             return false;
