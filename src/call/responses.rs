@@ -52,12 +52,14 @@ impl B2bua<'_> {
                 .by_key
                 .get(&call)
                 .is_none_or(|c| c.b_invite != id),
+            // A transfer's target answering a call that ended meanwhile.
+            ClientOwner::Transfer(call) => !self.calls.by_key.contains_key(&call),
             _ => false,
         };
-        let kept = (matches!(owner, ClientOwner::Invite(_))
-            && (status == 422 || (stale && (200..300).contains(&status))))
-        .then(|| self.txns.client(id).and_then(|e| e.request.clone()))
-        .flatten();
+        let invite_owner = matches!(owner, ClientOwner::Invite(_) | ClientOwner::Transfer(_));
+        let kept = (invite_owner && (status == 422 || (stale && (200..300).contains(&status))))
+            .then(|| self.txns.client(id).and_then(|e| e.request.clone()))
+            .flatten();
         let stale_peer = self.txns.client(id).map(|e| e.peer);
         if stale && (101..200).contains(&status) {
             // A callee that rings for an INVITE the call moved on from must stop (its

@@ -277,12 +277,26 @@ impl B2bua<'_> {
             refer.transferor = Some(old);
         }
         self.ack_leg(key, leg, None);
+        self.end_ringback(key, leg.other());
         // Where the target wants media: learnt as any SDP from that side (nothing goes to the
         // other party, whose side of the relay stays as it is).
         if let Some(mut answer) = sdp_of(msg).and_then(|sdp| Sdp::parse(&sdp).ok()) {
             self.anchor_media(key, leg.other(), &mut answer);
         }
         self.send_final_notify(key, now);
+    }
+
+    /// The ringback a transfer plays toward `leg` ends (the target answered, or it failed and
+    /// the party waits for the transferor to take the call back).
+    fn end_ringback(&mut self, key: CallKey, leg: Leg) {
+        let anchored = self
+            .calls
+            .by_key
+            .get(&key)
+            .is_some_and(|c| c.rules.profile.media.is_some());
+        if anchored {
+            self.play_sound(key, leg, crate::media::player::Sound::EndRingback);
+        }
     }
 
     /// The target's INVITE got no response (timeout) or could not be sent.
@@ -315,6 +329,7 @@ impl B2bua<'_> {
         }
         tracing::info!(call_key = key, status, "transfer failed: the call stays");
         refer.final_frag = Some(format!("SIP/2.0 {status} {reason}"));
+        self.end_ringback(key, leg.other());
         self.send_final_notify(key, now);
     }
 

@@ -64,6 +64,9 @@ impl TonePlan {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Sound {
     Ringback(TonePlan),
+    /// Ends the ringback playing toward the leg, if any (digits playing go on): a transfer
+    /// answered or failed.
+    EndRingback,
     /// DTMF digits, each lasting `duration_ms` (rounded to 20 ms, 40 ms to 5 s).
     Digits {
         digits: String,
@@ -121,6 +124,12 @@ impl Player {
     pub fn new(sound: Sound, seed: u32) -> Player {
         let state = match sound {
             Sound::Ringback(plan) => State::Ringback { plan, sample: 0 },
+            // Nothing to play (a stream never starts a player for it).
+            Sound::EndRingback => State::Digits {
+                digits: VecDeque::new(),
+                step: 0,
+                event_timestamp: 0,
+            },
             Sound::Digits {
                 digits,
                 duration_ms,

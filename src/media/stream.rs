@@ -379,6 +379,13 @@ impl MediaStream {
     /// Plays a sound toward a leg from `now` on, 20 ms at a time: digits wait for the digits
     /// playing; anything else replaces what plays.
     pub fn play(&mut self, to: Leg, sound: Sound, now: Instant) {
+        if sound == Sound::EndRingback {
+            let leg = &mut self.legs[to.index()];
+            if leg.player.as_ref().is_some_and(Player::is_ringback) {
+                leg.player = None;
+            }
+            return;
+        }
         let was_playing = self.playing();
         self.seed = self.seed.wrapping_mul(0x9e37_79b9).wrapping_add(1);
         let leg = &mut self.legs[to.index()];
