@@ -280,6 +280,9 @@ pub struct Trunk {
     pub hold: HoldStyle,
     /// REFER from this trunk's peer: relayed, or terminated (Bridgehead the transferee).
     pub refer: ReferPolicy,
+    /// Seconds a transferor has to hang up its dialog after its transfer succeeded before
+    /// Bridgehead does.
+    pub transferor_bye: u32,
     /// Numbers toward the trunk in E.164 (`+` and the country code), from national and
     /// international formats (Microsoft Teams takes E.164 only).
     pub e164: Option<E164>,
@@ -934,6 +937,8 @@ struct RawTrunk {
     hold: HoldStyle,
     #[serde(default)]
     refer: ReferPolicy,
+    #[serde(default = "default_transferor_bye")]
+    transferor_bye: u32,
     #[serde(default)]
     e164: Option<E164>,
     #[serde(default)]
@@ -941,6 +946,10 @@ struct RawTrunk {
 }
 
 /// A decline is the callee's own answer: no other peer should ring it again.
+fn default_transferor_bye() -> u32 {
+    32
+}
+
 fn default_final_codes() -> Vec<u16> {
     vec![603]
 }
@@ -1517,6 +1526,7 @@ impl Validator<'_> {
             failover_timeout: raw.failover_timeout.filter(|s| *s > 0),
             hold: raw.hold,
             refer: raw.refer,
+            transferor_bye: raw.transferor_bye,
             e164: raw.e164.clone(),
             sdp_attributes: raw.sdp_attributes.clone(),
             on_script_error,

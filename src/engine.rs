@@ -10,6 +10,7 @@
 //! bytes to send, and timeouts that go back to the call layer as inputs. It never touches a
 //! socket, a clock or a file.
 
+use crate::call::join::CallNote;
 use crate::call::{CallInput, Calls, Txns};
 use crate::config::Profile;
 use crate::lookup::{LookupAnswer, LookupRequest};
@@ -268,6 +269,17 @@ impl Engine {
         self.calls.poll_close()
     }
 
+    /// The next note for another shard (an attended transfer joins calls of two shards):
+    /// the driver hands it to that shard's [`Engine::handle_note`].
+    pub fn poll_note(&mut self) -> Option<(usize, CallNote)> {
+        self.calls.poll_note()
+    }
+
+    /// A note from another shard's [`Engine::poll_note`].
+    pub fn handle_note(&mut self, note: CallNote, now: Instant) {
+        self.handle(CallInput::Note(note), now);
+    }
+
     /// The next message to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()
@@ -284,6 +296,21 @@ impl Engine {
     /// back to the call layer (whose answers queue more events, drained in the same loop), and
     /// transactions that ended are forgotten once the events before theirs were handled.
     fn drain_transactions(&mut self, now: Instant) {
+        loop {
+            self.drain_events(now);
+            // Notes a shard writes itself (both calls of an attended transfer are its own)
+            // are handled at once, as if another shard had sent them.
+            let Some(note) = self.calls.take_own_note() else {
+                return;
+            };
+            self.calls
+                .with(&mut self.txns)
+                .handle(CallInput::Note(note), now);
+        }
+    }
+
+    /// The transactions' events, as [`Engine::drain_transactions`] takes them.
+    fn drain_events(&mut self, now: Instant) {
         while let Some(event) = self.txns.poll_event() {
             let input = match event {
                 TxnEvent::Transmit(transmit) => {

@@ -30,8 +30,9 @@ pub mod sip;
 mod transactions;
 mod transport;
 
+pub use call::join::CallNote;
 pub use config::Profile;
 pub use engine::Engine;
 pub use runtime::run;
 pub use script::RuleSet;
-pub use shared::{ConnId, EngineStats, Leg, Peer, Transmit};
+pub use shared::{shard_for_call_id, ConnId, EngineStats, Leg, Peer, Transmit};

@@ -390,6 +390,9 @@ async fn run_shard(
         while let Some(request) = engine.poll_lookup() {
             hub.consult(request, shard);
         }
+        while let Some((to, note)) = engine.poll_note() {
+            hub.to_shard(to, ShardInput::Note(note));
+        }
     }
 }
 
@@ -418,5 +421,6 @@ fn handle(engine: &mut Engine, input: ShardInput) {
             engine.handle_transport_error(&transmit, &error, now)
         }
         ShardInput::LookupAnswer(id, answer) => engine.handle_lookup_answer(id, answer, now),
+        ShardInput::Note(note) => engine.handle_note(note, now),
     }
 }

@@ -43,6 +43,8 @@ pub enum ShardInput {
     TransportError(Transmit, String),
     /// A lookup's consultation service answered request `id`.
     LookupAnswer(u64, crate::lookup::LookupAnswer),
+    /// Another shard's note about joined calls.
+    Note(crate::call::join::CallNote),
 }
 
 /// The bound sockets and open connections, shared by receivers and shards.
@@ -462,19 +464,25 @@ impl Hub {
         if shard == here {
             return Some(input);
         }
+        self.to_shard(shard, input);
+        None
+    }
+
+    /// Queues `input` for shard `shard` (a note between shards).
+    pub fn to_shard(&self, shard: usize, input: ShardInput) {
         if let Some(tx) = self.shards.get(shard) {
             let _ = tx.send(input);
         }
-        None
     }
 
     /// Tells the shard that sent `bytes` that they could not be sent (its engine fails the
     /// transaction at once, RFC 3261 §18.4).
     fn report_failure(&self, peer: Peer, bytes: Bytes, error: String) {
         let shard = parse_message(&bytes, Framing::Datagram).map_or(0, |(m, _)| self.shard_of(&m));
-        if let Some(tx) = self.shards.get(shard) {
-            let _ = tx.send(ShardInput::TransportError(Transmit { peer, bytes }, error));
-        }
+        self.to_shard(
+            shard,
+            ShardInput::TransportError(Transmit { peer, bytes }, error),
+        );
     }
 
     /// Sends a message over a stream connection: the one it names, the one open toward its

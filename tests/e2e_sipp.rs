@@ -659,6 +659,19 @@ fn five_hundred_calls_at_100_per_second_across_three_shards() {
     }
 }
 
+/// A SIPp far end's arguments: on 127.0.0.1:`port`, `calls` calls, failing after 30 s, then
+/// `extra`.
+fn far_end_args(port: u16, calls: u32, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["-i", "127.0.0.1", "-p", &port.to_string()]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(["-m".to_string(), calls.to_string()]);
+    args.extend(["-timeout", "30s", "-timeout_error"].map(String::from));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
 /// Rules that send every transfer to the `pstn` trunk.
 const TRANSFER_RULES: &str =
     "return { on_refer = function(call, req) return call:route('pstn') end }\n";
@@ -700,15 +713,7 @@ trunks:
         script = script.display()
     );
     let sbc = Sbc::start(&profile);
-    let args = |port: u16, extra: &[&str]| -> Vec<String> {
-        let mut args: Vec<String> = ["-i", "127.0.0.1", "-p", &port.to_string(), "-m", "1"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        args.extend(["-timeout", "30s", "-timeout_error"].map(String::from));
-        args.extend(extra.iter().map(|s| s.to_string()));
-        args
-    };
+    let args = |port: u16, extra: &[&str]| far_end_args(port, 1, extra);
     let mut target = Sipp::start(&dir, "target", &args(sbc.port("target"), &["-sn", "uas"]));
     wait_listening(sbc.port("target"), Transport::Udp);
     // The transferor names Bridgehead as [remote_ip]:[remote_port] in its REFER.
@@ -809,4 +814,154 @@ fn a_transfer_by_the_callee_reaches_the_target_and_the_caller_stays_in_the_call(
 fn a_transfer_by_the_caller_reaches_the_target_and_the_callee_stays_in_the_call() {
     let (transferor, target) = blind_transfer(Direction::TeamsToCore);
     assert_transferred(&transferor, &target);
+}
+
+/// An attended transfer with SIPp far ends from the Asterisk testsuite: Teams (the
+/// transferor, two SIPp peers twinned over 3PCC) is the caller (`Direction::TeamsToCore`) or
+/// the callee (`Direction::CoreToTeams`, holding the core's party) of a call with the core's
+/// party, consults a second core party in a call of its own, and REFERs the first call with
+/// Replaces naming the consultation. Bridgehead joins the two core parties, hangs up the
+/// consultation and (as callee) Teams' old dialog; then the first party hangs up and the
+/// BYE reaches the second one. Returns the traces of the transferor, the consultation leg,
+/// and the core's parties (one trace for both when Teams called them).
+fn attended_transfer(direction: Direction) -> [Vec<Traced>; 3] {
+    let dir = scratch_dir("attended");
+    let base = common::media_range();
+    let profile = format!(
+        "shards: 1
+media:
+  address: 127.0.0.1
+  ports: {base}-{}
+listeners:
+  - name: core
+    address: 127.0.0.1:{{core}}
+  - name: teams
+    address: 127.0.0.1:{{teams}}
+trunks:
+  - name: core
+    listener: core
+    peers: [\"127.0.0.1:{{softswitch}}\"]
+    script: {script}
+    route: teams
+  - name: teams
+    listener: teams
+    peers: [\"127.0.0.1:{{teams_peer}}\", \"127.0.0.1:{{consult_peer}}\"]
+    script: {script}
+    route: core
+    refer: terminate
+    transferor_bye: 1
+",
+        base + 9,
+        script = common::default_script()
+    );
+    let sbc = Sbc::start(&profile);
+    let teams = format!("127.0.0.1:{}", sbc.port("teams"));
+    let core = format!("127.0.0.1:{}", sbc.port("core"));
+    let twin_port = free_udp_port();
+    let twin = format!("127.0.0.1:{twin_port}");
+    // The core's parties: the consulted one (and, when Teams calls, the first one too).
+    let calls_to_core = match direction {
+        Direction::TeamsToCore => 2,
+        Direction::CoreToTeams => 1,
+    };
+    let mut parties = Sipp::start(
+        &dir,
+        "parties",
+        &far_end_args(
+            sbc.port("softswitch"),
+            calls_to_core,
+            &["-sf", &scenario("party_transferred_uas")],
+        ),
+    );
+    wait_listening(sbc.port("softswitch"), Transport::Udp);
+    // The transferor's two legs name Bridgehead as [remote_ip]:[remote_port] (the UAS too, in
+    // its re-INVITE and REFER); they are twins over 3PCC, the consultation leg listening for
+    // its twin's command first.
+    let teams_leg = |port: u16, name: &str| {
+        let mut args = far_end_args(port, 1, &["-3pcc", &twin, "-sf", &scenario(name)]);
+        args.push(teams.clone());
+        args
+    };
+    let consult_args = teams_leg(sbc.port("consult_peer"), "transferor_attended_consult");
+    let mut consult = Sipp::start(&dir, "consult", &consult_args);
+    wait_listening(twin_port, Transport::Tcp);
+    let (mut transferor, mut caller) = match direction {
+        Direction::TeamsToCore => {
+            let transferor_args = teams_leg(sbc.port("teams_peer"), "transferor_attended_uac");
+            (Sipp::start(&dir, "transferor", &transferor_args), None)
+        }
+        Direction::CoreToTeams => {
+            let transferor_args = teams_leg(sbc.port("teams_peer"), "transferor_attended_uas");
+            let transferor = Sipp::start(&dir, "transferor", &transferor_args);
+            wait_listening(sbc.port("teams_peer"), Transport::Udp);
+            let mut caller_args =
+                far_end_args(free_udp_port(), 1, &["-d", "2000", "-s", "+4930987654"]);
+            caller_args.extend(["-sf", &scenario("party_held_uac"), &core].map(String::from));
+            (transferor, Some(Sipp::start(&dir, "caller", &caller_args)))
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let statuses = [
+        transferor.wait(deadline),
+        consult.wait(deadline),
+        parties.wait(deadline),
+        caller.as_mut().map_or(Some(0), |c| c.wait(deadline)),
+    ];
+    let context = format!(
+        "{}\n{}\n{}\n{}\n--- sbc log ---\n{}",
+        transferor.report(),
+        consult.report(),
+        parties.report(),
+        caller.as_ref().map(|c| c.report()).unwrap_or_default(),
+        sbc.log()
+    );
+    assert_eq!(statuses, [Some(0); 4], "a far end failed\n{context}");
+    let mut core_trace = parties.trace();
+    if let Some(caller) = &caller {
+        core_trace.extend(caller.trace());
+    }
+    [transferor.trace(), consult.trace(), core_trace]
+}
+
+/// The transferor heard 100 Trying then 200 OK in its dialog; the consultation leg got
+/// Bridgehead's BYE; the core's parties never saw Replaces, and the consulted party got the
+/// first party's BYE.
+fn assert_joined([transferor, consult, core]: &[Vec<Traced>; 3]) {
+    let notifies: Vec<String> = transferor
+        .iter()
+        .filter(|m| m.received && m.is_request("NOTIFY"))
+        .map(|m| m.body().trim().to_string())
+        .collect();
+    assert_eq!(notifies, ["SIP/2.0 100 Trying", "SIP/2.0 200 OK"]);
+    assert!(consult.iter().any(|m| m.received && m.is_request("BYE")));
+    let core_got: Vec<&Traced> = core.iter().filter(|m| m.received).collect();
+    assert!(core_got.iter().all(|m| m.header("Replaces").is_none()));
+    let byes = core_got.iter().filter(|m| m.is_request("BYE")).count();
+    assert_eq!(byes, 1, "the consulted party hears its new partner hang up");
+}
+
+#[test]
+fn an_attended_transfer_by_the_caller_joins_its_two_core_parties() {
+    let traces = attended_transfer(Direction::TeamsToCore);
+    assert_joined(&traces);
+}
+
+#[test]
+fn an_attended_transfer_by_the_callee_joins_the_caller_with_the_consulted_party() {
+    let traces = attended_transfer(Direction::CoreToTeams);
+    assert_joined(&traces);
+    // The caller Teams held was taken off hold by Bridgehead.
+    let [_, _, core] = &traces;
+    let offers: Vec<&str> = core
+        .iter()
+        .filter(|m| m.received && m.is_request("INVITE"))
+        .map(|m| m.body())
+        .collect();
+    assert_eq!(
+        offers.len(),
+        3,
+        "the consulted party's call, the hold, the resume"
+    );
+    assert!(offers.iter().any(|o| o.contains("a=sendonly")));
+    assert!(offers.last().is_some_and(|o| o.contains("a=sendrecv")));
 }

@@ -44,7 +44,12 @@ impl Sim {
 
     /// An engine on `text`, counting rule metrics into `metrics`.
     fn with_rules(text: &str, metrics: Arc<RuleMetrics>) -> Sim {
-        let engine = Engine::new(rule_set(text, 1, metrics), 0, 1);
+        Sim::on_shard(text, metrics, (0, 1))
+    }
+
+    /// The engine of shard `shard` of `shards` on `text`.
+    fn on_shard(text: &str, metrics: Arc<RuleMetrics>, (shard, shards): (usize, usize)) -> Sim {
+        let engine = Engine::new(rule_set(text, 1, metrics), shard, shards);
         let start = Instant::now();
         Sim {
             engine,
@@ -556,6 +561,25 @@ CSeq: 11 ACK
     let out = sim.core_sends(&ack);
     assert_eq!(summary(&out), [format!("ACK->{TEAMS_PEER}")]);
     assert_eq!(h(&out[0].1, "CSeq"), Some("2 ACK"));
+
+    // A peer whose ACK of a 2xx reuses its INVITE's branch (as some do, against RFC 3261
+    // §17.1.1.3) still gets it across: the server transaction hands it to the dialog.
+    let resume = reinvite
+        .replace("z9hG4bKre1", "z9hG4bKre3")
+        .replace("CSeq: 11", "CSeq: 13")
+        .replace("a=sendonly\n", "");
+    let out = sim.core_sends(&resume);
+    assert_eq!(summary(&out), [format!("INVITE->{TEAMS_PEER}")]);
+    let out = sim.teams_sends(&answer(&out[0].1, 200, "OK", "t1", SDP));
+    assert_eq!(summary(&out), [format!("200->{CORE_PEER}")]);
+    let same_branch = ack
+        .replace("z9hG4bKack2", "z9hG4bKre3")
+        .replace("CSeq: 11", "CSeq: 13");
+    let out = sim.core_sends(&same_branch);
+    assert_eq!(summary(&out), [format!("ACK->{TEAMS_PEER}")]);
+    assert_eq!(h(&out[0].1, "CSeq"), Some("3 ACK"));
+    // Its retransmission is absorbed.
+    assert!(sim.core_sends(&same_branch).is_empty());
 }
 
 #[test]
@@ -3270,4 +3294,203 @@ fn a_strict_trunk_gets_only_the_sdp_attributes_it_names() {
     for kept in ["a=rtpmap:8 PCMA/8000", "a=ptime:20"] {
         assert!(offer.contains(kept), "{kept} in\n{offer}");
     }
+}
+
+/// A Call-ID starting with `prefix` that shard `shard` of `shards` owns.
+fn call_id_on(prefix: &str, shard: usize, shards: usize) -> String {
+    (0..)
+        .map(|n| format!("{prefix}-{n}@example"))
+        .find(|id| bridgehead::shard_for_call_id(id.as_bytes(), shards) == shard)
+        .expect("some Call-ID hashes to every shard")
+}
+
+/// The remote address the relay learnt for `leg` of the streams of `commands`.
+fn learnt_remote(commands: &[MediaCommand], leg: Leg) -> Vec<std::net::SocketAddr> {
+    commands
+        .iter()
+        .filter_map(|command| match command {
+            MediaCommand::Stream { stream, .. } => match leg {
+                Leg::A => stream.a.remote,
+                Leg::B => stream.b.remote,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+/// An attended transfer whose two calls live on different shards: the REFER's shard asks the
+/// consultation's shard by a note, each relay then faces the other's ports toward Teams, the
+/// consultation is hung up, and a BYE of either party reaches the other across the shards.
+#[test]
+fn attended_transfer_joins_calls_of_two_shards() {
+    let text = format!(
+        "media:\n  address: 127.0.0.1\n  ports: 30000-30099\n{}",
+        profile_text("    refer: terminate")
+    );
+    let mut zero = Sim::on_shard(&text, Default::default(), (0, 2));
+    let mut one = Sim::on_shard(&text, Default::default(), (1, 2));
+
+    // Alice (core) to Teams, on shard 0.
+    let alice = call_id_on("alice", 0, 2);
+    let (b_invite, _) = answered_call(&mut zero, &alice);
+    let to_teams: Vec<MediaCommand> = std::iter::from_fn(|| zero.engine.poll_media()).collect();
+    let x_teams_port = to_teams
+        .iter()
+        .find_map(|c| match c {
+            MediaCommand::Stream { stream, .. } if stream.b.local != 0 => Some(stream.b.local),
+            _ => None,
+        })
+        .expect("call 1 anchored");
+
+    // Teams consults Carol (core), on shard 1.
+    let consult = call_id_on("consult", 1, 2);
+    let out = one.teams_sends(&format!(
+        "INVITE sip:+15550300@127.0.0.1:5070 SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.2:5080;branch=z9hG4bKconsult
+Max-Forwards: 70
+From: <sip:+15550100@teams.example>;tag=tc
+To: <sip:+15550300@core.example.com>
+Call-ID: {consult}
+CSeq: 1 INVITE
+Contact: <sip:teams@127.0.0.2:5080>
+Content-Type: application/sdp
+
+v=0
+o=- 5 5 IN IP4 192.0.2.50
+s=-
+c=IN IP4 192.0.2.50
+t=0 0
+m=audio 5002 RTP/AVP 8
+a=sendrecv
+"
+    ));
+    let carol_invite = out
+        .iter()
+        .find(|(_, m)| method(m) == "INVITE")
+        .map(|(_, m)| m.clone())
+        .expect("Carol's INVITE");
+    let carol_sdp = "v=0\no=- 9 9 IN IP4 192.0.2.60\ns=-\nc=IN IP4 192.0.2.60\nt=0 0\nm=audio 4100 RTP/AVP 8\na=sendrecv\n";
+    let out = one.core_sends(&answer(&carol_invite, 200, "OK", "carol", carol_sdp));
+    let consult_ok = out
+        .iter()
+        .find(|(_, m)| status(m) == 200)
+        .map(|(_, m)| m.clone())
+        .expect("200 to Teams");
+    let consult_tag = h(&consult_ok, "To")
+        .and_then(|to| to.split("tag=").nth(1))
+        .expect("Bridgehead's tag")
+        .to_string();
+    one.teams_sends(&format!(
+        "ACK sip:+15550300@127.0.0.1:5070 SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.2:5080;branch=z9hG4bKconsultack
+Max-Forwards: 70
+From: <sip:+15550100@teams.example>;tag=tc
+To: {}
+Call-ID: {consult}
+CSeq: 1 ACK
+
+",
+        h(&consult_ok, "To").unwrap_or_default()
+    ));
+    let consult_commands: Vec<MediaCommand> =
+        std::iter::from_fn(|| one.engine.poll_media()).collect();
+    let y_teams_port = consult_commands
+        .iter()
+        .find_map(|c| match c {
+            MediaCommand::Stream { stream, .. } if stream.a.local != 0 => Some(stream.a.local),
+            _ => None,
+        })
+        .expect("call 2 anchored");
+
+    // Teams REFERs Alice's call (shard 0) with Replaces naming the consultation (shard 1).
+    let refer = format!(
+        "REFER sip:+15550199@127.0.0.1:5070 SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.2:5080;branch=z9hG4bKrefer
+Max-Forwards: 70
+From: {}
+To: {}
+Call-ID: {}
+CSeq: 2 REFER
+Contact: <sip:teams@127.0.0.2:5080>
+Refer-To: <sip:+15550300@sip.pstnhub.microsoft.com?Replaces={}%3Bto-tag%3D{consult_tag}%3Bfrom-tag%3Dtc>
+Referred-By: <sip:+15550100@teams.example>
+
+",
+        h(&b_invite, "To").map(|to| format!("{to};tag=t1")).unwrap_or_default(),
+        h(&b_invite, "From").unwrap_or_default(),
+        h(&b_invite, "Call-ID").unwrap_or_default(),
+        consult.replace('@', "%40"),
+    );
+    let out = zero.teams_sends(&refer);
+    assert_eq!(
+        summary(&out),
+        ["202->127.0.0.2:5080", "NOTIFY->127.0.0.2:5080"]
+    );
+    let notify = out[1].1.clone();
+    let (to, join) = zero
+        .engine
+        .poll_note()
+        .expect("a note to the consultation's shard");
+    assert_eq!(to, 1);
+    one.engine.handle_note(join, one.now);
+    let out = one.sent();
+    assert_eq!(
+        summary(&out),
+        ["BYE->127.0.0.2:5080"],
+        "the consultation is hung up"
+    );
+    assert_eq!(h(&out[0].1, "Call-ID"), Some(consult.as_str()));
+    let relay_one: Vec<MediaCommand> = std::iter::from_fn(|| one.engine.poll_media()).collect();
+    let x_port = format!("127.0.0.1:{x_teams_port}").parse().expect("addr");
+    assert_eq!(
+        learnt_remote(&relay_one, Leg::A),
+        [x_port],
+        "shard 1 faces call 1's port"
+    );
+    let (to, joined) = one.engine.poll_note().expect("the answer");
+    assert_eq!(to, 0);
+    assert!(one.engine.poll_note().is_none());
+    zero.engine.handle_note(joined, zero.now);
+    let relay_zero: Vec<MediaCommand> = std::iter::from_fn(|| zero.engine.poll_media()).collect();
+    let y_port = format!("127.0.0.1:{y_teams_port}").parse().expect("addr");
+    assert_eq!(
+        learnt_remote(&relay_zero, Leg::B),
+        [y_port],
+        "shard 0 faces call 2's port"
+    );
+    // The final NOTIFY goes once the first is answered.
+    let out = zero.teams_sends(&answer_request(&notify, 200, "OK"));
+    assert_eq!(summary(&out), ["NOTIFY->127.0.0.2:5080"]);
+    assert!(out[0].1.body.starts_with(b"SIP/2.0 200 OK"));
+
+    // Carol hangs up on shard 1: Alice gets the BYE on shard 0.
+    let out = one.core_sends(&format!(
+        "BYE sip:+15550300@127.0.0.1:5060 SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bKcarolbye
+Max-Forwards: 70
+From: {};tag=carol
+To: {}
+Call-ID: {}
+CSeq: 2 BYE
+
+",
+        h(&carol_invite, "To").unwrap_or_default(),
+        h(&carol_invite, "From").unwrap_or_default(),
+        h(&carol_invite, "Call-ID").unwrap_or_default(),
+    ));
+    assert_eq!(summary(&out), [format!("200->{CORE_PEER}")]);
+    assert_eq!(one.engine.active_calls(), 0);
+    let (to, ended) = one.engine.poll_note().expect("the partner is told");
+    assert_eq!(to, 0);
+    zero.engine.handle_note(ended, zero.now);
+    let out = zero.sent();
+    assert_eq!(
+        summary(&out),
+        [
+            format!("BYE->{CORE_PEER}"),
+            "BYE->127.0.0.2:5080".to_string()
+        ]
+    );
+    assert_eq!(h(&out[0].1, "Call-ID"), Some(alice.as_str()));
+    assert_eq!(zero.engine.active_calls(), 0);
 }

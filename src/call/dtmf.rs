@@ -101,6 +101,10 @@ impl B2bua<'_> {
             return true;
         };
         if mode == DtmfMode::Info || sides.is_none() {
+            if self.dead_leg(key) == Some(to) {
+                // An attended transfer joined the call: that leg's dialog is gone.
+                return true;
+            }
             let body = Bytes::from(format!("Signal={digit}\r\nDuration={duration_ms}\r\n"));
             let info = OwnRequest::new(Method::Info).with_body("application/dtmf-relay", body);
             self.send_in_dialog(key, to, info, now);

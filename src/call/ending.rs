@@ -129,9 +129,12 @@ impl B2bua<'_> {
         }
         let dialog = call.leg(leg);
         let mut response = response_to(request, status, None, Some(&dialog.local_tag));
-        let refresh = request
-            .method()
-            .is_some_and(|m| *m != Method::Invite && super::in_dialog::is_target_refresh(m));
+        // A target refresh in the dialog (not the call's first INVITE) gets Bridgehead's
+        // Contact and session timer.
+        let refresh = server != call.a_invite
+            && request
+                .method()
+                .is_some_and(super::in_dialog::is_target_refresh);
         if (200..300).contains(&status) && refresh {
             response.push_header(HeaderName::Contact, dialog.contact.clone());
             for (name, value) in B2bua::session_headers(call, leg, Refresher::Peer) {
@@ -159,6 +162,7 @@ impl B2bua<'_> {
         now: Instant,
     ) {
         self.end_transfer(key, now);
+        self.end_join(key);
         if let Some(call) = self.calls.by_key.get(&key) {
             if call.rules.rules.has_hook(call.script, Hook::CallEnd) {
                 let info = CallEndInfo {

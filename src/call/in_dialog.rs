@@ -96,7 +96,9 @@ impl B2bua<'_> {
         };
         call.pending_ack = None;
         self.server_ack(pending.server, now);
-        self.ack_leg(key, leg.other(), Some(&msg));
+        if !self.on_joined_ack(key, leg, &msg) {
+            self.ack_leg(key, leg.other(), Some(&msg));
+        }
     }
 
     /// Sends the ACK of the last INVITE on `leg`, carrying the body of `from` (late offer).
@@ -320,6 +322,11 @@ impl B2bua<'_> {
             self.on_prack(call_key, leg, (msg, key, from), now);
             return;
         }
+        if self.dead_leg(call_key) == Some(leg.other()) {
+            // Joined by an attended transfer: nothing crosses to the dead leg.
+            self.on_joined_request(call_key, leg, (msg, key, from), now);
+            return;
+        }
         let terminates_refer = self.calls.by_key.get(&call_key).is_some_and(|call| {
             call.rules.profile.trunks[call.leg(leg).trunk].refer == ReferPolicy::Terminate
         });
@@ -425,8 +432,14 @@ impl B2bua<'_> {
                 .map(|r| vec![(HeaderName::Reason, r.to_string())])
                 .unwrap_or_default()
         };
-        self.send_bye(key, Leg::A, headers(), now);
-        self.send_bye(key, Leg::B, headers(), now);
+        // A joined call's dead leg is not hung up here: its transferor's dialog ends with
+        // the transfer (`end_call`), and the partner's party is hung up by its own shard.
+        let dead = self.dead_leg(key);
+        for leg in [Leg::A, Leg::B] {
+            if dead != Some(leg) {
+                self.send_bye(key, leg, headers(), now);
+            }
+        }
         self.end_call(key, why, None, now);
     }
 }

@@ -25,6 +25,7 @@ impl B2bua<'_> {
             CallInput::Media { call, event } => self.media_event(call, event, now),
             CallInput::Timer { call, timer } => self.on_call_timer(call, timer, now),
             CallInput::LookupAnswer { id, answer } => self.on_lookup_answer(id, answer, now),
+            CallInput::Note(note) => self.on_note(note, now),
         }
     }
 

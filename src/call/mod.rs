@@ -24,6 +24,7 @@ mod ending;
 mod failover;
 mod in_dialog;
 mod inputs;
+pub mod join;
 mod keepalive;
 mod lookups;
 mod offer_answer;
@@ -139,6 +140,8 @@ pub(crate) enum CallInput<'e> {
         id: u64,
         answer: Option<crate::lookup::LookupAnswer>,
     },
+    /// A note from a shard (this one included) about joined calls.
+    Note(join::CallNote),
 }
 
 /// The call layer of one shard: its calls and their dialogs, the rule-set version new calls
@@ -172,6 +175,8 @@ pub(crate) struct Calls {
     closes: VecDeque<Peer>,
     /// New calls whose `on_invite` waits for an HTTP lookup.
     waiting: lookups::Waiting,
+    /// Notes about joined calls (attended transfers) for a shard, this one included.
+    notes: VecDeque<(usize, join::CallNote)>,
 }
 
 /// The call layer at work on one input: the shard's calls, and the transaction table the
@@ -222,6 +227,7 @@ impl Calls {
             health,
             closes: VecDeque::new(),
             waiting: lookups::Waiting::default(),
+            notes: VecDeque::new(),
         }
     }
 
@@ -503,6 +509,8 @@ pub struct Call {
     preconditions: Option<precondition::CallerPreconditions>,
     /// A transfer a peer asked for (REFER), while it goes on.
     refer: Option<transfer::Refer>,
+    /// The call an attended transfer joined this one with.
+    joined: Option<join::Join>,
 }
 
 /// Bridgehead's reliable provisional responses on the A-leg (RFC 3262 §3): whether they are

@@ -176,8 +176,12 @@ impl B2bua<'_> {
         };
         if method == Method::Ack {
             match self.txns.find_server(&key) {
+                // An ACK reusing its INVITE's branch still acknowledges a 2xx end to end
+                // (RFC 6026 §7.1: in Accepted, it goes to the dialog).
                 Some(id) => {
-                    self.server_ack(id, now);
+                    if self.server_ack(id, now) {
+                        self.on_dialog_ack(msg, &info, now);
+                    }
                 }
                 None => self.on_dialog_ack(msg, &info, now),
             }
@@ -556,6 +560,7 @@ impl B2bua<'_> {
             b_prack_deferred: None,
             preconditions,
             refer: None,
+            joined: None,
         };
         self.calls
             .dialogs

@@ -8,12 +8,9 @@
 //! for its BYE (Bridgehead sends its own if none comes). Replaces is never sent.
 
 use super::in_dialog::OwnRequest;
+use super::join::replaces_of;
 use super::offer_answer::sdp_of;
 use super::*;
-
-/// How long a transferor may stay in its old dialog after its transfer succeeded before
-/// Bridgehead hangs it up.
-const TRANSFEROR_GRACE: std::time::Duration = std::time::Duration::from_secs(32);
 
 /// A transfer of a call, from its REFER until the transferor's old dialog is gone.
 #[derive(Debug)]
@@ -33,9 +30,52 @@ pub(super) struct Refer {
     /// The transferor hung up while the target was being called (RFC 5589 lets it): the
     /// call waits for the target alone, and no NOTIFY goes any more.
     transferor_left: bool,
+    /// An attended transfer waits for the call its Replaces names to be joined.
+    joining: bool,
+    /// The REFER of an attended transfer, while it waits: should the Replaces name no call
+    /// of Bridgehead's, the Refer-To target is called instead.
+    refer: Option<Message>,
 }
 
 impl Refer {
+    /// A blind transfer of the call's `leg`, its first NOTIFY sent.
+    pub(super) fn blind(leg: Leg) -> Refer {
+        Refer {
+            leg,
+            target: None,
+            transferor: None,
+            notifying: true,
+            final_frag: None,
+            final_sent: false,
+            transferor_left: false,
+            joining: false,
+            refer: None,
+        }
+    }
+
+    /// An attended transfer of the call's `leg` by `refer`, its first NOTIFY sent, waiting
+    /// for the join.
+    pub(super) fn joining(leg: Leg, refer: Message) -> Refer {
+        Refer {
+            joining: true,
+            refer: Some(refer),
+            ..Refer::blind(leg)
+        }
+    }
+
+    /// The attended transfer waits for its join.
+    pub(super) fn is_joining(&self) -> bool {
+        self.joining
+    }
+
+    /// The attended transfer joined the calls: the transferor's dialog (`old`, still the
+    /// call's leg, dead) waits for its BYE.
+    pub(super) fn joined(&mut self, old: Dialog) {
+        self.joining = false;
+        self.refer = None;
+        self.transferor = Some(old);
+    }
+
     /// The leg the REFER came on.
     pub(super) fn leg(&self) -> Leg {
         self.leg
@@ -66,7 +106,7 @@ fn refer_target(msg: &Message) -> Option<String> {
 
 /// A NOTIFY of the refer subscription carrying `frag` (a status line), its subscription
 /// active or, for the last one, terminated.
-fn notify<'b>(frag: &str, last: bool, key: CallKey) -> OwnRequest<'b> {
+pub(super) fn notify<'b>(frag: &str, last: bool, key: CallKey) -> OwnRequest<'b> {
     let state = if last {
         "terminated;reason=noresource"
     } else {
@@ -89,7 +129,7 @@ fn notify<'b>(frag: &str, last: bool, key: CallKey) -> OwnRequest<'b> {
 
 impl Calls {
     /// The transfer of call `key` going on, if any.
-    fn refer_mut(&mut self, key: CallKey) -> Option<&mut Refer> {
+    pub(super) fn refer_mut(&mut self, key: CallKey) -> Option<&mut Refer> {
         self.by_key.get_mut(&key).and_then(|c| c.refer.as_mut())
     }
 }
@@ -127,64 +167,126 @@ impl B2bua<'_> {
         let Some(call) = self.calls.by_key.get(&key) else {
             return;
         };
-        let route = match decision {
-            Some(RouteDecision::Reject { status, .. }) => {
+        let route = match (decision, replaces_of(&msg)) {
+            (Some(RouteDecision::Reject { status, .. }), _) => {
                 self.reply_local(key, leg, server, status, now);
                 return;
             }
-            Some(RouteDecision::Route { trunk, peer, uri }) => Route { trunk, peer, uri },
-            None => Route {
+            (Some(RouteDecision::Route { trunk, peer, uri }), _) => Route { trunk, peer, uri },
+            // An attended transfer (its Replaces names another call's dialog) joins the calls;
+            // a rule that routes it makes it a blind transfer.
+            (None, Some(replaces)) => {
+                self.start_join(key, leg, (server, msg), replaces, now);
+                return;
+            }
+            (None, None) => Route {
                 trunk: call.leg(leg).trunk,
                 peer: None,
                 uri: None,
             },
         };
-        // The target gets the offer the transferor had: Bridgehead's ports facing that side,
-        // with its keys: the target's trunk must take the same SRTP.
-        let trunks = &call.rules.profile.trunks;
-        let same_srtp = trunks[route.trunk].srtp == trunks[call.leg(leg).trunk].srtp;
-        let offer = call.last_sdp[leg.index()].clone().filter(|_| same_srtp);
-        let (rules, script) = (call.rules.clone(), call.script);
-        let Some(offer) = offer else {
-            tracing::info!(call = %call.id, "REFER refused: no offer for the target (SRTP differs, or no SDP)");
-            self.reply_local(key, leg, server, 488, now);
-            return;
-        };
-        let Some((target, invite)) = self.target_invite(key, leg, &target, &msg, &route, now)
-        else {
-            self.reply_local(key, leg, server, 503, now);
-            return;
+        let outgoing = match self.target_call(key, leg, (&target, &msg), &route, now) {
+            Ok(outgoing) => outgoing,
+            Err(status) => {
+                self.reply_local(key, leg, server, status, now);
+                return;
+            }
         };
         self.reply_local(key, leg, server, 202, now);
-        let peer = target.peer;
         if let Some(call) = self.calls.by_key.get_mut(&key) {
-            tracing::info!(call = %call.id, to = %target.remote_party, "transfer: REFER accepted");
-            call.refer = Some(Refer {
-                leg,
-                target: None,
-                transferor: None,
-                notifying: true,
-                final_frag: None,
-                final_sent: false,
-                transferor_left: false,
-            });
+            tracing::info!(call = %call.id, to = %outgoing.0.remote_party, "transfer: REFER accepted");
+            call.refer = Some(Refer::blind(leg));
         }
         self.send_in_dialog(key, leg, notify("SIP/2.0 100 Trying", false, key), now);
-        if rules.profile.media.is_some() {
+        self.ring_target(key, leg, outgoing, now);
+    }
+
+    /// The target's dialog and INVITE for a transfer of `leg` to `target` (the URI the
+    /// REFER names), offering what the transferor had: Bridgehead's ports facing that side,
+    /// with its keys, so the target's trunk must take the same SRTP (else 488); 503 when
+    /// the route has no peer.
+    fn target_call(
+        &mut self,
+        key: CallKey,
+        leg: Leg,
+        (target, refer): (&str, &Message),
+        route: &Route,
+        now: Instant,
+    ) -> Result<(Dialog, Message), u16> {
+        let call = self.calls.by_key.get(&key).ok_or(481u16)?;
+        let trunks = &call.rules.profile.trunks;
+        let same_srtp = trunks[route.trunk].srtp == trunks[call.leg(leg).trunk].srtp;
+        let script = call.script;
+        let Some(offer) = call.last_sdp[leg.index()].clone().filter(|_| same_srtp) else {
+            tracing::info!(call = %call.id, "transfer refused: no offer for the target (SRTP differs, or no SDP)");
+            return Err(488);
+        };
+        let (dialog, invite) = self
+            .target_invite(key, leg, target, refer, route, now)
+            .ok_or(503u16)?;
+        let mut invite = self.outgoing(Some(key), script, leg, dialog.trunk, invite);
+        invite.set_header(HeaderName::ContentType, "application/sdp");
+        invite.body = offer;
+        Ok((dialog, invite))
+    }
+
+    /// Calls a transfer's target (its dialog and INVITE) while the other party hears
+    /// ringback.
+    fn ring_target(
+        &mut self,
+        key: CallKey,
+        leg: Leg,
+        (target, invite): (Dialog, Message),
+        now: Instant,
+    ) {
+        let anchored = self
+            .calls
+            .by_key
+            .get(&key)
+            .is_some_and(|c| c.rules.profile.media.is_some());
+        if anchored {
             let ringback = crate::script::MediaAction::PlayRingback { leg: leg.other() };
             self.play(key, &ringback);
         }
-        let mut invite = self.outgoing(Some(key), script, leg, target.trunk, invite);
-        invite.set_header(HeaderName::ContentType, "application/sdp");
-        invite.body = offer;
-        let id = self.start_client(invite, peer, ClientOwner::Transfer(key), now);
-        if let Some(refer) = self
-            .calls
-            .by_key
-            .get_mut(&key)
-            .and_then(|c| c.refer.as_mut())
-        {
+        let id = self.start_client(invite, target.peer, ClientOwner::Transfer(key), now);
+        if let Some(refer) = self.calls.refer_mut(key) {
             refer.target = Some((target, id));
+        }
+    }
+
+    /// An attended transfer whose Replaces names no call of Bridgehead's (`481`: Teams
+    /// consulted one of its own users, say) calls its Refer-To target as a blind transfer
+    /// would; any other refusal fails it.
+    pub(super) fn join_refused(&mut self, key: CallKey, status: u16, now: Instant) {
+        let refer = self.calls.refer_mut(key).and_then(|r| {
+            r.joining = false;
+            r.refer.take().map(|msg| (r.leg, msg))
+        });
+        let blind = refer.filter(|_| status == 481).and_then(|(leg, msg)| {
+            let target = refer_target(&msg)?;
+            Some((leg, msg, target))
+        });
+        let Some((leg, msg, target)) = blind else {
+            self.transfer_failed(key, status, crate::sip::reason_phrase(status), now);
+            return;
+        };
+        let Some(trunk) = self.calls.by_key.get(&key).map(|c| c.leg(leg).trunk) else {
+            return;
+        };
+        let route = Route {
+            trunk,
+            peer: None,
+            uri: None,
+        };
+        tracing::info!(
+            call_key = key,
+            "attended transfer: the replaced dialog is not Bridgehead's; calling the target"
+        );
+        match self.target_call(key, leg, (&target, &msg), &route, now) {
+            Ok(outgoing) => self.ring_target(key, leg, outgoing, now),
+            Err(status) => {
+                self.transfer_failed(key, status, crate::sip::reason_phrase(status), now)
+            }
         }
     }
 
@@ -261,8 +363,6 @@ impl B2bua<'_> {
             self.transfer_failed(key, status, &reason, now);
             return;
         }
-        let reason = crate::sip::reason_phrase(status);
-        refer.final_frag = Some(format!("SIP/2.0 {status} {reason}"));
         B2bua::learn_dialog(&mut target, msg);
         self.calls.dialogs.insert(target.dialog_key(), (key, leg));
         let old = std::mem::replace(call.leg_mut(leg), target);
@@ -282,6 +382,16 @@ impl B2bua<'_> {
         // other party, whose side of the relay stays as it is).
         if let Some(mut answer) = sdp_of(msg).and_then(|sdp| Sdp::parse(&sdp).ok()) {
             self.anchor_media(key, leg.other(), &mut answer);
+        }
+        self.transfer_done(key, status, now);
+    }
+
+    /// The transfer succeeded (`status`, the target's 2xx): the transferor hears it in the
+    /// final NOTIFY.
+    pub(super) fn transfer_done(&mut self, key: CallKey, status: u16, now: Instant) {
+        if let Some(refer) = self.calls.refer_mut(key) {
+            let reason = crate::sip::reason_phrase(status);
+            refer.final_frag = Some(format!("SIP/2.0 {status} {reason}"));
         }
         self.send_final_notify(key, now);
     }
@@ -312,7 +422,13 @@ impl B2bua<'_> {
 
     /// The target refused or never answered: the transferor hears it and the call stays, or,
     /// when the transferor left already, the call ends.
-    fn transfer_failed(&mut self, key: CallKey, status: u16, reason: &str, now: Instant) {
+    pub(super) fn transfer_failed(
+        &mut self,
+        key: CallKey,
+        status: u16,
+        reason: &str,
+        now: Instant,
+    ) {
         let Some(refer) = self.calls.refer_mut(key) else {
             return;
         };
@@ -367,8 +483,12 @@ impl B2bua<'_> {
             self.send_final_notify(key, now);
             return;
         }
-        if refer.transferor.is_some() {
-            self.calls.arm_transferor_bye(key, now + TRANSFEROR_GRACE);
+        if let Some(old) = &refer.transferor {
+            // The transferor's trunk says how long it may stay in its old dialog.
+            let trunk = old.trunk;
+            let grace = call.rules.profile.trunks[trunk].transferor_bye;
+            let grace = std::time::Duration::from_secs(grace.into());
+            self.calls.arm_transferor_bye(key, now + grace);
         } else if refer.target.is_none() {
             call.refer = None;
         }

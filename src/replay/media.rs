@@ -104,6 +104,9 @@ pub struct MediaPlane {
     fed: Vec<Vec<u8>>,
 }
 
+/// One side of a stream: its call (shard, key), the stream's index, the leg it faces.
+type StreamSide = ((usize, u64), usize, Leg);
+
 fn key(call: MediaCallId) -> (usize, u64) {
     (call.shard, call.call)
 }
@@ -230,6 +233,47 @@ impl MediaPlane {
     /// not decrypt is not kept), RTCP left out, events handed back.
     fn drain(&mut self, now: Instant) -> Vec<(MediaCallId, MediaEvent)> {
         let mut events = Vec::new();
+        loop {
+            let hairpins = self.drain_once(now, &mut events);
+            if hairpins.is_empty() {
+                return events;
+            }
+            for (to, source, packet) in hairpins {
+                if let Some(media) = self.running_at(to) {
+                    media.handle_packet(to.2, source, false, &packet, now);
+                }
+            }
+        }
+    }
+
+    /// The running stream at (call, index, leg).
+    fn running_at(
+        &mut self,
+        (call, index, _): ((usize, u64), usize, Leg),
+    ) -> Option<&mut MediaStream> {
+        self.calls.get_mut(&call)?.get_mut(index)?.running.as_mut()
+    }
+
+    /// One pass of [`MediaPlane::drain`]; returns the RTP a stream sent to another stream's
+    /// port (two calls an attended transfer joined), to hand to that stream.
+    fn drain_once(
+        &mut self,
+        now: Instant,
+        events: &mut Vec<(MediaCallId, MediaEvent)>,
+    ) -> Vec<(StreamSide, SocketAddr, Vec<u8>)> {
+        let mut hairpins = Vec::new();
+        let locals: Vec<(u16, StreamSide)> = self
+            .calls
+            .iter()
+            .flat_map(|(call, slots)| {
+                slots.iter().enumerate().flat_map(move |(index, slot)| {
+                    [Leg::A, Leg::B].into_iter().filter_map(move |leg| {
+                        let local = side(&slot.latest, leg).local;
+                        (local != 0).then_some((local, (*call, index, leg)))
+                    })
+                })
+            })
+            .collect();
         for (&call, slots) in &mut self.calls {
             let call = call_id(call);
             for slot in slots.iter_mut() {
@@ -238,6 +282,15 @@ impl MediaPlane {
                 };
                 while let Some(transmit) = media.poll_transmit() {
                     if transmit.rtcp_port {
+                        continue;
+                    }
+                    let hairpin = locals
+                        .iter()
+                        .find(|(port, _)| *port == transmit.destination.port());
+                    if let Some((_, to)) = hairpin {
+                        let source = side(&slot.latest, transmit.to).local;
+                        let source = SocketAddr::new(transmit.destination.ip(), source);
+                        hairpins.push((*to, source, transmit.bytes.to_vec()));
                         continue;
                     }
                     let to = side(&slot.latest, transmit.to);
@@ -262,7 +315,7 @@ impl MediaPlane {
                 }
             }
         }
-        events
+        hairpins
     }
 
     /// Forgets what the previous step sent and fed: a new step starts.
