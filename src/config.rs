@@ -59,6 +59,8 @@ pub struct Profile {
     pub dns_servers: Vec<SocketAddr>,
     /// The lookups rules consult (`bh.lookup`).
     pub lookups: Vec<Lookup>,
+    /// Seconds calls in progress may go on after SIGTERM before Bridgehead hangs them up.
+    pub drain_timeout: u32,
 }
 
 /// A named address Bridgehead listens on, for one or more transports.
@@ -632,6 +634,12 @@ struct RawProfile {
     dns: RawDns,
     #[serde(default)]
     lookups: Vec<RawLookup>,
+    #[serde(default = "default_drain_timeout")]
+    drain_timeout: u32,
+}
+
+fn default_drain_timeout() -> u32 {
+    30
 }
 
 /// One lookup: an inline table or a CSV file.
@@ -1731,6 +1739,7 @@ impl Profile {
                 media,
                 dns_servers,
                 lookups,
+                drain_timeout: raw.drain_timeout,
             })
         } else {
             Err(check.errors)

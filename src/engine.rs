@@ -11,7 +11,7 @@
 //! socket, a clock or a file.
 
 use crate::call::join::CallNote;
-use crate::call::{CallInput, Calls, Txns};
+use crate::call::{CallInput, Calls, ClientOwner, Txns};
 use crate::config::Profile;
 use crate::lookup::{LookupAnswer, LookupRequest};
 use crate::media::{MediaCallId, MediaCommand, MediaEvent};
@@ -184,6 +184,10 @@ impl Engine {
         while let Some(id) = self.calls.next_lookup_timeout(now) {
             self.handle(CallInput::LookupAnswer { id, answer: None }, now);
         }
+        if self.calls.poll_drain().is_some_and(|at| at <= now) {
+            self.calls.with(&mut self.txns).end_drained_calls(now);
+            self.drain_transactions(now);
+        }
         if self.calls.poll_keepalive().is_some_and(|at| at <= now) {
             self.calls.with(&mut self.txns).send_keepalives(now);
             self.drain_transactions(now);
@@ -194,6 +198,23 @@ impl Engine {
     pub fn start(&mut self, now: Instant) {
         self.calls.start_keepalives(now);
         self.handle_timeout(now);
+    }
+
+    /// Starts a graceful drain: from now on new calls and OPTIONS get `503` with
+    /// `Retry-After`; the calls in progress go on until `deadline`, when Bridgehead ends them
+    /// (BYE with a Reason, or 503 and CANCEL before the answer).
+    pub fn drain(&mut self, deadline: Instant) {
+        self.calls.start_drain(deadline);
+    }
+
+    /// The engine drains, has no call left and waits for no answer to a request of a call
+    /// (the BYEs that ended them).
+    pub fn drained(&self) -> bool {
+        self.calls.drained()
+            && self
+                .txns
+                .clients_waiting(|owner| !matches!(owner, ClientOwner::Keepalive(_)))
+                == 0
     }
 
     /// The health of the trunks' peers, as the keepalives tell it.
@@ -245,6 +266,7 @@ impl Engine {
             self.calls.poll_call_timer(),
             self.calls.poll_keepalive(),
             self.calls.poll_lookup_timeout(),
+            self.calls.poll_drain(),
         ]
         .into_iter()
         .flatten()

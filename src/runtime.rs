@@ -99,6 +99,7 @@ pub fn run(mut profile: Profile) -> anyhow::Result<()> {
             );
         }
         let mut started = Vec::with_capacity(shards);
+        let (drained_tx, mut drained_rx) = mpsc::unbounded_channel();
         for (shard, (mut engine, rx)) in engines.into_iter().zip(receivers).enumerate() {
             if let Some(relay) = &relay {
                 engine.set_port_binder(Box::new(relay.port_binder()));
@@ -111,6 +112,7 @@ pub fn run(mut profile: Profile) -> anyhow::Result<()> {
                 hub: hub.clone(),
                 relay: relay.clone(),
                 started: started_tx,
+                drained: drained_tx.clone(),
             };
             std::thread::Builder::new()
                 .name(format!("shard-{shard}"))
@@ -153,7 +155,16 @@ pub fn run(mut profile: Profile) -> anyhow::Result<()> {
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        // SIGTERM (or a first SIGINT) drains; a second SIGINT stops at once.
+        let mut drain: Option<Drain> = None;
         loop {
+            let stop_anyway = drain.as_ref().map(|d| d.stop_anyway);
+            let hard_stop = async {
+                match stop_anyway {
+                    Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = hangup.recv() => {
                     tracing::info!("SIGHUP: reloading");
@@ -161,10 +172,28 @@ pub fn run(mut profile: Profile) -> anyhow::Result<()> {
                 }
                 result = tokio::signal::ctrl_c() => {
                     result?;
-                    break;
+                    if drain.is_some() {
+                        tracing::info!("SIGINT again: stopping now");
+                        break;
+                    }
+                    tracing::info!("SIGINT: draining (SIGINT again stops at once)");
+                    drain = Some(Drain::start(&hub, shards));
                 }
                 _ = terminate.recv() => {
-                    tracing::info!("SIGTERM");
+                    tracing::info!("SIGTERM: draining");
+                    drain.get_or_insert_with(|| Drain::start(&hub, shards));
+                }
+                Some(_) = drained_rx.recv() => {
+                    if let Some(drain) = drain.as_mut() {
+                        drain.shards_left = drain.shards_left.saturating_sub(1);
+                        if drain.shards_left == 0 {
+                            tracing::info!("drained: every shard is without calls");
+                            break;
+                        }
+                    }
+                }
+                () = hard_stop => {
+                    tracing::warn!("drain: requests of ended calls still unanswered; stopping");
                     break;
                 }
             }
@@ -172,6 +201,36 @@ pub fn run(mut profile: Profile) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         Ok(())
     })
+}
+
+/// How long after the drain's deadline the BYEs that ended the last calls may wait for their
+/// answers before the process stops anyway.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// A drain under way: when the process stops whatever happens, and how many shards still have
+/// calls.
+struct Drain {
+    stop_anyway: Instant,
+    shards_left: usize,
+}
+
+impl Drain {
+    /// Tells every shard to drain until the current profile's `drain_timeout` from now.
+    fn start(hub: &Hub, shards: usize) -> Drain {
+        let timeout = Duration::from_secs(hub.profile().drain_timeout.into());
+        let deadline = Instant::now() + timeout;
+        tracing::info!(
+            timeout_s = timeout.as_secs(),
+            "new calls get 503; calls in progress go on until the drain timeout"
+        );
+        for shard in 0..shards {
+            hub.to_shard(shard, ShardInput::Drain(deadline));
+        }
+        Drain {
+            stop_anyway: deadline + DRAIN_GRACE,
+            shards_left: shards,
+        }
+    }
 }
 
 /// How long after a refused reload the names of a profile that has some are resolved again
@@ -296,6 +355,8 @@ struct ShardIo {
     relay: Option<Arc<Relay>>,
     /// Told once the shard runs, or why it cannot.
     started: tokio::sync::oneshot::Sender<Result<(), String>>,
+    /// Told (the shard's index) once a drain left the shard without calls.
+    drained: mpsc::UnboundedSender<usize>,
 }
 
 /// A shard's thread: a single-threaded runtime running [`run_shard`].
@@ -315,7 +376,13 @@ fn run_shard_thread(engine: Engine, io: ShardIo) {
         match UdpSockets::new(io.udp) {
             Ok(udp) => {
                 let _ = io.started.send(Ok(()));
-                run_shard(engine, io.inputs, udp, (shard, io.hub, io.relay)).await;
+                run_shard(
+                    engine,
+                    (io.inputs, io.drained),
+                    udp,
+                    (shard, io.hub, io.relay),
+                )
+                .await;
             }
             Err(err) => {
                 let _ = io
@@ -332,10 +399,14 @@ const BATCH: usize = 64;
 
 async fn run_shard(
     mut engine: Engine,
-    mut inputs: mpsc::UnboundedReceiver<ShardInput>,
+    (mut inputs, drained): (
+        mpsc::UnboundedReceiver<ShardInput>,
+        mpsc::UnboundedSender<usize>,
+    ),
     udp: UdpSockets,
     (shard, hub, relay): (usize, Arc<Hub>, Option<Arc<Relay>>),
 ) {
+    let mut told_drained = false;
     let mut buf = vec![0u8; 65_536];
     engine.start(Instant::now());
     while let Some(transmit) = engine.poll_transmit() {
@@ -393,6 +464,17 @@ async fn run_shard(
         while let Some((to, note)) = engine.poll_note() {
             hub.to_shard(to, ShardInput::Note(note));
         }
+        if !told_drained && engine.drained() {
+            told_drained = true;
+            let stats = engine.stats();
+            tracing::info!(
+                shard,
+                refused = stats.drain_refused,
+                ended = stats.drain_ended,
+                "drained: no call left"
+            );
+            let _ = drained.send(shard);
+        }
     }
 }
 
@@ -422,5 +504,6 @@ fn handle(engine: &mut Engine, input: ShardInput) {
         }
         ShardInput::LookupAnswer(id, answer) => engine.handle_lookup_answer(id, answer, now),
         ShardInput::Note(note) => engine.handle_note(note, now),
+        ShardInput::Drain(deadline) => engine.drain(deadline),
     }
 }

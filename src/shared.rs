@@ -113,6 +113,10 @@ pub struct EngineStats {
     pub transport_errors: u64,
     /// Requests sent over TCP instead of UDP for their size (RFC 3261 §18.1.1).
     pub switched_to_tcp: u64,
+    /// New calls refused with 503 while draining.
+    pub drain_refused: u64,
+    /// Calls still up at the drain's deadline, ended by Bridgehead.
+    pub drain_ended: u64,
 }
 
 /// The health of the trunks' peers, told by the OPTIONS keepalives (shard 0 sends them),

@@ -8,7 +8,7 @@
 use crate::shared::{Peer, Transmit, TxnId};
 use crate::sip::header::{branch_of, split_list, Via};
 use crate::sip::transaction::{
-    ClientTransaction, ServerTransaction, TimerConfig, TimerKind, TxnAction,
+    ClientState, ClientTransaction, ServerTransaction, TimerConfig, TimerKind, TxnAction,
 };
 use crate::sip::{HeaderName, Message, Method};
 use bytes::Bytes;
@@ -156,6 +156,20 @@ impl<S, C> Transactions<S, C> {
 
     pub fn client(&self, id: TxnId) -> Option<&ClientEntry<C>> {
         self.clients.get(&id).map(|entry| &**entry)
+    }
+
+    /// Client transactions still waiting for a final response whose owner `counts`.
+    pub fn clients_waiting(&self, counts: impl Fn(&C) -> bool) -> usize {
+        self.clients
+            .values()
+            .filter(|e| {
+                matches!(
+                    e.txn.state(),
+                    ClientState::Calling | ClientState::Proceeding
+                )
+            })
+            .filter(|e| counts(&e.owner))
+            .count()
     }
 
     /// Transactions in progress (server + client).

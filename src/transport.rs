@@ -45,6 +45,8 @@ pub enum ShardInput {
     LookupAnswer(u64, crate::lookup::LookupAnswer),
     /// Another shard's note about joined calls.
     Note(crate::call::join::CallNote),
+    /// Drain (SIGTERM): refuse new calls, end the rest at this instant.
+    Drain(std::time::Instant),
 }
 
 /// The bound sockets and open connections, shared by receivers and shards.
@@ -466,6 +468,14 @@ impl Hub {
         }
         self.to_shard(shard, input);
         None
+    }
+
+    /// The profile new calls take.
+    pub fn profile(&self) -> Arc<Profile> {
+        self.profile
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Queues `input` for shard `shard` (a note between shards).

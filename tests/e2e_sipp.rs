@@ -965,3 +965,127 @@ fn an_attended_transfer_by_the_callee_joins_the_caller_with_the_consulted_party(
     assert!(offers.iter().any(|o| o.contains("a=sendonly")));
     assert!(offers.last().is_some_and(|o| o.contains("a=sendrecv")));
 }
+
+/// The profile of the drain tests: core to Teams, `drain_timeout` as given.
+fn drain_profile(timeout: u32) -> String {
+    common::core_teams_profile(&format!("drain_timeout: {timeout}\n"), "", "")
+}
+
+/// `calls` calls from the core to Teams, answered and acknowledged; both SIPp ends then wait
+/// for a BYE. Returns the caller and the callee.
+fn calls_up(sbc: &Sbc, dir: &std::path::Path, calls: u32) -> (Sipp, Sipp) {
+    let core = format!("127.0.0.1:{}", sbc.port("core"));
+    let callee = Sipp::start(
+        dir,
+        "callee",
+        &far_end_args(sbc.port("teams_peer"), calls, &["-sf", &scenario("callee")]),
+    );
+    wait_listening(sbc.port("teams_peer"), Transport::Udp);
+    let mut caller_args = far_end_args(
+        sbc.port("softswitch"),
+        calls,
+        &["-r", "50", "-sf", &scenario("caller_hungup")],
+    );
+    caller_args.push(core);
+    let caller = Sipp::start(dir, "caller", &caller_args);
+    let up = Instant::now() + Duration::from_secs(15);
+    while callee
+        .trace()
+        .iter()
+        .filter(|m| m.received && m.is_request("ACK"))
+        .count()
+        < calls as usize
+    {
+        assert!(
+            Instant::now() < up,
+            "the calls never came up\n{}",
+            sbc.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (caller, callee)
+}
+
+/// Graceful drain: SIGTERM with 50 calls up. New calls and OPTIONS get 503 with Retry-After at
+/// once, the calls in progress go on until `drain_timeout`, then both SIPp ends get a BYE with
+/// a Reason, and Bridgehead exits with 0.
+#[test]
+fn sigterm_drains_fifty_calls_then_exits_cleanly() {
+    let dir = scratch_dir("drain");
+    let mut sbc = Sbc::start(&drain_profile(2));
+    let core = format!("127.0.0.1:{}", sbc.port("core"));
+    let (mut caller, mut callee) = calls_up(&sbc, &dir, 50);
+    let signalled = Instant::now();
+    sbc.signal("TERM");
+    // Once the signal is taken (OPTIONS get 503, so peers fail over), a new call is refused
+    // with 503 and Retry-After while the others go on.
+    let taken = (0..100).any(|_| sbc.options("core") == 503);
+    assert!(taken, "OPTIONS never got 503\n{}", sbc.log());
+    let probe = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let local = probe.local_addr().expect("addr");
+    let invite = format!(
+        "INVITE sip:+4930987654@{core} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKdrain1\r\nMax-Forwards: 70\r\nFrom: <sip:+4930123456@127.0.0.1>;tag=d\r\nTo: <sip:+4930987654@127.0.0.1>\r\nCall-ID: drain-probe@127.0.0.1\r\nCSeq: 1 INVITE\r\nContact: <sip:probe@{local}>\r\nContent-Length: 0\r\n\r\n"
+    );
+    probe.send_to(invite.as_bytes(), &core).expect("send");
+    let refused = common::receive(&probe, Duration::from_secs(1)).unwrap_or_default();
+    assert!(
+        refused.starts_with("SIP/2.0 503"),
+        "{refused}\n{}",
+        sbc.log()
+    );
+    assert!(refused.contains("Retry-After: "), "{refused}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let statuses = [caller.wait(deadline), callee.wait(deadline)];
+    let context = format!(
+        "{}\n{}\n--- sbc log ---\n{}",
+        caller.report(),
+        callee.report(),
+        sbc.log()
+    );
+    assert_eq!(statuses, [Some(0); 2], "a far end failed\n{context}");
+    assert_eq!(sbc.wait_exit(deadline), Some(0), "exit code\n{context}");
+    assert!(
+        signalled.elapsed() >= Duration::from_secs(2),
+        "the calls ran until the drain timeout"
+    );
+    for (name, trace) in [("caller", caller.trace()), ("callee", callee.trace())] {
+        let byes: Vec<&Traced> = trace
+            .iter()
+            .filter(|m| m.received && m.is_request("BYE"))
+            .collect();
+        assert_eq!(byes.len(), 50, "{name}: a BYE per call");
+        assert!(
+            byes.iter()
+                .all(|m| m.header("Reason").is_some_and(|r| r.contains("cause=503"))),
+            "{name}: BYE with Reason"
+        );
+    }
+    let log = sbc.log();
+    assert!(
+        log.contains("drain timeout: ending the calls still up"),
+        "{log}"
+    );
+    assert!(
+        log.contains("drained: every shard is without calls"),
+        "{log}"
+    );
+}
+
+/// SIGINT drains like SIGTERM; a second SIGINT stops at once, calls or not.
+#[test]
+fn a_second_sigint_stops_at_once() {
+    let dir = scratch_dir("interrupt");
+    let mut sbc = Sbc::start(&drain_profile(60));
+    let (_caller, _callee) = calls_up(&sbc, &dir, 1);
+    sbc.signal("INT");
+    let taken = (0..100).any(|_| sbc.options("core") == 503);
+    assert!(taken, "OPTIONS never got 503\n{}", sbc.log());
+    assert_eq!(
+        sbc.wait_exit(Instant::now() + Duration::from_millis(500)),
+        None
+    );
+    sbc.signal("INT");
+    let exit = sbc.wait_exit(Instant::now() + Duration::from_secs(5));
+    assert_eq!(exit, Some(0), "{}", sbc.log());
+    assert!(sbc.log().contains("SIGINT again: stopping now"));
+}

@@ -5,36 +5,11 @@
 
 mod common;
 
-use common::{receive, Sbc};
+use common::{core_teams_profile, receive, Sbc};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-/// Core and Teams trunks running the bundled rules, with extra lines for the profile's top,
-/// the core listener and the Teams trunk.
-fn profile(top: &str, core_listener: &str, teams_trunk: &str) -> String {
-    format!(
-        "{top}listeners:
-  - name: core
-    address: 127.0.0.1:{{core}}
-    transports: [udp, tcp]
-{core_listener}  - name: teams
-    address: 127.0.0.1:{{teams}}
-    transports: [udp, tcp]
-trunks:
-  - name: core
-    listener: core
-    peers: [\"127.0.0.1:{{softswitch}}\"]
-    script: {{script}}
-    route: teams
-  - name: teams
-    listener: teams
-    peers: [\"127.0.0.1:{{teams_peer}}\"]
-    script: {{script}}
-    route: core
-{teams_trunk}"
-    )
-}
 
 /// An INVITE from the softswitch of exactly `size` bytes (its SDP padded with attributes).
 fn invite(call_id: &str, softswitch: u16, core: u16, size: usize) -> Vec<u8> {
@@ -98,7 +73,7 @@ fn assert_refused_with_503(sbc: &Sbc, softswitch: &UdpSocket, call_id: &str, siz
 }
 
 fn start(teams_extra: &str) -> (Sbc, UdpSocket) {
-    let sbc = Sbc::start(&profile("", "", teams_extra));
+    let sbc = Sbc::start(&core_teams_profile("", "", teams_extra));
     let softswitch =
         UdpSocket::bind(("127.0.0.1", sbc.port("softswitch"))).expect("softswitch socket");
     (sbc, softswitch)
@@ -300,7 +275,7 @@ fn a_call_whose_media_ports_cannot_be_bound_is_refused_with_503() {
     let media = common::media_range();
     // Media anchored, no port bound ahead of time (each is bound when a call takes it); the
     // core listener takes many connections from one source.
-    let anchored = profile(
+    let anchored = core_teams_profile(
         &format!(
             "media:\n  address: 127.0.0.1\n  ports: {media}-{}\n  bound_ahead: 0\n",
             media + 9
@@ -408,7 +383,7 @@ fn read_until(stream: &mut TcpStream, needle: &str, wait: Duration) -> String {
 #[test]
 fn a_tcp_caller_ringing_longer_than_idle_timeout_still_hears_the_answer() {
     // The caller's connection is quiet while the callee rings for 2.5 s, past idle_timeout.
-    let sbc = Sbc::start(&profile("", "    idle_timeout: 1\n", ""));
+    let sbc = Sbc::start(&core_teams_profile("", "    idle_timeout: 1\n", ""));
     let teams = UdpSocket::bind(("127.0.0.1", sbc.port("teams_peer"))).expect("teams socket");
     let mut caller = TcpStream::connect(("127.0.0.1", sbc.port("core"))).expect("connect");
     let local = caller.local_addr().expect("addr");

@@ -3494,3 +3494,83 @@ CSeq: 2 BYE
     assert_eq!(h(&out[0].1, "Call-ID"), Some(alice.as_str()));
     assert_eq!(zero.engine.active_calls(), 0);
 }
+
+/// A drain on virtual time: OPTIONS and a new INVITE get 503 with Retry-After at once; at
+/// the deadline a ringing call is ended (503 to the caller, CANCEL to the callee) and an
+/// answered one hung up with a Reason on both legs.
+#[test]
+fn a_drain_ends_ringing_and_answered_calls_at_its_deadline() {
+    let mut sim = Sim::new();
+    let (b_answered, _) = answered_call(&mut sim, "drain-answered");
+    let out = sim.core_sends(&invite("drain-ringing", "z9hG4bKring", ""));
+    let b_ringing = out
+        .iter()
+        .find(|(_, m)| method(m) == "INVITE")
+        .map(|(_, m)| m.clone())
+        .expect("B-leg INVITE");
+    sim.teams_sends(&answer(&b_ringing, 180, "Ringing", "t2", ""));
+    let deadline = sim.now + Duration::from_secs(10);
+    sim.engine.drain(deadline);
+    assert!(!sim.engine.drained());
+    let out = sim.core_sends(&invite("drain-new", "z9hG4bKnew", ""));
+    assert_eq!(summary(&out), [format!("503->{CORE_PEER}")]);
+    assert_eq!(h(&out[0].1, "Retry-After"), Some("10"));
+    let options = "OPTIONS sip:127.0.0.1:5060 SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bKopt
+Max-Forwards: 70
+From: <sip:core@core.example.com>;tag=o
+To: <sip:sbc@sbc.example.com>
+Call-ID: drain-options
+CSeq: 1 OPTIONS
+
+";
+    let out = sim.core_sends(options);
+    assert_eq!(summary(&out), [format!("503->{CORE_PEER}")]);
+    // Nothing happens to the calls before the deadline (the unacknowledged 503 repeats).
+    let before = summary(&sim.advance(Duration::from_millis(9_900)));
+    assert!(
+        before.iter().all(|m| m == &format!("503->{CORE_PEER}")),
+        "{before:?}"
+    );
+    let out = sim.advance(Duration::from_millis(100));
+    let mut got = summary(&out);
+    got.sort();
+    let mut want = vec![
+        format!("BYE->{CORE_PEER}"),
+        format!("BYE->{TEAMS_PEER}"),
+        format!("CANCEL->{TEAMS_PEER}"),
+        format!("503->{CORE_PEER}"),
+    ];
+    want.sort();
+    assert_eq!(got, want);
+    for (_, bye) in out.iter().filter(|(_, m)| method(m) == "BYE") {
+        assert_eq!(
+            h(bye, "Reason"),
+            Some("SIP ;cause=503 ;text=\"Service shutting down\"")
+        );
+    }
+    let cancel = &out
+        .iter()
+        .find(|(_, m)| method(m) == "CANCEL")
+        .expect("CANCEL")
+        .1;
+    assert_eq!(h(cancel, "Call-ID"), h(&b_ringing, "Call-ID"));
+    assert_eq!(sim.engine.active_calls(), 0);
+    // Drained once the BYEs and the CANCEL are answered.
+    assert!(!sim.engine.drained());
+    for (_, request) in out.iter().filter(|(_, m)| m.is_request()) {
+        let from_teams = h(request, "Call-ID") == h(&b_answered, "Call-ID")
+            || h(request, "Call-ID") == h(&b_ringing, "Call-ID");
+        let ok = answer_request(request, 200, "OK");
+        if from_teams {
+            sim.teams_sends(&ok);
+        } else {
+            sim.core_sends(&ok);
+        }
+    }
+    // ...and the cancelled INVITE its 487.
+    assert!(!sim.engine.drained());
+    let out = sim.teams_sends(&answer(&b_ringing, 487, "Request Terminated", "t2", ""));
+    assert_eq!(summary(&out), [format!("ACK->{TEAMS_PEER}")]);
+    assert!(sim.engine.drained());
+}

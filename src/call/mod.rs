@@ -18,6 +18,7 @@
 
 pub mod build;
 mod cancel;
+mod drain;
 mod dtmf;
 mod egress;
 mod ending;
@@ -177,6 +178,8 @@ pub(crate) struct Calls {
     waiting: lookups::Waiting,
     /// Notes about joined calls (attended transfers) for a shard, this one included.
     notes: VecDeque<(usize, join::CallNote)>,
+    /// The drain under way (SIGTERM), if any.
+    draining: Option<drain::Drain>,
 }
 
 /// The call layer at work on one input: the shard's calls, and the transaction table the
@@ -228,6 +231,7 @@ impl Calls {
             closes: VecDeque::new(),
             waiting: lookups::Waiting::default(),
             notes: VecDeque::new(),
+            draining: None,
         }
     }
 

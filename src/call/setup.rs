@@ -245,6 +245,10 @@ impl B2bua<'_> {
             self.on_dialog_request(incoming, method, info, now);
             return;
         }
+        let Some(incoming) = self.refuse_while_draining(incoming, &method, now) else {
+            return;
+        };
+        let ingress = &self.calls.current.profile.trunks[incoming.trunk];
         let (status, extra) = match method {
             Method::Invite => return self.on_new_invite(incoming, info, now),
             Method::Options => (

@@ -191,6 +191,26 @@ impl Sbc {
                 .unwrap_or(true)
     }
 
+    /// Sends the process a signal (`"TERM"`, `"INT"`...).
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{name}");
+    }
+
+    /// The exit code once the process ended, waiting up to `deadline`; None if it still runs.
+    pub fn wait_exit(&mut self, deadline: Instant) -> Option<i32> {
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// What the SBC logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("sbc.log")).unwrap_or_default()
@@ -255,4 +275,30 @@ pub fn receive(socket: &UdpSocket, wait: Duration) -> Option<String> {
         .recv(&mut buf)
         .ok()
         .map(|len| String::from_utf8_lossy(&buf[..len]).into_owned())
+}
+
+/// An `Sbc` template: core and Teams trunks (UDP and TCP) running the bundled rules, with
+/// extra lines for the profile's top, the core listener and the Teams trunk.
+pub fn core_teams_profile(top: &str, core_listener: &str, teams_trunk: &str) -> String {
+    format!(
+        "{top}listeners:
+  - name: core
+    address: 127.0.0.1:{{core}}
+    transports: [udp, tcp]
+{core_listener}  - name: teams
+    address: 127.0.0.1:{{teams}}
+    transports: [udp, tcp]
+trunks:
+  - name: core
+    listener: core
+    peers: [\"127.0.0.1:{{softswitch}}\"]
+    script: {{script}}
+    route: teams
+  - name: teams
+    listener: teams
+    peers: [\"127.0.0.1:{{teams_peer}}\"]
+    script: {{script}}
+    route: core
+{teams_trunk}"
+    )
 }
