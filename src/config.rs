@@ -285,6 +285,11 @@ pub struct Trunk {
     /// Seconds a transferor has to hang up its dialog after its transfer succeeded before
     /// Bridgehead does.
     pub transferor_bye: u32,
+    /// Calls up at once on the trunk (both directions, process-wide); more get 503.
+    pub max_calls: Option<u32>,
+    /// New calls a second on the trunk (both directions, process-wide, a token bucket as deep
+    /// as one second); more get 503.
+    pub max_cps: Option<u32>,
     /// Numbers toward the trunk in E.164 (`+` and the country code), from national and
     /// international formats (Microsoft Teams takes E.164 only).
     pub e164: Option<E164>,
@@ -948,6 +953,10 @@ struct RawTrunk {
     #[serde(default = "default_transferor_bye")]
     transferor_bye: u32,
     #[serde(default)]
+    max_calls: Option<u32>,
+    #[serde(default)]
+    max_cps: Option<u32>,
+    #[serde(default)]
     e164: Option<E164>,
     #[serde(default)]
     sdp_attributes: Vec<String>,
@@ -1535,6 +1544,8 @@ impl Validator<'_> {
             hold: raw.hold,
             refer: raw.refer,
             transferor_bye: raw.transferor_bye,
+            max_calls: raw.max_calls,
+            max_cps: raw.max_cps,
             e164: raw.e164.clone(),
             sdp_attributes: raw.sdp_attributes.clone(),
             on_script_error,

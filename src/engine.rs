@@ -222,6 +222,12 @@ impl Engine {
         self.calls.peer_health()
     }
 
+    /// Makes this engine count its calls per trunk in `loads`, shared with the other shards
+    /// (each trunk's `max_calls` and `max_cps` are process-wide).
+    pub fn share_trunk_loads(&mut self, loads: Arc<crate::shared::TrunkLoads>) {
+        self.calls.share_trunk_loads(loads);
+    }
+
     /// Makes this engine read (and, on shard 0, write) `health`, shared with the other
     /// shards.
     pub fn share_peer_health(&mut self, health: Arc<crate::shared::PeerHealth>) {

@@ -63,8 +63,10 @@ pub fn run(mut profile: Profile) -> anyhow::Result<()> {
     }
     // Shard 0 sends the OPTIONS keepalives; every shard routes calls by what they tell.
     let health = Arc::new(crate::shared::PeerHealth::default());
+    let loads = Arc::new(crate::shared::TrunkLoads::default());
     for engine in &mut engines {
         engine.share_peer_health(health.clone());
+        engine.share_trunk_loads(loads.clone());
     }
     let mut udp = bind_udp(&profile, shards)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -113,6 +113,8 @@ pub struct EngineStats {
     pub transport_errors: u64,
     /// Requests sent over TCP instead of UDP for their size (RFC 3261 §18.1.1).
     pub switched_to_tcp: u64,
+    /// New calls refused for a trunk's `max_calls` or `max_cps`.
+    pub limit_refused: u64,
     /// New calls refused with 503 while draining.
     pub drain_refused: u64,
     /// Calls still up at the drain's deadline, ended by Bridgehead.
@@ -209,5 +211,107 @@ impl PeerHealth {
             .collect();
         all.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
         all
+    }
+}
+
+/// Which of a trunk's limits a new call hit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LimitHit {
+    /// `max_calls`: as many calls are up on the trunk.
+    Calls,
+    /// `max_cps`: as many calls started on it in the last second.
+    Cps,
+}
+
+impl LimitHit {
+    /// The trunk setting, as logs and rules name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            LimitHit::Calls => "max_calls",
+            LimitHit::Cps => "max_cps",
+        }
+    }
+}
+
+/// How busy one trunk is: its calls up, and a token bucket of new calls (`max_cps` tokens a
+/// second, as many at most).
+#[derive(Debug, Default)]
+pub struct TrunkLoad {
+    calls: std::sync::atomic::AtomicU32,
+    /// Tokens left and when they were counted.
+    bucket: Mutex<(f64, Option<Instant>)>,
+}
+
+/// A call counted on a trunk: it stops counting when this is dropped (the call ended, or its
+/// leg moved to another trunk).
+#[derive(Debug)]
+pub struct TrunkSeat(std::sync::Arc<TrunkLoad>);
+
+impl Drop for TrunkSeat {
+    fn drop(&mut self) {
+        self.0
+            .calls
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Every trunk's load, by trunk name, process-wide: the shards count their calls here against
+/// each trunk's `max_calls` and `max_cps`, and rules read it (`bh.trunk_calls`).
+#[derive(Debug, Default)]
+pub struct TrunkLoads {
+    trunks: Mutex<HashMap<String, std::sync::Arc<TrunkLoad>>>,
+}
+
+impl TrunkLoads {
+    fn load(&self, trunk: &str) -> std::sync::Arc<TrunkLoad> {
+        let mut trunks = self.trunks.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(load) = trunks.get(trunk) {
+            return load.clone();
+        }
+        let load = std::sync::Arc::<TrunkLoad>::default();
+        trunks.insert(trunk.to_string(), load.clone());
+        load
+    }
+
+    /// Counts a new call on `trunk` at `now` unless it would pass `max_calls` or `max_cps`.
+    pub fn admit(
+        &self,
+        trunk: &str,
+        (max_calls, max_cps): (Option<u32>, Option<u32>),
+        now: Instant,
+    ) -> Result<TrunkSeat, LimitHit> {
+        use std::sync::atomic::Ordering;
+        let load = self.load(trunk);
+        let limit = max_calls.unwrap_or(u32::MAX);
+        load.calls
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |calls| {
+                (calls < limit).then_some(calls + 1)
+            })
+            .map_err(|_| LimitHit::Calls)?;
+        let seat = TrunkSeat(load);
+        if let Some(cps) = max_cps {
+            let rate = f64::from(cps);
+            let mut bucket = seat.0.bucket.lock().unwrap_or_else(|e| e.into_inner());
+            let (tokens, at) = *bucket;
+            let refilled = match at {
+                Some(at) => {
+                    (tokens + now.saturating_duration_since(at).as_secs_f64() * rate).min(rate)
+                }
+                None => rate,
+            };
+            if refilled < 1.0 {
+                *bucket = (refilled, Some(now));
+                return Err(LimitHit::Cps);
+            }
+            *bucket = (refilled - 1.0, Some(now));
+        }
+        Ok(seat)
+    }
+
+    /// Calls up on `trunk` now.
+    pub fn calls(&self, trunk: &str) -> u32 {
+        self.load(trunk)
+            .calls
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }

@@ -10,7 +10,6 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-
 /// An INVITE from the softswitch of exactly `size` bytes (its SDP padded with attributes).
 fn invite(call_id: &str, softswitch: u16, core: u16, size: usize) -> Vec<u8> {
     let head = |body_len: usize| {

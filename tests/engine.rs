@@ -3574,3 +3574,111 @@ CSeq: 1 OPTIONS
     assert_eq!(summary(&out), [format!("ACK->{TEAMS_PEER}")]);
     assert!(sim.engine.drained());
 }
+
+/// Teams hangs up the answered call whose B-leg INVITE was `b`; returns what Bridgehead sent.
+fn teams_hangs_up(sim: &mut Sim, b: &Message) -> Vec<(Peer, Message)> {
+    let bye = format!(
+        "BYE sip:+15550199@127.0.0.1:5070 SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.2:5080;branch=z9hG4bKbye-{}
+Max-Forwards: 70
+From: <sip:+15550100@sbc.example.com>;tag=t1
+To: {}
+Call-ID: {}
+CSeq: 5 BYE
+
+",
+        h(b, "Call-ID").unwrap_or_default(),
+        h(b, "From").unwrap_or_default(),
+        h(b, "Call-ID").unwrap_or_default()
+    );
+    sim.teams_sends(&bye)
+}
+
+/// `max_calls`: a call to a full trunk fails before its INVITE goes (503 without
+/// Retry-After: the caller's trunk is not the full one); a call from a full trunk gets 503
+/// with Retry-After before any rule runs; a call that ends frees its seat.
+#[test]
+fn max_calls_refuses_calls_from_and_to_a_full_trunk() {
+    let default = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/default.lua");
+    // To a full trunk.
+    let mut sim = Sim::with_profile(&profile_with_script(default, "", "    max_calls: 1"));
+    answered_call(&mut sim, "limit-1");
+    let out = sim.core_sends(&invite("limit-2", "z9hG4bKl2", ""));
+    assert_eq!(
+        summary(&out),
+        [format!("100->{CORE_PEER}"), format!("503->{CORE_PEER}")]
+    );
+    assert_eq!(h(&out[1].1, "Retry-After"), None);
+    assert_eq!(sim.engine.active_calls(), 1);
+    assert_eq!(sim.engine.stats().limit_refused, 1);
+
+    // From a full trunk.
+    let mut sim = Sim::with_profile(&profile_with_script(default, "    max_calls: 1", ""));
+    let (b_first, _) = answered_call(&mut sim, "limit-3");
+    let out = sim.core_sends(&invite("limit-4", "z9hG4bKl4", ""));
+    assert_eq!(summary(&out), [format!("503->{CORE_PEER}")]);
+    assert_eq!(h(&out[0].1, "Retry-After"), Some("1"));
+    // The first call ends: the core trunk has room again.
+    let out = teams_hangs_up(&mut sim, &b_first);
+    assert_eq!(summary(&out), [format!("BYE->{CORE_PEER}")]);
+    let out = sim.core_sends(&answer_request(&out[0].1, 200, "OK"));
+    assert_eq!(summary(&out), [format!("200->{TEAMS_PEER}")]);
+    let out = sim.core_sends(&invite("limit-5", "z9hG4bKl5", ""));
+    assert_eq!(
+        summary(&out),
+        [format!("100->{CORE_PEER}"), format!("INVITE->{TEAMS_PEER}")]
+    );
+}
+
+/// `max_cps` on the core trunk: a burst takes the bucket's tokens, then 503 with Retry-After
+/// until time refills it.
+#[test]
+fn max_cps_refuses_a_burst_past_the_rate() {
+    let text = profile_with_script(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/default.lua"),
+        "    max_cps: 2",
+        "",
+    );
+    let mut sim = Sim::with_profile(&text);
+    let statuses = |out: &[(Peer, Message)]| -> Vec<String> { summary(out) };
+    for n in 0..2 {
+        let out = sim.core_sends(&invite(&format!("cps-{n}"), &format!("z9hG4bKc{n}"), ""));
+        assert!(statuses(&out).contains(&format!("INVITE->{TEAMS_PEER}")));
+    }
+    let out = sim.core_sends(&invite("cps-2", "z9hG4bKc2", ""));
+    assert_eq!(statuses(&out), [format!("503->{CORE_PEER}")]);
+    sim.advance(Duration::from_millis(400));
+    let out = sim.core_sends(&invite("cps-3", "z9hG4bKc3", ""));
+    assert_eq!(
+        statuses(&out),
+        [format!("503->{CORE_PEER}")],
+        "0.8 of a token"
+    );
+    sim.advance(Duration::from_millis(100));
+    let out = sim.core_sends(&invite("cps-4", "z9hG4bKc4", ""));
+    assert!(
+        statuses(&out).contains(&format!("INVITE->{TEAMS_PEER}")),
+        "a token after 0.5 s"
+    );
+}
+
+/// A rule moves a call whose callee's trunk is full to another trunk (`on_failure` sees the
+/// 503 the limit makes, and `bh.trunk_calls`).
+#[test]
+fn a_rule_fails_over_from_a_full_trunk() {
+    let script = rules_file(
+        "return { on_failure = function(call, resp)
+           if resp.status == 503 and bh.trunk_calls('teams') == 1 then return call:route('backup') end
+         end }",
+    );
+    let mut sim = Sim::with_profile(&profile_with_script(&script, "", "    max_calls: 1"));
+    answered_call(&mut sim, "full-1");
+    let out = sim.core_sends(&invite("full-2", "z9hG4bKf2", ""));
+    assert_eq!(
+        summary(&out),
+        [
+            format!("100->{CORE_PEER}"),
+            "INVITE->127.0.0.3:5080".to_string()
+        ]
+    );
+}

@@ -61,6 +61,11 @@ function bh.re.gsub(subject, pattern, replacement) end
 ---@param trunk string
 ---@return table<string, "up"|"down">
 function bh.peer_status(trunk) end
+---Calls up now on the trunk named `trunk`, process-wide, as its `max_calls` counts them (calls
+---from it and to it). Raises for an unknown trunk.
+---@param trunk string
+---@return integer
+function bh.trunk_calls(trunk) end
 ---The value of `key` in the profile's lookup `name`, or nil; then why an HTTP lookup failed
 ---("timeout", "busy", "status 503"...). An HTTP lookup waits for its service in on_invite only.
 ---Raises for an unknown lookup.

@@ -122,6 +122,31 @@ impl B2bua<'_> {
         (status, sdp): (u16, Option<Bytes>),
         now: Instant,
     ) -> Option<Bytes> {
+        self.reply_local_sdp(key, leg, server, (status, sdp.map(|s| (s, false))), now)
+    }
+
+    /// [`B2bua::reply_local`] with an SDP that is already what the leg gets (Bridgehead's own
+    /// SDP to it, restated): neither anchored again nor shown to the rules.
+    pub(super) fn reply_local_as_sent(
+        &mut self,
+        key: CallKey,
+        leg: Leg,
+        server: TxnId,
+        (status, sdp): (u16, Option<Bytes>),
+        now: Instant,
+    ) {
+        self.reply_local_sdp(key, leg, server, (status, sdp.map(|s| (s, true))), now);
+    }
+
+    /// A local answer with an SDP, anchored like any (false) or as sent (true).
+    fn reply_local_sdp(
+        &mut self,
+        key: CallKey,
+        leg: Leg,
+        server: TxnId,
+        (status, sdp): (u16, Option<(Bytes, bool)>),
+        now: Instant,
+    ) -> Option<Bytes> {
         let request = self.txns.server(server).and_then(|e| e.request.as_ref())?;
         let call = self.calls.by_key.get_mut(&key)?;
         if server == call.a_invite {
@@ -141,14 +166,25 @@ impl B2bua<'_> {
                 response.push_header(name, value);
             }
         }
-        if let Some(sdp) = sdp {
+        let attach = |response: &mut Message, sdp: Bytes| {
             response.set_header(HeaderName::ContentType, "application/sdp");
             response.body = sdp;
+        };
+        let (anchored, as_sent) = match sdp {
+            Some((sdp, true)) => (None, Some(sdp)),
+            Some((sdp, false)) => (Some(sdp), None),
+            None => (None, None),
+        };
+        if let Some(sdp) = anchored {
+            attach(&mut response, sdp);
         }
         let (script, trunk) = (call.script, dialog.trunk);
         let offered = Some(!request.body.is_empty());
-        let (response, _) =
+        let (mut response, _) =
             self.outgoing_edited(Some(key), script, leg, trunk, response, Vec::new(), offered);
+        if let Some(sdp) = as_sent {
+            attach(&mut response, sdp);
+        }
         self.send_response(server, &response, now);
         super::offer_answer::sdp_of(&response)
     }

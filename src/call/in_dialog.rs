@@ -322,9 +322,22 @@ impl B2bua<'_> {
             self.on_prack(call_key, leg, (msg, key, from), now);
             return;
         }
-        if self.dead_leg(call_key) == Some(leg.other()) {
-            // Joined by an attended transfer: nothing crosses to the dead leg.
+        if self.dead_leg(call_key).is_some() {
+            // Joined by an attended transfer: nothing crosses to or from the dead leg.
             self.on_joined_request(call_key, leg, (msg, key, from), now);
+            return;
+        }
+        if let Some(status) = self.while_joining(call_key, leg, &method) {
+            if let Some(call) = self.calls.by_key.get_mut(&call_key) {
+                call.invite_pending &= method != Method::Invite;
+            }
+            let server = self.create_server(key, msg, from, ServerOwner::Local);
+            self.reply_local(call_key, leg, server, status, now);
+            if method == Method::Bye {
+                // The transferor's dialog ends with it.
+                self.send_bye(call_key, leg.other(), Vec::new(), now);
+                self.end_call(call_key, "bye", Some(leg), now);
+            }
             return;
         }
         let terminates_refer = self.calls.by_key.get(&call_key).is_some_and(|call| {

@@ -95,6 +95,12 @@ impl Calls {
         self.current.rules.set_peer_health(health.clone());
         self.health = health;
     }
+
+    /// Makes this shard count its calls in `loads`, shared with the other shards.
+    pub fn share_trunk_loads(&mut self, loads: Arc<crate::shared::TrunkLoads>) {
+        self.current.rules.set_trunk_loads(loads.clone());
+        self.loads = loads;
+    }
 }
 
 impl B2bua<'_> {

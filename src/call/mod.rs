@@ -180,6 +180,8 @@ pub(crate) struct Calls {
     notes: VecDeque<(usize, join::CallNote)>,
     /// The drain under way (SIGTERM), if any.
     draining: Option<drain::Drain>,
+    /// The trunks' calls and call rates, shared by the shards.
+    loads: Arc<crate::shared::TrunkLoads>,
 }
 
 /// The call layer at work on one input: the shard's calls, and the transaction table the
@@ -213,6 +215,8 @@ impl Calls {
             .map(|media| PortPool::new(media.ports, shard, shards));
         let health = Arc::<crate::shared::PeerHealth>::default();
         rules.rules.set_peer_health(health.clone());
+        let loads = Arc::<crate::shared::TrunkLoads>::default();
+        rules.rules.set_trunk_loads(loads.clone());
         Calls {
             current: rules,
             shard,
@@ -232,6 +236,7 @@ impl Calls {
             waiting: lookups::Waiting::default(),
             notes: VecDeque::new(),
             draining: None,
+            loads,
         }
     }
 
@@ -263,6 +268,7 @@ impl Calls {
         );
         self.current = rules;
         self.current.rules.set_peer_health(self.health.clone());
+        self.current.rules.set_trunk_loads(self.loads.clone());
         if let Some(monitor) = self.monitor.as_mut() {
             monitor.sync(&self.current.profile, &self.health);
         }
@@ -515,6 +521,8 @@ pub struct Call {
     refer: Option<transfer::Refer>,
     /// The call an attended transfer joined this one with.
     joined: Option<join::Join>,
+    /// The call counted on each leg's trunk (by leg index), until it ends.
+    seats: [Option<crate::shared::TrunkSeat>; 2],
 }
 
 /// Bridgehead's reliable provisional responses on the A-leg (RFC 3262 §3): whether they are

@@ -24,6 +24,8 @@ pub(super) struct NewCall {
     a_session: Option<SessionTimer>,
     a_reliable: Option<ReliableProvisionals>,
     preconditions: Option<precondition::CallerPreconditions>,
+    /// The call counted on the caller's trunk.
+    seat: crate::shared::TrunkSeat,
 }
 
 /// The caller's dialog (the A-leg) of a new INVITE from `from` on `trunk`, with Bridgehead's
@@ -386,6 +388,19 @@ impl B2bua<'_> {
             self.answer(incoming, status, &extra, now);
             return;
         }
+        // The caller's trunk's limits first: a peer past them gets 503 before any work.
+        let ingress = &self.calls.current.profile.trunks[incoming.trunk];
+        let limits = (ingress.max_calls, ingress.max_cps);
+        let seat = match self.calls.loads.admit(&ingress.name, limits, now) {
+            Ok(seat) => seat,
+            Err(hit) => {
+                self.calls.stats.limit_refused += 1;
+                tracing::info!(trunk = %ingress.name, limit = hit.name(), peer = %incoming.from.addr, "new call past the caller's trunk limit: 503");
+                let retry = (HeaderName::Other("Retry-After".into()), "1".to_string());
+                self.answer(incoming, 503, &[retry], now);
+                return;
+            }
+        };
         let rules = self.calls.current.clone();
         let settings = &rules.profile.trunks[incoming.trunk];
         let anchored = rules.profile.media.is_some();
@@ -443,6 +458,7 @@ impl B2bua<'_> {
             a_session,
             a_reliable,
             preconditions,
+            seat,
         };
         self.after_invite_hook(setup, run, now);
     }
@@ -480,6 +496,7 @@ impl B2bua<'_> {
             a_session,
             a_reliable,
             preconditions,
+            seat,
         } = setup;
         let decision = (outcome.failed, outcome.decision.take());
         let route = match invite_decision(&rules, trunk, decision) {
@@ -565,6 +582,7 @@ impl B2bua<'_> {
             preconditions,
             refer: None,
             joined: None,
+            seats: [Some(seat), None],
         };
         self.calls
             .dialogs
@@ -737,6 +755,9 @@ impl B2bua<'_> {
             .and_then(|call| self.txns.server(call.a_invite))
             .and_then(|entry| entry.request.as_ref())
             .is_some_and(carries_sdp);
+        if !self.seat_callee(key, &invite, now) {
+            return;
+        }
         let Some(call) = self.calls.by_key.get_mut(&key) else {
             return;
         };
@@ -788,6 +809,42 @@ impl B2bua<'_> {
                 self.calls.arm_failover(key, at);
             }
         }
+    }
+
+    /// Counts the call on its callee's trunk before its INVITE goes. Past the trunk's
+    /// `max_calls` or `max_cps` the INVITE fails as with a 503 (`on_failure` may route the
+    /// call elsewhere), else the caller gets 503, without Retry-After (its own trunk is not
+    /// the one that is full), and the call ends. False when the INVITE must not go.
+    fn seat_callee(&mut self, key: CallKey, invite: &Message, now: Instant) -> bool {
+        let Some(call) = self.calls.by_key.get_mut(&key) else {
+            return false;
+        };
+        let trunk = &call.rules.profile.trunks[call.b.trunk];
+        let hit = match self
+            .calls
+            .loads
+            .admit(&trunk.name, (trunk.max_calls, trunk.max_cps), now)
+        {
+            Ok(seat) => {
+                call.seats[Leg::B.index()] = Some(seat);
+                return true;
+            }
+            Err(hit) => hit,
+        };
+        // The callee's earlier trunk (a failover) no longer counts this call.
+        call.seats[Leg::B.index()] = None;
+        self.calls.stats.limit_refused += 1;
+        tracing::info!(call = %call.id, trunk = %trunk.name, limit = hit.name(), "callee's trunk at its limit");
+        let failure = response_to(invite, 503, None, None);
+        if self.on_failure(key, &failure, None, now) {
+            return false;
+        }
+        self.calls.stats.calls_failed += 1;
+        if let Some(server) = self.calls.by_key.get(&key).map(|c| c.a_invite) {
+            self.reply_local(key, Leg::A, server, 503, now);
+        }
+        self.end_call(key, "limit", None, now);
+        false
     }
 
     /// Serial failover: sends the call's INVITE again, as `on_invite` left it, on a fresh

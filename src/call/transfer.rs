@@ -35,6 +35,9 @@ pub(super) struct Refer {
     /// The REFER of an attended transfer, while it waits: should the Replaces name no call
     /// of Bridgehead's, the Refer-To target is called instead.
     refer: Option<Message>,
+    /// The fresh SRTP keys (by stream) the call's side toward the partner relay takes once
+    /// an attended transfer joined the calls.
+    keys: Vec<Option<crate::media::SrtpKey>>,
 }
 
 impl Refer {
@@ -50,15 +53,21 @@ impl Refer {
             transferor_left: false,
             joining: false,
             refer: None,
+            keys: Vec::new(),
         }
     }
 
     /// An attended transfer of the call's `leg` by `refer`, its first NOTIFY sent, waiting
-    /// for the join.
-    pub(super) fn joining(leg: Leg, refer: Message) -> Refer {
+    /// for the join; `keys` are the ones its side toward the partner takes then.
+    pub(super) fn joining(
+        leg: Leg,
+        refer: Message,
+        keys: Vec<Option<crate::media::SrtpKey>>,
+    ) -> Refer {
         Refer {
             joining: true,
             refer: Some(refer),
+            keys,
             ..Refer::blind(leg)
         }
     }
@@ -69,11 +78,20 @@ impl Refer {
     }
 
     /// The attended transfer joined the calls: the transferor's dialog (`old`, still the
-    /// call's leg, dead) waits for its BYE.
-    pub(super) fn joined(&mut self, old: Dialog) {
+    /// call's leg, dead) waits for its BYE, unless it hung up already. Returns the keys
+    /// toward the partner.
+    pub(super) fn joined(&mut self, old: Dialog) -> Vec<Option<crate::media::SrtpKey>> {
         self.joining = false;
         self.refer = None;
-        self.transferor = Some(old);
+        if !self.transferor_left {
+            self.transferor = Some(old);
+        }
+        std::mem::take(&mut self.keys)
+    }
+
+    /// The transferor hung up while its transfer went on.
+    pub(super) fn transferor_left(&self) -> bool {
+        self.transferor_left
     }
 
     /// The leg the REFER came on.
@@ -149,7 +167,7 @@ impl B2bua<'_> {
         };
         let refusal = if !matches!(call.state, CallState::Answered { .. }) {
             Some(403)
-        } else if call.refer.is_some() || call.invite_pending {
+        } else if call.refer.is_some() || call.invite_pending || call.pending_ack.is_some() {
             Some(491)
         } else {
             None
@@ -527,13 +545,13 @@ impl B2bua<'_> {
         }
     }
 
-    /// A BYE from the transferor while its transfer's target is being called: true when it is
-    /// one (the caller answers it `200`; the call goes on waiting for the target).
+    /// A BYE from the transferor while its transfer's target is being called or its calls
+    /// joined: true when it is one (the caller answers it `200`; the call goes on waiting).
     pub(super) fn transferor_leaves(&mut self, key: CallKey, leg: Leg) -> bool {
         let refer = self
             .calls
             .refer_mut(key)
-            .filter(|r| r.leg == leg && r.target.is_some());
+            .filter(|r| r.leg == leg && (r.target.is_some() || r.joining));
         let Some(refer) = refer else {
             return false;
         };

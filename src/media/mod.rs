@@ -158,6 +158,10 @@ pub struct Side {
     pub accepts: (bool, bool),
     /// The leg's comfort noise payload type (RFC 3389 `CN` in its SDP).
     pub cn_pt: Option<u8>,
+    /// Media from the leg is taken only from the exact addresses of its SDP and never
+    /// latched: the side of a joined call that faces the partner call's relay (the
+    /// transferor may still send to that port).
+    pub pinned: bool,
     /// The leg's trunk wants comfort noise while the other leg is silent.
     pub comfort_noise: bool,
     /// The payload types of the leg's own SDP: what it expects to receive.

@@ -419,7 +419,8 @@ impl MediaStream {
         } else {
             from_side.remote
         };
-        if !accepted(self.settings.strict_source, expected, source) {
+        let stranger = from_side.pinned && expected.is_some_and(|e| e != source);
+        if stranger || !accepted(self.settings.strict_source, expected, source) {
             self.counters.dropped += 1;
             return;
         }
@@ -467,9 +468,13 @@ impl MediaStream {
             }
         }
         if on_rtcp_port {
-            from_leg.latched_rtcp = Some(source);
+            if !from_side.pinned {
+                from_leg.latched_rtcp = Some(source);
+            }
         } else if !rtcp {
-            from_leg.latched = Some(source);
+            if !from_side.pinned {
+                from_leg.latched = Some(source);
+            }
             from_leg.last_rtp = now;
             let digit = from_leg
                 .digit(packet)
@@ -1352,6 +1357,28 @@ mod tests {
             1,
             "another port of the same address"
         );
+    }
+
+    #[test]
+    fn a_pinned_side_takes_only_its_exact_address_and_never_latches() {
+        let now = Instant::now();
+        let mut call = pcma_call();
+        call.b.pinned = true;
+        let mut media = MediaStream::new(&call, StreamSettings::default(), now);
+        // The transferor still sends to the port: dropped, and nothing latches onto it.
+        media.handle_packet(
+            Leg::B,
+            addr("198.51.100.7:5009"),
+            false,
+            &pcma(1, 0xd5),
+            now,
+        );
+        assert_eq!(sent(&mut media), []);
+        assert_eq!(media.take_counters().dropped, 1);
+        media.handle_packet(Leg::B, addr(CALLEE), false, &pcma(2, 0xd5), now);
+        media.handle_packet(Leg::A, addr(CALLER), false, &pcma(1, 0xd5), now);
+        let toward: Vec<_> = sent(&mut media).into_iter().map(|t| (t.0, t.1)).collect();
+        assert_eq!(toward, [(Leg::A, addr(CALLER)), (Leg::B, addr(CALLEE))]);
     }
 
     #[test]

@@ -102,6 +102,9 @@ pub struct MediaPlane {
     sent: Vec<MediaSent>,
     /// Payloads `rtp` fed in during the current step (in the clear).
     fed: Vec<Vec<u8>>,
+    /// The relay's own address (the profile's `media.address`): RTP a stream sends there, to
+    /// another running stream's port, reaches that stream.
+    address: Option<std::net::IpAddr>,
 }
 
 /// One side of a stream: its call (shard, key), the stream's index, the leg it faces.
@@ -143,7 +146,19 @@ fn header_len(packet: &[u8]) -> Option<usize> {
     (packet.len() >= len).then_some(len)
 }
 
+/// Hand-offs between two streams in one drain at most: a loop between joined calls cannot
+/// hang a replay.
+const MAX_HAIRPIN_ROUNDS: usize = 16;
+
 impl MediaPlane {
+    /// The media plane of a relay on `address`.
+    pub fn new(address: Option<std::net::IpAddr>) -> MediaPlane {
+        MediaPlane {
+            address,
+            ..MediaPlane::default()
+        }
+    }
+
     /// Carries out an engine command as the relay does: a stream starts once both legs were
     /// told Bridgehead's ports, later states update it, sounds wait until it runs, and a
     /// closed call's streams go.
@@ -233,10 +248,10 @@ impl MediaPlane {
     /// not decrypt is not kept), RTCP left out, events handed back.
     fn drain(&mut self, now: Instant) -> Vec<(MediaCallId, MediaEvent)> {
         let mut events = Vec::new();
-        loop {
+        for _ in 0..MAX_HAIRPIN_ROUNDS {
             let hairpins = self.drain_once(now, &mut events);
             if hairpins.is_empty() {
-                return events;
+                break;
             }
             for (to, source, packet) in hairpins {
                 if let Some(media) = self.running_at(to) {
@@ -244,6 +259,7 @@ impl MediaPlane {
                 }
             }
         }
+        events
     }
 
     /// The running stream at (call, index, leg).
@@ -266,14 +282,19 @@ impl MediaPlane {
             .calls
             .iter()
             .flat_map(|(call, slots)| {
-                slots.iter().enumerate().flat_map(move |(index, slot)| {
-                    [Leg::A, Leg::B].into_iter().filter_map(move |leg| {
-                        let local = side(&slot.latest, leg).local;
-                        (local != 0).then_some((local, (*call, index, leg)))
+                slots
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, slot)| slot.running.is_some())
+                    .flat_map(move |(index, slot)| {
+                        [Leg::A, Leg::B].into_iter().filter_map(move |leg| {
+                            let local = side(&slot.latest, leg).local;
+                            (local != 0).then_some((local, (*call, index, leg)))
+                        })
                     })
-                })
             })
             .collect();
+        let relay = self.address;
         for (&call, slots) in &mut self.calls {
             let call = call_id(call);
             for slot in slots.iter_mut() {
@@ -286,6 +307,7 @@ impl MediaPlane {
                     }
                     let hairpin = locals
                         .iter()
+                        .filter(|_| Some(transmit.destination.ip()) == relay)
                         .find(|(port, _)| *port == transmit.destination.port());
                     if let Some((_, to)) = hairpin {
                         let source = side(&slot.latest, transmit.to).local;

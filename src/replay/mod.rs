@@ -323,6 +323,7 @@ impl Replay {
         let now = Instant::now();
         let mut engine = seeded_engine(rules);
         engine.start(now);
+        let media = media::MediaPlane::new(profile.media.as_ref().map(|m| m.address));
         Ok(Replay {
             dir,
             profile_path,
@@ -334,7 +335,7 @@ impl Replay {
             vars,
             saved: HashMap::new(),
             last_call: None,
-            media: media::MediaPlane::default(),
+            media,
             services: loaded.scenario.lookup_service.clone(),
             lookup_answers: Vec::new(),
         })

@@ -1265,6 +1265,19 @@ pub fn bh_table(lua: &Lua) -> mlua::Result<Table> {
         })?,
     )?;
 
+    bh.set(
+        "trunk_calls",
+        lua.create_function(|lua, trunk: String| {
+            if context(lua)?.trunk_index(&trunk).is_none() {
+                return Err(mlua::Error::runtime(format!(
+                    "bh.trunk_calls: no trunk named '{trunk}'"
+                )));
+            }
+            let loads = lua.app_data_ref::<Arc<crate::shared::TrunkLoads>>();
+            Ok(loads.map_or(0, |loads| loads.calls(&trunk)))
+        })?,
+    )?;
+
     bh.set("lookup", lookup_function(lua)?)?;
 
     let metric = lua.create_table()?;

@@ -408,6 +408,11 @@ impl Rules {
         self.lua.set_app_data(health);
     }
 
+    /// Makes `bh.trunk_calls` read `loads` (the calls up on each trunk, process-wide).
+    pub fn set_trunk_loads(&self, loads: Arc<crate::shared::TrunkLoads>) {
+        self.lua.set_app_data(loads);
+    }
+
     /// Loads the scripts a profile names, counting into `metrics`. Every failing script is
     /// reported with file:line.
     pub fn load(profile: &Profile, metrics: Arc<RuleMetrics>) -> Result<Rules, Vec<ScriptError>> {
