@@ -61,6 +61,53 @@ pub struct Profile {
     pub lookups: Vec<Lookup>,
     /// Seconds calls in progress may go on after SIGTERM before Bridgehead hangs them up.
     pub drain_timeout: u32,
+    /// What a message must pass before the call layer sees it.
+    pub admission: AdmissionConfig,
+}
+
+/// The User-Agents of SIP scanners dropped by default (substrings, ASCII case ignored).
+pub const SCANNERS: [&str; 9] = [
+    "friendly-scanner",
+    "sipvicious",
+    "sipcli",
+    "sip-scan",
+    "sipsak",
+    "sundayddr",
+    "iwar",
+    "vaxsipuseragent",
+    "smap",
+];
+
+/// Admission settings (`admission`): bans, scanners, header limits, and the request rate of
+/// sources no trunk names.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdmissionConfig {
+    /// Requests a second from one source no trunk names (per source IP); none: no limit.
+    pub unknown_requests_per_source: Option<u32>,
+    /// Malformed, scanning or unauthorised messages after which a source is banned (0: never).
+    pub ban_after: u32,
+    /// How long a ban lasts, and the window `ban_after` counts in, in seconds.
+    pub ban_seconds: u32,
+    /// User-Agent substrings (ASCII case ignored) whose requests are dropped silently.
+    pub scanners: Vec<String>,
+    /// Header fields a request may have; more get 400.
+    pub max_headers: usize,
+    /// Bytes a header field's value may have; longer gets 400.
+    pub max_header_bytes: usize,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> AdmissionConfig {
+        AdmissionConfig {
+            unknown_requests_per_source: Some(20),
+            ban_after: 20,
+            ban_seconds: 600,
+            scanners: SCANNERS.iter().map(|s| s.to_string()).collect(),
+            max_headers: 200,
+            max_header_bytes: 8192,
+        }
+    }
 }
 
 /// A named address Bridgehead listens on, for one or more transports.
@@ -290,6 +337,10 @@ pub struct Trunk {
     /// New calls a second on the trunk (both directions, process-wide, a token bucket as deep
     /// as one second); more get 503.
     pub max_cps: Option<u32>,
+    /// Requests a second from one source of the trunk (per source IP); more are dropped.
+    pub requests_per_source: Option<u32>,
+    /// New calls a second from one source of the trunk (per source IP); more get 503.
+    pub calls_per_source: Option<u32>,
     /// Numbers toward the trunk in E.164 (`+` and the country code), from national and
     /// international formats (Microsoft Teams takes E.164 only).
     pub e164: Option<E164>,
@@ -641,6 +692,8 @@ struct RawProfile {
     lookups: Vec<RawLookup>,
     #[serde(default = "default_drain_timeout")]
     drain_timeout: u32,
+    #[serde(default)]
+    admission: AdmissionConfig,
 }
 
 fn default_drain_timeout() -> u32 {
@@ -956,6 +1009,10 @@ struct RawTrunk {
     max_calls: Option<u32>,
     #[serde(default)]
     max_cps: Option<u32>,
+    #[serde(default)]
+    requests_per_source: Option<u32>,
+    #[serde(default)]
+    calls_per_source: Option<u32>,
     #[serde(default)]
     e164: Option<E164>,
     #[serde(default)]
@@ -1546,6 +1603,8 @@ impl Validator<'_> {
             transferor_bye: raw.transferor_bye,
             max_calls: raw.max_calls,
             max_cps: raw.max_cps,
+            requests_per_source: raw.requests_per_source,
+            calls_per_source: raw.calls_per_source,
             e164: raw.e164.clone(),
             sdp_attributes: raw.sdp_attributes.clone(),
             on_script_error,
@@ -1751,6 +1810,7 @@ impl Profile {
                 dns_servers,
                 lookups,
                 drain_timeout: raw.drain_timeout,
+                admission: raw.admission,
             })
         } else {
             Err(check.errors)

@@ -10,6 +10,7 @@
 //! bytes to send, and timeouts that go back to the call layer as inputs. It never touches a
 //! socket, a clock or a file.
 
+use crate::admission::{Admission, AdmissionStats, Verdict};
 use crate::call::join::CallNote;
 use crate::call::{CallInput, Calls, ClientOwner, Txns};
 use crate::config::Profile;
@@ -37,6 +38,10 @@ struct Traffic {
 
 /// The sans-IO SIP engine of one shard.
 pub struct Engine {
+    /// What a message must pass before the call layer sees it.
+    admission: Admission,
+    /// Shards in the process (each takes its share of a source's rates).
+    shards: usize,
     /// The transactions, their indexes and timers.
     txns: Txns,
     /// The calls, their dialogs and the rule-set version new calls take.
@@ -50,6 +55,8 @@ impl Engine {
     /// its rules compiled for this shard).
     pub fn new(rules: Arc<RuleSet>, shard: usize, shards: usize) -> Engine {
         Engine {
+            admission: Admission::default(),
+            shards: shards.max(1),
             txns: Txns::new(TimerConfig::default()),
             calls: Calls::new(rules, shard, shards),
             transmits: VecDeque::new(),
@@ -155,6 +162,11 @@ impl Engine {
     /// can be answered, drop it otherwise.
     pub fn handle_malformed(&mut self, err: crate::sip::ParseError, from: Peer, now: Instant) {
         self.traffic.messages_in += 1;
+        if self.admission.banned(from, now) {
+            return;
+        }
+        self.admission
+            .malformed(from, &self.calls.current().profile, now);
         self.traffic.unparsable += 1;
         tracing::debug!(peer = %from.addr, fault = %err.fault, "malformed message");
         if let Some(partial) = err.partial {
@@ -170,7 +182,27 @@ impl Engine {
     /// A parsed message arrived from `from`.
     pub fn handle_message(&mut self, msg: Message, from: Peer, now: Instant) {
         self.traffic.messages_in += 1;
-        self.handle(CallInput::Message { msg, from }, now);
+        let profile = (&*self.calls.current().profile, self.shards);
+        match self.admission.check(&msg, from, profile, now) {
+            Verdict::Pass => self.handle(CallInput::Message { msg, from }, now),
+            Verdict::Drop => {}
+            Verdict::Refuse(fault) => {
+                let partial = msg;
+                self.handle(
+                    CallInput::Unparsable {
+                        partial,
+                        fault,
+                        from,
+                    },
+                    now,
+                );
+            }
+        }
+    }
+
+    /// What admission refused so far (rates, scanners, oversized requests, bans).
+    pub fn admission_stats(&self) -> AdmissionStats {
+        self.admission.stats()
     }
 
     /// The clock reached a deadline returned by [`Engine::poll_timeout`].

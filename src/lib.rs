@@ -16,6 +16,7 @@
 //! transaction layer (`transactions`), the engine's and runtime's modules and the socket
 //! transports (`transport`) are internal.
 
+pub mod admission;
 mod call;
 pub mod config;
 mod engine;

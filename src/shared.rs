@@ -233,13 +233,38 @@ impl LimitHit {
     }
 }
 
-/// How busy one trunk is: its calls up, and a token bucket of new calls (`max_cps` tokens a
-/// second, as many at most).
+/// A token bucket: `rate` tokens a second, at most `rate` (one second's worth) kept.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TokenBucket {
+    tokens: f64,
+    /// When `tokens` was counted; None: never used (full).
+    at: Option<Instant>,
+}
+
+impl TokenBucket {
+    /// Takes a token at `now` if one is left after refilling at `rate` a second.
+    pub fn take(&mut self, rate: f64, now: Instant) -> bool {
+        let tokens = match self.at {
+            Some(at) => {
+                (self.tokens + now.saturating_duration_since(at).as_secs_f64() * rate).min(rate)
+            }
+            None => rate,
+        };
+        self.at = Some(now);
+        if tokens < 1.0 {
+            self.tokens = tokens;
+            return false;
+        }
+        self.tokens = tokens - 1.0;
+        true
+    }
+}
+
+/// How busy one trunk is: its calls up, and a token bucket of new calls (`max_cps`).
 #[derive(Debug, Default)]
 pub struct TrunkLoad {
     calls: std::sync::atomic::AtomicU32,
-    /// Tokens left and when they were counted.
-    bucket: Mutex<(f64, Option<Instant>)>,
+    bucket: Mutex<TokenBucket>,
 }
 
 /// A call counted on a trunk: it stops counting when this is dropped (the call ended, or its
@@ -290,20 +315,10 @@ impl TrunkLoads {
             .map_err(|_| LimitHit::Calls)?;
         let seat = TrunkSeat(load);
         if let Some(cps) = max_cps {
-            let rate = f64::from(cps);
             let mut bucket = seat.0.bucket.lock().unwrap_or_else(|e| e.into_inner());
-            let (tokens, at) = *bucket;
-            let refilled = match at {
-                Some(at) => {
-                    (tokens + now.saturating_duration_since(at).as_secs_f64() * rate).min(rate)
-                }
-                None => rate,
-            };
-            if refilled < 1.0 {
-                *bucket = (refilled, Some(now));
+            if !bucket.take(f64::from(cps), now) {
                 return Err(LimitHit::Cps);
             }
-            *bucket = (refilled - 1.0, Some(now));
         }
         Ok(seat)
     }
@@ -313,5 +328,15 @@ impl TrunkLoads {
         self.load(trunk)
             .calls
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Gives back a table's room once a peak is over (a `HashMap` keeps its capacity otherwise):
+/// at a quarter full, to twice what is used, never below 1,024 entries.
+pub fn shrink_when_quiet<K: std::hash::Hash + Eq, V>(table: &mut HashMap<K, V>) {
+    const SMALLEST: usize = 1024;
+    let used = table.len();
+    if table.capacity() > SMALLEST && used * 4 < table.capacity() {
+        table.shrink_to((used * 2).max(SMALLEST));
     }
 }

@@ -403,6 +403,10 @@ impl<S, C> Transactions<S, C> {
             TxnEvent::ClientEnded(id) => self.abandon_client(*id),
             _ => {}
         }
+        crate::shared::shrink_when_quiet(&mut self.servers);
+        crate::shared::shrink_when_quiet(&mut self.server_index);
+        crate::shared::shrink_when_quiet(&mut self.clients);
+        crate::shared::shrink_when_quiet(&mut self.client_index);
     }
 
     fn arm(&mut self, at: Instant, target: TimerTarget) {

@@ -659,14 +659,16 @@ fn five_hundred_calls_at_100_per_second_across_three_shards() {
     }
 }
 
-/// A SIPp far end's arguments: on 127.0.0.1:`port`, `calls` calls, failing after 30 s, then
-/// `extra`.
+/// A SIPp far end's arguments: on 127.0.0.1:`port`, `calls` calls (0: as many as come),
+/// failing after 30 s, then `extra`.
 fn far_end_args(port: u16, calls: u32, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = ["-i", "127.0.0.1", "-p", &port.to_string()]
         .iter()
         .map(|s| s.to_string())
         .collect();
-    args.extend(["-m".to_string(), calls.to_string()]);
+    if calls > 0 {
+        args.extend(["-m".to_string(), calls.to_string()]);
+    }
     args.extend(["-timeout", "30s", "-timeout_error"].map(String::from));
     args.extend(extra.iter().map(|s| s.to_string()));
     args
@@ -1088,4 +1090,89 @@ fn a_second_sigint_stops_at_once() {
     let exit = sbc.wait_exit(Instant::now() + Duration::from_secs(5));
     assert_eq!(exit, Some(0), "{}", sbc.log());
     assert!(sbc.log().contains("SIGINT again: stopping now"));
+}
+
+/// A flood from one source at 20× its call rate (`calls_per_source: 10`, SIPp at 200 calls a
+/// second for 10 s) while a well-behaved trunk alongside places 500 calls at 50 a second: the
+/// flood's excess gets 503 with Retry-After and at most its rate reaches the callee; every
+/// call of the well-behaved trunk completes.
+#[test]
+fn a_flooding_source_is_held_to_its_rate_and_a_trunk_alongside_is_untouched() {
+    let dir = scratch_dir("flood");
+    let sbc = Sbc::start(
+        "listeners:
+  - name: core
+    address: 127.0.0.1:{core}
+  - name: flood
+    address: 127.0.0.1:{flood}
+  - name: teams
+    address: 127.0.0.1:{teams}
+trunks:
+  - name: core
+    listener: core
+    peers: [\"127.0.0.1:{softswitch}\"]
+    script: {script}
+    route: teams
+  - name: flood
+    listener: flood
+    peers: [\"127.0.0.1:{flooder}\"]
+    script: {script}
+    route: teams
+    calls_per_source: 10
+  - name: teams
+    listener: teams
+    peers: [\"127.0.0.1:{teams_peer}\"]
+    script: {script}
+    route: core
+",
+    );
+    // As many calls as come: stopped by its PID at the end.
+    let callee_args = far_end_args(sbc.port("teams_peer"), 0, &["-sf", &scenario("callee")]);
+    let callee = Sipp::start(&dir, "callee", &callee_args);
+    wait_listening(sbc.port("teams_peer"), Transport::Udp);
+    let mut flood_args = far_end_args(
+        sbc.port("flooder"),
+        2000,
+        &["-r", "200", "-d", "200", "-sf", &scenario("caller_flood")],
+    );
+    flood_args.push(format!("127.0.0.1:{}", sbc.port("flood")));
+    let mut flooder = Sipp::start(&dir, "flooder", &flood_args);
+    let mut good_args = far_end_args(
+        sbc.port("softswitch"),
+        500,
+        &["-r", "50", "-d", "200", "-sf", &scenario("caller")],
+    );
+    good_args.push(format!("127.0.0.1:{}", sbc.port("core")));
+    let mut good = Sipp::start(&dir, "good", &good_args);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let statuses = [good.wait(deadline), flooder.wait(deadline)];
+    let context = format!(
+        "{}\n{}\n--- sbc log ---\n{}",
+        good.report(),
+        flooder.report(),
+        sbc.log()
+    );
+    assert_eq!(statuses, [Some(0); 2], "a far end failed\n{context}");
+    let flood_got = flooder.trace();
+    let refused = flood_got
+        .iter()
+        .filter(|m| m.received && m.is_response(503))
+        .collect::<Vec<_>>();
+    assert!(
+        refused.len() >= 1800,
+        "{} refused\n{context}",
+        refused.len()
+    );
+    assert!(refused.iter().all(|m| m.header("Retry-After") == Some("1")));
+    let admitted = callee
+        .trace()
+        .iter()
+        .filter(|m| m.received && m.is_request("INVITE"))
+        .filter(|m| m.header("From").is_some_and(|f| f.contains("flood@")))
+        .count();
+    // 10 a second for about 10 s, plus the bucket's first second.
+    assert!(
+        (50..=130).contains(&admitted),
+        "{admitted} flood calls admitted"
+    );
 }

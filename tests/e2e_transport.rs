@@ -428,3 +428,66 @@ fn a_tcp_caller_ringing_longer_than_idle_timeout_still_hears_the_answer() {
         sbc.log()
     );
 }
+
+/// Garbage over UDP and TCP gets a clear answer or is dropped, and the next valid call
+/// completes: too many header fields (400 naming the limit), a NUL in a header (400), 10,000
+/// header fields over TCP (more than a message may hold: closed), a stream with no blank line
+/// (closed), a writer sending a byte at a time (answered once whole).
+#[test]
+fn malformed_input_gets_clear_answers_and_the_next_call_goes_through() {
+    let (sbc, softswitch) = start("");
+    let teams = UdpSocket::bind(("127.0.0.1", sbc.port("teams_peer"))).expect("teams socket");
+    let core = ("127.0.0.1", sbc.port("core"));
+    let options = |branch: &str, extra: &str| {
+        format!(
+            "OPTIONS sip:ping@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{};branch=z9hG4bK-{branch}\r\nMax-Forwards: 70\r\nFrom: <sip:probe@127.0.0.1>;tag=p\r\nTo: <sip:ping@127.0.0.1>\r\nCall-ID: {branch}\r\nCSeq: 1 OPTIONS\r\n{extra}Content-Length: 0\r\n\r\n",
+            sbc.port("softswitch")
+        )
+    };
+    let many = options("many", &"X-Filler: 1\r\n".repeat(300));
+    softswitch.send_to(many.as_bytes(), core).expect("send");
+    let answer = receive(&softswitch, Duration::from_secs(2)).unwrap_or_default();
+    assert!(answer.starts_with("SIP/2.0 400"), "{answer}");
+    assert!(answer.contains("more than 200 header fields"), "{answer}");
+    let nul = options("nul", "X-Bad: a\0b\r\n");
+    softswitch.send_to(nul.as_bytes(), core).expect("send");
+    let answer = receive(&softswitch, Duration::from_secs(2)).unwrap_or_default();
+    assert!(answer.starts_with("SIP/2.0 400"), "{answer}");
+
+    // 10,000 header fields over TCP: larger than a message may be (65,535 bytes).
+    let mut stream = TcpStream::connect(core).expect("connect");
+    let huge = options("huge", &"X-Filler: 1\r\n".repeat(10_000)).replace("UDP", "TCP");
+    let _ = stream.write_all(huge.as_bytes());
+    assert!(closed_within(&mut stream, Duration::from_secs(3)));
+    // Headers that never end.
+    let mut stream = TcpStream::connect(core).expect("connect");
+    let endless =
+        options("endless", "").replace("\r\n\r\n", "\r\n") + &"X-More: 1\r\n".repeat(7_000);
+    let _ = stream.write_all(endless.as_bytes());
+    assert!(closed_within(&mut stream, Duration::from_secs(3)));
+    // A slow writer: a byte at a time, then answered.
+    let mut stream = TcpStream::connect(core).expect("connect");
+    let slow = options_text(&stream, 1);
+    for byte in slow.as_bytes() {
+        stream.write_all(&[*byte]).expect("write");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let answer = read_message(&mut stream);
+    assert!(answer.starts_with("SIP/2.0 200"), "{answer}");
+
+    // And a call goes through.
+    let request = invite(
+        "after-garbage",
+        sbc.port("softswitch"),
+        sbc.port("core"),
+        600,
+    );
+    softswitch.send_to(&request, core).expect("send");
+    let forwarded = receive(&teams, Duration::from_secs(3)).unwrap_or_default();
+    assert!(
+        forwarded.starts_with("INVITE "),
+        "{forwarded}\n{}",
+        sbc.log()
+    );
+    assert!(sbc.is_running());
+}

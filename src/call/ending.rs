@@ -232,6 +232,7 @@ impl B2bua<'_> {
             }
             self.calls.dialogs.remove(&call.a.dialog_key());
             self.calls.dialogs.remove(&call.b.dialog_key());
+            self.calls.shrink_when_quiet();
         }
     }
 }

@@ -326,6 +326,13 @@ impl Calls {
         }
     }
 
+    /// Gives back the tables' room once a peak of calls is over (a call is a few KiB inline
+    /// in its table).
+    fn shrink_when_quiet(&mut self) {
+        crate::shared::shrink_when_quiet(&mut self.by_key);
+        crate::shared::shrink_when_quiet(&mut self.dialogs);
+    }
+
     /// The newest call whose A-leg Call-ID is `call_id`.
     pub fn newest(&self, call_id: &str) -> Option<CallKey> {
         self.by_key

@@ -103,6 +103,10 @@ impl B2bua<'_> {
             HeaderName::Warning,
             format!("399 bridgehead \"{}\"", warning.replace('"', "'")),
         );
+        if status == 503 {
+            // Bridgehead's own stateless 503 (a source past its call rate): back off a second.
+            response.push_header(HeaderName::Other("Retry-After".into()), "1".to_string());
+        }
         // Toward a trunk's peer, its rules run on the answer like on any message sent there
         // (Microsoft wants X-MS-SBC on every one); a stranger gets it bare.
         let profile = &self.calls.current.profile;

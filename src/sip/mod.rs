@@ -359,6 +359,12 @@ pub enum Fault {
     Branch,
     #[error("malformed status code")]
     Status,
+    #[error("more than {0} header fields")]
+    TooManyHeaders(usize),
+    #[error("a header field longer than {0} bytes")]
+    HeaderTooLong(usize),
+    #[error("new calls from this source faster than allowed")]
+    SourceRate,
 }
 
 impl Fault {
@@ -367,6 +373,7 @@ impl Fault {
         match self {
             Fault::Version => 505,
             Fault::TooLarge => 513,
+            Fault::SourceRate => 503,
             _ => 400,
         }
     }
@@ -789,6 +796,16 @@ pub fn parse_message(bytes: &Bytes, framing: Framing) -> Result<(Message, usize)
     let (start, start_fault) = parse_start_line(first)?;
 
     let mut fault = start_fault;
+    // A NUL stands in a header only escaped, as a quoted-pair (RFC 3261 §25.1; RFC 4475
+    // `intmeth`): a raw one would cut the value short wherever it is read as a C string.
+    let raw_nul = memchr(0, &block).is_some()
+        && block
+            .iter()
+            .enumerate()
+            .any(|(at, byte)| *byte == 0 && (at == 0 || block[at - 1] != b'\\'));
+    if raw_nul {
+        fault = fault.or(Some(Fault::HeaderLine));
+    }
     let mut headers: Vec<Header> = Vec::with_capacity(16);
     let mut folded: Option<(HeaderName, Vec<u8>)> = None;
     for line in lines {
@@ -1037,6 +1054,16 @@ mod tests {
         assert_eq!(text.matches("Content-Length").count(), 1);
         let again = Message::parse(&Bytes::from(text)).expect("reparse");
         assert_eq!(again.body, msg.body);
+    }
+
+    #[test]
+    fn a_nul_in_a_header_is_a_fault_with_partial() {
+        let err = parse(
+            "OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKx\r\nX-A: a\0b\r\n\r\n",
+        )
+        .expect_err("NUL");
+        assert_eq!(err.fault, Fault::HeaderLine);
+        assert!(err.partial.is_some(), "answerable with 400");
     }
 
     #[test]
