@@ -93,12 +93,13 @@ impl Admission {
         self.stats
     }
 
-    /// Decides for a message from `from` at `now`, under `profile`, on one of `shards` shards
-    /// (each allows its share of a source's rates: a source's calls spread over the shards).
+    /// Decides for a message from `from` at `now` (`new_call`: it starts a call, not a
+    /// retransmission of one under way), under `profile`, on one of `shards` shards (each
+    /// allows its share of a source's rates: a source's calls spread over the shards).
     pub fn check(
         &mut self,
         msg: &Message,
-        from: Peer,
+        (from, new_call): (Peer, bool),
         (profile, shards): (&Profile, usize),
         now: Instant,
     ) -> Verdict {
@@ -108,9 +109,9 @@ impl Admission {
             self.stats.banned_dropped += 1;
             return Verdict::Drop;
         }
-        let Some(method) = msg.method() else {
+        if !msg.is_request() {
             return Verdict::Pass;
-        };
+        }
         let scanner = user_agent(msg).is_some_and(|agent| {
             settings
                 .scanners
@@ -162,7 +163,6 @@ impl Admission {
                 return Verdict::Drop;
             }
         }
-        let new_call = *method == Method::Invite && !has_to_tag(msg);
         if let Some(rate) = calls.filter(|_| new_call) {
             if !source.calls.take(rate, now) {
                 self.stats.calls_refused += 1;
@@ -234,8 +234,13 @@ impl Admission {
     }
 }
 
-/// Whether a request's To carries a tag (it is in a dialog).
-fn has_to_tag(msg: &Message) -> bool {
+/// Whether a message is a new call: an INVITE outside a dialog.
+pub fn is_new_call(msg: &Message) -> bool {
+    msg.method() == Some(&Method::Invite) && !in_dialog(msg)
+}
+
+/// Whether a message belongs to a dialog (its To carries a tag).
+pub fn in_dialog(msg: &Message) -> bool {
     msg.header_str(&HeaderName::To)
         .and_then(|to| crate::sip::header::NameAddr::parse(to).ok())
         .is_some_and(|to| to.tag().is_some())
@@ -281,7 +286,7 @@ mod tests {
         let stranger = peer("203.0.113.5");
         for _ in 0..3 {
             assert_eq!(
-                admission.check(&scan, stranger, (&profile, 1), now),
+                admission.check(&scan, (stranger, false), (&profile, 1), now),
                 Verdict::Drop
             );
         }
@@ -289,12 +294,12 @@ mod tests {
         // Banned: even a clean request is dropped, until the ban ends.
         let clean = request("OPTIONS", "", "");
         assert_eq!(
-            admission.check(&clean, stranger, (&profile, 1), now),
+            admission.check(&clean, (stranger, false), (&profile, 1), now),
             Verdict::Drop
         );
         let later = now + Duration::from_secs(61);
         assert_ne!(
-            admission.check(&clean, stranger, (&profile, 1), later),
+            admission.check(&clean, (stranger, false), (&profile, 1), later),
             Verdict::Drop
         );
         let stats = admission.stats();
@@ -329,17 +334,17 @@ mod tests {
         let now = Instant::now();
         let many = request("OPTIONS", "", &"X-A: 1\r\n".repeat(5));
         assert_eq!(
-            admission.check(&many, peer("192.0.2.1"), (&profile, 1), now),
+            admission.check(&many, (peer("192.0.2.1"), false), (&profile, 1), now),
             Verdict::Refuse(Fault::TooManyHeaders(10))
         );
         let long = request("OPTIONS", "", &format!("X-A: {}\r\n", "a".repeat(65)));
         assert_eq!(
-            admission.check(&long, peer("192.0.2.1"), (&profile, 1), now),
+            admission.check(&long, (peer("192.0.2.1"), false), (&profile, 1), now),
             Verdict::Refuse(Fault::HeaderTooLong(64))
         );
         let fine = request("OPTIONS", "", "X-A: 1\r\n");
         assert_eq!(
-            admission.check(&fine, peer("192.0.2.1"), (&profile, 1), now),
+            admission.check(&fine, (peer("192.0.2.1"), false), (&profile, 1), now),
             Verdict::Pass
         );
     }
@@ -352,32 +357,32 @@ mod tests {
         let trunk = peer("192.0.2.1");
         let invite = request("INVITE", "", "");
         assert_eq!(
-            admission.check(&invite, trunk, (&profile, 1), now),
+            admission.check(&invite, (trunk, true), (&profile, 1), now),
             Verdict::Pass
         );
         assert_eq!(
-            admission.check(&invite, trunk, (&profile, 1), now),
+            admission.check(&invite, (trunk, true), (&profile, 1), now),
             Verdict::Pass
         );
         assert_eq!(
-            admission.check(&invite, trunk, (&profile, 1), now),
+            admission.check(&invite, (trunk, true), (&profile, 1), now),
             Verdict::Refuse(Fault::SourceRate)
         );
         // In-dialog requests are not new calls: only the request rate counts them.
         let bye = request("BYE", ";tag=t", "");
         let passed = (0..10)
-            .filter(|_| admission.check(&bye, trunk, (&profile, 1), now) == Verdict::Pass)
+            .filter(|_| admission.check(&bye, (trunk, false), (&profile, 1), now) == Verdict::Pass)
             .count();
         assert_eq!(passed, 7, "10 requests a second, 3 taken by the INVITEs");
         assert_eq!(admission.stats().rate_dropped, 3);
         // Two shards: each allows half a source's rates.
         let mut shard = Admission::default();
         assert_eq!(
-            shard.check(&invite, trunk, (&profile, 2), now),
+            shard.check(&invite, (trunk, true), (&profile, 2), now),
             Verdict::Pass
         );
         assert_eq!(
-            shard.check(&invite, trunk, (&profile, 2), now),
+            shard.check(&invite, (trunk, true), (&profile, 2), now),
             Verdict::Refuse(Fault::SourceRate)
         );
     }
@@ -392,7 +397,7 @@ mod tests {
         let now = Instant::now();
         let options = request("OPTIONS", "", "");
         let verdicts: Vec<Verdict> = (0..3)
-            .map(|_| admission.check(&options, peer("203.0.113.7"), (&profile, 1), now))
+            .map(|_| admission.check(&options, (peer("203.0.113.7"), false), (&profile, 1), now))
             .collect();
         assert_eq!(verdicts, [Verdict::Pass, Verdict::Pass, Verdict::Drop]);
     }

@@ -63,6 +63,32 @@ pub struct Profile {
     pub drain_timeout: u32,
     /// What a message must pass before the call layer sees it.
     pub admission: AdmissionConfig,
+    /// When a shard refuses new calls early (503) to keep the calls it has.
+    pub overload: OverloadConfig,
+}
+
+/// Overload control (`overload`): the limits past which a shard answers new calls `503` with
+/// `Retry-After` at once, in-dialog requests flowing on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OverloadConfig {
+    /// Messages waiting in a shard's queue; past four times this, new requests handed to the
+    /// shard are dropped.
+    pub queue: usize,
+    /// Percent of the last tenth of a second a shard spent working.
+    pub cpu_percent: u32,
+    /// Calls in progress on one shard (0: no limit).
+    pub calls: usize,
+}
+
+impl Default for OverloadConfig {
+    fn default() -> OverloadConfig {
+        OverloadConfig {
+            queue: 2000,
+            cpu_percent: 90,
+            calls: 0,
+        }
+    }
 }
 
 /// The User-Agents of SIP scanners dropped by default (substrings, ASCII case ignored).
@@ -694,6 +720,8 @@ struct RawProfile {
     drain_timeout: u32,
     #[serde(default)]
     admission: AdmissionConfig,
+    #[serde(default)]
+    overload: OverloadConfig,
 }
 
 fn default_drain_timeout() -> u32 {
@@ -1811,6 +1839,7 @@ impl Profile {
                 lookups,
                 drain_timeout: raw.drain_timeout,
                 admission: raw.admission,
+                overload: raw.overload,
             })
         } else {
             Err(check.errors)

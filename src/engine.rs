@@ -10,7 +10,7 @@
 //! bytes to send, and timeouts that go back to the call layer as inputs. It never touches a
 //! socket, a clock or a file.
 
-use crate::admission::{Admission, AdmissionStats, Verdict};
+use crate::admission::{is_new_call, Admission, AdmissionStats, Verdict};
 use crate::call::join::CallNote;
 use crate::call::{CallInput, Calls, ClientOwner, Txns};
 use crate::config::Profile;
@@ -20,8 +20,8 @@ use crate::script::RuleSet;
 use crate::shared::{EngineStats, Peer, Transmit};
 use crate::sip::header::branch_of;
 use crate::sip::transaction::TimerConfig;
-use crate::sip::{parse_message, Framing, HeaderName, Message};
-use crate::transactions::TxnEvent;
+use crate::sip::{parse_message, Fault, Framing, HeaderName, Message};
+use crate::transactions::{server_key, TxnEvent};
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -42,6 +42,10 @@ pub struct Engine {
     admission: Admission,
     /// Shards in the process (each takes its share of a source's rates).
     shards: usize,
+    /// Past an overload limit: new calls get 503 at once.
+    overloaded: bool,
+    /// New calls refused for overload.
+    overload_refused: u64,
     /// The transactions, their indexes and timers.
     txns: Txns,
     /// The calls, their dialogs and the rule-set version new calls take.
@@ -57,6 +61,8 @@ impl Engine {
         Engine {
             admission: Admission::default(),
             shards: shards.max(1),
+            overloaded: false,
+            overload_refused: 0,
             txns: Txns::new(TimerConfig::default()),
             calls: Calls::new(rules, shard, shards),
             transmits: VecDeque::new(),
@@ -182,8 +188,19 @@ impl Engine {
     /// A parsed message arrived from `from`.
     pub fn handle_message(&mut self, msg: Message, from: Peer, now: Instant) {
         self.traffic.messages_in += 1;
+        let new_call = self.new_call(&msg, from);
+        if self.overloaded && new_call {
+            self.overload_refused += 1;
+            let input = CallInput::Unparsable {
+                partial: msg,
+                fault: Fault::Overloaded,
+                from,
+            };
+            self.handle(input, now);
+            return;
+        }
         let profile = (&*self.calls.current().profile, self.shards);
-        match self.admission.check(&msg, from, profile, now) {
+        match self.admission.check(&msg, (from, new_call), profile, now) {
             Verdict::Pass => self.handle(CallInput::Message { msg, from }, now),
             Verdict::Drop => {}
             Verdict::Refuse(fault) => {
@@ -198,6 +215,36 @@ impl Engine {
                 );
             }
         }
+    }
+
+    /// Whether `msg` starts a new call: an INVITE outside a dialog that is no retransmission
+    /// of one under way (no server transaction has it yet).
+    fn new_call(&self, msg: &Message, from: Peer) -> bool {
+        is_new_call(msg)
+            && msg
+                .method()
+                .and_then(|method| server_key(msg, method, &from))
+                .is_none_or(|key| self.txns.find_server(&key).is_none())
+    }
+
+    /// The driver's view of the shard's load: past a limit of the profile's `overload`
+    /// (queue, CPU, calls), new calls get 503 with Retry-After before anything else is done
+    /// for them, while in-dialog requests and responses go on.
+    pub fn set_overloaded(&mut self, overloaded: bool) {
+        if overloaded != self.overloaded {
+            tracing::warn!(
+                overloaded,
+                refused = self.overload_refused,
+                calls = self.calls.len(),
+                "overload"
+            );
+        }
+        self.overloaded = overloaded;
+    }
+
+    /// New calls refused for overload so far.
+    pub fn overload_refused(&self) -> u64 {
+        self.overload_refused
     }
 
     /// What admission refused so far (rates, scanners, oversized requests, bans).

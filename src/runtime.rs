@@ -395,6 +395,58 @@ fn run_shard_thread(engine: Engine, io: ShardIo) {
     });
 }
 
+/// How long a shard's busy share is measured over.
+const LOAD_WINDOW: Duration = Duration::from_millis(100);
+
+/// How busy a shard is, and whether it is past an overload limit (with hysteresis: it stays
+/// overloaded until it is well below every limit, so that it does not flap).
+#[derive(Debug, Default)]
+struct Load {
+    /// Time spent working in the current window, and when the window started.
+    busy: Duration,
+    since: Option<Instant>,
+    /// The busy share of the last full window, in percent.
+    percent: u32,
+    overloaded: bool,
+}
+
+impl Load {
+    /// The shard worked for `busy` until `now`.
+    fn worked(&mut self, busy: Duration, now: Instant) {
+        self.busy += busy;
+        let since = *self.since.get_or_insert(now);
+        let window = now.saturating_duration_since(since);
+        if window >= LOAD_WINDOW {
+            self.percent = (self.busy.as_secs_f64() / window.as_secs_f64() * 100.0) as u32;
+            self.busy = Duration::ZERO;
+            self.since = Some(now);
+        }
+    }
+
+    /// Whether new calls must be refused: past a limit, until below nine tenths of the CPU
+    /// limit, half the queue limit and nine tenths of the calls limit.
+    fn overloaded(
+        &mut self,
+        limits: &crate::config::OverloadConfig,
+        waiting: usize,
+        calls: usize,
+    ) -> bool {
+        let calls_limit = if limits.calls == 0 {
+            usize::MAX
+        } else {
+            limits.calls
+        };
+        self.overloaded = if self.overloaded {
+            self.percent * 10 >= limits.cpu_percent * 9
+                || waiting * 2 >= limits.queue
+                || calls * 10 >= calls_limit.saturating_mul(9)
+        } else {
+            self.percent >= limits.cpu_percent || waiting >= limits.queue || calls >= calls_limit
+        };
+        self.overloaded
+    }
+}
+
 /// Datagrams a shard takes in one go before it sends what they caused: enough to batch under
 /// load, few enough to keep latency low.
 const BATCH: usize = 64;
@@ -409,6 +461,7 @@ async fn run_shard(
     (shard, hub, relay): (usize, Arc<Hub>, Option<Arc<Relay>>),
 ) {
     let mut told_drained = false;
+    let mut load = Load::default();
     let mut buf = vec![0u8; 65_536];
     engine.start(Instant::now());
     while let Some(transmit) = engine.poll_transmit() {
@@ -422,8 +475,11 @@ async fn run_shard(
                 None => std::future::pending().await,
             }
         };
+        // When the shard stopped waiting: what follows is work (its busy share).
+        let woke;
         tokio::select! {
             (len, peer) = udp.recv(&mut buf) => {
+                woke = Instant::now();
                 let mut received = Some((len, peer));
                 let mut taken = 0;
                 while let Some((len, peer)) = received {
@@ -437,14 +493,17 @@ async fn run_shard(
                 }
             }
             input = inputs.recv() => {
+                woke = Instant::now();
                 let Some(input) = input else { return };
+                hub.took(shard);
                 handle(&mut engine, input);
             }
-            () = sleep => {}
+            () = sleep => woke = Instant::now(),
         }
         // What queued up meanwhile (handed over by other shards, TCP, the relay), in the same
         // batch: a shard busy with its own datagrams never leaves its queue waiting.
         while let Ok(input) = inputs.try_recv() {
+            hub.took(shard);
             handle(&mut engine, input);
         }
         engine.handle_timeout(Instant::now());
@@ -466,6 +525,9 @@ async fn run_shard(
         while let Some((to, note)) = engine.poll_note() {
             hub.to_shard(to, ShardInput::Note(note));
         }
+        load.worked(woke.elapsed(), Instant::now());
+        let limits = engine.profile().overload;
+        engine.set_overloaded(load.overloaded(&limits, hub.waiting(shard), engine.active_calls()));
         if !told_drained && engine.drained() {
             told_drained = true;
             let stats = engine.stats();
@@ -507,5 +569,43 @@ fn handle(engine: &mut Engine, input: ShardInput) {
         ShardInput::LookupAnswer(id, answer) => engine.handle_lookup_answer(id, answer, now),
         ShardInput::Note(note) => engine.handle_note(note, now),
         ShardInput::Drain(deadline) => engine.drain(deadline),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::OverloadConfig;
+
+    #[test]
+    fn a_shard_is_overloaded_past_a_limit_until_well_below_all_of_them() {
+        let limits = OverloadConfig {
+            queue: 100,
+            cpu_percent: 90,
+            calls: 1000,
+        };
+        let mut load = Load::default();
+        let start = Instant::now();
+        load.worked(Duration::ZERO, start);
+        // 95 ms of work in a 100 ms window: 95 %.
+        load.worked(Duration::from_millis(95), start + LOAD_WINDOW);
+        assert_eq!(load.percent, 95);
+        assert!(load.overloaded(&limits, 0, 0));
+        // 85 %: still above nine tenths of the limit (81 %).
+        load.worked(Duration::from_millis(85), start + LOAD_WINDOW * 2);
+        assert!(load.overloaded(&limits, 0, 0));
+        load.worked(Duration::from_millis(40), start + LOAD_WINDOW * 3);
+        assert!(!load.overloaded(&limits, 0, 0));
+        // The queue and the calls count too.
+        assert!(load.overloaded(&limits, 100, 0));
+        assert!(
+            load.overloaded(&limits, 60, 0),
+            "not yet below half the queue limit"
+        );
+        assert!(!load.overloaded(&limits, 40, 0));
+        assert!(load.overloaded(&limits, 0, 1000));
+        assert!(!load.overloaded(&limits, 0, 899));
+        let unlimited = OverloadConfig { calls: 0, ..limits };
+        assert!(!load.overloaded(&unlimited, 0, 1_000_000));
     }
 }

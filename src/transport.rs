@@ -21,7 +21,7 @@ use crate::sip::{frame_stream, parse_message, Framing, HeaderName, Message, Pars
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tls::{HandshakeFailure, TlsContexts};
@@ -65,6 +65,10 @@ pub struct Hub {
     accepted: Mutex<HashMap<(ListenerId, IpAddr), u32>>,
     next_conn: AtomicU64,
     shards: Vec<mpsc::UnboundedSender<ShardInput>>,
+    /// What waits in each shard's queue (the shard counts down what it takes).
+    waiting: Vec<AtomicUsize>,
+    /// The profile's `overload.queue` (kept here: the routing path takes no lock for it).
+    queue_limit: AtomicUsize,
     /// Asks lookups' consultation services (HTTP).
     consultant: consult::Consultant,
     /// What the transports refused or closed.
@@ -88,6 +92,9 @@ pub struct TransportStats {
     pub tls_handshakes: AtomicU64,
     /// TLS handshakes failed, either way, by [`HandshakeFailure::index`].
     pub tls_failures: [AtomicU64; HandshakeFailure::ALL.len()],
+    /// New requests dropped on their way to a shard whose queue was past four times the
+    /// profile's `overload.queue`.
+    pub queue_dropped: AtomicU64,
 }
 
 /// How long a TLS handshake may take before the connection is dropped.
@@ -339,6 +346,8 @@ impl Hub {
             outbound: Mutex::new(HashMap::new()),
             accepted: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
+            waiting: shards.iter().map(|_| AtomicUsize::new(0)).collect(),
+            queue_limit: AtomicUsize::new(profile.overload.queue),
             shards,
             stats: TransportStats::default(),
             started: Instant::now(),
@@ -354,6 +363,8 @@ impl Hub {
             Ok(tls) => *self.tls.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(tls),
             Err(err) => tracing::error!("TLS settings not reloaded, the previous stay: {err}"),
         }
+        self.queue_limit
+            .store(profile.overload.queue, Ordering::Relaxed);
         *self.profile.write().unwrap_or_else(|e| e.into_inner()) = profile;
     }
 
@@ -478,11 +489,43 @@ impl Hub {
             .clone()
     }
 
-    /// Queues `input` for shard `shard` (a note between shards).
+    /// Queues `input` for shard `shard`. Past four times the profile's `overload.queue`
+    /// waiting, a new request (or one that cannot be parsed) is dropped: the queue stays
+    /// bounded by the calls the shard has, whose messages always go.
     pub fn to_shard(&self, shard: usize, input: ShardInput) {
-        if let Some(tx) = self.shards.get(shard) {
-            let _ = tx.send(input);
+        let (Some(tx), Some(waiting)) = (self.shards.get(shard), self.waiting.get(shard)) else {
+            return;
+        };
+        let droppable = match &input {
+            ShardInput::Message(msg, _) => msg.is_request() && !crate::admission::in_dialog(msg),
+            ShardInput::Malformed(..) => true,
+            _ => false,
+        };
+        if droppable {
+            let limit = 4 * self.queue_limit.load(Ordering::Relaxed);
+            if waiting.load(Ordering::Relaxed) > limit {
+                self.stats.queue_dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
         }
+        if tx.send(input).is_ok() {
+            waiting.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Shard `shard` took an input from its queue.
+    pub fn took(&self, shard: usize) {
+        if let Some(waiting) = self.waiting.get(shard) {
+            let _ =
+                waiting.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
+    }
+
+    /// What waits in shard `shard`'s queue.
+    pub fn waiting(&self, shard: usize) -> usize {
+        self.waiting
+            .get(shard)
+            .map_or(0, |waiting| waiting.load(Ordering::Relaxed))
     }
 
     /// Tells the shard that sent `bytes` that they could not be sent (its engine fails the

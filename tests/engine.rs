@@ -3682,3 +3682,26 @@ fn a_rule_fails_over_from_a_full_trunk() {
         ]
     );
 }
+
+/// Overloaded (the driver says so): a new call gets a stateless 503 with Retry-After at once,
+/// while a call already up goes on (its BYE crosses); then new calls pass again.
+#[test]
+fn an_overloaded_shard_refuses_new_calls_and_keeps_the_ones_it_has() {
+    let mut sim = Sim::new();
+    let (b, _) = answered_call(&mut sim, "up-1");
+    let ringing = invite("up-2", "z9hG4bKup2", "");
+    sim.core_sends(&ringing);
+    sim.engine.set_overloaded(true);
+    // A retransmission of an INVITE under way is no new call: its 100 again, no 503.
+    let out = sim.core_sends(&ringing);
+    assert_eq!(summary(&out), [format!("100->{CORE_PEER}")]);
+    let out = sim.core_sends(&invite("new-1", "z9hG4bKnew1", ""));
+    assert_eq!(summary(&out), [format!("503->{CORE_PEER}")]);
+    assert_eq!(h(&out[0].1, "Retry-After"), Some("1"));
+    assert_eq!(sim.engine.overload_refused(), 1);
+    let out = teams_hangs_up(&mut sim, &b);
+    assert_eq!(summary(&out), [format!("BYE->{CORE_PEER}")]);
+    sim.engine.set_overloaded(false);
+    let out = sim.core_sends(&invite("new-2", "z9hG4bKnew2", ""));
+    assert!(summary(&out).contains(&format!("INVITE->{TEAMS_PEER}")));
+}

@@ -365,6 +365,8 @@ pub enum Fault {
     HeaderTooLong(usize),
     #[error("new calls from this source faster than allowed")]
     SourceRate,
+    #[error("overloaded: new calls refused for now")]
+    Overloaded,
 }
 
 impl Fault {
@@ -373,7 +375,7 @@ impl Fault {
         match self {
             Fault::Version => 505,
             Fault::TooLarge => 513,
-            Fault::SourceRate => 503,
+            Fault::SourceRate | Fault::Overloaded => 503,
             _ => 400,
         }
     }
