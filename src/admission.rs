@@ -16,7 +16,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 /// Sources a shard remembers at most: past this, sources idle for a while are forgotten first,
-/// and a new one goes unremembered (its messages pass) until there is room.
+/// and a new one shares one state with the others that found no room.
 const MAX_SOURCES: usize = 65_536;
 
 /// A source idle this long is forgotten (unless banned).
@@ -31,6 +31,18 @@ pub enum Verdict {
     Drop,
     /// Answered statelessly with the fault's status (a request only).
     Refuse(Fault),
+}
+
+/// What the engine knows of a message when admission looks at it.
+#[derive(Clone, Copy, Debug)]
+pub struct Arrival {
+    /// Where it came from.
+    pub from: Peer,
+    /// It starts a call: an INVITE outside a dialog, no retransmission of one under way.
+    pub new_call: bool,
+    /// It is a request of a dialog the shard has (from a peer outside every trunk too: a
+    /// callee a rule routed to, a peer a reload removed).
+    pub known_dialog: bool,
 }
 
 /// What a shard knows of one source.
@@ -67,6 +79,10 @@ pub struct AdmissionStats {
 pub struct Admission {
     /// By listener and source IP: one host may be the peer of two trunks.
     sources: HashMap<(ListenerId, IpAddr), Source>,
+    /// The state every source shares that finds the table full.
+    overflow: Source,
+    /// When the table was last swept of idle sources.
+    last_sweep: Option<Instant>,
     stats: AdmissionStats,
 }
 
@@ -93,31 +109,40 @@ impl Admission {
         self.stats
     }
 
-    /// Decides for a message from `from` at `now` (`new_call`: it starts a call, not a
-    /// retransmission of one under way), under `profile`, on one of `shards` shards (each
-    /// allows its share of a source's rates: a source's calls spread over the shards).
+    /// Decides for a message at `now` (what the engine knows of it in `arrival`), under
+    /// `profile`, on one of `shards` shards (each allows its share of a source's rates: a
+    /// source's calls spread over the shards). Responses always pass (they answer Bridgehead's
+    /// own requests); a request of a dialog the shard has is held to the header limits only; a
+    /// trunk's peer is never banned and never taken for a scanner, and its rates count its
+    /// requests outside a dialog other than ACK and CANCEL.
     pub fn check(
         &mut self,
         msg: &Message,
-        (from, new_call): (Peer, bool),
+        arrival: Arrival,
         (profile, shards): (&Profile, usize),
         now: Instant,
     ) -> Verdict {
+        let Some(method) = msg.method() else {
+            return Verdict::Pass;
+        };
+        let from = arrival.from;
         let settings = &profile.admission;
         let ip = from.addr.ip();
-        if self.banned(from, now) {
+        let trunk = profile
+            .trunk_for(from.listener, ip)
+            .map(|t| &profile.trunks[t]);
+        let stranger = trunk.is_none() && !arrival.known_dialog;
+        if stranger && self.banned(from, now) {
             self.stats.banned_dropped += 1;
             return Verdict::Drop;
         }
-        if !msg.is_request() {
-            return Verdict::Pass;
-        }
-        let scanner = user_agent(msg).is_some_and(|agent| {
-            settings
-                .scanners
-                .iter()
-                .any(|name| contains_ignoring_case(agent, name))
-        });
+        let scanner = stranger
+            && user_agent(msg).is_some_and(|agent| {
+                settings
+                    .scanners
+                    .iter()
+                    .any(|name| contains_ignoring_case(agent, name))
+            });
         if scanner {
             self.stats.scanners_dropped += 1;
             tracing::debug!(source = %ip, "scanner dropped");
@@ -138,10 +163,13 @@ impl Admission {
             self.strike(from, profile, now);
             return Verdict::Refuse(Fault::HeaderTooLong(settings.max_header_bytes));
         }
-        let trunk = profile
-            .trunk_for(from.listener, ip)
-            .map(|t| &profile.trunks[t]);
-        if trunk.is_none() {
+        // A trunk's in-dialog requests, ACKs and CANCELs are never dropped for a rate (over
+        // TCP nobody would send them again); a stranger's count like any.
+        let dialog_traffic = in_dialog(msg) || matches!(method, Method::Ack | Method::Cancel);
+        if arrival.known_dialog || (!stranger && dialog_traffic) {
+            return Verdict::Pass;
+        }
+        if stranger {
             // Unauthorised: the call layer answers 403 or drops it, as the listener says.
             self.strike(from, profile, now);
         }
@@ -154,16 +182,14 @@ impl Admission {
         if requests.is_none() && calls.is_none() {
             return Verdict::Pass;
         }
-        let Some(source) = self.source(from, now) else {
-            return Verdict::Pass;
-        };
+        let source = self.source(from, now);
         if let Some(rate) = requests {
             if !source.requests.take(rate, now) {
                 self.stats.rate_dropped += 1;
                 return Verdict::Drop;
             }
         }
-        if let Some(rate) = calls.filter(|_| new_call) {
+        if let Some(rate) = calls.filter(|_| arrival.new_call) {
             if !source.calls.take(rate, now) {
                 self.stats.calls_refused += 1;
                 return Verdict::Refuse(Fault::SourceRate);
@@ -195,9 +221,7 @@ impl Admission {
             return;
         }
         let window = Duration::from_secs(settings.ban_seconds.into());
-        let Some(source) = self.source(from, now) else {
-            return;
-        };
+        let source = self.source(from, now);
         if source
             .strikes_since
             .is_none_or(|since| now.saturating_duration_since(since) > window)
@@ -215,22 +239,30 @@ impl Admission {
         }
     }
 
-    /// The state of the source of `from`, remembered from now on if there is room.
-    fn source(&mut self, from: Peer, now: Instant) -> Option<&mut Source> {
+    /// The state of the source of `from`, remembered from now on if there is room. When the
+    /// table is full, idle sources are swept out (once a second at most), and a source that
+    /// still finds no room shares one state with every other such source.
+    fn source(&mut self, from: Peer, now: Instant) -> &mut Source {
         let key = (from.listener, from.addr.ip());
         if !self.sources.contains_key(&key) && self.sources.len() >= MAX_SOURCES {
-            self.sources.retain(|_, s| {
-                s.banned_until.is_some_and(|until| until > now)
-                    || s.last_seen
-                        .is_some_and(|seen| now.saturating_duration_since(seen) < IDLE)
-            });
+            let swept = self
+                .last_sweep
+                .is_some_and(|at| now.saturating_duration_since(at) < Duration::from_secs(1));
+            if !swept {
+                self.last_sweep = Some(now);
+                self.sources.retain(|_, s| {
+                    s.banned_until.is_some_and(|until| until > now)
+                        || s.last_seen
+                            .is_some_and(|seen| now.saturating_duration_since(seen) < IDLE)
+                });
+            }
             if self.sources.len() >= MAX_SOURCES {
-                return None;
+                return &mut self.overflow;
             }
         }
         let source = self.sources.entry(key).or_default();
         source.last_seen = Some(now);
-        Some(source)
+        source
     }
 }
 
@@ -270,6 +302,14 @@ mod tests {
         }
     }
 
+    fn arrival(from: Peer, new_call: bool) -> Arrival {
+        Arrival {
+            from,
+            new_call,
+            known_dialog: false,
+        }
+    }
+
     fn request(method: &str, to_tag: &str, extra: &str) -> Message {
         let text = format!(
             "{method} sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKa\r\nFrom: <sip:a@b>;tag=f\r\nTo: <sip:x@y>{to_tag}\r\nCall-ID: c\r\nCSeq: 1 {method}\r\nMax-Forwards: 70\r\n{extra}Content-Length: 0\r\n\r\n"
@@ -286,7 +326,7 @@ mod tests {
         let stranger = peer("203.0.113.5");
         for _ in 0..3 {
             assert_eq!(
-                admission.check(&scan, (stranger, false), (&profile, 1), now),
+                admission.check(&scan, arrival(stranger, false), (&profile, 1), now),
                 Verdict::Drop
             );
         }
@@ -294,12 +334,12 @@ mod tests {
         // Banned: even a clean request is dropped, until the ban ends.
         let clean = request("OPTIONS", "", "");
         assert_eq!(
-            admission.check(&clean, (stranger, false), (&profile, 1), now),
+            admission.check(&clean, arrival(stranger, false), (&profile, 1), now),
             Verdict::Drop
         );
         let later = now + Duration::from_secs(61);
         assert_ne!(
-            admission.check(&clean, (stranger, false), (&profile, 1), later),
+            admission.check(&clean, arrival(stranger, false), (&profile, 1), later),
             Verdict::Drop
         );
         let stats = admission.stats();
@@ -334,17 +374,17 @@ mod tests {
         let now = Instant::now();
         let many = request("OPTIONS", "", &"X-A: 1\r\n".repeat(5));
         assert_eq!(
-            admission.check(&many, (peer("192.0.2.1"), false), (&profile, 1), now),
+            admission.check(&many, arrival(peer("192.0.2.1"), false), (&profile, 1), now),
             Verdict::Refuse(Fault::TooManyHeaders(10))
         );
         let long = request("OPTIONS", "", &format!("X-A: {}\r\n", "a".repeat(65)));
         assert_eq!(
-            admission.check(&long, (peer("192.0.2.1"), false), (&profile, 1), now),
+            admission.check(&long, arrival(peer("192.0.2.1"), false), (&profile, 1), now),
             Verdict::Refuse(Fault::HeaderTooLong(64))
         );
         let fine = request("OPTIONS", "", "X-A: 1\r\n");
         assert_eq!(
-            admission.check(&fine, (peer("192.0.2.1"), false), (&profile, 1), now),
+            admission.check(&fine, arrival(peer("192.0.2.1"), false), (&profile, 1), now),
             Verdict::Pass
         );
     }
@@ -357,34 +397,87 @@ mod tests {
         let trunk = peer("192.0.2.1");
         let invite = request("INVITE", "", "");
         assert_eq!(
-            admission.check(&invite, (trunk, true), (&profile, 1), now),
+            admission.check(&invite, arrival(trunk, true), (&profile, 1), now),
             Verdict::Pass
         );
         assert_eq!(
-            admission.check(&invite, (trunk, true), (&profile, 1), now),
+            admission.check(&invite, arrival(trunk, true), (&profile, 1), now),
             Verdict::Pass
         );
         assert_eq!(
-            admission.check(&invite, (trunk, true), (&profile, 1), now),
+            admission.check(&invite, arrival(trunk, true), (&profile, 1), now),
             Verdict::Refuse(Fault::SourceRate)
         );
-        // In-dialog requests are not new calls: only the request rate counts them.
-        let bye = request("BYE", ";tag=t", "");
+        // Other requests outside a dialog count against the request rate only.
+        let options = request("OPTIONS", "", "");
         let passed = (0..10)
-            .filter(|_| admission.check(&bye, (trunk, false), (&profile, 1), now) == Verdict::Pass)
+            .filter(|_| {
+                admission.check(&options, arrival(trunk, false), (&profile, 1), now)
+                    == Verdict::Pass
+            })
             .count();
         assert_eq!(passed, 7, "10 requests a second, 3 taken by the INVITEs");
         assert_eq!(admission.stats().rate_dropped, 3);
+        // A trunk's in-dialog requests are never dropped for a rate.
+        let bye = request("BYE", ";tag=t", "");
+        assert!((0..20).all(
+            |_| admission.check(&bye, arrival(trunk, false), (&profile, 1), now) == Verdict::Pass
+        ));
         // Two shards: each allows half a source's rates.
         let mut shard = Admission::default();
         assert_eq!(
-            shard.check(&invite, (trunk, true), (&profile, 2), now),
+            shard.check(&invite, arrival(trunk, true), (&profile, 2), now),
             Verdict::Pass
         );
         assert_eq!(
-            shard.check(&invite, (trunk, true), (&profile, 2), now),
+            shard.check(&invite, arrival(trunk, true), (&profile, 2), now),
             Verdict::Refuse(Fault::SourceRate)
         );
+    }
+
+    #[test]
+    fn a_rate_below_one_per_shard_still_lets_one_through() {
+        let profile = profile("    calls_per_source: 3\n", "");
+        let mut admission = Admission::default();
+        let now = Instant::now();
+        let invite = request("INVITE", "", "");
+        let trunk = peer("192.0.2.1");
+        // 3 a second over 4 shards: 0.75 a second here, one at a time.
+        assert_eq!(
+            admission.check(&invite, arrival(trunk, true), (&profile, 4), now),
+            Verdict::Pass
+        );
+        let later = now + Duration::from_secs(2);
+        assert_eq!(
+            admission.check(&invite, arrival(trunk, true), (&profile, 4), later),
+            Verdict::Pass
+        );
+    }
+
+    #[test]
+    fn a_dialog_the_shard_has_passes_from_any_address_and_strangers_are_banned() {
+        let profile = profile(
+            "",
+            "admission:\n  ban_after: 2\n  unknown_requests_per_source: 1\n",
+        );
+        let mut admission = Admission::default();
+        let now = Instant::now();
+        let callee = peer("198.51.100.9");
+        let bye = request("BYE", ";tag=t", "");
+        let known = Arrival {
+            from: callee,
+            new_call: false,
+            known_dialog: true,
+        };
+        assert!((0..5).all(|_| admission.check(&bye, known, (&profile, 1), now) == Verdict::Pass));
+        assert!(!admission.banned(callee, now));
+        // The same BYE from a stranger, for no dialog: struck, limited, banned.
+        let strange = arrival(peer("203.0.113.8"), false);
+        let verdicts: Vec<Verdict> = (0..3)
+            .map(|_| admission.check(&bye, strange, (&profile, 1), now))
+            .collect();
+        assert_eq!(verdicts, [Verdict::Pass, Verdict::Drop, Verdict::Drop]);
+        assert!(admission.banned(peer("203.0.113.8"), now));
     }
 
     #[test]
@@ -397,7 +490,14 @@ mod tests {
         let now = Instant::now();
         let options = request("OPTIONS", "", "");
         let verdicts: Vec<Verdict> = (0..3)
-            .map(|_| admission.check(&options, (peer("203.0.113.7"), false), (&profile, 1), now))
+            .map(|_| {
+                admission.check(
+                    &options,
+                    arrival(peer("203.0.113.7"), false),
+                    (&profile, 1),
+                    now,
+                )
+            })
             .collect();
         assert_eq!(verdicts, [Verdict::Pass, Verdict::Pass, Verdict::Drop]);
     }

@@ -75,7 +75,7 @@ pub struct OverloadConfig {
     /// Messages waiting in a shard's queue; past four times this, new requests handed to the
     /// shard are dropped.
     pub queue: usize,
-    /// Percent of the last tenth of a second a shard spent working.
+    /// Percent of the last tenth of a second a shard's thread spent on a CPU.
     pub cpu_percent: u32,
     /// Calls in progress on one shard (0: no limit).
     pub calls: usize,

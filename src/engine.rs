@@ -10,7 +10,7 @@
 //! bytes to send, and timeouts that go back to the call layer as inputs. It never touches a
 //! socket, a clock or a file.
 
-use crate::admission::{is_new_call, Admission, AdmissionStats, Verdict};
+use crate::admission::{is_new_call, Admission, AdmissionStats, Arrival, Verdict};
 use crate::call::join::CallNote;
 use crate::call::{CallInput, Calls, ClientOwner, Txns};
 use crate::config::Profile;
@@ -168,7 +168,13 @@ impl Engine {
     /// can be answered, drop it otherwise.
     pub fn handle_malformed(&mut self, err: crate::sip::ParseError, from: Peer, now: Instant) {
         self.traffic.messages_in += 1;
-        if self.admission.banned(from, now) {
+        let stranger = self
+            .calls
+            .current()
+            .profile
+            .trunk_for(from.listener, from.addr.ip())
+            .is_none();
+        if stranger && self.admission.banned(from, now) {
             return;
         }
         self.admission
@@ -200,7 +206,12 @@ impl Engine {
             return;
         }
         let profile = (&*self.calls.current().profile, self.shards);
-        match self.admission.check(&msg, (from, new_call), profile, now) {
+        let arrival = Arrival {
+            from,
+            new_call,
+            known_dialog: self.calls.knows_dialog(&msg),
+        };
+        match self.admission.check(&msg, arrival, profile, now) {
             Verdict::Pass => self.handle(CallInput::Message { msg, from }, now),
             Verdict::Drop => {}
             Verdict::Refuse(fault) => {

@@ -402,22 +402,46 @@ const LOAD_WINDOW: Duration = Duration::from_millis(100);
 /// overloaded until it is well below every limit, so that it does not flap).
 #[derive(Debug, Default)]
 struct Load {
-    /// Time spent working in the current window, and when the window started.
+    /// Time between waking and waiting again in the current window (what the shard's work
+    /// took, its thread preempted or not), and when the window started.
     busy: Duration,
     since: Option<Instant>,
+    /// The thread's CPU time at the window's start, where the system tells it.
+    cpu_at: Option<Duration>,
     /// The busy share of the last full window, in percent.
     percent: u32,
     overloaded: bool,
 }
 
+/// The CPU time the calling thread has used (Linux: the first field of
+/// `/proc/thread-self/schedstat`, nanoseconds on a CPU); None where it cannot be read.
+fn thread_cpu() -> Option<Duration> {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let nanos: u64 = text.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(nanos))
+}
+
 impl Load {
-    /// The shard worked for `busy` until `now`.
-    fn worked(&mut self, busy: Duration, now: Instant) {
+    /// The shard worked for `busy` until `now`. At each window's end the share is the CPU the
+    /// thread used (`cpu`: its CPU time now), or, where that is unknown, the time it was busy:
+    /// a shard preempted by other work on the machine is not taken for an overloaded one.
+    fn worked(&mut self, busy: Duration, now: Instant, cpu: impl FnOnce() -> Option<Duration>) {
         self.busy += busy;
-        let since = *self.since.get_or_insert(now);
+        let Some(since) = self.since else {
+            // The first window starts now.
+            self.since = Some(now);
+            self.cpu_at = cpu();
+            return;
+        };
         let window = now.saturating_duration_since(since);
         if window >= LOAD_WINDOW {
-            self.percent = (self.busy.as_secs_f64() / window.as_secs_f64() * 100.0) as u32;
+            let cpu_now = cpu();
+            let used = match (cpu_now, self.cpu_at) {
+                (Some(now), Some(before)) => now.saturating_sub(before),
+                _ => self.busy,
+            };
+            self.cpu_at = cpu_now;
+            self.percent = (used.as_secs_f64() / window.as_secs_f64() * 100.0) as u32;
             self.busy = Duration::ZERO;
             self.since = Some(now);
         }
@@ -525,7 +549,7 @@ async fn run_shard(
         while let Some((to, note)) = engine.poll_note() {
             hub.to_shard(to, ShardInput::Note(note));
         }
-        load.worked(woke.elapsed(), Instant::now());
+        load.worked(woke.elapsed(), Instant::now(), thread_cpu);
         let limits = engine.profile().overload;
         engine.set_overloaded(load.overloaded(&limits, hub.waiting(shard), engine.active_calls()));
         if !told_drained && engine.drained() {
@@ -586,15 +610,15 @@ mod tests {
         };
         let mut load = Load::default();
         let start = Instant::now();
-        load.worked(Duration::ZERO, start);
+        load.worked(Duration::ZERO, start, || None);
         // 95 ms of work in a 100 ms window: 95 %.
-        load.worked(Duration::from_millis(95), start + LOAD_WINDOW);
+        load.worked(Duration::from_millis(95), start + LOAD_WINDOW, || None);
         assert_eq!(load.percent, 95);
         assert!(load.overloaded(&limits, 0, 0));
         // 85 %: still above nine tenths of the limit (81 %).
-        load.worked(Duration::from_millis(85), start + LOAD_WINDOW * 2);
+        load.worked(Duration::from_millis(85), start + LOAD_WINDOW * 2, || None);
         assert!(load.overloaded(&limits, 0, 0));
-        load.worked(Duration::from_millis(40), start + LOAD_WINDOW * 3);
+        load.worked(Duration::from_millis(40), start + LOAD_WINDOW * 3, || None);
         assert!(!load.overloaded(&limits, 0, 0));
         // The queue and the calls count too.
         assert!(load.overloaded(&limits, 100, 0));
@@ -607,5 +631,18 @@ mod tests {
         assert!(!load.overloaded(&limits, 0, 899));
         let unlimited = OverloadConfig { calls: 0, ..limits };
         assert!(!load.overloaded(&unlimited, 0, 1_000_000));
+    }
+
+    #[test]
+    fn the_share_is_the_threads_cpu_where_the_system_tells_it() {
+        let mut load = Load::default();
+        let start = Instant::now();
+        load.worked(Duration::ZERO, start, || Some(Duration::from_millis(1000)));
+        // Busy 95 ms by the wall clock (preempted), 10 ms on the CPU.
+        load.worked(Duration::from_millis(95), start + LOAD_WINDOW, || {
+            Some(Duration::from_millis(1010))
+        });
+        assert_eq!(load.percent, 10);
+        assert!(thread_cpu().is_some(), "Linux tells a thread's CPU time");
     }
 }

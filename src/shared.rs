@@ -233,7 +233,7 @@ impl LimitHit {
     }
 }
 
-/// A token bucket: `rate` tokens a second, at most `rate` (one second's worth) kept.
+/// A token bucket: `rate` tokens a second, at most one second's worth (and one) kept.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TokenBucket {
     tokens: f64,
@@ -242,13 +242,18 @@ pub struct TokenBucket {
 }
 
 impl TokenBucket {
-    /// Takes a token at `now` if one is left after refilling at `rate` a second.
+    /// Takes a token at `now` if one is left after refilling at `rate` a second (the bucket
+    /// holds one token at least, however low the rate: a shard's share of a rate may be
+    /// below one a second).
     pub fn take(&mut self, rate: f64, now: Instant) -> bool {
+        let depth = rate.max(1.0);
+        // Shards share a trunk's bucket: an instant taken before the lock may be behind.
+        let now = self.at.map_or(now, |at| now.max(at));
         let tokens = match self.at {
             Some(at) => {
-                (self.tokens + now.saturating_duration_since(at).as_secs_f64() * rate).min(rate)
+                (self.tokens + now.saturating_duration_since(at).as_secs_f64() * rate).min(depth)
             }
-            None => rate,
+            None => depth,
         };
         self.at = Some(now);
         if tokens < 1.0 {

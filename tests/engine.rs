@@ -3705,3 +3705,29 @@ fn an_overloaded_shard_refuses_new_calls_and_keeps_the_ones_it_has() {
     let out = sim.core_sends(&invite("new-2", "z9hG4bKnew2", ""));
     assert!(summary(&out).contains(&format!("INVITE->{TEAMS_PEER}")));
 }
+
+/// A raw NUL in a header gets 400 ("malformed header line"), unless it is in a header the
+/// answer would repeat (Via, From, To, Call-ID, CSeq): then the request is dropped, as no
+/// valid answer can carry it (found by `fuzz/run.sh`, target `engine`).
+#[test]
+fn a_nul_in_a_header_gets_400_or_a_drop_never_an_invalid_answer() {
+    let mut sim = Sim::new();
+    let options = |to: &str, extra: &str| {
+        format!(
+            "OPTIONS sip:127.0.0.1:5060 SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bKnul
+Max-Forwards: 70
+From: <sip:core@core.example.com>;tag=o
+To: {to}
+Call-ID: nul-1
+CSeq: 1 OPTIONS
+{extra}
+"
+        )
+    };
+    let out = sim.core_sends(&options("<sip:sbc@sbc.example.com>", "X-Odd: a\0b\n"));
+    assert_eq!(summary(&out), [format!("400->{CORE_PEER}")]);
+    assert!(h(&out[0].1, "Warning").is_some_and(|w| w.contains("malformed header line")));
+    let out = sim.core_sends(&options("<sip:sb\0c@sbc.example.com>", ""));
+    assert!(out.is_empty(), "{:?}", summary(&out));
+}

@@ -1,7 +1,8 @@
 //! Graceful drain (SIGTERM): new calls and OPTIONS get `503` with `Retry-After` (a peer with
 //! another SBC fails over to it), calls in progress go on until the profile's
 //! `drain_timeout`, then Bridgehead ends the rest: BYE with a Reason on both legs of an
-//! answered call, `503` to the caller and CANCEL to the callee of one still ringing.
+//! answered call, `503` to the caller and CANCEL to the callee of one still ringing, `503` to
+//! a new call waiting for a lookup.
 
 use super::*;
 
@@ -48,9 +49,14 @@ impl Calls {
         Some(left.max(1))
     }
 
-    /// The shard drains and has no call left.
+    /// The shard drains and has no call left (nor one waiting for a lookup).
     pub fn drained(&self) -> bool {
-        self.draining.is_some() && self.by_key.is_empty()
+        self.draining.is_some() && self.by_key.is_empty() && self.waiting_calls() == 0
+    }
+
+    /// The drain's deadline passed: a new call resuming from a lookup is refused.
+    pub(super) fn drain_ended(&self) -> bool {
+        self.draining.is_some_and(|d| d.ended)
     }
 }
 
@@ -99,12 +105,19 @@ impl B2bua<'_> {
                 self.hang_up(key, "drain", Some(DRAIN_REASON), now);
                 continue;
             }
-            let (server, cancelled) = (call.a_invite, call.state.is_cancelled());
-            self.cancel_b_invite(key, now);
+            let (server, cancelled, rang) =
+                (call.a_invite, call.state.is_cancelled(), call.state.rang());
+            // A CANCEL goes only to a callee that sent a provisional (RFC 3261 §9.1) and was
+            // not cancelled yet; one that answers later, for a call gone, gets a CANCEL or an
+            // ACK and a BYE then.
+            if rang && !cancelled {
+                self.cancel_b_invite(key, now);
+            }
             if !cancelled {
                 self.reply_local(key, Leg::A, server, 503, now);
             }
             self.end_call(key, "drain", None, now);
         }
+        self.refuse_waiting(now);
     }
 }

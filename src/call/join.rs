@@ -457,6 +457,8 @@ impl B2bua<'_> {
         };
         call.session[dead.index()] = None;
         call.session_due[dead.index()] = None;
+        // No trunk carries that leg any more.
+        call.seats[dead.index()] = None;
         for (index, stream) in call.streams.iter_mut().enumerate() {
             let side = match dead {
                 Leg::A => &mut stream.a,

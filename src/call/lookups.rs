@@ -32,6 +32,11 @@ fn service(rules: &RuleSet, name: &str) -> Option<HttpLookup> {
 }
 
 impl Calls {
+    /// New calls waiting for a lookup.
+    pub(super) fn waiting_calls(&self) -> usize {
+        self.waiting.by_id.len()
+    }
+
     /// The next request for a consultation service.
     pub fn poll_lookup(&mut self) -> Option<LookupRequest> {
         self.waiting.requests.pop_front()
@@ -124,27 +129,51 @@ impl B2bua<'_> {
         self.after_invite_hook(setup, run, now);
     }
 
+    /// Every new call waiting for a lookup gets `503` and is dropped (the drain's deadline:
+    /// their hooks' answers will find nothing).
+    pub(super) fn refuse_waiting(&mut self, now: Instant) {
+        let ids: Vec<u64> = self.calls.waiting.by_id.keys().copied().collect();
+        for id in ids {
+            if let Some(setup) = self.drop_waiting(id) {
+                self.answer_waiting(&setup, 503, now);
+            }
+        }
+    }
+
     /// The caller cancelled a new call whose `on_invite` waits for lookup `id`: the CANCEL
     /// gets `200`, the INVITE `487`, and the hook is dropped (its answer will find nothing).
     pub(super) fn cancel_waiting(&mut self, id: u64, cancel: Incoming, now: Instant) {
-        let Some(waiting) = self.calls.waiting.by_id.remove(&id) else {
+        let Some(setup) = self.drop_waiting(id) else {
             return;
         };
-        self.calls.waiting.deadlines.remove(&(waiting.deadline, id));
-        let setup = &waiting.setup;
-        let state = setup
-            .rules
-            .rules
-            .metrics()
-            .lookup_state(&waiting.lookup.name);
-        state.abandon_request();
         let (trunk, script, tag) = (setup.trunk, setup.script, setup.a.local_tag.as_str());
         let ok = response_to(&cancel.msg, 200, None, Some(tag));
         let ok = self.outgoing(None, script, Leg::A, trunk, ok);
         let server = self.create_server(cancel.key, cancel.msg, cancel.from, ServerOwner::Local);
         self.send_response(server, &ok, now);
-        let terminated = response_to(&setup.msg, 487, None, Some(tag));
-        let terminated = self.outgoing(None, script, Leg::A, trunk, terminated);
-        self.send_response(setup.a_invite, &terminated, now);
+        self.answer_waiting(&setup, 487, now);
+    }
+
+    /// Forgets the new call waiting for lookup `id` (its request abandoned); returns what its
+    /// setup kept.
+    fn drop_waiting(&mut self, id: u64) -> Option<NewCall> {
+        let waiting = self.calls.waiting.by_id.remove(&id)?;
+        self.calls.waiting.deadlines.remove(&(waiting.deadline, id));
+        let state = waiting
+            .setup
+            .rules
+            .rules
+            .metrics()
+            .lookup_state(&waiting.lookup.name);
+        state.abandon_request();
+        Some(waiting.setup)
+    }
+
+    /// Answers the caller's INVITE of a dropped waiting call with `status`.
+    fn answer_waiting(&mut self, setup: &NewCall, status: u16, now: Instant) {
+        let (trunk, script, tag) = (setup.trunk, setup.script, setup.a.local_tag.as_str());
+        let answer = response_to(&setup.msg, status, None, Some(tag));
+        let answer = self.outgoing(None, script, Leg::A, trunk, answer);
+        self.send_response(setup.a_invite, &answer, now);
     }
 }

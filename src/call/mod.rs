@@ -333,6 +333,18 @@ impl Calls {
         crate::shared::shrink_when_quiet(&mut self.dialogs);
     }
 
+    /// Whether a request belongs to a dialog of this shard's calls (its Call-ID and To-tag).
+    pub fn knows_dialog(&self, msg: &Message) -> bool {
+        let Some(call_id) = msg.header_str(&HeaderName::CallId) else {
+            return false;
+        };
+        let tag = msg.header_str(&HeaderName::To).and_then(tag_of);
+        tag.is_some_and(|tag| {
+            self.dialogs
+                .contains_key(&dialog_key(call_id.trim(), Some(&tag)))
+        })
+    }
+
     /// The newest call whose A-leg Call-ID is `call_id`.
     pub fn newest(&self, call_id: &str) -> Option<CallKey> {
         self.by_key

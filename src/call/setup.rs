@@ -388,7 +388,19 @@ impl B2bua<'_> {
             self.answer(incoming, status, &extra, now);
             return;
         }
-        // The caller's trunk's limits first: a peer past them gets 503 before any work.
+        let rules = self.calls.current.clone();
+        let settings = &rules.profile.trunks[incoming.trunk];
+        let anchored = rules.profile.media.is_some();
+        let (preconditions, a_session) = match B2bua::caller_leg(&incoming.msg, settings, anchored)
+        {
+            Ok(leg) => leg,
+            Err((status, extra)) => {
+                self.answer(incoming, status, &extra, now);
+                return;
+            }
+        };
+        // The caller's trunk's limits: a peer past them gets 503 before any rule runs (an
+        // INVITE refused for its options above takes no seat).
         let ingress = &self.calls.current.profile.trunks[incoming.trunk];
         let limits = (ingress.max_calls, ingress.max_cps);
         let seat = match self.calls.loads.admit(&ingress.name, limits, now) {
@@ -398,17 +410,6 @@ impl B2bua<'_> {
                 tracing::info!(trunk = %ingress.name, limit = hit.name(), peer = %incoming.from.addr, "new call past the caller's trunk limit: 503");
                 let retry = (HeaderName::Other("Retry-After".into()), "1".to_string());
                 self.answer(incoming, 503, &[retry], now);
-                return;
-            }
-        };
-        let rules = self.calls.current.clone();
-        let settings = &rules.profile.trunks[incoming.trunk];
-        let anchored = rules.profile.media.is_some();
-        let (preconditions, a_session) = match B2bua::caller_leg(&incoming.msg, settings, anchored)
-        {
-            Ok(leg) => leg,
-            Err((status, extra)) => {
-                self.answer(incoming, status, &extra, now);
                 return;
             }
         };
@@ -473,6 +474,13 @@ impl B2bua<'_> {
             }
             InviteRun::Done { taken, result } => (taken, result),
         };
+        if self.calls.drain_ended() {
+            // Its lookup answered after the drain's deadline: no new call any more.
+            let refused = response_to(&setup.msg, 503, None, Some(&setup.a.local_tag));
+            let refused = self.outgoing(None, setup.script, Leg::A, setup.trunk, refused);
+            self.send_response(setup.a_invite, &refused, now);
+            return;
+        }
         let Some((call, hooked)) = taken else {
             // The rule's objects could not be taken back from Lua: nothing to route with.
             tracing::error!(call = %setup.info.call_id, "on_invite left no call to route: 500");
@@ -819,6 +827,8 @@ impl B2bua<'_> {
         let Some(call) = self.calls.by_key.get_mut(&key) else {
             return false;
         };
+        // A failover's earlier attempt no longer counts (its trunk may be this one).
+        call.seats[Leg::B.index()] = None;
         let trunk = &call.rules.profile.trunks[call.b.trunk];
         let hit = match self
             .calls
@@ -831,8 +841,6 @@ impl B2bua<'_> {
             }
             Err(hit) => hit,
         };
-        // The callee's earlier trunk (a failover) no longer counts this call.
-        call.seats[Leg::B.index()] = None;
         self.calls.stats.limit_refused += 1;
         tracing::info!(call = %call.id, trunk = %trunk.name, limit = hit.name(), "callee's trunk at its limit");
         let failure = response_to(invite, 503, None, None);

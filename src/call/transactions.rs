@@ -87,6 +87,12 @@ impl B2bua<'_> {
             return;
         }
         let mut response = response_to(req, status, None, None);
+        // The answer repeats the request's Via, From, To, Call-ID and CSeq: one with a raw NUL
+        // in them would carry it back (found by fuzzing); such a request is dropped.
+        if response.headers.iter().any(|h| h.value.contains(&0)) {
+            tracing::debug!(peer = %peer.addr, status, "request with a NUL in the headers an answer repeats: dropped");
+            return;
+        }
         let tag = self.new_tag();
         if let Some(to) = response
             .headers

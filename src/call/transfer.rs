@@ -384,6 +384,10 @@ impl B2bua<'_> {
         B2bua::learn_dialog(&mut target, msg);
         self.calls.dialogs.insert(target.dialog_key(), (key, leg));
         let old = std::mem::replace(call.leg_mut(leg), target);
+        // The call now counts on the target's trunk (a transfer is held to no limit: the
+        // call was admitted already).
+        let trunk = &call.rules.profile.trunks[call.leg(leg).trunk].name;
+        call.seats[leg.index()] = self.calls.loads.admit(trunk, (None, None), now).ok();
         call.session[leg.index()] = None;
         call.session_due[leg.index()] = None;
         tracing::info!(call = %call.id, "transfer: the target answered and takes the call");

@@ -357,7 +357,12 @@ pub fn load(path: &Path) -> Result<Loaded, ReplayError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let scenario: Scenario = serde_yaml::from_str(&text).map_err(|err| {
+    parse(path, &text)
+}
+
+/// Reads a scenario's text, as the file at `path` holds it; errors are `file:line: message`.
+pub fn parse(path: &Path, text: &str) -> Result<Loaded, ReplayError> {
+    let scenario: Scenario = serde_yaml::from_str(text).map_err(|err| {
         let line = err.location().map_or(0, |l| l.line());
         let message = err.to_string();
         let message = message.split(" at line ").next().unwrap_or(&message);
@@ -367,7 +372,7 @@ pub fn load(path: &Path) -> Result<Loaded, ReplayError> {
             message: message.to_string(),
         }
     })?;
-    let step_lines = step_lines(&text);
+    let step_lines = step_lines(text);
     for (index, step) in scenario.steps.iter().enumerate() {
         let actions = [
             step.send.is_some(),
