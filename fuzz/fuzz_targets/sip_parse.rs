@@ -1,8 +1,9 @@
 //! The SIP parser and stream framing on arbitrary bytes: never a panic; whatever parses
-//! serializes to bytes that parse again to the same start line and headers.
+//! serializes to bytes that parse again to the same start line and headers (Content-Length
+//! aside: serializing writes the one the body has).
 #![no_main]
 
-use bridgehead::sip::{frame_stream, parse_message, Framing, Message};
+use bridgehead::sip::{frame_stream, parse_message, Framing, HeaderName, Message};
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 
@@ -15,7 +16,13 @@ fuzz_target!(|data: &[u8]| {
             let again = Message::parse(&Bytes::from(msg.to_bytes()))
                 .expect("a parsed message serializes to one that parses");
             assert_eq!(again.start, msg.start);
-            assert_eq!(again.headers.len(), msg.headers.len());
+            let others = |m: &Message| {
+                m.headers
+                    .iter()
+                    .filter(|h| h.name != HeaderName::ContentLength)
+                    .count()
+            };
+            assert_eq!(others(&again), others(&msg));
         }
     }
 });

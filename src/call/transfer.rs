@@ -116,9 +116,12 @@ fn refer_target(msg: &Message) -> Option<String> {
     let value = msg.header_str(&HeaderName::ReferTo)?;
     let uri = uri_of(value.trim())?;
     let uri = uri.split('?').next().unwrap_or_default().to_string();
-    let scheme_ok = ["sip:", "sips:", "tel:"]
-        .iter()
-        .any(|s| uri.len() > s.len() && uri[..s.len()].eq_ignore_ascii_case(s));
+    let scheme_ok = ["sip:", "sips:", "tel:"].iter().any(|s| {
+        uri.len() > s.len()
+            && uri
+                .get(..s.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(s))
+    });
     scheme_ok.then_some(uri)
 }
 

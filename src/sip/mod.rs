@@ -939,7 +939,11 @@ fn parse_start_line(line: &[u8]) -> Result<(StartLine, Option<Fault>), ParseErro
         Some(Fault::StartLine)
     } else if !parts[2].eq_ignore_ascii_case("SIP/2.0") {
         Some(
-            if parts[2].len() > 4 && parts[2][..4].eq_ignore_ascii_case("SIP/") {
+            if parts[2].len() > 4
+                && parts[2]
+                    .get(..4)
+                    .is_some_and(|p| p.eq_ignore_ascii_case("SIP/"))
+            {
                 Fault::Version
             } else {
                 Fault::StartLine
@@ -1056,6 +1060,17 @@ mod tests {
         assert_eq!(text.matches("Content-Length").count(), 1);
         let again = Message::parse(&Bytes::from(text)).expect("reparse");
         assert_eq!(again.body, msg.body);
+    }
+
+    #[test]
+    fn a_multibyte_character_in_the_version_is_a_fault_not_a_panic() {
+        // Found by fuzz/run.sh (target sip_parse): slicing "SIP/" out of the version cut a
+        // character in two.
+        let err = parse("RE dj\rSb :\u{ecdaf}").expect_err("a lone CR is no line end");
+        assert_eq!(err.fault, Fault::StartLine);
+        let err = parse("OPTIONS sip:a@b S\u{ecdaf}2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKx\r\n\r\n")
+            .expect_err("bad version");
+        assert_eq!(err.fault, Fault::StartLine);
     }
 
     #[test]
