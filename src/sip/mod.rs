@@ -1068,8 +1068,9 @@ mod tests {
         // character in two.
         let err = parse("RE dj\rSb :\u{ecdaf}").expect_err("a lone CR is no line end");
         assert_eq!(err.fault, Fault::StartLine);
-        let err = parse("OPTIONS sip:a@b S\u{ecdaf}2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKx\r\n\r\n")
-            .expect_err("bad version");
+        let err =
+            parse("OPTIONS sip:a@b S\u{ecdaf}2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKx\r\n\r\n")
+                .expect_err("bad version");
         assert_eq!(err.fault, Fault::StartLine);
     }
 
