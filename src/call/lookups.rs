@@ -135,7 +135,7 @@ impl B2bua<'_> {
         let ids: Vec<u64> = self.calls.waiting.by_id.keys().copied().collect();
         for id in ids {
             if let Some(setup) = self.drop_waiting(id) {
-                self.answer_waiting(&setup, 503, now);
+                self.answer_new_call(&setup, 503, now);
             }
         }
     }
@@ -151,7 +151,7 @@ impl B2bua<'_> {
         let ok = self.outgoing(None, script, Leg::A, trunk, ok);
         let server = self.create_server(cancel.key, cancel.msg, cancel.from, ServerOwner::Local);
         self.send_response(server, &ok, now);
-        self.answer_waiting(&setup, 487, now);
+        self.answer_new_call(&setup, 487, now);
     }
 
     /// Forgets the new call waiting for lookup `id` (its request abandoned); returns what its
@@ -167,13 +167,5 @@ impl B2bua<'_> {
             .lookup_state(&waiting.lookup.name);
         state.abandon_request();
         Some(waiting.setup)
-    }
-
-    /// Answers the caller's INVITE of a dropped waiting call with `status`.
-    fn answer_waiting(&mut self, setup: &NewCall, status: u16, now: Instant) {
-        let (trunk, script, tag) = (setup.trunk, setup.script, setup.a.local_tag.as_str());
-        let answer = response_to(&setup.msg, status, None, Some(tag));
-        let answer = self.outgoing(None, script, Leg::A, trunk, answer);
-        self.send_response(setup.a_invite, &answer, now);
     }
 }

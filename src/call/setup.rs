@@ -464,6 +464,15 @@ impl B2bua<'_> {
         self.after_invite_hook(setup, run, now);
     }
 
+    /// Answers the caller's INVITE of a new call that will not be (it has no call yet) with
+    /// `status`.
+    pub(super) fn answer_new_call(&mut self, setup: &NewCall, status: u16, now: Instant) {
+        let (trunk, script, tag) = (setup.trunk, setup.script, setup.a.local_tag.as_str());
+        let answer = response_to(&setup.msg, status, None, Some(tag));
+        let answer = self.outgoing(None, script, Leg::A, trunk, answer);
+        self.send_response(setup.a_invite, &answer, now);
+    }
+
     /// Goes on with a new call once its `on_invite` ran: it waits for a lookup, or the call is
     /// routed (or refused) by what the rule decided.
     pub(super) fn after_invite_hook(&mut self, setup: NewCall, run: InviteRun, now: Instant) {
@@ -476,18 +485,14 @@ impl B2bua<'_> {
         };
         if self.calls.drain_ended() {
             // Its lookup answered after the drain's deadline: no new call any more.
-            let refused = response_to(&setup.msg, 503, None, Some(&setup.a.local_tag));
-            let refused = self.outgoing(None, setup.script, Leg::A, setup.trunk, refused);
-            self.send_response(setup.a_invite, &refused, now);
+            self.answer_new_call(&setup, 503, now);
             return;
         }
         let Some((call, hooked)) = taken else {
             // The rule's objects could not be taken back from Lua: nothing to route with.
             tracing::error!(call = %setup.info.call_id, "on_invite left no call to route: 500");
             self.calls.stats.calls_failed += 1;
-            let failed = response_to(&setup.msg, 500, None, Some(&setup.a.local_tag));
-            let failed = self.outgoing(None, setup.script, Leg::A, setup.trunk, failed);
-            self.send_response(setup.a_invite, &failed, now);
+            self.answer_new_call(&setup, 500, now);
             return;
         };
         let call_id = setup.info.call_id.clone();
