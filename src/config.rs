@@ -75,18 +75,23 @@ pub struct OverloadConfig {
     /// Messages waiting in a shard's queue; past four times this, new requests handed to the
     /// shard are dropped.
     pub queue: usize,
-    /// Percent of the last tenth of a second a shard's thread spent on a CPU.
+    /// Percent of the last tenth of a second a shard's thread spent on a CPU past which it
+    /// takes only the share of new calls that brings it back (0: no limit).
     pub cpu_percent: u32,
     /// Calls in progress on one shard (0: no limit).
     pub calls: usize,
+    /// Milliseconds a new call's INVITE may have waited for its shard (from the kernel's
+    /// arrival stamp); a later one is refused.
+    pub queue_delay_ms: u32,
 }
 
 impl Default for OverloadConfig {
     fn default() -> OverloadConfig {
         OverloadConfig {
             queue: 2000,
-            cpu_percent: 90,
+            cpu_percent: 0,
             calls: 0,
+            queue_delay_ms: 200,
         }
     }
 }
@@ -1819,6 +1824,23 @@ impl Profile {
                 ),
             }
         }
+        let overload = &raw.overload;
+        for (key, bad, must) in [
+            ("queue", overload.queue == 0, "at least 1"),
+            ("queue_delay_ms", overload.queue_delay_ms == 0, "at least 1"),
+            (
+                "cpu_percent",
+                overload.cpu_percent > 100,
+                "0 (no limit) to 100",
+            ),
+        ] {
+            if bad {
+                check.error(
+                    check.line_of(&format!("{key}:")),
+                    format!("overload: {key} must be {must}"),
+                );
+            }
+        }
         let mut lookups: Vec<Lookup> = Vec::new();
         for raw in &raw.lookups {
             if lookups.iter().any(|l| l.name == raw.name) {
@@ -1903,6 +1925,32 @@ trunks:
         assert!(errors[0]
             .to_string()
             .starts_with("p.yaml:13: trunk 'teams': no listener"));
+    }
+
+    #[test]
+    fn overload_limits_that_would_refuse_every_call_are_refused() {
+        let good = format!("{GOOD}overload:\n  queue: 500\n  queue_delay_ms: 100\n");
+        let profile = Profile::parse(Path::new("p.yaml"), &good).expect("valid");
+        assert_eq!(profile.overload.queue_delay_ms, 100);
+        assert_eq!(profile.overload.cpu_percent, 0, "the default stays");
+        let bad = format!("{GOOD}overload:\n  queue: 0\n  queue_delay_ms: 0\n  cpu_percent: 120\n");
+        let errors = Profile::parse(Path::new("p.yaml"), &bad).expect_err("invalid");
+        let said: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        let lines = GOOD.lines().count();
+        assert_eq!(
+            said,
+            [
+                format!("p.yaml:{}: overload: queue must be at least 1", lines + 2),
+                format!(
+                    "p.yaml:{}: overload: queue_delay_ms must be at least 1",
+                    lines + 3
+                ),
+                format!(
+                    "p.yaml:{}: overload: cpu_percent must be 0 (no limit) to 100",
+                    lines + 4
+                ),
+            ]
+        );
     }
 
     #[test]

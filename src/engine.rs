@@ -16,6 +16,7 @@ use crate::call::{CallInput, Calls, ClientOwner, Txns};
 use crate::config::Profile;
 use crate::lookup::{LookupAnswer, LookupRequest};
 use crate::media::{MediaCallId, MediaCommand, MediaEvent};
+use crate::overload::{Cause, Gate, Throttle};
 use crate::script::RuleSet;
 use crate::shared::{EngineStats, Peer, Transmit};
 use crate::sip::header::branch_of;
@@ -25,7 +26,7 @@ use crate::transactions::{server_key, TxnEvent};
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// What the engine itself counts (the call layer counts the rest).
 #[derive(Clone, Copy, Debug, Default)]
@@ -42,10 +43,8 @@ pub struct Engine {
     admission: Admission,
     /// Shards in the process (each takes its share of a source's rates).
     shards: usize,
-    /// Past an overload limit: new calls get 503 at once.
-    overloaded: bool,
-    /// New calls refused for overload.
-    overload_refused: u64,
+    /// Overload control: which new calls get 503 at once.
+    overload: Gate,
     /// The transactions, their indexes and timers.
     txns: Txns,
     /// The calls, their dialogs and the rule-set version new calls take.
@@ -61,8 +60,7 @@ impl Engine {
         Engine {
             admission: Admission::default(),
             shards: shards.max(1),
-            overloaded: false,
-            overload_refused: 0,
+            overload: Gate::default(),
             txns: Txns::new(TimerConfig::default()),
             calls: Calls::new(rules, shard, shards),
             transmits: VecDeque::new(),
@@ -159,7 +157,7 @@ impl Engine {
     /// A datagram (UDP) arrived from `from`.
     pub fn handle_datagram(&mut self, bytes: Bytes, from: Peer, now: Instant) {
         match parse_message(&bytes, Framing::Datagram) {
-            Ok((msg, _)) => self.handle_message(msg, from, now),
+            Ok((msg, _)) => self.handle_message(msg, from, now, now),
             Err(err) => self.handle_malformed(err, from, now),
         }
     }
@@ -191,12 +189,12 @@ impl Engine {
         }
     }
 
-    /// A parsed message arrived from `from`.
-    pub fn handle_message(&mut self, msg: Message, from: Peer, now: Instant) {
+    /// A parsed message arrived from `from` at `received` (it waited for the shard until
+    /// `now`).
+    pub fn handle_message(&mut self, msg: Message, from: Peer, received: Instant, now: Instant) {
         self.traffic.messages_in += 1;
         let new_call = self.new_call(&msg, from);
-        if self.overloaded && new_call {
-            self.overload_refused += 1;
+        if new_call && self.refused_for_overload(now.saturating_duration_since(received)) {
             let input = CallInput::Unparsable {
                 partial: msg,
                 fault: Fault::Overloaded,
@@ -238,24 +236,43 @@ impl Engine {
                 .is_none_or(|key| self.txns.find_server(&key).is_none())
     }
 
-    /// The driver's view of the shard's load: past a limit of the profile's `overload`
-    /// (queue, CPU, calls), new calls get 503 with Retry-After before anything else is done
-    /// for them, while in-dialog requests and responses go on.
-    pub fn set_overloaded(&mut self, overloaded: bool) {
-        if overloaded != self.overloaded {
+    /// The driver's view of the shard's load (the profile's `overload` queue, CPU and calls
+    /// limits): which new calls get 503 with Retry-After before anything else is done for
+    /// them, while in-dialog requests and responses go on.
+    pub fn set_throttle(&mut self, throttle: Throttle) {
+        let was = self.overload.refusing();
+        self.overload.set(throttle);
+        self.log_overload(was, None);
+    }
+
+    /// Whether a new call that waited `waited` for the shard is refused for overload.
+    fn refused_for_overload(&mut self, waited: Duration) -> bool {
+        let limit = self.calls.current().profile.overload.queue_delay_ms;
+        let was = self.overload.refusing();
+        let cause = self
+            .overload
+            .check(waited, Duration::from_millis(limit.into()));
+        self.log_overload(was, cause);
+        cause.is_some()
+    }
+
+    /// Logs when the shard starts or stops refusing new calls.
+    fn log_overload(&self, was: bool, cause: Option<Cause>) {
+        let overloaded = self.overload.refusing();
+        if overloaded != was {
             tracing::warn!(
                 overloaded,
-                refused = self.overload_refused,
+                ?cause,
+                refused = self.overload.refused,
                 calls = self.calls.len(),
                 "overload"
             );
         }
-        self.overloaded = overloaded;
     }
 
     /// New calls refused for overload so far.
     pub fn overload_refused(&self) -> u64 {
-        self.overload_refused
+        self.overload.refused
     }
 
     /// What admission refused so far (rates, scanners, oversized requests, bans).

@@ -22,6 +22,7 @@ pub mod config;
 mod engine;
 pub mod lookup;
 pub mod media;
+pub mod overload;
 pub mod replay;
 mod runtime;
 pub mod script;

@@ -12,10 +12,12 @@
 use crate::config::Profile;
 use crate::engine::Engine;
 use crate::media::relay::Relay;
+use crate::overload::{thread_cpu, Load};
 use crate::script::reload::{self, Compiled};
 use crate::script::{RuleMetrics, RuleSet};
 use crate::shared::Transmit;
-use crate::transport::{bind_udp, parse_datagram, Hub, ShardInput, UdpSockets};
+use crate::transport::udp::{bind_udp, parse_datagram, Datagram, UdpSockets};
+use crate::transport::{Hub, ShardInput};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -395,85 +397,20 @@ fn run_shard_thread(engine: Engine, io: ShardIo) {
     });
 }
 
-/// How long a shard's busy share is measured over.
-const LOAD_WINDOW: Duration = Duration::from_millis(100);
-
-/// How busy a shard is, and whether it is past an overload limit (with hysteresis: it stays
-/// overloaded until it is well below every limit, so that it does not flap).
-#[derive(Debug, Default)]
-struct Load {
-    /// Time between waking and waiting again in the current window (what the shard's work
-    /// took, its thread preempted or not), and when the window started.
-    busy: Duration,
-    since: Option<Instant>,
-    /// The thread's CPU time at the window's start, where the system tells it.
-    cpu_at: Option<Duration>,
-    /// The busy share of the last full window, in percent.
-    percent: u32,
-    overloaded: bool,
-}
-
-/// The CPU time the calling thread has used (Linux: the first field of
-/// `/proc/thread-self/schedstat`, nanoseconds on a CPU); None where it cannot be read.
-fn thread_cpu() -> Option<Duration> {
-    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    let nanos: u64 = text.split_whitespace().next()?.parse().ok()?;
-    Some(Duration::from_nanos(nanos))
-}
-
-impl Load {
-    /// The shard worked for `busy` until `now`. At each window's end the share is the CPU the
-    /// thread used (`cpu`: its CPU time now), or, where that is unknown, the time it was busy:
-    /// a shard preempted by other work on the machine is not taken for an overloaded one.
-    fn worked(&mut self, busy: Duration, now: Instant, cpu: impl FnOnce() -> Option<Duration>) {
-        self.busy += busy;
-        let Some(since) = self.since else {
-            // The first window starts now.
-            self.since = Some(now);
-            self.cpu_at = cpu();
-            return;
-        };
-        let window = now.saturating_duration_since(since);
-        if window >= LOAD_WINDOW {
-            let cpu_now = cpu();
-            let used = match (cpu_now, self.cpu_at) {
-                (Some(now), Some(before)) => now.saturating_sub(before),
-                _ => self.busy,
-            };
-            self.cpu_at = cpu_now;
-            self.percent = (used.as_secs_f64() / window.as_secs_f64() * 100.0) as u32;
-            self.busy = Duration::ZERO;
-            self.since = Some(now);
-        }
-    }
-
-    /// Whether new calls must be refused: past a limit, until below nine tenths of the CPU
-    /// limit, half the queue limit and nine tenths of the calls limit.
-    fn overloaded(
-        &mut self,
-        limits: &crate::config::OverloadConfig,
-        waiting: usize,
-        calls: usize,
-    ) -> bool {
-        let calls_limit = if limits.calls == 0 {
-            usize::MAX
-        } else {
-            limits.calls
-        };
-        self.overloaded = if self.overloaded {
-            self.percent * 10 >= limits.cpu_percent * 9
-                || waiting * 2 >= limits.queue
-                || calls * 10 >= calls_limit.saturating_mul(9)
-        } else {
-            self.percent >= limits.cpu_percent || waiting >= limits.queue || calls >= calls_limit
-        };
-        self.overloaded
-    }
+/// What woke a shard up.
+enum Wake {
+    Datagram(Datagram),
+    Input(ShardInput),
+    Timer,
 }
 
 /// Datagrams a shard takes in one go before it sends what they caused: enough to batch under
 /// load, few enough to keep latency low.
 const BATCH: usize = 64;
+
+/// Work after which a batch ends early (rules that take milliseconds per call would otherwise
+/// hold a batch's answers back for the whole batch).
+const BATCH_TIME: Duration = Duration::from_millis(2);
 
 async fn run_shard(
     mut engine: Engine,
@@ -486,6 +423,8 @@ async fn run_shard(
 ) {
     let mut told_drained = false;
     let mut load = Load::default();
+    // What the last batch of work took.
+    let mut busy = Duration::ZERO;
     let mut buf = vec![0u8; 65_536];
     engine.start(Instant::now());
     while let Some(transmit) = engine.poll_transmit() {
@@ -499,34 +438,54 @@ async fn run_shard(
                 None => std::future::pending().await,
             }
         };
-        // When the shard stopped waiting: what follows is work (its busy share).
-        let woke;
-        tokio::select! {
-            (len, peer) = udp.recv(&mut buf) => {
-                woke = Instant::now();
-                let mut received = Some((len, peer));
+        let woken_by = tokio::select! {
+            datagram = udp.recv(&mut buf) => Wake::Datagram(datagram),
+            input = inputs.recv() => match input {
+                Some(input) => Wake::Input(input),
+                None => return,
+            },
+            () = sleep => Wake::Timer,
+        };
+        // When the shard stopped waiting: what follows is work (its busy share). The last
+        // batch's work is counted now, so that the throttle is fresh before new calls are
+        // looked at, after a quiet spell too.
+        let woke = Instant::now();
+        load.worked(busy, woke, thread_cpu);
+        let limits = engine.profile().overload;
+        engine.set_throttle(load.throttle(&limits, hub.waiting(shard), engine.active_calls()));
+        match woken_by {
+            Wake::Datagram(datagram) => {
+                let mut received = Some(datagram);
                 let mut taken = 0;
-                while let Some((len, peer)) = received {
+                while let Some(Datagram {
+                    len,
+                    peer,
+                    received: at,
+                }) = received
+                {
                     if let Some(input) = parse_datagram(&buf[..len])
-                        .and_then(|parsed| hub.route(parsed, peer, shard))
+                        .and_then(|parsed| hub.route(parsed, peer, at, shard))
                     {
                         handle(&mut engine, input);
                     }
                     taken += 1;
-                    received = if taken < BATCH { udp.try_recv(&mut buf) } else { None };
+                    received = if taken < BATCH && woke.elapsed() < BATCH_TIME {
+                        udp.try_recv(&mut buf)
+                    } else {
+                        None
+                    };
                 }
             }
-            input = inputs.recv() => {
-                woke = Instant::now();
-                let Some(input) = input else { return };
+            Wake::Input(input) => {
                 hub.took(shard);
                 handle(&mut engine, input);
             }
-            () = sleep => woke = Instant::now(),
+            Wake::Timer => {}
         }
         // What queued up meanwhile (handed over by other shards, TCP, the relay), in the same
         // batch: a shard busy with its own datagrams never leaves its queue waiting.
-        while let Ok(input) = inputs.try_recv() {
+        while woke.elapsed() < BATCH_TIME {
+            let Ok(input) = inputs.try_recv() else { break };
             hub.took(shard);
             handle(&mut engine, input);
         }
@@ -549,9 +508,7 @@ async fn run_shard(
         while let Some((to, note)) = engine.poll_note() {
             hub.to_shard(to, ShardInput::Note(note));
         }
-        load.worked(woke.elapsed(), Instant::now(), thread_cpu);
-        let limits = engine.profile().overload;
-        engine.set_overloaded(load.overloaded(&limits, hub.waiting(shard), engine.active_calls()));
+        busy = woke.elapsed();
         if !told_drained && engine.drained() {
             told_drained = true;
             let stats = engine.stats();
@@ -583,7 +540,7 @@ async fn send(engine: &mut Engine, udp: &UdpSockets, hub: &Arc<Hub>, transmit: T
 fn handle(engine: &mut Engine, input: ShardInput) {
     let now = Instant::now();
     match input {
-        ShardInput::Message(msg, peer) => engine.handle_message(msg, peer, now),
+        ShardInput::Message(msg, peer, received) => engine.handle_message(msg, peer, received, now),
         ShardInput::Malformed(err, peer) => engine.handle_malformed(err, peer, now),
         ShardInput::Reload(rules) => engine.reload(rules),
         ShardInput::Media(call, event) => engine.handle_relay_event(call, &event, now),
@@ -593,56 +550,5 @@ fn handle(engine: &mut Engine, input: ShardInput) {
         ShardInput::LookupAnswer(id, answer) => engine.handle_lookup_answer(id, answer, now),
         ShardInput::Note(note) => engine.handle_note(note, now),
         ShardInput::Drain(deadline) => engine.drain(deadline),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::OverloadConfig;
-
-    #[test]
-    fn a_shard_is_overloaded_past_a_limit_until_well_below_all_of_them() {
-        let limits = OverloadConfig {
-            queue: 100,
-            cpu_percent: 90,
-            calls: 1000,
-        };
-        let mut load = Load::default();
-        let start = Instant::now();
-        load.worked(Duration::ZERO, start, || None);
-        // 95 ms of work in a 100 ms window: 95 %.
-        load.worked(Duration::from_millis(95), start + LOAD_WINDOW, || None);
-        assert_eq!(load.percent, 95);
-        assert!(load.overloaded(&limits, 0, 0));
-        // 85 %: still above nine tenths of the limit (81 %).
-        load.worked(Duration::from_millis(85), start + LOAD_WINDOW * 2, || None);
-        assert!(load.overloaded(&limits, 0, 0));
-        load.worked(Duration::from_millis(40), start + LOAD_WINDOW * 3, || None);
-        assert!(!load.overloaded(&limits, 0, 0));
-        // The queue and the calls count too.
-        assert!(load.overloaded(&limits, 100, 0));
-        assert!(
-            load.overloaded(&limits, 60, 0),
-            "not yet below half the queue limit"
-        );
-        assert!(!load.overloaded(&limits, 40, 0));
-        assert!(load.overloaded(&limits, 0, 1000));
-        assert!(!load.overloaded(&limits, 0, 899));
-        let unlimited = OverloadConfig { calls: 0, ..limits };
-        assert!(!load.overloaded(&unlimited, 0, 1_000_000));
-    }
-
-    #[test]
-    fn the_share_is_the_threads_cpu_where_the_system_tells_it() {
-        let mut load = Load::default();
-        let start = Instant::now();
-        load.worked(Duration::ZERO, start, || Some(Duration::from_millis(1000)));
-        // Busy 95 ms by the wall clock (preempted), 10 ms on the CPU.
-        load.worked(Duration::from_millis(95), start + LOAD_WINDOW, || {
-            Some(Duration::from_millis(1010))
-        });
-        assert_eq!(load.percent, 10);
-        assert!(thread_cpu().is_some(), "Linux tells a thread's CPU time");
     }
 }

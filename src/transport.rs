@@ -2,8 +2,8 @@
 //! to (so all messages of a call are handled, in order, by one engine).
 //!
 //! UDP runs to completion on the shard's own thread: each shard binds every UDP listener's
-//! address itself (`SO_REUSEPORT`, [`bind_udp`]), receives on its sockets ([`UdpSockets`]),
-//! handles what is its own at once and forwards the rest to the owner shard's queue, and sends
+//! address itself (`SO_REUSEPORT`, [`udp::bind_udp`]), receives on its sockets
+//! ([`udp::UdpSockets`], with the kernel's arrival stamps), handles what is its own at once and forwards the rest to the owner shard's queue, and sends
 //! its engine's datagrams from its own socket of the listener. TCP connections run as tasks on
 //! the shared runtime and hand each framed message to its shard's queue. TLS ([`tls`]) is a
 //! stream transport beside TCP: once its handshake is done, a TLS connection runs through the
@@ -12,6 +12,7 @@
 pub mod consult;
 pub mod dns;
 pub mod tls;
+pub mod udp;
 
 use crate::config::{Listener, ListenerId, Profile, Transport, UnknownSources};
 use crate::shared::shard_for_call_id;
@@ -26,14 +27,16 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tls::{HandshakeFailure, TlsContexts};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, UdpSocket};
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 
 /// What a shard receives from the transports.
 #[derive(Debug)]
 pub enum ShardInput {
-    Message(Message, Peer),
+    /// A message, where it came from, and when it arrived (a new call that waited too long
+    /// for its shard is refused).
+    Message(Message, Peer, Instant),
     Malformed(ParseError, Peer),
     /// A new rule-set version for new calls.
     Reload(Arc<crate::script::RuleSet>),
@@ -121,183 +124,6 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// The receive buffer each SIP UDP socket asks for (bytes).
-const UDP_RECEIVE_BUFFER: usize = 8 << 20;
-
-/// A UDP socket of the address's family, marked with a DSCP; with `shared`, other shards'
-/// sockets may bind the same address (`SO_REUSEPORT`).
-fn udp_socket(address: SocketAddr, dscp: u8, shared: bool) -> std::io::Result<std::net::UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(
-        Domain::for_address(address),
-        Type::DGRAM,
-        Some(Protocol::UDP),
-    )?;
-    if shared {
-        socket.set_reuse_port(true)?;
-    }
-    // A burst of datagrams while the shard is busy waits in the receive buffer: the default
-    // (about 200 kB, a few milliseconds of signalling at thousands of calls/s) loses them, and
-    // a lost datagram costs a retransmission half a second later. The kernel caps the size at
-    // net.core.rmem_max.
-    if let Err(err) = socket.set_recv_buffer_size(UDP_RECEIVE_BUFFER) {
-        tracing::debug!(%address, "cannot size the receive buffer: {err}");
-    }
-    let marked = if address.is_ipv4() {
-        socket.set_tos_v4(tos(dscp))
-    } else {
-        socket.set_tclass_v6(tos(dscp))
-    };
-    if let Err(err) = marked {
-        tracing::warn!(%address, "cannot set DSCP: {err}");
-    }
-    socket.set_nonblocking(true)?;
-    socket.bind(&address.into())?;
-    Ok(socket.into())
-}
-
-/// Binds every UDP listener of the profile once per shard, all sockets of a listener on its one
-/// address (the kernel spreads datagrams over them by source). Returns each shard's sockets;
-/// fails before anything runs if one cannot be bound.
-pub fn bind_udp(
-    profile: &Profile,
-    shards: usize,
-) -> anyhow::Result<Vec<Vec<(ListenerId, std::net::UdpSocket)>>> {
-    let mut bound: Vec<Vec<_>> = (0..shards).map(|_| Vec::new()).collect();
-    for (id, listener) in profile.listeners.iter().enumerate() {
-        if !listener.transports.contains(&Transport::Udp) {
-            continue;
-        }
-        let cannot = |err: std::io::Error| {
-            anyhow::anyhow!(
-                "listener '{}': cannot bind UDP {}: {err}",
-                listener.name,
-                listener.address
-            )
-        };
-        // SO_REUSEPORT would let a second Bridgehead (or anything of the same user asking for
-        // it) share the address and silently take part of the traffic. A plain bind first
-        // fails if anything holds the address now (a second listener on it included), and
-        // picks a free port for a listener on port 0 (a reuse-port socket may be given one
-        // another reuse-port socket holds). One shard needs no sharing at all.
-        let shared = bound.len() > 1;
-        let address = if shared {
-            std::net::UdpSocket::bind(listener.address)
-                .and_then(|probe| probe.local_addr())
-                .map_err(cannot)?
-        } else {
-            listener.address
-        };
-        for sockets in &mut bound {
-            let socket = udp_socket(address, listener.dscp, shared).map_err(cannot)?;
-            sockets.push((id, socket));
-        }
-    }
-    Ok(bound)
-}
-
-/// One shard's UDP sockets, one per UDP listener.
-pub struct UdpSockets {
-    sockets: Vec<(ListenerId, UdpSocket)>,
-    /// The socket a receive tries first: each gets its turn, so a busy one cannot starve the
-    /// others.
-    next: std::cell::Cell<usize>,
-}
-
-impl UdpSockets {
-    /// Registers a shard's sockets with the runtime it runs on (call it there).
-    pub fn new(bound: Vec<(ListenerId, std::net::UdpSocket)>) -> std::io::Result<UdpSockets> {
-        let sockets = bound
-            .into_iter()
-            .map(|(id, socket)| Ok((id, UdpSocket::from_std(socket)?)))
-            .collect::<std::io::Result<_>>()?;
-        Ok(UdpSockets {
-            sockets,
-            next: std::cell::Cell::new(0),
-        })
-    }
-
-    /// Waits for a datagram on any of the sockets: its length in `buf` and where it came from.
-    /// A receive error (an ICMP unreachable surfacing, say) is logged and waited past.
-    pub async fn recv(&self, buf: &mut [u8]) -> (usize, Peer) {
-        std::future::poll_fn(|cx| {
-            let count = self.sockets.len();
-            let first = self.next.get();
-            for turn in 0..count {
-                let at = (first + turn) % count;
-                let (listener, socket) = &self.sockets[at];
-                let mut read = tokio::io::ReadBuf::new(buf);
-                match socket.poll_recv_from(cx, &mut read) {
-                    std::task::Poll::Ready(Ok(addr)) => {
-                        self.next.set((at + 1) % count);
-                        return std::task::Poll::Ready((
-                            read.filled().len(),
-                            udp_peer(*listener, addr),
-                        ));
-                    }
-                    std::task::Poll::Ready(Err(err)) => {
-                        tracing::debug!("UDP receive error: {err}");
-                        cx.waker().wake_by_ref();
-                        return std::task::Poll::Pending;
-                    }
-                    std::task::Poll::Pending => {}
-                }
-            }
-            std::task::Poll::Pending
-        })
-        .await
-    }
-
-    /// A datagram already waiting on any of the sockets, without waiting.
-    pub fn try_recv(&self, buf: &mut [u8]) -> Option<(usize, Peer)> {
-        let count = self.sockets.len();
-        let first = self.next.get();
-        for turn in 0..count {
-            let at = (first + turn) % count;
-            let (listener, socket) = &self.sockets[at];
-            if let Ok((len, addr)) = socket.try_recv_from(buf) {
-                self.next.set((at + 1) % count);
-                return Some((len, udp_peer(*listener, addr)));
-            }
-        }
-        None
-    }
-
-    /// Sends a datagram from the listener's socket. The error says why it could not go.
-    pub async fn send(&self, peer: &Peer, bytes: &[u8]) -> Result<(), String> {
-        let Some((_, socket)) = self.sockets.iter().find(|(id, _)| *id == peer.listener) else {
-            return Err("the listener has no UDP".to_string());
-        };
-        let sent = match socket.try_send_to(bytes, peer.addr) {
-            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
-                socket.send_to(bytes, peer.addr).await
-            }
-            other => other,
-        };
-        sent.map(|_| ())
-            .map_err(|err| format!("UDP send of {} bytes failed: {err}", bytes.len()))
-    }
-}
-
-fn udp_peer(listener: ListenerId, addr: SocketAddr) -> Peer {
-    Peer {
-        listener,
-        transport: Transport::Udp,
-        addr,
-        conn: None,
-    }
-}
-
-/// A datagram as the engine takes it: parsed, or what could be read of it. None for a
-/// keep-alive (RFC 5626 CRLF ping), which needs no answer over UDP.
-pub fn parse_datagram(data: &[u8]) -> Option<Result<Message, ParseError>> {
-    if data.iter().all(|b| *b == b'\r' || *b == b'\n') {
-        return None;
-    }
-    let bytes = Bytes::copy_from_slice(data);
-    Some(parse_message(&bytes, Framing::Datagram).map(|(m, _)| m))
 }
 
 impl Hub {
@@ -448,7 +274,7 @@ impl Hub {
 
     /// Queues a parsed (or malformed) message from a stream for the shard that owns it.
     fn dispatch(&self, parsed: Result<Message, ParseError>, peer: Peer) {
-        self.route(parsed, peer, usize::MAX);
+        self.route(parsed, peer, Instant::now(), usize::MAX);
     }
 
     /// Asks a lookup's consultation service for `shard`'s engine; the answer comes back on
@@ -465,10 +291,14 @@ impl Hub {
         &self,
         parsed: Result<Message, ParseError>,
         peer: Peer,
+        received: Instant,
         here: usize,
     ) -> Option<ShardInput> {
         let (shard, input) = match parsed {
-            Ok(msg) => (self.shard_of(&msg), ShardInput::Message(msg, peer)),
+            Ok(msg) => (
+                self.shard_of(&msg),
+                ShardInput::Message(msg, peer, received),
+            ),
             Err(err) => (
                 err.partial.as_deref().map_or(0, |m| self.shard_of(m)),
                 ShardInput::Malformed(err, peer),
@@ -497,7 +327,7 @@ impl Hub {
             return;
         };
         let droppable = match &input {
-            ShardInput::Message(msg, _) => msg.is_request() && !crate::admission::in_dialog(msg),
+            ShardInput::Message(msg, ..) => msg.is_request() && !crate::admission::in_dialog(msg),
             ShardInput::Malformed(..) => true,
             _ => false,
         };
@@ -1014,29 +844,9 @@ mod tests {
         assert_eq!(pongs, 1, "a lone CRLF is no ping");
     }
 
-    #[test]
-    fn a_udp_address_in_use_is_refused_and_the_shards_share_a_free_one() {
-        let profile = |port: u16| {
-            let text = format!(
-                "listeners:\n  - name: core\n    address: 127.0.0.1:{port}\n    transports: [udp]\ntrunks: []\n"
-            );
-            Profile::parse(std::path::Path::new("t.yaml"), &text).expect("profile")
-        };
-        let taken = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
-        let port = taken.local_addr().expect("addr").port();
-        let refused = bind_udp(&profile(port), 2).map(|_| ()).expect_err("in use");
-        assert!(refused.to_string().contains("cannot bind UDP"), "{refused}");
-        drop(taken);
-        let bound = bind_udp(&profile(port), 3).expect("free now");
-        assert_eq!(bound.len(), 3);
-        for sockets in &bound {
-            assert_eq!(sockets[0].1.local_addr().expect("addr").port(), port);
-        }
-    }
-
     #[tokio::test]
     async fn sockets_carry_the_dscp() {
-        let udp = udp_socket("127.0.0.1:0".parse().expect("addr"), 24, false).expect("udp");
+        let udp = udp::udp_socket("127.0.0.1:0".parse().expect("addr"), 24, false).expect("udp");
         assert_eq!(socket2::SockRef::from(&udp).tos_v4().ok(), Some(96), "CS3");
         let tcp = tcp_socket("127.0.0.1:5060".parse().expect("addr"), 46).expect("tcp");
         assert_eq!(tcp.tos_v4().ok(), Some(184), "EF");

@@ -5,6 +5,7 @@ use bridgehead::config::{Profile, Transport};
 use bridgehead::media::player::Sound;
 use bridgehead::media::MediaCommand;
 use bridgehead::media::{DtmfMethod, MediaCallId, MediaEvent};
+use bridgehead::overload::Throttle;
 use bridgehead::script::{RuleMetrics, RuleSet};
 use bridgehead::sip::{HeaderName, Message};
 use bridgehead::Engine;
@@ -3577,7 +3578,12 @@ CSeq: 1 OPTIONS
 
 /// Teams hangs up the answered call whose B-leg INVITE was `b`; returns what Bridgehead sent.
 fn teams_hangs_up(sim: &mut Sim, b: &Message) -> Vec<(Peer, Message)> {
-    let bye = format!(
+    sim.teams_sends(&teams_bye(b))
+}
+
+/// Teams's BYE for the answered call whose B-leg INVITE was `b`.
+fn teams_bye(b: &Message) -> String {
+    format!(
         "BYE sip:+15550199@127.0.0.1:5070 SIP/2.0
 Via: SIP/2.0/UDP 127.0.0.2:5080;branch=z9hG4bKbye-{}
 Max-Forwards: 70
@@ -3590,8 +3596,7 @@ CSeq: 5 BYE
         h(b, "Call-ID").unwrap_or_default(),
         h(b, "From").unwrap_or_default(),
         h(b, "Call-ID").unwrap_or_default()
-    );
-    sim.teams_sends(&bye)
+    )
 }
 
 /// `max_calls`: a call to a full trunk fails before its INVITE goes (503 without
@@ -3683,15 +3688,20 @@ fn a_rule_fails_over_from_a_full_trunk() {
     );
 }
 
-/// Overloaded (the driver says so): a new call gets a stateless 503 with Retry-After at once,
-/// while a call already up goes on (its BYE crosses); then new calls pass again.
+/// Overloaded (the driver says so: past the queue or calls limit): a new call gets a stateless
+/// 503 with Retry-After at once, while a call already up goes on (its BYE crosses); then new
+/// calls pass again.
 #[test]
 fn an_overloaded_shard_refuses_new_calls_and_keeps_the_ones_it_has() {
     let mut sim = Sim::new();
     let (b, _) = answered_call(&mut sim, "up-1");
     let ringing = invite("up-2", "z9hG4bKup2", "");
     sim.core_sends(&ringing);
-    sim.engine.set_overloaded(true);
+    let shut = Throttle {
+        shut: true,
+        share: 1.0,
+    };
+    sim.engine.set_throttle(shut);
     // A retransmission of an INVITE under way is no new call: its 100 again, no 503.
     let out = sim.core_sends(&ringing);
     assert_eq!(summary(&out), [format!("100->{CORE_PEER}")]);
@@ -3701,9 +3711,35 @@ fn an_overloaded_shard_refuses_new_calls_and_keeps_the_ones_it_has() {
     assert_eq!(sim.engine.overload_refused(), 1);
     let out = teams_hangs_up(&mut sim, &b);
     assert_eq!(summary(&out), [format!("BYE->{CORE_PEER}")]);
-    sim.engine.set_overloaded(false);
+    sim.engine.set_throttle(Throttle::default());
     let out = sim.core_sends(&invite("new-2", "z9hG4bKnew2", ""));
     assert!(summary(&out).contains(&format!("INVITE->{TEAMS_PEER}")));
+}
+
+/// A new call whose INVITE waited for the shard past `overload.queue_delay_ms` (200 by
+/// default) is refused with 503 at once; one that waited less, and any in-dialog request
+/// however long it waited, goes on.
+#[test]
+fn a_new_call_that_waited_past_the_queue_delay_is_refused() {
+    let mut sim = Sim::new();
+    let (b, _) = answered_call(&mut sim, "up-1");
+    let now = sim.now;
+    let arrives = |sim: &mut Sim, from: Peer, text: &str, waited_ms: u64| {
+        let msg = Message::parse(&Bytes::from(with_length(text))).expect("valid");
+        let received = now - Duration::from_millis(waited_ms);
+        sim.engine.handle_message(msg, from, received, now);
+        sim.sent()
+    };
+    let core = udp_peer(0, CORE_PEER);
+    let out = arrives(&mut sim, core, &invite("late-1", "z9hG4bKlate1", ""), 250);
+    assert_eq!(summary(&out), [format!("503->{CORE_PEER}")]);
+    assert_eq!(h(&out[0].1, "Retry-After"), Some("1"));
+    let out = arrives(&mut sim, core, &invite("prompt-1", "z9hG4bKp1", ""), 150);
+    assert!(summary(&out).contains(&format!("INVITE->{TEAMS_PEER}")));
+    assert_eq!(sim.engine.overload_refused(), 1);
+    // Teams's BYE of the answered call waited a second: it crosses all the same.
+    let out = arrives(&mut sim, udp_peer(1, TEAMS_PEER), &teams_bye(&b), 1000);
+    assert_eq!(summary(&out), [format!("BYE->{CORE_PEER}")]);
 }
 
 /// A raw NUL in a header gets 400 ("malformed header line"), unless it is in a header the
