@@ -275,7 +275,7 @@ for SYS in $SYSTEMS; do
     fi
     OKS[$SYS,$RATE]=$OK; FAILS[$SYS,$RATE]=$FAILED; CPUK[$SYS,$RATE]=$PER1K; ACH[$SYS,$RATE]=$ACHIEVED
     for pid in "${SYS_PIDS[@]}"; do
-      kill -0 "$pid" 2>/dev/null || { echo "system $SYS died (logs in $WORK/$SYS)"; exit 1; }
+      alive "$pid" || { echo "system $SYS died (logs in $WORK/$SYS)"; exit 1; }
     done
   done
   stop_system

@@ -60,6 +60,8 @@ while True:
         print(port); break
 EOF
 }
+# Whether process $1 runs (a zombie, a child that died and was not reaped yet, does not).
+alive() { [ -r "/proc/$1/stat" ] && [ "$(awk '{sub(/^.*\) /, ""); print $1}' "/proc/$1/stat")" != Z ]; }
 udp_bound() {  # is something listening on 127.0.0.1:$1/udp?
   awk -v p="$(printf '0100007F:%04X' "$1")" '$2 == p {f=1} END {exit !f}' /proc/net/udp
 }
@@ -84,7 +86,6 @@ tree_ticks() {
   echo "$total"
 }
 
-SYS_PIDS=()   # the processes of the running system (roots; children are found at each reading)
 stop_system() {
   local pid
   for pid in "${SYS_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done

@@ -84,7 +84,7 @@ rss_kib() {  # resident memory of the system's processes and their children, KiB
   local pids=() root p total=0
   for root in "${SYS_PIDS[@]}"; do pids+=("$root"); pids+=($(pgrep -P "$root" || true)); done
   for p in "${pids[@]}"; do
-    total=$((total + $(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)))
+    total=$((total + $(awk '/^VmRSS:/ {r = $2} END {print r + 0}' "/proc/$p/status" 2>/dev/null || echo 0)))
   done
   echo "$total"
 }
@@ -97,12 +97,12 @@ callee() {  # $1: the step's directory, $2: calls
        -buff_size 8388608 -timeout $((FLOOD_SECONDS * 4 + 60))s > "$1/uas.out" 2>&1 || true
   local pid; pid=$(sed -n 's/.*PID=\[\([0-9]*\)\].*/\1/p' "$1/uas.out")
   [ -n "$pid" ] || { echo "SIPp UAS did not start:" >&2; cat "$1/uas.out" >&2; exit 1; }
-  PIDS+=("$pid"); echo "$pid"
+  echo "$pid"   # run in $(...): the caller adds it to PIDS
 }
 # Runs the flooding caller at rate $2 for $3 calls in directory $1 (in the foreground).
 caller() {
   local port; port=$(free_port)
-  (cd "$1" && sipp -sf "$OLDPWD/tests/sipp/caller_flood.xml" "127.0.0.1:$CORE" -i 127.0.0.1 \
+  (cd "$1" && exec sipp -sf "$OLDPWD/tests/sipp/caller_flood.xml" "127.0.0.1:$CORE" -i 127.0.0.1 \
      -p "$port" -m "$3" -r "$2" -d "$HOLD_MS" -nostdin -buff_size 8388608 \
      -timeout $((FLOOD_SECONDS * 4 + 40))s -timeout_error -trace_stat -stf stat.csv \
      -trace_counts -trace_rtt -rtt_freq 1 > uac.out 2>&1) || true
@@ -144,7 +144,7 @@ for SYS in $SYSTEMS; do
     while :; do
       STEP="$WORK/$SYS/ramp-$RATE"; mkdir -p "$STEP"
       CALLS=$((RATE * RAMP_SECONDS))
-      UAS=$(callee "$STEP" "$CALLS")
+      UAS=$(callee "$STEP" "$CALLS"); PIDS+=("$UAS")
       caller "$STEP" "$RATE" "$CALLS"
       kill "$UAS" 2>/dev/null || true
       read -r ANSWERED REFUSED FAILED RETRANS <<< "$(step_figures "$STEP")"
@@ -156,7 +156,7 @@ for SYS in $SYSTEMS; do
       fi
       # Up by a quarter until a rate is not clean, then halve the gap down to 5 %.
       if [ -z "$TOO_MANY" ]; then
-        RATE=$((RATE * 5 / 4))
+        RATE=$((RATE + RATE / 4 + 1))
       elif [ -n "$CAP" ] && [ $((TOO_MANY - CAP)) -gt $((CAP / 20 + 1)) ]; then
         RATE=$(((CAP + TOO_MANY) / 2))
       else
@@ -170,7 +170,7 @@ for SYS in $SYSTEMS; do
   FLOOD=$((CAP * FACTOR)); CALLS=$((FLOOD * FLOOD_SECONDS)); PROBE=$((CAP / 2))
   echo "   capacity $CAP calls/s; flood $FLOOD calls/s for $FLOOD_SECONDS s ($CALLS calls), probe $PROBE calls/s"
   STEP="$WORK/$SYS/flood"; mkdir -p "$STEP/probe"
-  UAS=$(callee "$STEP" $((CALLS + PROBE * 6)))
+  UAS=$(callee "$STEP" $((CALLS + PROBE * 6))); PIDS+=("$UAS")
   D0=$(udp_drops); PEAK=0; T0=$(date +%s.%N); C0=$(tree_ticks "${SYS_PIDS[@]}")
   caller "$STEP" "$FLOOD" "$CALLS" &
   FLOOD_PID=$!; PIDS+=("$FLOOD_PID")
@@ -210,7 +210,7 @@ for SYS in $SYSTEMS; do
           else printf "   not recovered while the probe placed calls (6 s), %d probe calls failed\n", failed}' \
     "$STEP/probe/stat.csv"
   for pid in "${SYS_PIDS[@]}"; do
-    kill -0 "$pid" 2>/dev/null || { echo "   $SYS died (logs in $WORK/$SYS)"; }
+    alive "$pid" || echo "   $SYS died (logs in $WORK/$SYS)"
   done
   stop_system
 done

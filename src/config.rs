@@ -65,6 +65,32 @@ pub struct Profile {
     pub admission: AdmissionConfig,
     /// When a shard refuses new calls early (503) to keep the calls it has.
     pub overload: OverloadConfig,
+    /// The admin HTTP server (metrics, admin API), when the profile has one.
+    pub admin: Option<Admin>,
+}
+
+/// The admin HTTP server (`admin`): Prometheus metrics and the admin API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Admin {
+    pub address: SocketAddr,
+    /// The bearer token every request must carry (read from `token_file` at load); required
+    /// when the address is not a loopback one.
+    pub token: Option<String>,
+}
+
+/// The port the admin server listens on by default (on 127.0.0.1).
+pub const ADMIN_PORT: u16 = 8480;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    #[serde(default = "default_admin_address")]
+    address: String,
+    token_file: Option<String>,
+}
+
+fn default_admin_address() -> String {
+    format!("127.0.0.1:{ADMIN_PORT}")
 }
 
 /// Overload control (`overload`): the limits past which a shard answers new calls `503` with
@@ -727,6 +753,7 @@ struct RawProfile {
     admission: AdmissionConfig,
     #[serde(default)]
     overload: OverloadConfig,
+    admin: Option<RawAdmin>,
 }
 
 fn default_drain_timeout() -> u32 {
@@ -1298,6 +1325,50 @@ impl Validator<'_> {
         })
     }
 
+    /// The admin server's settings: an address, and a token read from its file (required off
+    /// loopback).
+    fn admin(&mut self, raw: &RawAdmin) -> Option<Admin> {
+        let line = self.line_of("admin:");
+        let Ok(address) = raw.address.parse::<SocketAddr>() else {
+            self.error(
+                self.line_of(&raw.address).or(line),
+                format!("admin: address '{}' is not IP:port", raw.address),
+            );
+            return None;
+        };
+        let token = match &raw.token_file {
+            None => None,
+            Some(file) => {
+                let path = self.profile_file(file);
+                match std::fs::read_to_string(&path) {
+                    Ok(text) if !text.trim().is_empty() => Some(text.trim().to_string()),
+                    Ok(_) => {
+                        self.error(
+                            self.line_of(file),
+                            format!("admin: token_file '{}' is empty", path.display()),
+                        );
+                        return None;
+                    }
+                    Err(err) => {
+                        self.error(
+                            self.line_of(file),
+                            format!("admin: token_file '{}': {err}", path.display()),
+                        );
+                        return None;
+                    }
+                }
+            }
+        };
+        if token.is_none() && !address.ip().is_loopback() {
+            self.error(
+                self.line_of(&raw.address).or(line),
+                format!("admin: bound to {address}, off loopback: a token_file is required"),
+            );
+            return None;
+        }
+        Some(Admin { address, token })
+    }
+
     /// A file the profile names, relative to the profile's folder.
     fn profile_file(&self, name: &str) -> PathBuf {
         self.path.parent().unwrap_or(Path::new(".")).join(name)
@@ -1841,6 +1912,7 @@ impl Profile {
                 );
             }
         }
+        let admin = raw.admin.as_ref().and_then(|admin| check.admin(admin));
         let mut lookups: Vec<Lookup> = Vec::new();
         for raw in &raw.lookups {
             if lookups.iter().any(|l| l.name == raw.name) {
@@ -1862,6 +1934,7 @@ impl Profile {
                 drain_timeout: raw.drain_timeout,
                 admission: raw.admission,
                 overload: raw.overload,
+                admin,
             })
         } else {
             Err(check.errors)
@@ -1925,6 +1998,42 @@ trunks:
         assert!(errors[0]
             .to_string()
             .starts_with("p.yaml:13: trunk 'teams': no listener"));
+    }
+
+    #[test]
+    fn the_admin_server_needs_a_token_off_loopback() {
+        let dir = std::env::temp_dir().join(format!("bh-admin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("token"), "  t0ken\n").expect("token");
+        std::fs::write(dir.join("empty"), "\n").expect("empty");
+        let path = dir.join("p.yaml");
+        let parse = |admin: &str| Profile::parse(&path, &format!("{GOOD}admin:\n{admin}"));
+        let local = parse("  {}\n").expect("valid");
+        assert_eq!(
+            local.admin,
+            Some(Admin {
+                address: ([127, 0, 0, 1], ADMIN_PORT).into(),
+                token: None
+            })
+        );
+        let errors = parse("  address: 0.0.0.0:8480\n").expect_err("no token");
+        assert!(
+            errors[0]
+                .message
+                .contains("off loopback: a token_file is required"),
+            "{}",
+            errors[0]
+        );
+        let guarded = parse("  address: 0.0.0.0:8480\n  token_file: token\n").expect("valid");
+        assert_eq!(
+            guarded.admin.and_then(|a| a.token),
+            Some("t0ken".to_string())
+        );
+        let errors = parse("  token_file: empty\n").expect_err("empty");
+        assert!(errors[0].message.contains("is empty"), "{}", errors[0]);
+        let errors = parse("  token_file: missing\n").expect_err("missing");
+        assert!(errors[0].to_string().contains("missing"), "{}", errors[0]);
+        std::fs::remove_dir_all(&dir).expect("clean up");
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! socket, a clock or a file.
 
 use crate::admission::{is_new_call, Admission, AdmissionStats, Arrival, Verdict};
+use crate::call::admin::{CallSummary, CallsSnapshot};
 use crate::call::join::CallNote;
 use crate::call::{CallInput, Calls, ClientOwner, Txns};
 use crate::config::Profile;
@@ -27,6 +28,36 @@ use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// A question or an order from the admin API for one shard.
+#[derive(Clone, Debug)]
+pub enum AdminQuery {
+    Snapshot,
+    Calls,
+    /// The call with this A-leg or B-leg Call-ID.
+    Call(String),
+    /// Hang up the call with this A-leg or B-leg Call-ID.
+    HangUp(String),
+}
+
+/// A shard's answer to an [`AdminQuery`].
+#[derive(Clone, Debug)]
+pub enum AdminAnswer {
+    Snapshot(Box<ShardSnapshot>),
+    Calls(Vec<CallSummary>),
+    Call(Option<Box<CallSummary>>),
+    /// Whether the shard had the call.
+    HungUp(bool),
+}
+
+/// What one shard tells the metrics about itself.
+#[derive(Clone, Debug, Default)]
+pub struct ShardSnapshot {
+    pub stats: EngineStats,
+    pub admission: AdmissionStats,
+    pub overload_refused: u64,
+    pub calls: CallsSnapshot,
+}
 
 /// What the engine itself counts (the call layer counts the rest).
 #[derive(Clone, Copy, Debug, Default)]
@@ -194,36 +225,31 @@ impl Engine {
     pub fn handle_message(&mut self, msg: Message, from: Peer, received: Instant, now: Instant) {
         self.traffic.messages_in += 1;
         let new_call = self.new_call(&msg, from);
-        if new_call && self.refused_for_overload(now.saturating_duration_since(received)) {
-            let input = CallInput::Unparsable {
-                partial: msg,
-                fault: Fault::Overloaded,
-                from,
-            };
-            self.handle(input, now);
-            return;
-        }
         let profile = (&*self.calls.current().profile, self.shards);
         let arrival = Arrival {
             from,
             new_call,
             known_dialog: self.calls.knows_dialog(&msg),
         };
-        match self.admission.check(&msg, arrival, profile, now) {
-            Verdict::Pass => self.handle(CallInput::Message { msg, from }, now),
-            Verdict::Drop => {}
-            Verdict::Refuse(fault) => {
-                let partial = msg;
-                self.handle(
-                    CallInput::Unparsable {
-                        partial,
-                        fault,
-                        from,
-                    },
-                    now,
-                );
-            }
-        }
+        // Admission first (bans, scanners, rates: a flood's source is counted and banned even
+        // while the shard is overloaded), then overload control for what admission passes.
+        let fault = match self.admission.check(&msg, arrival, profile, now) {
+            Verdict::Drop => return,
+            Verdict::Refuse(fault) => Some(fault),
+            Verdict::Pass if new_call => self
+                .refused_for_overload(now.saturating_duration_since(received), now)
+                .then_some(Fault::Overloaded),
+            Verdict::Pass => None,
+        };
+        let input = match fault {
+            Some(fault) => CallInput::Unparsable {
+                partial: msg,
+                fault,
+                from,
+            },
+            None => CallInput::Message { msg, from },
+        };
+        self.handle(input, now);
     }
 
     /// Whether `msg` starts a new call: an INVITE outside a dialog that is no retransmission
@@ -239,26 +265,31 @@ impl Engine {
     /// The driver's view of the shard's load (the profile's `overload` queue, CPU and calls
     /// limits): which new calls get 503 with Retry-After before anything else is done for
     /// them, while in-dialog requests and responses go on.
-    pub fn set_throttle(&mut self, throttle: Throttle) {
-        let was = self.overload.refusing();
+    pub fn set_throttle(&mut self, throttle: Throttle, now: Instant) {
+        let was = self.overload.refusing(now);
         self.overload.set(throttle);
-        self.log_overload(was, None);
+        let cause = if throttle.shut {
+            Some(Cause::Limit)
+        } else {
+            (throttle.share < 1.0).then_some(Cause::Cpu)
+        };
+        self.log_overload(was, cause, now);
     }
 
     /// Whether a new call that waited `waited` for the shard is refused for overload.
-    fn refused_for_overload(&mut self, waited: Duration) -> bool {
+    fn refused_for_overload(&mut self, waited: Duration, now: Instant) -> bool {
         let limit = self.calls.current().profile.overload.queue_delay_ms;
-        let was = self.overload.refusing();
+        let was = self.overload.refusing(now);
         let cause = self
             .overload
-            .check(waited, Duration::from_millis(limit.into()));
-        self.log_overload(was, cause);
+            .check(waited, Duration::from_millis(limit.into()), now);
+        self.log_overload(was, cause, now);
         cause.is_some()
     }
 
     /// Logs when the shard starts or stops refusing new calls.
-    fn log_overload(&self, was: bool, cause: Option<Cause>) {
-        let overloaded = self.overload.refusing();
+    fn log_overload(&self, was: bool, cause: Option<Cause>, now: Instant) {
+        let overloaded = self.overload.refusing(now);
         if overloaded != was {
             tracing::warn!(
                 overloaded,
@@ -278,6 +309,29 @@ impl Engine {
     /// What admission refused so far (rates, scanners, oversized requests, bans).
     pub fn admission_stats(&self) -> AdmissionStats {
         self.admission.stats()
+    }
+
+    /// Answers the admin API: the shard's counters and calls, one call, or hangs one up (its
+    /// BYEs or CANCEL are then waiting in [`Engine::poll_transmit`]).
+    pub fn admin(&mut self, query: AdminQuery, now: Instant) -> AdminAnswer {
+        match query {
+            AdminQuery::Snapshot => AdminAnswer::Snapshot(Box::new(ShardSnapshot {
+                stats: self.stats(),
+                admission: self.admission_stats(),
+                overload_refused: self.overload_refused(),
+                calls: self.calls.snapshot(),
+            })),
+            AdminQuery::Calls => AdminAnswer::Calls(self.calls.summaries(now)),
+            AdminQuery::Call(id) => AdminAnswer::Call(self.calls.find(&id, now).map(Box::new)),
+            AdminQuery::HangUp(id) => {
+                let had = self
+                    .calls
+                    .with(&mut self.txns)
+                    .hang_up_by_operator(&id, now);
+                self.drain_transactions(now);
+                AdminAnswer::HungUp(had)
+            }
+        }
     }
 
     /// The clock reached a deadline returned by [`Engine::poll_timeout`].

@@ -95,6 +95,24 @@ enum Command {
         #[arg(long, short)]
         verbose: bool,
     },
+    /// Ask a running Bridgehead through its admin API (the profile's `admin` section).
+    Ctl {
+        /// The admin server.
+        #[arg(
+            long,
+            env = "BRIDGEHEAD_ADMIN_URL",
+            default_value = "http://127.0.0.1:8480"
+        )]
+        url: String,
+        /// A file holding the bearer token the server requires.
+        #[arg(long, env = "BRIDGEHEAD_ADMIN_TOKEN_FILE")]
+        token_file: Option<PathBuf>,
+        /// Print the API's JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        order: CtlOrder,
+    },
     /// Run the rule unit tests (`*_test.lua` files) under a directory.
     Test {
         /// Where the rules and their tests are.
@@ -104,6 +122,23 @@ enum Command {
         #[arg(long, default_value = "profiles/default.yaml")]
         profile: PathBuf,
     },
+}
+
+/// What `bridgehead ctl` asks.
+#[derive(Subcommand)]
+enum CtlOrder {
+    /// Version, uptime, shards and calls.
+    Status,
+    /// The calls in progress.
+    List,
+    /// One call, by its A-leg or B-leg Call-ID.
+    Show { call_id: String },
+    /// Hang up a call (BYE with a Reason on both legs; 503 and CANCEL before the answer).
+    Hangup { call_id: String },
+    /// Reload the profile and its rules; prints the new version or why it was refused.
+    Reload,
+    /// Drain: refuse new calls, let those in progress run until `drain_timeout`, then stop.
+    Drain,
 }
 
 /// Loads a profile and compiles its rules once, to report every error before anything runs.
@@ -161,6 +196,30 @@ fn main() -> ExitCode {
             ..
         } => replay(&paths, record, junit.as_deref(), profile.as_deref()),
         Command::Test { dir, profile } => rule_tests(&dir, &profile),
+        Command::Ctl {
+            url,
+            token_file,
+            json,
+            order,
+        } => {
+            use bridgehead::observe::ctl::{self, Order, Target};
+            let token = match token_file.map(std::fs::read_to_string).transpose() {
+                Ok(token) => token.map(|t| t.trim().to_string()),
+                Err(err) => {
+                    eprintln!("ctl: token file: {err}");
+                    return ExitCode::from(2);
+                }
+            };
+            let order = match order {
+                CtlOrder::Status => Order::Status,
+                CtlOrder::List => Order::List,
+                CtlOrder::Show { call_id } => Order::Show(call_id),
+                CtlOrder::Hangup { call_id } => Order::HangUp(call_id),
+                CtlOrder::Reload => Order::Reload,
+                CtlOrder::Drain => Order::Drain,
+            };
+            ExitCode::from(ctl::run(&Target { url, token, json }, &order))
+        }
         Command::Run { profile } => {
             let profile = match load(&profile) {
                 Ok(profile) => profile,

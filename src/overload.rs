@@ -120,7 +120,15 @@ impl Load {
                 1.0
             } else {
                 let ratio = f64::from(limits.cpu_percent) / f64::from(self.percent.max(1));
-                (self.throttle.share * ratio.max(0.5)).clamp(MIN_SHARE, 1.0)
+                let next = self.throttle.share * ratio.max(0.5);
+                // All of them again only well below the limit (a tenth), so that a shard at
+                // its limit does not flip between all and a share every window.
+                let well_below = self.percent * 10 <= limits.cpu_percent * 9;
+                if next >= 1.0 && (self.throttle.share >= 1.0 || well_below) {
+                    1.0
+                } else {
+                    next.clamp(MIN_SHARE, 0.99)
+                }
             };
         }
         self.throttle
@@ -153,8 +161,9 @@ pub struct Gate {
     throttle: Throttle,
     /// The CPU share's running credit: a new call is taken while it holds a whole one.
     credit: f64,
-    /// A late INVITE was refused and no new call was taken promptly since.
-    late: bool,
+    /// A late INVITE was refused and no new call was taken promptly since; the spell ends by
+    /// itself a window after the last late one.
+    late_until: Option<Instant>,
     /// New calls refused so far.
     pub refused: u64,
 }
@@ -164,7 +173,7 @@ impl Default for Gate {
         Gate {
             throttle: Throttle::default(),
             credit: 0.0,
-            late: false,
+            late_until: None,
             refused: 0,
         }
     }
@@ -172,8 +181,10 @@ impl Default for Gate {
 
 impl Gate {
     /// Whether the gate refuses anything now.
-    pub fn refusing(&self) -> bool {
-        self.throttle.shut || self.throttle.share < 1.0 || self.late
+    pub fn refusing(&self, now: Instant) -> bool {
+        self.throttle.shut
+            || self.throttle.share < 1.0
+            || self.late_until.is_some_and(|until| until > now)
     }
 
     /// The driver's latest throttle.
@@ -183,24 +194,31 @@ impl Gate {
 
     /// A new call whose INVITE waited `waited` for the shard: None to take it, the cause to
     /// refuse it. A call taken after waiting less than half `queue_delay` ends a late spell.
-    pub fn check(&mut self, waited: Duration, queue_delay: Duration) -> Option<Cause> {
+    pub fn check(
+        &mut self,
+        waited: Duration,
+        queue_delay: Duration,
+        now: Instant,
+    ) -> Option<Cause> {
         let cause = if self.throttle.shut {
             Some(Cause::Limit)
         } else if waited > queue_delay {
-            self.late = true;
+            self.late_until = Some(now + LOAD_WINDOW);
             Some(Cause::QueueDelay)
         } else {
-            self.credit = (self.credit + self.throttle.share).min(1.0);
-            if self.credit >= 1.0 - f64::EPSILON {
+            // Taken while the credit holds a whole call; what is left over carries to the next
+            // (capped at one call, so that a quiet spell does not let a burst through).
+            self.credit += self.throttle.share;
+            let taken = self.credit >= 1.0 - 1e-9;
+            if taken {
                 self.credit -= 1.0;
-                None
-            } else {
-                Some(Cause::Cpu)
             }
+            self.credit = self.credit.clamp(0.0, 1.0);
+            (!taken).then_some(Cause::Cpu)
         };
         match cause {
             Some(_) => self.refused += 1,
-            None if waited * 2 < queue_delay => self.late = false,
+            None if waited * 2 < queue_delay => self.late_until = None,
             None => {}
         }
         cause
@@ -289,36 +307,50 @@ mod tests {
     #[test]
     fn the_gate_refuses_late_invites_and_takes_the_cpu_share_evenly() {
         let delay = Duration::from_millis(200);
+        let now = Instant::now();
         let mut gate = Gate::default();
-        assert_eq!(gate.check(Duration::from_millis(150), delay), None);
-        assert!(!gate.refusing());
+        assert_eq!(gate.check(Duration::from_millis(150), delay, now), None);
+        assert!(!gate.refusing(now));
         assert_eq!(
-            gate.check(Duration::from_millis(201), delay),
+            gate.check(Duration::from_millis(201), delay, now),
             Some(Cause::QueueDelay)
         );
-        assert!(gate.refusing());
+        assert!(gate.refusing(now));
         // Taken, but not yet prompt: still a late spell.
-        assert_eq!(gate.check(Duration::from_millis(150), delay), None);
-        assert!(gate.refusing());
-        assert_eq!(gate.check(Duration::from_millis(10), delay), None);
-        assert!(!gate.refusing());
-        // A share of 0.25: one in four taken, evenly.
+        assert_eq!(gate.check(Duration::from_millis(150), delay, now), None);
+        assert!(gate.refusing(now));
+        assert_eq!(gate.check(Duration::from_millis(10), delay, now), None);
+        assert!(!gate.refusing(now));
+        // A late spell ends by itself a window after the last late INVITE.
+        gate.check(Duration::from_millis(300), delay, now);
+        assert!(gate.refusing(now + LOAD_WINDOW / 2));
+        assert!(!gate.refusing(now + LOAD_WINDOW));
+        // The share taken is the share set, evenly.
+        for (share, of_100) in [(0.25, 25), (0.405, 40), (0.9, 90), (0.99, 99)] {
+            gate.set(Throttle { shut: false, share });
+            let taken = (0..100)
+                .filter(|_| gate.check(Duration::ZERO, delay, now).is_none())
+                .count();
+            assert!(taken.abs_diff(of_100) <= 1, "share {share}: {taken} of 100");
+        }
         gate.set(Throttle {
             shut: false,
             share: 0.25,
         });
+        gate.credit = 0.0;
         let taken: Vec<bool> = (0..8)
-            .map(|_| gate.check(Duration::ZERO, delay).is_none())
+            .map(|_| gate.check(Duration::ZERO, delay, now).is_none())
             .collect();
         assert_eq!(
             taken,
             [false, false, false, true, false, false, false, true]
         );
+        let before = gate.refused;
         gate.set(Throttle {
             shut: true,
             share: 1.0,
         });
-        assert_eq!(gate.check(Duration::ZERO, delay), Some(Cause::Limit));
-        assert_eq!(gate.refused, 8);
+        assert_eq!(gate.check(Duration::ZERO, delay, now), Some(Cause::Limit));
+        assert_eq!(gate.refused, before + 1);
     }
 }

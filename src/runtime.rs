@@ -12,6 +12,7 @@
 use crate::config::Profile;
 use crate::engine::Engine;
 use crate::media::relay::Relay;
+use crate::observe::ReloadRequest;
 use crate::overload::{thread_cpu, Load};
 use crate::script::reload::{self, Compiled};
 use crate::script::{RuleMetrics, RuleSet};
@@ -140,14 +141,32 @@ pub fn run(mut profile: Profile) -> anyhow::Result<()> {
                 "listening"
             );
         }
-        let (reload_tx, reload_rx) = mpsc::unbounded_channel();
+        let (reload_tx, reload_rx) = mpsc::unbounded_channel::<ReloadRequest>();
 
         let watch_tx = reload_tx.clone();
         let _watcher = reload::watch(&profile, move || {
-            let _ = watch_tx.send(());
+            let _ = watch_tx.send(None);
         })
         .map_err(|err| tracing::warn!("not watching rule files ({err}): reload with SIGHUP"))
         .ok();
+        metrics.version.store(1, Ordering::Relaxed);
+        // The admin server: the operator's drain comes in as SIGTERM's does.
+        let (admin_drain_tx, mut admin_drain) = mpsc::unbounded_channel();
+        if let Some(admin) = &profile.admin {
+            let listener = crate::observe::bind(admin.address).await?;
+            let observed = Arc::new(crate::observe::Observed {
+                hub: hub.clone(),
+                rules: metrics.clone(),
+                relay: relay.as_ref().map(|relay| relay.stats.clone()),
+                health: health.clone(),
+                reload: reload_tx.clone(),
+                drain: admin_drain_tx,
+                token: admin.token.clone(),
+                started: Instant::now(),
+            });
+            tracing::info!(address = %listener.local_addr()?, "admin listening");
+            tokio::spawn(crate::observe::serve(listener, observed));
+        }
         tokio::spawn(reloader(
             profile.clone(),
             shards,
@@ -172,7 +191,11 @@ pub fn run(mut profile: Profile) -> anyhow::Result<()> {
             tokio::select! {
                 _ = hangup.recv() => {
                     tracing::info!("SIGHUP: reloading");
-                    let _ = reload_tx.send(());
+                    let _ = reload_tx.send(None);
+                }
+                Some(()) = admin_drain.recv() => {
+                    tracing::info!("admin: draining");
+                    drain.get_or_insert_with(|| Drain::start(&hub, shards));
                 }
                 result = tokio::signal::ctrl_c() => {
                     result?;
@@ -249,7 +272,7 @@ async fn reloader(
     shards: usize,
     metrics: Arc<RuleMetrics>,
     (senders, hub): (Vec<mpsc::UnboundedSender<ShardInput>>, Arc<Hub>),
-    (refresh, mut requests): (Option<Duration>, mpsc::UnboundedReceiver<()>),
+    (refresh, mut requests): (Option<Duration>, mpsc::UnboundedReceiver<ReloadRequest>),
 ) {
     let mut version = 1;
     // The one pending re-resolution of the peer names (their TTL): a reload, as a request.
@@ -261,12 +284,13 @@ async fn reloader(
                 None => std::future::pending().await,
             }
         };
+        // Who waits for this reload's outcome (the admin API).
+        let mut waiting = Vec::new();
         tokio::select! {
-            request = requests.recv() => {
-                if request.is_none() {
-                    return;
-                }
-            }
+            request = requests.recv() => match request {
+                Some(reply) => waiting.extend(reply),
+                None => return,
+            },
             () = due => tracing::debug!("peer names expired: resolving them again"),
         }
         refresh_at = None;
@@ -276,7 +300,10 @@ async fn reloader(
         let mut quiet_from = tokio::time::Instant::now() + DEBOUNCE;
         loop {
             match tokio::time::timeout_at(quiet_from, requests.recv()).await {
-                Ok(Some(())) => quiet_from = tokio::time::Instant::now() + DEBOUNCE,
+                Ok(Some(reply)) => {
+                    waiting.extend(reply);
+                    quiet_from = tokio::time::Instant::now() + DEBOUNCE;
+                }
                 Ok(None) => return,
                 Err(_elapsed) => break,
             }
@@ -318,7 +345,11 @@ async fn reloader(
                     let _ = sender.send(ShardInput::Reload(set));
                 }
                 version = next;
+                metrics.version.store(version, Ordering::Relaxed);
                 metrics.reloads.fetch_add(1, Ordering::Relaxed);
+                for reply in waiting {
+                    let _ = reply.send(Ok(version));
+                }
                 tracing::info!(
                     version,
                     took_ms = started.elapsed().as_millis() as u64,
@@ -340,10 +371,17 @@ async fn reloader(
                     version,
                     "reload refused: version {version} stays in service"
                 );
+                let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                for reply in waiting {
+                    let _ = reply.send(Err(errors.clone()));
+                }
             }
             Err(err) => {
                 metrics.reload_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::error!("reload failed: {err}");
+                for reply in waiting {
+                    let _ = reply.send(Err(vec![format!("reload failed: {err}")]));
+                }
             }
         }
     }
@@ -452,7 +490,8 @@ async fn run_shard(
         let woke = Instant::now();
         load.worked(busy, woke, thread_cpu);
         let limits = engine.profile().overload;
-        engine.set_throttle(load.throttle(&limits, hub.waiting(shard), engine.active_calls()));
+        let throttle = load.throttle(&limits, hub.waiting(shard), engine.active_calls());
+        engine.set_throttle(throttle, woke);
         match woken_by {
             Wake::Datagram(datagram) => {
                 let mut received = Some(datagram);
@@ -550,5 +589,8 @@ fn handle(engine: &mut Engine, input: ShardInput) {
         ShardInput::LookupAnswer(id, answer) => engine.handle_lookup_answer(id, answer, now),
         ShardInput::Note(note) => engine.handle_note(note, now),
         ShardInput::Drain(deadline) => engine.drain(deadline),
+        ShardInput::Admin(query, reply) => {
+            let _ = reply.send(engine.admin(query, now));
+        }
     }
 }

@@ -50,6 +50,11 @@ pub enum ShardInput {
     Note(crate::call::join::CallNote),
     /// Drain (SIGTERM): refuse new calls, end the rest at this instant.
     Drain(std::time::Instant),
+    /// The admin API asks; the answer goes back on the channel.
+    Admin(
+        crate::engine::AdminQuery,
+        tokio::sync::oneshot::Sender<crate::engine::AdminAnswer>,
+    ),
 }
 
 /// The bound sockets and open connections, shared by receivers and shards.
@@ -264,6 +269,16 @@ impl Hub {
         for listener in streams {
             self.runtime.spawn(stream_accept(self.clone(), listener));
         }
+    }
+
+    /// The shard that owns the call with Call-ID `call_id` (either leg's).
+    pub fn shard_of_call(&self, call_id: &str) -> usize {
+        shard_for_call_id(call_id.trim().as_bytes(), self.shards.len())
+    }
+
+    /// How many shards there are.
+    pub fn shards(&self) -> usize {
+        self.shards.len()
     }
 
     /// The shard that owns a message's call (by its Call-ID).

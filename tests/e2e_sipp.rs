@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::sipp::{scenario, wait_listening, Sipp, Traced, Transport};
+use common::sipp::{far_end_args, scenario, wait_listening, Sipp, Traced, Transport};
 use common::{free_udp_port, scratch_dir, Sbc};
 use std::time::{Duration, Instant};
 
@@ -657,21 +657,6 @@ fn five_hundred_calls_at_100_per_second_across_three_shards() {
             .count();
         assert_eq!(byes_answered, 500);
     }
-}
-
-/// A SIPp far end's arguments: on 127.0.0.1:`port`, `calls` calls (0: as many as come),
-/// failing after 30 s, then `extra`.
-fn far_end_args(port: u16, calls: u32, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = ["-i", "127.0.0.1", "-p", &port.to_string()]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    if calls > 0 {
-        args.extend(["-m".to_string(), calls.to_string()]);
-    }
-    args.extend(["-timeout", "30s", "-timeout_error"].map(String::from));
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
 }
 
 /// Rules that send every transfer to the `pstn` trunk.

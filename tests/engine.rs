@@ -3701,7 +3701,7 @@ fn an_overloaded_shard_refuses_new_calls_and_keeps_the_ones_it_has() {
         shut: true,
         share: 1.0,
     };
-    sim.engine.set_throttle(shut);
+    sim.engine.set_throttle(shut, sim.now);
     // A retransmission of an INVITE under way is no new call: its 100 again, no 503.
     let out = sim.core_sends(&ringing);
     assert_eq!(summary(&out), [format!("100->{CORE_PEER}")]);
@@ -3711,7 +3711,7 @@ fn an_overloaded_shard_refuses_new_calls_and_keeps_the_ones_it_has() {
     assert_eq!(sim.engine.overload_refused(), 1);
     let out = teams_hangs_up(&mut sim, &b);
     assert_eq!(summary(&out), [format!("BYE->{CORE_PEER}")]);
-    sim.engine.set_throttle(Throttle::default());
+    sim.engine.set_throttle(Throttle::default(), sim.now);
     let out = sim.core_sends(&invite("new-2", "z9hG4bKnew2", ""));
     assert!(summary(&out).contains(&format!("INVITE->{TEAMS_PEER}")));
 }

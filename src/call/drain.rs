@@ -97,26 +97,8 @@ impl B2bua<'_> {
             "drain timeout: ending the calls still up"
         );
         for key in keys {
-            let Some(call) = self.calls.by_key.get(&key) else {
-                continue;
-            };
             self.calls.stats.drain_ended += 1;
-            if matches!(call.state, CallState::Answered { .. }) {
-                self.hang_up(key, "drain", Some(DRAIN_REASON), now);
-                continue;
-            }
-            let (server, cancelled, rang) =
-                (call.a_invite, call.state.is_cancelled(), call.state.rang());
-            // A CANCEL goes only to a callee that sent a provisional (RFC 3261 §9.1) and was
-            // not cancelled yet; one that answers later, for a call gone, gets a CANCEL or an
-            // ACK and a BYE then.
-            if rang && !cancelled {
-                self.cancel_b_invite(key, now);
-            }
-            if !cancelled {
-                self.reply_local(key, Leg::A, server, 503, now);
-            }
-            self.end_call(key, "drain", None, now);
+            self.end_now(key, "drain", DRAIN_REASON, now);
         }
         self.refuse_waiting(now);
     }

@@ -16,6 +16,7 @@
 //! out as the transaction table's events (responses, requests and stateless answers to send,
 //! timers armed) and as media commands ([`Calls::poll_media`]). `call` never names the engine.
 
+pub mod admin;
 pub mod build;
 mod cancel;
 mod drain;
@@ -448,6 +449,8 @@ impl CallState {
 pub struct Call {
     /// The A-leg Call-ID, used in logs and as `call.id` in rules.
     pub id: String,
+    /// When the caller's INVITE came.
+    started: Instant,
     pub ingress: TrunkId,
     /// The rule-set version the call started on; it keeps it to the end.
     pub rules: Arc<RuleSet>,

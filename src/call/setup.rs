@@ -554,6 +554,7 @@ impl B2bua<'_> {
         let call_key = self.next_id();
         let call = Call {
             id: info.call_id,
+            started: now,
             ingress: trunk,
             rules,
             script,

@@ -217,6 +217,8 @@ pub struct RuleMetrics {
     hooks: Mutex<BTreeMap<(PathBuf, Hook), Arc<HookCounters>>>,
     user: Mutex<BTreeMap<(String, Labels), u64>>,
     lookups: Mutex<BTreeMap<String, Arc<LookupState>>>,
+    /// The rule-set version new calls take (the reloader sets it).
+    pub version: AtomicU64,
     /// Reloads that became current, and reloads refused.
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,

@@ -128,6 +128,10 @@ pub fn compile(
         restart_needed.push("shards changed".to_string());
         profile.shards = running.shards;
     }
+    if profile.admin != running.admin {
+        restart_needed.push("admin changed".to_string());
+        profile.admin = running.admin.clone();
+    }
     let profile = Arc::new(profile);
     let mut sets = Vec::with_capacity(shards);
     for _ in 0..shards {

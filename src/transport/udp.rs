@@ -151,7 +151,11 @@ impl UdpSockets {
             // was read past its readiness) is read through it, which clears the readiness
             // at the first WouldBlock; polling again then registers the waker.
             for (listener, socket) in &self.sockets {
-                while let Poll::Ready(ready) = socket.poll_recv_ready(cx) {
+                // Twice at most: a stale readiness is cleared by the first WouldBlock.
+                for _ in 0..2 {
+                    let Poll::Ready(ready) = socket.poll_recv_ready(cx) else {
+                        break;
+                    };
                     let received = ready.and_then(|()| {
                         socket.try_io(Interest::READABLE, || self.receive(*listener, socket, buf))
                     });
@@ -252,9 +256,12 @@ fn socket_addr(addr: SockaddrStorage) -> Option<SocketAddr> {
         .map(|v6| SocketAddr::V6((*v6).into()))
 }
 
+/// A wait longer than this is a wall clock stepped forward, not a wait.
+const MAX_WAIT: Duration = Duration::from_secs(10);
+
 /// When a datagram stamped `stamp` (the kernel's wall clock) arrived, on the monotonic clock:
-/// `now` less what the wall clock says it waited. No stamp, or one ahead of the wall clock
-/// (a clock stepped back), is taken as arriving now.
+/// `now` less what the wall clock says it waited. No stamp, one ahead of the wall clock (a
+/// clock stepped back) or one implausibly old (stepped forward) is taken as arriving now.
 fn arrival(stamp: Option<nix::sys::time::TimeSpec>, now: Instant, wall: SystemTime) -> Instant {
     let Some(stamp) = stamp else { return now };
     let since_epoch = Duration::new(
@@ -264,6 +271,9 @@ fn arrival(stamp: Option<nix::sys::time::TimeSpec>, now: Instant, wall: SystemTi
     let waited = wall
         .duration_since(SystemTime::UNIX_EPOCH + since_epoch)
         .unwrap_or_default();
+    if waited > MAX_WAIT {
+        return now;
+    }
     now.checked_sub(waited).unwrap_or(now)
 }
 
@@ -316,23 +326,28 @@ mod tests {
         let to = bound.local_addr().expect("addr");
         let sockets = UdpSockets::new(vec![(0, bound)]).expect("sockets");
         let sender = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+        let mut buf = [0u8; 64];
+        // The kernel turns stamping on a moment after it is asked for (deferred work): until
+        // then a datagram has no stamp and is taken as arriving when read.
+        sender.send_to(b"warm-up", to).expect("send");
+        sockets.recv(&mut buf).await;
+        std::thread::sleep(Duration::from_millis(20));
         sender.send_to(b"first", to).expect("send");
         let sent = Instant::now();
-        std::thread::sleep(Duration::from_millis(50));
-        let mut buf = [0u8; 64];
+        std::thread::sleep(Duration::from_millis(200));
         let first = sockets.recv(&mut buf).await;
         assert_eq!(&buf[..first.len], b"first");
         assert_eq!(first.peer.addr, sender.local_addr().expect("addr"));
         let waited = first.received.elapsed();
         assert!(
-            waited >= Duration::from_millis(45)
+            waited >= Duration::from_millis(195)
                 && first.received <= sent + Duration::from_millis(5),
             "waited {waited:?}"
         );
         assert!(sockets.try_recv(&mut buf).is_none());
         sender.send_to(b"second", to).expect("send");
         let second = sockets.recv(&mut buf).await;
-        assert!(second.received.elapsed() < Duration::from_millis(45));
+        assert!(second.received.elapsed() < Duration::from_millis(150));
     }
 
     #[test]
@@ -354,6 +369,11 @@ mod tests {
         assert_eq!(
             arrival(stamp(epoch + Duration::from_secs(5)), now, wall),
             now
+        );
+        assert_eq!(
+            arrival(stamp(epoch - Duration::from_secs(60)), now, wall),
+            now,
+            "a clock stepped forward"
         );
     }
 }

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod http;
 pub mod pki;
 pub mod rtp_capture;
 pub mod sipp;

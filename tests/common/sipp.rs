@@ -295,3 +295,18 @@ pub fn callee_args(
     }
     args
 }
+
+/// A SIPp far end's arguments: on 127.0.0.1:`port`, `calls` calls (0: as many as come),
+/// failing after 30 s, then `extra`.
+pub fn far_end_args(port: u16, calls: u32, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["-i", "127.0.0.1", "-p", &port.to_string()]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    if calls > 0 {
+        args.extend(["-m".to_string(), calls.to_string()]);
+    }
+    args.extend(["-timeout", "30s", "-timeout_error"].map(String::from));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}

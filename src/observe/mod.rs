@@ -1,0 +1,78 @@
+//! Seeing it run: the admin HTTP server (axum, on the shared runtime, never on a shard's
+//! thread) with Prometheus metrics (`/metrics`) and the admin API (`/api/…`) that
+//! `bridgehead ctl` uses.
+//!
+//! What shards own (their counters, their calls) is asked of them through their queues
+//! ([`AdminQuery`]): a scrape or an API call costs the shards one message each and nothing on
+//! their hot path. What is process-wide (rule metrics, the relay, the transports, peer health)
+//! is read where it is.
+
+mod api;
+pub mod ctl;
+
+mod metrics;
+
+use crate::engine::{AdminAnswer, AdminQuery};
+use crate::media::relay::RelayStats;
+use crate::script::RuleMetrics;
+use crate::shared::PeerHealth;
+use crate::transport::{Hub, ShardInput};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// How long the server waits for a shard's answer.
+const SHARD_WAIT: Duration = Duration::from_secs(2);
+
+/// A reload asked for, with where its outcome goes (the new version, or why it was refused).
+pub type ReloadRequest = Option<oneshot::Sender<Result<u64, Vec<String>>>>;
+
+/// What the admin server reads and whom it asks.
+pub struct Observed {
+    pub hub: Arc<Hub>,
+    pub rules: Arc<RuleMetrics>,
+    pub relay: Option<Arc<RelayStats>>,
+    pub health: Arc<PeerHealth>,
+    /// The reloader's requests.
+    pub reload: mpsc::UnboundedSender<ReloadRequest>,
+    /// Asks the process to drain (as SIGTERM does).
+    pub drain: mpsc::UnboundedSender<()>,
+    /// The bearer token every request must carry, when the profile sets one.
+    pub token: Option<String>,
+    pub started: Instant,
+}
+
+impl Observed {
+    /// Asks shard `shard`; None when it does not answer in time.
+    async fn ask(&self, shard: usize, query: AdminQuery) -> Option<AdminAnswer> {
+        let (reply, answer) = oneshot::channel();
+        self.hub.to_shard(shard, ShardInput::Admin(query, reply));
+        tokio::time::timeout(SHARD_WAIT, answer).await.ok()?.ok()
+    }
+
+    /// Asks every shard at once; the answers of those that answered in time.
+    async fn ask_all(&self, query: AdminQuery) -> Vec<AdminAnswer> {
+        let asked: Vec<_> = (0..self.hub.shards())
+            .map(|shard| self.ask(shard, query.clone()))
+            .collect();
+        let mut answers = Vec::with_capacity(asked.len());
+        for answer in asked {
+            answers.extend(answer.await);
+        }
+        answers
+    }
+}
+
+/// Binds the admin server's address (before anything is served: a start fails when it cannot).
+pub async fn bind(address: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|err| anyhow::anyhow!("admin: cannot bind {address}: {err}"))
+}
+
+/// Serves the admin API and the metrics on `listener` until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, observed: Arc<Observed>) {
+    if let Err(err) = axum::serve(listener, api::router(observed)).await {
+        tracing::error!("admin server stopped: {err}");
+    }
+}

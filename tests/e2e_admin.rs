@@ -1,0 +1,287 @@
+//! The admin server of the real `bridgehead` binary, driven over HTTP while SIPp places calls:
+//! Prometheus metrics that match what SIPp counted, the admin API listing, showing and hanging
+//! up live calls (both far ends get a BYE), reload and drain through the API, and the bearer
+//! token.
+
+mod common;
+
+use common::http::{request, sample};
+use common::sipp::{far_end_args, scenario, wait_listening, Sipp, Transport};
+use common::{core_teams_profile, scratch_dir, Sbc};
+use std::time::{Duration, Instant};
+
+/// Rules that count each routed call per trunk (`bh.metric`) and let the default route run.
+const COUNTING_RULES: &str =
+    "return { on_invite = function(call, req) bh.metric.inc('routed', { trunk = call.trunk.name }) end }\n";
+
+/// A profile with the admin server on its own free port and `rules` as every trunk's script.
+fn admin_profile(dir: &std::path::Path, rules: &str, admin: &str) -> String {
+    let script = dir.join("rules.lua");
+    std::fs::write(&script, rules).expect("rules");
+    // After the listeners: the harness checks readiness on the first port it finds.
+    let profile = core_teams_profile("drain_timeout: 2\n", "", "")
+        .replace("{script}", &script.display().to_string());
+    format!("{profile}admin:\n  address: 127.0.0.1:{{admin}}\n{admin}")
+}
+
+/// Runs `bridgehead ctl ARGS` against the admin server on `port`: its exit code and output.
+fn ctl(port: u16, token_file: Option<&std::path::Path>, args: &[&str]) -> (i32, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_bridgehead"));
+    command
+        .args(["ctl", "--url", &format!("http://127.0.0.1:{port}")])
+        .env_remove("BRIDGEHEAD_ADMIN_TOKEN_FILE");
+    if let Some(file) = token_file {
+        command.arg("--token-file").arg(file);
+    }
+    let out = command.args(args).output().expect("bridgehead ctl");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn metrics(sbc: &Sbc) -> String {
+    let answer = request(sbc.port("admin"), "GET", "/metrics", None);
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    answer.body
+}
+
+/// Waits until `ready` holds for the text of `/metrics`.
+fn metrics_until(sbc: &Sbc, ready: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = metrics(sbc);
+        if ready(&text) || Instant::now() > deadline {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn metrics_scraped_during_a_sipp_run_match_what_sipp_counted() {
+    let dir = scratch_dir("admin-metrics");
+    let sbc = Sbc::start(&admin_profile(&dir, COUNTING_RULES, ""));
+    let callee = Sipp::start(
+        &dir,
+        "callee",
+        &far_end_args(sbc.port("teams_peer"), 0, &["-sf", &scenario("callee")]),
+    );
+    wait_listening(sbc.port("teams_peer"), Transport::Udp);
+    let core = format!("127.0.0.1:{}", sbc.port("core"));
+    let mut args = far_end_args(
+        sbc.port("softswitch"),
+        10,
+        &["-r", "5", "-d", "1500", "-sf", &scenario("caller")],
+    );
+    args.push(core.clone());
+    let mut caller = Sipp::start(&dir, "caller", &args);
+    // While calls are up, the gauge shows them.
+    let during = metrics_until(&sbc, |text| {
+        sample(text, "bridgehead_calls_active{state=\"answered\"}").is_some_and(|n| n >= 1.0)
+    });
+    assert!(
+        sample(&during, "bridgehead_calls_active{state=\"answered\"}").is_some_and(|n| n >= 1.0),
+        "{during}"
+    );
+    let status = caller.wait(Instant::now() + Duration::from_secs(30));
+    assert_eq!(status, Some(0), "{}\n{}", caller.report(), sbc.log());
+    drop(callee);
+    // A busy callee: every call fails with 486.
+    let busy = Sipp::start(
+        &dir,
+        "busy",
+        &far_end_args(
+            sbc.port("teams_peer"),
+            0,
+            &["-sf", &scenario("callee_busy")],
+        ),
+    );
+    wait_listening(sbc.port("teams_peer"), Transport::Udp);
+    let mut args = far_end_args(
+        sbc.port("softswitch"),
+        3,
+        &["-sf", &scenario("caller_rejected")],
+    );
+    args.push(core);
+    let mut rejected = Sipp::start(&dir, "rejected", &args);
+    let status = rejected.wait(Instant::now() + Duration::from_secs(30));
+    assert_eq!(status, Some(0), "{}\n{}", rejected.report(), sbc.log());
+    drop(busy);
+    let text = metrics_until(&sbc, |text| {
+        sample(text, "bridgehead_calls_active{state=\"answered\"}") == Some(0.0)
+            && sample(text, "bridgehead_calls_failed_total") == Some(3.0)
+    });
+    // SIPp placed 13 calls: 10 answered and hung up, 3 refused with 486.
+    for (series, expected) in [
+        ("bridgehead_calls_started_total", 13.0),
+        ("bridgehead_calls_answered_total", 10.0),
+        ("bridgehead_calls_failed_total", 3.0),
+        ("bridgehead_calls_active{state=\"answered\"}", 0.0),
+        ("bridgehead_calls_active{state=\"setup\"}", 0.0),
+        (
+            "bridgehead_rule_counter_total{counter=\"routed\",trunk=\"core\"}",
+            13.0,
+        ),
+        ("bridgehead_rules_version", 1.0),
+        ("bridgehead_reloads_total", 0.0),
+        ("bridgehead_overload_refused_total", 0.0),
+    ] {
+        assert_eq!(sample(&text, series), Some(expected), "{series}\n{text}");
+    }
+    // Each call's INVITE, ACK and BYE came from the core, with the callee's answers.
+    let messages_in = sample(&text, "bridgehead_messages_total{direction=\"in\"}").expect("in");
+    assert!(messages_in >= 13.0 * 3.0, "{text}");
+    let script = dir.join("rules.lua").display().to_string();
+    let calls =
+        format!("bridgehead_rule_hook_seconds_count{{script=\"{script}\",hook=\"on_invite\"}}");
+    assert_eq!(sample(&text, &calls), Some(13.0), "{text}");
+    let slowest = format!(
+        "bridgehead_rule_hook_seconds_bucket{{le=\"+Inf\",script=\"{script}\",hook=\"on_invite\"}}"
+    );
+    assert_eq!(sample(&text, &slowest), Some(13.0), "{text}");
+    assert!(text.ends_with("# EOF\n"), "OpenMetrics ends with # EOF");
+}
+
+#[test]
+fn the_admin_api_lists_shows_and_hangs_up_live_calls() {
+    let dir = scratch_dir("admin-calls");
+    std::fs::write(dir.join("token"), "s3cret\n").expect("token");
+    let token_file = format!("  token_file: {}\n", dir.join("token").display());
+    let sbc = Sbc::start(&admin_profile(&dir, "return {}\n", &token_file));
+    let admin = sbc.port("admin");
+    // The token is required.
+    let refused = request(admin, "GET", "/api/calls", None);
+    assert_eq!(refused.status, 401, "{}", refused.body);
+    let refused = request(admin, "GET", "/metrics", Some("wrong"));
+    assert_eq!(refused.status, 401);
+    let token = Some("s3cret");
+    let mut callee = Sipp::start(
+        &dir,
+        "callee",
+        &far_end_args(sbc.port("teams_peer"), 2, &["-sf", &scenario("callee")]),
+    );
+    wait_listening(sbc.port("teams_peer"), Transport::Udp);
+    let mut args = far_end_args(
+        sbc.port("softswitch"),
+        2,
+        &["-r", "10", "-sf", &scenario("caller_hungup")],
+    );
+    args.push(format!("127.0.0.1:{}", sbc.port("core")));
+    let mut caller = Sipp::start(&dir, "caller", &args);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let calls = loop {
+        let calls = request(admin, "GET", "/api/calls", token).json();
+        let answered = calls
+            .as_array()
+            .expect("a list")
+            .iter()
+            .filter(|c| c["state"] == "answered")
+            .count();
+        if answered == 2 || Instant::now() > deadline {
+            break calls;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let calls = calls.as_array().expect("a list").clone();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    for call in &calls {
+        assert_eq!(call["state"], "answered");
+        assert_eq!(call["a"]["trunk"], "core");
+        assert_eq!(call["b"]["trunk"], "teams");
+        assert_eq!(call["version"], 1);
+        assert!(call["a"]["peer"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("udp:127.0.0.1:")));
+    }
+    // One call, by its A-leg or its B-leg Call-ID.
+    let a_id = calls[0]["id"].as_str().expect("id").to_string();
+    let b_id = calls[0]["b"]["call_id"].as_str().expect("b id").to_string();
+    let shown = request(admin, "GET", &format!("/api/calls/{b_id}"), token);
+    assert_eq!(shown.status, 200, "{}", shown.body);
+    assert_eq!(shown.json()["id"], a_id.as_str());
+    assert_eq!(request(admin, "GET", "/api/calls/nope", token).status, 404);
+    // `ctl list` shows them; without the token it is refused.
+    let token_file = dir.join("token");
+    let (code, table) = ctl(admin, Some(&token_file), &["list"]);
+    assert_eq!(code, 0, "{table}");
+    assert!(
+        table.lines().next().is_some_and(|l| l.starts_with("CALL")),
+        "{table}"
+    );
+    assert_eq!(
+        table
+            .lines()
+            .filter(|l| l.contains("core -> teams"))
+            .count(),
+        2,
+        "{table}"
+    );
+    let (code, said) = ctl(admin, None, &["list"]);
+    assert_eq!(code, 1, "{said}");
+    // Hang both up, one with `ctl hangup` and one through the API: each far end gets a BYE
+    // with the operator's Reason.
+    let (code, said) = ctl(admin, Some(&token_file), &["hangup", &a_id]);
+    assert_eq!((code, said.trim()), (0, format!("hung up {a_id}").as_str()));
+    let other = calls[1]["id"].as_str().expect("id");
+    let hung = request(admin, "DELETE", &format!("/api/calls/{other}"), token);
+    assert_eq!(hung.status, 200, "{}", hung.body);
+    assert_eq!(
+        request(admin, "DELETE", &format!("/api/calls/{a_id}"), token).status,
+        404,
+        "gone"
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    assert_eq!(caller.wait(deadline), Some(0), "{}", caller.report());
+    assert_eq!(callee.wait(deadline), Some(0), "{}", callee.report());
+    for trace in [caller.trace(), callee.trace()] {
+        let byes: Vec<_> = trace
+            .iter()
+            .filter(|m| m.received && m.is_request("BYE"))
+            .collect();
+        assert_eq!(byes.len(), 2);
+        assert!(byes
+            .iter()
+            .all(|m| m.header("Reason").is_some_and(|r| r.contains("cause=16"))));
+    }
+    let calls = request(admin, "GET", "/api/calls", token).json();
+    assert_eq!(calls.as_array().map(Vec::len), Some(0));
+}
+
+#[test]
+fn reload_and_drain_through_the_admin_api() {
+    let dir = scratch_dir("admin-reload");
+    let sbc_profile = admin_profile(&dir, "return {}\n", "");
+    let mut sbc = Sbc::start(&sbc_profile);
+    let admin = sbc.port("admin");
+    let (code, said) = ctl(admin, None, &["reload"]);
+    assert_eq!(
+        (code, said.as_str()),
+        (0, "reloaded: new calls take version 2\n")
+    );
+    // A broken script is refused with its file and line; version 2 stays.
+    std::fs::write(dir.join("rules.lua"), "return {\n  on_invite = function(\n").expect("rules");
+    let refused = request(admin, "POST", "/api/reload", None);
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    let why = refused.json()["refused"].to_string();
+    assert!(why.contains("rules.lua:"), "{why}");
+    let versions = request(admin, "GET", "/api/versions", None).json();
+    assert_eq!(versions["current"], 2, "{versions}");
+    assert!(versions["reload_failures"].as_u64().is_some_and(|n| n >= 1));
+    let (code, said) = ctl(admin, None, &["--json", "reload"]);
+    assert_eq!(code, 1, "{said}");
+    assert!(said.contains("\"refused\""), "{said}");
+    // Drain: accepted, and the process, without calls, ends with 0.
+    let (code, said) = ctl(admin, None, &["drain"]);
+    assert_eq!(code, 0, "{said}");
+    assert!(said.starts_with("draining"), "{said}");
+    assert_eq!(
+        sbc.wait_exit(Instant::now() + Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        sbc.log()
+    );
+    assert!(sbc.log().contains("admin: draining"), "{}", sbc.log());
+}
