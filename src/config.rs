@@ -67,6 +67,36 @@ pub struct Profile {
     pub overload: OverloadConfig,
     /// The admin HTTP server (metrics, admin API), when the profile has one.
     pub admin: Option<Admin>,
+    /// Call detail records, when the profile asks for them.
+    pub cdr: Option<CdrConfig>,
+    /// Answered calls shorter than this (seconds) count as short calls in the metrics.
+    pub short_call_seconds: u32,
+}
+
+/// Call detail records (`cdr`): one JSON line per call, in a file rotated by size.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CdrConfig {
+    /// The file (relative to the profile's folder).
+    pub path: PathBuf,
+    /// Bytes after which the file is rotated (`path.1`, `path.2`, …).
+    #[serde(default = "default_cdr_max_bytes")]
+    pub max_bytes: u64,
+    /// Rotated files kept.
+    #[serde(default = "default_cdr_keep")]
+    pub keep: u32,
+}
+
+fn default_cdr_max_bytes() -> u64 {
+    100 << 20
+}
+
+fn default_cdr_keep() -> u32 {
+    10
+}
+
+fn default_short_call_seconds() -> u32 {
+    10
 }
 
 /// The admin HTTP server (`admin`): Prometheus metrics and the admin API.
@@ -754,6 +784,9 @@ struct RawProfile {
     #[serde(default)]
     overload: OverloadConfig,
     admin: Option<RawAdmin>,
+    cdr: Option<CdrConfig>,
+    #[serde(default = "default_short_call_seconds")]
+    short_call_seconds: u32,
 }
 
 fn default_drain_timeout() -> u32 {
@@ -1935,6 +1968,11 @@ impl Profile {
                 admission: raw.admission,
                 overload: raw.overload,
                 admin,
+                cdr: raw.cdr.clone().map(|cdr| CdrConfig {
+                    path: check.profile_file(&cdr.path.to_string_lossy()),
+                    ..cdr
+                }),
+                short_call_seconds: raw.short_call_seconds,
             })
         } else {
             Err(check.errors)

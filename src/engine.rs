@@ -13,6 +13,7 @@
 use crate::admission::{is_new_call, Admission, AdmissionStats, Arrival, Verdict};
 use crate::call::admin::{CallSummary, CallsSnapshot};
 use crate::call::join::CallNote;
+use crate::call::record::CallRecord;
 use crate::call::{CallInput, Calls, ClientOwner, Txns};
 use crate::config::Profile;
 use crate::lookup::{LookupAnswer, LookupRequest};
@@ -462,6 +463,16 @@ impl Engine {
     /// the driver hands it to that shard's [`Engine::handle_note`].
     pub fn poll_note(&mut self) -> Option<(usize, CallNote)> {
         self.calls.poll_note()
+    }
+
+    /// From now on every call that ends leaves a record for [`Engine::poll_record`].
+    pub fn keep_records(&mut self) {
+        self.calls.keep_records();
+    }
+
+    /// The record of a call that ended (CDRs, per-trunk metrics), once asked for.
+    pub fn poll_record(&mut self) -> Option<CallRecord> {
+        self.calls.poll_record()
     }
 
     /// A note from another shard's [`Engine::poll_note`].

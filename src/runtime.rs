@@ -71,6 +71,13 @@ pub fn run(mut profile: Profile) -> anyhow::Result<()> {
         engine.share_peer_health(health.clone());
         engine.share_trunk_loads(loads.clone());
     }
+    let call_log = Arc::new(crate::observe::calls::CallLog::new(
+        Duration::from_secs(profile.short_call_seconds.into()),
+        profile.cdr.as_ref(),
+    )?);
+    for engine in &mut engines {
+        engine.keep_records();
+    }
     let mut udp = bind_udp(&profile, shards)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cores)
@@ -112,6 +119,7 @@ pub fn run(mut profile: Profile) -> anyhow::Result<()> {
             let (started_tx, started_rx) = tokio::sync::oneshot::channel();
             let io = ShardIo {
                 shard,
+                calls: call_log.clone(),
                 inputs: rx,
                 udp: std::mem::take(&mut udp[shard]),
                 hub: hub.clone(),
@@ -162,6 +170,7 @@ pub fn run(mut profile: Profile) -> anyhow::Result<()> {
                 reload: reload_tx.clone(),
                 drain: admin_drain_tx,
                 token: admin.token.clone(),
+                calls: call_log.clone(),
                 started: Instant::now(),
             });
             tracing::info!(address = %listener.local_addr()?, "admin listening");
@@ -226,6 +235,7 @@ pub fn run(mut profile: Profile) -> anyhow::Result<()> {
             }
         }
         tracing::info!("shutting down");
+        call_log.close();
         Ok(())
     })
 }
@@ -391,6 +401,8 @@ async fn reloader(
 /// and the media relay.
 struct ShardIo {
     shard: usize,
+    /// Where the shard's ended calls go (per-trunk counters, CDRs).
+    calls: Arc<crate::observe::calls::CallLog>,
     inputs: mpsc::UnboundedReceiver<ShardInput>,
     udp: Vec<(crate::config::ListenerId, std::net::UdpSocket)>,
     hub: Arc<Hub>,
@@ -422,7 +434,7 @@ fn run_shard_thread(engine: Engine, io: ShardIo) {
                     engine,
                     (io.inputs, io.drained),
                     udp,
-                    (shard, io.hub, io.relay),
+                    (shard, io.hub, io.relay, io.calls),
                 )
                 .await;
             }
@@ -457,7 +469,12 @@ async fn run_shard(
         mpsc::UnboundedSender<usize>,
     ),
     udp: UdpSockets,
-    (shard, hub, relay): (usize, Arc<Hub>, Option<Arc<Relay>>),
+    (shard, hub, relay, calls): (
+        usize,
+        Arc<Hub>,
+        Option<Arc<Relay>>,
+        Arc<crate::observe::calls::CallLog>,
+    ),
 ) {
     let mut told_drained = false;
     let mut load = Load::default();
@@ -546,6 +563,9 @@ async fn run_shard(
         }
         while let Some((to, note)) = engine.poll_note() {
             hub.to_shard(to, ShardInput::Note(note));
+        }
+        while let Some(record) = engine.poll_record() {
+            calls.ended(record);
         }
         busy = woke.elapsed();
         if !told_drained && engine.drained() {

@@ -63,7 +63,10 @@ fn metrics_until(sbc: &Sbc, ready: impl Fn(&str) -> bool) -> String {
 #[test]
 fn metrics_scraped_during_a_sipp_run_match_what_sipp_counted() {
     let dir = scratch_dir("admin-metrics");
-    let sbc = Sbc::start(&admin_profile(&dir, COUNTING_RULES, ""));
+    let cdr = dir.join("cdr.jsonl");
+    let profile = admin_profile(&dir, COUNTING_RULES, "")
+        + &format!("cdr:\n  path: {}\nshort_call_seconds: 3\n", cdr.display());
+    let sbc = Sbc::start(&profile);
     let callee = Sipp::start(
         &dir,
         "callee",
@@ -143,6 +146,67 @@ fn metrics_scraped_during_a_sipp_run_match_what_sipp_counted() {
     );
     assert_eq!(sample(&text, &slowest), Some(13.0), "{text}");
     assert!(text.ends_with("# EOF\n"), "OpenMetrics ends with # EOF");
+    // Per trunk: by final status, setup times, short calls (all 10 talked 1.5 s < 3 s).
+    for (series, expected) in [
+        (
+            "bridgehead_trunk_calls_total{trunk=\"core\",to=\"teams\",status=\"200\"}",
+            10.0,
+        ),
+        (
+            "bridgehead_trunk_calls_total{trunk=\"core\",to=\"teams\",status=\"486\"}",
+            3.0,
+        ),
+        (
+            "bridgehead_trunk_short_calls_total{trunk=\"core\",to=\"teams\"}",
+            10.0,
+        ),
+        (
+            "bridgehead_trunk_setup_seconds_count{trunk=\"core\",to=\"teams\"}",
+            10.0,
+        ),
+    ] {
+        assert_eq!(sample(&text, series), Some(expected), "{series}\n{text}");
+    }
+    // One CDR per call, written by the CDR thread.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lines = loop {
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&cdr)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a CDR is JSON"))
+            .collect();
+        if lines.len() >= 13 || Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(lines.len(), 13);
+    let answered: Vec<_> = lines.iter().filter(|c| c["status"] == 200).collect();
+    assert_eq!(answered.len(), 10);
+    for call in &answered {
+        assert_eq!(call["ingress"], "core");
+        assert_eq!(call["egress"], "teams");
+        assert_eq!(call["ended_by"], "caller");
+        assert_eq!(call["reason"], "bye");
+        assert_eq!(call["version"], 1);
+        assert!(
+            call["ringing_at"].is_string() && call["answered_at"].is_string(),
+            "{call}"
+        );
+        let talked = call["duration_s"].as_f64().expect("duration");
+        assert!((1.4..3.0).contains(&talked), "{call}");
+        assert!(
+            call["from"]
+                .as_str()
+                .is_some_and(|f| f.contains("+4930123456")),
+            "{call}"
+        );
+    }
+    let busy: Vec<_> = lines.iter().filter(|c| c["status"] == 486).collect();
+    assert_eq!(busy.len(), 3);
+    assert!(busy.iter().all(|c| c["answered_at"].is_null()
+        && c["duration_s"] == 0.0
+        && c["ended_by"] == "callee"));
 }
 
 #[test]

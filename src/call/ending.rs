@@ -219,6 +219,7 @@ impl B2bua<'_> {
         }
         if let Some(call) = self.calls.by_key.remove(&key) {
             tracing::debug!(call = %call.id, reason, by = by.map_or("sbc", Leg::name), "call ended");
+            self.calls.record(&call, reason, by, now);
             if !call.streams.is_empty() {
                 self.calls.media_commands.push_back(MediaCommand::Close {
                     call: self.media_call_id(key),

@@ -31,6 +31,7 @@ mod keepalive;
 mod lookups;
 mod offer_answer;
 mod precondition;
+pub mod record;
 mod reliable;
 mod responses;
 mod session_timer;
@@ -179,6 +180,8 @@ pub(crate) struct Calls {
     waiting: lookups::Waiting,
     /// Notes about joined calls (attended transfers) for a shard, this one included.
     notes: VecDeque<(usize, join::CallNote)>,
+    /// The records of calls that ended, when the driver asked for them.
+    records: Option<VecDeque<record::CallRecord>>,
     /// The drain under way (SIGTERM), if any.
     draining: Option<drain::Drain>,
     /// The trunks' calls and call rates, shared by the shards.
@@ -236,6 +239,7 @@ impl Calls {
             closes: VecDeque::new(),
             waiting: lookups::Waiting::default(),
             notes: VecDeque::new(),
+            records: None,
             draining: None,
             loads,
         }
@@ -449,8 +453,9 @@ impl CallState {
 pub struct Call {
     /// The A-leg Call-ID, used in logs and as `call.id` in rules.
     pub id: String,
-    /// When the caller's INVITE came.
+    /// When the caller's INVITE came, and the callee's first ringing (any attempt's).
     started: Instant,
+    rang_at: Option<Instant>,
     pub ingress: TrunkId,
     /// The rule-set version the call started on; it keeps it to the end.
     pub rules: Arc<RuleSet>,

@@ -360,6 +360,7 @@ impl B2bua<'_> {
                 return;
             }
             call.b_rang = true;
+            call.rang_at.get_or_insert(now);
             B2bua::learn_b_dialog(call, &msg);
             self.answer_withheld_offer(key, &mut msg);
             match self.prack_callee(key, &msg, now) {

@@ -555,6 +555,7 @@ impl B2bua<'_> {
         let call = Call {
             id: info.call_id,
             started: now,
+            rang_at: None,
             ingress: trunk,
             rules,
             script,

@@ -24,6 +24,7 @@ pub fn encode(observed: &Observed, snapshots: Vec<ShardSnapshot>) -> Result<Stri
         rules: observed.rules.clone(),
         relay: observed.relay.clone(),
         transport: observed.hub.clone(),
+        calls: observed.calls.clone(),
         health: observed.health.clone(),
         uptime_s: observed.started.elapsed().as_secs_f64(),
     }));
@@ -38,6 +39,7 @@ struct Scrape {
     rules: Arc<crate::script::RuleMetrics>,
     relay: Option<Arc<crate::media::relay::RelayStats>>,
     transport: Arc<crate::transport::Hub>,
+    calls: Arc<super::calls::CallLog>,
     health: Arc<crate::shared::PeerHealth>,
     uptime_s: f64,
 }
@@ -484,9 +486,80 @@ impl Scrape {
     }
 }
 
+impl Scrape {
+    /// Ended calls by caller's trunk (`trunk`) and callee's (`to`).
+    fn trunks(&self, encoder: &mut DescriptorEncoder) -> Result<(), Error> {
+        let trunks = self.calls.trunks();
+        let labels = |(from, to): &(String, String)| [("trunk", from.clone()), ("to", to.clone())];
+        let by_status: Vec<_> = trunks
+            .iter()
+            .flat_map(|(pair, calls)| {
+                calls.by_status.iter().map(move |(status, count)| {
+                    let [trunk, to] = labels(pair);
+                    ([trunk, to, ("status", status.to_string())], *count)
+                })
+            })
+            .collect();
+        counters(
+            encoder,
+            (
+                "trunk_calls",
+                "Ended calls by trunks and the final status the caller got (0: none)",
+            ),
+            &by_status,
+        )?;
+        let short: Vec<_> = trunks
+            .iter()
+            .map(|(pair, c)| (labels(pair), c.short))
+            .collect();
+        counters(
+            encoder,
+            (
+                "trunk_short_calls",
+                "Answered calls shorter than short_call_seconds",
+            ),
+            &short,
+        )?;
+        let mut talk = encoder.encode_descriptor(
+            "trunk_talk_seconds",
+            "Seconds talked in ended calls",
+            None,
+            MetricType::Counter,
+        )?;
+        for (pair, calls) in &trunks {
+            ConstCounter::new(calls.talk_s).encode(talk.encode_family(&labels(pair))?)?;
+        }
+        let mut setup = encoder.encode_descriptor(
+            "trunk_setup_seconds",
+            "Seconds from the caller's INVITE to the answer",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (pair, calls) in &trunks {
+            let buckets: Vec<(f64, u64)> = super::calls::SETUP_BUCKETS_S
+                .iter()
+                .copied()
+                .chain([f64::MAX])
+                .zip(calls.setup.iter().copied())
+                .collect();
+            let answered = calls.setup.iter().sum();
+            setup
+                .encode_family(&labels(pair))?
+                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                    calls.setup_sum_s,
+                    answered,
+                    &buckets,
+                    None,
+                )?;
+        }
+        Ok(())
+    }
+}
+
 impl Collector for Scrape {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), Error> {
         self.calls(&mut encoder)?;
+        self.trunks(&mut encoder)?;
         self.rules(&mut encoder)?;
         self.process(&mut encoder)
     }

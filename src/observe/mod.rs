@@ -8,6 +8,7 @@
 //! is read where it is.
 
 mod api;
+pub mod calls;
 pub mod ctl;
 
 mod metrics;
@@ -39,6 +40,8 @@ pub struct Observed {
     pub drain: mpsc::UnboundedSender<()>,
     /// The bearer token every request must carry, when the profile sets one.
     pub token: Option<String>,
+    /// Ended calls, per trunk.
+    pub calls: Arc<calls::CallLog>,
     pub started: Instant,
 }
 

@@ -132,6 +132,11 @@ pub fn compile(
         restart_needed.push("admin changed".to_string());
         profile.admin = running.admin.clone();
     }
+    if profile.cdr != running.cdr || profile.short_call_seconds != running.short_call_seconds {
+        restart_needed.push("cdr or short_call_seconds changed".to_string());
+        profile.cdr = running.cdr.clone();
+        profile.short_call_seconds = running.short_call_seconds;
+    }
     let profile = Arc::new(profile);
     let mut sets = Vec::with_capacity(shards);
     for _ in 0..shards {
