@@ -85,6 +85,39 @@ pub struct CdrConfig {
     /// Rotated files kept.
     #[serde(default = "default_cdr_keep")]
     pub keep: u32,
+    /// Where CDRs are also POSTed, in batches.
+    pub http: Option<CdrHttp>,
+}
+
+/// CDRs POSTed to an HTTP endpoint (`cdr.http`): a JSON array per batch; those not yet
+/// acknowledged (2xx) wait in a spool file and are sent again, also after a restart.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CdrHttp {
+    pub url: String,
+    /// The spool file (relative to the profile's folder); default: the CDR file's path with
+    /// `.spool` added.
+    pub spool: Option<PathBuf>,
+    /// CDRs per POST at most.
+    #[serde(default = "default_cdr_batch")]
+    pub batch: usize,
+    /// Milliseconds a POST may take, and between two tries while the endpoint fails.
+    #[serde(default = "default_cdr_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_cdr_retry_ms")]
+    pub retry_ms: u64,
+}
+
+fn default_cdr_batch() -> usize {
+    100
+}
+
+fn default_cdr_timeout_ms() -> u64 {
+    5000
+}
+
+fn default_cdr_retry_ms() -> u64 {
+    1000
 }
 
 fn default_cdr_max_bytes() -> u64 {
@@ -1968,9 +2001,21 @@ impl Profile {
                 admission: raw.admission,
                 overload: raw.overload,
                 admin,
-                cdr: raw.cdr.clone().map(|cdr| CdrConfig {
-                    path: check.profile_file(&cdr.path.to_string_lossy()),
-                    ..cdr
+                cdr: raw.cdr.clone().map(|cdr| {
+                    let path = check.profile_file(&cdr.path.to_string_lossy());
+                    let http = cdr.http.map(|http| CdrHttp {
+                        spool: Some(match &http.spool {
+                            Some(spool) => check.profile_file(&spool.to_string_lossy()),
+                            None => {
+                                let mut spool = path.clone().into_os_string();
+                                spool.push(".spool");
+                                PathBuf::from(spool)
+                            }
+                        }),
+                        batch: http.batch.max(1),
+                        ..http
+                    });
+                    CdrConfig { path, http, ..cdr }
                 }),
                 short_call_seconds: raw.short_call_seconds,
             })

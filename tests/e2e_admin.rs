@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::http::{request, sample};
+use common::http::{json_sink, request, sample};
 use common::sipp::{far_end_args, scenario, wait_listening, Sipp, Transport};
 use common::{core_teams_profile, scratch_dir, Sbc};
 use std::time::{Duration, Instant};
@@ -348,4 +348,84 @@ fn reload_and_drain_through_the_admin_api() {
         sbc.log()
     );
     assert!(sbc.log().contains("admin: draining"), "{}", sbc.log());
+}
+
+/// CDRs POSTed to an HTTP endpoint that is down for the first 10 s: they wait in the spool and
+/// every one arrives exactly once when it comes up.
+#[test]
+fn cdrs_reach_an_http_endpoint_that_was_down_exactly_once() {
+    let dir = scratch_dir("admin-cdr-http");
+    let cdr = dir.join("cdr.jsonl");
+    let profile = admin_profile(&dir, "return {}\n", "")
+        + &format!(
+            "cdr:\n  path: {}\n  http:\n    url: http://127.0.0.1:{{sink}}/cdr\n    batch: 4\n    retry_ms: 500\n    timeout_ms: 1000\n",
+            cdr.display()
+        );
+    let sbc = Sbc::start(&profile);
+    let started = Instant::now();
+    let callee = Sipp::start(
+        &dir,
+        "callee",
+        &far_end_args(sbc.port("teams_peer"), 0, &["-sf", &scenario("callee")]),
+    );
+    wait_listening(sbc.port("teams_peer"), Transport::Udp);
+    let mut args = far_end_args(
+        sbc.port("softswitch"),
+        10,
+        &["-r", "5", "-d", "200", "-sf", &scenario("caller")],
+    );
+    args.push(format!("127.0.0.1:{}", sbc.port("core")));
+    let mut caller = Sipp::start(&dir, "caller", &args);
+    assert_eq!(
+        caller.wait(Instant::now() + Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        caller.report()
+    );
+    drop(callee);
+    let spool = dir.join("cdr.jsonl.spool");
+    let spooled = || {
+        std::fs::read_to_string(&spool)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while spooled() < 10 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        spooled(),
+        10,
+        "the endpoint is down: all ten wait in the spool"
+    );
+    // Up after 10 s.
+    std::thread::sleep(Duration::from_secs(10).saturating_sub(started.elapsed()));
+    let got = json_sink(sbc.port("sink"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while got.lock().expect("sink").len() < 10 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let got = got.lock().expect("sink").clone();
+    let mut ids: Vec<&str> = got.iter().filter_map(|c| c["call_id"].as_str()).collect();
+    ids.sort_unstable();
+    let mut unique = ids.clone();
+    unique.dedup();
+    assert_eq!(ids.len(), 10, "{ids:?}\n{}", sbc.log());
+    assert_eq!(unique.len(), 10, "each CDR once: {ids:?}");
+    let mut written: Vec<String> = std::fs::read_to_string(&cdr)
+        .expect("cdr file")
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("JSON")["call_id"]
+                .as_str()
+                .expect("call_id")
+                .to_string()
+        })
+        .collect();
+    written.sort_unstable();
+    assert_eq!(written, ids, "the file and the endpoint have the same CDRs");
+    assert_eq!(spooled(), 0, "the spool is empty once all were taken");
+    assert!(sbc.log().contains("cdr endpoint failed"), "{}", sbc.log());
 }

@@ -52,21 +52,12 @@ impl CallLog {
     pub fn new(short_call: Duration, cdr: Option<&CdrConfig>) -> std::io::Result<CallLog> {
         let (sender, writer) = match cdr {
             Some(config) => {
-                let mut file = CdrFile::open(config.clone())?;
+                let file = CdrFile::open(config.clone())?;
+                let poster = config.http.clone().map(Poster::open).transpose()?;
                 let (sender, receiver) = mpsc::channel::<Pending>();
                 let writer = std::thread::Builder::new()
                     .name("cdr".into())
-                    .spawn(move || {
-                        while let Ok(first) = receiver.recv() {
-                            file.write(&first);
-                            // What queued meanwhile, then one flush.
-                            while let Ok(next) = receiver.try_recv() {
-                                file.write(&next);
-                            }
-                            file.flush();
-                        }
-                        file.flush();
-                    })?;
+                    .spawn(move || write_cdrs(&receiver, file, poster))?;
                 (Some(sender), Some(writer))
             }
             None => (None, None),
@@ -124,6 +115,190 @@ impl CallLog {
     }
 }
 
+/// The CDR thread: each record to the file (and to the HTTP endpoint's spool), flushed once
+/// what queued is written; the endpoint tried whenever CDRs wait and its retry time came.
+fn write_cdrs(receiver: &mpsc::Receiver<Pending>, mut file: CdrFile, mut poster: Option<Poster>) {
+    loop {
+        let wait = poster.as_ref().and_then(Poster::next_try);
+        let first = match wait {
+            Some(at) => receiver.recv_timeout(at.saturating_duration_since(Instant::now())),
+            None => receiver
+                .recv()
+                .map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+        };
+        let mut write = |pending: &Pending| {
+            let line = cdr_json(&pending.0, pending.1, pending.2).to_string();
+            file.write(&line);
+            if let Some(poster) = poster.as_mut() {
+                poster.queue(line);
+            }
+        };
+        match first {
+            Ok(pending) => {
+                write(&pending);
+                // What queued meanwhile, then one flush.
+                while let Ok(next) = receiver.try_recv() {
+                    write(&next);
+                }
+                file.flush();
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if let Some(poster) = poster.as_mut() {
+            poster.send_due(false);
+        }
+    }
+    file.flush();
+    // The last ones once more (a graceful drain); what the endpoint did not take stays in the
+    // spool for the next start.
+    if let Some(poster) = poster.as_mut() {
+        poster.send_due(true);
+    }
+}
+
+/// CDRs on their way to the HTTP endpoint: the lines not yet acknowledged, kept in a spool file
+/// (rewritten after each acknowledged batch) and in memory.
+struct Poster {
+    http: crate::config::CdrHttp,
+    spool: std::path::PathBuf,
+    pending: std::collections::VecDeque<String>,
+    runtime: tokio::runtime::Runtime,
+    client: reqwest::Client,
+    /// When the endpoint may be tried again after a failure.
+    retry_at: Option<Instant>,
+    /// The endpoint failed and has not taken a batch since (logged once per outage).
+    failing: bool,
+}
+
+impl Poster {
+    /// Opens the spool and takes the CDRs a previous run left in it.
+    fn open(http: crate::config::CdrHttp) -> std::io::Result<Poster> {
+        let spool = http
+            .spool
+            .clone()
+            .unwrap_or_else(|| std::path::PathBuf::from("cdr.spool"));
+        let pending = match std::fs::read_to_string(&spool) {
+            Ok(text) => text
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(String::from)
+                .collect(),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Default::default(),
+            Err(err) => {
+                return Err(std::io::Error::new(
+                    err.kind(),
+                    format!("cdr spool {}: {err}", spool.display()),
+                ))
+            }
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let tls = crate::transport::tls::https_client_config().map_err(std::io::Error::other)?;
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .timeout(Duration::from_millis(http.timeout_ms))
+            .build()
+            .map_err(std::io::Error::other)?;
+        Ok(Poster {
+            http,
+            spool,
+            pending,
+            runtime,
+            client,
+            retry_at: None,
+            failing: false,
+        })
+    }
+
+    /// When the endpoint should be tried next; None when no CDR waits.
+    fn next_try(&self) -> Option<Instant> {
+        (!self.pending.is_empty()).then(|| self.retry_at.unwrap_or_else(Instant::now))
+    }
+
+    /// A CDR for the endpoint: into the spool first.
+    fn queue(&mut self, line: String) {
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.spool)
+            .and_then(|mut spool| writeln!(spool, "{line}"));
+        if let Err(err) = appended {
+            tracing::error!(spool = %self.spool.display(), "cdr spool: {err}");
+        }
+        self.pending.push_back(line);
+    }
+
+    /// POSTs batches while CDRs wait and the endpoint takes them (`now_anyway`: even before the
+    /// retry time, once).
+    fn send_due(&mut self, now_anyway: bool) {
+        if !now_anyway && self.retry_at.is_some_and(|at| at > Instant::now()) {
+            return;
+        }
+        while !self.pending.is_empty() {
+            let count = self.pending.len().min(self.http.batch);
+            let body = format!(
+                "[{}]",
+                self.pending
+                    .iter()
+                    .take(count)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            // Built inside the runtime: the request's timeout needs its timer.
+            let request = async {
+                self.client
+                    .post(&self.http.url)
+                    .header("Content-Type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+            };
+            match self.runtime.block_on(request) {
+                Ok(answer) if answer.status().is_success() => {
+                    self.pending.drain(..count);
+                    self.rewrite_spool();
+                    if std::mem::take(&mut self.failing) {
+                        tracing::info!(url = %self.http.url, "cdr endpoint takes CDRs again");
+                    }
+                    self.retry_at = None;
+                }
+                failed => {
+                    if !std::mem::replace(&mut self.failing, true) {
+                        let why = match failed {
+                            Ok(answer) => format!("answered {}", answer.status()),
+                            Err(err) => err.to_string(),
+                        };
+                        tracing::warn!(url = %self.http.url, waiting = self.pending.len(), "cdr endpoint failed ({why}): spooled, retrying");
+                    }
+                    self.retry_at =
+                        Some(Instant::now() + Duration::from_millis(self.http.retry_ms));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The spool holds what is still pending (written aside, then renamed over it).
+    fn rewrite_spool(&self) {
+        let mut aside = self.spool.clone().into_os_string();
+        aside.push(".new");
+        let aside = std::path::PathBuf::from(aside);
+        let mut text = String::new();
+        for line in &self.pending {
+            text.push_str(line);
+            text.push('\n');
+        }
+        let written =
+            std::fs::write(&aside, text).and_then(|()| std::fs::rename(&aside, &self.spool));
+        if let Err(err) = written {
+            tracing::error!(spool = %self.spool.display(), "cdr spool: {err}");
+        }
+    }
+}
+
 /// The CDR file and its rotation.
 struct CdrFile {
     config: CdrConfig,
@@ -148,15 +323,14 @@ impl CdrFile {
         })
     }
 
-    /// Appends one record, rotating first when it would pass `max_bytes`.
-    fn write(&mut self, (record, sent, wall): &Pending) {
-        let mut line = cdr_json(record, *sent, *wall).to_string();
-        line.push('\n');
-        if self.written > 0 && self.written + line.len() as u64 > self.config.max_bytes {
+    /// Appends one CDR line, rotating first when it would pass `max_bytes`.
+    fn write(&mut self, line: &str) {
+        let size = line.len() as u64 + 1;
+        if self.written > 0 && self.written + size > self.config.max_bytes {
             self.rotate();
         }
-        match self.out.write_all(line.as_bytes()) {
-            Ok(()) => self.written += line.len() as u64,
+        match writeln!(self.out, "{line}") {
+            Ok(()) => self.written += size,
             Err(err) => tracing::error!(path = %self.config.path.display(), "cdr lost: {err}"),
         }
     }
@@ -262,6 +436,55 @@ mod tests {
     }
 
     #[test]
+    fn cdrs_a_previous_run_left_in_the_spool_are_sent_first() {
+        use std::io::{BufRead, Read};
+        let dir = std::env::temp_dir().join(format!("bh-spool-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let spool = dir.join("cdr.spool");
+        std::fs::write(
+            &spool,
+            "{\"call_id\":\"left-1\"}\n{\"call_id\":\"left-2\"}\n",
+        )
+        .expect("spool");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+        let port = listener.local_addr().expect("addr").port();
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().expect("a POST");
+            let mut reader = std::io::BufReader::new(stream);
+            let mut length = 0;
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = value.trim().parse().expect("length");
+                }
+                line.clear();
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).expect("body");
+            reader
+                .get_mut()
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                .expect("answer");
+            String::from_utf8(body).expect("text")
+        });
+        let mut poster = Poster::open(crate::config::CdrHttp {
+            url: format!("http://127.0.0.1:{port}/cdr"),
+            spool: Some(spool.clone()),
+            batch: 10,
+            timeout_ms: 2000,
+            retry_ms: 100,
+        })
+        .expect("poster");
+        assert!(poster.next_try().is_some(), "two CDRs wait");
+        poster.send_due(false);
+        let body = server.join().expect("server");
+        assert_eq!(body, "[{\"call_id\":\"left-1\"},{\"call_id\":\"left-2\"}]");
+        assert_eq!(std::fs::read_to_string(&spool).expect("spool"), "");
+        assert!(poster.next_try().is_none());
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
+
+    #[test]
     fn ended_calls_are_counted_per_trunk_and_written_rotated() {
         let dir = std::env::temp_dir().join(format!("bh-cdr-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
@@ -269,6 +492,7 @@ mod tests {
             path: dir.join("cdr.jsonl"),
             max_bytes: 700,
             keep: 2,
+            http: None,
         };
         let log = CallLog::new(Duration::from_secs(10), Some(&config)).expect("log");
         for _ in 0..5 {

@@ -53,3 +53,53 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
         .and_then(|value| value.split_whitespace().next()?.parse().ok())
 }
+
+/// An HTTP endpoint on 127.0.0.1:`port` that takes POSTed JSON arrays (CDR batches), keeps
+/// their elements, and answers 200; it runs until the test process ends.
+pub fn json_sink(port: u16) -> std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>> {
+    use std::io::BufRead;
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("sink port");
+    let kept = got.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = std::io::BufReader::new(stream);
+            // One request per connection or several (keep-alive): each with Content-Length.
+            loop {
+                let mut length = 0;
+                let mut line = String::new();
+                let mut started = false;
+                loop {
+                    line.clear();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        break;
+                    }
+                    started = true;
+                    if line == "\r\n" {
+                        break;
+                    }
+                    if let Some((name, value)) = line.split_once(':') {
+                        if name.eq_ignore_ascii_case("content-length") {
+                            length = value.trim().parse().unwrap_or(0);
+                        }
+                    }
+                }
+                if !started {
+                    break;
+                }
+                let mut body = vec![0u8; length];
+                if reader.read_exact(&mut body).is_err() {
+                    break;
+                }
+                if let Ok(serde_json::Value::Array(items)) = serde_json::from_slice(&body) {
+                    kept.lock().expect("sink").extend(items);
+                }
+                let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+                if reader.get_mut().write_all(answer).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    got
+}
