@@ -60,6 +60,24 @@ pub struct CallsSnapshot {
     pub ports_in_use: usize,
 }
 
+impl Call {
+    /// The name of trunk `id` in the call's rule-set version.
+    pub(super) fn trunk_name(&self, id: TrunkId) -> String {
+        self.rules
+            .profile
+            .trunks
+            .get(id)
+            .map_or_else(String::new, |t| t.name.clone())
+    }
+}
+
+impl Dialog {
+    /// Where the leg's peer is, as the admin API and CDRs show it (`udp:IP:port`).
+    pub(super) fn peer_label(&self) -> String {
+        format!("{:?}:{}", self.peer.transport, self.peer.addr).to_lowercase()
+    }
+}
+
 impl Calls {
     /// Every call in progress, oldest first.
     pub fn summaries(&self, now: Instant) -> Vec<CallSummary> {
@@ -87,13 +105,6 @@ impl Calls {
     }
 
     fn summary(&self, call: &Call, now: Instant) -> CallSummary {
-        let trunk = |id: TrunkId| {
-            call.rules
-                .profile
-                .trunks
-                .get(id)
-                .map_or_else(String::new, |t| t.name.clone())
-        };
         let leg = |leg: Leg| {
             let dialog = call.leg(leg);
             let side = |stream: &crate::media::Stream| match leg {
@@ -102,8 +113,8 @@ impl Calls {
             };
             LegSummary {
                 call_id: dialog.call_id.clone(),
-                trunk: trunk(dialog.trunk),
-                peer: format!("{:?}:{}", dialog.peer.transport, dialog.peer.addr).to_lowercase(),
+                trunk: call.trunk_name(dialog.trunk),
+                peer: dialog.peer_label(),
                 party: dialog.remote_party.clone(),
                 media: call
                     .streams

@@ -61,16 +61,6 @@ impl Calls {
         let Some(records) = self.records.as_mut() else {
             return;
         };
-        let trunk = |id: TrunkId| {
-            call.rules
-                .profile
-                .trunks
-                .get(id)
-                .map_or_else(String::new, |t| t.name.clone())
-        };
-        let peer = |dialog: &Dialog| {
-            format!("{:?}:{}", dialog.peer.transport, dialog.peer.addr).to_lowercase()
-        };
         let answered_at = match call.state {
             CallState::Answered { at } => Some(at),
             _ => None,
@@ -78,12 +68,12 @@ impl Calls {
         records.push_back(CallRecord {
             id: call.id.clone(),
             b_call_id: call.b.call_id.clone(),
-            ingress: trunk(call.a.trunk),
-            egress: trunk(call.b.trunk),
+            ingress: call.trunk_name(call.a.trunk),
+            egress: call.trunk_name(call.b.trunk),
             from: call.a.remote_party.clone(),
             to: call.a.local_party.clone(),
-            caller_peer: peer(&call.a),
-            callee_peer: peer(&call.b),
+            caller_peer: call.a.peer_label(),
+            callee_peer: call.b.peer_label(),
             invite_at: call.started,
             ringing_at: call.rang_at,
             answered_at,
