@@ -1178,7 +1178,8 @@ fn an_overloaded_shard_refuses_new_calls_early_and_loses_none_it_took() {
         "return { on_invite = function(call, req) local x = 0; for i = 1, 600000 do x = x + i end end }\n",
     )
     .expect("rules");
-    let top = "shards: 1\nlimits:\n  script_instructions: 10000000\n";
+    let top =
+        "shards: 1\nlimits:\n  script_instructions: 10000000\noverload:\n  queue_delay_ms: 200\n";
     let profile =
         common::core_teams_profile(top, "", "").replace("{script}", &script.display().to_string());
     let sbc = Sbc::start(&profile);
