@@ -69,6 +69,8 @@ pub struct Profile {
     pub admin: Option<Admin>,
     /// Call detail records, when the profile asks for them.
     pub cdr: Option<CdrConfig>,
+    /// SIP capture to a HEP collector, when the profile asks for it.
+    pub capture: Option<CaptureConfig>,
     /// Answered calls shorter than this (seconds) count as short calls in the metrics.
     pub short_call_seconds: u32,
 }
@@ -139,6 +141,11 @@ pub struct Admin {
     /// The bearer token every request must carry (read from `token_file` at load); required
     /// when the address is not a loopback one.
     pub token: Option<String>,
+    /// HTTPS with this certificate and key (the SIP listeners' rustls setup); plain HTTP
+    /// without.
+    pub tls: Option<ListenerTls>,
+    /// The last calls whose SIP messages the dashboard shows as ladders (0: none).
+    pub recent_calls: usize,
 }
 
 /// The port the admin server listens on by default (on 127.0.0.1).
@@ -150,6 +157,48 @@ struct RawAdmin {
     #[serde(default = "default_admin_address")]
     address: String,
     token_file: Option<String>,
+    tls: Option<RawAdminTls>,
+    #[serde(default = "default_recent_calls")]
+    recent_calls: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdminTls {
+    certificate: String,
+    key: String,
+}
+
+fn default_recent_calls() -> usize {
+    20
+}
+
+/// SIP capture (`capture`): every SIP message in and out as HEP3 to a collector (Homer,
+/// sngrep), the A-leg Call-ID as correlation id.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureConfig {
+    pub hep: HepConfig,
+}
+
+/// Where HEP goes and what it carries (`capture.hep`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HepConfig {
+    /// The collector (UDP).
+    pub address: SocketAddr,
+    /// The capture agent id the collector shows.
+    #[serde(default = "default_hep_agent_id")]
+    pub agent_id: u32,
+    /// The collector's password, when it asks for one.
+    pub password: Option<String>,
+    /// The listeners whose messages are sent (by name); none listed: every listener.
+    #[serde(default)]
+    pub listeners: Vec<String>,
+}
+
+fn default_hep_agent_id() -> u32 {
+    2001
 }
 
 fn default_admin_address() -> String {
@@ -818,6 +867,7 @@ struct RawProfile {
     overload: OverloadConfig,
     admin: Option<RawAdmin>,
     cdr: Option<CdrConfig>,
+    capture: Option<CaptureConfig>,
     #[serde(default = "default_short_call_seconds")]
     short_call_seconds: u32,
 }
@@ -1432,7 +1482,52 @@ impl Validator<'_> {
             );
             return None;
         }
-        Some(Admin { address, token })
+        let tls = raw.tls.as_ref().map(|tls| {
+            let (certificate, key, _) =
+                self.pem_files("admin", line, (&tls.certificate, &tls.key, None));
+            ListenerTls {
+                port: address.port(),
+                certificate,
+                key,
+                client_ca: None,
+            }
+        });
+        Some(Admin {
+            address,
+            token,
+            tls,
+            recent_calls: raw.recent_calls,
+        })
+    }
+
+    /// The PEM files of `owner`'s TLS (a certificate chain, its key, and CAs of clients when
+    /// given) relative to the profile's folder, each checked readable and of its kind.
+    fn pem_files(
+        &mut self,
+        owner: &str,
+        at: Option<usize>,
+        (certificate, key, client_ca): (&str, &str, Option<&str>),
+    ) -> (PathBuf, PathBuf, Option<PathBuf>) {
+        let files = (
+            self.profile_file(certificate),
+            self.profile_file(key),
+            client_ca.map(|ca| self.profile_file(ca)),
+        );
+        let checks = [
+            (Some(&files.0), certificate, PemKind::Certificates),
+            (Some(&files.1), key, PemKind::Key),
+            (
+                files.2.as_ref(),
+                client_ca.unwrap_or(key),
+                PemKind::Certificates,
+            ),
+        ];
+        for (file, named, kind) in checks {
+            if let Some(Err(problem)) = file.map(|file| kind.check(file)) {
+                self.error(self.line_of(named).or(at), format!("{owner}: {problem}"));
+            }
+        }
+        files
     }
 
     /// A file the profile names, relative to the profile's folder.
@@ -1482,26 +1577,11 @@ impl Validator<'_> {
                 ),
             );
         }
-        let certificate = self.profile_file(&tls.certificate);
-        let key = self.profile_file(&tls.key);
-        let client_ca = tls.client_ca.as_deref().map(|ca| self.profile_file(ca));
-        let checks = [
-            (Some(&certificate), &tls.certificate, PemKind::Certificates),
-            (Some(&key), &tls.key, PemKind::Key),
-            (
-                client_ca.as_ref(),
-                tls.client_ca.as_ref().unwrap_or(&tls.key),
-                PemKind::Certificates,
-            ),
-        ];
-        for (file, named, kind) in checks {
-            if let Some(Err(problem)) = file.map(|file| kind.check(file)) {
-                self.error(
-                    self.line_of(named).or(at),
-                    format!("listener '{}': {problem}", raw.name),
-                );
-            }
-        }
+        let (certificate, key, client_ca) = self.pem_files(
+            &format!("listener '{}'", raw.name),
+            at,
+            (&tls.certificate, &tls.key, tls.client_ca.as_deref()),
+        );
         Some(ListenerTls {
             port,
             certificate,
@@ -1979,6 +2059,16 @@ impl Profile {
             }
         }
         let admin = raw.admin.as_ref().and_then(|admin| check.admin(admin));
+        if let Some(capture) = &raw.capture {
+            for name in &capture.hep.listeners {
+                if !listeners.iter().any(|l| &l.name == name) {
+                    check.error(
+                        check.line_of(name).or(check.line_of("capture:")),
+                        format!("capture: no listener '{name}'"),
+                    );
+                }
+            }
+        }
         let mut lookups: Vec<Lookup> = Vec::new();
         for raw in &raw.lookups {
             if lookups.iter().any(|l| l.name == raw.name) {
@@ -2017,6 +2107,7 @@ impl Profile {
                     });
                     CdrConfig { path, http, ..cdr }
                 }),
+                capture: raw.capture.clone(),
                 short_call_seconds: raw.short_call_seconds,
             })
         } else {
@@ -2096,8 +2187,18 @@ trunks:
             local.admin,
             Some(Admin {
                 address: ([127, 0, 0, 1], ADMIN_PORT).into(),
-                token: None
+                token: None,
+                tls: None,
+                recent_calls: 20,
             })
+        );
+        let errors = parse("  tls:\n    certificate: nowhere.pem\n    key: nowhere.key\n")
+            .expect_err("no such files");
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.message.starts_with("admin: ") && e.message.contains("nowhere.pem")),
+            "{errors:?}"
         );
         let errors = parse("  address: 0.0.0.0:8480\n").expect_err("no token");
         assert!(

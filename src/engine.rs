@@ -13,14 +13,14 @@
 use crate::admission::{is_new_call, Admission, AdmissionStats, Arrival, Verdict};
 use crate::call::admin::{CallSummary, CallsSnapshot};
 use crate::call::join::CallNote;
-use crate::call::record::CallRecord;
+use crate::call::record::{CallRecord, Link};
 use crate::call::{CallInput, Calls, ClientOwner, Txns};
 use crate::config::Profile;
 use crate::lookup::{LookupAnswer, LookupRequest};
 use crate::media::{MediaCallId, MediaCommand, MediaEvent};
 use crate::overload::{Cause, Gate, Throttle};
 use crate::script::RuleSet;
-use crate::shared::{EngineStats, Peer, Transmit};
+use crate::shared::{EngineStats, MessageCounts, Peer, Transmit};
 use crate::sip::header::branch_of;
 use crate::sip::transaction::TimerConfig;
 use crate::sip::{parse_message, Fault, Framing, HeaderName, Message};
@@ -67,6 +67,7 @@ struct Traffic {
     messages_out: u64,
     unparsable: u64,
     transport_errors: u64,
+    by_kind: MessageCounts,
 }
 
 /// The sans-IO SIP engine of one shard.
@@ -114,6 +115,7 @@ impl Engine {
             messages_out: self.traffic.messages_out,
             malformed: self.traffic.unparsable + calls.malformed,
             transport_errors: self.traffic.transport_errors,
+            messages: self.traffic.by_kind,
             ..calls
         }
     }
@@ -225,6 +227,15 @@ impl Engine {
     /// `now`).
     pub fn handle_message(&mut self, msg: Message, from: Peer, received: Instant, now: Instant) {
         self.traffic.messages_in += 1;
+        let counts = &mut self.traffic.by_kind;
+        match &msg.start {
+            crate::sip::StartLine::Request { method, .. } => {
+                counts.count_request(false, from.transport, method.as_str().as_bytes())
+            }
+            crate::sip::StartLine::Response { status, .. } => {
+                counts.count_response(false, from.transport, *status)
+            }
+        }
         let new_call = self.new_call(&msg, from);
         let profile = (&*self.calls.current().profile, self.shards);
         let arrival = Arrival {
@@ -475,6 +486,17 @@ impl Engine {
         self.calls.poll_record()
     }
 
+    /// From now on the engine tells which call each B-leg Call-ID it makes belongs to, and
+    /// when calls end ([`Engine::poll_link`]): SIP capture's correlation.
+    pub fn keep_links(&mut self) {
+        self.calls.keep_links();
+    }
+
+    /// A link, to be handed to capture before the transmits that follow it.
+    pub fn poll_link(&mut self) -> Option<Link> {
+        self.calls.poll_link()
+    }
+
     /// A note from another shard's [`Engine::poll_note`].
     pub fn handle_note(&mut self, note: CallNote, now: Instant) {
         self.handle(CallInput::Note(note), now);
@@ -515,6 +537,10 @@ impl Engine {
             let input = match event {
                 TxnEvent::Transmit(transmit) => {
                     self.traffic.messages_out += 1;
+                    let start = &transmit.bytes[..transmit.bytes.len().min(16)];
+                    self.traffic
+                        .by_kind
+                        .count(true, transmit.peer.transport, start);
                     self.transmits.push_back(transmit);
                     continue;
                 }

@@ -18,6 +18,7 @@
 
 pub mod admission;
 mod call;
+pub mod capture;
 pub mod config;
 mod engine;
 pub mod lookup;
@@ -35,6 +36,7 @@ mod transport;
 
 pub use call::admin::{CallSummary, CallsSnapshot, LegSummary};
 pub use call::join::CallNote;
+pub use call::record::Link;
 pub use config::Profile;
 pub use engine::{AdminAnswer, AdminQuery, Engine, ShardSnapshot};
 pub use runtime::run;

@@ -75,8 +75,26 @@ pub fn run(mut profile: Profile) -> anyhow::Result<()> {
         Duration::from_secs(profile.short_call_seconds.into()),
         profile.cdr.as_ref(),
     )?);
+    let recent = Arc::new(crate::capture::Recent::new(
+        profile.admin.as_ref().map_or(0, |admin| admin.recent_calls),
+    ));
+    let capture = (profile.capture.is_some() || recent.enabled())
+        .then(|| {
+            crate::capture::Capture::start(
+                profile.capture.as_ref(),
+                &profile.listeners,
+                recent.clone(),
+            )
+        })
+        .transpose()?;
+    if let Some(hep) = profile.capture.as_ref().map(|capture| &capture.hep) {
+        tracing::info!(collector = %hep.address, agent = hep.agent_id, "capturing SIP to HEP");
+    }
     for engine in &mut engines {
         engine.keep_records();
+        if capture.is_some() {
+            engine.keep_links();
+        }
     }
     let mut udp = bind_udp(&profile, shards)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -91,7 +109,7 @@ pub fn run(mut profile: Profile) -> anyhow::Result<()> {
             senders.push(tx);
             receivers.push(rx);
         }
-        let (hub, tcp) = Hub::bind(&profile, senders.clone()).await?;
+        let (hub, tcp) = Hub::bind(&profile, senders.clone(), capture).await?;
         let shard_inputs = senders.clone();
         let events: crate::media::relay::EventSink = Arc::new(move |call, event| {
             // The relay id carries the shard that owns the call.
@@ -171,10 +189,21 @@ pub fn run(mut profile: Profile) -> anyhow::Result<()> {
                 drain: admin_drain_tx,
                 token: admin.token.clone(),
                 calls: call_log.clone(),
+                recent,
                 started: Instant::now(),
             });
-            tracing::info!(address = %listener.local_addr()?, "admin listening");
-            tokio::spawn(crate::observe::serve(listener, observed));
+            let tls = admin
+                .tls
+                .as_ref()
+                .map(crate::transport::tls::https_server_config)
+                .transpose()
+                .map_err(|err| anyhow::anyhow!("admin: TLS: {err}"))?;
+            tracing::info!(
+                address = %listener.local_addr()?,
+                https = tls.is_some(),
+                "admin listening"
+            );
+            tokio::spawn(crate::observe::serve(listener, tls, observed));
         }
         tokio::spawn(reloader(
             profile.clone(),
@@ -355,8 +384,7 @@ async fn reloader(
                     let _ = sender.send(ShardInput::Reload(set));
                 }
                 version = next;
-                metrics.version.store(version, Ordering::Relaxed);
-                metrics.reloads.fetch_add(1, Ordering::Relaxed);
+                metrics.reloaded(Ok(version));
                 for reply in waiting {
                     let _ = reply.send(Ok(version));
                 }
@@ -373,7 +401,6 @@ async fn reloader(
                 if crate::transport::dns::has_names(&running) {
                     refresh_at = Some(tokio::time::Instant::now() + REFRESH_AFTER_REFUSAL);
                 }
-                metrics.reload_failures.fetch_add(1, Ordering::Relaxed);
                 for error in &errors {
                     tracing::error!("reload refused: {error}");
                 }
@@ -382,15 +409,17 @@ async fn reloader(
                     "reload refused: version {version} stays in service"
                 );
                 let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                metrics.reloaded(Err(&errors));
                 for reply in waiting {
                     let _ = reply.send(Err(errors.clone()));
                 }
             }
             Err(err) => {
-                metrics.reload_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::error!("reload failed: {err}");
+                let errors = vec![format!("reload failed: {err}")];
+                metrics.reloaded(Err(&errors));
                 for reply in waiting {
-                    let _ = reply.send(Err(vec![format!("reload failed: {err}")]));
+                    let _ = reply.send(Err(errors.clone()));
                 }
             }
         }
@@ -519,10 +548,13 @@ async fn run_shard(
                     received: at,
                 }) = received
                 {
-                    if let Some(input) = parse_datagram(&buf[..len])
-                        .and_then(|parsed| hub.route(parsed, peer, at, shard))
-                    {
-                        handle(&mut engine, input);
+                    if let Some(parsed) = parse_datagram(&buf[..len]) {
+                        if let Some(capture) = &hub.capture {
+                            capture.incoming(bytes::Bytes::copy_from_slice(&buf[..len]), &peer, at);
+                        }
+                        if let Some(input) = hub.route(parsed, peer, at, shard) {
+                            handle(&mut engine, input);
+                        }
                     }
                     taken += 1;
                     received = if taken < BATCH && woke.elapsed() < BATCH_TIME {
@@ -550,6 +582,12 @@ async fn run_shard(
         while let Some(command) = engine.poll_media() {
             if let Some(relay) = &relay {
                 relay.apply(command);
+            }
+        }
+        // Links before the messages they tie to their calls.
+        while let Some(link) = engine.poll_link() {
+            if let Some(capture) = &hub.capture {
+                capture.link(link);
             }
         }
         while let Some(transmit) = engine.poll_transmit() {
@@ -585,6 +623,9 @@ async fn run_shard(
 /// Sends one of the engine's messages: UDP from the shard's own socket of the listener (a
 /// failure goes back to the engine at once), streams through the hub.
 async fn send(engine: &mut Engine, udp: &UdpSockets, hub: &Arc<Hub>, transmit: Transmit) {
+    if let Some(capture) = &hub.capture {
+        capture.outgoing(&transmit);
+    }
     match transmit.peer.transport {
         crate::config::Transport::Udp => {
             if let Err(error) = udp.send(&transmit.peer, &transmit.bytes).await {

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 /// The two legs of a call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +69,25 @@ pub struct Peer {
     pub conn: Option<ConnId>,
 }
 
+impl Peer {
+    /// `transport:IP:port`, as the admin API, CDRs and ladders show a peer.
+    pub fn label(&self) -> String {
+        endpoint_label(self.transport, self.addr)
+    }
+}
+
+/// `transport:IP:port` (`udp:192.0.2.1:5060`).
+pub fn endpoint_label(transport: Transport, addr: SocketAddr) -> String {
+    format!("{}:{addr}", transport.as_via_token().to_ascii_lowercase())
+}
+
+/// A wall-clock time as RFC 3339 (`2026-12-02T07:01:02.123Z`).
+pub fn rfc3339(when: SystemTime) -> String {
+    time::OffsetDateTime::from(when)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
 /// Bytes the driver must send.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transmit {
@@ -119,6 +138,104 @@ pub struct EngineStats {
     pub drain_refused: u64,
     /// Calls still up at the drain's deadline, ended by Bridgehead.
     pub drain_ended: u64,
+    /// RTP timeouts that ended calls.
+    pub rtp_timeouts: u64,
+    /// Messages by direction, transport and kind.
+    pub messages: MessageCounts,
+}
+
+/// What a SIP message is counted as: requests by method (rare ones as `other`), responses
+/// by status class.
+pub const MESSAGE_KINDS: [&str; 20] = [
+    "INVITE",
+    "ACK",
+    "BYE",
+    "CANCEL",
+    "OPTIONS",
+    "REGISTER",
+    "PRACK",
+    "UPDATE",
+    "INFO",
+    "REFER",
+    "NOTIFY",
+    "SUBSCRIBE",
+    "MESSAGE",
+    "other",
+    "1xx",
+    "2xx",
+    "3xx",
+    "4xx",
+    "5xx",
+    "6xx",
+];
+
+/// The transports in [`MessageCounts`]' order.
+pub const MESSAGE_TRANSPORTS: [Transport; 3] = [Transport::Udp, Transport::Tcp, Transport::Tls];
+
+/// SIP messages by direction (in, out), transport ([`MESSAGE_TRANSPORTS`]) and kind
+/// ([`MESSAGE_KINDS`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MessageCounts(pub [[[u64; MESSAGE_KINDS.len()]; 3]; 2]);
+
+impl Default for MessageCounts {
+    fn default() -> MessageCounts {
+        MessageCounts([[[0; MESSAGE_KINDS.len()]; 3]; 2])
+    }
+}
+
+impl MessageCounts {
+    /// Counts a message whose start line begins with `start` (a method token, or `SIP/2.0`
+    /// and a status code), received (`out` false) or sent over `transport`.
+    pub fn count(&mut self, out: bool, transport: Transport, start: &[u8]) {
+        match start.strip_prefix(b"SIP/2.0 ") {
+            Some(status) => {
+                let class = status.first().map_or(0, |digit| digit.wrapping_sub(b'0'));
+                self.count_kind(out, transport, Self::response_kind(u16::from(class) * 100));
+            }
+            None => {
+                let token = start.split(|b| *b == b' ').next().unwrap_or_default();
+                self.count_request(out, transport, token);
+            }
+        }
+    }
+
+    /// Counts a request by its method token.
+    pub fn count_request(&mut self, out: bool, transport: Transport, method: &[u8]) {
+        let kind = MESSAGE_KINDS[..13]
+            .iter()
+            .position(|kind| kind.as_bytes() == method)
+            .unwrap_or(13);
+        self.count_kind(out, transport, kind);
+    }
+
+    /// Counts a response by its status.
+    pub fn count_response(&mut self, out: bool, transport: Transport, status: u16) {
+        self.count_kind(out, transport, Self::response_kind(status));
+    }
+
+    fn response_kind(status: u16) -> usize {
+        match status / 100 {
+            class @ 1..=6 => 13 + usize::from(class),
+            _ => 13,
+        }
+    }
+
+    fn count_kind(&mut self, out: bool, transport: Transport, kind: usize) {
+        let transport = MESSAGE_TRANSPORTS
+            .iter()
+            .position(|t| *t == transport)
+            .unwrap_or(0);
+        self.0[usize::from(out)][transport][kind] += 1;
+    }
+
+    /// The sum of `self` and `other`.
+    pub fn add(&mut self, other: &MessageCounts) {
+        for (mine, theirs) in self.0.iter_mut().flatten().zip(other.0.iter().flatten()) {
+            for (m, t) in mine.iter_mut().zip(theirs) {
+                *m += t;
+            }
+        }
+    }
 }
 
 /// The health of the trunks' peers, told by the OPTIONS keepalives (shard 0 sends them),
@@ -134,6 +251,8 @@ pub struct PeerState {
     pub resting_until: Option<Instant>,
     /// Times it went down or up.
     pub changes: u64,
+    /// The last answered OPTIONS' round-trip time (none after a failed one).
+    pub round_trip: Option<std::time::Duration>,
 }
 
 /// The health of every trunk's peers, by trunk name and peer address.
@@ -174,18 +293,20 @@ impl PeerHealth {
             .resting_until = Some(until);
     }
 
-    /// The outcome of one OPTIONS; returns the peer's new state when it went down or up.
+    /// The outcome of one OPTIONS (answered or not, and its round-trip time when known);
+    /// returns the peer's new state when it went down or up.
     /// `(down_after, up_after)`: the failures in a row that make a peer down, the answers in a
     /// row that make it up again.
     pub fn record(
         &self,
         trunk: &str,
         peer: SocketAddr,
-        answered: bool,
+        (answered, round_trip): (bool, Option<std::time::Duration>),
         (down_after, up_after): (u32, u32),
     ) -> Option<PeerState> {
         let mut peers = self.peers();
         let state = peers.entry((trunk.to_string(), peer)).or_default();
+        state.round_trip = round_trip;
         // A streak counts what would change the state: failures while up, answers while down.
         if answered == state.down {
             state.streak += 1;
@@ -343,5 +464,32 @@ pub fn shrink_when_quiet<K: std::hash::Hash + Eq, V>(table: &mut HashMap<K, V>) 
     let used = table.len();
     if table.capacity() > SMALLEST && used * 4 < table.capacity() {
         table.shrink_to((used * 2).max(SMALLEST));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_counted_by_method_or_status_class_and_transport() {
+        let mut counts = MessageCounts::default();
+        counts.count(true, Transport::Udp, b"INVITE sip:x SIP/2.0");
+        counts.count(true, Transport::Tls, b"SIP/2.0 486 Busy Here");
+        counts.count(true, Transport::Tcp, b"FOO sip:x SIP/2.0");
+        counts.count_request(false, Transport::Udp, b"BYE");
+        counts.count_response(false, Transport::Udp, 183);
+        counts.count_response(false, Transport::Udp, 799);
+        let kind = |name: &str| MESSAGE_KINDS.iter().position(|k| *k == name).expect(name);
+        assert_eq!(counts.0[1][0][kind("INVITE")], 1);
+        assert_eq!(counts.0[1][2][kind("4xx")], 1);
+        assert_eq!(counts.0[1][1][kind("other")], 1);
+        assert_eq!(counts.0[0][0][kind("BYE")], 1);
+        assert_eq!(counts.0[0][0][kind("1xx")], 1);
+        assert_eq!(counts.0[0][0][kind("other")], 1);
+        let mut sum = counts;
+        sum.add(&counts);
+        assert_eq!(sum.0[1][2][kind("4xx")], 2);
+        assert_eq!(sum.0.iter().flatten().flatten().sum::<u64>(), 12);
     }
 }

@@ -14,6 +14,7 @@ pub mod dns;
 pub mod tls;
 pub mod udp;
 
+use crate::capture::Capture;
 use crate::config::{Listener, ListenerId, Profile, Transport, UnknownSources};
 use crate::shared::shard_for_call_id;
 use crate::shared::{tos, ConnId, Peer, Transmit};
@@ -83,6 +84,8 @@ pub struct Hub {
     pub stats: TransportStats,
     /// The reference for connections' last-activity stamps.
     started: Instant,
+    /// SIP capture (HEP, the dashboard's ladders), when on.
+    pub capture: Option<Arc<Capture>>,
 }
 
 /// Connections the transports refused or closed on their own.
@@ -137,6 +140,7 @@ impl Hub {
     pub async fn bind(
         profile: &Profile,
         shards: Vec<mpsc::UnboundedSender<ShardInput>>,
+        capture: Option<Arc<Capture>>,
     ) -> anyhow::Result<(Arc<Hub>, Vec<StreamListener>)> {
         let mut streams = Vec::new();
         for (id, listener) in profile.listeners.iter().enumerate() {
@@ -182,6 +186,7 @@ impl Hub {
             shards,
             stats: TransportStats::default(),
             started: Instant::now(),
+            capture,
         });
         Ok((hub, streams))
     }
@@ -696,6 +701,9 @@ pub fn spawn_stream<R, W>(
                     Ok(Some(len)) => {
                         received_any = true;
                         let bytes = buf.split_to(len).freeze();
+                        if let Some(capture) = &hub.capture {
+                            capture.incoming(bytes.clone(), &peer, Instant::now());
+                        }
                         match parse_message(&bytes, Framing::Stream) {
                             Ok((msg, _)) => hub.dispatch(Ok(msg), peer),
                             Err(err) if err.fault == crate::sip::Fault::Empty => {}

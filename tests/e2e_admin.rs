@@ -134,9 +134,28 @@ fn metrics_scraped_during_a_sipp_run_match_what_sipp_counted() {
     ] {
         assert_eq!(sample(&text, series), Some(expected), "{series}\n{text}");
     }
-    // Each call's INVITE, ACK and BYE came from the core, with the callee's answers.
+    // Each call's INVITE, ACK and BYE came from the core, with the callee's answers; by
+    // method and status class (retransmissions, if any, count too).
     let messages_in = sample(&text, "bridgehead_messages_total{direction=\"in\"}").expect("in");
     assert!(messages_in >= 13.0 * 3.0, "{text}");
+    let by_kind = |direction: &str, kind: &str| {
+        let series = format!(
+            "bridgehead_sip_messages_total{{direction=\"{direction}\",transport=\"udp\",kind=\"{kind}\"}}"
+        );
+        sample(&text, &series).unwrap_or(0.0)
+    };
+    assert!(by_kind("in", "INVITE") >= 13.0, "{text}");
+    assert!(by_kind("out", "INVITE") >= 13.0, "{text}");
+    assert!(by_kind("in", "BYE") >= 10.0, "{text}");
+    assert!(by_kind("in", "4xx") >= 3.0, "the callee's 486s\n{text}");
+    assert!(
+        by_kind("out", "4xx") >= 3.0,
+        "relayed to the caller\n{text}"
+    );
+    assert!(
+        by_kind("out", "2xx") >= 20.0,
+        "200 to INVITE and BYE\n{text}"
+    );
     let script = dir.join("rules.lua").display().to_string();
     let calls =
         format!("bridgehead_rule_hook_seconds_count{{script=\"{script}\",hook=\"on_invite\"}}");
@@ -214,7 +233,10 @@ fn the_admin_api_lists_shows_and_hangs_up_live_calls() {
     let dir = scratch_dir("admin-calls");
     std::fs::write(dir.join("token"), "s3cret\n").expect("token");
     let token_file = format!("  token_file: {}\n", dir.join("token").display());
-    let sbc = Sbc::start(&admin_profile(&dir, "return {}\n", &token_file));
+    let cdr = dir.join("cdr.jsonl");
+    let profile = admin_profile(&dir, "return {}\n", &token_file)
+        + &format!("cdr:\n  path: {}\n", cdr.display());
+    let sbc = Sbc::start(&profile);
     let admin = sbc.port("admin");
     // The token is required.
     let refused = request(admin, "GET", "/api/calls", None);
@@ -312,6 +334,30 @@ fn the_admin_api_lists_shows_and_hangs_up_live_calls() {
     }
     let calls = request(admin, "GET", "/api/calls", token).json();
     assert_eq!(calls.as_array().map(Vec::len), Some(0));
+    // Their CDRs: ended by Bridgehead for the operator, with the Reason it sent.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lines = loop {
+        let text = std::fs::read_to_string(&cdr).unwrap_or_default();
+        if text.lines().count() >= 2 || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let records: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    assert_eq!(records.len(), 2, "{lines}");
+    for record in &records {
+        assert_eq!(record["ended_by"], "sbc", "{record}");
+        assert_eq!(record["reason"], "operator");
+        assert!(
+            record["reason_header"]
+                .as_str()
+                .is_some_and(|r| r.contains("cause=16")),
+            "{record}"
+        );
+    }
 }
 
 #[test]

@@ -24,8 +24,8 @@ pub struct LegSummary {
     pub media: Vec<String>,
     /// Bridgehead's media ports facing the leg, one per anchored stream.
     pub ports: Vec<u16>,
-    /// The estimated MOS of the leg's last RTCP quality report.
-    pub mos: Option<f64>,
+    /// The leg's last RTCP quality report (MOS, loss, jitter).
+    pub quality: Option<LegQuality>,
 }
 
 /// A call as the admin API lists it.
@@ -71,13 +71,6 @@ impl Call {
     }
 }
 
-impl Dialog {
-    /// Where the leg's peer is, as the admin API and CDRs show it (`udp:IP:port`).
-    pub(super) fn peer_label(&self) -> String {
-        format!("{:?}:{}", self.peer.transport, self.peer.addr).to_lowercase()
-    }
-}
-
 impl Calls {
     /// Every call in progress, oldest first.
     pub fn summaries(&self, now: Instant) -> Vec<CallSummary> {
@@ -114,7 +107,7 @@ impl Calls {
             LegSummary {
                 call_id: dialog.call_id.clone(),
                 trunk: call.trunk_name(dialog.trunk),
-                peer: dialog.peer_label(),
+                peer: dialog.peer.label(),
                 party: dialog.remote_party.clone(),
                 media: call
                     .streams
@@ -122,7 +115,7 @@ impl Calls {
                     .filter_map(|s| side(s).remote.map(|a| a.to_string()))
                     .collect(),
                 ports: call.streams.iter().map(|s| side(s).local).collect(),
-                mos: call.mos[leg.index()],
+                quality: call.quality[leg.index()],
             }
         };
         let (state, talk_s) = match call.state {

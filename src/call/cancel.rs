@@ -50,6 +50,10 @@ impl B2bua<'_> {
         let to_tag = call_key
             .and_then(|k| self.calls.by_key.get(&k))
             .map(|c| c.a.local_tag.clone());
+        if let Some(call_key) = call_key {
+            self.calls
+                .note_end_reason(call_key, msg.header_str(&HeaderName::Reason));
+        }
         let ok = response_to(&msg, 200, None, to_tag.as_deref());
         // Within a call, its own version's trunk and script (a reload may have renumbered them).
         let (trunk, script) = call_key

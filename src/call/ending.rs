@@ -75,7 +75,7 @@ impl B2bua<'_> {
                 }
             }
             ClientOwner::Refresh(call, _) => self.on_refresh_outcome(call, status, now),
-            ClientOwner::Keepalive(id) => self.on_keepalive_outcome(id, status),
+            ClientOwner::Keepalive(id) => self.on_keepalive_outcome(id, status, now),
             ClientOwner::Transfer(key) => self.on_transfer_failure(key, status, now),
             ClientOwner::TransferNotify(key) => self.on_transfer_notified(key, now),
             ClientOwner::Local => {}
@@ -212,7 +212,12 @@ impl B2bua<'_> {
                         }
                         _ => 0.0,
                     },
-                    mos: call.mos.iter().flatten().copied().reduce(f64::min),
+                    mos: call
+                        .quality
+                        .iter()
+                        .flatten()
+                        .map(|q| q.mos)
+                        .reduce(f64::min),
                 };
                 self.run_call_hook(key, Hook::CallEnd, HookArgs::CallEnd(&info));
             }
@@ -220,6 +225,9 @@ impl B2bua<'_> {
         if let Some(call) = self.calls.by_key.remove(&key) {
             tracing::debug!(call = %call.id, reason, by = by.map_or("sbc", Leg::name), "call ended");
             self.calls.record(&call, reason, by, now);
+            self.calls.link(record::Link::Ended {
+                call: call.id.clone(),
+            });
             if !call.streams.is_empty() {
                 self.calls.media_commands.push_back(MediaCommand::Close {
                     call: self.media_call_id(key),

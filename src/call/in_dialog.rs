@@ -311,6 +311,10 @@ impl B2bua<'_> {
                 return;
             }
         };
+        if method == Method::Bye {
+            let reason = incoming.msg.header_str(&HeaderName::Reason);
+            self.calls.note_end_reason(call_key, reason);
+        }
         let Incoming {
             msg,
             key,
@@ -445,6 +449,7 @@ impl B2bua<'_> {
                 .map(|r| vec![(HeaderName::Reason, r.to_string())])
                 .unwrap_or_default()
         };
+        self.calls.note_end_reason(key, reason);
         // A joined call's dead leg is not hung up here: its transferor's dialog ends with
         // the transfer (`end_call`), and the partner's party is hung up by its own shard.
         let dead = self.dead_leg(key);

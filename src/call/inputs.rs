@@ -33,10 +33,22 @@ impl B2bua<'_> {
     /// leg in the form its trunk takes (unless a rule dropped it); an RTP timeout hangs the
     /// call up on both legs.
     fn media_event(&mut self, key: CallKey, event: &MediaEvent, now: Instant) {
-        if let (MediaEvent::Quality { leg, mos, .. }, Some(call)) =
-            (event, self.calls.by_key.get_mut(&key))
+        if let (
+            MediaEvent::Quality {
+                leg,
+                mos,
+                loss_percent,
+                jitter_ms,
+                ..
+            },
+            Some(call),
+        ) = (event, self.calls.by_key.get_mut(&key))
         {
-            call.mos[leg.index()] = Some(*mos);
+            call.quality[leg.index()] = Some(LegQuality {
+                mos: *mos,
+                loss_percent: *loss_percent,
+                jitter_ms: *jitter_ms,
+            });
         }
         let heard = self.run_call_hook(key, Hook::Media, HookArgs::Media(event));
         if let MediaEvent::Dtmf { leg, .. } = event {
@@ -44,6 +56,7 @@ impl B2bua<'_> {
         }
         if let MediaEvent::RtpTimeout { leg, seconds } = event {
             tracing::info!(leg = leg.name(), seconds, "no RTP: hanging up");
+            self.calls.stats.rtp_timeouts += 1;
             self.hang_up(key, "timeout", None, now);
         }
     }

@@ -14,8 +14,9 @@ struct Monitored {
     id: u32,
     trunk: String,
     peer: SocketAddr,
-    /// When its next OPTIONS is due.
+    /// When its next OPTIONS is due, and when the last one went.
     at: Instant,
+    sent: Option<Instant>,
 }
 
 /// When each monitored peer's next OPTIONS is due (the keepalive shard only).
@@ -60,6 +61,7 @@ impl PeerMonitor {
                     trunk: trunk.to_string(),
                     peer,
                     at: now,
+                    sent: None,
                 });
             }
         }
@@ -118,6 +120,7 @@ impl B2bua<'_> {
                 .and_then(|t| rules.profile.trunks[t].keepalive)
                 .map_or(60, |k| k.interval);
             monitored.at = now + std::time::Duration::from_secs(u64::from(interval));
+            monitored.sent = Some(now);
             if let Some(trunk) = trunk {
                 due.push((monitored.id, trunk, monitored.peer));
             }
@@ -182,9 +185,9 @@ impl B2bua<'_> {
         self.start_client(options, peer, ClientOwner::Keepalive(id), now);
     }
 
-    /// A keepalive OPTIONS got its final response (or none: 408, 503): the peer's health
-    /// follows, and a change is logged.
-    pub(super) fn on_keepalive_outcome(&mut self, id: u32, status: u16) {
+    /// A keepalive OPTIONS got its final response at `now` (or none: 408, 503): the peer's
+    /// health and round-trip time follow, and a change is logged.
+    pub(super) fn on_keepalive_outcome(&mut self, id: u32, status: u16, now: Instant) {
         let Some(monitor) = self.calls.monitor.as_ref() else {
             return;
         };
@@ -200,10 +203,14 @@ impl B2bua<'_> {
         };
         let answered = status != 408 && !(500..600).contains(&status);
         let (trunk, peer) = (monitored.trunk.as_str(), monitored.peer);
+        let round_trip = monitored
+            .sent
+            .filter(|_| answered)
+            .map(|sent| now.saturating_duration_since(sent));
         let Some(state) = self.calls.health.record(
             trunk,
             peer,
-            answered,
+            (answered, round_trip),
             (settings.down_after, settings.up_after),
         ) else {
             return;

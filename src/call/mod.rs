@@ -45,7 +45,7 @@ use crate::config::{
     DelayedOffer, EarlyMedia, HeaderPolicy, MultipartPolicy, ReferPolicy, Rel100,
     ScriptErrorPolicy, TrunkId,
 };
-use crate::media::{DtmfMethod, MediaCallId, MediaCommand, MediaEvent, PortPool};
+use crate::media::{DtmfMethod, LegQuality, MediaCallId, MediaCommand, MediaEvent, PortPool};
 use crate::script::{
     CallEndInfo, Hook, HookArgs, HookCall, HookMessage, InviteRun, RouteDecision, RuleSet,
     ScriptId, SharedSdp,
@@ -182,6 +182,8 @@ pub(crate) struct Calls {
     notes: VecDeque<(usize, join::CallNote)>,
     /// The records of calls that ended, when the driver asked for them.
     records: Option<VecDeque<record::CallRecord>>,
+    /// The links of captured messages to their calls, when the driver asked for them.
+    links: Option<VecDeque<record::Link>>,
     /// The drain under way (SIGTERM), if any.
     draining: Option<drain::Drain>,
     /// The trunks' calls and call rates, shared by the shards.
@@ -240,6 +242,7 @@ impl Calls {
             waiting: lookups::Waiting::default(),
             notes: VecDeque::new(),
             records: None,
+            links: None,
             draining: None,
             loads,
         }
@@ -472,8 +475,11 @@ pub struct Call {
     a_final: Option<u16>,
     /// Anchored media streams, by m= line.
     streams: Vec<crate::media::Stream>,
-    /// The estimated MOS of each leg's last quality report (A, B).
-    pub(crate) mos: [Option<f64>; 2],
+    /// Each leg's last quality report (A, B).
+    pub(crate) quality: [Option<LegQuality>; 2],
+    /// The Reason header (RFC 3326) of the BYE or CANCEL that ended the call, or of the BYE
+    /// Bridgehead sent when it ended it.
+    end_reason: Option<String>,
     /// The answer Bridgehead gave the caller's offer itself (local ringback): every later
     /// answer to the caller's INVITE repeats it (one answer per offer, RFC 3261 §13.3.1.1).
     local_answer: Option<Bytes>,

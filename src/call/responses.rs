@@ -120,7 +120,7 @@ impl B2bua<'_> {
             }
             ClientOwner::Keepalive(id) => {
                 if let Some(status) = msg.status().filter(|s| *s >= 200) {
-                    self.on_keepalive_outcome(id, status);
+                    self.on_keepalive_outcome(id, status, now);
                 }
             }
             ClientOwner::Transfer(call) => self.on_transfer_response(call, &msg, now),

@@ -20,12 +20,26 @@ pub(super) struct NewCall {
     pub(super) a_invite: TxnId,
     pub(super) a: Dialog,
     /// The B-leg's Call-ID and From-tag.
-    b_identity: (String, String),
+    pub(super) b_identity: (String, String),
+    /// When the caller's INVITE came.
+    pub(super) received: Instant,
     a_session: Option<SessionTimer>,
     a_reliable: Option<ReliableProvisionals>,
     preconditions: Option<precondition::CallerPreconditions>,
     /// The call counted on the caller's trunk.
     seat: crate::shared::TrunkSeat,
+}
+
+impl NewCall {
+    /// What the record of the call needs when it is refused as it is.
+    pub(super) fn refused(&self) -> record::Refused<'_> {
+        record::Refused {
+            a: &self.a,
+            b_call_id: &self.b_identity.0,
+            rules: &self.rules,
+            received: self.received,
+        }
+    }
 }
 
 /// The caller's dialog (the A-leg) of a new INVITE from `from` on `trunk`, with Bridgehead's
@@ -441,7 +455,7 @@ impl B2bua<'_> {
         let listener = &rules.profile.listeners[from.listener];
         let a = a_dialog(&msg, &info, (from, trunk), listener, a_tag);
         let mut draft = b_leg_draft(&msg, &info, &a);
-        let (b_call_id, b_tag) = self.fresh_b_identity(&mut draft);
+        let (b_call_id, b_tag) = self.fresh_b_identity(&info.call_id, &mut draft);
 
         let mut hooked = HookMessage::new(draft, Leg::B, String::new());
         hooked.caller = Some(msg.clone());
@@ -460,6 +474,7 @@ impl B2bua<'_> {
             a_reliable,
             preconditions,
             seat,
+            received: now,
         };
         self.after_invite_hook(setup, run, now);
     }
@@ -467,6 +482,13 @@ impl B2bua<'_> {
     /// Answers the caller's INVITE of a new call that will not be (it has no call yet) with
     /// `status`.
     pub(super) fn answer_new_call(&mut self, setup: &NewCall, status: u16, now: Instant) {
+        let reason = match status {
+            487 => "cancel",
+            500 => "error",
+            _ => "drain",
+        };
+        self.calls
+            .record_refused(setup.refused(), (status, reason, status == 487), now);
         let (trunk, script, tag) = (setup.trunk, setup.script, setup.a.local_tag.as_str());
         let answer = response_to(&setup.msg, status, None, Some(tag));
         let answer = self.outgoing(None, script, Leg::A, trunk, answer);
@@ -497,6 +519,21 @@ impl B2bua<'_> {
         };
         let call_id = setup.info.call_id.clone();
         let mut outcome = self.hook_outcome(None, &call_id, Hook::Invite, call, result);
+        let decision = (outcome.failed, outcome.decision.take());
+        let route = match invite_decision(&setup.rules, setup.trunk, decision) {
+            Some(RouteDecision::Route { trunk, peer, uri }) => Route { trunk, peer, uri },
+            refused => {
+                self.calls.stats.calls_failed += 1;
+                let record = match &refused {
+                    Some(RouteDecision::Reject { status, .. }) => (*status, "rejected", false),
+                    _ => (404, "no_route", false),
+                };
+                self.calls.record_refused(setup.refused(), record, now);
+                let answer = (setup.a_invite, &setup.msg, setup.a.local_tag.as_str());
+                self.refuse_new_call(answer, (setup.script, setup.trunk), refused, now);
+                return;
+            }
+        };
         let NewCall {
             msg,
             info,
@@ -510,17 +547,8 @@ impl B2bua<'_> {
             a_reliable,
             preconditions,
             seat,
+            received,
         } = setup;
-        let decision = (outcome.failed, outcome.decision.take());
-        let route = match invite_decision(&rules, trunk, decision) {
-            Some(RouteDecision::Route { trunk, peer, uri }) => Route { trunk, peer, uri },
-            refused => {
-                self.calls.stats.calls_failed += 1;
-                let answer = (a_invite, &msg, a.local_tag.as_str());
-                self.refuse_new_call(answer, (script, trunk), refused, now);
-                return;
-            }
-        };
         let HookMessage {
             msg: draft,
             touched,
@@ -530,12 +558,20 @@ impl B2bua<'_> {
         let b_template = (rules.rules.has_hook(script, Hook::Failure)
             || rules.profile.trunks[route.trunk].peers.len() > 1)
             .then(|| (draft.clone(), touched.clone()));
-        let b_leg = (b_call_id, b_tag, a_session);
+        let b_leg = (b_call_id.clone(), b_tag, a_session);
         let Some((mut b, mut invite)) = self.address_b_leg(&rules, draft, &route, b_leg, now)
         else {
             // The trunk has no peer (its names do not resolve): 503 at once.
             tracing::warn!(call = %info.call_id, trunk = %rules.profile.trunks[route.trunk].name, "no peer to send the call to: 503");
             self.calls.stats.calls_failed += 1;
+            let refused = record::Refused {
+                a: &a,
+                b_call_id: &b_call_id,
+                rules: &rules,
+                received,
+            };
+            self.calls
+                .record_refused(refused, (503, "no_peer", false), now);
             let unavailable = response_to(&msg, 503, None, Some(&a.local_tag));
             let unavailable = self.outgoing(None, script, Leg::A, trunk, unavailable);
             self.send_response(a_invite, &unavailable, now);
@@ -565,7 +601,8 @@ impl B2bua<'_> {
             state: CallState::Calling,
             a_final: None,
             streams: Vec::new(),
-            mos: [None, None],
+            quality: [None, None],
+            end_reason: None,
             local_answer: None,
             a,
             b,
@@ -647,9 +684,14 @@ impl B2bua<'_> {
         self.send_response(a_invite, &response, now);
     }
 
-    /// Gives a B-leg INVITE draft a fresh Call-ID and From-tag; returns them.
-    pub(super) fn fresh_b_identity(&mut self, draft: &mut Message) -> (String, String) {
+    /// Gives a B-leg INVITE draft of call `call` (its A-leg Call-ID) a fresh Call-ID and
+    /// From-tag; returns them.
+    pub(super) fn fresh_b_identity(&mut self, call: &str, draft: &mut Message) -> (String, String) {
         let call_id = self.new_call_id();
+        self.calls.link(record::Link::Leg {
+            call: call.to_string(),
+            b_call_id: call_id.clone(),
+        });
         let tag = self.new_tag();
         let from = without_tag(draft.header_str(&HeaderName::From).unwrap_or_default());
         draft.set_header(HeaderName::From, format!("{from};tag={tag}"));
@@ -877,7 +919,8 @@ impl B2bua<'_> {
         };
         let rules = call.rules.clone();
         let caller_timer = call.session[Leg::A.index()];
-        let (call_id, tag) = self.fresh_b_identity(&mut draft);
+        let id = call.id.clone();
+        let (call_id, tag) = self.fresh_b_identity(&id, &mut draft);
         let b_leg = (call_id, tag, caller_timer);
         let Some((b, invite)) = self.address_b_leg(&rules, draft, route, b_leg, now) else {
             return false;

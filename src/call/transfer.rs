@@ -342,7 +342,8 @@ impl B2bua<'_> {
         if let Some(by) = refer.header_str(&HeaderName::ReferredBy) {
             draft.push_header(HeaderName::ReferredBy, by.to_string());
         }
-        let (call_id, tag) = self.fresh_b_identity(&mut draft);
+        let id = call.id.clone();
+        let (call_id, tag) = self.fresh_b_identity(&id, &mut draft);
         // A body for now, so that no offer of Bridgehead's own is made: the real one follows.
         draft.body = Bytes::from_static(b"-");
         let (dialog, mut invite) =

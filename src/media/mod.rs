@@ -489,6 +489,15 @@ pub enum MediaEvent {
     },
 }
 
+/// A leg's reception quality from its last RTCP report (what CDRs and the per-trunk
+/// histograms keep).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct LegQuality {
+    pub mos: f64,
+    pub loss_percent: f64,
+    pub jitter_ms: f64,
+}
+
 impl MediaEvent {
     /// The leg the event is about.
     pub fn leg(&self) -> Leg {

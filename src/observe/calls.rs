@@ -15,18 +15,96 @@ use std::time::{Duration, Instant, SystemTime};
 /// Upper bounds of the setup-time histogram (seconds from the caller's INVITE to the answer).
 pub const SETUP_BUCKETS_S: [f64; 8] = [0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0];
 
+/// Upper bounds of the media quality histograms: estimated MOS, jitter (seconds) and loss
+/// (a ratio), of each leg's last RTCP report.
+pub const MOS_BUCKETS: [f64; 7] = [1.0, 2.0, 2.5, 3.0, 3.5, 4.0, 4.3];
+pub const JITTER_BUCKETS_S: [f64; 7] = [0.001, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16];
+pub const LOSS_BUCKETS: [f64; 7] = [0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2];
+
+/// Values counted by upper bound (then one count for larger values), and their sum.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Histogram {
+    pub bounds: &'static [f64],
+    /// One count per bound, then one for values above the last (not cumulative).
+    pub counts: Vec<u64>,
+    pub sum: f64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            counts: vec![0; bounds.len() + 1],
+            sum: 0.0,
+        }
+    }
+
+    pub fn observe(&mut self, value: f64) {
+        let bucket = self
+            .bounds
+            .iter()
+            .position(|limit| value <= *limit)
+            .unwrap_or(self.bounds.len());
+        self.counts[bucket] += 1;
+        self.sum += value;
+    }
+
+    /// Values observed.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// (upper bound, count) pairs, the last bound `f64::MAX` (+Inf).
+    pub fn buckets(&self) -> Vec<(f64, u64)> {
+        self.bounds
+            .iter()
+            .copied()
+            .chain([f64::MAX])
+            .zip(self.counts.iter().copied())
+            .collect()
+    }
+}
+
+/// The media quality of one trunk's legs (their last RTCP report each).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrunkQuality {
+    pub mos: Histogram,
+    pub jitter_s: Histogram,
+    pub loss: Histogram,
+}
+
+impl Default for TrunkQuality {
+    fn default() -> TrunkQuality {
+        TrunkQuality {
+            mos: Histogram::new(&MOS_BUCKETS),
+            jitter_s: Histogram::new(&JITTER_BUCKETS_S),
+            loss: Histogram::new(&LOSS_BUCKETS),
+        }
+    }
+}
+
 /// The counters of calls from one trunk to another.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct TrunkCalls {
     /// Calls by the final status the caller got ("0": none).
     pub by_status: BTreeMap<u16, u64>,
-    /// Answered calls by setup time ([`SETUP_BUCKETS_S`], then slower), and the sum.
-    pub setup: [u64; SETUP_BUCKETS_S.len() + 1],
-    pub setup_sum_s: f64,
+    /// Answered calls by setup time ([`SETUP_BUCKETS_S`]).
+    pub setup: Histogram,
     /// Answered calls shorter than the profile's `short_call_seconds`.
     pub short: u64,
     /// Seconds talked, summed.
     pub talk_s: f64,
+}
+
+impl Default for TrunkCalls {
+    fn default() -> TrunkCalls {
+        TrunkCalls {
+            by_status: BTreeMap::new(),
+            setup: Histogram::new(&SETUP_BUCKETS_S),
+            short: 0,
+            talk_s: 0.0,
+        }
+    }
 }
 
 /// A call record on its way to the CDR writer, with the instant it was sent at and the wall
@@ -37,6 +115,8 @@ type Pending = (CallRecord, Instant, SystemTime);
 pub struct CallLog {
     /// By (caller's trunk, callee's trunk).
     trunks: Mutex<BTreeMap<(String, String), TrunkCalls>>,
+    /// By trunk: the quality of its legs.
+    quality: Mutex<BTreeMap<String, TrunkQuality>>,
     short_call: Duration,
     cdr: Mutex<Option<mpsc::Sender<Pending>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -64,6 +144,7 @@ impl CallLog {
         };
         Ok(CallLog {
             trunks: Mutex::new(BTreeMap::new()),
+            quality: Mutex::new(BTreeMap::new()),
             short_call,
             cdr: Mutex::new(sender),
             writer: Mutex::new(writer),
@@ -82,15 +163,22 @@ impl CallLog {
                 let setup = answered
                     .saturating_duration_since(record.invite_at)
                     .as_secs_f64();
-                let bucket = SETUP_BUCKETS_S
-                    .iter()
-                    .position(|limit| setup <= *limit)
-                    .unwrap_or(SETUP_BUCKETS_S.len());
-                calls.setup[bucket] += 1;
-                calls.setup_sum_s += setup;
+                calls.setup.observe(setup);
                 let talk = record.ended_at.saturating_duration_since(answered);
                 calls.talk_s += talk.as_secs_f64();
                 calls.short += u64::from(talk < self.short_call);
+            }
+        }
+        {
+            let mut quality = lock(&self.quality);
+            let legs = [&record.ingress, &record.egress];
+            for (trunk, leg) in legs.into_iter().zip(record.quality) {
+                if let Some(leg) = leg {
+                    let trunk = quality.entry(trunk.clone()).or_default();
+                    trunk.mos.observe(leg.mos);
+                    trunk.jitter_s.observe(leg.jitter_ms / 1000.0);
+                    trunk.loss.observe(leg.loss_percent / 100.0);
+                }
             }
         }
         if let Some(cdr) = lock(&self.cdr).as_ref() {
@@ -103,6 +191,14 @@ impl CallLog {
         lock(&self.trunks)
             .iter()
             .map(|(trunks, calls)| (trunks.clone(), calls.clone()))
+            .collect()
+    }
+
+    /// The media quality of each trunk's legs, by trunk.
+    pub fn quality(&self) -> Vec<(String, TrunkQuality)> {
+        lock(&self.quality)
+            .iter()
+            .map(|(trunk, quality)| (trunk.clone(), quality.clone()))
             .collect()
     }
 
@@ -371,10 +467,7 @@ impl CdrFile {
 /// An instant of the engine's clock as an RFC 3339 wall-clock time, given the instant `sent`
 /// and the wall clock `wall` at the same moment.
 fn wall_time(at: Instant, sent: Instant, wall: SystemTime) -> String {
-    let when = wall - sent.saturating_duration_since(at);
-    time::OffsetDateTime::from(when)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    crate::shared::rfc3339(wall - sent.saturating_duration_since(at))
 }
 
 /// One CDR as JSON.
@@ -401,8 +494,9 @@ pub fn cdr_json(record: &CallRecord, sent: Instant, wall: SystemTime) -> serde_j
         "reason": record.reason,
         "version": record.version,
         "attempts": record.attempts,
-        "mos_caller": record.mos[0],
-        "mos_callee": record.mos[1],
+        "reason_header": record.end_reason,
+        "quality_caller": record.quality[0],
+        "quality_callee": record.quality[1],
     })
 }
 
@@ -431,7 +525,15 @@ mod tests {
             reason: "bye",
             version: 1,
             attempts: 1,
-            mos: [Some(4.3), None],
+            quality: [
+                Some(crate::media::LegQuality {
+                    mos: 4.3,
+                    loss_percent: 1.5,
+                    jitter_ms: 12.0,
+                }),
+                None,
+            ],
+            end_reason: Some("Q.850;cause=16".into()),
         }
     }
 
@@ -507,10 +609,19 @@ mod tests {
         assert_eq!((from.as_str(), to.as_str()), ("core", "teams"));
         assert_eq!(calls.by_status.get(&200), Some(&6));
         assert_eq!(calls.by_status.get(&486), Some(&1));
-        assert_eq!(calls.setup[0], 1, "50 ms");
-        assert_eq!(calls.setup[2], 5, "300 ms");
+        assert_eq!(calls.setup.counts[0], 1, "50 ms");
+        assert_eq!(calls.setup.counts[2], 5, "300 ms");
         assert_eq!(calls.short, 1);
         assert!((calls.talk_s - 303.0).abs() < 1e-6);
+        // The caller's legs' quality counts for its trunk, in the buckets of 4.3, 1.5 % and
+        // 12 ms; the callee's legs had no report.
+        let quality = log.quality();
+        assert_eq!(quality.len(), 1);
+        let (trunk, legs) = &quality[0];
+        assert_eq!(trunk, "core");
+        assert_eq!(legs.mos.counts, [0, 0, 0, 0, 0, 0, 7, 0]);
+        assert_eq!(legs.loss.counts, [0, 0, 0, 7, 0, 0, 0, 0]);
+        assert_eq!(legs.jitter_s.counts, [0, 0, 0, 7, 0, 0, 0, 0]);
         // 7 lines of about 550 bytes in files of at most 700: one per file, three files kept
         // (the file and two rotated), the four oldest gone.
         let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
@@ -524,6 +635,9 @@ mod tests {
         let last: serde_json::Value =
             serde_json::from_str(lines.last().expect("a line")).expect("JSON");
         assert_eq!(last["status"], 486);
+        assert_eq!(last["reason_header"], "Q.850;cause=16");
+        assert_eq!(last["quality_caller"]["mos"], 4.3);
+        assert_eq!(last["quality_callee"], serde_json::Value::Null);
         assert_eq!(last["answered_at"], serde_json::Value::Null);
         assert_eq!(last["ingress"], "core");
         assert!(last["invite_at"].as_str().is_some_and(|t| t.ends_with('Z')));

@@ -162,7 +162,7 @@ fn human(order: &Order, body: &Value) -> String {
                     l["media"].as_array().map_or("-".to_string(), |m| {
                         m.iter().map(text).collect::<Vec<_>>().join(", ")
                     }),
-                    text(&l["mos"]),
+                    text(&l["quality"]["mos"]),
                 );
             }
             out

@@ -2,12 +2,13 @@
 //! by prometheus-client as OpenMetrics text. Each scrape builds its registry from the answers
 //! of that moment: nothing is counted twice and nothing on a shard's path is shared.
 
+use super::calls::{Histogram, TrunkQuality};
 use super::Observed;
 use crate::engine::ShardSnapshot;
 use crate::script::LATENCY_BUCKETS_US;
 use crate::transport::tls::HandshakeFailure;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
@@ -166,6 +167,9 @@ impl Scrape {
                 |s| s.overload_refused,
             ),
             stats("bans", "Sources banned by admission", |s| s.admission.bans),
+            stats("rtp_timeouts", "Calls hung up because no RTP came", |s| {
+                s.stats.rtp_timeouts
+            }),
         ] {
             counter(encoder, &name, &help, value)?;
         }
@@ -176,6 +180,36 @@ impl Scrape {
                 ([("direction", "in")], self.sum(|s| s.stats.messages_in)),
                 ([("direction", "out")], self.sum(|s| s.stats.messages_out)),
             ],
+        )?;
+        let mut kinds = crate::shared::MessageCounts::default();
+        for snapshot in &self.snapshots {
+            kinds.add(&snapshot.stats.messages);
+        }
+        let mut by_kind = Vec::new();
+        for (direction, transports) in ["in", "out"].into_iter().zip(kinds.0) {
+            for (transport, counts) in crate::shared::MESSAGE_TRANSPORTS.iter().zip(transports) {
+                for (kind, value) in crate::shared::MESSAGE_KINDS.iter().zip(counts) {
+                    if value > 0 {
+                        let transport = transport.as_via_token().to_ascii_lowercase();
+                        by_kind.push((
+                            [
+                                ("direction", direction.to_string()),
+                                ("transport", transport),
+                                ("kind", kind.to_string()),
+                            ],
+                            value,
+                        ));
+                    }
+                }
+            }
+        }
+        counters(
+            encoder,
+            (
+                "sip_messages",
+                "SIP messages by direction, transport and kind (requests by method, responses by class)",
+            ),
+            &by_kind,
         )?;
         counters(
             encoder,
@@ -476,6 +510,47 @@ impl Scrape {
             ("peer_changes", "Times a peer went down or up"),
             &changes,
         )?;
+        let round_trips: Vec<_> = peers
+            .iter()
+            .filter_map(|(trunk, peer, state)| {
+                let labels = [("trunk", trunk.clone()), ("peer", peer.to_string())];
+                Some((labels, state.round_trip?.as_secs_f64()))
+            })
+            .collect();
+        let mut family = encoder.encode_descriptor(
+            "peer_options_rtt_seconds",
+            "Round-trip time of the last answered OPTIONS keepalive",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (labels, seconds) in &round_trips {
+            ConstGauge::new(*seconds).encode(family.encode_family(labels)?)?;
+        }
+        if let Some(capture) = &self.transport.capture {
+            let stats = &capture.stats;
+            counters(
+                encoder,
+                (
+                    "capture_messages",
+                    "SIP messages captured, and dropped on a full queue",
+                ),
+                &[
+                    ([("outcome", "captured")], load(&stats.captured)),
+                    ([("outcome", "dropped")], load(&stats.dropped)),
+                ],
+            )?;
+            counters(
+                encoder,
+                (
+                    "hep_packets",
+                    "HEP packets sent to the collector, and failed sends",
+                ),
+                &[
+                    ([("outcome", "sent")], load(&stats.hep_sent)),
+                    ([("outcome", "failed")], load(&stats.hep_failed)),
+                ],
+            )?;
+        }
         let uptime = prometheus_client::metrics::gauge::ConstGauge::new(self.uptime_s);
         uptime.encode(encoder.encode_descriptor(
             "uptime_seconds",
@@ -536,24 +611,46 @@ impl Scrape {
             MetricType::Histogram,
         )?;
         for (pair, calls) in &trunks {
-            let buckets: Vec<(f64, u64)> = super::calls::SETUP_BUCKETS_S
-                .iter()
-                .copied()
-                .chain([f64::MAX])
-                .zip(calls.setup.iter().copied())
-                .collect();
-            let answered = calls.setup.iter().sum();
-            setup
-                .encode_family(&labels(pair))?
-                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-                    calls.setup_sum_s,
-                    answered,
-                    &buckets,
-                    None,
+            histogram(setup.encode_family(&labels(pair))?, &calls.setup)?;
+        }
+        let quality = self.calls.quality();
+        for (name, help, field) in [
+            (
+                "trunk_media_mos",
+                "Estimated MOS of each leg's last RTCP report, by the leg's trunk",
+                (|q: &TrunkQuality| &q.mos) as fn(&TrunkQuality) -> &Histogram,
+            ),
+            (
+                "trunk_media_jitter_seconds",
+                "Jitter of each leg's last RTCP report, by the leg's trunk",
+                |q: &TrunkQuality| &q.jitter_s,
+            ),
+            (
+                "trunk_media_loss_ratio",
+                "Packet loss of each leg's last RTCP report, by the leg's trunk",
+                |q: &TrunkQuality| &q.loss,
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+            for (trunk, legs) in &quality {
+                histogram(
+                    family.encode_family(&[("trunk", trunk.as_str())])?,
+                    field(legs),
                 )?;
+            }
         }
         Ok(())
     }
+}
+
+/// One histogram of a family.
+fn histogram(mut encoder: MetricEncoder<'_>, values: &Histogram) -> Result<(), Error> {
+    encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+        values.sum,
+        values.count(),
+        &values.buckets(),
+        None,
+    )
 }
 
 impl Collector for Scrape {

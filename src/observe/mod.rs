@@ -11,6 +11,7 @@ mod api;
 pub mod calls;
 pub mod ctl;
 
+mod https;
 mod metrics;
 
 use crate::engine::{AdminAnswer, AdminQuery};
@@ -42,6 +43,8 @@ pub struct Observed {
     pub token: Option<String>,
     /// Ended calls, per trunk.
     pub calls: Arc<calls::CallLog>,
+    /// The ladders of the last calls (the dashboard's).
+    pub recent: Arc<crate::capture::Recent>,
     pub started: Instant,
 }
 
@@ -73,9 +76,19 @@ pub async fn bind(address: std::net::SocketAddr) -> anyhow::Result<tokio::net::T
         .map_err(|err| anyhow::anyhow!("admin: cannot bind {address}: {err}"))
 }
 
-/// Serves the admin API and the metrics on `listener` until the process ends.
-pub async fn serve(listener: tokio::net::TcpListener, observed: Arc<Observed>) {
-    if let Err(err) = axum::serve(listener, api::router(observed)).await {
+/// Serves the admin API, the metrics and the dashboard on `listener` until the process
+/// ends: over HTTPS with `tls` (a rustls server setup), plain HTTP without.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: Option<rustls::ServerConfig>,
+    observed: Arc<Observed>,
+) {
+    let router = api::router(observed);
+    let served = match tls {
+        Some(config) => axum::serve(https::Listener::new(listener, config), router).await,
+        None => axum::serve(listener, router).await,
+    };
+    if let Err(err) = served {
         tracing::error!("admin server stopped: {err}");
     }
 }

@@ -222,9 +222,55 @@ pub struct RuleMetrics {
     /// Reloads that became current, and reloads refused.
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
+    /// The last reloads, newest last.
+    history: Mutex<std::collections::VecDeque<Reload>>,
+}
+
+/// Reloads [`RuleMetrics::history`] keeps.
+const RELOAD_HISTORY: usize = 20;
+
+/// One reload: the version it made current, or the errors it was refused for.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Reload {
+    /// RFC 3339.
+    pub at: String,
+    pub version: Option<u64>,
+    pub ok: bool,
+    pub errors: Vec<String>,
 }
 
 impl RuleMetrics {
+    /// A reload made `version` current, or was refused for `errors`: counted and kept in
+    /// the history.
+    pub fn reloaded(&self, outcome: Result<u64, &[String]>) {
+        let reload = Reload {
+            at: crate::shared::rfc3339(std::time::SystemTime::now()),
+            version: outcome.as_ref().ok().copied(),
+            ok: outcome.is_ok(),
+            errors: outcome.err().map(<[String]>::to_vec).unwrap_or_default(),
+        };
+        match outcome {
+            Ok(version) => {
+                self.version.store(version, Ordering::Relaxed);
+                self.reloads.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.reload_failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        history.push_back(reload);
+        if history.len() > RELOAD_HISTORY {
+            history.pop_front();
+        }
+    }
+
+    /// The last reloads, newest last.
+    pub fn history(&self) -> Vec<Reload> {
+        let history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        history.iter().cloned().collect()
+    }
+
     fn counters(&self, script: &Path, hook: Hook) -> Arc<HookCounters> {
         let mut hooks = self.hooks.lock().unwrap_or_else(|e| e.into_inner());
         hooks

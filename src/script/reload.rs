@@ -132,6 +132,10 @@ pub fn compile(
         restart_needed.push("admin changed".to_string());
         profile.admin = running.admin.clone();
     }
+    if profile.capture != running.capture {
+        restart_needed.push("capture changed".to_string());
+        profile.capture = running.capture.clone();
+    }
     if profile.cdr != running.cdr || profile.short_call_seconds != running.short_call_seconds {
         restart_needed.push("cdr or short_call_seconds changed".to_string());
         profile.cdr = running.cdr.clone();

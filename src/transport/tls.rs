@@ -200,6 +200,14 @@ pub fn https_client_config() -> anyhow::Result<ClientConfig> {
     client_config(&TrunkTls::default(), None, Arc::new(provider()))
 }
 
+/// The server side of the admin server's HTTPS: the SIP listeners' setup (TLS 1.2/1.3 with
+/// [`SUITES`]) with `tls`'s certificate, offering HTTP/1.1.
+pub fn https_server_config(tls: &ListenerTls) -> anyhow::Result<ServerConfig> {
+    let mut config = server_config(tls, Arc::new(provider()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 /// The ring provider cut to [`SUITES`].
 fn provider() -> CryptoProvider {
     let mut provider = ring::default_provider();
