@@ -14,6 +14,10 @@
 #      e against f. Also measured for e: how many TLS handshakes per second the second
 #      Bridgehead's TLS listener completes (`openssl s_time -new`, 5 s)
 #   f  e with TCP between them (not in the default SYSTEMS)
+#   g  c with everything one sees it run by on: the admin server (its /metrics scraped every
+#      second, the dashboard's ladders of recent calls kept), CDRs to a file, and every SIP
+#      message as HEP3 to a UDP collector (a Python sink; its CPU is not charged): the
+#      observability overhead is g against c (not in the default SYSTEMS)
 #
 # Per system and rate it prints the calls attempted, succeeded and failed, the achieved rate,
 # the UAC's retransmissions, the UDP datagrams the kernel dropped (RcvbufErrors, all sockets),
@@ -48,7 +52,10 @@
 #   TRACE=1                                  the UAS writes every message it gets (uas_msg.log in
 #                                            the step's directory): check the SDP, the headers
 #   SHARDS=0                                 Bridgehead's shards (0: one per core)
-#   PERF=1                                   perf records Bridgehead (c, d) while the calls run
+#   OBSERVE="admin cdr hep"                  what g turns on: the admin server (scraped every
+#                                            second, with the recent-call ladders), CDRs to a
+#                                            file, HEP3 capture
+#   PERF=1                                   perf records Bridgehead (c, d, g) while the calls run
 #                                            and prints its top entries (perf.data in the step's
 #                                            directory; needs linux-perf)
 #
@@ -91,12 +98,13 @@ KAMAILIO_MODULES=$(kamailio_modules)
 install_missing "${NEED[@]}"
 
 BRIDGEHEAD=${CARGO_TARGET_DIR:-$PWD/target}/release/bridgehead
-if [[ " $SYSTEMS " =~ \ [cdef]\  ]]; then cargo build --release --quiet; fi
+if [[ " $SYSTEMS " =~ \ [cdefg]\  ]]; then cargo build --release --quiet; fi
 
 WORK=$(mktemp -d /tmp/bridgehead-compare-cps.XXXXXX)
 FREE_PORT_AVOID="$RTPENGINE_PORTS $MEDIA_PORTS"
 CORE=$(free_port); TEAMS=$(free_port); SOFTSWITCH=$(free_port); TEAMS_PEER=$(free_port)
 UAC=$(free_port); NG=$(free_port); MID1=$(free_port); MID2=$(free_port)
+ADMIN=$(free_port); HEP=$(free_port)
 # Bigger socket buffers when allowed (root); harmless otherwise.
 sysctl -qw net.core.rmem_max=8388608 net.core.wmem_max=8388608 2>/dev/null || true
 
@@ -108,6 +116,13 @@ fi
 
 # c: two trunks, no media section.
 { echo "shards: $SHARDS"; two_trunks "$BH_SCRIPT"; } > "$WORK/profile-c.yaml"
+# g: c with the admin server, CDRs and HEP capture (those OBSERVE names).
+OBSERVE=${OBSERVE:-admin cdr hep}
+{ cat "$WORK/profile-c.yaml"
+  [[ " $OBSERVE " != *" admin "* ]] || printf 'admin:\n  address: 127.0.0.1:%s\n' "$ADMIN"
+  [[ " $OBSERVE " != *" cdr "* ]] || printf 'cdr:\n  path: %s/cdr.jsonl\n' "$WORK"
+  [[ " $OBSERVE " != *" hep "* ]] || printf 'capture:\n  hep:\n    address: 127.0.0.1:%s\n' "$HEP"
+} > "$WORK/profile-g.yaml"
 # e, f: two Bridgeheads in a row, $1 (tls or tcp) between them.
 if [[ " $SYSTEMS " =~ \ [ef]\  ]]; then
   C="$WORK/certs"; mkdir -p "$C"
@@ -202,7 +217,25 @@ start_system() {
     d) start_bridgehead "$WORK/profile-d.yaml" ;;
     e) start_pair tls ;;
     f) start_pair tcp ;;
+    g) start_bridgehead "$WORK/profile-g.yaml"; start_observers ;;
   esac
+}
+# For g: a HEP collector that reads and drops, and a Prometheus stand-in scraping every second
+# (neither is part of the system: their CPU is not charged to it).
+start_observers() {
+  python3 -c "
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8388608)
+s.bind(('127.0.0.1', $HEP))
+while True: s.recv(65536)" &
+  PIDS+=($!)
+  [[ " $OBSERVE " == *" admin "* ]] || return 0
+  (while :; do
+     exec 3<>"/dev/tcp/127.0.0.1/$ADMIN" && printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3 && cat <&3 >/dev/null
+     exec 3<&-; sleep 1
+   done) 2>/dev/null &
+  PIDS+=($!)
 }
 describe() {
   case "$1" in
@@ -212,6 +245,7 @@ describe() {
     d) echo "d: Bridgehead $(git rev-parse --short HEAD 2>/dev/null), profiles/default.yaml layout, media anchored (ports $MEDIA_PORTS), $(basename "$BH_SCRIPT")" ;;
     e) echo "e: two Bridgeheads $(git rev-parse --short HEAD 2>/dev/null) in a row, SIP over TLS between them (one connection, ECDSA P-256), no media, $(basename "$BH_SCRIPT")" ;;
     f) echo "f: e with TCP between them" ;;
+    g) echo "g: c + observability ($OBSERVE): admin server (/metrics scraped every second, recent-call ladders), CDRs to a file, HEP3 of every SIP message" ;;
   esac
 }
 
@@ -239,7 +273,7 @@ for SYS in $SYSTEMS; do
     [ -n "$UAS_PID" ] || { echo "SIPp UAS did not start:"; cat "$STEP/uas.out"; exit 1; }
     PIDS+=("$UAS_PID")
     PERF_PID=
-    if [ "$PERF" = 1 ] && [[ "$SYS" == [cd] ]]; then
+    if [ "$PERF" = 1 ] && [[ "$SYS" == [cdg] ]]; then
       perf record -q -F 999 -g -p "${SYS_PIDS[0]}" -o "$STEP/perf.data" > "$STEP/perf.out" 2>&1 &
       PERF_PID=$!; PIDS+=("$PERF_PID")
     fi
@@ -298,7 +332,7 @@ for RATE in "${RATES[@]}"; do
   done
   echo
 done
-for PAIR in c/a d/a d/b e/f; do
+for PAIR in c/a d/a d/b e/f g/c; do
   X=${PAIR%/*}; Y=${PAIR#*/}
   [[ " $SYSTEMS " == *" $X "* && " $SYSTEMS " == *" $Y "* ]] || continue
   AT=

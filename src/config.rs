@@ -173,6 +173,9 @@ fn default_recent_calls() -> usize {
     20
 }
 
+/// The most calls the dashboard's ladders keep.
+pub const MAX_RECENT_CALLS: usize = 200;
+
 /// SIP capture (`capture`): every SIP message in and out as HEP3 to a collector (Homer,
 /// sngrep), the A-leg Call-ID as correlation id.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -1492,6 +1495,12 @@ impl Validator<'_> {
                 client_ca: None,
             }
         });
+        if raw.recent_calls > MAX_RECENT_CALLS {
+            self.error(
+                self.line_of("recent_calls:").or(line),
+                format!("admin: recent_calls is at most {MAX_RECENT_CALLS}"),
+            );
+        }
         Some(Admin {
             address,
             token,

@@ -386,7 +386,7 @@ impl Engine {
         self.calls.drained()
             && self
                 .txns
-                .clients_waiting(|owner| !matches!(owner, ClientOwner::Keepalive(_)))
+                .clients_waiting(|owner| !matches!(owner, ClientOwner::Keepalive { .. }))
                 == 0
     }
 

@@ -107,6 +107,10 @@ enum Command {
         /// A file holding the bearer token the server requires.
         #[arg(long, env = "BRIDGEHEAD_ADMIN_TOKEN_FILE")]
         token_file: Option<PathBuf>,
+        /// The CA (PEM) an `https://` server's certificate must chain to (default: the Mozilla
+        /// roots).
+        #[arg(long, env = "BRIDGEHEAD_ADMIN_CA_FILE")]
+        ca_file: Option<PathBuf>,
         /// Print the API's JSON instead of tables.
         #[arg(long)]
         json: bool,
@@ -199,6 +203,7 @@ fn main() -> ExitCode {
         Command::Ctl {
             url,
             token_file,
+            ca_file,
             json,
             order,
         } => {
@@ -218,7 +223,13 @@ fn main() -> ExitCode {
                 CtlOrder::Reload => Order::Reload,
                 CtlOrder::Drain => Order::Drain,
             };
-            ExitCode::from(ctl::run(&Target { url, token, json }, &order))
+            let target = Target {
+                url,
+                token,
+                ca: ca_file,
+                json,
+            };
+            ExitCode::from(ctl::run(&target, &order))
         }
         Command::Run { profile } => {
             let profile = match load(&profile) {

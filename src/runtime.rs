@@ -548,9 +548,9 @@ async fn run_shard(
                     received: at,
                 }) = received
                 {
-                    if let Some(parsed) = parse_datagram(&buf[..len]) {
+                    if let Some((bytes, parsed)) = parse_datagram(&buf[..len]) {
                         if let Some(capture) = &hub.capture {
-                            capture.incoming(bytes::Bytes::copy_from_slice(&buf[..len]), &peer, at);
+                            capture.incoming(bytes, &peer, at);
                         }
                         if let Some(input) = hub.route(parsed, peer, at, shard) {
                             handle(&mut engine, input);
@@ -584,14 +584,11 @@ async fn run_shard(
                 relay.apply(command);
             }
         }
-        // Links before the messages they tie to their calls.
-        while let Some(link) = engine.poll_link() {
-            if let Some(capture) = &hub.capture {
-                capture.link(link);
-            }
-        }
         while let Some(transmit) = engine.poll_transmit() {
             send(&mut engine, &udp, &hub, transmit).await;
+        }
+        if let Some(capture) = &hub.capture {
+            hand_links(&mut engine, capture);
         }
         while let Some(peer) = engine.poll_close() {
             hub.close_toward(peer);
@@ -620,10 +617,19 @@ async fn run_shard(
     }
 }
 
+/// Hands capture the engine's links (B-leg Call-IDs made, calls ended).
+fn hand_links(engine: &mut Engine, capture: &crate::capture::Capture) {
+    while let Some(link) = engine.poll_link() {
+        capture.link(link);
+    }
+}
+
 /// Sends one of the engine's messages: UDP from the shard's own socket of the listener (a
 /// failure goes back to the engine at once), streams through the hub.
 async fn send(engine: &mut Engine, udp: &UdpSockets, hub: &Arc<Hub>, transmit: Transmit) {
     if let Some(capture) = &hub.capture {
+        // The links before the message (a failed send may have made a failover's B-leg).
+        hand_links(engine, capture);
         capture.outgoing(&transmit);
     }
     match transmit.peer.transport {

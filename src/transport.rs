@@ -702,7 +702,9 @@ pub fn spawn_stream<R, W>(
                         received_any = true;
                         let bytes = buf.split_to(len).freeze();
                         if let Some(capture) = &hub.capture {
-                            capture.incoming(bytes.clone(), &peer, Instant::now());
+                            // A copy: the frozen bytes share the connection's whole buffer.
+                            let copy = Bytes::copy_from_slice(&bytes);
+                            capture.incoming(copy, &peer, Instant::now());
                         }
                         match parse_message(&bytes, Framing::Stream) {
                             Ok((msg, _)) => hub.dispatch(Ok(msg), peer),

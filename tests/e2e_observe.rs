@@ -400,9 +400,35 @@ fn the_admin_server_speaks_https_with_the_profiles_certificate() {
     let page = https_request(port, &pki.ca, "/", None).expect("HTTPS");
     assert_eq!(page.status, 200);
     assert!(page.body.contains("/dashboard/app.js"));
+    // `bridgehead ctl` over HTTPS, trusting the test's CA.
+    let ctl = |ca: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_bridgehead"))
+            .args([
+                "ctl",
+                "--url",
+                &format!("https://127.0.0.1:{port}"),
+                "--ca-file",
+            ])
+            .arg(ca)
+            .arg("--token-file")
+            .arg(&token)
+            .args(["--json", "status"])
+            .env_remove("BRIDGEHEAD_ADMIN_URL")
+            .output()
+            .expect("bridgehead ctl")
+    };
+    let out = ctl(&pki.ca);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(status["calls"], 0);
     // A client that does not trust the CA, or talks plain HTTP, gets nothing.
     let stranger = Pki::new(&dir, "stranger");
     assert!(https_request(port, &stranger.ca, "/api/status", Some("s3cret")).is_err());
+    assert_eq!(
+        ctl(&stranger.ca).status.code(),
+        Some(2),
+        "no answer it trusts"
+    );
     let plain = std::panic::catch_unwind(|| request(port, "GET", "/api/status", Some("s3cret")));
     assert!(plain.is_err() || plain.is_ok_and(|a| a.status != 200));
 }

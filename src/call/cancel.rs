@@ -52,7 +52,7 @@ impl B2bua<'_> {
             .map(|c| c.a.local_tag.clone());
         if let Some(call_key) = call_key {
             self.calls
-                .note_end_reason(call_key, msg.header_str(&HeaderName::Reason));
+                .note_end_reason(call_key, super::record::reasons(&msg).as_deref());
         }
         let ok = response_to(&msg, 200, None, to_tag.as_deref());
         // Within a call, its own version's trunk and script (a reload may have renumbered them).

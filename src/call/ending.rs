@@ -75,7 +75,9 @@ impl B2bua<'_> {
                 }
             }
             ClientOwner::Refresh(call, _) => self.on_refresh_outcome(call, status, now),
-            ClientOwner::Keepalive(id) => self.on_keepalive_outcome(id, status, now),
+            ClientOwner::Keepalive { id, sent } => {
+                self.on_keepalive_outcome(id, (status, sent), now)
+            }
             ClientOwner::Transfer(key) => self.on_transfer_failure(key, status, now),
             ClientOwner::TransferNotify(key) => self.on_transfer_notified(key, now),
             ClientOwner::Local => {}

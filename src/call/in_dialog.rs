@@ -3,6 +3,7 @@
 
 use super::dtmf::info_digit;
 use super::offer_answer::carries_sdp;
+use super::record::reasons;
 use super::*;
 
 /// Requests that refresh the remote target and carry our Contact.
@@ -312,8 +313,8 @@ impl B2bua<'_> {
             }
         };
         if method == Method::Bye {
-            let reason = incoming.msg.header_str(&HeaderName::Reason);
-            self.calls.note_end_reason(call_key, reason);
+            self.calls
+                .note_end_reason(call_key, reasons(&incoming.msg).as_deref());
         }
         let Incoming {
             msg,

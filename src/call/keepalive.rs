@@ -14,9 +14,8 @@ struct Monitored {
     id: u32,
     trunk: String,
     peer: SocketAddr,
-    /// When its next OPTIONS is due, and when the last one went.
+    /// When its next OPTIONS is due.
     at: Instant,
-    sent: Option<Instant>,
 }
 
 /// When each monitored peer's next OPTIONS is due (the keepalive shard only).
@@ -61,7 +60,6 @@ impl PeerMonitor {
                     trunk: trunk.to_string(),
                     peer,
                     at: now,
-                    sent: None,
                 });
             }
         }
@@ -120,7 +118,6 @@ impl B2bua<'_> {
                 .and_then(|t| rules.profile.trunks[t].keepalive)
                 .map_or(60, |k| k.interval);
             monitored.at = now + std::time::Duration::from_secs(u64::from(interval));
-            monitored.sent = Some(now);
             if let Some(trunk) = trunk {
                 due.push((monitored.id, trunk, monitored.peer));
             }
@@ -182,12 +179,17 @@ impl B2bua<'_> {
         };
         let script = rules.rules.script_of(trunk_id);
         let options = self.outgoing(None, script, Leg::B, trunk_id, options);
-        self.start_client(options, peer, ClientOwner::Keepalive(id), now);
+        self.start_client(options, peer, ClientOwner::Keepalive { id, sent: now }, now);
     }
 
-    /// A keepalive OPTIONS got its final response at `now` (or none: 408, 503): the peer's
-    /// health and round-trip time follow, and a change is logged.
-    pub(super) fn on_keepalive_outcome(&mut self, id: u32, status: u16, now: Instant) {
+    /// A keepalive OPTIONS sent at `sent` got its final response at `now` (or none: 408,
+    /// 503): the peer's health and round-trip time follow, and a change is logged.
+    pub(super) fn on_keepalive_outcome(
+        &mut self,
+        id: u32,
+        (status, sent): (u16, Instant),
+        now: Instant,
+    ) {
         let Some(monitor) = self.calls.monitor.as_ref() else {
             return;
         };
@@ -203,10 +205,7 @@ impl B2bua<'_> {
         };
         let answered = status != 408 && !(500..600).contains(&status);
         let (trunk, peer) = (monitored.trunk.as_str(), monitored.peer);
-        let round_trip = monitored
-            .sent
-            .filter(|_| answered)
-            .map(|sent| now.saturating_duration_since(sent));
+        let round_trip = answered.then(|| now.saturating_duration_since(sent));
         let Some(state) = self.calls.health.record(
             trunk,
             peer,

@@ -102,8 +102,9 @@ pub enum ClientOwner {
     /// Bridgehead's session refresh (UPDATE, or re-INVITE toward a leg that takes no UPDATE)
     /// of a call's leg: a failure ends the call.
     Refresh(CallKey, Leg),
-    /// An OPTIONS keepalive to a trunk peer (by its monitor id): the outcome is its health.
-    Keepalive(u32),
+    /// An OPTIONS keepalive to a trunk peer (by its monitor id), sent at `sent`: the outcome
+    /// is its health and round trip.
+    Keepalive { id: u32, sent: Instant },
     /// The INVITE toward a transfer's target (Bridgehead the transferee).
     Transfer(CallKey),
     /// A NOTIFY telling the transferor how its transfer goes.

@@ -51,6 +51,17 @@ pub enum Link {
     Ended { call: String },
 }
 
+/// Every Reason header of `msg` (a SIP one and a Q.850 one may come together), joined with
+/// `, `; None without any.
+pub(super) fn reasons(msg: &Message) -> Option<String> {
+    let all: Vec<&str> = msg
+        .headers_named(&HeaderName::Reason)
+        .filter_map(|value| std::str::from_utf8(value).ok())
+        .map(str::trim)
+        .collect();
+    (!all.is_empty()).then(|| all.join(", "))
+}
+
 /// A new call refused before it became a call, as its record needs it.
 pub(super) struct Refused<'a> {
     /// The caller's dialog (its Call-ID, parties, peer and trunk).

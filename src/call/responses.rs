@@ -118,9 +118,9 @@ impl B2bua<'_> {
                     self.on_refresh_outcome(call, status, now);
                 }
             }
-            ClientOwner::Keepalive(id) => {
+            ClientOwner::Keepalive { id, sent } => {
                 if let Some(status) = msg.status().filter(|s| *s >= 200) {
-                    self.on_keepalive_outcome(id, status, now);
+                    self.on_keepalive_outcome(id, (status, sent), now);
                 }
             }
             ClientOwner::Transfer(call) => self.on_transfer_response(call, &msg, now),
@@ -602,7 +602,7 @@ impl B2bua<'_> {
             }
             ClientOwner::Local
             | ClientOwner::Refresh(..)
-            | ClientOwner::Keepalive(_)
+            | ClientOwner::Keepalive { .. }
             | ClientOwner::TransferNotify(_) => return Some(ack),
         };
         let Some(call) = self.calls.by_key.get(&key) else {

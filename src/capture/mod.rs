@@ -12,22 +12,36 @@ pub mod hep;
 use crate::call::record::Link;
 use crate::config::{CaptureConfig, Listener};
 use crate::shared::{endpoint_label, rfc3339, Peer, Transmit};
-use crate::sip::{parse_message, Framing, HeaderName, Method};
 use bytes::Bytes;
+use nix::sys::socket::{sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage};
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
-use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::io::IoSlice;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{
+    self, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError, TrySendError,
+};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-/// Messages waiting for the capture thread at most; past it captures are dropped (counted).
+/// Messages, and bytes of them, waiting for the capture thread at most; past either,
+/// captures are dropped (counted).
 const QUEUE: usize = 65_536;
+const QUEUE_BYTES: usize = 64 << 20;
+
+/// The longest start line a ladder keeps (bytes).
+const LINE: usize = 256;
 
 /// How long the correlation of an ended call's B-leg is kept (its retransmissions and late
 /// responses: Timer F, 64 × T1).
 const LINGER: Duration = Duration::from_secs(32);
+
+/// How often the capture thread takes what queued while messages come, and how long the
+/// queue stays empty before it waits on it instead.
+const POLL: Duration = Duration::from_millis(5);
+const IDLE: Duration = Duration::from_secs(1);
 
 /// Messages kept per recent call at most.
 const LADDER_STEPS: usize = 200;
@@ -39,14 +53,11 @@ pub enum Direction {
     Out,
 }
 
-enum Event {
-    Message {
-        direction: Direction,
-        peer: Peer,
-        at: SystemTime,
-        bytes: Bytes,
-    },
-    Link(Link),
+struct Captured {
+    direction: Direction,
+    peer: Peer,
+    at: SystemTime,
+    bytes: Bytes,
 }
 
 /// What capture did, for the metrics.
@@ -60,15 +71,22 @@ pub struct CaptureStats {
     pub hep_failed: AtomicU64,
 }
 
-/// Where the transports and shards hand what they capture.
+/// Where the transports and shards hand what they capture: messages on a bounded queue (a
+/// full one drops the capture, never blocks), the links on an unbounded one (a couple per
+/// call: the shards never wait, and none is lost).
 pub struct Capture {
-    queue: SyncSender<Event>,
+    queue: SyncSender<Captured>,
+    links: Sender<Link>,
+    /// Bytes of the messages waiting.
+    queued_bytes: Arc<AtomicUsize>,
     pub stats: Arc<CaptureStats>,
 }
 
 /// A listener as capture sees it: its addresses, and whether HEP takes its messages.
 struct CapturedListener {
     listener: Listener,
+    /// Bridgehead's IP in HEP: the listener's, or its advertised one when it listens on all.
+    ip: IpAddr,
     hep: bool,
 }
 
@@ -84,14 +102,20 @@ impl Capture {
         let listeners = listeners
             .iter()
             .map(|listener| CapturedListener {
+                ip: match listener.address.ip() {
+                    ip if ip.is_unspecified() => listener.advertise.parse().unwrap_or(ip),
+                    ip => ip,
+                },
                 listener: listener.clone(),
                 hep: config.is_some_and(|config| {
                     config.hep.listeners.is_empty() || config.hep.listeners.contains(&listener.name)
                 }),
             })
             .collect();
+        // The socket is bound here (a start fails when it cannot be); its sender, which holds
+        // raw system-call headers, is made on the capture thread.
         let hep = config
-            .map(|config| -> std::io::Result<HepSender> {
+            .map(|config| -> std::io::Result<(UdpSocket, hep::Agent)> {
                 let local: SocketAddr = if config.hep.address.is_ipv4() {
                     ([0, 0, 0, 0], 0).into()
                 } else {
@@ -99,49 +123,63 @@ impl Capture {
                 };
                 let socket = UdpSocket::bind(local)?;
                 socket.connect(config.hep.address)?;
-                Ok(HepSender {
-                    socket,
-                    agent: hep::Agent {
-                        id: config.hep.agent_id,
-                        password: config.hep.password.clone(),
-                    },
-                    buf: Vec::with_capacity(2048),
-                })
+                let agent = hep::Agent {
+                    id: config.hep.agent_id,
+                    password: config.hep.password.clone(),
+                };
+                Ok((socket, agent))
             })
             .transpose()?;
-        let (queue, events) = mpsc::sync_channel(QUEUE);
+        let (queue, messages) = mpsc::sync_channel(QUEUE);
+        let (links, linked) = mpsc::channel();
         let stats = Arc::new(CaptureStats::default());
-        let mut worker = Worker {
-            listeners,
-            hep,
-            recent,
-            stats: stats.clone(),
-            b_legs: HashMap::new(),
-            legs_of: HashMap::new(),
-            ended: VecDeque::new(),
-        };
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let (worker_bytes, worker_stats) = (queued_bytes.clone(), stats.clone());
         std::thread::Builder::new()
             .name("capture".into())
-            .spawn(move || worker.run(&events))?;
-        Ok(Arc::new(Capture { queue, stats }))
+            .spawn(move || {
+                let mut worker = Worker {
+                    queued_bytes: worker_bytes,
+                    listeners,
+                    hep: hep.map(|(socket, agent)| HepSender::new(socket, agent)),
+                    recent,
+                    stats: worker_stats,
+                    b_legs: HashMap::new(),
+                    legs_of: HashMap::new(),
+                    ended: VecDeque::new(),
+                };
+                worker.run(&messages, &linked);
+            })?;
+        Ok(Arc::new(Capture {
+            queue,
+            links,
+            queued_bytes,
+            stats,
+        }))
     }
 
-    fn push(&self, event: Event) {
-        match self.queue.try_send(event) {
+    fn push(&self, captured: Captured) {
+        let size = captured.bytes.len();
+        if self.queued_bytes.fetch_add(size, Ordering::Relaxed) + size > QUEUE_BYTES {
+            self.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        match self.queue.try_send(captured) {
             Ok(()) => {
                 self.stats.captured.fetch_add(1, Ordering::Relaxed);
             }
-            Err(TrySendError::Full(_)) => {
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.queued_bytes.fetch_sub(size, Ordering::Relaxed);
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             }
-            Err(TrySendError::Disconnected(_)) => {}
         }
     }
 
     /// A message that arrived from `peer` at `received`.
     pub fn incoming(&self, bytes: Bytes, peer: &Peer, received: Instant) {
         let at = SystemTime::now() - received.elapsed();
-        self.push(Event::Message {
+        self.push(Captured {
             direction: Direction::In,
             peer: *peer,
             at,
@@ -151,7 +189,7 @@ impl Capture {
 
     /// A message Bridgehead sends now.
     pub fn outgoing(&self, transmit: &Transmit) {
-        self.push(Event::Message {
+        self.push(Captured {
             direction: Direction::Out,
             peer: transmit.peer,
             at: SystemTime::now(),
@@ -159,21 +197,85 @@ impl Capture {
         });
     }
 
-    /// A B-leg Call-ID made for a call, or a call that ended.
+    /// A B-leg Call-ID made for a call, or a call that ended: to be handed over before the
+    /// messages it ties to their call.
     pub fn link(&self, link: Link) {
-        // Links are never dropped (a dropped one would split a call in two): they are a
-        // couple per call, far fewer than the messages the queue bounds.
-        let _ = self.queue.send(Event::Link(link));
+        let _ = self.links.send(link);
     }
 }
 
+/// HEP packets sent in one `sendmmsg` at most.
+const HEP_BATCH: usize = 64;
+
+/// HEP packets encoded and sent in batches: one system call for up to [`HEP_BATCH`] (a send
+/// per packet, each waking the collector, cost more than the rest of capture together).
 struct HepSender {
     socket: UdpSocket,
     agent: hep::Agent,
-    buf: Vec<u8>,
+    /// Encoded packets; the first `queued` wait to be sent.
+    packets: Vec<Vec<u8>>,
+    queued: usize,
+    headers: MultiHeaders<SockaddrStorage>,
+}
+
+impl HepSender {
+    fn new(socket: UdpSocket, agent: hep::Agent) -> HepSender {
+        HepSender {
+            socket,
+            agent,
+            packets: (0..HEP_BATCH).map(|_| Vec::with_capacity(2048)).collect(),
+            queued: 0,
+            headers: MultiHeaders::preallocate(HEP_BATCH, None),
+        }
+    }
+
+    /// Encodes `packet` for the next batch; sends the batch when it is full.
+    fn queue(&mut self, packet: &hep::Packet<'_>, stats: &CaptureStats) {
+        hep::encode(packet, &self.agent, &mut self.packets[self.queued]);
+        self.queued += 1;
+        if self.queued == HEP_BATCH {
+            self.flush(stats);
+        }
+    }
+
+    /// Sends what is queued.
+    fn flush(&mut self, stats: &CaptureStats) {
+        let HepSender {
+            socket,
+            packets,
+            queued,
+            headers,
+            ..
+        } = self;
+        let mut start = 0;
+        while start < *queued {
+            let slices: Vec<[IoSlice<'_>; 1]> = packets[start..*queued]
+                .iter()
+                .map(|packet| [IoSlice::new(packet)])
+                .collect();
+            let to: Vec<Option<SockaddrStorage>> = vec![None; slices.len()];
+            let no_control: [ControlMessage<'_>; 0] = [];
+            let flags = MsgFlags::empty();
+            let sent = sendmmsg(socket.as_raw_fd(), headers, &slices, &to, no_control, flags)
+                .map_or(0, Iterator::count);
+            match sent {
+                1.. => {
+                    stats.hep_sent.fetch_add(sent as u64, Ordering::Relaxed);
+                    start += sent;
+                }
+                0 => {
+                    let failed = *queued - start;
+                    stats.hep_failed.fetch_add(failed as u64, Ordering::Relaxed);
+                    start = *queued;
+                }
+            }
+        }
+        *queued = 0;
+    }
 }
 
 struct Worker {
+    queued_bytes: Arc<AtomicUsize>,
     listeners: Vec<CapturedListener>,
     hep: Option<HepSender>,
     recent: Arc<Recent>,
@@ -181,26 +283,63 @@ struct Worker {
     /// The call (A-leg Call-ID) of each B-leg Call-ID, and the B-legs of each call.
     b_legs: HashMap<String, String>,
     legs_of: HashMap<String, Vec<String>>,
-    /// Calls that ended, with when their B-legs are forgotten.
-    ended: VecDeque<(Instant, String)>,
+    /// The B-legs of calls that ended, with when they are forgotten.
+    ended: VecDeque<(Instant, Vec<String>)>,
 }
 
 impl Worker {
-    fn run(&mut self, events: &Receiver<Event>) {
+    /// Takes what queued in batches, a [`POLL`] apart while messages come (a shard's send
+    /// then wakes no one: waking this thread for each message cost more than the capture
+    /// itself), and waits on the queue once it stayed empty for a second.
+    fn run(&mut self, messages: &Receiver<Captured>, links: &Receiver<Link>) {
+        let mut idle_since = Instant::now();
         loop {
-            match events.recv_timeout(Duration::from_secs(1)) {
-                Ok(Event::Message {
-                    direction,
-                    peer,
-                    at,
-                    bytes,
-                }) => self.message(direction, &peer, at, &bytes),
-                Ok(Event::Link(link)) => self.link(link),
+            let mut taken = false;
+            loop {
+                let next = messages.try_recv();
+                // A message's links were handed over before it: take them all first.
+                while let Ok(link) = links.try_recv() {
+                    self.link(link);
+                }
+                match next {
+                    Ok(captured) => {
+                        taken = true;
+                        self.take(&captured);
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => return,
+                }
+            }
+            if let Some(hep) = self.hep.as_mut() {
+                hep.flush(&self.stats);
+            }
+            let now = Instant::now();
+            self.forget_ended(now);
+            if taken {
+                idle_since = now;
+            }
+            if now.duration_since(idle_since) < IDLE {
+                std::thread::sleep(POLL);
+                continue;
+            }
+            match messages.recv_timeout(IDLE) {
+                Ok(captured) => {
+                    while let Ok(link) = links.try_recv() {
+                        self.link(link);
+                    }
+                    self.take(&captured);
+                    idle_since = Instant::now();
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
-            self.forget_ended(Instant::now());
         }
+    }
+
+    fn take(&mut self, captured: &Captured) {
+        self.queued_bytes
+            .fetch_sub(captured.bytes.len(), Ordering::Relaxed);
+        self.message(captured);
     }
 
     fn link(&mut self, link: Link) {
@@ -212,43 +351,49 @@ impl Worker {
                     .push(b_call_id.clone());
                 self.b_legs.insert(b_call_id, call);
             }
-            Link::Ended { call } => self.ended.push_back((Instant::now() + LINGER, call)),
+            Link::Ended { call } => {
+                // The B-legs it had so far: a caller that reuses the Call-ID (after a 401 or
+                // a 3xx) starts a new list.
+                let legs = self.legs_of.remove(&call).unwrap_or_default();
+                self.ended.push_back((Instant::now() + LINGER, legs));
+            }
         }
     }
 
     fn forget_ended(&mut self, now: Instant) {
-        while let Some((_, call)) = self.ended.front().filter(|(at, _)| *at <= now) {
-            for b in self.legs_of.remove(call).unwrap_or_default() {
-                self.b_legs.remove(&b);
+        while self.ended.front().is_some_and(|(at, _)| *at <= now) {
+            if let Some((_, legs)) = self.ended.pop_front() {
+                for b in legs {
+                    self.b_legs.remove(&b);
+                }
             }
-            self.ended.pop_front();
         }
     }
 
-    fn message(&mut self, direction: Direction, peer: &Peer, at: SystemTime, bytes: &Bytes) {
-        let Some(captured) = self.listeners.get(peer.listener) else {
+    fn message(&mut self, captured: &Captured) {
+        let Captured {
+            direction,
+            peer,
+            at,
+            bytes,
+        } = captured;
+        let (direction, at) = (*direction, *at);
+        let Some(listener) = self.listeners.get(peer.listener) else {
             return;
         };
-        let local = SocketAddr::new(
-            captured.listener.address.ip(),
-            captured.listener.port(peer.transport),
-        );
-        let Ok((msg, _)) = parse_message(bytes, Framing::Datagram) else {
-            return;
-        };
-        let Some(call_id) = msg.header_str(&HeaderName::CallId).map(str::trim) else {
+        let local = SocketAddr::new(listener.ip, listener.listener.port(peer.transport));
+        let Some(glance) = Glance::of(bytes) else {
             return;
         };
         let correlation = self
             .b_legs
-            .get(call_id)
-            .map_or(call_id, String::as_str)
-            .to_string();
+            .get(glance.call_id)
+            .map_or(glance.call_id, String::as_str);
         let (source, destination) = match direction {
             Direction::In => (peer.addr, local),
             Direction::Out => (local, peer.addr),
         };
-        if captured.hep {
+        if listener.hep {
             if let Some(hep) = self.hep.as_mut() {
                 let packet = hep::Packet {
                     source,
@@ -259,40 +404,70 @@ impl Worker {
                     payload: bytes,
                     correlation: Some(correlation.as_bytes()),
                 };
-                hep::encode(&packet, &hep.agent, &mut hep.buf);
-                let counter = match hep.socket.send(&hep.buf) {
-                    Ok(_) => &self.stats.hep_sent,
-                    Err(_) => &self.stats.hep_failed,
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
+                hep.queue(&packet, &self.stats);
             }
         }
-        let starts_call = direction == Direction::In
-            && msg.method() == Some(&Method::Invite)
-            && msg
-                .header_str(&HeaderName::To)
-                .and_then(|to| crate::sip::header::NameAddr::parse(to).ok())
-                .is_some_and(|to| to.tag().is_none());
-        let line = bytes
-            .split(|b| *b == b'\n')
-            .next()
-            .map(|line| String::from_utf8_lossy(line).trim_end().to_string())
-            .unwrap_or_default();
-        self.recent.record(
-            &correlation,
-            starts_call,
-            at,
-            LadderStep {
-                t_ms: 0.0,
-                dir: match direction {
-                    Direction::In => "in",
-                    Direction::Out => "out",
-                },
-                local: endpoint_label(peer.transport, local),
-                remote: peer.label(),
-                line,
+        if !self.recent.enabled() {
+            return;
+        }
+        let starts_call = direction == Direction::In && glance.new_invite;
+        let line = &glance.start[..glance.start.len().min(LINE)];
+        let step = || LadderStep {
+            t_ms: 0.0,
+            dir: match direction {
+                Direction::In => "in",
+                Direction::Out => "out",
             },
-        );
+            local: endpoint_label(peer.transport, local),
+            remote: peer.label(),
+            line: String::from_utf8_lossy(line).to_string(),
+        };
+        self.recent.record(correlation, starts_call, at, step);
+    }
+}
+
+/// What capture reads of a message: a scan of its header lines, not a parse (it runs on
+/// every message, and a full parse was most of its cost).
+struct Glance<'a> {
+    /// The start line.
+    start: &'a [u8],
+    call_id: &'a str,
+    /// An INVITE without a To tag: a new call.
+    new_invite: bool,
+}
+
+impl<'a> Glance<'a> {
+    /// None without a Call-ID.
+    fn of(bytes: &'a [u8]) -> Option<Glance<'a>> {
+        let head = bytes
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(bytes, |end| &bytes[..end]);
+        let mut lines = head.split(|b| *b == b'\n').map(<[u8]>::trim_ascii_end);
+        let start = lines.next()?;
+        let invite = start.starts_with(b"INVITE ");
+        let (mut call_id, mut to_tagged) = (None, false);
+        for line in lines {
+            let Some(colon) = line.iter().position(|b| *b == b':') else {
+                continue;
+            };
+            let name = line[..colon].trim_ascii();
+            let value = std::str::from_utf8(line[colon + 1..].trim_ascii()).ok();
+            if name.eq_ignore_ascii_case(b"call-id") || name.eq_ignore_ascii_case(b"i") {
+                call_id = value;
+            } else if invite
+                && (name.eq_ignore_ascii_case(b"to") || name.eq_ignore_ascii_case(b"t"))
+            {
+                to_tagged = value
+                    .and_then(|to| crate::sip::header::NameAddr::parse(to).ok())
+                    .is_some_and(|to| to.tag().is_some());
+            }
+        }
+        Some(Glance {
+            start,
+            call_id: call_id.filter(|id| !id.is_empty())?,
+            new_invite: invite && !to_tagged,
+        })
     }
 }
 
@@ -343,9 +518,15 @@ impl Recent {
         self.keep > 0
     }
 
-    /// A step of call `id` at `at`; a message that starts a call opens its ladder (others of
-    /// unknown calls are not kept).
-    fn record(&self, id: &str, starts_call: bool, at: SystemTime, mut step: LadderStep) {
+    /// A step of call `id` at `at` (made by `step` when kept); a message that starts a call
+    /// opens its ladder (others of unknown calls are not kept).
+    fn record(
+        &self,
+        id: &str,
+        starts_call: bool,
+        at: SystemTime,
+        step: impl FnOnce() -> LadderStep,
+    ) {
         if self.keep == 0 {
             return;
         }
@@ -365,6 +546,7 @@ impl Recent {
             None => return,
         };
         if call.messages.len() < LADDER_STEPS {
+            let mut step = step();
             step.t_ms = at
                 .duration_since(call.start)
                 .unwrap_or_default()
@@ -413,6 +595,23 @@ mod tests {
             at += len;
         }
         None
+    }
+
+    #[test]
+    fn a_glance_finds_the_call_id_and_a_new_invite_in_long_or_compact_headers() {
+        let glance =
+            Glance::of(b"INVITE sip:x SIP/2.0\r\ni:  abc@host \r\nt: <sip:y>\r\n\r\nCall-ID: body")
+                .expect("call-id");
+        assert_eq!((glance.call_id, glance.new_invite), ("abc@host", true));
+        assert_eq!(glance.start, b"INVITE sip:x SIP/2.0");
+        let glance = Glance::of(b"INVITE sip:x SIP/2.0\r\nTO: <sip:y>;tag=9\r\ncall-id: x\r\n\r\n")
+            .expect("call-id");
+        assert_eq!((glance.call_id, glance.new_invite), ("x", false));
+        let glance =
+            Glance::of(b"SIP/2.0 200 OK\r\nCall-ID: y\r\nTo: <sip:y>\r\n").expect("call-id");
+        assert!(!glance.new_invite);
+        assert!(Glance::of(b"OPTIONS sip:x SIP/2.0\r\nCall-ID:\r\n\r\n").is_none());
+        assert!(Glance::of(b"").is_none());
     }
 
     #[test]

@@ -291,7 +291,8 @@ impl Poster {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let tls = crate::transport::tls::https_client_config().map_err(std::io::Error::other)?;
+        let tls =
+            crate::transport::tls::https_client_config(None).map_err(std::io::Error::other)?;
         let client = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .timeout(Duration::from_millis(http.timeout_ms))

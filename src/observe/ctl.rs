@@ -20,6 +20,8 @@ pub struct Target {
     /// The server's base URL (`http://127.0.0.1:8480`).
     pub url: String,
     pub token: Option<String>,
+    /// The CA an HTTPS server's certificate must chain to (none: the Mozilla roots).
+    pub ca: Option<std::path::PathBuf>,
     /// Print the API's JSON as it is.
     pub json: bool,
 }
@@ -62,7 +64,9 @@ pub fn run(target: &Target, order: &Order) -> u8 {
 /// Sends the order's request; the status and the body as JSON.
 async fn ask(target: &Target, order: &Order) -> anyhow::Result<(u16, Value)> {
     let client = reqwest::Client::builder()
-        .use_preconfigured_tls(crate::transport::tls::https_client_config()?)
+        .use_preconfigured_tls(crate::transport::tls::https_client_config(
+            target.ca.as_deref(),
+        )?)
         .timeout(std::time::Duration::from_secs(30))
         .build()?;
     let base = target.url.trim_end_matches('/');

@@ -15,6 +15,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections handshaken and waiting for axum at most.
 const WAITING: usize = 64;
 
+/// Handshakes under way at most: past it, new connections wait to be accepted.
+const HANDSHAKES: usize = 256;
+
 /// A listener axum serves whose connections are TLS-secured.
 pub struct Listener {
     secured: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
@@ -29,8 +32,12 @@ impl Listener {
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let acceptor = TlsAcceptor::from(Arc::new(config));
         let (tx, secured) = mpsc::channel(WAITING);
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES));
         tokio::spawn(async move {
             loop {
+                let Ok(permit) = handshakes.clone().acquire_owned().await else {
+                    return;
+                };
                 let (stream, peer) = match tcp.accept().await {
                     Ok(accepted) => accepted,
                     Err(err) => {
@@ -41,7 +48,11 @@ impl Listener {
                 };
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    let handshake =
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                    let secured = handshake.await;
+                    drop(permit);
+                    match secured {
                         Ok(Ok(secured)) => {
                             let _ = tx.send((secured, peer)).await;
                         }

@@ -21,7 +21,7 @@ impl Consultant {
     /// A client with its connection pool, on `runtime`.
     pub fn new(runtime: Handle) -> anyhow::Result<Consultant> {
         let client = reqwest::Client::builder()
-            .use_preconfigured_tls(super::tls::https_client_config()?)
+            .use_preconfigured_tls(super::tls::https_client_config(None)?)
             .user_agent(concat!("Bridgehead/", env!("CARGO_PKG_VERSION")))
             .redirect(reqwest::redirect::Policy::none())
             .build()?;

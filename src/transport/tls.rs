@@ -194,10 +194,15 @@ impl TlsContexts {
     }
 }
 
-/// The client side of HTTPS toward lookups' consultation services: TLS 1.2/1.3 with
-/// [`SUITES`], the server's certificate checked against the Mozilla roots.
-pub fn https_client_config() -> anyhow::Result<ClientConfig> {
-    client_config(&TrunkTls::default(), None, Arc::new(provider()))
+/// The client side of HTTPS (lookups' consultation services, the CDR endpoint, `ctl`): TLS
+/// 1.2/1.3 with [`SUITES`], the server's certificate checked against the CAs of `ca` (PEM),
+/// else the Mozilla roots.
+pub fn https_client_config(ca: Option<&Path>) -> anyhow::Result<ClientConfig> {
+    let trust = TrunkTls {
+        ca: ca.map(Path::to_path_buf),
+        ..TrunkTls::default()
+    };
+    client_config(&trust, None, Arc::new(provider()))
 }
 
 /// The server side of the admin server's HTTPS: the SIP listeners' setup (TLS 1.2/1.3 with

@@ -286,14 +286,16 @@ fn udp_peer(listener: ListenerId, addr: SocketAddr) -> Peer {
     }
 }
 
-/// A datagram as the engine takes it: parsed, or what could be read of it. None for a
-/// keep-alive (RFC 5626 CRLF ping), which needs no answer over UDP.
-pub fn parse_datagram(data: &[u8]) -> Option<Result<Message, ParseError>> {
+/// A datagram as the engine takes it: its bytes (the message shares them), and the message
+/// parsed, or what could be read of it. None for a keep-alive (RFC 5626 CRLF ping), which
+/// needs no answer over UDP.
+pub fn parse_datagram(data: &[u8]) -> Option<(Bytes, Result<Message, ParseError>)> {
     if data.iter().all(|b| *b == b'\r' || *b == b'\n') {
         return None;
     }
     let bytes = Bytes::copy_from_slice(data);
-    Some(parse_message(&bytes, Framing::Datagram).map(|(m, _)| m))
+    let parsed = parse_message(&bytes, Framing::Datagram).map(|(m, _)| m);
+    Some((bytes, parsed))
 }
 
 #[cfg(test)]
