@@ -221,14 +221,22 @@ start_system() {
   esac
 }
 # For g: a HEP collector that reads and drops, and a Prometheus stand-in scraping every second
-# (neither is part of the system: their CPU is not charged to it).
+# (neither is part of the system: their CPU is not charged to it). The collector drains its
+# socket every 20 ms rather than waiting on it: woken for each packet it took a third of a
+# core from the two the system and SIPp share.
 start_observers() {
   python3 -c "
-import socket
+import socket, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8388608)
 s.bind(('127.0.0.1', $HEP))
-while True: s.recv(65536)" &
+s.setblocking(False)
+while True:
+    time.sleep(0.02)
+    try:
+        while True: s.recv(65536)
+    except BlockingIOError:
+        pass" &
   PIDS+=($!)
   [[ " $OBSERVE " == *" admin "* ]] || return 0
   (while :; do
@@ -250,6 +258,14 @@ describe() {
 }
 
 HZ=$(getconf CLK_TCK)
+# CPU ticks of a process's threads, summed by kind (the name without a trailing -N: shard-0
+# and shard-1 are "shard"), one "kind ticks" line each.
+thread_ticks() {
+  for t in /proc/"$1"/task/*; do
+    printf '%s %s\n' "$(sed 's/-[0-9]*$//; s/ /_/g' "$t/comm" 2>/dev/null)" \
+      "$(awk '{sub(/^.*\) /, ""); print $12 + $13}' "$t/stat" 2>/dev/null)"
+  done | awk 'NF == 2 {s[$1] += $2} END {for (k in s) print k, s[k]}'
+}
 declare -A OKS FAILS CPUK ACH
 echo "compare-cps: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)), $RULES"
 echo "SIPp $(sipp -v 2>&1 | sed -n 's/.*SIPp \(v[^ ,]*[^ ,.]\).*/\1/p' | head -1) UAC/UAS (tests/sipp/$CALLER, $CALLEE: $FLOW_TEXT, -d 0), $SECONDS_PER_RATE s of calls per rate, CPU charged until $SETTLE s after"
@@ -278,6 +294,7 @@ for SYS in $SYSTEMS; do
       PERF_PID=$!; PIDS+=("$PERF_PID")
     fi
     D0=$(udp_drops); T0=$(date +%s.%N); C0=$(tree_ticks "${SYS_PIDS[@]}"); R0=$(tree_ticks "${SYS_PIDS[0]}")
+    [ "$SYS" != g ] || THREADS0=$(thread_ticks "${SYS_PIDS[0]}")
     (cd "$STEP" && sipp -sf "$OLDPWD/tests/sipp/$CALLER" "127.0.0.1:$CORE" -i 127.0.0.1 -p "$UAC" \
          -m "$CALLS" -r "$RATE" -d 0 -nostdin -buff_size 4194304 \
          -timeout $((SECONDS_PER_RATE * 4 + 20))s -timeout_error \
@@ -290,6 +307,7 @@ for SYS in $SYSTEMS; do
     kill "$UAS_PID" 2>/dev/null || true
     sleep "$SETTLE"
     T2=$(date +%s.%N); C1=$(tree_ticks "${SYS_PIDS[@]}"); R1=$(tree_ticks "${SYS_PIDS[0]}")
+    [ "$SYS" != g ] || THREADS1=$(thread_ticks "${SYS_PIDS[0]}")
     DROPS=$(( $(udp_drops) - D0 ))
     OK=$(stat_column "$STEP/stat.csv" "SuccessfulCall(C)")
     FAILED=$(stat_column "$STEP/stat.csv" "FailedCall(C)")
@@ -303,6 +321,13 @@ for SYS in $SYSTEMS; do
     SHARE=
     [ "$SYS" != b ] || SHARE=$(awk -v r="$((R1 - R0))" -v c="$((C1 - C0))" 'BEGIN {if (c > 0) printf "  (rtpengine %.0f%%)", 100 * r / c}')
     printf '%3s %6s %7s %7s %6s %8s %8s %6s %7s %13s%s\n' "$SYS" "$RATE" "$CALLS" "$OK" "$FAILED" "$ACHIEVED" "${RETRANS:--}" "$DROPS" "$CPU" "$PER1K" "$SHARE"
+    # For g, where the CPU went: per thread kind, s per 1,000 calls.
+    if [ "$SYS" = g ]; then
+      printf '%s\n%s\n' "$THREADS0" "$THREADS1" | awk -v hz="$HZ" -v n="$OK" '
+        NR == FNR {}
+        { if (seen[$1]++) d[$1] = $2 - first[$1]; else first[$1] = $2 }
+        END { line = "      threads (s/1k calls):"; for (k in d) if (n > 0) line = line sprintf(" %s %.3f", k, d[k] / hz / n * 1000); print line }'
+    fi
     if [ -n "$PERF_PID" ]; then
       perf report -i "$STEP/perf.data" --no-children --percent-limit 1.5 --stdio 2>/dev/null \
         | awk '/^ +[0-9.]+%/ {printf "      perf %7s  %-14s %s\n", $1, $3, substr($0, index($0, $5))}' | head -20

@@ -10,7 +10,7 @@
 pub mod hep;
 
 use crate::call::record::Link;
-use crate::config::{CaptureConfig, Listener};
+use crate::config::{CaptureConfig, Listener, Transport};
 use crate::shared::{endpoint_label, rfc3339, Peer, Transmit};
 use bytes::Bytes;
 use nix::sys::socket::{sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage};
@@ -20,9 +20,7 @@ use std::io::IoSlice;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{
-    self, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError, TrySendError,
-};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -38,10 +36,13 @@ const LINE: usize = 256;
 /// responses: Timer F, 64 × T1).
 const LINGER: Duration = Duration::from_secs(32);
 
-/// How often the capture thread takes what queued while messages come, and how long the
-/// queue stays empty before it waits on it instead.
+/// The capture thread's pause after each batch, and the longest it waits on an empty queue
+/// (ended calls are forgotten then).
 const POLL: Duration = Duration::from_millis(5);
 const IDLE: Duration = Duration::from_secs(1);
+
+/// New ladders start at most this often (20 per second).
+const LADDER_EVERY: Duration = Duration::from_millis(50);
 
 /// Messages kept per recent call at most.
 const LADDER_STEPS: usize = 200;
@@ -288,51 +289,33 @@ struct Worker {
 }
 
 impl Worker {
-    /// Takes what queued in batches, a [`POLL`] apart while messages come (a shard's send
-    /// then wakes no one: waking this thread for each message cost more than the capture
-    /// itself), and waits on the queue once it stayed empty for a second.
+    /// Waits for a message, takes it and whatever queued behind it, sends the batch, then
+    /// pauses for [`POLL`] so the next batch gathers: while messages come, the thread is
+    /// mostly not waiting on the queue, so a shard's send wakes no one (a wake-up per
+    /// message cost more than the capture itself).
     fn run(&mut self, messages: &Receiver<Captured>, links: &Receiver<Link>) {
-        let mut idle_since = Instant::now();
         loop {
-            let mut taken = false;
+            let mut next = match messages.recv_timeout(IDLE) {
+                Ok(captured) => Some(captured),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
             loop {
-                let next = messages.try_recv();
                 // A message's links were handed over before it: take them all first.
                 while let Ok(link) = links.try_recv() {
                     self.link(link);
                 }
-                match next {
-                    Ok(captured) => {
-                        taken = true;
-                        self.take(&captured);
-                    }
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => return,
-                }
+                let Some(captured) = next.take() else {
+                    break;
+                };
+                self.take(&captured);
+                next = messages.try_recv().ok();
             }
             if let Some(hep) = self.hep.as_mut() {
                 hep.flush(&self.stats);
             }
-            let now = Instant::now();
-            self.forget_ended(now);
-            if taken {
-                idle_since = now;
-            }
-            if now.duration_since(idle_since) < IDLE {
-                std::thread::sleep(POLL);
-                continue;
-            }
-            match messages.recv_timeout(IDLE) {
-                Ok(captured) => {
-                    while let Ok(link) = links.try_recv() {
-                        self.link(link);
-                    }
-                    self.take(&captured);
-                    idle_since = Instant::now();
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
-            }
+            self.forget_ended(Instant::now());
+            std::thread::sleep(POLL);
         }
     }
 
@@ -412,15 +395,15 @@ impl Worker {
         }
         let starts_call = direction == Direction::In && glance.new_invite;
         let line = &glance.start[..glance.start.len().min(LINE)];
-        let step = || LadderStep {
+        let step = LadderStep {
             t_ms: 0.0,
             dir: match direction {
                 Direction::In => "in",
                 Direction::Out => "out",
             },
-            local: endpoint_label(peer.transport, local),
-            remote: peer.label(),
-            line: String::from_utf8_lossy(line).to_string(),
+            local: Endpoint(peer.transport, local),
+            remote: Endpoint(peer.transport, peer.addr),
+            line: bytes.slice_ref(line),
         };
         self.recent.record(correlation, starts_call, at, step);
     }
@@ -439,30 +422,31 @@ struct Glance<'a> {
 impl<'a> Glance<'a> {
     /// None without a Call-ID.
     fn of(bytes: &'a [u8]) -> Option<Glance<'a>> {
-        let head = bytes
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .map_or(bytes, |end| &bytes[..end]);
-        let mut lines = head.split(|b| *b == b'\n').map(<[u8]>::trim_ascii_end);
+        let mut lines = bytes.split(|b| *b == b'\n').map(<[u8]>::trim_ascii_end);
         let start = lines.next()?;
         let invite = start.starts_with(b"INVITE ");
-        let (mut call_id, mut to_tagged) = (None, false);
-        for line in lines {
+        let (mut call_id, mut to) = (None, None);
+        // Up to the blank line ending the head, or as soon as what is needed was seen.
+        for line in lines.take_while(|line| !line.is_empty()) {
             let Some(colon) = line.iter().position(|b| *b == b':') else {
                 continue;
             };
             let name = line[..colon].trim_ascii();
-            let value = std::str::from_utf8(line[colon + 1..].trim_ascii()).ok();
+            let value = || std::str::from_utf8(line[colon + 1..].trim_ascii()).ok();
             if name.eq_ignore_ascii_case(b"call-id") || name.eq_ignore_ascii_case(b"i") {
-                call_id = value;
+                call_id = value();
             } else if invite
                 && (name.eq_ignore_ascii_case(b"to") || name.eq_ignore_ascii_case(b"t"))
             {
-                to_tagged = value
-                    .and_then(|to| crate::sip::header::NameAddr::parse(to).ok())
-                    .is_some_and(|to| to.tag().is_some());
+                to = value();
+            }
+            if call_id.is_some() && (!invite || to.is_some()) {
+                break;
             }
         }
+        let to_tagged = to
+            .and_then(|to| crate::sip::header::NameAddr::parse(to).ok())
+            .is_some_and(|to| to.tag().is_some());
         Some(Glance {
             start,
             call_id: call_id.filter(|id| !id.is_empty())?,
@@ -471,7 +455,8 @@ impl<'a> Glance<'a> {
     }
 }
 
-/// One message of a recent call's ladder.
+/// One message of a recent call's ladder. Kept as it came (addresses, and the start line
+/// sharing the captured bytes): recording a step allocates nothing; the API formats it.
 #[derive(Clone, Debug, Serialize)]
 pub struct LadderStep {
     /// Milliseconds since the call's first message.
@@ -479,10 +464,29 @@ pub struct LadderStep {
     /// `in` (from the remote to Bridgehead) or `out`.
     pub dir: &'static str,
     /// `transport:IP:port` of Bridgehead's listener and of the remote.
-    pub local: String,
-    pub remote: String,
+    pub local: Endpoint,
+    pub remote: Endpoint,
     /// The start line.
-    pub line: String,
+    #[serde(serialize_with = "text")]
+    pub line: Bytes,
+}
+
+/// A transport and an address, shown as `udp:192.0.2.1:5060`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Endpoint(pub Transport, pub SocketAddr);
+
+impl Serialize for Endpoint {
+    fn serialize<S: serde::Serializer>(&self, out: S) -> Result<S::Ok, S::Error> {
+        out.serialize_str(&endpoint_label(self.0, self.1))
+    }
+}
+
+fn text<S: serde::Serializer>(bytes: &Bytes, out: S) -> Result<S::Ok, S::Error> {
+    out.serialize_str(&String::from_utf8_lossy(bytes))
+}
+
+fn wall_clock<S: serde::Serializer>(at: &SystemTime, out: S) -> Result<S::Ok, S::Error> {
+    out.serialize_str(&rfc3339(*at))
 }
 
 /// A recent call and its messages.
@@ -491,9 +495,8 @@ pub struct RecentCall {
     /// The A-leg Call-ID.
     pub id: String,
     /// The first message's wall-clock time (RFC 3339).
-    pub started: String,
-    #[serde(skip)]
-    start: SystemTime,
+    #[serde(serialize_with = "wall_clock")]
+    pub started: SystemTime,
     pub messages: Vec<LadderStep>,
 }
 
@@ -518,26 +521,26 @@ impl Recent {
         self.keep > 0
     }
 
-    /// A step of call `id` at `at` (made by `step` when kept); a message that starts a call
-    /// opens its ladder (others of unknown calls are not kept).
-    fn record(
-        &self,
-        id: &str,
-        starts_call: bool,
-        at: SystemTime,
-        step: impl FnOnce() -> LadderStep,
-    ) {
+    /// A step of call `id` at `at`; a message that starts a call opens its ladder (others of
+    /// unknown calls are not kept).
+    fn record(&self, id: &str, starts_call: bool, at: SystemTime, mut step: LadderStep) {
         if self.keep == 0 {
             return;
         }
         let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
         let call = match calls.iter().position(|call| call.id == id) {
             Some(index) => &mut calls[index],
-            None if starts_call => {
+            // A new ladder at most every LADDER_EVERY: under load the dashboard shows a
+            // sample of the calls, and the others cost a lookup.
+            None if starts_call
+                && calls.front().is_none_or(|newest| {
+                    at.duration_since(newest.started)
+                        .is_ok_and(|age| age >= LADDER_EVERY)
+                }) =>
+            {
                 calls.push_front(RecentCall {
                     id: id.to_string(),
-                    started: rfc3339(at),
-                    start: at,
+                    started: at,
                     messages: Vec::new(),
                 });
                 calls.truncate(self.keep);
@@ -546,9 +549,8 @@ impl Recent {
             None => return,
         };
         if call.messages.len() < LADDER_STEPS {
-            let mut step = step();
             step.t_ms = at
-                .duration_since(call.start)
+                .duration_since(call.started)
                 .unwrap_or_default()
                 .as_secs_f64()
                 * 1000.0;
@@ -672,26 +674,22 @@ mod tests {
         );
         let calls = recent.calls();
         assert_eq!(calls.len(), 1, "{calls:?}");
-        let lines: Vec<_> = calls[0]
-            .messages
+        let json = serde_json::to_value(&calls[0]).expect("JSON");
+        let lines: Vec<_> = json["messages"]
+            .as_array()
+            .expect("steps")
             .iter()
-            .map(|m| (m.dir, m.remote.as_str(), m.line.as_str()))
+            .map(|m| format!("{} {} {} {}", m["dir"], m["local"], m["remote"], m["line"]))
             .collect();
         assert_eq!(
             lines,
             [
-                (
-                    "in",
-                    "udp:127.0.0.1:5070",
-                    "INVITE sip:+4930123@127.0.0.1 SIP/2.0"
-                ),
-                (
-                    "out",
-                    "udp:127.0.0.1:5080",
-                    "INVITE sip:+4930123@127.0.0.1 SIP/2.0"
-                ),
-                ("in", "udp:127.0.0.1:5080", "SIP/2.0 200 OK"),
+                r#""in" "udp:127.0.0.1:5060" "udp:127.0.0.1:5070" "INVITE sip:+4930123@127.0.0.1 SIP/2.0""#,
+                r#""out" "udp:127.0.0.1:5060" "udp:127.0.0.1:5080" "INVITE sip:+4930123@127.0.0.1 SIP/2.0""#,
+                r#""in" "udp:127.0.0.1:5060" "udp:127.0.0.1:5080" "SIP/2.0 200 OK""#,
             ]
         );
+        assert_eq!(json["id"], "a-leg@caller");
+        assert!(json["started"].as_str().is_some_and(|t| t.ends_with('Z')));
     }
 }

@@ -211,6 +211,9 @@ impl CallLog {
     }
 }
 
+/// How long the CDR thread pauses after writing a batch.
+const BATCH_PAUSE: Duration = Duration::from_millis(10);
+
 /// The CDR thread: each record to the file (and to the HTTP endpoint's spool), flushed once
 /// what queued is written; the endpoint tried whenever CDRs wait and its retry time came.
 fn write_cdrs(receiver: &mpsc::Receiver<Pending>, mut file: CdrFile, mut poster: Option<Poster>) {
@@ -223,7 +226,7 @@ fn write_cdrs(receiver: &mpsc::Receiver<Pending>, mut file: CdrFile, mut poster:
                 .map_err(|_| mpsc::RecvTimeoutError::Disconnected),
         };
         let mut write = |pending: &Pending| {
-            let line = cdr_json(&pending.0, pending.1, pending.2).to_string();
+            let line = cdr_line(&pending.0, pending.1, pending.2);
             file.write(&line);
             if let Some(poster) = poster.as_mut() {
                 poster.queue(line);
@@ -232,11 +235,14 @@ fn write_cdrs(receiver: &mpsc::Receiver<Pending>, mut file: CdrFile, mut poster:
         match first {
             Ok(pending) => {
                 write(&pending);
-                // What queued meanwhile, then one flush.
+                // What queued meanwhile, then one flush, then a pause for the next batch to
+                // gather (the shards' sends then wake no one: a wake-up per call cost more
+                // than writing its CDR).
                 while let Ok(next) = receiver.try_recv() {
                     write(&next);
                 }
                 file.flush();
+                std::thread::sleep(BATCH_PAUSE);
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -472,33 +478,63 @@ fn wall_time(at: Instant, sent: Instant, wall: SystemTime) -> String {
 }
 
 /// One CDR as JSON.
-pub fn cdr_json(record: &CallRecord, sent: Instant, wall: SystemTime) -> serde_json::Value {
+pub fn cdr_line(record: &CallRecord, sent: Instant, wall: SystemTime) -> String {
     let at = |instant: Instant| wall_time(instant, sent, wall);
     let seconds = |from: Instant, to: Instant| to.saturating_duration_since(from).as_secs_f64();
-    serde_json::json!({
-        "call_id": record.id,
-        "b_call_id": record.b_call_id,
-        "ingress": record.ingress,
-        "egress": record.egress,
-        "from": record.from,
-        "to": record.to,
-        "caller_peer": record.caller_peer,
-        "callee_peer": record.callee_peer,
-        "invite_at": at(record.invite_at),
-        "ringing_at": record.ringing_at.map(at),
-        "answered_at": record.answered_at.map(at),
-        "ended_at": at(record.ended_at),
-        "setup_s": record.answered_at.map(|a| seconds(record.invite_at, a)),
-        "duration_s": record.answered_at.map_or(0.0, |a| seconds(a, record.ended_at)),
-        "status": record.status,
-        "ended_by": record.ended_by,
-        "reason": record.reason,
-        "version": record.version,
-        "attempts": record.attempts,
-        "reason_header": record.end_reason,
-        "quality_caller": record.quality[0],
-        "quality_callee": record.quality[1],
-    })
+    let cdr = Cdr {
+        call_id: &record.id,
+        b_call_id: &record.b_call_id,
+        ingress: &record.ingress,
+        egress: &record.egress,
+        from: &record.from,
+        to: &record.to,
+        caller_peer: &record.caller_peer,
+        callee_peer: &record.callee_peer,
+        invite_at: at(record.invite_at),
+        ringing_at: record.ringing_at.map(at),
+        answered_at: record.answered_at.map(at),
+        ended_at: at(record.ended_at),
+        setup_s: record.answered_at.map(|a| seconds(record.invite_at, a)),
+        duration_s: record
+            .answered_at
+            .map_or(0.0, |a| seconds(a, record.ended_at)),
+        status: record.status,
+        ended_by: record.ended_by,
+        reason: record.reason,
+        version: record.version,
+        attempts: record.attempts,
+        reason_header: record.end_reason.as_deref(),
+        quality_caller: record.quality[0],
+        quality_callee: record.quality[1],
+    };
+    serde_json::to_string(&cdr).unwrap_or_default()
+}
+
+/// One CDR as it is written ([`cdr_line`]); `docs/operations.md` lists the fields.
+#[derive(serde::Serialize)]
+struct Cdr<'a> {
+    call_id: &'a str,
+    b_call_id: &'a str,
+    ingress: &'a str,
+    egress: &'a str,
+    from: &'a str,
+    to: &'a str,
+    caller_peer: &'a str,
+    callee_peer: &'a str,
+    invite_at: String,
+    ringing_at: Option<String>,
+    answered_at: Option<String>,
+    ended_at: String,
+    setup_s: Option<f64>,
+    duration_s: f64,
+    status: u16,
+    ended_by: &'static str,
+    reason: &'static str,
+    version: u64,
+    attempts: u8,
+    reason_header: Option<&'a str>,
+    quality_caller: Option<crate::media::LegQuality>,
+    quality_callee: Option<crate::media::LegQuality>,
 }
 
 #[cfg(test)]
