@@ -5,8 +5,8 @@
 
 mod common;
 
-use common::http::{json_sink, request, sample};
-use common::sipp::{far_end_args, scenario, wait_listening, Sipp, Transport};
+use common::http::{cdr_lines, json_sink, request, sample};
+use common::sipp::{core_to_teams, far_end_args, listening_far_end, scenario, Sipp};
 use common::{core_teams_profile, scratch_dir, Sbc};
 use std::time::{Duration, Instant};
 
@@ -67,20 +67,13 @@ fn metrics_scraped_during_a_sipp_run_match_what_sipp_counted() {
     let profile = admin_profile(&dir, COUNTING_RULES, "")
         + &format!("cdr:\n  path: {}\nshort_call_seconds: 3\n", cdr.display());
     let sbc = Sbc::start(&profile);
-    let callee = Sipp::start(
-        &dir,
-        "callee",
-        &far_end_args(sbc.port("teams_peer"), 0, &["-sf", &scenario("callee")]),
-    );
-    wait_listening(sbc.port("teams_peer"), Transport::Udp);
     let core = format!("127.0.0.1:{}", sbc.port("core"));
-    let mut args = far_end_args(
-        sbc.port("softswitch"),
-        10,
-        &["-r", "5", "-d", "1500", "-sf", &scenario("caller")],
+    let (callee, mut caller) = core_to_teams(
+        &sbc,
+        &dir,
+        ("callee", 0),
+        ("caller", 10, &["-r", "5", "-d", "1500"]),
     );
-    args.push(core.clone());
-    let mut caller = Sipp::start(&dir, "caller", &args);
     // While calls are up, the gauge shows them.
     let during = metrics_until(&sbc, |text| {
         sample(text, "bridgehead_calls_active{state=\"answered\"}").is_some_and(|n| n >= 1.0)
@@ -93,16 +86,7 @@ fn metrics_scraped_during_a_sipp_run_match_what_sipp_counted() {
     assert_eq!(status, Some(0), "{}\n{}", caller.report(), sbc.log());
     drop(callee);
     // A busy callee: every call fails with 486.
-    let busy = Sipp::start(
-        &dir,
-        "busy",
-        &far_end_args(
-            sbc.port("teams_peer"),
-            0,
-            &["-sf", &scenario("callee_busy")],
-        ),
-    );
-    wait_listening(sbc.port("teams_peer"), Transport::Udp);
+    let busy = listening_far_end(&sbc, &dir, "busy", ("teams_peer", "callee_busy", 0));
     let mut args = far_end_args(
         sbc.port("softswitch"),
         3,
@@ -187,18 +171,7 @@ fn metrics_scraped_during_a_sipp_run_match_what_sipp_counted() {
         assert_eq!(sample(&text, series), Some(expected), "{series}\n{text}");
     }
     // One CDR per call, written by the CDR thread.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let lines = loop {
-        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&cdr)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("a CDR is JSON"))
-            .collect();
-        if lines.len() >= 13 || Instant::now() > deadline {
-            break lines;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let lines = cdr_lines(&cdr, 13);
     assert_eq!(lines.len(), 13);
     let answered: Vec<_> = lines.iter().filter(|c| c["status"] == 200).collect();
     assert_eq!(answered.len(), 10);
@@ -244,19 +217,12 @@ fn the_admin_api_lists_shows_and_hangs_up_live_calls() {
     let refused = request(admin, "GET", "/metrics", Some("wrong"));
     assert_eq!(refused.status, 401);
     let token = Some("s3cret");
-    let mut callee = Sipp::start(
+    let (mut callee, mut caller) = core_to_teams(
+        &sbc,
         &dir,
-        "callee",
-        &far_end_args(sbc.port("teams_peer"), 2, &["-sf", &scenario("callee")]),
+        ("callee", 2),
+        ("caller_hungup", 2, &["-r", "10"]),
     );
-    wait_listening(sbc.port("teams_peer"), Transport::Udp);
-    let mut args = far_end_args(
-        sbc.port("softswitch"),
-        2,
-        &["-r", "10", "-sf", &scenario("caller_hungup")],
-    );
-    args.push(format!("127.0.0.1:{}", sbc.port("core")));
-    let mut caller = Sipp::start(&dir, "caller", &args);
     let deadline = Instant::now() + Duration::from_secs(10);
     let calls = loop {
         let calls = request(admin, "GET", "/api/calls", token).json();
@@ -335,19 +301,8 @@ fn the_admin_api_lists_shows_and_hangs_up_live_calls() {
     let calls = request(admin, "GET", "/api/calls", token).json();
     assert_eq!(calls.as_array().map(Vec::len), Some(0));
     // Their CDRs: ended by Bridgehead for the operator, with the Reason it sent.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let lines = loop {
-        let text = std::fs::read_to_string(&cdr).unwrap_or_default();
-        if text.lines().count() >= 2 || Instant::now() > deadline {
-            break text;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let records: Vec<serde_json::Value> = lines
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON"))
-        .collect();
-    assert_eq!(records.len(), 2, "{lines}");
+    let records = cdr_lines(&cdr, 2);
+    assert_eq!(records.len(), 2, "{records:?}");
     for record in &records {
         assert_eq!(record["ended_by"], "sbc", "{record}");
         assert_eq!(record["reason"], "operator");
@@ -409,12 +364,7 @@ fn cdrs_reach_an_http_endpoint_that_was_down_exactly_once() {
         );
     let sbc = Sbc::start(&profile);
     let started = Instant::now();
-    let callee = Sipp::start(
-        &dir,
-        "callee",
-        &far_end_args(sbc.port("teams_peer"), 0, &["-sf", &scenario("callee")]),
-    );
-    wait_listening(sbc.port("teams_peer"), Transport::Udp);
+    let callee = listening_far_end(&sbc, &dir, "callee", ("teams_peer", "callee", 0));
     let mut args = far_end_args(
         sbc.port("softswitch"),
         10,

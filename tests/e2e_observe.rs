@@ -5,9 +5,11 @@
 
 mod common;
 
-use common::http::{https_request, request};
+use common::http::{cdr_lines, https_request, request};
 use common::pki::Pki;
-use common::sipp::{far_end_args, scenario, wait_listening, Sipp, Transport};
+use common::sipp::{
+    core_to_teams, far_end_args, listening_far_end, scenario, wait_listening, Sipp, Transport,
+};
 use common::{core_teams_profile, free_udp_port, scratch_dir, Sbc};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -141,19 +143,8 @@ fn sip_capture_reaches_a_hep_collector_and_sngrep_with_both_legs_correlated() {
         collector.local_addr().expect("addr")
     );
     let sbc = Sbc::start(&profile(&dir, "return {}\n", "", &capture));
-    let callee = Sipp::start(
-        &dir,
-        "callee",
-        &far_end_args(sbc.port("teams_peer"), 1, &["-sf", &scenario("callee")]),
-    );
-    wait_listening(sbc.port("teams_peer"), Transport::Udp);
-    let mut args = far_end_args(
-        sbc.port("softswitch"),
-        1,
-        &["-d", "300", "-sf", &scenario("caller")],
-    );
-    args.push(format!("127.0.0.1:{}", sbc.port("core")));
-    let mut caller = Sipp::start(&dir, "caller", &args);
+    let (callee, mut caller) =
+        core_to_teams(&sbc, &dir, ("callee", 1), ("caller", 1, &["-d", "300"]));
     let status = caller.wait(Instant::now() + Duration::from_secs(30));
     assert_eq!(status, Some(0), "{}\n{}", caller.report(), sbc.log());
     drop(callee);
@@ -314,20 +305,9 @@ fn the_dashboard_in_headless_chromium_shows_the_calls_the_api_reports() {
         "",
         "",
     ));
-    let callee = Sipp::start(
-        &dir,
-        "callee",
-        &far_end_args(sbc.port("teams_peer"), 0, &["-sf", &scenario("callee")]),
-    );
-    wait_listening(sbc.port("teams_peer"), Transport::Udp);
     // Three calls that stay up through the page's loads.
-    let mut args = far_end_args(
-        sbc.port("softswitch"),
-        3,
-        &["-d", "25000", "-sf", &scenario("caller")],
-    );
-    args.push(format!("127.0.0.1:{}", sbc.port("core")));
-    let caller = Sipp::start(&dir, "caller", &args);
+    let (callee, caller) =
+        core_to_teams(&sbc, &dir, ("callee", 0), ("caller", 3, &["-d", "25000"]));
     let admin = sbc.port("admin");
     let deadline = Instant::now() + Duration::from_secs(10);
     while request(admin, "GET", "/api/status", None).json()["answered"] != 3 {
@@ -433,22 +413,6 @@ fn the_admin_server_speaks_https_with_the_profiles_certificate() {
     assert!(plain.is_err() || plain.is_ok_and(|a| a.status != 200));
 }
 
-/// Reads the CDR file until it has `count` lines.
-fn cdrs(file: &Path, count: usize) -> Vec<serde_json::Value> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let lines: Vec<serde_json::Value> = std::fs::read_to_string(file)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("a CDR is JSON"))
-            .collect();
-        if lines.len() >= count || Instant::now() > deadline {
-            return lines;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn cdrs_of_failed_over_cancelled_and_rule_rejected_calls() {
     let dir = scratch_dir("cdr-kinds");
@@ -497,22 +461,8 @@ cdr:
     };
     // Failed over: 486 from the Teams peer, answered by the backup.
     {
-        let busy = Sipp::start(
-            &dir,
-            "busy",
-            &far_end_args(
-                sbc.port("teams_peer"),
-                0,
-                &["-sf", &scenario("callee_busy")],
-            ),
-        );
-        let backup = Sipp::start(
-            &dir,
-            "backup",
-            &far_end_args(sbc.port("backup_peer"), 0, &["-sf", &scenario("callee")]),
-        );
-        wait_listening(sbc.port("teams_peer"), Transport::Udp);
-        wait_listening(sbc.port("backup_peer"), Transport::Udp);
+        let busy = listening_far_end(&sbc, &dir, "busy", ("teams_peer", "callee_busy", 0));
+        let backup = listening_far_end(&sbc, &dir, "backup", ("backup_peer", "callee", 0));
         caller(
             "failover",
             ("127.0.0.1", "softswitch"),
@@ -523,16 +473,7 @@ cdr:
     }
     // Cancelled: the callee rings, the caller gives up.
     {
-        let ringing = Sipp::start(
-            &dir,
-            "ringing",
-            &far_end_args(
-                sbc.port("teams_peer"),
-                0,
-                &["-sf", &scenario("callee_cancel")],
-            ),
-        );
-        wait_listening(sbc.port("teams_peer"), Transport::Udp);
+        let ringing = listening_far_end(&sbc, &dir, "ringing", ("teams_peer", "callee_cancel", 0));
         caller("cancel", ("127.0.0.1", "softswitch"), "caller_cancel", &[]);
         drop(ringing);
     }
@@ -543,7 +484,7 @@ cdr:
         "caller_rejected",
         &[],
     );
-    let lines = cdrs(&cdr, 3);
+    let lines = cdr_lines(&cdr, 3);
     assert_eq!(lines.len(), 3, "{lines:?}");
     let failover = &lines[0];
     assert_eq!(failover["status"], 200, "{failover}");

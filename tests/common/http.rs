@@ -148,3 +148,20 @@ pub fn json_sink(port: u16) -> std::sync::Arc<std::sync::Mutex<Vec<serde_json::V
     });
     got
 }
+
+/// The CDRs (JSON lines) of `file`, once it has `count` of them or after 10 s.
+#[allow(dead_code)]
+pub fn cdr_lines(file: &std::path::Path, count: usize) -> Vec<serde_json::Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(file)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a CDR is JSON"))
+            .collect();
+        if lines.len() >= count || std::time::Instant::now() > deadline {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -310,3 +310,32 @@ pub fn far_end_args(port: u16, calls: u32, extra: &[&str]) -> Vec<String> {
     args.extend(extra.iter().map(|s| s.to_string()));
     args
 }
+
+/// A SIPp far end `name` on the SBC's port `at.0` running scenario `at.1` for `at.2` calls (0:
+/// as many as come), once it listens (UDP).
+#[allow(dead_code)]
+pub fn listening_far_end(sbc: &Sbc, dir: &Path, name: &str, at: (&str, &str, u32)) -> Sipp {
+    let (port, scenario_name, calls) = at;
+    let args = far_end_args(sbc.port(port), calls, &["-sf", &scenario(scenario_name)]);
+    let sipp = Sipp::start(dir, name, &args);
+    wait_listening(sbc.port(port), Transport::Udp);
+    sipp
+}
+
+/// A SIPp callee on the SBC's `teams_peer` port (scenario `callee.0`, `callee.1` calls, 0:
+/// as many as come), listening before a SIPp caller on its `softswitch` port places
+/// `caller.1` calls of scenario `caller.0` (with `caller.2` more arguments) into the `core`
+/// listener. Returns (callee, caller), both running.
+#[allow(dead_code)]
+pub fn core_to_teams(
+    sbc: &Sbc,
+    dir: &Path,
+    callee: (&str, u32),
+    caller: (&str, u32, &[&str]),
+) -> (Sipp, Sipp) {
+    let callee = listening_far_end(sbc, dir, "callee", ("teams_peer", callee.0, callee.1));
+    let mut args = far_end_args(sbc.port("softswitch"), caller.1, caller.2);
+    args.extend(["-sf".to_string(), scenario(caller.0)]);
+    args.push(format!("127.0.0.1:{}", sbc.port("core")));
+    (callee, Sipp::start(dir, "caller", &args))
+}
