@@ -7,6 +7,7 @@ pub mod dsp;
 pub mod player;
 pub mod quality;
 pub mod relay;
+pub mod srtp;
 pub mod stream;
 
 use crate::config::{DtmfMode, SrtpPolicy};

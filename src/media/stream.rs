@@ -9,15 +9,13 @@
 //! [`Player`], comfort noise, RTCP quality (MOS) and RTP timeouts.
 
 use super::player::{Player, Sound, Step};
+use super::srtp::Srtp;
 use super::{dsp, quality, DtmfMethod, MediaEvent, Side, SrtpKey, Stream, Suite};
 use crate::config::DtmfMode;
 use crate::shared::Leg;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use webrtc_srtp::context::Context;
-use webrtc_srtp::option;
-use webrtc_srtp::protection_profile::ProtectionProfile;
 
 /// How often comfort noise is sent, and after how much silence it starts.
 const CN_INTERVAL: Duration = Duration::from_millis(200);
@@ -73,29 +71,12 @@ struct Queued {
     bytes: Vec<u8>,
 }
 
-/// An SRTP context for a key: replay protection when it decrypts.
-fn context(key: &SrtpKey, decrypting: bool) -> Option<Context> {
-    let profile = match key.suite {
-        Suite::AesCm128HmacSha1_80 => ProtectionProfile::Aes128CmHmacSha1_80,
-        Suite::AesCm128HmacSha1_32 => ProtectionProfile::Aes128CmHmacSha1_32,
-    };
-    let (rtp, rtcp) = if decrypting {
-        (
-            Some(option::srtp_replay_protection(64)),
-            Some(option::srtcp_replay_protection(64)),
-        )
-    } else {
-        (None, None)
-    };
-    Context::new(&key.key, &key.salt, profile, rtp, rtcp).ok()
-}
-
-/// Keeps a context matching the key (a new key, on a re-INVITE, gets a new context).
-fn rekey(slot: &mut Option<(SrtpKey, Context)>, key: Option<SrtpKey>, decrypting: bool) {
+/// Keeps SRTP state matching the key (a new key, on a re-INVITE, starts afresh).
+fn rekey(slot: &mut Option<(SrtpKey, Srtp)>, key: Option<SrtpKey>) {
     match key {
         None => *slot = None,
         Some(key) if slot.as_ref().is_some_and(|(k, _)| *k == key) => {}
-        Some(key) => *slot = context(&key, decrypting).map(|c| (key, c)),
+        Some(key) => *slot = Some((key, Srtp::new(&key))),
     }
 }
 
@@ -111,8 +92,8 @@ struct LegState {
     /// RTP timestamp of the last DTMF event reported (its end is sent three times).
     last_digit: Option<u32>,
     /// SRTP from the leg (its key) and toward it (ours), with the keys they were made from.
-    decrypt: Option<(SrtpKey, Context)>,
-    encrypt: Option<(SrtpKey, Context)>,
+    decrypt: Option<(SrtpKey, Srtp)>,
+    encrypt: Option<(SrtpKey, Srtp)>,
     /// Sender reports relayed to the leg (NTP middle bits, when), to time its round trip.
     reports_sent: VecDeque<(u32, Instant)>,
     /// Inband DTMF: the detector, and a buffer for one decoded frame (reused).
@@ -172,8 +153,8 @@ impl LegState {
 
     /// Follows the leg's keys (ours toward it, its own).
     fn rekey(&mut self, side: &Side) {
-        rekey(&mut self.decrypt, side.remote_key, true);
-        rekey(&mut self.encrypt, side.local_key, false);
+        rekey(&mut self.decrypt, side.remote_key);
+        rekey(&mut self.encrypt, side.local_key);
     }
 
     /// The leg's reception quality from the report blocks of its RTCP.
@@ -307,6 +288,8 @@ pub struct MediaStream {
     handed_out: Option<Queued>,
     /// Buffers of datagrams handed out, for the next ones.
     spare: Vec<Vec<u8>>,
+    /// Reused buffer for SRTP packets decrypted.
+    clear: Vec<u8>,
     events: VecDeque<MediaEvent>,
     counters: StreamCounters,
 }
@@ -332,6 +315,7 @@ impl MediaStream {
             transmits: VecDeque::new(),
             handed_out: None,
             spare: Vec::new(),
+            clear: Vec::with_capacity(BUFFER_CAPACITY),
             events: VecDeque::new(),
             counters: StreamCounters::default(),
         }
@@ -429,31 +413,31 @@ impl MediaStream {
             Leg::A => (a, b),
             Leg::B => (b, a),
         };
-        // SRTP from the leg is decrypted (a packet that fails authentication goes no further).
+        // SRTP from the leg is decrypted, in a buffer kept for it (a packet that fails
+        // authentication goes no further).
         let decrypted = match &mut from_leg.decrypt {
-            Some((key, context)) => {
-                let packet = if key.mki_len > 0 {
-                    without_mki(packet, key, rtcp, &mut from_leg.scratch);
-                    &from_leg.scratch[..]
+            Some((key, srtp)) => {
+                let clear = &mut self.clear;
+                if key.mki_len > 0 {
+                    without_mki(packet, key, rtcp, clear);
                 } else {
-                    packet
-                };
-                let clear = if rtcp {
-                    context.decrypt_rtcp(packet)
-                } else {
-                    context.decrypt_rtp(packet)
-                };
-                match clear {
-                    Ok(clear) => Some(clear),
-                    Err(_) => {
-                        self.counters.srtp_failures += 1;
-                        return;
-                    }
+                    clear.clear();
+                    clear.extend_from_slice(packet);
                 }
+                let checked = if rtcp {
+                    srtp.unprotect_rtcp(clear)
+                } else {
+                    srtp.unprotect_rtp(clear)
+                };
+                if checked.is_err() {
+                    self.counters.srtp_failures += 1;
+                    return;
+                }
+                true
             }
-            None => None,
+            None => false,
         };
-        let packet = decrypted.as_deref().unwrap_or(packet);
+        let packet = if decrypted { &self.clear[..] } else { packet };
         if rtcp {
             if let Some(report) = quality::parse_rtcp(packet) {
                 // The leg's report blocks say how it hears us; its SRs, relayed on, let the
@@ -531,31 +515,25 @@ impl MediaStream {
         } else {
             (false, to_leg.latched.or(to_side.remote))
         };
-        // Toward an SRTP leg, encrypted with the key Bridgehead gave it.
-        let encrypted = match &mut to_leg.encrypt {
-            Some((_, context)) => {
-                let secret = if rtcp {
-                    context.encrypt_rtcp(packet)
+        if let Some(destination) = destination {
+            let mut bytes = spare_buffer(&mut self.spare);
+            bytes.extend_from_slice(packet);
+            // Toward an SRTP leg, encrypted in place with the key Bridgehead gave it.
+            if let Some((_, srtp)) = &mut to_leg.encrypt {
+                let protected = if rtcp {
+                    srtp.protect_rtcp(&mut bytes)
                 } else {
-                    context.encrypt_rtp(packet)
+                    srtp.protect_rtp(&mut bytes)
                 };
-                match secret {
-                    Ok(secret) => Some(secret),
-                    Err(_) => {
-                        self.counters.srtp_failures += 1;
-                        return;
-                    }
+                if protected.is_err() {
+                    self.counters.srtp_failures += 1;
+                    self.spare.push(bytes);
+                    return;
                 }
             }
-            None => None,
-        };
-        let packet = encrypted.as_deref().unwrap_or(packet);
-        if let Some(destination) = destination {
             if !rtcp {
                 to_leg.last_sent = now;
             }
-            let mut bytes = spare_buffer(&mut self.spare);
-            bytes.extend_from_slice(packet);
             self.transmits.push_back(Queued {
                 to: from.other(),
                 destination,
@@ -684,21 +662,13 @@ impl MediaStream {
         };
         // Tried now, sent or not: comfort noise waits its next turn.
         leg.last_sent = now;
-        let bytes = match &mut leg.encrypt {
-            Some((_, context)) => match context.encrypt_rtp(&packet) {
-                Ok(secret) => {
-                    let mut bytes = packet;
-                    bytes.clear();
-                    bytes.extend_from_slice(&secret);
-                    bytes
-                }
-                Err(_) => {
-                    self.counters.srtp_failures += 1;
-                    return;
-                }
-            },
-            None => packet,
-        };
+        let mut bytes = packet;
+        if let Some((_, srtp)) = &mut leg.encrypt {
+            if srtp.protect_rtp(&mut bytes).is_err() {
+                self.counters.srtp_failures += 1;
+                return;
+            }
+        }
         self.transmits.push_back(Queued {
             to,
             destination,
@@ -814,6 +784,20 @@ mod tests {
     use super::rtp_capture;
     use super::*;
     use crate::config::TonePlan;
+    use webrtc_srtp::context::Context;
+
+    /// The far end's SRTP as webrtc-srtp does it: an implementation apart from Bridgehead's.
+    fn far_end(key: &SrtpKey) -> Context {
+        let profile = match key.suite {
+            Suite::AesCm128HmacSha1_80 => {
+                webrtc_srtp::protection_profile::ProtectionProfile::Aes128CmHmacSha1_80
+            }
+            Suite::AesCm128HmacSha1_32 => {
+                webrtc_srtp::protection_profile::ProtectionProfile::Aes128CmHmacSha1_32
+            }
+        };
+        Context::new(&key.key, &key.salt, profile, None, None).expect("an SRTP context")
+    }
 
     #[test]
     fn rtcp_is_told_from_rtp_by_payload_type() {
@@ -1170,8 +1154,8 @@ mod tests {
         call.a.local_key = Some(our_key);
         let now = Instant::now();
         let mut media = MediaStream::new(&call, StreamSettings::default(), now);
-        let mut caller_sends = context(&callers_key, false).expect("context");
-        let mut caller_hears = context(&our_key, true).expect("context");
+        let mut caller_sends = far_end(&callers_key);
+        let mut caller_hears = far_end(&our_key);
 
         let secret = caller_sends
             .encrypt_rtp(&pcma(1, 0x55))
@@ -1205,7 +1189,7 @@ mod tests {
         call.b.remote_rtcp = Some(addr("198.51.100.7:5001"));
         let now = Instant::now();
         let mut media = MediaStream::new(&call, StreamSettings::default(), now);
-        let mut caller_sends = context(&callers_key, false).expect("context");
+        let mut caller_sends = far_end(&callers_key);
         // The MKI sits before the tag: 4 bytes for SRTP with this suite, 10 for SRTCP.
         let with_mki = |secret: &[u8], tag: usize| {
             let mut packet = secret[..secret.len() - tag].to_vec();
