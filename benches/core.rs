@@ -1,6 +1,7 @@
 //! Hot-path benchmarks: SIP parse + serialize, one whole call through the sans-IO engine
 //! (INVITE → 100/180/200 → ACK → BYE → 200, default rules running on every message), the cost
-//! of one rule hook per message, and a rule-set reload.
+//! of one rule hook per message, a rule-set reload, and one RTP packet through a media
+//! stream's per-packet logic (plain, and SRTP in place).
 
 use bridgehead::config::{Profile, Transport};
 use bridgehead::script::{Hook, HookArgs, HookCall, HookMessage, RuleMetrics, RuleSet, Rules};
@@ -280,6 +281,83 @@ fn replay(c: &mut Criterion) {
     group.finish();
 }
 
+/// A G.711 packet with sequence number `seq`.
+fn rtp_packet(seq: u16) -> Vec<u8> {
+    let mut packet = vec![0x80, 8];
+    packet.extend_from_slice(&seq.to_be_bytes());
+    packet.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+    packet.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+    packet.extend(std::iter::repeat_n(0xd5, 160));
+    packet
+}
+
+/// One RTP packet from the caller through a stream's per-packet logic (latching, payload
+/// map, quality, SRTP toward the callee when keyed) to the datagram handed out: the relay's
+/// work per packet apart from its two system calls.
+fn media_packet(c: &mut Criterion) {
+    use bridgehead::media::srtp::Srtp;
+    use bridgehead::media::stream::{MediaStream, StreamSettings};
+    use bridgehead::media::{Side, SrtpKey, Stream, Suite};
+    let caller: std::net::SocketAddr = "192.0.2.10:4000".parse().expect("addr");
+    let callee: std::net::SocketAddr = "198.51.100.20:5000".parse().expect("addr");
+    let side = |local: u16, remote| Side {
+        local,
+        advertised: true,
+        remote: Some(remote),
+        remote_rtcp: Some(remote),
+        sends: true,
+        ..Side::default()
+    };
+    let key = SrtpKey {
+        tag: 1,
+        suite: Suite::AesCm128HmacSha1_80,
+        key: [7; 16],
+        salt: [9; 14],
+        mki_len: 0,
+    };
+    let mut group = c.benchmark_group("media_packet");
+    group.throughput(Throughput::Elements(1));
+    for (name, srtp) in [("rtp_to_rtp", false), ("rtp_to_srtp", true)] {
+        let mut b = side(20002, callee);
+        if srtp {
+            b.local_key = Some(key);
+        }
+        let stream = Stream {
+            index: 0,
+            a: side(20000, caller),
+            b,
+        };
+        let now = Instant::now();
+        let mut media = MediaStream::new(&stream, StreamSettings::default(), now);
+        let mut packet = rtp_packet(0);
+        let mut seq = 0u16;
+        group.bench_function(name, |bench| {
+            bench.iter(|| {
+                seq = seq.wrapping_add(1);
+                packet[2..4].copy_from_slice(&seq.to_be_bytes());
+                media.handle_packet(Leg::A, caller, false, &packet, now);
+                let sent = media.poll_transmit().map_or(0, |t| t.bytes.len());
+                assert!(sent > 0);
+            })
+        });
+    }
+    // SRTP alone, both ways: protect then unprotect one packet in place.
+    let (mut sender, mut receiver) = (Srtp::new(&key), Srtp::new(&key));
+    let (template, mut buffer) = (rtp_packet(0), Vec::with_capacity(256));
+    let mut seq = 0u16;
+    group.bench_function("srtp_protect_unprotect", |bench| {
+        bench.iter(|| {
+            seq = seq.wrapping_add(1);
+            buffer.clear();
+            buffer.extend_from_slice(&template);
+            buffer[2..4].copy_from_slice(&seq.to_be_bytes());
+            sender.protect_rtp(&mut buffer).expect("protect");
+            receiver.unprotect_rtp(&mut buffer).expect("unprotect");
+        })
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     parse_serialize,
@@ -287,6 +365,7 @@ criterion_group!(
     hooks,
     reload,
     sdp,
-    replay
+    replay,
+    media_packet
 );
 criterion_main!(benches);
