@@ -179,7 +179,8 @@ impl Capture {
 
     /// A message that arrived from `peer` at `received`.
     pub fn incoming(&self, bytes: Bytes, peer: &Peer, received: Instant) {
-        let at = SystemTime::now() - received.elapsed();
+        let now = SystemTime::now();
+        let at = now.checked_sub(received.elapsed()).unwrap_or(now);
         self.push(Captured {
             direction: Direction::In,
             peer: *peer,

@@ -161,6 +161,17 @@ pub struct Srtp {
 /// SRTCP's authentication tag length (80 bits in both suites).
 const RTCP_TAG: usize = 10;
 
+/// SSRCs one direction keeps state for. A leg sending plain RTP chooses the SSRCs Bridgehead
+/// encrypts toward the other leg: past this many, the state starts afresh rather than grow.
+const MAX_SSRCS: usize = 64;
+
+/// Makes room for `ssrc` in `map` (see [`MAX_SSRCS`]).
+fn room_for<V>(map: &mut HashMap<u32, V>, ssrc: u32) {
+    if map.len() >= MAX_SSRCS && !map.contains_key(&ssrc) {
+        map.clear();
+    }
+}
+
 /// The length of an RTP packet's header (fixed part, CSRCs, extension), when it has one.
 fn rtp_header_len(packet: &[u8]) -> Option<usize> {
     let first = *packet.first()?;
@@ -201,6 +212,7 @@ impl Srtp {
         let header = rtp_header_len(packet).ok_or(SrtpError::Malformed)?;
         let seq = u16::from_be_bytes([packet[2], packet[3]]);
         let ssrc = ssrc_at(packet, 8).ok_or(SrtpError::Malformed)?;
+        room_for(&mut self.rtp_indexes, ssrc);
         let indexes = self.rtp_indexes.entry(ssrc).or_insert(Indexes {
             highest: seq,
             ..Indexes::default()
@@ -250,6 +262,7 @@ impl Srtp {
     /// Encrypts the (compound) RTCP packet in `packet` and appends its index and tag.
     pub fn protect_rtcp(&mut self, packet: &mut Vec<u8>) -> Result<(), SrtpError> {
         let ssrc = ssrc_at(packet, 4).ok_or(SrtpError::Malformed)?;
+        room_for(&mut self.rtcp_next, ssrc);
         let next = self.rtcp_next.entry(ssrc).or_insert(0);
         let index = *next;
         *next = (*next + 1) & 0x7fff_ffff;
@@ -276,6 +289,7 @@ impl Srtp {
         }
         let e_index = ssrc_at(packet, signed - 4).ok_or(SrtpError::Malformed)?;
         let (encrypted, index) = (e_index & 0x8000_0000 != 0, u64::from(e_index & 0x7fff_ffff));
+        room_for(&mut self.rtcp_indexes, ssrc);
         let indexes = self.rtcp_indexes.entry(ssrc).or_default();
         if !indexes.fresh(index) {
             return Err(SrtpError::Replayed);
@@ -439,6 +453,12 @@ mod tests {
             let mut short = short;
             assert!(receiver.unprotect_rtp(&mut short).is_err());
             assert!(receiver.unprotect_rtcp(&mut short).is_err());
+        }
+        // A plain leg spraying SSRCs does not grow the state past MAX_SSRCS.
+        for ssrc in 1000..1000 + 3 * MAX_SSRCS as u32 {
+            let mut sprayed = rtp(1, ssrc, false);
+            sender.protect_rtp(&mut sprayed).expect("protect");
+            assert!(sender.rtp_indexes.len() <= MAX_SSRCS);
         }
         // A sender relaying packets far out of order (past the window) protects them all.
         for seq in [200u16, 100, 300, 1] {
