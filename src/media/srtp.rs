@@ -252,6 +252,8 @@ impl Srtp {
         }
         packet.truncate(signed);
         self.rtp.crypt(ssrc, index, &mut packet[header..]);
+        // Only an authentic packet makes room: a forged one must not reset the others.
+        room_for(&mut self.rtp_indexes, ssrc);
         self.rtp_indexes
             .entry(ssrc)
             .or_insert(indexes)
