@@ -22,6 +22,8 @@
 #   SECONDS_PER_STEP=5                      the sending window of each step
 #   MODES="rtp srtp"  RELAYS="rtpengine bridgehead"
 #   RTPENGINE_THREADS=2                     rtpengine --num-threads
+#   BRIDGEHEAD_IO=io_uring                  Bridgehead's driver: io_uring or tokio
+#   BRIDGEHEAD_THREADS=1                    its io_uring workers
 #
 # Installs rtpengine-daemon with apt-get when missing (as root; the service is not started, or
 # is stopped). Every step is bounded (a timeout on each process); every process started here is
@@ -35,6 +37,8 @@ SECONDS_PER_STEP=${SECONDS_PER_STEP:-5}
 MODES=${MODES:-"rtp srtp"}
 RELAYS=${RELAYS:-"rtpengine bridgehead"}
 RTPENGINE_THREADS=${RTPENGINE_THREADS:-2}
+BRIDGEHEAD_IO=${BRIDGEHEAD_IO:-io_uring}
+BRIDGEHEAD_THREADS=${BRIDGEHEAD_THREADS:-1}
 # Port ranges: the generator's below Linux's ephemeral ports, Bridgehead's and rtpengine's
 # apart from each other.
 GENERATOR_FIRST=10000
@@ -70,7 +74,7 @@ start_relay() {  # $1: rtpengine or bridgehead, $2: calls, $3: mode; sets RELAY_
     RELAY_PID=$(pgrep -P "${PIDS[-1]}" rtpengine || echo "${PIDS[-1]}")
   else
     timeout $((SECONDS_PER_STEP + 120)) "$TARGET/media_relay" "$2" "$RELAY_FIRST" \
-      "$GENERATOR_FIRST" "$([ "$3" = srtp ] && echo srtp || echo rtp)" > "$dir/relay.log" 2>&1 &
+      "$GENERATOR_FIRST" "$3" "$BRIDGEHEAD_IO" "$BRIDGEHEAD_THREADS" > "$dir/relay.log" 2>&1 &
     PIDS+=($!)
     for _ in $(seq 300); do grep -q ready "$dir/relay.log" 2>/dev/null && break; sleep 0.1; done
     grep -q ready "$dir/relay.log" || { echo "media_relay did not start:"; cat "$dir/relay.log"; exit 1; }
@@ -86,7 +90,7 @@ declare -A PERM LOSS
 echo "compare-media: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1))"
 echo "G.711 20 ms (172-byte RTP), 50 packets/s each way per call, $SECONDS_PER_STEP s per step; relay CPU only"
 [[ " $RELAYS " != *" rtpengine "* ]] || echo "rtpengine $(rtpengine --version 2>&1 | awk '{print $NF; exit}') userspace (--table=-1), $RTPENGINE_THREADS threads"
-[[ " $RELAYS " != *" bridgehead "* ]] || echo "bridgehead $(git rev-parse --short HEAD 2>/dev/null) relay (examples/media_relay.rs)"
+[[ " $RELAYS " != *" bridgehead "* ]] || echo "bridgehead $(git rev-parse --short HEAD 2>/dev/null) relay (examples/media_relay.rs), $BRIDGEHEAD_IO$([ "$BRIDGEHEAD_IO" = tokio ] || echo ", $BRIDGEHEAD_THREADS threads")"
 for MODE in $MODES; do
   for RELAY in $RELAYS; do
     for CALLS in "${STEPS[@]}"; do

@@ -3,19 +3,20 @@
 //! same `MediaCommand::Stream` the call layer sends after an offer/answer), so that the
 //! relay's CPU is measured apart from the load generator's (`examples/rtp_load.rs`).
 //!
-//! `media_relay CALLS RELAY_FIRST_PORT GENERATOR_FIRST_PORT [srtp]`
+//! `media_relay CALLS RELAY_FIRST_PORT GENERATOR_FIRST_PORT [rtp|srtp] [io_uring|tokio] [THREADS]`
 //!
 //! Call `i` is anchored on RELAY_FIRST_PORT + 4i (facing the caller) and + 4i + 2 (facing the
 //! callee), its far ends at GENERATOR_FIRST_PORT + 2i and + 2i + 1. With `srtp` the callee leg
-//! is SRTP (keys derived from `i`: `media_bench::callee_keys`). Prints `ready` once every
-//! stream is bound, then relays until killed, printing every second the packets relayed and
+//! is SRTP (keys derived from `i`: `media_bench::callee_keys`). The relay moves packets with
+//! io_uring (THREADS workers, default 1) or tokio tasks. Prints `ready` and the driver once
+//! every stream is bound, then relays until killed, printing every second the packets relayed and
 //! the heap allocations made so far (a counting allocator: the per-packet path must make
 //! none).
 
 #[path = "media_bench/mod.rs"]
 mod media_bench;
 
-use bridgehead::config::MediaConfig;
+use bridgehead::config::{MediaConfig, MediaIo};
 use bridgehead::media::relay::Relay;
 use bridgehead::media::{MediaCallId, MediaCommand, Side, Stream};
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -57,11 +58,19 @@ async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let number = |i: usize| -> u16 {
         args.get(i).and_then(|a| a.parse().ok()).unwrap_or_else(|| {
-            panic!("usage: media_relay CALLS RELAY_FIRST_PORT GENERATOR_FIRST_PORT [srtp]")
+            panic!(
+                "usage: media_relay CALLS RELAY_FIRST_PORT GENERATOR_FIRST_PORT \
+                 [rtp|srtp] [io_uring|tokio] [THREADS]"
+            )
         })
     };
     let (calls, relay_first, generator_first) = (number(1), number(2), number(3));
     let srtp = args.get(4).is_some_and(|a| a == "srtp");
+    let io = match args.get(5).map(String::as_str) {
+        Some("tokio") => MediaIo::Tokio,
+        _ => MediaIo::IoUring,
+    };
+    let io_threads = args.get(6).and_then(|a| a.parse().ok()).unwrap_or(1);
     let config = MediaConfig {
         address: "127.0.0.1".parse().expect("ip"),
         advertise: "127.0.0.1".into(),
@@ -71,8 +80,10 @@ async fn main() {
         ringback: Default::default(),
         no_ports: Default::default(),
         bound_ahead: 0,
+        io,
+        io_threads,
     };
-    let relay = Relay::new(&config, Arc::new(|_, _| {}));
+    let relay = Relay::new(&config, Arc::new(|_, _| {})).unwrap_or_else(|err| panic!("{err}"));
     let local = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
     for call in 0..calls {
         let (a_local, b_local) = media_bench::relay_ports(relay_first, call);
@@ -109,7 +120,7 @@ async fn main() {
         assert!(Instant::now() < deadline, "streams never bound");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    println!("ready");
+    println!("ready ({})", relay.driver());
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         println!(

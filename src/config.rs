@@ -945,6 +945,23 @@ struct RawMedia {
     no_ports: NoPortsPolicy,
     #[serde(default = "default_bound_ahead")]
     bound_ahead: usize,
+    #[serde(default)]
+    io: MediaIo,
+    #[serde(default)]
+    io_threads: usize,
+}
+
+/// How the relay moves packets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaIo {
+    /// io_uring where the kernel offers what the fast path needs, else tokio.
+    #[default]
+    Auto,
+    /// io_uring, or Bridgehead does not start.
+    IoUring,
+    /// A tokio task per stream (one system call per packet each way).
+    Tokio,
 }
 
 fn default_bound_ahead() -> usize {
@@ -988,6 +1005,10 @@ pub struct MediaConfig {
     /// Port pairs of each shard's range bound ahead of time, off the shard (two descriptors
     /// each); 0 binds each pair when a call takes it.
     pub bound_ahead: usize,
+    /// How the relay moves packets (`auto`: io_uring where available, else tokio).
+    pub io: MediaIo,
+    /// The io_uring relay's threads; 0: half the cores (one to eight).
+    pub io_threads: usize,
 }
 
 /// Port pairs per shard bound ahead of time unless the profile says otherwise.
@@ -1955,6 +1976,8 @@ impl Validator<'_> {
             ringback: raw.ringback,
             no_ports: raw.no_ports,
             bound_ahead: raw.bound_ahead,
+            io: raw.io,
+            io_threads: raw.io_threads,
         })
     }
 }

@@ -120,7 +120,9 @@ pub fn run(mut profile: Profile) -> anyhow::Result<()> {
         let relay = profile
             .media
             .as_ref()
-            .map(|media| Relay::new(media, events));
+            .map(|media| Relay::new(media, events))
+            .transpose()
+            .map_err(anyhow::Error::msg)?;
         if let Some(media) = &profile.media {
             tracing::info!(
                 address = %media.address,

@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::http::{request, sample};
 use common::sipp::{callee_args, media_caller, scenario, wait_listening, Sipp, Traced, Transport};
 use common::{free_udp_port, media_range, scratch_dir, Sbc};
 use std::net::{SocketAddr, UdpSocket};
@@ -281,7 +282,11 @@ fn first_received(sipp: &Sipp, wanted: impl Fn(&Traced) -> bool) -> Traced {
 #[test]
 fn rtp_and_rtcp_flow_both_ways_through_bridgehead_ports_and_stop_at_bye() {
     let base = media_range();
-    let sbc = Sbc::start(&profile(base));
+    // With the admin server, whose metrics count what the relay moved.
+    let sbc = Sbc::start(&format!(
+        "{}admin:\n  address: 127.0.0.1:{{admin}}\n",
+        profile(base)
+    ));
     let dir = scratch_dir("media");
     let caller_rtp = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
     // The callee's RTP and RTCP sockets on a port pair.
@@ -367,6 +372,13 @@ fn rtp_and_rtcp_flow_both_ways_through_bridgehead_ports_and_stop_at_bye() {
         (base..base + 4).all(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok()),
         "the call's ports are free again"
     );
+    // The relay moved them with io_uring (the kernels Bridgehead is tested on have it): the
+    // 50 + 20 RTP packets and the RTCP report, and no stream runs any more.
+    let text = request(sbc.port("admin"), "GET", "/metrics", None).body;
+    let threads = sample(&text, "bridgehead_media_relay_threads{driver=\"io_uring\"}");
+    assert!(threads.is_some_and(|n| n >= 1.0), "{text}");
+    assert_eq!(sample(&text, "bridgehead_media_packets_total"), Some(71.0));
+    assert_eq!(sample(&text, "bridgehead_media_streams"), Some(0.0));
 }
 
 #[test]

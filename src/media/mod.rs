@@ -9,6 +9,7 @@ pub mod quality;
 pub mod relay;
 pub mod srtp;
 pub mod stream;
+mod uring;
 
 use crate::config::{DtmfMode, SrtpPolicy};
 use crate::sdp::{Crypto, Media, Sdp};

@@ -1,13 +1,16 @@
-//! The RTP/RTCP relay (tokio): one task per anchored stream, four sockets (RTP and RTCP facing
-//! each leg) read into fixed buffers, the stream's SDP updates and sounds to play, and one
-//! timer. What a packet or a moment leads to (latching, SRTP, transcoding, DTMF, tones, comfort
-//! noise, RTCP quality, RTP timeouts) is decided by the stream's sans-IO
-//! [`MediaStream`]; the relay sends what it hands back.
+//! The RTP/RTCP relay. Each anchored stream has four sockets (RTP and RTCP facing each leg);
+//! what a packet or a moment leads to (latching, SRTP, transcoding, DTMF, tones, comfort
+//! noise, RTCP quality, RTP timeouts) is decided by the stream's sans-IO [`MediaStream`], and
+//! the relay sends what it hands back. Two drivers move the packets, chosen at start
+//! (`media.io`): io_uring workers ([`super::uring`], no system call per packet), or here one
+//! tokio task per stream, its sockets read into fixed buffers, with its SDP updates, sounds
+//! to play and one timer.
 
 use super::player::Sound;
 use super::stream::{MediaStream, StreamSettings};
+use super::uring::Workers;
 use super::{MediaCallId, MediaCommand, MediaEvent, PortBinder, Stream};
-use crate::config::{MediaConfig, DEFAULT_MEDIA_DSCP};
+use crate::config::{MediaConfig, MediaIo, DEFAULT_MEDIA_DSCP};
 use crate::shared::{tos, Leg};
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -30,6 +33,9 @@ pub struct RelayStats {
     pub srtp_failures: AtomicU64,
     /// Streams running now.
     pub streams: AtomicU64,
+    /// The driver moving the packets (`io_uring` or `tokio`) and its threads (0 for tokio:
+    /// the shared runtime's).
+    pub driver: std::sync::OnceLock<(&'static str, usize)>,
 }
 
 struct Running {
@@ -58,51 +64,112 @@ pub type EventSink = Arc<dyn Fn(MediaCallId, MediaEvent) + Send + Sync>;
 
 /// The relay of one process.
 pub struct Relay {
-    /// The runtime the streams run on, whichever thread commands them.
-    runtime: tokio::runtime::Handle,
-    address: IpAddr,
-    streams: StreamSettings,
-    calls: Mutex<HashMap<MediaCallId, Vec<Running>>>,
-    events: EventSink,
-    reserved: Reserved,
+    driver: Driver,
+    settings: Settings,
     /// Ports to bind ahead of time, for the thread that does it.
     prepare: Arc<PrepareQueue>,
     pub stats: Arc<RelayStats>,
 }
 
+/// What moves the packets.
+enum Driver {
+    /// io_uring workers.
+    Uring(Workers),
+    /// A tokio task per stream.
+    Tasks(Tasks),
+}
+
+/// The tokio driver's streams.
+struct Tasks {
+    /// The runtime the streams run on, whichever thread commands them.
+    runtime: tokio::runtime::Handle,
+    calls: Mutex<HashMap<MediaCallId, Vec<Running>>>,
+    events: EventSink,
+}
+
 impl Relay {
     /// A relay on the profile's media address; events (DTMF digits, RTP timeouts) go to
-    /// `events`. Its streams run on the runtime this is called in.
-    pub fn new(config: &MediaConfig, events: EventSink) -> Arc<Relay> {
+    /// `events`. With `media.io: auto` it uses io_uring when the kernel offers what that
+    /// needs, else tokio tasks on the runtime this is called in; the log says which. An error
+    /// only when `media.io: io_uring` cannot be had.
+    pub fn new(config: &MediaConfig, events: EventSink) -> Result<Arc<Relay>, String> {
         let reserved: Reserved = Arc::new(Mutex::new(HashMap::new()));
-        Arc::new(Relay {
-            runtime: tokio::runtime::Handle::current(),
+        let settings = Settings {
             address: config.address,
-            streams: StreamSettings {
+            stream: StreamSettings {
                 strict_source: config.strict_source,
                 rtp_timeout: config.rtp_timeout,
             },
-            calls: Mutex::new(HashMap::new()),
-            events,
-            prepare: spawn_preparer(config.address, reserved.clone()),
-            reserved,
-            stats: Arc::new(RelayStats::default()),
-        })
+            reserved: reserved.clone(),
+        };
+        let stats = Arc::new(RelayStats::default());
+        let threads = match config.io_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get().div_ceil(2).min(8)),
+            n => n,
+        };
+        let uring = match config.io {
+            MediaIo::Tokio => Err("media.io is tokio".to_string()),
+            MediaIo::Auto | MediaIo::IoUring => {
+                Workers::start(threads, &settings, &stats, &events).map_err(|e| e.to_string())
+            }
+        };
+        let driver = match uring {
+            Ok(workers) => {
+                tracing::info!(threads = workers.len(), "media: relaying with io_uring");
+                let _ = stats.driver.set(("io_uring", workers.len()));
+                Driver::Uring(workers)
+            }
+            Err(err) if config.io == MediaIo::IoUring => {
+                return Err(format!("media.io is io_uring, which cannot be used: {err}"));
+            }
+            Err(err) => {
+                tracing::info!("media: relaying with tokio tasks (no io_uring: {err})");
+                let _ = stats.driver.set(("tokio", 0));
+                Driver::Tasks(Tasks {
+                    runtime: tokio::runtime::Handle::current(),
+                    calls: Mutex::new(HashMap::new()),
+                    events,
+                })
+            }
+        };
+        Ok(Arc::new(Relay {
+            driver,
+            prepare: spawn_preparer(config.address, reserved),
+            settings,
+            stats,
+        }))
+    }
+
+    /// The driver moving the packets: `io_uring` or `tokio`.
+    pub fn driver(&self) -> &'static str {
+        self.stats
+            .driver
+            .get()
+            .map_or("tokio", |(driver, _)| driver)
     }
 
     /// A binder for an engine's port pool: the ports it binds are the ones this relay's
     /// streams then use.
     pub fn port_binder(&self) -> ReservingBinder {
         ReservingBinder {
-            address: self.address,
-            reserved: self.reserved.clone(),
+            address: self.settings.address,
+            reserved: self.settings.reserved.clone(),
             prepare: self.prepare.clone(),
         }
     }
 
     /// Carries out an engine command (from any thread).
     pub fn apply(&self, command: MediaCommand) {
-        let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        match &self.driver {
+            Driver::Uring(workers) => workers.apply(command),
+            Driver::Tasks(tasks) => tasks.apply(command, &self.settings, &self.stats),
+        }
+    }
+}
+
+impl Tasks {
+    fn apply(&self, command: MediaCommand, settings: &Settings, stats: &Arc<RelayStats>) {
+        let mut calls = lock(&self.calls);
         match command {
             MediaCommand::Play { call, to, sound } => {
                 let streams = calls.entry(call).or_default();
@@ -115,7 +182,7 @@ impl Relay {
                 for running in calls.remove(&call).into_iter().flatten() {
                     if let Some(task) = running.task {
                         task.abort();
-                        self.stats.streams.fetch_sub(1, Ordering::Relaxed);
+                        stats.streams.fetch_sub(1, Ordering::Relaxed);
                     }
                 }
             }
@@ -138,33 +205,29 @@ impl Relay {
                     let report: Box<dyn Fn(MediaEvent) + Send + Sync> =
                         Box::new(move |event| events(call, event));
                     running.task = Some(self.runtime.spawn(relay_stream(
-                        Settings {
-                            address: self.address,
-                            stream: self.streams,
-                            reserved: self.reserved.clone(),
-                        },
+                        settings.clone(),
                         updates,
                         plays,
-                        self.stats.clone(),
+                        stats.clone(),
                         report,
                     )));
-                    self.stats.streams.fetch_add(1, Ordering::Relaxed);
+                    stats.streams.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
     }
 }
 
-/// What every stream task runs with.
+/// What every stream runs with.
 #[derive(Clone)]
-struct Settings {
-    address: IpAddr,
-    stream: StreamSettings,
-    reserved: Reserved,
+pub(super) struct Settings {
+    pub(super) address: IpAddr,
+    pub(super) stream: StreamSettings,
+    pub(super) reserved: Reserved,
 }
 
 /// Sockets bound for ports the engines' pools handed out, until a stream takes them.
-type Reserved = Arc<Mutex<HashMap<u16, (std::net::UdpSocket, std::net::UdpSocket)>>>;
+pub(super) type Reserved = Arc<Mutex<HashMap<u16, (std::net::UdpSocket, std::net::UdpSocket)>>>;
 
 /// The engines' [`PortBinder`]: binds each port pair as the pool hands it out and keeps the
 /// sockets for the relay's stream on that port. The ports next in line (`media.bound_ahead`)
@@ -197,8 +260,22 @@ impl PortBinder for ReservingBinder {
     }
 }
 
-/// Binds the RTP and RTCP sockets of `port`: non-blocking from the start, and marked with
-/// the default media DSCP (most trunks' own, so most streams need no marking of their own).
+/// The RTP and RTCP sockets for `port`: the ones the pool bound, or freshly bound ones (port
+/// 0, in tests: any free ports); marked with the default media DSCP.
+pub(super) fn take_or_bind(
+    address: IpAddr,
+    port: u16,
+    reserved: &Reserved,
+) -> std::io::Result<(std::net::UdpSocket, std::net::UdpSocket)> {
+    match lock(reserved).remove(&port) {
+        Some(pair) => Ok(pair),
+        None => bind_pair(address, port),
+    }
+}
+
+/// Binds the RTP and RTCP sockets of `port` (0: any two ports): non-blocking from the start,
+/// and marked with the default media DSCP (most trunks' own, so most streams need no marking
+/// of their own).
 fn bind_pair(
     address: IpAddr,
     port: u16,
@@ -215,7 +292,8 @@ fn bind_pair(
         mark_std(&socket, DEFAULT_MEDIA_DSCP)?;
         Ok(socket)
     };
-    Ok((bind(port)?, bind(port.wrapping_add(1))?))
+    let rtcp = if port == 0 { 0 } else { port.wrapping_add(1) };
+    Ok((bind(port)?, bind(rtcp)?))
 }
 
 /// Ports waiting to be bound ahead of time, and the signal that some are.
@@ -281,7 +359,7 @@ pub fn mark_udp(socket: &UdpSocket, dscp: u8) -> std::io::Result<()> {
 }
 
 /// [`mark_udp`] for any socket.
-fn mark_std(socket: &impl std::os::fd::AsFd, dscp: u8) -> std::io::Result<()> {
+pub(super) fn mark_std(socket: &impl std::os::fd::AsFd, dscp: u8) -> std::io::Result<()> {
     let socket = socket2::SockRef::from(socket);
     if socket.local_addr()?.is_ipv4() {
         socket.set_tos_v4(tos(dscp))
@@ -290,7 +368,7 @@ fn mark_std(socket: &impl std::os::fd::AsFd, dscp: u8) -> std::io::Result<()> {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -299,34 +377,24 @@ struct LegSockets {
     rtp: UdpSocket,
     rtcp: UdpSocket,
     /// The DSCP they already mark with.
-    marked: Option<u8>,
+    marked: u8,
 }
 
 impl LegSockets {
     /// The leg's sockets: the ones the pool bound for `port`, or freshly bound ones.
-    async fn bind(address: IpAddr, port: u16, reserved: &Reserved) -> std::io::Result<LegSockets> {
-        let held = lock(reserved).remove(&port);
-        let (rtp, rtcp, marked) = match held {
-            Some((rtp, rtcp)) => (
-                UdpSocket::from_std(rtp)?,
-                UdpSocket::from_std(rtcp)?,
-                Some(DEFAULT_MEDIA_DSCP),
-            ),
-            None => (
-                UdpSocket::bind((address, port)).await?,
-                // Port 0 (tests): any free ports.
-                UdpSocket::bind((address, if port == 0 { 0 } else { port.wrapping_add(1) }))
-                    .await?,
-                None,
-            ),
-        };
-        Ok(LegSockets { rtp, rtcp, marked })
+    fn bind(address: IpAddr, port: u16, reserved: &Reserved) -> std::io::Result<LegSockets> {
+        let (rtp, rtcp) = take_or_bind(address, port, reserved)?;
+        Ok(LegSockets {
+            rtp: UdpSocket::from_std(rtp)?,
+            rtcp: UdpSocket::from_std(rtcp)?,
+            marked: DEFAULT_MEDIA_DSCP,
+        })
     }
 
     /// Marks what the relay sends toward the leg with its trunk's DSCP (unless they already
     /// do).
     fn mark(&self, dscp: u8) {
-        if self.marked == Some(dscp) {
+        if self.marked == dscp {
             return;
         }
         for socket in [&self.rtp, &self.rtcp] {
@@ -353,8 +421,8 @@ async fn relay_stream(
 ) {
     let stream = *updates.borrow_and_update();
     let (a, b) = match (
-        LegSockets::bind(settings.address, stream.a.local, &settings.reserved).await,
-        LegSockets::bind(settings.address, stream.b.local, &settings.reserved).await,
+        LegSockets::bind(settings.address, stream.a.local, &settings.reserved),
+        LegSockets::bind(settings.address, stream.b.local, &settings.reserved),
     ) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(err), _) | (_, Err(err)) => {
@@ -448,6 +516,7 @@ async fn relay_stream(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::media::MediaEvent;
 
     /// The call the relay tests drive.
     const TEST_CALL: MediaCallId = MediaCallId { shard: 0, call: 1 };
@@ -478,8 +547,8 @@ mod tests {
         .is_ok()
     }
 
-    /// A media section on loopback (streams here name their own ports).
-    fn loopback_media() -> MediaConfig {
+    /// A media section on loopback (streams here name their own ports), moved by `io`.
+    fn loopback_media(io: MediaIo) -> MediaConfig {
         MediaConfig {
             address: "127.0.0.1".parse().unwrap(),
             advertise: "127.0.0.1".into(),
@@ -489,7 +558,27 @@ mod tests {
             ringback: Default::default(),
             no_ports: Default::default(),
             bound_ahead: crate::config::DEFAULT_BOUND_AHEAD,
+            io,
+            io_threads: 1,
         }
+    }
+
+    /// A relay moved by `io` (io_uring must be there: the machines Bridgehead is tested on
+    /// run Linux 6.x with it enabled), and the media events it reports.
+    fn relay(config: &MediaConfig) -> (Arc<Relay>, mpsc::UnboundedReceiver<MediaEvent>) {
+        let (events, heard) = mpsc::unbounded_channel();
+        let sink: EventSink = Arc::new(move |call, event| {
+            assert_eq!(call, TEST_CALL);
+            let _ = events.send(event);
+        });
+        let relay = Relay::new(config, sink).expect("relay");
+        let expected = if config.io == MediaIo::Tokio {
+            "tokio"
+        } else {
+            "io_uring"
+        };
+        assert_eq!(relay.driver(), expected);
+        (relay, heard)
     }
 
     /// True when nobody holds `port` and `port + 1` on loopback.
@@ -500,15 +589,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_port_prepared_ahead_is_bound_by_the_relay_thread_and_closed_on_release() {
-        let config = loopback_media();
-        let relay = Relay::new(&config, Arc::new(|_, _| {}));
+        let config = loopback_media(MediaIo::Tokio);
+        let (relay, _) = relay(&config);
         let mut binder = relay.port_binder();
         let port = free_port_pair();
         binder.prepare(port);
         // Watched in the relay's table, not by binding the port: a probe holding it for an
         // instant made the preparer's own bind fail now and then (seen on a loaded CI).
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while !lock(&relay.reserved).contains_key(&port) {
+        while !lock(&relay.settings.reserved).contains_key(&port) {
             assert!(std::time::Instant::now() < deadline, "never prepared");
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
@@ -519,43 +608,137 @@ mod tests {
         assert!(is_free(port), "released ports close");
     }
 
-    #[tokio::test]
-    async fn a_leg_that_moves_gets_media_at_its_new_address() {
-        let config = loopback_media();
-        let relay = Relay::new(&config, Arc::new(|_, _| {}));
-        let bind = || UdpSocket::bind("127.0.0.1:0");
-        let (caller, callee, moved) = (bind().await, bind().await, bind().await);
-        let (caller, callee, moved) = (caller.unwrap(), callee.unwrap(), moved.unwrap());
+    /// A stream between two loopback far ends, relayed by `relay`.
+    fn anchored(caller: &UdpSocket, callee: &UdpSocket) -> Stream {
         let addr = |s: &UdpSocket| s.local_addr().ok();
         let mut stream = Stream::default();
         stream.a.local = free_port_pair();
         stream.b.local = free_port_pair();
         stream.a.advertised = true;
         stream.b.advertised = true;
-        stream.a.remote = addr(&caller);
-        stream.b.remote = addr(&callee);
+        stream.a.remote = addr(caller);
+        stream.b.remote = addr(callee);
+        stream.a.remote_rtcp = addr(caller);
+        stream.a.sends = true;
+        stream.b.sends = true;
+        stream
+    }
+
+    async fn loopback_socket() -> UdpSocket {
+        UdpSocket::bind("127.0.0.1:0").await.expect("bind")
+    }
+
+    const PACKET: [u8; 13] = [0x80, 8, 0, 1, 0, 0, 0, 160, 1, 2, 3, 4, 0xd5];
+
+    /// Polls `check` every 10 ms for up to 2 s.
+    async fn eventually(mut check: impl FnMut() -> bool) -> bool {
+        for _ in 0..200 {
+            if check() {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    async fn a_leg_that_moves_gets_media_at_its_new_address(io: MediaIo) {
+        let (relay, _) = relay(&loopback_media(io));
+        let (caller, callee, moved) = (
+            loopback_socket().await,
+            loopback_socket().await,
+            loopback_socket().await,
+        );
+        let mut stream = anchored(&caller, &callee);
         relay.apply(MediaCommand::Stream {
             call: TEST_CALL,
             stream: Box::new(stream),
         });
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        let packet = [0x80, 8, 0, 1, 0, 0, 0, 160, 1, 2, 3, 4, 0xd5];
+        assert!(eventually(|| relay.stats.streams.load(Ordering::Relaxed) == 1).await);
         let (toward_a, toward_b) = (("127.0.0.1", stream.a.local), ("127.0.0.1", stream.b.local));
         // The callee talks first: Bridgehead latches onto it.
-        callee.send_to(&packet, toward_b).await.unwrap();
+        callee.send_to(&PACKET, toward_b).await.unwrap();
         assert!(heard(&caller).await);
-        caller.send_to(&packet, toward_a).await.unwrap();
+        caller.send_to(&PACKET, toward_a).await.unwrap();
         assert!(heard(&callee).await);
         // A re-INVITE moves the callee: media goes to its new address at once.
-        stream.b.remote = addr(&moved);
+        stream.b.remote = moved.local_addr().ok();
         relay.apply(MediaCommand::Stream {
             call: TEST_CALL,
             stream: Box::new(stream),
         });
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        caller.send_to(&packet, toward_a).await.unwrap();
+        caller.send_to(&PACKET, toward_a).await.unwrap();
         assert!(heard(&moved).await, "at the new address");
         assert!(!heard(&callee).await, "not at the old one");
+        // RTCP crosses too, between the RTCP ports.
+        moved
+            .send_to(
+                &[0x80, 200, 0, 1, 0, 0, 0, 9],
+                ("127.0.0.1", stream.b.local + 1),
+            )
+            .await
+            .unwrap();
+        assert!(heard(&caller).await, "RTCP, to the caller's address");
+        assert_eq!(relay.stats.packets.load(Ordering::Relaxed), 4);
+        // Closing the call frees its four ports.
         relay.apply(MediaCommand::Close { call: TEST_CALL });
+        assert!(eventually(|| is_free(stream.a.local) && is_free(stream.b.local)).await);
+        assert_eq!(relay.stats.streams.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_leg_that_moves_gets_media_at_its_new_address_with_io_uring() {
+        a_leg_that_moves_gets_media_at_its_new_address(MediaIo::IoUring).await;
+    }
+
+    #[tokio::test]
+    async fn a_leg_that_moves_gets_media_at_its_new_address_with_tokio() {
+        a_leg_that_moves_gets_media_at_its_new_address(MediaIo::Tokio).await;
+    }
+
+    /// A leg that stops sending is reported once its timeout passes (the driver's timer),
+    /// and a sound queued before the stream ran is played to the other leg.
+    async fn silence_times_out_and_queued_sounds_play(io: MediaIo) {
+        let config = MediaConfig {
+            rtp_timeout: 1,
+            ..loopback_media(io)
+        };
+        let (relay, mut events) = relay(&config);
+        let (caller, callee) = (loopback_socket().await, loopback_socket().await);
+        let mut stream = anchored(&caller, &callee);
+        stream.a.audio_pt = Some(8);
+        stream.a.accepts = (false, true);
+        relay.apply(MediaCommand::Play {
+            call: TEST_CALL,
+            to: Leg::A,
+            sound: Sound::Ringback(crate::config::TonePlan::Itu),
+        });
+        relay.apply(MediaCommand::Stream {
+            call: TEST_CALL,
+            stream: Box::new(stream),
+        });
+        assert!(heard(&caller).await, "ringback toward the caller");
+        caller
+            .send_to(&PACKET, ("127.0.0.1", stream.a.local))
+            .await
+            .unwrap();
+        let event = tokio::time::timeout(std::time::Duration::from_secs(3), events.recv())
+            .await
+            .expect("an event in time");
+        assert!(
+            matches!(event, Some(MediaEvent::RtpTimeout { seconds: 1, .. })),
+            "{event:?}"
+        );
+        relay.apply(MediaCommand::Close { call: TEST_CALL });
+    }
+
+    #[tokio::test]
+    async fn silence_times_out_and_queued_sounds_play_with_io_uring() {
+        silence_times_out_and_queued_sounds_play(MediaIo::IoUring).await;
+    }
+
+    #[tokio::test]
+    async fn silence_times_out_and_queued_sounds_play_with_tokio() {
+        silence_times_out_and_queued_sounds_play(MediaIo::Tokio).await;
     }
 }

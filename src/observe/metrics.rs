@@ -477,6 +477,16 @@ impl Scrape {
                 "Media streams running",
                 i64::try_from(load(&relay.streams)).unwrap_or(i64::MAX),
             )?;
+            if let Some((driver, threads)) = relay.driver.get() {
+                gauges(
+                    encoder,
+                    (
+                        "media_relay_threads",
+                        "The relay's threads, by driver (io_uring; 0 for tokio: the runtime's)",
+                    ),
+                    &[([("driver", *driver)], *threads as i64)],
+                )?;
+            }
         }
         let peers = self.health.snapshot();
         let up: Vec<_> = peers
