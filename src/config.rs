@@ -71,6 +71,8 @@ pub struct Profile {
     pub cdr: Option<CdrConfig>,
     /// SIP capture to a HEP collector, when the profile asks for it.
     pub capture: Option<CaptureConfig>,
+    /// Call state shared with the other instances of a cluster through Redis.
+    pub cluster: Option<ClusterConfig>,
     /// Answered calls shorter than this (seconds) count as short calls in the metrics.
     pub short_call_seconds: u32,
 }
@@ -175,6 +177,49 @@ fn default_recent_calls() -> usize {
 
 /// The most calls the dashboard's ladders keep.
 pub const MAX_RECENT_CALLS: usize = 200;
+
+/// Call state shared through Redis (`cluster`): every answered call's state, written
+/// under `bridgehead:{name}:{instance}:`, and the instance's heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The Redis server (`redis://host:port/db`).
+    pub redis: String,
+    /// The cluster's name: the instances sharing state use the same one.
+    pub name: String,
+    /// This instance's name, unique in the cluster.
+    pub instance: String,
+    /// Milliseconds between heartbeats.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u32,
+    /// Milliseconds without a heartbeat after which an instance is taken for dead (its
+    /// heartbeat key expires then).
+    #[serde(default = "default_dead_after_ms")]
+    pub dead_after_ms: u32,
+    /// Seconds a call's state lives in Redis unless refreshed (it is, while the call lives).
+    #[serde(default = "default_state_ttl")]
+    pub state_ttl: u32,
+    /// Milliseconds between two looks for calls whose state changed (the most a change waits
+    /// before it is queued for Redis).
+    #[serde(default = "default_sync_ms")]
+    pub sync_ms: u32,
+}
+
+fn default_heartbeat_ms() -> u32 {
+    1000
+}
+
+fn default_dead_after_ms() -> u32 {
+    3000
+}
+
+fn default_state_ttl() -> u32 {
+    60
+}
+
+fn default_sync_ms() -> u32 {
+    200
+}
 
 /// SIP capture (`capture`): every SIP message in and out as HEP3 to a collector (Homer,
 /// sngrep), the A-leg Call-ID as correlation id.
@@ -871,6 +916,7 @@ struct RawProfile {
     admin: Option<RawAdmin>,
     cdr: Option<CdrConfig>,
     capture: Option<CaptureConfig>,
+    cluster: Option<ClusterConfig>,
     #[serde(default = "default_short_call_seconds")]
     short_call_seconds: u32,
 }
@@ -1229,7 +1275,7 @@ fn default_final_codes() -> Vec<u16> {
 }
 
 /// How a trunk carries DTMF.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DtmfMode {
     /// RFC 4733 telephone-events in the RTP stream.
@@ -1322,6 +1368,22 @@ impl Validator<'_> {
             .lines()
             .position(|l| l.contains(needle))
             .map(|index| index + 1)
+    }
+
+    /// The line of `needle` in the top-level section `section` (from its `section:` line to
+    /// the next unindented line).
+    fn line_in(&self, section: &str, needle: &str) -> Option<usize> {
+        let start = self
+            .text
+            .lines()
+            .position(|l| l.trim_end() == format!("{section}:"))?;
+        self.text
+            .lines()
+            .enumerate()
+            .skip(start + 1)
+            .take_while(|(_, l)| l.is_empty() || l.starts_with([' ', '\t', '#']))
+            .find(|(_, l)| l.contains(needle))
+            .map_or(Some(start + 1), |(index, _)| Some(index + 1))
     }
 
     /// A listener, or None when its address is unusable.
@@ -2101,6 +2163,44 @@ impl Profile {
                 }
             }
         }
+        if let Some(cluster) = &raw.cluster {
+            let url_ok = cluster.redis.starts_with("redis://")
+                && redis::Client::open(cluster.redis.as_str()).is_ok();
+            let name_ok = |name: &str| {
+                !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            };
+            for (bad, key, must) in [
+                (!url_ok, "redis", "a redis:// URL"),
+                (!name_ok(&cluster.name), "name", "letters, digits, - and _"),
+                (
+                    !name_ok(&cluster.instance),
+                    "instance",
+                    "letters, digits, - and _",
+                ),
+                (cluster.heartbeat_ms < 100, "heartbeat_ms", "100 or more"),
+                (
+                    cluster.dead_after_ms < 2 * cluster.heartbeat_ms,
+                    "dead_after_ms",
+                    "at least twice heartbeat_ms",
+                ),
+                (cluster.state_ttl < 5, "state_ttl", "5 or more"),
+                (
+                    !(10..=5000).contains(&cluster.sync_ms),
+                    "sync_ms",
+                    "10 to 5000",
+                ),
+            ] {
+                if bad {
+                    check.error(
+                        check.line_in("cluster", &format!("{key}:")),
+                        format!("cluster: {key} must be {must}"),
+                    );
+                }
+            }
+        }
         let mut lookups: Vec<Lookup> = Vec::new();
         for raw in &raw.lookups {
             if lookups.iter().any(|l| l.name == raw.name) {
@@ -2140,6 +2240,7 @@ impl Profile {
                     CdrConfig { path, http, ..cdr }
                 }),
                 capture: raw.capture.clone(),
+                cluster: raw.cluster.clone(),
                 short_call_seconds: raw.short_call_seconds,
             })
         } else {
@@ -2273,6 +2374,47 @@ trunks:
                 format!(
                     "p.yaml:{}: overload: cpu_percent must be 0 (no limit) to 100",
                     lines + 4
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_cluster_section_is_checked_key_by_key_with_its_lines() {
+        let good = format!(
+            "{GOOD}cluster:\n  redis: redis://127.0.0.1:6379/\n  name: eu-west\n  instance: sbc_1\n"
+        );
+        let profile = Profile::parse(Path::new("p.yaml"), &good).expect("valid");
+        let cluster = profile.cluster.expect("cluster");
+        assert_eq!(
+            (
+                cluster.heartbeat_ms,
+                cluster.dead_after_ms,
+                cluster.state_ttl
+            ),
+            (1000, 3000, 60),
+            "the defaults"
+        );
+        let bad = format!(
+            "{GOOD}cluster:\n  redis: http://x\n  name: eu west\n  instance: a\n  heartbeat_ms: 500\n  dead_after_ms: 600\n"
+        );
+        let errors = Profile::parse(Path::new("p.yaml"), &bad).expect_err("invalid");
+        let said: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        let lines = GOOD.lines().count();
+        assert_eq!(
+            said,
+            [
+                format!(
+                    "p.yaml:{}: cluster: redis must be a redis:// URL",
+                    lines + 2
+                ),
+                format!(
+                    "p.yaml:{}: cluster: name must be letters, digits, - and _",
+                    lines + 3
+                ),
+                format!(
+                    "p.yaml:{}: cluster: dead_after_ms must be at least twice heartbeat_ms",
+                    lines + 6
                 ),
             ]
         );

@@ -497,6 +497,22 @@ impl Engine {
         self.calls.poll_link()
     }
 
+    /// From now on answered calls' state is kept for the cluster ([`Engine::replicate`],
+    /// [`Engine::poll_replica`]).
+    pub fn keep_replicas(&mut self) {
+        self.calls.keep_replicas();
+    }
+
+    /// Queues the state of every answered call that changed since it was last queued.
+    pub fn replicate(&mut self, now: Instant) {
+        self.calls.replicate(now);
+    }
+
+    /// Queued call state for the cluster's writer, oldest first.
+    pub fn poll_replica(&mut self) -> Option<crate::call::replica::Replica> {
+        self.calls.poll_replica()
+    }
+
     /// A note from another shard's [`Engine::poll_note`].
     pub fn handle_note(&mut self, note: CallNote, now: Instant) {
         self.handle(CallInput::Note(note), now);

@@ -19,6 +19,7 @@
 pub mod admission;
 mod call;
 pub mod capture;
+pub mod cluster;
 pub mod config;
 mod engine;
 pub mod lookup;

@@ -90,7 +90,22 @@ pub fn run(mut profile: Profile) -> anyhow::Result<()> {
     if let Some(hep) = profile.capture.as_ref().map(|capture| &capture.hep) {
         tracing::info!(collector = %hep.address, agent = hep.agent_id, "capturing SIP to HEP");
     }
+    let cluster = profile
+        .cluster
+        .as_ref()
+        .map(crate::cluster::Cluster::start)
+        .transpose()?;
+    if let Some(config) = &profile.cluster {
+        tracing::info!(
+            cluster = %config.name,
+            instance = %config.instance,
+            "sharing call state in Redis"
+        );
+    }
     for engine in &mut engines {
+        if cluster.is_some() {
+            engine.keep_replicas();
+        }
         engine.keep_records();
         if capture.is_some() {
             engine.keep_links();
@@ -144,6 +159,7 @@ pub fn run(mut profile: Profile) -> anyhow::Result<()> {
                 udp: std::mem::take(&mut udp[shard]),
                 hub: hub.clone(),
                 relay: relay.clone(),
+                cluster: cluster.clone(),
                 started: started_tx,
                 drained: drained_tx.clone(),
             };
@@ -186,6 +202,7 @@ pub fn run(mut profile: Profile) -> anyhow::Result<()> {
                 hub: hub.clone(),
                 rules: metrics.clone(),
                 relay: relay.as_ref().map(|relay| relay.stats.clone()),
+                cluster: cluster.as_ref().map(|cluster| cluster.stats.clone()),
                 health: health.clone(),
                 reload: reload_tx.clone(),
                 drain: admin_drain_tx,
@@ -438,6 +455,8 @@ struct ShardIo {
     udp: Vec<(crate::config::ListenerId, std::net::UdpSocket)>,
     hub: Arc<Hub>,
     relay: Option<Arc<Relay>>,
+    /// The cluster's writer, when call state is shared.
+    cluster: Option<Arc<crate::cluster::Cluster>>,
     /// Told once the shard runs, or why it cannot.
     started: tokio::sync::oneshot::Sender<Result<(), String>>,
     /// Told (the shard's index) once a drain left the shard without calls.
@@ -466,6 +485,7 @@ fn run_shard_thread(engine: Engine, io: ShardIo) {
                     (io.inputs, io.drained),
                     udp,
                     (shard, io.hub, io.relay, io.calls),
+                    io.cluster,
                 )
                 .await;
             }
@@ -506,7 +526,10 @@ async fn run_shard(
         Option<Arc<Relay>>,
         Arc<crate::observe::calls::CallLog>,
     ),
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 ) {
+    // When the shard next looks for calls whose state changed (cluster).
+    let mut next_sync = Instant::now();
     let mut told_drained = false;
     let mut load = Load::default();
     // What the last batch of work took.
@@ -517,7 +540,14 @@ async fn run_shard(
         send(&mut engine, &udp, &hub, transmit).await;
     }
     loop {
-        let deadline = engine.poll_timeout();
+        let deadline = match &cluster {
+            Some(_) => Some(
+                engine
+                    .poll_timeout()
+                    .map_or(next_sync, |at| at.min(next_sync)),
+            ),
+            None => engine.poll_timeout(),
+        };
         let sleep = async {
             match deadline {
                 Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
@@ -580,6 +610,16 @@ async fn run_shard(
             handle(&mut engine, input);
         }
         engine.handle_timeout(Instant::now());
+        if let Some(cluster) = &cluster {
+            let now = Instant::now();
+            if now >= next_sync {
+                engine.replicate(now);
+                next_sync = now + cluster.sync;
+            }
+            while let Some(replica) = engine.poll_replica() {
+                cluster.send(replica);
+            }
+        }
         // Media commands first, so the relay starts binding before the far end hears the SDP.
         while let Some(command) = engine.poll_media() {
             if let Some(relay) = &relay {

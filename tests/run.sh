@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 # The far ends the end-to-end tests run: SIPp (sip-tester), baresip (baresip-core, an SRTP
 # peer in a network namespace made with iproute2's `ip netns`), openssl's s_client (an old
 # TLS 1.1 client), dnsmasq (the DNS server of the peers-by-name test), sngrep (a HEP
-# collector that decodes Bridgehead's SIP capture) and headless Chromium (the dashboard test).
+# collector that decodes Bridgehead's SIP capture), headless Chromium (the dashboard test) and
+# redis-server (the cluster's shared state).
 missing=()
 command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
 command -v baresip >/dev/null 2>&1 || missing+=(baresip-core)
@@ -14,6 +15,7 @@ command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || missing+=(dnsmasq-base)
 command -v sngrep >/dev/null 2>&1 || missing+=(sngrep)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v chromium-headless-shell >/dev/null 2>&1 || command -v chromium >/dev/null 2>&1 \
   || missing+=(chromium-headless-shell)
 if [ ${#missing[@]} -gt 0 ]; then

@@ -227,6 +227,7 @@ impl B2bua<'_> {
         if let Some(call) = self.calls.by_key.remove(&key) {
             tracing::debug!(call = %call.id, reason, by = by.map_or("sbc", Leg::name), "call ended");
             self.calls.record(&call, reason, by, now);
+            self.calls.replica_ended(key, &call);
             self.calls.link(record::Link::Ended {
                 call: call.id.clone(),
             });

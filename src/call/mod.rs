@@ -33,6 +33,7 @@ mod offer_answer;
 mod precondition;
 pub mod record;
 mod reliable;
+pub mod replica;
 mod responses;
 mod session_timer;
 mod setup;
@@ -185,6 +186,8 @@ pub(crate) struct Calls {
     records: Option<VecDeque<record::CallRecord>>,
     /// The links of captured messages to their calls, when the driver asked for them.
     links: Option<VecDeque<record::Link>>,
+    /// Answered calls' state for the cluster, when the driver asked for it.
+    replicas: Option<replica::Replicas>,
     /// The drain under way (SIGTERM), if any.
     draining: Option<drain::Drain>,
     /// The trunks' calls and call rates, shared by the shards.
@@ -244,6 +247,7 @@ impl Calls {
             notes: VecDeque::new(),
             records: None,
             links: None,
+            replicas: None,
             draining: None,
             loads,
         }

@@ -157,6 +157,9 @@ fn teams_answer(invite: &Message, status: u16) -> String {
 #[test]
 fn a_call_is_set_up_answered_and_hung_up_by_the_callee() {
     let mut layer = Layer::new();
+    // Its state for a cluster too: queued once answered, again on a change, removed at the
+    // end.
+    layer.calls.keep_replicas();
     let sent = layer.from(0, INVITE);
     assert_eq!(
         summary(&sent),
@@ -169,6 +172,12 @@ fn a_call_is_set_up_answered_and_hung_up_by_the_callee() {
     let sent = layer.from(1, &teams_answer(&b_invite, 180));
     assert_eq!(summary(&sent), [format!("{CORE} 180")]);
     assert_eq!(layer.state(), Some(CallState::Proceeding));
+    layer.calls.replicate(layer.now);
+    assert_eq!(
+        layer.calls.poll_replica(),
+        None,
+        "a call in setup is not replicated"
+    );
 
     let sent = layer.from(1, &teams_answer(&b_invite, 200));
     assert_eq!(summary(&sent), [format!("{CORE} 200")]);
@@ -176,6 +185,33 @@ fn a_call_is_set_up_answered_and_hung_up_by_the_callee() {
     assert_eq!(layer.calls.stats().calls_answered, 1);
     let ok = sent_to(&sent, CORE, "200");
     let a_to = ok.header_str(&HeaderName::To).expect("To").to_string();
+    layer.calls.replicate(layer.now);
+    let Some(super::replica::Replica::Put { id, state }) = layer.calls.poll_replica() else {
+        panic!("the answered call's state");
+    };
+    assert_eq!(id, "a-leg-1");
+    let snapshot: super::replica::CallSnapshot = serde_json::from_slice(&state).expect("JSON");
+    assert_eq!(snapshot.a.call_id, "a-leg-1");
+    assert_eq!(
+        Some(snapshot.b.call_id.as_str()),
+        b_invite.header_str(&HeaderName::CallId)
+    );
+    assert_eq!(
+        (snapshot.a.listener.as_str(), snapshot.b.listener.as_str()),
+        ("core", "teams")
+    );
+    assert_eq!(
+        (snapshot.ingress.as_str(), snapshot.egress.as_str()),
+        ("core", "teams")
+    );
+    assert_eq!(snapshot.b.peer.to_string(), TEAMS);
+    assert!(snapshot.b.remote_tag.is_some() && snapshot.a.remote_tag.is_some());
+    layer.calls.replicate(layer.now);
+    assert_eq!(
+        layer.calls.poll_replica(),
+        None,
+        "unchanged: not queued again"
+    );
 
     // The caller's ACK goes on to the callee as the B-leg's own ACK.
     let ack = format!(
@@ -216,6 +252,14 @@ Content-Length: 0
     );
     let sent = layer.from(1, &bye);
     assert_eq!(summary(&sent), [format!("{CORE} BYE")]);
+    // The callee's BYE moved its CSeq, and Bridgehead's toward the caller moved the A-leg's.
+    layer.calls.replicate(layer.now);
+    let Some(super::replica::Replica::Put { state, .. }) = layer.calls.poll_replica() else {
+        panic!("the changed state");
+    };
+    let changed: super::replica::CallSnapshot = serde_json::from_slice(&state).expect("JSON");
+    assert_eq!(changed.b.remote_cseq, 2);
+    assert_eq!(changed.a.local_cseq, snapshot.a.local_cseq + 1);
     let a_bye = sent[0].1.clone();
     assert_eq!(a_bye.header_str(&HeaderName::CallId), Some("a-leg-1"));
     let sent = layer.from(
@@ -224,6 +268,12 @@ Content-Length: 0
     );
     assert_eq!(summary(&sent), [format!("{TEAMS} 200")]);
     assert_eq!(layer.state(), None);
+    assert_eq!(
+        layer.calls.poll_replica(),
+        Some(super::replica::Replica::Remove {
+            id: "a-leg-1".into()
+        })
+    );
 }
 
 #[test]

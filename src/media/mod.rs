@@ -127,7 +127,9 @@ impl PortPool {
 
 /// One side of a media stream: Bridgehead's port facing that leg, and where that leg's media
 /// goes (from its SDP; the relay may latch onto the real source).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, Hash,
+)]
 pub struct Side {
     /// Bridgehead's RTP port facing the leg (RTCP on the next port); 0 until allocated.
     pub local: u16,
@@ -195,7 +197,9 @@ impl Side {
 
 /// A codec as RTP knows it: encoding name (case-insensitive, the first 15 bytes) and clock
 /// rate.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, Hash,
+)]
 pub struct CodecId {
     name: [u8; 15],
     len: u8,
@@ -228,7 +232,9 @@ const MAX_PAYLOAD_TYPES: usize = 20;
 
 /// The payload types an SDP gave its codecs; fixed-size, so a [`Side`] stays `Copy` and a
 /// lookup never allocates.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, Hash,
+)]
 pub struct PayloadTypes {
     entries: [(u8, CodecId); MAX_PAYLOAD_TYPES],
     len: u8,
@@ -325,7 +331,7 @@ fn renumber_like(media: &mut Media, own: &PayloadTypes) {
 }
 
 /// An SRTP crypto suite Bridgehead terminates (SDES, RFC 4568).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, Hash)]
 pub enum Suite {
     AesCm128HmacSha1_80,
     AesCm128HmacSha1_32,
@@ -347,7 +353,7 @@ impl Suite {
 }
 
 /// One SDES key: its a=crypto tag, suite, master key and salt.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Hash)]
 pub struct SrtpKey {
     pub tag: u32,
     pub suite: Suite,
@@ -435,7 +441,9 @@ impl SrtpKey {
 }
 
 /// One media stream (an `m=` line) of a call: what the relay joins.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, Hash,
+)]
 pub struct Stream {
     /// The `m=` line's index in the SDP.
     pub index: usize,

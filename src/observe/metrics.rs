@@ -24,6 +24,7 @@ pub fn encode(observed: &Observed, snapshots: Vec<ShardSnapshot>) -> Result<Stri
         snapshots,
         rules: observed.rules.clone(),
         relay: observed.relay.clone(),
+        cluster: observed.cluster.clone(),
         transport: observed.hub.clone(),
         calls: observed.calls.clone(),
         health: observed.health.clone(),
@@ -39,6 +40,7 @@ struct Scrape {
     snapshots: Vec<ShardSnapshot>,
     rules: Arc<crate::script::RuleMetrics>,
     relay: Option<Arc<crate::media::relay::RelayStats>>,
+    cluster: Option<Arc<crate::cluster::ClusterStats>>,
     transport: Arc<crate::transport::Hub>,
     calls: Arc<super::calls::CallLog>,
     health: Arc<crate::shared::PeerHealth>,
@@ -486,6 +488,46 @@ impl Scrape {
                     ),
                     &[([("driver", *driver)], *threads as i64)],
                 )?;
+            }
+        }
+        if let Some(cluster) = &self.cluster {
+            for (name, help, value) in [
+                (
+                    "cluster_redis_errors",
+                    "Redis commands or connections that failed",
+                    &cluster.redis_errors,
+                ),
+                (
+                    "cluster_redis_outages",
+                    "Times Redis went from reachable to unreachable",
+                    &cluster.outages,
+                ),
+                (
+                    "cluster_state_writes",
+                    "Call states written to (or removed from) Redis",
+                    &cluster.writes,
+                ),
+                (
+                    "cluster_state_dropped",
+                    "Call states the shards could not queue for Redis",
+                    &cluster.dropped,
+                ),
+            ] {
+                counter(encoder, name, help, load(value))?;
+            }
+            for (name, help, value) in [
+                (
+                    "cluster_redis_up",
+                    "1 while Redis answers",
+                    &cluster.redis_up,
+                ),
+                (
+                    "cluster_calls",
+                    "Calls whose state this instance keeps in Redis",
+                    &cluster.calls,
+                ),
+            ] {
+                gauge(encoder, name, help, load(value) as i64)?;
             }
         }
         let peers = self.health.snapshot();

@@ -34,6 +34,8 @@ pub struct Observed {
     pub hub: Arc<Hub>,
     pub rules: Arc<RuleMetrics>,
     pub relay: Option<Arc<RelayStats>>,
+    /// The cluster writer's counters, when call state is shared.
+    pub cluster: Option<Arc<crate::cluster::ClusterStats>>,
     pub health: Arc<PeerHealth>,
     /// The reloader's requests.
     pub reload: mpsc::UnboundedSender<ReloadRequest>,

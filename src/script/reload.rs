@@ -124,6 +124,10 @@ pub fn compile(
         restart_needed.push("media changed".to_string());
         profile.media = running.media.clone();
     }
+    if profile.cluster != running.cluster {
+        restart_needed.push("cluster changed".to_string());
+        profile.cluster = running.cluster.clone();
+    }
     if profile.shards != running.shards {
         restart_needed.push("shards changed".to_string());
         profile.shards = running.shards;

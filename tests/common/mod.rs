@@ -6,6 +6,7 @@
 
 pub mod http;
 pub mod pki;
+pub mod redis_server;
 pub mod rtp_capture;
 pub mod sipp;
 pub mod trunks;
