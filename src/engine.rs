@@ -508,6 +508,15 @@ impl Engine {
         self.calls.replicate(now);
     }
 
+    /// Carries on a call a dead instance of the cluster carried (`Calls::restore`).
+    pub fn take_over(
+        &mut self,
+        snapshot: crate::call::replica::CallSnapshot,
+        now: Instant,
+    ) -> Result<(), String> {
+        self.calls.restore(snapshot, now)
+    }
+
     /// Queued call state for the cluster's writer, oldest first.
     pub fn poll_replica(&mut self) -> Option<crate::call::replica::Replica> {
         self.calls.poll_replica()

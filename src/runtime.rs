@@ -90,20 +90,8 @@ pub fn run(mut profile: Profile) -> anyhow::Result<()> {
     if let Some(hep) = profile.capture.as_ref().map(|capture| &capture.hep) {
         tracing::info!(collector = %hep.address, agent = hep.agent_id, "capturing SIP to HEP");
     }
-    let cluster = profile
-        .cluster
-        .as_ref()
-        .map(crate::cluster::Cluster::start)
-        .transpose()?;
-    if let Some(config) = &profile.cluster {
-        tracing::info!(
-            cluster = %config.name,
-            instance = %config.instance,
-            "sharing call state in Redis"
-        );
-    }
     for engine in &mut engines {
-        if cluster.is_some() {
+        if profile.cluster.is_some() {
             engine.keep_replicas();
         }
         engine.keep_records();
@@ -132,6 +120,29 @@ pub fn run(mut profile: Profile) -> anyhow::Result<()> {
                 let _ = shard.send(ShardInput::Media(call, event));
             }
         });
+        // A dead instance's calls go to the shard that owns each.
+        let take_over_inputs = senders.clone();
+        let take_over: crate::cluster::TakeOver = Arc::new(move |snapshot| {
+            let shard = crate::shared::shard_for_call_id(
+                snapshot.a.call_id.as_bytes(),
+                take_over_inputs.len(),
+            );
+            if let Some(shard) = take_over_inputs.get(shard) {
+                let _ = shard.send(ShardInput::TakeOver(Box::new(snapshot)));
+            }
+        });
+        let cluster = profile
+            .cluster
+            .as_ref()
+            .map(|config| crate::cluster::Cluster::start(config, take_over))
+            .transpose()?;
+        if let Some(config) = &profile.cluster {
+            tracing::info!(
+                cluster = %config.name,
+                instance = %config.instance,
+                "sharing call state in Redis"
+            );
+        }
         let relay = profile
             .media
             .as_ref()
@@ -698,6 +709,12 @@ fn handle(engine: &mut Engine, input: ShardInput) {
         ShardInput::LookupAnswer(id, answer) => engine.handle_lookup_answer(id, answer, now),
         ShardInput::Note(note) => engine.handle_note(note, now),
         ShardInput::Drain(deadline) => engine.drain(deadline),
+        ShardInput::TakeOver(snapshot) => {
+            let id = snapshot.id.clone();
+            if let Err(err) = engine.take_over(*snapshot, now) {
+                tracing::warn!(call = %id, "cannot take the call over: {err}");
+            }
+        }
         ShardInput::Admin(query, reply) => {
             let _ = reply.send(engine.admin(query, now));
         }

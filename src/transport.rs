@@ -51,6 +51,8 @@ pub enum ShardInput {
     Note(crate::call::join::CallNote),
     /// Drain (SIGTERM): refuse new calls, end the rest at this instant.
     Drain(std::time::Instant),
+    /// A call of a dead instance of the cluster, to carry on.
+    TakeOver(Box<crate::call::replica::CallSnapshot>),
     /// The admin API asks; the answer goes back on the channel.
     Admin(
         crate::engine::AdminQuery,

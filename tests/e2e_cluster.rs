@@ -4,10 +4,11 @@
 
 mod common;
 
+use common::http::cdr_lines;
 use common::http::{request, sample};
 use common::redis_server::Redis;
-use common::sipp::core_to_teams;
-use common::{free_udp_port, scratch_dir, Sbc};
+use common::sipp::{core_to_teams, far_end_args, listening_far_end, scenario, Sipp};
+use common::{free_udp_port, media_range_of, scratch_dir, Sbc};
 use std::time::{Duration, Instant};
 
 /// The core-to-Teams profile with a cluster section on Redis at `redis_port`, and the admin
@@ -22,11 +23,16 @@ fn profile(redis_port: u16) -> String {
     format!("{profile}admin:\n  address: 127.0.0.1:{{admin}}\n")
 }
 
-/// The ids in the instance's set of calls.
+/// The ids in instance `one`'s set of calls.
 fn calls_in_redis(redis: &Redis) -> Vec<String> {
+    calls_of(redis, "one")
+}
+
+/// The ids in `instance`'s set of calls.
+fn calls_of(redis: &Redis, instance: &str) -> Vec<String> {
     let mut connection = redis.connection().expect("redis");
     redis::cmd("SMEMBERS")
-        .arg("bridgehead:test:one:calls")
+        .arg(format!("bridgehead:test:{instance}:calls"))
         .query(&mut connection)
         .expect("SMEMBERS")
 }
@@ -199,4 +205,131 @@ fn a_redis_outage_fails_no_call_and_the_state_is_written_again_when_it_returns()
         Some(0.0),
         "{text}"
     );
+}
+
+/// Instance `instance` of the cluster on Redis at `redis_port`, with media anchored from
+/// port `media`, two shards, CDRs in `cdr`.
+fn instance_profile(redis_port: u16, instance: &str, media: u16, cdr: &std::path::Path) -> String {
+    let top = format!(
+        "shards: 2\ncluster:\n  redis: redis://127.0.0.1:{redis_port}/\n  name: test\n  \
+         instance: {instance}\n  heartbeat_ms: 200\n  dead_after_ms: 1000\n  sync_ms: 50\n\
+         media:\n  address: 127.0.0.1\n  ports: {media}-{}\ncdr:\n  path: {}\n",
+        media + 199,
+        cdr.display()
+    );
+    let profile =
+        common::core_teams_profile(&top, "", "").replace("{script}", &common::default_script());
+    format!("{profile}admin:\n  address: 127.0.0.1:{{admin}}\n")
+}
+
+#[test]
+fn a_dead_instances_answered_calls_are_carried_on_by_the_next_one() {
+    let dir = scratch_dir("cluster-takeover");
+    let redis = Redis::start(&dir, free_udp_port());
+    let media = media_range_of(200);
+    let (cdr_one, cdr_two) = (dir.join("one.cdr"), dir.join("two.cdr"));
+    let mut first = Sbc::start(&instance_profile(redis.port, "one", media, &cdr_one));
+    // 20 calls up through the first instance, held 8 s; then each caller re-INVITEs and
+    // hangs up, through whichever instance carries the call by then.
+    let calls = 20;
+    let mut callee = listening_far_end(
+        &first,
+        &dir,
+        "callee",
+        ("teams_peer", "callee_takeover", calls),
+    );
+    let mut args = far_end_args(first.port("softswitch"), calls, &["-r", "20", "-d", "8000"]);
+    args.extend(["-sf".to_string(), scenario("caller_takeover")]);
+    args.push(format!("127.0.0.1:{}", first.port("core")));
+    let mut caller = Sipp::start(&dir, "caller", &args);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while calls_of(&redis, "one").len() != calls as usize {
+        assert!(
+            Instant::now() < deadline,
+            "not every call answered and in Redis: {:?}\n{}\n{}\n{}",
+            calls_of(&redis, "one"),
+            caller.report(),
+            callee.report(),
+            first.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The first instance dies at once; the second takes its place on the same addresses.
+    first.signal("KILL");
+    first.wait_exit(Instant::now() + Duration::from_secs(5));
+    let second = Sbc::start_on_ports_of(
+        &instance_profile(redis.port, "two", media, &cdr_two),
+        &first,
+    );
+    let admin = second.port("admin");
+    let metrics = || request(admin, "GET", "/metrics", None).body;
+    until("the calls taken over", || {
+        let text = metrics();
+        sample(&text, "bridgehead_cluster_calls_taken_over_total") == Some(f64::from(calls))
+            && sample(&text, "bridgehead_media_streams") == Some(f64::from(calls))
+    });
+    // Their state is now the second instance's; the first's is gone.
+    until("the state moved", || {
+        calls_of(&redis, "two").len() == calls as usize && calls_of(&redis, "one").is_empty()
+    });
+    // Media flows through the same ports, now the second instance's: a packet into the
+    // caller-facing port of one call, and one into its callee-facing port, each reach the
+    // other side from Bridgehead's port (the relay latches onto the test's sockets).
+    let id = calls_of(&redis, "two").remove(0);
+    let mut connection = redis.connection().expect("redis");
+    let state: String = redis::cmd("GET")
+        .arg(format!("bridgehead:test:two:call:{id}"))
+        .query(&mut connection)
+        .expect("GET");
+    let state: serde_json::Value = serde_json::from_str(&state).expect("JSON");
+    let port = |side: &str| state["streams"][0][side]["local"].as_u64().expect("port") as u16;
+    let (toward_caller, toward_callee) = (port("a"), port("b"));
+    let caller_media = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let callee_media = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    for socket in [&caller_media, &callee_media] {
+        socket
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+    }
+    let rtp = [0x80u8, 0, 0, 1, 0, 0, 0, 160, 1, 2, 3, 4, 0xff];
+    caller_media
+        .send_to(&rtp, ("127.0.0.1", toward_caller))
+        .expect("send");
+    std::thread::sleep(Duration::from_millis(100));
+    callee_media
+        .send_to(&rtp, ("127.0.0.1", toward_callee))
+        .expect("send");
+    let mut buf = [0u8; 64];
+    let (len, from) = caller_media
+        .recv_from(&mut buf)
+        .expect("RTP relayed by the second instance");
+    assert_eq!((len, from.port()), (rtp.len(), toward_caller));
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let (caller_status, callee_status) = (caller.wait(deadline), callee.wait(deadline));
+    let context = format!("{}\n{}\n{}", caller.report(), callee.report(), second.log());
+    assert_eq!(
+        caller_status,
+        Some(0),
+        "re-INVITE and BYE after the takeover\n{context}"
+    );
+    assert_eq!(callee_status, Some(0), "callee\n{context}");
+    // One CDR per call, by the instance that saw it end.
+    let lines = cdr_lines(&cdr_two, calls as usize);
+    assert_eq!(lines.len(), calls as usize, "{lines:?}");
+    let mut ids: Vec<&str> = lines.iter().filter_map(|c| c["call_id"].as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), calls as usize, "each call once");
+    assert!(
+        lines
+            .iter()
+            .all(|c| c["status"] == 200 && c["ended_by"] == "caller"),
+        "{lines:?}"
+    );
+    assert!(std::fs::read_to_string(&cdr_one)
+        .unwrap_or_default()
+        .is_empty());
+    until("no call left in Redis", || {
+        calls_of(&redis, "two").is_empty()
+    });
 }

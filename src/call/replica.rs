@@ -8,7 +8,9 @@
 //! waits on Redis: the driver hands the queue to the cluster's writer thread.
 
 use super::{Call, CallKey, CallState, Calls, Dialog};
-use crate::media::Stream;
+use crate::config::Transport;
+use crate::media::{MediaCommand, Stream};
+use crate::shared::{shard_for_call_id, Leg, Peer};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -112,6 +114,152 @@ impl Calls {
                 Err(err) => tracing::error!(call = %call.id, "cannot serialize its state: {err}"),
             }
         }
+    }
+
+    /// Takes over a call another instance carried (it died): the call's dialogs and media as
+    /// `snapshot` has them, in this shard, answered, its media ports bound again and relayed.
+    /// Refused (with why) when a trunk or listener it names is not in the running profile,
+    /// its Call-IDs do not both belong to this shard, or a media port is not free here.
+    pub fn restore(&mut self, snapshot: CallSnapshot, now: Instant) -> Result<(), String> {
+        for call_id in [&snapshot.a.call_id, &snapshot.b.call_id] {
+            if shard_for_call_id(call_id.as_bytes(), self.shards) != self.shard {
+                return Err(format!("Call-ID {call_id} belongs to another shard"));
+            }
+        }
+        let a = self.restored_dialog(&snapshot.a)?;
+        let b = self.restored_dialog(&snapshot.b)?;
+        let mut claimed = Vec::new();
+        if let Some(pool) = self.media_ports.as_mut() {
+            for port in snapshot.streams.iter().flat_map(|s| [s.a.local, s.b.local]) {
+                if let Err(err) = pool.claim(port) {
+                    for port in claimed {
+                        pool.give(port);
+                    }
+                    return Err(format!("media port {port}: {err}"));
+                }
+                claimed.push(port);
+            }
+        } else if !snapshot.streams.is_empty() {
+            return Err("anchored media, and no media section here".into());
+        }
+        let rules = self.current.clone();
+        let (ingress, egress) = (a.trunk, b.trunk);
+        let seat = |trunk: usize| {
+            let name = &rules.profile.trunks[trunk].name;
+            self.loads.admit(name, (None, None), now).ok()
+        };
+        let seats = [seat(ingress), seat(egress)];
+        // When it was answered, on this process's clock.
+        let age = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+            .saturating_sub(snapshot.answered_unix_ms);
+        let at = now
+            .checked_sub(std::time::Duration::from_millis(age))
+            .unwrap_or(now);
+        self.next_id += 1;
+        let key = self.next_id;
+        let call = Call {
+            id: snapshot.id,
+            started: at,
+            rang_at: None,
+            ingress,
+            script: rules.rules.script_of(ingress),
+            rules,
+            vars: None,
+            b_template: None,
+            attempts: 1,
+            state: CallState::Answered { at },
+            a_final: Some(200),
+            streams: snapshot.streams,
+            quality: [None, None],
+            end_reason: None,
+            local_answer: None,
+            a,
+            b,
+            a_invite: 0,
+            b_invite: 0,
+            invite_pending: false,
+            pending_ack: None,
+            last_ack: None,
+            unanchored: false,
+            media_refused: None,
+            a_reliable: None,
+            b_rseqs: Vec::new(),
+            b_forks_ended: Vec::new(),
+            early_media: None,
+            contact_hosts: [None, None],
+            own_offer: false,
+            session: [None, None],
+            session_due: [None, None],
+            b_early_sdp: None,
+            offer_withheld: false,
+            last_sdp: [None, None],
+            min_se_retried: false,
+            b_rang: false,
+            tried: Vec::new(),
+            failover_due: None,
+            caller_answer: None,
+            callee_answer_due: None,
+            b_prack_deferred: None,
+            preconditions: None,
+            refer: None,
+            joined: None,
+            seats,
+        };
+        for stream in &call.streams {
+            self.media_commands.push_back(MediaCommand::Stream {
+                call: self.media_call_id(key),
+                stream: Box::new(*stream),
+            });
+        }
+        tracing::info!(call = %call.id, "call taken over");
+        self.dialogs.insert(call.a.dialog_key(), (key, Leg::A));
+        self.dialogs.insert(call.b.dialog_key(), (key, Leg::B));
+        self.by_key.insert(key, call);
+        Ok(())
+    }
+
+    /// A leg's dialog from its snapshot, its trunk and listener found by name.
+    fn restored_dialog(&self, leg: &DialogSnapshot) -> Result<Dialog, String> {
+        let profile = &self.current.profile;
+        let trunk = profile
+            .trunks
+            .iter()
+            .position(|t| t.name == leg.trunk)
+            .ok_or_else(|| format!("no trunk '{}' here", leg.trunk))?;
+        let listener = profile
+            .listeners
+            .iter()
+            .position(|l| l.name == leg.listener)
+            .ok_or_else(|| format!("no listener '{}' here", leg.listener))?;
+        let transport = match leg.transport.as_str() {
+            "udp" => Transport::Udp,
+            "tcp" => Transport::Tcp,
+            "tls" => Transport::Tls,
+            other => return Err(format!("transport '{other}'")),
+        };
+        Ok(Dialog {
+            trunk,
+            peer: Peer {
+                listener,
+                transport,
+                addr: leg.peer,
+                conn: None,
+            },
+            call_id: leg.call_id.clone(),
+            local_tag: leg.local_tag.clone(),
+            remote_tag: leg.remote_tag.clone(),
+            local_party: leg.local_party.clone(),
+            remote_party: leg.remote_party.clone(),
+            remote_target: leg.remote_target.clone(),
+            route_set: leg.route_set.clone(),
+            local_cseq: leg.local_cseq,
+            remote_cseq: leg.remote_cseq,
+            invite_cseq: leg.invite_cseq,
+            contact: leg.contact.clone(),
+            allows_update: leg.allows_update,
+        })
     }
 
     /// Queued state, oldest first.

@@ -1,5 +1,6 @@
 //! Past one machine (`cluster` in the profile): the instance's answered calls' state and its
-//! heartbeat, in Redis, where the other instances of the cluster can read them.
+//! heartbeat, in Redis, where the other instances of the cluster can read them; and the
+//! takeover of the calls of an instance that died.
 //!
 //! The shards queue each call's state ([`Replica`], made by the call layer every
 //! `cluster.sync_ms` for the calls that changed) and never wait: the writer thread of this
@@ -9,12 +10,18 @@
 //! a life of `dead_after_ms`. When Redis cannot be reached the outage is logged once and
 //! counted, calls go on, and once it is back every live call's state is written again.
 //!
+//! With each heartbeat it looks for instances that have calls and no heartbeat (dead). The
+//! first survivor to claim one (`SET ... NX`) reads its calls' state, hands each to the shard
+//! that owns it (`TakeOver`; the shard binds its media ports and carries it on) and removes
+//! them from the dead instance's keys.
+//!
 //! Keys (NAME the cluster's, INSTANCE this instance's):
 //! - `bridgehead:NAME:instance:INSTANCE`: the heartbeat (JSON: when it started, its calls);
 //! - `bridgehead:NAME:INSTANCE:calls`: the set of its calls' ids (A-leg Call-IDs);
-//! - `bridgehead:NAME:INSTANCE:call:ID`: one call's state (JSON, `call::replica::CallSnapshot`).
+//! - `bridgehead:NAME:INSTANCE:call:ID`: one call's state (JSON, `call::replica::CallSnapshot`);
+//! - `bridgehead:NAME:claim:INSTANCE`: which survivor takes a dead instance's calls.
 
-use crate::call::replica::Replica;
+use crate::call::replica::{CallSnapshot, Replica, SNAPSHOT_FORMAT};
 use crate::config::ClusterConfig;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +38,12 @@ const PIPELINE: usize = 1000;
 /// counted): it is queued again at its next change, or rewritten after an outage.
 const QUEUE_LIMIT: usize = 100_000;
 
+/// How long a claim on a dead instance's calls holds others off.
+const CLAIM_MS: u64 = 60_000;
+
+/// Where the calls of a dead instance go: the runtime hands each to the shard that owns it.
+pub type TakeOver = Arc<dyn Fn(CallSnapshot) + Send + Sync>;
+
 /// What the writer did, for the metrics.
 #[derive(Debug, Default)]
 pub struct ClusterStats {
@@ -46,6 +59,10 @@ pub struct ClusterStats {
     pub calls: AtomicU64,
     /// Call states the shards could not queue (the writer far behind).
     pub dropped: AtomicU64,
+    /// Dead instances whose calls this one took over.
+    pub takeovers: AtomicU64,
+    /// Calls of dead instances handed to the shards to carry on.
+    pub taken_over: AtomicU64,
 }
 
 /// The shards' side of the writer.
@@ -58,8 +75,9 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts the writer thread (Redis need not be up).
-    pub fn start(config: &ClusterConfig) -> std::io::Result<Arc<Cluster>> {
+    /// Starts the writer thread (Redis need not be up); the calls of dead instances it takes
+    /// over go to `take_over`.
+    pub fn start(config: &ClusterConfig, take_over: TakeOver) -> std::io::Result<Arc<Cluster>> {
         let client = redis::Client::open(config.redis.as_str())
             .map_err(|err| std::io::Error::other(err.to_string()))?;
         let cluster = Arc::new(Cluster {
@@ -76,6 +94,8 @@ impl Cluster {
             ttl_ms: u64::from(config.state_ttl) * 1000,
             started_unix_ms: unix_ms(),
             connection: None,
+            beat_now: true,
+            take_over,
             live: HashMap::new(),
             dirty: HashSet::new(),
             removed: HashSet::new(),
@@ -111,36 +131,67 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The key names of one instance.
+/// The key names of one instance, and of the others of its cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Keys {
-    prefix: String,
-    heartbeat: String,
-    calls: String,
+    cluster: String,
+    instance: String,
 }
 
 impl Keys {
     pub fn new(config: &ClusterConfig) -> Keys {
         Keys {
-            prefix: format!("bridgehead:{}:{}:call:", config.name, config.instance),
-            heartbeat: format!("bridgehead:{}:instance:{}", config.name, config.instance),
-            calls: format!("bridgehead:{}:{}:calls", config.name, config.instance),
+            cluster: config.name.clone(),
+            instance: config.instance.clone(),
         }
     }
 
-    /// The key of call `id`'s state.
+    /// The key of this instance's call `id`.
     pub fn call(&self, id: &str) -> String {
-        format!("{}{id}", self.prefix)
+        self.call_of(&self.instance, id)
     }
 
-    /// The heartbeat key.
-    pub fn heartbeat(&self) -> &str {
-        &self.heartbeat
+    /// The key of `instance`'s call `id`.
+    pub fn call_of(&self, instance: &str, id: &str) -> String {
+        format!("bridgehead:{}:{instance}:call:{id}", self.cluster)
     }
 
-    /// The key of the set of the instance's calls.
-    pub fn calls(&self) -> &str {
-        &self.calls
+    /// This instance's heartbeat key.
+    pub fn heartbeat(&self) -> String {
+        self.heartbeat_of(&self.instance)
+    }
+
+    /// `instance`'s heartbeat key.
+    pub fn heartbeat_of(&self, instance: &str) -> String {
+        format!("bridgehead:{}:instance:{instance}", self.cluster)
+    }
+
+    /// The key of the set of this instance's calls.
+    pub fn calls(&self) -> String {
+        self.calls_of(&self.instance)
+    }
+
+    /// The key of the set of `instance`'s calls.
+    pub fn calls_of(&self, instance: &str) -> String {
+        format!("bridgehead:{}:{instance}:calls", self.cluster)
+    }
+
+    /// The pattern of every instance's set of calls.
+    fn every_calls(&self) -> String {
+        self.calls_of("*")
+    }
+
+    /// The instance whose set of calls `key` is.
+    fn instance_of_calls<'k>(&self, key: &'k str) -> Option<&'k str> {
+        key.strip_prefix("bridgehead:")?
+            .strip_prefix(self.cluster.as_str())?
+            .strip_prefix(':')?
+            .strip_suffix(":calls")
+    }
+
+    /// The key whose holder takes `instance`'s calls over.
+    fn claim_of(&self, instance: &str) -> String {
+        format!("bridgehead:{}:claim:{instance}", self.cluster)
     }
 }
 
@@ -153,6 +204,10 @@ struct Writer {
     ttl_ms: u64,
     started_unix_ms: u64,
     connection: Option<redis::Connection>,
+    /// The heartbeat goes before anything else (after a reconnection: Redis may have come
+    /// back empty, and another instance must not take this one's calls for dead).
+    beat_now: bool,
+    take_over: TakeOver,
     /// The latest state of every live call.
     live: HashMap<String, Vec<u8>>,
     /// Calls whose state Redis does not have yet.
@@ -217,11 +272,17 @@ impl Writer {
                 next_refresh = now + self.refresh_every();
                 self.dirty.extend(self.live.keys().cloned());
             }
-            let heartbeat = now >= next_heartbeat;
+            let heartbeat = now >= next_heartbeat || self.beat_now;
             if heartbeat {
                 next_heartbeat = now + self.heartbeat;
             }
-            if let Err(err) = self.write(heartbeat, &cluster.stats) {
+            let written = self.write(heartbeat, &cluster.stats);
+            // Each heartbeat, a look for dead instances.
+            let watched = written.and_then(|()| match heartbeat {
+                true => self.watch(&cluster.stats),
+                false => Ok(()),
+            });
+            if let Err(err) = watched {
                 self.lost(&err, &cluster.stats);
             }
         }
@@ -246,6 +307,7 @@ impl Writer {
                 }
                 tracing::info!(calls = self.live.len(), "cluster: Redis reached");
                 self.connection = Some(connection);
+                self.beat_now = true;
                 self.dirty.extend(self.live.keys().cloned());
                 stats.redis_up.store(1, Ordering::Relaxed);
                 true
@@ -291,7 +353,9 @@ impl Writer {
                 .arg("PX")
                 .arg(self.dead_after_ms)
                 .exec(connection)?;
+            self.beat_now = false;
         }
+        let calls = self.keys.calls();
         while !self.dirty.is_empty() || !self.removed.is_empty() {
             let mut pipe = redis::pipe();
             let mut batch = Vec::new();
@@ -304,7 +368,7 @@ impl Writer {
                         .arg("PX")
                         .arg(self.ttl_ms)
                         .ignore();
-                    pipe.cmd("SADD").arg(self.keys.calls()).arg(id).ignore();
+                    pipe.cmd("SADD").arg(&calls).arg(id).ignore();
                 }
                 batch.push(id.clone());
             }
@@ -314,7 +378,7 @@ impl Writer {
                 .take(PIPELINE - batch.len().min(PIPELINE))
             {
                 pipe.cmd("DEL").arg(self.keys.call(id)).ignore();
-                pipe.cmd("SREM").arg(self.keys.calls()).arg(id).ignore();
+                pipe.cmd("SREM").arg(&calls).arg(id).ignore();
                 gone.push(id.clone());
             }
             pipe.exec(connection)?;
@@ -327,6 +391,98 @@ impl Writer {
             for id in &gone {
                 self.removed.remove(id);
             }
+        }
+        Ok(())
+    }
+}
+
+impl Writer {
+    /// Looks for instances of the cluster with calls and no heartbeat (dead); the first
+    /// instance to claim one hands its calls to the shards and removes them from Redis.
+    fn watch(&mut self, stats: &ClusterStats) -> redis::RedisResult<()> {
+        let Some(connection) = self.connection.as_mut() else {
+            return Ok(());
+        };
+        let mut sets = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(self.keys.every_calls())
+                .arg("COUNT")
+                .arg(100)
+                .query(connection)?;
+            sets.extend(keys);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        for set in &sets {
+            let Some(instance) = self.keys.instance_of_calls(set) else {
+                continue;
+            };
+            if instance == self.keys.instance {
+                continue;
+            }
+            let alive: bool = redis::cmd("EXISTS")
+                .arg(self.keys.heartbeat_of(instance))
+                .query(connection)?;
+            if alive {
+                continue;
+            }
+            let claimed: Option<String> = redis::cmd("SET")
+                .arg(self.keys.claim_of(instance))
+                .arg(&self.keys.instance)
+                .arg("NX")
+                .arg("PX")
+                .arg(CLAIM_MS)
+                .query(connection)?;
+            if claimed.is_none() {
+                continue; // another instance takes them
+            }
+            let ids: Vec<String> = redis::cmd("SMEMBERS").arg(set).query(connection)?;
+            tracing::warn!(
+                instance,
+                calls = ids.len(),
+                "cluster: instance is dead (no heartbeat): taking its calls over"
+            );
+            let mut taken = 0;
+            for chunk in ids.chunks(PIPELINE) {
+                let keys: Vec<String> = chunk
+                    .iter()
+                    .map(|id| self.keys.call_of(instance, id))
+                    .collect();
+                let states: Vec<Option<Vec<u8>>> =
+                    redis::cmd("MGET").arg(&keys).query(connection)?;
+                for (id, state) in chunk.iter().zip(states) {
+                    // None: expired (older than state_ttl).
+                    let Some(state) = state else { continue };
+                    match serde_json::from_slice::<CallSnapshot>(&state) {
+                        Ok(snapshot) if snapshot.format == SNAPSHOT_FORMAT => {
+                            (self.take_over)(snapshot);
+                            taken += 1;
+                        }
+                        Ok(snapshot) => tracing::warn!(
+                            call = %id,
+                            "cluster: state of format {} (this version reads {SNAPSHOT_FORMAT}): not taken over",
+                            snapshot.format
+                        ),
+                        Err(err) => {
+                            tracing::warn!(call = %id, "cluster: unreadable state: {err}")
+                        }
+                    }
+                }
+                let mut pipe = redis::pipe();
+                for key in &keys {
+                    pipe.cmd("DEL").arg(key).ignore();
+                }
+                pipe.cmd("SREM").arg(set).arg(chunk).ignore();
+                pipe.exec(connection)?;
+            }
+            stats.takeovers.fetch_add(1, Ordering::Relaxed);
+            stats.taken_over.fetch_add(taken, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -351,5 +507,12 @@ mod tests {
         assert_eq!(keys.call("abc@h"), "bridgehead:eu:sbc-1:call:abc@h");
         assert_eq!(keys.heartbeat(), "bridgehead:eu:instance:sbc-1");
         assert_eq!(keys.calls(), "bridgehead:eu:sbc-1:calls");
+        assert_eq!(keys.every_calls(), "bridgehead:eu:*:calls");
+        assert_eq!(
+            keys.instance_of_calls("bridgehead:eu:sbc-2:calls"),
+            Some("sbc-2")
+        );
+        assert_eq!(keys.instance_of_calls("bridgehead:us:sbc-2:calls"), None);
+        assert_eq!(keys.claim_of("sbc-2"), "bridgehead:eu:claim:sbc-2");
     }
 }

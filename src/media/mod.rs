@@ -108,6 +108,23 @@ impl PortPool {
         Err(AnchorError::NoPorts)
     }
 
+    /// Takes `port` out of the free ones (a call taken over from another instance holds
+    /// it), bound like any port handed out; an error when it is not free in this pool.
+    pub fn claim(&mut self, port: u16) -> Result<(), AnchorError> {
+        let at = self
+            .free
+            .iter()
+            .position(|p| *p == port)
+            .ok_or(AnchorError::NotFree(port))?;
+        if let Some(binder) = self.binder.as_mut() {
+            binder
+                .bind(port)
+                .map_err(|err| AnchorError::Bind(err.to_string()))?;
+        }
+        self.free.remove(at);
+        Ok(())
+    }
+
     /// Gives a port back (last in line: a freed port is not reused at once, so late packets of
     /// the old call do not reach a new one).
     pub fn give(&mut self, port: u16) {
@@ -554,6 +571,8 @@ pub enum AnchorError {
     Bind(String),
     #[error("cannot write the SDP: {0}")]
     Sdp(String),
+    #[error("port {0} is not free in this shard's range")]
+    NotFree(u16),
 }
 
 /// Anchors an SDP crossing to leg `to`: learns where the other leg

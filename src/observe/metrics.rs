@@ -512,6 +512,16 @@ impl Scrape {
                     "Call states the shards could not queue for Redis",
                     &cluster.dropped,
                 ),
+                (
+                    "cluster_takeovers",
+                    "Dead instances whose calls this one took over",
+                    &cluster.takeovers,
+                ),
+                (
+                    "cluster_calls_taken_over",
+                    "Calls of dead instances handed to the shards to carry on",
+                    &cluster.taken_over,
+                ),
             ] {
                 counter(encoder, name, help, load(value))?;
             }

@@ -90,16 +90,27 @@ impl Sbc {
 
     /// [`Sbc::start`] with more environment variables for the process.
     pub fn start_with_env(template: &str, env: &[(&str, &str)]) -> Sbc {
-        Sbc::launch(template, env, None)
+        Sbc::launch(template, env, None, HashMap::new())
+    }
+
+    /// [`Sbc::start`] on the ports `other` was given for the same names (an SBC that takes
+    /// another's place, once that one is gone).
+    #[allow(dead_code)]
+    pub fn start_on_ports_of(template: &str, other: &Sbc) -> Sbc {
+        Sbc::launch(template, &[], None, other.ports.clone())
     }
 
     /// [`Sbc::start`] with at most `files` open file descriptors (`ulimit -n`).
     pub fn start_with_fd_limit(template: &str, files: u32) -> Sbc {
-        Sbc::launch(template, &[], Some(files))
+        Sbc::launch(template, &[], Some(files), HashMap::new())
     }
 
-    fn launch(template: &str, env: &[(&str, &str)], fd_limit: Option<u32>) -> Sbc {
-        let mut ports = HashMap::new();
+    fn launch(
+        template: &str,
+        env: &[(&str, &str)],
+        fd_limit: Option<u32>,
+        mut ports: HashMap<String, u16>,
+    ) -> Sbc {
         let mut first = None;
         let mut profile = template.replace("{script}", &default_script());
         // The tests run the debug build, several times slower than a release one, on machines
@@ -268,12 +279,18 @@ impl Drop for Sbc {
 }
 
 /// A media port range for one test: ten free ports from an even port (one shard, so the first
-/// call's ports are known: the callee side gets the first pair, the caller side the second).
+/// The first (even) port of 10 consecutive free loopback ports, for a media range.
 pub fn media_range() -> u16 {
+    media_range_of(10)
+}
+
+/// The first (even) port of `count` consecutive free loopback ports, from a block no other
+/// port of this test process comes from.
+pub fn media_range_of(count: u16) -> u16 {
     loop {
-        let base = candidate_ports(12);
+        let base = candidate_ports(u32::from(count) + 2);
         let base = base + base % 2;
-        if (base..base + 10).all(port_is_free) {
+        if (base..base + count).all(port_is_free) {
             return base;
         }
     }
