@@ -134,7 +134,7 @@ pub fn run(mut profile: Profile) -> anyhow::Result<()> {
         let cluster = profile
             .cluster
             .as_ref()
-            .map(|config| crate::cluster::Cluster::start(config, take_over))
+            .map(|config| crate::cluster::Cluster::start(config, take_over, loads.clone()))
             .transpose()?;
         if let Some(config) = &profile.cluster {
             tracing::info!(

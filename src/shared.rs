@@ -386,11 +386,18 @@ impl TokenBucket {
     }
 }
 
-/// How busy one trunk is: its calls up, and a token bucket of new calls (`max_cps`).
+/// How busy one trunk is: its calls up, and a token bucket of new calls (`max_cps`); with a
+/// cluster, what the other instances last said of theirs.
 #[derive(Debug, Default)]
 pub struct TrunkLoad {
     calls: std::sync::atomic::AtomicU32,
     bucket: Mutex<TokenBucket>,
+    /// New calls admitted since the start (the cluster samples their rate).
+    admitted: std::sync::atomic::AtomicU64,
+    /// Calls up on the trunk at the cluster's other instances, as last read.
+    others_calls: std::sync::atomic::AtomicU32,
+    /// New calls a second on the trunk at the other instances, as last read.
+    others_rate: std::sync::atomic::AtomicU32,
 }
 
 /// A call counted on a trunk: it stops counting when this is dropped (the call ended, or its
@@ -424,7 +431,8 @@ impl TrunkLoads {
         load
     }
 
-    /// Counts a new call on `trunk` at `now` unless it would pass `max_calls` or `max_cps`.
+    /// Counts a new call on `trunk` at `now` unless it would pass `max_calls` or `max_cps`
+    /// (with a cluster: what this instance has plus what the others last said they had).
     pub fn admit(
         &self,
         trunk: &str,
@@ -433,7 +441,8 @@ impl TrunkLoads {
     ) -> Result<TrunkSeat, LimitHit> {
         use std::sync::atomic::Ordering;
         let load = self.load(trunk);
-        let limit = max_calls.unwrap_or(u32::MAX);
+        let others = load.others_calls.load(Ordering::Relaxed);
+        let limit = max_calls.map_or(u32::MAX, |max| max.saturating_sub(others));
         load.calls
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |calls| {
                 (calls < limit).then_some(calls + 1)
@@ -441,12 +450,48 @@ impl TrunkLoads {
             .map_err(|_| LimitHit::Calls)?;
         let seat = TrunkSeat(load);
         if let Some(cps) = max_cps {
+            let others = seat.0.others_rate.load(Ordering::Relaxed);
             let mut bucket = seat.0.bucket.lock().unwrap_or_else(|e| e.into_inner());
-            if !bucket.take(f64::from(cps), now) {
+            if !bucket.take(f64::from(cps.saturating_sub(others)), now) {
                 return Err(LimitHit::Cps);
             }
         }
+        seat.0.admitted.fetch_add(1, Ordering::Relaxed);
         Ok(seat)
+    }
+
+    /// Every trunk's calls up and new calls admitted so far, here (what the cluster shares).
+    pub fn local(&self) -> Vec<(String, u32, u64)> {
+        use std::sync::atomic::Ordering;
+        let trunks = self.trunks.lock().unwrap_or_else(|e| e.into_inner());
+        trunks
+            .iter()
+            .map(|(name, load)| {
+                (
+                    name.clone(),
+                    load.calls.load(Ordering::Relaxed),
+                    load.admitted.load(Ordering::Relaxed),
+                )
+            })
+            .collect()
+    }
+
+    /// What the cluster's other instances have, by trunk: calls up and new calls a second
+    /// (a trunk left out: none; an empty map: this instance alone, as when Redis is down).
+    pub fn set_others(&self, others: &HashMap<String, (u32, u32)>) {
+        use std::sync::atomic::Ordering;
+        for (name, &(calls, rate)) in others {
+            let load = self.load(name);
+            load.others_calls.store(calls, Ordering::Relaxed);
+            load.others_rate.store(rate, Ordering::Relaxed);
+        }
+        let trunks = self.trunks.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, load) in trunks.iter() {
+            if !others.contains_key(name) {
+                load.others_calls.store(0, Ordering::Relaxed);
+                load.others_rate.store(0, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Calls up on `trunk` now.

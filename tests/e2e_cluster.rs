@@ -7,7 +7,7 @@ mod common;
 use common::http::cdr_lines;
 use common::http::{request, sample};
 use common::redis_server::Redis;
-use common::sipp::{core_to_teams, far_end_args, listening_far_end, scenario, Sipp};
+use common::sipp::{core_to_teams, far_end_args, scenario, wait_listening, Sipp, Transport};
 use common::{free_udp_port, media_range_of, scratch_dir, Sbc};
 use std::time::{Duration, Instant};
 
@@ -224,6 +224,18 @@ fn instance_profile(redis_port: u16, instance: &str, media: u16, cdr: &std::path
 
 #[test]
 fn a_dead_instances_answered_calls_are_carried_on_by_the_next_one() {
+    takeover("two", "caller");
+}
+
+#[test]
+fn an_instance_killed_and_started_again_carries_its_calls_on() {
+    takeover("one", "callee");
+}
+
+/// Instance `one` carries 20 answered calls and is killed; instance `second` (another, or
+/// `one` started again) takes its place on its ports and carries the calls on, to a
+/// re-INVITE and a BYE from `side` (`caller` or `callee`).
+fn takeover(second: &str, side: &str) {
     let dir = scratch_dir("cluster-takeover");
     let redis = Redis::start(&dir, free_udp_port());
     let media = media_range_of(200);
@@ -232,14 +244,24 @@ fn a_dead_instances_answered_calls_are_carried_on_by_the_next_one() {
     // 20 calls up through the first instance, held 8 s; then each caller re-INVITEs and
     // hangs up, through whichever instance carries the call by then.
     let calls = 20;
-    let mut callee = listening_far_end(
-        &first,
-        &dir,
-        "callee",
-        ("teams_peer", "callee_takeover", calls),
+    let (caller_scenario, callee_scenario) = match side {
+        "caller" => ("caller_takeover", "callee_takeover"),
+        _ => ("caller_takeover_uas", "callee_takeover_uac"),
+    };
+    let held = ["-d", "8000"];
+    let callee_args = far_end_args(
+        first.port("teams_peer"),
+        calls,
+        &["-sf", &scenario(callee_scenario), held[0], held[1]],
     );
-    let mut args = far_end_args(first.port("softswitch"), calls, &["-r", "20", "-d", "8000"]);
-    args.extend(["-sf".to_string(), scenario("caller_takeover")]);
+    let mut callee = Sipp::start(&dir, "callee", &callee_args);
+    wait_listening(first.port("teams_peer"), Transport::Udp);
+    let mut args = far_end_args(
+        first.port("softswitch"),
+        calls,
+        &["-r", "20", held[0], held[1]],
+    );
+    args.extend(["-sf".to_string(), scenario(caller_scenario)]);
     args.push(format!("127.0.0.1:{}", first.port("core")));
     let mut caller = Sipp::start(&dir, "caller", &args);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -257,11 +279,11 @@ fn a_dead_instances_answered_calls_are_carried_on_by_the_next_one() {
     // The first instance dies at once; the second takes its place on the same addresses.
     first.signal("KILL");
     first.wait_exit(Instant::now() + Duration::from_secs(5));
-    let second = Sbc::start_on_ports_of(
-        &instance_profile(redis.port, "two", media, &cdr_two),
+    let survivor = Sbc::start_on_ports_of(
+        &instance_profile(redis.port, second, media, &cdr_two),
         &first,
     );
-    let admin = second.port("admin");
+    let admin = survivor.port("admin");
     let metrics = || request(admin, "GET", "/metrics", None).body;
     until("the calls taken over", || {
         let text = metrics();
@@ -270,15 +292,16 @@ fn a_dead_instances_answered_calls_are_carried_on_by_the_next_one() {
     });
     // Their state is now the second instance's; the first's is gone.
     until("the state moved", || {
-        calls_of(&redis, "two").len() == calls as usize && calls_of(&redis, "one").is_empty()
+        let moved = second == "one" || calls_of(&redis, "one").is_empty();
+        calls_of(&redis, second).len() == calls as usize && moved
     });
     // Media flows through the same ports, now the second instance's: a packet into the
     // caller-facing port of one call, and one into its callee-facing port, each reach the
     // other side from Bridgehead's port (the relay latches onto the test's sockets).
-    let id = calls_of(&redis, "two").remove(0);
+    let id = calls_of(&redis, second).remove(0);
     let mut connection = redis.connection().expect("redis");
     let state: String = redis::cmd("GET")
-        .arg(format!("bridgehead:test:two:call:{id}"))
+        .arg(format!("bridgehead:test:{second}:call:{id}"))
         .query(&mut connection)
         .expect("GET");
     let state: serde_json::Value = serde_json::from_str(&state).expect("JSON");
@@ -306,7 +329,12 @@ fn a_dead_instances_answered_calls_are_carried_on_by_the_next_one() {
     assert_eq!((len, from.port()), (rtp.len(), toward_caller));
     let deadline = Instant::now() + Duration::from_secs(40);
     let (caller_status, callee_status) = (caller.wait(deadline), callee.wait(deadline));
-    let context = format!("{}\n{}\n{}", caller.report(), callee.report(), second.log());
+    let context = format!(
+        "{}\n{}\n{}",
+        caller.report(),
+        callee.report(),
+        survivor.log()
+    );
     assert_eq!(
         caller_status,
         Some(0),
@@ -323,13 +351,61 @@ fn a_dead_instances_answered_calls_are_carried_on_by_the_next_one() {
     assert!(
         lines
             .iter()
-            .all(|c| c["status"] == 200 && c["ended_by"] == "caller"),
+            .all(|c| c["status"] == 200 && c["ended_by"] == side),
         "{lines:?}"
     );
     assert!(std::fs::read_to_string(&cdr_one)
         .unwrap_or_default()
         .is_empty());
     until("no call left in Redis", || {
-        calls_of(&redis, "two").is_empty()
+        calls_of(&redis, second).is_empty()
     });
+}
+
+/// The answered calls an instance has up now.
+fn answered(sbc: &Sbc) -> f64 {
+    let text = request(sbc.port("admin"), "GET", "/metrics", None).body;
+    sample(&text, "bridgehead_calls_active{state=\"answered\"}").unwrap_or(0.0)
+}
+
+#[test]
+fn a_trunks_max_calls_holds_across_two_instances() {
+    let dir = scratch_dir("cluster-limits");
+    let redis = Redis::start(&dir, free_udp_port());
+    let limit = 50;
+    let template = |instance: &str| {
+        let top = format!(
+            "cluster:\n  redis: redis://127.0.0.1:{}/\n  name: test\n  instance: {instance}\n  \
+             heartbeat_ms: 200\n  dead_after_ms: 1000\n",
+            redis.port
+        );
+        let profile = common::core_teams_profile(&top, "", "")
+            .replace("{script}", &common::default_script())
+            .replace(
+                "    route: teams\n",
+                &format!("    route: teams\n    max_calls: {limit}\n"),
+            );
+        format!("{profile}admin:\n  address: 127.0.0.1:{{admin}}\n")
+    };
+    let (one, two) = (Sbc::start(&template("one")), Sbc::start(&template("two")));
+    // 40 calls into each instance, 20 a second each, held 10 s: 80 offered for 50 seats.
+    let offered = ["-r", "20", "-d", "10000"];
+    let calls_one = core_to_teams(&one, &dir, ("callee", 0), ("caller", 40, &offered));
+    let calls_two = core_to_teams(&two, &dir, ("callee", 0), ("caller", 40, &offered));
+    // Every call offered has been answered or refused after 3 s.
+    std::thread::sleep(Duration::from_secs(3));
+    let up = (answered(&one), answered(&two));
+    // Each instance admits against its own calls plus what the other said it had at its
+    // last heartbeat: over the limit by at most what the other admitted meanwhile (20 calls
+    // a second for 200 ms, 4).
+    let total = up.0 + up.1;
+    eprintln!("answered: {up:?}, {total} of {limit} seats");
+    assert!(
+        (f64::from(limit)..=f64::from(limit) + 8.0).contains(&total),
+        "{up:?}\n{}\n{}",
+        one.log(),
+        two.log()
+    );
+    assert!(up.0 > 0.0 && up.1 > 0.0, "both took calls: {up:?}");
+    drop((calls_one, calls_two));
 }

@@ -23,6 +23,7 @@
 
 use crate::call::replica::{CallSnapshot, Replica, SNAPSHOT_FORMAT};
 use crate::config::ClusterConfig;
+use crate::shared::TrunkLoads;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -77,7 +78,11 @@ pub struct Cluster {
 impl Cluster {
     /// Starts the writer thread (Redis need not be up); the calls of dead instances it takes
     /// over go to `take_over`.
-    pub fn start(config: &ClusterConfig, take_over: TakeOver) -> std::io::Result<Arc<Cluster>> {
+    pub fn start(
+        config: &ClusterConfig,
+        take_over: TakeOver,
+        loads: Arc<TrunkLoads>,
+    ) -> std::io::Result<Arc<Cluster>> {
         let client = redis::Client::open(config.redis.as_str())
             .map_err(|err| std::io::Error::other(err.to_string()))?;
         let cluster = Arc::new(Cluster {
@@ -95,7 +100,10 @@ impl Cluster {
             started_unix_ms: unix_ms(),
             connection: None,
             beat_now: true,
+            adopted: false,
             take_over,
+            loads,
+            admitted: HashMap::new(),
             live: HashMap::new(),
             dirty: HashSet::new(),
             removed: HashSet::new(),
@@ -189,6 +197,16 @@ impl Keys {
             .strip_suffix(":calls")
     }
 
+    /// This instance's trunk loads (a hash: `TRUNK:calls`, `TRUNK:rate`).
+    fn load(&self) -> String {
+        format!("bridgehead:{}:load:{}", self.cluster, self.instance)
+    }
+
+    /// The pattern of every instance's trunk loads.
+    fn every_load(&self) -> String {
+        format!("bridgehead:{}:load:*", self.cluster)
+    }
+
     /// The key whose holder takes `instance`'s calls over.
     fn claim_of(&self, instance: &str) -> String {
         format!("bridgehead:{}:claim:{instance}", self.cluster)
@@ -207,7 +225,13 @@ struct Writer {
     /// The heartbeat goes before anything else (after a reconnection: Redis may have come
     /// back empty, and another instance must not take this one's calls for dead).
     beat_now: bool,
+    /// The calls of this instance's previous run were looked for (at the first connection).
+    adopted: bool,
     take_over: TakeOver,
+    /// The trunks' calls and rates, shared with the other instances.
+    loads: Arc<TrunkLoads>,
+    /// Each trunk's calls admitted here as last shared, and when.
+    admitted: HashMap<String, (u64, Instant)>,
     /// The latest state of every live call.
     live: HashMap<String, Vec<u8>>,
     /// Calls whose state Redis does not have yet.
@@ -277,9 +301,9 @@ impl Writer {
                 next_heartbeat = now + self.heartbeat;
             }
             let written = self.write(heartbeat, &cluster.stats);
-            // Each heartbeat, a look for dead instances.
+            // Each heartbeat, the trunks' loads shared and a look for dead instances.
             let watched = written.and_then(|()| match heartbeat {
-                true => self.watch(&cluster.stats),
+                true => self.share_loads().and_then(|()| self.watch(&cluster.stats)),
                 false => Ok(()),
             });
             if let Err(err) = watched {
@@ -307,6 +331,16 @@ impl Writer {
                 }
                 tracing::info!(calls = self.live.len(), "cluster: Redis reached");
                 self.connection = Some(connection);
+                // Calls of this instance's previous run (killed, then started again on its
+                // addresses under the same name) are taken over before its first heartbeat.
+                if !self.adopted {
+                    let instance = self.keys.instance.clone();
+                    if let Err(err) = self.take_calls_of(&instance, stats) {
+                        self.lost(&err, stats);
+                        return false;
+                    }
+                    self.adopted = true;
+                }
                 self.beat_now = true;
                 self.dirty.extend(self.live.keys().cloned());
                 stats.redis_up.store(1, Ordering::Relaxed);
@@ -319,10 +353,12 @@ impl Writer {
         }
     }
 
-    /// Redis failed: logged and counted once per outage (every failure is counted).
+    /// Redis failed: logged and counted once per outage (every failure is counted); the
+    /// trunks' limits count this instance's calls alone until it is back.
     fn lost(&mut self, err: &redis::RedisError, stats: &ClusterStats) {
         stats.redis_errors.fetch_add(1, Ordering::Relaxed);
         self.connection = None;
+        self.loads.set_others(&HashMap::new());
         if stats.redis_up.swap(0, Ordering::Relaxed) == 1 {
             stats.outages.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
@@ -397,6 +433,69 @@ impl Writer {
 }
 
 impl Writer {
+    /// Writes this instance's calls and new calls a second per trunk (living as long as its
+    /// heartbeat), reads the other instances' and hands their sums to the trunks' limits.
+    fn share_loads(&mut self) -> redis::RedisResult<()> {
+        let Some(connection) = self.connection.as_mut() else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let key = self.keys.load();
+        let mut pipe = redis::pipe();
+        for (trunk, calls, admitted) in self.loads.local() {
+            let rate = match self.admitted.insert(trunk.clone(), (admitted, now)) {
+                Some((before, at)) if now > at => (admitted.saturating_sub(before) as f64
+                    / (now - at).as_secs_f64())
+                .ceil() as u32,
+                _ => 0,
+            };
+            pipe.cmd("HSET")
+                .arg(&key)
+                .arg(format!("{trunk}:calls"))
+                .arg(calls)
+                .arg(format!("{trunk}:rate"))
+                .arg(rate)
+                .ignore();
+        }
+        pipe.cmd("PEXPIRE")
+            .arg(&key)
+            .arg(self.dead_after_ms)
+            .ignore();
+        pipe.exec(connection)?;
+        let mut others: HashMap<String, (u32, u32)> = HashMap::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(self.keys.every_load())
+                .arg("COUNT")
+                .arg(100)
+                .query(connection)?;
+            for other in keys.iter().filter(|k| **k != key) {
+                let fields: HashMap<String, u32> =
+                    redis::cmd("HGETALL").arg(other).query(connection)?;
+                for (field, value) in fields {
+                    let Some((trunk, what)) = field.rsplit_once(':') else {
+                        continue;
+                    };
+                    let sums = others.entry(trunk.to_string()).or_default();
+                    match what {
+                        "calls" => sums.0 += value,
+                        "rate" => sums.1 += value,
+                        _ => {}
+                    }
+                }
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        self.loads.set_others(&others);
+        Ok(())
+    }
+
     /// Looks for instances of the cluster with calls and no heartbeat (dead); the first
     /// instance to claim one hands its calls to the shards and removes them from Redis.
     fn watch(&mut self, stats: &ClusterStats) -> redis::RedisResult<()> {
@@ -419,6 +518,7 @@ impl Writer {
             }
             cursor = next;
         }
+        let mut dead = Vec::new();
         for set in &sets {
             let Some(instance) = self.keys.instance_of_calls(set) else {
                 continue;
@@ -442,48 +542,64 @@ impl Writer {
             if claimed.is_none() {
                 continue; // another instance takes them
             }
-            let ids: Vec<String> = redis::cmd("SMEMBERS").arg(set).query(connection)?;
             tracing::warn!(
                 instance,
-                calls = ids.len(),
                 "cluster: instance is dead (no heartbeat): taking its calls over"
             );
-            let mut taken = 0;
-            for chunk in ids.chunks(PIPELINE) {
-                let keys: Vec<String> = chunk
-                    .iter()
-                    .map(|id| self.keys.call_of(instance, id))
-                    .collect();
-                let states: Vec<Option<Vec<u8>>> =
-                    redis::cmd("MGET").arg(&keys).query(connection)?;
-                for (id, state) in chunk.iter().zip(states) {
-                    // None: expired (older than state_ttl).
-                    let Some(state) = state else { continue };
-                    match serde_json::from_slice::<CallSnapshot>(&state) {
-                        Ok(snapshot) if snapshot.format == SNAPSHOT_FORMAT => {
-                            (self.take_over)(snapshot);
-                            taken += 1;
-                        }
-                        Ok(snapshot) => tracing::warn!(
-                            call = %id,
-                            "cluster: state of format {} (this version reads {SNAPSHOT_FORMAT}): not taken over",
-                            snapshot.format
-                        ),
-                        Err(err) => {
-                            tracing::warn!(call = %id, "cluster: unreadable state: {err}")
-                        }
+            dead.push(instance.to_string());
+        }
+        for instance in dead {
+            self.take_calls_of(&instance, stats)?;
+        }
+        Ok(())
+    }
+
+    /// Hands the calls of `instance` (dead, or this one's previous run) to the shards and
+    /// removes them from its keys.
+    fn take_calls_of(&mut self, instance: &str, stats: &ClusterStats) -> redis::RedisResult<()> {
+        let Some(connection) = self.connection.as_mut() else {
+            return Ok(());
+        };
+        let set = self.keys.calls_of(instance);
+        let ids: Vec<String> = redis::cmd("SMEMBERS").arg(&set).query(connection)?;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut taken = 0;
+        for chunk in ids.chunks(PIPELINE) {
+            let keys: Vec<String> = chunk
+                .iter()
+                .map(|id| self.keys.call_of(instance, id))
+                .collect();
+            let states: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(&keys).query(connection)?;
+            for (id, state) in chunk.iter().zip(states) {
+                // None: expired (older than state_ttl).
+                let Some(state) = state else { continue };
+                match serde_json::from_slice::<CallSnapshot>(&state) {
+                    Ok(snapshot) if snapshot.format == SNAPSHOT_FORMAT => {
+                        (self.take_over)(snapshot);
+                        taken += 1;
+                    }
+                    Ok(snapshot) => tracing::warn!(
+                        call = %id,
+                        "cluster: state of format {} (this version reads {SNAPSHOT_FORMAT}): not taken over",
+                        snapshot.format
+                    ),
+                    Err(err) => {
+                        tracing::warn!(call = %id, "cluster: unreadable state: {err}")
                     }
                 }
-                let mut pipe = redis::pipe();
-                for key in &keys {
-                    pipe.cmd("DEL").arg(key).ignore();
-                }
-                pipe.cmd("SREM").arg(set).arg(chunk).ignore();
-                pipe.exec(connection)?;
             }
-            stats.takeovers.fetch_add(1, Ordering::Relaxed);
-            stats.taken_over.fetch_add(taken, Ordering::Relaxed);
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                pipe.cmd("DEL").arg(key).ignore();
+            }
+            pipe.cmd("SREM").arg(&set).arg(chunk).ignore();
+            pipe.exec(connection)?;
         }
+        tracing::info!(instance, calls = taken, "cluster: calls taken over");
+        stats.takeovers.fetch_add(1, Ordering::Relaxed);
+        stats.taken_over.fetch_add(taken, Ordering::Relaxed);
         Ok(())
     }
 }
