@@ -37,6 +37,18 @@ fn calls_of(redis: &Redis, instance: &str) -> Vec<String> {
         .expect("SMEMBERS")
 }
 
+/// Waits (up to 30 s) until both far ends ended, every call of theirs successful.
+fn both_succeed(caller: &mut Sipp, callee: &mut Sipp) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (caller_status, callee_status) = (caller.wait(deadline), callee.wait(deadline));
+    let context = format!("{}\n{}", caller.report(), callee.report());
+    assert_eq!(
+        (caller_status, callee_status),
+        (Some(0), Some(0)),
+        "{context}"
+    );
+}
+
 /// Waits (up to 10 s) until `ready` holds.
 fn until(what: &str, mut ready: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -117,19 +129,7 @@ fn answered_calls_state_is_in_redis_while_they_last_with_the_heartbeat() {
         .query(&mut connection)
         .expect("PTTL");
     assert!((1..=1000).contains(&ttl), "{ttl}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    assert_eq!(
-        caller.wait(deadline),
-        Some(0),
-        "caller\n{}",
-        caller.report()
-    );
-    assert_eq!(
-        callee.wait(deadline),
-        Some(0),
-        "callee\n{}",
-        callee.report()
-    );
+    both_succeed(&mut caller, &mut callee);
     // Ended calls' state goes.
     until("no call left in Redis", || {
         calls_in_redis(&redis).is_empty()
@@ -182,19 +182,8 @@ fn a_redis_outage_fails_no_call_and_the_state_is_written_again_when_it_returns()
             && live == 20.0
             && calls_in_redis(&redis).len() == 20
     });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    assert_eq!(
-        caller.wait(deadline),
-        Some(0),
-        "no failed call\n{}",
-        caller.report()
-    );
-    assert_eq!(
-        callee.wait(deadline),
-        Some(0),
-        "callee\n{}",
-        callee.report()
-    );
+    // No failed call.
+    both_succeed(&mut caller, &mut callee);
     until("no call left in Redis", || {
         calls_in_redis(&redis).is_empty()
     });

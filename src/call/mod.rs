@@ -601,6 +601,66 @@ impl Dialog {
 }
 
 impl Call {
+    /// A call `id` between dialogs `a` and `b`, from trunk `ingress` (its script) on `rules`,
+    /// started at `started`, in `state`; the rest as a call has it before anything happened
+    /// (one attempt, nothing pending, no media yet).
+    fn between(
+        id: String,
+        (ingress, script, rules): (TrunkId, Option<ScriptId>, Arc<RuleSet>),
+        (a, b): (Dialog, Dialog),
+        started: Instant,
+        state: CallState,
+    ) -> Call {
+        Call {
+            id,
+            started,
+            rang_at: None,
+            ingress,
+            rules,
+            script,
+            vars: None,
+            b_template: None,
+            attempts: 1,
+            state,
+            a_final: None,
+            streams: Vec::new(),
+            quality: [None, None],
+            end_reason: None,
+            local_answer: None,
+            a,
+            b,
+            a_invite: 0,
+            b_invite: 0,
+            invite_pending: false,
+            pending_ack: None,
+            last_ack: None,
+            unanchored: false,
+            media_refused: None,
+            a_reliable: None,
+            b_rseqs: Vec::new(),
+            b_forks_ended: Vec::new(),
+            early_media: None,
+            contact_hosts: [None, None],
+            own_offer: false,
+            session: [None, None],
+            session_due: [None, None],
+            b_early_sdp: None,
+            offer_withheld: false,
+            last_sdp: [None, None],
+            min_se_retried: false,
+            b_rang: false,
+            tried: Vec::new(),
+            failover_due: None,
+            caller_answer: None,
+            callee_answer_due: None,
+            b_prack_deferred: None,
+            preconditions: None,
+            refer: None,
+            joined: None,
+            seats: [None, None],
+        }
+    }
+
     /// Forgets what the callee of a failed attempt said (serial failover: the next callee
     /// starts afresh).
     fn forget_callee(&mut self) {

@@ -159,54 +159,17 @@ impl Calls {
             .unwrap_or(now);
         self.next_id += 1;
         let key = self.next_id;
-        let call = Call {
-            id: snapshot.id,
-            started: at,
-            rang_at: None,
-            ingress,
-            script: rules.rules.script_of(ingress),
-            rules,
-            vars: None,
-            b_template: None,
-            attempts: 1,
-            state: CallState::Answered { at },
-            a_final: Some(200),
-            streams: snapshot.streams,
-            quality: [None, None],
-            end_reason: None,
-            local_answer: None,
-            a,
-            b,
-            a_invite: 0,
-            b_invite: 0,
-            invite_pending: false,
-            pending_ack: None,
-            last_ack: None,
-            unanchored: false,
-            media_refused: None,
-            a_reliable: None,
-            b_rseqs: Vec::new(),
-            b_forks_ended: Vec::new(),
-            early_media: None,
-            contact_hosts: [None, None],
-            own_offer: false,
-            session: [None, None],
-            session_due: [None, None],
-            b_early_sdp: None,
-            offer_withheld: false,
-            last_sdp: [None, None],
-            min_se_retried: false,
-            b_rang: false,
-            tried: Vec::new(),
-            failover_due: None,
-            caller_answer: None,
-            callee_answer_due: None,
-            b_prack_deferred: None,
-            preconditions: None,
-            refer: None,
-            joined: None,
-            seats,
-        };
+        let script = rules.rules.script_of(ingress);
+        let mut call = Call::between(
+            snapshot.id,
+            (ingress, script, rules),
+            (a, b),
+            at,
+            CallState::Answered { at },
+        );
+        call.a_final = Some(200);
+        call.streams = snapshot.streams;
+        call.seats = seats;
         for stream in &call.streams {
             self.media_commands.push_back(MediaCommand::Stream {
                 call: self.media_call_id(key),

@@ -588,54 +588,23 @@ impl B2bua<'_> {
             invite.set_header(HeaderName::Contact, b.contact.clone());
         }
         let call_key = self.next_id();
-        let call = Call {
-            id: info.call_id,
-            started: now,
-            rang_at: None,
-            ingress: trunk,
-            rules,
-            script,
-            vars: outcome.vars,
-            b_template,
-            attempts: 1,
-            state: CallState::Calling,
-            a_final: None,
-            streams: Vec::new(),
-            quality: [None, None],
-            end_reason: None,
-            local_answer: None,
-            a,
-            b,
-            a_invite,
-            b_invite: 0,
-            invite_pending: true,
-            pending_ack: None,
-            last_ack: None,
-            unanchored: false,
-            media_refused: None,
-            a_reliable,
-            b_rseqs: Vec::new(),
-            b_forks_ended: Vec::new(),
-            early_media: outcome.early_media,
-            contact_hosts,
-            own_offer: false,
-            session: [a_session, None],
-            session_due: [None, None],
-            b_early_sdp: None,
-            offer_withheld: false,
-            last_sdp: [None, None],
-            min_se_retried: false,
-            b_rang: false,
-            tried: Vec::new(),
-            failover_due: None,
-            caller_answer: None,
-            callee_answer_due: None,
-            b_prack_deferred: None,
-            preconditions,
-            refer: None,
-            joined: None,
-            seats: [Some(seat), None],
-        };
+        let mut call = Call::between(
+            info.call_id,
+            (trunk, script, rules),
+            (a, b),
+            now,
+            CallState::Calling,
+        );
+        call.vars = outcome.vars;
+        call.b_template = b_template;
+        call.a_invite = a_invite;
+        call.invite_pending = true;
+        call.a_reliable = a_reliable;
+        call.early_media = outcome.early_media;
+        call.contact_hosts = contact_hosts;
+        call.session = [a_session, None];
+        call.preconditions = preconditions;
+        call.seats = [Some(seat), None];
         self.calls
             .dialogs
             .insert(call.a.dialog_key(), (call_key, Leg::A));

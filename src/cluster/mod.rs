@@ -463,34 +463,23 @@ impl Writer {
             .ignore();
         pipe.exec(connection)?;
         let mut others: HashMap<String, (u32, u32)> = HashMap::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(self.keys.every_load())
-                .arg("COUNT")
-                .arg(100)
-                .query(connection)?;
-            for other in keys.iter().filter(|k| **k != key) {
-                let fields: HashMap<String, u32> =
-                    redis::cmd("HGETALL").arg(other).query(connection)?;
-                for (field, value) in fields {
-                    let Some((trunk, what)) = field.rsplit_once(':') else {
-                        continue;
-                    };
-                    let sums = others.entry(trunk.to_string()).or_default();
-                    match what {
-                        "calls" => sums.0 += value,
-                        "rate" => sums.1 += value,
-                        _ => {}
-                    }
+        for other in scan(connection, &self.keys.every_load())? {
+            if other == key {
+                continue;
+            }
+            let fields: HashMap<String, u32> =
+                redis::cmd("HGETALL").arg(&other).query(connection)?;
+            for (field, value) in fields {
+                let Some((trunk, what)) = field.rsplit_once(':') else {
+                    continue;
+                };
+                let sums = others.entry(trunk.to_string()).or_default();
+                match what {
+                    "calls" => sums.0 += value,
+                    "rate" => sums.1 += value,
+                    _ => {}
                 }
             }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
         }
         self.loads.set_others(&others);
         Ok(())
@@ -502,22 +491,7 @@ impl Writer {
         let Some(connection) = self.connection.as_mut() else {
             return Ok(());
         };
-        let mut sets = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(self.keys.every_calls())
-                .arg("COUNT")
-                .arg(100)
-                .query(connection)?;
-            sets.extend(keys);
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
+        let sets = scan(connection, &self.keys.every_calls())?;
         let mut dead = Vec::new();
         for set in &sets {
             let Some(instance) = self.keys.instance_of_calls(set) else {
@@ -601,6 +575,26 @@ impl Writer {
         stats.takeovers.fetch_add(1, Ordering::Relaxed);
         stats.taken_over.fetch_add(taken, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+/// Every key matching `pattern` (SCAN, a hundred at a time).
+fn scan(connection: &mut redis::Connection, pattern: &str) -> redis::RedisResult<Vec<String>> {
+    let mut found = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(100)
+            .query(connection)?;
+        found.extend(keys);
+        if next == 0 {
+            return Ok(found);
+        }
+        cursor = next;
     }
 }
 
