@@ -84,6 +84,8 @@ pub struct Admission {
     /// When the table was last swept of idle sources.
     last_sweep: Option<Instant>,
     stats: AdmissionStats,
+    /// The bans of every shard (and instance), when the driver shares them.
+    shared: Option<std::sync::Arc<crate::shared::SharedBans>>,
 }
 
 /// The `User-Agent` of a message, if any.
@@ -203,12 +205,22 @@ impl Admission {
         self.strike(from, profile, now);
     }
 
-    /// Whether messages from `from` (its address, on its listener) are dropped now.
+    /// Shares this shard's bans with every other holder of `bans`, and theirs with it.
+    pub fn share_bans(&mut self, bans: std::sync::Arc<crate::shared::SharedBans>) {
+        self.shared = Some(bans);
+    }
+
+    /// Whether messages from `from` (its address, on its listener; or its address, banned
+    /// by another shard or instance) are dropped now.
     pub fn banned(&self, from: Peer, now: Instant) -> bool {
         self.sources
             .get(&(from.listener, from.addr.ip()))
             .and_then(|s| s.banned_until)
             .is_some_and(|until| until > now)
+            || self
+                .shared
+                .as_ref()
+                .is_some_and(|bans| bans.banned(from.addr.ip(), now))
     }
 
     /// One more bad message from `from`: banned at the profile's `ban_after` within
@@ -235,6 +247,9 @@ impl Admission {
             source.strikes = 0;
             source.strikes_since = None;
             self.stats.bans += 1;
+            if let Some(bans) = &self.shared {
+                bans.ban(ip, now + window);
+            }
             tracing::warn!(source = %ip, seconds = settings.ban_seconds, "source banned: too many malformed, scanning or unauthorised messages");
         }
     }
@@ -347,6 +362,34 @@ mod tests {
             (stats.scanners_dropped, stats.bans, stats.banned_dropped),
             (3, 1, 1)
         );
+    }
+
+    #[test]
+    fn a_ban_on_one_shard_drops_the_source_on_every_shard_sharing_bans() {
+        let profile = profile("", "admission:\n  ban_after: 2\n  ban_seconds: 60\n");
+        let bans = std::sync::Arc::new(crate::shared::SharedBans::default());
+        bans.announce();
+        let (mut first, mut second) = (Admission::default(), Admission::default());
+        first.share_bans(bans.clone());
+        second.share_bans(bans.clone());
+        let now = Instant::now();
+        // From another port of the same host, on the other shard: the address is banned.
+        let (stranger, same_host) = (peer("203.0.113.7"), peer("203.0.113.7"));
+        first.malformed(stranger, &profile, now);
+        assert!(!second.banned(same_host, now));
+        first.malformed(stranger, &profile, now);
+        assert!(second.banned(same_host, now));
+        let clean = request("OPTIONS", "", "");
+        assert_eq!(
+            second.check(&clean, arrival(same_host, false), (&profile, 2), now),
+            Verdict::Drop
+        );
+        assert!(!second.banned(same_host, now + Duration::from_secs(61)));
+        // The ban is announced once, for the cluster.
+        let announced = bans.take_announced();
+        assert_eq!(announced.len(), 1);
+        assert_eq!(announced[0].0, same_host.addr.ip());
+        assert!(bans.take_announced().is_empty());
     }
 
     #[test]

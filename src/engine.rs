@@ -401,6 +401,12 @@ impl Engine {
         self.calls.share_trunk_loads(loads);
     }
 
+    /// Makes this engine's bans every holder's of `bans` (the other shards, and with a
+    /// cluster the other instances), and theirs its own.
+    pub fn share_bans(&mut self, bans: Arc<crate::shared::SharedBans>) {
+        self.admission.share_bans(bans);
+    }
+
     /// Makes this engine read (and, on shard 0, write) `health`, shared with the other
     /// shards.
     pub fn share_peer_health(&mut self, health: Arc<crate::shared::PeerHealth>) {

@@ -67,9 +67,14 @@ pub fn run(mut profile: Profile) -> anyhow::Result<()> {
     // Shard 0 sends the OPTIONS keepalives; every shard routes calls by what they tell.
     let health = Arc::new(crate::shared::PeerHealth::default());
     let loads = Arc::new(crate::shared::TrunkLoads::default());
+    let bans = Arc::new(crate::shared::SharedBans::default());
+    if profile.cluster.is_some() {
+        bans.announce();
+    }
     for engine in &mut engines {
         engine.share_peer_health(health.clone());
         engine.share_trunk_loads(loads.clone());
+        engine.share_bans(bans.clone());
     }
     let call_log = Arc::new(crate::observe::calls::CallLog::new(
         Duration::from_secs(profile.short_call_seconds.into()),
@@ -134,7 +139,9 @@ pub fn run(mut profile: Profile) -> anyhow::Result<()> {
         let cluster = profile
             .cluster
             .as_ref()
-            .map(|config| crate::cluster::Cluster::start(config, take_over, loads.clone()))
+            .map(|config| {
+                crate::cluster::Cluster::start(config, take_over, (loads.clone(), bans.clone()))
+            })
             .transpose()?;
         if let Some(config) = &profile.cluster {
             tracing::info!(

@@ -413,6 +413,69 @@ impl Drop for TrunkSeat {
     }
 }
 
+/// Sources banned by any shard (admission's `ban_after`), process-wide and, with a cluster,
+/// across the instances: a ban on one shard drops the source's messages on every shard.
+#[derive(Debug, Default)]
+pub struct SharedBans {
+    bans: Mutex<HashMap<std::net::IpAddr, Instant>>,
+    /// How many bans the table holds (a look costs no lock while it is empty).
+    held: std::sync::atomic::AtomicUsize,
+    /// Bans made here since the cluster last took them, when a cluster shares them.
+    announced: Mutex<Option<Vec<(std::net::IpAddr, Instant)>>>,
+}
+
+impl SharedBans {
+    /// From now on the bans made here are kept for [`SharedBans::take_announced`].
+    pub fn announce(&self) {
+        *self.announced.lock().unwrap_or_else(|e| e.into_inner()) = Some(Vec::new());
+    }
+
+    /// Bans `ip` until `until` (made here: announced to the cluster).
+    pub fn ban(&self, ip: std::net::IpAddr, until: Instant) {
+        self.learn(ip, until);
+        if let Some(announced) = self
+            .announced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            announced.push((ip, until));
+        }
+    }
+
+    /// Bans `ip` until `until` (made by another instance, or here).
+    pub fn learn(&self, ip: std::net::IpAddr, until: Instant) {
+        use std::sync::atomic::Ordering;
+        let mut bans = self.bans.lock().unwrap_or_else(|e| e.into_inner());
+        let ends = bans.entry(ip).or_insert(until);
+        *ends = (*ends).max(until);
+        // Ended bans go once the table grows.
+        if bans.len() > 4096 {
+            bans.retain(|_, ends| *ends > until.min(Instant::now()));
+        }
+        self.held.store(bans.len(), Ordering::Relaxed);
+    }
+
+    /// Whether `ip` is banned at `now`.
+    pub fn banned(&self, ip: std::net::IpAddr, now: Instant) -> bool {
+        if self.held.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            return false;
+        }
+        let bans = self.bans.lock().unwrap_or_else(|e| e.into_inner());
+        bans.get(&ip).is_some_and(|until| *until > now)
+    }
+
+    /// The bans made here since the last call (for the cluster).
+    pub fn take_announced(&self) -> Vec<(std::net::IpAddr, Instant)> {
+        self.announced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+}
+
 /// Every trunk's load, by trunk name, process-wide: the shards count their calls here against
 /// each trunk's `max_calls` and `max_cps`, and rules read it (`bh.trunk_calls`).
 #[derive(Debug, Default)]

@@ -398,3 +398,73 @@ fn a_trunks_max_calls_holds_across_two_instances() {
     assert!(up.0 > 0.0 && up.1 > 0.0, "both took calls: {up:?}");
     drop((calls_one, calls_two));
 }
+
+/// An OPTIONS from `socket` to `port` on loopback, with `user_agent`: whether an answer came
+/// within 500 ms.
+fn answered_options(socket: &std::net::UdpSocket, port: u16, user_agent: &str) -> bool {
+    let local = socket.local_addr().expect("addr");
+    let request = format!(
+        "OPTIONS sip:ping@127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{}\r\nMax-Forwards: 70\r\nFrom: <sip:probe@127.0.0.2>;tag=p\r\nTo: <sip:ping@127.0.0.1>\r\nCall-ID: ban-{}@127.0.0.2\r\nCSeq: 1 OPTIONS\r\nUser-Agent: {user_agent}\r\nContent-Length: 0\r\n\r\n",
+        free_udp_port(),
+        free_udp_port()
+    );
+    socket
+        .send_to(request.as_bytes(), ("127.0.0.1", port))
+        .expect("send");
+    let mut buf = [0u8; 2048];
+    socket.recv_from(&mut buf).is_ok()
+}
+
+#[test]
+fn a_source_banned_by_one_instance_is_dropped_by_the_other() {
+    let dir = scratch_dir("cluster-bans");
+    let redis = Redis::start(&dir, free_udp_port());
+    // The second instance bans nobody itself (`ban_after: 0`; a stranger's requests are
+    // strikes): what it drops, the first banned.
+    let template = |instance: &str, ban_after: u32| {
+        let top = format!(
+            "cluster:\n  redis: redis://127.0.0.1:{}/\n  name: test\n  instance: {instance}\n  \
+             heartbeat_ms: 200\n  dead_after_ms: 1000\nadmission:\n  ban_after: {ban_after}\n  \
+             ban_seconds: 60\n",
+            redis.port
+        );
+        common::core_teams_profile(&top, "", "").replace("{script}", &common::default_script())
+    };
+    let (one, two) = (
+        Sbc::start(&template("one", 2)),
+        Sbc::start(&template("two", 0)),
+    );
+    // A stranger on 127.0.0.2 (the trunks' peers are on 127.0.0.1): answered at first.
+    let stranger = std::net::UdpSocket::bind("127.0.0.2:0").expect("127.0.0.2");
+    stranger
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    for _ in 0..3 {
+        assert!(answered_options(&stranger, two.port("core"), "probe"));
+    }
+    // Two scanner requests to the first instance ban it there...
+    for _ in 0..2 {
+        assert!(!answered_options(
+            &stranger,
+            one.port("core"),
+            "friendly-scanner"
+        ));
+    }
+    // ...and, within a heartbeat or two, at the second instance too.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while answered_options(&stranger, two.port("core"), "probe") {
+        assert!(
+            Instant::now() < deadline,
+            "never banned by the second instance"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut connection = redis.connection().expect("redis");
+    let banned: Vec<String> = redis::cmd("ZRANGE")
+        .arg("bridgehead:test:bans")
+        .arg(0)
+        .arg(-1)
+        .query(&mut connection)
+        .expect("ZRANGE");
+    assert_eq!(banned, ["127.0.0.2"]);
+}

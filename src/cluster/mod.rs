@@ -23,7 +23,7 @@
 
 use crate::call::replica::{CallSnapshot, Replica, SNAPSHOT_FORMAT};
 use crate::config::ClusterConfig;
-use crate::shared::TrunkLoads;
+use crate::shared::{SharedBans, TrunkLoads};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -81,7 +81,7 @@ impl Cluster {
     pub fn start(
         config: &ClusterConfig,
         take_over: TakeOver,
-        loads: Arc<TrunkLoads>,
+        (loads, bans): (Arc<TrunkLoads>, Arc<SharedBans>),
     ) -> std::io::Result<Arc<Cluster>> {
         let client = redis::Client::open(config.redis.as_str())
             .map_err(|err| std::io::Error::other(err.to_string()))?;
@@ -103,6 +103,7 @@ impl Cluster {
             adopted: false,
             take_over,
             loads,
+            bans,
             admitted: HashMap::new(),
             live: HashMap::new(),
             dirty: HashSet::new(),
@@ -207,6 +208,11 @@ impl Keys {
         format!("bridgehead:{}:load:*", self.cluster)
     }
 
+    /// The cluster's banned sources (a sorted set, scored with when each ban ends).
+    fn bans(&self) -> String {
+        format!("bridgehead:{}:bans", self.cluster)
+    }
+
     /// The key whose holder takes `instance`'s calls over.
     fn claim_of(&self, instance: &str) -> String {
         format!("bridgehead:{}:claim:{instance}", self.cluster)
@@ -230,6 +236,8 @@ struct Writer {
     take_over: TakeOver,
     /// The trunks' calls and rates, shared with the other instances.
     loads: Arc<TrunkLoads>,
+    /// The sources banned here and by the other instances.
+    bans: Arc<SharedBans>,
     /// Each trunk's calls admitted here as last shared, and when.
     admitted: HashMap<String, (u64, Instant)>,
     /// The latest state of every live call.
@@ -301,9 +309,13 @@ impl Writer {
                 next_heartbeat = now + self.heartbeat;
             }
             let written = self.write(heartbeat, &cluster.stats);
-            // Each heartbeat, the trunks' loads shared and a look for dead instances.
+            // Each heartbeat, the trunks' loads and the bans shared, and a look for dead
+            // instances.
             let watched = written.and_then(|()| match heartbeat {
-                true => self.share_loads().and_then(|()| self.watch(&cluster.stats)),
+                true => self
+                    .share_loads()
+                    .and_then(|()| self.share_bans())
+                    .and_then(|()| self.watch(&cluster.stats)),
                 false => Ok(()),
             });
             if let Err(err) = watched {
@@ -482,6 +494,45 @@ impl Writer {
             }
         }
         self.loads.set_others(&others);
+        Ok(())
+    }
+
+    /// Adds the bans made here to the cluster's (a sorted set: each source scored with when
+    /// its ban ends), drops the ended ones, and takes the others' bans.
+    fn share_bans(&mut self) -> redis::RedisResult<()> {
+        let Some(connection) = self.connection.as_mut() else {
+            return Ok(());
+        };
+        let key = self.keys.bans();
+        let (now, now_ms) = (Instant::now(), unix_ms());
+        let mut pipe = redis::pipe();
+        for (ip, until) in self.bans.take_announced() {
+            let ends = now_ms + until.saturating_duration_since(now).as_millis() as u64;
+            pipe.cmd("ZADD")
+                .arg(&key)
+                .arg("GT")
+                .arg(ends)
+                .arg(ip.to_string())
+                .ignore();
+        }
+        pipe.cmd("ZREMRANGEBYSCORE")
+            .arg(&key)
+            .arg("-inf")
+            .arg(now_ms)
+            .ignore();
+        pipe.exec(connection)?;
+        let bans: Vec<(String, u64)> = redis::cmd("ZRANGEBYSCORE")
+            .arg(&key)
+            .arg(now_ms)
+            .arg("+inf")
+            .arg("WITHSCORES")
+            .query(connection)?;
+        for (ip, ends) in bans {
+            if let Ok(ip) = ip.parse() {
+                let left = Duration::from_millis(ends.saturating_sub(now_ms));
+                self.bans.learn(ip, now + left);
+            }
+        }
         Ok(())
     }
 
