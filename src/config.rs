@@ -203,6 +203,10 @@ pub struct ClusterConfig {
     /// before it is queued for Redis).
     #[serde(default = "default_sync_ms")]
     pub sync_ms: u32,
+    /// The instances whose calls this one takes over when they die (it holds, or is given,
+    /// their addresses); its own previous run's it always takes.
+    #[serde(default)]
+    pub takes_over: Vec<String>,
 }
 
 fn default_heartbeat_ms() -> u32 {
@@ -2197,6 +2201,14 @@ impl Profile {
                     check.error(
                         check.line_in("cluster", &format!("{key}:")),
                         format!("cluster: {key} must be {must}"),
+                    );
+                }
+            }
+            for name in &cluster.takes_over {
+                if !name_ok(name) || *name == cluster.instance {
+                    check.error(
+                        check.line_in("cluster", "takes_over:"),
+                        format!("cluster: takes_over names another instance, not '{name}'"),
                     );
                 }
             }

@@ -195,6 +195,10 @@ pub fn run(mut profile: Profile) -> anyhow::Result<()> {
             }
         }
         hub.start(tcp);
+        // Only now may the cluster take calls over (the process could still have failed).
+        if let Some(cluster) = &cluster {
+            cluster.serve();
+        }
         for listener in &profile.listeners {
             tracing::info!(
                 listener = %listener.name,

@@ -422,6 +422,8 @@ pub struct SharedBans {
     held: std::sync::atomic::AtomicUsize,
     /// Bans made here since the cluster last took them, when a cluster shares them.
     announced: Mutex<Option<Vec<(std::net::IpAddr, Instant)>>>,
+    /// The table's size past which ended bans are swept out (twice what a sweep left).
+    sweep_at: std::sync::atomic::AtomicUsize,
 }
 
 impl SharedBans {
@@ -449,9 +451,11 @@ impl SharedBans {
         let mut bans = self.bans.lock().unwrap_or_else(|e| e.into_inner());
         let ends = bans.entry(ip).or_insert(until);
         *ends = (*ends).max(until);
-        // Ended bans go once the table grows.
-        if bans.len() > 4096 {
-            bans.retain(|_, ends| *ends > until.min(Instant::now()));
+        // Ended bans go once the table doubled since the last sweep.
+        if bans.len() > self.sweep_at.load(Ordering::Relaxed).max(4096) {
+            let now = Instant::now();
+            bans.retain(|_, ends| *ends > now);
+            self.sweep_at.store(bans.len() * 2, Ordering::Relaxed);
         }
         self.held.store(bans.len(), Ordering::Relaxed);
     }
@@ -463,6 +467,18 @@ impl SharedBans {
         }
         let bans = self.bans.lock().unwrap_or_else(|e| e.into_inner());
         bans.get(&ip).is_some_and(|until| *until > now)
+    }
+
+    /// Bans taken by [`SharedBans::take_announced`] that could not be shared: announced again.
+    pub fn announce_again(&self, bans: Vec<(std::net::IpAddr, Instant)>) {
+        if let Some(announced) = self
+            .announced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            announced.extend(bans);
+        }
     }
 
     /// The bans made here since the last call (for the cluster).
@@ -521,6 +537,15 @@ impl TrunkLoads {
         }
         seat.0.admitted.fetch_add(1, Ordering::Relaxed);
         Ok(seat)
+    }
+
+    /// Counts a call on `trunk` whatever the limits, and not as a new call (one taken over
+    /// from a dead instance of the cluster).
+    pub fn seat(&self, trunk: &str) -> TrunkSeat {
+        let load = self.load(trunk);
+        load.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        TrunkSeat(load)
     }
 
     /// Every trunk's calls up and new calls admitted so far, here (what the cluster shares).

@@ -32,7 +32,7 @@ fn calls_in_redis(redis: &Redis) -> Vec<String> {
 fn calls_of(redis: &Redis, instance: &str) -> Vec<String> {
     let mut connection = redis.connection().expect("redis");
     redis::cmd("SMEMBERS")
-        .arg(format!("bridgehead:test:{instance}:calls"))
+        .arg(format!("bridgehead:test:calls:{instance}"))
         .query(&mut connection)
         .expect("SMEMBERS")
 }
@@ -69,7 +69,7 @@ fn answered_calls_state_is_in_redis_while_they_last_with_the_heartbeat() {
     let mut connection = redis.connection().expect("redis");
     // One call's state, as another instance reads it.
     let id = calls_in_redis(&redis).remove(0);
-    let key = format!("bridgehead:test:one:call:{id}");
+    let key = format!("bridgehead:test:call:one:{id}");
     let state: String = redis::cmd("GET")
         .arg(&key)
         .query(&mut connection)
@@ -135,7 +135,7 @@ fn answered_calls_state_is_in_redis_while_they_last_with_the_heartbeat() {
         calls_in_redis(&redis).is_empty()
     });
     let left: Vec<String> = redis::cmd("KEYS")
-        .arg("bridgehead:test:one:call:*")
+        .arg("bridgehead:test:call:one:*")
         .query(&mut connection)
         .expect("KEYS");
     assert!(left.is_empty(), "{left:?}");
@@ -196,13 +196,14 @@ fn a_redis_outage_fails_no_call_and_the_state_is_written_again_when_it_returns()
     );
 }
 
-/// Instance `instance` of the cluster on Redis at `redis_port`, with media anchored from
-/// port `media`, two shards, CDRs in `cdr`.
+/// Instance `instance` of the cluster on Redis at `redis_port` (any other than `one` takes
+/// `one` over), with media anchored from port `media`, two shards, CDRs in `cdr`.
 fn instance_profile(redis_port: u16, instance: &str, media: u16, cdr: &std::path::Path) -> String {
+    let takes_over = if instance == "one" { "[]" } else { "[one]" };
     let top = format!(
         "shards: 2\ncluster:\n  redis: redis://127.0.0.1:{redis_port}/\n  name: test\n  \
-         instance: {instance}\n  heartbeat_ms: 200\n  dead_after_ms: 1000\n  sync_ms: 50\n\
-         media:\n  address: 127.0.0.1\n  ports: {media}-{}\ncdr:\n  path: {}\n",
+         instance: {instance}\n  heartbeat_ms: 200\n  dead_after_ms: 1000\n  sync_ms: 50\n  \
+         takes_over: {takes_over}\nmedia:\n  address: 127.0.0.1\n  ports: {media}-{}\ncdr:\n  path: {}\n",
         media + 199,
         cdr.display()
     );
@@ -290,7 +291,7 @@ fn takeover(second: &str, side: &str) {
     let id = calls_of(&redis, second).remove(0);
     let mut connection = redis.connection().expect("redis");
     let state: String = redis::cmd("GET")
-        .arg(format!("bridgehead:test:{second}:call:{id}"))
+        .arg(format!("bridgehead:test:call:{second}:{id}"))
         .query(&mut connection)
         .expect("GET");
     let state: serde_json::Value = serde_json::from_str(&state).expect("JSON");

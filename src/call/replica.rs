@@ -130,7 +130,9 @@ impl Calls {
         let b = self.restored_dialog(&snapshot.b)?;
         let mut claimed = Vec::new();
         if let Some(pool) = self.media_ports.as_mut() {
-            for port in snapshot.streams.iter().flat_map(|s| [s.a.local, s.b.local]) {
+            let ports = snapshot.streams.iter().flat_map(|s| [s.a.local, s.b.local]);
+            // Port 0: a rejected m= line, anchored nowhere.
+            for port in ports.filter(|port| *port != 0) {
                 if let Err(err) = pool.claim(port) {
                     for port in claimed {
                         pool.give(port);
@@ -144,10 +146,7 @@ impl Calls {
         }
         let rules = self.current.clone();
         let (ingress, egress) = (a.trunk, b.trunk);
-        let seat = |trunk: usize| {
-            let name = &rules.profile.trunks[trunk].name;
-            self.loads.admit(name, (None, None), now).ok()
-        };
+        let seat = |trunk: usize| Some(self.loads.seat(&rules.profile.trunks[trunk].name));
         let seats = [seat(ingress), seat(egress)];
         // When it was answered, on this process's clock.
         let age = SystemTime::now()

@@ -5,20 +5,23 @@
 //! The shards queue each call's state ([`Replica`], made by the call layer every
 //! `cluster.sync_ms` for the calls that changed) and never wait: the writer thread of this
 //! module keeps the latest state of every live call, writes what changed in one pipeline
-//! (`SET ... PX`, with the call in the instance's set of calls), refreshes the time to live of
+//! (`SET ... PX`, with the call in the instance's set of calls), renews the time to live of
 //! them all every third of `state_ttl`, and sets the heartbeat key every `heartbeat_ms` with
 //! a life of `dead_after_ms`. When Redis cannot be reached the outage is logged once and
 //! counted, calls go on, and once it is back every live call's state is written again.
 //!
-//! With each heartbeat it looks for instances that have calls and no heartbeat (dead). The
-//! first survivor to claim one (`SET ... NX`) reads its calls' state, hands each to the shard
-//! that owns it (`TakeOver`; the shard binds its media ports and carries it on) and removes
-//! them from the dead instance's keys.
+//! With each heartbeat it looks at the instances it takes over (`takes_over`): one with
+//! calls and no heartbeat is dead. The first survivor to claim it (`SET ... NX`) reads its
+//! calls' state, hands each to the shard that owns it (`TakeOver`; the shard binds its media
+//! ports and carries it on) and removes them from the dead instance's keys. At its first
+//! connection it takes its own previous run's calls the same way.
 //!
 //! Keys (NAME the cluster's, INSTANCE this instance's):
 //! - `bridgehead:NAME:instance:INSTANCE`: the heartbeat (JSON: when it started, its calls);
-//! - `bridgehead:NAME:INSTANCE:calls`: the set of its calls' ids (A-leg Call-IDs);
-//! - `bridgehead:NAME:INSTANCE:call:ID`: one call's state (JSON, `call::replica::CallSnapshot`);
+//! - `bridgehead:NAME:calls:INSTANCE`: the set of its calls' ids (A-leg Call-IDs);
+//! - `bridgehead:NAME:call:INSTANCE:ID`: one call's state (JSON, `call::replica::CallSnapshot`);
+//! - `bridgehead:NAME:load:INSTANCE`: its trunks' calls and rates;
+//! - `bridgehead:NAME:bans`: the banned sources;
 //! - `bridgehead:NAME:claim:INSTANCE`: which survivor takes a dead instance's calls.
 
 use crate::call::replica::{CallSnapshot, Replica, SNAPSHOT_FORMAT};
@@ -39,8 +42,9 @@ const PIPELINE: usize = 1000;
 /// counted): it is queued again at its next change, or rewritten after an outage.
 const QUEUE_LIMIT: usize = 100_000;
 
-/// How long a claim on a dead instance's calls holds others off.
-const CLAIM_MS: u64 = 60_000;
+/// How long a claim on a dead instance's calls holds others off (a takeover that failed half
+/// way is tried again after it, well within the calls' time to live).
+const CLAIM_MS: u64 = 10_000;
 
 /// Where the calls of a dead instance go: the runtime hands each to the shard that owns it.
 pub type TakeOver = Arc<dyn Fn(CallSnapshot) + Send + Sync>;
@@ -70,14 +74,16 @@ pub struct ClusterStats {
 pub struct Cluster {
     queue: Mutex<Vec<Replica>>,
     queued: Condvar,
+    /// Lets the writer reach Redis ([`Cluster::serve`]).
+    go: Mutex<Option<std::sync::mpsc::Sender<()>>>,
     pub stats: Arc<ClusterStats>,
     /// How often the shards look for changed calls.
     pub sync: Duration,
 }
 
 impl Cluster {
-    /// Starts the writer thread (Redis need not be up); the calls of dead instances it takes
-    /// over go to `take_over`.
+    /// Starts the writer thread, which waits for [`Cluster::serve`] before it reaches Redis
+    /// (which need not be up); the calls of dead instances it takes over go to `take_over`.
     pub fn start(
         config: &ClusterConfig,
         take_over: TakeOver,
@@ -85,9 +91,11 @@ impl Cluster {
     ) -> std::io::Result<Arc<Cluster>> {
         let client = redis::Client::open(config.redis.as_str())
             .map_err(|err| std::io::Error::other(err.to_string()))?;
+        let (go, serve) = std::sync::mpsc::channel();
         let cluster = Arc::new(Cluster {
             queue: Mutex::new(Vec::new()),
             queued: Condvar::new(),
+            go: Mutex::new(Some(go)),
             stats: Arc::new(ClusterStats::default()),
             sync: Duration::from_millis(config.sync_ms.into()),
         });
@@ -95,6 +103,7 @@ impl Cluster {
             client,
             keys: Keys::new(config),
             heartbeat: Duration::from_millis(config.heartbeat_ms.into()),
+            takes_over: config.takes_over.clone(),
             dead_after_ms: config.dead_after_ms,
             ttl_ms: u64::from(config.state_ttl) * 1000,
             started_unix_ms: unix_ms(),
@@ -112,8 +121,21 @@ impl Cluster {
         let shared = cluster.clone();
         std::thread::Builder::new()
             .name("cluster".into())
-            .spawn(move || writer.run(&shared))?;
+            .spawn(move || {
+                // Nothing is read or taken over before the process runs (the process may
+                // still fail to start).
+                if serve.recv().is_ok() {
+                    writer.run(&shared);
+                }
+            })?;
         Ok(cluster)
+    }
+
+    /// The process runs: the writer may reach Redis, take calls over and write.
+    pub fn serve(&self) {
+        if let Some(go) = lock(&self.go).take() {
+            let _ = go.send(());
+        }
     }
 
     /// Queues a call's state for the writer (never waits on Redis).
@@ -162,7 +184,7 @@ impl Keys {
 
     /// The key of `instance`'s call `id`.
     pub fn call_of(&self, instance: &str, id: &str) -> String {
-        format!("bridgehead:{}:{instance}:call:{id}", self.cluster)
+        format!("bridgehead:{}:call:{instance}:{id}", self.cluster)
     }
 
     /// This instance's heartbeat key.
@@ -182,20 +204,7 @@ impl Keys {
 
     /// The key of the set of `instance`'s calls.
     pub fn calls_of(&self, instance: &str) -> String {
-        format!("bridgehead:{}:{instance}:calls", self.cluster)
-    }
-
-    /// The pattern of every instance's set of calls.
-    fn every_calls(&self) -> String {
-        self.calls_of("*")
-    }
-
-    /// The instance whose set of calls `key` is.
-    fn instance_of_calls<'k>(&self, key: &'k str) -> Option<&'k str> {
-        key.strip_prefix("bridgehead:")?
-            .strip_prefix(self.cluster.as_str())?
-            .strip_prefix(':')?
-            .strip_suffix(":calls")
+        format!("bridgehead:{}:calls:{instance}", self.cluster)
     }
 
     /// This instance's trunk loads (a hash: `TRUNK:calls`, `TRUNK:rate`).
@@ -203,7 +212,8 @@ impl Keys {
         format!("bridgehead:{}:load:{}", self.cluster, self.instance)
     }
 
-    /// The pattern of every instance's trunk loads.
+    /// The pattern of every instance's trunk loads (instance names hold no `:`, and no
+    /// other kind of key starts this way).
     fn every_load(&self) -> String {
         format!("bridgehead:{}:load:*", self.cluster)
     }
@@ -224,6 +234,8 @@ struct Writer {
     client: redis::Client,
     keys: Keys,
     heartbeat: Duration,
+    /// The instances whose calls this one takes over when they die.
+    takes_over: Vec<String>,
     dead_after_ms: u32,
     ttl_ms: u64,
     started_unix_ms: u64,
@@ -300,15 +312,20 @@ impl Writer {
                     continue;
                 }
             }
-            if now >= next_refresh {
-                next_refresh = now + self.refresh_every();
-                self.dirty.extend(self.live.keys().cloned());
-            }
             let heartbeat = now >= next_heartbeat || self.beat_now;
             if heartbeat {
                 next_heartbeat = now + self.heartbeat;
             }
-            let written = self.write(heartbeat, &cluster.stats);
+            let refresh = now >= next_refresh;
+            if refresh {
+                next_refresh = now + self.refresh_every();
+            }
+            let written = self
+                .write(heartbeat, &cluster.stats)
+                .and_then(|()| match refresh {
+                    true => self.refresh(),
+                    false => Ok(()),
+                });
             // Each heartbeat, the trunks' loads and the bans shared, and a look for dead
             // instances.
             let watched = written.and_then(|()| match heartbeat {
@@ -324,7 +341,7 @@ impl Writer {
         }
     }
 
-    /// Every live call's state is written again this often (its time to live renewed).
+    /// Every live call's time to live is renewed this often.
     fn refresh_every(&self) -> Duration {
         Duration::from_millis(self.ttl_ms / 3)
     }
@@ -347,7 +364,7 @@ impl Writer {
                 // addresses under the same name) are taken over before its first heartbeat.
                 if !self.adopted {
                     let instance = self.keys.instance.clone();
-                    if let Err(err) = self.take_calls_of(&instance, stats) {
+                    if let Err(err) = self.claim_and_take(&instance, stats) {
                         self.lost(&err, stats);
                         return false;
                     }
@@ -385,26 +402,17 @@ impl Writer {
     /// Writes what changed (and the heartbeat), a pipeline of at most [`PIPELINE`] calls at
     /// a time; what was written is no longer dirty.
     fn write(&mut self, heartbeat: bool, stats: &ClusterStats) -> redis::RedisResult<()> {
-        let Some(connection) = self.connection.as_mut() else {
-            return Ok(());
-        };
         if heartbeat {
-            let beat = serde_json::json!({
-                "started_unix_ms": self.started_unix_ms,
-                "at_unix_ms": unix_ms(),
-                "calls": self.live.len(),
-            })
-            .to_string();
-            redis::cmd("SET")
-                .arg(self.keys.heartbeat())
-                .arg(beat)
-                .arg("PX")
-                .arg(self.dead_after_ms)
-                .exec(connection)?;
-            self.beat_now = false;
+            self.beat()?;
         }
         let calls = self.keys.calls();
+        // A heartbeat between pipelines too: many calls to write must not let it lapse.
+        let mut beat_at = Instant::now() + self.heartbeat;
         while !self.dirty.is_empty() || !self.removed.is_empty() {
+            self.beat_when_due(&mut beat_at)?;
+            let Some(connection) = self.connection.as_mut() else {
+                return Ok(());
+            };
             let mut pipe = redis::pipe();
             let mut batch = Vec::new();
             let mut gone = Vec::new();
@@ -442,6 +450,63 @@ impl Writer {
         }
         Ok(())
     }
+
+    /// Writes the heartbeat if `beat_at` passed (between pipelines), and when it is next due.
+    fn beat_when_due(&mut self, beat_at: &mut Instant) -> redis::RedisResult<()> {
+        if Instant::now() >= *beat_at {
+            self.beat()?;
+            *beat_at = Instant::now() + self.heartbeat;
+        }
+        Ok(())
+    }
+
+    /// Writes the heartbeat, living `dead_after_ms`.
+    fn beat(&mut self) -> redis::RedisResult<()> {
+        let Some(connection) = self.connection.as_mut() else {
+            return Ok(());
+        };
+        let beat = serde_json::json!({
+            "started_unix_ms": self.started_unix_ms,
+            "at_unix_ms": unix_ms(),
+            "calls": self.live.len(),
+        })
+        .to_string();
+        redis::cmd("SET")
+            .arg(self.keys.heartbeat())
+            .arg(beat)
+            .arg("PX")
+            .arg(self.dead_after_ms)
+            .exec(connection)?;
+        self.beat_now = false;
+        Ok(())
+    }
+
+    /// Renews the time to live of every live call's state (a key Redis lost, after a restart,
+    /// is written again on reconnection), a pipeline of [`PIPELINE`] at a time with
+    /// heartbeats between them.
+    fn refresh(&mut self) -> redis::RedisResult<()> {
+        let ids: Vec<String> = self.live.keys().cloned().collect();
+        let mut beat_at = Instant::now() + self.heartbeat;
+        for chunk in ids.chunks(PIPELINE) {
+            self.beat_when_due(&mut beat_at)?;
+            let Some(connection) = self.connection.as_mut() else {
+                return Ok(());
+            };
+            let mut pipe = redis::pipe();
+            for id in chunk {
+                pipe.cmd("PEXPIRE")
+                    .arg(self.keys.call(id))
+                    .arg(self.ttl_ms)
+                    .ignore();
+            }
+            pipe.cmd("PEXPIRE")
+                .arg(self.keys.calls())
+                .arg(self.ttl_ms)
+                .ignore();
+            pipe.exec(connection)?;
+        }
+        Ok(())
+    }
 }
 
 impl Writer {
@@ -458,7 +523,7 @@ impl Writer {
             let rate = match self.admitted.insert(trunk.clone(), (admitted, now)) {
                 Some((before, at)) if now > at => (admitted.saturating_sub(before) as f64
                     / (now - at).as_secs_f64())
-                .ceil() as u32,
+                .round() as u32,
                 _ => 0,
             };
             pipe.cmd("HSET")
@@ -506,7 +571,8 @@ impl Writer {
         let key = self.keys.bans();
         let (now, now_ms) = (Instant::now(), unix_ms());
         let mut pipe = redis::pipe();
-        for (ip, until) in self.bans.take_announced() {
+        let announced = self.bans.take_announced();
+        for &(ip, until) in &announced {
             let ends = now_ms + until.saturating_duration_since(now).as_millis() as u64;
             pipe.cmd("ZADD")
                 .arg(&key)
@@ -520,7 +586,11 @@ impl Writer {
             .arg("-inf")
             .arg(now_ms)
             .ignore();
-        pipe.exec(connection)?;
+        if let Err(err) = pipe.exec(connection) {
+            // Shared once Redis is back.
+            self.bans.announce_again(announced);
+            return Err(err);
+        }
         let bans: Vec<(String, u64)> = redis::cmd("ZRANGEBYSCORE")
             .arg(&key)
             .arg(now_ms)
@@ -536,45 +606,59 @@ impl Writer {
         Ok(())
     }
 
-    /// Looks for instances of the cluster with calls and no heartbeat (dead); the first
-    /// instance to claim one hands its calls to the shards and removes them from Redis.
+    /// Looks at the instances this one takes over (`takes_over`): one without a heartbeat is
+    /// dead, and the first survivor to claim it takes its calls.
     fn watch(&mut self, stats: &ClusterStats) -> redis::RedisResult<()> {
-        let Some(connection) = self.connection.as_mut() else {
-            return Ok(());
-        };
-        let sets = scan(connection, &self.keys.every_calls())?;
-        let mut dead = Vec::new();
-        for set in &sets {
-            let Some(instance) = self.keys.instance_of_calls(set) else {
-                continue;
+        for instance in self.takes_over.clone() {
+            let Some(connection) = self.connection.as_mut() else {
+                return Ok(());
             };
-            if instance == self.keys.instance {
-                continue;
-            }
             let alive: bool = redis::cmd("EXISTS")
-                .arg(self.keys.heartbeat_of(instance))
+                .arg(self.keys.heartbeat_of(&instance))
                 .query(connection)?;
             if alive {
                 continue;
             }
-            let claimed: Option<String> = redis::cmd("SET")
-                .arg(self.keys.claim_of(instance))
-                .arg(&self.keys.instance)
-                .arg("NX")
-                .arg("PX")
-                .arg(CLAIM_MS)
-                .query(connection)?;
-            if claimed.is_none() {
-                continue; // another instance takes them
-            }
+            self.claim_and_take(&instance, stats)?;
+        }
+        Ok(())
+    }
+
+    /// Claims `instance`'s calls, if it has any (`SET NX`, for [`CLAIM_MS`]) and, if no
+    /// other instance holds the claim, takes them; the claim goes once they are taken.
+    fn claim_and_take(&mut self, instance: &str, stats: &ClusterStats) -> redis::RedisResult<()> {
+        let Some(connection) = self.connection.as_mut() else {
+            return Ok(());
+        };
+        let calls: u64 = redis::cmd("SCARD")
+            .arg(self.keys.calls_of(instance))
+            .query(connection)?;
+        if calls == 0 {
+            return Ok(());
+        }
+        let claimed: Option<String> = redis::cmd("SET")
+            .arg(self.keys.claim_of(instance))
+            .arg(&self.keys.instance)
+            .arg("NX")
+            .arg("PX")
+            .arg(CLAIM_MS)
+            .query(connection)?;
+        if claimed.is_none() {
+            return Ok(()); // another instance takes them
+        }
+        if instance == self.keys.instance {
+            tracing::warn!("cluster: taking over the calls of this instance's previous run");
+        } else {
             tracing::warn!(
                 instance,
                 "cluster: instance is dead (no heartbeat): taking its calls over"
             );
-            dead.push(instance.to_string());
         }
-        for instance in dead {
-            self.take_calls_of(&instance, stats)?;
+        self.take_calls_of(instance, stats)?;
+        if let Some(connection) = self.connection.as_mut() {
+            redis::cmd("DEL")
+                .arg(self.keys.claim_of(instance))
+                .exec(connection)?;
         }
         Ok(())
     }
@@ -663,17 +747,15 @@ mod tests {
             dead_after_ms: 3000,
             state_ttl: 60,
             sync_ms: 200,
+            takes_over: Vec::new(),
         };
         let keys = Keys::new(&config);
-        assert_eq!(keys.call("abc@h"), "bridgehead:eu:sbc-1:call:abc@h");
+        assert_eq!(keys.call("abc@h"), "bridgehead:eu:call:sbc-1:abc@h");
         assert_eq!(keys.heartbeat(), "bridgehead:eu:instance:sbc-1");
-        assert_eq!(keys.calls(), "bridgehead:eu:sbc-1:calls");
-        assert_eq!(keys.every_calls(), "bridgehead:eu:*:calls");
-        assert_eq!(
-            keys.instance_of_calls("bridgehead:eu:sbc-2:calls"),
-            Some("sbc-2")
-        );
-        assert_eq!(keys.instance_of_calls("bridgehead:us:sbc-2:calls"), None);
+        assert_eq!(keys.calls(), "bridgehead:eu:calls:sbc-1");
+        assert_eq!(keys.load(), "bridgehead:eu:load:sbc-1");
         assert_eq!(keys.claim_of("sbc-2"), "bridgehead:eu:claim:sbc-2");
+        // A Call-ID cannot make a call key look like another kind.
+        assert!(!keys.call("x:calls").starts_with("bridgehead:eu:load:"));
     }
 }

@@ -117,9 +117,16 @@ impl PortPool {
             .position(|p| *p == port)
             .ok_or(AnchorError::NotFree(port))?;
         if let Some(binder) = self.binder.as_mut() {
-            binder
-                .bind(port)
-                .map_err(|err| AnchorError::Bind(err.to_string()))?;
+            // The relay's preparer may be binding this very port (ahead of time) right now:
+            // it is then in the relay's table a moment later.
+            let mut tries = 0;
+            while let Err(err) = binder.bind(port) {
+                tries += 1;
+                if err.kind() != std::io::ErrorKind::AddrInUse || tries == 5 {
+                    return Err(AnchorError::Bind(err.to_string()));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
         }
         self.free.remove(at);
         Ok(())

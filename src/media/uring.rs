@@ -514,6 +514,8 @@ struct Worker {
     timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
     /// The completions of one wait, copied out of the ring.
     completions: Vec<(u64, i32, u32)>,
+    /// Receives the ring did not take (its queue full): armed again on the next round.
+    unarmed: Vec<(u32, u32, usize)>,
     tally: Tally,
     settings: Settings,
     stats: Arc<RelayStats>,
@@ -550,6 +552,7 @@ impl Worker {
             calls: HashMap::new(),
             timers: BinaryHeap::with_capacity(1024),
             completions: Vec::with_capacity(COMPLETIONS as usize),
+            unarmed: Vec::new(),
             tally: Tally::default(),
             settings,
             stats,
@@ -700,6 +703,7 @@ impl Worker {
     fn run(&mut self) {
         self.listen_for_bell();
         loop {
+            self.arm_again();
             self.fire_timers(Instant::now());
             self.report();
             self.buffers.publish();
@@ -717,6 +721,7 @@ impl Worker {
                     .completion()
                     .map(|cqe| (cqe.user_data(), cqe.result(), cqe.flags())),
             );
+            let mut stopping = false;
             for index in 0..self.completions.len() {
                 let (data, result, flags) = self.completions[index];
                 let (op, socket, generation, slot) = untag(data);
@@ -730,16 +735,41 @@ impl Worker {
                         }
                     }
                     Some(Op::Wake) => {
-                        if self.inbox.stopping.load(Ordering::Acquire) {
-                            self.stop();
-                            return;
+                        // Stopping: the other completions are still seen to (sends
+                        // released) before the worker stops.
+                        stopping |= self.inbox.stopping.load(Ordering::Acquire);
+                        if !stopping {
+                            self.take_commands();
+                            self.listen_for_bell();
                         }
-                        self.take_commands();
-                        self.listen_for_bell();
                     }
                     Some(Op::Cancel) | None => {}
                 }
             }
+            if stopping {
+                self.stop();
+                return;
+            }
+        }
+    }
+
+    /// Arms the receives the ring could not take before, of streams still running.
+    fn arm_again(&mut self) {
+        for (slot, generation, socket) in std::mem::take(&mut self.unarmed) {
+            let fd = self
+                .running(slot, generation)
+                .map(|running| running.sockets[socket].as_raw_fd());
+            if let Some(fd) = fd {
+                self.arm_stream(fd, (slot, generation, socket));
+            }
+        }
+    }
+
+    /// Arms the receive of socket `socket` of the stream in `slot`; kept for the next round
+    /// if the ring takes no more requests now.
+    fn arm_stream(&mut self, fd: i32, (slot, generation, socket): (u32, u32, usize)) {
+        if !self.arm(fd, tag(Op::Receive, socket, generation, slot)) {
+            self.unarmed.push((slot, generation, socket));
         }
     }
 
@@ -780,7 +810,7 @@ impl Worker {
             let fd = running.sockets[socket].as_raw_fd();
             // A multishot receive ends on an error (out of buffers, say): armed again.
             if !cqueue::more(flags) && result != -libc::ECANCELED {
-                self.arm(fd, tag(Op::Receive, socket, generation, slot));
+                self.arm_stream(fd, (slot, generation, socket));
             }
             self.drain(slot);
         }
@@ -966,7 +996,7 @@ impl Worker {
         state.running = Some(running);
         let generation = state.generation;
         for (socket, fd) in fds.into_iter().enumerate() {
-            self.arm(fd, tag(Op::Receive, socket, generation, slot));
+            self.arm_stream(fd, (slot, generation, socket));
         }
         self.stats.streams.fetch_add(1, Ordering::Relaxed);
         self.drain(slot);
