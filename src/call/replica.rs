@@ -17,6 +17,9 @@ use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+/// The most `m=` lines a taken-over call's streams may index.
+const MAX_STREAMS: usize = 64;
+
 /// The format of [`CallSnapshot`]s written now.
 pub const SNAPSHOT_FORMAT: u32 = 1;
 
@@ -125,6 +128,13 @@ impl Calls {
             if shard_for_call_id(call_id.as_bytes(), self.shards) != self.shard {
                 return Err(format!("Call-ID {call_id} belongs to another shard"));
             }
+        }
+        // Read from Redis: an index the relay would grow its table to is refused.
+        if let Some(stream) = snapshot.streams.iter().find(|s| s.index >= MAX_STREAMS) {
+            return Err(format!(
+                "stream index {} (at most {MAX_STREAMS} m= lines)",
+                stream.index
+            ));
         }
         let a = self.restored_dialog(&snapshot.a)?;
         let b = self.restored_dialog(&snapshot.b)?;

@@ -7,6 +7,7 @@ pub mod dsp;
 pub mod player;
 pub mod quality;
 pub mod relay;
+mod sockets;
 pub mod srtp;
 pub mod stream;
 mod uring;

@@ -7,36 +7,20 @@
 //! to play and one timer.
 
 use super::player::Sound;
+use super::sockets::{bind_pair, lock, mark_std, take_or_bind, Reserved, Settings};
+pub use super::sockets::{EventSink, RelayStats};
 use super::stream::{MediaStream, StreamSettings};
 use super::uring::Workers;
 use super::{MediaCallId, MediaCommand, MediaEvent, PortBinder, Stream};
 use crate::config::{MediaConfig, MediaIo, DEFAULT_MEDIA_DSCP};
-use crate::shared::{tos, Leg};
+use crate::shared::Leg;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-
-/// What the relay moved.
-#[derive(Debug, Default)]
-pub struct RelayStats {
-    pub packets: AtomicU64,
-    pub bytes: AtomicU64,
-    /// Packets from an address the stream does not accept (strict sources).
-    pub dropped: AtomicU64,
-    /// Streams that could not bind their ports.
-    pub bind_failures: AtomicU64,
-    /// SRTP/SRTCP packets that failed authentication or replay checks (dropped).
-    pub srtp_failures: AtomicU64,
-    /// Streams running now.
-    pub streams: AtomicU64,
-    /// The driver moving the packets (`io_uring` or `tokio`) and its threads (0 for tokio:
-    /// the shared runtime's).
-    pub driver: std::sync::OnceLock<(&'static str, usize)>,
-}
 
 struct Running {
     update: watch::Sender<Stream>,
@@ -58,9 +42,6 @@ impl Running {
         }
     }
 }
-
-/// Where the relay reports media events: the call's relay id and the event.
-pub type EventSink = Arc<dyn Fn(MediaCallId, MediaEvent) + Send + Sync>;
 
 /// The relay of one process.
 pub struct Relay {
@@ -218,17 +199,6 @@ impl Tasks {
     }
 }
 
-/// What every stream runs with.
-#[derive(Clone)]
-pub(super) struct Settings {
-    pub(super) address: IpAddr,
-    pub(super) stream: StreamSettings,
-    pub(super) reserved: Reserved,
-}
-
-/// Sockets bound for ports the engines' pools handed out, until a stream takes them.
-pub(super) type Reserved = Arc<Mutex<HashMap<u16, (std::net::UdpSocket, std::net::UdpSocket)>>>;
-
 /// The engines' [`PortBinder`]: binds each port pair as the pool hands it out and keeps the
 /// sockets for the relay's stream on that port. The ports next in line (`media.bound_ahead`)
 /// are bound ahead of time by a thread of the relay's own, so a shard handing out a port finds
@@ -258,42 +228,6 @@ impl PortBinder for ReservingBinder {
     fn prepare(&mut self, port: u16) {
         self.prepare.push(port);
     }
-}
-
-/// The RTP and RTCP sockets for `port`: the ones the pool bound, or freshly bound ones (port
-/// 0, in tests: any free ports); marked with the default media DSCP.
-pub(super) fn take_or_bind(
-    address: IpAddr,
-    port: u16,
-    reserved: &Reserved,
-) -> std::io::Result<(std::net::UdpSocket, std::net::UdpSocket)> {
-    match lock(reserved).remove(&port) {
-        Some(pair) => Ok(pair),
-        None => bind_pair(address, port),
-    }
-}
-
-/// Binds the RTP and RTCP sockets of `port` (0: any two ports): non-blocking from the start,
-/// and marked with the default media DSCP (most trunks' own, so most streams need no marking
-/// of their own).
-fn bind_pair(
-    address: IpAddr,
-    port: u16,
-) -> std::io::Result<(std::net::UdpSocket, std::net::UdpSocket)> {
-    let bind = |port: u16| -> std::io::Result<std::net::UdpSocket> {
-        let addr = std::net::SocketAddr::new(address, port);
-        let socket = socket2::Socket::new(
-            socket2::Domain::for_address(addr),
-            socket2::Type::DGRAM.nonblocking(),
-            Some(socket2::Protocol::UDP),
-        )?;
-        socket.bind(&addr.into())?;
-        let socket = std::net::UdpSocket::from(socket);
-        mark_std(&socket, DEFAULT_MEDIA_DSCP)?;
-        Ok(socket)
-    };
-    let rtcp = if port == 0 { 0 } else { port.wrapping_add(1) };
-    Ok((bind(port)?, bind(rtcp)?))
 }
 
 /// Ports waiting to be bound ahead of time, and the signal that some are.
@@ -356,20 +290,6 @@ fn spawn_preparer(address: IpAddr, reserved: Reserved) -> Arc<PrepareQueue> {
 /// Marks what a UDP socket sends with a DSCP (IPv4 TOS or IPv6 traffic class).
 pub fn mark_udp(socket: &UdpSocket, dscp: u8) -> std::io::Result<()> {
     mark_std(socket, dscp)
-}
-
-/// [`mark_udp`] for any socket.
-pub(super) fn mark_std(socket: &impl std::os::fd::AsFd, dscp: u8) -> std::io::Result<()> {
-    let socket = socket2::SockRef::from(socket);
-    if socket.local_addr()?.is_ipv4() {
-        socket.set_tos_v4(tos(dscp))
-    } else {
-        socket.set_tclass_v6(tos(dscp))
-    }
-}
-
-pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The sockets facing one leg.

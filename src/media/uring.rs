@@ -11,7 +11,7 @@
 //! allocated and unmoved while any request may use them ([`Region`], [`Worker::stop`]).
 
 use super::player::Sound;
-use super::relay::{lock, mark_std, take_or_bind, EventSink, RelayStats, Settings};
+use super::sockets::{lock, mark_std, take_or_bind, EventSink, RelayStats, Settings};
 use super::stream::MediaStream;
 use super::{MediaCallId, MediaCommand, Stream};
 use crate::config::DEFAULT_MEDIA_DSCP;
