@@ -26,15 +26,24 @@ static DIRS: AtomicUsize = AtomicUsize::new(0);
 /// running in parallel, never pick the same ports.
 const TEST_PORTS: std::ops::Range<u32> = 10_000..30_000;
 
-/// The first of `count` consecutive candidate ports, each call a fresh block.
+/// The first of `count` consecutive candidate ports, each call a fresh block. The cursor goes
+/// round the range modulo its whole size, whatever `count`, and a block that would straddle
+/// the range's end is skipped: blocks never overlap until the cursor has gone all the way
+/// round. (Taking the cursor modulo a span that depended on `count` let blocks of different
+/// sizes wrap at different places and overlap: seen in CI as a listener port inside a media
+/// range.)
 fn candidate_ports(count: u32) -> u16 {
     static CURSOR: std::sync::OnceLock<std::sync::atomic::AtomicU32> = std::sync::OnceLock::new();
-    let span = TEST_PORTS.end - TEST_PORTS.start - count;
+    let total = TEST_PORTS.end - TEST_PORTS.start;
     let cursor = CURSOR.get_or_init(|| {
-        std::sync::atomic::AtomicU32::new(std::process::id().wrapping_mul(7919) % span)
+        std::sync::atomic::AtomicU32::new(std::process::id().wrapping_mul(7919) % total)
     });
-    let offset = cursor.fetch_add(count, Ordering::Relaxed) % span;
-    (TEST_PORTS.start + offset) as u16
+    loop {
+        let offset = cursor.fetch_add(count, Ordering::Relaxed) % total;
+        if offset + count <= total {
+            return (TEST_PORTS.start + offset) as u16;
+        }
+    }
 }
 
 /// True when `port` can be bound on 127.0.0.1 for UDP and for TCP without SO_REUSEADDR (so a
