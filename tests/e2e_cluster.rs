@@ -469,3 +469,34 @@ fn a_source_banned_by_one_instance_is_dropped_by_the_other() {
         .expect("ZRANGE");
     assert_eq!(banned, ["127.0.0.2"]);
 }
+
+#[test]
+fn an_instance_started_without_redis_says_so_once_and_writes_once_redis_comes() {
+    let dir = scratch_dir("cluster-no-redis");
+    let port = free_udp_port();
+    let sbc = Sbc::start(&profile(port));
+    let admin = sbc.port("admin");
+    let metrics = || request(admin, "GET", "/metrics", None).body;
+    let warning = "cluster: Redis unreachable";
+    // Tried every second: the failures are counted, the warning logged once.
+    until("three attempts", || {
+        sample(&metrics(), "bridgehead_cluster_redis_errors_total").is_some_and(|n| n >= 3.0)
+    });
+    assert_eq!(sbc.log().matches(warning).count(), 1, "{}", sbc.log());
+    let text = metrics();
+    assert_eq!(sample(&text, "bridgehead_cluster_redis_up"), Some(0.0));
+    // Redis comes: reached, said once, and heartbeats written.
+    let redis = Redis::start(&dir, port);
+    until("Redis reached", || {
+        sample(&metrics(), "bridgehead_cluster_redis_up") == Some(1.0)
+            && sbc.log().contains("cluster: Redis reached")
+    });
+    let mut connection = redis.connection().expect("redis");
+    until("the heartbeat", || {
+        redis::cmd("EXISTS")
+            .arg("bridgehead:test:instance:one")
+            .query::<bool>(&mut connection)
+            .unwrap_or(false)
+    });
+    assert_eq!(sbc.log().matches(warning).count(), 1);
+}

@@ -110,6 +110,8 @@ impl Cluster {
             connection: None,
             beat_now: true,
             adopted: false,
+            reached: false,
+            unreachable_logged: false,
             take_over,
             loads,
             bans,
@@ -245,6 +247,10 @@ struct Writer {
     beat_now: bool,
     /// The calls of this instance's previous run were looked for (at the first connection).
     adopted: bool,
+    /// Redis answered a whole round since the start.
+    reached: bool,
+    /// The warning that Redis cannot be reached was logged, and Redis has not answered since.
+    unreachable_logged: bool,
     take_over: TakeOver,
     /// The trunks' calls and rates, shared with the other instances.
     loads: Arc<TrunkLoads>,
@@ -335,8 +341,15 @@ impl Writer {
                     .and_then(|()| self.watch(&cluster.stats)),
                 false => Ok(()),
             });
-            if let Err(err) = watched {
-                self.lost(&err, &cluster.stats);
+            match watched {
+                Err(err) => self.lost(&err, &cluster.stats),
+                // Said once Redis answered a whole round: at the start, and after an outage.
+                Ok(()) if self.unreachable_logged || !self.reached => {
+                    self.unreachable_logged = false;
+                    self.reached = true;
+                    tracing::info!(calls = self.live.len(), "cluster: Redis reached");
+                }
+                Ok(()) => {}
             }
         }
     }
@@ -358,7 +371,6 @@ impl Writer {
                     self.lost(&err, stats);
                     return false;
                 }
-                tracing::info!(calls = self.live.len(), "cluster: Redis reached");
                 self.connection = Some(connection);
                 // Calls of this instance's previous run (killed, then started again on its
                 // addresses under the same name) are taken over before its first heartbeat.
@@ -382,20 +394,24 @@ impl Writer {
         }
     }
 
-    /// Redis failed: logged and counted once per outage (every failure is counted); the
-    /// trunks' limits count this instance's calls alone until it is back.
+    /// Redis failed: logged once until it is reached again (also when it never was since
+    /// the start: a wrong address, a refusal), each outage counted once and every failure
+    /// counted; the trunks' limits count this instance's calls alone until it is back.
     fn lost(&mut self, err: &redis::RedisError, stats: &ClusterStats) {
         stats.redis_errors.fetch_add(1, Ordering::Relaxed);
         self.connection = None;
         self.loads.set_others(&HashMap::new());
         if stats.redis_up.swap(0, Ordering::Relaxed) == 1 {
             stats.outages.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.unreachable_logged {
+            tracing::debug!("cluster: Redis unreachable: {err}");
+        } else {
+            self.unreachable_logged = true;
             tracing::warn!(
                 calls = self.live.len(),
                 "cluster: Redis unreachable ({err}): calls go on, their state is written once it is back"
             );
-        } else {
-            tracing::debug!("cluster: Redis unreachable: {err}");
         }
     }
 
