@@ -624,9 +624,15 @@ impl Worker {
 
     /// Sends one datagram to itself through the ring and receives it: whether the kernel
     /// offers what the worker needs (multishot `recvmsg` from provided buffers, Linux 6.0;
-    /// `send` to an address).
+    /// `send` to an address). On the loopback of the media address's family: the media
+    /// address may not be this machine's yet (a standby, bound with `ip_nonlocal_bind`
+    /// before keepalived moves the address to it).
     fn self_test(&mut self) -> std::io::Result<()> {
-        let socket = UdpSocket::bind((self.settings.address, 0))?;
+        let loopback: std::net::IpAddr = match self.settings.address {
+            std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        };
+        let socket = UdpSocket::bind((loopback, 0))?;
         socket.set_nonblocking(true)?;
         let probe = tag(Op::Receive, 0, 0, u32::MAX);
         if !self.arm(socket.as_raw_fd(), probe) {
