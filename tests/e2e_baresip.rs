@@ -13,6 +13,7 @@ mod common;
 use bridgehead::media::dsp::{
     alaw_to_linear, dtmf_frequencies, linear_to_alaw, tones, DtmfDetector,
 };
+use common::netns::ip;
 use common::sipp::{callee_args, media_caller, wait_listening, Sipp, Transport};
 use common::{media_range, scratch_dir, Sbc};
 use std::net::{SocketAddr, UdpSocket};
@@ -27,19 +28,6 @@ const DIGITS: &str = "2013785496";
 const TEAMS_USER: &str = "+4930987654";
 
 static NAMESPACES: AtomicU32 = AtomicU32::new(0);
-
-/// Runs `ip` with `args`; panics with its output when it fails.
-fn ip(args: &[&str]) {
-    let output = Command::new("ip")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("ip {args:?}: {e} (this test needs iproute2)"));
-    assert!(
-        output.status.success(),
-        "ip {args:?}: {} (this test needs root to create a network namespace)",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
 
 /// A network namespace joined to this one by a veth pair with a /30 between them; removed on
 /// drop.

@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 # peer in a network namespace made with iproute2's `ip netns`), openssl's s_client (an old
 # TLS 1.1 client), dnsmasq (the DNS server of the peers-by-name test), sngrep (a HEP
 # collector that decodes Bridgehead's SIP capture), headless Chromium (the dashboard test) and
-# redis-server (the cluster's shared state).
+# redis-server (the cluster's shared state; the failover test runs two instances, Redis and
+# SIPp in network namespaces of its own).
 missing=()
 command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
 command -v baresip >/dev/null 2>&1 || missing+=(baresip-core)

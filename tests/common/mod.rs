@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod netns;
 pub mod pki;
 pub mod redis_server;
 pub mod rtp_capture;

@@ -12,11 +12,21 @@ pub struct Redis {
 }
 
 impl Redis {
-    /// Starts a server on `port` (its log in `dir`) and waits until it answers PING.
+    /// Starts a server on 127.0.0.1:`port` (its log in `dir`) and waits until it answers
+    /// PING.
     pub fn start(dir: &Path, port: u16) -> Redis {
+        Redis::start_on(dir, port, &[])
+    }
+
+    /// [`Redis::start`], listening on the addresses `also` as well as on 127.0.0.1 (and
+    /// answering clients there: protected mode, which refuses all but loopback clients of a
+    /// server without a password, off).
+    pub fn start_on(dir: &Path, port: u16, also: &[&str]) -> Redis {
         let log = std::fs::File::create(dir.join(format!("redis-{port}.log"))).expect("log");
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(also)
+            .args(["--protected-mode", "no"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().expect("log")))

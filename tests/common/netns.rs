@@ -1,0 +1,45 @@
+#![allow(dead_code)]
+//! Network namespaces for the tests whose far ends need addresses other than 127.0.0.1: `ip`
+//! (iproute2, run as root as in CI), and running test code inside a namespace.
+
+use std::os::fd::AsRawFd;
+use std::process::Command;
+
+/// Runs `ip` with `args`; panics with its output when it fails.
+pub fn ip(args: &[&str]) {
+    let output = Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("ip {args:?}: {e} (this test needs iproute2)"));
+    assert!(
+        output.status.success(),
+        "ip {args:?}: {} (this test needs root to set up network namespaces)",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Runs `f` on a thread of its own moved into the network namespace `name` (made with `ip
+/// netns add`): the sockets it opens and the processes it starts live there, and stay there
+/// once it returns.
+pub fn inside<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let path = format!("/run/netns/{name}");
+                let namespace =
+                    std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+                // SAFETY: setns only reads the descriptor, open for the whole call; it moves
+                // this thread alone (a thread of the scope's own) into the namespace.
+                let moved = unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(
+                    moved,
+                    0,
+                    "setns into {name}: {}",
+                    std::io::Error::last_os_error()
+                );
+                f()
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
