@@ -13,7 +13,7 @@ mod common;
 use bridgehead::media::dsp::{
     alaw_to_linear, dtmf_frequencies, linear_to_alaw, tones, DtmfDetector,
 };
-use common::netns::ip;
+use common::netns::{self, ip};
 use common::sipp::{callee_args, media_caller, wait_listening, Sipp, Transport};
 use common::{media_range, scratch_dir, Sbc};
 use std::net::{SocketAddr, UdpSocket};
@@ -94,16 +94,14 @@ impl Namespace {
 
 impl Drop for Namespace {
     fn drop(&mut self) {
-        // Deleting either end removes the pair; the namespace goes with its last process.
-        let quiet = |args: &[&str]| {
-            let _ = Command::new("ip")
-                .args(args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        };
-        quiet(&["link", "del", &self.outer_link]);
-        quiet(&["netns", "del", &self.name]);
+        // Deleting either end removes the pair (here the outer one, should a process still
+        // hold the namespace).
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.outer_link])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        netns::delete(&self.name);
     }
 }
 

@@ -477,7 +477,8 @@ fn an_instance_started_without_redis_says_so_once_and_writes_once_redis_comes() 
     let sbc = Sbc::start(&profile(port));
     let admin = sbc.port("admin");
     let metrics = || request(admin, "GET", "/metrics", None).body;
-    let warning = "cluster: Redis unreachable";
+    // (The warning's words, not the debug line's, which RUST_LOG=debug would add.)
+    let warning = "cluster: Redis unreachable (";
     // Tried every second: the failures are counted, the warning logged once.
     until("three attempts", || {
         sample(&metrics(), "bridgehead_cluster_redis_errors_total").is_some_and(|n| n >= 3.0)

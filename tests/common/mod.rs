@@ -105,7 +105,6 @@ impl Sbc {
 
     /// [`Sbc::start`] on the ports `other` was given for the same names (an SBC that takes
     /// another's place, once that one is gone).
-    #[allow(dead_code)]
     pub fn start_on_ports_of(template: &str, other: &Sbc) -> Sbc {
         Sbc::launch(template, &[], None, other.ports.clone())
     }

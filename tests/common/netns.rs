@@ -1,9 +1,8 @@
-#![allow(dead_code)]
 //! Network namespaces for the tests whose far ends need addresses other than 127.0.0.1: `ip`
 //! (iproute2, run as root as in CI), and running test code inside a namespace.
 
 use std::os::fd::AsRawFd;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 /// Runs `ip` with `args`; panics with its output when it fails.
 pub fn ip(args: &[&str]) {
@@ -16,6 +15,16 @@ pub fn ip(args: &[&str]) {
         "ip {args:?}: {} (this test needs root to set up network namespaces)",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// Removes the network namespace `name`, and the links in it (quietly: it may be gone). It
+/// goes for good with the last process in it.
+pub fn delete(name: &str) {
+    let _ = Command::new("ip")
+        .args(["netns", "del", name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// Runs `f` on a thread of its own moved into the network namespace `name` (made with `ip
