@@ -140,7 +140,18 @@ pub fn run(mut profile: Profile) -> anyhow::Result<()> {
             .cluster
             .as_ref()
             .map(|config| {
-                crate::cluster::Cluster::start(config, take_over, (loads.clone(), bans.clone()))
+                let holds = profile
+                    .listeners
+                    .iter()
+                    .map(|listener| listener.address.ip())
+                    .chain(profile.media.as_ref().map(|media| media.address))
+                    .collect();
+                crate::cluster::Cluster::start(
+                    config,
+                    take_over,
+                    (loads.clone(), bans.clone()),
+                    holds,
+                )
             })
             .transpose()?;
         if let Some(config) = &profile.cluster {

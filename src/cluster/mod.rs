@@ -28,6 +28,7 @@ use crate::call::replica::{CallSnapshot, Replica, SNAPSHOT_FORMAT};
 use crate::config::ClusterConfig;
 use crate::shared::{SharedBans, TrunkLoads};
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -84,10 +85,13 @@ pub struct Cluster {
 impl Cluster {
     /// Starts the writer thread, which waits for [`Cluster::serve`] before it reaches Redis
     /// (which need not be up); the calls of dead instances it takes over go to `take_over`.
+    /// `holds`: the addresses the far ends reach this instance on (its listeners' and its
+    /// media's): it takes calls over only while its machine has them all.
     pub fn start(
         config: &ClusterConfig,
         take_over: TakeOver,
         (loads, bans): (Arc<TrunkLoads>, Arc<SharedBans>),
+        holds: Vec<IpAddr>,
     ) -> std::io::Result<Arc<Cluster>> {
         let client = redis::Client::open(config.redis.as_str())
             .map_err(|err| std::io::Error::other(err.to_string()))?;
@@ -104,6 +108,8 @@ impl Cluster {
             keys: Keys::new(config),
             heartbeat: Duration::from_millis(config.heartbeat_ms.into()),
             takes_over: config.takes_over.clone(),
+            holds,
+            waiting_for_addresses: HashSet::new(),
             dead_after_ms: config.dead_after_ms,
             ttl_ms: u64::from(config.state_ttl) * 1000,
             started_unix_ms: unix_ms(),
@@ -238,6 +244,10 @@ struct Writer {
     heartbeat: Duration,
     /// The instances whose calls this one takes over when they die.
     takes_over: Vec<String>,
+    /// The addresses this instance must have before it takes calls over.
+    holds: Vec<IpAddr>,
+    /// Dead instances whose calls wait for this machine to get the addresses (said once).
+    waiting_for_addresses: HashSet<String>,
     dead_after_ms: u32,
     ttl_ms: u64,
     started_unix_ms: u64,
@@ -343,13 +353,16 @@ impl Writer {
             });
             match watched {
                 Err(err) => self.lost(&err, &cluster.stats),
-                // Said once Redis answered a whole round: at the start, and after an outage.
-                Ok(()) if self.unreachable_logged || !self.reached => {
-                    self.unreachable_logged = false;
-                    self.reached = true;
-                    tracing::info!(calls = self.live.len(), "cluster: Redis reached");
+                // Up once Redis answered a whole round (a server that takes the connection
+                // and refuses the commands is not), said at the start and after an outage.
+                Ok(()) => {
+                    cluster.stats.redis_up.store(1, Ordering::Relaxed);
+                    if self.unreachable_logged || !self.reached {
+                        self.unreachable_logged = false;
+                        self.reached = true;
+                        tracing::info!(calls = self.live.len(), "cluster: Redis reached");
+                    }
                 }
-                Ok(()) => {}
             }
         }
     }
@@ -384,7 +397,6 @@ impl Writer {
                 }
                 self.beat_now = true;
                 self.dirty.extend(self.live.keys().cloned());
-                stats.redis_up.store(1, Ordering::Relaxed);
                 true
             }
             Err(err) => {
@@ -652,6 +664,20 @@ impl Writer {
         if calls == 0 {
             return Ok(());
         }
+        // The far ends of its calls send to its addresses: only the machine that has them now
+        // (keepalived moved them here) may carry the calls on. Checked at each look, so a
+        // standby running beside an instance that is only restarting leaves its calls alone.
+        if let Some(missing) = missing_address(&self.holds) {
+            if self.waiting_for_addresses.insert(instance.to_string()) {
+                tracing::warn!(
+                    instance,
+                    %missing,
+                    "cluster: calls of a dead instance not taken over: this machine does not have the address (yet); they are left to the one that does"
+                );
+            }
+            return Ok(());
+        }
+        self.waiting_for_addresses.remove(instance);
         let claimed: Option<String> = redis::cmd("SET")
             .arg(self.keys.claim_of(instance))
             .arg(&self.keys.instance)
@@ -729,6 +755,30 @@ impl Writer {
     }
 }
 
+/// The first of `needed` that no interface of this machine has (the unspecified address and
+/// loopback ones always count as had); None when it has them all, or cannot tell.
+fn missing_address(needed: &[IpAddr]) -> Option<IpAddr> {
+    let local: Vec<IpAddr> = match nix::ifaddrs::getifaddrs() {
+        Ok(interfaces) => interfaces
+            .filter_map(|interface| interface.address)
+            .filter_map(|address| {
+                address
+                    .as_sockaddr_in()
+                    .map(|v4| IpAddr::V4(std::net::SocketAddrV4::from(*v4).ip().to_owned()))
+                    .or_else(|| address.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
+            })
+            .collect(),
+        Err(err) => {
+            tracing::debug!("cluster: cannot list this machine's addresses: {err}");
+            return None;
+        }
+    };
+    needed
+        .iter()
+        .find(|ip| !ip.is_unspecified() && !ip.is_loopback() && !local.contains(ip))
+        .copied()
+}
+
 /// Every key matching `pattern` (SCAN, a hundred at a time).
 fn scan(connection: &mut redis::Connection, pattern: &str) -> redis::RedisResult<Vec<String>> {
     let mut found = Vec::new();
@@ -773,5 +823,18 @@ mod tests {
         assert_eq!(keys.claim_of("sbc-2"), "bridgehead:eu:claim:sbc-2");
         // A Call-ID cannot make a call key look like another kind.
         assert!(!keys.call("x:calls").starts_with("bridgehead:eu:load:"));
+    }
+
+    #[test]
+    fn a_takeover_waits_for_an_address_no_interface_has() {
+        let had: Vec<IpAddr> = ["127.0.0.1", "0.0.0.0", "::", "::1"]
+            .iter()
+            .map(|ip| ip.parse().expect("address"))
+            .collect();
+        assert_eq!(missing_address(&had), None);
+        // TEST-NET-3 (RFC 5737): no machine has it.
+        let absent: IpAddr = "203.0.113.77".parse().expect("address");
+        let needed = [had, vec![absent]].concat();
+        assert_eq!(missing_address(&needed), Some(absent));
     }
 }
