@@ -17,6 +17,9 @@
 #             re-INVITE and BYE completed through it (SIPp's failed calls)
 #
 #   bench/cluster.sh                      CALLS=2000 RATE=400 HOLD=12 SETTLE=3
+#   SYNC_MS=200                           the cluster's sync_ms (how often shards look for
+#                                         changed calls)
+#   RUNS="local cluster takeover"         which runs, in that order
 #
 # Installs sip-tester and redis-server with apt-get when missing (as root). Every SIPp run is
 # bounded in calls and by -timeout; every process started here is stopped by PID on exit.
@@ -27,6 +30,8 @@ CALLS=${CALLS:-2000}
 RATE=${RATE:-400}
 HOLD=${HOLD:-12}
 SETTLE=${SETTLE:-3}
+SYNC_MS=${SYNC_MS:-200}
+RUNS=${RUNS:-"local cluster takeover"}
 NEED=()
 command -v sipp >/dev/null || NEED+=(sip-tester)
 command -v redis-server >/dev/null || NEED+=(redis-server)
@@ -48,7 +53,8 @@ for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break
 # The profile: with a cluster section when $1 is 1.
 profile() {
   if [ "$1" = 1 ]; then
-    printf 'cluster:\n  redis: redis://127.0.0.1:%s/\n  name: bench\n  instance: one\n' "$REDIS_PORT"
+    printf 'cluster:\n  redis: redis://127.0.0.1:%s/\n  name: bench\n  instance: one\n  sync_ms: %s\n' \
+      "$REDIS_PORT" "$SYNC_MS"
   fi
   printf 'media:\n  address: 127.0.0.1\n  ports: %s\n' "$MEDIA_PORTS"
   printf 'admin:\n  address: 127.0.0.1:%s\n' "$ADMIN"
@@ -61,14 +67,17 @@ now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN {printf "%.2f", b - a}'; }
 
 # One run; $1: cluster (0 or 1), $2: kill and start again once every call is up (0 or 1).
+RUN=0
 run() {
-  SYS="run-$1-$2"
+  RUN=$((RUN + 1))
+  SYS="run$RUN-$1-$2"
   local dir="$WORK/$SYS"
   mkdir -p "$dir"
   profile "$1" > "$dir/profile.yaml"
   start_bridgehead "$dir/profile.yaml"
   local sbc=${SYS_PIDS[-1]} redis0 cpu0
   redis0=$(tree_ticks "$REDIS_PID"); cpu0=$(tree_ticks "$sbc")
+  local threads0 threads1; threads0=$(thread_ticks "$sbc")
   sipp -sf tests/sipp/callee_takeover.xml -i 127.0.0.1 -p "$TEAMS_PEER" -m "$CALLS" -nostdin \
     -timeout $((HOLD + CALLS / RATE + 60))s -timeout_error > "$dir/uas.out" 2>&1 &
   local uas=$!; PIDS+=($!)
@@ -90,6 +99,7 @@ run() {
     start_bridgehead "$dir/profile.yaml" sbc2
     local ready; ready=$(since "$killed")
     sbc=${SYS_PIDS[-1]}
+    threads0=$(thread_ticks "$sbc")
     for _ in $(seq 1500); do
       [ "$(metric cluster_calls_taken_over_total)" = "$up" ] && break; sleep 0.02
     done
@@ -101,6 +111,7 @@ run() {
   sleep "$SETTLE"
   local cpu redis
   cpu=$(( $(tree_ticks "$sbc") - cpu0 )); redis=$(( $(tree_ticks "$REDIS_PID") - redis0 ))
+  threads1=$(thread_ticks "$sbc")
   local ok failed writes
   ok=$(stat_column "$(ls "$dir"/*_.csv)" "SuccessfulCall(C)")
   failed=$(stat_column "$(ls "$dir"/*_.csv)" "FailedCall(C)")
@@ -108,14 +119,20 @@ run() {
   stop_system
   awk -v sys="$SYS" -v c="$CALLS" -v ok="$ok" -v f="$failed" -v cpu="$cpu" -v r="$redis" \
     -v hz="$HZ" -v w="${writes:--}" -v k="$2" 'BEGIN {
-      printf "%-10s %6d %6d %6d %12.2f %14.2f %8s%s\n", (sys == "run-0-0" ? "local" : "cluster"), c, ok, f,
+      printf "%-10s %6d %6d %6d %12.2f %14.2f %8s%s\n", (sys ~ /-0-0$/ ? "local" : "cluster"), c, ok, f,
         cpu / hz * 1000 / c, r / hz * 1000 / c, w, (k == 1 ? "  (killed and started again: CPU of the second process)" : "")
     }'
+  threads_per_1k "$threads0" "$threads1" "$CALLS"
 }
 
-echo "$CALLS calls at $RATE/s, held $HOLD s, then a re-INVITE and a BYE from the caller (release build, media anchored, $(nproc) cores)"
+echo "$CALLS calls at $RATE/s, held $HOLD s, then a re-INVITE and a BYE from the caller (release build, media anchored, sync_ms $SYNC_MS, $(nproc) cores)"
 printf '%-10s %6s %6s %6s %12s %14s %8s\n' state calls ok failed "CPU s/1000" "redis CPU s/1000" writes
-run 0 0
-run 1 0
-run 1 1
+for r in $RUNS; do
+  case "$r" in
+    local) run 0 0 ;;
+    cluster) run 1 0 ;;
+    takeover) run 1 1 ;;
+    *) echo "RUNS: local, cluster, takeover"; exit 2 ;;
+  esac
+done
 echo "logs: $WORK"

@@ -258,14 +258,6 @@ describe() {
 }
 
 HZ=$(getconf CLK_TCK)
-# CPU ticks of a process's threads, summed by kind (the name without a trailing -N: shard-0
-# and shard-1 are "shard"), one "kind ticks" line each.
-thread_ticks() {
-  for t in /proc/"$1"/task/*; do
-    printf '%s %s\n' "$(sed 's/-[0-9]*$//; s/ /_/g' "$t/comm" 2>/dev/null)" \
-      "$(awk '{sub(/^.*\) /, ""); print $12 + $13}' "$t/stat" 2>/dev/null)"
-  done | awk 'NF == 2 {s[$1] += $2} END {for (k in s) print k, s[k]}'
-}
 declare -A OKS FAILS CPUK ACH
 echo "compare-cps: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)), $RULES"
 echo "SIPp $(sipp -v 2>&1 | sed -n 's/.*SIPp \(v[^ ,]*[^ ,.]\).*/\1/p' | head -1) UAC/UAS (tests/sipp/$CALLER, $CALLEE: $FLOW_TEXT, -d 0), $SECONDS_PER_RATE s of calls per rate, CPU charged until $SETTLE s after"
@@ -322,12 +314,7 @@ for SYS in $SYSTEMS; do
     [ "$SYS" != b ] || SHARE=$(awk -v r="$((R1 - R0))" -v c="$((C1 - C0))" 'BEGIN {if (c > 0) printf "  (rtpengine %.0f%%)", 100 * r / c}')
     printf '%3s %6s %7s %7s %6s %8s %8s %6s %7s %13s%s\n' "$SYS" "$RATE" "$CALLS" "$OK" "$FAILED" "$ACHIEVED" "${RETRANS:--}" "$DROPS" "$CPU" "$PER1K" "$SHARE"
     # For g, where the CPU went: per thread kind, s per 1,000 calls.
-    if [ "$SYS" = g ]; then
-      printf '%s\n%s\n' "$THREADS0" "$THREADS1" | awk -v hz="$HZ" -v n="$OK" '
-        NR == FNR {}
-        { if (seen[$1]++) d[$1] = $2 - first[$1]; else first[$1] = $2 }
-        END { line = "      threads (s/1k calls):"; for (k in d) if (n > 0) line = line sprintf(" %s %.3f", k, d[k] / hz / n * 1000); print line }'
-    fi
+    [ "$SYS" != g ] || threads_per_1k "$THREADS0" "$THREADS1" "$OK"
     if [ -n "$PERF_PID" ]; then
       perf report -i "$STEP/perf.data" --no-children --percent-limit 1.5 --stdio 2>/dev/null \
         | awk '/^ +[0-9.]+%/ {printf "      perf %7s  %-14s %s\n", $1, $3, substr($0, index($0, $5))}' | head -20

@@ -155,3 +155,19 @@ trunks:
     route: core
 EOF
 }
+
+# CPU ticks of a process's threads, summed by kind (the name without a trailing -N: shard-0
+# and shard-1 are "shard"), one "kind ticks" line each.
+thread_ticks() {
+  for t in /proc/"$1"/task/*; do
+    printf '%s %s\n' "$(sed 's/-[0-9]*$//; s/ /_/g' "$t/comm" 2>/dev/null)" \
+      "$(awk '{sub(/^.*\) /, ""); print $12 + $13}' "$t/stat" 2>/dev/null)"
+  done | awk 'NF == 2 {s[$1] += $2} END {for (k in s) print k, s[k]}'
+}
+# Where the CPU went between two thread_ticks readings ($1, $2) for $3 calls: one line, CPU
+# seconds per 1,000 calls by thread kind (HZ: the clock ticks a second).
+threads_per_1k() {
+  printf '%s\n%s\n' "$1" "$2" | awk -v hz="$HZ" -v n="$3" '
+    { if (seen[$1]++) d[$1] = $2 - first[$1]; else first[$1] = $2 }
+    END { line = "      threads (s/1k calls):"; for (k in d) if (n > 0) line = line sprintf(" %s %.3f", k, d[k] / hz / n * 1000); print line }'
+}
