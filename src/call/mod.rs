@@ -37,6 +37,7 @@ pub mod replica;
 mod responses;
 mod session_timer;
 mod setup;
+mod table;
 #[cfg(test)]
 mod tests;
 mod transactions;
@@ -155,7 +156,7 @@ pub(crate) struct Calls {
     current: Arc<RuleSet>,
     shard: usize,
     shards: usize,
-    by_key: HashMap<CallKey, Call>,
+    by_key: table::CallTable,
     /// The dialog of each leg ([`dialog_key`]) → the call and which leg it is.
     dialogs: HashMap<String, (CallKey, Leg)>,
     /// Call keys, transaction ids, and the tail of Bridgehead's Call-IDs.
@@ -231,7 +232,7 @@ impl Calls {
             current: rules,
             shard,
             shards,
-            by_key: HashMap::new(),
+            by_key: table::CallTable::default(),
             dialogs: HashMap::new(),
             next_id: 1,
             random: os_seeded(),
@@ -342,7 +343,7 @@ impl Calls {
     /// Gives back the tables' room once a peak of calls is over (a call is a few KiB inline
     /// in its table).
     fn shrink_when_quiet(&mut self) {
-        crate::shared::shrink_when_quiet(&mut self.by_key);
+        self.by_key.shrink_when_quiet();
         crate::shared::shrink_when_quiet(&mut self.dialogs);
     }
 

@@ -82,22 +82,29 @@ pub(super) struct Replicas {
     queue: VecDeque<Replica>,
     /// The fingerprint of each call's state as last queued.
     queued: HashMap<CallKey, u64>,
+    /// The calls changed since the last look (room kept across looks).
+    touched: Vec<CallKey>,
 }
 
 impl Calls {
     /// From now on answered calls' state is queued for [`Calls::poll_replica`] (cluster).
     pub fn keep_replicas(&mut self) {
         self.replicas = Some(Replicas::default());
+        self.by_key.note_changes();
     }
 
-    /// Queues the state of every answered call that changed since it was last queued
-    /// (a fingerprint of its dialogs and media is compared; only a changed call is
-    /// serialized).
+    /// Queues the state of every answered call that changed since it was last queued: of
+    /// the calls handed out to be changed since the last look (the others did not change),
+    /// those whose fingerprint of dialogs and media differs; only those are serialized.
     pub fn replicate(&mut self, now: Instant) {
         let Some(replicas) = self.replicas.as_mut() else {
             return;
         };
-        for (key, call) in &self.by_key {
+        self.by_key.take_touched(&mut replicas.touched);
+        for key in &replicas.touched {
+            let Some(call) = self.by_key.get(key) else {
+                continue;
+            };
             let CallState::Answered { at } = call.state else {
                 continue;
             };
