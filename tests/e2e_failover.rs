@@ -355,33 +355,39 @@ fn a_survivor_given_the_dead_instances_address_carries_its_100_calls_with_their_
     let driver_one = driver(&metrics(&site.one, one.port("admin")));
     assert!(driver_one.is_some());
     assert_eq!(driver(&metrics(&site.two, two.port("admin"))), driver_one);
+    // Two, without the address, neither heartbeats nor takes calls over, and says so.
+    let log = two.log();
+    assert!(
+        log.contains("cluster: this machine does not have the address: no heartbeat")
+            && log.contains(&format!("missing={SERVICE}")),
+        "{log}"
+    );
+    let alive = |connection: &mut redis::Connection, instance: &str| -> bool {
+        redis::cmd("EXISTS")
+            .arg(format!("bridgehead:failover:instance:{instance}"))
+            .query(connection)
+            .expect("EXISTS")
+    };
+    assert!(alive(&mut connection, "one") && !alive(&mut connection, "two"));
     // Instance one dies. While its address stays on its machine, two leaves its calls alone
     // (a machine without the address cannot carry them: it may be an instance restarting in
-    // place) and says why, though one's heartbeat expired; and no RTP reaches the far ends.
+    // place), though one's heartbeat expired; and no RTP reaches the far ends.
     one.signal("KILL");
     let killed = Instant::now();
     one.wait_exit(killed + Duration::from_secs(5));
-    let move_address = |from: &str, to: &str| {
-        let address = format!("{SERVICE}/32");
-        ip(&["-n", from, "addr", "del", &address, "dev", "eth0"]);
-        ip(&["-n", to, "addr", "add", &address, "dev", "eth0"]);
-        // What keepalived's gratuitous ARP does: the hub learns where the address is now.
-        ip(&["-n", &site.hub, "neigh", "flush", "to", SERVICE]);
-    };
-    let admin = two.port("admin");
-    let waiting =
-        "cluster: calls of a dead instance not taken over: this machine does not have the address";
     let deadline = killed + Duration::from_millis(DEAD_AFTER_MS + 3000);
-    while !two.log().contains(waiting) {
-        assert!(Instant::now() < deadline, "{}", two.log());
+    while alive(&mut connection, "one") {
+        assert!(Instant::now() < deadline, "one's heartbeat never expired");
         std::thread::sleep(Duration::from_millis(20));
     }
-    eprintln!("two saw one dead {:?} after the kill", killed.elapsed());
+    eprintln!("one's heartbeat gone {:?} after the kill", killed.elapsed());
+    // Two looks every HEARTBEAT_MS: over these 500 ms it looked twice at a dead one.
     assert_eq!(
         silent_ports(&site, &sipp_ports).len(),
         sipp_ports.len(),
         "RTP while nobody carries it"
     );
+    let admin = two.port("admin");
     let text = metrics(&site.two, admin);
     assert_eq!(
         sample(&text, "bridgehead_cluster_calls_taken_over_total"),
@@ -391,7 +397,11 @@ fn a_survivor_given_the_dead_instances_address_carries_its_100_calls_with_their_
     // The address moves to two: at its next look (every HEARTBEAT_MS) it takes every call
     // over and binds their ports (a second allowed for that, in this debug build on a busy
     // machine).
-    move_address(&site.one, &site.two);
+    let address = format!("{SERVICE}/32");
+    ip(&["-n", &site.one, "addr", "del", &address, "dev", "eth0"]);
+    ip(&["-n", &site.two, "addr", "add", &address, "dev", "eth0"]);
+    // What keepalived's gratuitous ARP does: the hub learns where the address is now.
+    ip(&["-n", &site.hub, "neigh", "flush", "to", SERVICE]);
     let moved = Instant::now();
     let bound = Duration::from_millis(HEARTBEAT_MS + 1000);
     loop {
@@ -414,6 +424,8 @@ fn a_survivor_given_the_dead_instances_address_carries_its_100_calls_with_their_
         moved.elapsed(),
         killed.elapsed()
     );
+    // Two, now with the address, heartbeats.
+    assert!(alive(&mut connection, "two"));
     // Its calls' state is now two's, on the same media ports toward the same far ends.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {

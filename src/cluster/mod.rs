@@ -109,7 +109,7 @@ impl Cluster {
             heartbeat: Duration::from_millis(config.heartbeat_ms.into()),
             takes_over: config.takes_over.clone(),
             holds,
-            waiting_for_addresses: HashSet::new(),
+            held: None,
             dead_after_ms: config.dead_after_ms,
             ttl_ms: u64::from(config.state_ttl) * 1000,
             started_unix_ms: unix_ms(),
@@ -246,8 +246,9 @@ struct Writer {
     takes_over: Vec<String>,
     /// The addresses this instance must have before it takes calls over.
     holds: Vec<IpAddr>,
-    /// Dead instances whose calls wait for this machine to get the addresses (said once).
-    waiting_for_addresses: HashSet<String>,
+    /// Whether this machine had those addresses at the last heartbeat (None: not looked
+    /// yet). Without them, no heartbeat and no takeover.
+    held: Option<bool>,
     dead_after_ms: u32,
     ttl_ms: u64,
     started_unix_ms: u64,
@@ -255,7 +256,8 @@ struct Writer {
     /// The heartbeat goes before anything else (after a reconnection: Redis may have come
     /// back empty, and another instance must not take this one's calls for dead).
     beat_now: bool,
-    /// The calls of this instance's previous run were looked for (at the first connection).
+    /// The calls of this instance's previous run were looked for (at the first heartbeat
+    /// with the addresses).
     adopted: bool,
     /// Redis answered a whole round since the start.
     reached: bool,
@@ -331,13 +333,19 @@ impl Writer {
             let heartbeat = now >= next_heartbeat || self.beat_now;
             if heartbeat {
                 next_heartbeat = now + self.heartbeat;
+                self.check_addresses();
             }
             let refresh = now >= next_refresh;
             if refresh {
                 next_refresh = now + self.refresh_every();
             }
-            let written = self
-                .write(heartbeat, &cluster.stats)
+            // This instance's previous run's calls, before its first heartbeat.
+            let adopted = match heartbeat && !self.adopted && self.held == Some(true) {
+                true => self.adopt(&cluster.stats),
+                false => Ok(()),
+            };
+            let written = adopted
+                .and_then(|()| self.write(heartbeat, &cluster.stats))
                 .and_then(|()| match refresh {
                     true => self.refresh(),
                     false => Ok(()),
@@ -385,16 +393,6 @@ impl Writer {
                     return false;
                 }
                 self.connection = Some(connection);
-                // Calls of this instance's previous run (killed, then started again on its
-                // addresses under the same name) are taken over before its first heartbeat.
-                if !self.adopted {
-                    let instance = self.keys.instance.clone();
-                    if let Err(err) = self.claim_and_take(&instance, stats) {
-                        self.lost(&err, stats);
-                        return false;
-                    }
-                    self.adopted = true;
-                }
                 self.beat_now = true;
                 self.dirty.extend(self.live.keys().cloned());
                 true
@@ -488,8 +486,12 @@ impl Writer {
         Ok(())
     }
 
-    /// Writes the heartbeat, living `dead_after_ms`.
+    /// Writes the heartbeat, living `dead_after_ms`, while this machine has the addresses
+    /// (an instance without them is taken for dead: whoever has them may take its calls).
     fn beat(&mut self) -> redis::RedisResult<()> {
+        if self.held != Some(true) {
+            return Ok(());
+        }
         let Some(connection) = self.connection.as_mut() else {
             return Ok(());
         };
@@ -637,6 +639,9 @@ impl Writer {
     /// Looks at the instances this one takes over (`takes_over`): one without a heartbeat is
     /// dead, and the first survivor to claim it takes its calls.
     fn watch(&mut self, stats: &ClusterStats) -> redis::RedisResult<()> {
+        if self.held != Some(true) {
+            return Ok(());
+        }
         for instance in self.takes_over.clone() {
             let Some(connection) = self.connection.as_mut() else {
                 return Ok(());
@@ -652,6 +657,40 @@ impl Writer {
         Ok(())
     }
 
+    /// Looks whether this machine has the addresses the far ends reach this instance on (its
+    /// listeners' and media's): the far ends of a call send to them, so only the machine that
+    /// has them now (keepalived moved them here) may carry calls on. Said when that changes.
+    fn check_addresses(&mut self) {
+        let missing = missing_address(&self.holds);
+        match (missing, self.held) {
+            (Some(missing), Some(true) | None) => tracing::warn!(
+                %missing,
+                "cluster: this machine does not have the address: no heartbeat and no takeover until it does (an instance that has it may take this one's calls)"
+            ),
+            (None, Some(false)) => {
+                tracing::info!("cluster: this machine has its addresses: heartbeat and takeovers")
+            }
+            _ => {}
+        }
+        self.held = Some(missing.is_none());
+    }
+
+    /// Takes the calls of this instance's previous run (killed, then started again under the
+    /// same name), once, when this run has none of its own yet (both are in one set).
+    fn adopt(&mut self, stats: &ClusterStats) -> redis::RedisResult<()> {
+        if self.live.is_empty() {
+            let instance = self.keys.instance.clone();
+            self.claim_and_take(&instance, stats)?;
+        } else {
+            tracing::warn!(
+                calls = self.live.len(),
+                "cluster: the previous run's calls not looked for: this run has calls already"
+            );
+        }
+        self.adopted = true;
+        Ok(())
+    }
+
     /// Claims `instance`'s calls, if it has any (`SET NX`, for [`CLAIM_MS`]) and, if no
     /// other instance holds the claim, takes them; the claim goes once they are taken.
     fn claim_and_take(&mut self, instance: &str, stats: &ClusterStats) -> redis::RedisResult<()> {
@@ -664,20 +703,6 @@ impl Writer {
         if calls == 0 {
             return Ok(());
         }
-        // The far ends of its calls send to its addresses: only the machine that has them now
-        // (keepalived moved them here) may carry the calls on. Checked at each look, so a
-        // standby running beside an instance that is only restarting leaves its calls alone.
-        if let Some(missing) = missing_address(&self.holds) {
-            if self.waiting_for_addresses.insert(instance.to_string()) {
-                tracing::warn!(
-                    instance,
-                    %missing,
-                    "cluster: calls of a dead instance not taken over: this machine does not have the address (yet); they are left to the one that does"
-                );
-            }
-            return Ok(());
-        }
-        self.waiting_for_addresses.remove(instance);
         let claimed: Option<String> = redis::cmd("SET")
             .arg(self.keys.claim_of(instance))
             .arg(&self.keys.instance)
@@ -766,6 +791,7 @@ fn missing_address(needed: &[IpAddr]) -> Option<IpAddr> {
                     .as_sockaddr_in()
                     .map(|v4| IpAddr::V4(std::net::SocketAddrV4::from(*v4).ip().to_owned()))
                     .or_else(|| address.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
+                    .map(|ip| ip.to_canonical())
             })
             .collect(),
         Err(err) => {
@@ -775,8 +801,8 @@ fn missing_address(needed: &[IpAddr]) -> Option<IpAddr> {
     };
     needed
         .iter()
+        .map(IpAddr::to_canonical)
         .find(|ip| !ip.is_unspecified() && !ip.is_loopback() && !local.contains(ip))
-        .copied()
 }
 
 /// Every key matching `pattern` (SCAN, a hundred at a time).
@@ -827,7 +853,8 @@ mod tests {
 
     #[test]
     fn a_takeover_waits_for_an_address_no_interface_has() {
-        let had: Vec<IpAddr> = ["127.0.0.1", "0.0.0.0", "::", "::1"]
+        // (An IPv4 address written as IPv6 is the IPv4 one.)
+        let had: Vec<IpAddr> = ["127.0.0.1", "0.0.0.0", "::", "::1", "::ffff:127.0.0.1"]
             .iter()
             .map(|ip| ip.parse().expect("address"))
             .collect();
