@@ -12,9 +12,10 @@
 #             (cluster_state_writes_total), the calls failed
 #   takeover  with the cluster, once every call is up, bridgehead is killed (SIGKILL) and
 #             started again on the same profile (as a restart in place does): how long from the
-#             kill to the new process ready, and to every call taken over (its metric
-#             cluster_calls_taken_over_total, read every 20 ms); then whether every call's
-#             re-INVITE and BYE completed through it (SIPp's failed calls)
+#             kill to the new process ready, and to every call taken over and relayed (its
+#             metrics cluster_calls_taken_over_total and media_streams, read every 20 ms);
+#             then whether every call's re-INVITE and BYE completed through it (SIPp's failed
+#             calls), and the second process's CPU from its start
 #
 #   bench/cluster.sh                      CALLS=2000 RATE=400 HOLD=12 SETTLE=3
 #   SYNC_MS=200                           the cluster's sync_ms (how often shards look for
@@ -61,7 +62,8 @@ profile() {
   two_trunks "$PWD/scripts/default.lua"
 }
 metric() {  # $1: a metric's name: its value on the admin server, or nothing
-  curl -s "http://127.0.0.1:$ADMIN/metrics" 2>/dev/null | awk -v n="bridgehead_$1" '$1 == n {print $2}'
+  { curl -s "http://127.0.0.1:$ADMIN/metrics" 2>/dev/null || true; } \
+    | awk -v n="bridgehead_$1" '$1 == n {print $2}'
 }
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN {printf "%.2f", b - a}'; }
@@ -99,12 +101,16 @@ run() {
     start_bridgehead "$dir/profile.yaml" sbc2
     local ready; ready=$(since "$killed")
     sbc=${SYS_PIDS[-1]}
-    threads0=$(thread_ticks "$sbc")
+    # The second process's CPU is charged from its start (its start-up is the takeover's).
+    cpu0=0; threads0=$(thread_ticks "$sbc" | awk '{print $1, 0}')
+    # Taken over: rebuilt on its shard, its media ports bound again and relayed.
     for _ in $(seq 1500); do
-      [ "$(metric cluster_calls_taken_over_total)" = "$up" ] && break; sleep 0.02
+      [ "$(metric cluster_calls_taken_over_total)" = "$up" ] \
+        && [ "$(metric media_streams)" = "$up" ] && break
+      sleep 0.02
     done
     local taken; taken=$(since "$killed")
-    echo "takeover: $up calls up; killed; started again and ready after ${ready} s; every call taken over $(metric cluster_calls_taken_over_total) after ${taken} s"
+    echo "takeover: $up calls up; killed; started again and ready after ${ready} s; $(metric cluster_calls_taken_over_total) calls taken over and $(metric media_streams) streams relayed after ${taken} s"
   fi
   wait "$uac" || true
   wait "$uas" || true
@@ -113,8 +119,10 @@ run() {
   cpu=$(( $(tree_ticks "$sbc") - cpu0 )); redis=$(( $(tree_ticks "$REDIS_PID") - redis0 ))
   threads1=$(thread_ticks "$sbc")
   local ok failed writes
-  ok=$(stat_column "$(ls "$dir"/*_.csv)" "SuccessfulCall(C)")
-  failed=$(stat_column "$(ls "$dir"/*_.csv)" "FailedCall(C)")
+  local stats; stats=$(ls "$dir"/*_.csv 2>/dev/null | head -1 || true)
+  [ -n "$stats" ] || { echo "no SIPp statistics in $dir:"; tail -5 "$dir/uac.out"; exit 1; }
+  ok=$(stat_column "$stats" "SuccessfulCall(C)")
+  failed=$(stat_column "$stats" "FailedCall(C)")
   writes=$(metric cluster_state_writes_total)
   stop_system
   awk -v sys="$SYS" -v c="$CALLS" -v ok="$ok" -v f="$failed" -v cpu="$cpu" -v r="$redis" \
