@@ -178,8 +178,8 @@ fn default_recent_calls() -> usize {
 /// The most calls the dashboard's ladders keep.
 pub const MAX_RECENT_CALLS: usize = 200;
 
-/// Call state shared through Redis (`cluster`): every answered call's state, written
-/// under `bridgehead:{name}:{instance}:`, and the instance's heartbeat.
+/// Call state shared through Redis (`cluster`): every answered call's state and the
+/// instance's heartbeat, under `bridgehead:{name}:` (keys laid out in `cluster`).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {

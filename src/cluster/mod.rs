@@ -146,10 +146,12 @@ impl Cluster {
         }
     }
 
-    /// Queues a call's state for the writer (never waits on Redis).
+    /// Queues a call's state for the writer (never waits on Redis). Past [`QUEUE_LIMIT`] a
+    /// state is dropped (the call's next change queues it again); a removal never is (it is
+    /// small, and a call gone from the writer's table would be kept alive in Redis).
     pub fn send(&self, replica: Replica) {
         let mut queue = lock(&self.queue);
-        if queue.len() >= QUEUE_LIMIT {
+        if queue.len() >= QUEUE_LIMIT && matches!(replica, Replica::Put { .. }) {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
